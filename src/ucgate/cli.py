@@ -1,0 +1,84 @@
+"""The one command line: ``ucgate serve|demo|check-config|...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, load
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import run, serve, setup_logging
+
+    config = load(args.config)
+    setup_logging(args.log_level or config.log_level)
+    run(lambda: serve(config))
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    from .app import build_gateway
+
+    build_gateway(config)  # loads certificates and TLS contexts: catches unreadable keys too
+    print(f"{args.config}: OK")
+    print(f"  gateway   {'http' if config.gateway.plain_http else 'https'}://"
+          f"{config.gateway.listen_host}:{config.gateway.listen_port}")
+    for up in config.upstreams.values():
+        print(f"  upstream  {up.name}: {up.url}{'' if up.verify else '  (certificate NOT verified)'}")
+    print(f"  auth      {config.auth.authenticator}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .app import run, setup_logging
+    from .lab.demo import run_demo
+
+    setup_logging(args.log_level or "info")
+    run(lambda: run_demo(Path(args.data_dir).expanduser(), args.host, args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ucgate", description=__doc__)
+    p.add_argument("--version", action="version", version=f"ucgate {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the gateway from a configuration file")
+    s.add_argument("-c", "--config", required=True, type=Path)
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=_cmd_serve)
+
+    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    c.add_argument("-c", "--config", required=True, type=Path)
+    c.set_defaults(func=_cmd_check_config)
+
+    d = sub.add_parser("demo", help="run the gateway in front of a simulated SfB/Exchange front end")
+    d.add_argument("--data-dir", default="~/.local/share/ucgate/demo")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8443)
+    d.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"ucgate: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

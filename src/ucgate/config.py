@@ -1,0 +1,318 @@
+"""One TOML configuration file, validated at start with errors that name the file and the key.
+
+Every setting has a default that is safe at the edge of a network (TLS on, upstream
+certificates verified, limits and timeouts set); see the README's configuration reference.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .protocols import http1
+from .protocols.sfb import SERVICE_NAMES
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = http1.DEFAULT_MAX_HEADER_BYTES
+    max_header_count: int = http1.DEFAULT_MAX_HEADER_COUNT
+    max_target_bytes: int = http1.DEFAULT_MAX_TARGET_BYTES
+    # Exchange's EAS maxRequestLength is tens of MB (attachments); SfB services need far less.
+    max_body_bytes: int = 32 * 1024 * 1024
+    # A request we refuse (401 during an NTLM handshake) may carry a body; we read and drop up
+    # to this much to keep the connection (NTLM needs it), otherwise we close.
+    max_drain_bytes: int = 64 * 1024
+    max_connections: int = 10000
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    header_read: float = 10.0  # a new connection's first request head (slowloris)
+    idle: float = 120.0  # between requests on a keep-alive connection (IIS connectionTimeout)
+    body_read: float = 60.0  # a pause while the client sends a body
+    upstream_connect: float = 5.0
+    # UCWA's event channel long-polls for up to 180 s (the "timeout" parameter of events).
+    upstream_read: float = 200.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str
+    scheme: str
+    host: str
+    port: int
+    verify: bool = True
+    ca_bundle: Path | None = None
+    server_name: str | None = None
+    max_idle: int = 32
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 443
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    plain_http: bool = False
+    published_name: str | None = None
+    identity_header: str = "X-Ucgate-User"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    authenticator: str = "deny-all"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    gateway: GatewayConfig
+    upstreams: dict[str, Upstream]
+    services: dict[str, dict[str, Any]]
+    auth: AuthConfig
+    data_dir: Path
+    log_level: str = "info"
+
+
+class _Section:
+    """Reads typed values from one TOML table and reports unknown keys."""
+
+    def __init__(self, file: str, prefix: str, table: Any) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: [{prefix}] must be a table")
+        self.file, self.prefix, self.table = file, prefix, table
+        self.used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def fail(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self._key(key)}: {msg}")
+
+    def get(self, key: str, kind: type | tuple, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        v = self.table[key]
+        if kind in (int, float) and isinstance(v, bool):
+            raise self.fail(key, f"expected {kind.__name__}, got a boolean")
+        if kind is float and isinstance(v, int):
+            v = float(v)
+        if not isinstance(v, kind):
+            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.fail(key, f"expected {want}, got {type(v).__name__} {v!r}")
+        return v
+
+    def positive(self, key: str, kind: type, default: Any) -> Any:
+        v = self.get(key, kind, default)
+        if v <= 0:
+            raise self.fail(key, f"must be greater than 0, got {v}")
+        return v
+
+    def path(self, key: str, default: Path | None, base: Path) -> Path | None:
+        v = self.get(key, str, None)
+        if v is None:
+            return default
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else base / p
+
+    def sub(self, key: str) -> _Section:
+        self.used.add(key)
+        return _Section(self.file, self._key(key), self.table.get(key, {}))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "unknown setting (check the spelling; see README)")
+
+
+def _parse_listen(sec: _Section) -> tuple[str, int]:
+    listen = sec.get("listen", str, "0.0.0.0:443")
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
+        raise sec.fail("listen", f"expected host:port, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _parse_upstream(file: str, name: str, table: Any, base: Path) -> Upstream:
+    sec = _Section(file, f"upstreams.{name}", table)
+    url = sec.get("url", str, None)
+    if url is None:
+        raise sec.fail("url", "required (e.g. https://fe01.contoso.local:4443)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise sec.fail("url", f"expected http(s)://host[:port], got {url!r}")
+    if parts.path not in ("", "/") or parts.query:
+        raise sec.fail("url", "must not have a path or query; paths are forwarded unchanged")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise sec.fail("url", f"bad port in {url!r}") from None
+    ca = sec.path("ca_bundle", None, base)
+    if ca is not None and not ca.is_file():
+        raise sec.fail("ca_bundle", f"no such file: {ca}")
+    up = Upstream(
+        name=name,
+        url=url,
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port,
+        verify=sec.get("verify", bool, True),
+        ca_bundle=ca,
+        server_name=sec.get("server_name", str, None),
+        max_idle=sec.positive("max_idle", int, 32),
+    )
+    sec.finish()
+    return up
+
+
+def _parse_service(file: str, name: str, table: Any, upstreams: dict[str, Upstream]) -> dict:
+    sec = _Section(file, f"services.{name}", table)
+    out: dict[str, Any] = {}
+    for key, kind in (("anonymous", bool), ("enabled", bool), ("upstream", str)):
+        v = sec.get(key, kind, None)
+        if v is not None:
+            out[key] = v
+    mb = sec.get("max_body_bytes", int, None)
+    if mb is not None:
+        if mb < 0:
+            raise sec.fail("max_body_bytes", "must be >= 0")
+        out["max_body_bytes"] = mb
+    if "upstream" in out and out["upstream"] not in upstreams:
+        raise sec.fail("upstream", f"no [upstreams.{out['upstream']}] is defined")
+    sec.finish()
+    return out
+
+
+def load(path: Path | str) -> Config:
+    """Read and validate a configuration file.
+
+    Raises:
+        ConfigError: with ``<file>: <key>: <problem>``.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(raw, path=path)
+
+
+def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
+    file = str(path) if path else "<config>"
+    base = path.parent.resolve() if path else Path.cwd()
+    top = _Section(file, "", raw)
+
+    gw = top.sub("gateway")
+    host, port = _parse_listen(gw)
+    plain = gw.get("plain_http", bool, False)
+    cert = gw.path("tls_cert", None, base)
+    key = gw.path("tls_key", None, base)
+    if not plain:
+        for k, p in (("tls_cert", cert), ("tls_key", key)):
+            if p is None:
+                raise gw.fail(k, "required unless plain_http = true (labs only)")
+            if not p.is_file():
+                raise gw.fail(k, f"no such file: {p}")
+    proxies = []
+    for i, cidr in enumerate(gw.get("trusted_proxies", list, [])):
+        try:
+            proxies.append(ipaddress.ip_network(cidr, strict=False))
+        except (ValueError, TypeError):
+            raise gw.fail(f"trusted_proxies[{i}]", f"not an address or CIDR: {cidr!r}") from None
+    ident = gw.get("identity_header", str, "X-Ucgate-User")
+    if not ident or not all(c.isalnum() or c == "-" for c in ident):
+        raise gw.fail("identity_header", "must be a header name (letters, digits, '-')")
+
+    lim = gw.sub("limits")
+    d = Limits()
+    limits = Limits(
+        max_header_bytes=lim.positive("max_header_bytes", int, d.max_header_bytes),
+        max_header_count=lim.positive("max_header_count", int, d.max_header_count),
+        max_target_bytes=lim.positive("max_target_bytes", int, d.max_target_bytes),
+        max_body_bytes=lim.positive("max_body_bytes", int, d.max_body_bytes),
+        max_drain_bytes=lim.positive("max_drain_bytes", int, d.max_drain_bytes),
+        max_connections=lim.positive("max_connections", int, d.max_connections),
+    )
+    lim.finish()
+    to = gw.sub("timeouts")
+    t = Timeouts()
+    timeouts = Timeouts(
+        header_read=to.positive("header_read", float, t.header_read),
+        idle=to.positive("idle", float, t.idle),
+        body_read=to.positive("body_read", float, t.body_read),
+        upstream_connect=to.positive("upstream_connect", float, t.upstream_connect),
+        upstream_read=to.positive("upstream_read", float, t.upstream_read),
+    )
+    to.finish()
+    gateway = GatewayConfig(
+        listen_host=host,
+        listen_port=port,
+        tls_cert=cert,
+        tls_key=key,
+        plain_http=plain,
+        published_name=gw.get("published_name", str, None),
+        identity_header=ident,
+        trusted_proxies=tuple(proxies),
+        limits=limits,
+        timeouts=timeouts,
+    )
+    gw.finish()
+
+    ups_raw = top.get("upstreams", dict, {})
+    upstreams = {n: _parse_upstream(file, n, t, base) for n, t in ups_raw.items()}
+    if not upstreams:
+        raise top.fail("upstreams", "define at least [upstreams.frontend] with a url")
+
+    svc_raw = top.get("services", dict, {})
+    for n in svc_raw:
+        if n not in SERVICE_NAMES:
+            raise ConfigError(
+                f"{file}: services.{n}: unknown service; known: {', '.join(sorted(SERVICE_NAMES))}"
+            )
+    services = {n: _parse_service(file, n, t, upstreams) for n, t in svc_raw.items()}
+
+    au = top.sub("auth")
+    authn = au.get("authenticator", str, "deny-all")
+    if authn not in AUTHENTICATORS:
+        raise au.fail("authenticator", f"expected one of {', '.join(AUTHENTICATORS)}, got {authn!r}")
+    auth = AuthConfig(authenticator=authn)
+    au.finish()
+
+    data = top.sub("data")
+    data_dir = data.path("dir", Path("/var/lib/ucgate"), base)
+    data.finish()
+    lg = top.sub("log")
+    level = lg.get("level", str, "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise lg.fail("level", "expected debug, info, warning or error")
+    lg.finish()
+    top.finish()
+    return Config(
+        path=path,
+        gateway=gateway,
+        upstreams=upstreams,
+        services=services,
+        auth=auth,
+        data_dir=data_dir,
+        log_level=level,
+    )
+
+
+AUTHENTICATORS = ("deny-all",)

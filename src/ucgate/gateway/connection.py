@@ -1,0 +1,48 @@
+"""Per-connection state: who is on the other end, over what, and how far authentication got.
+
+NTLM authenticates a *connection*, not a request (Type 1 → 401 + Type 2 → Type 3 on one
+connection, then every later request on it is that user's, as with IIS). The handshake state
+and the resulting identity therefore live here, and die with the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated principal: the user and how they proved it."""
+
+    user: str
+    method: str  # "ntlm" | "basic" | "negotiate" | "bearer" | ...
+    device_id: str | None = None
+    credential_id: str | None = None  # e.g. which ASP matched
+
+
+@dataclass(eq=False, slots=True)
+class ClientConnection:
+    peer_host: str
+    peer_port: int
+    tls: bool
+    # RFC 5929 tls-server-end-point application data of our certificate, for NTLM channel
+    # binding (Extended Protection); None on plain HTTP.
+    channel_binding: bytes | None
+    created_at: float
+    id: int = field(default_factory=lambda: next(_ids))
+    identity: Identity | None = None
+    auth_state: Any = None  # an authenticator's handshake in progress (e.g. NTLM after Type 1)
+    requests: int = 0
+    writer: asyncio.StreamWriter | None = None
+    closed_reason: str | None = None
+
+    def cut_off(self, reason: str) -> None:
+        """Close the connection now (account locked, device blocked...)."""
+        self.closed_reason = reason
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.close()

@@ -1,0 +1,630 @@
+"""The gateway: an asyncio TLS-terminating reverse proxy that pre-authenticates every request.
+
+The request pipeline, one stage per step (mitmproxy's layers, flattened for speed):
+
+    parse (protocols.http1) → recognise (protocols.sfb) → authenticate (auth.Authenticator)
+    → decide (policy) → forward (upstream pool)
+
+Parsing and recognising are pure functions; this module owns the I/O around them: sockets,
+timeouts, body streaming and the upstream connections. A request that is malformed or
+ambiguous is answered with a 4xx and the connection is closed; it is never forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import Callable
+
+from ..config import Config
+from ..protocols import http1
+from ..protocols.http1 import HttpError, RequestHead, ResponseHead
+from ..protocols.sfb import Service, ServiceMap, split_target
+from .auth import Authenticator, DenyAll
+from .connection import ClientConnection, Identity
+from .tls import certificate_der, server_context
+from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
+
+log = logging.getLogger("ucgate.gateway")
+access_log = logging.getLogger("ucgate.access")
+
+COPY_CHUNK = 64 * 1024
+_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
+class ClientBodyError(Exception):
+    """The client sent a bad or oversized body, or stalled while sending it."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Gateway:
+    """One listener, its upstream pools and its live connections.
+
+    Args:
+        config: the validated configuration.
+        authenticator: decides who sent a request for a protected service.
+        clock: monotonic seconds (passed in for tests).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        authenticator: Authenticator | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        gw = config.gateway
+        self.gw = gw
+        self.authenticator: Authenticator = authenticator or DenyAll()
+        self.clock = clock
+        self.service_map = ServiceMap.with_overrides(config.services)
+        self.limits = http1.Limits(
+            max_header_bytes=gw.limits.max_header_bytes,
+            max_header_count=gw.limits.max_header_count,
+            max_target_bytes=gw.limits.max_target_bytes,
+        )
+        self.pools = {
+            name: UpstreamPool(up, gw.timeouts, limit=up.max_idle)
+            for name, up in config.upstreams.items()
+        }
+        self.ssl: ssl.SSLContext | None = None
+        self.certificate_der: bytes | None = None
+        if not gw.plain_http:
+            assert gw.tls_cert and gw.tls_key
+            self.ssl = server_context(gw.tls_cert, gw.tls_key)
+            self.certificate_der = certificate_der(gw.tls_cert)
+        self.channel_binding: bytes | None = None  # set by an authenticator that needs it
+        self.connections: set[ClientConnection] = set()
+        self._server: asyncio.Server | None = None
+        ident = gw.identity_header.lower().encode()
+        # Headers a client must never be able to set: our identity assertion and anything
+        # we add ourselves.
+        self._drop_request = frozenset(
+            {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+        )
+        self._identity_header = gw.identity_header.encode()
+        self._proto = b"http" if gw.plain_http else b"https"
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._on_connection,
+            self.gw.listen_host,
+            self.gw.listen_port,
+            ssl=self.ssl,
+            limit=self.gw.limits.max_header_bytes,
+            backlog=1024,
+            ssl_handshake_timeout=self.gw.timeouts.header_read if self.ssl else None,
+        )
+        log.info(
+            "gateway listening on %s://%s:%d", self._proto.decode(), self.gw.listen_host, self.port
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.cut_off("shutdown")
+        for pool in self.pools.values():
+            pool.close()
+        if self._server is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                pass
+
+    def cut_off(self, predicate: Callable[[ClientConnection], bool], reason: str) -> int:
+        """Close every live connection matching ``predicate``; returns how many."""
+        n = 0
+        for conn in list(self.connections):
+            if predicate(conn):
+                conn.cut_off(reason)
+                n += 1
+        if n:
+            log.warning("closed %d live connection(s): %s", n, reason)
+        return n
+
+    # --- per connection -----------------------------------------------------------------
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        if len(self.connections) >= self.gw.limits.max_connections:
+            log.warning("connection from %s refused: max_connections reached", peer[0])
+            writer.close()
+            return
+        conn = ClientConnection(
+            peer_host=peer[0],
+            peer_port=peer[1],
+            tls=self.ssl is not None,
+            channel_binding=self.channel_binding,
+            created_at=self.clock(),
+            writer=writer,
+        )
+        self.connections.add(conn)
+        try:
+            await self._serve(conn, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+            pass
+        except Exception:  # never let one connection take the process down
+            log.exception("internal error on connection %d from %s", conn.id, conn.peer_host)
+        finally:
+            self.connections.discard(conn)
+            writer.close()
+
+    async def _serve(
+        self, conn: ClientConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        timeouts = self.gw.timeouts
+        first = True
+        while conn.closed_reason is None:
+            try:
+                async with asyncio.timeout(timeouts.header_read if first else timeouts.idle):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as e:
+                if e.partial.strip():
+                    log.warning("client %s: closed mid-request head", conn.peer_host)
+                return
+            except asyncio.LimitOverrunError:
+                await self._answer_error(conn, writer, HttpError(431, "header-too-large"))
+                return
+            except TimeoutError:
+                if first:
+                    log.info("client %s: no request head within %ss", conn.peer_host, timeouts.header_read)
+                    await self._answer(writer, 408, b"request head not received in time\n", close=True)
+                return
+            first = False
+            try:
+                request = http1.parse_request_head(head, self.limits)
+            except HttpError as e:
+                await self._answer_error(conn, writer, e)
+                return
+            if not await self._handle(conn, request, reader, writer):
+                return
+
+    async def _handle(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Run one request through the pipeline. Returns whether to keep the connection."""
+        conn.requests += 1
+        started = self.clock()
+        # recognise
+        try:
+            path, _query = split_target(req.target.decode("ascii"))
+        except HttpError as e:
+            await self._answer_error(conn, writer, e, req)
+            return False
+        service = self.service_map.recognise(path)
+        if service is None or not service.enabled:
+            return await self._refuse(
+                conn, req, reader, writer, 404, "not-published", b"not found\n", [], path, service
+            )
+        pool = self.pools.get(service.upstream)
+        if pool is None:
+            log.warning(
+                "service %s is routed to upstream %r, which is not configured", service.name, service.upstream
+            )
+            return await self._refuse(
+                conn, req, reader, writer, 404, "upstream-not-configured", b"not found\n", [], path, service
+            )
+        max_body = service.max_body_bytes if service.max_body_bytes is not None else self.gw.limits.max_body_bytes
+        if req.framing.kind == "length" and req.framing.length > max_body:
+            await self._answer_error(conn, writer, HttpError(413, "body-too-large"), req, path, service)
+            return False
+        # authenticate
+        identity: Identity | None = None
+        if not service.anonymous:
+            outcome = await self.authenticator.authenticate(conn, req, service)
+            if outcome.identity is None:
+                body = b"authentication required\n" if outcome.status == 401 else b"access denied\n"
+                return await self._refuse(
+                    conn, req, reader, writer, outcome.status, outcome.reason or "unauthenticated",
+                    body, outcome.headers, path, service, close=outcome.close,
+                )
+            identity = outcome.identity
+        # decide: partnership and account-state policy plug in here (issues 4-6).
+        # forward
+        keep = await self._forward(conn, req, path, service, pool, identity, reader, writer, max_body)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "client=%s conn=%d method=%s path=%s service=%s user=%s ms=%.1f",
+                conn.peer_host, conn.id, req.method.decode(), path, service.name,
+                identity.user if identity else "-", (self.clock() - started) * 1000,
+            )
+        return keep
+
+    # --- answering ourselves ----------------------------------------------------------
+    async def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        close: bool,
+    ) -> None:
+        hs = list(headers or [])
+        hs += [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", b"%d" % len(body)),
+            (b"Cache-Control", b"no-store"),
+        ]
+        if close:
+            hs.append((b"Connection", b"close"))
+        reason = http1.REASONS.get(status, b"Error")
+        writer.write(http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def _answer_error(
+        self,
+        conn: ClientConnection,
+        writer: asyncio.StreamWriter,
+        err: HttpError,
+        req: RequestHead | None = None,
+        path: str | None = None,
+        service: Service | None = None,
+    ) -> None:
+        """A protocol error: log it, answer with its status and close."""
+        log.warning(
+            "rejected request from %s: status=%d reason=%s%s%s",
+            conn.peer_host, err.status, err.reason,
+            f" detail={err.detail}" if err.detail else "",
+            f" path={path}" if path else "",
+        )
+        await self._answer(writer, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
+
+    async def _refuse(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        status: int,
+        reason: str,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        path: str,
+        service: Service | None,
+        *,
+        close: bool = False,
+    ) -> bool:
+        """Answer without forwarding. Keep the connection when the request body, if any, can be
+        read and dropped cheaply (NTLM's handshake needs the same connection)."""
+        log.info(
+            "refused request from %s: status=%d reason=%s service=%s method=%s path=%s",
+            conn.peer_host, status, reason, service.name if service else "-", req.method.decode(), path,
+        )
+        keep = req.keep_alive and not close
+        if keep and req.framing.kind != "none":
+            if req.expect_continue:
+                keep = False  # the client has not sent the body; we cannot tell if it will
+            else:
+                try:
+                    await self._drain_body(req, reader)
+                except ClientBodyError:
+                    keep = False
+        await self._answer(writer, status, body, headers, close=not keep)
+        return keep
+
+    async def _drain_body(self, req: RequestHead, reader: asyncio.StreamReader) -> None:
+        limit = self.gw.limits.max_drain_bytes
+
+        class _Sink:
+            def write(self, data: bytes) -> None:
+                pass
+
+            async def drain(self) -> None:
+                pass
+
+        await self._copy_request_body(req, reader, _Sink(), limit, reencode=False)  # type: ignore[arg-type]
+
+    # --- forwarding -------------------------------------------------------------------
+    def _request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None) -> bytes:
+        headers = http1.forwardable_headers(req.headers, req.connection_tokens, self._drop_request)
+        # A client could also hide a header to drop by naming it in Connection (it is then
+        # hop-by-hop and dropped above) — fine: we only ever remove, never trust.
+        xff = conn.peer_host.encode()
+        if self.gw.trusted_proxies and self._is_trusted_proxy(conn.peer_host):
+            prior = req.get_all(b"x-forwarded-for")
+            if prior:
+                xff = b", ".join(prior) + b", " + xff
+        headers.append((b"X-Forwarded-For", xff))
+        headers.append((b"X-Forwarded-Proto", self._proto))
+        headers.append((b"X-Forwarded-Host", req.host))
+        if identity is not None:
+            headers.append((self._identity_header, identity.user.encode("utf-8")))
+        if req.framing.kind == "length":
+            headers.append((b"Content-Length", b"%d" % req.framing.length))
+        elif req.framing.kind == "chunked":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        return http1.serialize_head(req.method + b" " + req.target + b" HTTP/1.1", headers)
+
+    def _is_trusted_proxy(self, host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.gw.trusted_proxies)
+
+    async def _forward(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        path: str,
+        service: Service,
+        pool: UpstreamPool,
+        identity: Identity | None,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        max_body: int,
+    ) -> bool:
+        head = self._request_head(conn, req, identity)
+        has_body = req.framing.kind != "none"
+        timeouts = self.gw.timeouts
+        attempts = 1 if has_body else 2
+        body_done = not has_body
+        up: UpstreamConnection | None = None
+        resp: ResponseHead | None = None
+        for attempt in range(attempts):
+            try:
+                up, reused = await pool.acquire()
+            except UpstreamError as e:
+                return await self._upstream_failed(conn, req, writer, service, e, body_done)
+            try:
+                up.writer.write(head)
+                if has_body:
+                    if req.expect_continue:
+                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    await self._copy_request_body(req, reader, up.writer, max_body, reencode=True)
+                    body_done = True
+                async with asyncio.timeout(timeouts.upstream_read):
+                    resp = await self._read_response_head(up, req.method)
+                break
+            except ClientBodyError as e:
+                up.close()
+                log.warning(
+                    "rejected request body from %s: status=%d reason=%s path=%s",
+                    conn.peer_host, e.status, e.reason, path,
+                )
+                await self._answer(writer, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
+                return False
+            except TimeoutError:
+                up.close()
+                return await self._upstream_failed(
+                    conn, req, writer, service, UpstreamError("upstream-read-timeout", pool.upstream.name),
+                    body_done, status=504,
+                )
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+                up.close()
+                if reused and attempt + 1 < attempts:
+                    continue  # a pooled connection the upstream had closed; retry on a new one
+                return await self._upstream_failed(
+                    conn, req, writer, service,
+                    UpstreamError("upstream-connection-lost", f"{pool.upstream.name}: {e!r}"), body_done,
+                )
+            except HttpError as e:
+                up.close()
+                return await self._upstream_failed(
+                    conn, req, writer, service, UpstreamError(e.reason, e.detail), body_done
+                )
+        assert up is not None and resp is not None
+        up.requests += 1
+        try:
+            keep = await self._send_response(req, resp, up, writer)
+        except UpstreamError as e:
+            up.close()
+            log.warning("upstream %s broke off the response: %s", pool.upstream.name, e)
+            return False
+        except BaseException:
+            up.close()
+            raise
+        if not resp.keep_alive:
+            up.reusable = False
+        pool.release(up)
+        return keep
+
+    async def _upstream_failed(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        writer: asyncio.StreamWriter,
+        service: Service,
+        err: UpstreamError,
+        body_done: bool,
+        status: int = 502,
+    ) -> bool:
+        log.error("upstream failure for %s %s (service %s): %s", req.method.decode(),
+                  service.name, service.upstream, err)
+        keep = body_done and req.keep_alive
+        await self._answer(writer, status, b"upstream unavailable\n", close=not keep)
+        return keep
+
+    async def _read_response_head(self, up: UpstreamConnection, method: bytes) -> ResponseHead:
+        while True:
+            try:
+                raw = await up.reader.readuntil(b"\r\n\r\n")
+            except asyncio.LimitOverrunError:
+                raise HttpError(502, "upstream-header-too-large") from None
+            resp = http1.parse_response_head(raw, method, self.limits)
+            if resp.status == 101:
+                raise HttpError(502, "upstream-protocol-switch")
+            if resp.status >= 200:
+                return resp
+            # 1xx interim responses (100, 103) are dropped: we already answered 100 ourselves.
+
+    async def _send_response(
+        self, req: RequestHead, resp: ResponseHead, up: UpstreamConnection, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Stream the upstream's response to the client. Returns whether to keep the client
+        connection. Raises UpstreamError when the upstream breaks off mid-body."""
+        headers = http1.forwardable_headers(resp.headers, resp.connection_tokens, frozenset())
+        client_11 = req.version >= (1, 1)
+        keep = req.keep_alive and client_11
+        kind = resp.framing.kind
+        if kind == "none":
+            cl = resp.get(b"content-length")
+            if cl is not None and (req.method == b"HEAD" or resp.status == 304):
+                headers.append((b"Content-Length", cl))
+            elif resp.status not in (204, 304) and resp.status >= 200:
+                headers.append((b"Content-Length", b"0"))
+        elif kind == "length":
+            headers.append((b"Content-Length", b"%d" % resp.framing.length))
+        elif client_11:  # chunked or close-delimited: we (re-)chunk for HTTP/1.1 clients
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        else:
+            keep = False
+        if not keep:
+            headers.append((b"Connection", b"close"))
+        status_line = b"HTTP/1.1 %d %b" % (resp.status, resp.reason or http1.REASONS.get(resp.status, b""))
+        head = http1.serialize_head(status_line, headers)
+        rd = up.reader
+        timeout = self.gw.timeouts.upstream_read
+        try:
+            if kind == "none":
+                writer.write(head)
+            elif kind == "length":
+                n = resp.framing.length
+                if n <= COPY_CHUNK:
+                    async with asyncio.timeout(timeout):
+                        body = await rd.readexactly(n)
+                    writer.write(head + body)
+                else:
+                    writer.write(head)
+                    await self._copy_exact(rd, writer, n, timeout)
+            elif kind == "chunked":
+                writer.write(head)
+                await self._copy_chunked(rd, writer, 1 << 62, timeout, reencode=client_11, upstream=True)
+            else:  # close-delimited
+                writer.write(head)
+                while True:
+                    async with asyncio.timeout(timeout):
+                        data = await rd.read(COPY_CHUNK)
+                    if not data:
+                        break
+                    writer.write(http1.encode_chunk(data) if client_11 else data)
+                    await writer.drain()
+                if client_11:
+                    writer.write(http1.LAST_CHUNK)
+                up.reusable = False
+        except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError) as e:
+            raise UpstreamError("upstream-body-truncated", repr(e)) from None
+        except HttpError as e:
+            raise UpstreamError("bad-upstream-chunk", e.reason) from None
+        await writer.drain()
+        return keep
+
+    # --- bodies -------------------------------------------------------------------------
+    async def _copy_request_body(
+        self,
+        req: RequestHead,
+        reader: asyncio.StreamReader,
+        out: asyncio.StreamWriter,
+        limit: int,
+        *,
+        reencode: bool,
+    ) -> None:
+        timeout = self.gw.timeouts.body_read
+        try:
+            if req.framing.kind == "length":
+                if req.framing.length > limit:
+                    raise ClientBodyError(413, "body-too-large")
+                await self._copy_exact(reader, out, req.framing.length, timeout)
+            elif req.framing.kind == "chunked":
+                await self._copy_chunked(reader, out, limit, timeout, reencode=reencode, upstream=False)
+        except asyncio.IncompleteReadError:
+            raise ClientBodyError(400, "body-incomplete") from None
+        except TimeoutError:
+            raise ClientBodyError(408, "body-timeout") from None
+        except HttpError as e:
+            raise ClientBodyError(e.status, e.reason) from None
+
+    @staticmethod
+    async def _copy_exact(
+        reader: asyncio.StreamReader, out: asyncio.StreamWriter, n: int, timeout: float
+    ) -> None:
+        while n > 0:
+            async with asyncio.timeout(timeout):
+                data = await reader.read(min(n, COPY_CHUNK))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", n)
+            n -= len(data)
+            out.write(data)
+            await out.drain()
+
+    @staticmethod
+    async def _copy_chunked(
+        reader: asyncio.StreamReader,
+        out: asyncio.StreamWriter,
+        limit: int,
+        timeout: float,
+        *,
+        reencode: bool,
+        upstream: bool,
+    ) -> None:
+        """Decode a chunked body and write it on, re-chunked (our own framing: extensions and
+        trailers are dropped) or raw."""
+        total = 0
+        while True:
+            async with asyncio.timeout(timeout):
+                try:
+                    line = await reader.readuntil(b"\r\n")
+                except asyncio.LimitOverrunError:
+                    raise HttpError(400, "chunk-line-too-long") from None
+            size = http1.parse_chunk_size_line(line)
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise HttpError(413, "body-too-large")
+            if reencode:
+                out.write(b"%x\r\n" % size)
+            while size > 0:
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(min(size, COPY_CHUNK))
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", size)
+                size -= len(data)
+                out.write(data)
+                await out.drain()
+            async with asyncio.timeout(timeout):
+                crlf = await reader.readexactly(2)
+            if crlf != b"\r\n":
+                raise HttpError(400, "bad-chunk-terminator")
+            if reencode:
+                out.write(b"\r\n")
+        trailer_bytes = 0
+        while True:
+            async with asyncio.timeout(timeout):
+                try:
+                    line = await reader.readuntil(b"\r\n")
+                except asyncio.LimitOverrunError:
+                    raise HttpError(400, "trailer-too-large") from None
+            trailer_bytes += len(line)
+            if trailer_bytes > http1.MAX_CHUNK_LINE_BYTES * 4:
+                raise HttpError(400, "trailer-too-large")
+            if http1.check_trailer_line(line):
+                break
+        if reencode:
+            out.write(http1.LAST_CHUNK)
+        await out.drain()

@@ -1,0 +1,111 @@
+"""Keep-alive connections to the front ends: a pool per upstream, one connection object each.
+
+Shaped like httpcore: the pool hands out connections and takes them back; a connection knows
+whether it may be reused; every wait has an explicit timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+
+from ..config import Timeouts, Upstream
+from .tls import upstream_context
+
+log = logging.getLogger("ucgate.gateway.upstream")
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange. ``reason`` goes to the log."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class UpstreamConnection:
+    """One TCP/TLS connection to an upstream."""
+
+    __slots__ = ("reader", "writer", "reusable", "requests")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.reusable = True
+        self.requests = 0
+
+    def is_idle_usable(self) -> bool:
+        # An idle connection the upstream closed shows EOF (or buffered bytes, which would be
+        # a protocol error on an idle keep-alive connection): don't use it.
+        return (
+            self.reusable
+            and not self.writer.is_closing()
+            and not self.reader.at_eof()
+            and not self.reader._buffer  # type: ignore[attr-defined]
+        )
+
+    def close(self) -> None:
+        self.reusable = False
+        if not self.writer.is_closing():
+            self.writer.close()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream (LIFO, so warm connections are reused)."""
+
+    def __init__(self, upstream: Upstream, timeouts: Timeouts, *, limit: int) -> None:
+        self.upstream = upstream
+        self.timeouts = timeouts
+        self.limit = limit
+        self._idle: deque[UpstreamConnection] = deque()
+        self._ssl: ssl.SSLContext | None = (
+            upstream_context(upstream.verify, upstream.ca_bundle)
+            if upstream.scheme == "https"
+            else None
+        )
+        self.opened = 0
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """A connection and whether it was reused from the pool (a reused one may turn out
+        to have been closed by the upstream; the caller may retry a safe request once)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.is_idle_usable():
+                return conn, True
+            conn.close()
+        return await self._connect(), False
+
+    async def _connect(self) -> UpstreamConnection:
+        up = self.upstream
+        try:
+            async with asyncio.timeout(self.timeouts.upstream_connect):
+                reader, writer = await asyncio.open_connection(
+                    up.host,
+                    up.port,
+                    ssl=self._ssl,
+                    server_hostname=(up.server_name or up.host) if self._ssl else None,
+                    limit=1 << 17,
+                )
+        except TimeoutError:
+            raise UpstreamError("upstream-connect-timeout", f"{up.name} {up.host}:{up.port}") from None
+        except ssl.SSLCertVerificationError as e:
+            raise UpstreamError(
+                "upstream-certificate-invalid", f"{up.name} {up.host}:{up.port}: {e.verify_message}"
+            ) from None
+        except (OSError, ssl.SSLError) as e:
+            raise UpstreamError("upstream-connect-failed", f"{up.name} {up.host}:{up.port}: {e}") from None
+        self.opened += 1
+        return UpstreamConnection(reader, writer)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.reusable and len(self._idle) < self.limit and not conn.writer.is_closing():
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()

@@ -1,0 +1,431 @@
+"""Strict HTTP/1.1 message-head parsing and body framing, sans-I/O.
+
+The gateway sits at the edge of the network, so this parser is deliberately stricter than
+RFC 9112 allows a recipient to be: wherever the RFC permits a recipient to "reject or repair",
+we reject, because a repaired message may be read differently by the front end behind us
+(request smuggling). Everything here works on bytes the caller already read; nothing does I/O.
+
+Rejections raise :class:`HttpError` with the status to answer (400, 413, 431, 501, 505) and a
+short reason code that goes to the log line. The caller then answers and closes the connection.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# --- limits -------------------------------------------------------------------------------
+# Kerberos tickets of users in many groups reach MaxTokenSize 48000 bytes, 64000 in base64
+# (Microsoft KB 327825 raises IIS MaxFieldLength/MaxRequestBytes to 65534 for this); nginx's
+# large_client_header_buffers default (4×8k) would refuse them. 64 KiB covers one such header.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+# Apache LimitRequestFields defaults to 100; real SfB/EAS clients send < 25.
+DEFAULT_MAX_HEADER_COUNT = 100
+# IIS MaxUrl is 4096 and MaxQueryString 2048 (http.sys allows 16 KiB overall); UCWA and the EAS
+# query are far below. 8 KiB leaves room without inviting abuse.
+DEFAULT_MAX_TARGET_BYTES = 8 * 1024
+# A chunk-size line: 16 hex digits cover 2**64; extensions are dropped, cap the whole line.
+MAX_CHUNK_LINE_BYTES = 4096
+MAX_CHUNK_SIZE_DIGITS = 16
+# Content-Length above 2**63 is nonsense; 19 digits keeps int() cheap and bounded.
+MAX_CONTENT_LENGTH_DIGITS = 19
+
+
+class HttpError(Exception):
+    """A message we refuse. ``status`` is what to answer, ``reason`` a short code for logs."""
+
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(f"{status} {reason}: {detail}" if detail else f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+# RFC 9110 §5.6.2 token; RFC 9112 §3 request-line; field-value chars (§5.5) without obs-text
+# controls. obs-text (0x80-0xFF) is allowed in values (Lync clients send UTF-8 display names in
+# some headers) but never CR, LF, NUL or other controls.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_RE = re.compile(_TOKEN)
+_FIELD_VALUE_RE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_TARGET_RE = re.compile(rb"[\x21-\x7e]+")
+_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([^ ]+) HTTP/(\d)\.(\d)")
+_STATUS_LINE_RE = re.compile(rb"HTTP/(\d)\.(\d) ([1-9]\d\d)(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_CHUNK_LINE_RE = re.compile(
+    rb"([0-9A-Fa-f]{1,%d})" % MAX_CHUNK_SIZE_DIGITS
+    + rb"((?:[ \t]*;[ \t]*" + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN
+    + rb'|"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"))?)*)'
+)
+_HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::\d{1,5})?")
+_DIGITS_RE = re.compile(rb"\d+")
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies must not pass on.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+@dataclass(slots=True)
+class Framing:
+    """How a message body is delimited (RFC 9112 §6)."""
+
+    kind: str  # "none" | "length" | "chunked" | "close"
+    length: int = 0
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request line and header section (RFC 9112 §3, §5)."""
+
+    method: bytes
+    target: bytes
+    version: tuple[int, int]
+    headers: list[tuple[bytes, bytes]]  # (name as sent, value with OWS stripped)
+    framing: Framing
+    host: bytes
+    keep_alive: bool
+    expect_continue: bool = False
+    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+
+    def get(self, name: bytes) -> bytes | None:
+        """First value of header ``name`` (lower-case), or None."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.headers if k.lower() == name]
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """A parsed status line and header section (RFC 9112 §4)."""
+
+    version: tuple[int, int]
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    framing: Framing
+    keep_alive: bool
+    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+
+    def get(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    max_target_bytes: int = DEFAULT_MAX_TARGET_BYTES
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _split_lines(head: bytes) -> list[bytes]:
+    """Split a header block that ends with CRLF CRLF into lines; bare CR or LF is an error.
+
+    RFC 9112 §2.2 lets a recipient accept a bare LF as a line terminator; a front end that does
+    not would see different header boundaries than we do, so we refuse it (and bare CR, which
+    §2.2 says MUST be rejected or replaced).
+    """
+    if not head.endswith(b"\r\n\r\n"):
+        raise HttpError(400, "bad-line-ending", "header section must end with CRLF CRLF")
+    lines = head[:-4].split(b"\r\n")
+    for line in lines:
+        if b"\n" in line or b"\r" in line:
+            raise HttpError(400, "bare-cr-or-lf", "bare CR or LF in the header section")
+    return lines
+
+
+def _parse_fields(
+    lines: list[bytes], limits: Limits
+) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
+    if len(lines) > limits.max_header_count:
+        raise HttpError(431, "too-many-headers", f"more than {limits.max_header_count} header fields")
+    headers: list[tuple[bytes, bytes]] = []
+    framing_fields: dict[bytes, list[bytes]] = {}
+    for line in lines:
+        if not line:
+            raise HttpError(400, "empty-header-line")
+        if line[0] in b" \t":
+            # RFC 9112 §5.2: obs-fold; a server MUST reject it (or replace it) — we reject.
+            raise HttpError(400, "obs-fold", "obsolete line folding in header section")
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN_RE.fullmatch(name):
+            # Also catches whitespace between the name and the colon (RFC 9112 §5.1 MUST 400).
+            raise HttpError(400, "bad-header-name", "malformed header field name")
+        value = value.strip(b" \t")
+        if not _FIELD_VALUE_RE.fullmatch(value):
+            raise HttpError(400, "bad-header-value", f"control character in {name[:40]!r}")
+        lname = name.lower()
+        if lname in (b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"):
+            framing_fields.setdefault(lname, []).append(value)
+        headers.append((name, value))
+    return headers, framing_fields
+
+
+def _connection_tokens(values: list[bytes]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for v in values:
+        for t in v.split(b","):
+            t = t.strip(b" \t").lower()
+            if t:
+                if not _TOKEN_RE.fullmatch(t):
+                    raise HttpError(400, "bad-connection-header")
+                tokens.add(t)
+    return frozenset(tokens)
+
+
+def _content_length(values: list[bytes]) -> int:
+    # RFC 9112 §6.3: several or comma-separated values may be collapsed if identical — we refuse
+    # them outright: a front end that picks another copy would frame the body differently.
+    if len(values) != 1:
+        raise HttpError(400, "duplicate-content-length")
+    v = values[0]
+    if not _DIGITS_RE.fullmatch(v) or len(v) > MAX_CONTENT_LENGTH_DIGITS:
+        raise HttpError(400, "bad-content-length")
+    return int(v)
+
+
+def _request_framing(
+    method: bytes, version: tuple[int, int], fields: dict[bytes, list[bytes]]
+) -> Framing:
+    te = fields.get(b"transfer-encoding")
+    cl = fields.get(b"content-length")
+    if te is not None:
+        if cl is not None:
+            # RFC 9112 §6.1: "ought to be handled as an error"; the classic CL.TE/TE.CL vector.
+            raise HttpError(400, "content-length-and-transfer-encoding")
+        if version < (1, 1):
+            raise HttpError(400, "transfer-encoding-in-http10")
+        if len(te) != 1 or te[0].lower() != b"chunked":
+            # Only a lone "chunked" is accepted; "gzip, chunked", "chunked, chunked", "xchunked",
+            # "chunked;" or a second TE header are the TE.TE obfuscations.
+            if any(t.strip(b" \t").lower() == b"chunked" for v in te for t in v.split(b",")):
+                raise HttpError(400, "bad-transfer-encoding")
+            raise HttpError(501, "unsupported-transfer-encoding")
+        return Framing("chunked")
+    if cl is not None:
+        n = _content_length(cl)
+        return Framing("length", n) if n else Framing("none")
+    return Framing("none")
+
+
+def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestHead:
+    """Parse a request head (request line + fields + the empty line).
+
+    Args:
+        head: bytes up to and including the CRLF CRLF that ends the header section. Leading
+            CRLFs (RFC 9112 §2.2 "SHOULD ignore at least one empty line") are skipped.
+        limits: size and count limits.
+    Returns:
+        the :class:`RequestHead`.
+    Raises:
+        HttpError: on anything malformed, ambiguous or over a limit.
+    """
+    if len(head) > limits.max_header_bytes:
+        raise HttpError(431, "header-too-large")
+    while head.startswith(b"\r\n"):
+        head = head[2:]
+    lines = _split_lines(head)
+    m = _REQUEST_LINE_RE.fullmatch(lines[0])
+    if m is None:
+        raise HttpError(400, "bad-request-line")
+    method, target, major, minor = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+    if major != 1:
+        raise HttpError(505, "http-version-not-supported")
+    version = (1, minor)
+    if len(target) > limits.max_target_bytes:
+        raise HttpError(414, "uri-too-long")
+    if not _TARGET_RE.fullmatch(target):
+        raise HttpError(400, "bad-request-target")
+    headers, fields = _parse_fields(lines[1:], limits)
+    hosts = fields.get(b"host")
+    if version >= (1, 1) and (not hosts or len(hosts) != 1):
+        raise HttpError(400, "missing-or-duplicate-host")  # RFC 9112 §3.2
+    host = hosts[0] if hosts else b""
+    if hosts and (len(hosts) != 1 or not _HOST_RE.fullmatch(host)):
+        raise HttpError(400, "bad-host")
+    framing = _request_framing(method, version, fields)
+    conn = _connection_tokens(fields.get(b"connection", []))
+    keep_alive = (b"close" not in conn) if version >= (1, 1) else (b"keep-alive" in conn)
+    expect = fields.get(b"expect")
+    expect_continue = False
+    if expect:
+        if len(expect) != 1 or expect[0].lower() != b"100-continue":
+            raise HttpError(417, "unsupported-expectation")
+        expect_continue = version >= (1, 1)
+    return RequestHead(
+        method=method,
+        target=target,
+        version=version,
+        headers=headers,
+        framing=framing,
+        host=host,
+        keep_alive=keep_alive,
+        expect_continue=expect_continue,
+        connection_tokens=conn,
+    )
+
+
+def parse_response_head(
+    head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS
+) -> ResponseHead:
+    """Parse a response head from the upstream.
+
+    The upstream is on our side of the network but we still refuse ambiguity: a response that
+    frames its body two ways could desynchronise the pooled connection.
+
+    Raises:
+        HttpError: status 502 for anything malformed.
+    """
+    try:
+        if len(head) > limits.max_header_bytes:
+            raise HttpError(502, "upstream-header-too-large")
+        lines = _split_lines(head)
+        m = _STATUS_LINE_RE.fullmatch(lines[0])
+        if m is None:
+            raise HttpError(502, "bad-status-line")
+        version = (int(m.group(1)), int(m.group(2)))
+        if version[0] != 1:
+            raise HttpError(502, "bad-upstream-version")
+        status = int(m.group(3))
+        reason = m.group(4) or b""
+        headers, fields = _parse_fields(lines[1:], limits)
+    except HttpError as e:
+        raise HttpError(502, "bad-upstream-response", e.reason) from None
+    conn = _connection_tokens(fields.get(b"connection", []))
+    keep_alive = (b"close" not in conn) if version >= (1, 1) else (b"keep-alive" in conn)
+    te = fields.get(b"transfer-encoding")
+    cl = fields.get(b"content-length")
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        framing = Framing("none")
+    elif te is not None:
+        if cl is not None or len(te) != 1 or te[0].lower() != b"chunked":
+            raise HttpError(502, "bad-upstream-framing")
+        framing = Framing("chunked")
+    elif cl is not None:
+        try:
+            framing = Framing("length", _content_length(cl))
+        except HttpError:
+            raise HttpError(502, "bad-upstream-content-length") from None
+    else:
+        framing = Framing("close")
+        keep_alive = False
+    return ResponseHead(
+        version=version,
+        status=status,
+        reason=reason,
+        headers=headers,
+        framing=framing,
+        keep_alive=keep_alive,
+        connection_tokens=conn,
+    )
+
+
+def parse_chunk_size_line(line: bytes) -> int:
+    """Parse ``chunk-size [ chunk-ext ] CRLF`` (RFC 9112 §7.1); extensions are ignored.
+
+    Args:
+        line: the line including its CRLF.
+    Raises:
+        HttpError(400, "bad-chunk-size"): anything but hex digits and well-formed extensions —
+        "0x10", "+10", " 10", "10 ", a bare LF, an empty size or more than 16 digits.
+    """
+    if len(line) > MAX_CHUNK_LINE_BYTES:
+        raise HttpError(400, "chunk-line-too-long")
+    if not line.endswith(b"\r\n"):
+        raise HttpError(400, "bad-chunk-size", "chunk-size line must end with CRLF")
+    m = _CHUNK_LINE_RE.fullmatch(line[:-2])
+    if m is None:
+        raise HttpError(400, "bad-chunk-size")
+    return int(m.group(1), 16)
+
+
+def check_trailer_line(line: bytes) -> bool:
+    """Validate one trailer line (with CRLF). Returns True when it is the final empty line."""
+    if line == b"\r\n":
+        return True
+    if not line.endswith(b"\r\n") or b"\r" in line[:-2] or b"\n" in line[:-2]:
+        raise HttpError(400, "bad-trailer")
+    body = line[:-2]
+    if body[:1] in (b" ", b"\t"):
+        raise HttpError(400, "obs-fold")
+    name, colon, value = body.partition(b":")
+    if not colon or not _TOKEN_RE.fullmatch(name):
+        raise HttpError(400, "bad-trailer")
+    if not _FIELD_VALUE_RE.fullmatch(value.strip(b" \t")):
+        raise HttpError(400, "bad-trailer")
+    return False
+
+
+def forwardable_headers(
+    headers: list[tuple[bytes, bytes]], connection_tokens: frozenset[bytes], drop: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """Headers to pass on: minus hop-by-hop (RFC 9110 §7.6.1), those named in Connection,
+    framing (we re-frame), and anything in ``drop`` (lower-case names)."""
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if (
+            lname in HOP_BY_HOP
+            or lname in connection_tokens
+            or lname == b"content-length"
+            or lname in drop
+        ):
+            continue
+        out.append((name, value))
+    return out
+
+
+def serialize_head(start_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [start_line]
+    for name, value in headers:
+        parts.append(name + b": " + value)
+    parts.append(b"")
+    parts.append(b"")
+    return b"\r\n".join(parts)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+REASONS = {
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}

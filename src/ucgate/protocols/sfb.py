@@ -1,0 +1,164 @@
+"""Which published service a request targets, from its path (sans-I/O).
+
+The map follows the Skype for Business external web services and Exchange ActiveSync as a
+reverse proxy publishes them (DESIGN.md, "Protocol facts"). IIS matches paths
+case-insensitively, so we do too. Before matching, the path is checked for the tricks that
+make a proxy and the server behind it disagree about which resource is meant — dot segments,
+encoded slashes and backslashes, NUL, double encoding — and such a request is refused rather
+than repaired: otherwise ``/Autodiscover/AutodiscoverService.svc/root/..%2f..%2fucwa`` could
+ride through as "anonymous autodiscover" and reach UCWA.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from .http1 import HttpError
+
+# Percent-escapes that would let a path mean something else after the server decodes it:
+# "." (2E) and "/" (2F) form dot segments and extra separators, "\" (5C) is a separator to
+# IIS, "%" (25) is double encoding, NUL and other controls end or corrupt strings.
+_DANGEROUS_ESCAPE_RE = re.compile(r"%(?:2[eEfF5]|5[cC]|[01][0-9a-fA-F]|7[fF])")
+_ESCAPE_RE = re.compile(r"%(?![0-9a-fA-F]{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A published service. ``anonymous`` services pass without authentication."""
+
+    name: str
+    prefix: str  # lower-case path prefix, e.g. "/ucwa/"; exact paths have no trailing slash
+    anonymous: bool = False
+    exact: bool = False
+    upstream: str = "frontend"
+    max_body_bytes: int | None = None  # None: the gateway-wide default
+    enabled: bool = True
+    description: str = ""
+
+
+# Order matters: the first match wins, so exact anonymous paths come before their protected
+# parent prefixes.
+DEFAULT_SERVICES: tuple[Service, ...] = (
+    Service(
+        "autodiscover",
+        "/autodiscover/autodiscoverservice.svc/root",
+        anonymous=True,
+        exact=True,
+        description="Lync/SfB autodiscover root document (anonymous; lyncdiscover.<domain>)",
+    ),
+    Service(
+        "autodiscover-xframe",
+        "/autodiscover/xframe/",
+        anonymous=True,
+        description="autodiscover XFrame page used by web clients (static, anonymous)",
+    ),
+    Service(
+        "autodiscover",
+        "/autodiscover/autodiscoverservice.svc/",
+        description="autodiscover user document (root/oauth/user, root/user): needs a token",
+    ),
+    Service("oauth", "/webticket/oauthtoken", exact=True, description="OAuth token endpoint"),
+    Service("webticket", "/webticket/", description="WebTicket service (SOAP, NTLM/Kerberos/cert)"),
+    Service("ucwa", "/ucwa/", description="Unified Communications Web API"),
+    Service("mcx", "/mcx/", description="Lync 2010 mobility service (MCX)"),
+    Service(
+        "certprov",
+        "/certprov/",
+        description="certificate provisioning (issues the 180-day client certificate)",
+    ),
+    Service("meet", "/meet/", anonymous=True, description="meeting join page (anonymous)"),
+    Service("dialin", "/dialin/", anonymous=True, description="dial-in conferencing page"),
+    Service("lwa", "/lwa/", anonymous=True, description="Lync Web App (meeting client)"),
+    Service("reach", "/reach/", description="Lync Web App/meeting service back end"),
+    Service("abs", "/abs/", description="address book service"),
+    Service("groupexpansion", "/groupexpansion/", description="distribution group expansion"),
+    Service("rgs", "/rgsclients/", description="response group clients"),
+    Service("persistentchat", "/persistentchat/", description="persistent chat"),
+    Service("scheduler", "/scheduler/", description="web scheduler"),
+    Service("passiveauth", "/passiveauth/", description="passive (web) authentication"),
+    Service(
+        "eas",
+        "/microsoft-server-activesync",
+        upstream="exchange",
+        description="Exchange ActiveSync",
+    ),
+)
+
+SERVICE_NAMES = frozenset(s.name for s in DEFAULT_SERVICES)
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Split an origin-form request target into (path, query) and refuse ambiguous paths.
+
+    Raises:
+        HttpError(400, ...): absolute-form or asterisk-form targets, fragments, dot segments,
+        empty segments, backslashes, malformed or dangerous percent-escapes.
+    """
+    if not target.startswith("/"):
+        raise HttpError(400, "bad-request-target", "only origin-form targets are accepted")
+    path, _, query = target.partition("?")
+    if "#" in target:
+        raise HttpError(400, "fragment-in-target")
+    if "\\" in path:
+        raise HttpError(400, "backslash-in-path")
+    if _ESCAPE_RE.search(path):
+        raise HttpError(400, "bad-percent-escape")
+    if _DANGEROUS_ESCAPE_RE.search(path):
+        raise HttpError(400, "encoded-separator-or-dot", "percent-encoded . / \\ % or control in path")
+    segments = path.split("/")[1:]
+    for i, seg in enumerate(segments):
+        if seg in (".", ".."):
+            raise HttpError(400, "dot-segment-in-path")
+        if seg == "" and i != len(segments) - 1:
+            raise HttpError(400, "empty-path-segment")
+    return path, query
+
+
+class ServiceMap:
+    """Recognise a request's service from its path.
+
+    Args:
+        services: the services in match order (defaults plus configured overrides).
+    """
+
+    def __init__(self, services: tuple[Service, ...] = DEFAULT_SERVICES) -> None:
+        self._services = services
+
+    @classmethod
+    def with_overrides(cls, overrides: dict[str, dict]) -> ServiceMap:
+        """Apply per-service settings (``anonymous``, ``upstream``, ``max_body_bytes``,
+        ``enabled``) from configuration to every rule of that service name."""
+        unknown = set(overrides) - SERVICE_NAMES
+        if unknown:
+            raise ValueError(f"unknown service(s): {', '.join(sorted(unknown))}")
+        out = []
+        for s in DEFAULT_SERVICES:
+            o = overrides.get(s.name)
+            if o:
+                # An override of "anonymous" applies to the service's main rule; the protected
+                # autodiscover user document stays protected unless named separately.
+                fields = dict(o)
+                if s.name == "autodiscover" and not s.exact:
+                    fields.pop("anonymous", None)
+                s = replace(s, **fields)
+            out.append(s)
+        return cls(tuple(out))
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        return self._services
+
+    def recognise(self, path: str) -> Service | None:
+        """The service for ``path`` (already checked by :func:`split_target`), or None."""
+        lpath = path.lower()
+        for s in self._services:
+            if s.exact:
+                if lpath == s.prefix or lpath == s.prefix + "/":
+                    return s
+            elif s.prefix.endswith("/"):
+                if lpath.startswith(s.prefix) or lpath == s.prefix[:-1]:
+                    return s
+            elif lpath == s.prefix or lpath.startswith(s.prefix + "/"):
+                return s
+        return None

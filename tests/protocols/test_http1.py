@@ -1,0 +1,121 @@
+"""The strict HTTP/1.1 head parser (sans-I/O), with RFC 9112 section references."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ucgate.protocols import http1
+from ucgate.protocols.http1 import HttpError, parse_chunk_size_line, parse_request_head, parse_response_head
+
+FUZZ = int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300"))
+
+
+def req(*lines: bytes) -> bytes:
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def test_simple_get():
+    r = parse_request_head(req(b"GET /ucwa/x?y=1 HTTP/1.1", b"Host: a.b", b"User-Agent: UCWA/1"))
+    assert (r.method, r.target, r.version, r.host) == (b"GET", b"/ucwa/x?y=1", (1, 1), b"a.b")
+    assert r.framing.kind == "none" and r.keep_alive
+    assert r.get(b"user-agent") == b"UCWA/1"
+
+
+def test_http10_keep_alive_only_when_asked():
+    assert not parse_request_head(req(b"GET / HTTP/1.0")).keep_alive
+    assert parse_request_head(req(b"GET / HTTP/1.0", b"Connection: keep-alive")).keep_alive
+
+
+def test_framing():
+    assert parse_request_head(req(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 12")).framing == http1.Framing("length", 12)
+    assert parse_request_head(req(b"POST / HTTP/1.1", b"Host: a", b"Transfer-Encoding: chunked")).framing.kind == "chunked"
+    assert parse_request_head(req(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 0")).framing.kind == "none"
+
+
+@pytest.mark.parametrize(
+    "lines,status,reason",
+    [
+        ((b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 1", b"Transfer-Encoding: chunked"), 400, "content-length-and-transfer-encoding"),
+        ((b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 1", b"Content-Length: 1"), 400, "duplicate-content-length"),
+        ((b"POST / HTTP/1.1", b"Host: a", b"Transfer-Encoding: gzip"), 501, "unsupported-transfer-encoding"),
+        ((b"POST / HTTP/1.1", b"Host: a", b"Transfer-Encoding: gzip, chunked"), 400, "bad-transfer-encoding"),
+        ((b"GET / HTTP/1.1", b"Host: a", b" folded"), 400, "obs-fold"),
+        ((b"GET / HTTP/1.1",), 400, "missing-or-duplicate-host"),
+        ((b"GET / HTTP/3.0", b"Host: a"), 505, "http-version-not-supported"),
+        ((b"GET  / HTTP/1.1", b"Host: a"), 400, "bad-request-line"),
+        ((b"GET / HTTP/1.1", b"Host: a", b"Expect: 100-continue, x"), 417, "unsupported-expectation"),
+        ((b"GET / HTTP/1.1", b"Host: a b"), 400, "bad-host"),
+    ],
+)
+def test_refusals(lines, status, reason):
+    with pytest.raises(HttpError) as e:
+        parse_request_head(req(*lines))
+    assert (e.value.status, e.value.reason) == (status, reason)
+
+
+def test_chunk_size_lines():
+    assert parse_chunk_size_line(b"1a\r\n") == 26
+    assert parse_chunk_size_line(b"A;name=value;x=\"q\\\"\"\r\n") == 10
+    for bad in (b"\r\n", b"0x1\r\n", b"+1\r\n", b" 1\r\n", b"1 \r\n", b"g\r\n", b"1\n", b"1" * 17 + b"\r\n", b"1;\r\n"):
+        with pytest.raises(HttpError):
+            parse_chunk_size_line(bad)
+
+
+def test_response_framing():
+    r = parse_response_head(req(b"HTTP/1.1 200 OK", b"Content-Length: 3"), b"GET")
+    assert r.framing == http1.Framing("length", 3) and r.keep_alive
+    r = parse_response_head(req(b"HTTP/1.1 200 OK"), b"GET")
+    assert r.framing.kind == "close" and not r.keep_alive
+    r = parse_response_head(req(b"HTTP/1.1 200 OK", b"Content-Length: 3"), b"HEAD")
+    assert r.framing.kind == "none"
+    with pytest.raises(HttpError) as e:
+        parse_response_head(req(b"HTTP/1.1 200 OK", b"Content-Length: 3", b"Transfer-Encoding: chunked"), b"GET")
+    assert e.value.status == 502
+
+
+def test_forwardable_headers_drop_hop_by_hop_and_connection_named():
+    hs = [(b"Connection", b"X-A"), (b"X-A", b"1"), (b"Keep-Alive", b"t"), (b"TE", b"trailers"),
+          (b"Content-Length", b"4"), (b"X-B", b"2"), (b"X-Ucgate-User", b"evil")]
+    out = http1.forwardable_headers(hs, frozenset({b"x-a"}), frozenset({b"x-ucgate-user"}))
+    assert out == [(b"X-B", b"2")]
+
+
+@settings(max_examples=FUZZ, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzz_request_head_only_httperror(data):
+    try:
+        parse_request_head(data + b"\r\n\r\n")
+    except HttpError:
+        pass
+
+
+_line = st.sampled_from([b"GET / HTTP/1.1", b"POST /ucwa/x HTTP/1.1", b"Host: a", b"Content-Length: 5",
+                         b"Transfer-Encoding: chunked", b"Connection: close", b"Expect: 100-continue",
+                         b"X: \x00", b" x", b"Content-Length: 5, 5", b"\n", b"\r", b""])
+
+
+@settings(max_examples=FUZZ, deadline=None)
+@given(st.lists(_line, max_size=8))
+def test_fuzz_structured_heads(lines):
+    try:
+        r = parse_request_head(b"\r\n".join(lines) + b"\r\n\r\n")
+    except HttpError:
+        return
+    # whatever parses has exactly one framing and never both length and chunked
+    te = [v for k, v in r.headers if k.lower() == b"transfer-encoding"]
+    cl = [v for k, v in r.headers if k.lower() == b"content-length"]
+    assert not (te and cl)
+    assert len(cl) <= 1 and len(te) <= 1
+
+
+@settings(max_examples=FUZZ, deadline=None)
+@given(st.binary(max_size=40))
+def test_fuzz_chunk_line(data):
+    try:
+        n = parse_chunk_size_line(data)
+    except HttpError:
+        return
+    assert n >= 0
