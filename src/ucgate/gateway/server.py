@@ -90,6 +90,7 @@ class Gateway:
         self._drop_request = frozenset(
             {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
         )
+        self._drop_authenticated = self._drop_request | {b"authorization"}
         self._identity_header = gw.identity_header.encode()
         self._proto = b"http" if gw.plain_http else b"https"
 
@@ -231,6 +232,7 @@ class Gateway:
             return False
         # authenticate
         identity: Identity | None = None
+        response_headers: list[tuple[bytes, bytes]] = []
         if not service.anonymous:
             outcome = await self.authenticator.authenticate(conn, req, service)
             if outcome.identity is None:
@@ -240,9 +242,12 @@ class Gateway:
                     body, outcome.headers, path, service, close=outcome.close,
                 )
             identity = outcome.identity
+            response_headers = outcome.headers  # e.g. Negotiate's final token
         # decide: partnership and account-state policy plug in here (issues 4-6).
         # forward
-        keep = await self._forward(conn, req, path, service, pool, identity, reader, writer, max_body)
+        keep = await self._forward(
+            conn, req, path, service, pool, identity, reader, writer, max_body, response_headers
+        )
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "client=%s conn=%d method=%s path=%s service=%s user=%s ms=%.1f",
@@ -341,7 +346,10 @@ class Gateway:
 
     # --- forwarding -------------------------------------------------------------------
     def _request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None) -> bytes:
-        headers = http1.forwardable_headers(req.headers, req.connection_tokens, self._drop_request)
+        # Credentials the gateway verified are not passed on: the front end learns the user
+        # from the identity header (backend credentials come from the route's mode, issue 7).
+        drop = self._drop_request if identity is None else self._drop_authenticated
+        headers = http1.forwardable_headers(req.headers, req.connection_tokens, drop)
         # A client could also hide a header to drop by naming it in Connection (it is then
         # hop-by-hop and dropped above) — fine: we only ever remove, never trust.
         xff = conn.peer_host.encode()
@@ -378,6 +386,7 @@ class Gateway:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         max_body: int,
+        response_headers: list[tuple[bytes, bytes]],
     ) -> bool:
         head = self._request_head(conn, req, identity)
         has_body = req.framing.kind != "none"
@@ -431,7 +440,7 @@ class Gateway:
         assert up is not None and resp is not None
         up.requests += 1
         try:
-            keep = await self._send_response(req, resp, up, writer)
+            keep = await self._send_response(req, resp, up, writer, response_headers)
         except UpstreamError as e:
             up.close()
             log.warning("upstream %s broke off the response: %s", pool.upstream.name, e)
@@ -474,11 +483,17 @@ class Gateway:
             # 1xx interim responses (100, 103) are dropped: we already answered 100 ourselves.
 
     async def _send_response(
-        self, req: RequestHead, resp: ResponseHead, up: UpstreamConnection, writer: asyncio.StreamWriter
+        self,
+        req: RequestHead,
+        resp: ResponseHead,
+        up: UpstreamConnection,
+        writer: asyncio.StreamWriter,
+        extra_headers: list[tuple[bytes, bytes]],
     ) -> bool:
         """Stream the upstream's response to the client. Returns whether to keep the client
         connection. Raises UpstreamError when the upstream breaks off mid-body."""
         headers = http1.forwardable_headers(resp.headers, resp.connection_tokens, frozenset())
+        headers += extra_headers
         client_11 = req.version >= (1, 1)
         keep = req.keep_alive and client_11
         kind = resp.framing.kind
