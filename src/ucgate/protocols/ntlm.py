@@ -1,0 +1,1031 @@
+"""NTLM (MS-NLMP) acceptor, sans-I/O: message parsing, NTLMv2 verification, session security.
+
+The gateway terminates NTLM itself, so this module is the part that reads the most hostile bytes
+the gateway ever sees. It is deliberately stricter than Windows:
+
+* only NTLMv2 is accepted; NTLMv1, LM-only and anonymous AUTHENTICATE messages are refused by
+  :meth:`NtlmAcceptor.identify` before any password is looked up;
+* every message is capped at :data:`MAX_MESSAGE_SIZE` before anything is decoded, and every
+  payload field (Len, MaxLen, Offset) is checked: a non-empty field must lie wholly inside the
+  message, behind the fixed header (never inside the Version or MIC fields), and must not
+  overlap any other non-empty field. Overlaps are refused everywhere, not only where they would
+  be harmful: no encoder we know of (Windows SSPI, pyspnego, impacket, Samba, browsers) emits
+  them, and allowing one byte range to be read as two fields only helps an attacker. Empty
+  fields are ignored whatever their offset (Windows and others put arbitrary offsets there).
+  Gaps and trailing bytes are allowed (the spec permits padding);
+* the MIC (MS-NLMP 3.1.5.1.2) is checked whenever the client's MsvAvFlags say one is present,
+  and the MsvAvChannelBindings hash (Extended Protection, RFC 5929 ``tls-server-end-point``)
+  is enforced per :class:`NtlmAcceptor`'s ``extended_protection`` setting.
+
+No sockets, clocks or randomness here: the caller passes the server challenge bytes and the
+current time (as a FILETIME, see :func:`filetime`). Every refusal of untrusted bytes is an
+:class:`NtlmError` with a short machine ``reason``; nothing else escapes the parsers. Secrets
+(hashes, keys, responses, MICs) never appear in exception messages or reprs.
+
+References: [MS-NLMP] NT LAN Manager (NTLM) Authentication Protocol, sections cited per class;
+RFC 2744 §3.11 and RFC 5929 §4 for channel bindings; [MS-SPNG] 3.3.5.1 for the RC4 reset around
+the SPNEGO mechListMIC.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from Crypto.Cipher import ARC4
+from Crypto.Hash import MD4
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "AvFlags",
+    "AvId",
+    "AvPair",
+    "AuthenticateMessage",
+    "ChallengeMessage",
+    "Identity",
+    "NegotiateFlags",
+    "NegotiateMessage",
+    "NtlmAcceptor",
+    "NtlmError",
+    "NtlmSession",
+    "NtlmV2ClientChallenge",
+    "TargetInfo",
+    "VerifyResult",
+    "Version",
+    "channel_bindings_hash",
+    "filetime",
+    "nt_hash",
+    "ntowfv2",
+    "tls_server_end_point",
+]
+
+# --- limits -------------------------------------------------------------------------------
+# Real AUTHENTICATE messages are 300-1500 bytes (Windows with a long TargetInfo echo and an SPN
+# stays under 2 KiB). Payload lengths are 16-bit fields, so six fields could address ~384 KiB;
+# we cap the whole token at 64 KiB, the same budget as one HTTP header line (http1.py), and
+# check it before decoding anything.
+MAX_MESSAGE_SIZE = 64 * 1024
+# Windows sends 6-10 AV pairs (names, timestamp, flags, single host, channel bindings, SPN);
+# 64 bounds the loop without refusing any client we know of.
+MAX_AV_PAIRS = 64
+# The gateway passes "a few" candidate NT hashes (an ASP in a few spellings, ASP+OTP for the
+# current OTP window); each costs two HMAC-MD5. 32 is far above any real use and bounds CPU.
+MAX_CANDIDATES = 32
+# FILETIME ticks (100 ns) per second, and the FILETIME of the Unix epoch (1970-01-01).
+FILETIME_TICKS_PER_SECOND = 10_000_000
+FILETIME_UNIX_EPOCH = 116_444_736_000_000_000
+# NTLMv2 response = NTProofStr (16) + NTLMv2_CLIENT_CHALLENGE fixed part (28) + MsvAvEOL (4).
+_NTLMV2_MIN_RESPONSE = 16 + 28 + 4
+_NTLMV1_RESPONSE_LEN = 24
+
+SIGNATURE = b"NTLMSSP\x00"
+_NEGOTIATE, _CHALLENGE, _AUTHENTICATE = 1, 2, 3
+
+_CLIENT_SIGN_MAGIC = b"session key to client-to-server signing key magic constant\x00"
+_SERVER_SIGN_MAGIC = b"session key to server-to-client signing key magic constant\x00"
+_CLIENT_SEAL_MAGIC = b"session key to client-to-server sealing key magic constant\x00"
+_SERVER_SEAL_MAGIC = b"session key to server-to-client sealing key magic constant\x00"
+
+
+class NtlmError(ValueError):
+    """A refused NTLM message or exchange.
+
+    ``reason`` is a short machine code for the audit log and metrics: ``malformed``,
+    ``too-large``, ``unsupported``, ``ntlmv1``, ``lm-only``, ``anonymous``, ``stale-timestamp``,
+    ``bad-mic``, ``mic-missing``, ``channel-binding-missing``, ``channel-binding-mismatch``,
+    ``wrong-password``, ``unexpected-message``, ``bad-argument`` (a caller bug, not the peer's).
+    ``message`` is for humans and never contains secrets.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class NegotiateFlags(enum.IntFlag):
+    """NegotiateFlags, MS-NLMP 2.2.2.5 (names without the ``NTLMSSP_`` prefix)."""
+
+    NEGOTIATE_UNICODE = 0x00000001
+    NEGOTIATE_OEM = 0x00000002
+    REQUEST_TARGET = 0x00000004
+    NEGOTIATE_SIGN = 0x00000010
+    NEGOTIATE_SEAL = 0x00000020
+    NEGOTIATE_DATAGRAM = 0x00000040
+    NEGOTIATE_LM_KEY = 0x00000080
+    NEGOTIATE_NTLM = 0x00000200
+    NEGOTIATE_ANONYMOUS = 0x00000800
+    NEGOTIATE_OEM_DOMAIN_SUPPLIED = 0x00001000
+    NEGOTIATE_OEM_WORKSTATION_SUPPLIED = 0x00002000
+    NEGOTIATE_ALWAYS_SIGN = 0x00008000
+    TARGET_TYPE_DOMAIN = 0x00010000
+    TARGET_TYPE_SERVER = 0x00020000
+    NEGOTIATE_EXTENDED_SESSIONSECURITY = 0x00080000
+    NEGOTIATE_IDENTIFY = 0x00100000
+    REQUEST_NON_NT_SESSION_KEY = 0x00400000
+    NEGOTIATE_TARGET_INFO = 0x00800000
+    NEGOTIATE_VERSION = 0x02000000
+    NEGOTIATE_128 = 0x20000000
+    NEGOTIATE_KEY_EXCH = 0x40000000
+    NEGOTIATE_56 = 0x80000000
+
+
+NF = NegotiateFlags
+
+# Flags the acceptor echoes back when the client asks for them (MS-NLMP 3.2.5.1.1). Never LM_KEY
+# or DATAGRAM (weak/connectionless), never ANONYMOUS, never REQUEST_NON_NT_SESSION_KEY.
+_ECHOED_FLAGS = (
+    NF.NEGOTIATE_SIGN
+    | NF.NEGOTIATE_SEAL
+    | NF.NEGOTIATE_ALWAYS_SIGN
+    | NF.NEGOTIATE_EXTENDED_SESSIONSECURITY
+    | NF.NEGOTIATE_VERSION
+    | NF.NEGOTIATE_128
+    | NF.NEGOTIATE_56
+    | NF.NEGOTIATE_KEY_EXCH
+    | NF.NEGOTIATE_IDENTIFY
+)
+
+
+class AvId(enum.IntEnum):
+    """AvId values of an AV_PAIR, MS-NLMP 2.2.2.1."""
+
+    MsvAvEOL = 0x0000
+    MsvAvNbComputerName = 0x0001
+    MsvAvNbDomainName = 0x0002
+    MsvAvDnsComputerName = 0x0003
+    MsvAvDnsDomainName = 0x0004
+    MsvAvDnsTreeName = 0x0005
+    MsvAvFlags = 0x0006
+    MsvAvTimestamp = 0x0007
+    MsvAvSingleHost = 0x0008
+    MsvAvTargetName = 0x0009
+    MsvAvChannelBindings = 0x000A
+
+
+class AvFlags(enum.IntFlag):
+    """Value of MsvAvFlags, MS-NLMP 2.2.2.1."""
+
+    CONSTRAINED_AUTHENTICATION = 0x00000001
+    MIC_PROVIDED = 0x00000002
+    UNTRUSTED_SPN_SOURCE = 0x00000004
+
+
+# AV pairs whose value has a fixed size (MS-NLMP 2.2.2.1); anything else is malformed.
+_AV_FIXED_SIZE = {
+    AvId.MsvAvEOL: 0,
+    AvId.MsvAvFlags: 4,
+    AvId.MsvAvTimestamp: 8,
+    AvId.MsvAvChannelBindings: 16,
+}
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+def _malformed(message: str) -> NtlmError:
+    return NtlmError("malformed", message)
+
+
+def _check_size(data: object, what: str) -> bytes:
+    """Bound an untrusted token before touching it; returns it as ``bytes``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise NtlmError("bad-argument", f"{what} must be bytes")
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise NtlmError("too-large", f"{what} is {len(data)} bytes, limit {MAX_MESSAGE_SIZE}")
+    return bytes(data)
+
+
+def _check_header(data: bytes, msg_type: int, min_len: int, what: str) -> None:
+    if len(data) < 12 or data[:8] != SIGNATURE:
+        raise _malformed(f"{what}: no NTLMSSP signature")
+    (found,) = struct.unpack_from("<I", data, 8)
+    if found != msg_type:
+        raise NtlmError("unexpected-message", f"expected {what}, got NTLM message type {found}")
+    if len(data) < min_len:
+        raise _malformed(f"{what} truncated: {len(data)} bytes, header needs {min_len}")
+
+
+def _read_fields(
+    data: bytes, positions: Sequence[int], header_end: int, what: str
+) -> tuple[list[bytes], int]:
+    """Read payload fields (Len, MaxLen, Offset; MS-NLMP 2.2.1) at ``positions``.
+
+    Empty fields are returned as ``b""`` whatever their offset. A non-empty field must start at or
+    after ``header_end``, end inside ``data`` and not overlap another non-empty field. Returns the
+    values and the lowest offset of a non-empty field (``len(data)`` if there is none).
+    """
+    values: list[bytes] = []
+    spans: list[tuple[int, int]] = []
+    for pos in positions:
+        length, _max_length, offset = struct.unpack_from("<HHI", data, pos)
+        if length == 0:
+            values.append(b"")
+            continue
+        end = offset + length  # Python ints: no overflow; offset < 2**32, length < 2**16.
+        if offset < header_end:
+            raise _malformed(f"{what}: a payload field points into the fixed header")
+        if end > len(data):
+            raise _malformed(f"{what}: a payload field runs past the end of the message")
+        for start2, end2 in spans:
+            if offset < end2 and start2 < end:
+                raise _malformed(f"{what}: payload fields overlap")
+        spans.append((offset, end))
+        values.append(data[offset:end])
+    payload_start = min((s for s, _ in spans), default=len(data))
+    return values, payload_start
+
+
+def _pack_fields(header_size: int, values: Sequence[bytes]) -> tuple[list[bytes], bytes]:
+    """Lay ``values`` out one after another behind a header of ``header_size`` bytes."""
+    descriptors: list[bytes] = []
+    payload = b""
+    offset = header_size
+    for value in values:
+        if len(value) > 0xFFFF:
+            raise NtlmError("bad-argument", "payload field longer than 65535 bytes")
+        descriptors.append(struct.pack("<HHI", len(value), len(value), offset))
+        payload += value
+        offset += len(value)
+    return descriptors, payload
+
+
+def _decode(value: bytes, unicode: bool, what: str) -> str:
+    """Decode a name field: UTF-16LE when NEGOTIATE_UNICODE, else OEM (read as Latin-1, which
+    maps every byte and so never fails; non-ASCII OEM names then just fail to verify)."""
+    if not unicode:
+        return value.decode("latin-1")
+    if len(value) % 2:
+        raise _malformed(f"{what} has an odd number of bytes for UTF-16LE")
+    try:
+        return value.decode("utf-16-le")
+    except UnicodeDecodeError:
+        raise _malformed(f"{what} is not valid UTF-16LE") from None
+
+
+def _encode(value: str, unicode: bool) -> bytes:
+    if unicode:
+        return value.encode("utf-16-le", "surrogatepass")
+    return value.encode("latin-1", "replace")
+
+
+def hmac_md5(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.md5).digest()
+
+
+def _rc4(key: bytes, data: bytes) -> bytes:
+    return ARC4.new(key).encrypt(data)
+
+
+def _upper(value: str) -> str:
+    """Upper-case like Windows (RtlUpcaseUnicodeString): one code unit to one, so characters
+    whose Python upper case is longer ("ß" -> "SS") stay as they are."""
+    out = []
+    for ch in value:
+        up = ch.upper()
+        out.append(up if len(up) == 1 else ch)
+    return "".join(out)
+
+
+# --- wire structures ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    """VERSION, MS-NLMP 2.2.2.10: debugging information only, never used for decisions."""
+
+    major: int = 10
+    minor: int = 0
+    build: int = 17763
+    revision: int = 15  # NTLMSSP_REVISION_W2K3
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Version:
+        major, minor, build, revision = struct.unpack_from("<BBH3xB", data)
+        return cls(major, minor, build, revision)
+
+    def pack(self) -> bytes:
+        return struct.pack("<BBH3xB", self.major, self.minor, self.build, self.revision)
+
+
+@dataclass(frozen=True)
+class AvPair:
+    """AV_PAIR, MS-NLMP 2.2.2.1: ``av_id`` (an :class:`AvId` or an unknown int) and raw value."""
+
+    av_id: int
+    value: bytes
+
+    def text(self) -> str:
+        """The value as UTF-16LE text (names, SPN); malformed text raises NtlmError."""
+        return _decode(self.value, True, f"AV pair {self.av_id}")
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """A list of AV_PAIR ending in MsvAvEOL (MS-NLMP 2.2.2.1), as in CHALLENGE_MESSAGE
+    TargetInfo and NTLMv2_CLIENT_CHALLENGE AvPairs.
+
+    Parsing refuses duplicates (no client sends them; a duplicate MsvAvChannelBindings or
+    MsvAvFlags could be read two ways), wrong sizes of fixed-size values, more than
+    :data:`MAX_AV_PAIRS` pairs and a missing MsvAvEOL. Bytes after MsvAvEOL are allowed: the
+    NTLMv2 ``temp`` of MS-NLMP 3.3.2 ends with Z(4), and they are covered by the NTProofStr.
+    """
+
+    pairs: tuple[AvPair, ...] = ()
+
+    @classmethod
+    def unpack(cls, data: bytes) -> TargetInfo:
+        pairs: list[AvPair] = []
+        seen: set[int] = set()
+        pos = 0
+        while True:
+            if len(pairs) > MAX_AV_PAIRS:
+                raise _malformed(f"more than {MAX_AV_PAIRS} AV pairs")
+            if pos + 4 > len(data):
+                raise _malformed("AV pair list without MsvAvEOL")
+            av_id, length = struct.unpack_from("<HH", data, pos)
+            pos += 4
+            if pos + length > len(data):
+                raise _malformed("AV pair runs past the end of its list")
+            fixed = _AV_FIXED_SIZE.get(av_id)  # type: ignore[call-overload]
+            if fixed is not None and length != fixed:
+                raise _malformed(f"AV pair {av_id} has length {length}, expected {fixed}")
+            if av_id == AvId.MsvAvEOL:
+                return cls(tuple(pairs))
+            if av_id in seen:
+                raise _malformed(f"duplicate AV pair {av_id}")
+            seen.add(av_id)
+            known = AvId(av_id) if av_id in AvId._value2member_map_ else av_id
+            pairs.append(AvPair(known, data[pos : pos + length]))
+            pos += length
+
+    def pack(self) -> bytes:
+        out = b""
+        for pair in self.pairs:
+            if pair.av_id == AvId.MsvAvEOL:
+                continue
+            out += struct.pack("<HH", int(pair.av_id), len(pair.value)) + pair.value
+        return out + struct.pack("<HH", AvId.MsvAvEOL, 0)
+
+    def get(self, av_id: int) -> bytes | None:
+        for pair in self.pairs:
+            if pair.av_id == av_id:
+                return pair.value
+        return None
+
+    def flags(self) -> AvFlags:
+        value = self.get(AvId.MsvAvFlags)
+        return AvFlags(struct.unpack("<I", value)[0]) if value is not None else AvFlags(0)
+
+    def timestamp(self) -> int | None:
+        value = self.get(AvId.MsvAvTimestamp)
+        return struct.unpack("<Q", value)[0] if value is not None else None
+
+
+@dataclass
+class NegotiateMessage:
+    """NEGOTIATE_MESSAGE (type 1), MS-NLMP 2.2.1.1.
+
+    The 16-byte form without DomainNameFields/WorkstationFields (old clients) is accepted. The
+    OEM domain and workstation strings are informational only and decoded as Latin-1.
+    """
+
+    flags: NegotiateFlags
+    domain_name: str | None = None
+    workstation: str | None = None
+    version: Version | None = None
+
+    HEADER_SIZE = 32
+
+    @classmethod
+    def unpack(cls, data: bytes) -> NegotiateMessage:
+        data = _check_size(data, "NEGOTIATE_MESSAGE")
+        _check_header(data, _NEGOTIATE, 16, "NEGOTIATE_MESSAGE")
+        flags = NegotiateFlags(struct.unpack_from("<I", data, 12)[0])
+        if len(data) < cls.HEADER_SIZE:
+            return cls(flags)
+        has_version = bool(flags & NF.NEGOTIATE_VERSION) and len(data) >= cls.HEADER_SIZE + 8
+        header_end = cls.HEADER_SIZE + (8 if has_version else 0)
+        (domain, workstation), _ = _read_fields(data, (16, 24), header_end, "NEGOTIATE_MESSAGE")
+        return cls(
+            flags,
+            domain.decode("latin-1") if domain else None,
+            workstation.decode("latin-1") if workstation else None,
+            Version.unpack(data[32:40]) if has_version else None,
+        )
+
+    def pack(self) -> bytes:
+        header = self.HEADER_SIZE + (8 if self.version is not None else 0)
+        descriptors, payload = _pack_fields(
+            header,
+            [(self.domain_name or "").encode("latin-1"), (self.workstation or "").encode("latin-1")],
+        )
+        return (
+            SIGNATURE
+            + struct.pack("<II", _NEGOTIATE, int(self.flags))
+            + b"".join(descriptors)
+            + (self.version.pack() if self.version is not None else b"")
+            + payload
+        )
+
+
+@dataclass
+class ChallengeMessage:
+    """CHALLENGE_MESSAGE (type 2), MS-NLMP 2.2.1.2.
+
+    TargetName is decoded per NEGOTIATE_UNICODE; TargetInfo is an AV_PAIR list (always UTF-16LE).
+    """
+
+    flags: NegotiateFlags
+    server_challenge: bytes
+    target_name: str | None = None
+    target_info: TargetInfo | None = None
+    version: Version | None = None
+
+    HEADER_SIZE = 48
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ChallengeMessage:
+        data = _check_size(data, "CHALLENGE_MESSAGE")
+        _check_header(data, _CHALLENGE, cls.HEADER_SIZE, "CHALLENGE_MESSAGE")
+        flags = NegotiateFlags(struct.unpack_from("<I", data, 20)[0])
+        server_challenge = data[24:32]
+        has_version = bool(flags & NF.NEGOTIATE_VERSION) and len(data) >= cls.HEADER_SIZE + 8
+        header_end = cls.HEADER_SIZE + (8 if has_version else 0)
+        (name, info), _ = _read_fields(data, (12, 40), header_end, "CHALLENGE_MESSAGE")
+        unicode = bool(flags & NF.NEGOTIATE_UNICODE)
+        return cls(
+            flags,
+            server_challenge,
+            _decode(name, unicode, "TargetName") if name else None,
+            TargetInfo.unpack(info) if info else None,
+            Version.unpack(data[48:56]) if has_version else None,
+        )
+
+    def pack(self) -> bytes:
+        if len(self.server_challenge) != 8:
+            raise NtlmError("bad-argument", "server challenge must be 8 bytes")
+        unicode = bool(self.flags & NF.NEGOTIATE_UNICODE)
+        header = self.HEADER_SIZE + (8 if self.version is not None else 0)
+        name = _encode(self.target_name, unicode) if self.target_name else b""
+        info = self.target_info.pack() if self.target_info is not None else b""
+        (name_d, info_d), payload = _pack_fields(header, [name, info])
+        return (
+            SIGNATURE
+            + struct.pack("<I", _CHALLENGE)
+            + name_d
+            + struct.pack("<I", int(self.flags))
+            + self.server_challenge
+            + b"\x00" * 8
+            + info_d
+            + (self.version.pack() if self.version is not None else b"")
+            + payload
+        )
+
+
+@dataclass
+class AuthenticateMessage:
+    """AUTHENTICATE_MESSAGE (type 3), MS-NLMP 2.2.1.3.
+
+    The fixed part is 64 bytes, then Version (8) and MIC (16). The MIC is taken to be present
+    when no non-empty payload field starts before byte 88 (the layout every MIC-sending client
+    uses: Windows, pyspnego); it then sits at bytes 72..88. Whether the client *claims* a MIC is
+    decided by MsvAvFlags inside the NTProofStr-protected NTLMv2 response, not by this layout.
+    """
+
+    flags: NegotiateFlags
+    lm_challenge_response: bytes = field(default=b"", repr=False)
+    nt_challenge_response: bytes = field(default=b"", repr=False)
+    domain_name: str = ""
+    user_name: str = ""
+    workstation: str = ""
+    encrypted_random_session_key: bytes = field(default=b"", repr=False)
+    version: Version | None = None
+    mic: bytes | None = field(default=None, repr=False)
+    # The bytes this message was parsed from (needed for the MIC); None for built messages.
+    raw: bytes | None = field(default=None, repr=False, compare=False)
+
+    HEADER_SIZE = 64
+    MIC_OFFSET = 72
+
+    @classmethod
+    def unpack(cls, data: bytes) -> AuthenticateMessage:
+        data = _check_size(data, "AUTHENTICATE_MESSAGE")
+        _check_header(data, _AUTHENTICATE, cls.HEADER_SIZE, "AUTHENTICATE_MESSAGE")
+        flags = NegotiateFlags(struct.unpack_from("<I", data, 60)[0])
+        values, payload_start = _read_fields(
+            data, (12, 20, 28, 36, 44, 52), cls.HEADER_SIZE, "AUTHENTICATE_MESSAGE"
+        )
+        lm, nt, domain, user, workstation, enc_key = values
+        version = None
+        mic = None
+        if payload_start >= cls.MIC_OFFSET + 16:
+            mic = data[cls.MIC_OFFSET : cls.MIC_OFFSET + 16]
+        if payload_start >= cls.HEADER_SIZE + 8 and flags & NF.NEGOTIATE_VERSION:
+            version = Version.unpack(data[64:72])
+        unicode = bool(flags & NF.NEGOTIATE_UNICODE)
+        return cls(
+            flags=flags,
+            lm_challenge_response=lm,
+            nt_challenge_response=nt,
+            domain_name=_decode(domain, unicode, "DomainName"),
+            user_name=_decode(user, unicode, "UserName"),
+            workstation=_decode(workstation, unicode, "Workstation"),
+            encrypted_random_session_key=enc_key,
+            version=version,
+            mic=mic,
+            raw=data,
+        )
+
+    def pack(self) -> bytes:
+        """Serialise. Version is written when set or when there is a MIC (then zero if unset);
+        the MIC, when set, at 72..88."""
+        unicode = bool(self.flags & NF.NEGOTIATE_UNICODE)
+        tail = b""
+        if self.version is not None or self.mic is not None:
+            tail = (self.version or Version(0, 0, 0, 0)).pack()
+        if self.mic is not None:
+            if len(self.mic) != 16:
+                raise NtlmError("bad-argument", "MIC must be 16 bytes")
+            tail += self.mic
+        header = self.HEADER_SIZE + len(tail)
+        descriptors, payload = _pack_fields(
+            header,
+            [
+                self.lm_challenge_response,
+                self.nt_challenge_response,
+                _encode(self.domain_name, unicode),
+                _encode(self.user_name, unicode),
+                _encode(self.workstation, unicode),
+                self.encrypted_random_session_key,
+            ],
+        )
+        return (
+            SIGNATURE
+            + struct.pack("<I", _AUTHENTICATE)
+            + b"".join(descriptors)
+            + struct.pack("<I", int(self.flags))
+            + tail
+            + payload
+        )
+
+    def zeroed_mic_bytes(self) -> bytes:
+        """The message as received with the MIC field set to zero (MS-NLMP 3.1.5.1.2)."""
+        raw = self.raw if self.raw is not None else self.pack()
+        return raw[: self.MIC_OFFSET] + b"\x00" * 16 + raw[self.MIC_OFFSET + 16 :]
+
+
+@dataclass(frozen=True)
+class NtlmV2ClientChallenge:
+    """NTLMv2_CLIENT_CHALLENGE, MS-NLMP 2.2.2.7 (the blob after the NTProofStr in an
+    NTLMv2_RESPONSE, 2.2.2.8). ``raw`` is the whole blob as hashed by the NTProofStr."""
+
+    timestamp: int
+    challenge_from_client: bytes
+    av_pairs: TargetInfo
+    raw: bytes = field(repr=False)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> NtlmV2ClientChallenge:
+        if len(data) < 28 + 4:
+            raise _malformed("NTLMv2 client challenge truncated")
+        resp_type, hi_resp_type = data[0], data[1]
+        if resp_type != 1 or hi_resp_type != 1:
+            raise _malformed("NTLMv2 client challenge has an unknown RespType")
+        (timestamp,) = struct.unpack_from("<Q", data, 8)
+        return cls(timestamp, data[16:24], TargetInfo.unpack(data[28:]), data)
+
+
+# --- hashing and channel binding ------------------------------------------------------------
+
+
+def nt_hash(password: str) -> bytes:
+    """NTOWFv1 = MD4(UNICODE(password)), MS-NLMP 3.3.1."""
+    return MD4.new(password.encode("utf-16-le", "surrogatepass")).digest()
+
+
+def ntowfv2(nt_hash: bytes, user: str, domain: str) -> bytes:
+    """NTOWFv2 = HMAC_MD5(NT hash, UNICODE(Uppercase(user) + domain)), MS-NLMP 3.3.2."""
+    if len(nt_hash) != 16:
+        raise NtlmError("bad-argument", "an NT hash is 16 bytes")
+    return hmac_md5(nt_hash, (_upper(user) + domain).encode("utf-16-le", "surrogatepass"))
+
+
+def filetime(unix_seconds: float) -> int:
+    """FILETIME (100 ns ticks since 1601-01-01 UTC) of a Unix time, e.g. ``time.time()``."""
+    return FILETIME_UNIX_EPOCH + round(unix_seconds * FILETIME_TICKS_PER_SECOND)
+
+
+def tls_server_end_point(cert_der: bytes) -> bytes:
+    """``tls-server-end-point`` channel binding data of our certificate, RFC 5929 §4.1.
+
+    Hash is the certificate's signature hash, except MD5 and SHA-1 become SHA-256 (§4.1). For
+    signature algorithms without a separate hash (Ed25519/Ed448) the RFC leaves it undefined;
+    SHA-256 is used, as Windows and pyspnego do. Raises ValueError on an unreadable certificate.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_der_x509_certificate(bytes(cert_der))
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(bytes(cert_der))
+    return b"tls-server-end-point:" + digest.finalize()
+
+
+def channel_bindings_hash(application_data: bytes) -> bytes:
+    """MD5 of a gss_channel_bindings_struct (RFC 2744 §3.11; MS-NLMP 2.2.2.1 MsvAvChannelBindings):
+    initiator and acceptor address types and addresses zero/empty, lengths as 32-bit
+    little-endian (the SSPI/Windows layout), then ``application_data``."""
+    packed = struct.pack("<IIII", 0, 0, 0, 0) + struct.pack("<I", len(application_data))
+    return hashlib.md5(packed + bytes(application_data)).digest()
+
+
+# --- session security (MS-NLMP 3.4) --------------------------------------------------------
+
+
+def signkey(flags: int, exported_session_key: bytes, mode: str) -> bytes | None:
+    """SIGNKEY, MS-NLMP 3.4.5.2; None without extended session security."""
+    if not flags & NF.NEGOTIATE_EXTENDED_SESSIONSECURITY:
+        return None
+    magic = _CLIENT_SIGN_MAGIC if mode == "client" else _SERVER_SIGN_MAGIC
+    return hashlib.md5(exported_session_key + magic).digest()
+
+
+def sealkey(flags: int, exported_session_key: bytes, mode: str) -> bytes:
+    """SEALKEY, MS-NLMP 3.4.5.3."""
+    key = exported_session_key
+    if flags & NF.NEGOTIATE_EXTENDED_SESSIONSECURITY:
+        if flags & NF.NEGOTIATE_128:
+            key = key[:16]
+        elif flags & NF.NEGOTIATE_56:
+            key = key[:7]
+        else:
+            key = key[:5]
+        magic = _CLIENT_SEAL_MAGIC if mode == "client" else _SERVER_SEAL_MAGIC
+        return hashlib.md5(key + magic).digest()
+    if flags & (NF.NEGOTIATE_LM_KEY | NF.NEGOTIATE_DATAGRAM):
+        if flags & NF.NEGOTIATE_56:
+            return key[:7] + b"\xa0"
+        return key[:5] + b"\xe5\x38\xb0"
+    return key
+
+
+class _Direction:
+    """One direction's sealing state: RC4 handle, signing key (ESS only)."""
+
+    def __init__(self, seal_key: bytes, sign_key: bytes | None) -> None:
+        self._seal_key = seal_key
+        self.sign_key = sign_key
+        self.handle = ARC4.new(seal_key)
+
+    def reset(self) -> None:
+        self.handle = ARC4.new(self._seal_key)
+
+
+class NtlmSession:
+    """NTLM session security for a completed context, acceptor side (MS-NLMP 3.4).
+
+    Only message integrity is offered (GSS_GetMIC / GSS_VerifyMIC, 3.4.4 MAC with and without
+    extended session security, with key exchange), which is what SPNEGO's mechListMIC needs.
+
+    Sequence numbers follow SSPI as pyspnego reproduces it: with extended session security
+    each direction counts from 0 on its own; without it one counter is shared by both
+    directions. The counter advances on every sign/verify; :meth:`reset_rc4` (MS-SPNG 3.3.5.1)
+    only restarts the RC4 key stream, not the counters.
+    """
+
+    def __init__(self, flags: int, exported_session_key: bytes) -> None:
+        self.flags = NegotiateFlags(flags)
+        self._ess = bool(flags & NF.NEGOTIATE_EXTENDED_SESSIONSECURITY)
+        key = exported_session_key
+        self._in = _Direction(sealkey(flags, key, "client"), signkey(flags, key, "client"))
+        self._out = _Direction(sealkey(flags, key, "server"), signkey(flags, key, "server"))
+        self._seq_in = 0
+        self._seq_out = 0
+
+    def __repr__(self) -> str:
+        return f"NtlmSession(flags={self.flags!r})"
+
+    def _next_seq(self, incoming: bool) -> int:
+        if self._ess and incoming:
+            seq, self._seq_in = self._seq_in, self._seq_in + 1
+        else:
+            seq, self._seq_out = self._seq_out, self._seq_out + 1
+        return seq
+
+    def _mac(self, direction: _Direction, seq: int, message: bytes) -> bytes:
+        if not self.flags & NF.NEGOTIATE_SIGN:
+            # SSPI's answer to GSS_GetMIC when only ALWAYS_SIGN was negotiated (a dummy token).
+            return b"\x01" + b"\x00" * 15
+        if self._ess:
+            assert direction.sign_key is not None
+            checksum = hmac_md5(direction.sign_key, struct.pack("<I", seq) + message)[:8]
+            if self.flags & NF.NEGOTIATE_KEY_EXCH:
+                checksum = direction.handle.encrypt(checksum)
+            return struct.pack("<I", 1) + checksum + struct.pack("<I", seq)
+        # MS-NLMP 3.4.4.1, MAC without extended session security.
+        crc = struct.pack("<I", zlib.crc32(message) & 0xFFFFFFFF)
+        direction.handle.encrypt(b"\x00" * 4)  # RandomPad, consumed then sent as zero
+        checksum = direction.handle.encrypt(crc)
+        seq_field = direction.handle.encrypt(b"\x00" * 4)
+        seq_xor = struct.unpack("<I", seq_field)[0] ^ seq
+        return struct.pack("<I", 1) + b"\x00" * 4 + checksum + struct.pack("<I", seq_xor)
+
+    def sign(self, message: bytes) -> bytes:
+        """GSS_GetMIC: the 16-byte NTLMSSP_MESSAGE_SIGNATURE of ``message`` (server to client)."""
+        return self._mac(self._out, self._next_seq(incoming=False), message)
+
+    def verify_mic(self, message: bytes, signature: bytes) -> None:
+        """GSS_VerifyMIC of a client signature; raises NtlmError("bad-mic")."""
+        expected = self._mac(self._in, self._next_seq(incoming=True), message)
+        if not isinstance(signature, (bytes, bytearray)) or not hmac.compare_digest(
+            expected, bytes(signature)
+        ):
+            raise NtlmError("bad-mic", "message signature does not verify")
+
+    def reset_rc4(self, *, incoming: bool) -> None:
+        """Restart one direction's RC4 key stream (MS-SPNG 3.3.5.1, after a mechListMIC)."""
+        (self._in if incoming else self._out).reset()
+
+
+# --- the acceptor ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the AUTHENTICATE_MESSAGE claims to be (not yet verified)."""
+
+    user: str
+    domain: str
+    workstation: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A verified NTLMv2 AUTHENTICATE_MESSAGE.
+
+    ``channel_binding`` is ``"verified"`` (client hash matched our TLS binding), ``"absent"``
+    (client sent none or all-zero, and that was allowed) or ``"not-checked"``
+    (``extended_protection="off"``). ``target_name`` is the client's MsvAvTargetName (SPN) if any.
+    """
+
+    candidate_index: int
+    session_base_key: bytes = field(repr=False)
+    exported_session_key: bytes = field(repr=False)
+    channel_binding: str
+    flags: NegotiateFlags = NegotiateFlags(0)
+    mic_present: bool = False
+    target_name: str | None = None
+
+
+_EXTENDED_PROTECTION = ("require", "allow", "off")
+
+
+class NtlmAcceptor:
+    """Server side of one NTLM exchange (MS-NLMP 3.2.5), one instance per connection attempt.
+
+    ``challenge(NEGOTIATE) -> CHALLENGE``, then ``identify(AUTHENTICATE) -> Identity`` (structural
+    checks only; the caller looks up the password candidates for that identity), then
+    ``verify(candidates, now) -> VerifyResult``. Out-of-order calls raise
+    NtlmError("unexpected-message"). After "wrong-password" ``verify`` may be called again with
+    other candidates; any other refusal ends the exchange.
+
+    Args:
+        server_challenge: 8 random bytes from the caller's CSPRNG.
+        now: current time as FILETIME; becomes the CHALLENGE's MsvAvTimestamp.
+        channel_binding_data: ``tls_server_end_point(our cert)`` on TLS, None on plain HTTP.
+        extended_protection: "require" (absent or mismatching binding refused when we have
+            binding data), "allow" (absent accepted, mismatch refused), "off" (not checked).
+        max_clock_skew: seconds allowed between the challenge time, the client's timestamp and
+            the verification time.
+        require_mic: refuse clients whose MsvAvFlags do not announce a MIC ("mic-missing").
+            Every current client sends one because our CHALLENGE carries MsvAvTimestamp.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_challenge: bytes,
+        now: int,
+        netbios_domain: str,
+        netbios_computer: str,
+        dns_domain: str,
+        dns_computer: str,
+        channel_binding_data: bytes | None,
+        extended_protection: str = "require",
+        max_clock_skew: int = 300,
+        require_mic: bool = False,
+    ) -> None:
+        if not isinstance(server_challenge, bytes) or len(server_challenge) != 8:
+            raise NtlmError("bad-argument", "server_challenge must be 8 bytes")
+        if extended_protection not in _EXTENDED_PROTECTION:
+            raise NtlmError("bad-argument", f"extended_protection must be one of {_EXTENDED_PROTECTION}")
+        if max_clock_skew < 0:
+            raise NtlmError("bad-argument", "max_clock_skew must be >= 0")
+        self._server_challenge = server_challenge
+        self._challenge_time = int(now)
+        self._names = (netbios_domain, netbios_computer, dns_domain, dns_computer)
+        self._binding_hash = (
+            channel_bindings_hash(channel_binding_data) if channel_binding_data is not None else None
+        )
+        self._extended_protection = extended_protection
+        self._max_skew_ticks = int(max_clock_skew) * FILETIME_TICKS_PER_SECOND
+        self._require_mic = require_mic
+        self._state = "initial"
+        self._negotiate_raw = b""
+        self._challenge_raw = b""
+        self._challenge_flags = NegotiateFlags(0)
+        self._auth: AuthenticateMessage | None = None
+        self._client_challenge: NtlmV2ClientChallenge | None = None
+        self._session: NtlmSession | None = None
+
+    def __repr__(self) -> str:
+        return f"NtlmAcceptor(state={self._state!r})"
+
+    @property
+    def state(self) -> str:
+        """"initial", "challenged", "identified", "complete" or "failed"."""
+        return self._state
+
+    @property
+    def complete(self) -> bool:
+        return self._state == "complete"
+
+    @property
+    def session(self) -> NtlmSession:
+        """Session security of the completed context."""
+        if self._session is None:
+            raise NtlmError("unexpected-message", "no completed NTLM context")
+        return self._session
+
+    def _expect(self, *states: str) -> None:
+        if self._state not in states:
+            raise NtlmError("unexpected-message", f"NTLM acceptor is {self._state}")
+
+    def _fail(self, error: NtlmError) -> NtlmError:
+        self._state = "failed"
+        return error
+
+    # -- leg 1 --------------------------------------------------------------------------------
+
+    def challenge(self, negotiate_token: bytes) -> bytes:
+        """Parse the NEGOTIATE_MESSAGE and return our CHALLENGE_MESSAGE (MS-NLMP 3.2.5.1.1)."""
+        self._expect("initial")
+        try:
+            negotiate = NegotiateMessage.unpack(negotiate_token)
+            if negotiate.flags & NF.NEGOTIATE_UNICODE:
+                flags = NF.NEGOTIATE_UNICODE
+            elif negotiate.flags & NF.NEGOTIATE_OEM:
+                flags = NF.NEGOTIATE_OEM
+            else:
+                raise NtlmError("unsupported", "client offers neither Unicode nor OEM strings")
+        except NtlmError as exc:
+            raise self._fail(exc) from None
+        flags |= negotiate.flags & _ECHOED_FLAGS
+        flags |= NF.NEGOTIATE_NTLM | NF.NEGOTIATE_TARGET_INFO
+        if negotiate.flags & NF.REQUEST_TARGET:
+            flags |= NF.REQUEST_TARGET | NF.TARGET_TYPE_DOMAIN
+        nb_domain, nb_computer, dns_domain, dns_computer = self._names
+        info = TargetInfo(
+            (
+                AvPair(AvId.MsvAvNbDomainName, nb_domain.encode("utf-16-le")),
+                AvPair(AvId.MsvAvNbComputerName, nb_computer.encode("utf-16-le")),
+                AvPair(AvId.MsvAvDnsDomainName, dns_domain.encode("utf-16-le")),
+                AvPair(AvId.MsvAvDnsComputerName, dns_computer.encode("utf-16-le")),
+                AvPair(AvId.MsvAvDnsTreeName, dns_domain.encode("utf-16-le")),
+                AvPair(AvId.MsvAvTimestamp, struct.pack("<Q", self._challenge_time)),
+            )
+        )
+        challenge = ChallengeMessage(
+            flags=flags,
+            server_challenge=self._server_challenge,
+            target_name=nb_domain if flags & NF.REQUEST_TARGET else None,
+            target_info=info,
+            version=Version() if flags & NF.NEGOTIATE_VERSION else None,
+        )
+        self._negotiate_raw = bytes(negotiate_token)
+        self._challenge_raw = challenge.pack()
+        self._challenge_flags = flags
+        self._state = "challenged"
+        return self._challenge_raw
+
+    # -- leg 2 --------------------------------------------------------------------------------
+
+    def identify(self, authenticate_token: bytes) -> Identity:
+        """Parse the AUTHENTICATE_MESSAGE and refuse what can never verify, before any password
+        is looked up: anonymous, LM-only, NTLMv1, malformed NTLMv2 responses."""
+        self._expect("challenged")
+        try:
+            auth = AuthenticateMessage.unpack(authenticate_token)
+            nt, lm = auth.nt_challenge_response, auth.lm_challenge_response
+            if not auth.user_name or auth.flags & NF.NEGOTIATE_ANONYMOUS:
+                raise NtlmError("anonymous", "anonymous NTLM logon refused")
+            if not nt:
+                if not lm or lm == b"\x00":
+                    raise NtlmError("anonymous", "anonymous NTLM logon refused")
+                raise NtlmError("lm-only", "LM-only response refused; NTLMv2 required")
+            if len(nt) == _NTLMV1_RESPONSE_LEN:
+                raise NtlmError("ntlmv1", "NTLMv1 response refused; NTLMv2 required")
+            if len(nt) < _NTLMV2_MIN_RESPONSE:
+                raise _malformed(f"NtChallengeResponse of {len(nt)} bytes is neither v1 nor v2")
+            client_challenge = NtlmV2ClientChallenge.unpack(nt[16:])
+            if auth.encrypted_random_session_key and len(auth.encrypted_random_session_key) != 16:
+                raise _malformed("EncryptedRandomSessionKey must be 16 bytes")
+        except NtlmError as exc:
+            raise self._fail(exc) from None
+        self._auth = auth
+        self._client_challenge = client_challenge
+        self._state = "identified"
+        return Identity(auth.user_name, auth.domain_name, auth.workstation)
+
+    # -- verification -------------------------------------------------------------------------
+
+    def verify(self, nt_hash_candidates: Sequence[bytes], now: int) -> VerifyResult:
+        """Check the NTLMv2 response against each candidate NT hash (MS-NLMP 3.2.5.1.2), then the
+        timestamp, MIC and channel binding for the matching one."""
+        self._expect("identified")
+        if len(nt_hash_candidates) > MAX_CANDIDATES:
+            raise NtlmError("bad-argument", f"more than {MAX_CANDIDATES} candidate hashes")
+        auth, blob = self._auth, self._client_challenge
+        assert auth is not None and blob is not None
+        nt_proof = auth.nt_challenge_response[:16]
+        for index, candidate in enumerate(nt_hash_candidates):
+            key = ntowfv2(candidate, auth.user_name, auth.domain_name)
+            expected = hmac_md5(key, self._server_challenge + blob.raw)
+            if hmac.compare_digest(expected, nt_proof):
+                try:
+                    return self._accept(index, key, nt_proof, int(now))
+                except NtlmError as exc:
+                    raise self._fail(exc) from None
+        raise NtlmError("wrong-password", "no candidate password matches the NTLMv2 response")
+
+    def _accept(self, index: int, response_key: bytes, nt_proof: bytes, now: int) -> VerifyResult:
+        auth, blob = self._auth, self._client_challenge
+        assert auth is not None and blob is not None
+        self._check_time(blob.timestamp, now)
+
+        session_base_key = hmac_md5(response_key, nt_proof)
+        # Session-security flags are those both sides agreed to; the rest is taken as the client sent it.
+        flags = NegotiateFlags(int(auth.flags) & (int(self._challenge_flags) | ~int(_ECHOED_FLAGS) & 0xFFFFFFFF))
+        exported = session_base_key  # KXKEY for NTLMv2 is the SessionBaseKey (3.4.5.1)
+        if flags & NF.NEGOTIATE_KEY_EXCH and flags & (NF.NEGOTIATE_SIGN | NF.NEGOTIATE_SEAL):
+            if len(auth.encrypted_random_session_key) != 16:
+                raise _malformed("KEY_EXCH without a 16-byte EncryptedRandomSessionKey")
+            exported = _rc4(session_base_key, auth.encrypted_random_session_key)
+
+        mic_present = bool(blob.av_pairs.flags() & AvFlags.MIC_PROVIDED)
+        if mic_present:
+            if auth.mic is None:
+                raise NtlmError("mic-missing", "MsvAvFlags announce a MIC but the message has none")
+            mic = hmac_md5(exported, self._negotiate_raw + self._challenge_raw + auth.zeroed_mic_bytes())
+            if not hmac.compare_digest(mic, auth.mic):
+                raise NtlmError("bad-mic", "AUTHENTICATE_MESSAGE MIC does not verify")
+        elif self._require_mic:
+            raise NtlmError("mic-missing", "client did not send a MIC")
+
+        binding = self._check_channel_binding(blob.av_pairs.get(AvId.MsvAvChannelBindings))
+        target = blob.av_pairs.get(AvId.MsvAvTargetName)
+        target_name = _decode(target, True, "MsvAvTargetName") if target is not None else None
+        self._session = NtlmSession(flags, exported)
+        self._state = "complete"
+        return VerifyResult(
+            candidate_index=index,
+            session_base_key=session_base_key,
+            exported_session_key=exported,
+            channel_binding=binding,
+            flags=flags,
+            mic_present=mic_present,
+            target_name=target_name,
+        )
+
+    def _check_time(self, client_time: int, now: int) -> None:
+        skew = self._max_skew_ticks
+        if abs(now - self._challenge_time) > skew:
+            raise NtlmError("stale-timestamp", "the challenge is older than the allowed skew")
+        if abs(client_time - self._challenge_time) > skew:
+            raise NtlmError("stale-timestamp", "client timestamp is outside the allowed skew")
+
+    def _check_channel_binding(self, client_hash: bytes | None) -> str:
+        if self._extended_protection == "off":
+            return "not-checked"
+        if client_hash is None or client_hash == b"\x00" * 16:
+            if self._extended_protection == "require" and self._binding_hash is not None:
+                raise NtlmError(
+                    "channel-binding-missing",
+                    "client sent no channel binding; Extended Protection requires one",
+                )
+            return "absent"
+        if self._binding_hash is None or not hmac.compare_digest(client_hash, self._binding_hash):
+            raise NtlmError(
+                "channel-binding-mismatch",
+                "client channel binding is not our TLS certificate (relayed or intercepted?)",
+            )
+        return "verified"
