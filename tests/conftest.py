@@ -28,3 +28,6 @@ def upstream(loop_thread):
     loop_thread.run(up.start())
     yield up
     loop_thread.run(up.stop())
+
+
+from .lab.fixtures import samba_lab  # noqa: E402,F401  (session-scoped Samba AD DC on loopback)

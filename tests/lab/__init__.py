@@ -1,0 +1,1 @@
+"""Test labs: a throwaway Samba AD domain controller (samba.py) and its pytest fixture."""
