@@ -1,0 +1,235 @@
+"""Application-specific passwords (ASPs): issue, list, revoke, verify (Basic) and NTLM hashes.
+
+An ASP is 16 symbols from a 32-symbol alphabet without look-alikes (no ``0 o 1 l``), shown as
+``abcd-efgh-jkmn-pqrs``: 16 × 5 = 80 bits. Users may type it with or without the dashes and in
+either case. It is stored encrypted (``ucgate.id.keys``), bound to its row, never in clear and
+never logged; the plaintext is returned once, by :meth:`AspService.create`.
+
+Verification decrypts the user's active ASPs only when a sign-in needs them (nothing is cached
+in clear). Cost: one AES-GCM decryption per ASP (about a microsecond) plus, for NTLM, four MD4
+hashes per ASP (one per spelling); with 5 ASPs ``nt_hash_candidates`` is dominated by its one
+database query (see the report in tests/id/test_asp.py::test_nt_hash_candidates_cost).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from Crypto.Hash import MD4
+
+from ..store import NewAsp, Repository, UserRecord
+from .keys import DecryptError, Keyring, asp_aad
+from .users import UserService
+
+log = logging.getLogger("ucgate.id.asp")
+
+ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # 32 symbols: a–z without l o, 2–9
+assert len(ALPHABET) == 32 and len(set(ALPHABET)) == 32
+ASP_SYMBOLS = 16  # 80 bits
+GROUP = 4
+# Bounds the work of one sign-in (each active ASP is decrypted and, for NTLM, tried 4 times).
+MAX_ACTIVE_ASPS = 25
+MAX_LABEL = 128
+_ALPHABET_SET = frozenset(ALPHABET)
+
+
+def generate_asp(rand: Callable[[int], bytes]) -> str:
+    """A new ASP, e.g. ``k7mq-2xpa-h9dt-e4wn``.
+
+    Args:
+        rand: ``n -> n random bytes`` (``secrets.token_bytes`` in production). Each symbol is a
+            byte's low 5 bits: 256 is a multiple of 32, so every symbol is equally likely.
+    """
+    raw = rand(ASP_SYMBOLS)
+    if len(raw) != ASP_SYMBOLS:
+        raise ValueError("rand returned the wrong number of bytes")
+    return format_asp("".join(ALPHABET[b & 31] for b in raw))
+
+
+def format_asp(canonical: str) -> str:
+    return "-".join(canonical[i:i + GROUP] for i in range(0, len(canonical), GROUP))
+
+
+def canonical_asp(typed: str) -> str | None:
+    """The 16 lower-case symbols of a typed ASP (dashes and spaces dropped), None if it cannot
+    be an ASP."""
+    c = typed.replace("-", "").replace(" ", "").lower()
+    if len(c) != ASP_SYMBOLS or not set(c) <= _ALPHABET_SET:
+        return None
+    return c
+
+
+def nt_hash(password: str) -> bytes:
+    """NTOWFv1 (MS-NLMP 3.3.1): MD4 of the UTF-16LE password."""
+    return MD4.new(password.encode("utf-16-le")).digest()
+
+
+def spellings(canonical: str) -> list[str]:
+    """How a user may type an ASP into an NTLM client, which hashes exactly what was typed:
+    with dashes or without, lower or upper case."""
+    shown = format_asp(canonical)
+    return [shown, canonical, shown.upper(), canonical.upper()]
+
+
+@dataclass(frozen=True, slots=True)
+class AspMatch:
+    asp_id: str
+    user_id: int
+    username: str
+    label: str
+    device_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AspInfo:
+    """What may be shown about an ASP: everything but the secret."""
+
+    id: str
+    username: str
+    label: str
+    device_id: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class UnknownUser(LookupError):
+    pass
+
+
+class AspLimit(Exception):
+    pass
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _device_matches(bound: str | None, device_id: str | None) -> bool:
+    # EAS device ids are compared case-insensitively (clients vary the case between versions).
+    return bound is None or (device_id is not None and bound.lower() == device_id.lower())
+
+
+class AspService:
+    def __init__(self, repo: Repository, keyring: Keyring, clock: Callable[[], datetime] = _utcnow,
+                 *, rand: Callable[[int], bytes] = secrets.token_bytes,
+                 users: UserService | None = None) -> None:
+        self.repo = repo
+        self.keyring = keyring
+        self.clock = clock
+        self.rand = rand
+        self.users = users or UserService(repo, clock)
+
+    def _user(self, username: str) -> UserRecord:
+        u = self.users.resolve(username)
+        if u is None:
+            raise UnknownUser(f"no user {username!r}")
+        return u
+
+    # --- administration ---------------------------------------------------------------
+    def create(self, username: str, label: str, device_id: str | None = None) -> tuple[str, str]:
+        """Issue an ASP. Returns ``(asp_id, plaintext)``; the plaintext is never available again.
+
+        Raises:
+            UnknownUser; ValueError for a bad label; AspLimit when the user has
+            MAX_ACTIVE_ASPS active ASPs.
+        """
+        user = self._user(username)
+        label = " ".join(label.split())
+        if not label or len(label) > MAX_LABEL or not label.isprintable():
+            raise ValueError(f"a label is 1 to {MAX_LABEL} printable characters")
+        if len(self.repo.list_asps(user.id, include_revoked=False)) >= MAX_ACTIVE_ASPS:
+            raise AspLimit(f"{user.username} has {MAX_ACTIVE_ASPS} active ASPs; revoke one first")
+        plaintext = generate_asp(self.rand)
+        asp_id = self.rand(8).hex()
+        nonce, sealed = self.keyring.encrypt(canonical_asp(plaintext).encode(), asp_aad(user.id, asp_id))
+        self.repo.add_asp(NewAsp(id=asp_id, user_id=user.id, label=label, ciphertext=sealed,
+                                 nonce=nonce, device_id=device_id or None, created_at=self.clock()))
+        return asp_id, plaintext
+
+    def list(self, username: str, *, include_revoked: bool = True) -> list[AspInfo]:
+        user = self._user(username)
+        return [AspInfo(a.id, user.username, a.label, a.device_id, a.created_at, a.last_used_at,
+                        a.revoked_at)
+                for a in self.repo.list_asps(user.id, include_revoked=include_revoked)]
+
+    def get(self, asp_id: str) -> AspInfo | None:
+        a = self.repo.get_asp(asp_id)
+        if a is None:
+            return None
+        u = self.repo.get_user_by_id(a.user_id)
+        return AspInfo(a.id, u.username if u else "?", a.label, a.device_id, a.created_at,
+                       a.last_used_at, a.revoked_at)
+
+    def revoke(self, asp_id: str) -> bool:
+        """False when there is no such ASP (revoking twice is fine)."""
+        return self.repo.revoke_asp(asp_id, self.clock())
+
+    def mark_used(self, asp_id: str, at: datetime | float | None = None) -> None:
+        """Record a successful sign-in with the ASP; ``at`` is a datetime or POSIX seconds."""
+        if isinstance(at, (int, float)):
+            at = datetime.fromtimestamp(at, timezone.utc)
+        self.repo.mark_asp_used(asp_id, at or self.clock())
+
+    def reencrypt_all(self) -> int:
+        """Re-encrypt every ASP under the keyring's active key (after a key rotation)."""
+        n = 0
+        for asp_id in self.repo.all_asp_ids():
+            a = self.repo.get_asp(asp_id)
+            if a is None or Keyring.key_id_of(a.ciphertext) == self.keyring.active:
+                continue
+            aad = asp_aad(a.user_id, a.id)
+            nonce, sealed = self.keyring.encrypt(self.keyring.decrypt(a.nonce, a.ciphertext, aad), aad)
+            self.repo.replace_asp_ciphertext(a.id, sealed, nonce)
+            n += 1
+        return n
+
+    # --- verification -----------------------------------------------------------------
+    def _usable(self, username: str, device_id: str | None) -> tuple[UserRecord | None, list]:
+        user = self.users.resolve(username)
+        if user is None or not user.enabled:
+            return None, []
+        out = []
+        for a in self.repo.list_asps(user.id, include_revoked=False):
+            if not _device_matches(a.device_id, device_id):
+                continue
+            try:
+                secret = self.keyring.decrypt(a.nonce, a.ciphertext, asp_aad(user.id, a.id))
+            except DecryptError as e:
+                log.warning("ASP %s of %s does not decrypt (skipped): %s", a.id, user.username, e)
+                continue
+            out.append((a, secret))
+        return user, out
+
+    def verify_password(self, username: str, password: str,
+                        device_id: str | None = None) -> AspMatch | None:
+        """The ASP ``password`` is, for Basic sign-in; None for a wrong, revoked or other
+        device's ASP, a disabled or unknown user.
+
+        Every usable ASP of the user is compared, in constant time, whatever matches first.
+        """
+        user, usable = self._usable(username, device_id)
+        typed = (canonical_asp(password) or "\x00" * ASP_SYMBOLS).encode()
+        found = None
+        for a, secret in usable:
+            if hmac.compare_digest(secret, typed) and found is None:
+                found = a
+        if user is None or found is None:
+            return None
+        return AspMatch(found.id, user.id, user.username, found.label, found.device_id)
+
+    def nt_hash_candidates(self, username: str,
+                           device_id: str | None = None) -> list[tuple[str, bytes]]:
+        """``(asp_id, NT hash)`` for each usable ASP and each spelling (see :func:`spellings`);
+        empty for an unknown or disabled user."""
+        _, usable = self._usable(username, device_id)
+        return [(a.id, nt_hash(s)) for a, secret in usable for s in spellings(secret.decode())]

@@ -1,0 +1,122 @@
+"""The tables, as SQLAlchemy Core metadata (the migrations create them; this module describes them).
+
+Names follow DESIGN.md's vocabulary. Two deliberate departures from the obvious column names:
+``audit.username`` (not ``user``, a reserved word in PostgreSQL that every admin's ad-hoc SQL would
+have to quote) and ``users.username`` holding the *canonical* (lower-case) sAMAccountName, which is
+how "unique case-insensitively" is enforced on both SQLite and PostgreSQL by a plain UNIQUE.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+# Stable constraint names, so later migrations can refer to them on both databases.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on both databases.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time type, so we store naive UTC text and
+    put the UTC zone back on read. Naive datetimes are refused on write: they are bugs.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; pass an aware UTC datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+USER_SOURCES = ("local", "directory")
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    # canonical sAMAccountName: ucgate.id.users.normalise_username() (lower case)
+    Column("username", String(256), nullable=False, unique=True),
+    Column("upn", String(1024), nullable=True, unique=True),  # canonical (lower case) too
+    Column("sip_uri", String(1024), nullable=True),
+    Column("display_name", String(256), nullable=True),
+    Column("enabled", Boolean(create_constraint=False), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    CheckConstraint("source IN ('local', 'directory')", name="source"),
+)
+
+asps = Table(
+    "asps",
+    metadata,
+    # opaque random id (hex); known before the insert so it can be bound into the ciphertext
+    Column("id", String(32), primary_key=True),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("label", String(128), nullable=False),
+    # ucgate.id.keys format: 1 byte format version + 4 bytes key id + AES-GCM ciphertext and tag
+    Column("ciphertext", LargeBinary(), nullable=False),
+    Column("nonce", LargeBinary(), nullable=False),
+    Column("device_id", String(256), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_used_at", UtcDateTime(), nullable=True),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    Index(None, "user_id"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("username", String(256), nullable=True),
+    Column("device", String(256), nullable=True),
+    Column("service", String(64), nullable=True),
+    Column("client_address", String(64), nullable=True),
+    Column("result", String(32), nullable=False),
+    Column("reason", Text(), nullable=True),
+    Column("details", JSON(), nullable=True),
+    Index(None, "at"),
+    Index(None, "username", "at"),
+)

@@ -1,0 +1,192 @@
+"""The SQL implementation of :class:`~ucgate.store.repository.Repository` (SQLAlchemy Core).
+
+One engine, one short transaction per call. A write is acknowledged (the method returns) only
+after COMMIT returned, and both databases are configured so a returned COMMIT is durable
+(see ``ucgate.store.engine``): an acknowledged write survives ``kill -9`` of the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from . import migrate
+from .engine import WRITE, StoreError, make_engine
+from .repository import AspRecord, AuditRecord, DuplicateError, NewAsp, NotFoundError, UserRecord
+from .schema import USER_SOURCES, asps, audit, users
+
+
+def _user(row: Row) -> UserRecord:
+    m = row._mapping
+    return UserRecord(
+        id=m["id"], username=m["username"], upn=m["upn"], sip_uri=m["sip_uri"],
+        display_name=m["display_name"], enabled=bool(m["enabled"]), source=m["source"],
+        created_at=m["created_at"],
+    )
+
+
+def _asp(row: Row) -> AspRecord:
+    m = row._mapping
+    return AspRecord(
+        id=m["id"], user_id=m["user_id"], label=m["label"], ciphertext=bytes(m["ciphertext"]),
+        nonce=bytes(m["nonce"]), device_id=m["device_id"], created_at=m["created_at"],
+        last_used_at=m["last_used_at"], revoked_at=m["revoked_at"],
+    )
+
+
+def _audit(row: Row) -> AuditRecord:
+    m = row._mapping
+    return AuditRecord(
+        id=m["id"], at=m["at"], actor=m["actor"], action=m["action"], result=m["result"],
+        username=m["username"], device=m["device"], service=m["service"],
+        client_address=m["client_address"], reason=m["reason"], details=m["details"],
+    )
+
+
+class SqlRepository:
+    """SQLite or PostgreSQL storage. Thread-safe (the engine pools connections)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, migrate_schema: bool = True) -> SqlRepository:
+        """Open the database at ``url``.
+
+        Args:
+            migrate_schema: bring the schema to the newest revision first (the default, right
+                for SQLite on one node). A cluster may prefer ``ucgate db upgrade`` run once.
+        Raises:
+            StoreError: when the schema is not current and ``migrate_schema`` is False.
+        """
+        engine = make_engine(url)
+        if migrate_schema:
+            migrate.upgrade(engine)
+        else:
+            have, want = migrate.current(engine), migrate.head()
+            if have != want:
+                engine.dispose()
+                raise StoreError(
+                    f"the database schema is at revision {have or 'none'}, this ucgate needs "
+                    f"{want}: run `ucgate db upgrade`"
+                )
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # --- users ------------------------------------------------------------------------
+    def add_user(self, username: str, *, upn: str | None, sip_uri: str | None,
+                 display_name: str | None, source: str, created_at: datetime,
+                 enabled: bool = True) -> UserRecord:
+        if source not in USER_SOURCES:
+            raise ValueError(f"source must be one of {USER_SOURCES}, got {source!r}")
+        values = dict(username=username, upn=upn, sip_uri=sip_uri, display_name=display_name,
+                      enabled=enabled, source=source, created_at=created_at)
+        try:
+            with self._write() as c:
+                user_id = c.execute(insert(users).values(**values).returning(users.c.id)).scalar_one()
+        except IntegrityError as e:
+            raise DuplicateError(f"a user named {username!r} (or with UPN {upn!r}) exists") from e
+        return UserRecord(id=user_id, **values)
+
+    def _one_user(self, where: Any) -> UserRecord | None:
+        with self._read() as c:
+            row = c.execute(select(users).where(where)).first()
+        return _user(row) if row else None
+
+    def get_user(self, username: str) -> UserRecord | None:
+        return self._one_user(users.c.username == username)
+
+    def get_user_by_id(self, user_id: int) -> UserRecord | None:
+        return self._one_user(users.c.id == user_id)
+
+    def get_user_by_upn(self, upn: str) -> UserRecord | None:
+        return self._one_user(users.c.upn == upn)
+
+    def list_users(self) -> list[UserRecord]:
+        with self._read() as c:
+            return [_user(r) for r in c.execute(select(users).order_by(users.c.username))]
+
+    def set_user_enabled(self, username: str, enabled: bool) -> bool:
+        with self._write() as c:
+            n = c.execute(update(users).where(users.c.username == username).values(enabled=enabled)).rowcount
+        return n == 1
+
+    # --- ASPs -------------------------------------------------------------------------
+    def add_asp(self, asp: NewAsp) -> None:
+        try:
+            with self._write() as c:
+                if c.execute(select(users.c.id).where(users.c.id == asp.user_id)).first() is None:
+                    raise NotFoundError(f"no user with id {asp.user_id}")
+                c.execute(insert(asps).values(
+                    id=asp.id, user_id=asp.user_id, label=asp.label, ciphertext=asp.ciphertext,
+                    nonce=asp.nonce, device_id=asp.device_id, created_at=asp.created_at))
+        except IntegrityError as e:
+            raise DuplicateError(f"an ASP with id {asp.id!r} exists") from e
+
+    def get_asp(self, asp_id: str) -> AspRecord | None:
+        with self._read() as c:
+            row = c.execute(select(asps).where(asps.c.id == asp_id)).first()
+        return _asp(row) if row else None
+
+    def list_asps(self, user_id: int, *, include_revoked: bool = True) -> list[AspRecord]:
+        q = select(asps).where(asps.c.user_id == user_id)
+        if not include_revoked:
+            q = q.where(asps.c.revoked_at.is_(None))
+        with self._read() as c:
+            return [_asp(r) for r in c.execute(q.order_by(asps.c.created_at, asps.c.id))]
+
+    def revoke_asp(self, asp_id: str, at: datetime) -> bool:
+        with self._write() as c:
+            if c.execute(select(asps.c.id).where(asps.c.id == asp_id)).first() is None:
+                return False
+            c.execute(update(asps).where(asps.c.id == asp_id, asps.c.revoked_at.is_(None))
+                      .values(revoked_at=at))
+        return True
+
+    def mark_asp_used(self, asp_id: str, at: datetime) -> bool:
+        with self._write() as c:
+            n = c.execute(update(asps).where(asps.c.id == asp_id).values(last_used_at=at)).rowcount
+        return n == 1
+
+    def replace_asp_ciphertext(self, asp_id: str, ciphertext: bytes, nonce: bytes) -> bool:
+        with self._write() as c:
+            n = c.execute(update(asps).where(asps.c.id == asp_id)
+                          .values(ciphertext=ciphertext, nonce=nonce)).rowcount
+        return n == 1
+
+    def all_asp_ids(self) -> Sequence[str]:
+        with self._read() as c:
+            return list(c.execute(select(asps.c.id).order_by(asps.c.id)).scalars())
+
+    # --- audit ------------------------------------------------------------------------
+    def add_audit(self, event: AuditRecord) -> int:
+        with self._write() as c:
+            return c.execute(insert(audit).values(
+                at=event.at, actor=event.actor, action=event.action, result=event.result,
+                username=event.username, device=event.device, service=event.service,
+                client_address=event.client_address, reason=event.reason,
+                details=event.details).returning(audit.c.id)).scalar_one()
+
+    def tail_audit(self, n: int) -> list[AuditRecord]:
+        if n <= 0:
+            return []
+        with self._read() as c:
+            rows = c.execute(select(audit).order_by(audit.c.id.desc()).limit(n)).all()
+        return [_audit(r) for r in reversed(rows)]
