@@ -8,6 +8,7 @@ and the resulting identity therefore live here, and die with the connection.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ class Identity:
     method: str  # "ntlm" | "basic" | "negotiate" | "bearer" | ...
     device_id: str | None = None
     credential_id: str | None = None  # e.g. which ASP matched
+    signed_in_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
 
 @dataclass(eq=False, slots=True)
@@ -35,7 +37,8 @@ class ClientConnection:
     channel_binding: bytes | None
     created_at: float
     id: int = field(default_factory=lambda: next(_ids))
-    identity: Identity | None = None
+    identity: Identity | None = None  # set by connection-based auth (NTLM): authorises later requests
+    principal: Identity | None = None  # who last authenticated on it, by any method (for cut-off)
     auth_state: Any = None  # an authenticator's handshake in progress (e.g. NTLM after Type 1)
     requests: int = 0
     writer: asyncio.StreamWriter | None = None

@@ -13,6 +13,7 @@ ambiguous is answered with a 4xx and the connection is closed; it is never forwa
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ipaddress
 import logging
 import ssl
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from ..config import Config
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
+from ..protocols.ntlm import tls_server_end_point
 from ..protocols.sfb import Service, ServiceMap, split_target
 from .auth import Authenticator, DenyAll
 from .connection import ClientConnection, Identity
@@ -81,7 +83,10 @@ class Gateway:
             assert gw.tls_cert and gw.tls_key
             self.ssl = server_context(gw.tls_cert, gw.tls_key)
             self.certificate_der = certificate_der(gw.tls_cert)
-        self.channel_binding: bytes | None = None  # set by an authenticator that needs it
+        # RFC 5929 tls-server-end-point of our certificate: what NTLM clients bind to (EPA).
+        self.channel_binding: bytes | None = (
+            tls_server_end_point(self.certificate_der) if self.certificate_der else None
+        )
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
         ident = gw.identity_header.lower().encode()
@@ -138,6 +143,29 @@ class Gateway:
         if n:
             log.warning("closed %d live connection(s): %s", n, reason)
         return n
+
+    def live_users(self) -> dict[str, "dt.datetime"]:
+        """{user: earliest sign-in time} of the connections authenticated right now."""
+        out: dict[str, dt.datetime] = {}
+        for conn in self.connections:
+            ident = conn.principal
+            if ident is not None and (ident.user not in out or ident.signed_in_at < out[ident.user]):
+                out[ident.user] = ident.signed_in_at
+        return out
+
+    def on_event(self, event: object) -> None:
+        """Handle an id-service event (``UserBlocked``): close that user's live sessions."""
+        user = getattr(event, "user", None)
+        if user is None:
+            return
+        before = getattr(event, "signed_in_before", None)
+
+        def match(conn: ClientConnection) -> bool:
+            ident = conn.principal
+            return (ident is not None and ident.user == user
+                    and (before is None or ident.signed_in_at < before))
+
+        self.cut_off(match, f"{user}: {getattr(event, 'reason', 'blocked')}")
 
     # --- per connection -----------------------------------------------------------------
     async def _on_connection(
@@ -242,6 +270,7 @@ class Gateway:
                     body, outcome.headers, path, service, close=outcome.close,
                 )
             identity = outcome.identity
+            conn.principal = identity
             response_headers = outcome.headers  # e.g. Negotiate's final token
         # decide: partnership and account-state policy plug in here (issues 4-6).
         # forward
