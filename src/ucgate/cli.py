@@ -21,15 +21,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load(args.config)
-    from .app import build_gateway
+    from .app import build_node
 
-    build_gateway(config)  # loads certificates and TLS contexts: catches unreadable keys too
+    # Build everything (certificates, TLS contexts, key file, store) without listening: this
+    # catches an unreadable key or a key file next to the database too.
+    node = build_node(config)
+    if node.ids is not None:
+        node.ids.close()
     print(f"{args.config}: OK")
     print(f"  gateway   {'http' if config.gateway.plain_http else 'https'}://"
           f"{config.gateway.listen_host}:{config.gateway.listen_port}")
     for up in config.upstreams.values():
         print(f"  upstream  {up.name}: {up.url}{'' if up.verify else '  (certificate NOT verified)'}")
-    print(f"  auth      {config.auth.authenticator}")
+    print(f"  auth      {config.auth.authenticator}: {', '.join(config.auth.methods)}, "
+          f"extended protection {config.auth.extended_protection}")
+    print(f"  store     {config.store.url}  (key file {config.store.key_file})")
+    if config.directory:
+        print(f"  directory {', '.join(config.directory.urls)}  base {config.directory.base_dn}")
     return 0
 
 
@@ -62,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8443)
     d.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     d.set_defaults(func=_cmd_demo)
+    from .id.admin_cli import register
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, default=Path("/etc/ucgate/ucgate.toml"),
+                        help="configuration file (default /etc/ucgate/ucgate.toml)")
+    register(sub, common)
     return p
 
 

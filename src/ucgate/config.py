@@ -73,7 +73,44 @@ class GatewayConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    authenticator: str = "deny-all"
+    authenticator: str = "preauth"
+    methods: tuple[str, ...] = ("negotiate", "ntlm", "basic")
+    extended_protection: str = "require"
+    allow_domain_passwords: bool = False
+    realm: str = "ucgate"
+    netbios_domain: str = "UCGATE"
+    dns_domain: str = "ucgate.local"
+    netbios_computer: str = "UCGATE-GW"
+    max_clock_skew: int = 300
+
+
+@dataclass(frozen=True)
+class LockoutConfig:
+    user_failures: int = 5
+    ip_failures: int = 20
+    window: float = 900.0
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    urls: tuple[str, ...]
+    bind_dn: str
+    bind_password: str = field(repr=False)
+    base_dn: str
+    ca_file: Path | None = None
+    start_tls: bool = False
+    timeout: float = 5.0
+    cache_ttl: float = 30.0
+    required_group: str | None = None
+    recheck_interval: float = 30.0
+    outage_grace: float = 300.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str
+    key_file: Path
+    audit_file: Path | None
 
 
 @dataclass(frozen=True)
@@ -84,7 +121,23 @@ class Config:
     services: dict[str, dict[str, Any]]
     auth: AuthConfig
     data_dir: Path
+    store: StoreConfig
+    lockout: LockoutConfig = field(default_factory=LockoutConfig)
+    directory: DirectoryConfig | None = None
     log_level: str = "info"
+
+    # the attributes the id service's CLI commands read (ucgate.id.admin_cli)
+    @property
+    def store_url(self) -> str:
+        return self.store.url
+
+    @property
+    def key_file(self) -> Path:
+        return self.store.key_file
+
+    @property
+    def audit_file(self) -> Path | None:
+        return self.store.audit_file
 
 
 class _Section:
@@ -289,15 +342,54 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
     services = {n: _parse_service(file, n, t, upstreams) for n, t in svc_raw.items()}
 
     au = top.sub("auth")
-    authn = au.get("authenticator", str, "deny-all")
+    a = AuthConfig()
+    authn = au.get("authenticator", str, a.authenticator)
     if authn not in AUTHENTICATORS:
         raise au.fail("authenticator", f"expected one of {', '.join(AUTHENTICATORS)}, got {authn!r}")
-    auth = AuthConfig(authenticator=authn)
+    methods = au.get("methods", list, list(a.methods))
+    for i, m in enumerate(methods):
+        if m not in ("negotiate", "ntlm", "basic"):
+            raise au.fail(f"methods[{i}]", f"expected negotiate, ntlm or basic, got {m!r}")
+    ep = au.get("extended_protection", str, a.extended_protection)
+    if ep not in ("require", "allow", "off"):
+        raise au.fail("extended_protection", f"expected require, allow or off, got {ep!r}")
+    auth = AuthConfig(
+        authenticator=authn,
+        methods=tuple(methods),
+        extended_protection=ep,
+        allow_domain_passwords=au.get("allow_domain_passwords", bool, a.allow_domain_passwords),
+        realm=au.get("realm", str, a.realm),
+        netbios_domain=au.get("netbios_domain", str, a.netbios_domain).upper(),
+        dns_domain=au.get("dns_domain", str, a.dns_domain),
+        netbios_computer=au.get("netbios_computer", str, a.netbios_computer).upper(),
+        max_clock_skew=au.positive("max_clock_skew", int, a.max_clock_skew),
+    )
     au.finish()
+
+    lo = top.sub("lockout")
+    lk = LockoutConfig()
+    lockout = LockoutConfig(
+        user_failures=lo.positive("user_failures", int, lk.user_failures),
+        ip_failures=lo.positive("ip_failures", int, lk.ip_failures),
+        window=lo.positive("window", float, lk.window),
+    )
+    lo.finish()
 
     data = top.sub("data")
     data_dir = data.path("dir", Path("/var/lib/ucgate"), base)
     data.finish()
+
+    st = top.sub("store")
+    url = st.get("url", str, None) or f"sqlite:///{data_dir / 'ucgate.db'}"
+    if not url.startswith(("sqlite:", "postgresql")):
+        raise st.fail("url", f"expected sqlite:///path or postgresql+psycopg://..., got {url!r}")
+    # The key that encrypts stored secrets must not sit next to the data it protects.
+    key_file = st.path("key_file", Path("/etc/ucgate/ucgate.key"), base)
+    audit_file = st.path("audit_file", data_dir / "audit.jsonl", base)
+    store = StoreConfig(url=url, key_file=key_file, audit_file=audit_file)
+    st.finish()
+    directory = _parse_directory(top, base)
+
     lg = top.sub("log")
     level = lg.get("level", str, "info").lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -311,8 +403,57 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
         services=services,
         auth=auth,
         data_dir=data_dir,
+        store=store,
+        lockout=lockout,
+        directory=directory,
         log_level=level,
     )
 
 
-AUTHENTICATORS = ("deny-all",)
+def _parse_directory(top: _Section, base: Path) -> DirectoryConfig | None:
+    if "directory" not in top.table:
+        top.used.add("directory")
+        return None
+    d = top.sub("directory")
+    urls = d.get("url", (str, list), None)
+    if urls is None:
+        raise d.fail("url", "required: ldaps://dc1.contoso.local (or a list of DCs)")
+    urls = [urls] if isinstance(urls, str) else urls
+    for i, u in enumerate(urls):
+        if not isinstance(u, str) or not u.startswith(("ldap://", "ldaps://")):
+            raise d.fail(f"url[{i}]" if len(urls) > 1 else "url", f"expected ldaps://host or ldap://host, got {u!r}")
+    bind_dn = d.get("bind_dn", str, None)
+    if not bind_dn:
+        raise d.fail("bind_dn", "required: the service account's DN")
+    base_dn = d.get("base_dn", str, None)
+    if not base_dn:
+        raise d.fail("base_dn", "required, e.g. DC=contoso,DC=local")
+    pw_file = d.path("bind_password_file", None, base)
+    pw = d.get("bind_password", str, None)
+    if pw_file is not None:
+        try:
+            pw = pw_file.read_text().strip()
+        except OSError as e:
+            raise d.fail("bind_password_file", f"cannot read {pw_file}: {e.strerror}") from None
+    if not pw:
+        raise d.fail("bind_password_file", "required (a file readable only by ucgate)")
+    ca = d.path("ca_file", None, base)
+    if ca is not None and not ca.is_file():
+        raise d.fail("ca_file", f"no such file: {ca}")
+    start_tls = d.get("start_tls", bool, False)
+    if any(u.startswith("ldap://") for u in urls) and not start_tls:
+        raise d.fail("start_tls", "plain ldap:// needs start_tls = true (passwords cross this link)")
+    cfg = DirectoryConfig(
+        urls=tuple(urls), bind_dn=bind_dn, bind_password=pw, base_dn=base_dn, ca_file=ca,
+        start_tls=start_tls,
+        timeout=d.positive("timeout", float, 5.0),
+        cache_ttl=d.positive("cache_ttl", float, 30.0),
+        required_group=d.get("required_group", str, None),
+        recheck_interval=d.positive("recheck_interval", float, 30.0),
+        outage_grace=d.positive("outage_grace", float, 300.0),
+    )
+    d.finish()
+    return cfg
+
+
+AUTHENTICATORS = ("preauth", "deny-all")

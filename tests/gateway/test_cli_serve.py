@@ -41,6 +41,12 @@ tls_key = "{key}"
 [upstreams.frontend]
 url = "http://127.0.0.1:{upstream_port}"
 
+[data]
+dir = "{tmp_path / 'data'}"
+
+[store]
+key_file = "{tmp_path / 'keys' / 'ucgate.key'}"
+
 [services.meet]
 max_body_bytes = 104857600
 {extra}

@@ -39,6 +39,7 @@ async def start_frontend(host: str = "127.0.0.1", port: int = 0, **app_args):
 
 
 def demo_config(data_dir: Path, host: str, port: int, fe_port: int) -> dict:
+    # The key that encrypts ASPs lives beside, not inside, the data directory.
     return {
         "gateway": {
             "listen": f"{host}:{port}",
@@ -50,22 +51,42 @@ def demo_config(data_dir: Path, host: str, port: int, fe_port: int) -> dict:
             "frontend": {"url": f"http://127.0.0.1:{fe_port}"},
             "exchange": {"url": f"http://127.0.0.1:{fe_port}"},
         },
-        "data": {"dir": str(data_dir)},
+        "auth": {"netbios_domain": "CONTOSO", "dns_domain": "contoso.com"},
+        "data": {"dir": str(data_dir / "data")},
+        "store": {"key_file": str(data_dir / "keys" / "ucgate.key")},
+        "log": {"level": "info"},
     }
 
 
+def demo_user(node) -> str:
+    """Make sure the demo user exists and give it a fresh ASP (shown once, so a new one each
+    run; older demo ASPs are revoked)."""
+    users, asps = node.ids.users, node.ids.asps
+    if users.get("alice") is None:
+        users.add("alice", upn="alice@contoso.com", sip_uri="sip:alice@contoso.com",
+                  display_name="Alice Demo")
+    for info in asps.list("alice", include_revoked=False):
+        if info.label == "demo":
+            asps.revoke(info.id)
+    return asps.create("alice", "demo")[1]
+
+
 async def run_demo(data_dir: Path, host: str, port: int) -> None:
-    from ..app import build_gateway, wait_for_signal
+    from ..app import build_node, wait_for_signal
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "data").mkdir(exist_ok=True)
+    (data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
     cert, key = data_dir / "gateway.crt", data_dir / "gateway.key"
     if not cert.exists() or not key.exists():
         make_self_signed(cert, key, ["localhost", "127.0.0.1"])
         log.info("generated a self-signed certificate in %s", data_dir)
     fe, fe_task, fe_port = await start_frontend(users={"alice": "Passw0rd!"})
     config = from_dict(demo_config(data_dir, host, port, fe_port))
-    gateway = build_gateway(config)
-    await gateway.start()
+    node = build_node(config)
+    asp = demo_user(node)
+    await node.start()
+    gateway = node.gateway
     base = f"https://{host}:{gateway.port}"
     print(
         f"""
@@ -77,10 +98,20 @@ Try:
   curl --cacert {cert} '{base}/Autodiscover/AutodiscoverService.svc/root?originalDomain=contoso.com'
   # protected services are refused before anything reaches the front end
   curl --cacert {cert} -i {base}/ucwa/oauth/v1/applications
-  curl --cacert {cert} -i '{base}/Microsoft-Server-ActiveSync?Cmd=Sync&User=alice&DeviceId=ABC123&DeviceType=iPhone' -X POST
+  # ... and pass with alice's application-specific password (Basic over TLS) — shown once:
+  #     alice's ASP for this run: {asp}
+  curl --cacert {cert} -u 'alice:{asp}' -X OPTIONS -i {base}/Microsoft-Server-ActiveSync
+  curl --cacert {cert} -u 'CONTOSO\\alice:{asp}' -H 'Content-Type: application/x-www-form-urlencoded' \\
+       -d 'grant_type=password&username=alice@contoso.com&password=x' {base}/WebTicket/oauthtoken
+  # a wrong password gets 401; five of them in 15 minutes get 429 (the failure budget)
+  curl --cacert {cert} -u 'alice:wrong' -i {base}/ucwa/oauth/v1/applications
+  # NTLM is refused here because curl's NTLM sends no channel binding and Extended
+  # Protection is required over TLS (clients that bind, e.g. requests-ntlm, pass):
+  curl --cacert {cert} --ntlm -u 'CONTOSO\\alice:{asp}' -i {base}/ucwa/oauth/v1/applications
   # a smuggling attempt gets 400 and the connection is closed
   printf 'POST /ucwa/x HTTP/1.1\\r\\nHost: a\\r\\nContent-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n' | openssl s_client -quiet -connect {host}:{gateway.port} 2>/dev/null
 
+Audit log: {config.store.audit_file}   Admin CLI: ucgate user|asp|audit ... (see --help)
 Press Ctrl-C to stop.
 """,
         flush=True,
@@ -88,6 +119,6 @@ Press Ctrl-C to stop.
     try:
         await wait_for_signal()
     finally:
-        await gateway.stop()
+        await node.stop()
         fe.should_exit = True
         await fe_task

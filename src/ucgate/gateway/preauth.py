@@ -1,0 +1,266 @@
+"""Pre-authentication: NTLMv2 (with Extended Protection), Negotiate-wrapped NTLM, Basic over TLS.
+
+The protocol work is in ``ucgate.protocols.ntlm``/``spnego`` (sans-I/O); the credentials are
+the id service's (``ucgate.id.api.CredentialService``). This module is the glue: it reads the
+``Authorization`` header, keeps the NTLM handshake on the connection, and turns results into
+401 challenges or an :class:`Identity`.
+
+NTLM authenticates the connection, as IIS does: after a successful Type 3, later requests on
+the same connection need no header. A new connection starts over. Basic is verified per request
+(a connection remembers the last header it verified, so keep-alive costs nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..id.api import AttemptContext, CredentialService, Verdict
+from ..protocols import ntlm as ntlm_proto
+from ..protocols import spnego as spnego_proto
+from ..protocols.http1 import RequestHead
+from ..protocols.sfb import Service
+from .auth import AuthOutcome
+from .connection import ClientConnection, Identity
+
+log = logging.getLogger("ucgate.gateway.auth")
+
+# An NTLM AUTHENTICATE message with a long user name and full AV pairs is < 2 KiB; SPNEGO adds
+# little. 16 KiB of base64 is generous and keeps a hostile header from costing us.
+MAX_NTLM_HEADER = 16 * 1024
+MAX_BASIC_HEADER = 4 * 1024
+
+
+@dataclass(frozen=True)
+class PreAuthSettings:
+    methods: tuple[str, ...] = ("negotiate", "ntlm", "basic")
+    extended_protection: str = "require"  # "require" | "allow" | "off"
+    realm: str = "ucgate"
+    netbios_domain: str = "UCGATE"
+    dns_domain: str = "ucgate.local"
+    netbios_computer: str = "UCGATE-GW"
+    dns_computer: str = "ucgate-gw.ucgate.local"
+    max_clock_skew: int = 300
+
+
+@dataclass
+class _NtlmHandshake:
+    scheme: bytes  # b"ntlm" or b"negotiate"
+    acceptor: object  # ntlm_proto.NtlmAcceptor or spnego_proto.SpnegoNtlmAcceptor
+    started: float
+
+
+@dataclass
+class _BasicMemo:
+    digest: bytes
+    identity: Identity
+
+
+class PreAuthenticator:
+    """The gateway's authenticator for protected services."""
+
+    def __init__(
+        self,
+        credentials: CredentialService,
+        settings: PreAuthSettings,
+        *,
+        rand: Callable[[int], bytes] = os.urandom,
+        wallclock: Callable[[], float] = time.time,
+        device_id_of: Callable[[RequestHead, Service], str | None] | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.settings = settings
+        self.rand = rand
+        self.wallclock = wallclock
+        self.device_id_of = device_id_of or (lambda req, service: None)
+        self._memo_key = rand(32)
+        realm = settings.realm.replace('"', "")
+        self._basic_challenge = (b"WWW-Authenticate", b'Basic realm="%s", charset="UTF-8"' % realm.encode())
+
+    # --- challenges -------------------------------------------------------------------
+    def _challenges(self, conn: ClientConnection) -> list[tuple[bytes, bytes]]:
+        out = []
+        for m in self.settings.methods:
+            if m == "negotiate":
+                out.append((b"WWW-Authenticate", b"Negotiate"))
+            elif m == "ntlm":
+                out.append((b"WWW-Authenticate", b"NTLM"))
+            elif m == "basic" and conn.tls:
+                out.append(self._basic_challenge)
+        return out
+
+    def _deny(self, conn: ClientConnection, reason: str, *, status: int = 401,
+              extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> AuthOutcome:
+        headers = self._challenges(conn) if status == 401 else []
+        return AuthOutcome(identity=None, status=status, reason=reason, headers=headers + (extra or []),
+                           close=close)
+
+    def _throttled(self, conn: ClientConnection, verdict: Verdict) -> AuthOutcome:
+        """A refusal that is not about the credentials: 429 while the failure budget is spent,
+        503 while the directory cannot be reached (new sign-ins fail closed)."""
+        retry = max(1, int(verdict.retry_after + 0.999))
+        status = 503 if verdict.reason == "directory-unavailable" else 429
+        return AuthOutcome(identity=None, status=status, reason=verdict.reason,
+                           headers=[(b"Retry-After", b"%d" % retry)])
+
+    def _ctx(self, conn: ClientConnection, req: RequestHead, service: Service, method: str) -> AttemptContext:
+        ua = req.get(b"user-agent")
+        return AttemptContext(
+            client_ip=conn.peer_host,
+            method=method,
+            service=service.name,
+            device_id=self.device_id_of(req, service),
+            user_agent=ua.decode("latin-1")[:256] if ua else None,
+        )
+
+    # --- entry point ------------------------------------------------------------------
+    async def authenticate(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome:
+        authz = req.get(b"authorization")
+        if authz is None:
+            if conn.identity is not None:
+                return AuthOutcome(identity=conn.identity)
+            return self._deny(conn, "no-credentials")
+        scheme, _, param = authz.partition(b" ")
+        scheme = scheme.lower()
+        param = param.strip(b" ")
+        if scheme == b"basic" and "basic" in self.settings.methods:
+            return await self._basic(conn, req, service, param)
+        if scheme in (b"ntlm", b"negotiate") and scheme.decode() in self.settings.methods:
+            return await self._ntlm(conn, req, service, scheme, param)
+        return self._deny(conn, "unsupported-scheme")
+
+    # --- Basic ------------------------------------------------------------------------
+    async def _basic(self, conn: ClientConnection, req: RequestHead, service: Service, param: bytes) -> AuthOutcome:
+        if not conn.tls:
+            # RFC 7617 §4: Basic sends the password in clear. Never accept it without TLS.
+            return AuthOutcome(identity=None, status=403, reason="basic-requires-tls")
+        if len(param) > MAX_BASIC_HEADER:
+            return self._deny(conn, "basic-too-large", status=400, close=True)
+        digest = hmac.new(self._memo_key, param, hashlib.sha256).digest()
+        memo = conn.auth_state if isinstance(conn.auth_state, _BasicMemo) else None
+        device = self.device_id_of(req, service)
+        if memo is not None and hmac.compare_digest(memo.digest, digest) and memo.identity.device_id == device:
+            return AuthOutcome(identity=memo.identity)
+        try:
+            raw = base64.b64decode(param, validate=True)
+        except (binascii.Error, ValueError):
+            log.info("client %s: malformed Basic credentials (bad base64)", conn.peer_host)
+            return self._deny(conn, "basic-bad-base64", status=400, close=True)
+        user_b, colon, pw_b = raw.partition(b":")
+        if not colon or not user_b:
+            return self._deny(conn, "basic-malformed", status=400, close=True)
+        try:
+            user, password = user_b.decode("utf-8"), pw_b.decode("utf-8")
+        except UnicodeDecodeError:
+            user, password = user_b.decode("latin-1"), pw_b.decode("latin-1")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in user) or len(user) > 256 or len(password) > 256:
+            return self._deny(conn, "basic-malformed", status=400, close=True)
+        verdict = await self.credentials.verify_password(user, password, self._ctx(conn, req, service, "basic"))
+        if verdict.retry_after > 0:
+            return self._throttled(conn, verdict)
+        if not verdict.ok:
+            return self._deny(conn, verdict.reason)
+        identity = Identity(verdict.user or user, "basic", device_id=device, credential_id=verdict.credential_id)
+        conn.auth_state = _BasicMemo(digest, identity)
+        return AuthOutcome(identity=identity)
+
+    # --- NTLM / Negotiate -------------------------------------------------------------
+    def _new_acceptor(self, conn: ClientConnection, scheme: bytes):
+        s = self.settings
+        ep = s.extended_protection if conn.tls else "off"
+        kwargs = dict(
+            server_challenge=self.rand(8),
+            now=ntlm_proto.filetime(self.wallclock()),
+            netbios_domain=s.netbios_domain,
+            netbios_computer=s.netbios_computer,
+            dns_domain=s.dns_domain,
+            dns_computer=s.dns_computer,
+            channel_binding_data=conn.channel_binding if conn.tls else None,
+            extended_protection=ep,
+            max_clock_skew=s.max_clock_skew,
+        )
+        acceptor = ntlm_proto.NtlmAcceptor(**kwargs)
+        if scheme == b"negotiate":
+            return spnego_proto.SpnegoNtlmAcceptor(acceptor)
+        return acceptor
+
+    async def _ntlm(self, conn: ClientConnection, req: RequestHead, service: Service,
+                    scheme: bytes, param: bytes) -> AuthOutcome:
+        name = "NTLM" if scheme == b"ntlm" else "Negotiate"
+        name_b = name.encode()
+        if len(param) > MAX_NTLM_HEADER:
+            conn.auth_state = None
+            log.info("client %s: oversize %s token (%d bytes)", conn.peer_host, name, len(param))
+            return self._deny(conn, "token-too-large", status=400, close=True)
+        try:
+            token = base64.b64decode(param, validate=True)
+        except (binascii.Error, ValueError):
+            conn.auth_state = None
+            log.info("client %s: %s token is not base64", conn.peer_host, name)
+            return self._deny(conn, "token-bad-base64", status=400, close=True)
+        hs = conn.auth_state if isinstance(conn.auth_state, _NtlmHandshake) else None
+        try:
+            if hs is None or hs.scheme != scheme or _is_ntlm_type(token, 1) or _is_negotiate_init(token):
+                # NEGOTIATE (Type 1): a new handshake on this connection, even on an
+                # authenticated one (IIS re-authenticates the connection the same way).
+                conn.identity = None
+                hs = _NtlmHandshake(scheme, self._new_acceptor(conn, scheme), self.wallclock())
+                conn.auth_state = hs
+            acceptor = hs.acceptor
+            inner = acceptor.ntlm if scheme == b"negotiate" else acceptor
+            if inner.state != "challenged":
+                # CHALLENGE leg (twice under SPNEGO when NTLM was not the client's first mech)
+                out = acceptor.step(token) if scheme == b"negotiate" else acceptor.challenge(token)
+                return AuthOutcome(
+                    identity=None, status=401, reason="ntlm-challenge",
+                    headers=[(b"WWW-Authenticate", name_b + b" " + base64.b64encode(out))],
+                )
+            # AUTHENTICATE (Type 3)
+            conn.auth_state = None
+            who = acceptor.identify(token)
+        except (ntlm_proto.NtlmError, spnego_proto.SpnegoError) as e:
+            conn.auth_state = None
+            log.info("client %s: %s handshake refused: %s", conn.peer_host, name, e.reason)
+            return self._deny(conn, f"ntlm-{e.reason}")
+        ctx = self._ctx(conn, req, service, scheme.decode())
+        cands = await self.credentials.ntlm_candidates(who.user, who.domain, ctx)
+        if cands.refused is not None:
+            if cands.refused.retry_after > 0:
+                return self._throttled(conn, cands.refused)
+            return self._deny(conn, cands.refused.reason)
+        matched: str | None = None
+        reason = "ok"
+        final: bytes | None = None
+        try:
+            result = acceptor.verify([h for _, h in cands.candidates], ntlm_proto.filetime(self.wallclock()))
+            matched = cands.candidates[result.candidate_index][0]
+            if scheme == b"negotiate":
+                final = acceptor.final_token()
+        except (ntlm_proto.NtlmError, spnego_proto.SpnegoError) as e:
+            reason = e.reason
+        verdict = await self.credentials.ntlm_result(who.user, ctx, cands, matched, reason)
+        if not verdict.ok:
+            return self._deny(conn, verdict.reason)
+        identity = Identity(verdict.user or who.user, scheme.decode(), device_id=ctx.device_id,
+                            credential_id=verdict.credential_id)
+        conn.identity = identity
+        headers = []
+        if final:
+            headers.append((b"WWW-Authenticate", b"Negotiate " + base64.b64encode(final)))
+        return AuthOutcome(identity=identity, headers=headers)
+
+
+def _is_ntlm_type(token: bytes, kind: int) -> bool:
+    return len(token) >= 12 and token[:8] == b"NTLMSSP\x00" and token[8] == kind and token[9:12] == b"\0\0\0"
+
+
+def _is_negotiate_init(token: bytes) -> bool:
+    # GSS-API InitialContextToken ([APPLICATION 0], 0x60) starts a SPNEGO exchange.
+    return token[:1] == b"\x60"

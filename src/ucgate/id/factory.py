@@ -1,0 +1,73 @@
+"""Build the id service's parts for one process (``ucgate serve``, the demo, tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..policy.lockout import BudgetConfig, FailureBudget
+from .admin_cli import Components
+from .events import EventBus
+from .service import IdService
+
+
+@dataclass
+class IdServices:
+    components: Components
+    credentials: IdService
+    bus: EventBus
+    directory: Any = None
+    extra_closers: list = field(default_factory=list)
+
+    @property
+    def users(self):
+        return self.components.users
+
+    @property
+    def asps(self):
+        return self.components.asps
+
+    @property
+    def audit(self):
+        return self.components.audit
+
+    def close(self) -> None:
+        for c in self.extra_closers:
+            c()
+        if self.directory is not None:
+            self.directory.close()
+        self.components.close()
+
+
+def open_services(
+    *,
+    store_url: str,
+    key_file: Path,
+    audit_file: Path | None,
+    lockout: Any,
+    netbios_domains: tuple[str, ...] = (),
+    directory: Any = None,
+    required_group: str | None = None,
+    allow_domain_passwords: bool = False,
+) -> IdServices:
+    """Open the store, the keyring, the audit log and the credential service.
+
+    Args:
+        lockout: a ``LockoutConfig`` (user_failures, ip_failures, window).
+        directory: a ``ucgate.id.directory.Directory``, or None for local users only.
+    """
+    settings = SimpleNamespace(store_url=store_url, key_file=key_file, audit_file=audit_file)
+    comp = Components(settings)
+    comp.users.netbios_domains = tuple(d.upper() for d in netbios_domains)
+    comp.keyring  # load or create the key now: a bad key file fails at start, not at first sign-in
+    budget = FailureBudget(BudgetConfig(user_failures=lockout.user_failures,
+                                        ip_failures=lockout.ip_failures, window=lockout.window))
+    bus = EventBus()
+    creds = IdService(
+        asps=comp.asps, users=comp.users, budget=budget, audit=comp.audit,
+        directory=directory, required_group=required_group,
+        allow_domain_passwords=allow_domain_passwords,
+    )
+    return IdServices(comp, creds, bus, directory)
