@@ -64,6 +64,7 @@ def preauth_settings(config: Config) -> PreAuthSettings:
         netbios_computer=a.netbios_computer,
         dns_computer=(config.gateway.published_name or f"{a.netbios_computer.lower()}.{a.dns_domain}"),
         max_clock_skew=a.max_clock_skew,
+        failure_floor=a.failure_floor,
     )
 
 

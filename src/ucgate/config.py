@@ -82,6 +82,7 @@ class AuthConfig:
     dns_domain: str = "ucgate.local"
     netbios_computer: str = "UCGATE-GW"
     max_clock_skew: int = 300
+    failure_floor: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
         dns_domain=au.get("dns_domain", str, a.dns_domain),
         netbios_computer=au.get("netbios_computer", str, a.netbios_computer).upper(),
         max_clock_skew=au.positive("max_clock_skew", int, a.max_clock_skew),
+        failure_floor=au.get("failure_floor", float, a.failure_floor),
     )
     au.finish()
 

@@ -47,5 +47,11 @@ class ClientConnection:
     def cut_off(self, reason: str) -> None:
         """Close the connection now (account locked, device blocked...)."""
         self.closed_reason = reason
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.close()
+        if self.writer is not None:
+            # abort, not close: a graceful TLS close waits for the client's close_notify, and
+            # an idle client would keep the session open meanwhile.
+            transport = getattr(self.writer, "transport", None)
+            if transport is not None:
+                transport.abort()
+            elif not self.writer.is_closing():
+                self.writer.close()

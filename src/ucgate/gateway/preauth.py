@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -48,6 +49,10 @@ class PreAuthSettings:
     netbios_computer: str = "UCGATE-GW"
     dns_computer: str = "ucgate-gw.ucgate.local"
     max_clock_skew: int = 300
+    # A refused credential is answered no sooner than this after it arrived, so that an unknown
+    # user, a refused account and a wrong password take the same time (directory lookups
+    # differ by tens of ms) and guessing is slower. Successes are not delayed.
+    failure_floor: float = 0.25
 
 
 @dataclass
@@ -120,6 +125,11 @@ class PreAuthenticator:
             user_agent=ua.decode("latin-1")[:256] if ua else None,
         )
 
+    async def _pad(self, started: float) -> None:
+        left = self.settings.failure_floor - (time.monotonic() - started)
+        if left > 0:
+            await asyncio.sleep(left)
+
     # --- entry point ------------------------------------------------------------------
     async def authenticate(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome:
         authz = req.get(b"authorization")
@@ -162,10 +172,12 @@ class PreAuthenticator:
             user, password = user_b.decode("latin-1"), pw_b.decode("latin-1")
         if any(ord(c) < 0x20 or c == "\x7f" for c in user) or len(user) > 256 or len(password) > 256:
             return self._deny(conn, "basic-malformed", status=400, close=True)
+        started = time.monotonic()
         verdict = await self.credentials.verify_password(user, password, self._ctx(conn, req, service, "basic"))
         if verdict.retry_after > 0:
             return self._throttled(conn, verdict)
         if not verdict.ok:
+            await self._pad(started)
             return self._deny(conn, verdict.reason)
         identity = Identity(verdict.user or user, "basic", device_id=device, credential_id=verdict.credential_id)
         conn.auth_state = _BasicMemo(digest, identity)
@@ -230,6 +242,7 @@ class PreAuthenticator:
             log.info("client %s: %s handshake refused: %s", conn.peer_host, name, e.reason)
             return self._deny(conn, f"ntlm-{e.reason}")
         ctx = self._ctx(conn, req, service, scheme.decode())
+        started = time.monotonic()
         cands = await self.credentials.ntlm_candidates(who.user, who.domain, ctx)
         if cands.refused is not None:
             if cands.refused.retry_after > 0:
@@ -247,6 +260,7 @@ class PreAuthenticator:
             reason = e.reason
         verdict = await self.credentials.ntlm_result(who.user, ctx, cands, matched, reason)
         if not verdict.ok:
+            await self._pad(started)
             return self._deny(conn, verdict.reason)
         identity = Identity(verdict.user or who.user, scheme.decode(), device_id=ctx.device_id,
                             credential_id=verdict.credential_id)

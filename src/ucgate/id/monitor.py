@@ -80,7 +80,7 @@ class AccountMonitor:
         unavailable = False
         for user, signed_in_at in users.items():
             try:
-                state = await asyncio.to_thread(self.directory.account_state, user)
+                state = await asyncio.to_thread(self._fresh_state, user)
             except DirectoryError as e:
                 if e.reason == "unavailable" or e.reason in ("tls-error", "service-bind-failed"):
                     unavailable = True
@@ -104,6 +104,14 @@ class AccountMonitor:
         else:
             self.last_ok = now
         return cut
+
+    def _fresh_state(self, user: str):
+        du = self.directory.resolve(user)  # cached: it only maps the name to the account's GUID
+        if du is None:
+            from .directory import AccountState
+
+            return AccountState(exists=False)
+        return self.directory.account_state(du)  # never cached
 
     def _block(self, user: str, reason: str, before: dt.datetime | None) -> None:
         log.warning("cutting off %s: %s", user, reason)
