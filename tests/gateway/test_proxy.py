@@ -232,3 +232,61 @@ def test_large_response_streams(gw_allow, upstream):
             for chunk in r.iter_bytes():
                 total += len(chunk)
     assert total == n
+
+
+def test_expired_upstream_certificate_refused(loop_thread, tls_files, tmp_path):
+    import asyncio
+    import datetime as dt
+    import ssl as _ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from ..support import RecordingUpstream
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fe01.lab.test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=400)).not_valid_after(now - dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("fe01.lab.test")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cpath, kpath = tmp_path / "old.crt", tmp_path / "old.key"
+    cpath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kpath.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    upstream = RecordingUpstream()
+
+    async def start():
+        ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cpath, kpath)
+        upstream.server = await asyncio.start_server(upstream._conn, "127.0.0.1", 0, ssl=ctx)
+        upstream.port = upstream.server.sockets[0].getsockname()[1]
+
+    loop_thread.run(start())
+    from ucgate.config import from_dict
+    from ucgate.gateway.server import Gateway
+
+    from ..support import RunningGateway, gateway_config
+
+    raw = gateway_config(*tls_files, upstream.port)
+    raw["upstreams"] = {"frontend": {"url": f"https://127.0.0.1:{upstream.port}", "ca_bundle": str(cpath),
+                                     "server_name": "fe01.lab.test"}}
+
+    async def _start():
+        gw = Gateway(from_dict(raw))
+        await gw.start()
+        return gw
+
+    g = RunningGateway(loop_thread, loop_thread.run(_start()), tls_files[0])
+    try:
+        with client(g) as c:
+            assert c.get("/Autodiscover/AutodiscoverService.svc/root").status_code == 502  # expired
+        assert upstream.received == []
+    finally:
+        g.stop()
+        loop_thread.run(upstream.stop())
