@@ -27,6 +27,7 @@ from ..protocols.ntlm import tls_server_end_point
 from ..protocols.sfb import Service, ServiceMap, split_target
 from .auth import Authenticator, DenyAll
 from .connection import ClientConnection, Identity
+from .stream import Stream
 from .tls import certificate_der, server_context
 from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -89,6 +90,7 @@ class Gateway:
         )
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         ident = gw.identity_header.lower().encode()
         # Headers a client must never be able to set: our identity assertion and anything
         # we add ourselves.
@@ -96,17 +98,22 @@ class Gateway:
             {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
         )
         self._drop_authenticated = self._drop_request | {b"authorization"}
+        # the same, plus what is never forwarded (hop-by-hop, our own framing), precomputed
+        self._skip_request = http1.not_forwarded(self._drop_request)
+        self._skip_authenticated = http1.not_forwarded(self._drop_authenticated)
+        self._skip_response = http1.not_forwarded()
         self._identity_header = gw.identity_header.encode()
         self._proto = b"http" if gw.plain_http else b"https"
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._on_connection,
+        loop = self._loop = asyncio.get_running_loop()
+        limit = self.gw.limits.max_header_bytes
+        self._server = await loop.create_server(
+            lambda: Stream(loop, limit, self._on_connection),
             self.gw.listen_host,
             self.gw.listen_port,
             ssl=self.ssl,
-            limit=self.gw.limits.max_header_bytes,
             backlog=1024,
             ssl_handshake_timeout=self.gw.timeouts.header_read if self.ssl else None,
         )
@@ -168,13 +175,11 @@ class Gateway:
         self.cut_off(match, f"{user}: {getattr(event, 'reason', 'blocked')}")
 
     # --- per connection -----------------------------------------------------------------
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
+    async def _on_connection(self, client: Stream) -> None:
+        peer = client.get_extra_info("peername") or ("?", 0)
         if len(self.connections) >= self.gw.limits.max_connections:
             log.warning("connection from %s refused: max_connections reached", peer[0])
-            writer.close()
+            client.close()
             return
         conn = ClientConnection(
             peer_host=peer[0],
@@ -182,69 +187,63 @@ class Gateway:
             tls=self.ssl is not None,
             channel_binding=self.channel_binding,
             created_at=self.clock(),
-            writer=writer,
+            writer=client,  # type: ignore[arg-type]  # has close()/is_closing(), all cut_off needs
         )
         self.connections.add(conn)
         try:
-            await self._serve(conn, reader, writer)
+            await self._serve(conn, client)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
             pass
         except Exception:  # never let one connection take the process down
             log.exception("internal error on connection %d from %s", conn.id, conn.peer_host)
         finally:
             self.connections.discard(conn)
-            writer.close()
+            client.close()
 
-    async def _serve(
-        self, conn: ClientConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve(self, conn: ClientConnection, client: Stream) -> None:
         timeouts = self.gw.timeouts
+        loop = client.loop
         first = True
         while conn.closed_reason is None:
             try:
-                async with asyncio.timeout(timeouts.header_read if first else timeouts.idle):
-                    head = await reader.readuntil(b"\r\n\r\n")
+                until = loop.time() + (timeouts.header_read if first else timeouts.idle)
+                head = await client.readuntil(b"\r\n\r\n", until)
             except asyncio.IncompleteReadError as e:
                 if e.partial.strip():
                     log.warning("client %s: closed mid-request head", conn.peer_host)
                 return
             except asyncio.LimitOverrunError:
-                await self._answer_error(conn, writer, HttpError(431, "header-too-large"))
+                await self._answer_error(conn, client, HttpError(431, "header-too-large"))
                 return
             except TimeoutError:
                 if first:
                     log.info("client %s: no request head within %ss", conn.peer_host, timeouts.header_read)
-                    await self._answer(writer, 408, b"request head not received in time\n", close=True)
+                    await self._answer(client, 408, b"request head not received in time\n", close=True)
                 return
             first = False
             try:
                 request = http1.parse_request_head(head, self.limits)
             except HttpError as e:
-                await self._answer_error(conn, writer, e)
+                await self._answer_error(conn, client, e)
                 return
-            if not await self._handle(conn, request, reader, writer):
+            if not await self._handle(conn, request, client):
                 return
 
-    async def _handle(
-        self,
-        conn: ClientConnection,
-        req: RequestHead,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
+    async def _handle(self, conn: ClientConnection, req: RequestHead, client: Stream) -> bool:
         """Run one request through the pipeline. Returns whether to keep the connection."""
         conn.requests += 1
-        started = self.clock()
+        logging_access = access_log.isEnabledFor(logging.INFO)
+        started = self.clock() if logging_access else 0.0
         # recognise
         try:
             path, _query = split_target(req.target.decode("ascii"))
         except HttpError as e:
-            await self._answer_error(conn, writer, e, req)
+            await self._answer_error(conn, client, e, req)
             return False
         service = self.service_map.recognise(path)
         if service is None or not service.enabled:
             return await self._refuse(
-                conn, req, reader, writer, 404, "not-published", b"not found\n", [], path, service
+                conn, req, client, 404, "not-published", b"not found\n", [], path, service
             )
         pool = self.pools.get(service.upstream)
         if pool is None:
@@ -252,11 +251,11 @@ class Gateway:
                 "service %s is routed to upstream %r, which is not configured", service.name, service.upstream
             )
             return await self._refuse(
-                conn, req, reader, writer, 404, "upstream-not-configured", b"not found\n", [], path, service
+                conn, req, client, 404, "upstream-not-configured", b"not found\n", [], path, service
             )
         max_body = service.max_body_bytes if service.max_body_bytes is not None else self.gw.limits.max_body_bytes
         if req.framing.kind == "length" and req.framing.length > max_body:
-            await self._answer_error(conn, writer, HttpError(413, "body-too-large"), req, path, service)
+            await self._answer_error(conn, client, HttpError(413, "body-too-large"), req, path, service)
             return False
         # authenticate
         identity: Identity | None = None
@@ -266,7 +265,7 @@ class Gateway:
             if outcome.identity is None:
                 body = b"authentication required\n" if outcome.status == 401 else b"access denied\n"
                 return await self._refuse(
-                    conn, req, reader, writer, outcome.status, outcome.reason or "unauthenticated",
+                    conn, req, client, outcome.status, outcome.reason or "unauthenticated",
                     body, outcome.headers, path, service, close=outcome.close,
                 )
             identity = outcome.identity
@@ -275,9 +274,9 @@ class Gateway:
         # decide: partnership and account-state policy plug in here (issues 4-6).
         # forward
         keep = await self._forward(
-            conn, req, path, service, pool, identity, reader, writer, max_body, response_headers
+            conn, req, path, service, pool, identity, client, max_body, response_headers
         )
-        if access_log.isEnabledFor(logging.INFO):
+        if logging_access:
             access_log.info(
                 "client=%s conn=%d method=%s path=%s service=%s user=%s ms=%.1f",
                 conn.peer_host, conn.id, req.method.decode(), path, service.name,
@@ -288,7 +287,7 @@ class Gateway:
     # --- answering ourselves ----------------------------------------------------------
     async def _answer(
         self,
-        writer: asyncio.StreamWriter,
+        client: Stream,
         status: int,
         body: bytes,
         headers: list[tuple[bytes, bytes]] | None = None,
@@ -304,16 +303,16 @@ class Gateway:
         if close:
             hs.append((b"Connection", b"close"))
         reason = http1.REASONS.get(status, b"Error")
-        writer.write(http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body)
+        client.write(http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body)
         try:
-            await writer.drain()
+            await client.drain()
         except ConnectionError:
             pass
 
     async def _answer_error(
         self,
         conn: ClientConnection,
-        writer: asyncio.StreamWriter,
+        client: Stream,
         err: HttpError,
         req: RequestHead | None = None,
         path: str | None = None,
@@ -326,14 +325,13 @@ class Gateway:
             f" detail={err.detail}" if err.detail else "",
             f" path={path}" if path else "",
         )
-        await self._answer(writer, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
+        await self._answer(client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
 
     async def _refuse(
         self,
         conn: ClientConnection,
         req: RequestHead,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        client: Stream,
         status: int,
         reason: str,
         body: bytes,
@@ -355,47 +353,35 @@ class Gateway:
                 keep = False  # the client has not sent the body; we cannot tell if it will
             else:
                 try:
-                    await self._drain_body(req, reader)
+                    await self._copy_request_body(
+                        req, client, _DISCARD, self.gw.limits.max_drain_bytes, reencode=False
+                    )
                 except ClientBodyError:
                     keep = False
-        await self._answer(writer, status, body, headers, close=not keep)
+        await self._answer(client, status, body, headers, close=not keep)
         return keep
-
-    async def _drain_body(self, req: RequestHead, reader: asyncio.StreamReader) -> None:
-        limit = self.gw.limits.max_drain_bytes
-
-        class _Sink:
-            def write(self, data: bytes) -> None:
-                pass
-
-            async def drain(self) -> None:
-                pass
-
-        await self._copy_request_body(req, reader, _Sink(), limit, reencode=False)  # type: ignore[arg-type]
 
     # --- forwarding -------------------------------------------------------------------
     def _request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None) -> bytes:
         # Credentials the gateway verified are not passed on: the front end learns the user
         # from the identity header (backend credentials come from the route's mode, issue 7).
-        drop = self._drop_request if identity is None else self._drop_authenticated
-        headers = http1.forwardable_headers(req.headers, req.connection_tokens, drop)
+        skip = self._skip_request if identity is None else self._skip_authenticated
         # A client could also hide a header to drop by naming it in Connection (it is then
-        # hop-by-hop and dropped above) — fine: we only ever remove, never trust.
+        # hop-by-hop and dropped) — fine: we only ever remove, never trust.
         xff = conn.peer_host.encode()
         if self.gw.trusted_proxies and self._is_trusted_proxy(conn.peer_host):
             prior = req.get_all(b"x-forwarded-for")
             if prior:
                 xff = b", ".join(prior) + b", " + xff
-        headers.append((b"X-Forwarded-For", xff))
-        headers.append((b"X-Forwarded-Proto", self._proto))
-        headers.append((b"X-Forwarded-Host", req.host))
+        added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host)]
         if identity is not None:
-            headers.append((self._identity_header, identity.user.encode("utf-8")))
+            added.append((self._identity_header, identity.user.encode("utf-8")))
         if req.framing.kind == "length":
-            headers.append((b"Content-Length", b"%d" % req.framing.length))
+            added.append((b"Content-Length", b"%d" % req.framing.length))
         elif req.framing.kind == "chunked":
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        return http1.serialize_head(req.method + b" " + req.target + b" HTTP/1.1", headers)
+            added.append((b"Transfer-Encoding", b"chunked"))
+        start_line = req.method + b" " + req.target + b" HTTP/1.1"
+        return http1.serialize_forwarded(start_line, req.headers, req.connection_tokens, skip, added)
 
     def _is_trusted_proxy(self, host: str) -> bool:
         try:
@@ -412,14 +398,12 @@ class Gateway:
         service: Service,
         pool: UpstreamPool,
         identity: Identity | None,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        client: Stream,
         max_body: int,
         response_headers: list[tuple[bytes, bytes]],
     ) -> bool:
         head = self._request_head(conn, req, identity)
         has_body = req.framing.kind != "none"
-        timeouts = self.gw.timeouts
         attempts = 1 if has_body else 2
         body_done = not has_body
         up: UpstreamConnection | None = None
@@ -428,16 +412,15 @@ class Gateway:
             try:
                 up, reused = await pool.acquire()
             except UpstreamError as e:
-                return await self._upstream_failed(conn, req, writer, service, e, body_done)
+                return await self._upstream_failed(conn, req, client, service, e, body_done)
             try:
-                up.writer.write(head)
+                up.stream.write(head)
                 if has_body:
                     if req.expect_continue:
-                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    await self._copy_request_body(req, reader, up.writer, max_body, reencode=True)
+                        client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    await self._copy_request_body(req, client, up.stream, max_body, reencode=True)
                     body_done = True
-                async with asyncio.timeout(timeouts.upstream_read):
-                    resp = await self._read_response_head(up, req.method)
+                resp = await self._read_response_head(up, req.method)
                 break
             except ClientBodyError as e:
                 up.close()
@@ -445,12 +428,12 @@ class Gateway:
                     "rejected request body from %s: status=%d reason=%s path=%s",
                     conn.peer_host, e.status, e.reason, path,
                 )
-                await self._answer(writer, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
+                await self._answer(client, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
                 return False
             except TimeoutError:
                 up.close()
                 return await self._upstream_failed(
-                    conn, req, writer, service, UpstreamError("upstream-read-timeout", pool.upstream.name),
+                    conn, req, client, service, UpstreamError("upstream-read-timeout", pool.upstream.name),
                     body_done, status=504,
                 )
             except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
@@ -458,18 +441,18 @@ class Gateway:
                 if reused and attempt + 1 < attempts:
                     continue  # a pooled connection the upstream had closed; retry on a new one
                 return await self._upstream_failed(
-                    conn, req, writer, service,
+                    conn, req, client, service,
                     UpstreamError("upstream-connection-lost", f"{pool.upstream.name}: {e!r}"), body_done,
                 )
             except HttpError as e:
                 up.close()
                 return await self._upstream_failed(
-                    conn, req, writer, service, UpstreamError(e.reason, e.detail), body_done
+                    conn, req, client, service, UpstreamError(e.reason, e.detail), body_done
                 )
         assert up is not None and resp is not None
         up.requests += 1
         try:
-            keep = await self._send_response(req, resp, up, writer, response_headers)
+            keep = await self._send_response(req, resp, up, client, response_headers)
         except UpstreamError as e:
             up.close()
             log.warning("upstream %s broke off the response: %s", pool.upstream.name, e)
@@ -486,7 +469,7 @@ class Gateway:
         self,
         conn: ClientConnection,
         req: RequestHead,
-        writer: asyncio.StreamWriter,
+        client: Stream,
         service: Service,
         err: UpstreamError,
         body_done: bool,
@@ -495,13 +478,16 @@ class Gateway:
         log.error("upstream failure for %s %s (service %s): %s", req.method.decode(),
                   service.name, service.upstream, err)
         keep = body_done and req.keep_alive
-        await self._answer(writer, status, b"upstream unavailable\n", close=not keep)
+        await self._answer(client, status, b"upstream unavailable\n", close=not keep)
         return keep
 
     async def _read_response_head(self, up: UpstreamConnection, method: bytes) -> ResponseHead:
+        """The final response head; TimeoutError after upstream_read for all of it."""
+        rd = up.stream
+        until = rd.loop.time() + self.gw.timeouts.upstream_read
         while True:
             try:
-                raw = await up.reader.readuntil(b"\r\n\r\n")
+                raw = await rd.readuntil(b"\r\n\r\n", until)
             except asyncio.LimitOverrunError:
                 raise HttpError(502, "upstream-header-too-large") from None
             resp = http1.parse_response_head(raw, method, self.limits)
@@ -511,18 +497,11 @@ class Gateway:
                 return resp
             # 1xx interim responses (100, 103) are dropped: we already answered 100 ourselves.
 
-    async def _send_response(
-        self,
-        req: RequestHead,
-        resp: ResponseHead,
-        up: UpstreamConnection,
-        writer: asyncio.StreamWriter,
-        extra_headers: list[tuple[bytes, bytes]],
-    ) -> bool:
-        """Stream the upstream's response to the client. Returns whether to keep the client
-        connection. Raises UpstreamError when the upstream breaks off mid-body."""
-        headers = http1.forwardable_headers(resp.headers, resp.connection_tokens, frozenset())
-        headers += extra_headers
+    def _response_head(
+        self, req: RequestHead, resp: ResponseHead, extra_headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, bool]:
+        """The head we send the client, and whether to keep the client connection."""
+        headers = list(extra_headers)
         client_11 = req.version >= (1, 1)
         keep = req.keep_alive and client_11
         kind = resp.framing.kind
@@ -541,49 +520,60 @@ class Gateway:
         if not keep:
             headers.append((b"Connection", b"close"))
         status_line = b"HTTP/1.1 %d %b" % (resp.status, resp.reason or http1.REASONS.get(resp.status, b""))
-        head = http1.serialize_head(status_line, headers)
-        rd = up.reader
+        head = http1.serialize_forwarded(
+            status_line, resp.headers, resp.connection_tokens, self._skip_response, headers
+        )
+        return head, keep
+
+    async def _send_response(
+        self,
+        req: RequestHead,
+        resp: ResponseHead,
+        up: UpstreamConnection,
+        client: Stream,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> bool:
+        """Stream the upstream's response to the client. Returns whether to keep the client
+        connection. Raises UpstreamError when the upstream breaks off mid-body."""
+        head, keep = self._response_head(req, resp, extra_headers)
+        client_11 = req.version >= (1, 1)
+        kind = resp.framing.kind
+        rd = up.stream
         timeout = self.gw.timeouts.upstream_read
         try:
             if kind == "none":
-                writer.write(head)
+                client.write(head)
             elif kind == "length":
                 n = resp.framing.length
-                if n <= COPY_CHUNK:
-                    async with asyncio.timeout(timeout):
-                        body = await rd.readexactly(n)
-                    writer.write(head + body)
+                if n <= COPY_CHUNK:  # the common case: one write, usually no wait
+                    client.write(head + await rd.readexactly(n, rd.loop.time() + timeout))
                 else:
-                    writer.write(head)
-                    await self._copy_exact(rd, writer, n, timeout)
+                    client.write(head)
+                    await self._copy_exact(rd, client, n, timeout)
             elif kind == "chunked":
-                writer.write(head)
-                await self._copy_chunked(rd, writer, 1 << 62, timeout, reencode=client_11, upstream=True)
+                client.write(head)
+                await self._copy_chunked(rd, client, 1 << 62, timeout, reencode=client_11, upstream=True)
             else:  # close-delimited
-                writer.write(head)
-                while True:
-                    async with asyncio.timeout(timeout):
-                        data = await rd.read(COPY_CHUNK)
-                    if not data:
-                        break
-                    writer.write(http1.encode_chunk(data) if client_11 else data)
-                    await writer.drain()
+                client.write(head)
+                while data := await rd.read(COPY_CHUNK, rd.loop.time() + timeout):
+                    client.write(http1.encode_chunk(data) if client_11 else data)
+                    await client.drain()
                 if client_11:
-                    writer.write(http1.LAST_CHUNK)
+                    client.write(http1.LAST_CHUNK)
                 up.reusable = False
         except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError) as e:
             raise UpstreamError("upstream-body-truncated", repr(e)) from None
         except HttpError as e:
             raise UpstreamError("bad-upstream-chunk", e.reason) from None
-        await writer.drain()
+        await client.drain()
         return keep
 
     # --- bodies -------------------------------------------------------------------------
     async def _copy_request_body(
         self,
         req: RequestHead,
-        reader: asyncio.StreamReader,
-        out: asyncio.StreamWriter,
+        client: Stream,
+        out: Stream | _Discard,
         limit: int,
         *,
         reencode: bool,
@@ -593,9 +583,9 @@ class Gateway:
             if req.framing.kind == "length":
                 if req.framing.length > limit:
                     raise ClientBodyError(413, "body-too-large")
-                await self._copy_exact(reader, out, req.framing.length, timeout)
+                await self._copy_exact(client, out, req.framing.length, timeout)
             elif req.framing.kind == "chunked":
-                await self._copy_chunked(reader, out, limit, timeout, reencode=reencode, upstream=False)
+                await self._copy_chunked(client, out, limit, timeout, reencode=reencode, upstream=False)
         except asyncio.IncompleteReadError:
             raise ClientBodyError(400, "body-incomplete") from None
         except TimeoutError:
@@ -604,12 +594,10 @@ class Gateway:
             raise ClientBodyError(e.status, e.reason) from None
 
     @staticmethod
-    async def _copy_exact(
-        reader: asyncio.StreamReader, out: asyncio.StreamWriter, n: int, timeout: float
-    ) -> None:
+    async def _copy_exact(src: Stream, out: Stream | _Discard, n: int, timeout: float) -> None:
+        """Copy ``n`` bytes; TimeoutError when one read waits longer than ``timeout``."""
         while n > 0:
-            async with asyncio.timeout(timeout):
-                data = await reader.read(min(n, COPY_CHUNK))
+            data = await src.read(min(n, COPY_CHUNK), src.loop.time() + timeout)
             if not data:
                 raise asyncio.IncompleteReadError(b"", n)
             n -= len(data)
@@ -618,8 +606,8 @@ class Gateway:
 
     @staticmethod
     async def _copy_chunked(
-        reader: asyncio.StreamReader,
-        out: asyncio.StreamWriter,
+        src: Stream,
+        out: Stream | _Discard,
         limit: int,
         timeout: float,
         *,
@@ -627,14 +615,14 @@ class Gateway:
         upstream: bool,
     ) -> None:
         """Decode a chunked body and write it on, re-chunked (our own framing: extensions and
-        trailers are dropped) or raw."""
+        trailers are dropped) or raw. Each read may wait up to ``timeout``."""
+        loop = src.loop
         total = 0
         while True:
-            async with asyncio.timeout(timeout):
-                try:
-                    line = await reader.readuntil(b"\r\n")
-                except asyncio.LimitOverrunError:
-                    raise HttpError(400, "chunk-line-too-long") from None
+            try:
+                line = await src.readuntil(b"\r\n", loop.time() + timeout)
+            except asyncio.LimitOverrunError:
+                raise HttpError(400, "chunk-line-too-long") from None
             size = http1.parse_chunk_size_line(line)
             if size == 0:
                 break
@@ -644,26 +632,23 @@ class Gateway:
             if reencode:
                 out.write(b"%x\r\n" % size)
             while size > 0:
-                async with asyncio.timeout(timeout):
-                    data = await reader.read(min(size, COPY_CHUNK))
+                data = await src.read(min(size, COPY_CHUNK), loop.time() + timeout)
                 if not data:
                     raise asyncio.IncompleteReadError(b"", size)
                 size -= len(data)
                 out.write(data)
                 await out.drain()
-            async with asyncio.timeout(timeout):
-                crlf = await reader.readexactly(2)
+            crlf = await src.readexactly(2, loop.time() + timeout)
             if crlf != b"\r\n":
                 raise HttpError(400, "bad-chunk-terminator")
             if reencode:
                 out.write(b"\r\n")
         trailer_bytes = 0
         while True:
-            async with asyncio.timeout(timeout):
-                try:
-                    line = await reader.readuntil(b"\r\n")
-                except asyncio.LimitOverrunError:
-                    raise HttpError(400, "trailer-too-large") from None
+            try:
+                line = await src.readuntil(b"\r\n", loop.time() + timeout)
+            except asyncio.LimitOverrunError:
+                raise HttpError(400, "trailer-too-large") from None
             trailer_bytes += len(line)
             if trailer_bytes > http1.MAX_CHUNK_LINE_BYTES * 4:
                 raise HttpError(400, "trailer-too-large")
@@ -672,3 +657,16 @@ class Gateway:
         if reencode:
             out.write(http1.LAST_CHUNK)
         await out.drain()
+
+
+class _Discard:
+    """Where a refused request's body goes: read (to keep the connection usable), dropped."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+
+_DISCARD = _Discard()

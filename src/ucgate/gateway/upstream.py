@@ -12,9 +12,13 @@ import ssl
 from collections import deque
 
 from ..config import Timeouts, Upstream
+from .stream import Stream
 from .tls import upstream_context
 
 log = logging.getLogger("ucgate.gateway.upstream")
+
+# Longest upstream response head line we accept, and the read buffer's pause threshold (x2).
+_READ_LIMIT = 1 << 17
 
 
 class UpstreamError(Exception):
@@ -29,28 +33,22 @@ class UpstreamError(Exception):
 class UpstreamConnection:
     """One TCP/TLS connection to an upstream."""
 
-    __slots__ = ("reader", "writer", "reusable", "requests")
+    __slots__ = ("stream", "reusable", "requests")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
         self.reusable = True
         self.requests = 0
 
     def is_idle_usable(self) -> bool:
         # An idle connection the upstream closed shows EOF (or buffered bytes, which would be
         # a protocol error on an idle keep-alive connection): don't use it.
-        return (
-            self.reusable
-            and not self.writer.is_closing()
-            and not self.reader.at_eof()
-            and not self.reader._buffer  # type: ignore[attr-defined]
-        )
+        s = self.stream
+        return self.reusable and not s.is_closing() and not s.at_eof() and not s.buffered
 
     def close(self) -> None:
         self.reusable = False
-        if not self.writer.is_closing():
-            self.writer.close()
+        self.stream.close()
 
 
 class UpstreamPool:
@@ -80,14 +78,15 @@ class UpstreamPool:
 
     async def _connect(self) -> UpstreamConnection:
         up = self.upstream
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeouts.upstream_connect):
-                reader, writer = await asyncio.open_connection(
+                _, stream = await loop.create_connection(
+                    lambda: Stream(loop, _READ_LIMIT),
                     up.host,
                     up.port,
                     ssl=self._ssl,
                     server_hostname=(up.server_name or up.host) if self._ssl else None,
-                    limit=1 << 17,
                 )
         except TimeoutError:
             raise UpstreamError("upstream-connect-timeout", f"{up.name} {up.host}:{up.port}") from None
@@ -98,10 +97,10 @@ class UpstreamPool:
         except (OSError, ssl.SSLError) as e:
             raise UpstreamError("upstream-connect-failed", f"{up.name} {up.host}:{up.port}: {e}") from None
         self.opened += 1
-        return UpstreamConnection(reader, writer)
+        return UpstreamConnection(stream)
 
     def release(self, conn: UpstreamConnection) -> None:
-        if conn.reusable and len(self._idle) < self.limit and not conn.writer.is_closing():
+        if conn.reusable and len(self._idle) < self.limit and not conn.stream.is_closing():
             self._idle.append(conn)
         else:
             conn.close()

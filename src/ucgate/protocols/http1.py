@@ -55,6 +55,13 @@ _CHUNK_LINE_RE = re.compile(
     + rb"((?:[ \t]*;[ \t]*" + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN
     + rb'|"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"))?)*)'
 )
+# The fast path: a whole header block (lines after the start line, each with its CRLF) that is
+# well-formed by the same rules as _parse_fields, checked in one regex pass; then each field
+# split off with its value's OWS stripped. The value group is written so that it backtracks only
+# over trailing whitespace (linear time; a lazy ``.*?`` would be quadratic on a run of spaces).
+_FIELD_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELD_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:[^\r\n]*[^ \t\r\n])?)[ \t]*\r\n")
+_FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"))
 _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::\d{1,5})?")
 _DIGITS_RE = re.compile(rb"\d+")
 
@@ -152,6 +159,35 @@ def _split_lines(head: bytes) -> list[bytes]:
     return lines
 
 
+def _head_lines(head: bytes) -> tuple[bytes, bytes]:
+    """Split a head into its start line and its field block (every field line with its CRLF),
+    with the checks of :func:`_split_lines` done by counting: every CR and LF is in a CRLF."""
+    n = head.count(b"\r\n")
+    if head.endswith(b"\r\n\r\n") and head.count(b"\r") == n and head.count(b"\n") == n:
+        eol = head.index(b"\r\n")
+        return head[:eol], head[eol + 2 : -2]
+    lines = _split_lines(head)  # raises, naming what is wrong
+    return lines[0], b"".join(line + b"\r\n" for line in lines[1:])
+
+
+def _parse_field_block(
+    block: bytes, limits: Limits
+) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
+    """:func:`_parse_fields` of a field block, in one pass when the block is well-formed (the
+    line-by-line checks then run only to name the error)."""
+    if not _FIELD_BLOCK_RE.fullmatch(block):
+        return _parse_fields(block[:-2].split(b"\r\n") if block else [], limits)
+    headers: list[tuple[bytes, bytes]] = _FIELD_RE.findall(block)
+    if len(headers) > limits.max_header_count:
+        raise HttpError(431, "too-many-headers", f"more than {limits.max_header_count} header fields")
+    framing_fields: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _FRAMING_FIELDS:
+            framing_fields.setdefault(lname, []).append(value)
+    return headers, framing_fields
+
+
 def _parse_fields(
     lines: list[bytes], limits: Limits
 ) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
@@ -242,8 +278,8 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestH
         raise HttpError(431, "header-too-large")
     while head.startswith(b"\r\n"):
         head = head[2:]
-    lines = _split_lines(head)
-    m = _REQUEST_LINE_RE.fullmatch(lines[0])
+    start_line, block = _head_lines(head)
+    m = _REQUEST_LINE_RE.fullmatch(start_line)
     if m is None:
         raise HttpError(400, "bad-request-line")
     method, target, major, minor = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
@@ -254,7 +290,7 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestH
         raise HttpError(414, "uri-too-long")
     if not _TARGET_RE.fullmatch(target):
         raise HttpError(400, "bad-request-target")
-    headers, fields = _parse_fields(lines[1:], limits)
+    headers, fields = _parse_field_block(block, limits)
     hosts = fields.get(b"host")
     if version >= (1, 1) and (not hosts or len(hosts) != 1):
         raise HttpError(400, "missing-or-duplicate-host")  # RFC 9112 §3.2
@@ -297,8 +333,8 @@ def parse_response_head(
     try:
         if len(head) > limits.max_header_bytes:
             raise HttpError(502, "upstream-header-too-large")
-        lines = _split_lines(head)
-        m = _STATUS_LINE_RE.fullmatch(lines[0])
+        start_line, block = _head_lines(head)
+        m = _STATUS_LINE_RE.fullmatch(start_line)
         if m is None:
             raise HttpError(502, "bad-status-line")
         version = (int(m.group(1)), int(m.group(2)))
@@ -306,7 +342,7 @@ def parse_response_head(
             raise HttpError(502, "bad-upstream-version")
         status = int(m.group(3))
         reason = m.group(4) or b""
-        headers, fields = _parse_fields(lines[1:], limits)
+        headers, fields = _parse_field_block(block, limits)
     except HttpError as e:
         raise HttpError(502, "bad-upstream-response", e.reason) from None
     conn = _connection_tokens(fields.get(b"connection", []))
@@ -391,6 +427,32 @@ def forwardable_headers(
             continue
         out.append((name, value))
     return out
+
+
+def not_forwarded(drop: frozenset[bytes] = frozenset()) -> frozenset[bytes]:
+    """The names :func:`forwardable_headers` removes besides Connection's tokens: hop-by-hop,
+    Content-Length and ``drop`` (lower-case). For :func:`serialize_forwarded`."""
+    return HOP_BY_HOP | {b"content-length"} | drop
+
+
+def serialize_forwarded(
+    start_line: bytes,
+    headers: list[tuple[bytes, bytes]],
+    connection_tokens: frozenset[bytes],
+    skip: frozenset[bytes],
+    extra: list[tuple[bytes, bytes]],
+) -> bytes:
+    """``serialize_head(start_line, forwardable_headers(headers, connection_tokens, drop) +
+    extra)`` in one pass, where ``skip`` is ``not_forwarded(drop)``."""
+    parts = [start_line]
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in skip and lname not in connection_tokens:
+            parts.append(name + b": " + value)
+    for name, value in extra:
+        parts.append(name + b": " + value)
+    parts.append(b"\r\n")
+    return b"\r\n".join(parts)
 
 
 def serialize_head(start_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
