@@ -10,20 +10,21 @@ from ucgate.store import make_engine, migrate, sqlite_path
 
 def test_upgrade_from_empty_and_current(store_url):
     assert migrate.current(store_url) is None
-    assert migrate.upgrade(store_url) == migrate.head() == "0001"
-    assert migrate.current(store_url) == "0001"
-    assert migrate.upgrade(store_url) == "0001"  # idempotent
+    head = migrate.head()
+    assert migrate.upgrade(store_url) == head
+    assert migrate.current(store_url) == head
+    assert migrate.upgrade(store_url) == head  # idempotent
     engine = make_engine(store_url)
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
-    assert {"users", "asps", "audit", "alembic_version"} <= tables
+    assert {"users", "asps", "audit", "otp_secrets", "otp_recovery_codes", "alembic_version"} <= tables
 
 
 def test_downgrade_then_upgrade(store_url):
     migrate.upgrade(store_url)
     assert migrate.downgrade(store_url, "base") is None
     assert migrate.current(store_url) is None
-    assert migrate.upgrade(store_url) == "0001"
+    assert migrate.upgrade(store_url) == migrate.head()
 
 
 def test_sqlite_file_is_private_and_in_wal_mode(tmp_path):

@@ -1,4 +1,4 @@
-"""Admin commands: ``ucgate user|asp|db|audit|key ...``.
+"""Admin commands: ``ucgate user|asp|db|audit|key|otp ...``.
 
 Mounted on the ``ucgate`` command line by :func:`register`. The commands read three settings
 from the object ``load_settings(args)`` returns (by default ``ucgate.config.load(args.config)``):
@@ -238,6 +238,113 @@ def _db_current(args, settings: Settings) -> int:
     return OK
 
 
+# --- otp (TOTP second factor) ---------------------------------------------------------------
+def _otp_service(c: Components):
+    from .otp import OtpService
+
+    return OtpService(c.repo, c.keyring, users=c.users)
+
+
+def _otp_user(c: Components, typed: str):
+    u = c.users.resolve(typed)
+    if u is None:
+        raise _Refused(f"no user {typed!r} (add it with `ucgate user add`)")
+    return u
+
+
+def _print_recovery_codes(args, username: str, codes: list[str], data: dict[str, Any]) -> None:
+    print("WARNING: these recovery codes are shown only now; each works once. Give them to "
+          f"{username} over a trusted channel.", file=sys.stderr)
+    _emit(args, {**data, "recovery_codes": codes},
+          f"recovery codes for {username}:\n\n" + "\n".join(f"    {c}" for c in codes) + "\n")
+
+
+def _otp_confirm(args, c: Components, otp, username: str, code: str) -> int:
+    codes = otp.confirm_enrolment(username, code)
+    if not codes:
+        c.audit.record("otp.confirm", actor=_actor(), user=username, result="deny",
+                       reason="otp-wrong")
+        raise _Refused(f"the code does not match {username}'s pending enrolment (check the "
+                       "phone's clock; or start over with `ucgate otp enrol USER`)")
+    c.audit.record("otp.confirm", actor=_actor(), user=username, result="ok")
+    print(f"TOTP is now active for {username}.", file=sys.stderr)
+    _print_recovery_codes(args, username, codes, {"username": username, "state": "active"})
+    return OK
+
+
+def _otp_enrol(args, c: Components) -> int:
+    from .otp import AlreadyEnrolled
+
+    u = _otp_user(c, args.username)
+    otp = _otp_service(c)
+    if args.code is not None:  # confirm the pending enrolment started earlier
+        if otp.status(u.username).state != "pending":
+            raise _Refused(f"{u.username} has no pending enrolment; start one with "
+                           f"`ucgate otp enrol {u.username}` (without --code)")
+        return _otp_confirm(args, c, otp, u.username, args.code)
+    if args.force and otp.reset(u.username):
+        c.audit.record("otp.reset", actor=_actor(), user=u.username, result="ok", forced=True)
+    try:
+        e = otp.begin_enrolment(u.username)
+    except AlreadyEnrolled:
+        raise _Refused(f"{u.username} already has an active TOTP secret; `ucgate otp reset "
+                       f"{u.username}` first (or pass --force)") from None
+    c.audit.record("otp.enrol", actor=_actor(), user=u.username, result="pending")
+    if args.svg:
+        Path(args.svg).write_text(e.qr_svg())
+    print("WARNING: this secret is shown only now. Scan it on the user's phone, or give it over "
+          "a trusted channel.", file=sys.stderr)
+    text = (f"TOTP enrolment for {u.username} (pending until a code confirms it)\n\n"
+            f"{'' if args.no_qr else e.qr_text()}\n"
+            f"    {e.uri}\n\n    secret: {e.secret_b32}\n")
+    _emit(args, {"username": u.username, "state": "pending", "account": e.account,
+                 "secret": e.secret_b32, "uri": e.uri}, text)
+    if args.json or not sys.stdin.isatty():
+        print(f"confirm with: ucgate otp enrol {u.username} --code NNNNNN", file=sys.stderr)
+        return OK
+    code = input("code shown by the app: ").strip()
+    return _otp_confirm(args, c, otp, u.username, code)
+
+
+def _otp_status(args, c: Components) -> int:
+    u = _otp_user(c, args.username)
+    st = _otp_service(c).status(u.username)
+    data = {"username": st.username, "state": st.state,
+            "created_at": st.created_at.isoformat() if st.created_at else None,
+            "confirmed_at": st.confirmed_at.isoformat() if st.confirmed_at else None,
+            "last_used_at": st.last_used_at.isoformat() if st.last_used_at else None,
+            "recovery_codes_left": st.recovery_codes_left}
+    text = {"none": f"{st.username}: no TOTP secret (enrol with `ucgate otp enrol {st.username}`)",
+            "pending": f"{st.username}: enrolment pending since {_when(st.created_at)}",
+            "active": f"{st.username}: active since {_when(st.confirmed_at)}, last code "
+                      f"{_when(st.last_used_at)}, {st.recovery_codes_left} recovery codes left"}
+    _emit(args, data, text[st.state])
+    return OK
+
+
+def _otp_reset(args, c: Components) -> int:
+    u = _otp_user(c, args.username)
+    if not _otp_service(c).reset(u.username):
+        raise _Refused(f"{u.username} has no TOTP secret")
+    c.audit.record("otp.reset", actor=_actor(), user=u.username, result="ok")
+    _emit(args, {"username": u.username, "state": "none"},
+          f"removed {u.username}'s TOTP secret and recovery codes")
+    return OK
+
+
+def _otp_recovery_codes(args, c: Components) -> int:
+    from .otp import NotEnrolled
+
+    u = _otp_user(c, args.username)
+    try:
+        codes = _otp_service(c).regenerate_recovery_codes(u.username)
+    except NotEnrolled:
+        raise _Refused(f"{u.username} has no active TOTP secret") from None
+    c.audit.record("otp.recovery-codes", actor=_actor(), user=u.username, result="ok")
+    _print_recovery_codes(args, u.username, codes, {"username": u.username})
+    return OK
+
+
 # --- wiring --------------------------------------------------------------------------------
 def _default_settings(args: argparse.Namespace) -> Settings:
     from ..config import load
@@ -331,3 +438,19 @@ def register(subparsers: argparse._SubParsersAction, common_parent: argparse.Arg
 
     key = group("key", "the master key")
     leaf(key, "rotate", _key_rotate, "add a new master key and re-encrypt every ASP with it")
+
+    otp = group("otp", "TOTP second factor (authenticator app codes)")
+    p = leaf(otp, "enrol", _otp_enrol, "start a TOTP enrolment (prints the secret and a QR code), "
+             "or confirm it with --code")
+    p.add_argument("username")
+    p.add_argument("--code", help="confirm the pending enrolment with the app's current code")
+    p.add_argument("--force", action="store_true", help="replace an active secret")
+    p.add_argument("--svg", metavar="FILE", help="also write the QR code as SVG to FILE")
+    p.add_argument("--no-qr", action="store_true", help="do not print the terminal QR code")
+    p = leaf(otp, "status", _otp_status, "show whether a user has TOTP (never the secret)")
+    p.add_argument("username")
+    p = leaf(otp, "reset", _otp_reset, "remove a user's TOTP secret and recovery codes")
+    p.add_argument("username")
+    p = leaf(otp, "recovery-codes", _otp_recovery_codes,
+             "replace a user's recovery codes with 10 new ones (printed once)")
+    p.add_argument("username")

@@ -11,7 +11,9 @@ from .repository import (
     AuditRecord,
     DuplicateError,
     NewAsp,
+    NewOtpSecret,
     NotFoundError,
+    OtpRecord,
     Repository,
     UserRecord,
 )
@@ -24,6 +26,7 @@ def open_repository(url: str, *, migrate_schema: bool = True) -> SqlRepository:
 
 
 __all__ = [
-    "AspRecord", "AuditRecord", "DuplicateError", "NewAsp", "NotFoundError", "Repository",
+    "AspRecord", "AuditRecord", "DuplicateError", "NewAsp", "NewOtpSecret", "NotFoundError",
+    "OtpRecord", "Repository",
     "SqlRepository", "StoreError", "UserRecord", "make_engine", "open_repository", "sqlite_path",
 ]

@@ -79,6 +79,34 @@ class AuditRecord:
     details: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewOtpSecret:
+    """A pending TOTP enrolment to store; ``id`` is chosen by the caller (bound into the
+    ciphertext, see ``ucgate.id.otp.otp_aad``)."""
+
+    id: str
+    user_id: int
+    ciphertext: bytes = field(repr=False)
+    nonce: bytes = field(repr=False)
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OtpRecord:
+    id: str
+    user_id: int
+    ciphertext: bytes = field(repr=False)
+    nonce: bytes = field(repr=False)
+    created_at: datetime
+    confirmed_at: datetime | None
+    last_step: int | None  # RFC 6238 time step of the last accepted code
+    last_used_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.confirmed_at is not None
+
+
 class Repository(Protocol):
     # --- users ------------------------------------------------------------------------
     def add_user(
@@ -140,6 +168,53 @@ class Repository(Protocol):
 
     def tail_audit(self, n: int) -> list[AuditRecord]:
         """The last ``n`` events, oldest first."""
+        ...
+
+    # --- TOTP second factor ------------------------------------------------------------
+    def begin_otp(self, secret: NewOtpSecret) -> None:
+        """Store a pending enrolment, replacing an earlier pending one (and its recovery codes).
+
+        Raises:
+            DuplicateError: the user has an active (confirmed) secret; delete it first.
+            NotFoundError: no such user.
+        """
+        ...
+
+    def get_otp(self, user_id: int) -> OtpRecord | None: ...
+
+    def confirm_otp(self, user_id: int, otp_id: str, step: int, at: datetime,
+                    recovery_hashes: Sequence[bytes]) -> bool:
+        """Activate the pending enrolment ``otp_id`` (the confirming code's ``step`` becomes
+        ``last_step``) and store its recovery codes, in one transaction. False when that pending
+        enrolment is gone (reset, replaced, or already confirmed)."""
+        ...
+
+    def advance_otp_step(self, user_id: int, step: int, at: datetime) -> bool:
+        """Atomically accept time step ``step``: True only when the user has an active secret
+        whose ``last_step`` is NULL or lower (then it becomes ``step``). False means a replay
+        (or no active secret). Safe across threads, processes and gateways sharing the store."""
+        ...
+
+    def delete_otp(self, user_id: int) -> bool:
+        """Remove the secret (pending or active) and all recovery codes; False when none."""
+        ...
+
+    def replace_otp_ciphertext(self, user_id: int, ciphertext: bytes, nonce: bytes) -> bool:
+        """For key rotation: re-encrypted secret, same row."""
+        ...
+
+    def all_otp_user_ids(self) -> Sequence[int]: ...
+
+    def replace_recovery_codes(self, user_id: int, hashes: Sequence[bytes], at: datetime) -> None:
+        """Drop the user's recovery codes (used or not) and store these."""
+        ...
+
+    def use_recovery_code(self, user_id: int, code_hash: bytes, at: datetime) -> bool:
+        """Atomically mark an unused code used; False when there is none with this hash."""
+        ...
+
+    def count_recovery_codes(self, user_id: int) -> int:
+        """How many unused recovery codes the user has."""
         ...
 
     def close(self) -> None: ...

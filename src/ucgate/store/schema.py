@@ -120,3 +120,33 @@ audit = Table(
     Index(None, "at"),
     Index(None, "username", "at"),
 )
+
+# --- TOTP second factor (migration 0002) ---------------------------------------------------
+otp_secrets = Table(
+    "otp_secrets",
+    metadata,
+    # one TOTP secret per user: pending (confirmed_at NULL) until the user proves a code
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    # opaque random id of this enrolment, bound into the ciphertext (ucgate.id.otp.otp_aad)
+    Column("id", String(32), nullable=False),
+    # ucgate.id.keys sealed format of secret (20 bytes) ‖ recovery-code HMAC key (32 bytes)
+    Column("ciphertext", LargeBinary(), nullable=False),
+    Column("nonce", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("confirmed_at", UtcDateTime(), nullable=True),
+    # RFC 6238 time step of the last accepted code: codes of this or an earlier step are replays
+    Column("last_step", BigInteger(), nullable=True),
+    Column("last_used_at", UtcDateTime(), nullable=True),
+)
+
+otp_recovery_codes = Table(
+    "otp_recovery_codes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # HMAC-SHA256 of the code under the user's recovery key (sealed in otp_secrets)
+    Column("code_hash", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("used_at", UtcDateTime(), nullable=True),
+    Index(None, "user_id", "code_hash"),
+)

@@ -12,13 +12,22 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, insert, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import migrate
 from .engine import WRITE, StoreError, make_engine
-from .repository import AspRecord, AuditRecord, DuplicateError, NewAsp, NotFoundError, UserRecord
-from .schema import USER_SOURCES, asps, audit, users
+from .repository import (
+    AspRecord,
+    AuditRecord,
+    DuplicateError,
+    NewAsp,
+    NewOtpSecret,
+    NotFoundError,
+    OtpRecord,
+    UserRecord,
+)
+from .schema import USER_SOURCES, asps, audit, otp_recovery_codes, otp_secrets, users
 
 
 def _user(row: Row) -> UserRecord:
@@ -45,6 +54,15 @@ def _audit(row: Row) -> AuditRecord:
         id=m["id"], at=m["at"], actor=m["actor"], action=m["action"], result=m["result"],
         username=m["username"], device=m["device"], service=m["service"],
         client_address=m["client_address"], reason=m["reason"], details=m["details"],
+    )
+
+
+def _otp(row: Row) -> OtpRecord:
+    m = row._mapping
+    return OtpRecord(
+        id=m["id"], user_id=m["user_id"], ciphertext=bytes(m["ciphertext"]), nonce=bytes(m["nonce"]),
+        created_at=m["created_at"], confirmed_at=m["confirmed_at"], last_step=m["last_step"],
+        last_used_at=m["last_used_at"],
     )
 
 
@@ -190,3 +208,100 @@ class SqlRepository:
         with self._read() as c:
             rows = c.execute(select(audit).order_by(audit.c.id.desc()).limit(n)).all()
         return [_audit(r) for r in reversed(rows)]
+
+    # --- TOTP second factor ------------------------------------------------------------
+    def begin_otp(self, secret: NewOtpSecret) -> None:
+        uid = secret.user_id
+        try:
+            with self._write() as c:
+                if c.execute(select(users.c.id).where(users.c.id == uid)).first() is None:
+                    raise NotFoundError(f"no user with id {uid}")
+                row = c.execute(select(otp_secrets.c.confirmed_at)
+                                .where(otp_secrets.c.user_id == uid)).first()
+                if row is not None and row.confirmed_at is not None:
+                    raise DuplicateError(f"user id {uid} has an active TOTP secret; reset it first")
+                c.execute(delete(otp_recovery_codes).where(otp_recovery_codes.c.user_id == uid))
+                c.execute(delete(otp_secrets).where(otp_secrets.c.user_id == uid))
+                c.execute(insert(otp_secrets).values(
+                    user_id=uid, id=secret.id, ciphertext=secret.ciphertext, nonce=secret.nonce,
+                    created_at=secret.created_at))
+        except IntegrityError as e:  # a concurrent begin for the same user won
+            raise DuplicateError(f"a TOTP enrolment for user id {uid} was stored concurrently") from e
+
+    def get_otp(self, user_id: int) -> OtpRecord | None:
+        with self._read() as c:
+            row = c.execute(select(otp_secrets).where(otp_secrets.c.user_id == user_id)).first()
+        return _otp(row) if row else None
+
+    def confirm_otp(self, user_id: int, otp_id: str, step: int, at: datetime,
+                    recovery_hashes: Sequence[bytes]) -> bool:
+        with self._write() as c:
+            n = c.execute(update(otp_secrets).where(
+                otp_secrets.c.user_id == user_id, otp_secrets.c.id == otp_id,
+                otp_secrets.c.confirmed_at.is_(None),
+            ).values(confirmed_at=at, last_step=step, last_used_at=at)).rowcount
+            if n != 1:
+                return False
+            self._put_recovery_codes(c, user_id, recovery_hashes, at)
+        return True
+
+    def advance_otp_step(self, user_id: int, step: int, at: datetime) -> bool:
+        # One conditional UPDATE: the row lock (PostgreSQL) or the database write lock (SQLite,
+        # BEGIN IMMEDIATE) makes "compare and set" atomic, so of two sign-ins racing with the
+        # same code exactly one gets rowcount 1.
+        with self._write() as c:
+            n = c.execute(update(otp_secrets).where(
+                otp_secrets.c.user_id == user_id,
+                otp_secrets.c.confirmed_at.is_not(None),
+                or_(otp_secrets.c.last_step.is_(None), otp_secrets.c.last_step < step),
+            ).values(last_step=step, last_used_at=at)).rowcount
+        return n == 1
+
+    def delete_otp(self, user_id: int) -> bool:
+        with self._write() as c:
+            c.execute(delete(otp_recovery_codes).where(otp_recovery_codes.c.user_id == user_id))
+            n = c.execute(delete(otp_secrets).where(otp_secrets.c.user_id == user_id)).rowcount
+        return n == 1
+
+    def replace_otp_ciphertext(self, user_id: int, ciphertext: bytes, nonce: bytes) -> bool:
+        with self._write() as c:
+            n = c.execute(update(otp_secrets).where(otp_secrets.c.user_id == user_id)
+                          .values(ciphertext=ciphertext, nonce=nonce)).rowcount
+        return n == 1
+
+    def all_otp_user_ids(self) -> Sequence[int]:
+        with self._read() as c:
+            return list(c.execute(select(otp_secrets.c.user_id)
+                                  .order_by(otp_secrets.c.user_id)).scalars())
+
+    @staticmethod
+    def _put_recovery_codes(c: Connection, user_id: int, hashes: Sequence[bytes], at: datetime) -> None:
+        c.execute(delete(otp_recovery_codes).where(otp_recovery_codes.c.user_id == user_id))
+        if hashes:
+            c.execute(insert(otp_recovery_codes),
+                      [dict(user_id=user_id, code_hash=h, created_at=at) for h in hashes])
+
+    def replace_recovery_codes(self, user_id: int, hashes: Sequence[bytes], at: datetime) -> None:
+        with self._write() as c:
+            if c.execute(select(users.c.id).where(users.c.id == user_id)).first() is None:
+                raise NotFoundError(f"no user with id {user_id}")
+            self._put_recovery_codes(c, user_id, hashes, at)
+
+    def use_recovery_code(self, user_id: int, code_hash: bytes, at: datetime) -> bool:
+        with self._write() as c:
+            row = c.execute(select(otp_recovery_codes.c.id).where(
+                otp_recovery_codes.c.user_id == user_id,
+                otp_recovery_codes.c.code_hash == code_hash,
+                otp_recovery_codes.c.used_at.is_(None)).limit(1)).first()
+            if row is None:
+                return False
+            n = c.execute(update(otp_recovery_codes).where(
+                otp_recovery_codes.c.id == row.id, otp_recovery_codes.c.used_at.is_(None),
+            ).values(used_at=at)).rowcount
+        return n == 1
+
+    def count_recovery_codes(self, user_id: int) -> int:
+        with self._read() as c:
+            return c.execute(select(func.count()).select_from(otp_recovery_codes).where(
+                otp_recovery_codes.c.user_id == user_id,
+                otp_recovery_codes.c.used_at.is_(None))).scalar_one()
