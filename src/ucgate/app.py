@@ -75,9 +75,12 @@ class Node:
     gateway: Gateway
     ids: Any = None
     monitor: Any = None
+    remote: Any = None  # RemoteCredentials when the id service runs elsewhere
 
     async def start(self) -> None:
         await self.gateway.start()
+        if self.remote is not None:
+            self.remote.start(self.gateway.on_event, self.gateway.live_users)
         if self.monitor is not None:
             self.monitor.start()
 
@@ -85,6 +88,8 @@ class Node:
         if self.monitor is not None:
             await self.monitor.stop()
         await self.gateway.stop()
+        if self.remote is not None:
+            await self.remote.aclose()
         if self.ids is not None:
             self.ids.close()
 
@@ -94,6 +99,15 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         authenticator = DenyAll()
     if authenticator is not None:
         return Node(Gateway(config, authenticator))
+    if config.id_service is not None and config.id_service.url:
+        # The id service runs on the LAN: no store, keys or directory credentials here.
+        from .gateway.idclient import RemoteCredentials
+
+        ic = config.id_service
+        remote = RemoteCredentials(ic.url, secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
+                                   outage_grace=ic.outage_grace)
+        gateway = Gateway(config, PreAuthenticator(remote, preauth_settings(config)))
+        return Node(gateway, remote=remote)
     ids = open_id_services(config)
     gateway = Gateway(config, PreAuthenticator(ids.credentials, preauth_settings(config)))
     ids.bus.subscribe(gateway.on_event)
@@ -106,6 +120,63 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
         )
     return Node(gateway, ids, monitor)
+
+
+@dataclass
+class IdNode:
+    """The id service on its own (``ucgate id-service``): the HTTP API and the account monitor."""
+
+    ids: Any
+    app: Any
+    sessions: Any
+    monitor: Any = None
+
+
+def build_id_node(config: Config) -> IdNode:
+    from .id.http_api import LiveSessions, create_id_api
+
+    if config.id_service is None or not config.id_service.secret:
+        raise ValueError("[id_service] secret_file is required")
+    ids = open_id_services(config)
+    sessions = LiveSessions()
+    app = create_id_api(ids.credentials, secret=config.id_service.secret, bus=ids.bus, sessions=sessions)
+    monitor = None
+    if ids.directory is not None:
+        from .id.monitor import AccountMonitor
+
+        monitor = AccountMonitor(
+            ids.directory, sessions.live_users, ids.bus, ids.audit,
+            interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
+        )
+    return IdNode(ids, app, sessions, monitor)
+
+
+def id_server(config: Config, app: Any):
+    """A uvicorn server for the id service's API: TLS 1.2+, no access log of request bodies."""
+    import uvicorn
+
+    ic = config.id_service
+    assert ic is not None and ic.tls_cert and ic.tls_key
+    uc = uvicorn.Config(
+        app, host=ic.listen_host, port=ic.listen_port, ssl_certfile=str(ic.tls_cert),
+        ssl_keyfile=str(ic.tls_key), log_level=config.log_level, lifespan="off",
+        timeout_graceful_shutdown=2, server_header=False, proxy_headers=False,
+    )
+    return uvicorn.Server(uc)
+
+
+async def serve_id_service(config: Config) -> None:
+    node = build_id_node(config)
+    server = id_server(config, node.app)
+    if node.monitor is not None:
+        node.monitor.start()
+    try:
+        await server.serve()  # handles SIGINT/SIGTERM itself
+    finally:
+        log.info("shutting down")
+        if node.monitor is not None:
+            await node.monitor.stop()
+        node.ids.close()
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:

@@ -19,6 +19,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_id_service(args: argparse.Namespace) -> int:
+    from .app import run, serve_id_service, setup_logging
+
+    config = load(args.config, role="id-service")
+    setup_logging(args.log_level or config.log_level)
+    run(lambda: serve_id_service(config))
+    return 0
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load(args.config)
     from .app import build_node
@@ -59,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", required=True, type=Path)
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=_cmd_serve)
+
+    i = sub.add_parser("id-service", help="run the id service's HTTP API (LAN side) and the account monitor")
+    i.add_argument("-c", "--config", required=True, type=Path)
+    i.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    i.set_defaults(func=_cmd_id_service)
 
     c = sub.add_parser("check-config", help="validate a configuration file and exit")
     c.add_argument("-c", "--config", required=True, type=Path)

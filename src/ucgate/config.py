@@ -108,6 +108,24 @@ class DirectoryConfig:
 
 
 @dataclass(frozen=True)
+class IdServiceConfig:
+    """``[id_service]``: the gateway's link to a remote id service (``url``, ``ca_file``,
+    ``secret_file``) and the id service's own listener (``listen``, ``tls_cert``, ``tls_key``,
+    ``secret_file``). Without ``url`` the gateway runs the id service in-process."""
+
+    secret: bytes = field(default=b"", repr=False)
+    secret_file: Path | None = None
+    url: str | None = None
+    ca_file: Path | None = None
+    timeout: float = 8.0
+    outage_grace: float = 300.0
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8444
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     url: str
     key_file: Path
@@ -126,6 +144,7 @@ class Config:
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     directory: DirectoryConfig | None = None
     log_level: str = "info"
+    id_service: IdServiceConfig | None = None
 
     # the attributes the id service's CLI commands read (ucgate.id.admin_cli)
     @property
@@ -193,8 +212,8 @@ class _Section:
             raise self.fail(unknown[0], "unknown setting (check the spelling; see README)")
 
 
-def _parse_listen(sec: _Section) -> tuple[str, int]:
-    listen = sec.get("listen", str, "0.0.0.0:443")
+def _parse_listen(sec: _Section, default: str = "0.0.0.0:443") -> tuple[str, int]:
+    listen = sec.get("listen", str, default)
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
         raise sec.fail("listen", f"expected host:port, got {listen!r}")
@@ -251,8 +270,11 @@ def _parse_service(file: str, name: str, table: Any, upstreams: dict[str, Upstre
     return out
 
 
-def load(path: Path | str) -> Config:
+def load(path: Path | str, *, role: str = "gateway") -> Config:
     """Read and validate a configuration file.
+
+    ``role`` "id-service" (``ucgate id-service``) needs no [gateway] certificate and no
+    upstreams, but the [id_service] listener.
 
     Raises:
         ConfigError: with ``<file>: <key>: <problem>``.
@@ -265,10 +287,10 @@ def load(path: Path | str) -> Config:
         raise ConfigError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return from_dict(raw, path=path)
+    return from_dict(raw, path=path, role=role)
 
 
-def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
+def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gateway") -> Config:
     file = str(path) if path else "<config>"
     base = path.parent.resolve() if path else Path.cwd()
     top = _Section(file, "", raw)
@@ -278,7 +300,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
     plain = gw.get("plain_http", bool, False)
     cert = gw.path("tls_cert", None, base)
     key = gw.path("tls_key", None, base)
-    if not plain:
+    if not plain and role != "id-service":
         for k, p in (("tls_cert", cert), ("tls_key", key)):
             if p is None:
                 raise gw.fail(k, "required unless plain_http = true (labs only)")
@@ -331,7 +353,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
 
     ups_raw = top.get("upstreams", dict, {})
     upstreams = {n: _parse_upstream(file, n, t, base) for n, t in ups_raw.items()}
-    if not upstreams:
+    if not upstreams and role != "id-service":
         raise top.fail("upstreams", "define at least [upstreams.frontend] with a url")
 
     svc_raw = top.get("services", dict, {})
@@ -391,6 +413,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
     store = StoreConfig(url=url, key_file=key_file, audit_file=audit_file)
     st.finish()
     directory = _parse_directory(top, base)
+    id_service = _parse_id_service(top, base, role)
 
     lg = top.sub("log")
     level = lg.get("level", str, "info").lower()
@@ -409,6 +432,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None) -> Config:
         lockout=lockout,
         directory=directory,
         log_level=level,
+        id_service=id_service,
     )
 
 
@@ -459,3 +483,67 @@ def _parse_directory(top: _Section, base: Path) -> DirectoryConfig | None:
 
 
 AUTHENTICATORS = ("preauth", "deny-all")
+
+
+# A bearer secret of 32 random bytes, base64 or hex: `openssl rand -base64 32 > id.secret`.
+MIN_SECRET_LENGTH = 32
+
+
+def _read_secret(sec: _Section, p: Path) -> bytes:
+    try:
+        st = p.stat()
+        raw = p.read_bytes().strip()
+    except OSError as e:
+        raise sec.fail("secret_file", f"cannot read {p}: {e.strerror}") from None
+    if st.st_mode & 0o077:
+        raise sec.fail("secret_file", f"{p} is readable by group or others (chmod 600 {p})")
+    if len(raw) < MIN_SECRET_LENGTH or not all(0x21 <= b < 0x7F for b in raw):
+        raise sec.fail("secret_file", f"{p}: expected at least {MIN_SECRET_LENGTH} printable ASCII "
+                                      "characters without spaces (openssl rand -base64 32)")
+    return raw
+
+
+def _parse_id_service(top: _Section, base: Path, role: str) -> IdServiceConfig | None:
+    if "id_service" not in top.table:
+        top.used.add("id_service")
+        if role == "id-service":
+            raise top.fail("id_service", "required: [id_service] listen, tls_cert, tls_key, secret_file")
+        return None
+    sec = top.sub("id_service")
+    d = IdServiceConfig()
+    url = sec.get("url", str, None)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise sec.fail("url", f"expected https://host[:port] (the secret crosses this link), got {url!r}")
+        try:
+            parts.port
+        except ValueError:
+            raise sec.fail("url", f"bad port in {url!r}") from None
+    ca = sec.path("ca_file", None, base)
+    if ca is not None and not ca.is_file():
+        raise sec.fail("ca_file", f"no such file: {ca}")
+    host, port = _parse_listen(sec, f"{d.listen_host}:{d.listen_port}")
+    cert = sec.path("tls_cert", None, base)
+    key = sec.path("tls_key", None, base)
+    if role == "id-service":
+        for k, p in (("tls_cert", cert), ("tls_key", key)):
+            if p is None:
+                raise sec.fail(k, "required: the id service listens with TLS only")
+    for k, p in (("tls_cert", cert), ("tls_key", key)):
+        if p is not None and not p.is_file():
+            raise sec.fail(k, f"no such file: {p}")
+    secret_file = sec.path("secret_file", None, base)
+    secret = b""
+    if secret_file is not None:
+        secret = _read_secret(sec, secret_file)
+    elif url is not None or role == "id-service":
+        raise sec.fail("secret_file", "required: the shared secret of the gateways and the id service")
+    cfg = IdServiceConfig(
+        secret=secret, secret_file=secret_file, url=url, ca_file=ca,
+        timeout=sec.positive("timeout", float, d.timeout),
+        outage_grace=sec.positive("outage_grace", float, d.outage_grace),
+        listen_host=host, listen_port=port, tls_cert=cert, tls_key=key,
+    )
+    sec.finish()
+    return cfg

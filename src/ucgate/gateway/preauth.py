@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..id.api import AttemptContext, CredentialService, Verdict
+from ..id.api import AttemptContext, CredentialService, NtlmHandshake, Verdict
 from ..protocols import ntlm as ntlm_proto
 from ..protocols import spnego as spnego_proto
 from ..protocols.http1 import RequestHead
@@ -37,6 +37,9 @@ log = logging.getLogger("ucgate.gateway.auth")
 # little. 16 KiB of base64 is generous and keeps a hostile header from costing us.
 MAX_NTLM_HEADER = 16 * 1024
 MAX_BASIC_HEADER = 4 * 1024
+# Refusals that say the credentials could not be checked at all (503, fail closed): the
+# directory (from the id service) or the id service itself (from the remote client).
+UNAVAILABLE_REASONS = frozenset({"directory-unavailable", "id-service-unavailable"})
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,9 @@ class PreAuthenticator:
 
     def _throttled(self, conn: ClientConnection, verdict: Verdict) -> AuthOutcome:
         """A refusal that is not about the credentials: 429 while the failure budget is spent,
-        503 while the directory cannot be reached (new sign-ins fail closed)."""
+        503 while the directory or the id service cannot be reached (new sign-ins fail closed)."""
         retry = max(1, int(verdict.retry_after + 0.999))
-        status = 503 if verdict.reason == "directory-unavailable" else 429
+        status = 503 if verdict.reason in UNAVAILABLE_REASONS else 429
         return AuthOutcome(identity=None, status=status, reason=verdict.reason,
                            headers=[(b"Retry-After", b"%d" % retry)])
 
@@ -184,9 +187,12 @@ class PreAuthenticator:
         return AuthOutcome(identity=identity)
 
     # --- NTLM / Negotiate -------------------------------------------------------------
+    def _extended_protection(self, conn: ClientConnection) -> str:
+        return self.settings.extended_protection if conn.tls else "off"
+
     def _new_acceptor(self, conn: ClientConnection, scheme: bytes):
         s = self.settings
-        ep = s.extended_protection if conn.tls else "off"
+        ep = self._extended_protection(conn)
         kwargs = dict(
             server_challenge=self.rand(8),
             now=ntlm_proto.filetime(self.wallclock()),
@@ -243,22 +249,31 @@ class PreAuthenticator:
             return self._deny(conn, f"ntlm-{e.reason}")
         ctx = self._ctx(conn, req, service, scheme.decode())
         started = time.monotonic()
-        cands = await self.credentials.ntlm_candidates(who.user, who.domain, ctx)
-        if cands.refused is not None:
-            if cands.refused.retry_after > 0:
-                return self._throttled(conn, cands.refused)
-            return self._deny(conn, cands.refused.reason)
-        matched: str | None = None
-        reason = "ok"
+        negotiate, challenge, authenticate = inner.messages()
+        handshake = NtlmHandshake(
+            negotiate=negotiate, challenge=challenge, authenticate=authenticate,
+            server_challenge=inner.server_challenge, challenge_time=inner.challenge_time,
+            channel_binding_data=conn.channel_binding if conn.tls else None,
+            extended_protection=self._extended_protection(conn), max_clock_skew=self.settings.max_clock_skew,
+        )
+        answer = await self.credentials.verify_ntlm(handshake, ctx)
+        verdict = answer.verdict
+        if verdict.retry_after > 0:
+            return self._throttled(conn, verdict)
         final: bytes | None = None
-        try:
-            result = acceptor.verify([h for _, h in cands.candidates], ntlm_proto.filetime(self.wallclock()))
-            matched = cands.candidates[result.candidate_index][0]
-            if scheme == b"negotiate":
-                final = acceptor.final_token()
-        except (ntlm_proto.NtlmError, spnego_proto.SpnegoError) as e:
-            reason = e.reason
-        verdict = await self.credentials.ntlm_result(who.user, ctx, cands, matched, reason)
+        if verdict.ok:
+            try:
+                if answer.result is None:
+                    raise ntlm_proto.NtlmError("bad-argument", "verdict without a session key")
+                acceptor.adopt(answer.result)
+                if scheme == b"negotiate":
+                    final = acceptor.final_token()
+            except (ntlm_proto.NtlmError, spnego_proto.SpnegoError) as e:
+                # Verified by the id service (which recorded an allow), refused here: the
+                # SPNEGO mechListMIC did not verify with the session key.
+                log.warning("client %s: %s verified for %s but refused here: %s",
+                            conn.peer_host, name, verdict.user, e.reason)
+                verdict = Verdict(False, f"ntlm-{e.reason}")
         if not verdict.ok:
             await self._pad(started)
             return self._deny(conn, verdict.reason)

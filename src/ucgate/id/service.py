@@ -24,11 +24,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..policy.account import check_sign_in
 from ..policy.lockout import FailureBudget
-from .api import AttemptContext, NtlmCandidates, Verdict
+from ..protocols import ntlm as ntlm_proto
+from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from .directory import DirectoryError
 
 log = logging.getLogger("ucgate.id")
@@ -36,6 +38,15 @@ log = logging.getLogger("ucgate.id")
 DIRECTORY_RETRY_AFTER = 30.0
 # Reasons that say nothing about the password: they do not count against the budget.
 _NOT_A_GUESS = frozenset({"throttled", "directory-unavailable"})
+
+
+@dataclass(frozen=True, slots=True)
+class NtlmCandidates:
+    """NT hashes the NTLM verifier may try for a user, or a refusal before trying any."""
+
+    user: str | None  # canonical name, None for an unknown user (candidates are then decoys)
+    candidates: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
+    refused: Verdict | None = None
 
 
 def budget_key(typed: str) -> str:
@@ -209,16 +220,42 @@ class IdService:
         self._record(candidates.user or key, ctx, verdict, key)
         return verdict
 
+    def verify_ntlm_sync(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
+        """Rebuild the gateway's acceptor from the messages, verify against the candidates,
+        record the outcome."""
+        h = handshake
+        try:
+            acceptor = ntlm_proto.NtlmAcceptor.from_messages(
+                negotiate=h.negotiate, challenge=h.challenge, server_challenge=h.server_challenge,
+                challenge_time=h.challenge_time, channel_binding_data=h.channel_binding_data,
+                extended_protection=h.extended_protection, max_clock_skew=h.max_clock_skew,
+            )
+            who = acceptor.identify(h.authenticate)
+        except ntlm_proto.NtlmError as e:
+            # The gateway makes the same structural checks first, so this is a gateway bug or
+            # a forged call: refused, not counted as a guess for anyone.
+            log.warning("NTLM handshake from %s refused before lookup: %s", ctx.client_ip, e.reason)
+            return NtlmVerdict(Verdict(False, f"ntlm-{e.reason}"))
+        cands = self.ntlm_candidates_sync(who.user, who.domain, ctx)
+        if cands.refused is not None:
+            return NtlmVerdict(cands.refused)
+        matched: str | None = None
+        reason = "ok"
+        result = None
+        try:
+            result = acceptor.verify([hsh for _, hsh in cands.candidates], ntlm_proto.filetime(self.clock()))
+            matched = cands.candidates[result.candidate_index][0]
+        except ntlm_proto.NtlmError as e:
+            reason = e.reason
+        verdict = self.ntlm_result_sync(who.user, ctx, cands, matched, reason)
+        return NtlmVerdict(verdict, result if verdict.ok else None)
+
     # --- CredentialService (async) -------------------------------------------------------
     async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
         return await asyncio.to_thread(self.verify_password_sync, name, password, ctx)
 
-    async def ntlm_candidates(self, name: str, domain: str, ctx: AttemptContext) -> NtlmCandidates:
-        return await asyncio.to_thread(self.ntlm_candidates_sync, name, domain, ctx)
-
-    async def ntlm_result(self, name: str, ctx: AttemptContext, candidates: NtlmCandidates,
-                          matched: str | None, reason: str) -> Verdict:
-        return await asyncio.to_thread(self.ntlm_result_sync, name, ctx, candidates, matched, reason)
+    async def verify_ntlm(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
+        return await asyncio.to_thread(self.verify_ntlm_sync, handshake, ctx)
 
 
 def _decoy_work(password: str) -> None:

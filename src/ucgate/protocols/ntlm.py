@@ -798,6 +798,11 @@ class NtlmAcceptor:
     NtlmError("unexpected-message"). After "wrong-password" ``verify`` may be called again with
     other candidates; any other refusal ends the exchange.
 
+    Split across processes (the gateway holds no NT hashes): the gateway runs ``challenge`` and
+    ``identify``, sends :meth:`messages` to the id service, which rebuilds the acceptor with
+    :meth:`from_messages` and runs ``identify`` and ``verify`` there; the gateway then
+    :meth:`adopt`\ s the returned result (flags and exported session key) for session security.
+
     Args:
         server_challenge: 8 random bytes from the caller's CSPRNG.
         now: current time as FILETIME; becomes the CHALLENGE's MsvAvTimestamp.
@@ -876,23 +881,29 @@ class NtlmAcceptor:
 
     # -- leg 1 --------------------------------------------------------------------------------
 
-    def challenge(self, negotiate_token: bytes) -> bytes:
-        """Parse the NEGOTIATE_MESSAGE and return our CHALLENGE_MESSAGE (MS-NLMP 3.2.5.1.1)."""
-        self._expect("initial")
-        try:
-            negotiate = NegotiateMessage.unpack(negotiate_token)
-            if negotiate.flags & NF.NEGOTIATE_UNICODE:
-                flags = NF.NEGOTIATE_UNICODE
-            elif negotiate.flags & NF.NEGOTIATE_OEM:
-                flags = NF.NEGOTIATE_OEM
-            else:
-                raise NtlmError("unsupported", "client offers neither Unicode nor OEM strings")
-        except NtlmError as exc:
-            raise self._fail(exc) from None
+    @staticmethod
+    def _challenge_flags_for(negotiate_token: bytes) -> NegotiateFlags:
+        """Parse a NEGOTIATE_MESSAGE; the flags our CHALLENGE answers it with (3.2.5.1.1)."""
+        negotiate = NegotiateMessage.unpack(negotiate_token)
+        if negotiate.flags & NF.NEGOTIATE_UNICODE:
+            flags = NF.NEGOTIATE_UNICODE
+        elif negotiate.flags & NF.NEGOTIATE_OEM:
+            flags = NF.NEGOTIATE_OEM
+        else:
+            raise NtlmError("unsupported", "client offers neither Unicode nor OEM strings")
         flags |= negotiate.flags & _ECHOED_FLAGS
         flags |= NF.NEGOTIATE_NTLM | NF.NEGOTIATE_TARGET_INFO
         if negotiate.flags & NF.REQUEST_TARGET:
             flags |= NF.REQUEST_TARGET | NF.TARGET_TYPE_DOMAIN
+        return flags
+
+    def challenge(self, negotiate_token: bytes) -> bytes:
+        """Parse the NEGOTIATE_MESSAGE and return our CHALLENGE_MESSAGE (MS-NLMP 3.2.5.1.1)."""
+        self._expect("initial")
+        try:
+            flags = self._challenge_flags_for(negotiate_token)
+        except NtlmError as exc:
+            raise self._fail(exc) from None
         nb_domain, nb_computer, dns_domain, dns_computer = self._names
         info = TargetInfo(
             (
@@ -916,6 +927,81 @@ class NtlmAcceptor:
         self._challenge_flags = flags
         self._state = "challenged"
         return self._challenge_raw
+
+    # -- verifying elsewhere ------------------------------------------------------------------
+
+    @classmethod
+    def from_messages(
+        cls,
+        *,
+        negotiate: bytes,
+        challenge: bytes,
+        server_challenge: bytes,
+        challenge_time: int,
+        channel_binding_data: bytes | None,
+        extended_protection: str = "require",
+        max_clock_skew: int = 300,
+        require_mic: bool = False,
+    ) -> NtlmAcceptor:
+        """Rebuild, in state "challenged", the acceptor that answered ``negotiate`` with
+        ``challenge`` — so that another process can verify the AUTHENTICATE (the id service
+        verifies handshakes the gateway relays; the gateway never holds NT hashes).
+
+        The two messages are kept verbatim (the MIC covers the exact bytes). The CHALLENGE must
+        be the one this class would have sent for that NEGOTIATE with ``server_challenge`` at
+        ``challenge_time``: same flags, same server challenge, same MsvAvTimestamp. The server
+        names in its TargetInfo are not checked (they are the sender's configuration). Then
+        :meth:`identify` and :meth:`verify` run exactly as in the process that sent it.
+
+        Raises:
+            NtlmError: ``malformed``/``too-large``/``unsupported`` for an unusable NEGOTIATE or
+                CHALLENGE, ``bad-argument`` when the CHALLENGE does not match the other
+                arguments (or they are out of range, as for ``__init__``).
+        """
+        acceptor = cls(
+            server_challenge=server_challenge, now=challenge_time, netbios_domain="",
+            netbios_computer="", dns_domain="", dns_computer="",
+            channel_binding_data=channel_binding_data, extended_protection=extended_protection,
+            max_clock_skew=max_clock_skew, require_mic=require_mic,
+        )
+        flags = cls._challenge_flags_for(negotiate)
+        sent = ChallengeMessage.unpack(challenge)
+        if sent.flags != flags:
+            raise NtlmError("bad-argument", "CHALLENGE_MESSAGE flags are not the answer to this NEGOTIATE")
+        if not hmac.compare_digest(sent.server_challenge, server_challenge):
+            raise NtlmError("bad-argument", "CHALLENGE_MESSAGE carries another server challenge")
+        if sent.target_info is None or sent.target_info.timestamp() != int(challenge_time):
+            raise NtlmError("bad-argument", "CHALLENGE_MESSAGE MsvAvTimestamp is not challenge_time")
+        acceptor._negotiate_raw = bytes(negotiate)
+        acceptor._challenge_raw = bytes(challenge)
+        acceptor._challenge_flags = flags
+        acceptor._state = "challenged"
+        return acceptor
+
+    @property
+    def server_challenge(self) -> bytes:
+        return self._server_challenge
+
+    @property
+    def challenge_time(self) -> int:
+        """The FILETIME our CHALLENGE carried as MsvAvTimestamp."""
+        return self._challenge_time
+
+    def messages(self) -> tuple[bytes, bytes, bytes]:
+        """NEGOTIATE, CHALLENGE and AUTHENTICATE exactly as exchanged (after :meth:`identify`),
+        for :meth:`from_messages` in the process that verifies."""
+        if self._auth is None or self._auth.raw is None:
+            raise NtlmError("unexpected-message", "no AUTHENTICATE_MESSAGE yet")
+        return self._negotiate_raw, self._challenge_raw, self._auth.raw
+
+    def adopt(self, result: VerifyResult) -> None:
+        """Complete the exchange with a result verified elsewhere (by the id service, from
+        :meth:`messages`): sets up session security from its flags and exported session key."""
+        self._expect("identified")
+        if len(result.exported_session_key) != 16:
+            raise NtlmError("bad-argument", "an exported session key is 16 bytes")
+        self._session = NtlmSession(result.flags, result.exported_session_key)
+        self._state = "complete"
 
     # -- leg 2 --------------------------------------------------------------------------------
 

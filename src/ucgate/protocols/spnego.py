@@ -529,6 +529,19 @@ class SpnegoNtlmAcceptor:
         self._state = "complete"
         return result
 
+    def adopt(self, result: VerifyResult) -> None:
+        """Like :meth:`verify` for a result verified elsewhere (see :meth:`NtlmAcceptor.adopt`):
+        the mechListMIC is checked here, with the session key the verifier returned."""
+        self._expect("identified")
+        try:
+            self._ntlm.adopt(result)
+            if not self._raw:
+                self._check_mech_list_mic(result)
+        except (SpnegoError, NtlmError) as exc:
+            raise self._fail(exc) from None
+        self._result = result
+        self._state = "complete"
+
     def _check_mech_list_mic(self, result: VerifyResult) -> None:
         session = self._ntlm.session
         if result.mic_present:

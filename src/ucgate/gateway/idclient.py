@@ -1,0 +1,304 @@
+"""The gateway's side of the id service's HTTP API (:mod:`ucgate.id.http_api`).
+
+:class:`RemoteCredentials` implements :class:`ucgate.id.api.CredentialService` over HTTPS
+(httpx: one keep-alive pool, the id service's certificate verified against a CA file, short
+timeouts). It fails closed: when the id service cannot be reached, times out, refuses our secret
+or answers nonsense, the verdict is ``id-service-unavailable`` with ``retry_after`` > 0, which
+the pre-authenticator turns into 503 with Retry-After. After a failure to connect, calls fail
+fast for :data:`FAIL_FAST` seconds instead of each waiting for a connect timeout.
+
+It also keeps the gateway's two background links to the id service (:meth:`start`):
+
+* the event stream (``GET /v1/events``, Server-Sent Events): ``user-blocked`` events are handed
+  to the gateway's ``on_event`` as :class:`ucgate.id.events.UserBlocked`; the stream reconnects
+  with ``Last-Event-ID`` so that nothing published during a short break is lost. If the stream
+  stays down for longer than ``outage_grace``, the gateway can no longer learn about blocked
+  users, so live sessions are cut with reason ``id-service-unavailable`` (as the account
+  monitor does when the directory is down);
+* the session report (``PUT /v1/sessions``): the users signed in here, for the account monitor
+  that runs next to the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..id.api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
+from ..id.events import UserBlocked
+from ..protocols.ntlm import NegotiateFlags, VerifyResult
+
+log = logging.getLogger("ucgate.gateway.idclient")
+
+UNAVAILABLE = "id-service-unavailable"
+RETRY_AFTER = 5.0  # what the 503 tells clients; the id service is usually back within seconds
+FAIL_FAST = 1.0
+CONNECT_TIMEOUT = 2.0
+# A sign-in may wait for the directory on the id side (its LDAP timeout is 5 s by default).
+CALL_TIMEOUT = 8.0
+RECONNECT_MIN, RECONNECT_MAX = 0.2, 5.0
+
+
+class IdServiceError(Exception):
+    """The id service could not answer (transport, status, or body); ``reason`` for the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _ctx_json(ctx: AttemptContext) -> dict[str, Any]:
+    return {"client_ip": ctx.client_ip, "method": ctx.method, "service": ctx.service,
+            "device_id": ctx.device_id, "user_agent": ctx.user_agent}
+
+
+def _verdict(obj: Any) -> Verdict:
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool) or not isinstance(obj.get("reason"), str):
+        raise IdServiceError("bad-response")
+    retry = obj.get("retry_after") or 0.0
+    user, cred = obj.get("user"), obj.get("credential_id")
+    if not isinstance(retry, (int, float)) or not isinstance(user, (str, type(None))) \
+            or not isinstance(cred, (str, type(None))):
+        raise IdServiceError("bad-response")
+    return Verdict(obj["ok"], obj["reason"], user=user, credential_id=cred, retry_after=float(retry))
+
+
+def _session(obj: Any) -> VerifyResult:
+    try:
+        key = base64.b64decode(obj["exported_session_key"], validate=True)
+        if len(key) != 16:
+            raise ValueError
+        return VerifyResult(
+            candidate_index=0, session_base_key=b"", exported_session_key=key,
+            channel_binding=str(obj["channel_binding"]), flags=NegotiateFlags(int(obj["flags"])),
+            mic_present=bool(obj["mic_present"]), target_name=obj.get("target_name"),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise IdServiceError("bad-response") from None
+
+
+class RemoteCredentials:
+    """``CredentialService`` over the id service's HTTP API.
+
+    Args:
+        url: the id service's base URL, ``https://id.contoso.local:8444``.
+        secret: the shared secret (from the ``secret_file``).
+        ca_file: CA certificate(s) that the id service's certificate must chain to; None uses the
+            system store. The host name is verified too.
+        transport: an httpx transport, for tests.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: bytes,
+        ca_file: Path | None = None,
+        timeout: float = CALL_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        retry_after: float = RETRY_AFTER,
+        outage_grace: float = 300.0,
+        report_interval: float = 10.0,
+        gateway_id: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(ca_file))
+            verify.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.url = url.rstrip("/")
+        self.retry_after = retry_after
+        self.outage_grace = outage_grace
+        self.report_interval = report_interval
+        self.gateway_id = gateway_id or f"gw-{secrets.token_hex(4)}"
+        self.clock = clock
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
+        self._client = httpx.AsyncClient(
+            base_url=self.url, verify=verify, timeout=self._timeout, transport=transport,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=60),
+            headers={"Authorization": "Bearer " + secret.decode("ascii")}, trust_env=False,
+        )
+        self._down_until = 0.0
+        self._tasks: list[asyncio.Task] = []
+        self._last_event_id: str | None = None
+        self.events_connected = asyncio.Event()
+
+    def __repr__(self) -> str:  # never the secret
+        return f"RemoteCredentials({self.url!r})"
+
+    # --- calls ---------------------------------------------------------------------------
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        if self.clock() < self._down_until:
+            raise IdServiceError("recently-down")
+        try:
+            r = await self._client.post(path, json=body)
+        except httpx.TimeoutException as e:
+            if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+                self._down_until = self.clock() + FAIL_FAST
+            raise IdServiceError(f"timeout ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            self._down_until = self.clock() + FAIL_FAST
+            raise IdServiceError(f"unreachable ({type(e).__name__})") from None
+        if r.status_code != 200:
+            if r.status_code == 401:
+                log.error("the id service refused our shared secret: check [id_service] secret_file on both sides")
+            raise IdServiceError(f"HTTP {r.status_code}")
+        try:
+            return r.json()
+        except ValueError:
+            raise IdServiceError("bad-response") from None
+
+    def _unavailable(self, what: str, e: IdServiceError) -> Verdict:
+        log.error("id service %s: %s call failed: %s; failing closed", self.url, what, e.reason)
+        return Verdict(False, UNAVAILABLE, retry_after=self.retry_after)
+
+    async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
+        try:
+            obj = await self._post("/v1/auth/password",
+                                   {"user": name, "password": password, "context": _ctx_json(ctx)})
+            return _verdict(obj)
+        except IdServiceError as e:
+            return self._unavailable("password", e)
+
+    async def verify_ntlm(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
+        h = handshake
+        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+        body = {
+            "negotiate": b64(h.negotiate), "challenge": b64(h.challenge), "authenticate": b64(h.authenticate),
+            "server_challenge": b64(h.server_challenge), "challenge_time": h.challenge_time,
+            "channel_binding": b64(h.channel_binding_data) if h.channel_binding_data is not None else None,
+            "extended_protection": h.extended_protection, "max_clock_skew": h.max_clock_skew,
+            "context": _ctx_json(ctx),
+        }
+        try:
+            obj = await self._post("/v1/auth/ntlm", body)
+            verdict = _verdict(obj)
+            session = obj.get("session")
+            if verdict.ok and not isinstance(session, dict):
+                raise IdServiceError("bad-response")
+            return NtlmVerdict(verdict, _session(session) if verdict.ok else None)
+        except IdServiceError as e:
+            return NtlmVerdict(self._unavailable("ntlm", e))
+
+    # --- background links ----------------------------------------------------------------
+    def start(self, on_event: Callable[[object], None],
+              live_users: Callable[[], dict[str, dt.datetime]] | None = None) -> None:
+        """Subscribe to the id service's events and, with ``live_users``, report sessions.
+        Call from the gateway's event loop."""
+        self._tasks.append(asyncio.create_task(self._events(on_event, live_users), name="ucgate-id-events"))
+        if live_users is not None:
+            self._tasks.append(asyncio.create_task(self._report(live_users), name="ucgate-id-sessions"))
+
+    async def aclose(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+        await self._client.aclose()
+
+    async def _events(self, on_event: Callable[[object], None],
+                      live_users: Callable[[], dict[str, dt.datetime]] | None) -> None:
+        delay = RECONNECT_MIN
+        last_ok = self.clock()
+        cut_for_outage = False
+        while True:
+            try:
+                await self._follow(on_event)
+                reason = "stream ended"
+            except IdServiceError as e:
+                reason = e.reason
+            except (httpx.HTTPError, ssl.SSLError, OSError) as e:
+                reason = type(e).__name__
+            if self.events_connected.is_set():
+                log.warning("id service event stream lost (%s); reconnecting", reason)
+                self.events_connected.clear()
+                last_ok, delay, cut_for_outage = self.clock(), RECONNECT_MIN, False
+            if (live_users is not None and not cut_for_outage
+                    and self.clock() - last_ok > self.outage_grace):
+                users = live_users()
+                log.error("no events from the id service for %.0fs: closing %d live user(s)",
+                          self.outage_grace, len(users))
+                for user in users:
+                    on_event(UserBlocked(user, UNAVAILABLE))
+                cut_for_outage = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _follow(self, on_event: Callable[[object], None]) -> None:
+        headers = {"Accept": "text/event-stream"}
+        if self._last_event_id:
+            headers["Last-Event-ID"] = self._last_event_id
+        # The server sends a comment every 15 s; three missed ones mean a dead peer.
+        timeout = httpx.Timeout(10.0, connect=self._timeout.connect, read=45.0)
+        async with self._client.stream("GET", "/v1/events", headers=headers, timeout=timeout) as r:
+            if r.status_code != 200:
+                if r.status_code == 401:
+                    log.error("the id service refused our shared secret for the event stream")
+                raise IdServiceError(f"HTTP {r.status_code}")
+            self.events_connected.set()
+            event_id = kind = None
+            data: list[str] = []
+            async for line in r.aiter_lines():
+                if line == "":
+                    if data:
+                        self._dispatch(kind, "\n".join(data), on_event)
+                        if event_id:
+                            self._last_event_id = event_id
+                    event_id = kind = None
+                    data = []
+                    continue
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "id":
+                    event_id = value
+                elif name == "event":
+                    kind = value
+                elif name == "data":
+                    data.append(value)
+
+    @staticmethod
+    def _dispatch(kind: str | None, data: str, on_event: Callable[[object], None]) -> None:
+        if kind != "user-blocked":
+            return
+        try:
+            obj = json.loads(data)
+            before = obj.get("signed_in_before")
+            event = UserBlocked(str(obj["user"]), str(obj.get("reason") or "blocked"),
+                                dt.datetime.fromisoformat(before) if before else None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("ignoring a malformed user-blocked event from the id service")
+            return
+        on_event(event)
+
+    async def _report(self, live_users: Callable[[], dict[str, dt.datetime]]) -> None:
+        failing = False
+        while True:
+            body = {"gateway": self.gateway_id,
+                    "users": {u: t.isoformat() for u, t in live_users().items()}}
+            try:
+                r = await self._client.put("/v1/sessions", json=body)
+                ok = r.status_code == 204
+            except httpx.HTTPError:
+                ok = False
+            if not ok and not failing:
+                log.warning("could not report live sessions to the id service")
+            failing = not ok
+            await asyncio.sleep(self.report_interval)

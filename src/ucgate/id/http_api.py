@@ -1,0 +1,512 @@
+"""The id service's HTTP API on the LAN side: what gateways in the DMZ call (issue 5).
+
+Versioned JSON over HTTPS, one shared secret (``Authorization: Bearer <secret>``, compared in
+constant time) for every call except ``GET /v1/health``:
+
+* ``POST /v1/auth/password`` — a user name and password (an ASP) with the attempt's context;
+  answers a verdict ``{ok, reason, user, credential_id, retry_after}``.
+* ``POST /v1/auth/ntlm`` — one NTLM exchange as the gateway ran it: the NEGOTIATE, CHALLENGE
+  and AUTHENTICATE messages verbatim, the server challenge and the challenge's timestamp, the
+  channel-binding application data and the extended-protection mode. The id service rebuilds
+  the acceptor (``NtlmAcceptor.from_messages``), looks up the candidates, verifies and records
+  the outcome; the verdict carries, when ok, the negotiated flags and the exported session key
+  the gateway's SPNEGO acceptor needs for the mechListMIC. NT hashes never leave the LAN: an
+  ASP's NT hash is a password equivalent. The session key is per connection and short-lived —
+  what Netlogon pass-through (NetrLogonSamLogon) hands an IIS server, too.
+* ``GET /v1/events`` — Server-Sent Events: ``user-blocked`` events (close that user's live
+  sessions) as they are published, a comment every :data:`HEARTBEAT` seconds, and replay of
+  missed events after a reconnect (``Last-Event-ID``) from a small ring buffer.
+* ``PUT /v1/sessions`` — a gateway's report of its live signed-in users, so that the account
+  monitor (which runs here, next to the directory) knows whom to re-check.
+* ``GET /v1/health`` — liveness, no secret needed; ``GET /v1/openapi.json`` — this API.
+
+Errors are JSON: 400 ``{"error": "bad-request", "field": "context.client_ip", "message": ...}``,
+401 ``unauthorized``, 404, 405, 413 ``too-large``. Secrets (the bearer, passwords, messages,
+session keys) are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import datetime as dt
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
+from .events import EventBus, UserBlocked
+
+log = logging.getLogger("ucgate.id.api")
+
+# A sign-in call is < 1 KiB; an NTLM one carries three messages (each < 2 KiB, see ntlm.py) in
+# base64. 64 KiB is far above both and bounds what an unauthenticated peer can make us read.
+MAX_BODY = 64 * 1024
+# SSE comment interval: keeps NAT/firewall state alive and lets the client notice a dead peer
+# within a few intervals (its read timeout is a multiple of this).
+HEARTBEAT = 15.0
+# Events kept for replay after a reconnect; UserBlocked is rare (an admin or the monitor).
+REPLAY_EVENTS = 1024
+# A gateway's session report is forgotten after this long without a new one.
+SESSION_REPORT_TTL = 120.0
+MAX_NAME = 256  # user names, as in the gateway's Basic check
+_METHODS = frozenset({"basic", "ntlm", "negotiate", "oauth"})
+_EXTENDED_PROTECTION = ("require", "allow", "off")
+
+
+class BadRequest(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="ucgate-id"'} if status == 401 else None
+    return JSONResponse({"error": error, **extra, "message": message}, status_code=status, headers=headers)
+
+
+# --- request parsing ---------------------------------------------------------------------
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object; 413 past ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise HTTPException(413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413)
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body", "not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("body", "expected a JSON object")
+    return obj
+
+
+def _get(obj: dict, key: str, prefix: str, kind: type | tuple, *, required: bool = True) -> Any:
+    name = f"{prefix}{key}"
+    if key not in obj or obj[key] is None:
+        if required:
+            raise BadRequest(name, "required")
+        return None
+    v = obj[key]
+    if isinstance(v, bool) and kind is not bool:
+        raise BadRequest(name, "expected a " + getattr(kind, "__name__", "value") + ", got a boolean")
+    if not isinstance(v, kind):
+        raise BadRequest(name, f"expected {getattr(kind, '__name__', kind)}, got {type(v).__name__}")
+    return v
+
+
+def _text(obj: dict, key: str, prefix: str = "", *, required: bool = True, max_len: int = MAX_NAME) -> Any:
+    v = _get(obj, key, prefix, str, required=required)
+    if v is not None and (len(v) > max_len or any(ord(c) < 0x20 or c == "\x7f" for c in v)):
+        raise BadRequest(f"{prefix}{key}", f"at most {max_len} characters, no control characters")
+    return v
+
+
+def _b64(obj: dict, key: str, prefix: str = "", *, required: bool = True, size: int | None = None) -> Any:
+    v = _get(obj, key, prefix, str, required=required)
+    if v is None:
+        return None
+    try:
+        raw = base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{prefix}{key}", "not base64") from None
+    if size is not None and len(raw) != size:
+        raise BadRequest(f"{prefix}{key}", f"expected {size} bytes")
+    return raw
+
+
+def _context(obj: dict) -> AttemptContext:
+    c = _get(obj, "context", "", dict)
+    ip = _text(c, "client_ip", "context.")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise BadRequest("context.client_ip", "not an IP address") from None
+    method = _text(c, "method", "context.")
+    if method not in _METHODS:
+        raise BadRequest("context.method", f"expected one of {', '.join(sorted(_METHODS))}")
+    return AttemptContext(
+        client_ip=ip, method=method, service=_text(c, "service", "context.", max_len=64),
+        device_id=_text(c, "device_id", "context.", required=False),
+        user_agent=_text(c, "user_agent", "context.", required=False),
+    )
+
+
+def parse_ntlm_request(obj: dict) -> NtlmHandshake:
+    ep = _text(obj, "extended_protection", required=False) or "require"
+    if ep not in _EXTENDED_PROTECTION:
+        raise BadRequest("extended_protection", f"expected one of {', '.join(_EXTENDED_PROTECTION)}")
+    skew = _get(obj, "max_clock_skew", "", int, required=False)
+    if skew is not None and not 0 <= skew <= 3600:
+        raise BadRequest("max_clock_skew", "expected 0..3600 seconds")
+    when = _get(obj, "challenge_time", "", int)
+    if not 0 < when < 2**63:
+        raise BadRequest("challenge_time", "expected a FILETIME")
+    return NtlmHandshake(
+        negotiate=_b64(obj, "negotiate"), challenge=_b64(obj, "challenge"),
+        authenticate=_b64(obj, "authenticate"), server_challenge=_b64(obj, "server_challenge", size=8),
+        challenge_time=when, channel_binding_data=_b64(obj, "channel_binding", required=False),
+        extended_protection=ep, max_clock_skew=300 if skew is None else skew,
+    )
+
+
+def verdict_json(v: Verdict) -> dict[str, Any]:
+    return {"ok": v.ok, "reason": v.reason, "user": v.user, "credential_id": v.credential_id,
+            "retry_after": v.retry_after}
+
+
+def ntlm_verdict_json(answer: NtlmVerdict) -> dict[str, Any]:
+    out = verdict_json(answer.verdict)
+    r = answer.result
+    out["session"] = None if r is None or not answer.verdict.ok else {
+        "exported_session_key": base64.b64encode(r.exported_session_key).decode(),
+        "flags": int(r.flags),
+        "mic_present": r.mic_present,
+        "channel_binding": r.channel_binding,
+        "target_name": r.target_name,
+    }
+    return out
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+class EventFeed:
+    """Fans events from the :class:`EventBus` out to SSE streams, keeping the last few for
+    replay. ``publish`` may be called from any thread."""
+
+    def __init__(self, bus: EventBus, *, keep: int = REPLAY_EVENTS) -> None:
+        self.boot = secrets.token_hex(4)  # ids from another run of the id service mean nothing
+        self._seq = 0
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep)
+        self._streams: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = set()
+        self._lock = threading.Lock()
+        bus.subscribe(self.publish)
+
+    def publish(self, event: object) -> None:
+        if not isinstance(event, UserBlocked):
+            return
+        before = event.signed_in_before
+        data = json.dumps({"user": event.user, "reason": event.reason,
+                           "signed_in_before": before.isoformat() if before else None})
+        with self._lock:
+            self._seq += 1
+            frame = f"id: {self.boot}-{self._seq}\nevent: user-blocked\ndata: {data}\n\n".encode()
+            self._recent.append((self._seq, frame))
+            streams = list(self._streams)
+        for loop, queue in streams:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, frame)
+            except RuntimeError:  # that stream's loop is gone
+                pass
+
+    def _missed(self, last_event_id: str | None) -> list[bytes]:
+        boot, _, seq = (last_event_id or "").partition("-")
+        with self._lock:
+            if last_event_id is None:
+                return []
+            if boot != self.boot or not seq.isdigit():
+                return [f for _, f in self._recent]  # we restarted: all we have is new to them
+            return [f for s, f in self._recent if s > int(seq)]
+
+    async def stream(self, last_event_id: str | None, heartbeat: float) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        entry = (asyncio.get_running_loop(), queue)
+        with self._lock:
+            self._streams.add(entry)
+        try:
+            yield b"retry: 1000\n\n"
+            for frame in self._missed(last_event_id):
+                yield frame
+            while True:
+                try:
+                    yield await asyncio.wait_for(queue.get(), heartbeat)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+        finally:
+            with self._lock:
+                self._streams.discard(entry)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._streams)
+
+
+class LiveSessions:
+    """Who is signed in on which gateway, from the gateways' reports: the account monitor's
+    ``live_users`` when the gateways run elsewhere."""
+
+    def __init__(self, ttl: float = SESSION_REPORT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._reports: dict[str, tuple[float, dict[str, dt.datetime]]] = {}
+
+    def report(self, gateway: str, users: dict[str, dt.datetime]) -> None:
+        self._reports[gateway] = (self.clock(), users)
+
+    def live_users(self) -> dict[str, dt.datetime]:
+        now = self.clock()
+        out: dict[str, dt.datetime] = {}
+        for gw, (at, users) in list(self._reports.items()):
+            if now - at > self.ttl:
+                del self._reports[gw]
+                continue
+            for user, since in users.items():
+                if user not in out or since < out[user]:
+                    out[user] = since
+        return out
+
+
+def _parse_sessions(obj: dict) -> tuple[str, dict[str, dt.datetime]]:
+    gateway = _text(obj, "gateway", max_len=128)
+    users = _get(obj, "users", "", dict)
+    out: dict[str, dt.datetime] = {}
+    for name, since in users.items():
+        field = f"users.{name[:64]}"
+        if not isinstance(since, str):
+            raise BadRequest(field, "expected an ISO 8601 time")
+        try:
+            when = dt.datetime.fromisoformat(since)
+        except ValueError:
+            raise BadRequest(field, "expected an ISO 8601 time") from None
+        if when.tzinfo is None:
+            raise BadRequest(field, "time without a UTC offset")
+        out[name[:MAX_NAME]] = when
+    return gateway, out
+
+
+# --- the application -------------------------------------------------------------------------
+
+
+def create_id_api(
+    credentials: Any,
+    *,
+    secret: bytes,
+    bus: EventBus,
+    sessions: LiveSessions | None = None,
+    max_body: int = MAX_BODY,
+    heartbeat: float = HEARTBEAT,
+) -> Starlette:
+    """The id service's API as an ASGI app (serve it with uvicorn over TLS).
+
+    Args:
+        credentials: an :class:`ucgate.id.service.IdService` (``verify_password``, ``verify_ntlm``).
+        secret: the shared secret gateways send as ``Authorization: Bearer``.
+        bus: the id service's event bus; its ``UserBlocked`` events go to ``/v1/events``.
+        sessions: where gateways' session reports go (the account monitor reads it).
+    """
+    if len(secret) < 16:
+        raise ValueError("the shared secret must be at least 16 bytes")
+    expected = b"Bearer " + secret
+    feed = EventFeed(bus)
+    sessions = sessions if sessions is not None else LiveSessions()
+
+    def authorized(request: Request) -> bool:
+        got = request.headers.get("authorization", "").encode("latin-1", "replace")
+        return hmac.compare_digest(got, expected)
+
+    def endpoint(handler: Callable, *, public: bool = False) -> Callable:
+        async def wrapped(request: Request) -> Response:
+            if not public and not authorized(request):
+                log.warning("id API: refused %s %s from %s: bad or missing secret", request.method,
+                            request.url.path, request.client.host if request.client else "?")
+                return _error(401, "unauthorized", "missing or wrong shared secret")
+            try:
+                return await handler(request)
+            except BadRequest as e:
+                return _error(400, "bad-request", e.message, field=e.field)
+
+        return wrapped
+
+    async def password(request: Request) -> Response:
+        obj = await _read_json(request, max_body)
+        user = _text(obj, "user")
+        pw = _get(obj, "password", "", str)
+        if len(pw) > MAX_NAME:
+            raise BadRequest("password", f"at most {MAX_NAME} characters")
+        if not user:
+            raise BadRequest("user", "must not be empty")
+        verdict = await credentials.verify_password(user, pw, _context(obj))
+        return JSONResponse(verdict_json(verdict))
+
+    async def ntlm(request: Request) -> Response:
+        obj = await _read_json(request, max_body)
+        handshake = parse_ntlm_request(obj)
+        answer = await credentials.verify_ntlm(handshake, _context(obj))
+        return JSONResponse(ntlm_verdict_json(answer))
+
+    async def events(request: Request) -> Response:
+        return StreamingResponse(
+            feed.stream(request.headers.get("last-event-id"), heartbeat),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def report_sessions(request: Request) -> Response:
+        gateway, users = _parse_sessions(await _read_json(request, max_body))
+        sessions.report(gateway, users)
+        return Response(status_code=204)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 413:
+            return _error(413, "too-large", f"request body over {max_body} bytes")
+        return _error(exc.status_code, "not-found" if exc.status_code == 404 else "http-error",
+                      str(exc.detail))
+
+    app = Starlette(
+        routes=[
+            Route("/v1/auth/password", endpoint(password), methods=["POST"]),
+            Route("/v1/auth/ntlm", endpoint(ntlm), methods=["POST"]),
+            Route("/v1/events", endpoint(events), methods=["GET"]),
+            Route("/v1/sessions", endpoint(report_sessions), methods=["PUT"]),
+            Route("/v1/health", endpoint(health, public=True), methods=["GET"]),
+            Route("/v1/openapi.json", endpoint(openapi), methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.feed = feed
+    app.state.sessions = sessions
+    return app
+
+
+# --- the OpenAPI document ------------------------------------------------------------------
+
+_B64 = {"type": "string", "format": "byte"}
+_ERR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "Malformed call; `field` names the offending field", 401: "Missing or wrong shared secret",
+            413: "Request body too large"}
+    return {str(c): {"description": text[c], "content": _json(_ERR)} for c in codes}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "ucgate id service",
+        "version": "1",
+        "description": "What gateways in the DMZ ask the id service on the LAN. Every call but "
+                       "/v1/health needs `Authorization: Bearer <shared secret>`.",
+    },
+    "paths": {
+        "/v1/auth/password": {"post": {
+            "summary": "Check a user name and password (an ASP)",
+            "operationId": "verifyPassword",
+            "requestBody": {"required": True, "content": _json({
+                "type": "object", "required": ["user", "password", "context"],
+                "properties": {"user": {"type": "string", "maxLength": MAX_NAME},
+                               "password": {"type": "string", "maxLength": MAX_NAME},
+                               "context": {"$ref": "#/components/schemas/Context"}}})},
+            "responses": {"200": {"description": "The verdict", "content": _json({"$ref": "#/components/schemas/Verdict"})},
+                          **_errors(400, 401, 413)},
+        }},
+        "/v1/auth/ntlm": {"post": {
+            "summary": "Verify one NTLMv2 exchange the gateway ran",
+            "description": "Messages verbatim (the MIC covers them). The verdict carries the exported "
+                           "session key for the gateway's SPNEGO mechListMIC; NT hashes never leave the id service.",
+            "operationId": "verifyNtlm",
+            "requestBody": {"required": True, "content": _json({
+                "type": "object",
+                "required": ["negotiate", "challenge", "authenticate", "server_challenge", "challenge_time", "context"],
+                "properties": {
+                    "negotiate": _B64, "challenge": _B64, "authenticate": _B64,
+                    "server_challenge": {**_B64, "description": "8 bytes"},
+                    "challenge_time": {"type": "integer", "format": "int64",
+                                       "description": "FILETIME of the CHALLENGE's MsvAvTimestamp"},
+                    "channel_binding": {**_B64, "nullable": True,
+                                        "description": "tls-server-end-point application data (RFC 5929)"},
+                    "extended_protection": {"type": "string", "enum": list(_EXTENDED_PROTECTION), "default": "require"},
+                    "max_clock_skew": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 300},
+                    "context": {"$ref": "#/components/schemas/Context"},
+                }})},
+            "responses": {"200": {"description": "The verdict", "content": _json({"allOf": [
+                {"$ref": "#/components/schemas/Verdict"},
+                {"type": "object", "properties": {"session": {"$ref": "#/components/schemas/NtlmSession"}}}]})},
+                **_errors(400, 401, 413)},
+        }},
+        "/v1/events": {"get": {
+            "summary": "Server-Sent Events: user-blocked",
+            "operationId": "events",
+            "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "`event: user-blocked`, `data:` a UserBlocked object",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **_errors(401)},
+        }},
+        "/v1/sessions": {"put": {
+            "summary": "A gateway's live signed-in users, for the account monitor",
+            "operationId": "reportSessions",
+            "requestBody": {"required": True, "content": _json({
+                "type": "object", "required": ["gateway", "users"],
+                "properties": {"gateway": {"type": "string"},
+                               "users": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"}}}})},
+            "responses": {"204": {"description": "Recorded"}, **_errors(400, 401, 413)},
+        }},
+        "/v1/health": {"get": {
+            "summary": "Liveness (no secret needed)", "operationId": "health", "security": [],
+            "responses": {"200": {"description": "Up", "content": _json({"type": "object", "properties": {"status": {"type": "string"}}})}},
+        }},
+        "/v1/openapi.json": {"get": {
+            "summary": "This document", "operationId": "openapi",
+            "responses": {"200": {"description": "OpenAPI 3.0", "content": _json({"type": "object"})}, **_errors(401)},
+        }},
+    },
+    "components": {
+        "securitySchemes": {"sharedSecret": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Context": {"type": "object", "required": ["client_ip", "method", "service"], "properties": {
+                "client_ip": {"type": "string"},
+                "method": {"type": "string", "enum": sorted(_METHODS)},
+                "service": {"type": "string"},
+                "device_id": {"type": "string", "nullable": True},
+                "user_agent": {"type": "string", "nullable": True}}},
+            "Verdict": {"type": "object", "required": ["ok", "reason", "retry_after"], "properties": {
+                "ok": {"type": "boolean"},
+                "reason": {"type": "string", "description": "A code for logs and audit"},
+                "user": {"type": "string", "nullable": True},
+                "credential_id": {"type": "string", "nullable": True},
+                "retry_after": {"type": "number", "description": "> 0: throttled or unavailable, seconds"}}},
+            "NtlmSession": {"type": "object", "nullable": True, "properties": {
+                "exported_session_key": _B64,
+                "flags": {"type": "integer", "format": "int64"},
+                "mic_present": {"type": "boolean"},
+                "channel_binding": {"type": "string", "enum": ["verified", "absent", "not-checked"]},
+                "target_name": {"type": "string", "nullable": True}}},
+            "UserBlocked": {"type": "object", "properties": {
+                "user": {"type": "string"}, "reason": {"type": "string"},
+                "signed_in_before": {"type": "string", "format": "date-time", "nullable": True}}},
+            "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                "error": {"type": "string"}, "field": {"type": "string"}, "message": {"type": "string"}}},
+        },
+    },
+    "security": [{"sharedSecret": []}],
+}
