@@ -13,6 +13,7 @@ from .config import Config
 from .gateway.auth import Authenticator, DenyAll
 from .gateway.preauth import PreAuthenticator, PreAuthSettings
 from .gateway.server import Gateway
+from .id.twofactor import TwoFactorSettings
 
 log = logging.getLogger("ucgate")
 
@@ -50,6 +51,8 @@ def open_id_services(config: Config):
         directory=open_directory(config),
         required_group=config.directory.required_group if config.directory else None,
         allow_domain_passwords=config.auth.allow_domain_passwords,
+        two_factor=TwoFactorSettings(config.auth.two_factor, config.auth.two_factor_groups,
+                                     config.auth.otp_trust_hours),
     )
 
 

@@ -83,6 +83,9 @@ class AuthConfig:
     netbios_computer: str = "UCGATE-GW"
     max_clock_skew: int = 300
     failure_floor: float = 0.25
+    two_factor: str = "off"  # off | otp-appended | device-approval
+    two_factor_groups: tuple[tuple[str, str], ...] = ()  # (group, mode); the strictest applies
+    otp_trust_hours: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -387,6 +390,12 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
         netbios_computer=au.get("netbios_computer", str, a.netbios_computer).upper(),
         max_clock_skew=au.positive("max_clock_skew", int, a.max_clock_skew),
         failure_floor=au.get("failure_floor", float, a.failure_floor),
+        two_factor=_two_factor_mode(au, "two_factor", au.get("two_factor", str, a.two_factor)),
+        two_factor_groups=tuple(
+            (g, _two_factor_mode(au, f"two_factor_groups.{g}", m))
+            for g, m in au.get("two_factor_groups", dict, {}).items()
+        ),
+        otp_trust_hours=au.positive("otp_trust_hours", float, a.otp_trust_hours),
     )
     au.finish()
 
@@ -434,6 +443,12 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
         log_level=level,
         id_service=id_service,
     )
+
+
+def _two_factor_mode(sec: _Section, key: str, mode: object) -> str:
+    if mode not in ("off", "otp-appended", "device-approval"):
+        raise sec.fail(key, f"expected off, otp-appended or device-approval, got {mode!r}")
+    return mode  # type: ignore[return-value]
 
 
 def _parse_directory(top: _Section, base: Path) -> DirectoryConfig | None:

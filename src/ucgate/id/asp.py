@@ -227,6 +227,11 @@ class AspService:
             return None
         return AspMatch(found.id, user.id, user.username, found.label, found.device_id)
 
+    def usable_spellings(self, username: str, device_id: str | None = None) -> list[tuple[str, str]]:
+        """(asp_id, spelling) of every usable ASP, for the otp-appended NTLM candidates."""
+        _, usable = self._usable(username, device_id)
+        return [(a.id, sp) for a, secret in usable for sp in spellings(secret.decode())]
+
     def nt_hash_candidates(self, username: str,
                            device_id: str | None = None) -> list[tuple[str, bytes]]:
         """``(asp_id, NT hash)`` for each usable ASP and each spelling (see :func:`spellings`);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,9 @@ from typing import Any
 from ..policy.lockout import BudgetConfig, FailureBudget
 from .admin_cli import Components
 from .events import EventBus
+from .otp import OtpService
 from .service import IdService
+from .twofactor import SecondFactor
 
 
 @dataclass
@@ -51,12 +54,14 @@ def open_services(
     directory: Any = None,
     required_group: str | None = None,
     allow_domain_passwords: bool = False,
+    two_factor: Any = None,
 ) -> IdServices:
     """Open the store, the keyring, the audit log and the credential service.
 
     Args:
         lockout: a ``LockoutConfig`` (user_failures, ip_failures, window).
         directory: a ``ucgate.id.directory.Directory``, or None for local users only.
+        two_factor: a ``TwoFactorSettings`` (None: second factor off).
     """
     settings = SimpleNamespace(store_url=store_url, key_file=key_file, audit_file=audit_file)
     comp = Components(settings)
@@ -65,7 +70,12 @@ def open_services(
     budget = FailureBudget(BudgetConfig(user_failures=lockout.user_failures,
                                         ip_failures=lockout.ip_failures, window=lockout.window))
     bus = EventBus()
+    second = None
+    if two_factor is not None and (two_factor.default_mode != "off" or two_factor.group_modes):
+        second = SecondFactor(OtpService(comp.repo, comp.keyring, users=comp.users), two_factor,
+                              directory=directory, clock=time.time)
     creds = IdService(
+        second_factor=second,
         asps=comp.asps, users=comp.users, budget=budget, audit=comp.audit,
         directory=directory, required_group=required_group,
         allow_domain_passwords=allow_domain_passwords,

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..policy.account import check_sign_in
 from ..policy.lockout import FailureBudget
+from ..policy.twofactor import Mode
 from ..protocols import ntlm as ntlm_proto
 from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from .directory import DirectoryError
@@ -85,6 +86,7 @@ class IdService:
         directory: Any = None,
         required_group: str | None = None,
         allow_domain_passwords: bool = False,
+        second_factor: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.asps = asps
@@ -95,6 +97,7 @@ class IdService:
         self.required_group = required_group
         self.allow_domain_passwords = allow_domain_passwords and directory is not None
         self.clock = clock
+        self.second_factor = second_factor  # id.twofactor.SecondFactor, or None (2FA off)
         self._lock = threading.Lock()
 
     # --- steps ---------------------------------------------------------------------------
@@ -176,6 +179,11 @@ class IdService:
             self._record(user or key, ctx, refused, key)
             return refused
         assert user is not None
+        mode = self.second_factor.mode(user, du) if self.second_factor else Mode.OFF
+        if mode is Mode.OTP_APPENDED:
+            verdict = self.second_factor.check_password(user, password, ctx.device_id, self.asps, mode)
+            self._record(user, ctx, verdict, key)
+            return verdict
         match = self.asps.verify_password(user, password, ctx.device_id)
         if match is not None:
             verdict = Verdict(True, "ok", user=user, credential_id=str(match.asp_id))
@@ -195,7 +203,7 @@ class IdService:
         if refused is not None:
             self._record(key, ctx, refused, key)
             return NtlmCandidates(None, refused=refused)
-        user, refused, _ = self._resolve(typed)
+        user, refused, du = self._resolve(typed)
         if refused is not None and refused.reason == "directory-unavailable":
             self._record(key, ctx, refused, key)
             return NtlmCandidates(None, refused=refused)
@@ -204,6 +212,11 @@ class IdService:
             # refusal reason is recorded by ntlm_result.
             return NtlmCandidates(None, [(f"decoy:{refused.reason}", os.urandom(16)) for _ in range(4)])
         assert user is not None
+        if self.second_factor and self.second_factor.mode(user, du) is Mode.OTP_APPENDED:
+            cands = self.second_factor.ntlm_candidates(user, ctx.device_id, self.asps)
+            if not cands:
+                return NtlmCandidates(None, [("decoy:otp-not-enrolled", os.urandom(16))])
+            return NtlmCandidates(user, cands)
         cands = [(str(asp_id), h) for asp_id, h in self.asps.nt_hash_candidates(user, ctx.device_id)]
         return NtlmCandidates(user, cands or [("decoy:no-asp", os.urandom(16))])
 
@@ -215,6 +228,8 @@ class IdService:
             verdict = Verdict(False, decoy.split(":", 1)[1] if decoy else "unknown-user")
         elif matched is None or matched.startswith("decoy:"):
             verdict = Verdict(False, reason if reason not in ("ok", "") else "wrong-password")
+        elif "@" in matched and self.second_factor:  # "<asp id>@<time step>": ASP + TOTP code
+            verdict = self.second_factor.ntlm_matched(candidates.user, matched, ctx.device_id)
         else:
             verdict = Verdict(True, "ok", user=candidates.user, credential_id=matched)
         self._record(candidates.user or key, ctx, verdict, key)
