@@ -71,6 +71,18 @@ def preauth_settings(config: Config) -> PreAuthSettings:
     )
 
 
+def device_gate(config: Config, ids: Any):
+    """The decide stage (user/device partnerships) over in-process id services, or None when
+    ``[devices] enabled = false``."""
+    if not config.devices.enabled:
+        return None
+    from .gateway.devices import DeviceGate
+    from .id.devices import open_device_service
+
+    return DeviceGate(open_device_service(config, ids), services=config.devices.services,
+                      extra_ua_rules=config.devices.user_agents, realm=config.auth.realm)
+
+
 @dataclass
 class Node:
     """Everything one process runs: the gateway, the id service, the account monitor."""
@@ -112,7 +124,10 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         gateway = Gateway(config, PreAuthenticator(remote, preauth_settings(config)))
         return Node(gateway, remote=remote)
     ids = open_id_services(config)
-    gateway = Gateway(config, PreAuthenticator(ids.credentials, preauth_settings(config)))
+    gate = device_gate(config, ids)
+    gateway = Gateway(config, PreAuthenticator(ids.credentials, preauth_settings(config),
+                                               device_id_of=gate.device_id_of if gate else None),
+                      devices=gate)
     ids.bus.subscribe(gateway.on_event)
     monitor = None
     if ids.directory is not None:

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-c", "--config", type=Path, default=Path("/etc/ucgate/ucgate.toml"),
                         help="configuration file (default /etc/ucgate/ucgate.toml)")
     register(sub, common)
+    from .id.devices_cli import register as register_devices
+
+    register_devices(sub, common)
     return p
 
 

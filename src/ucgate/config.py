@@ -148,6 +148,7 @@ class Config:
     directory: DirectoryConfig | None = None
     log_level: str = "info"
     id_service: IdServiceConfig | None = None
+    devices: DevicesConfig = field(default_factory=lambda: DevicesConfig())
 
     # the attributes the id service's CLI commands read (ucgate.id.admin_cli)
     @property
@@ -423,6 +424,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
     st.finish()
     directory = _parse_directory(top, base)
     id_service = _parse_id_service(top, base, role)
+    devices = _parse_devices(top)
 
     lg = top.sub("log")
     level = lg.get("level", str, "info").lower()
@@ -442,6 +444,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
         directory=directory,
         log_level=level,
         id_service=id_service,
+        devices=devices,
     )
 
 
@@ -498,6 +501,117 @@ def _parse_directory(top: _Section, base: Path) -> DirectoryConfig | None:
 
 
 AUTHENTICATORS = ("preauth", "deny-all")
+
+
+# --- [devices], [[devices.rules]], [[policy]] (issue 6) -----------------------------------
+DEVICE_ACTIONS = ("allowed", "quarantined", "blocked")
+_DEVICE_RULE_KEYS = ("device_type", "model", "os", "user_agent", "client_kind")
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    """User/device partnerships. ``defaults`` and each policy's ``settings`` hold the keys of
+    ``ucgate.id.devices.DEVICE_POLICY_KEYS``; ``rules`` are ``policy.devices.DeviceRule``;
+    ``policies`` are ``policy.groups.GroupPolicy``; ``user_agents`` (regex, client kind)."""
+
+    enabled: bool = True
+    services: tuple[str, ...] = ("eas", "ucwa", "certprov")
+    defaults: dict[str, Any] = field(default_factory=dict)
+    rules: tuple[Any, ...] = ()
+    policies: tuple[Any, ...] = ()
+    user_agents: tuple[tuple[str, str], ...] = ()
+    notify: dict[str, Any] = field(default_factory=dict)
+
+
+def _device_settings(sec: _Section) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("default_action", "problem_action"):
+        v = sec.get(key, str, None)
+        if v is not None:
+            if v not in DEVICE_ACTIONS:
+                raise sec.fail(key, f"expected one of {', '.join(DEVICE_ACTIONS)}, got {v!r}")
+            out[key] = v
+    v = sec.get("max_devices", int, None)
+    if v is not None:
+        if v < 0:
+            raise sec.fail("max_devices", f"must be at least 0, got {v}")
+        out["max_devices"] = v
+    v = sec.get("trust_lifetime_hours", float, None)
+    if v is not None:
+        if v <= 0:
+            raise sec.fail("trust_lifetime_hours", f"must be greater than 0, got {v}")
+        out["trust_lifetime_hours"] = v
+    v = sec.get("certprov", str, None)
+    if v is not None:
+        if v not in ("allowed-only", "deny"):
+            raise sec.fail("certprov", f'expected "allowed-only" or "deny", got {v!r}')
+        out["certprov"] = v
+    v = sec.get("require_second_factor", bool, None)
+    if v is not None:
+        out["require_second_factor"] = v
+    return out
+
+
+def _parse_devices(top: _Section) -> DevicesConfig:
+    from .policy.devices import DeviceRule
+    from .policy.groups import GroupPolicy
+    from .protocols.devices import compile_ua_rules
+
+    sec = top.sub("devices")
+    defaults = _device_settings(sec)
+    enabled = sec.get("enabled", bool, True)
+    services = sec.get("services", list, ["eas", "ucwa", "certprov"])
+    for i, n in enumerate(services):
+        if n not in SERVICE_NAMES:
+            raise sec.fail(f"services[{i}]", f"unknown service {n!r}")
+    rules = []
+    for i, raw in enumerate(sec.get("rules", list, [])):
+        r = _Section(sec.file, f"devices.rules[{i}]", raw)
+        action = r.get("action", str, None)
+        if action not in DEVICE_ACTIONS:
+            raise r.fail("action", f"required: one of {', '.join(DEVICE_ACTIONS)}, got {action!r}")
+        kw = {k: r.get(k, str, None) for k in _DEVICE_RULE_KEYS}
+        groups = r.get("groups", list, [])
+        if not all(isinstance(g, str) and g for g in groups):
+            raise r.fail("groups", "expected a list of group names or DNs")
+        name = r.get("name", str, f"#{i}")
+        r.finish()
+        try:
+            rules.append(DeviceRule(action=action, groups=frozenset(groups), name=name, **kw))
+        except ValueError as e:
+            raise r.fail("client_kind" if "client_kind" in str(e) else "action", str(e)) from None
+    uas = []
+    for i, raw in enumerate(sec.get("user_agents", list, [])):
+        u = _Section(sec.file, f"devices.user_agents[{i}]", raw)
+        pattern, kind = u.get("match", str, None), u.get("client_kind", str, None)
+        if not pattern or not kind:
+            raise u.fail("match", "each entry needs match (a regex) and client_kind")
+        u.finish()
+        uas.append((pattern, kind))
+    try:
+        compile_ua_rules(uas)
+    except ValueError as e:
+        raise sec.fail("user_agents", str(e)) from None
+    notify = sec.get("notify", dict, {})
+    n = _Section(sec.file, "devices.notify", notify)
+    for key, kind in (("smtp_host", str), ("smtp_port", int), ("smtp_from", str), ("smtp_starttls", bool),
+                      ("smtp_domain", str), ("webhook_url", str)):
+        n.get(key, kind, None)
+    n.finish()
+    sec.finish()
+    policies = []
+    for i, raw in enumerate(top.get("policy", list, [])):
+        p = _Section(top.file, f"policy[{i}]", raw)
+        group = p.get("group", str, None)
+        if not group:
+            raise p.fail("group", "required: the directory group (name or DN) this policy is for")
+        name = p.get("name", str, group)
+        settings = _device_settings(p)
+        p.finish()
+        policies.append(GroupPolicy(name=name, group=group, settings=settings))
+    return DevicesConfig(enabled=enabled, services=tuple(services), defaults=defaults,
+                         rules=tuple(rules), policies=tuple(policies), user_agents=tuple(uas),
+                         notify=dict(notify))
 
 
 # A bearer secret of 32 random bytes, base64 or hex: `openssl rand -base64 32 > id.secret`.

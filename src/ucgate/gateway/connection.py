@@ -24,6 +24,8 @@ class Identity:
     method: str  # "ntlm" | "basic" | "negotiate" | "bearer" | ...
     device_id: str | None = None
     credential_id: str | None = None  # e.g. which ASP matched
+    # the request carried a second factor (an ASP with the one-time code appended); renews trust
+    second_factor: bool = False
     signed_in_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
 
@@ -40,6 +42,7 @@ class ClientConnection:
     identity: Identity | None = None  # set by connection-based auth (NTLM): authorises later requests
     principal: Identity | None = None  # who last authenticated on it, by any method (for cut-off)
     auth_state: Any = None  # an authenticator's handshake in progress (e.g. NTLM after Type 1)
+    device: Any = None  # the decide stage's per-connection state (gateway.devices.DeviceState)
     requests: int = 0
     writer: asyncio.StreamWriter | None = None
     closed_reason: str | None = None

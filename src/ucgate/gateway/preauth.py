@@ -37,6 +37,9 @@ log = logging.getLogger("ucgate.gateway.auth")
 # little. 16 KiB of base64 is generous and keeps a hostile header from costing us.
 MAX_NTLM_HEADER = 16 * 1024
 MAX_BASIC_HEADER = 4 * 1024
+# Verdict reasons that mean a second factor was given (or is within its trust lifetime): the
+# device partnership may then be trusted or renewed (policy.devices.decide second_factor_ok).
+SECOND_FACTOR_REASONS = frozenset({"ok-otp", "ok-recovery-code", "2fa-trusted"})
 # Refusals that say the credentials could not be checked at all (503, fail closed): the
 # directory (from the id service) or the id service itself (from the remote client).
 UNAVAILABLE_REASONS = frozenset({"directory-unavailable", "id-service-unavailable"})
@@ -182,7 +185,8 @@ class PreAuthenticator:
         if not verdict.ok:
             await self._pad(started)
             return self._deny(conn, verdict.reason)
-        identity = Identity(verdict.user or user, "basic", device_id=device, credential_id=verdict.credential_id)
+        identity = Identity(verdict.user or user, "basic", device_id=device, credential_id=verdict.credential_id,
+                            second_factor=verdict.reason in SECOND_FACTOR_REASONS)
         conn.auth_state = _BasicMemo(digest, identity)
         return AuthOutcome(identity=identity)
 
@@ -278,6 +282,7 @@ class PreAuthenticator:
             await self._pad(started)
             return self._deny(conn, verdict.reason)
         identity = Identity(verdict.user or who.user, scheme.decode(), device_id=ctx.device_id,
+                            second_factor=verdict.reason in SECOND_FACTOR_REASONS,
                             credential_id=verdict.credential_id)
         conn.identity = identity
         headers = []

@@ -27,6 +27,7 @@ from ..protocols.ntlm import tls_server_end_point
 from ..protocols.sfb import Service, ServiceMap, split_target
 from .auth import Authenticator, DenyAll
 from .connection import ClientConnection, Identity
+from .devices import DeviceGate
 from .stream import Stream
 from .tls import certificate_der, server_context
 from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
@@ -54,6 +55,7 @@ class Gateway:
         config: the validated configuration.
         authenticator: decides who sent a request for a protected service.
         clock: monotonic seconds (passed in for tests).
+        devices: the decide stage (``gateway.devices.DeviceGate``); None decides nothing.
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class Gateway:
         authenticator: Authenticator | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        devices: DeviceGate | None = None,
     ) -> None:
         self.config = config
+        self.devices = devices
         gw = config.gateway
         self.gw = gw
         self.authenticator: Authenticator = authenticator or DenyAll()
@@ -161,9 +165,21 @@ class Gateway:
         return out
 
     def on_event(self, event: object) -> None:
-        """Handle an id-service event (``UserBlocked``): close that user's live sessions."""
+        """Handle an id-service event: ``UserBlocked`` closes that user's live sessions,
+        ``DeviceBlocked`` only those from that device."""
         user = getattr(event, "user", None)
         if user is None:
+            return
+        device_id = getattr(event, "device_id", None)
+        if device_id is not None:
+            device = device_id.lower()
+
+            def on_device(conn: ClientConnection) -> bool:
+                ident = conn.principal
+                return (ident is not None and ident.user == user and ident.device_id is not None
+                        and ident.device_id.lower() == device)
+
+            self.cut_off(on_device, f"{user} device {device_id}: {getattr(event, 'reason', 'blocked')}")
             return
         before = getattr(event, "signed_in_before", None)
 
@@ -257,6 +273,32 @@ class Gateway:
         if req.framing.kind == "length" and req.framing.length > max_body:
             await self._answer_error(conn, client, HttpError(413, "body-too-large"), req, path, service)
             return False
+        # recognise the device (the decide stage's facts; UCWA/CertProv: a bounded body read)
+        gate = self.devices if self.devices is not None and self.devices.applies(service, req) else None
+        facts = None
+        prebody: bytes | None = None
+        if gate is not None:
+            limit = gate.body_limit(req, path, service)
+            if limit is not None and req.framing.kind != "none":
+                try:
+                    prebody = await self._read_small_body(req, client, min(limit, max_body))
+                except ClientBodyError as e:
+                    await self._answer_error(conn, client, HttpError(e.status, e.reason), req, path, service)
+                    return False
+                req.framing = http1.Framing("none")  # consumed: a refusal must not drain it again
+                req.expect_continue = False
+            facts = gate.facts_for(conn, req, path, _query, service, prebody)
+        try:
+            return await self._handle_authenticated(conn, req, client, path, service, pool, max_body,
+                                                    gate, facts, prebody, logging_access, started)
+        finally:
+            if gate is not None:
+                gate.done(req)
+
+    async def _handle_authenticated(self, conn: ClientConnection, req: RequestHead, client: Stream,
+                                    path: str, service: Service, pool: UpstreamPool, max_body: int,
+                                    gate: DeviceGate | None, facts, prebody: bytes | None,
+                                    logging_access: bool, started: float) -> bool:
         # authenticate
         identity: Identity | None = None
         response_headers: list[tuple[bytes, bytes]] = []
@@ -271,10 +313,25 @@ class Gateway:
             identity = outcome.identity
             conn.principal = identity
             response_headers = outcome.headers  # e.g. Negotiate's final token
-        # decide: partnership and account-state policy plug in here (issues 4-6).
+        # decide: the user/device partnership (issue 6); account state is the id service's
+        observe = None
+        if gate is not None and identity is not None and facts is not None:
+            verdict = await gate.decide(conn, req, path, service, identity, facts)
+            if not verdict.forward:
+                if verdict.reset_auth:
+                    conn.identity = None
+                    conn.auth_state = None
+                return await self._refuse(
+                    conn, req, client, verdict.status, verdict.reason, verdict.body,
+                    verdict.headers, path, service,
+                )
+            if verdict.identity is not None:
+                identity = conn.principal = verdict.identity
+            observe = verdict.observe
         # forward
         keep = await self._forward(
-            conn, req, path, service, pool, identity, client, max_body, response_headers
+            conn, req, path, service, pool, identity, client, max_body, response_headers,
+            prebody=prebody, observe=observe,
         )
         if logging_access:
             access_log.info(
@@ -401,8 +458,16 @@ class Gateway:
         client: Stream,
         max_body: int,
         response_headers: list[tuple[bytes, bytes]],
+        *,
+        prebody: bytes | None = None,
+        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
     ) -> bool:
+        if prebody is not None:  # read before authentication (the device id is in it)
+            req.framing = http1.Framing("length", len(prebody))
         head = self._request_head(conn, req, identity)
+        if prebody is not None:
+            head += prebody
+            req.framing = http1.Framing("none")
         has_body = req.framing.kind != "none"
         attempts = 1 if has_body else 2
         body_done = not has_body
@@ -452,7 +517,7 @@ class Gateway:
         assert up is not None and resp is not None
         up.requests += 1
         try:
-            keep = await self._send_response(req, resp, up, client, response_headers)
+            keep = await self._send_response(req, resp, up, client, response_headers, observe)
         except UpstreamError as e:
             up.close()
             log.warning("upstream %s broke off the response: %s", pool.upstream.name, e)
@@ -532,9 +597,12 @@ class Gateway:
         up: UpstreamConnection,
         client: Stream,
         extra_headers: list[tuple[bytes, bytes]],
+        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
     ) -> bool:
         """Stream the upstream's response to the client. Returns whether to keep the client
-        connection. Raises UpstreamError when the upstream breaks off mid-body."""
+        connection. Raises UpstreamError when the upstream breaks off mid-body. ``observe``
+        sees the head and, when it fits in one read, the body (the decide stage learns UCWA
+        application ids from it)."""
         head, keep = self._response_head(req, resp, extra_headers)
         client_11 = req.version >= (1, 1)
         kind = resp.framing.kind
@@ -546,7 +614,11 @@ class Gateway:
             elif kind == "length":
                 n = resp.framing.length
                 if n <= COPY_CHUNK:  # the common case: one write, usually no wait
-                    client.write(head + await rd.readexactly(n, rd.loop.time() + timeout))
+                    data = await rd.readexactly(n, rd.loop.time() + timeout)
+                    if observe is not None:
+                        observe(resp, data)
+                        observe = None
+                    client.write(head + data)
                 else:
                     client.write(head)
                     await self._copy_exact(rd, client, n, timeout)
@@ -565,10 +637,20 @@ class Gateway:
             raise UpstreamError("upstream-body-truncated", repr(e)) from None
         except HttpError as e:
             raise UpstreamError("bad-upstream-chunk", e.reason) from None
+        if observe is not None:
+            observe(resp, None)
         await client.drain()
         return keep
 
     # --- bodies -------------------------------------------------------------------------
+    async def _read_small_body(self, req: RequestHead, client: Stream, limit: int) -> bytes:
+        """Read a whole request body of at most ``limit`` bytes (413 beyond)."""
+        sink = _Buffer(limit)
+        if req.expect_continue:
+            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await self._copy_request_body(req, client, sink, limit, reencode=False)  # type: ignore[arg-type]
+        return bytes(sink.data)
+
     async def _copy_request_body(
         self,
         req: RequestHead,
@@ -670,3 +752,17 @@ class _Discard:
 
 
 _DISCARD = _Discard()
+
+
+class _Buffer:
+    """Where a body read before forwarding goes (bounded by the caller's limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        pass

@@ -23,6 +23,16 @@ class UserBlocked:
     signed_in_before: dt.datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceBlocked:
+    """Close the live connections of ``user`` from ``device_id`` (blocked, wiped or deleted);
+    the user's other devices keep theirs."""
+
+    user: str
+    device_id: str
+    reason: str
+
+
 class EventBus:
     def __init__(self) -> None:
         self._subscribers: list[Callable[[object], None]] = []

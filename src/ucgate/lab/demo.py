@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from pathlib import Path
 
-from ..config import from_dict
+from ..config import load
 from ..gateway.tls import make_self_signed
 
 log = logging.getLogger("ucgate.demo")
@@ -58,6 +59,24 @@ def demo_config(data_dir: Path, host: str, port: int, fe_port: int) -> dict:
     }
 
 
+def to_toml(data: dict, prefix: str = "") -> str:
+    """Just enough TOML for the demo's configuration (tables, strings, numbers, booleans)."""
+    lines, tables = [], []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            lines.append(f"{k} = {v}")
+        else:
+            lines.append(f"{k} = {json.dumps(str(v))}")
+    out = (f"[{prefix}]\n" if prefix and lines else "") + "".join(line + "\n" for line in lines)
+    for k, v in tables:
+        out += "\n" + to_toml(v, f"{prefix}.{k}" if prefix else k)
+    return out
+
+
 def demo_user(node) -> str:
     """Make sure the demo user exists and give it a fresh ASP (shown once, so a new one each
     run; older demo ASPs are revoked)."""
@@ -82,7 +101,10 @@ async def run_demo(data_dir: Path, host: str, port: int) -> None:
         make_self_signed(cert, key, ["localhost", "127.0.0.1"])
         log.info("generated a self-signed certificate in %s", data_dir)
     fe, fe_task, fe_port = await start_frontend(users={"alice": "Passw0rd!"})
-    config = from_dict(demo_config(data_dir, host, port, fe_port))
+    # Written to a file so that the admin CLI can be pointed at the running demo (-c).
+    config_path = data_dir / "ucgate.toml"
+    config_path.write_text("# written by `ucgate demo` on each start\n" + to_toml(demo_config(data_dir, host, port, fe_port)))
+    config = load(config_path)
     node = build_node(config)
     asp = demo_user(node)
     await node.start()
@@ -111,7 +133,14 @@ Try:
   # a smuggling attempt gets 400 and the connection is closed
   printf 'POST /ucwa/x HTTP/1.1\\r\\nHost: a\\r\\nContent-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n' | openssl s_client -quiet -connect {host}:{gateway.port} 2>/dev/null
 
-Audit log: {config.store.audit_file}   Admin CLI: ucgate user|asp|audit ... (see --help)
+  # a phone's first ActiveSync request: the new device is quarantined (EAS status 129)
+  curl --cacert {cert} -u 'alice:{asp}' -X POST -H 'MS-ASProtocolVersion: 14.1' \\
+       '{base}/Microsoft-Server-ActiveSync?Cmd=FolderSync&User=alice&DeviceId=DEMOPHONE1&DeviceType=iPhone'
+  # ... until an administrator approves it (then the same request is forwarded):
+  ucgate device list -c {config_path}
+  ucgate device approve -c {config_path} <id from the list>
+
+Audit log: {config.store.audit_file}   Admin CLI: ucgate -h (pass -c {config_path})
 Press Ctrl-C to stop.
 """,
         flush=True,

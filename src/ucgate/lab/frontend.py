@@ -457,6 +457,10 @@ class LabFrontend:
         if not rest or rest[0].lower() != "applications":
             return not_found()
         user, presented = self.bearer_user(request)
+        if user is None and not presented:
+            # the gateway authenticated the user and swapped the credentials (issue 7's
+            # backend modes): its identity header stands for the token
+            user = self.trusted_user(request)
         if user is None:
             return self.oauth_challenge(request, invalid=presented)
         if len(rest) == 1:

@@ -17,6 +17,7 @@ from .repository import (
     Repository,
     UserRecord,
 )
+from .partnerships import PartnershipRecord, PartnershipStore
 from .sql import SqlRepository
 
 
@@ -27,6 +28,6 @@ def open_repository(url: str, *, migrate_schema: bool = True) -> SqlRepository:
 
 __all__ = [
     "AspRecord", "AuditRecord", "DuplicateError", "NewAsp", "NewOtpSecret", "NotFoundError",
-    "OtpRecord", "Repository",
+    "OtpRecord", "PartnershipRecord", "PartnershipStore", "Repository",
     "SqlRepository", "StoreError", "UserRecord", "make_engine", "open_repository", "sqlite_path",
 ]

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -149,4 +150,38 @@ otp_recovery_codes = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("used_at", UtcDateTime(), nullable=True),
     Index(None, "user_id", "code_hash"),
+)
+
+# --- user/device partnerships (migration 0003) ----------------------------------------------
+PARTNERSHIP_STATES = ("allowed", "quarantined", "blocked")
+
+partnerships = Table(
+    "partnerships",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    # canonical (lower-case) user name, as users.username; not a foreign key: directory users
+    # may have a partnership before their first ASP gives them a users row
+    Column("username", String(256), nullable=False),
+    # ucgate.protocols.devices.normalise_device_id(), then lower-cased (EAS ids are compared
+    # case-insensitively, as Exchange does)
+    Column("device_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("state_reason", String(128), nullable=True),  # decision reason or admin action
+    Column("rule", String(256), nullable=True),  # the rule that chose a new device's state
+    Column("device_type", String(256), nullable=True),
+    Column("model", String(256), nullable=True),
+    Column("os", String(256), nullable=True),
+    Column("user_agent", String(512), nullable=True),
+    Column("client_kind", String(32), nullable=False),
+    Column("source", String(32), nullable=True),  # where the id came from (eas-query, ...)
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_seen", UtcDateTime(), nullable=False),
+    Column("trusted_until", UtcDateTime(), nullable=True),
+    Column("wipe_requested_at", UtcDateTime(), nullable=True),
+    Column("wiped_at", UtcDateTime(), nullable=True),  # the device acknowledged the wipe
+    Column("approved_by", String(256), nullable=True),
+    Column("approved_at", UtcDateTime(), nullable=True),
+    CheckConstraint("state IN ('allowed', 'quarantined', 'blocked')", name="state"),
+    UniqueConstraint("username", "device_id"),
+    Index(None, "state"),
 )

@@ -1,0 +1,386 @@
+"""Device partnerships in the id service: decide, store, audit, notify; admin operations.
+
+:meth:`DeviceService.check` is what the gateway asks once per (connection, device): given the
+signed-in user, the request's :class:`~ucgate.protocols.devices.DeviceFacts`, the service and
+whether a second factor came with the request, it runs the pure
+:func:`ucgate.policy.devices.decide` with the user's per-group policy
+(:mod:`ucgate.policy.groups`: the first listed group the user is in wins), stores the outcome
+(a new partnership, last seen, renewed trust), writes one audit event and, for a newly
+quarantined device, notifies the user.
+
+Before the rules, two checks that are about *who* rather than *which device*:
+
+- ``claimed_user``: a request that names a user (EAS ``User=``, CertProv ``Entity``) must name
+  the signed-in one; otherwise it is denied (``device-user-mismatch``) and nothing is stored.
+- an ASP bound to a device (``asp create --device``) is only good from that device: from any
+  other id it is denied (``asp-bound-to-other-device``). The gateway's authenticator already
+  refuses it where the device id is in the request head (EAS); this catches the rest (UCWA's
+  ``endpointId`` and CertProv's ``DeviceId`` are in the body, read after authentication).
+
+Admin operations (:meth:`approve`, :meth:`block`, :meth:`unblock`, :meth:`wipe`,
+:meth:`delete`) are audited; block, wipe and delete publish :class:`DeviceBlocked` so that
+every gateway closes that device's live connections at once.
+
+Blocking (the store) runs in the caller's thread; :meth:`check_async` is for the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..policy import devices as policy
+from ..policy.groups import GroupPolicy as GroupEntry
+from ..policy.groups import effective_policy
+from ..protocols.devices import DeviceFacts
+from ..store.partnerships import PartnershipRecord, PartnershipStore, device_key
+from ..store.repository import DuplicateError
+from .events import DeviceBlocked
+from .notify import DeviceNotice, Notifier, NullNotifier
+
+log = logging.getLogger("ucgate.id.devices")
+
+# Keys of a [[policy]] entry / [devices] that become a policy.devices.GroupPolicy.
+DEVICE_POLICY_KEYS = ("max_devices", "trust_lifetime_hours", "certprov", "default_action",
+                      "problem_action", "require_second_factor")
+# last_seen is written at most this often per partnership (a busy device must not write on
+# every connection).
+LAST_SEEN_GRANULARITY = dt.timedelta(minutes=1)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class DeviceError(Exception):
+    """An admin operation that cannot be done (unknown partnership...)."""
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    """The gateway's answer for one device: ``outcome`` (allow, quarantine, deny, challenge),
+    ``reason`` (audit code), ``wipe`` (answer the EAS remote wipe), ``device_id`` (normalised,
+    None when the request gave none), ``trusted_until`` (cache an allow no longer than this)."""
+
+    outcome: str
+    reason: str
+    device_id: str | None
+    wipe: bool = False
+    trusted_until: dt.datetime | None = None
+    partnership_id: int | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allow"
+
+
+def _same_user(claimed: str, user: str, aliases: Iterable[str]) -> bool:
+    """Does ``claimed`` (``alice``, ``DOMAIN\\alice``, ``alice@x``, ``sip:alice@x``) name the
+    signed-in ``user``? Compared with the user's known names (UPN, SIP URI) when given, else
+    by the account part."""
+    c = claimed.strip().lower()
+    if c.startswith("sip:"):
+        c = c[4:]
+    known = {a.lower().removeprefix("sip:") for a in aliases if a}
+    if c in known:
+        return True
+    account = c.rpartition("\\")[2]
+    if "@" in account:
+        # a full address must be one of the user's; the account part alone is not enough
+        return not known and account.partition("@")[0] == user.lower()
+    return account == user.lower()
+
+
+class DeviceService:
+    """Partnerships: the gateway's check and the admin operations.
+
+    Args:
+        store: the partnership rows.
+        audit: an ``AuditLog``.
+        bus: an ``EventBus`` (DeviceBlocked goes there).
+        rules: device access rules, in order.
+        defaults: the [devices] settings (keys of :data:`DEVICE_POLICY_KEYS`).
+        group_policies: [[policy]] entries, in priority order (first group the user is in wins).
+        is_member: (user, group) -> bool; nested membership is the callable's business.
+        user_aliases: user -> the user's other names (UPN, SIP URI) for the claimed-user check.
+        asp_device: ASP id -> the device it is bound to (None: unbound or unknown).
+        notifier: where quarantine notices go.
+        clock: aware UTC now (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        store: PartnershipStore,
+        audit: Any,
+        bus: Any = None,
+        *,
+        rules: Sequence[policy.DeviceRule] = (),
+        defaults: Mapping[str, Any] | None = None,
+        group_policies: Sequence[GroupEntry] = (),
+        is_member: Callable[[str, str], bool] | None = None,
+        user_aliases: Callable[[str], Iterable[str]] | None = None,
+        asp_device: Callable[[str], str | None] | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.bus = bus
+        self.rules = tuple(rules)
+        self.defaults = dict(defaults or {})
+        self.group_policies = tuple(group_policies)
+        self.is_member = is_member or (lambda user, group: False)
+        self.user_aliases = user_aliases or (lambda user: ())
+        self.asp_device = asp_device or (lambda asp_id: None)
+        self.notifier: Notifier = notifier or NullNotifier()
+        self.clock = clock
+        self._rule_groups = frozenset(g for r in self.rules for g in r.groups)
+        for entry in (self.defaults, *(p.settings for p in self.group_policies)):
+            self._policy_from(entry)  # fail at start, not at the first sign-in
+
+    # --- policy ----------------------------------------------------------------------
+    @staticmethod
+    def _policy_from(settings: Mapping[str, Any]) -> policy.GroupPolicy:
+        return policy.GroupPolicy(**{k: v for k, v in settings.items() if k in DEVICE_POLICY_KEYS})
+
+    def policy_for(self, user: str) -> tuple[policy.GroupPolicy, frozenset[str], str]:
+        """(device policy, the user's groups that rules name, the policy's name)."""
+        eff = effective_policy(self.group_policies, lambda g: self.is_member(user, g), self.defaults)
+        groups = frozenset(g for g in self._rule_groups if self.is_member(user, g))
+        return self._policy_from(eff.settings), groups, eff.name
+
+    # --- the gateway's question ------------------------------------------------------------
+    def check(self, user: str, facts: DeviceFacts, *, service: str, second_factor_ok: bool = False,
+              credential_id: str | None = None, client_address: str | None = None) -> DeviceCheck:
+        now = self.clock()
+        refusal = self._who_checks(user, facts, credential_id)
+        if refusal is not None:
+            self._audit(user, facts, service, client_address, refusal, "")
+            return refusal
+        pol, groups, pol_name = self.policy_for(user)
+        existing = self.store.get(user, facts.device_id) if facts.device_id else None
+        user_devices: list[PartnershipRecord] = []
+        if facts.device_id and existing is None:
+            user_devices = self.store.list(username=user)
+        decision = policy.decide(
+            facts=facts, existing=existing.to_policy() if existing else None,
+            user_devices=[p.to_policy() for p in user_devices], rules=self.rules, policy=pol,
+            user_groups=groups, now=now, second_factor_ok=second_factor_ok, service=service,
+        )
+        record, created = self._persist(user, facts, existing, decision, now)
+        result = DeviceCheck(decision.outcome, decision.reason, facts.device_id, decision.wipe,
+                             decision.trusted_until if decision.outcome == "allow" else None,
+                             record.id if record else None)
+        self._audit(user, facts, service, client_address, result, decision.rule, policy=pol_name)
+        if created and record is not None and record.state == "quarantined":
+            self._notify("device-quarantined", record, decision.reason, service, client_address)
+        return result
+
+    async def check_async(self, user: str, facts: DeviceFacts, **kw: Any) -> DeviceCheck:
+        return await asyncio.to_thread(self.check, user, facts, **kw)
+
+    def _who_checks(self, user: str, facts: DeviceFacts, credential_id: str | None) -> DeviceCheck | None:
+        if facts.claimed_user is not None:
+            try:
+                aliases = list(self.user_aliases(user))
+            except Exception:  # noqa: BLE001 - an alias lookup failure: compare by name only
+                aliases = []
+            if not _same_user(facts.claimed_user, user, aliases):
+                return DeviceCheck("deny", "device-user-mismatch", facts.device_id)
+        if credential_id:
+            bound = self.asp_device(credential_id)
+            if bound is not None and (facts.device_id is None
+                                      or device_key(bound) != device_key(facts.device_id)):
+                return DeviceCheck("deny", "asp-bound-to-other-device", facts.device_id)
+        return None
+
+    def _persist(self, user: str, facts: DeviceFacts, existing: PartnershipRecord | None,
+                 decision: policy.DeviceDecision, now: dt.datetime) -> tuple[PartnershipRecord | None, bool]:
+        if facts.device_id is None:
+            return None, False
+        if existing is None:
+            if decision.new_state is None:
+                return None, False  # blocked by a rule, over the limit: nothing stored
+            try:
+                rec = self.store.create(
+                    username=user, device_id=facts.device_id, state=decision.new_state,
+                    state_reason=decision.reason, rule=decision.rule or None,
+                    device_type=facts.device_type, model=facts.model, os=facts.os,
+                    user_agent=facts.user_agent, client_kind=facts.client_kind, source=facts.source,
+                    created_at=now, last_seen=now, trusted_until=decision.trusted_until,
+                )
+                return rec, True
+            except DuplicateError:  # a concurrent first request from the same device
+                return self.store.get(user, facts.device_id), False
+        changes: dict[str, Any] = {}
+        if decision.new_state is not None:
+            changes.update(state=decision.new_state, state_reason=decision.reason,
+                           trusted_until=decision.trusted_until)
+        if now - existing.last_seen >= LAST_SEEN_GRANULARITY:
+            changes["last_seen"] = now
+        for attr in ("model", "os", "user_agent", "device_type"):
+            v = getattr(facts, attr)
+            if v is not None and v != getattr(existing, attr):
+                changes[attr] = v
+        if not changes:
+            return existing, False
+        return self.store.update(existing.id, **changes) or existing, False
+
+    def _audit(self, user: str, facts: DeviceFacts, service: str, client_address: str | None,
+               result: DeviceCheck, rule: str, **extra: Any) -> None:
+        self.audit.record(
+            "device-check", actor=user, user=user, device=facts.device_id, service=service,
+            client_address=client_address, result=result.outcome, reason=result.reason,
+            rule=rule or None, device_type=facts.device_type, client_kind=facts.client_kind,
+            source=facts.source, problem=facts.problem, detail=facts.detail or None, **extra,
+        )
+
+    def _notify(self, event: str, rec: PartnershipRecord, reason: str, service: str | None,
+                client_address: str | None) -> None:
+        notice = DeviceNotice(event=event, user=rec.username, device_id=rec.device_id,
+                              partnership_id=rec.id, reason=reason, device_type=rec.device_type,
+                              model=rec.model, user_agent=rec.user_agent,
+                              client_kind=rec.client_kind, service=service,
+                              client_address=client_address)
+        try:
+            ok = self.notifier.notify(notice)
+        except Exception:  # noqa: BLE001 - notifiers promise not to raise; belt and braces
+            log.exception("notifier failed")
+            ok = False
+        self.audit.record("device-notify", actor="ucgate", user=rec.username, device=rec.device_id,
+                          result="ok" if ok else "error", reason=event)
+
+    # --- admin operations --------------------------------------------------------------
+    def list(self, *, user: str | None = None, state: str | None = None) -> list[PartnershipRecord]:
+        return self.store.list(username=user.lower() if user else None, state=state)
+
+    def get(self, partnership_id: int) -> PartnershipRecord:
+        rec = self.store.get_by_id(partnership_id)
+        if rec is None:
+            raise DeviceError(f"no device partnership with id {partnership_id}")
+        return rec
+
+    def _admin(self, action: str, partnership_id: int, actor: str, reason: str | None,
+               **changes: Any) -> PartnershipRecord:
+        rec = self.get(partnership_id)
+        new = self.store.update(rec.id, **changes) if changes else rec
+        assert new is not None
+        self.audit.record(f"device.{action}", actor=actor, user=rec.username, device=rec.device_id,
+                          result="ok", reason=reason, partnership=rec.id, state=new.state)
+        return new
+
+    def _cut(self, rec: PartnershipRecord, reason: str) -> None:
+        if self.bus is not None:
+            self.bus.publish(DeviceBlocked(rec.username, rec.device_id, reason))
+
+    def approve(self, partnership_id: int, *, actor: str, renew_trust: bool = True) -> PartnershipRecord:
+        """Allow a quarantined (or blocked) device. With ``renew_trust`` the approval counts as
+        the second factor (an admin, or the user in the portal after 2FA): trusted for the
+        user's trust lifetime from now."""
+        rec = self.get(partnership_id)
+        now = self.clock()
+        pol, _, _ = self.policy_for(rec.username)
+        changes: dict[str, Any] = dict(state="allowed", state_reason="approved", approved_by=actor,
+                                       approved_at=now)
+        if renew_trust:
+            changes["trusted_until"] = now + pol.trust_lifetime
+        return self._admin("approve", partnership_id, actor, "approved", **changes)
+
+    def block(self, partnership_id: int, *, actor: str, reason: str = "blocked by an administrator") -> PartnershipRecord:
+        rec = self._admin("block", partnership_id, actor, reason, state="blocked",
+                          state_reason="blocked", trusted_until=None)
+        self._cut(rec, reason)
+        return rec
+
+    def unblock(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
+        """Back to allowed, untrusted: the next request asks for the second factor (if the
+        policy requires one)."""
+        return self._admin("unblock", partnership_id, actor, "unblocked", state="allowed",
+                           state_reason="unblocked", trusted_until=None, wipe_requested_at=None,
+                           wiped_at=None)
+
+    def wipe(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
+        """Flag a remote wipe: ActiveSync devices get the wipe directive on their next request;
+        every request from the device is refused meanwhile."""
+        rec = self._admin("wipe", partnership_id, actor, "wipe requested",
+                          wipe_requested_at=self.clock(), wiped_at=None, trusted_until=None)
+        self._cut(rec, "remote wipe requested")
+        return rec
+
+    def wipe_acknowledged(self, user: str, device_id: str, *, ok: bool) -> None:
+        """The device reported the wipe (MS-ASPROV RemoteWipe Status): it stays blocked."""
+        rec = self.store.get(user, device_id)
+        if rec is None or not rec.wipe_pending:
+            return
+        self.store.update(rec.id, wiped_at=self.clock(), state="blocked", state_reason="wiped")
+        self.audit.record("device.wiped", actor=user, user=user, device=rec.device_id,
+                          result="ok" if ok else "error", reason="wipe-acknowledged")
+
+    def delete(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
+        """Forget the partnership: the device is a new device next time (the rules apply)."""
+        rec = self.get(partnership_id)
+        self.store.delete(rec.id)
+        self.audit.record("device.delete", actor=actor, user=rec.username, device=rec.device_id,
+                          result="ok", partnership=rec.id)
+        self._cut(rec, "device partnership deleted")
+        return rec
+
+
+def rule_from_settings(settings: Mapping[str, Any], index: int) -> policy.DeviceRule:
+    """A :class:`~ucgate.policy.devices.DeviceRule` from a [[devices.rules]] table.
+
+    Raises:
+        ValueError: a bad value (the config loader names the key).
+    """
+    kw = dict(settings)
+    groups = kw.pop("groups", ())
+    return policy.DeviceRule(groups=frozenset(groups), **kw)
+
+
+def open_device_service(config: Any, ids: Any, *, clock: Callable[[], dt.datetime] = _utcnow) -> DeviceService:
+    """A :class:`DeviceService` for ``ucgate serve`` from the configuration's [devices] and
+    [[policy]], over the id services' store, audit log, bus, directory and ASPs."""
+    from .notify import MultiNotifier, SmtpNotifier, WebhookNotifier
+
+    dc = config.devices
+    directory = getattr(ids, "directory", None)
+    users = ids.users
+
+    def is_member(user: str, group: str) -> bool:
+        if directory is None:
+            return False
+        du = directory.resolve(user)
+        return du is not None and directory.is_member(du, group)
+
+    def aliases(user: str) -> list[str]:
+        rec = users.get(user)
+        return [a for a in ((rec.upn, rec.sip_uri) if rec else ()) if a]
+
+    def asp_device(asp_id: str) -> str | None:
+        info = ids.asps.get(asp_id)
+        return info.device_id if info is not None else None
+
+    notifiers: list[Notifier] = []
+    n = dc.notify
+    if n.get("smtp_host"):
+        domain = n.get("smtp_domain")
+
+        def recipients(user: str) -> list[str]:
+            rec = users.get(user)
+            if rec is not None and rec.upn:
+                return [rec.upn]
+            return [f"{user}@{domain}"] if domain else []
+
+        notifiers.append(SmtpNotifier(n["smtp_host"], n.get("smtp_port", 25),
+                                      n.get("smtp_from", "ucgate@localhost"), recipients,
+                                      starttls=n.get("smtp_starttls", False)))
+    if n.get("webhook_url"):
+        notifiers.append(WebhookNotifier(n["webhook_url"]))
+    store = PartnershipStore(ids.components.repo.engine)
+    return DeviceService(store, ids.audit, ids.bus, rules=dc.rules, defaults=dc.defaults,
+                         group_policies=dc.policies, is_member=is_member, user_aliases=aliases,
+                         asp_device=asp_device, notifier=MultiNotifier(notifiers), clock=clock)
