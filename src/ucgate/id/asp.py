@@ -24,7 +24,7 @@ from Crypto.Hash import MD4
 
 from ..store import NewAsp, Repository, UserRecord
 from .keys import DecryptError, Keyring, asp_aad
-from .users import UserService
+from .users import UnknownUser, UserSecretService, UserService  # noqa: F401 (UnknownUser re-exported)
 
 log = logging.getLogger("ucgate.id.asp")
 
@@ -102,10 +102,6 @@ class AspInfo:
         return self.revoked_at is None
 
 
-class UnknownUser(LookupError):
-    pass
-
-
 class AspLimit(Exception):
     pass
 
@@ -119,21 +115,11 @@ def _device_matches(bound: str | None, device_id: str | None) -> bool:
     return bound is None or (device_id is not None and bound.lower() == device_id.lower())
 
 
-class AspService:
+class AspService(UserSecretService):
     def __init__(self, repo: Repository, keyring: Keyring, clock: Callable[[], datetime] = _utcnow,
                  *, rand: Callable[[int], bytes] = secrets.token_bytes,
                  users: UserService | None = None) -> None:
-        self.repo = repo
-        self.keyring = keyring
-        self.clock = clock
-        self.rand = rand
-        self.users = users or UserService(repo, clock)
-
-    def _user(self, username: str) -> UserRecord:
-        u = self.users.resolve(username)
-        if u is None:
-            raise UnknownUser(f"no user {username!r}")
-        return u
+        super().__init__(repo, keyring, clock, rand, users=users)
 
     # --- administration ---------------------------------------------------------------
     def create(self, username: str, label: str, device_id: str | None = None) -> tuple[str, str]:

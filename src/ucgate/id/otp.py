@@ -44,7 +44,7 @@ from ..policy.twofactor import OTP_DIGITS, Factor
 from ..store import DuplicateError, NewOtpSecret, OtpRecord, Repository, UserRecord
 from .asp import ALPHABET
 from .keys import DecryptError, Keyring
-from .users import UserService
+from .users import UnknownUser, UserSecretService, UserService  # noqa: F401 (UnknownUser re-exported)
 
 log = logging.getLogger("ucgate.id.otp")
 
@@ -57,10 +57,6 @@ RECOVERY_SYMBOLS = 12  # 12 × 5 = 60 bits each
 ISSUER = "ucgate"
 
 _ALPHABET_SET = frozenset(ALPHABET)
-
-
-class UnknownUser(LookupError):
-    pass
 
 
 class NotEnrolled(Exception):
@@ -193,7 +189,7 @@ def _utcnow() -> datetime:
 _NOT_ENROLLED = OtpResult(False, "otp-not-enrolled", Factor.NONE)
 
 
-class OtpService:
+class OtpService(UserSecretService):
     """TOTP for the users of one store.
 
     Args:
@@ -203,21 +199,6 @@ class OtpService:
         rand: ``n -> n random bytes`` (``secrets.token_bytes`` in production).
         users: a ``UserService`` (resolves typed names: user, DOMAIN\\user, UPN).
     """
-
-    def __init__(self, repo: Repository, keyring: Keyring, clock: Callable[[], datetime] = _utcnow,
-                 rand: Callable[[int], bytes] = secrets.token_bytes, *,
-                 users: UserService | None = None) -> None:
-        self.repo = repo
-        self.keyring = keyring
-        self.clock = clock
-        self.rand = rand
-        self.users = users or UserService(repo, clock)
-
-    def _user(self, username: str) -> UserRecord:
-        u = self.users.resolve(username)
-        if u is None:
-            raise UnknownUser(f"no user {username!r}")
-        return u
 
     def _open(self, user_id: int, rec: OtpRecord) -> tuple[bytes, bytes] | None:
         """(secret, recovery key), None when the ciphertext does not decrypt."""

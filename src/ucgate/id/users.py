@@ -176,3 +176,28 @@ __all__ = [
     "DuplicateError", "InvalidUsername", "LoginName", "UserService", "normalise_upn",
     "normalise_username", "resolve_login_name", "split_login_name",
 ]
+
+
+class UnknownUser(LookupError):
+    """No user by that name (ASP and TOTP administration)."""
+
+
+class UserSecretService:
+    """Base of the services that keep encrypted secrets per user (ASPs, TOTP): the store, the
+    keyring, the clock and randomness they are given, and the user lookup they share."""
+
+    def __init__(self, repo: Repository, keyring, clock: Callable[[], datetime] = _utcnow,
+                 rand: Callable[[int], bytes] | None = None, *, users: UserService | None = None) -> None:
+        import secrets
+
+        self.repo = repo
+        self.keyring = keyring
+        self.clock = clock
+        self.rand = rand or secrets.token_bytes
+        self.users = users or UserService(repo, clock)
+
+    def _user(self, username: str) -> UserRecord:
+        u = self.users.resolve(username)
+        if u is None:
+            raise UnknownUser(f"no user {username!r}")
+        return u
