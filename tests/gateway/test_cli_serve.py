@@ -145,7 +145,6 @@ def test_serve_streams_50mb_with_bounded_memory(tmp_path, tls_files, upstream):
         print(f"gateway peak RSS grew by {grown} KiB while streaming 2 x 50 MB")
         assert grown < 16 * 1024, f"peak RSS grew by {grown} KiB: bodies are being buffered"
         # over the limit: refused before the body is read
-        import ssl
 
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
             with ctx.wrap_socket(raw, server_hostname="localhost") as s:

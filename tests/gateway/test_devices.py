@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import http.client
-import json
-import socket
 import ssl
 import time
 

@@ -7,7 +7,6 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import pytest
 from aiosmtpd.controller import Controller
 
 from ucgate.cli import main

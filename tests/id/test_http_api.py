@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
-import json
 import os
 import ssl
 import time

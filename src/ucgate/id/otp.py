@@ -33,7 +33,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from datetime import datetime, timezone
 from urllib.parse import quote, urlencode
 
 from ..policy.twofactor import OTP_DIGITS, Factor
-from ..store import DuplicateError, NewOtpSecret, OtpRecord, Repository, UserRecord
+from ..store import DuplicateError, NewOtpSecret, OtpRecord, UserRecord
 from .asp import ALPHABET
 from .keys import DecryptError, Keyring
 from .users import UnknownUser, UserSecretService, UserService  # noqa: F401 (UnknownUser re-exported)
