@@ -68,6 +68,7 @@ def preauth_settings(config: Config) -> PreAuthSettings:
         dns_computer=(config.gateway.published_name or f"{a.netbios_computer.lower()}.{a.dns_domain}"),
         max_clock_skew=a.max_clock_skew,
         failure_floor=a.failure_floor,
+        trace=a.trace,
     )
 
 
@@ -83,6 +84,68 @@ def device_gate(config: Config, ids: Any):
                       extra_ua_rules=config.devices.user_agents, realm=config.auth.realm)
 
 
+def kcd_backend(config: Config):
+    """HOOK (issue 7, Kerberos half): the ``kcd`` backend mechanism built from ``[kerberos]``
+    (``gateway.kcd.KcdBackend``). Called only when a service has ``backend = "kcd"``."""
+    if config.kerberos is None:
+        raise ValueError('a service has backend = "kcd": configure [kerberos] (realm, keytab, '
+                         "account, front_end_spn)")
+    from .gateway.kcd import kcd_from_config
+
+    return kcd_from_config(config.kerberos)
+
+
+def kerberos_acceptor(config: Config):
+    """Kerberos tickets from clients in ``Negotiate`` (``[kerberos]``), or None."""
+    if config.kerberos is None or "negotiate" not in config.auth.methods:
+        return None
+    from .gateway.kerberos import acceptor_from_config
+
+    return acceptor_from_config(config.kerberos)
+
+
+def gateway_backends(config: Config, ids: Any = None) -> dict[str, Any]:
+    """The backend credential mechanisms the services' ``backend`` modes need (besides
+    ``none`` and ``passthrough``, which the gateway always has): ``vault`` reads the in-process
+    id service's vault (not available with a remote id service), ``kcd`` is :func:`kcd_backend`."""
+    modes = {str(t.get("backend", "none")) for t in config.services.values()}
+    out: dict[str, Any] = {}
+    if "vault" in modes:
+        if ids is None:
+            raise ValueError('backend = "vault" needs the id service in this process: vault '
+                             "secrets are not served to a gateway over [id_service] url (use kcd)")
+        from .gateway.backend import VaultBackend
+
+        out["vault"] = VaultBackend(vault_service(ids), domain=config.auth.netbios_domain,
+                                    workstation=config.auth.netbios_computer)
+    if "kcd" in modes:
+        out["kcd"] = kcd_backend(config)
+    return out
+
+
+def vault_service(ids: Any):
+    """The credential vault over the in-process id services (one per IdServices)."""
+    svc = getattr(ids, "_vault", None)
+    if svc is None:
+        from .id.vault import VaultService
+
+        svc = VaultService(ids.components.repo, ids.components.keyring, users=ids.users, audit=ids.audit)
+        ids.bus.subscribe(svc.on_event)
+        ids._vault = svc
+    return svc
+
+
+def oauth_grants(config: Config, credentials: Any, ids: Any = None):
+    """The OAuth password grant interception (``gateway.oauth``)."""
+    from .gateway.oauth import OAuthGrants, OAuthSettings
+
+    modes = {str(t.get("backend", "none")) for t in config.services.values()}
+    vault = vault_service(ids) if ids is not None and "vault" in modes else None
+    return OAuthGrants(credentials, settings=OAuthSettings(
+        netbios_domain=config.auth.netbios_domain, failure_floor=config.auth.failure_floor,
+        published_name=config.gateway.published_name), vault=vault)
+
+
 @dataclass
 class Node:
     """Everything one process runs: the gateway, the id service, the account monitor."""
@@ -91,9 +154,17 @@ class Node:
     ids: Any = None
     monitor: Any = None
     remote: Any = None  # RemoteCredentials when the id service runs elsewhere
+    web: Any = None  # the admin UI / portal / REST API server ([web] enabled), a uvicorn.Server
+    _web_task: Any = None
 
     async def start(self) -> None:
         await self.gateway.start()
+        if self.web is not None:
+            self._web_task = asyncio.create_task(self.web.serve())
+            while not self.web.started and not self._web_task.done():
+                await asyncio.sleep(0.02)
+            if self._web_task.done():
+                self._web_task.result()  # raise the listener's error (address in use...)
         if self.remote is not None:
             self.remote.start(self.gateway.on_event, self.gateway.live_users)
         if self.monitor is not None:
@@ -102,6 +173,9 @@ class Node:
     async def stop(self) -> None:
         if self.monitor is not None:
             await self.monitor.stop()
+        if self._web_task is not None:
+            self.web.should_exit = True
+            await self._web_task
         await self.gateway.stop()
         if self.remote is not None:
             await self.remote.aclose()
@@ -121,13 +195,17 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         ic = config.id_service
         remote = RemoteCredentials(ic.url, secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
                                    outage_grace=ic.outage_grace)
-        gateway = Gateway(config, PreAuthenticator(remote, preauth_settings(config)))
+        gateway = Gateway(config, PreAuthenticator(remote, preauth_settings(config),
+                                                   kerberos=kerberos_acceptor(config)),
+                          backends=gateway_backends(config), oauth=oauth_grants(config, remote))
         return Node(gateway, remote=remote)
     ids = open_id_services(config)
     gate = device_gate(config, ids)
     gateway = Gateway(config, PreAuthenticator(ids.credentials, preauth_settings(config),
-                                               device_id_of=gate.device_id_of if gate else None),
-                      devices=gate)
+                                               device_id_of=gate.device_id_of if gate else None,
+                                               kerberos=kerberos_acceptor(config)),
+                      devices=gate, backends=gateway_backends(config, ids),
+                      oauth=oauth_grants(config, ids.credentials, ids))
     ids.bus.subscribe(gateway.on_event)
     monitor = None
     if ids.directory is not None:
@@ -137,7 +215,13 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
             ids.directory, gateway.live_users, ids.bus, ids.audit,
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
         )
-    return Node(gateway, ids, monitor)
+    node = Node(gateway, ids, monitor)
+    if config.web is not None and config.web.enabled:
+        from .web.app import node_web_server
+
+        node.web = node_web_server(config, ids, devices=gate.checker if gate else None,
+                                   live_users=gateway.live_users)
+    return node
 
 
 @dataclass
@@ -158,6 +242,10 @@ def build_id_node(config: Config) -> IdNode:
     ids = open_id_services(config)
     sessions = LiveSessions()
     app = create_id_api(ids.credentials, secret=config.id_service.secret, bus=ids.bus, sessions=sessions)
+    from .web.app import make_context, mount_routes
+
+    # the admin UI, portal and REST API (/admin, /portal, /api/v1) on the id service's listener
+    mount_routes(app, make_context(ids, config=config, live_users=sessions.live_users))
     monitor = None
     if ids.directory is not None:
         from .id.monitor import AccountMonitor

@@ -59,6 +59,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from .protocols.decode import (
+        MAX_HEADER_SIZE,
+        DecodeError,
+        decode_header,
+        render_text,
+        to_json,
+    )
+
+    if args.token == ["-"]:
+        value = sys.stdin.read(MAX_HEADER_SIZE + 1)
+    else:
+        value = " ".join(args.token)
+    try:
+        decoded = decode_header(value)
+    except DecodeError as e:
+        print(f"ucgate decode: {e.reason}: {e.message}", file=sys.stderr)
+        return 1
+    sys.stdout.write(to_json(decoded) + "\n" if args.json else render_text(decoded))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ucgate", description=__doc__)
     p.add_argument("--version", action="version", version=f"ucgate {__version__}")
@@ -84,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8443)
     d.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     d.set_defaults(func=_cmd_demo)
+
+    dc = sub.add_parser(
+        "decode", help="decode an NTLM/Negotiate/Kerberos/Basic/Bearer header value (no secrets shown)",
+        description="Decode an Authorization or WWW-Authenticate value ('NTLM TlRMTVNT...', "
+                    "'Negotiate YII...', 'Basic ...', 'Bearer ...') or a bare base64 token into its "
+                    "fields. Passwords, responses, MICs, keys and cipher texts are never shown.")
+    dc.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    dc.add_argument("token", nargs="+", metavar="TOKEN",
+                    help="the header value (quoted, or as separate words), or - to read it from stdin")
+    dc.set_defaults(func=_cmd_decode)
     from .id.admin_cli import register
 
     common = argparse.ArgumentParser(add_help=False)
@@ -93,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .id.devices_cli import register as register_devices
 
     register_devices(sub, common)
+    from .id.kerberos_check import register as register_kerberos
+
+    register_kerberos(sub, common)
+    from .web.tokens import register as register_api_tokens
+
+    register_api_tokens(sub, common)
+    from .id.vault_cli import register as register_vault
+
+    register_vault(sub, common)
     return p
 
 

@@ -86,6 +86,9 @@ class AuthConfig:
     two_factor: str = "off"  # off | otp-appended | device-approval
     two_factor_groups: tuple[tuple[str, str], ...] = ()  # (group, mode); the strictest applies
     otp_trust_hours: float = 24.0
+    # Auth header trace in the gateway log (protocols/decode.py): "none", "low" (one line per
+    # leg: scheme, message, user/domain/workstation) or "verbose" (all decoded fields). Never secrets.
+    trace: str = "none"
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ class Config:
     log_level: str = "info"
     id_service: IdServiceConfig | None = None
     devices: DevicesConfig = field(default_factory=lambda: DevicesConfig())
+    web: Any = None  # ucgate.web.settings.WebConfig ([web]: admin UI, portal, REST API)
+    kerberos: KerberosConfig | None = None  # [kerberos]: Negotiate from clients, kcd, the check
 
     # the attributes the id service's CLI commands read (ucgate.id.admin_cli)
     @property
@@ -256,6 +261,9 @@ def _parse_upstream(file: str, name: str, table: Any, base: Path) -> Upstream:
     return up
 
 
+BACKEND_MODES = ("none", "passthrough", "vault", "kcd")
+
+
 def _parse_service(file: str, name: str, table: Any, upstreams: dict[str, Upstream]) -> dict:
     sec = _Section(file, f"services.{name}", table)
     out: dict[str, Any] = {}
@@ -270,6 +278,16 @@ def _parse_service(file: str, name: str, table: Any, upstreams: dict[str, Upstre
         out["max_body_bytes"] = mb
     if "upstream" in out and out["upstream"] not in upstreams:
         raise sec.fail("upstream", f"no [upstreams.{out['upstream']}] is defined")
+    backend = sec.get("backend", str, None)  # issue 7: backend credentials (gateway.backend)
+    if backend is not None:
+        if backend not in BACKEND_MODES:
+            raise sec.fail("backend", f"must be one of {', '.join(BACKEND_MODES)}, got {backend!r}")
+        out["backend"] = backend
+    scheme = sec.get("backend_scheme", str, None)
+    if scheme is not None:
+        if scheme not in ("ntlm", "basic"):
+            raise sec.fail("backend_scheme", f"must be ntlm or basic, got {scheme!r}")
+        out["backend_scheme"] = scheme
     sec.finish()
     return out
 
@@ -380,6 +398,9 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
     ep = au.get("extended_protection", str, a.extended_protection)
     if ep not in ("require", "allow", "off"):
         raise au.fail("extended_protection", f"expected require, allow or off, got {ep!r}")
+    trace = au.get("trace", str, a.trace)
+    if trace not in TRACE_LEVELS:
+        raise au.fail("trace", f"expected none, low or verbose, got {trace!r}")
     auth = AuthConfig(
         authenticator=authn,
         methods=tuple(methods),
@@ -397,6 +418,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
             for g, m in au.get("two_factor_groups", dict, {}).items()
         ),
         otp_trust_hours=au.positive("otp_trust_hours", float, a.otp_trust_hours),
+        trace=trace,
     )
     au.finish()
 
@@ -425,6 +447,10 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
     directory = _parse_directory(top, base)
     id_service = _parse_id_service(top, base, role)
     devices = _parse_devices(top)
+    from .web.settings import parse_web
+
+    web = parse_web(top, base, data_dir)
+    kerberos = _parse_kerberos(top, base, gateway.published_name)
 
     lg = top.sub("log")
     level = lg.get("level", str, "info").lower()
@@ -445,6 +471,8 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
         log_level=level,
         id_service=id_service,
         devices=devices,
+        web=web,
+        kerberos=kerberos,
     )
 
 
@@ -501,6 +529,79 @@ def _parse_directory(top: _Section, base: Path) -> DirectoryConfig | None:
 
 
 AUTHENTICATORS = ("preauth", "deny-all")
+
+
+# --- [kerberos] (issue 7) --------------------------------------------------------------------
+@dataclass(frozen=True)
+class KerberosConfig:
+    """``[kerberos]``: the pool's service account and keytab (``HTTP/<published name>``).
+
+    ``accept_negotiate``: verify Kerberos tickets from clients in ``Negotiate``.
+    ``account``: the principal the gateway gets its TGT as for ``kcd`` (the service account's
+    sAMAccountName; AD issues no TGT to an SPN). ``front_end_spns``: the front end's SPN per
+    service name (``"*"``: every other service), for ``kcd`` and ``ucgate kerberos check``.
+    """
+
+    realm: str
+    keytab: Path
+    service_principal: str
+    account: str | None = None
+    krb5_conf: Path | None = None
+    accept_negotiate: bool = True
+    front_end_spns: tuple[tuple[str, str], ...] = ()
+    kcd_timeout: float = 10.0
+    kcd_mech: str = "spnego"
+    published_name: str | None = None
+    check_user: str | None = None  # a user for the check's S4U round trip
+
+
+def _parse_kerberos(top: _Section, base: Path, published_name: str | None) -> KerberosConfig | None:
+    if "kerberos" not in top.table:
+        top.used.add("kerberos")
+        return None
+    k = top.sub("kerberos")
+    realm = k.get("realm", str, None)
+    if not realm:
+        raise k.fail("realm", "required: the AD realm in upper case, e.g. CONTOSO.LOCAL")
+    if realm != realm.upper():
+        raise k.fail("realm", f"Kerberos realms of AD are upper case: {realm.upper()!r}, got {realm!r}")
+    keytab = k.path("keytab", None, base)
+    if keytab is None:
+        raise k.fail("keytab", "required: the pool's keytab (HTTP/<published name>)")
+    if not keytab.is_file():
+        raise k.fail("keytab", f"no such file: {keytab}")
+    spn = k.get("service_principal", str, None)
+    if spn is None and published_name:
+        spn = f"HTTP/{published_name}"
+    if not spn or "/" not in spn:
+        raise k.fail("service_principal", "required: HTTP/<published name> (or set [gateway] published_name)")
+    krb5_conf = k.path("krb5_conf", None, base)
+    if krb5_conf is not None and not krb5_conf.is_file():
+        raise k.fail("krb5_conf", f"no such file: {krb5_conf}")
+    spns = k.get("front_end_spn", (str, dict), None)
+    if isinstance(spns, str):
+        spns = {"*": spns}
+    spns = spns or {}
+    for name, v in spns.items():
+        if name != "*" and name not in SERVICE_NAMES:
+            raise k.fail(f"front_end_spn.{name}", "unknown service")
+        if not isinstance(v, str) or "/" not in v:
+            raise k.fail(f"front_end_spn.{name}", f"expected an SPN like HTTP/fe.contoso.local, got {v!r}")
+    mech = k.get("kcd_mech", str, "spnego")
+    if mech not in ("spnego", "krb5"):
+        raise k.fail("kcd_mech", f"expected spnego or krb5, got {mech!r}")
+    cfg = KerberosConfig(
+        realm=realm, keytab=keytab, service_principal=spn,
+        account=k.get("account", str, None), krb5_conf=krb5_conf,
+        accept_negotiate=k.get("accept_negotiate", bool, True),
+        front_end_spns=tuple(spns.items()),
+        kcd_timeout=k.positive("kcd_timeout", float, 10.0), kcd_mech=mech,
+        published_name=k.get("published_name", str, None) or published_name,
+        check_user=k.get("check_user", str, None),
+    )
+    k.finish()
+    return cfg
+TRACE_LEVELS = ("none", "low", "verbose")
 
 
 # --- [devices], [[devices.rules]], [[policy]] (issue 6) -----------------------------------

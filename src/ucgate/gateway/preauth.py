@@ -24,12 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..id.api import AttemptContext, CredentialService, NtlmHandshake, Verdict
+from ..protocols import decode as decode_proto
 from ..protocols import ntlm as ntlm_proto
 from ..protocols import spnego as spnego_proto
 from ..protocols.http1 import RequestHead
 from ..protocols.sfb import Service
 from .auth import AuthOutcome
 from .connection import ClientConnection, Identity
+from .kerberos import KerberosAcceptor, KerberosError
 
 log = logging.getLogger("ucgate.gateway.auth")
 
@@ -37,6 +39,8 @@ log = logging.getLogger("ucgate.gateway.auth")
 # little. 16 KiB of base64 is generous and keeps a hostile header from costing us.
 MAX_NTLM_HEADER = 16 * 1024
 MAX_BASIC_HEADER = 4 * 1024
+# Kerberos AP-REQs with a big PAC (many groups) reach 48-64 KiB (MaxTokenSize).
+MAX_KERBEROS_HEADER = 96 * 1024
 # Verdict reasons that mean a second factor was given (or is within its trust lifetime): the
 # device partnership may then be trusted or renewed (policy.devices.decide second_factor_ok).
 SECOND_FACTOR_REASONS = frozenset({"ok-otp", "ok-recovery-code", "2fa-trusted"})
@@ -59,6 +63,9 @@ class PreAuthSettings:
     # user, a refused account and a wrong password take the same time (directory lookups
     # differ by tens of ms) and guessing is slower. Successes are not delayed.
     failure_floor: float = 0.25
+    # Log each auth leg through protocols/decode.py: "none", "low" (one line: scheme, message,
+    # user/domain/workstation) or "verbose" (every decoded field, as JSON). Never secrets.
+    trace: str = "none"
 
 
 @dataclass
@@ -85,8 +92,12 @@ class PreAuthenticator:
         rand: Callable[[int], bytes] = os.urandom,
         wallclock: Callable[[], float] = time.time,
         device_id_of: Callable[[RequestHead, Service], str | None] | None = None,
+        kerberos: KerberosAcceptor | None = None,
     ) -> None:
         self.credentials = credentials
+        # Kerberos AP-REQs in Negotiate (raw or in SPNEGO), verified with the pool's keytab
+        # (gateway.kerberos); None: Negotiate means NTLM only and Kerberos tokens are refused.
+        self.kerberos = kerberos
         self.settings = settings
         self.rand = rand
         self.wallclock = wallclock
@@ -131,6 +142,24 @@ class PreAuthenticator:
             user_agent=ua.decode("latin-1")[:256] if ua else None,
         )
 
+    def _trace(self, conn: ClientConnection, sender: str, value: bytes) -> None:
+        """Log one auth leg (``sender`` "client" or "gateway") at the configured trace level,
+        through the decoder, which never yields secrets or token bytes; never raises."""
+        level = self.settings.trace
+        if level == "none":
+            return
+        try:
+            decoded = decode_proto.decode_header(value)
+        except decode_proto.DecodeError as e:
+            log.info("auth trace: client %s, from %s: undecodable (%s: %s)", conn.peer_host, sender,
+                     e.reason, e.message)
+            return
+        if level == "verbose":
+            log.info("auth trace: client %s, from %s: %s %s", conn.peer_host, sender,
+                     decode_proto.summary(decoded), decode_proto.to_json(decoded))
+        else:
+            log.info("auth trace: client %s, from %s: %s", conn.peer_host, sender, decode_proto.summary(decoded))
+
     async def _pad(self, started: float) -> None:
         left = self.settings.failure_floor - (time.monotonic() - started)
         if left > 0:
@@ -143,12 +172,17 @@ class PreAuthenticator:
             if conn.identity is not None:
                 return AuthOutcome(identity=conn.identity)
             return self._deny(conn, "no-credentials")
+        self._trace(conn, "client", authz)
         scheme, _, param = authz.partition(b" ")
         scheme = scheme.lower()
         param = param.strip(b" ")
         if scheme == b"basic" and "basic" in self.settings.methods:
             return await self._basic(conn, req, service, param)
         if scheme in (b"ntlm", b"negotiate") and scheme.decode() in self.settings.methods:
+            if scheme == b"negotiate" and self.kerberos is not None:
+                token = _kerberos_token(param)
+                if token is not None:
+                    return await self._kerberos(conn, req, service, token)
             return await self._ntlm(conn, req, service, scheme, param)
         return self._deny(conn, "unsupported-scheme")
 
@@ -240,9 +274,11 @@ class PreAuthenticator:
             if inner.state != "challenged":
                 # CHALLENGE leg (twice under SPNEGO when NTLM was not the client's first mech)
                 out = acceptor.step(token) if scheme == b"negotiate" else acceptor.challenge(token)
+                challenge_header = name_b + b" " + base64.b64encode(out)
+                self._trace(conn, "gateway", challenge_header)
                 return AuthOutcome(
                     identity=None, status=401, reason="ntlm-challenge",
-                    headers=[(b"WWW-Authenticate", name_b + b" " + base64.b64encode(out))],
+                    headers=[(b"WWW-Authenticate", challenge_header)],
                 )
             # AUTHENTICATE (Type 3)
             conn.auth_state = None
@@ -288,7 +324,64 @@ class PreAuthenticator:
         headers = []
         if final:
             headers.append((b"WWW-Authenticate", b"Negotiate " + base64.b64encode(final)))
+            self._trace(conn, "gateway", headers[-1][1])
         return AuthOutcome(identity=identity, headers=headers)
+
+
+    # --- Kerberos (Negotiate) -----------------------------------------------------------
+    async def _kerberos(self, conn: ClientConnection, req: RequestHead, service: Service,
+                        token: bytes) -> AuthOutcome:
+        """One-leg Kerberos: verify the AP-REQ with the pool's keytab, answer the AP-REP."""
+        assert self.kerberos is not None
+        conn.auth_state = None
+        started = time.monotonic()
+        try:
+            res = await asyncio.to_thread(self.kerberos.accept, token)
+        except KerberosError as e:
+            log.info("client %s: Kerberos ticket refused: %s (%s)", conn.peer_host, e.reason, e.detail)
+            await self._pad(started)
+            return self._deny(conn, e.reason)
+        device = self.device_id_of(req, service)
+        # Account state: a ticket outlives a disable/lock in AD by up to its lifetime (10 h).
+        # When the id service offers an account check, ask it (and the account monitor
+        # re-checks live sessions either way).
+        check = getattr(self.credentials, "check_account", None)
+        verdict: Verdict | None = None
+        if check is not None:
+            verdict = await check(res.user, self._ctx(conn, req, service, "kerberos"))
+            if verdict.retry_after > 0:
+                return self._throttled(conn, verdict)
+            if not verdict.ok:
+                log.info("client %s: Kerberos user %s refused: %s", conn.peer_host, res.user, verdict.reason)
+                await self._pad(started)
+                return self._deny(conn, verdict.reason)
+        identity = Identity((verdict.user if verdict and verdict.user else res.user), "kerberos",
+                            device_id=device)
+        conn.identity = identity  # like IIS: the connection stays authenticated
+        headers = []
+        if res.token:
+            headers.append((b"WWW-Authenticate", b"Negotiate " + base64.b64encode(res.token)))
+        return AuthOutcome(identity=identity, headers=headers)
+
+
+def _kerberos_token(param: bytes) -> bytes | None:
+    """The decoded Negotiate token when it is Kerberos (a raw krb5 GSS token, or SPNEGO whose
+    preferred mechanism is Kerberos and which carries its optimistic token), else None (NTLM,
+    or not decodable: the NTLM path answers those)."""
+    if len(param) > MAX_KERBEROS_HEADER:
+        return None
+    try:
+        token = base64.b64decode(param, validate=True)
+        parsed = spnego_proto.parse_negotiate_token(token)
+    except (binascii.Error, ValueError):
+        return None
+    krb5 = (spnego_proto.KRB5_OID, spnego_proto.MS_KRB5_OID)
+    if isinstance(parsed, spnego_proto.RawKerberos):
+        return token
+    if isinstance(parsed, spnego_proto.NegTokenInit) and parsed.mech_token \
+            and parsed.mech_types and parsed.mech_types[0] in krb5:
+        return token
+    return None
 
 
 def _is_ntlm_type(token: bytes, kind: int) -> bool:

@@ -18,7 +18,8 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 
 from ..config import Config
 from ..protocols import http1
@@ -26,6 +27,7 @@ from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.ntlm import tls_server_end_point
 from ..protocols.sfb import Service, ServiceMap, split_target
 from .auth import Authenticator, DenyAll
+from .backend import BackendAuth, BackendCredentials, BackendError, default_backends
 from .connection import ClientConnection, Identity
 from .devices import DeviceGate
 from .stream import Stream
@@ -36,6 +38,12 @@ log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
 COPY_CHUNK = 64 * 1024
+# Per-user upstream pools (BackendAuth.pool_key: front ends that authenticate the connection,
+# NTLM): at most this many pools (least recently used closed first), each keeping at most
+# USER_POOL_IDLE_CONNECTIONS idle connections, and a pool unused this long is closed.
+USER_POOLS_MAX = 1024
+USER_POOL_IDLE_CONNECTIONS = 2
+USER_POOL_IDLE_SECONDS = 300.0
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
@@ -56,6 +64,11 @@ class Gateway:
         authenticator: decides who sent a request for a protected service.
         clock: monotonic seconds (passed in for tests).
         devices: the decide stage (``gateway.devices.DeviceGate``); None decides nothing.
+        backends: backend credential mechanisms by mode name (``gateway.backend``; "none" and
+            "passthrough" are always there); every service's ``backend`` must be one of them.
+        oauth: the OAuth password grant interception (``gateway.oauth.OAuthGrants``); it also
+            wraps ``authenticator`` to accept the Bearer tokens it issued. None: OAuth requests
+            are forwarded like any other.
     """
 
     def __init__(
@@ -65,14 +78,24 @@ class Gateway:
         *,
         clock: Callable[[], float] = time.monotonic,
         devices: DeviceGate | None = None,
+        backends: Mapping[str, BackendCredentials] | None = None,
+        oauth=None,
     ) -> None:
         self.config = config
         self.devices = devices
+        self.oauth = oauth
+        self.backends: dict[str, BackendCredentials] = {**default_backends(), **(backends or {})}
         gw = config.gateway
         self.gw = gw
         self.authenticator: Authenticator = authenticator or DenyAll()
+        if oauth is not None:
+            self.authenticator = oauth.wrap(self.authenticator)
         self.clock = clock
         self.service_map = ServiceMap.with_overrides(config.services)
+        for svc in self.service_map.services:
+            if svc.backend not in self.backends:
+                raise ValueError(f"services.{svc.name}: backend {svc.backend!r} is not available "
+                                 f"(configured: {', '.join(sorted(self.backends))})")
         self.limits = http1.Limits(
             max_header_bytes=gw.limits.max_header_bytes,
             max_header_count=gw.limits.max_header_count,
@@ -82,6 +105,8 @@ class Gateway:
             name: UpstreamPool(up, gw.timeouts, limit=up.max_idle)
             for name, up in config.upstreams.items()
         }
+        # (upstream name, pool key) -> (pool, last use): per-user connections, LRU-bounded
+        self._user_pools: OrderedDict[tuple[str, str], tuple[UpstreamPool, float]] = OrderedDict()
         self.ssl: ssl.SSLContext | None = None
         self.certificate_der: bytes | None = None
         if not gw.plain_http:
@@ -137,6 +162,9 @@ class Gateway:
             conn.cut_off("shutdown")
         for pool in self.pools.values():
             pool.close()
+        for pool, _ in self._user_pools.values():
+            pool.close()
+        self._user_pools.clear()
         if self._server is not None:
             try:
                 async with asyncio.timeout(5):
@@ -162,6 +190,10 @@ class Gateway:
             ident = conn.principal
             if ident is not None and (ident.user not in out or ident.signed_in_at < out[ident.user]):
                 out[ident.user] = ident.signed_in_at
+        if self.oauth is not None:  # holders of a Bearer token are signed in too
+            for user, at in self.oauth.tokens.live_users().items():
+                if user not in out or at < out[user]:
+                    out[user] = at
         return out
 
     def on_event(self, event: object) -> None:
@@ -170,6 +202,8 @@ class Gateway:
         user = getattr(event, "user", None)
         if user is None:
             return
+        if self.oauth is not None:  # their Bearer tokens stop working too
+            self.oauth.tokens.on_event(event)
         device_id = getattr(event, "device_id", None)
         if device_id is not None:
             device = device_id.lower()
@@ -273,10 +307,15 @@ class Gateway:
         if req.framing.kind == "length" and req.framing.length > max_body:
             await self._answer_error(conn, client, HttpError(413, "body-too-large"), req, path, service)
             return False
+        prebody: bytes | None = None
+        # the OAuth password grant: verified here, the token obtained by the backend mode
+        if self.oauth is not None and self.oauth.intercepts(service, req):
+            answered, prebody = await self.oauth.handle(self, conn, req, client, path, service, pool, max_body)
+            if answered is not None:
+                return answered
         # recognise the device (the decide stage's facts; UCWA/CertProv: a bounded body read)
         gate = self.devices if self.devices is not None and self.devices.applies(service, req) else None
         facts = None
-        prebody: bytes | None = None
         if gate is not None:
             limit = gate.body_limit(req, path, service)
             if limit is not None and req.framing.kind != "none":
@@ -327,6 +366,11 @@ class Gateway:
                 )
             if verdict.identity is not None:
                 identity = conn.principal = verdict.identity
+                if (self.oauth is not None and identity.method == "bearer"
+                        and identity.device_id is not None):
+                    token = req.get(b"authorization")
+                    if token is not None:  # revoke the token with its device (DeviceBlocked)
+                        self.oauth.tokens.bind_device(token[7:], identity.device_id)
             observe = verdict.observe
         # forward
         keep = await self._forward(
@@ -419,9 +463,11 @@ class Gateway:
         return keep
 
     # --- forwarding -------------------------------------------------------------------
-    def _request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None) -> bytes:
+    def _request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None,
+                      backend_headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
         # Credentials the gateway verified are not passed on: the front end learns the user
-        # from the identity header (backend credentials come from the route's mode, issue 7).
+        # from the identity header and the route's backend credentials (``backend_headers``,
+        # gateway.backend).
         skip = self._skip_request if identity is None else self._skip_authenticated
         # A client could also hide a header to drop by naming it in Connection (it is then
         # hop-by-hop and dropped) — fine: we only ever remove, never trust.
@@ -433,6 +479,8 @@ class Gateway:
         added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host)]
         if identity is not None:
             added.append((self._identity_header, identity.user.encode("utf-8")))
+        if backend_headers:
+            added += backend_headers
         if req.framing.kind == "length":
             added.append((b"Content-Length", b"%d" % req.framing.length))
         elif req.framing.kind == "chunked":
@@ -461,10 +509,28 @@ class Gateway:
         *,
         prebody: bytes | None = None,
         observe: Callable[[ResponseHead, bytes | None], None] | None = None,
+        use_backend: bool = True,
     ) -> bool:
+        # backend credentials (issue 7): a Bearer token the gateway issued goes on as it is
+        # (the front end validates its own token); otherwise the route's mode decides
+        auth: BackendAuth | None = None
+        if identity is not None:
+            if identity.method == "bearer":
+                authz = req.get(b"authorization")
+                auth = BackendAuth([(b"Authorization", authz)] if authz else [])
+            elif use_backend and service.backend != "none":
+                try:
+                    auth = await self.backends[service.backend].prepare(identity, service, req)
+                except BackendError as e:
+                    log.error("backend %s failed for %s (service %s): %s",
+                              service.backend, identity.user, service.name, e)
+                    return await self._refuse(conn, req, client, e.status, e.reason,
+                                              b"upstream credentials unavailable\n", [], path, service)
+                if auth.pool_key is not None:
+                    pool = self._user_pool(pool, auth.pool_key)
         if prebody is not None:  # read before authentication (the device id is in it)
             req.framing = http1.Framing("length", len(prebody))
-        head = self._request_head(conn, req, identity)
+        head = self._request_head(conn, req, identity, auth.headers if auth is not None else None)
         if prebody is not None:
             head += prebody
             req.framing = http1.Framing("none")
@@ -478,6 +544,18 @@ class Gateway:
                 up, reused = await pool.acquire()
             except UpstreamError as e:
                 return await self._upstream_failed(conn, req, client, service, e, body_done)
+            if not reused and auth is not None and auth.handshake is not None:
+                try:
+                    await self._upstream_handshake(up, req, auth, service)
+                except (BackendError, UpstreamError, HttpError, TimeoutError, ConnectionError,
+                        asyncio.IncompleteReadError, ssl.SSLError) as e:
+                    up.close()
+                    reason = getattr(e, "reason", None) or type(e).__name__
+                    log.error("backend %s handshake with %s failed for %s: %s", service.backend,
+                              pool.upstream.name, identity.user if identity else "-", e)
+                    status = e.status if isinstance(e, BackendError) else 502
+                    return await self._refuse(conn, req, client, status, reason,
+                                              b"upstream credentials refused\n", [], path, service)
             try:
                 up.stream.write(head)
                 if has_body:
@@ -529,6 +607,72 @@ class Gateway:
             up.reusable = False
         pool.release(up)
         return keep
+
+    def _user_pool(self, shared: UpstreamPool, key: str) -> UpstreamPool:
+        """The per-user pool ``key`` of ``shared``'s upstream (LRU of USER_POOLS_MAX pools;
+        pools idle for USER_POOL_IDLE_SECONDS are closed)."""
+        now = self.clock()
+        pools = self._user_pools
+        while pools:  # oldest first: close the idle ones
+            k, (p, last) = next(iter(pools.items()))
+            if now - last < USER_POOL_IDLE_SECONDS and len(pools) < USER_POOLS_MAX:
+                break
+            pools.popitem(last=False)
+            p.close()
+        k = (shared.upstream.name, key)
+        entry = pools.get(k)
+        pool = entry[0] if entry is not None else UpstreamPool(
+            shared.upstream, shared.timeouts, limit=USER_POOL_IDLE_CONNECTIONS)
+        pools[k] = (pool, now)
+        pools.move_to_end(k)
+        return pool
+
+    async def _upstream_handshake(self, up: UpstreamConnection, req: RequestHead, auth: BackendAuth,
+                                  service: Service) -> None:
+        """Authenticate a new per-user upstream connection (NTLM: Type 1 → 401 Type 2 →
+        Type 3) with bodiless GETs of the request's target; the request itself follows on the
+        authenticated connection. Raises BackendError when the front end refuses."""
+        assert auth.handshake is not None
+        cb = None
+        sslobj = up.stream.get_extra_info("ssl_object")
+        if sslobj is not None:
+            der = sslobj.getpeercert(binary_form=True)
+            cb = tls_server_end_point(der) if der else None
+        hs = auth.handshake(cb)
+        value: bytes | None = hs.first()
+        for _ in range(3):
+            if value is None:
+                return
+            head = http1.serialize_head(b"GET " + req.target + b" HTTP/1.1", [
+                (b"Host", req.host), (b"Authorization", value), (b"Content-Length", b"0"),
+                (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host)])
+            up.stream.write(head)
+            resp = await self._read_response_head(up, b"GET")
+            await self._drain_response(up, resp)
+            if not resp.keep_alive:
+                raise BackendError("backend-handshake-closed", f"{service.name}: the front end closed "
+                                   "the connection during the handshake")
+            if resp.status != 401:
+                return  # the connection is authenticated
+            challenges = [v for k, v in resp.headers if k.lower() == b"www-authenticate"]
+            if not any(c.split(b" ", 1)[0].lower() == hs.scheme.lower() and b" " in c.strip()
+                       for c in challenges):
+                raise BackendError("backend-credentials-refused",
+                                   f"{service.name}: the front end refused the {hs.scheme.decode()} credentials")
+            value = hs.next(challenges)
+        raise BackendError("backend-handshake-too-long", service.name)
+
+    async def _drain_response(self, up: UpstreamConnection, resp: ResponseHead) -> None:
+        timeout = self.gw.timeouts.upstream_read
+        if resp.framing.kind == "length":
+            if resp.framing.length > self.gw.limits.max_drain_bytes:
+                raise BackendError("backend-handshake-body-too-large")
+            await self._copy_exact(up.stream, _DISCARD, resp.framing.length, timeout)
+        elif resp.framing.kind == "chunked":
+            await self._copy_chunked(up.stream, _DISCARD, self.gw.limits.max_drain_bytes, timeout,
+                                     reencode=False, upstream=True)
+        elif resp.framing.kind != "none":
+            raise BackendError("backend-handshake-close-delimited")
 
     async def _upstream_failed(
         self,

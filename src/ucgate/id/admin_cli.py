@@ -214,6 +214,9 @@ def _key_rotate(args, c: Components) -> int:
     new = Keyring.rotate(c.settings.key_file, data_path=sqlite_path(c.settings.store_url))
     c._keyring, c._asps = new, None
     n = c.asps.reencrypt_all()
+    from .vault import VaultService  # the vault's domain passwords (issue 7) too
+
+    n += VaultService(c.repo, new, users=c.users).reencrypt_all()
     c.audit.record("key.rotate", actor=_actor(), result="ok", key_id=new.active, reencrypted=n)
     _emit(args, {"active_key_id": new.active, "reencrypted": n},
           f"key {new.active} is now active; re-encrypted {n} ASPs. Older keys stay in "

@@ -35,6 +35,11 @@ class Service:
     max_body_bytes: int | None = None  # None: the gateway-wide default
     enabled: bool = True
     description: str = ""
+    # How the gateway presents the user to the front end after pre-authentication
+    # (``ucgate.gateway.backend``): "none" (identity header only), "passthrough", "vault", "kcd".
+    backend: str = "none"
+    # vault only: answer the front end with "ntlm" (per-user connection) or "basic"
+    backend_scheme: str = "ntlm"
 
 
 # Order matters: the first match wins, so exact anonymous paths come before their protected

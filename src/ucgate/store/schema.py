@@ -185,3 +185,22 @@ partnerships = Table(
     UniqueConstraint("username", "device_id"),
     Index(None, "state"),
 )
+
+# --- the credential vault (migration 0004) ---------------------------------------------------
+vault_secrets = Table(
+    "vault_secrets",
+    metadata,
+    # one domain password per user, for the ``vault`` backend mode (ucgate.id.vault)
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    # opaque random id of this enrolment, bound into the ciphertext (ucgate.id.vault.vault_aad);
+    # a new one each time the password is set
+    Column("id", String(32), nullable=False),
+    # ucgate.id.keys sealed format of the UTF-8 password
+    Column("ciphertext", LargeBinary(), nullable=False),
+    Column("nonce", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("set_by", String(256), nullable=False),  # "cli:root", "portal:alice", ...
+    Column("verified_at", UtcDateTime(), nullable=True),  # checked against the directory
+    Column("last_used_at", UtcDateTime(), nullable=True),
+)
