@@ -56,6 +56,8 @@ def demo_config(data_dir: Path, host: str, port: int, fe_port: int) -> dict:
         "data": {"dir": str(data_dir / "data")},
         "store": {"key_file": str(data_dir / "keys" / "ucgate.key")},
         "log": {"level": "info"},
+        # the admin UI, portal and REST API on their own listener, TLS with the gateway's cert
+        "web": {"enabled": True, "listen": f"{host}:{port + 1 if port else 0}", "users": {"alice": "admin"}},
     }
 
 
@@ -140,6 +142,8 @@ Try:
   ucgate device list -c {config_path}
   ucgate device approve -c {config_path} <id from the list>
 
+Admin UI https://{host}:{port + 1}/admin/  ·  portal https://{host}:{port + 1}/portal/  (alice is an admin:
+  sign in to the portal with the ASP above, enrol an authenticator app, then use the admin UI)
 Audit log: {config.store.audit_file}   Admin CLI: ucgate -h (pass -c {config_path})
 Press Ctrl-C to stop.
 """,

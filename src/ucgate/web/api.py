@@ -1,0 +1,267 @@
+"""``/api/v1``: the REST API for automation — everything the admin UI does.
+
+``Authorization: Bearer ucg_<id>_<secret>`` (``ucgate api-token create --role ...``); the
+token's role limits it as in the UI. Errors are JSON: 400 ``{"error": "bad-request", "field",
+"message"}``, 401 (no or bad token), 403 (role), 404. ``GET /api/v1/openapi.json`` needs no token.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .pages import PERMISSIONS, WebContext
+from .service import DEVICE_ACTIONS, DEVICE_STATES, FieldError, Forbidden, NotFound, device_json
+
+MAX_BODY = 16 * 1024
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="ucgate-api"', "Cache-Control": "no-store"} if status == 401 else {"Cache-Control": "no-store"}
+    return JSONResponse({"error": error, **extra, "message": message}, status_code=status, headers=headers)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise FieldError("body", f"at most {MAX_BODY} bytes")
+    try:
+        obj = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise FieldError("body", "not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise FieldError("body", "expected a JSON object")
+    return obj
+
+
+def _str(obj: dict, key: str, *, required: bool = False, max_len: int = 256) -> str:
+    v = obj.get(key)
+    if v is None:
+        if required:
+            raise FieldError(key, "required")
+        return ""
+    if not isinstance(v, str):
+        raise FieldError(key, "expected a string")
+    if len(v) > max_len or any(ord(ch) < 0x20 for ch in v):
+        raise FieldError(key, f"at most {max_len} characters, no control characters")
+    return v
+
+
+def _query(request: Request, key: str, max_len: int = 256) -> str:
+    v = request.query_params.get(key, "")
+    if len(v) > max_len or any(ord(ch) < 0x20 for ch in v):
+        raise FieldError(key, f"at most {max_len} characters, no control characters")
+    return v
+
+
+def routes(ctx: WebContext) -> list[Route]:
+    c = ctx.console
+
+    def endpoint(perm: str | None, handler):
+        async def wrapped(request: Request) -> Response:
+            if perm is not None:
+                auth = request.headers.get("authorization", "")
+                tok = ctx.tokens.verify(auth[7:].strip()) if auth[:7].lower() == "bearer " else None
+                if tok is None:
+                    return _error(401, "unauthorized", "missing or invalid API token (ucgate api-token create)")
+                if perm not in PERMISSIONS[tok.role]:
+                    return _error(403, "forbidden", f"the token's role ({tok.role}) does not allow this")
+                request.state.actor = f"api:{tok.id}"
+            try:
+                return await handler(request)
+            except FieldError as e:
+                return _error(400, "bad-request", e.message, field=e.field)
+            except NotFound as e:
+                return _error(404, "not-found", str(e))
+            except Forbidden as e:
+                return _error(403, "forbidden", str(e))
+        return wrapped
+
+    async def dashboard(request: Request) -> Response:
+        return JSONResponse(c.dashboard())
+
+    async def users(request: Request) -> Response:
+        return JSONResponse(c.list_users(_query(request, "q")))
+
+    async def user(request: Request) -> Response:
+        return JSONResponse(c.user_detail(request.path_params["username"]))
+
+    async def user_state(request: Request) -> Response:
+        obj = await _body(request)
+        enabled = obj.get("enabled")
+        if not isinstance(enabled, bool):
+            raise FieldError("enabled", "expected true or false")
+        c.set_user_enabled(request.path_params["username"], enabled, actor=request.state.actor)
+        return JSONResponse(c.user_detail(request.path_params["username"]))
+
+    async def asp_create(request: Request) -> Response:
+        obj = await _body(request)
+        info, plain = c.create_asp(request.path_params["username"], _str(obj, "label", required=True, max_len=128),
+                                   _str(obj, "device_id"), actor=request.state.actor)
+        return JSONResponse({**info, "password": plain}, status_code=201, headers={"Cache-Control": "no-store"})
+
+    async def asp_revoke(request: Request) -> Response:
+        return JSONResponse(c.revoke_asp(request.path_params["asp_id"], actor=request.state.actor))
+
+    async def otp_reset(request: Request) -> Response:
+        name = request.path_params["username"]
+        c.user_detail(name)  # 404 for an unknown user
+        return JSONResponse({"username": name, "reset": c.reset_totp(name, actor=request.state.actor)})
+
+    async def devices(request: Request) -> Response:
+        rows = c.list_devices(user=_query(request, "user"), state=_query(request, "state"),
+                              device_type=_query(request, "type"))
+        return JSONResponse([device_json(r) for r in rows])
+
+    async def device(request: Request) -> Response:
+        return JSONResponse(device_json(c.device(request.path_params["id"])))
+
+    async def device_action(request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in DEVICE_ACTIONS or action == "delete":
+            raise NotFound(f"no action {action!r}")
+        return JSONResponse(device_json(c.device_action(request.path_params["id"], action, actor=request.state.actor)))
+
+    async def device_delete(request: Request) -> Response:
+        c.device_action(request.path_params["id"], "delete", actor=request.state.actor)
+        return Response(status_code=204)
+
+    async def audit(request: Request) -> Response:
+        limit = _query(request, "limit") or "200"
+        if not limit.isdigit():
+            raise FieldError("limit", "expected an integer 1..5000")
+        events = c.audit_events(user=_query(request, "user"), action=_query(request, "action"),
+                                result=_query(request, "result"), q=_query(request, "q"), limit=int(limit))
+        if _query(request, "format") == "csv":
+            return Response(c.audit_csv(events), media_type="text/csv")
+        return JSONResponse(events)
+
+    async def rules(request: Request) -> Response:
+        return JSONResponse(c.rules())
+
+    async def settings(request: Request) -> Response:
+        return JSONResponse(c.settings())
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    return [
+        Route("/dashboard", endpoint("view", dashboard)),
+        Route("/users", endpoint("view", users)),
+        Route("/users/{username}", endpoint("view", user)),
+        Route("/users/{username}/state", endpoint("users", user_state), methods=["PUT"]),
+        Route("/users/{username}/asps", endpoint("users", asp_create), methods=["POST"]),
+        Route("/users/{username}/otp", endpoint("users", otp_reset), methods=["DELETE"]),
+        Route("/asps/{asp_id}", endpoint("users", asp_revoke), methods=["DELETE"]),
+        Route("/devices", endpoint("view", devices)),
+        Route("/devices/{id:int}", endpoint("view", device)),
+        Route("/devices/{id:int}", endpoint("devices", device_delete), methods=["DELETE"]),
+        Route("/devices/{id:int}/{action}", endpoint("devices", device_action), methods=["POST"]),
+        Route("/audit", endpoint("view", audit)),
+        Route("/rules", endpoint("view", rules)),
+        Route("/settings", endpoint("settings", settings)),
+        Route("/openapi.json", endpoint(None, openapi)),
+    ]
+
+
+# --- the OpenAPI document ----------------------------------------------------------------------
+_ERR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _errs(*codes: int) -> dict:
+    text = {400: "Bad input; `field` names it", 401: "No or invalid API token",
+            403: "The token's role does not allow this", 404: "No such object"}
+    return {str(c): {"description": text[c], "content": _json(_ERR)} for c in codes}
+
+
+def _ok(schema: dict, desc: str = "OK", code: str = "200") -> dict:
+    return {code: {"description": desc, "content": _json(schema)}}
+
+
+_USER = {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "format": "int64"}}
+_Q = lambda n, **s: {"name": n, "in": "query", "required": False, "schema": {"type": "string", **s}}  # noqa: E731
+_OBJ = {"type": "object"}
+_DEV = {"$ref": "#/components/schemas/Device"}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "ucgate admin API", "version": "1",
+             "description": "Everything the admin UI does. `Authorization: Bearer <token>` from "
+                            "`ucgate api-token create --role admin|helpdesk|auditor`."},
+    "paths": {
+        "/api/v1/dashboard": {"get": {"operationId": "dashboard", "summary": "Live sessions, activity, quarantine",
+                                      "responses": {**_ok(_OBJ), **_errs(401, 403)}}},
+        "/api/v1/users": {"get": {"operationId": "listUsers", "parameters": [_Q("q", maxLength=256)],
+                                  "responses": {**_ok({"type": "array", "items": _OBJ}), **_errs(400, 401, 403)}}},
+        "/api/v1/users/{username}": {"get": {"operationId": "getUser", "parameters": [_USER],
+                                             "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
+        "/api/v1/users/{username}/state": {"put": {
+            "operationId": "setUserEnabled", "parameters": [_USER],
+            "requestBody": {"required": True, "content": _json({"type": "object", "required": ["enabled"],
+                                                                "properties": {"enabled": {"type": "boolean"}}})},
+            "responses": {**_ok(_OBJ), **_errs(400, 401, 403, 404)}}},
+        "/api/v1/users/{username}/asps": {"post": {
+            "operationId": "createAsp", "summary": "Issue an ASP; the password is in this answer only",
+            "parameters": [_USER],
+            "requestBody": {"required": True, "content": _json({"type": "object", "required": ["label"], "properties": {
+                "label": {"type": "string", "maxLength": 128}, "device_id": {"type": "string", "maxLength": 256}}})},
+            "responses": {**_ok({"$ref": "#/components/schemas/NewAsp"}, "Created", "201"), **_errs(400, 401, 403, 404)}}},
+        "/api/v1/users/{username}/otp": {"delete": {
+            "operationId": "resetOtp", "parameters": [_USER],
+            "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
+        "/api/v1/asps/{asp_id}": {"delete": {
+            "operationId": "revokeAsp",
+            "parameters": [{"name": "asp_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
+        "/api/v1/devices": {"get": {
+            "operationId": "listDevices",
+            "parameters": [_Q("user", maxLength=256), _Q("type", maxLength=256), _Q("state", enum=list(DEVICE_STATES))],
+            "responses": {**_ok({"type": "array", "items": _DEV}), **_errs(400, 401, 403)}}},
+        "/api/v1/devices/{id}": {
+            "get": {"operationId": "getDevice", "parameters": [_ID], "responses": {**_ok(_DEV), **_errs(401, 403, 404)}},
+            "delete": {"operationId": "deleteDevice", "parameters": [_ID],
+                       "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)}}},
+        "/api/v1/devices/{id}/{action}": {"post": {
+            "operationId": "deviceAction",
+            "parameters": [_ID, {"name": "action", "in": "path", "required": True,
+                                 "schema": {"type": "string", "enum": ["approve", "block", "unblock", "wipe"]}}],
+            "responses": {**_ok(_DEV), **_errs(401, 403, 404)}}},
+        "/api/v1/audit": {"get": {
+            "operationId": "audit",
+            "parameters": [_Q("user", maxLength=256), _Q("action", maxLength=256), _Q("result", maxLength=256),
+                           _Q("q", maxLength=256), _Q("limit", pattern="^[0-9]{1,4}$"), _Q("format", enum=["json", "csv"])],
+            "responses": {"200": {"description": "Events, newest first", "content": {
+                "application/json": {"schema": {"type": "array", "items": _OBJ}},
+                "text/csv": {"schema": {"type": "string"}}}}, **_errs(400, 401, 403)}}},
+        "/api/v1/rules": {"get": {"operationId": "rules", "responses": {**_ok(_OBJ), **_errs(401, 403)}}},
+        "/api/v1/settings": {"get": {"operationId": "settings", "summary": "Effective configuration, secrets masked",
+                                     "responses": {**_ok(_OBJ), **_errs(401, 403)}}},
+        "/api/v1/openapi.json": {"get": {"operationId": "openapi", "security": [],
+                                         "responses": _ok(_OBJ)}},
+    },
+    "components": {
+        "securitySchemes": {"apiToken": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Device": {"type": "object", "required": ["id", "username", "device_id", "state"], "properties": {
+                "id": {"type": "integer"}, "username": {"type": "string"}, "device_id": {"type": "string"},
+                "state": {"type": "string", "enum": list(DEVICE_STATES)}, "client_kind": {"type": "string"},
+                "wipe_pending": {"type": "boolean"}}},
+            "NewAsp": {"type": "object", "required": ["id", "password"], "properties": {
+                "id": {"type": "string"}, "label": {"type": "string"}, "password": {"type": "string"}}},
+            "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                "error": {"type": "string"}, "field": {"type": "string"}, "message": {"type": "string"}}},
+        },
+    },
+    "security": [{"apiToken": []}],
+}
