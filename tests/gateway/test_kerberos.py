@@ -236,6 +236,18 @@ def test_curl_negotiate_with_kinit_ticket(env, klab, tmp_path):
     assert f"HTTP/{GW_HOST}@{REALM}" in kl.stdout
 
 
+def test_kerberos_ticket_of_a_disabled_account_is_refused(env, klab, tmp_path):
+    """A ticket stays valid for hours after AD disables the account; the gateway reads the
+    account state at sign-in and refuses it."""
+    name = env.lab.new_user(groups=[env.lab.users_group])
+    ccache = klab.kinit(name, env.lab.default_password, tmp_path / "cc")
+    assert "HTTP/1.1 200" in _curl(klab, env, ccache).stdout
+    env.lab.disable(name)
+    r = _curl(klab, env, ccache)
+    assert "HTTP/1.1 401" in r.stdout and "HTTP/1.1 200" not in r.stdout, r.stdout
+    assert "disabled" in [e.reason for e in env.ids.audit.tail(200) if e.username == name.lower()]
+
+
 def _token(klab, ccache, spn):
     """A Kerberos AP-REQ (SPNEGO-wrapped) for ``spn`` from a user's ccache, made in a child
     process (KRB5CCNAME is per process)."""

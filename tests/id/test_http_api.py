@@ -213,6 +213,17 @@ def test_wrong_or_missing_secret_is_401(idsrv, tls_files, asp):
         assert c.post("/v1/auth/password", json=body).json()["ok"] is True
 
 
+def test_account_check(idsrv, tls_files, asp):
+    """For sign-ins verified elsewhere (Kerberos): the account must still be usable."""
+    with api(idsrv, tls_files) as c:
+        r = c.post("/v1/auth/account", json={"user": "alice", "context": ctx(method="kerberos")})
+        assert r.status_code == 200 and r.json()["ok"] is True and r.json()["user"] == "alice"
+        r = c.post("/v1/auth/account", json={"user": "nobody", "context": ctx(method="kerberos")})
+        assert r.json()["ok"] is False
+        r = c.post("/v1/auth/account", json={"context": ctx()})
+        assert r.status_code == 400 and r.json()["field"] == "user"
+
+
 def _ntlm_body(**overrides):
     body = {"negotiate": "TlRMTVNTUAAB", "challenge": "AA==", "authenticate": "AA==",
             "server_challenge": base64.b64encode(b"12345678").decode(), "challenge_time": 133_000_000_000_000_000,

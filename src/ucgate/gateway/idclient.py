@@ -172,6 +172,12 @@ class RemoteCredentials:
         except IdServiceError as e:
             return self._unavailable("password", e)
 
+    async def check_account(self, name: str, ctx: AttemptContext) -> Verdict:
+        try:
+            return _verdict(await self._post("/v1/auth/account", {"user": name, "context": _ctx_json(ctx)}))
+        except IdServiceError as e:
+            return self._unavailable("account", e)
+
     async def verify_ntlm(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
         h = handshake
         b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731

@@ -4,6 +4,7 @@ Versioned JSON over HTTPS, one shared secret (``Authorization: Bearer <secret>``
 constant time) for every call except ``GET /v1/health``:
 
 * ``POST /v1/auth/password`` — a user name and password (an ASP) with the attempt's context;
+* ``POST /v1/auth/account`` — is an account verified elsewhere (a Kerberos ticket) still usable;
   answers a verdict ``{ok, reason, user, credential_id, retry_after}``.
 * ``POST /v1/auth/ntlm`` — one NTLM exchange as the gateway ran it: the NEGOTIATE, CHALLENGE
   and AUTHENTICATE messages verbatim, the server challenge and the challenge's timestamp, the
@@ -64,7 +65,7 @@ REPLAY_EVENTS = 1024
 # A gateway's session report is forgotten after this long without a new one.
 SESSION_REPORT_TTL = 120.0
 MAX_NAME = 256  # user names, as in the gateway's Basic check
-_METHODS = frozenset({"basic", "ntlm", "negotiate", "oauth"})
+_METHODS = frozenset({"basic", "ntlm", "negotiate", "oauth", "kerberos"})
 _EXTENDED_PROTECTION = ("require", "allow", "off")
 
 
@@ -348,6 +349,14 @@ def create_id_api(
         verdict = await credentials.verify_password(user, pw, _context(obj))
         return JSONResponse(verdict_json(verdict))
 
+    async def account(request: Request) -> Response:
+        obj = await _read_json(request, max_body)
+        user = _text(obj, "user")
+        if not user:
+            raise BadRequest("user", "must not be empty")
+        verdict = await credentials.check_account(user, _context(obj))
+        return JSONResponse(verdict_json(verdict))
+
     async def ntlm(request: Request) -> Response:
         obj = await _read_json(request, max_body)
         handshake = parse_ntlm_request(obj)
@@ -382,6 +391,7 @@ def create_id_api(
         routes=[
             Route("/v1/auth/password", endpoint(password), methods=["POST"]),
             Route("/v1/auth/ntlm", endpoint(ntlm), methods=["POST"]),
+            Route("/v1/auth/account", endpoint(account), methods=["POST"]),
             Route("/v1/events", endpoint(events), methods=["GET"]),
             Route("/v1/sessions", endpoint(report_sessions), methods=["PUT"]),
             Route("/v1/health", endpoint(health, public=True), methods=["GET"]),
@@ -426,6 +436,18 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "required": ["user", "password", "context"],
                 "properties": {"user": {"type": "string", "maxLength": MAX_NAME},
                                "password": {"type": "string", "maxLength": MAX_NAME},
+                               "context": {"$ref": "#/components/schemas/Context"}}})},
+            "responses": {"200": {"description": "The verdict", "content": _json({"$ref": "#/components/schemas/Verdict"})},
+                          **_errors(400, 401, 413)},
+        }},
+        "/v1/auth/account": {"post": {
+            "summary": "Check that an account verified elsewhere (a Kerberos ticket) may still sign in",
+            "description": "Account state read fresh from the directory (disabled, locked, expired, "
+                           "password must change) and the group gate; audited as a sign-in.",
+            "operationId": "checkAccount",
+            "requestBody": {"required": True, "content": _json({
+                "type": "object", "required": ["user", "context"],
+                "properties": {"user": {"type": "string", "maxLength": MAX_NAME},
                                "context": {"$ref": "#/components/schemas/Context"}}})},
             "responses": {"200": {"description": "The verdict", "content": _json({"$ref": "#/components/schemas/Verdict"})},
                           **_errors(400, 401, 413)},

@@ -265,9 +265,22 @@ class IdService:
         verdict = self.ntlm_result_sync(who.user, ctx, cands, matched, reason)
         return NtlmVerdict(verdict, result if verdict.ok else None)
 
+    def check_account_sync(self, name: str, ctx: AttemptContext) -> Verdict:
+        """A sign-in whose credential was verified elsewhere (a Kerberos ticket, which outlives
+        a disable or lock in AD by up to its lifetime): the account must still be usable and in
+        the group, read fresh from the directory. Audited like any sign-in."""
+        key = budget_key(name)
+        user, refused, _ = self._resolve(name)
+        verdict = refused or Verdict(True, "ok", user=user)
+        self._record(user or key, ctx, verdict, key)
+        return verdict
+
     # --- CredentialService (async) -------------------------------------------------------
     async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
         return await asyncio.to_thread(self.verify_password_sync, name, password, ctx)
+
+    async def check_account(self, name: str, ctx: AttemptContext) -> Verdict:
+        return await asyncio.to_thread(self.check_account_sync, name, ctx)
 
     async def verify_ntlm(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
         return await asyncio.to_thread(self.verify_ntlm_sync, handshake, ctx)
