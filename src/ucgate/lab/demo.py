@@ -125,8 +125,9 @@ Try:
   # ... and pass with alice's application-specific password (Basic over TLS) — shown once:
   #     alice's ASP for this run: {asp}
   curl --cacert {cert} -u 'alice:{asp}' -X OPTIONS -i {base}/Microsoft-Server-ActiveSync
-  curl --cacert {cert} -u 'CONTOSO\\alice:{asp}' -H 'Content-Type: application/x-www-form-urlencoded' \\
-       -d 'grant_type=password&username=alice@contoso.com&password=x' {base}/WebTicket/oauthtoken
+  # the SfB mobile sign-in: the gateway checks the ASP in the OAuth password grant itself
+  curl --cacert {cert} -d 'grant_type=password&username=alice@contoso.com&password={asp}' \\
+       {base}/WebTicket/oauthtoken
   # a wrong password gets 401; five of them in 15 minutes get 429 (the failure budget)
   curl --cacert {cert} -u 'alice:wrong' -i {base}/ucwa/oauth/v1/applications
   # NTLM is refused here because curl's NTLM sends no channel binding and Extended
