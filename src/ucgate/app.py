@@ -84,6 +84,30 @@ def device_gate(config: Config, ids: Any):
                       extra_ua_rules=config.devices.user_agents, realm=config.auth.realm)
 
 
+def remote_device_gate(config: Config, remote: Any):
+    """The decide stage of a gateway whose id service runs elsewhere (``[id_service] url``), or
+    None when ``[devices] enabled = false`` here.
+
+    Split of ``[devices]``: the gateway reads ``enabled``, ``services`` (which requests are
+    decided) and ``user_agents`` (how a client kind is recognised: extraction happens here);
+    the policy — ``default_action`` and the other defaults, ``[[devices.rules]]``,
+    ``[[policy]]``, ``[devices.notify]`` — is the id service's configuration, applied by its
+    ``POST /v1/devices/check``. Set here, those keys are ignored (with a warning)."""
+    dc = config.devices
+    if not dc.enabled:
+        return None
+    ignored = [name for name, value in (("defaults", dc.defaults), ("rules", dc.rules),
+                                        ("policy", dc.policies), ("notify", dc.notify)) if value]
+    if ignored:
+        log.warning("[id_service] url is set: the device policy (%s) is the id service's; "
+                    "these [devices] settings are ignored on the gateway", ", ".join(ignored))
+    from .gateway.devices import DeviceGate
+    from .gateway.idclient import RemoteDeviceChecker
+
+    return DeviceGate(RemoteDeviceChecker(remote), services=dc.services,
+                      extra_ua_rules=dc.user_agents, realm=config.auth.realm)
+
+
 def kcd_backend(config: Config):
     """HOOK (issue 7, Kerberos half): the ``kcd`` backend mechanism built from ``[kerberos]``
     (``gateway.kcd.KcdBackend``). Called only when a service has ``backend = "kcd"``."""
@@ -195,9 +219,12 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         ic = config.id_service
         remote = RemoteCredentials(ic.url, secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
                                    outage_grace=ic.outage_grace)
+        gate = remote_device_gate(config, remote)
         gateway = Gateway(config, PreAuthenticator(remote, preauth_settings(config),
+                                                   device_id_of=gate.device_id_of if gate else None,
                                                    kerberos=kerberos_acceptor(config)),
-                          backends=gateway_backends(config), oauth=oauth_grants(config, remote))
+                          devices=gate, backends=gateway_backends(config),
+                          oauth=oauth_grants(config, remote))
         return Node(gateway, remote=remote)
     ids = open_id_services(config)
     gate = device_gate(config, ids)
@@ -241,11 +268,18 @@ def build_id_node(config: Config) -> IdNode:
         raise ValueError("[id_service] secret_file is required")
     ids = open_id_services(config)
     sessions = LiveSessions()
-    app = create_id_api(ids.credentials, secret=config.id_service.secret, bus=ids.bus, sessions=sessions)
+    devices = None
+    if config.devices.enabled:  # the gateways' POST /v1/devices/check (their decide stage)
+        from .id.devices import open_device_service
+
+        devices = open_device_service(config, ids)
+    app = create_id_api(ids.credentials, secret=config.id_service.secret, bus=ids.bus, sessions=sessions,
+                        devices=devices)
     from .web.app import make_context, mount_routes
 
-    # the admin UI, portal and REST API (/admin, /portal, /api/v1) on the id service's listener
-    mount_routes(app, make_context(ids, config=config, live_users=sessions.live_users))
+    # the admin UI, portal and REST API (/admin, /portal, /api/v1) on the id service's listener,
+    # over the same DeviceService as the API
+    mount_routes(app, make_context(ids, config=config, devices=devices, live_users=sessions.live_users))
     monitor = None
     if ids.directory is not None:
         from .id.monitor import AccountMonitor

@@ -37,9 +37,9 @@ class IdServer:
     """The id service's API under uvicorn with TLS, in its own event loop thread (as on its own
     host); ``stop``/``start`` again on the same port."""
 
-    def __init__(self, ids, cert, key, port: int) -> None:
+    def __init__(self, ids, cert, key, port: int, devices=None) -> None:
         self.ids, self.cert, self.key, self.port = ids, cert, key, port
-        self.app = create_id_api(ids.credentials, secret=SECRET, bus=ids.bus, heartbeat=2.0)
+        self.app = create_id_api(ids.credentials, secret=SECRET, bus=ids.bus, heartbeat=2.0, devices=devices)
         self.lt = LoopThread()
         self.url = f"https://localhost:{port}"
         self.server = self.future = None

@@ -34,6 +34,7 @@ wipe              ``Provision``: Status 1 + ``<RemoteWipe/>``; other commands:  
                   status 140 *RemoteWipeRequested* / HTTP 449 (provision again)
 challenge         HTTP 401 with the Basic challenge: the user signs in again with the second
                   factor (an ASP with the one-time code appended), or approves in the portal
+unavailable       HTTP 503 with Retry-After (a remote id service could not be asked; fail closed)
 user mismatch     HTTP 403 (EAS ``User=`` or CertProv ``Entity`` of someone else)
 ================  ===============================================================  ==============
 
@@ -271,6 +272,8 @@ class DeviceGate:
         )
         if not check.allowed:
             state.allowed.pop(key, None)
+            if check.outcome == "unavailable":  # a remote id service that could not answer
+                return self._unavailable(check.reason, check.retry_after)
             if check.outcome == "challenge":
                 return self._challenge(check.reason)
             return self._refuse(name, facts, check.outcome, check.reason, req, wipe=check.wipe)
@@ -313,6 +316,15 @@ class DeviceGate:
             self.applications.put(app_id, user, facts)
 
     # --- answers ----------------------------------------------------------------------
+    @staticmethod
+    def _unavailable(reason: str, retry_after: float) -> Verdict:
+        """The decision could not be made: 503 with Retry-After (EAS clients back off on it,
+        as on Exchange's own throttling), never a forward."""
+        seconds = max(1, int(retry_after + 0.999))
+        return Verdict(503, reason or "id-service-unavailable", [
+            (b"Retry-After", b"%d" % seconds), (b"X-Ucgate-Reason", (reason or "id-service-unavailable").encode()),
+        ], b"the device check is unavailable, try again later\n")
+
     def _challenge(self, reason: str) -> Verdict:
         body = (b"second factor required: sign in again with your app password followed by "
                 b"your one-time code, or approve this device in the portal\n")

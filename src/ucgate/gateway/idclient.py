@@ -9,14 +9,21 @@ fast for :data:`FAIL_FAST` seconds instead of each waiting for a connect timeout
 
 It also keeps the gateway's two background links to the id service (:meth:`start`):
 
-* the event stream (``GET /v1/events``, Server-Sent Events): ``user-blocked`` events are handed
-  to the gateway's ``on_event`` as :class:`ucgate.id.events.UserBlocked`; the stream reconnects
+* the event stream (``GET /v1/events``, Server-Sent Events): ``user-blocked`` and
+  ``device-blocked`` events are handed to the gateway's ``on_event`` as
+  :class:`ucgate.id.events.UserBlocked` / :class:`~ucgate.id.events.DeviceBlocked`; the stream reconnects
   with ``Last-Event-ID`` so that nothing published during a short break is lost. If the stream
   stays down for longer than ``outage_grace``, the gateway can no longer learn about blocked
   users, so live sessions are cut with reason ``id-service-unavailable`` (as the account
   monitor does when the directory is down);
 * the session report (``PUT /v1/sessions``): the users signed in here, for the account monitor
   that runs next to the directory.
+
+:class:`RemoteDeviceChecker` is the device gate's checker over ``POST /v1/devices/check``, on
+the same connection pool and fail-fast state: the partnership policy (``[devices]`` defaults,
+rules, ``[[policy]]``, notices) lives on the id service; the gateway only extracts the facts
+(``[devices] services`` and ``user_agents``). It fails closed too: no answer is outcome
+``unavailable`` with ``retry_after``, which the gate answers with 503 and Retry-After.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import ipaddress
 import json
 import logging
 import secrets
@@ -36,7 +44,9 @@ from typing import Any
 import httpx
 
 from ..id.api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
-from ..id.events import UserBlocked
+from ..id.devices import DeviceCheck
+from ..id.events import DeviceBlocked, UserBlocked
+from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
 from ..protocols.ntlm import NegotiateFlags, VerifyResult
 
 log = logging.getLogger("ucgate.gateway.idclient")
@@ -282,15 +292,21 @@ class RemoteCredentials:
 
     @staticmethod
     def _dispatch(kind: str | None, data: str, on_event: Callable[[object], None]) -> None:
-        if kind != "user-blocked":
+        if kind not in ("user-blocked", "device-blocked"):
             return
         try:
             obj = json.loads(data)
-            before = obj.get("signed_in_before")
-            event = UserBlocked(str(obj["user"]), str(obj.get("reason") or "blocked"),
-                                dt.datetime.fromisoformat(before) if before else None)
+            event: object
+            if kind == "device-blocked":
+                if not isinstance(obj["device_id"], str) or not obj["device_id"]:
+                    raise ValueError("device_id")
+                event = DeviceBlocked(str(obj["user"]), obj["device_id"], str(obj.get("reason") or "blocked"))
+            else:
+                before = obj.get("signed_in_before")
+                event = UserBlocked(str(obj["user"]), str(obj.get("reason") or "blocked"),
+                                    dt.datetime.fromisoformat(before) if before else None)
         except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("ignoring a malformed user-blocked event from the id service")
+            log.warning("ignoring a malformed %s event from the id service", kind)
             return
         on_event(event)
 
@@ -308,3 +324,85 @@ class RemoteCredentials:
                 log.warning("could not report live sessions to the id service")
             failing = not ok
             await asyncio.sleep(self.report_interval)
+
+
+# --- the device gate's checker -------------------------------------------------------------
+
+_OUTCOMES = frozenset({"allow", "quarantine", "deny", "challenge"})
+# What the id service accepts per DeviceFacts field (see ucgate.id.http_api._FACT_FIELDS).
+_FACT_LIMITS = {"device_id": MAX_DEVICE_ID_CHARS, "user_agent": MAX_USER_AGENT_CHARS,
+                "claimed_user": 512, "client_kind": 64, "source": 64, "problem": 64, "command": 64}
+
+
+def _wire_text(value: str | None, limit: int) -> str | None:
+    """Free text from a client request as the API takes it: control characters replaced and
+    bounded, so that an odd header is decided on (a mismatch, say), never a 400 and a 503."""
+    if value is None:
+        return None
+    clean = "".join("\ufffd" if ord(c) < 0x20 or c == "\x7f" else c for c in value)
+    return clean[:limit]
+
+
+def facts_json(facts: DeviceFacts) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("device_id", "device_type", "model", "os", "user_agent", "client_kind", "source",
+                 "problem", "claimed_user", "command", "detail"):
+        out[name] = _wire_text(getattr(facts, name), _FACT_LIMITS.get(name, 256))
+    if out["device_id"] is None and out["problem"] is None:
+        out["problem"] = "absent"
+    return out
+
+
+def _device_check(obj: Any, facts: DeviceFacts) -> DeviceCheck:
+    if not isinstance(obj, dict) or obj.get("outcome") not in _OUTCOMES \
+            or not isinstance(obj.get("reason"), str) or not isinstance(obj.get("wipe", False), bool):
+        raise IdServiceError("bad-response")
+    until = obj.get("trusted_until")
+    rule, pid, device_id = obj.get("rule"), obj.get("partnership_id"), obj.get("device_id", facts.device_id)
+    try:
+        when = dt.datetime.fromisoformat(until) if until is not None else None
+    except (TypeError, ValueError):
+        raise IdServiceError("bad-response") from None
+    if (when is not None and when.tzinfo is None) or not isinstance(rule, (str, type(None))) \
+            or not isinstance(device_id, (str, type(None))) \
+            or (pid is not None and (isinstance(pid, bool) or not isinstance(pid, int))):
+        raise IdServiceError("bad-response")
+    return DeviceCheck(obj["outcome"], obj["reason"], device_id, wipe=obj.get("wipe", False),
+                       trusted_until=when, partnership_id=pid, rule=rule or "")
+
+
+class RemoteDeviceChecker:
+    """The :class:`ucgate.gateway.devices.DeviceGate` checker over ``POST /v1/devices/check``.
+
+    Uses ``remote``'s connection pool, secret and fail-fast window. Never raises and never
+    allows on failure: the answer is then ``DeviceCheck("unavailable", "id-service-unavailable",
+    retry_after=...)``, which the gate turns into 503 with Retry-After. (No ``clock`` attribute:
+    the gate then caches allowed decisions by the wall clock.)
+    """
+
+    def __init__(self, remote: RemoteCredentials) -> None:
+        self.remote = remote
+        self._disabled_logged = False
+
+    def __repr__(self) -> str:
+        return f"RemoteDeviceChecker({self.remote.url!r})"
+
+    async def check_async(self, user: str, facts: DeviceFacts, *, service: str,
+                          second_factor_ok: bool = False, credential_id: str | None = None,
+                          client_address: str | None = None) -> DeviceCheck:
+        try:
+            ipaddress.ip_address(client_address or "")
+        except ValueError:
+            client_address = None  # not an IP (a test transport, a Unix socket): not sent
+        body = {"user": user, "device": facts_json(facts), "service": service,
+                "second_factor_ok": bool(second_factor_ok), "credential_id": credential_id,
+                "client_address": client_address}
+        try:
+            check = _device_check(await self.remote._post("/v1/devices/check", body), facts)
+        except IdServiceError as e:
+            log.error("id service %s: device call failed: %s; failing closed", self.remote.url, e.reason)
+            return DeviceCheck("unavailable", UNAVAILABLE, facts.device_id, retry_after=self.remote.retry_after)
+        if check.reason == "devices-disabled" and not self._disabled_logged:
+            self._disabled_logged = True
+            log.warning("the id service has [devices] enabled = false: every device is allowed")
+        return check

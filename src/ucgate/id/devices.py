@@ -62,7 +62,8 @@ class DeviceError(Exception):
 
 @dataclass(frozen=True)
 class DeviceCheck:
-    """The gateway's answer for one device: ``outcome`` (allow, quarantine, deny, challenge),
+    """The gateway's answer for one device: ``outcome`` (allow, quarantine, deny, challenge;
+    ``unavailable`` only from a remote checker that could not reach the id service),
     ``reason`` (audit code), ``wipe`` (answer the EAS remote wipe), ``device_id`` (normalised,
     None when the request gave none), ``trusted_until`` (cache an allow no longer than this)."""
 
@@ -72,6 +73,10 @@ class DeviceCheck:
     wipe: bool = False
     trusted_until: dt.datetime | None = None
     partnership_id: int | None = None
+    rule: str = ""  # the device rule that decided, if any (audit, the remote API)
+    # > 0 with outcome "unavailable": the id service could not be asked (a remote gateway's
+    # RemoteDeviceChecker); the gate answers 503 with Retry-After, never forwards.
+    retry_after: float = 0.0
 
     @property
     def allowed(self) -> bool:
@@ -174,7 +179,7 @@ class DeviceService:
         record, created = self._persist(user, facts, existing, decision, now)
         result = DeviceCheck(decision.outcome, decision.reason, facts.device_id, decision.wipe,
                              decision.trusted_until if decision.outcome == "allow" else None,
-                             record.id if record else None)
+                             record.id if record else None, decision.rule or "")
         self._audit(user, facts, service, client_address, result, decision.rule, policy=pol_name)
         if created and record is not None and record.state == "quarantined":
             self._notify("device-quarantined", record, decision.reason, service, client_address)

@@ -14,9 +14,19 @@ constant time) for every call except ``GET /v1/health``:
   the gateway's SPNEGO acceptor needs for the mechListMIC. NT hashes never leave the LAN: an
   ASP's NT hash is a password equivalent. The session key is per connection and short-lived —
   what Netlogon pass-through (NetrLogonSamLogon) hands an IIS server, too.
-* ``GET /v1/events`` — Server-Sent Events: ``user-blocked`` events (close that user's live
-  sessions) as they are published, a comment every :data:`HEARTBEAT` seconds, and replay of
-  missed events after a reconnect (``Last-Event-ID``) from a small ring buffer.
+* ``POST /v1/devices/check`` — the user/device partnership decision for one request (the
+  gateway's decide stage, :class:`ucgate.gateway.devices.DeviceGate`): the signed-in user, the
+  request's :class:`~ucgate.protocols.devices.DeviceFacts` as the gateway extracted them, the
+  service, whether a second factor came with the sign-in, the credential (ASP) id and the
+  client's address → :meth:`ucgate.id.devices.DeviceService.check`'s answer ``{outcome, reason,
+  device_id, wipe, trusted_until, rule, partnership_id}``. The policy (``[devices]`` defaults,
+  rules, ``[[policy]]``, notices) lives here; the gateway only extracts facts. With
+  ``[devices] enabled = false`` on the id service every device is ``allow`` /
+  ``devices-disabled``: the id service's configuration is the policy.
+* ``GET /v1/events`` — Server-Sent Events: ``user-blocked`` (close that user's live sessions)
+  and ``device-blocked`` (close one device's connections of that user: blocked, wiped,
+  deleted) events as they are published, a comment every :data:`HEARTBEAT` seconds, and replay
+  of missed events after a reconnect (``Last-Event-ID``) from a small ring buffer.
 * ``PUT /v1/sessions`` — a gateway's report of its live signed-in users, so that the account
   monitor (which runs here, next to the directory) knows whom to re-check.
 * ``GET /v1/health`` — liveness, no secret needed; ``GET /v1/openapi.json`` — this API.
@@ -49,8 +59,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
 from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
-from .events import EventBus, UserBlocked
+from .events import DeviceBlocked, EventBus, UserBlocked
 
 log = logging.getLogger("ucgate.id.api")
 
@@ -171,6 +182,49 @@ def parse_ntlm_request(obj: dict) -> NtlmHandshake:
     )
 
 
+# DeviceFacts fields on the wire: (name, required, max length); the gateway extracted them.
+_FACT_FIELDS = (
+    ("device_id", False, MAX_DEVICE_ID_CHARS), ("device_type", False, MAX_NAME),
+    ("model", False, MAX_NAME), ("os", False, MAX_NAME), ("user_agent", False, MAX_USER_AGENT_CHARS),
+    ("client_kind", True, 64), ("source", True, 64), ("problem", False, 64),
+    ("claimed_user", False, MAX_NAME * 2), ("command", False, 64), ("detail", False, MAX_NAME),
+)
+
+
+def parse_device_check(obj: dict) -> tuple[str, DeviceFacts, dict[str, Any]]:
+    """(user, facts, keyword arguments of ``DeviceService.check``) from a device-check call."""
+    user = _text(obj, "user")
+    if not user:
+        raise BadRequest("user", "must not be empty")
+    d = _get(obj, "device", "", dict)
+    values = {name: _text(d, name, "device.", required=required, max_len=limit)
+              for name, required, limit in _FACT_FIELDS}
+    values["detail"] = values["detail"] or ""
+    if values["device_id"] is None and values["problem"] is None:
+        raise BadRequest("device.problem", "required when device.device_id is null")
+    service = _text(obj, "service", max_len=64)
+    second = _get(obj, "second_factor_ok", "", bool, required=False)
+    client = _text(obj, "client_address", required=False, max_len=64)
+    if client is not None:
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise BadRequest("client_address", "not an IP address") from None
+    return user, DeviceFacts(**values), {
+        "service": service, "second_factor_ok": bool(second),
+        "credential_id": _text(obj, "credential_id", required=False, max_len=128),
+        "client_address": client,
+    }
+
+
+def device_check_json(check: Any) -> dict[str, Any]:
+    until = check.trusted_until
+    return {"outcome": check.outcome, "reason": check.reason, "device_id": check.device_id,
+            "wipe": bool(check.wipe), "trusted_until": until.isoformat() if until else None,
+            "rule": getattr(check, "rule", "") or None,
+            "partnership_id": getattr(check, "partnership_id", None)}
+
+
 def verdict_json(v: Verdict) -> dict[str, Any]:
     return {"ok": v.ok, "reason": v.reason, "user": v.user, "credential_id": v.credential_id,
             "retry_after": v.retry_after}
@@ -205,14 +259,19 @@ class EventFeed:
         bus.subscribe(self.publish)
 
     def publish(self, event: object) -> None:
-        if not isinstance(event, UserBlocked):
+        if isinstance(event, UserBlocked):
+            kind = "user-blocked"
+            before = event.signed_in_before
+            data = json.dumps({"user": event.user, "reason": event.reason,
+                               "signed_in_before": before.isoformat() if before else None})
+        elif isinstance(event, DeviceBlocked):
+            kind = "device-blocked"
+            data = json.dumps({"user": event.user, "device_id": event.device_id, "reason": event.reason})
+        else:
             return
-        before = event.signed_in_before
-        data = json.dumps({"user": event.user, "reason": event.reason,
-                           "signed_in_before": before.isoformat() if before else None})
         with self._lock:
             self._seq += 1
-            frame = f"id: {self.boot}-{self._seq}\nevent: user-blocked\ndata: {data}\n\n".encode()
+            frame = f"id: {self.boot}-{self._seq}\nevent: {kind}\ndata: {data}\n\n".encode()
             self._recent.append((self._seq, frame))
             streams = list(self._streams)
         for loop, queue in streams:
@@ -304,6 +363,7 @@ def create_id_api(
     secret: bytes,
     bus: EventBus,
     sessions: LiveSessions | None = None,
+    devices: Any = None,
     max_body: int = MAX_BODY,
     heartbeat: float = HEARTBEAT,
 ) -> Starlette:
@@ -312,8 +372,11 @@ def create_id_api(
     Args:
         credentials: an :class:`ucgate.id.service.IdService` (``verify_password``, ``verify_ntlm``).
         secret: the shared secret gateways send as ``Authorization: Bearer``.
-        bus: the id service's event bus; its ``UserBlocked`` events go to ``/v1/events``.
+        bus: the id service's event bus; its ``UserBlocked`` and ``DeviceBlocked`` events go
+            to ``/v1/events``.
         sessions: where gateways' session reports go (the account monitor reads it).
+        devices: the :class:`ucgate.id.devices.DeviceService` that answers
+            ``/v1/devices/check``; None (``[devices] enabled = false``) allows every device.
     """
     if len(secret) < 16:
         raise ValueError("the shared secret must be at least 16 bytes")
@@ -363,6 +426,14 @@ def create_id_api(
         answer = await credentials.verify_ntlm(handshake, _context(obj))
         return JSONResponse(ntlm_verdict_json(answer))
 
+    async def device_check(request: Request) -> Response:
+        user, facts, kw = parse_device_check(await _read_json(request, max_body))
+        if devices is None:
+            return JSONResponse({"outcome": "allow", "reason": "devices-disabled",
+                                 "device_id": facts.device_id, "wipe": False, "trusted_until": None,
+                                 "rule": None, "partnership_id": None})
+        return JSONResponse(device_check_json(await devices.check_async(user, facts, **kw)))
+
     async def events(request: Request) -> Response:
         return StreamingResponse(
             feed.stream(request.headers.get("last-event-id"), heartbeat),
@@ -392,6 +463,7 @@ def create_id_api(
             Route("/v1/auth/password", endpoint(password), methods=["POST"]),
             Route("/v1/auth/ntlm", endpoint(ntlm), methods=["POST"]),
             Route("/v1/auth/account", endpoint(account), methods=["POST"]),
+            Route("/v1/devices/check", endpoint(device_check), methods=["POST"]),
             Route("/v1/events", endpoint(events), methods=["GET"]),
             Route("/v1/sessions", endpoint(report_sessions), methods=["PUT"]),
             Route("/v1/health", endpoint(health, public=True), methods=["GET"]),
@@ -401,6 +473,7 @@ def create_id_api(
     )
     app.state.feed = feed
     app.state.sessions = sessions
+    app.state.devices = devices
     return app
 
 
@@ -476,11 +549,33 @@ OPENAPI: dict[str, Any] = {
                 {"type": "object", "properties": {"session": {"$ref": "#/components/schemas/NtlmSession"}}}]})},
                 **_errors(400, 401, 413)},
         }},
+        "/v1/devices/check": {"post": {
+            "summary": "Decide the user/device partnership for one request",
+            "description": "The device facts as the gateway extracted them from the request; the id "
+                           "service applies its [devices] policy, stores the partnership, audits and "
+                           "notifies. `allow` may be cached by the gateway until `trusted_until`.",
+            "operationId": "checkDevice",
+            "requestBody": {"required": True, "content": _json({
+                "type": "object", "required": ["user", "device", "service"],
+                "properties": {
+                    "user": {"type": "string", "maxLength": MAX_NAME},
+                    "device": {"$ref": "#/components/schemas/DeviceFacts"},
+                    "service": {"type": "string", "maxLength": 64, "description": "eas, ucwa, certprov, ..."},
+                    "second_factor_ok": {"type": "boolean", "default": False},
+                    "credential_id": {"type": "string", "nullable": True,
+                                      "description": "the ASP's id, for an ASP bound to a device"},
+                    "client_address": {"type": "string", "nullable": True, "description": "the device's IP address"},
+                }})},
+            "responses": {"200": {"description": "The decision",
+                                  "content": _json({"$ref": "#/components/schemas/DeviceDecision"})},
+                          **_errors(400, 401, 413)},
+        }},
         "/v1/events": {"get": {
-            "summary": "Server-Sent Events: user-blocked",
+            "summary": "Server-Sent Events: user-blocked, device-blocked",
             "operationId": "events",
             "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "`event: user-blocked`, `data:` a UserBlocked object",
+            "responses": {"200": {"description": "`event: user-blocked`, `data:` a UserBlocked object; "
+                                                 "`event: device-blocked`, `data:` a DeviceBlocked object",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                           **_errors(401)},
         }},
@@ -523,6 +618,30 @@ OPENAPI: dict[str, Any] = {
                 "mic_present": {"type": "boolean"},
                 "channel_binding": {"type": "string", "enum": ["verified", "absent", "not-checked"]},
                 "target_name": {"type": "string", "nullable": True}}},
+            "DeviceFacts": {"type": "object", "required": ["client_kind", "source"], "properties": {
+                "device_id": {"type": "string", "nullable": True, "maxLength": MAX_DEVICE_ID_CHARS,
+                              "description": "normalised; null when `problem` says why"},
+                "device_type": {"type": "string", "nullable": True},
+                "model": {"type": "string", "nullable": True},
+                "os": {"type": "string", "nullable": True},
+                "user_agent": {"type": "string", "nullable": True, "maxLength": MAX_USER_AGENT_CHARS},
+                "client_kind": {"type": "string"},
+                "source": {"type": "string"},
+                "problem": {"type": "string", "nullable": True},
+                "claimed_user": {"type": "string", "nullable": True,
+                                 "description": "the user the request names (EAS User=, CertProv Entity)"},
+                "command": {"type": "string", "nullable": True},
+                "detail": {"type": "string", "nullable": True}}},
+            "DeviceDecision": {"type": "object", "required": ["outcome", "reason", "wipe"], "properties": {
+                "outcome": {"type": "string", "enum": ["allow", "quarantine", "deny", "challenge"]},
+                "reason": {"type": "string", "description": "A code for logs and audit"},
+                "device_id": {"type": "string", "nullable": True},
+                "wipe": {"type": "boolean", "description": "answer with the EAS remote wipe"},
+                "trusted_until": {"type": "string", "format": "date-time", "nullable": True},
+                "rule": {"type": "string", "nullable": True},
+                "partnership_id": {"type": "integer", "nullable": True}}},
+            "DeviceBlocked": {"type": "object", "properties": {
+                "user": {"type": "string"}, "device_id": {"type": "string"}, "reason": {"type": "string"}}},
             "UserBlocked": {"type": "object", "properties": {
                 "user": {"type": "string"}, "reason": {"type": "string"},
                 "signed_in_before": {"type": "string", "format": "date-time", "nullable": True}}},
