@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from .config import Config, ConfigError
 from .gateway.auth import Authenticator, DenyAll
 from .gateway.preauth import PreAuthenticator, PreAuthSettings
 from .gateway.server import Gateway
@@ -112,8 +112,8 @@ def kcd_backend(config: Config):
     """HOOK (issue 7, Kerberos half): the ``kcd`` backend mechanism built from ``[kerberos]``
     (``gateway.kcd.KcdBackend``). Called only when a service has ``backend = "kcd"``."""
     if config.kerberos is None:
-        raise ValueError('a service has backend = "kcd": configure [kerberos] (realm, keytab, '
-                         "account, front_end_spn)")
+        raise ConfigError(f'{config.path}: services: a service has backend = "kcd": configure '
+                          "[kerberos] (realm, keytab, account, front_end_spn)")
     from .gateway.kcd import kcd_from_config
 
     return kcd_from_config(config.kerberos)
@@ -136,8 +136,9 @@ def gateway_backends(config: Config, ids: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "vault" in modes:
         if ids is None:
-            raise ValueError('backend = "vault" needs the id service in this process: vault '
-                             "secrets are not served to a gateway over [id_service] url (use kcd)")
+            raise ConfigError(f'{config.path}: services: backend = "vault" needs the id service in '
+                              "this process: vault secrets are not served to a gateway over "
+                              "[id_service] url (use kcd)")
         from .gateway.backend import VaultBackend
 
         out["vault"] = VaultBackend(vault_service(ids), domain=config.auth.netbios_domain,
@@ -265,7 +266,7 @@ def build_id_node(config: Config) -> IdNode:
     from .id.http_api import LiveSessions, create_id_api
 
     if config.id_service is None or not config.id_service.secret:
-        raise ValueError("[id_service] secret_file is required")
+        raise ConfigError(f"{config.path}: id_service.secret_file: required to run the id service")
     ids = open_id_services(config)
     sessions = LiveSessions()
     devices = None
