@@ -342,3 +342,39 @@ def test_audit_has_no_secrets(gw, ids, asp, tmp_path):
     events = [json.loads(line) for line in text.splitlines()]
     assert {e["result"] for e in events} >= {"allow", "deny"}
     assert all(e["client_address"] == "127.0.0.1" for e in events)
+
+
+def test_tampered_spnego_mech_list_mic_is_refused_and_audited(gw, upstream, ids, asp):
+    """The mechListMIC (MS-SPNG 3.1.5.1) protects the mechanism list against downgrade; a
+    wrong one is refused even though the NTLM exchange itself verified, and the audit trail
+    says deny."""
+    import spnego
+
+    ctx = spnego.client("alice", asp, hostname="localhost", service="HTTP", protocol="negotiate",
+                        channel_bindings=_cbt(gw), options=spnego.NegotiateOptions.use_negotiate)
+    conn = http.client.HTTPSConnection("localhost", gw.port, context=gw.ssl_context())
+    token = ctx.step()
+    for _ in range(3):
+        conn.request("GET", "/ucwa/neg", headers={"Authorization": "Negotiate " + base64.b64encode(token).decode()})
+        r = conn.getresponse()
+        r.read()
+        challenge = base64.b64decode(r.getheader("WWW-Authenticate").split(" ", 1)[1])
+        token = ctx.step(challenge)
+        if b"NTLMSSP\x00\x03" in token:  # the AUTHENTICATE leg: its mechListMIC is the last field
+            break
+    assert b"NTLMSSP\x00\x03" in token
+    from ucgate.protocols.spnego import NegTokenResp, encode_neg_token_resp, parse_negotiate_token
+
+    resp = parse_negotiate_token(token)
+    assert isinstance(resp, NegTokenResp) and resp.mech_list_mic, "pyspnego sends a mechListMIC"
+    mic = resp.mech_list_mic[:-1] + bytes([resp.mech_list_mic[-1] ^ 0x01])
+    tampered = encode_neg_token_resp(resp.neg_state, resp.supported_mech, resp.response_token, mic)
+    conn.request("GET", "/ucwa/neg", headers={"Authorization": "Negotiate " + base64.b64encode(tampered).decode()})
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    assert r.status == 401
+    assert all(rec.target != "/ucwa/neg" for rec in upstream.received)
+    denied = [e.reason for e in sign_ins(ids, "deny")]
+    assert any("mic" in r for r in denied), denied
+    assert any(e.reason == "ok" for e in sign_ins(ids)), "the NTLM exchange itself verified"

@@ -314,6 +314,9 @@ class PreAuthenticator:
                 log.warning("client %s: %s verified for %s but refused here: %s",
                             conn.peer_host, name, verdict.user, e.reason)
                 verdict = Verdict(False, f"ntlm-{e.reason}")
+                record = getattr(self.credentials, "record_refusal", None)
+                if record is not None:  # correct the audit trail (in-process id service)
+                    await record(answer.verdict.user or who.user, ctx, verdict.reason)
         if not verdict.ok:
             await self._pad(started)
             return self._deny(conn, verdict.reason)

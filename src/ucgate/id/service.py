@@ -279,6 +279,11 @@ class IdService:
     async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
         return await asyncio.to_thread(self.verify_password_sync, name, password, ctx)
 
+    async def record_refusal(self, user: str, ctx: AttemptContext, reason: str) -> None:
+        """The gateway refused a sign-in this service had allowed (e.g. a SPNEGO mechListMIC
+        that did not verify with the session key): record the denial too."""
+        await asyncio.to_thread(self._record, user, ctx, Verdict(False, reason), budget_key(user))
+
     async def check_account(self, name: str, ctx: AttemptContext) -> Verdict:
         return await asyncio.to_thread(self.check_account_sync, name, ctx)
 
