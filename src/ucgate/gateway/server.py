@@ -758,7 +758,9 @@ class Gateway:
             elif kind == "length":
                 n = resp.framing.length
                 if n <= COPY_CHUNK:  # the common case: one write, usually no wait
-                    data = await rd.readexactly(n, rd.loop.time() + timeout)
+                    data = rd.take_buffered(n)  # usually it came with the head
+                    if data is None:
+                        data = await rd.readexactly(n, rd.loop.time() + timeout)
                     if observe is not None:
                         observe(resp, data)
                         observe = None

@@ -16,10 +16,22 @@ a request costs a float store, not a timer; on expiry the pending read raises ``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 _NO_DEADLINE = float("inf")
+
+
+class _Ready:
+    """An awaitable that is done at once (``await _READY`` is None)."""
+
+    __slots__ = ()
+
+    def __await__(self):
+        return iter(())
+
+
+_READY = _Ready()
 
 
 class Stream(asyncio.Protocol):
@@ -108,8 +120,15 @@ class Stream(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
 
-    async def drain(self) -> None:
-        """Wait while the transport's write buffer is over its high-water mark."""
+    def drain(self) -> Awaitable[None]:
+        """Wait while the transport's write buffer is over its high-water mark (raises if the
+        connection was lost). Nearly always there is nothing to wait for: then it returns a
+        ready awaitable instead of creating a coroutine, once per request on the hot path."""
+        if self._exc is None and not self._lost and not self._writing_paused:
+            return _READY
+        return self._drain()
+
+    async def _drain(self) -> None:
         if self._exc is not None:
             raise self._exc
         if self._lost:
@@ -178,6 +197,10 @@ class Stream(asyncio.Protocol):
                 raise asyncio.IncompleteReadError(incomplete, n)
             await self._wait(until)
         return self._take(n)
+
+    def take_buffered(self, n: int) -> bytes | None:
+        """``readexactly(n)`` when ``n`` bytes are buffered already (no coroutine), else None."""
+        return self._take(n) if len(self._buf) >= n else None
 
     async def read(self, n: int, until: float = _NO_DEADLINE) -> bytes:
         """Up to ``n`` (> 0) bytes; b"" at EOF."""
