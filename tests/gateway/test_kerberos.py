@@ -288,6 +288,29 @@ def test_bad_tickets_get_401_with_reason(env, klab, tmp_path, caplog):
 # --- KCD failures: 502 with the reason, quickly ----------------------------------------------------
 
 
+def test_expired_ticket_is_refused_with_reason(env, klab, tmp_path):
+    """A ticket past its end time: the acceptor runs with the clock 11 hours ahead (libfaketime;
+    the lab's tickets live 10 h), so the ticket the KDC just issued is expired for it."""
+    import shutil
+    import sys
+
+    if not shutil.which("faketime"):
+        pytest.skip("faketime not installed (scripts/install-kerberos-lab installs it)")
+    ccache = klab.kinit("bob", env.lab.default_password, tmp_path / "cc")
+    tok = _token(klab, ccache, GW_SPN)
+    code = (
+        "import base64,sys\n"
+        "from ucgate.gateway.kerberos import KerberosAcceptor, KerberosError\n"
+        f"a=KerberosAcceptor({str(klab.gw_keytab)!r}, {GW_SPN!r}, {REALM!r}, krb5_conf={str(klab.krb5_conf)!r})\n"
+        "try:\n"
+        f"    a.accept(base64.b64decode({tok!r})); print('accepted')\n"
+        "except KerberosError as e:\n"
+        "    print(e.reason)\n")
+    r = subprocess.run(["faketime", "-f", "+11h", sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=60, env=klab.env(ccache))
+    assert r.stdout.strip() == "krb-ticket-expired", (r.stdout, r.stderr[-1000:])
+
+
 def test_kcd_failures_502_quickly(klab, apache, loop_thread, gw_cert, caplog, tmp_path):
     from ucgate.gateway.backend import BackendError
     from ucgate.gateway.kcd import KcdBackend
