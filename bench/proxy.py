@@ -435,13 +435,20 @@ def main(argv: list[str] | None = None) -> int:
     work.chmod(0o755)  # nginx workers may run as an unprivileged user
     procs = Procs()
 
+    return run_cleanly(work, procs, args.keep, lambda: _run(args, work, procs, make_self_signed))
+
+
+def run_cleanly(work: Path, procs, keep: bool, body) -> int:
+    """Run ``body()`` with SIGINT/SIGTERM/SIGHUP turned into KeyboardInterrupt; afterwards (also
+    on errors and signals) stop every process started and remove ``work`` unless ``keep``."""
+
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
     # SIGINT too: a shell may start a background job with SIGINT ignored
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _run(args, work, procs, make_self_signed)
+        return body()
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130
@@ -449,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
         for s, h in old.items():
             signal.signal(s, h)
-        if args.keep:
+        if keep:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
