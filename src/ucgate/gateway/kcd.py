@@ -37,6 +37,7 @@ import base64
 import concurrent.futures
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -140,7 +141,10 @@ class KcdBackend:
         self.max_users = max_users
         self.clock = clock
         # one memory ccache per backend object (its TGT); FILE:... for debugging
-        self.ccache = ccache or f"MEMORY:ucgate-kcd-{id(self):x}"
+        # A random name, not id(self): MIT memory ccaches live as long as the process, and a
+        # new backend at a recycled address would silently reuse an old backend's TGT (one
+        # obtained with a keytab that is no longer valid, say).
+        self.ccache = ccache or f"MEMORY:ucgate-kcd-{secrets.token_hex(8)}"
         use_krb5_conf(krb5_conf)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads,
                                                            thread_name_prefix="ucgate-kcd")
