@@ -1,7 +1,8 @@
-"""Events from the id service to the gateway(s): "cut this user off now".
+"""Events from the id service to the gateway(s): "cut this user (or this device) off now".
 
-In one process the bus calls subscribers directly; across nodes (issue 5) the same events
-travel over the store's notification channel.
+In one process the bus calls subscribers directly; to gateways elsewhere the id service streams
+the same events over Server-Sent Events (``GET /v1/events``, replayed after a reconnect), so a
+gateway in the DMZ never needs a connection to the database.
 """
 
 from __future__ import annotations
