@@ -360,9 +360,13 @@ def _default_settings(args: argparse.Namespace) -> Settings:
 
 @dataclass
 class _Runner:
+    """Runs one leaf command: settings, the components, and the exit code for each refusal.
+    ``refused``: a command's own error types that mean "refused" (exit 1 with the message)."""
+
     handler: Callable[..., int]
     load_settings: Callable[[argparse.Namespace], Settings]
     needs_components: bool = True
+    refused: tuple[type[Exception], ...] = ()
 
     def __call__(self, args: argparse.Namespace) -> int:
         try:
@@ -377,7 +381,7 @@ class _Runner:
         except _Usage as e:
             print(f"ucgate: {e}", file=sys.stderr)
             return USAGE
-        except (_Refused, KeyFileError, StoreError) as e:
+        except (_Refused, KeyFileError, StoreError, *self.refused) as e:
             print(f"ucgate: {e}", file=sys.stderr)
             return REFUSED
 

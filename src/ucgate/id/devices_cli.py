@@ -9,11 +9,10 @@ connections through the event bus.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 from ..store.partnerships import PartnershipStore
-from .admin_cli import OK, REFUSED, USAGE, Components, _actor, _default_settings, _emit, _table, _when
+from .admin_cli import OK, Components, _actor, _default_settings, _emit, _Runner, _table, _when
 from .devices import DeviceError, DeviceService
 
 
@@ -40,29 +39,9 @@ def _op(name: str) -> Callable[[argparse.Namespace, Components], int]:
     return run
 
 
-class _Run:
-    def __init__(self, handler) -> None:
-        self.handler = handler
 
-    def __call__(self, args) -> int:
-        try:
-            settings = _default_settings(args)
-            c = Components(settings)
-            try:
-                return self.handler(args, c)
-            finally:
-                c.close()
-        except DeviceError as e:
-            print(f"ucgate: {e}", file=sys.stderr)
-            return REFUSED
-        except Exception as e:  # _Usage/_Refused/StoreError from the shared helpers
-            if type(e).__name__ == "_Usage":
-                print(f"ucgate: {e}", file=sys.stderr)
-                return USAGE
-            if type(e).__name__ in ("_Refused", "StoreError", "KeyFileError"):
-                print(f"ucgate: {e}", file=sys.stderr)
-                return REFUSED
-            raise
+def _Run(handler) -> _Runner:
+    return _Runner(handler, _default_settings, refused=(DeviceError,))
 
 
 def register(subparsers: argparse._SubParsersAction, common_parent: argparse.ArgumentParser) -> None:

@@ -15,11 +15,11 @@ import sys
 from .admin_cli import (
     OK,
     REFUSED,
-    USAGE,
     Components,
     _actor,
     _default_settings,
     _emit,
+    _Runner,
     _when,
 )
 from .users import UnknownUser
@@ -93,29 +93,9 @@ def _delete(args, c: Components) -> int:
     return OK
 
 
-class _Run:
-    def __init__(self, handler) -> None:
-        self.handler = handler
 
-    def __call__(self, args) -> int:
-        try:
-            c = Components(_default_settings(args))
-            try:
-                return self.handler(args, c)
-            finally:
-                c.close()
-        except (UnknownUser, VaultError) as e:
-            print(f"ucgate: {e}", file=sys.stderr)
-            return REFUSED
-        except Exception as e:  # the shared helpers' _Usage/_Refused/StoreError/KeyFileError
-            name = type(e).__name__
-            if name == "_Usage":
-                print(f"ucgate: {e}", file=sys.stderr)
-                return USAGE
-            if name in ("_Refused", "StoreError", "KeyFileError"):
-                print(f"ucgate: {e}", file=sys.stderr)
-                return REFUSED
-            raise
+def _Run(handler) -> _Runner:
+    return _Runner(handler, _default_settings, refused=(UnknownUser, VaultError))
 
 
 def register(subparsers: argparse._SubParsersAction, common_parent: argparse.ArgumentParser) -> None:
