@@ -30,6 +30,7 @@ from .auth import Authenticator, DenyAll
 from .backend import BackendAuth, BackendCredentials, BackendError, default_backends
 from .connection import ClientConnection, Identity
 from .devices import DeviceGate
+from .session import ClientSession
 from .stream import Stream
 from .tls import certificate_der, server_context
 from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
@@ -118,6 +119,8 @@ class Gateway:
             tls_server_end_point(self.certificate_der) if self.certificate_der else None
         )
         self.connections: set[ClientConnection] = set()
+        # requests proxied entirely in protocol callbacks (gateway/session.py's fast path)
+        self.fast_requests = 0
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         ident = gw.identity_header.lower().encode()
@@ -139,7 +142,7 @@ class Gateway:
         loop = self._loop = asyncio.get_running_loop()
         limit = self.gw.limits.max_header_bytes
         self._server = await loop.create_server(
-            lambda: Stream(loop, limit, self._on_connection),
+            lambda: Stream(loop, limit, self._on_connection_made),
             self.gw.listen_host,
             self.gw.listen_port,
             ssl=self.ssl,
@@ -225,7 +228,9 @@ class Gateway:
         self.cut_off(match, f"{user}: {getattr(event, 'reason', 'blocked')}")
 
     # --- per connection -----------------------------------------------------------------
-    async def _on_connection(self, client: Stream) -> None:
+    def _on_connection_made(self, client: Stream) -> None:
+        """A client connected (after the TLS handshake): register it and let its session wait
+        for the first request head."""
         peer = client.get_extra_info("peername") or ("?", 0)
         if len(self.connections) >= self.gw.limits.max_connections:
             log.warning("connection from %s refused: max_connections reached", peer[0])
@@ -240,44 +245,7 @@ class Gateway:
             writer=client,  # type: ignore[arg-type]  # has close()/is_closing(), all cut_off needs
         )
         self.connections.add(conn)
-        try:
-            await self._serve(conn, client)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
-            pass
-        except Exception:  # never let one connection take the process down
-            log.exception("internal error on connection %d from %s", conn.id, conn.peer_host)
-        finally:
-            self.connections.discard(conn)
-            client.close()
-
-    async def _serve(self, conn: ClientConnection, client: Stream) -> None:
-        timeouts = self.gw.timeouts
-        loop = client.loop
-        first = True
-        while conn.closed_reason is None:
-            try:
-                until = loop.time() + (timeouts.header_read if first else timeouts.idle)
-                head = await client.readuntil(b"\r\n\r\n", until)
-            except asyncio.IncompleteReadError as e:
-                if e.partial.strip():
-                    log.warning("client %s: closed mid-request head", conn.peer_host)
-                return
-            except asyncio.LimitOverrunError:
-                await self._answer_error(conn, client, HttpError(431, "header-too-large"))
-                return
-            except TimeoutError:
-                if first:
-                    log.info("client %s: no request head within %ss", conn.peer_host, timeouts.header_read)
-                    await self._answer(client, 408, b"request head not received in time\n", close=True)
-                return
-            first = False
-            try:
-                request = http1.parse_request_head(head, self.limits)
-            except HttpError as e:
-                await self._answer_error(conn, client, e)
-                return
-            if not await self._handle(conn, request, client):
-                return
+        ClientSession(self, client, conn).start()
 
     async def _handle(self, conn: ClientConnection, req: RequestHead, client: Stream) -> bool:
         """Run one request through the pipeline. Returns whether to keep the connection."""
@@ -395,6 +363,22 @@ class Gateway:
         *,
         close: bool,
     ) -> None:
+        self._answer_now(client, status, body, headers, close=close)
+        try:
+            await client.drain()
+        except ConnectionError:
+            pass
+
+    @staticmethod
+    def _answer_now(
+        client: Stream,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        close: bool,
+    ) -> None:
+        """Write an answer of our own (``_answer`` without waiting for the write buffer)."""
         hs = list(headers or [])
         hs += [
             (b"Content-Type", b"text/plain; charset=utf-8"),
@@ -405,10 +389,6 @@ class Gateway:
             hs.append((b"Connection", b"close"))
         reason = http1.REASONS.get(status, b"Error")
         client.write(http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body)
-        try:
-            await client.drain()
-        except ConnectionError:
-            pass
 
     async def _answer_error(
         self,
@@ -420,13 +400,17 @@ class Gateway:
         service: Service | None = None,
     ) -> None:
         """A protocol error: log it, answer with its status and close."""
+        self._log_rejected(conn, err, path)
+        await self._answer(client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
+
+    @staticmethod
+    def _log_rejected(conn: ClientConnection, err: HttpError, path: str | None = None) -> None:
         log.warning(
             "rejected request from %s: status=%d reason=%s%s%s",
             conn.peer_host, err.status, err.reason,
             f" detail={err.detail}" if err.detail else "",
             f" path={path}" if path else "",
         )
-        await self._answer(client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
 
     async def _refuse(
         self,
@@ -593,6 +577,20 @@ class Gateway:
                     conn, req, client, service, UpstreamError(e.reason, e.detail), body_done
                 )
         assert up is not None and resp is not None
+        return await self._deliver(req, resp, up, pool, client, response_headers, observe)
+
+    async def _deliver(
+        self,
+        req: RequestHead,
+        resp: ResponseHead,
+        up: UpstreamConnection,
+        pool: UpstreamPool,
+        client: Stream,
+        response_headers: list[tuple[bytes, bytes]],
+        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
+    ) -> bool:
+        """Send the response whose head was read from ``up`` to the client, then give ``up``
+        back to ``pool`` (or close it). Returns whether to keep the client connection."""
         up.requests += 1
         try:
             keep = await self._send_response(req, resp, up, client, response_headers, observe)
@@ -684,10 +682,20 @@ class Gateway:
         body_done: bool,
         status: int = 502,
     ) -> bool:
+        keep = self._upstream_failed_now(req, client, service, err, body_done, status)
+        try:
+            await client.drain()
+        except ConnectionError:
+            pass
+        return keep
+
+    @staticmethod
+    def _upstream_failed_now(req: RequestHead, client: Stream, service: Service, err: UpstreamError,
+                             body_done: bool, status: int = 502) -> bool:
         log.error("upstream failure for %s %s (service %s): %s", req.method.decode(),
                   service.name, service.upstream, err)
         keep = body_done and req.keep_alive
-        await self._answer(client, status, b"upstream unavailable\n", close=not keep)
+        Gateway._answer_now(client, status, b"upstream unavailable\n", close=not keep)
         return keep
 
     async def _read_response_head(self, up: UpstreamConnection, method: bytes) -> ResponseHead:

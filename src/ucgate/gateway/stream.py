@@ -6,18 +6,25 @@ keep StreamReader's semantics — ``readuntil`` raises ``LimitOverrunError`` pas
 ``IncompleteReadError`` at EOF, the connection's error if it was lost with one — so the callers
 did not change shape.
 
+Two ways to consume it. A coroutine awaits ``readuntil``/``readexactly``/``read`` (the general
+request pipeline, bodies of any size). Or, while no coroutine waits, the owner sets ``on_data``
+and is called back from ``data_received``/``eof_received`` (the gateway's fast path: a whole
+request and its response handled in protocol callbacks, with no task wake-up or future per
+request); ``take_head`` then takes a complete head out of the buffer. ``on_deadline`` and
+``on_lost`` complete the callback side.
+
 Timeouts: every read takes an absolute deadline (``loop.time()`` seconds) instead of being
 wrapped in ``asyncio.timeout()``, which costs a TimerHandle, a cancellation scope and, on Python
 3.11, three ``getpid`` syscalls per use. Each stream has one timer that is re-armed only when it
 fires before the current deadline (deadlines move forward on a busy keep-alive connection), so
-a request costs a float store, not a timer; on expiry the pending read raises ``TimeoutError``.
+a request costs a float store, not a timer; on expiry the pending read raises ``TimeoutError``,
+or, with no read pending, ``on_deadline`` is called (``set_deadline`` arms it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 _NO_DEADLINE = float("inf")
 
@@ -47,13 +54,22 @@ class Stream(asyncio.Protocol):
         self,
         loop: asyncio.AbstractEventLoop,
         limit: int,
-        on_connect: Callable[[Stream], Coroutine[Any, Any, None]] | None = None,
+        on_connect: Callable[[Stream], None] | None = None,
     ) -> None:
         self.loop = loop
         self.limit = limit
         self.transport: asyncio.Transport | None = None
         self._on_connect = on_connect
-        self.task: asyncio.Task | None = None  # serves this stream; started by on_connect
+        # the coroutine that reads this stream now, if any (a strong reference: the loop only
+        # keeps weak ones)
+        self.task: asyncio.Task | None = None
+        # callback mode: called after data or EOF arrived while no coroutine waits for it
+        self.on_data: Callable[[], None] | None = None
+        # called when the deadline set by set_deadline() passes while no coroutine waits
+        self.on_deadline: Callable[[], None] | None = None
+        # called once when the connection is lost, with its error (or None)
+        self.on_lost: Callable[[BaseException | None], None] | None = None
+        self._scan = 0  # take_head: where the separator search resumes (bytes already searched)
         self._over_ssl = False
         self._buf = bytearray()
         self._eof = False
@@ -72,14 +88,16 @@ class Stream(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self._over_ssl = transport.get_extra_info("sslcontext") is not None
         if self._on_connect is not None:
-            # the transport holds this protocol, which holds the task: it is not collected
-            self.task = self.loop.create_task(self._on_connect(self))
+            self._on_connect(self)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
         w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        if w is not None:
+            if not w.done():
+                w.set_result(None)
+        elif self.on_data is not None:
+            self.on_data()
         if not self._reading_paused and len(self._buf) > 2 * self.limit:
             try:
                 self.transport.pause_reading()  # type: ignore[union-attr]
@@ -89,7 +107,10 @@ class Stream(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
+        elif self.on_data is not None:
+            self.on_data()
         # As StreamReaderProtocol: plain TCP stays half-open so a client that shut down its
         # sending side still gets its answer; TLS has no half-close.
         return not self._over_ssl
@@ -106,6 +127,10 @@ class Stream(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        on_lost, self.on_lost = self.on_lost, None
+        self.on_data = self.on_deadline = None
+        if on_lost is not None:
+            on_lost(exc)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -198,6 +223,23 @@ class Stream(asyncio.Protocol):
             await self._wait(until)
         return self._take(n)
 
+    def take_head(self) -> bytes | None:
+        """Callback mode's ``readuntil(b"\\r\\n\\r\\n")``: the head up to and including the empty
+        line if it is buffered, else None (the search resumes where it stopped, so a head that
+        trickles in byte by byte costs linear time). Raises ``LimitOverrunError`` as readuntil."""
+        buf = self._buf
+        i = buf.find(b"\r\n\r\n", self._scan)
+        if i < 0:
+            n = len(buf)
+            if n > 3:
+                self._scan = n - 3
+                if n - 3 > self.limit:
+                    raise asyncio.LimitOverrunError("Separator is not found, and chunk exceed the limit", n - 3)
+            return None
+        if i > self.limit:
+            raise asyncio.LimitOverrunError("Separator is found, but chunk is longer than limit", i)
+        return self._take(i + 4)
+
     def take_buffered(self, n: int) -> bytes | None:
         """``readexactly(n)`` when ``n`` bytes are buffered already (no coroutine), else None."""
         return self._take(n) if len(self._buf) >= n else None
@@ -214,6 +256,7 @@ class Stream(asyncio.Protocol):
 
     def _take(self, n: int) -> bytes:
         buf = self._buf
+        self._scan = 0
         if n == len(buf):
             data = bytes(buf)
             buf.clear()
@@ -226,6 +269,17 @@ class Stream(asyncio.Protocol):
         return data
 
     # --- waiting with a deadline --------------------------------------------------------
+    def set_deadline(self, until: float) -> None:
+        """Callback mode: call ``on_deadline`` once ``until`` (loop time) passes, unless a new
+        deadline is set first (``float("inf")``: none). A float store when the armed timer
+        fires no later than ``until`` (the usual case: deadlines move forward)."""
+        self._deadline = until
+        if until < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(until, self._on_timer)
+            self._timer_at = until
+
     async def _wait(self, until: float) -> None:
         """Wait for data, EOF or the connection's loss; TimeoutError once ``until`` passes."""
         if self._waiter is not None:
@@ -247,10 +301,17 @@ class Stream(asyncio.Protocol):
         self._timer = None
         self._timer_at = _NO_DEADLINE
         w = self._waiter
-        if w is None or w.done():
-            return  # nobody waits now; the next wait arms the timer again
+        if w is None:
+            if self.on_deadline is None or self._deadline == _NO_DEADLINE:
+                return  # nobody waits now; the next wait or set_deadline arms the timer again
+        elif w.done():
+            return
         if self.loop.time() >= self._deadline:
-            w.set_exception(TimeoutError())
+            if w is not None:
+                w.set_exception(TimeoutError())
+            else:
+                self._deadline = _NO_DEADLINE
+                self.on_deadline()  # type: ignore[misc]
         elif self._deadline != _NO_DEADLINE:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             self._timer_at = self._deadline

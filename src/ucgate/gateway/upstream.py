@@ -76,6 +76,16 @@ class UpstreamPool:
             conn.close()
         return await self._connect(), False
 
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle usable connection without waiting, or None (``acquire`` would connect)."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.is_idle_usable():
+                return conn
+            conn.close()
+        return None
+
     async def _connect(self) -> UpstreamConnection:
         up = self.upstream
         loop = asyncio.get_running_loop()

@@ -801,7 +801,7 @@ class NtlmAcceptor:
     Split across processes (the gateway holds no NT hashes): the gateway runs ``challenge`` and
     ``identify``, sends :meth:`messages` to the id service, which rebuilds the acceptor with
     :meth:`from_messages` and runs ``identify`` and ``verify`` there; the gateway then
-    :meth:`adopt`\ s the returned result (flags and exported session key) for session security.
+    :meth:`adopt` takes the returned result (flags and exported session key) for session security.
 
     Args:
         server_challenge: 8 random bytes from the caller's CSPRNG.

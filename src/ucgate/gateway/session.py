@@ -1,0 +1,353 @@
+"""One client connection's driver: request heads in, and the fast path that proxies the common
+request inside protocol callbacks.
+
+Why two paths. The request pipeline (``Gateway._handle``: recognise → authenticate → decide →
+forward) is a coroutine, because authentication, the device gate and the backend mode may wait
+for the id service, the directory or a KDC, and bodies of any size are streamed. Run for every
+request, a coroutine costs task wake-ups, futures and frames that dominated the proxy's CPU per
+request (bench/README.md). Most requests need none of that: no body, a service that is
+anonymous, an idle pooled upstream connection, and a small response with a Content-Length that
+arrives in one piece. Those are handled here, in ``Stream`` callbacks, from the head arriving
+to the response written — with the same parse, recognise, head-building and error rules as the
+pipeline, by calling the same functions. Everything else is handed to the pipeline in a task
+at the point where the fast path stops being sure:
+
+- before anything is sent upstream (a body, a protected or unknown service, OAuth or the
+  device gate, no idle upstream connection): ``Gateway._handle`` runs the request from the top;
+- after the request went upstream, when the response is not a small complete one (chunked,
+  close-delimited, large, or its body still on the way): ``Gateway._deliver`` streams it;
+- when the pooled connection turns out to be dead before a response head arrived: the request
+  (bodiless, so safe to repeat, as the pipeline does) is forwarded again by ``Gateway._forward``.
+
+One request at a time per connection: while one is in flight, further (pipelined) bytes only
+accumulate in the buffer (with the stream's back-pressure) and are read when it is answered.
+
+Timeouts are the pipeline's: ``header_read`` for the first head, ``idle`` between requests,
+``upstream_read`` for the response head (then 504), each a deadline on the stream concerned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING
+
+from ..protocols import http1
+from ..protocols.http1 import HttpError, RequestHead
+from ..protocols.sfb import Service, split_target
+from .connection import ClientConnection
+from .stream import Stream
+from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+log = logging.getLogger("ucgate.gateway")
+access_log = logging.getLogger("ucgate.access")
+
+_NO_DEADLINE = float("inf")
+# A response body up to this size is written with its head in one write when it came with it.
+SMALL_BODY = 64 * 1024
+
+
+class ClientSession:
+    """Drives one client ``Stream``: callback mode between requests and for fast requests, a
+    task (``stream.task``) for requests that take the pipeline."""
+
+    __slots__ = (
+        "gw", "stream", "conn", "loop",
+        # the fast request in flight (None when there is none)
+        "req", "up", "pool", "service", "path", "started",
+        # bound methods, made once per connection instead of once per request
+        "_on_client_data", "_on_upstream_data", "_on_upstream_deadline", "_on_upstream_lost",
+    )
+
+    def __init__(self, gw: Gateway, stream: Stream, conn: ClientConnection) -> None:
+        self.gw = gw
+        self.stream = stream
+        self.conn = conn
+        self.loop = stream.loop
+        self.req: RequestHead | None = None
+        self.up: UpstreamConnection | None = None
+        self.pool: UpstreamPool | None = None
+        self.service: Service | None = None
+        self.path = ""
+        self.started: float | None = None  # clock() at the request, when access logging is on
+        self._on_client_data = self.on_client_data
+        self._on_upstream_data = self.on_upstream_data
+        self._on_upstream_deadline = self.on_upstream_deadline
+        self._on_upstream_lost = self.on_upstream_lost
+        stream.on_deadline = self.on_client_deadline
+        stream.on_lost = self.on_client_lost
+
+    def start(self) -> None:
+        """Wait for the first request head (``header_read``)."""
+        s = self.stream
+        s.on_data = self._on_client_data
+        s.set_deadline(self.loop.time() + self.gw.gw.timeouts.header_read)
+
+    # --- client side ------------------------------------------------------------------
+    def on_client_data(self) -> None:
+        """Data or EOF arrived between requests: take a complete head and serve it."""
+        try:
+            self._next_request()
+        except Exception:  # never let one connection take the process (or the loop) down
+            self._internal_error()
+
+    def _next_request(self) -> None:
+        s = self.stream
+        gw = self.gw
+        if self.conn.closed_reason is not None:
+            return
+        try:
+            head = s.take_head()
+        except asyncio.LimitOverrunError:
+            self._refuse_now(HttpError(431, "header-too-large"))
+            return
+        if head is None:
+            if s._eof:
+                if s._buf.strip():
+                    log.warning("client %s: closed mid-request head", self.conn.peer_host)
+                s.close()
+            return
+        # a request: no more callbacks or idle deadline until it is answered
+        s.on_data = None
+        s.set_deadline(_NO_DEADLINE)
+        try:
+            req = http1.parse_request_head(head, gw.limits)
+        except HttpError as e:
+            self._refuse_now(e)
+            return
+        if not self._forward_fast(req):
+            self._run(gw._handle(self.conn, req, s))
+
+    def on_client_deadline(self) -> None:
+        """No (complete) request head in time: 408 on a new connection, else just close."""
+        conn = self.conn
+        if conn.requests == 0:
+            timeouts = self.gw.gw.timeouts
+            log.info("client %s: no request head within %ss", conn.peer_host, timeouts.header_read)
+            self.gw._answer_now(self.stream, 408, b"request head not received in time\n", close=True)
+        self.stream.close()
+
+    def on_client_lost(self, exc: BaseException | None) -> None:
+        self.gw.connections.discard(self.conn)
+        up = self.up
+        if up is not None:  # the answer has nowhere to go: drop the upstream exchange
+            self._detach_upstream(up)
+            up.close()
+            self.req = self.up = None
+
+    def _refuse_now(self, err: HttpError) -> None:
+        """A protocol error before the pipeline: log, answer with its status and close."""
+        self.gw._log_rejected(self.conn, err)
+        self.gw._answer_now(self.stream, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
+        self.stream.close()
+
+    def _internal_error(self) -> None:
+        log.exception("internal error on connection %d from %s", self.conn.id, self.conn.peer_host)
+        up = self.up
+        if up is not None:
+            self._detach_upstream(up)
+            up.close()
+            self.req = self.up = None
+        self.stream.close()
+
+    def _resume(self) -> None:
+        """The request was answered and the connection stays: back to callback mode, with the
+        idle timeout, and serve a pipelined head that may already be buffered."""
+        s = self.stream
+        if s._writing_paused:  # the client is not reading its answers: wait before the next
+            self._run(self._drain_then_resume())
+            return
+        s.on_data = self._on_client_data
+        s.set_deadline(self.loop.time() + self.gw.gw.timeouts.idle)
+        if s._buf or s._eof:
+            self.on_client_data()
+
+    async def _drain_then_resume(self) -> bool:
+        await self.stream.drain()
+        return True
+
+    # --- the pipeline, in a task ----------------------------------------------------------
+    def _run(self, work) -> None:
+        """Run ``work`` (a coroutine returning whether to keep the connection) as the stream's
+        task, then resume callback mode or close."""
+        self.stream.task = self.loop.create_task(self._task(work))
+
+    async def _task(self, work) -> None:
+        s = self.stream
+        keep = False
+        try:
+            keep = await work
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+            pass
+        except Exception:  # never let one connection take the process down
+            log.exception("internal error on connection %d from %s", self.conn.id, self.conn.peer_host)
+        finally:
+            s.task = None
+        if keep and self.conn.closed_reason is None and not s.is_closing():
+            try:
+                self._resume()
+            except Exception:
+                self._internal_error()
+        else:
+            s.close()
+
+    # --- the fast path --------------------------------------------------------------------
+    def _forward_fast(self, req: RequestHead) -> bool:
+        """Send ``req`` upstream from here if it needs nothing the pipeline waits for; False
+        (nothing done) otherwise."""
+        if req.framing.kind != "none":
+            return False
+        gw = self.gw
+        try:
+            path, _query = split_target(req.target.decode("ascii"))
+        except (HttpError, UnicodeDecodeError):
+            return False  # the pipeline answers it
+        service = gw.service_map.recognise(path)
+        if service is None or not service.enabled or not service.anonymous:
+            return False
+        pool = gw.pools.get(service.upstream)
+        if pool is None:
+            return False
+        if gw.oauth is not None and gw.oauth.intercepts(service, req):
+            return False
+        if gw.devices is not None and gw.devices.applies(service, req):
+            return False
+        up = pool.take_idle()
+        if up is None:
+            return False  # connecting waits: the pipeline does it
+        # committed: from here on this request is answered by this session
+        conn = self.conn
+        conn.requests += 1
+        gw.fast_requests += 1
+        self.req, self.up, self.pool, self.service, self.path = req, up, pool, service, path
+        self.started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
+        us = up.stream
+        us.on_data = self._on_upstream_data
+        us.on_deadline = self._on_upstream_deadline
+        us.on_lost = self._on_upstream_lost
+        us.set_deadline(self.loop.time() + gw.gw.timeouts.upstream_read)
+        us.write(gw._request_head(conn, req, None))
+        return True
+
+    def on_upstream_data(self) -> None:
+        try:
+            self._upstream_data()
+        except Exception:
+            self._internal_error()
+
+    def _upstream_data(self) -> None:
+        up, req = self.up, self.req
+        assert up is not None and req is not None
+        us = up.stream
+        gw = self.gw
+        while True:
+            try:
+                head = us.take_head()
+            except asyncio.LimitOverrunError:
+                self._upstream_failed(UpstreamError("upstream-header-too-large"))
+                return
+            if head is None:
+                if us._eof:
+                    self._upstream_gone()
+                return
+            try:
+                resp = http1.parse_response_head(head, req.method, gw.limits)
+            except HttpError as e:
+                self._upstream_failed(UpstreamError(e.reason, e.detail))
+                return
+            if resp.status == 101:
+                self._upstream_failed(UpstreamError("upstream-protocol-switch"))
+                return
+            if resp.status >= 200:
+                break
+            # 1xx interim responses (100, 103) are dropped, as in the pipeline
+        framing = resp.framing
+        if framing.kind == "none":
+            data = b""
+        elif framing.kind == "length" and framing.length <= SMALL_BODY:
+            data = us.take_buffered(framing.length)
+        else:
+            data = None
+        self._detach_upstream(up)
+        pool, service = self.pool, self.service
+        self.req = self.up = None
+        assert pool is not None and service is not None
+        if data is None:  # a body to stream: the pipeline's _deliver does it in a task
+            self._run(self._deliver(req, resp, up, pool, service))
+            return
+        head_out, keep = gw._response_head(req, resp, [])
+        up.requests += 1
+        if not resp.keep_alive:
+            up.reusable = False
+        pool.release(up)
+        if self.started is not None:  # before the write: the line is there when the client has its answer
+            self._log_access(req, service)
+        self.stream.write(head_out + data if data else head_out)
+        if keep and self.conn.closed_reason is None:
+            self._resume()
+        else:
+            self.stream.close()
+
+    async def _deliver(self, req, resp, up, pool, service) -> bool:
+        keep = await self.gw._deliver(req, resp, up, pool, self.stream, [])
+        if self.started is not None:
+            self._log_access(req, service)
+        return keep
+
+    def on_upstream_deadline(self) -> None:
+        """No response head within ``upstream_read``: 504, as the pipeline answers."""
+        up = self.up
+        assert up is not None and self.pool is not None
+        self._upstream_failed(UpstreamError("upstream-read-timeout", self.pool.upstream.name), status=504)
+
+    def on_upstream_lost(self, exc: BaseException | None) -> None:
+        if self.up is not None:
+            self._upstream_gone()
+
+    def _upstream_gone(self) -> None:
+        """The pooled connection closed before a response head: forward the request again on
+        another connection (the pipeline retries a bodiless request the same way)."""
+        up, req, pool, service = self.up, self.req, self.pool, self.service
+        assert up is not None and req is not None and pool is not None and service is not None
+        self._detach_upstream(up)
+        up.close()
+        self.req = self.up = None
+        self._run(self._forward_again(req, pool, service))
+
+    async def _forward_again(self, req: RequestHead, pool: UpstreamPool, service: Service) -> bool:
+        gw = self.gw
+        max_body = service.max_body_bytes if service.max_body_bytes is not None else gw.gw.limits.max_body_bytes
+        keep = await gw._forward(self.conn, req, self.path, service, pool, None, self.stream, max_body, [])
+        if self.started is not None:
+            self._log_access(req, service)
+        return keep
+
+    def _upstream_failed(self, err: UpstreamError, status: int = 502) -> None:
+        up, req, service = self.up, self.req, self.service
+        assert up is not None and req is not None and service is not None
+        self._detach_upstream(up)
+        up.close()
+        self.req = self.up = None
+        keep = self.gw._upstream_failed_now(req, self.stream, service, err, True, status)
+        if keep and self.conn.closed_reason is None:
+            self._resume()
+        else:
+            self.stream.close()
+
+    def _detach_upstream(self, up: UpstreamConnection) -> None:
+        us = up.stream
+        us.on_data = us.on_deadline = us.on_lost = None
+        us.set_deadline(_NO_DEADLINE)
+
+    def _log_access(self, req: RequestHead, service: Service) -> None:
+        conn = self.conn
+        access_log.info(
+            "client=%s conn=%d method=%s path=%s service=%s user=%s ms=%.1f",
+            conn.peer_host, conn.id, req.method.decode(), self.path, service.name, "-",
+            (self.gw.clock() - self.started) * 1000,  # type: ignore[operator]
+        )
+        self.started = None
