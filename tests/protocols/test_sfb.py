@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ucgate.protocols.http1 import HttpError
 from ucgate.protocols.sfb import ServiceMap, split_target
@@ -68,3 +71,24 @@ def test_split_target_refuses(target):
 
 def test_split_target_ok():
     assert split_target("/ucwa/x%20y?a=/../b") == ("/ucwa/x%20y", "a=/../b")
+
+
+@settings(max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")), deadline=None)
+@given(st.lists(st.sampled_from(["/", ".", "..", "a", "B", "%2e", "%2F", "%", "%4", "%41", "\\", "?", "#", ";"]),
+                min_size=1, max_size=10))
+def test_split_target_accepts_only_canonical_paths(pieces):
+    """Whatever split_target accepts has no dot segment, no empty segment but the last, and
+    no escape of a separator, dot or control — checked here segment by segment."""
+    target = "/" + "".join(pieces)
+    try:
+        path, query = split_target(target)
+    except HttpError:
+        return
+    assert target == path + ("?" + query if "?" in target else "")
+    segments = path.split("/")[1:]
+    for i, seg in enumerate(segments):
+        assert seg not in (".", "..")
+        assert seg != "" or i == len(segments) - 1
+    assert "\\" not in path and "#" not in target
+    for esc in ("%2e", "%2f", "%25", "%5c"):
+        assert esc not in path.lower()

@@ -90,37 +90,33 @@ class ClientSession:
     # --- client side ------------------------------------------------------------------
     def on_client_data(self) -> None:
         """Data or EOF arrived between requests: take a complete head and serve it."""
+        s = self.stream
         try:
-            self._next_request()
+            if self.conn.closed_reason is not None:
+                return
+            try:
+                head = s.take_head()
+            except asyncio.LimitOverrunError:
+                self._refuse_now(HttpError(431, "header-too-large"))
+                return
+            if head is None:
+                if s._eof:
+                    if s._buf.strip():
+                        log.warning("client %s: closed mid-request head", self.conn.peer_host)
+                    s.close()
+                return
+            # a request: no more callbacks or idle deadline until it is answered
+            s.on_data = None
+            s.set_deadline(_NO_DEADLINE)
+            try:
+                req = http1.parse_request_head(head, self.gw.limits)
+            except HttpError as e:
+                self._refuse_now(e)
+                return
+            if not self._forward_fast(req):
+                self._run(self.gw._handle(self.conn, req, s))
         except Exception:  # never let one connection take the process (or the loop) down
             self._internal_error()
-
-    def _next_request(self) -> None:
-        s = self.stream
-        gw = self.gw
-        if self.conn.closed_reason is not None:
-            return
-        try:
-            head = s.take_head()
-        except asyncio.LimitOverrunError:
-            self._refuse_now(HttpError(431, "header-too-large"))
-            return
-        if head is None:
-            if s._eof:
-                if s._buf.strip():
-                    log.warning("client %s: closed mid-request head", self.conn.peer_host)
-                s.close()
-            return
-        # a request: no more callbacks or idle deadline until it is answered
-        s.on_data = None
-        s.set_deadline(_NO_DEADLINE)
-        try:
-            req = http1.parse_request_head(head, gw.limits)
-        except HttpError as e:
-            self._refuse_now(e)
-            return
-        if not self._forward_fast(req):
-            self._run(gw._handle(self.conn, req, s))
 
     def on_client_deadline(self) -> None:
         """No (complete) request head in time: 408 on a new connection, else just close."""
@@ -236,7 +232,7 @@ class ClientSession:
     def on_upstream_data(self) -> None:
         try:
             self._upstream_data()
-        except Exception:
+        except Exception:  # never let one connection take the process (or the loop) down
             self._internal_error()
 
     def _upstream_data(self) -> None:

@@ -81,7 +81,8 @@ class UpstreamPool:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if conn.is_idle_usable():
+            s = conn.stream  # is_idle_usable(), inlined: this is on the fast path
+            if conn.reusable and not s._eof and not s._buf and not s.is_closing():
                 return conn
             conn.close()
         return None

@@ -55,13 +55,17 @@ _CHUNK_LINE_RE = re.compile(
     + rb"((?:[ \t]*;[ \t]*" + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN
     + rb'|"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"))?)*)'
 )
-# The fast path: a whole header block (lines after the start line, each with its CRLF) that is
-# well-formed by the same rules as _parse_fields, checked in one regex pass (linear time); then
-# each field is split off at its first colon with its value's OWS stripped.
-_FIELD_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
+# The fast path: every field line of a well-formed header block, by the same rules as
+# _parse_fields, in one findall (linear time): a match starts at a line start (MULTILINE ^),
+# spans exactly one line (values cannot hold CR or LF) and yields (name, value without OWS); so
+# the block is well-formed exactly when there are as many matches as lines.
+_FIELD_LINE_RE = re.compile(
+    rb"^(" + _TOKEN + rb"):[\t ]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[\t ]*\r\n", re.M
+)
+# The request line with a well-formed target (checked apart only to name an error).
+_REQUEST_LINE_TARGET_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/(\d)\.(\d)")
 _FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"host", b"connection", b"expect"))
 _HOST_RE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::\d{1,5})?")
-_DIGITS_RE = re.compile(rb"\d+")
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones proxies must not pass on.
 HOP_BY_HOP = frozenset(
@@ -173,21 +177,20 @@ def _parse_field_block(
 ) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
     """:func:`_parse_fields` of a field block, in one pass when the block is well-formed (the
     line-by-line checks then run only to name the error)."""
-    if not _FIELD_BLOCK_RE.fullmatch(block):
-        return _parse_fields(block[:-2].split(b"\r\n") if block else [], limits)
-    # well-formed: a name is a token (no colon), so each line splits at its first colon
-    lines = block[:-2].split(b"\r\n") if block else []
-    if len(lines) > limits.max_header_count:
+    n = block.count(b"\r\n")
+    if n > limits.max_header_count:
         raise HttpError(431, "too-many-headers", f"more than {limits.max_header_count} header fields")
-    headers: list[tuple[bytes, bytes]] = []
+    headers = _FIELD_LINE_RE.findall(block)
+    if len(headers) != n:
+        return _parse_fields(block[:-2].split(b"\r\n") if block else [], limits)
     framing_fields: dict[bytes, list[bytes]] = {}
-    for line in lines:
-        name, _, value = line.partition(b":")
-        value = value.strip(b" \t")
-        headers.append((name, value))
+    for name, value in headers:
         lname = name.lower()
         if lname in _FRAMING_FIELDS:
-            framing_fields.setdefault(lname, []).append(value)
+            if lname in framing_fields:
+                framing_fields[lname].append(value)
+            else:
+                framing_fields[lname] = [value]
     return headers, framing_fields
 
 
@@ -219,13 +222,21 @@ def _parse_fields(
 
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
+# the values nearly every Connection field has
+_COMMON_TOKENS = {
+    v: frozenset((v.lower(),)) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade")
+}
 
 
 def _connection_tokens(values: list[bytes]) -> frozenset[bytes]:
     if not values:
         return _NO_TOKENS
-    if len(values) == 1 and _TOKEN_RE.fullmatch(values[0]):  # the usual "keep-alive" / "close"
-        return frozenset((values[0].lower(),))
+    if len(values) == 1:
+        common = _COMMON_TOKENS.get(values[0])
+        if common is not None:
+            return common
+        if _TOKEN_RE.fullmatch(values[0]):  # one token
+            return frozenset((values[0].lower(),))
     tokens: set[bytes] = set()
     for v in values:
         for t in v.split(b","):
@@ -243,7 +254,8 @@ def _content_length(values: list[bytes]) -> int:
     if len(values) != 1:
         raise HttpError(400, "duplicate-content-length")
     v = values[0]
-    if not _DIGITS_RE.fullmatch(v) or len(v) > MAX_CONTENT_LENGTH_DIGITS:
+    # bytes.isdigit() is ASCII 0-9 only, as \d in a bytes pattern
+    if not v.isdigit() or len(v) > MAX_CONTENT_LENGTH_DIGITS:
         raise HttpError(400, "bad-content-length")
     return int(v)
 
@@ -272,6 +284,9 @@ def _request_framing(
     return Framing("none")
 
 
+_VERSIONS = {b"1": (1, 1), b"0": (1, 0)}  # minor version -> (1, minor), shared tuples
+
+
 def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestHead:
     """Parse a request head (request line + fields + the empty line).
 
@@ -289,16 +304,16 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestH
     while head.startswith(b"\r\n"):
         head = head[2:]
     start_line, block = _head_lines(head)
-    m = _REQUEST_LINE_RE.fullmatch(start_line)
+    m = _REQUEST_LINE_TARGET_RE.fullmatch(start_line) or _REQUEST_LINE_RE.fullmatch(start_line)
     if m is None:
         raise HttpError(400, "bad-request-line")
     method, target, major, minor = m.groups()
     if major != b"1":
         raise HttpError(505, "http-version-not-supported")
-    version = (1, int(minor))
+    version = _VERSIONS.get(minor) or (1, int(minor))
     if len(target) > limits.max_target_bytes:
         raise HttpError(414, "uri-too-long")
-    if not _TARGET_RE.fullmatch(target):
+    if m.re is _REQUEST_LINE_RE and not _TARGET_RE.fullmatch(target):
         raise HttpError(400, "bad-request-target")
     headers, fields = _parse_field_block(block, limits)
     hosts = fields.get(b"host")
@@ -338,11 +353,13 @@ def parse_response_head(
         m = _STATUS_LINE_RE.fullmatch(start_line)
         if m is None:
             raise HttpError(502, "bad-status-line")
-        version = (int(m.group(1)), int(m.group(2)))
-        if version[0] != 1:
+        major, minor, status_b, reason = m.groups()
+        if major != b"1":
             raise HttpError(502, "bad-upstream-version")
-        status = int(m.group(3))
-        reason = m.group(4) or b""
+        version = _VERSIONS.get(minor) or (1, int(minor))
+        status = int(status_b)
+        if reason is None:
+            reason = b""
         headers, fields = _parse_field_block(block, limits)
     except HttpError as e:
         raise HttpError(502, "bad-upstream-response", e.reason) from None

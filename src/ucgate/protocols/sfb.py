@@ -107,16 +107,17 @@ def split_target(target: str) -> tuple[str, str]:
         raise HttpError(400, "fragment-in-target")
     if "\\" in path:
         raise HttpError(400, "backslash-in-path")
-    if _ESCAPE_RE.search(path):
-        raise HttpError(400, "bad-percent-escape")
-    if _DANGEROUS_ESCAPE_RE.search(path):
-        raise HttpError(400, "encoded-separator-or-dot", "percent-encoded . / \\ % or control in path")
-    segments = path.split("/")[1:]
-    for i, seg in enumerate(segments):
-        if seg in (".", ".."):
+    if "%" in path:
+        if _ESCAPE_RE.search(path):
+            raise HttpError(400, "bad-percent-escape")
+        if _DANGEROUS_ESCAPE_RE.search(path):
+            raise HttpError(400, "encoded-separator-or-dot", "percent-encoded . / \\ % or control in path")
+    if "/." in path:  # a "." or ".." segment, anywhere (the appended "/" ends the last one)
+        tail = path + "/"
+        if "/./" in tail or "/../" in tail:
             raise HttpError(400, "dot-segment-in-path")
-        if seg == "" and i != len(segments) - 1:
-            raise HttpError(400, "empty-path-segment")
+    if "//" in path:  # an empty segment that is not the last one
+        raise HttpError(400, "empty-path-segment")
     return path, query
 
 
