@@ -145,3 +145,100 @@ def test_field_block_fast_path_agrees_with_line_parser(lines):
             return (e.status, e.reason)
 
     assert run(_parse_field_block, block) == run(_parse_fields, lines)
+
+
+# The fast path's heads (simple_request / simple_response) must never accept what the full
+# parser refuses, and must mean the same as the full parser plus the gateway's forwarding rules.
+_DROP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-ucgate-user"})
+_names = st.sampled_from([b"Host", b"host", b"HOST", b"Connection", b"connection", b"Keep-Alive", b"Content-Length",
+                          b"Transfer-Encoding", b"Expect", b"X-Forwarded-For", b"Forwarded", b"X-Ucgate-User",
+                          b"Upgrade", b"TE", b"Trailer", b"Proxy-Connection", b"Accept", b"X-A", b"Cookie",
+                          b"Content-Type", b"Date", b"Server", b"Bad Name", b" Folded", b""])
+_values = st.sampled_from([b"gw", b"a.example:8443", b"[::1]:443", b"bad host", b"keep-alive", b"Keep-Alive", b"close",
+                           b"keep-alive, close", b"upgrade", b"x-a", b"5", b"05", b"", b" 7 ", b"5, 5", b"-1",
+                           b"chunked", b"100-continue", b"v\x00", b"v\x7f", b"caf\xc3\xa9", b"a\tb", b"  x  "])
+_field = st.tuples(_names, st.sampled_from([b":", b": ", b":\t", b" :"]), _values).map(b"".join)
+
+
+def _heads(start_lines):
+    return st.tuples(st.sampled_from(start_lines), st.lists(_field, max_size=7),
+                     st.sampled_from([b"\r\n", b"\n", b"\r\r\n"])).map(
+        lambda t: t[0] + b"\r\n" + b"".join(f + t[2] for f in t[1]) + b"\r\n")
+
+
+def _fields(prefix: bytes) -> list[tuple[bytes, bytes]]:
+    """The fields of a head without its final empty line (start line + field lines), parsed by
+    the line-by-line parser, names lower-cased."""
+    from ucgate.protocols.http1 import DEFAULT_LIMITS, _parse_fields
+
+    lines = prefix.split(b"\r\n")[1:-1]
+    return [(k.lower(), v) for k, v in _parse_fields(lines, DEFAULT_LIMITS)[0]]
+
+
+@settings(max_examples=FUZZ * 4, deadline=None)
+@given(_heads([b"GET /ucwa/x HTTP/1.1", b"GET /a?b=c HTTP/1.1", b"POST /x HTTP/1.1", b"GET /x HTTP/1.0",
+               b"GET http://a/x HTTP/1.1", b"GET /x HTTP/1.1 ", b"G@T /x HTTP/1.1", b"GET /x\x7f HTTP/1.1"]))
+def test_simple_request_agrees_with_the_full_parser(head):
+    from ucgate.protocols.http1 import (DEFAULT_LIMITS, not_forwarded, request_special_re,
+                                        simple_request)
+
+    simple = simple_request(head, DEFAULT_LIMITS, request_special_re(_DROP))
+    if simple is None:
+        return
+    full = parse_request_head(head)  # must not raise: the fast path accepts nothing it refuses
+    assert (simple.method, simple.target, simple.host, simple.keep_alive, simple.version) == (
+        full.method, full.target, full.host, full.keep_alive, full.version)
+    assert full.framing.kind == "none" and not full.expect_continue
+    skip = not_forwarded(_DROP)
+    expected = [(k.lower(), v) for k, v in full.headers
+                if k.lower() not in skip and k.lower() not in full.connection_tokens]
+    assert _fields(simple.prefix) == expected
+
+
+@settings(max_examples=FUZZ * 4, deadline=None)
+@given(_heads([b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 204 No Content", b"HTTP/1.1 200 ",
+               b"HTTP/1.1 200", b"HTTP/1.0 200 OK", b"HTTP/1.1 101 Switching", b"HTTP/1.1 103 Early",
+               b"HTTP/2.0 200 OK", b"HTTP/1.1 200 O\x00K"]), st.sampled_from([b"GET", b"HEAD", b"POST"]))
+def test_simple_response_agrees_with_the_full_parser(head, method):
+    from ucgate.protocols.http1 import HOP_BY_HOP, parse_response_head, simple_response
+
+    simple = simple_response(head, method)
+    if simple is None:
+        return
+    full = parse_response_head(head, method)  # must not raise
+    assert full.status == simple.status and full.status >= 200
+    assert (full.framing.kind, full.framing.length) == ("length", simple.length)
+    assert full.keep_alive == simple.keep_alive
+    assert simple.prefix.split(b"\r\n", 1)[0] == b"HTTP/1.1 %d %b" % (full.status, full.reason)
+    # what the client gets: the full path's fields less hop-by-hop ones, Content-Length as framing
+    expected = [(k.lower(), v) for k, v in full.headers
+                if k.lower() not in HOP_BY_HOP and k.lower() not in full.connection_tokens]
+    got = _fields(simple.prefix)
+    assert [f for f in got if f[0] != b"content-length"] == [f for f in expected if f[0] != b"content-length"]
+    assert [v for k, v in got if k == b"content-length"] == [b"%d" % simple.length]
+
+
+def test_simple_heads_take_the_common_shapes():
+    from ucgate.protocols.http1 import (DEFAULT_LIMITS, request_special_re, simple_request,
+                                        simple_response)
+
+    sp = request_special_re(_DROP)
+    r = simple_request(b"GET /meet/x?y=1 HTTP/1.1\r\nHost: gw:443\r\nConnection: Keep-Alive\r\n"
+                       b"Accept: */*\r\n\r\n", DEFAULT_LIMITS, sp)
+    assert r is not None and r.prefix == b"GET /meet/x?y=1 HTTP/1.1\r\nHost: gw:443\r\nAccept: */*\r\n"
+    assert r.keep_alive and r.host == b"gw:443"
+    # each of these needs the full parser (a body, a dropped field, HTTP/1.0, two Hosts...)
+    for head in (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
+                 b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+                 b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n",
+                 b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                 b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: x-a\r\nX-A: 1\r\n\r\n"):
+        assert simple_request(head, DEFAULT_LIMITS, sp) is None
+    s = simple_response(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\nX: y\r\n\r\n", b"GET")
+    assert s is not None and not s.keep_alive and s.length == 2
+    assert s.prefix == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n"
+    for head in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+                 b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"):
+        assert simple_response(head, b"GET") is None

@@ -135,6 +135,7 @@ class Gateway:
         self._skip_request = http1.not_forwarded(self._drop_request)
         self._skip_authenticated = http1.not_forwarded(self._drop_authenticated)
         self._skip_response = http1.not_forwarded()
+        self._request_specials = http1.request_special_re(self._drop_request)
         self._identity_header = gw.identity_header.encode()
         self._proto = b"http" if gw.plain_http else b"https"
 

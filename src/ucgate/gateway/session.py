@@ -57,8 +57,10 @@ class ClientSession:
 
     __slots__ = (
         "gw", "stream", "conn", "loop",
-        # the fast request in flight (None when there is none)
-        "req", "up", "pool", "service", "path", "started",
+        # the fast request in flight (None when there is none), and its head as received
+        "req", "up", "pool", "service", "path", "started", "head",
+        # this connection's X-Forwarded-For/-Proto fields and the X-Forwarded-Host name, made once
+        "forwarded",
         # bound methods, made once per connection instead of once per request
         "_on_client_data", "_on_upstream_data", "_on_upstream_deadline", "_on_upstream_lost",
     )
@@ -68,7 +70,9 @@ class ClientSession:
         self.stream = stream
         self.conn = conn
         self.loop = stream.loop
-        self.req: RequestHead | None = None
+        self.req: RequestHead | http1.SimpleRequest | None = None
+        self.head = b""
+        self.forwarded: bytes | None = None
         self.up: UpstreamConnection | None = None
         self.pool: UpstreamPool | None = None
         self.service: Service | None = None
@@ -108,13 +112,17 @@ class ClientSession:
             # a request: no more callbacks or idle deadline until it is answered
             s.on_data = None
             s.set_deadline(_NO_DEADLINE)
+            gw = self.gw
+            simple = http1.simple_request(head, gw.limits, gw._request_specials)
+            if simple is not None and self._forward_fast(simple, head):
+                return
             try:
-                req = http1.parse_request_head(head, self.gw.limits)
+                req = http1.parse_request_head(head, gw.limits)
             except HttpError as e:
                 self._refuse_now(e)
                 return
-            if not self._forward_fast(req):
-                self._run(self.gw._handle(self.conn, req, s))
+            if not self._forward_fast(req, head):
+                self._run(gw._handle(self.conn, req, s))
         except Exception:  # never let one connection take the process (or the loop) down
             self._internal_error()
 
@@ -192,10 +200,11 @@ class ClientSession:
             s.close()
 
     # --- the fast path --------------------------------------------------------------------
-    def _forward_fast(self, req: RequestHead) -> bool:
-        """Send ``req`` upstream from here if it needs nothing the pipeline waits for; False
-        (nothing done) otherwise."""
-        if req.framing.kind != "none":
+    def _forward_fast(self, req: RequestHead | http1.SimpleRequest, head: bytes) -> bool:
+        """Send ``req`` (parsed from ``head``) upstream from here if it needs nothing the
+        pipeline waits for; False (nothing done) otherwise."""
+        simple = type(req) is http1.SimpleRequest
+        if not simple and req.framing.kind != "none":  # type: ignore[union-attr]
             return False
         gw = self.gw
         try:
@@ -220,13 +229,20 @@ class ClientSession:
         conn.requests += 1
         gw.fast_requests += 1
         self.req, self.up, self.pool, self.service, self.path = req, up, pool, service, path
+        self.head = head
         self.started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
         us = up.stream
         us.on_data = self._on_upstream_data
         us.on_deadline = self._on_upstream_deadline
         us.on_lost = self._on_upstream_lost
         us.set_deadline(self.loop.time() + gw.gw.timeouts.upstream_read)
-        us.write(gw._request_head(conn, req, None))
+        if simple:  # its head as sent, less Connection, plus what Gateway._request_head adds
+            if self.forwarded is None:
+                self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: " % (
+                    conn.peer_host.encode(), gw._proto)
+            us.write(req.prefix + self.forwarded + req.host + b"\r\n\r\n")  # type: ignore[union-attr]
+        else:
+            us.write(gw._request_head(conn, req, None))  # type: ignore[arg-type]
         return True
 
     def on_upstream_data(self) -> None:
@@ -249,6 +265,9 @@ class ClientSession:
             if head is None:
                 if us._eof:
                     self._upstream_gone()
+                return
+            simple = http1.simple_response(head, req.method, gw.limits)
+            if simple is not None and simple.length <= SMALL_BODY and self._answer_simple(simple):
                 return
             try:
                 resp = http1.parse_response_head(head, req.method, gw.limits)
@@ -288,6 +307,30 @@ class ClientSession:
         else:
             self.stream.close()
 
+    def _answer_simple(self, resp: http1.SimpleResponse) -> bool:
+        """Send a response in the common shape (``http1.simple_response``) whose body is
+        buffered already; False (nothing done) when it is not."""
+        up, req, pool, service = self.up, self.req, self.pool, self.service
+        assert up is not None and req is not None and pool is not None and service is not None
+        data = up.stream.take_buffered(resp.length)
+        if data is None:
+            return False
+        self._detach_upstream(up)
+        self.req = self.up = None
+        up.requests += 1
+        if not resp.keep_alive:
+            up.reusable = False
+        pool.release(up)
+        keep = req.keep_alive and req.version >= (1, 1)  # as Gateway._response_head
+        if self.started is not None:  # before the write: the line is there when the client has its answer
+            self._log_access(req, service)
+        self.stream.write(resp.prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data)
+        if keep and self.conn.closed_reason is None:
+            self._resume()
+        else:
+            self.stream.close()
+        return True
+
     async def _deliver(self, req, resp, up, pool, service) -> bool:
         keep = await self.gw._deliver(req, resp, up, pool, self.stream, [])
         if self.started is not None:
@@ -314,8 +357,11 @@ class ClientSession:
         self.req = self.up = None
         self._run(self._forward_again(req, pool, service))
 
-    async def _forward_again(self, req: RequestHead, pool: UpstreamPool, service: Service) -> bool:
+    async def _forward_again(self, req: RequestHead | http1.SimpleRequest, pool: UpstreamPool,
+                             service: Service) -> bool:
         gw = self.gw
+        if type(req) is http1.SimpleRequest:  # the pipeline needs every field
+            req = http1.parse_request_head(self.head, gw.limits)
         max_body = service.max_body_bytes if service.max_body_bytes is not None else gw.gw.limits.max_body_bytes
         keep = await gw._forward(self.conn, req, self.path, service, pool, None, self.stream, max_body, [])
         if self.started is not None:

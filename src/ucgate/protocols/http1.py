@@ -465,6 +465,145 @@ def serialize_forwarded(
     return b"\r\n".join(parts)
 
 
+# --- the fast path's heads -------------------------------------------------------------------
+# The common request and response heads are checked and rewritten here without materialising its field list
+# (gateway/session.py's fast path; parsing and re-serialising both heads was ~60% of its Python
+# time). One regex validates the whole head by the rules the full parser applies (start line,
+# tokens, field-value characters, CRLF only); the fields that decide framing are then
+# found in a lower-cased copy, where b"\nname:" can only match at the start of a line (no value
+# holds a LF). Anything not in the common shape returns None and the caller runs the full
+# parser, which also names the error. tests/protocols/test_http1.py holds the two to the same
+# results on generated heads.
+
+_SIMPLE_RESPONSE_RE = re.compile(
+    rb"HTTP/1\.1 ([2-5]\d\d) [\t\x20-\x7e\x80-\xff]+\r\n"
+    rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+)
+# every field that frames the body or is hop-by-hop, with its value (OWS on the left dropped)
+_RESPONSE_SPECIAL_RE = re.compile(
+    rb"\n(" + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP | {b"content-length"}, key=len, reverse=True))
+    + rb"):[\t ]*([^\r]*)"
+)
+
+
+_SIMPLE_REQUEST_RE = re.compile(
+    rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1\r\n"
+    rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+)
+
+
+def request_special_re(drop: frozenset[bytes]) -> re.Pattern[bytes]:
+    """The pattern :func:`simple_request` finds the fields that matter with: framing, Host,
+    Expect, hop-by-hop, and ``drop`` (lower-case names the caller never forwards)."""
+    names = HOP_BY_HOP | {b"content-length", b"host", b"expect"} | drop
+    return re.compile(
+        rb"\n(" + b"|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + rb"):[\t ]*([^\r]*)"
+    )
+
+
+@dataclass(slots=True)
+class SimpleRequest:
+    """A bodiless HTTP/1.1 request in the common shape: what the fast path needs of it (and the
+    attributes of RequestHead that answering it reads)."""
+
+    method: bytes
+    target: bytes
+    host: bytes
+    keep_alive: bool
+    # the head to forward, without its final empty line and without the Connection field
+    prefix: bytes
+    version: tuple[int, int] = (1, 1)
+
+
+def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> SimpleRequest | None:
+    """``head`` as a :class:`SimpleRequest` when it is an origin-form HTTP/1.1 request with one
+    valid Host, no body, no Expect, no hop-by-hop field but one Connection of "keep-alive" or
+    "close", and none of the fields ``special`` (from :func:`request_special_re`) adds; else None
+    (then ``parse_request_head`` decides)."""
+    if len(head) > limits.max_header_bytes:
+        return None
+    m = _SIMPLE_REQUEST_RE.fullmatch(head)
+    if m is None:
+        return None
+    method, target = m.groups()
+    if len(target) > limits.max_target_bytes or head.count(b"\r\n") - 2 > limits.max_header_count:
+        return None
+    low = head.lower()
+    host = False
+    close = connection = False
+    for name, value in special.findall(low):
+        if name == b"host" and not host:
+            host = True
+        elif name == b"connection" and not connection:
+            tokens = _COMMON_TOKENS.get(value.rstrip(b" \t"))
+            if tokens is None:
+                return None
+            close = b"close" in tokens
+            connection = True
+        else:  # a second copy, a body, Expect, a field the caller drops...: the full parser
+            return None
+    if not host:
+        return None
+    i = low.index(b"\nhost:") + 6
+    host_value = head[i : head.index(b"\r", i)].strip(b" \t")  # as sent: lower() was for finding
+    if not _HOST_RE.fullmatch(host_value):
+        return None
+    if connection:
+        i = low.index(b"\nconnection:") + 1
+        head = head[:i] + head[head.index(b"\r\n", i) + 2 :]
+    return SimpleRequest(method, target, host_value, not close, head[:-2])
+
+
+@dataclass(slots=True)
+class SimpleResponse:
+    """A final HTTP/1.1 response framed by one Content-Length, in the common shape."""
+
+    status: int
+    length: int
+    keep_alive: bool  # the upstream keeps its connection open
+    # the head to send on, without its final empty line and without the Connection field; the
+    # upstream's Content-Length line stays (it is exactly the framing we would write)
+    prefix: bytes
+
+
+def simple_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS) -> SimpleResponse | None:
+    """``head`` as a :class:`SimpleResponse` when it is a 2xx-5xx HTTP/1.1 response (not 204 or
+    304, not to HEAD) with a reason phrase, one Content-Length, no hop-by-hop field but one
+    Connection of "keep-alive" or "close"; else None (then ``parse_response_head`` decides)."""
+    if request_method == b"HEAD" or len(head) > limits.max_header_bytes:
+        return None
+    m = _SIMPLE_RESPONSE_RE.fullmatch(head)
+    if m is None:
+        return None
+    status = int(m.group(1))
+    if status == 204 or status == 304 or head.count(b"\r\n") - 2 > limits.max_header_count:
+        return None
+    low = head.lower()
+    length = -1
+    close = connection = False
+    for name, value in _RESPONSE_SPECIAL_RE.findall(low):
+        value = value.rstrip(b" \t")
+        if name == b"content-length" and length < 0:
+            # canonical digits only: the line is passed on as it is
+            if not value.isdigit() or len(value) > MAX_CONTENT_LENGTH_DIGITS or (value[0] == 0x30 and len(value) > 1):
+                return None
+            length = int(value)
+        elif name == b"connection" and not connection:
+            tokens = _COMMON_TOKENS.get(value)
+            if tokens is None:
+                return None
+            close = b"close" in tokens
+            connection = True
+        else:  # a second copy, Keep-Alive, Transfer-Encoding, Upgrade...: the full parser
+            return None
+    if length < 0:
+        return None
+    if connection:
+        i = low.index(b"\nconnection:") + 1
+        head = head[:i] + head[head.index(b"\r\n", i) + 2 :]
+    return SimpleResponse(status, length, not close, head[:-2])
+
+
 def serialize_head(start_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     parts = [start_line]
     for name, value in headers:
