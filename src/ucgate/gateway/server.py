@@ -148,8 +148,8 @@ class Gateway:
             return Stream(loop, limit, self._on_connection_made)
 
         if self.ssl is not None:
-            # OpenSSL on the socket itself instead of the loop's memory-BIO TLS: about half
-            # of TLS's CPU per request (gateway/tlstransport.py)
+            # OpenSSL on the socket itself instead of the loop's memory-BIO TLS: less CPU per
+            # request (gateway/tlstransport.py, bench/README.md)
             self._server = await start_tls_server(
                 loop, protocol, self.gw.listen_host, self.gw.listen_port, self.ssl,
                 backlog=1024, handshake_timeout=self.gw.timeouts.header_read,
@@ -373,10 +373,7 @@ class Gateway:
         close: bool,
     ) -> None:
         self._answer_now(client, status, body, headers, close=close)
-        try:
-            await client.drain()
-        except ConnectionError:
-            pass
+        await _drain_quietly(client)
 
     @staticmethod
     def _answer_now(
@@ -692,10 +689,7 @@ class Gateway:
         status: int = 502,
     ) -> bool:
         keep = self._upstream_failed_now(req, client, service, err, body_done, status)
-        try:
-            await client.drain()
-        except ConnectionError:
-            pass
+        await _drain_quietly(client)
         return keep
 
     @staticmethod
@@ -902,6 +896,14 @@ class Gateway:
         if reencode:
             out.write(http1.LAST_CHUNK)
         await out.drain()
+
+
+async def _drain_quietly(client: Stream) -> None:
+    """Wait for our own answer to be written; a client that left is not an error here."""
+    try:
+        await client.drain()
+    except ConnectionError:
+        pass
 
 
 class _Discard:

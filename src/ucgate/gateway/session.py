@@ -137,11 +137,8 @@ class ClientSession:
 
     def on_client_lost(self, exc: BaseException | None) -> None:
         self.gw.connections.discard(self.conn)
-        up = self.up
-        if up is not None:  # the answer has nowhere to go: drop the upstream exchange
-            self._detach_upstream(up)
-            up.close()
-            self.req = self.up = None
+        if self.up is not None:  # the answer has nowhere to go: drop the upstream exchange
+            self._release_upstream(close=True)
 
     def _refuse_now(self, err: HttpError) -> None:
         """A protocol error before the pipeline: log, answer with its status and close."""
@@ -151,11 +148,8 @@ class ClientSession:
 
     def _internal_error(self) -> None:
         log.exception("internal error on connection %d from %s", self.conn.id, self.conn.peer_host)
-        up = self.up
-        if up is not None:
-            self._detach_upstream(up)
-            up.close()
-            self.req = self.up = None
+        if self.up is not None:
+            self._release_upstream(close=True)
         self.stream.close()
 
     def _resume(self) -> None:
@@ -287,49 +281,44 @@ class ClientSession:
             data = us.take_buffered(framing.length)
         else:
             data = None
-        self._detach_upstream(up)
         pool, service = self.pool, self.service
-        self.req = self.up = None
         assert pool is not None and service is not None
         if data is None:  # a body to stream: the pipeline's _deliver does it in a task
-            self._run(self._deliver(req, resp, up, pool, service))
+            self._run(self._deliver(req, resp, self._release_upstream(close=False), pool, service))
             return
         head_out, keep = gw._response_head(req, resp, [])
-        up.requests += 1
-        if not resp.keep_alive:
-            up.reusable = False
-        pool.release(up)
-        if self.started is not None:  # before the write: the line is there when the client has its answer
-            self._log_access(req, service)
-        self.stream.write(head_out + data if data else head_out)
-        if keep and self.conn.closed_reason is None:
-            self._resume()
-        else:
-            self.stream.close()
+        self._answer(resp.keep_alive, head_out + data if data else head_out, keep)
 
     def _answer_simple(self, resp: http1.SimpleResponse) -> bool:
         """Send a response in the common shape (``http1.simple_response``) whose body is
         buffered already; False (nothing done) when it is not."""
-        up, req, pool, service = self.up, self.req, self.pool, self.service
-        assert up is not None and req is not None and pool is not None and service is not None
+        up, req = self.up, self.req
+        assert up is not None and req is not None
         data = up.stream.take_buffered(resp.length)
         if data is None:
             return False
-        self._detach_upstream(up)
-        self.req = self.up = None
+        keep = req.keep_alive and req.version >= (1, 1)  # as Gateway._response_head
+        self._answer(resp.keep_alive, resp.prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data,
+                     keep)
+        return True
+
+    def _answer(self, upstream_keeps: bool, out: bytes, keep: bool) -> None:
+        """The whole answer was read: give the upstream connection back to its pool, write
+        ``out`` to the client, then wait for the next request or close (``keep``)."""
+        req, pool, service = self.req, self.pool, self.service
+        assert req is not None and pool is not None and service is not None
+        up = self._release_upstream(close=False)
         up.requests += 1
-        if not resp.keep_alive:
+        if not upstream_keeps:
             up.reusable = False
         pool.release(up)
-        keep = req.keep_alive and req.version >= (1, 1)  # as Gateway._response_head
         if self.started is not None:  # before the write: the line is there when the client has its answer
             self._log_access(req, service)
-        self.stream.write(resp.prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data)
+        self.stream.write(out)
         if keep and self.conn.closed_reason is None:
             self._resume()
         else:
             self.stream.close()
-        return True
 
     async def _deliver(self, req, resp, up, pool, service) -> bool:
         keep = await self.gw._deliver(req, resp, up, pool, self.stream, [])
@@ -339,8 +328,7 @@ class ClientSession:
 
     def on_upstream_deadline(self) -> None:
         """No response head within ``upstream_read``: 504, as the pipeline answers."""
-        up = self.up
-        assert up is not None and self.pool is not None
+        assert self.pool is not None
         self._upstream_failed(UpstreamError("upstream-read-timeout", self.pool.upstream.name), status=504)
 
     def on_upstream_lost(self, exc: BaseException | None) -> None:
@@ -350,11 +338,9 @@ class ClientSession:
     def _upstream_gone(self) -> None:
         """The pooled connection closed before a response head: forward the request again on
         another connection (the pipeline retries a bodiless request the same way)."""
-        up, req, pool, service = self.up, self.req, self.pool, self.service
-        assert up is not None and req is not None and pool is not None and service is not None
-        self._detach_upstream(up)
-        up.close()
-        self.req = self.up = None
+        req, pool, service = self.req, self.pool, self.service
+        assert req is not None and pool is not None and service is not None
+        self._release_upstream(close=True)
         self._run(self._forward_again(req, pool, service))
 
     async def _forward_again(self, req: RequestHead | http1.SimpleRequest, pool: UpstreamPool,
@@ -369,21 +355,27 @@ class ClientSession:
         return keep
 
     def _upstream_failed(self, err: UpstreamError, status: int = 502) -> None:
-        up, req, service = self.up, self.req, self.service
-        assert up is not None and req is not None and service is not None
-        self._detach_upstream(up)
-        up.close()
-        self.req = self.up = None
+        req, service = self.req, self.service
+        assert req is not None and service is not None
+        self._release_upstream(close=True)
         keep = self.gw._upstream_failed_now(req, self.stream, service, err, True, status)
         if keep and self.conn.closed_reason is None:
             self._resume()
         else:
             self.stream.close()
 
-    def _detach_upstream(self, up: UpstreamConnection) -> None:
+    def _release_upstream(self, *, close: bool) -> UpstreamConnection:
+        """End the fast request's hold on its upstream connection (no more callbacks or
+        deadline) and forget the request; ``close`` also closes the connection."""
+        up = self.up
+        assert up is not None
         us = up.stream
         us.on_data = us.on_deadline = us.on_lost = None
         us.set_deadline(_NO_DEADLINE)
+        self.req = self.up = None
+        if close:
+            up.close()
+        return up
 
     def _log_access(self, req: RequestHead, service: Service) -> None:
         conn = self.conn
