@@ -8,8 +8,8 @@ does the ``recv``/``send``) and watching the fd with ``loop.add_reader``/``add_w
 ``SSL_read`` per readable event and one ``SSL_write`` (= one ``send``) per write. Measured on the
 gateway's 2-core VM (noisy: single runs moved by ±30%): a callback-only proxy skeleton costs ~9%
 less CPU per small keep-alive request over this transport than over uvloop's TLS (median of 30
-interleaved rounds); the gateway's TLS cost per request fell from ~57 to ~33 µs over plain HTTP's
-together with the fast path (bench/README.md).
+interleaved rounds). In the whole gateway the gain is within the VM's run-to-run noise (TLS
+minus plain HTTP, per request: 17-57 µs before, 19-33 µs after, across runs; bench/README.md).
 
 The rules this module relies on, checked on CPython 3.11 / OpenSSL 3.0:
 
