@@ -11,9 +11,11 @@ restarted server does not surface as an error on the next request.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 # How long an SQLite writer waits for another writer's lock before failing (milliseconds).
@@ -84,3 +86,22 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+class Transactions:
+    """A store over a shared engine, one short transaction per call (thread-safe): ``_write()``
+    marks its connection as a writer, so that SQLite takes the write lock at BEGIN (see
+    ``make_engine``) instead of failing to upgrade a read lock; ``_read()`` does not."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn

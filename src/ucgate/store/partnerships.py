@@ -11,17 +11,16 @@ Device ids are stored lower-cased: EAS ids are compared case-insensitively (as E
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..policy.devices import Partnership, PartnershipState
-from .engine import WRITE
+from .engine import Transactions
 from .repository import DuplicateError
 from .schema import PARTNERSHIP_STATES, partnerships
 
@@ -105,22 +104,9 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-class PartnershipStore:
+class PartnershipStore(Transactions):
     """Partnership rows over an engine shared with ``SqlRepository`` (which migrates the
     schema). Thread-safe; one short transaction per call."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
 
     def create(self, **values: Any) -> PartnershipRecord:
         """Insert a partnership.

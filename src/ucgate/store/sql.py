@@ -7,16 +7,15 @@ after COMMIT returned, and both databases are configured so a returned COMMIT is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import migrate
-from .engine import WRITE, StoreError, make_engine
+from .engine import StoreError, Transactions, make_engine
 from .repository import (
     AspRecord,
     AuditRecord,
@@ -66,11 +65,8 @@ def _otp(row: Row) -> OtpRecord:
     )
 
 
-class SqlRepository:
+class SqlRepository(Transactions):
     """SQLite or PostgreSQL storage. Thread-safe (the engine pools connections)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
 
     @classmethod
     def open(cls, url: str, *, migrate_schema: bool = True) -> SqlRepository:
@@ -97,16 +93,6 @@ class SqlRepository:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
 
     # --- users ------------------------------------------------------------------------
     def add_user(self, username: str, *, upn: str | None, sip_uri: str | None,

@@ -3,15 +3,14 @@ password per user. Encryption is the caller's (``ucgate.id.vault``); this module
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .engine import WRITE
+from .engine import Transactions
 from .repository import NotFoundError
 from .schema import vault_secrets
 
@@ -35,21 +34,8 @@ def _record(row: Row) -> VaultRecord:
     return VaultRecord(**m)
 
 
-class VaultStore:
+class VaultStore(Transactions):
     """Thread-safe; one short transaction per call."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
 
     def put(self, *, user_id: int, id: str, ciphertext: bytes, nonce: bytes, at: datetime,
             set_by: str, verified_at: datetime | None) -> None:
