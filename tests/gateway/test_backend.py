@@ -43,7 +43,7 @@ from ucgate.id.vault import VaultError, VaultService
 from ucgate.protocols.http1 import Framing, RequestHead
 from ucgate.protocols.sfb import Service
 
-from ..support import free_port, gateway_config
+from ..support import RecordingUpstream, free_port, gateway_config
 
 
 @pytest.fixture
@@ -250,14 +250,7 @@ class NtlmFrontend:
         finally:
             writer.close()
 
-    @staticmethod
-    async def _next(conn, reader):
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                conn.receive_data(await reader.read(65536))
-                continue
-            return ev
+    _next = staticmethod(RecordingUpstream._next)  # the next h11 event, reading as needed
 
 
 @pytest.fixture
