@@ -411,3 +411,21 @@ def test_certprov_gated(make_lab):
         lab.groups["alice"] = {"contractors"}
         r = certprov(c, asp, certprov_body())
         assert r.status_code == 403 and r.headers["x-ucgate-reason"] == "certprov-denied-by-policy"
+
+
+# --- issue 13 -------------------------------------------------------------------------------------
+
+def test_answers_of_the_gate_carry_one_content_type(make_lab):
+    """Issue 13 item 7: the gate's own EAS (WBXML) and UCWA (JSON) answers had a second
+    ``Content-Type: text/plain`` from the generic answer writer."""
+    lab = make_lab()  # new devices are quarantined
+    asp = lab.asp()
+    with lab.client() as c:
+        r = eas(c, asp)
+        assert eas_status(r) == 129
+        assert r.headers.get_list("content-type") == ["application/vnd.ms-sync.wbxml"]
+        r = create_app_req(c, asp, "55555555-5555-5555-5555-555555555555")
+        assert r.status_code == 403 and r.json()["subcode"] == "DeviceQuarantined"
+        assert r.headers.get_list("content-type") == ["application/json; charset=utf-8"]
+        r = c.get("/ucwa/oauth/v1/applications")  # a plain refusal keeps its text/plain
+        assert r.status_code == 401 and r.headers.get_list("content-type") == ["text/plain; charset=utf-8"]

@@ -384,10 +384,12 @@ class Gateway:
         *,
         close: bool,
     ) -> None:
-        """Write an answer of our own (``_answer`` without waiting for the write buffer)."""
+        """Write an answer of our own (``_answer`` without waiting for the write buffer).
+        ``headers`` may bring the body's own ``Content-Type`` (WBXML, JSON); else text/plain."""
         hs = list(headers or [])
+        if not any(k.lower() == b"content-type" for k, _ in hs):
+            hs.append((b"Content-Type", b"text/plain; charset=utf-8"))
         hs += [
-            (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", b"%d" % len(body)),
             (b"Cache-Control", b"no-store"),
         ]
