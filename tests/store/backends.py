@@ -33,6 +33,8 @@ def postgres_database():
             c.execute(text("SELECT 1"))
     except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
         admin.dispose()
+        if os.environ.get("CI"):  # CI has a server: its absence is a failure, not a skip
+            pytest.fail(f"CI=true but PostgreSQL is not reachable at {admin_url.render_as_string(hide_password=True)}: {e}")
         pytest.skip(f"PostgreSQL not reachable at {admin_url.render_as_string(hide_password=True)} "
                     f"(set UCGATE_TEST_POSTGRES_URL): {' '.join(str(getattr(e, 'orig', e)).split())[:160]}")
     name = f"ucgate_test_{os.getpid()}_{secrets.token_hex(4)}"

@@ -46,7 +46,7 @@ MAX_KERBEROS_HEADER = 96 * 1024
 SECOND_FACTOR_REASONS = frozenset({"ok-otp", "ok-recovery-code", "2fa-trusted"})
 # Refusals that say the credentials could not be checked at all (503, fail closed): the
 # directory (from the id service) or the id service itself (from the remote client).
-UNAVAILABLE_REASONS = frozenset({"directory-unavailable", "id-service-unavailable"})
+UNAVAILABLE_REASONS = frozenset({"directory-unavailable", "id-service-unavailable", "store-unavailable"})
 
 
 @dataclass(frozen=True)

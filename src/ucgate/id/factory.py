@@ -8,7 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..policy.lockout import BudgetConfig, FailureBudget
+from ..policy.lockout import BudgetConfig
+from ..store.budget import StoreBudget
 from .admin_cli import Components
 from .events import EventBus
 from .otp import OtpService
@@ -67,8 +68,9 @@ def open_services(
     comp = Components(settings)
     comp.users.netbios_domains = tuple(d.upper() for d in netbios_domains)
     comp.keyring  # load or create the key now: a bad key file fails at start, not at first sign-in
-    budget = FailureBudget(BudgetConfig(user_failures=lockout.user_failures,
-                                        ip_failures=lockout.ip_failures, window=lockout.window))
+    # the budget lives in the store: one per account for every process of the pool
+    budget = StoreBudget(comp.repo.engine, BudgetConfig(
+        user_failures=lockout.user_failures, ip_failures=lockout.ip_failures, window=lockout.window))
     bus = EventBus()
     second = None
     if two_factor is not None and (two_factor.default_mode != "off" or two_factor.group_modes):
@@ -79,5 +81,6 @@ def open_services(
         asps=comp.asps, users=comp.users, budget=budget, audit=comp.audit,
         directory=directory, required_group=required_group,
         allow_domain_passwords=allow_domain_passwords,
+        store_name=comp.repo.engine.url.render_as_string(hide_password=True),
     )
     return IdServices(comp, creds, bus, directory)

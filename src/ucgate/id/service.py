@@ -2,17 +2,22 @@
 
 Implements :class:`ucgate.id.api.CredentialService` for the gateway:
 
-1. the failure budget is checked first, keyed by the name as typed, so that a spray costs
-   neither directory queries nor AD lockouts (smart lockout, ``policy.lockout``);
-2. the user is resolved — from Active Directory when a directory is configured (every
+1. the user is resolved — from Active Directory when a directory is configured (every
    sign-in reads the account state fresh: disabled, locked, expired, password must change,
-   and the group gate), else from the local user table;
+   and the group gate; these are searches by the service account, which never touch the
+   user's bad-password count), else from the local user table;
+2. one failure is *reserved* in the failure budget (``policy.lockout``; in the store for a
+   pool, ``store.budget``), keyed by the resolved account — the directory's objectGUID (or
+   SID), the local user's id; a name that resolves to nothing by its normalised form — so
+   every name form of one account shares one budget, and N concurrent attempts can never
+   let more than the budget through to the check below;
 3. the credential is checked against the user's ASPs (and, only when allowed, the domain
    password by an LDAP bind — never more often than the budget lets through);
-4. the outcome is recorded: budget, last use of the ASP, audit event.
+4. the outcome settles the reservation (a success gives it back) and is audited; the ASP's
+   last use is recorded.
 
-The store and the directory are blocking, so each call runs in a worker thread. The failure
-budget is pure and in memory (one node; shared across nodes with issue 5).
+The store and the directory are blocking, so each call runs in a worker thread. A store that
+cannot be reached refuses the sign-in as ``store-unavailable`` (503 + Retry-After, fail closed).
 """
 
 from __future__ import annotations
@@ -27,18 +32,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..policy.account import check_sign_in
-from ..policy.lockout import FailureBudget
+from ..policy.lockout import BudgetDecision, Outcome, Reservation
 from ..policy.twofactor import Mode
 from ..protocols import ntlm as ntlm_proto
 from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
+from ..store import DuplicateError
 from .directory import DirectoryError
 
 log = logging.getLogger("ucgate.id")
 
 DIRECTORY_RETRY_AFTER = 30.0
+STORE_RETRY_AFTER = 5.0
 # Reasons that say nothing about the password: they do not count against the budget.
-_NOT_A_GUESS = frozenset({"throttled", "directory-unavailable"})
+_NOT_A_GUESS = frozenset({"throttled", "directory-unavailable", "store-unavailable"})
+
+
+def _outcome(verdict: Verdict) -> Outcome:
+    if verdict.ok:
+        return Outcome.SUCCESS
+    return Outcome.NOT_A_GUESS if verdict.reason in _NOT_A_GUESS else Outcome.FAILURE
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached (or failed) during a sign-in."""
+
+    reason = "store-unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +69,25 @@ class NtlmCandidates:
     user: str | None  # canonical name, None for an unknown user (candidates are then decoys)
     candidates: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
     refused: Verdict | None = None
+    reservation: Reservation | None = None  # the unit of budget this attempt holds
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A name as typed, resolved: the budget key of the account, and why it is refused (if)."""
+
+    key: str  # "g:<objectGUID>", "s:<SID>", "l:<local id>", or "n:<normalised name>"
+    user: str | None  # canonical (lower-case) sAMAccountName
+    refused: Verdict | None = None
+    directory_user: Any = None
 
 
 def budget_key(typed: str) -> str:
-    """A cheap, stable key for the failure budget from a name as typed (``DOMAIN\\user``,
-    ``user@upn`` or ``user``): the account part, lower-cased. Resolution happens later."""
+    """The budget key of a name that resolves to no account: its normalised form (``DOMAIN\\user``,
+    ``user@upn``, ``sip:user@domain`` and ``user`` all give the account part, lower-cased)."""
     name = typed.strip()
+    if name[:4].lower() == "sip:":
+        name = name[4:]
     if "\\" in name:
         name = name.split("\\", 1)[1]
     elif "@" in name:
@@ -68,7 +102,8 @@ class IdService:
         asps: an ``AspService``.
         users: a ``UserService`` (local users; directory users get a local row on first use so
             that ASPs can hang off it).
-        budget: the failure budget.
+        budget: the failure budget: ``store.budget.StoreBudget`` (a pool) or
+            ``policy.lockout.FailureBudget`` (one process), keyed by account.
         audit: an ``AuditLog``.
         directory: a ``Directory`` or None (local users only).
         required_group: only members (nested) of this group may use the gateway.
@@ -81,13 +116,14 @@ class IdService:
         *,
         asps: Any,
         users: Any,
-        budget: FailureBudget,
+        budget: Any,
         audit: Any,
         directory: Any = None,
         required_group: str | None = None,
         allow_domain_passwords: bool = False,
         second_factor: Any = None,
         clock: Callable[[], float] = time.time,
+        store_name: str = "the store",
     ) -> None:
         self.asps = asps
         self.users = users
@@ -98,56 +134,66 @@ class IdService:
         self.allow_domain_passwords = allow_domain_passwords and directory is not None
         self.clock = clock
         self.second_factor = second_factor  # id.twofactor.SecondFactor, or None (2FA off)
+        self.store_name = store_name
         self._lock = threading.Lock()
 
     # --- steps ---------------------------------------------------------------------------
-    def _budget_check(self, key: str, ctx: AttemptContext) -> Verdict | None:
-        with self._lock:
-            d = self.budget.check(key, ctx.client_ip, self.clock())
-        if d.allowed:
-            return None
-        return Verdict(False, "throttled", retry_after=max(d.retry_after, 1.0))
-
-    def _resolve(self, typed: str) -> tuple[str | None, Verdict | None, Any]:
-        """(canonical user, refusal or None, directory user or None)."""
+    def _resolve(self, typed: str) -> Resolved:
+        """The account a typed name refers to, its budget key, and why it is refused (if)."""
         if self.directory is None:
             rec = self.users.resolve(typed)
             if rec is None:
-                return None, Verdict(False, "unknown-user"), None
+                return Resolved(f"n:{budget_key(typed)}", None, Verdict(False, "unknown-user"))
+            key = f"l:{rec.id}"
             if not rec.enabled:
-                return rec.username, Verdict(False, "user-disabled"), None
-            return rec.username, None, None
+                return Resolved(key, rec.username, Verdict(False, "user-disabled"))
+            return Resolved(key, rec.username)
         try:
             du = self.directory.resolve(typed)
             if du is None:
-                return None, Verdict(False, "unknown-user"), None
+                return Resolved(f"n:{budget_key(typed)}", None, Verdict(False, "unknown-user"))
             state = self.directory.account_state(du)  # fresh: never cached
             in_group = (self.directory.is_member(du, self.required_group)
                         if self.required_group else True)
         except DirectoryError as e:
             if e.reason in ("invalid-name", "ambiguous"):
-                return None, Verdict(False, e.reason), None
+                return Resolved(f"n:{budget_key(typed)}", None, Verdict(False, e.reason))
             log.error("directory unavailable for a sign-in: %s", e.reason)
-            return None, Verdict(False, "directory-unavailable", retry_after=DIRECTORY_RETRY_AFTER), None
+            return Resolved(f"n:{budget_key(typed)}", None,
+                            Verdict(False, "directory-unavailable", retry_after=DIRECTORY_RETRY_AFTER))
         sam = du.sam_account_name.lower()
+        key = (f"g:{du.object_guid.lower()}" if du.object_guid else
+               f"s:{du.object_sid}" if du.object_sid else f"n:{sam}")
         decision = check_sign_in(state, in_required_group=in_group)
         if not decision.allowed:
-            return sam, Verdict(False, decision.reason), du
+            return Resolved(key, sam, Verdict(False, decision.reason), du)
         rec = self.users.get(sam)
         if rec is None:
-            rec = self.users.add(sam, upn=du.upn, sip_uri=du.sip_uri, display_name=du.display_name,
-                                 source="directory")
-        elif not rec.enabled:  # blocked in ucgate without touching AD
-            return sam, Verdict(False, "user-disabled"), du
-        return sam, None, du
+            try:
+                rec = self.users.add(sam, upn=du.upn, sip_uri=du.sip_uri,
+                                     display_name=du.display_name, source="directory")
+            except DuplicateError:  # a concurrent first sign-in (any node) made the row
+                rec = self.users.get(sam)
+                if rec is None:
+                    raise
+        if not rec.enabled:  # blocked in ucgate without touching AD
+            return Resolved(key, sam, Verdict(False, "user-disabled"), du)
+        return Resolved(key, sam, None, du)
 
-    def _record(self, user: str, ctx: AttemptContext, verdict: Verdict, key: str) -> None:
-        if verdict.reason not in _NOT_A_GUESS:
+    def _reserve(self, who: Resolved, ctx: AttemptContext) -> Reservation | Verdict:
+        """Hold one failure for this attempt before any check that can reach the directory."""
+        with self._lock:  # the in-memory budget is not thread-safe; the store one is atomic
+            r = self.budget.reserve(who.key, ctx.client_ip, self.clock())
+        if isinstance(r, BudgetDecision):
+            return Verdict(False, "throttled", retry_after=max(r.retry_after, 1.0))
+        return r
+
+    def _settle(self, reservation: Reservation | None, verdict: Verdict) -> None:
+        if reservation is not None:
             with self._lock:
-                if verdict.ok:
-                    self.budget.record_success(key, ctx.client_ip, self.clock())
-                else:
-                    self.budget.record_failure(key, ctx.client_ip, self.clock())
+                self.budget.settle(reservation, _outcome(verdict), self.clock())
+
+    def _audit(self, user: str, ctx: AttemptContext, verdict: Verdict) -> None:
         self.audit.record(
             "sign-in",
             actor=user,
@@ -161,68 +207,104 @@ class IdService:
             credential=verdict.credential_id,
             user_agent=ctx.user_agent,
         )
+
+    def _record(self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict,
+                reservation: Reservation | None) -> None:
+        self._settle(reservation, verdict)
+        self._audit(who if isinstance(who, str) else (who.user or who.key[2:]), ctx, verdict)
         if verdict.ok and verdict.credential_id and verdict.credential_id != "domain-password":
             self.asps.mark_used(verdict.credential_id, self.clock())
 
+    def _store_down(self, what: str, ctx: AttemptContext, e: Exception) -> Verdict:
+        log.error("store unavailable during a %s sign-in from %s (%s): %s", what, ctx.client_ip,
+                  self.store_name, " ".join(str(getattr(e, "orig", e) or e).split())[:200])
+        return Verdict(False, "store-unavailable", retry_after=STORE_RETRY_AFTER)
+
+    # --- an attempt in two halves (the portal's sign-in checks the password itself) -----------
+    def begin_attempt(self, typed: str, ctx: AttemptContext) -> tuple[Resolved, Reservation | Verdict]:
+        """Resolve ``typed`` and reserve its unit of budget; a Verdict when refused already
+        (throttled, directory or store unavailable)."""
+        try:
+            who = self._resolve(typed)
+            if who.refused is not None and who.refused.reason == "directory-unavailable":
+                return who, who.refused
+            return who, self._reserve(who, ctx)
+        except SQLAlchemyError as e:
+            return Resolved(f"n:{budget_key(typed)}", None), self._store_down(ctx.method, ctx, e)
+
+    def end_attempt(self, who: Resolved, ctx: AttemptContext, reservation: Reservation,
+                    verdict: Verdict) -> None:
+        """Settle and audit an attempt begun with :meth:`begin_attempt`."""
+        try:
+            self._record(who, ctx, verdict, reservation)
+        except SQLAlchemyError as e:
+            self._store_down(ctx.method, ctx, e)
+
     # --- CredentialService (blocking halves) -------------------------------------------------
     def verify_password_sync(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
-        key = budget_key(name)
-        refused = self._budget_check(key, ctx)
-        if refused is not None:
-            self._record(key, ctx, refused, key)
-            return refused
-        user, refused, du = self._resolve(name)
-        if refused is not None:
+        try:
+            return self._verify_password(name, password, ctx)
+        except SQLAlchemyError as e:
+            return self._store_down(ctx.method, ctx, e)
+
+    def _verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
+        who, held = self.begin_attempt(name, ctx)
+        if isinstance(held, Verdict):
+            self._audit(who.user or who.key[2:], ctx, held)
+            return held
+        verdict = Verdict(False, "wrong-password")
+        try:
+            verdict = self._check_password(who, password, ctx)
+        except DirectoryError as e:  # the domain-password bind could not be made
+            log.error("directory unavailable for a sign-in: %s", e.reason)
+            verdict = Verdict(False, "directory-unavailable", retry_after=DIRECTORY_RETRY_AFTER)
+        finally:
+            self._record(who, ctx, verdict, held)
+        return verdict
+
+    def _check_password(self, who: Resolved, password: str, ctx: AttemptContext) -> Verdict:
+        if who.refused is not None:
             # Same work for an unknown or refused user as for a wrong ASP, so that response
             # times do not tell them apart.
             _decoy_work(password)
-            self._record(user or key, ctx, refused, key)
-            return refused
+            return who.refused
+        user, du = who.user, who.directory_user
         assert user is not None
         mode = self.second_factor.mode(user, du) if self.second_factor else Mode.OFF
         if mode is Mode.OTP_APPENDED:
-            verdict = self.second_factor.check_password(user, password, ctx.device_id, self.asps, mode)
-            self._record(user, ctx, verdict, key)
-            return verdict
+            return self.second_factor.check_password(user, password, ctx.device_id, self.asps, mode)
         match = self.asps.verify_password(user, password, ctx.device_id)
         if match is not None:
-            verdict = Verdict(True, "ok", user=user, credential_id=str(match.asp_id))
-        elif self.allow_domain_passwords and du is not None and self.directory.verify_password(du, password):
-            verdict = Verdict(True, "ok-domain-password", user=user, credential_id="domain-password")
-        else:
-            verdict = Verdict(False, "wrong-password")
-        self._record(user, ctx, verdict, key)
-        return verdict
+            return Verdict(True, "ok", user=user, credential_id=str(match.asp_id))
+        if self.allow_domain_passwords and du is not None and self.directory.verify_password(du, password):
+            return Verdict(True, "ok-domain-password", user=user, credential_id="domain-password")
+        return Verdict(False, "wrong-password")
 
     def ntlm_candidates_sync(self, name: str, domain: str, ctx: AttemptContext) -> NtlmCandidates:
         if not name:
             return NtlmCandidates(None, refused=Verdict(False, "anonymous"))
         typed = f"{domain}\\{name}" if domain else name
-        key = budget_key(typed)
-        refused = self._budget_check(key, ctx)
-        if refused is not None:
-            self._record(key, ctx, refused, key)
-            return NtlmCandidates(None, refused=refused)
-        user, refused, du = self._resolve(typed)
-        if refused is not None and refused.reason == "directory-unavailable":
-            self._record(key, ctx, refused, key)
-            return NtlmCandidates(None, refused=refused)
-        if refused is not None:
+        who, held = self.begin_attempt(typed, ctx)
+        if isinstance(held, Verdict):
+            self._audit(who.user or who.key[2:], ctx, held)
+            return NtlmCandidates(None, refused=held)
+        if who.refused is not None:
             # Decoys: the verifier does the same HMACs as for a real user, then fails; the
             # refusal reason is recorded by ntlm_result.
-            return NtlmCandidates(None, [(f"decoy:{refused.reason}", os.urandom(16)) for _ in range(4)])
+            return NtlmCandidates(None, [(f"decoy:{who.refused.reason}", os.urandom(16)) for _ in range(4)],
+                                  reservation=held)
+        user, du = who.user, who.directory_user
         assert user is not None
         if self.second_factor and self.second_factor.mode(user, du) is Mode.OTP_APPENDED:
             cands = self.second_factor.ntlm_candidates(user, ctx.device_id, self.asps)
             if not cands:
-                return NtlmCandidates(None, [("decoy:otp-not-enrolled", os.urandom(16))])
-            return NtlmCandidates(user, cands)
+                return NtlmCandidates(None, [("decoy:otp-not-enrolled", os.urandom(16))], reservation=held)
+            return NtlmCandidates(user, cands, reservation=held)
         cands = [(str(asp_id), h) for asp_id, h in self.asps.nt_hash_candidates(user, ctx.device_id)]
-        return NtlmCandidates(user, cands or [("decoy:no-asp", os.urandom(16))])
+        return NtlmCandidates(user, cands or [("decoy:no-asp", os.urandom(16))], reservation=held)
 
     def ntlm_result_sync(self, name: str, ctx: AttemptContext, candidates: NtlmCandidates,
                          matched: str | None, reason: str) -> Verdict:
-        key = budget_key(name)
         decoy = next((cid for cid, _ in candidates.candidates if cid.startswith("decoy:")), None)
         if candidates.user is None:
             verdict = Verdict(False, decoy.split(":", 1)[1] if decoy else "unknown-user")
@@ -232,10 +314,16 @@ class IdService:
             verdict = self.second_factor.ntlm_matched(candidates.user, matched, ctx.device_id)
         else:
             verdict = Verdict(True, "ok", user=candidates.user, credential_id=matched)
-        self._record(candidates.user or key, ctx, verdict, key)
+        self._record(candidates.user or budget_key(name), ctx, verdict, candidates.reservation)
         return verdict
 
     def verify_ntlm_sync(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
+        try:
+            return self._verify_ntlm(handshake, ctx)
+        except SQLAlchemyError as e:
+            return NtlmVerdict(self._store_down(ctx.method, ctx, e))
+
+    def _verify_ntlm(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
         """Rebuild the gateway's acceptor from the messages, verify against the candidates,
         record the outcome."""
         h = handshake
@@ -268,12 +356,25 @@ class IdService:
     def check_account_sync(self, name: str, ctx: AttemptContext) -> Verdict:
         """A sign-in whose credential was verified elsewhere (a Kerberos ticket, which outlives
         a disable or lock in AD by up to its lifetime): the account must still be usable and in
-        the group, read fresh from the directory. Audited like any sign-in."""
-        key = budget_key(name)
-        user, refused, _ = self._resolve(name)
-        verdict = refused or Verdict(True, "ok", user=user)
-        self._record(user or key, ctx, verdict, key)
-        return verdict
+        the group, read fresh from the directory. Audited like any sign-in; no password was
+        guessed, so the failure budget is not touched."""
+        try:
+            who = self._resolve(name)
+            verdict = who.refused or Verdict(True, "ok", user=who.user)
+            self._audit(who.user or who.key[2:], ctx, verdict)
+            return verdict
+        except SQLAlchemyError as e:
+            return self._store_down(ctx.method, ctx, e)
+
+    def record_refusal_sync(self, user: str, ctx: AttemptContext, reason: str) -> None:
+        """The gateway refused a sign-in this service had allowed: a failure, charged after the fact."""
+        try:
+            who = self._resolve(user)
+            with self._lock:
+                self.budget.charge(who.key, ctx.client_ip, self.clock())
+            self._audit(who.user or user, ctx, Verdict(False, reason))
+        except SQLAlchemyError as e:
+            self._store_down(ctx.method, ctx, e)
 
     # --- CredentialService (async) -------------------------------------------------------
     async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
@@ -282,7 +383,7 @@ class IdService:
     async def record_refusal(self, user: str, ctx: AttemptContext, reason: str) -> None:
         """The gateway refused a sign-in this service had allowed (e.g. a SPNEGO mechListMIC
         that did not verify with the session key): record the denial too."""
-        await asyncio.to_thread(self._record, user, ctx, Verdict(False, reason), budget_key(user))
+        await asyncio.to_thread(self.record_refusal_sync, user, ctx, reason)
 
     async def check_account(self, name: str, ctx: AttemptContext) -> Verdict:
         return await asyncio.to_thread(self.check_account_sync, name, ctx)

@@ -23,8 +23,19 @@ The model (a "smart lockout", like Entra ID's and AD FS's extranet smart lockout
   touched are evicted first. An attacker spraying random names from many IPs can thus reset
   old counters, but cannot grow memory; each IP's own bucket still limits its spraying.
 
-State is per process (not shared between the gateways of a pool, not kept across restarts):
-each gateway enforces the budget on its own, so a pool of N allows up to N times the rate.
+- **Reserve, then settle.** A sign-in *reserves* one failure (``reserve``) before any check
+  that could reach Active Directory, and settles it afterwards (``settle``): a success gives the
+  reservation back (and resets the bucket), a failure keeps it, an outcome that says nothing
+  about the password (the directory was down) gives it back. So N concurrent attempts can never
+  let more than the budget through: each one holds its unit while it runs.
+- **Keyed by the account**, not the name as typed: the caller passes the resolved account
+  (objectGUID for a directory user, the local user id), so ``sq11``, ``sip:sq11@...``, the UPN
+  and ``LAB\\sq11`` share one budget; names that resolve to nothing are keyed by their
+  normalised form.
+
+:class:`FailureBudget` keeps the state in memory (one process; tests and tools). A pool uses
+``ucgate.store.budget.StoreBudget``, the same model with the state in the store, one atomic
+statement per charge, shared by every process and kept across restarts.
 The budget does not touch Active Directory: failures here never reach AD's lockout counter.
 """
 
@@ -33,6 +44,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -66,6 +78,45 @@ class BudgetDecision:
 ALLOWED = BudgetDecision(True)
 
 
+class Outcome(StrEnum):
+    """How a reserved attempt ended."""
+
+    SUCCESS = "success"  # the credential was right: give the unit back, reset, make the IP familiar
+    FAILURE = "failure"  # a guess that failed: the unit stays charged
+    NOT_A_GUESS = "not-a-guess"  # nothing was learnt about the password (a dependency was down)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One failure held for an attempt in progress (see :meth:`FailureBudget.reserve`)."""
+
+    account: str  # the budget key of the account
+    ip: str
+    familiar: bool  # which of the account's two buckets holds the unit
+    charged_ip: bool  # whether the IP's bucket holds one too (not for a familiar pair)
+
+
+def drained(level: float, at: float, now: float, rate: float) -> float:
+    """A leaky bucket's level at ``now``: ``level`` at time ``at``, draining ``rate`` per second."""
+    return max(0.0, level - max(0.0, now - at) * rate)
+
+
+def wait_for(level_now: float, limit: int, rate: float) -> float:
+    """Seconds until one more failure fits under ``limit`` (0: it fits now)."""
+    excess = level_now + 1.0 - limit
+    return excess / rate + 1e-6 if excess > 1e-9 else 0.0
+
+
+def user_bucket(account: str, familiar: bool) -> str:
+    """The store's name of an account's bucket (familiar or unfamiliar class)."""
+    return f"u{int(familiar)}:{account}"
+
+
+def ip_bucket(ip: str) -> str:
+    """The store's name of an IP's bucket (IPv6: its /64)."""
+    return f"ip:{ip_key(ip)}"
+
+
 class _Lru(Generic[K, V]):
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -93,7 +144,7 @@ class _Bucket:
     at: float
 
     def level_at(self, now: float, rate: float) -> float:
-        return max(0.0, self.level - max(0.0, now - self.at) * rate)
+        return drained(self.level, self.at, now, rate)
 
 
 def ip_key(ip: str) -> str:
@@ -128,8 +179,7 @@ class FailureBudget:
         if bucket is None:
             return 0.0
         # allowed while one more failure fits: level + 1 <= limit
-        excess = bucket.level_at(now, rate) + 1.0 - limit
-        return excess / rate + 1e-6 if excess > 1e-9 else 0.0
+        return wait_for(bucket.level_at(now, rate), limit, rate)
 
     def check(self, user: str, ip: str, now: float) -> BudgetDecision:
         """May ``user`` try a password from ``ip`` now?"""
@@ -160,6 +210,41 @@ class FailureBudget:
     def record_success(self, user: str, ip: str, now: float) -> None:
         """A correct password: forgive the user's failures of this class, remember the IP."""
         self._users.pop((user, self.familiar(user, ip, now)))
+        self._remember(user, ip, now)
+
+    # --- reserve / settle (what the id service uses) -------------------------------------
+    def reserve(self, account: str, ip: str, now: float) -> Reservation | BudgetDecision:
+        """Charge one failure to ``account`` (and ``ip``, unless the pair is familiar) before
+        the credential is checked; a refusal (a :class:`BudgetDecision`) when it does not fit."""
+        d = self.check(account, ip, now)
+        if not d.allowed:
+            return d
+        fam = self.familiar(account, ip, now)
+        self.record_failure(account, ip, now)
+        return Reservation(account, ip, fam, not fam)
+
+    def charge(self, account: str, ip: str, now: float) -> None:
+        """A failure found after the fact: charged unconditionally."""
+        self.record_failure(account, ip, now)
+
+    def _refund(self, table: _Lru, key, rate: float, now: float) -> None:
+        b = table.get(key)
+        if b is not None:
+            table.put(key, _Bucket(max(0.0, b.level_at(now, rate) - 1.0), max(now, b.at)))
+
+    def settle(self, r: Reservation, outcome: Outcome, now: float) -> None:
+        """End a reserved attempt (see :class:`Outcome`)."""
+        if outcome is Outcome.FAILURE:
+            return
+        if r.charged_ip:
+            self._refund(self._ips, ip_key(r.ip), self._ip_rate, now)
+        if outcome is Outcome.SUCCESS:
+            self._users.pop((r.account, r.familiar))
+            self._remember(r.account, r.ip, now)
+        else:
+            self._refund(self._users, (r.account, r.familiar), self._user_rate, now)
+
+    def _remember(self, user: str, ip: str, now: float) -> None:
         seen = dict(self._familiar.get(user) or {})
         seen[ip] = now
         if len(seen) > self.config.max_familiar_per_user:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -203,4 +204,58 @@ vault_secrets = Table(
     Column("set_by", String(256), nullable=False),  # "cli:root", "portal:alice", ...
     Column("verified_at", UtcDateTime(), nullable=True),  # checked against the directory
     Column("last_used_at", UtcDateTime(), nullable=True),
+)
+
+# --- the pool's shared state (migration 0005) -------------------------------------------------
+# The event outbox: every change that can cut someone off is a row here, written in the same
+# transaction as the change (ucgate.store.outbox). Readers follow ``id``; NOTIFY (PostgreSQL) or
+# ``PRAGMA data_version`` (SQLite) only wakes them: the table is the truth.
+EVENT_KINDS = ("user-blocked", "device-blocked", "credential-revoked")
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    # not constrained to EVENT_KINDS: a newer version may write kinds this one skips
+    Column("kind", String(32), nullable=False),
+    Column("username", String(256), nullable=False),
+    Column("device_id", String(256), nullable=True),
+    Column("credential", String(64), nullable=True),  # an ASP id
+    Column("reason", String(128), nullable=False),
+    Column("signed_in_before", UtcDateTime(), nullable=True),
+    Column("actor", String(256), nullable=True),
+    Index(None, "at"),
+)
+
+# The failure budget's leaky buckets (ucgate.store.budget): "u0:<account>", "u1:<account>"
+# (unfamiliar / familiar class) and "ip:<address or /64>"; level and time as epoch seconds.
+budget_buckets = Table(
+    "budget_buckets",
+    metadata,
+    Column("bucket", String(320), primary_key=True),
+    Column("level", Float(precision=53), nullable=False),
+    Column("at", Float(precision=53), nullable=False),
+    Index(None, "at"),
+)
+
+# Familiar (account, IP) pairs: a successful sign-in from ``ip`` at ``at`` (epoch seconds).
+familiar_ips = Table(
+    "familiar_ips",
+    metadata,
+    Column("account", String(300), primary_key=True),
+    Column("ip", String(64), primary_key=True),
+    Column("at", Float(precision=53), nullable=False),
+)
+
+# Who is signed in where: each gateway's periodic report (ucgate.id.http_api.LiveSessions), so
+# that every id service's account monitor sees every gateway's sessions.
+live_sessions = Table(
+    "live_sessions",
+    metadata,
+    Column("gateway", String(128), primary_key=True),
+    Column("username", String(256), primary_key=True),
+    Column("signed_in_at", UtcDateTime(), nullable=False),
+    Column("reported_at", Float(precision=53), nullable=False),
+    Index(None, "reported_at"),
 )

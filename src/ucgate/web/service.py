@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..id.api import AttemptContext, Verdict
 from ..id.asp import AspLimit
 from ..id.audit import is_secret_key, to_json
 from ..id.devices import DeviceError, DeviceService
@@ -139,11 +140,10 @@ class Console:
         directory is configured, else (or as well) an ASP; the gateway's failure budget
         throttles guessing here too."""
         creds = self.ids.credentials
-        key = typed.strip().lower()[:256]
-        now = self.clock()
-        with self._budget_lock:
-            if not creds.budget.check(key, client_ip, now).allowed:
-                return None, "throttled"
+        ctx = AttemptContext(client_ip=client_ip, method="portal", service="web")
+        who, held = creds.begin_attempt(typed, ctx)
+        if isinstance(held, Verdict):  # throttled, or the directory or store is down
+            return None, held.reason
         user, ok = self.canonical_user(typed), False
         if user is not None and password:
             rec = self.ids.users.get(user)
@@ -156,8 +156,8 @@ class Console:
                     ok = False
             if user is not None and not ok and rec is not None:
                 ok = self.ids.asps.verify_password(user, password) is not None
-        with self._budget_lock:
-            (creds.budget.record_success if ok else creds.budget.record_failure)(key, client_ip, now)
+        creds.end_attempt(who, ctx, held, Verdict(True, "ok", user=user) if ok else
+                          Verdict(False, "bad-credentials"))
         return (user, "ok") if ok else (None, "bad-credentials")
 
     def has_totp(self, user: str) -> bool:
