@@ -67,6 +67,10 @@ class GatewayConfig:
     published_name: str | None = None
     identity_header: str = "X-Ucgate-User"
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # connections from trusted_proxies start with a PROXY header (HAProxy send-proxy[-v2])
+    proxy_protocol: bool = False
+    # (host, port) of the /healthz and /readyz listener (plain HTTP), or None
+    health_listen: tuple[str, int] | None = None
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
@@ -221,11 +225,11 @@ class _Section:
             raise self.fail(unknown[0], "unknown setting (check the spelling; see README)")
 
 
-def _parse_listen(sec: _Section, default: str = "0.0.0.0:443") -> tuple[str, int]:
-    listen = sec.get("listen", str, default)
+def _parse_listen(sec: _Section, default: str = "0.0.0.0:443", key: str = "listen") -> tuple[str, int]:
+    listen = sec.get(key, str, default)
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
-        raise sec.fail("listen", f"expected host:port, got {listen!r}")
+        raise sec.fail(key, f"expected host:port, got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -334,6 +338,11 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
             proxies.append(ipaddress.ip_network(cidr, strict=False))
         except (ValueError, TypeError):
             raise gw.fail(f"trusted_proxies[{i}]", f"not an address or CIDR: {cidr!r}") from None
+    proxy_protocol = gw.get("proxy_protocol", bool, False)
+    if proxy_protocol and not proxies:
+        raise gw.fail("proxy_protocol", "needs trusted_proxies: the balancers' addresses, the only "
+                      "peers whose PROXY header is read")
+    health_listen = _parse_listen(gw, key="health_listen") if gw.get("health_listen", str, "") else None
     ident = gw.get("identity_header", str, "X-Ucgate-User")
     if not ident or not all(c.isalnum() or c == "-" for c in ident):
         raise gw.fail("identity_header", "must be a header name (letters, digits, '-')")
@@ -368,6 +377,8 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
         published_name=gw.get("published_name", str, None),
         identity_header=ident,
         trusted_proxies=tuple(proxies),
+        proxy_protocol=proxy_protocol,
+        health_listen=health_listen,
         limits=limits,
         timeouts=timeouts,
     )

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from ..config import Config
+from ..id.health import Readiness
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.ntlm import tls_server_end_point
@@ -30,6 +31,8 @@ from .auth import Authenticator, DenyAll
 from .backend import BackendAuth, BackendCredentials, BackendError, default_backends
 from .connection import ClientConnection, Identity
 from .devices import DeviceGate
+from .health import HealthListener
+from .preamble import StreamPreamble
 from .session import ClientSession
 from .stream import Stream
 from .tls import certificate_der, server_context
@@ -71,6 +74,8 @@ class Gateway:
         oauth: the OAuth password grant interception (``gateway.oauth.OAuthGrants``); it also
             wraps ``authenticator`` to accept the Bearer tokens it issued. None: OAuth requests
             are forwarded like any other.
+        readiness: what ``/readyz`` on the health listener (``[gateway] health_listen``) asks:
+            an async callable returning ``(ok, reason)`` (``ucgate.id.health``); None: ready.
     """
 
     def __init__(
@@ -82,8 +87,11 @@ class Gateway:
         devices: DeviceGate | None = None,
         backends: Mapping[str, BackendCredentials] | None = None,
         oauth=None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.config = config
+        self.readiness = readiness
+        self.health: HealthListener | None = None
         self.devices = devices
         self.oauth = oauth
         self.backends: dict[str, BackendCredentials] = {**default_backends(), **(backends or {})}
@@ -153,14 +161,20 @@ class Gateway:
             self._server = await start_tls_server(
                 loop, protocol, self.gw.listen_host, self.gw.listen_port, self.ssl,
                 backlog=1024, handshake_timeout=self.gw.timeouts.header_read,
+                proxy_from=self._is_trusted_proxy if self.gw.proxy_protocol else None,
             )
         else:
             self._server = await loop.create_server(
                 protocol, self.gw.listen_host, self.gw.listen_port, backlog=1024
             )
         log.info(
-            "gateway listening on %s://%s:%d", self._proto.decode(), self.gw.listen_host, self.port
+            "gateway listening on %s://%s:%d%s", self._proto.decode(), self.gw.listen_host, self.port,
+            " (PROXY protocol from trusted_proxies)" if self.gw.proxy_protocol else "",
         )
+        if self.gw.health_listen is not None:
+            self.health = HealthListener(*self.gw.health_listen, self.readiness,
+                                         timeout=self.gw.timeouts.header_read)
+            await self.health.start()
 
     @property
     def port(self) -> int:
@@ -170,6 +184,8 @@ class Gateway:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.health is not None:
+            await self.health.stop()
         for conn in list(self.connections):
             conn.cut_off("shutdown")
         for pool in self.pools.values():
@@ -238,13 +254,21 @@ class Gateway:
 
     # --- per connection -----------------------------------------------------------------
     def _on_connection_made(self, client: Stream) -> None:
-        """A client connected (after the TLS handshake): register it and let its session wait
-        for the first request head."""
+        """A client connected (after the TLS handshake and, over TLS, its PROXY header: then
+        ``peername`` is the client's): register it and let its session wait for the first
+        request head. Plain HTTP with ``proxy_protocol``: the PROXY header first."""
         peer = client.get_extra_info("peername") or ("?", 0)
         if len(self.connections) >= self.gw.limits.max_connections:
             log.warning("connection from %s refused: max_connections reached", peer[0])
             client.close()
             return
+        if self.gw.proxy_protocol and self.ssl is None:
+            StreamPreamble(client, peer, self._is_trusted_proxy(peer[0]), self.gw.timeouts.header_read,
+                           lambda addr: self._register(client, addr))
+            return
+        self._register(client, peer)
+
+    def _register(self, client: Stream, peer: tuple) -> None:
         conn = ClientConnection(
             peer_host=peer[0],
             peer_port=peer[1],

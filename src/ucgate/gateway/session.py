@@ -90,6 +90,8 @@ class ClientSession:
         s = self.stream
         s.on_data = self._on_client_data
         s.set_deadline(self.loop.time() + self.gw.gw.timeouts.header_read)
+        if s._buf or s._eof:  # what came with a PROXY header (gateway/preamble.py)
+            self.on_client_data()
 
     # --- client side ------------------------------------------------------------------
     def on_client_data(self) -> None:

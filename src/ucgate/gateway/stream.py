@@ -240,6 +240,10 @@ class Stream(asyncio.Protocol):
             raise asyncio.LimitOverrunError("Separator is found, but chunk is longer than limit", i)
         return self._take(i + 4)
 
+    def peek(self) -> bytes:
+        """What is buffered, left in place (the PROXY header is parsed before it is taken)."""
+        return bytes(self._buf)
+
     def take_buffered(self, n: int) -> bytes | None:
         """``readexactly(n)`` when ``n`` bytes are buffered already (no coroutine), else None."""
         return self._take(n) if len(self._buf) >= n else None

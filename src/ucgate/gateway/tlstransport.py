@@ -48,6 +48,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
+from ..protocols import proxyproto
+
 log = logging.getLogger("ucgate.gateway.tlstransport")
 
 # One SSL_read returns at most one record (16 KiB of plaintext); 64 KiB leaves room and is what
@@ -570,16 +572,19 @@ class TLSTransport(asyncio.Transport):
 class _Handshake:
     """One accepted connection's TLS handshake: non-blocking, bounded by a deadline; on success
     the protocol and its transport are created, on failure the socket is closed and nobody
-    else ever hears of it."""
+    else ever hears of it. ``client`` is the address a PROXY header gave (``_Preamble``): the
+    transport's ``peername``, with the balancer's as ``proxy_peername``."""
 
-    __slots__ = ("fd", "peer", "server", "sock", "timer", "watching")
+    __slots__ = ("client", "fd", "peer", "server", "sock", "timer", "watching")
 
-    def __init__(self, server: TLSServer, sock: ssl.SSLSocket, peer: Any) -> None:
+    def __init__(self, server: TLSServer, sock: ssl.SSLSocket, peer: Any, deadline: float,
+                 client: tuple[str, int] | None = None) -> None:
         self.server = server
         self.sock: ssl.SSLSocket | None = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.timer = server._loop.call_later(server._handshake_timeout, self._expired)
+        self.client = client
+        self.timer = server._loop.call_at(deadline, self._expired)
         self.watching: str | None = None  # "r" or "w"
 
     def step(self) -> None:
@@ -656,13 +661,131 @@ class _Handshake:
             log.exception("protocol factory failed; closing the connection from %s", _peer_str(self.peer))
             sock.close()
             return
+        extra = {"peername": self.peer} if self.client is None else {
+            "peername": self.client, "proxy_peername": self.peer}
         try:  # the transport calls connection_made and handles the protocol's failures itself
-            TLSTransport(
-                server._loop, sock, protocol, close_timeout=server._close_timeout, extra={"peername": self.peer}
-            )
+            TLSTransport(server._loop, sock, protocol, close_timeout=server._close_timeout, extra=extra)
         except Exception:
             log.exception("could not start the transport for %s", _peer_str(self.peer))
             sock.close()
+
+
+class _Preamble:
+    """The PROXY protocol header of one accepted connection, read off the raw socket before the
+    TLS handshake (HAProxy's ``send-proxy-v2`` sends it before the ClientHello), within the
+    handshake's deadline. The socket is peeked (``MSG_PEEK``) and exactly the header's bytes are
+    consumed, so OpenSSL's first read starts at the ClientHello: while ``proxyproto.parse`` wants
+    more, every byte peeked belongs to the header and is consumed, so the level-triggered fd
+    never spins on bytes we leave in place.
+
+    From a trusted balancer the header is required (anything else closes the connection with a
+    warning); from any other peer, a first byte that starts a PROXY signature closes it with a
+    warning, a TLS record goes on to the handshake as a direct client (the PROXY protocol's
+    spoofing risk is a header from an untrusted peer, which is refused, never read)."""
+
+    __slots__ = ("deadline", "fd", "got", "peer", "server", "sock", "timer", "trusted", "watching")
+
+    # enough to tell a TLS record (0x16) from a PROXY signature
+    _SNIFF_BYTES = len(proxyproto.SIGNATURE_V2)
+
+    def __init__(self, server: TLSServer, sock: socket.socket, peer: Any, trusted: bool,
+                 deadline: float) -> None:
+        self.server = server
+        self.sock: socket.socket | None = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.trusted = trusted
+        self.deadline = deadline
+        self.got = b""  # header bytes consumed so far
+        self.timer = server._loop.call_at(deadline, self._expired)
+        self.watching = False
+
+    def step(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        want = proxyproto.MAX_HEADER_BYTES - len(self.got) if self.trusted else self._SNIFF_BYTES
+        try:
+            data = sock.recv(want, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            self._watch()
+            return
+        except OSError as exc:
+            log.debug("connection from %s lost before its PROXY header: %r", _peer_str(self.peer), exc)
+            self.close()
+            return
+        if not data:  # a balancer's TCP check connects and closes: not worth a warning
+            log.debug("connection from %s closed before a PROXY header", _peer_str(self.peer))
+            self.close()
+            return
+        if not self.trusted:
+            if data[0] != 0x16 and proxyproto.detect(data) != 0:
+                self._refuse("untrusted-proxy-header", "the peer is not in trusted_proxies")
+            else:
+                self._done(None)
+            return
+        try:
+            header = proxyproto.parse(self.got + data)
+        except proxyproto.ProxyError as e:
+            self._refuse(e.reason, e.detail)
+            return
+        take = len(data) if header is None else header.length - len(self.got)
+        try:
+            taken = sock.recv(take)  # peeked already: they are in the socket's buffer
+        except OSError:
+            taken = b""
+        if len(taken) != take:
+            self.close()
+            return
+        if header is None:
+            self.got += taken
+            self._watch()
+            return
+        self._done(proxyproto.client_address(header, self.peer))
+
+    def _watch(self) -> None:
+        if not self.watching:
+            self.server._loop.add_reader(self.fd, self.step)
+            self.watching = True
+
+    def _unwatch(self) -> None:
+        if self.watching:
+            self.server._loop.remove_reader(self.fd)
+            self.watching = False
+        self.timer.cancel()
+        self.server._handshakes.discard(self)
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        log.warning("connection from %s closed: PROXY protocol: %s%s", _peer_str(self.peer), reason,
+                    f" ({detail})" if detail else "")
+        self.close()
+
+    def _expired(self) -> None:
+        if self.trusted:
+            log.info("connection from %s closed: no PROXY header within %ss", _peer_str(self.peer),
+                     self.server._handshake_timeout)
+        else:  # as a TLS handshake that times out
+            log.debug("connection from %s sent nothing within %ss", _peer_str(self.peer),
+                      self.server._handshake_timeout)
+        self.close()
+
+    def close(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        self._unwatch()
+        self.sock = None
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def _done(self, client: tuple[str, int] | None) -> None:
+        sock = self.sock
+        assert sock is not None
+        self._unwatch()
+        self.sock = None
+        self.server._start_tls(sock, self.peer, self.deadline, client)
 
 
 def _peer_str(peer: Any) -> str:
@@ -693,6 +816,7 @@ class TLSServer:
         *,
         handshake_timeout: float,
         close_timeout: float,
+        proxy_from: Callable[[str], bool] | None = None,
     ) -> None:
         self._loop = loop
         self._protocol_factory = protocol_factory
@@ -700,7 +824,8 @@ class TLSServer:
         self._sockets = sockets
         self._handshake_timeout = handshake_timeout
         self._close_timeout = close_timeout
-        self._handshakes: set[_Handshake] = set()
+        self._proxy_from = proxy_from
+        self._handshakes: set[_Handshake | _Preamble] = set()
         self._accepting: set[int] = set()  # fds with a reader installed
         self._retry_timers: list[asyncio.TimerHandle] = []
         self._serving = False
@@ -759,6 +884,21 @@ class TLSServer:
             self._handshake(conn, peer)
 
     def _handshake(self, conn: socket.socket, peer: Any) -> None:
+        deadline = self._loop.time() + self._handshake_timeout
+        if self._proxy_from is None:
+            self._start_tls(conn, peer, deadline)
+            return
+        try:
+            conn.setblocking(False)
+        except OSError:
+            conn.close()
+            return
+        pre = _Preamble(self, conn, peer, self._proxy_from(peer[0]), deadline)
+        self._handshakes.add(pre)
+        pre.step()  # the header usually came with the connection: no wait for readiness
+
+    def _start_tls(self, conn: socket.socket, peer: Any, deadline: float,
+                   client: tuple[str, int] | None = None) -> None:
         try:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -770,7 +910,7 @@ class TLSServer:
         if sock._sslobj is None:  # type: ignore[attr-defined]  # not connected any more
             sock.close()
             return
-        hs = _Handshake(self, sock, peer)
+        hs = _Handshake(self, sock, peer, deadline, client)
         self._handshakes.add(hs)
         hs.step()  # the ClientHello is often there already: no wait for readiness
 
@@ -860,6 +1000,7 @@ async def start_tls_server(
     backlog: int = 1024,
     handshake_timeout: float = 60.0,
     close_timeout: float = CLOSE_TIMEOUT,
+    proxy_from: Callable[[str], bool] | None = None,
 ) -> TLSServer:
     """Listen on ``host:port`` and serve every connection over a ``TLSTransport``.
 
@@ -874,8 +1015,14 @@ async def start_tls_server(
         port: the port; 0 picks a free one (per socket, as asyncio's create_server).
         ssl_context: a server-side context.
         backlog: the listen() backlog.
-        handshake_timeout: seconds a client has to complete the TLS handshake.
+        handshake_timeout: seconds a client has to complete the TLS handshake (and, with
+            ``proxy_from``, to send its PROXY header before it).
         close_timeout: passed to each ``TLSTransport``.
+        proxy_from: None, or the PROXY protocol (``protocols/proxyproto.py``) is on: called
+            with each peer's address, True for a trusted balancer, whose connection must start
+            with a PROXY header (its source address becomes the transport's ``peername``, the
+            balancer's is ``proxy_peername``); any other peer that sends one is refused, one
+            that sends a ClientHello is served as a direct client (``_Preamble``).
 
     Raises:
         OSError: the address cannot be resolved or bound.
@@ -883,7 +1030,7 @@ async def start_tls_server(
     sockets = _bind(host, port, backlog)
     server = TLSServer(
         loop, protocol_factory, ssl_context, sockets,
-        handshake_timeout=handshake_timeout, close_timeout=close_timeout,
+        handshake_timeout=handshake_timeout, close_timeout=close_timeout, proxy_from=proxy_from,
     )
     server._start()
     return server

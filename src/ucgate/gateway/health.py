@@ -1,0 +1,92 @@
+"""The gateway's health listener (``[gateway] health_listen``): ``/healthz`` and ``/readyz``.
+
+A listener of its own, plain HTTP, not the gateway's: on the client listener every path is a
+front-end path (or a 404), so a balancer's check can never be mistaken for one, nor a client's
+request for a check; and the listener can be bound to an address only the balancers reach. One
+request per connection (HAProxy's ``option httpchk`` closes after the answer), bounded by the
+header_read timeout and a small head. The answers are ``ucgate.id.health``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from ..id.health import Readiness, always_ready, check, readiness_answer
+from ..protocols import http1
+from ..protocols.http1 import HttpError
+
+log = logging.getLogger("ucgate.gateway.health")
+
+# A check is one short GET: HAProxy sends "GET /readyz HTTP/1.0" and maybe a Host line.
+MAX_HEAD_BYTES = 8 * 1024
+_LIMITS = http1.Limits(max_header_bytes=MAX_HEAD_BYTES, max_header_count=32, max_target_bytes=1024)
+
+
+class HealthListener:
+    """``GET``/``HEAD`` ``/healthz`` (alive: 200) and ``/readyz`` (``readiness()``: 200 or 503
+    with the reason) on ``host:port``; anything else 404 or 405."""
+
+    def __init__(self, host: str, port: int, readiness: Readiness | None = None, *,
+                 timeout: float = 10.0) -> None:
+        self.host, self.requested_port = host, port
+        self.readiness = readiness or always_ready
+        self.timeout = timeout
+        self._server: asyncio.Server | None = None
+        self._was_ready: bool | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.requested_port,
+                                                  limit=MAX_HEAD_BYTES)
+        log.info("health checks on http://%s:%d (/healthz, /readyz)", self.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    raw = await reader.readuntil(b"\r\n\r\n")
+                req = http1.parse_request_head(raw, _LIMITS)
+            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                return
+            except (asyncio.LimitOverrunError, HttpError):
+                writer.write(_answer(400, {"status": "bad-request"}, head_only=False))
+                return
+            path = req.target.split(b"?", 1)[0]
+            head_only = req.method == b"HEAD"
+            if path not in (b"/healthz", b"/readyz"):
+                status, body = 404, {"status": "not-found"}
+            elif req.method not in (b"GET", b"HEAD"):
+                status, body = 405, {"status": "method-not-allowed"}
+            elif path == b"/healthz":
+                status, body = 200, {"status": "ok"}
+            else:
+                ok, reason = await check(self.readiness)
+                status, body = readiness_answer(ok, reason)
+                if ok != self._was_ready:  # a log line per change, not per check
+                    (log.info if ok else log.warning)("readiness: %s", "ready" if ok else f"not ready: {reason}")
+                    self._was_ready = ok
+            writer.write(_answer(status, body, head_only=head_only))
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+def _answer(status: int, body: dict[str, str], *, head_only: bool) -> bytes:
+    data = json.dumps(body).encode()
+    head = http1.serialize_head(b"HTTP/1.1 %d %b" % (status, http1.REASONS.get(status, b"")), [
+        (b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(data)),
+        (b"Cache-Control", b"no-store"), (b"Connection", b"close")])
+    return head if head_only else head + data
