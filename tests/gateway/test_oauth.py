@@ -351,7 +351,7 @@ def test_none_mode_blanks_the_password(upstream, ids, make_lab):
         r = c.post(TOKEN, content=urlencode({"grant_type": "password", "username": "alice@contoso.com",
                                              "password": asp, "client_id": "x"}),
                    headers={**FORM, "Accept-Encoding": "gzip"})
-    assert r.status_code == 200
+    assert r.status_code == 502  # the recording upstream's 200 carries no access_token
     seen = upstream.received[-1]
     want = urlencode({"grant_type": "password", "username": "alice", "password": "", "client_id": "x"})
     assert seen.body_sha256 == hashlib.sha256(want.encode()).hexdigest()
@@ -372,7 +372,7 @@ def test_kcd_mode_asks_for_the_windows_grant(upstream, ids, make_lab):
     asp = ids.asps.create("alice", "iPhone")[1]
     with lab.client() as c:
         r = grant(c, "alice", asp)
-    assert r.status_code == 200
+    assert r.status_code == 502  # the recording upstream's 200 carries no access_token
     seen = upstream.received[-1]
     assert seen.body_sha256 == hashlib.sha256(b"grant_type=urn%3Amicrosoft.rtc%3Awindows").hexdigest()
     assert seen.header("Authorization") == "Negotiate " + base64.b64encode(b"ticket-for-alice").decode()
@@ -398,3 +398,86 @@ def test_vault_mode_swaps_in_the_domain_password(frontend, ids, make_lab):
         token = mobile_sign_in(c, asp)
         assert fe.tokens[token].user == "alice"
         assert c.get(USER_DOC, headers=bearer(token)).status_code == 200
+
+
+# --- issue 13 -----------------------------------------------------------------------------------
+
+def test_password_grant_is_refused_over_plain_http(frontend, ids, loop_thread, caplog):
+    """Issue 13 item 5: Basic is refused on a plain-HTTP listener, so is the password grant —
+    before the password is checked (no audit of a sign-in, no budget) and before the front end."""
+    port, fe = frontend
+    lab = Lab(loop_thread, (None, None), port, ids)
+    try:
+        asp = ids.asps.create("alice", "iPhone")[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{lab.gateway.port}", trust_env=False, timeout=10) as c:
+            for _ in range(6):  # more than the failure budget (4): none of it counts
+                r = grant(c, "alice", asp)
+                assert r.status_code == 403 and r.json()["error"] == "invalid_request"
+                assert r.headers["x-ucgate-reason"] == "password-grant-requires-tls"
+    finally:
+        lab.stop()
+    assert "password-grant-requires-tls" in caplog.text
+    assert not fe.tokens and sign_ins(ids, "alice") == []
+    with make_lab_tls(loop_thread, port, ids) as c:  # the same ASP over TLS: the budget is whole
+        assert grant(c, "alice", asp).status_code == 200
+
+
+class make_lab_tls:
+    def __init__(self, loop_thread, port, ids):
+        from ucgate.gateway.tls import make_self_signed
+        import tempfile
+        from pathlib import Path
+
+        self.dir = tempfile.TemporaryDirectory()
+        d = Path(self.dir.name)
+        make_self_signed(d / "c.pem", d / "k.pem", ["127.0.0.1"])
+        self.lab = Lab(loop_thread, (d / "c.pem", d / "k.pem"), port, ids)
+
+    def __enter__(self):
+        self.c = self.lab.client()
+        return self.c
+
+    def __exit__(self, *exc):
+        self.c.close()
+        self.lab.stop()
+        self.dir.cleanup()
+
+
+async def _token_server(answer: bytes):
+    async def handle(reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = int(next((ln.split(b":")[1] for ln in head.split(b"\r\n")
+                          if ln.lower().startswith(b"content-length:")), b"0"))
+            await reader.readexactly(n)
+            writer.write(answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("answer", [
+    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 26\r\n\r\n'
+    b'{"token_type":"Bearer","x"',  # not JSON
+    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"error":"odd"}',
+    b'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n',
+    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n'
+    b'1f\r\n{"access_token":"cwt=streamed"}\r\n0\r\n\r\n',  # streamed: not readable here
+], ids=["not-json", "no-access-token", "empty", "chunked"])
+def test_token_answer_without_a_readable_token_is_502(ids, make_lab, loop_thread, caplog, answer):
+    """Issue 13 item 5: a front end's 200 without a readable access_token was passed to the
+    client; now 502 with the reason logged, and no token is remembered."""
+    server = loop_thread.run(_token_server(answer))
+    try:
+        lab = make_lab(server.sockets[0].getsockname()[1], ids, devices=False)
+        asp = ids.asps.create("alice", "iPhone")[1]
+        with lab.client() as c:
+            r = grant(c, "alice", asp)
+        assert r.status_code == 502 and r.json() == {"error": "server_error"}
+        assert r.headers["x-ucgate-reason"].startswith("oauth-")
+        assert b"odd" not in r.content and b"streamed" not in r.content
+        assert "no usable access_token" in caplog.text and len(lab.oauth.tokens) == 0
+    finally:
+        server.close()

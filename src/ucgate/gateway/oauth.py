@@ -25,7 +25,9 @@ according to the route's backend mode (``[services.oauth] backend``):
 
 The token in the front end's answer is remembered (SHA-256 of it, never the token) →
 (user, session, device, expiry) in a bounded in-memory :class:`TokenMap`, and the answer goes
-back to the client unchanged. :class:`BearerAuthenticator` then accepts ``Bearer`` only for
+back to the client unchanged; a 200 whose ``access_token`` cannot be read (none, not JSON,
+streamed) is answered 502 instead, with the reason in the log. The grant is refused (403,
+``password-grant-requires-tls``) on a plain-HTTP listener, as Basic is. :class:`BearerAuthenticator` then accepts ``Bearer`` only for
 tokens in that map: a token the gateway never issued (or one it dropped) gets 401 with the
 ``Bearer`` and ``MsRtcOAuth`` challenges, as SfB answers. The ``Bearer`` header itself is
 forwarded (the front end validates its own token). An account cut-off (``UserBlocked``) or a
@@ -159,9 +161,12 @@ class TokenMap:
         if user is None:
             return 0
         device = getattr(event, "device_id", None)
+        credential = getattr(event, "credential_id", None)
         if device is not None:
             d = device.lower()
             n = self.drop(lambda r: r.user == user and r.device_id is not None and r.device_id.lower() == d)
+        elif credential is not None:  # CredentialRevoked: the tokens obtained with that ASP
+            n = self.drop(lambda r: r.user == user and r.credential_id == credential)
         else:
             before = getattr(event, "signed_in_before", None)
             n = self.drop(lambda r: r.user == user and (before is None or r.signed_in_at < before))
@@ -265,14 +270,19 @@ class OAuthGrants:
 
     # --- the answers we give ourselves --------------------------------------------------
     @staticmethod
-    async def _json(gw: Gateway, client: Stream, status: int, doc: dict, *, keep: bool,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> bool:
+    def _json_answer(status: int, doc: dict, *, keep: bool,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
         body = json.dumps(doc, separators=(",", ":")).encode()
         hs = _JSON_HEADERS + (extra or []) + [(b"Content-Length", b"%d" % len(body))]
         if not keep:
             hs.append((b"Connection", b"close"))
         reason = http1.REASONS.get(status, b"Error")
-        client.write(http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body)
+        return http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body
+
+    @classmethod
+    async def _json(cls, gw: Gateway, client: Stream, status: int, doc: dict, *, keep: bool,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> bool:
+        client.write(cls._json_answer(status, doc, keep=keep, extra=extra))
         try:
             await client.drain()
         except ConnectionError:
@@ -316,6 +326,14 @@ class OAuthGrants:
         fields = dict(form)
         if fields.get("grant_type") != "password":
             return None, body
+        if not conn.tls:
+            # As Basic (RFC 7617 §4; RFC 6749 §3.2: the token endpoint MUST use TLS): the
+            # password came in clear, so it is not checked (no budget, nothing forwarded).
+            log.warning("client %s: OAuth password grant refused: password-grant-requires-tls",
+                        conn.peer_host)
+            return await self._json(gw, client, 403, {
+                "error": "invalid_request", "error_description": "the password grant needs TLS"},
+                keep=req.keep_alive, extra=[(b"X-Ucgate-Reason", b"password-grant-requires-tls")]), None
         username, password = fields.get("username"), fields.get("password")
         if not username or password is None or len(username) > 256 or len(password) > 256 \
                 or any(ord(c) < 0x20 or c == "\x7f" for c in username):
@@ -349,8 +367,8 @@ class OAuthGrants:
         # the token must be readable in the front end's answer: no compression
         req.headers = [(k, v) for k, v in req.headers if k.lower() != b"accept-encoding"]
 
-        def record(resp: ResponseHead, data: bytes | None) -> None:
-            self._record(resp, data, identity, session)
+        def record(resp: ResponseHead, data: bytes | None) -> bytes | None:
+            return self._record(resp, data, identity, session)
 
         keep = await gw._forward(conn, req, path, service, pool, identity, client, max_body, [],
                                  prebody=upstream_form, observe=record,
@@ -382,27 +400,39 @@ class OAuthGrants:
         return urlencode([(k, "" if k == "password" else user if k == "username" else v)
                           for k, v in form]).encode()
 
-    def _record(self, resp: ResponseHead, data: bytes | None, identity: Identity, session: str) -> None:
+    def _record(self, resp: ResponseHead, data: bytes | None, identity: Identity,
+                session: str) -> bytes | None:
+        """Remember the token of a 200 answer; None passes the answer on. A 200 whose token
+        we cannot read is not passed on (the client would hold a token we refuse, or whatever
+        else the front end said): 502 instead, logged with the reason."""
         if resp.status != 200:
             log.warning("OAuth grant for %s: the front end answered %d", identity.user, resp.status)
-            return
+            return None
+        reason = None
+        token: Any = None
+        lifetime = DEFAULT_TOKEN_LIFETIME
         if not data:
-            log.warning("OAuth grant for %s: token answer not readable (streamed); not recorded",
-                        identity.user)
-            return
-        try:
-            doc = json.loads(data)
-            token = doc["access_token"]
-            lifetime = float(doc.get("expires_in", DEFAULT_TOKEN_LIFETIME))
-        except (ValueError, KeyError, TypeError):
-            log.warning("OAuth grant for %s: the front end's answer has no access_token", identity.user)
-            return
-        if not isinstance(token, str) or not token or len(token) > 8192:
-            return
+            reason = "oauth-token-unreadable"  # streamed, or empty
+        else:
+            try:
+                doc = json.loads(data)
+                token = doc["access_token"]
+                lifetime = float(doc.get("expires_in", DEFAULT_TOKEN_LIFETIME))
+            except (ValueError, KeyError, TypeError):
+                reason = "oauth-no-access-token"
+            else:
+                if not isinstance(token, str) or not token or len(token) > 8192 or lifetime != lifetime:
+                    reason = "oauth-bad-access-token"
+        if reason is not None:
+            log.error("OAuth grant for %s: the front end's 200 answer has no usable access_token "
+                      "(%s); answered 502", identity.user, reason)
+            return self._json_answer(502, {"error": "server_error"}, keep=False,
+                                     extra=[(b"X-Ucgate-Reason", reason.encode())])
         lifetime = max(0.0, min(lifetime, MAX_TOKEN_LIFETIME))
         self.tokens.add(token.encode("latin-1", "replace"), TokenRecord(
             user=identity.user, session=session, expires=self.wallclock() + lifetime,
             signed_in_at=identity.signed_in_at, credential_id=identity.credential_id,
             second_factor=identity.second_factor))
         log.info("OAuth token issued to %s (session %s, %ds)", identity.user, session, int(lifetime))
+        return None
 

@@ -778,17 +778,27 @@ class Gateway:
         up: UpstreamConnection,
         client: Stream,
         extra_headers: list[tuple[bytes, bytes]],
-        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
+        observe: Callable[[ResponseHead, bytes | None], bytes | None] | None = None,
     ) -> bool:
         """Stream the upstream's response to the client. Returns whether to keep the client
         connection. Raises UpstreamError when the upstream breaks off mid-body. ``observe``
         sees the head and, when it fits in one read, the body (the decide stage learns UCWA
-        application ids from it)."""
+        application ids from it), before anything is sent; when it returns bytes, those are
+        sent instead (a whole answer of ours: the OAuth grant refuses a token answer it cannot
+        read) and the client connection is closed."""
         head, keep = self._response_head(req, resp, extra_headers)
         client_11 = req.version >= (1, 1)
         kind = resp.framing.kind
         rd = up.stream
         timeout = self.gw.timeouts.upstream_read
+        if observe is not None and not (kind == "length" and resp.framing.length <= COPY_CHUNK):
+            instead = observe(resp, None)  # a body we do not hold in one piece
+            observe = None
+            if instead is not None:
+                up.reusable = False  # its body is not read
+                client.write(instead)
+                await _drain_quietly(client)
+                return False
         try:
             if kind == "none":
                 client.write(head)
@@ -799,8 +809,12 @@ class Gateway:
                     if data is None:
                         data = await rd.readexactly(n, rd.loop.time() + timeout)
                     if observe is not None:
-                        observe(resp, data)
+                        instead = observe(resp, data)
                         observe = None
+                        if instead is not None:
+                            client.write(instead)
+                            await _drain_quietly(client)
+                            return False
                     client.write(head + data)
                 else:
                     client.write(head)
@@ -820,8 +834,6 @@ class Gateway:
             raise UpstreamError("upstream-body-truncated", repr(e)) from None
         except HttpError as e:
             raise UpstreamError("bad-upstream-chunk", e.reason) from None
-        if observe is not None:
-            observe(resp, None)
         await client.drain()
         return keep
 
