@@ -171,6 +171,33 @@ def oauth_grants(config: Config, credentials: Any, ids: Any = None):
         published_name=config.gateway.published_name), vault=vault)
 
 
+def store_readiness(ids: Any):
+    """``/readyz`` over the in-process store: ``SELECT 1``, bounded, cached (``id.health``)."""
+    from .id.health import StoreProbe
+
+    return StoreProbe(ids.components.repo.engine)
+
+
+def id_service_readiness(remote: Any):
+    """HOOK (issue 12, id service failover): the gateway's ``/readyz`` with ``[id_service] url``.
+
+    Ready while an id service answers: today, while the event stream to it is connected (the
+    id service sends a heartbeat every 15 s and the stream is dropped after 45 s of silence, so
+    a connected stream is an id service that answered recently). With a list of id services,
+    give ``RemoteCredentials`` a ``ready() -> (ok, reason)`` meaning "at least one id service
+    answered its health check recently": it is used here as soon as it exists."""
+
+    async def ready() -> tuple[bool, str]:
+        own = getattr(remote, "ready", None)
+        if own is not None:
+            return own()
+        if remote.events_connected.is_set():
+            return True, "ok"
+        return False, f"id service {remote.url}: unreachable (event stream not connected)"
+
+    return ready
+
+
 @dataclass
 class Node:
     """Everything one process runs: the gateway, the id service, the account monitor."""
@@ -225,7 +252,7 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
                                                    device_id_of=gate.device_id_of if gate else None,
                                                    kerberos=kerberos_acceptor(config)),
                           devices=gate, backends=gateway_backends(config),
-                          oauth=oauth_grants(config, remote))
+                          oauth=oauth_grants(config, remote), readiness=id_service_readiness(remote))
         return Node(gateway, remote=remote)
     ids = open_id_services(config)
     gate = device_gate(config, ids)
@@ -233,7 +260,7 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
                                                device_id_of=gate.device_id_of if gate else None,
                                                kerberos=kerberos_acceptor(config)),
                       devices=gate, backends=gateway_backends(config, ids),
-                      oauth=oauth_grants(config, ids.credentials, ids))
+                      oauth=oauth_grants(config, ids.credentials, ids), readiness=store_readiness(ids))
     ids.bus.subscribe(gateway.on_event)
     monitor = None
     if ids.directory is not None:
@@ -248,7 +275,7 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         from .web.app import node_web_server
 
         node.web = node_web_server(config, ids, devices=gate.checker if gate else None,
-                                   live_users=gateway.live_users)
+                                   live_users=gateway.live_users, readiness=store_readiness(ids))
     return node
 
 
@@ -275,7 +302,7 @@ def build_id_node(config: Config) -> IdNode:
 
         devices = open_device_service(config, ids)
     app = create_id_api(ids.credentials, secret=config.id_service.secret, bus=ids.bus, sessions=sessions,
-                        devices=devices)
+                        devices=devices, readiness=store_readiness(ids))
     from .web.app import make_context, mount_routes
 
     # the admin UI, portal and REST API (/admin, /portal, /api/v1) on the id service's listener,

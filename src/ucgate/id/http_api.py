@@ -30,6 +30,8 @@ constant time) for every call except ``GET /v1/health``:
 * ``PUT /v1/sessions`` — a gateway's report of its live signed-in users, so that the account
   monitor (which runs here, next to the directory) knows whom to re-check.
 * ``GET /v1/health`` — liveness, no secret needed; ``GET /v1/openapi.json`` — this API.
+* ``GET /healthz``, ``GET /readyz`` — a balancer's checks, no secret needed: alive, and ready
+  (503 with the reason while the store is unreachable; :mod:`ucgate.id.health`).
 
 Errors are JSON: 400 ``{"error": "bad-request", "field": "context.client_ip", "message": ...}``,
 401 ``unauthorized``, 404, 405, 413 ``too-large``. Secrets (the bearer, passwords, messages,
@@ -62,6 +64,7 @@ from starlette.routing import Route
 from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
 from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from .events import DeviceBlocked, EventBus, UserBlocked
+from .health import Readiness, health_routes
 
 log = logging.getLogger("ucgate.id.api")
 
@@ -366,6 +369,7 @@ def create_id_api(
     devices: Any = None,
     max_body: int = MAX_BODY,
     heartbeat: float = HEARTBEAT,
+    readiness: Readiness | None = None,
 ) -> Starlette:
     """The id service's API as an ASGI app (serve it with uvicorn over TLS).
 
@@ -377,6 +381,8 @@ def create_id_api(
         sessions: where gateways' session reports go (the account monitor reads it).
         devices: the :class:`ucgate.id.devices.DeviceService` that answers
             ``/v1/devices/check``; None (``[devices] enabled = false``) allows every device.
+        readiness: what ``GET /readyz`` asks (``ucgate.id.health``: the store's ``SELECT 1``);
+            None: always ready. ``/healthz`` and ``/readyz`` need no secret (a balancer's checks).
     """
     if len(secret) < 16:
         raise ValueError("the shared secret must be at least 16 bytes")
@@ -468,6 +474,7 @@ def create_id_api(
             Route("/v1/sessions", endpoint(report_sessions), methods=["PUT"]),
             Route("/v1/health", endpoint(health, public=True), methods=["GET"]),
             Route("/v1/openapi.json", endpoint(openapi), methods=["GET"]),
+            *health_routes(readiness),
         ],
         exception_handlers={HTTPException: http_error},
     )
@@ -481,6 +488,8 @@ def create_id_api(
 
 _B64 = {"type": "string", "format": "byte"}
 _ERR = {"$ref": "#/components/schemas/Error"}
+_STATUS = {"type": "object", "required": ["status"],
+           "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}}
 
 
 def _json(schema: dict) -> dict:
@@ -591,6 +600,16 @@ OPENAPI: dict[str, Any] = {
         "/v1/health": {"get": {
             "summary": "Liveness (no secret needed)", "operationId": "health", "security": [],
             "responses": {"200": {"description": "Up", "content": _json({"type": "object", "properties": {"status": {"type": "string"}}})}},
+        }},
+        "/healthz": {"get": {
+            "summary": "Alive, for a balancer's check (no secret needed)", "operationId": "healthz", "security": [],
+            "responses": {"200": {"description": "Alive", "content": _json(_STATUS)}},
+        }},
+        "/readyz": {"get": {
+            "summary": "Ready, for a balancer's check: 503 while the store is unreachable (no secret needed)",
+            "operationId": "readyz", "security": [],
+            "responses": {"200": {"description": "Ready", "content": _json(_STATUS)},
+                          "503": {"description": "Not ready; `reason` says why", "content": _json(_STATUS)}},
         }},
         "/v1/openapi.json": {"get": {
             "summary": "This document", "operationId": "openapi",

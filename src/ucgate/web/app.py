@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..id.health import health_routes
 from . import admin, api, portal, signin
 from .pages import HERE, WebContext, make_env, render
 from .service import Console
@@ -63,8 +64,10 @@ def exception_handlers(ctx: WebContext) -> dict:
     return {HTTPException: http_error, 500: server_error}
 
 
-def create_web_app(ctx: WebContext) -> Starlette:
-    app = Starlette(routes=web_routes(ctx), exception_handlers=exception_handlers(ctx))
+def create_web_app(ctx: WebContext, *, readiness: Any = None) -> Starlette:
+    """The web app on its own listener, with ``/healthz`` and ``/readyz`` (``readiness``: an
+    async ``(ok, reason)`` check, ``ucgate.id.health``)."""
+    app = Starlette(routes=health_routes(readiness) + web_routes(ctx), exception_handlers=exception_handlers(ctx))
     app.state.web = ctx
     return app
 
@@ -90,7 +93,8 @@ def web_server(config: Any, app: Any):
         proxy_headers=False, timeout_graceful_shutdown=2))
 
 
-def node_web_server(config: Any, ids: Any, *, devices: Any = None, live_users: Any = None):
+def node_web_server(config: Any, ids: Any, *, devices: Any = None, live_users: Any = None,
+                    readiness: Any = None):
     """The web app of ``ucgate serve`` (in-process id service) on its own [web] listener."""
     return web_server(config, create_web_app(make_context(ids, config=config, devices=devices,
-                                                          live_users=live_users)))
+                                                          live_users=live_users), readiness=readiness))
