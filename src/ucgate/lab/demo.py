@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 from ..config import load
-from ..gateway.tls import make_self_signed
+from ..gateway.tls import is_proper_leaf, make_self_signed
 
 log = logging.getLogger("ucgate.demo")
 
@@ -92,16 +92,24 @@ def demo_user(node) -> str:
     return asps.create("alice", "demo")[1]
 
 
+def ensure_demo_certificate(data_dir: Path) -> tuple[Path, Path]:
+    """The demo's self-signed server certificate and key, (re)generated when missing, when
+    not a proper leaf (earlier versions wrote a CA:TRUE certificate valid 825 days) or when
+    it expires within 30 days."""
+    cert, key = data_dir / "gateway.crt", data_dir / "gateway.key"
+    if not cert.exists() or not key.exists() or not is_proper_leaf(cert):
+        make_self_signed(cert, key, ["localhost", "127.0.0.1"])
+        log.info("generated a self-signed certificate in %s", data_dir)
+    return cert, key
+
+
 async def run_demo(data_dir: Path, host: str, port: int) -> None:
     from ..app import build_node, wait_for_signal
 
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "data").mkdir(exist_ok=True)
     (data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
-    cert, key = data_dir / "gateway.crt", data_dir / "gateway.key"
-    if not cert.exists() or not key.exists():
-        make_self_signed(cert, key, ["localhost", "127.0.0.1"])
-        log.info("generated a self-signed certificate in %s", data_dir)
+    cert, key = ensure_demo_certificate(data_dir)
     fe, fe_task, fe_port = await start_frontend(users={"alice": "Passw0rd!"})
     # Written to a file so that the admin CLI can be pointed at the running demo (-c).
     config_path = data_dir / "ucgate.toml"
