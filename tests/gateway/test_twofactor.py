@@ -167,3 +167,61 @@ def test_device_trust_keeps_saved_password_working_on_that_device_only(env):
     # the same saved password from another device id is a replay
     assert basic(gw, "erin", saved, eas.format("STOLEN9")) == 401
     assert "2fa-trusted" in reasons(ids, "erin")
+
+
+# --- issue 13 -----------------------------------------------------------------------------------
+
+def enrol_with_codes(ids, otp, name) -> tuple[str, bytes, list[str]]:
+    ids.users.add(name)
+    asp = ids.asps.create(name, "phone")[1]
+    e = otp.begin_enrolment(name)
+    secret = base64.b32decode(e.secret_b32 + "=" * (-len(e.secret_b32) % 8))
+    codes = otp.confirm_enrolment(name, totp(secret, (int(time.time() // 30) - 1) * 30))
+    assert codes
+    return asp, secret, codes
+
+
+def test_recovery_code_after_the_asp_works_once_over_basic(env):
+    """Issue 13 item 8: ASP + recovery code (with or without its dashes) was refused as
+    wrong-password and spent the failure budget; now ok-recovery-code, once per code."""
+    ids, gw, otp = env
+    _fresh_step()
+    asp, _, codes = enrol_with_codes(ids, otp, "rita")
+    eas = "/Microsoft-Server-ActiveSync?Cmd=FolderSync&User=rita&DeviceId={}&DeviceType=iPhone"
+    assert basic(gw, "rita", asp + codes[0], eas.format("PHONE1")) == 200  # dashed ASP and code
+    assert basic(gw, "rita", asp + codes[0], eas.format("PHONE2")) == 401  # spent
+    assert basic(gw, "rita", asp.replace("-", "") + codes[1].replace("-", "").upper()) == 200
+    assert basic(gw, "rita", asp + codes[1]) == 401  # spent, without a trusted device
+    assert basic(gw, "rita", "wrong-wrong-wrong-wron" + codes[2]) == 401  # a wrong ASP...
+    assert basic(gw, "rita", asp + codes[2]) == 200  # ...did not spend the code
+    # the phone's saved "ASP + code" keeps working from that device (trusted, as after a TOTP code)
+    assert basic(gw, "rita", asp + codes[0], eas.format("PHONE1")) == 200
+    got = reasons(ids, "rita")
+    assert got.count("ok-recovery-code") == 3 and got.count("recovery-code-wrong") == 2
+    assert "2fa-trusted" in got and got.count("wrong-password") == 1
+    assert otp.status("rita").recovery_codes_left == 7
+
+
+def test_ntlm_without_the_code_is_otp_required_like_basic(env):
+    """Issue 13 item 10: NTLM with the ASP alone was logged wrong-password, Basic otp-required."""
+    ids, gw, otp = env
+    t = _fresh_step()
+    asp, secret = enrol(ids, otp, "nick")
+    assert _ntlm(gw, "nick", asp) == 401
+    assert _ntlm(gw, "nick", asp.replace("-", "")) == 401
+    assert basic(gw, "nick", asp) == 401
+    assert reasons(ids, "nick") == ["otp-required"] * 3
+    assert _ntlm(gw, "nick", "wrong-wrong-wrong-wron") == 401
+    assert reasons(ids, "nick")[-1] == "wrong-password"
+    assert _ntlm(gw, "nick", asp + code(secret, t)) == 200  # and ASP + code still signs in
+
+
+def test_ntlm_cannot_take_a_recovery_code(env):
+    """What the README says: a recovery code works with Basic and the OAuth grant, not NTLM
+    (only keyed hashes of the codes are stored; NTLM sends a hash of what was typed)."""
+    ids, gw, otp = env
+    _fresh_step()
+    asp, _, codes = enrol_with_codes(ids, otp, "nora")
+    assert _ntlm(gw, "nora", asp + codes[0]) == 401
+    assert otp.status("nora").recovery_codes_left == 10  # nothing was spent
+    assert basic(gw, "nora", asp + codes[0]) == 200

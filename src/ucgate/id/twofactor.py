@@ -3,8 +3,16 @@
 ``otp-appended``: the user types the ASP immediately followed by the current 6-digit TOTP code
 in the password field, so clients that cannot do passive (web) sign-in still give a second
 factor. Basic splits the two; NTLM (which only proves knowledge of a hash) tries the NT hashes
-of "ASP + code" for the codes of the window. A code's time step is accepted once (replay
-protection in the store).
+of "ASP + code" for the codes of the window, and of the ASP alone (so that a missing code is
+``otp-required``, as with Basic, not a wrong password). A code's time step is accepted once
+(replay protection in the store).
+
+A **recovery code** takes the TOTP code's place after the ASP (Basic, and the OAuth password
+grant, which verifies like Basic), with or without its dashes; each works once. Not with NTLM:
+the store keeps only keyed hashes of the codes, and an NTLM client sends a hash of what was
+typed, which can only be matched by recomputing it from known plaintexts (the TOTP window has
+3 codes; recovery codes are 60-bit secrets nobody can enumerate). A device that signed in with
+a recovery code over Basic is trusted as after a TOTP code.
 
 Clients save the password and send it again on every new connection, so after a successful
 second factor the (user, device) pair is trusted for ``trust_hours``: the saved "ASP + code"
@@ -22,19 +30,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..policy.twofactor import (
+    MAX_NTLM_CANDIDATES,
     Factor,
     Mode,
     appended_candidates,
+    candidate_id,
     decide,
     parse_candidate_id,
     resolve_mode,
     split_appended,
+    split_recovery,
 )
 from ..protocols.ntlm import nt_hash
 from .api import Verdict
 
 STEP_SECONDS = 30
 MAX_TRUSTED = 100_000  # bound the in-memory trust table
+# The "step" a trust from a recovery code is kept under: no TOTP code belongs to it.
+RECOVERY_STEP = -1
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,17 @@ class SecondFactor:
                 self._trust_device(user, device_id, r.step if r.step is not None else 0)
                 return Verdict(True, d.reason, user=user, credential_id=str(match.asp_id))
             return Verdict(False, d.reason)
+        recovery = split_recovery(password)
+        match = asps.verify_password(user, recovery[0], device_id) if recovery else None
+        if match is not None:  # the ASP before a recovery code: spent only after the ASP matched
+            if trusted is not None:
+                return Verdict(True, "2fa-trusted", user=user, credential_id=str(match.asp_id))
+            r = self.otp.use_recovery_code(user, recovery[1])
+            d = decide(mode, enrolled=enrolled, factor=r.factor)
+            if d.allowed:
+                self._trust_device(user, device_id, RECOVERY_STEP)
+                return Verdict(True, d.reason, user=user, credential_id=str(match.asp_id))
+            return Verdict(False, d.reason)
         whole = asps.verify_password(user, password, device_id)
         if whole is not None:  # the ASP alone (or an ASP that ends in six digits)
             d = decide(mode, enrolled=enrolled, factor=Factor.NONE, trusted=trusted is not None)
@@ -109,20 +133,34 @@ class SecondFactor:
 
     # --- NTLM -------------------------------------------------------------------------------
     def ntlm_candidates(self, user: str, device_id: str | None, asps: Any) -> list[tuple[str, bytes]]:
-        """NT hashes of ASP spellings + the window's codes (and the trusted step's code)."""
+        """NT hashes of ASP spellings + the window's codes (and the trusted step's code), then
+        of the ASP spellings alone (a match says ``otp-required``, or ``2fa-trusted`` from a
+        trusted device, as for Basic). Two plain spellings per ASP (shown, canonical) are kept
+        within the acceptor's limit; the upper-case ones only if there is room."""
         codes = self.otp.window_codes(user, self.clock())
         if not codes:
             return []
         trusted = self._trusted_step(user, device_id)
-        if trusted is not None and trusted not in {s for s, _ in codes}:
+        if trusted is not None and trusted >= 0 and trusted not in {s for s, _ in codes}:
             codes = self.otp.window_codes(user, trusted * STEP_SECONDS + 1)[:1] + codes
         spellings: Sequence[tuple[str, str]] = asps.usable_spellings(user, device_id)
-        return [(cid, nt_hash(pw)) for cid, pw in appended_candidates(spellings, codes)]
+        by_rank: dict[str, int] = {}
+        plain: list[tuple[int, str, str]] = []
+        for asp_id, spelling in spellings:
+            rank = by_rank[asp_id] = by_rank.get(asp_id, -1) + 1
+            plain.append((rank, candidate_id(asp_id, None), spelling))
+        plain.sort(key=lambda t: t[0])  # stable: by spelling rank, then ASP
+        reserve = sum(1 for rank, _, _ in plain if rank < 2)
+        out = appended_candidates(spellings, codes, limit=MAX_NTLM_CANDIDATES - reserve)
+        out += [(cid, pw) for _, cid, pw in plain][:MAX_NTLM_CANDIDATES - len(out)]
+        return [(cid, nt_hash(pw)) for cid, pw in out]
 
     def ntlm_matched(self, user: str, candidate_id: str, device_id: str | None) -> Verdict:
         """A candidate matched: accept its time step once (or the device's trusted step)."""
         asp_id, step = parse_candidate_id(candidate_id)
-        if step is None:
+        if step is None:  # the ASP alone: enough only from a device trusted by a second factor
+            if self._trusted_step(user, device_id) is not None:
+                return Verdict(True, "2fa-trusted", user=user, credential_id=asp_id)
             return Verdict(False, "otp-required")
         if step == self._trusted_step(user, device_id):
             return Verdict(True, "2fa-trusted", user=user, credential_id=asp_id)

@@ -34,6 +34,8 @@ OTP_DIGITS = 6
 MAX_NTLM_CANDIDATES = 32
 # Separates ASP id and time step in a candidate id: "<asp id>@<step>".
 _STEP_SEP = "@"
+# Symbols of a recovery code (``ucgate.id.otp.RECOVERY_SYMBOLS``; shown as abcd-efgh-jkmn).
+RECOVERY_CODE_SYMBOLS = 12
 
 
 class Mode(StrEnum):
@@ -164,15 +166,41 @@ def split_appended(password: str) -> tuple[str, str] | None:
     return head, code
 
 
+def split_recovery(password: str) -> tuple[str, str] | None:
+    """Split ``ASP‖recovery code`` as typed into ``(asp_part, code_part)``: the code is the
+    last :data:`RECOVERY_CODE_SYMBOLS` symbols, dashes and spaces not counted (so
+    ``k7mq-2xpa-h9dt-e4wnabcd-efgh-jkmn`` and ``k7mq2xpah9dte4wnabcdefghjkmn`` both split);
+    None when there is nothing before them. The parts are checked by the ASP and recovery-code
+    canonicalisation, which drop the dashes.
+
+    >>> split_recovery("k7mq-2xpa-h9dt-e4wnabcd-efgh-jkmn")
+    ('k7mq-2xpa-h9dt-e4wn', 'abcd-efgh-jkmn')
+    """
+    n = 0
+    for i in range(len(password) - 1, -1, -1):
+        if password[i] not in "- ":
+            n += 1
+            if n == RECOVERY_CODE_SYMBOLS:
+                head = password[:i].rstrip("- ")
+                return (head, password[i:]) if head else None
+    return None
+
+
 # --- otp-appended: NTLM (only a hash of what was typed reaches us) -------------------------
-def candidate_id(asp_id: str, step: int) -> str:
-    """The id of an ASP+code NTLM candidate: ``"<asp id>@<step>"``."""
-    return f"{asp_id}{_STEP_SEP}{step}"
+# Recovery codes cannot be NTLM candidates: the store keeps only keyed hashes of them (the
+# plaintext is shown once), and an NTLM client sends a hash of ASP‖code, which can only be
+# checked by recomputing it from a known plaintext — enumerating 2^60 codes is not an option.
+def candidate_id(asp_id: str, step: int | None) -> str:
+    """The id of an NTLM candidate in otp-appended mode: ``"<asp id>@<step>"`` for ASP+code,
+    ``"<asp id>@"`` for the ASP alone (so that it is told apart: ``otp-required``)."""
+    return f"{asp_id}{_STEP_SEP}{'' if step is None else step}"
 
 
 def parse_candidate_id(cid: str) -> tuple[str, int | None]:
     """``(asp id, time step)`` of a candidate id; step None for a plain (no code) candidate."""
     asp_id, sep, step = cid.rpartition(_STEP_SEP)
+    if sep and not step:
+        return asp_id, None
     if not sep or not step.isdigit():
         return cid, None
     return asp_id, int(step)
