@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from ..support import free_port
 from .fixtures import _in_ci
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"  # /usr/sbin is not on every PATH
@@ -51,12 +52,6 @@ class Backend:
     host: str = "127.0.0.1"
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 class HAProxyLab:
     """One haproxy process balancing ``backends`` from ``127.0.0.1:<port>``."""
 
@@ -66,7 +61,7 @@ class HAProxyLab:
         self.send_proxy = send_proxy
         self.inter_ms = inter_ms
         self.dir = Path(tempfile.mkdtemp(prefix="ucgate-haproxy-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.cfg = self.dir / "haproxy.cfg"
         self.admin = self.dir / "admin.sock"
         self.log = self.dir / "haproxy.log"
