@@ -481,3 +481,27 @@ def test_token_answer_without_a_readable_token_is_502(ids, make_lab, loop_thread
         assert "no usable access_token" in caplog.text and len(lab.oauth.tokens) == 0
     finally:
         server.close()
+
+
+def test_recovery_code_in_the_password_grant(frontend, tmp_path, make_lab):
+    """Issue 13 item 8: the OAuth grant verifies as Basic does, so ASP + recovery code (dashes
+    or not) signs in once per code; a spent code is invalid_grant."""
+    port, _ = frontend
+    ids = make_ids(tmp_path, two_factor=TwoFactorSettings("otp-appended", (), 24.0))
+    try:
+        lab = make_lab(port, ids)
+        asp = ids.asps.create("alice", "iPhone")[1]
+        otp = OtpService(ids.components.repo, ids.components.keyring, users=ids.users)
+        e = otp.begin_enrolment("alice")
+        secret = base64.b32decode(e.secret_b32 + "=" * (-len(e.secret_b32) % 8))
+        codes = otp.confirm_enrolment("alice", totp(secret, time.time() - 30))
+        with lab.client() as c:
+            token = mobile_sign_in(c, asp + codes[0])
+            assert c.get(USER_DOC, headers=bearer(token)).status_code == 200
+            assert grant(c, "alice", asp + codes[0]).status_code == 400  # spent
+            assert grant(c, "alice", asp.replace("-", "") + codes[1].replace("-", "")).status_code == 200
+        got = [e.reason for e in sign_ins(ids, "alice")]
+        assert got.count("ok-recovery-code") == 2 and "recovery-code-wrong" in got
+        assert lab.oauth.tokens.get(token.encode()).second_factor
+    finally:
+        ids.close()

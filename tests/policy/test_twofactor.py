@@ -123,3 +123,30 @@ def test_candidate_ids_round_trip():
     assert parse_candidate_id(candidate_id("9f3a0c", 58027680)) == ("9f3a0c", 58027680)
     assert parse_candidate_id("9f3a0c") == ("9f3a0c", None)  # a plain ASP candidate
     assert parse_candidate_id("decoy:no-asp") == ("decoy:no-asp", None)
+
+
+# --- issue 13: recovery codes after the ASP; the ASP alone as an NTLM candidate -----------------
+@pytest.mark.parametrize("typed, expected", [
+    ("k7mq-2xpa-h9dt-e4wnabcd-efgh-jkmn", ("k7mq-2xpa-h9dt-e4wn", "abcd-efgh-jkmn")),
+    ("k7mq2xpah9dte4wnabcdefghjkmn", ("k7mq2xpah9dte4wn", "abcdefghjkmn")),
+    ("k7mq-2xpa-h9dt-e4wn-abcd-efgh-jkmn", ("k7mq-2xpa-h9dt-e4wn", "abcd-efgh-jkmn")),
+    ("abcd-efgh-jkmn", None),  # nothing before the code
+    ("short", None),
+])
+def test_split_recovery(typed, expected):
+    from ucgate.policy.twofactor import split_recovery
+
+    assert split_recovery(typed) == expected
+
+
+def test_recovery_code_length_matches_the_otp_service():
+    from ucgate.id.otp import RECOVERY_SYMBOLS
+    from ucgate.policy.twofactor import RECOVERY_CODE_SYMBOLS
+
+    assert RECOVERY_CODE_SYMBOLS == RECOVERY_SYMBOLS
+
+
+def test_plain_candidate_id_has_no_step():
+    assert parse_candidate_id(candidate_id("a1", None)) == ("a1", None)
+    assert parse_candidate_id(candidate_id("a1", 7)) == ("a1", 7)
+    assert parse_candidate_id("a1") == ("a1", None)
