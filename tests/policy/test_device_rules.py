@@ -60,12 +60,12 @@ def test_first_matching_rule_wins_like_exchange_device_access_rules():
         DeviceRule(A, device_type="iphone", name="iphones"),  # globs are case-insensitive
         DeviceRule(B, client_kind="eas", name="all-eas"),
     ]
-    assert evaluate_rules(rules, IPHONE, frozenset()) == (A, "rule:iphones")
-    assert evaluate_rules(rules, replace(IPHONE, os="iOS 15.7"), frozenset()) == (B, "rule:old-ios")
-    assert evaluate_rules(rules, replace(IPHONE, device_type="Outlook"), frozenset()) == (B, "rule:all-eas")
-    assert evaluate_rules(rules, ANDROID, frozenset()) == (Q, "default")
+    assert evaluate_rules(rules, IPHONE, frozenset(), default=Q) == (A, "rule:iphones")
+    assert evaluate_rules(rules, replace(IPHONE, os="iOS 15.7"), frozenset(), default=Q) == (B, "rule:old-ios")
+    assert evaluate_rules(rules, replace(IPHONE, device_type="Outlook"), frozenset(), default=Q) == (B, "rule:all-eas")
+    assert evaluate_rules(rules, ANDROID, frozenset(), default=Q) == (Q, "default")
     assert evaluate_rules(rules, ANDROID, frozenset(), default=A) == (A, "default")
-    assert evaluate_rules([DeviceRule(A)], ANDROID, frozenset()) == (A, "rule:#0")  # catch-all
+    assert evaluate_rules([DeviceRule(A)], ANDROID, frozenset(), default=Q) == (A, "rule:#0")  # catch-all
 
 
 def test_rule_criteria():
@@ -263,7 +263,7 @@ def test_a_blocked_partnership_is_never_allowed_whatever_the_rules(s):
 @given(_rules, _facts, _groups)
 def test_the_first_matching_rule_wins(rules, facts, groups):
     first = next(((i, r) for i, r in enumerate(rules) if r.matches(facts, groups)), None)
-    state, reason = evaluate_rules(rules, facts, groups)
+    state, reason = evaluate_rules(rules, facts, groups, default=Q)
     if first is None:
         assert (state, reason) == (Q, "default")
     else:

@@ -107,7 +107,7 @@ class SecondFactor:
             if trusted is not None:
                 return Verdict(True, "2fa-trusted", user=user, credential_id=str(match.asp_id))
             r = self.otp.verify(user, parts[1], self.clock())
-            d = decide(mode, enrolled=enrolled, factor=r.factor)
+            d = decide(mode, enrolled=enrolled, factor=r.factor, trusted=False, allow_unenrolled=False)
             if d.allowed:
                 self._trust_device(user, device_id, r.step if r.step is not None else 0)
                 return Verdict(True, d.reason, user=user, credential_id=str(match.asp_id))
@@ -118,14 +118,15 @@ class SecondFactor:
             if trusted is not None:
                 return Verdict(True, "2fa-trusted", user=user, credential_id=str(match.asp_id))
             r = self.otp.use_recovery_code(user, recovery[1])
-            d = decide(mode, enrolled=enrolled, factor=r.factor)
+            d = decide(mode, enrolled=enrolled, factor=r.factor, trusted=False, allow_unenrolled=False)
             if d.allowed:
                 self._trust_device(user, device_id, RECOVERY_STEP)
                 return Verdict(True, d.reason, user=user, credential_id=str(match.asp_id))
             return Verdict(False, d.reason)
         whole = asps.verify_password(user, password, device_id)
         if whole is not None:  # the ASP alone (or an ASP that ends in six digits)
-            d = decide(mode, enrolled=enrolled, factor=Factor.NONE, trusted=trusted is not None)
+            d = decide(mode, enrolled=enrolled, factor=Factor.NONE, trusted=trusted is not None,
+                       allow_unenrolled=False)
             if d.allowed:
                 return Verdict(True, d.reason, user=user, credential_id=str(whole.asp_id))
             return Verdict(False, d.reason)

@@ -172,10 +172,11 @@ def evaluate_rules(
     facts: DeviceFacts,
     user_groups: frozenset[str],
     *,
-    default: PartnershipState = PartnershipState.QUARANTINED,
+    default: PartnershipState,
 ) -> tuple[PartnershipState, str]:
     """The first matching rule's action and ``"rule:<name or #index>"``; ``(default,
-    "default")`` when none matches."""
+    "default")`` when none matches. ``default`` has no default: the caller passes the group's
+    ``default_action``, so a rule-less device never gets a state nobody chose."""
     for i, rule in enumerate(rules):
         if rule.matches(facts, user_groups):
             return rule.action, f"rule:{rule.name or f'#{i}'}"
@@ -198,7 +199,7 @@ def decide(
     policy: GroupPolicy,
     user_groups: frozenset[str],
     now: dt.datetime,
-    second_factor_ok: bool = False,
+    second_factor_ok: bool,
     service: str,
 ) -> DeviceDecision:
     """Decide a request from a device (see the module docstring for the semantics).
@@ -211,7 +212,8 @@ def decide(
         policy: the user's group policy.
         user_groups: the user's group names (for group-limited rules).
         now: the current time (timezone-aware UTC, like the stored times).
-        second_factor_ok: the request carried a valid second factor.
+        second_factor_ok: the request carried a valid second factor. Required, like every
+            argument that decides the outcome: no default can fail open.
         service: the service name (``"certprov"`` is gated, see the module docstring).
     """
     decision = _decide(facts, existing, user_devices, rules, policy, user_groups, now,

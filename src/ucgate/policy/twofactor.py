@@ -93,10 +93,11 @@ REASONS = {
 _MODE_PRECEDENCE = (Mode.OTP_APPENDED, Mode.DEVICE_APPROVAL, Mode.OFF)
 
 
-def resolve_mode(user_mode: str | None, group_modes: Iterable[str], default: str = Mode.OFF) -> Mode:
+def resolve_mode(user_mode: str | None, group_modes: Iterable[str], default: str) -> Mode:
     """The mode that applies: the user's own setting, else the strictest of its groups'
     (``otp-appended`` > ``device-approval`` > ``off``: a group saying ``off`` does not relax
-    another group), else ``default``.
+    another group), else ``default`` (the configured default mode; no default of its own, so
+    a caller that forgets it does not silently get ``off``).
 
     Raises:
         ValueError: an unknown mode name.
@@ -110,9 +111,12 @@ def resolve_mode(user_mode: str | None, group_modes: Iterable[str], default: str
     return Mode(default)
 
 
-def decide(mode: Mode | str, *, enrolled: bool, factor: Factor = Factor.NONE,
-           trusted: bool = False, allow_unenrolled: bool = False) -> TwoFactorDecision:
+def decide(mode: Mode | str, *, enrolled: bool, factor: Factor, trusted: bool,
+           allow_unenrolled: bool) -> TwoFactorDecision:
     """Whether a sign-in whose first factor (the ASP) already verified may proceed.
+
+    Every argument is required: each one decides the outcome, and a default is one mistyped
+    call away from failing open.
 
     Args:
         mode: the user's mode (:func:`resolve_mode`).
