@@ -23,14 +23,14 @@ from ucgate.policy.twofactor import (
 
 # --- modes ----------------------------------------------------------------------------------
 def test_resolve_mode():
-    assert resolve_mode(None, []) is Mode.OFF
+    assert resolve_mode(None, [], "off") is Mode.OFF
     assert resolve_mode(None, [], "otp-appended") is Mode.OTP_APPENDED
-    assert resolve_mode(None, ["off", "otp-appended", "device-approval"]) is Mode.OTP_APPENDED
-    assert resolve_mode(None, ["off", "device-approval"]) is Mode.DEVICE_APPROVAL
+    assert resolve_mode(None, ["off", "otp-appended", "device-approval"], "off") is Mode.OTP_APPENDED
+    assert resolve_mode(None, ["off", "device-approval"], "off") is Mode.DEVICE_APPROVAL
     assert resolve_mode(None, ["off"], "otp-appended") is Mode.OFF
-    assert resolve_mode("off", ["otp-appended"]) is Mode.OFF  # the user's own setting wins
+    assert resolve_mode("off", ["otp-appended"], "otp-appended") is Mode.OFF  # the user's own setting wins
     with pytest.raises(ValueError):
-        resolve_mode("sms", [])
+        resolve_mode("sms", [], "off")
 
 
 # --- the decision table ---------------------------------------------------------------------
@@ -56,20 +56,20 @@ A, N, D = Outcome.ALLOW, Outcome.NEED_FACTOR, Outcome.DENY
     ("device-approval", False, Factor.NONE, True, A, "2fa-trusted"),
 ])
 def test_decide(mode, enrolled, factor, trusted, outcome, reason):
-    d = decide(mode, enrolled=enrolled, factor=factor, trusted=trusted)
+    d = decide(mode, enrolled=enrolled, factor=factor, trusted=trusted, allow_unenrolled=False)
     assert (d.outcome, d.reason) == (outcome, reason)
     assert d.allowed == (outcome is A)
     assert reason in REASONS
 
 
 def test_unenrolled_grace_is_explicit():
-    d = decide(Mode.OTP_APPENDED, enrolled=False, allow_unenrolled=True)
+    d = decide(Mode.OTP_APPENDED, enrolled=False, factor=Factor.NONE, trusted=False, allow_unenrolled=True)
     assert d.allowed and d.reason == "otp-not-enrolled"
 
 
 @given(st.sampled_from(list(Mode)), st.booleans(), st.sampled_from(list(Factor)), st.booleans())
 def test_decide_is_total_and_refusals_never_allow(mode, enrolled, factor, trusted):
-    d = decide(mode, enrolled=enrolled, factor=factor, trusted=trusted)
+    d = decide(mode, enrolled=enrolled, factor=factor, trusted=trusted, allow_unenrolled=False)
     assert d.reason in REASONS
     if mode is not Mode.OFF and not trusted and factor in (
             Factor.OTP_WRONG, Factor.OTP_REPLAYED, Factor.RECOVERY_WRONG, Factor.APPROVAL_REFUSED):
