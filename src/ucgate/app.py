@@ -207,10 +207,13 @@ class Node:
     monitor: Any = None
     remote: Any = None  # RemoteCredentials when the id service runs elsewhere
     web: Any = None  # the admin UI / portal / REST API server ([web] enabled), a uvicorn.Server
+    follower: Any = None  # the store's event follower (ucgate.id.events), with an in-process store
     _web_task: Any = None
 
     async def start(self) -> None:
         await self.gateway.start()
+        if self.follower is not None:
+            self.follower.start()
         if self.web is not None:
             self._web_task = asyncio.create_task(self.web.serve())
             while not self.web.started and not self._web_task.done():
@@ -225,6 +228,8 @@ class Node:
     async def stop(self) -> None:
         if self.monitor is not None:
             await self.monitor.stop()
+        if self.follower is not None:
+            await asyncio.to_thread(self.follower.stop)
         if self._web_task is not None:
             self.web.should_exit = True
             await self._web_task
@@ -261,7 +266,7 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
                                                kerberos=kerberos_acceptor(config)),
                       devices=gate, backends=gateway_backends(config, ids),
                       oauth=oauth_grants(config, ids.credentials, ids), readiness=store_readiness(ids))
-    ids.bus.subscribe(gateway.on_event)
+    ids.bus.subscribe(gateway.post_event)
     monitor = None
     if ids.directory is not None:
         from .id.monitor import AccountMonitor
@@ -270,7 +275,7 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
             ids.directory, gateway.live_users, ids.bus, ids.audit,
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
         )
-    node = Node(gateway, ids, monitor)
+    node = Node(gateway, ids, monitor, follower=event_follower(ids))
     if config.web is not None and config.web.enabled:
         from .web.app import node_web_server
 
@@ -287,6 +292,7 @@ class IdNode:
     app: Any
     sessions: Any
     monitor: Any = None
+    follower: Any = None
 
 
 def build_id_node(config: Config) -> IdNode:
@@ -295,7 +301,8 @@ def build_id_node(config: Config) -> IdNode:
     if config.id_service is None or not config.id_service.secret:
         raise ConfigError(f"{config.path}: id_service.secret_file: required to run the id service")
     ids = open_id_services(config)
-    sessions = LiveSessions()
+    # the gateways' session reports, in the store: every id service's monitor sees every gateway
+    sessions = LiveSessions(ids.components.repo.engine)
     devices = None
     if config.devices.enabled:  # the gateways' POST /v1/devices/check (their decide stage)
         from .id.devices import open_device_service
@@ -316,7 +323,7 @@ def build_id_node(config: Config) -> IdNode:
             ids.directory, sessions.live_users, ids.bus, ids.audit,
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
         )
-    return IdNode(ids, app, sessions, monitor)
+    return IdNode(ids, app, sessions, monitor, follower=event_follower(ids))
 
 
 def id_server(config: Config, app: Any):
@@ -336,6 +343,7 @@ def id_server(config: Config, app: Any):
 async def serve_id_service(config: Config) -> None:
     node = build_id_node(config)
     server = id_server(config, node.app)
+    node.follower.start()
     if node.monitor is not None:
         node.monitor.start()
     try:
@@ -344,7 +352,16 @@ async def serve_id_service(config: Config) -> None:
         log.info("shutting down")
         if node.monitor is not None:
             await node.monitor.stop()
+        await asyncio.to_thread(node.follower.stop)
         node.ids.close()
+
+
+def event_follower(ids: Any):
+    """Follows the store's event outbox, so changes made by other processes (the CLI, another
+    node) reach this one within a second (``ucgate.id.events``)."""
+    from .id.events import EventFollower
+
+    return EventFollower(ids.bus, ids.bus.outbox)
 
 
 def run(main: Callable[[], Awaitable[Any]]) -> Any:

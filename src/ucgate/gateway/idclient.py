@@ -32,7 +32,6 @@ import asyncio
 import base64
 import datetime as dt
 import ipaddress
-import json
 import logging
 import secrets
 import ssl
@@ -45,7 +44,7 @@ import httpx
 
 from ..id.api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from ..id.devices import DeviceCheck
-from ..id.events import DeviceBlocked, UserBlocked
+from ..id.events import UserBlocked, event_of, from_wire
 from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
 from ..protocols.ntlm import NegotiateFlags, VerifyResult
 
@@ -69,8 +68,7 @@ class IdServiceError(Exception):
 
 
 def _ctx_json(ctx: AttemptContext) -> dict[str, Any]:
-    return {"client_ip": ctx.client_ip, "method": ctx.method, "service": ctx.service,
-            "device_id": ctx.device_id, "user_agent": ctx.user_agent}
+    return ctx.to_json()
 
 
 def _verdict(obj: Any) -> Verdict:
@@ -102,7 +100,10 @@ class RemoteCredentials:
     """``CredentialService`` over the id service's HTTP API.
 
     Args:
-        url: the id service's base URL, ``https://id.contoso.local:8444``.
+        url: the id service's base URL, ``https://id.contoso.local:8444``, or a list of the
+            pool's id services: each call goes to the current one and, if it cannot be reached
+            (or answers 5xx), to the next; one that failed is skipped for :data:`FAIL_FAST`
+            seconds. All of them down: ``id-service-unavailable`` (fail closed).
         secret: the shared secret (from the ``secret_file``).
         ca_file: CA certificate(s) that the id service's certificate must chain to; None uses the
             system store. The host name is verified too.
@@ -111,7 +112,7 @@ class RemoteCredentials:
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str] | tuple[str, ...],
         *,
         secret: bytes,
         ca_file: Path | None = None,
@@ -128,7 +129,11 @@ class RemoteCredentials:
         if ca_file is not None:
             verify = ssl.create_default_context(cafile=str(ca_file))
             verify.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.url = url.rstrip("/")
+        self.urls = tuple(u.rstrip("/") for u in ([url] if isinstance(url, str) else url))
+        if not self.urls:
+            raise ValueError("no id service URL")
+        self._current = 0
+        self._down: dict[int, float] = {}  # url index -> monotonic time until which it is skipped
         self.retry_after = retry_after
         self.outage_grace = outage_grace
         self.report_interval = report_interval
@@ -136,42 +141,80 @@ class RemoteCredentials:
         self.clock = clock
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
         self._client = httpx.AsyncClient(
-            base_url=self.url, verify=verify, timeout=self._timeout, transport=transport,
+            verify=verify, timeout=self._timeout, transport=transport,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=60),
             headers={"Authorization": "Bearer " + secret.decode("ascii")}, trust_env=False,
         )
-        self._down_until = 0.0
         self._tasks: list[asyncio.Task] = []
         self._last_event_id: str | None = None
         self.events_connected = asyncio.Event()
 
     def __repr__(self) -> str:  # never the secret
-        return f"RemoteCredentials({self.url!r})"
+        return f"RemoteCredentials({', '.join(self.urls)!r})"
+
+    @property
+    def url(self) -> str:
+        """The id service the next call goes to first."""
+        return self.urls[self._current]
+
+    def _order(self) -> list[int]:
+        """URL indexes to try: the current one first, those that failed recently last."""
+        now = self.clock()
+        n = len(self.urls)
+        idx = [(self._current + k) % n for k in range(n)]
+        return [i for i in idx if self._down.get(i, 0.0) <= now] or []
+
+    def _failed(self, i: int, reason: str) -> None:
+        if self._down.get(i, 0.0) <= self.clock():
+            log.warning("id service %s failed (%s)%s", self.urls[i], reason,
+                        "; trying the next" if len(self.urls) > 1 else "")
+        self._down[i] = self.clock() + FAIL_FAST
+        if i == self._current and len(self.urls) > 1:
+            self._current = (i + 1) % len(self.urls)
+
+    def ready(self) -> tuple[bool, str]:
+        """For ``/readyz``: ready while at least one id service is not known to be down."""
+        if self._order():
+            return True, "ok"
+        return False, "every id service is unreachable"
 
     # --- calls ---------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, body: dict[str, Any], ok: int = 200) -> httpx.Response:
+        """One call, failing over along the URL list."""
+        last = IdServiceError("recently-down")
+        for i in self._order():
+            try:
+                r = await self._client.request(method, self.urls[i] + path, json=body)
+            except httpx.TimeoutException as e:
+                last = IdServiceError(f"timeout ({type(e).__name__})")
+                self._failed(i, last.reason)
+                continue
+            except httpx.TransportError as e:
+                last = IdServiceError(f"unreachable ({type(e).__name__})")
+                self._failed(i, last.reason)
+                continue
+            if r.status_code >= 500:  # that one is unwell (its store, say): the next may not be
+                last = IdServiceError(f"HTTP {r.status_code}")
+                self._failed(i, last.reason)
+                continue
+            if r.status_code != ok:
+                if r.status_code == 401:
+                    log.error("the id service %s refused our shared secret: check [id_service] "
+                              "secret_file on both sides", self.urls[i])
+                raise IdServiceError(f"HTTP {r.status_code}")
+            self._current = i
+            return r
+        raise last
+
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        if self.clock() < self._down_until:
-            raise IdServiceError("recently-down")
-        try:
-            r = await self._client.post(path, json=body)
-        except httpx.TimeoutException as e:
-            if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)):
-                self._down_until = self.clock() + FAIL_FAST
-            raise IdServiceError(f"timeout ({type(e).__name__})") from None
-        except httpx.TransportError as e:
-            self._down_until = self.clock() + FAIL_FAST
-            raise IdServiceError(f"unreachable ({type(e).__name__})") from None
-        if r.status_code != 200:
-            if r.status_code == 401:
-                log.error("the id service refused our shared secret: check [id_service] secret_file on both sides")
-            raise IdServiceError(f"HTTP {r.status_code}")
+        r = await self._request("POST", path, body)
         try:
             return r.json()
         except ValueError:
             raise IdServiceError("bad-response") from None
 
     def _unavailable(self, what: str, e: IdServiceError) -> Verdict:
-        log.error("id service %s: %s call failed: %s; failing closed", self.url, what, e.reason)
+        log.error("id service %s: %s call failed: %s; failing closed", ", ".join(self.urls), what, e.reason)
         return Verdict(False, UNAVAILABLE, retry_after=self.retry_after)
 
     async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
@@ -213,6 +256,7 @@ class RemoteCredentials:
               live_users: Callable[[], dict[str, dt.datetime]] | None = None) -> None:
         """Subscribe to the id service's events and, with ``live_users``, report sessions.
         Call from the gateway's event loop."""
+        self._tasks.append(asyncio.create_task(self._probe(), name="ucgate-id-probe"))
         self._tasks.append(asyncio.create_task(self._events(on_event, live_users), name="ucgate-id-events"))
         if live_users is not None:
             self._tasks.append(asyncio.create_task(self._report(live_users), name="ucgate-id-sessions"))
@@ -228,23 +272,42 @@ class RemoteCredentials:
         self._tasks.clear()
         await self._client.aclose()
 
+    async def _probe(self) -> None:
+        """Name, at start-up, the id services of the list that do not answer (the gateway starts
+        anyway and fails over to the others)."""
+        async def one(i: int) -> None:
+            try:
+                r = await self._client.get(self.urls[i] + "/v1/health", timeout=self._timeout.connect or 2.0)
+                if r.status_code != 200:
+                    raise IdServiceError(f"HTTP {r.status_code}")
+            except (httpx.HTTPError, IdServiceError, OSError) as e:
+                log.warning("id service %s does not answer at start-up (%s); using the others "
+                            "until it does", self.urls[i], getattr(e, "reason", type(e).__name__))
+                self._failed(i, "unreachable at start-up")
+
+        await asyncio.gather(*(one(i) for i in range(len(self.urls))))
+
     async def _events(self, on_event: Callable[[object], None],
                       live_users: Callable[[], dict[str, dt.datetime]] | None) -> None:
         delay = RECONNECT_MIN
         last_ok = self.clock()
         cut_for_outage = False
         while True:
+            i = self._current
             try:
-                await self._follow(on_event)
+                await self._follow(on_event, i)
                 reason = "stream ended"
             except IdServiceError as e:
                 reason = e.reason
             except (httpx.HTTPError, ssl.SSLError, OSError) as e:
                 reason = type(e).__name__
+            self._failed(i, f"event stream: {reason}")  # the next attempt goes to the next one
             if self.events_connected.is_set():
-                log.warning("id service event stream lost (%s); reconnecting", reason)
+                log.warning("id service %s event stream lost (%s); reconnecting", self.urls[i], reason)
                 self.events_connected.clear()
                 last_ok, delay, cut_for_outage = self.clock(), RECONNECT_MIN, False
+                if len(self.urls) > 1:
+                    continue  # straight to the next id service
             if (live_users is not None and not cut_for_outage
                     and self.clock() - last_ok > self.outage_grace):
                 users = live_users()
@@ -256,13 +319,14 @@ class RemoteCredentials:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
 
-    async def _follow(self, on_event: Callable[[object], None]) -> None:
+    async def _follow(self, on_event: Callable[[object], None], i: int) -> None:
         headers = {"Accept": "text/event-stream"}
         if self._last_event_id:
             headers["Last-Event-ID"] = self._last_event_id
         # The server sends a comment every 15 s; three missed ones mean a dead peer.
         timeout = httpx.Timeout(10.0, connect=self._timeout.connect, read=45.0)
-        async with self._client.stream("GET", "/v1/events", headers=headers, timeout=timeout) as r:
+        async with self._client.stream("GET", self.urls[i] + "/v1/events", headers=headers,
+                                       timeout=timeout) as r:
             if r.status_code != 200:
                 if r.status_code == 401:
                     log.error("the id service refused our shared secret for the event stream")
@@ -273,8 +337,8 @@ class RemoteCredentials:
             async for line in r.aiter_lines():
                 if line == "":
                     if data:
-                        self._dispatch(kind, "\n".join(data), on_event)
-                        if event_id:
+                        self._dispatch(event_id, kind, "\n".join(data), on_event)
+                        if event_id and event_id.isdigit():  # the store's row id: any id service resumes
                             self._last_event_id = event_id
                     event_id = kind = None
                     data = []
@@ -291,24 +355,16 @@ class RemoteCredentials:
                     data.append(value)
 
     @staticmethod
-    def _dispatch(kind: str | None, data: str, on_event: Callable[[object], None]) -> None:
-        if kind not in ("user-blocked", "device-blocked"):
-            return
+    def _dispatch(event_id: str | None, kind: str | None, data: str,
+                  on_event: Callable[[object], None]) -> None:
         try:
-            obj = json.loads(data)
-            event: object
-            if kind == "device-blocked":
-                if not isinstance(obj["device_id"], str) or not obj["device_id"]:
-                    raise ValueError("device_id")
-                event = DeviceBlocked(str(obj["user"]), obj["device_id"], str(obj.get("reason") or "blocked"))
-            else:
-                before = obj.get("signed_in_before")
-                event = UserBlocked(str(obj["user"]), str(obj.get("reason") or "blocked"),
-                                    dt.datetime.fromisoformat(before) if before else None)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("ignoring a malformed %s event from the id service", kind)
+            row = from_wire(event_id, kind, data)
+        except ValueError:
+            log.warning("ignoring a malformed %s event from the id service", str(kind)[:32])
             return
-        on_event(event)
+        event = event_of(row)  # None (logged) for a kind this version does not know
+        if event is not None:
+            on_event(event)
 
     async def _report(self, live_users: Callable[[], dict[str, dt.datetime]]) -> None:
         failing = False
@@ -316,9 +372,9 @@ class RemoteCredentials:
             body = {"gateway": self.gateway_id,
                     "users": {u: t.isoformat() for u, t in live_users().items()}}
             try:
-                r = await self._client.put("/v1/sessions", json=body)
-                ok = r.status_code == 204
-            except httpx.HTTPError:
+                await self._request("PUT", "/v1/sessions", body, ok=204)
+                ok = True
+            except (IdServiceError, httpx.HTTPError):
                 ok = False
             if not ok and not failing:
                 log.warning("could not report live sessions to the id service")

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
-from ..id.api import AttemptContext, CredentialService
+from ..id.api import AttemptContext, CredentialService, Method
 from ..protocols import http1
 from ..protocols.http1 import RequestHead, ResponseHead
 from ..protocols.sfb import Service
@@ -339,7 +339,7 @@ class OAuthGrants:
                 or any(ord(c) < 0x20 or c == "\x7f" for c in username):
             return await self._json(gw, client, 400, {"error": "invalid_request"}, keep=req.keep_alive), None
         ua = req.get(b"user-agent")
-        ctx = AttemptContext(client_ip=conn.peer_host, method="oauth-password", service=service.name,
+        ctx = AttemptContext(client_ip=conn.peer_host, method=Method.OAUTH_PASSWORD, service=service.name,
                              device_id=None, user_agent=ua.decode("latin-1")[:256] if ua else None)
         started = time.monotonic()
         verdict = await self.credentials.verify_password(username, password, ctx)

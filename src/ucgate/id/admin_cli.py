@@ -27,6 +27,8 @@ from ..store import DuplicateError, SqlRepository, StoreError, migrate, open_rep
 from .asp import AspLimit, AspService, UnknownUser
 from .audit import AuditLog, to_json
 from .keys import KeyFileError, Keyring
+from ..store.outbox import Outbox
+from .events import EventBus
 from .users import InvalidUsername, UserService, current_os_user
 
 OK, REFUSED, USAGE = 0, 1, 2
@@ -47,7 +49,10 @@ class Components:
         if migrate_schema is None:  # SQLite (one node) migrates itself; a cluster runs db upgrade
             migrate_schema = sqlite_path(settings.store_url) is not None
         self.repo: SqlRepository = open_repository(settings.store_url, migrate_schema=migrate_schema)
-        self.users = UserService(self.repo)
+        # every change that cuts someone off goes through the outbox, so a command run beside a
+        # running gateway reaches it (ucgate.id.events)
+        self.bus = EventBus(Outbox(self.repo.engine))
+        self.users = UserService(self.repo, bus=self.bus)
         self.audit = AuditLog(self.repo, settings.audit_file)
         self._keyring: Keyring | None = None
         self._asps: AspService | None = None

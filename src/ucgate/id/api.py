@@ -9,9 +9,27 @@ It is implemented in-process by :class:`ucgate.id.service.IdService`, and across
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
 from ..protocols.ntlm import VerifyResult
+
+
+class Method(StrEnum):
+    """How a sign-in attempt presented its credential: the one list both sides of the id
+    service's API use (``context.method``)."""
+
+    BASIC = "basic"
+    NTLM = "ntlm"
+    NEGOTIATE = "negotiate"
+    KERBEROS = "kerberos"
+    OAUTH_PASSWORD = "oauth-password"  # the SfB mobile sign-in (POST /WebTicket/oauthtoken)
+    PORTAL = "portal"  # the self-service portal's sign-in form (in-process only)
+
+
+# Bounds of the context's free-text fields on the wire.
+MAX_CONTEXT_NAME = 256
+MAX_SERVICE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +41,48 @@ class AttemptContext:
     service: str
     device_id: str | None = None
     user_agent: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's ``context`` object (what :meth:`from_json` reads back)."""
+        return {"client_ip": self.client_ip, "method": str(self.method), "service": self.service,
+                "device_id": self.device_id, "user_agent": self.user_agent}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AttemptContext:
+        """Raises ContextError (field, message) for anything the API does not accept."""
+        import ipaddress
+
+        if not isinstance(obj, dict):
+            raise ContextError("context", "expected an object")
+
+        def text(key: str, limit: int, required: bool) -> str | None:
+            v = obj.get(key)
+            if v is None and not required:
+                return None
+            if not isinstance(v, str) or (required and not v):
+                raise ContextError(f"context.{key}", "expected a string" + (" (required)" if required else ""))
+            if len(v) > limit:
+                raise ContextError(f"context.{key}", f"at most {limit} characters")
+            return v
+
+        ip = text("client_ip", 64, True)
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ContextError("context.client_ip", "not an IP address") from None
+        method = text("method", 32, True)
+        if method not in Method._value2member_map_:
+            raise ContextError("context.method", f"expected one of {', '.join(m.value for m in Method)}")
+        return cls(client_ip=str(ip), method=method, service=str(text("service", MAX_SERVICE, True)),
+                   device_id=text("device_id", MAX_CONTEXT_NAME, False),
+                   user_agent=text("user_agent", MAX_CONTEXT_NAME, False))
+
+
+class ContextError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from Crypto.Hash import MD4
 
 from ..store import NewAsp, Repository, UserRecord
+from .events import CredentialRevoked, Pending
 from .keys import DecryptError, Keyring, asp_aad
 from .users import UnknownUser, UserSecretService, UserService  # noqa: F401 (UnknownUser re-exported)
 
@@ -156,9 +157,18 @@ class AspService(UserSecretService):
         return AspInfo(a.id, u.username if u else "?", a.label, a.device_id, a.created_at,
                        a.last_used_at, a.revoked_at)
 
-    def revoke(self, asp_id: str) -> bool:
-        """False when there is no such ASP (revoking twice is fine)."""
-        return self.repo.revoke_asp(asp_id, self.clock())
+    def revoke(self, asp_id: str, *, actor: str | None = None) -> bool:
+        """False when there is no such ASP (revoking twice is fine). Every process closes the
+        connections signed in with it (an event in the same transaction)."""
+        a = self.repo.get_asp(asp_id)
+        if a is None:
+            return False
+        u = self.repo.get_user_by_id(a.user_id)
+        pending = Pending(CredentialRevoked(u.username if u else "?", asp_id, "asp-revoked"), actor)
+        ok = self.repo.revoke_asp(asp_id, self.clock(), event=pending)  # type: ignore[call-arg]
+        if ok and self.users.bus is not None:
+            self.users.bus.committed(pending)
+        return ok
 
     def mark_used(self, asp_id: str, at: datetime | float | None = None) -> None:
         """Record a successful sign-in with the ASP; ``at`` is a datetime or POSIX seconds."""

@@ -36,10 +36,11 @@ from typing import Any
 from ..policy import devices as policy
 from ..policy.groups import GroupPolicy as GroupEntry
 from ..policy.groups import effective_policy
+from ..policy.twofactor import Mode
 from ..protocols.devices import DeviceFacts
 from ..store.partnerships import PartnershipRecord, PartnershipStore, device_key
 from ..store.repository import DuplicateError
-from .events import DeviceBlocked
+from .events import DeviceBlocked, Pending
 from .notify import DeviceNotice, Notifier, NullNotifier
 
 log = logging.getLogger("ucgate.id.devices")
@@ -115,6 +116,9 @@ class DeviceService:
         asp_device: ASP id -> the device it is bound to (None: unbound or unknown).
         notifier: where quarantine notices go.
         clock: aware UTC now (tests pass a fake).
+        second_factor_available: user -> can the user give a second factor at sign-in
+            (otp-appended with an enrolled authenticator)? When not, a device that would be
+            challenged is quarantined for approval instead (``policy.devices``). None: yes.
     """
 
     def __init__(
@@ -131,7 +135,9 @@ class DeviceService:
         asp_device: Callable[[str], str | None] | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
+        second_factor_available: Callable[[str], bool] | None = None,
     ) -> None:
+        self.second_factor_available = second_factor_available or (lambda user: True)
         self.store = store
         self.audit = audit
         self.bus = bus
@@ -171,17 +177,22 @@ class DeviceService:
         user_devices: list[PartnershipRecord] = []
         if facts.device_id and existing is None:
             user_devices = self.store.list(username=user)
-        decision = policy.decide(
+        args = dict(
             facts=facts, existing=existing.to_policy() if existing else None,
             user_devices=[p.to_policy() for p in user_devices], rules=self.rules, policy=pol,
             user_groups=groups, now=now, second_factor_ok=second_factor_ok, service=service,
         )
+        decision = policy.decide(**args)
+        if decision.outcome == "challenge" and not self.second_factor_available(user):
+            # a challenge this user cannot answer: wait for an approval instead
+            decision = policy.decide(**args, second_factor_possible=False)
         record, created = self._persist(user, facts, existing, decision, now)
         result = DeviceCheck(decision.outcome, decision.reason, facts.device_id, decision.wipe,
                              decision.trusted_until if decision.outcome == "allow" else None,
                              record.id if record else None, decision.rule or "")
         self._audit(user, facts, service, client_address, result, decision.rule, policy=pol_name)
-        if created and record is not None and record.state == "quarantined":
+        if record is not None and record.state == "quarantined" and (
+                created or (existing is not None and existing.state != "quarantined")):
             self._notify("device-quarantined", record, decision.reason, service, client_address)
         return result
 
@@ -270,17 +281,22 @@ class DeviceService:
         return rec
 
     def _admin(self, action: str, partnership_id: int, actor: str, reason: str | None,
-               **changes: Any) -> PartnershipRecord:
+               cut: str | None = None, **changes: Any) -> PartnershipRecord:
+        """Change one partnership; with ``cut``, a DeviceBlocked event (that reason) is written
+        in the same transaction and every process closes the device's live connections."""
         rec = self.get(partnership_id)
-        new = self.store.update(rec.id, **changes) if changes else rec
-        assert new is not None
+        pending = Pending(DeviceBlocked(rec.username, rec.device_id, cut), actor) if cut else None
+        new = self.store.update(rec.id, event=pending, **changes) if changes else rec
+        if new is None:
+            raise DeviceError(f"no device partnership with id {partnership_id}")
         self.audit.record(f"device.{action}", actor=actor, user=rec.username, device=rec.device_id,
                           result="ok", reason=reason, partnership=rec.id, state=new.state)
+        self._committed(pending)
         return new
 
-    def _cut(self, rec: PartnershipRecord, reason: str) -> None:
-        if self.bus is not None:
-            self.bus.publish(DeviceBlocked(rec.username, rec.device_id, reason))
+    def _committed(self, pending: Pending | None) -> None:
+        if pending is not None and self.bus is not None:
+            self.bus.committed(pending)
 
     def approve(self, partnership_id: int, *, actor: str, renew_trust: bool = True) -> PartnershipRecord:
         """Allow a quarantined (or blocked) device. With ``renew_trust`` the approval counts as
@@ -296,10 +312,8 @@ class DeviceService:
         return self._admin("approve", partnership_id, actor, "approved", **changes)
 
     def block(self, partnership_id: int, *, actor: str, reason: str = "blocked by an administrator") -> PartnershipRecord:
-        rec = self._admin("block", partnership_id, actor, reason, state="blocked",
-                          state_reason="blocked", trusted_until=None)
-        self._cut(rec, reason)
-        return rec
+        return self._admin("block", partnership_id, actor, reason, cut=reason, state="blocked",
+                           state_reason="blocked", trusted_until=None)
 
     def unblock(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
         """Back to allowed, untrusted: the next request asks for the second factor (if the
@@ -311,10 +325,8 @@ class DeviceService:
     def wipe(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
         """Flag a remote wipe: ActiveSync devices get the wipe directive on their next request;
         every request from the device is refused meanwhile."""
-        rec = self._admin("wipe", partnership_id, actor, "wipe requested",
-                          wipe_requested_at=self.clock(), wiped_at=None, trusted_until=None)
-        self._cut(rec, "remote wipe requested")
-        return rec
+        return self._admin("wipe", partnership_id, actor, "wipe requested", cut="remote wipe requested",
+                           wipe_requested_at=self.clock(), wiped_at=None, trusted_until=None)
 
     def wipe_acknowledged(self, user: str, device_id: str, *, ok: bool) -> None:
         """The device reported the wipe (MS-ASPROV RemoteWipe Status): it stays blocked."""
@@ -328,10 +340,11 @@ class DeviceService:
     def delete(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
         """Forget the partnership: the device is a new device next time (the rules apply)."""
         rec = self.get(partnership_id)
-        self.store.delete(rec.id)
+        pending = Pending(DeviceBlocked(rec.username, rec.device_id, "device partnership deleted"), actor)
+        self.store.delete(rec.id, event=pending)
         self.audit.record("device.delete", actor=actor, user=rec.username, device=rec.device_id,
                           result="ok", partnership=rec.id)
-        self._cut(rec, "device partnership deleted")
+        self._committed(pending)
         return rec
 
 
@@ -385,7 +398,23 @@ def open_device_service(config: Any, ids: Any, *, clock: Callable[[], dt.datetim
                                       starttls=n.get("smtp_starttls", False)))
     if n.get("webhook_url"):
         notifiers.append(WebhookNotifier(n["webhook_url"]))
+    second = getattr(getattr(ids, "credentials", None), "second_factor", None)
+
+    def second_factor_available(user: str) -> bool:
+        """otp-appended (for this user's groups) and an authenticator enrolled: the only
+        second factor a sign-in can carry (device-approval's factor is the approval itself)."""
+        if second is None:
+            return False
+        du = None
+        if directory is not None and second.settings.group_modes:
+            try:
+                du = directory.resolve(user)
+            except Exception:  # noqa: BLE001 - directory down: the default mode decides
+                du = None
+        return second.mode(user, du) is Mode.OTP_APPENDED and second.otp.is_enrolled(user)
+
     store = PartnershipStore(ids.components.repo.engine)
     return DeviceService(store, ids.audit, ids.bus, rules=dc.rules, defaults=dc.defaults,
                          group_policies=dc.policies, is_member=is_member, user_aliases=aliases,
-                         asp_device=asp_device, notifier=MultiNotifier(notifiers), clock=clock)
+                         asp_device=asp_device, notifier=MultiNotifier(notifiers), clock=clock,
+                         second_factor_available=second_factor_available)

@@ -71,7 +71,7 @@ def open_services(
     # the budget lives in the store: one per account for every process of the pool
     budget = StoreBudget(comp.repo.engine, BudgetConfig(
         user_failures=lockout.user_failures, ip_failures=lockout.ip_failures, window=lockout.window))
-    bus = EventBus()
+    bus = comp.bus
     second = None
     if two_factor is not None and (two_factor.default_mode != "off" or two_factor.group_modes):
         second = SecondFactor(OtpService(comp.repo, comp.keyring, users=comp.users), two_factor,

@@ -43,18 +43,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import datetime as dt
 import hmac
 import ipaddress
 import json
 import logging
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -62,8 +61,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
-from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
-from .events import DeviceBlocked, EventBus, UserBlocked
+from .api import AttemptContext, ContextError, Method, NtlmHandshake, NtlmVerdict, Verdict
+from ..store.outbox import EventRow
+from ..store.schema import live_sessions
+from .events import EventBus, to_wire
 from .health import Readiness, health_routes
 
 log = logging.getLogger("ucgate.id.api")
@@ -79,7 +80,6 @@ REPLAY_EVENTS = 1024
 # A gateway's session report is forgotten after this long without a new one.
 SESSION_REPORT_TTL = 120.0
 MAX_NAME = 256  # user names, as in the gateway's Basic check
-_METHODS = frozenset({"basic", "ntlm", "negotiate", "oauth", "kerberos"})
 _EXTENDED_PROTECTION = ("require", "allow", "off")
 
 
@@ -151,20 +151,10 @@ def _b64(obj: dict, key: str, prefix: str = "", *, required: bool = True, size: 
 
 
 def _context(obj: dict) -> AttemptContext:
-    c = _get(obj, "context", "", dict)
-    ip = _text(c, "client_ip", "context.")
     try:
-        ipaddress.ip_address(ip)
-    except ValueError:
-        raise BadRequest("context.client_ip", "not an IP address") from None
-    method = _text(c, "method", "context.")
-    if method not in _METHODS:
-        raise BadRequest("context.method", f"expected one of {', '.join(sorted(_METHODS))}")
-    return AttemptContext(
-        client_ip=ip, method=method, service=_text(c, "service", "context.", max_len=64),
-        device_id=_text(c, "device_id", "context.", required=False),
-        user_agent=_text(c, "user_agent", "context.", required=False),
-    )
+        return AttemptContext.from_json(_get(obj, "context", "", dict))
+    except ContextError as e:
+        raise BadRequest(e.field, e.message) from None
 
 
 def parse_ntlm_request(obj: dict) -> NtlmHandshake:
@@ -250,62 +240,65 @@ def ntlm_verdict_json(answer: NtlmVerdict) -> dict[str, Any]:
 
 
 class EventFeed:
-    """Fans events from the :class:`EventBus` out to SSE streams, keeping the last few for
-    replay. ``publish`` may be called from any thread."""
+    """Streams the store's event rows (``ucgate.id.events``) to SSE clients. The SSE id is the
+    row id, the same on every id service of the pool, so a gateway resumes with
+    ``Last-Event-ID`` here or on any other: the missed rows are read from the table. Rows reach
+    the feed from the bus (written here, or followed from the store), from any thread."""
 
     def __init__(self, bus: EventBus, *, keep: int = REPLAY_EVENTS) -> None:
-        self.boot = secrets.token_hex(4)  # ids from another run of the id service mean nothing
-        self._seq = 0
-        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep)
+        self.bus = bus
+        self.keep = keep
         self._streams: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = set()
         self._lock = threading.Lock()
-        bus.subscribe(self.publish)
+        bus.subscribe_rows(self.publish)
 
-    def publish(self, event: object) -> None:
-        if isinstance(event, UserBlocked):
-            kind = "user-blocked"
-            before = event.signed_in_before
-            data = json.dumps({"user": event.user, "reason": event.reason,
-                               "signed_in_before": before.isoformat() if before else None})
-        elif isinstance(event, DeviceBlocked):
-            kind = "device-blocked"
-            data = json.dumps({"user": event.user, "device_id": event.device_id, "reason": event.reason})
-        else:
-            return
+    @staticmethod
+    def frame(row: EventRow) -> bytes:
+        return f"id: {row.id}\nevent: {row.kind}\ndata: {to_wire(row)}\n\n".encode()
+
+    def publish(self, row: EventRow) -> None:
         with self._lock:
-            self._seq += 1
-            frame = f"id: {self.boot}-{self._seq}\nevent: {kind}\ndata: {data}\n\n".encode()
-            self._recent.append((self._seq, frame))
             streams = list(self._streams)
         for loop, queue in streams:
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, frame)
+                loop.call_soon_threadsafe(queue.put_nowait, row)
             except RuntimeError:  # that stream's loop is gone
                 pass
 
-    def _missed(self, last_event_id: str | None) -> list[bytes]:
-        boot, _, seq = (last_event_id or "").partition("-")
-        with self._lock:
-            if last_event_id is None:
-                return []
-            if boot != self.boot or not seq.isdigit():
-                return [f for _, f in self._recent]  # we restarted: all we have is new to them
-            return [f for s, f in self._recent if s > int(seq)]
+    async def _missed(self, last_event_id: str | None) -> list[EventRow]:
+        outbox = self.bus.outbox
+        if outbox is None or last_event_id is None or not last_event_id.isdigit():
+            return []
+        after, out = int(last_event_id), []
+        while len(out) < self.keep:
+            rows = await asyncio.to_thread(outbox.since, after)
+            if not rows:
+                break
+            out.extend(rows)
+            after = rows[-1].id
+        return out
 
     async def stream(self, last_event_id: str | None, heartbeat: float) -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue: asyncio.Queue[EventRow] = asyncio.Queue()
         entry = (asyncio.get_running_loop(), queue)
         with self._lock:
-            self._streams.add(entry)
+            self._streams.add(entry)  # before reading the missed rows: nothing falls between
         try:
             yield b"retry: 1000\n\n"
-            for frame in self._missed(last_event_id):
-                yield frame
+            sent = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+            for row in await self._missed(last_event_id):
+                sent = max(sent, row.id)
+                yield self.frame(row)
             while True:
                 try:
-                    yield await asyncio.wait_for(queue.get(), heartbeat)
+                    row = await asyncio.wait_for(queue.get(), heartbeat)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
+                    continue
+                if row.id and row.id <= sent:
+                    continue  # already replayed
+                sent = max(sent, row.id)
+                yield self.frame(row)
         finally:
             with self._lock:
                 self._streams.discard(entry)
@@ -317,18 +310,39 @@ class EventFeed:
 
 class LiveSessions:
     """Who is signed in on which gateway, from the gateways' reports: the account monitor's
-    ``live_users`` when the gateways run elsewhere."""
+    ``live_users`` when the gateways run elsewhere. In the store (``live_sessions``) when given
+    an engine, so that every id service of the pool sees every gateway's report; in memory
+    otherwise (tests)."""
 
-    def __init__(self, ttl: float = SESSION_REPORT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: Any = None, ttl: float = SESSION_REPORT_TTL,
+                 clock: Callable[[], float] = time.time) -> None:
         self.ttl, self.clock = ttl, clock
+        self.engine = engine
         self._reports: dict[str, tuple[float, dict[str, dt.datetime]]] = {}
 
     def report(self, gateway: str, users: dict[str, dt.datetime]) -> None:
-        self._reports[gateway] = (self.clock(), users)
+        if self.engine is None:
+            self._reports[gateway] = (self.clock(), users)
+            return
+        t = live_sessions
+        now = self.clock()
+        with self.engine.connect().execution_options(ucgate_write=True) as c, c.begin():
+            c.execute(t.delete().where(t.c.gateway == gateway))
+            if users:
+                c.execute(t.insert(), [dict(gateway=gateway, username=u, signed_in_at=at,
+                                            reported_at=now) for u, at in users.items()])
 
     def live_users(self) -> dict[str, dt.datetime]:
         now = self.clock()
         out: dict[str, dt.datetime] = {}
+        if self.engine is not None:
+            t = live_sessions
+            with self.engine.connect() as c:
+                c.execute(t.delete().where(t.c.reported_at < now - self.ttl * 10))
+                c.commit()
+                rows = c.execute(select(t.c.username, func.min(t.c.signed_in_at))
+                                 .where(t.c.reported_at >= now - self.ttl).group_by(t.c.username)).all()
+            return {r[0]: r[1] for r in rows}
         for gw, (at, users) in list(self._reports.items()):
             if now - at > self.ttl:
                 del self._reports[gw]
@@ -621,7 +635,7 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Context": {"type": "object", "required": ["client_ip", "method", "service"], "properties": {
                 "client_ip": {"type": "string"},
-                "method": {"type": "string", "enum": sorted(_METHODS)},
+                "method": {"type": "string", "enum": [m.value for m in Method]},
                 "service": {"type": "string"},
                 "device_id": {"type": "string", "nullable": True},
                 "user_agent": {"type": "string", "nullable": True}}},

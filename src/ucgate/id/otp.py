@@ -42,6 +42,7 @@ from urllib.parse import quote, urlencode
 from ..policy.twofactor import OTP_DIGITS, Factor
 from ..store import DuplicateError, NewOtpSecret, OtpRecord, UserRecord
 from .asp import ALPHABET
+from .events import Pending, UserBlocked
 from .keys import DecryptError, Keyring
 from .users import UnknownUser, UserSecretService, UserService  # noqa: F401 (UnknownUser re-exported)
 
@@ -359,7 +360,12 @@ class OtpService(UserSecretService):
     def reset(self, username: str) -> bool:
         """Remove the secret (pending or active) and the recovery codes. False when there was
         none. Raises UnknownUser."""
-        return self.repo.delete_otp(self._user(username).id)
+        u = self._user(username)
+        pending = Pending(UserBlocked(u.username, "otp-reset"))
+        ok = self.repo.delete_otp(u.id, event=pending)  # type: ignore[call-arg]
+        if ok and self.users.bus is not None:  # sessions that passed the old second factor end
+            self.users.bus.committed(pending)
+        return ok
 
     def status(self, username: str) -> OtpStatus:
         """Raises UnknownUser."""

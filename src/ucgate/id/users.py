@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..store import DuplicateError, Repository, UserRecord
+from .events import EventBus, Pending, UserBlocked
 
 # AD limits sAMAccountName to 20 characters for users (MS-ADTS 3.1.1.5.2.4 / "Naming
 # Properties"); we accept longer names (service accounts, other directories) up to this.
@@ -123,10 +124,11 @@ class UserService:
     """Add, find, list, enable and disable users."""
 
     def __init__(self, repo: Repository, clock: Callable[[], datetime] = _utcnow,
-                 netbios_domains: Iterable[str] = ()) -> None:
+                 netbios_domains: Iterable[str] = (), bus: EventBus | None = None) -> None:
         self.repo = repo
         self.clock = clock
         self.netbios_domains = tuple(netbios_domains)
+        self.bus = bus  # disable / sign-out events (ucgate.id.events)
 
     def add(self, username: str, *, upn: str | None = None, sip_uri: str | None = None,
             display_name: str | None = None, source: str = "local") -> UserRecord:
@@ -153,9 +155,26 @@ class UserService:
     def list(self) -> list[UserRecord]:
         return self.repo.list_users()
 
-    def disable(self, username: str) -> bool:
+    def disable(self, username: str, *, actor: str | None = None) -> bool:
+        """Disable the user; every process closes their live sessions (an event in the same
+        transaction)."""
         u = self.resolve(username)
-        return u is not None and self.repo.set_user_enabled(u.username, False)
+        if u is None:
+            return False
+        pending = Pending(UserBlocked(u.username, "user-disabled"), actor)
+        ok = self.repo.set_user_enabled(u.username, False, event=pending)  # type: ignore[call-arg]
+        if ok and self.bus is not None:
+            self.bus.committed(pending)
+        return ok
+
+    def sign_out(self, username: str, *, actor: str | None = None, reason: str = "signed-out") -> bool:
+        """Close the user's live sessions on every gateway (they may sign in again)."""
+        u = self.resolve(username)
+        name = u.username if u is not None else normalise_username(username)
+        event = UserBlocked(name, reason, signed_in_before=self.clock())
+        if self.bus is not None:
+            self.bus.publish(event, actor=actor)
+        return u is not None
 
     def enable(self, username: str) -> bool:
         u = self.resolve(username)

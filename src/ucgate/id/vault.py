@@ -179,7 +179,8 @@ class VaultService(UserSecretService):
     def on_event(self, event: object) -> None:
         """A cut-off user's decrypted password leaves memory at once."""
         user = getattr(event, "user", None)
-        if user is not None and getattr(event, "device_id", None) is None:
+        if (user is not None and getattr(event, "device_id", None) is None
+                and getattr(event, "credential_id", None) is None):
             self.forget(user)
 
     def _audit(self, action: str, actor: str, user: str, result: str, reason: str | None) -> None:

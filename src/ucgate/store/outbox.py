@@ -69,6 +69,13 @@ def append(conn: Connection, *, kind: str, username: str, reason: str, at: dt.da
     return event_id
 
 
+def append_pending(conn: Connection, pending: Any) -> None:
+    """Write ``pending.fields`` (an ``ucgate.id.events.Pending``) on ``conn`` and set
+    ``pending.id``; nothing for None. Store methods that make a change take one of these."""
+    if pending is not None:
+        pending.id = append(conn, **pending.fields)
+
+
 def _row(r: Any) -> EventRow:
     m = r._mapping
     return EventRow(id=int(m["id"]), at=m["at"], kind=m["kind"], username=m["username"],

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..policy.devices import Partnership, PartnershipState
 from .engine import Transactions
+from .outbox import append_pending
 from .repository import DuplicateError
 from .schema import PARTNERSHIP_STATES, partnerships
 
@@ -146,8 +147,9 @@ class PartnershipStore(Transactions):
         with self._read() as c:
             return [_record(r) for r in c.execute(q)]
 
-    def update(self, partnership_id: int, **values: Any) -> PartnershipRecord | None:
-        """Set ``values`` on one row; returns the row after, None when it does not exist."""
+    def update(self, partnership_id: int, *, event: Any = None, **values: Any) -> PartnershipRecord | None:
+        """Set ``values`` on one row; returns the row after, None when it does not exist.
+        ``event``: an outbox event written in the same transaction (``outbox.append_pending``)."""
         values = _clean(values)
         with self._write() as c:
             n = c.execute(update(partnerships).where(partnerships.c.id == partnership_id)
@@ -155,12 +157,15 @@ class PartnershipStore(Transactions):
             if not n:
                 return None
             row = c.execute(select(partnerships).where(partnerships.c.id == partnership_id)).one()
+            append_pending(c, event)
         return _record(row)
 
-    def delete(self, partnership_id: int) -> bool:
+    def delete(self, partnership_id: int, *, event: Any = None) -> bool:
         with self._write() as c:
-            return bool(c.execute(delete(partnerships).where(
-                partnerships.c.id == partnership_id)).rowcount)
+            n = c.execute(delete(partnerships).where(partnerships.c.id == partnership_id)).rowcount
+            if n:
+                append_pending(c, event)
+            return bool(n)
 
     def delete_many(self, ids: Sequence[int]) -> int:
         if not ids:

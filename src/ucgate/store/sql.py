@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import migrate
 from .engine import StoreError, Transactions, make_engine
+from .outbox import append_pending
 from .repository import (
     AspRecord,
     AuditRecord,
@@ -127,9 +128,12 @@ class SqlRepository(Transactions):
         with self._read() as c:
             return [_user(r) for r in c.execute(select(users).order_by(users.c.username))]
 
-    def set_user_enabled(self, username: str, enabled: bool) -> bool:
+    def set_user_enabled(self, username: str, enabled: bool, *, event: Any = None) -> bool:
+        """``event``: an outbox event written in the same transaction (``outbox.append_pending``)."""
         with self._write() as c:
             n = c.execute(update(users).where(users.c.username == username).values(enabled=enabled)).rowcount
+            if n == 1:
+                append_pending(c, event)
         return n == 1
 
     # --- ASPs -------------------------------------------------------------------------
@@ -156,12 +160,13 @@ class SqlRepository(Transactions):
         with self._read() as c:
             return [_asp(r) for r in c.execute(q.order_by(asps.c.created_at, asps.c.id))]
 
-    def revoke_asp(self, asp_id: str, at: datetime) -> bool:
+    def revoke_asp(self, asp_id: str, at: datetime, *, event: Any = None) -> bool:
         with self._write() as c:
             if c.execute(select(asps.c.id).where(asps.c.id == asp_id)).first() is None:
                 return False
             c.execute(update(asps).where(asps.c.id == asp_id, asps.c.revoked_at.is_(None))
                       .values(revoked_at=at))
+            append_pending(c, event)
         return True
 
     def mark_asp_used(self, asp_id: str, at: datetime) -> bool:
@@ -243,10 +248,12 @@ class SqlRepository(Transactions):
             ).values(last_step=step, last_used_at=at)).rowcount
         return n == 1
 
-    def delete_otp(self, user_id: int) -> bool:
+    def delete_otp(self, user_id: int, *, event: Any = None) -> bool:
         with self._write() as c:
             c.execute(delete(otp_recovery_codes).where(otp_recovery_codes.c.user_id == user_id))
             n = c.execute(delete(otp_secrets).where(otp_secrets.c.user_id == user_id)).rowcount
+            if n == 1:
+                append_pending(c, event)
         return n == 1
 
     def replace_otp_ciphertext(self, user_id: int, ciphertext: bytes, nonce: bytes) -> bool:
