@@ -250,7 +250,7 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         from .gateway.idclient import RemoteCredentials
 
         ic = config.id_service
-        remote = RemoteCredentials(ic.url, secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
+        remote = RemoteCredentials(list(ic.urls) or [ic.url], secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
                                    outage_grace=ic.outage_grace)
         gate = remote_device_gate(config, remote)
         gateway = Gateway(config, PreAuthenticator(remote, preauth_settings(config),

@@ -125,7 +125,8 @@ class IdServiceConfig:
 
     secret: bytes = field(default=b"", repr=False)
     secret_file: Path | None = None
-    url: str | None = None
+    url: str | None = None  # the first of ``urls``
+    urls: tuple[str, ...] = ()  # every id service of the pool, in failover order
     ca_file: Path | None = None
     timeout: float = 8.0
     outage_grace: float = 300.0
@@ -292,6 +293,16 @@ def _parse_service(file: str, name: str, table: Any, upstreams: dict[str, Upstre
         if scheme not in ("ntlm", "basic"):
             raise sec.fail("backend_scheme", f"must be ntlm or basic, got {scheme!r}")
         out["backend_scheme"] = scheme
+    methods = sec.get("methods", list, None)  # issue 13: the methods its clients use
+    if methods is not None:
+        if not methods:
+            raise sec.fail("methods", "must name at least one method")
+        for i, m in enumerate(methods):
+            if not isinstance(m, str) or not m.isascii() or not http1._TOKEN_RE.fullmatch(m.encode()):
+                raise sec.fail(f"methods[{i}]", f"not a method name: {m!r}")
+            if m != m.upper():  # methods are case-sensitive; clients send them in upper case
+                raise sec.fail(f"methods[{i}]", f"write methods in upper case: {m!r}")
+        out["methods"] = tuple(dict.fromkeys(methods))
     sec.finish()
     return out
 
@@ -752,15 +763,23 @@ def _parse_id_service(top: _Section, base: Path, role: str) -> IdServiceConfig |
         return None
     sec = top.sub("id_service")
     d = IdServiceConfig()
-    url = sec.get("url", str, None)
-    if url is not None:
-        parts = urlsplit(url)
+    raw = sec.get("url", (str, list), None)
+    urls: tuple[str, ...] = ()
+    if raw is not None:  # one id service, or the pool's list (the gateway fails over in order)
+        urls = (raw,) if isinstance(raw, str) else tuple(raw)
+        if not urls:
+            raise sec.fail("url", "an empty list: give at least one https://host[:port]")
+    for u in urls:
+        if not isinstance(u, str):
+            raise sec.fail("url", f"expected https://host[:port] strings, got {u!r}")
+        parts = urlsplit(u)
         if parts.scheme != "https" or not parts.hostname:
-            raise sec.fail("url", f"expected https://host[:port] (the secret crosses this link), got {url!r}")
+            raise sec.fail("url", f"expected https://host[:port] (the secret crosses this link), got {u!r}")
         try:
             parts.port
         except ValueError:
-            raise sec.fail("url", f"bad port in {url!r}") from None
+            raise sec.fail("url", f"bad port in {u!r}") from None
+    url = urls[0] if urls else None
     ca = sec.path("ca_file", None, base)
     if ca is not None and not ca.is_file():
         raise sec.fail("ca_file", f"no such file: {ca}")
@@ -781,7 +800,7 @@ def _parse_id_service(top: _Section, base: Path, role: str) -> IdServiceConfig |
     elif url is not None or role == "id-service":
         raise sec.fail("secret_file", "required: the shared secret of the gateways and the id service")
     cfg = IdServiceConfig(
-        secret=secret, secret_file=secret_file, url=url, ca_file=ca,
+        secret=secret, secret_file=secret_file, url=url, urls=urls, ca_file=ca,
         timeout=sec.positive("timeout", float, d.timeout),
         outage_grace=sec.positive("outage_grace", float, d.outage_grace),
         listen_host=host, listen_port=port, tls_cert=cert, tls_key=key,

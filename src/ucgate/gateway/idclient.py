@@ -134,6 +134,8 @@ class RemoteCredentials:
             raise ValueError("no id service URL")
         self._current = 0
         self._down: dict[int, float] = {}  # url index -> monotonic time until which it is skipped
+        self._ok_at: dict[int, float] = {}  # url index -> last answer (for readiness)
+        self._fail_at: dict[int, float] = {}  # url index -> last failure
         self.retry_after = retry_after
         self.outage_grace = outage_grace
         self.report_interval = report_interval
@@ -169,14 +171,21 @@ class RemoteCredentials:
             log.warning("id service %s failed (%s)%s", self.urls[i], reason,
                         "; trying the next" if len(self.urls) > 1 else "")
         self._down[i] = self.clock() + FAIL_FAST
+        self._fail_at[i] = self.clock()
         if i == self._current and len(self.urls) > 1:
             self._current = (i + 1) % len(self.urls)
 
+    def _answered(self, i: int) -> None:
+        self._ok_at[i] = self.clock()
+
     def ready(self) -> tuple[bool, str]:
-        """For ``/readyz``: ready while at least one id service is not known to be down."""
-        if self._order():
+        """For ``/readyz``: ready while the event stream is connected or an id service answered
+        after its last failure; not ready while every one of them failed last."""
+        if self.events_connected.is_set():
             return True, "ok"
-        return False, "every id service is unreachable"
+        if any(self._ok_at.get(i, 0.0) > self._fail_at.get(i, 0.0) for i in range(len(self.urls))):
+            return True, "ok"
+        return False, f"no id service answers ({', '.join(self.urls)})"
 
     # --- calls ---------------------------------------------------------------------------
     async def _request(self, method: str, path: str, body: dict[str, Any], ok: int = 200) -> httpx.Response:
@@ -203,6 +212,7 @@ class RemoteCredentials:
                               "secret_file on both sides", self.urls[i])
                 raise IdServiceError(f"HTTP {r.status_code}")
             self._current = i
+            self._answered(i)
             return r
         raise last
 
@@ -280,6 +290,7 @@ class RemoteCredentials:
                 r = await self._client.get(self.urls[i] + "/v1/health", timeout=self._timeout.connect or 2.0)
                 if r.status_code != 200:
                     raise IdServiceError(f"HTTP {r.status_code}")
+                self._answered(i)
             except (httpx.HTTPError, IdServiceError, OSError) as e:
                 log.warning("id service %s does not answer at start-up (%s); using the others "
                             "until it does", self.urls[i], getattr(e, "reason", type(e).__name__))
@@ -332,6 +343,7 @@ class RemoteCredentials:
                     log.error("the id service refused our shared secret for the event stream")
                 raise IdServiceError(f"HTTP {r.status_code}")
             self.events_connected.set()
+            self._answered(i)
             event_id = kind = None
             data: list[str] = []
             async for line in r.aiter_lines():

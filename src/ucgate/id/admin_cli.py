@@ -144,6 +144,17 @@ def _user_list(args, c: Components) -> int:
     return OK
 
 
+def _user_sign_out(args: argparse.Namespace, c: Components) -> int:
+    u = c.users.resolve(args.username)
+    if u is None:
+        raise _Refused(f"no user {args.username!r}")
+    c.users.sign_out(u.username, actor=_actor())
+    c.audit.record("user.sign-out", actor=_actor(), user=u.username, result="ok")
+    _emit(args, {"username": u.username, "signed_out": True},
+          f"signed out {u.username} (every gateway closes their live sessions)")
+    return OK
+
+
 def _user_state(enable: bool) -> Callable[[argparse.Namespace, Components], int]:
     def run(args, c: Components) -> int:
         u = c.users.resolve(args.username)
@@ -428,6 +439,9 @@ def register(subparsers: argparse._SubParsersAction, common_parent: argparse.Arg
     for name, enable in (("disable", False), ("enable", True)):
         p = leaf(users, name, _user_state(enable), f"{name} a user (ASPs stop/start working)")
         p.add_argument("username")
+    p = leaf(users, "sign-out", _user_sign_out,
+             "close a user's live sessions on every gateway now (they may sign in again)")
+    p.add_argument("username")
 
     asps = group("asp", "manage application-specific passwords")
     p = leaf(asps, "create", _asp_create, "issue an ASP (printed once)")

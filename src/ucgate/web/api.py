@@ -100,6 +100,10 @@ def routes(ctx: WebContext) -> list[Route]:
         c.set_user_enabled(request.path_params["username"], enabled, actor=request.state.actor)
         return JSONResponse(c.user_detail(request.path_params["username"]))
 
+    async def user_sign_out(request: Request) -> Response:
+        c.sign_out(request.path_params["username"], actor=request.state.actor)
+        return JSONResponse(c.user_detail(request.path_params["username"]))
+
     async def asp_create(request: Request) -> Response:
         obj = await _body(request)
         info, plain = c.create_asp(request.path_params["username"], _str(obj, "label", required=True, max_len=128),
@@ -158,6 +162,7 @@ def routes(ctx: WebContext) -> list[Route]:
         Route("/users/{username}/state", endpoint("users", user_state), methods=["PUT"]),
         Route("/users/{username}/asps", endpoint("users", asp_create), methods=["POST"]),
         Route("/users/{username}/otp", endpoint("users", otp_reset), methods=["DELETE"]),
+        Route("/users/{username}/sign-out", endpoint("users", user_sign_out), methods=["POST"]),
         Route("/asps/{asp_id}", endpoint("users", asp_revoke), methods=["DELETE"]),
         Route("/devices", endpoint("view", devices)),
         Route("/devices/{id:int}", endpoint("view", device)),
@@ -219,6 +224,10 @@ OPENAPI: dict[str, Any] = {
             "responses": {**_ok({"$ref": "#/components/schemas/NewAsp"}, "Created", "201"), **_errs(400, 401, 403, 404)}}},
         "/api/v1/users/{username}/otp": {"delete": {
             "operationId": "resetOtp", "parameters": [_USER],
+            "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
+        "/api/v1/users/{username}/sign-out": {"post": {
+            "operationId": "signOutUser", "summary": "Close the user's live sessions on every gateway now",
+            "parameters": [_USER],
             "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
         "/api/v1/asps/{asp_id}": {"delete": {
             "operationId": "revokeAsp",

@@ -217,8 +217,19 @@ class Console:
         rec = self.ids.users.get(username)
         if rec is None:
             raise NotFound(f"no user {username!r}")
-        (self.ids.users.enable if enabled else self.ids.users.disable)(rec.username)
+        if enabled:
+            self.ids.users.enable(rec.username)
+        else:
+            self.ids.users.disable(rec.username, actor=actor)
         self.audit.record("user.enable" if enabled else "user.disable", actor=actor, user=rec.username, result="ok")
+
+    def sign_out(self, username: str, *, actor: str) -> None:
+        """Close the user's live sessions on every gateway of the pool."""
+        rec = self.ids.users.get(username)
+        if rec is None:
+            raise NotFound(f"no user {username!r}")
+        self.ids.users.sign_out(rec.username, actor=actor)
+        self.audit.record("user.sign-out", actor=actor, user=rec.username, result="ok")
 
     # --- devices -------------------------------------------------------------------------------
     def list_devices(self, *, user: str = "", state: str = "", device_type: str = "") -> list[PartnershipRecord]:
