@@ -150,10 +150,15 @@ def test_field_block_fast_path_agrees_with_line_parser(lines):
 # The fast path's heads (simple_request / simple_response) must never accept what the full
 # parser refuses, and must mean the same as the full parser plus the gateway's forwarding rules.
 _DROP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-ucgate-user"})
+_OWNED = http1.OwnedFields((b"x-ucgate-user", *http1.OWNED_FIELDS))
 _names = st.sampled_from([b"Host", b"host", b"HOST", b"Connection", b"connection", b"Keep-Alive", b"Content-Length",
                           b"Transfer-Encoding", b"Expect", b"X-Forwarded-For", b"Forwarded", b"X-Ucgate-User",
                           b"Upgrade", b"TE", b"Trailer", b"Proxy-Connection", b"Accept", b"X-A", b"Cookie",
-                          b"Content-Type", b"Date", b"Server", b"Bad Name", b" Folded", b""])
+                          b"Content-Type", b"Date", b"Server", b"Bad Name", b" Folded", b"",
+                          # look-alikes of the gateway's own fields (issue 13), and near misses
+                          b"X_Ucgate_User", b"x.ucgate.user", b"XUcgateUser", b"_X-Ucgate-User", b"X-Ucgate-User-2",
+                          b"X_Forwarded_For", b"x-forwarded-host.", b"Forwarded_", b"X-Real-IP", b"X_Original_URL",
+                          b"X-HTTP-Method-Override", b"X-Ucgate-Use", b"X-Forward", b"Host_", b"X-Users"])
 _values = st.sampled_from([b"gw", b"a.example:8443", b"[::1]:443", b"bad host", b"keep-alive", b"Keep-Alive", b"close",
                            b"keep-alive, close", b"upgrade", b"x-a", b"5", b"05", b"", b" 7 ", b"5, 5", b"-1",
                            b"chunked", b"100-continue", b"v\x00", b"v\x7f", b"caf\xc3\xa9", b"a\tb", b"  x  "])
@@ -182,7 +187,7 @@ def test_simple_request_agrees_with_the_full_parser(head):
     from ucgate.protocols.http1 import (DEFAULT_LIMITS, not_forwarded, request_special_re,
                                         simple_request)
 
-    simple = simple_request(head, DEFAULT_LIMITS, request_special_re(_DROP))
+    simple = simple_request(head, DEFAULT_LIMITS, request_special_re(_DROP, _OWNED))
     if simple is None:
         return
     full = parse_request_head(head)  # must not raise: the fast path accepts nothing it refuses
@@ -191,7 +196,7 @@ def test_simple_request_agrees_with_the_full_parser(head):
     assert full.framing.kind == "none" and not full.expect_continue
     skip = not_forwarded(_DROP)
     expected = [(k.lower(), v) for k, v in full.headers
-                if k.lower() not in skip and k.lower() not in full.connection_tokens]
+                if k.lower() not in skip and k.lower() not in full.connection_tokens and k not in _OWNED]
     assert _fields(simple.prefix) == expected
 
 
@@ -242,3 +247,34 @@ def test_simple_heads_take_the_common_shapes():
                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
                  b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"):
         assert simple_response(head, b"GET") is None
+
+
+# Issue 13: a client field is the gateway's own when its squashed name (lower case, letters and
+# digits only) starts with one of ours — the names CGI/WSGI/PHP map to the same variable.
+@pytest.mark.parametrize("name,owned", [
+    (b"X-Ucgate-User", True), (b"x_ucgate_user", True), (b"X.Ucgate.User", True), (b"X~Ucgate~User", True),
+    (b"XUcgateUser", True), (b"X--Ucgate--User", True), (b"_X-Ucgate-User", True), (b"X-Ucgate-User_", True),
+    (b"X-Ucgate-User-2", True), (b"X_Forwarded_For", True), (b"X-Forwarded-Server", True), (b"Forwarded", True),
+    (b"X-Real-IP", True), (b"x_real_ip", True), (b"X-MS-Forwarded-Client-IP", True), (b"X-Original-URL", True),
+    (b"X-Rewrite-URL", True), (b"X-HTTP-Method-Override", True), (b"X-HTTP-Method", True),
+    (b"X-Method-Override", True), (b"True-Client-IP", True), (b"X-Client-IP", True),
+    (b"X-Ucgate-Use", False), (b"X-Users", False), (b"X-Forward", False), (b"Host", False), (b"Accept", False),
+    (b"X-MS-Namespace", False), (b"User-Agent", False), (b"Authorization", False),
+])
+def test_owned_fields(name, owned):
+    assert (name in _OWNED) is owned
+
+
+_token_piece = st.sampled_from([b"x", b"X", b"-", b"_", b".", b"~", b"!", b"u", b"cgate", b"user", b"forwarded",
+                                b"for", b"real", b"ip", b"2", b"Forwarded", b"UCGATE", b"User", b"original", b"url"])
+
+
+@settings(max_examples=FUZZ, deadline=None)
+@given(st.lists(_token_piece, min_size=1, max_size=8).map(b"".join))
+def test_owned_pattern_agrees_with_membership(name):
+    """The fast path finds owned names with a regex in the lower-cased head; it must match
+    exactly the names ``in`` the set."""
+    import re
+
+    found = re.fullmatch(rb"\n(" + _OWNED.pattern() + rb"):", b"\n" + name.lower() + b":") is not None
+    assert found == (name in _OWNED)

@@ -135,15 +135,21 @@ class Gateway:
         ident = gw.identity_header.lower().encode()
         # Headers a client must never be able to set: our identity assertion and anything
         # we add ourselves.
+        # Expect: the gateway answers 100-continue itself (and re-frames the body); forwarded, it
+        # would have the front end wait for, or answer, an expectation that is already met.
         self._drop_request = frozenset(
-            {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+            {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"expect"}
         )
         self._drop_authenticated = self._drop_request | {b"authorization"}
         # the same, plus what is never forwarded (hop-by-hop, our own framing), precomputed
         self._skip_request = http1.not_forwarded(self._drop_request)
         self._skip_authenticated = http1.not_forwarded(self._drop_authenticated)
         self._skip_response = http1.not_forwarded()
-        self._request_specials = http1.request_special_re(self._drop_request)
+        # ...and every spelling a front end maps to the same variable (X_Ucgate_User, x.forwarded.for;
+        # protocols/http1.py, OwnedFields), plus the routing/override fields front ends act on
+        self._owned = http1.OwnedFields((ident, *http1.OWNED_FIELDS))
+        self._owned_identity = http1.OwnedFields((ident,))
+        self._request_specials = http1.request_special_re(self._drop_request, self._owned)
         self._identity_header = gw.identity_header.encode()
         self._proto = b"http" if gw.plain_http else b"https"
 
@@ -488,10 +494,16 @@ class Gateway:
         # A client could also hide a header to drop by naming it in Connection (it is then
         # hop-by-hop and dropped) — fine: we only ever remove, never trust.
         xff = conn.peer_host.encode()
-        if self.gw.trusted_proxies and self._is_trusted_proxy(conn.peer_host):
+        trusted = bool(self.gw.trusted_proxies) and self._is_trusted_proxy(conn.peer_host)
+        if trusted:
             prior = req.get_all(b"x-forwarded-for")
             if prior:
                 xff = b", ".join(prior) + b", " + xff
+        owned = self._owned
+        dropped = [name for name, _ in req.headers if name in owned]
+        if dropped:  # any spelling of ours (protocols/http1.py, OwnedFields): never forwarded
+            skip = skip | {name.lower() for name in dropped}
+            self._log_dropped(conn, req, dropped, trusted)
         added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host)]
         if identity is not None:
             added.append((self._identity_header, identity.user.encode("utf-8")))
@@ -503,6 +515,21 @@ class Gateway:
             added.append((b"Transfer-Encoding", b"chunked"))
         start_line = req.method + b" " + req.target + b" HTTP/1.1"
         return http1.serialize_forwarded(start_line, req.headers, req.connection_tokens, skip, added)
+
+    def _log_dropped(self, conn: ClientConnection, req: RequestHead, dropped: list[bytes], trusted: bool) -> None:
+        """Log the client fields dropped as the gateway's own (names only, never values): a
+        warning when one spells the identity header, else info (proxies on the client's side
+        add X-Forwarded-For and friends in good faith); a trusted proxy's X-Forwarded-For is
+        expected and not logged."""
+        if trusted:
+            dropped = [n for n in dropped if n.lower() != b"x-forwarded-for"]
+            if not dropped:
+                return
+        identity = any(n in self._owned_identity for n in dropped)
+        log.log(logging.WARNING if identity else logging.INFO,
+                "dropped client header(s) from %s: reason=client-header-dropped names=%s method=%s target=%s",
+                conn.peer_host, ",".join(n.decode("ascii", "replace") for n in dropped),
+                req.method.decode("ascii", "replace"), req.target[:200].decode("ascii", "replace"))
 
     def _is_trusted_proxy(self, host: str) -> bool:
         try:

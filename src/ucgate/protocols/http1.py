@@ -420,6 +420,76 @@ def check_trailer_line(line: bytes) -> bool:
     return False
 
 
+# --- field names the gateway owns -----------------------------------------------------------
+# A front end does not always compare field names as HTTP does: CGI, WSGI and PHP map a name to a
+# variable (HTTP_X_UCGATE_USER) with "-" and other punctuation turned into "_", and repeated
+# variables are joined with ","; other frameworks trim or ignore punctuation. So a client field is
+# taken for one of the gateway's own when its *squashed* name — lower-cased, every character that
+# is not a letter or digit removed — starts with the squashed name of one of them: X_Ucgate_User,
+# x.ucgate.user, XUcgateUser, X-Ucgate-User-2 are all X-Ucgate-User. Removing (not mapping to "_")
+# also covers doubled, leading and missing separators. Such fields are dropped, never forwarded.
+
+# Forwarding, client-address, routing and method-override fields: the gateway sets the first
+# ones itself; the others are what IIS URL Rewrite, ARR and other front ends route or trust on.
+OWNED_FIELDS = (
+    b"forwarded",  # RFC 7239, and Forwarded-For/-Host...
+    b"x-forwarded-",  # X-Forwarded-For/-Proto/-Host/-Server/-Port/-Prefix...
+    b"x-ms-forwarded-",  # X-MS-Forwarded-Client-IP (Exchange, ARR)
+    b"x-real-ip",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+    b"true-client-ip",
+    b"x-original-",  # X-Original-URL/-Host/-Method (IIS URL Rewrite, ARR)
+    b"x-rewrite-",  # X-Rewrite-URL
+    b"x-http-method",  # X-HTTP-Method and X-HTTP-Method-Override
+    b"x-method-override",
+)
+_NOT_ALNUM = bytes(c for c in range(256) if not (0x30 <= c <= 0x39 or 0x61 <= c <= 0x7A))
+
+
+def squash_field_name(name: bytes) -> bytes:
+    """``name`` lower-cased, with every character but ASCII letters and digits removed."""
+    return name.lower().translate(None, _NOT_ALNUM)
+
+
+class OwnedFields:
+    """The client field names the gateway drops as its own: those whose squashed name starts with
+    the squashed form of one of ``names`` (see OWNED_FIELDS). ``name in owned`` for one name (as
+    sent); :meth:`pattern` for a lower-cased head (:func:`request_special_re`)."""
+
+    __slots__ = ("prefixes", "_seen")
+
+    def __init__(self, names) -> None:
+        prefixes = {squash_field_name(n) for n in names}
+        if b"" in prefixes:
+            raise ValueError("an owned field name needs a letter or digit")
+        self.prefixes = tuple(sorted(prefixes))
+        self._seen: dict[bytes, bool] = {}  # name as sent -> owned; names repeat across requests
+
+    def __contains__(self, name: bytes) -> bool:
+        hit = self._seen.get(name)
+        if hit is None:
+            hit = squash_field_name(name).startswith(self.prefixes)
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            self._seen[name] = hit
+        return hit
+
+    def pattern(self) -> bytes:
+        """A regex (for a lower-cased head, right after a line's LF) matching exactly the field
+        names ``in`` this set: each prefix's letters with any token punctuation around them."""
+        gap = rb"[^a-z0-9:\r\n]*"
+
+        def trie(words: list[bytes]) -> bytes:  # one alternative per next letter: fails fast
+            if any(not w for w in words):  # a shorter prefix already covers the longer ones
+                return b""
+            alts = [re.escape(bytes([c])) + trie([w[1:] for w in words if w[0] == c])
+                    for c in sorted({w[0] for w in words})]
+            return gap + (alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")")
+
+        return trie(list(self.prefixes)) + rb"[^:\r\n]*"
+
+
 def forwardable_headers(
     headers: list[tuple[bytes, bytes]], connection_tokens: frozenset[bytes], drop: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:
@@ -492,13 +562,15 @@ _SIMPLE_REQUEST_RE = re.compile(
 )
 
 
-def request_special_re(drop: frozenset[bytes]) -> re.Pattern[bytes]:
+def request_special_re(drop: frozenset[bytes], owned: OwnedFields | None = None) -> re.Pattern[bytes]:
     """The pattern :func:`simple_request` finds the fields that matter with: framing, Host,
-    Expect, hop-by-hop, and ``drop`` (lower-case names the caller never forwards)."""
+    Expect, hop-by-hop, ``drop`` (lower-case names the caller never forwards) and any name in
+    ``owned`` (the caller drops those too)."""
     names = HOP_BY_HOP | {b"content-length", b"host", b"expect"} | drop
-    return re.compile(
-        rb"\n(" + b"|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + rb"):[\t ]*([^\r]*)"
-    )
+    alts = b"|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    if owned is not None:
+        alts += b"|" + owned.pattern()
+    return re.compile(rb"\n(" + alts + rb"):[\t ]*([^\r]*)")
 
 
 @dataclass(slots=True)
