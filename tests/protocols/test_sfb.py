@@ -92,3 +92,31 @@ def test_split_target_accepts_only_canonical_paths(pieces):
     assert "\\" not in path and "#" not in target
     for esc in ("%2e", "%2f", "%25", "%5c"):
         assert esc not in path.lower()
+
+
+_lenient_piece = st.sampled_from(["/", ".", "..", "a", "%20", "%c2%a0", ";", ";x", ":", "::$DATA", "%c0%ae", "%c0%af",
+                                  "%e0%80%ae", "%ef%bc%8e", "%e2%80%a4", "%e2%80%a5", "%e2%80%a6", "%e3%80%82",
+                                  "%ef%bc%8f", "%e2%88%95", "%ef%bc%bc", "%ef%bc%85", "%c3%a9", "%ff", "%80", "%e4%bc%9a"])
+
+
+@settings(max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")) * 2, deadline=None)
+@given(st.lists(_lenient_piece, min_size=1, max_size=10))
+def test_split_target_accepts_nothing_a_lenient_server_reads_as_a_dot_segment(pieces):
+    """Issue 13: whatever split_target accepts decodes as UTF-8 and, read as IIS/Windows, Tomcat
+    or a Unicode-normalising (NFKC) framework would read it — path parameters and NTFS stream
+    names cut off, trailing dots and whitespace stripped — has no "." or ".." segment and no
+    separator but its own "/"."""
+    import unicodedata
+    from urllib.parse import unquote_to_bytes
+
+    target = "/meet/" + "".join(pieces)
+    try:
+        path, _ = split_target(target)
+    except HttpError:
+        return
+    text = unquote_to_bytes(path).decode("utf-8")  # must not raise
+    normalised = unicodedata.normalize("NFKC", text).replace("\u3002", ".")
+    assert normalised.count("/") == path.count("/") and "\\" not in normalised and "%" not in normalised
+    for seg in normalised.split("/")[1:]:
+        for read in (seg, seg.split(";")[0], seg.split(":")[0], seg.rstrip(". \t\u00a0"), seg.strip()):
+            assert read not in (".", "..") and not ("." in read and set(read) <= set(". \u00a0")), (target, seg)

@@ -12,7 +12,9 @@ ride through as "anonymous autodiscover" and reach UCWA.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, replace
+from urllib.parse import unquote_to_bytes
 
 from .http1 import HttpError
 
@@ -21,6 +23,16 @@ from .http1 import HttpError
 # IIS, "%" (25) is double encoding, NUL and other controls end or corrupt strings.
 _DANGEROUS_ESCAPE_RE = re.compile(r"%(?:2[eEfF5]|5[cC]|[01][0-9a-fA-F]|7[fF])")
 _ESCAPE_RE = re.compile(r"%(?![0-9a-fA-F]{2})")
+# A segment a lenient server reads as "." or "..": dots only, once what such servers strip is
+# gone — a path parameter (";jsessionid=..."; Tomcat, Jetty), an NTFS stream name ("::$DATA";
+# IIS on Windows), trailing dots and whitespace (Windows), leading whitespace (frameworks that
+# trim). Matched on the raw path (no whitespace there) and, when it has escapes, the decoded one.
+_DOT_SEGMENT_RE = re.compile(r"/(?=\s*\.)[.\s]*+(?:[;:][^/]*)?(?=/|$)")  # possessive: linear time
+# Characters NFKC does not fold to ASCII that a server still reads as "." or a separator:
+# ideographic full stops (IDNA maps them to "."), and slash/backslash look-alikes that Windows'
+# best-fit code page conversion maps to "/" and "\".
+_LOOKALIKES = frozenset("\u3002\uff61\u2215\u2044\u29f8\u2216\u29f5\u29f9")
+_LOOKALIKE_ASCII = frozenset("./\\%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +109,11 @@ def split_target(target: str) -> tuple[str, str]:
     """Split an origin-form request target into (path, query) and refuse ambiguous paths.
 
     Raises:
-        HttpError(400, ...): absolute-form or asterisk-form targets, fragments, dot segments,
-        empty segments, backslashes, malformed or dangerous percent-escapes.
+        HttpError(400, ...): absolute-form or asterisk-form targets, fragments, dot segments
+        (also as a lenient server reads them: with a ";" parameter or ":" stream name, more
+        dots, whitespace), empty segments, backslashes, malformed or dangerous percent-escapes,
+        escapes that are not UTF-8 (overlong forms of "." and "/"), and Unicode look-alikes of
+        "." "/" "\\" "%".
     """
     if not target.startswith("/"):
         raise HttpError(400, "bad-request-target", "only origin-form targets are accepted")
@@ -112,13 +127,33 @@ def split_target(target: str) -> tuple[str, str]:
             raise HttpError(400, "bad-percent-escape")
         if _DANGEROUS_ESCAPE_RE.search(path):
             raise HttpError(400, "encoded-separator-or-dot", "percent-encoded . / \\ % or control in path")
-    if "/." in path:  # a "." or ".." segment, anywhere (the appended "/" ends the last one)
-        tail = path + "/"
-        if "/./" in tail or "/../" in tail:
-            raise HttpError(400, "dot-segment-in-path")
+        _check_decoded(path)
+    if "/." in path and _DOT_SEGMENT_RE.search(path):  # a segment of dots, anywhere
+        raise HttpError(400, "dot-segment-in-path")
     if "//" in path:  # an empty segment that is not the last one
         raise HttpError(400, "empty-path-segment")
     return path, query
+
+
+def _check_decoded(path: str) -> None:
+    """The checks a path with escapes needs after decoding, as the front end decodes it: UTF-8
+    only (IIS once decoded the overlong %c0%ae to "."; Python's decoder refuses overlong forms,
+    surrogates and stray bytes), no character that NFKC or a best-fit conversion turns into "."
+    "/" "\\" "%" (fullwidth forms, dot leaders, division slash...), no segment of dots and
+    whitespace ("..%20", "%20..")."""
+    try:
+        text = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, "bad-utf8-in-path", "percent-encoded bytes that are not UTF-8") from None
+    if not text.isascii():
+        for ch in set(text):
+            if ord(ch) < 0x80:
+                continue
+            nfkc = unicodedata.normalize("NFKC", ch)
+            if ch in _LOOKALIKES or nfkc in _LOOKALIKES or not _LOOKALIKE_ASCII.isdisjoint(nfkc):
+                raise HttpError(400, "unicode-lookalike-in-path", f"U+{ord(ch):04X} reads as . / \\ or %")
+    if _DOT_SEGMENT_RE.search(text):
+        raise HttpError(400, "dot-segment-in-path", "a segment of dots and whitespace")
 
 
 class ServiceMap:
