@@ -269,7 +269,7 @@ def test_basic_with_curl_and_httpx(gw, upstream, ids, asp):
         codes = []
         for pw in (asp, "nope"):
             out = subprocess.run(
-                ["curl", "-sS", "-u", f"alice:{pw}", "--cacert", str(gw.cert), "-o", "/dev/null",
+                ["curl", "-sS", "-u", f"alice:{pw}", "--cacert", str(gw.cert), "-o", "/dev/null", "-d", "",
                  "-w", "%{http_code}", f"https://localhost:{gw.port}/Microsoft-Server-ActiveSync?Cmd=Sync"],
                 capture_output=True, text=True, timeout=30)
             codes.append(out.stdout)

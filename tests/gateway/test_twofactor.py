@@ -77,7 +77,8 @@ def code(secret: bytes, step: int) -> str:
 
 def basic(gw, user, pw, path="/ucwa/x") -> int:
     c = http.client.HTTPSConnection("localhost", gw.port, context=gw.ssl_context(), timeout=10)
-    c.request("GET", path, headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()})
+    method = "POST" if path.startswith("/Microsoft-Server-ActiveSync") else "GET"  # EAS: OPTIONS, POST only
+    c.request(method, path, headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()})
     r = c.getresponse()
     r.read()
     c.close()

@@ -302,6 +302,11 @@ class Gateway:
             return await self._refuse(
                 conn, req, client, 404, "not-published", b"not found\n", [], path, service
             )
+        if req.method not in service.methods:  # before authentication: costs no failure budget
+            return await self._refuse(
+                conn, req, client, 405, "method-not-allowed", b"method not allowed\n",
+                [(b"Allow", b", ".join(service.methods))], path, service,
+            )
         pool = self.pools.get(service.upstream)
         if pool is None:
             log.warning(

@@ -210,6 +210,8 @@ class ClientSession:
         service = gw.service_map.recognise(path)
         if service is None or not service.enabled or not service.anonymous:
             return False
+        if req.method not in service.methods or not req.host:  # 405, or HTTP/1.0 without Host
+            return False
         pool = gw.pools.get(service.upstream)
         if pool is None:
             return False

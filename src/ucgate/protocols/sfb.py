@@ -35,6 +35,16 @@ _LOOKALIKES = frozenset("\u3002\uff61\u2215\u2044\u29f8\u2216\u29f5\u29f9")
 _LOOKALIKE_ASCII = frozenset("./\\%")
 
 
+# Request methods per service (``[services.X] methods``). SfB's web services and pages are read
+# with GET/HEAD, posted to (SOAP, forms, the OAuth grant) and preflighted with OPTIONS; UCWA
+# also updates and deletes resources; an ActiveSync client only sends OPTIONS (the protocol
+# versions) and POST (commands; Exchange answers a GET with 501). Everything else — CONNECT,
+# TRACE/TRACK, WebDAV, method names in other letter cases — is refused before authentication.
+DEFAULT_METHODS = (b"GET", b"HEAD", b"POST", b"OPTIONS")
+UCWA_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS")
+EAS_METHODS = (b"OPTIONS", b"POST")
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
     """A published service. ``anonymous`` services pass without authentication."""
@@ -52,6 +62,9 @@ class Service:
     backend: str = "none"
     # vault only: answer the front end with "ntlm" (per-user connection) or "basic"
     backend_scheme: str = "ntlm"
+    # the request methods its clients use (case-sensitive); any other gets 405 + Allow, before
+    # authentication
+    methods: tuple[bytes, ...] = DEFAULT_METHODS
 
 
 # Order matters: the first match wins, so exact anonymous paths come before their protected
@@ -77,7 +90,7 @@ DEFAULT_SERVICES: tuple[Service, ...] = (
     ),
     Service("oauth", "/webticket/oauthtoken", exact=True, description="OAuth token endpoint"),
     Service("webticket", "/webticket/", description="WebTicket service (SOAP, NTLM/Kerberos/cert)"),
-    Service("ucwa", "/ucwa/", description="Unified Communications Web API"),
+    Service("ucwa", "/ucwa/", description="Unified Communications Web API", methods=UCWA_METHODS),
     Service("mcx", "/mcx/", description="Lync 2010 mobility service (MCX)"),
     Service(
         "certprov",
@@ -99,6 +112,7 @@ DEFAULT_SERVICES: tuple[Service, ...] = (
         "/microsoft-server-activesync",
         upstream="exchange",
         description="Exchange ActiveSync",
+        methods=EAS_METHODS,
     ),
 )
 
@@ -169,7 +183,7 @@ class ServiceMap:
     @classmethod
     def with_overrides(cls, overrides: dict[str, dict]) -> ServiceMap:
         """Apply per-service settings (``anonymous``, ``upstream``, ``max_body_bytes``,
-        ``enabled``) from configuration to every rule of that service name."""
+        ``enabled``, ``methods``...) from configuration to every rule of that service name."""
         unknown = set(overrides) - SERVICE_NAMES
         if unknown:
             raise ValueError(f"unknown service(s): {', '.join(sorted(unknown))}")
@@ -182,6 +196,9 @@ class ServiceMap:
                 fields = dict(o)
                 if s.name == "autodiscover" and not s.exact:
                     fields.pop("anonymous", None)
+                if "methods" in fields:  # names as configured (str) -> as on the request line
+                    fields["methods"] = tuple(
+                        m.encode("ascii") if isinstance(m, str) else m for m in fields["methods"])
                 s = replace(s, **fields)
             out.append(s)
         return cls(tuple(out))
