@@ -100,6 +100,12 @@ class ScriptedUpstream:
             await asyncio.sleep(3600)
         elif case == b"garbage":
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx")
+        elif case == b"barelf":  # a head that never has CRLF CRLF, then silence
+            w.write(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok")
+        elif case == b"barelf-late":  # CRLF lines, then one ending in a bare LF
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\n\r\nok")
+        elif case == b"barecr":
+            w.write(b"HTTP/1.1 200 OK\r\nX: a\rContent-Length: 2\r\n")
         elif case == b"slow":
             await asyncio.sleep(0.3)
             w.write(OK)
@@ -307,6 +313,33 @@ def test_malformed_upstream_answer_is_502(env, caplog):
     finally:
         c.close()
     assert up.connections == 2  # the desynchronised connection was not pooled again
+
+
+@pytest.mark.parametrize("case", ["barelf", "barelf-late", "barecr"])
+@pytest.mark.parametrize("warm", [True, False], ids=["fast-path", "pipeline"])
+def test_upstream_head_with_bare_lf_is_502_at_once(loop_thread, scripted, caplog, case, warm):
+    """Issue 13 item 4: an answer whose lines end in a bare LF never has CRLF CRLF; it is a 502
+    as soon as the bare LF arrives, not a 504 after upstream_read (30 s here)."""
+    g = start_gateway(loop_thread, None, None, scripted.port, timeouts={"upstream_read": 30})
+    try:
+        c = Client(g)
+        try:
+            if warm:
+                c.get("/meet/ok")  # a pooled connection: the fast path reads the answer
+            before = g.gateway.fast_requests
+            t = time.monotonic()
+            with caplog.at_level(logging.ERROR, logger="ucgate.gateway"):
+                status, _, body = c.get(f"/meet/{case}")
+            assert status == b"HTTP/1.1 502 Bad Gateway" and body == b"upstream unavailable\n"
+            assert time.monotonic() - t < 3
+            assert g.gateway.fast_requests == before + (1 if warm else 0)
+            assert any("bad-upstream-response" in r.getMessage() and "bare-cr-or-lf" in r.getMessage()
+                       for r in caplog.records)
+            assert c.get("/meet/ok")[2] == BODY  # the client connection goes on
+        finally:
+            c.close()
+    finally:
+        g.stop()
 
 
 def test_pipelined_requests_are_answered_in_order(env):

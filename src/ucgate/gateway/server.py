@@ -152,6 +152,8 @@ class Gateway:
         self._request_specials = http1.request_special_re(self._drop_request, self._owned)
         self._identity_header = gw.identity_header.encode()
         self._proto = b"http" if gw.plain_http else b"https"
+        # the Host of a forwarded HTTP/1.0 request that had none
+        self._default_host: bytes | None = gw.published_name.encode("idna") if gw.published_name else None
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -307,6 +309,13 @@ class Gateway:
                 conn, req, client, 405, "method-not-allowed", b"method not allowed\n",
                 [(b"Allow", b", ".join(service.methods))], path, service,
             )
+        if not req.host:  # HTTP/1.0 without Host: it goes upstream as HTTP/1.1, which needs one
+            if self._default_host is None:
+                await self._answer_error(conn, client, HttpError(400, "missing-host", "HTTP/1.0 without Host "
+                                         "and no [gateway] published_name"), req, path, service)
+                return False
+            req.host = self._default_host
+            req.headers.append((b"Host", req.host))
         pool = self.pools.get(service.upstream)
         if pool is None:
             log.warning(
@@ -765,9 +774,11 @@ class Gateway:
         until = rd.loop.time() + self.gw.timeouts.upstream_read
         while True:
             try:
-                raw = await rd.readuntil(b"\r\n\r\n", until)
+                raw = await rd.read_head(until)
             except asyncio.LimitOverrunError:
                 raise HttpError(502, "upstream-header-too-large") from None
+            except HttpError as e:  # a bare CR or LF: 502 now, not at upstream_read
+                raise HttpError(502, "bad-upstream-response", e.reason) from None
             resp = http1.parse_response_head(raw, method, self.limits)
             if resp.status == 101:
                 raise HttpError(502, "upstream-protocol-switch")

@@ -105,6 +105,9 @@ class ClientSession:
             except asyncio.LimitOverrunError:
                 self._refuse_now(HttpError(431, "header-too-large"))
                 return
+            except HttpError as e:  # a bare CR or LF: refused now, not at the header timeout
+                self._refuse_now(e)
+                return
             if head is None:
                 if s._eof:
                     if s._buf.strip():
@@ -259,6 +262,9 @@ class ClientSession:
                 head = us.take_head()
             except asyncio.LimitOverrunError:
                 self._upstream_failed(UpstreamError("upstream-header-too-large"))
+                return
+            except HttpError as e:  # a bare CR or LF: 502 now, not at upstream_read
+                self._upstream_failed(UpstreamError("bad-upstream-response", e.reason))
                 return
             if head is None:
                 if us._eof:

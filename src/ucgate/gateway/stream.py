@@ -24,9 +24,14 @@ or, with no read pending, ``on_deadline`` is called (``set_deadline`` arms it).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 
+from ..protocols.http1 import HttpError
+
 _NO_DEADLINE = float("inf")
+# in a head not yet complete: an LF without its CR, or a CR followed by anything but LF
+_BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
 
 
 class _Ready:
@@ -226,11 +231,16 @@ class Stream(asyncio.Protocol):
     def take_head(self) -> bytes | None:
         """Callback mode's ``readuntil(b"\\r\\n\\r\\n")``: the head up to and including the empty
         line if it is buffered, else None (the search resumes where it stopped, so a head that
-        trickles in byte by byte costs linear time). Raises ``LimitOverrunError`` as readuntil."""
+        trickles in byte by byte costs linear time). Raises ``LimitOverrunError`` as readuntil,
+        and ``HttpError(400, "bare-cr-or-lf")`` as soon as a CR or LF outside a CRLF is buffered:
+        such a head can never end (a peer ending its lines with bare LF would otherwise be left
+        waiting for the header or upstream read timeout)."""
         buf = self._buf
         i = buf.find(b"\r\n\r\n", self._scan)
         if i < 0:
             n = len(buf)
+            if _BARE_CR_OR_LF.search(buf, self._scan) is not None:  # the bytes not searched yet
+                raise HttpError(400, "bare-cr-or-lf", "bare CR or LF in the header section")
             if n > 3:
                 self._scan = n - 3
                 if n - 3 > self.limit:
@@ -243,6 +253,22 @@ class Stream(asyncio.Protocol):
     def peek(self) -> bytes:
         """What is buffered, left in place (the PROXY header is parsed before it is taken)."""
         return bytes(self._buf)
+
+    async def read_head(self, until: float = _NO_DEADLINE) -> bytes:
+        """``readuntil(b"\\r\\n\\r\\n", until)`` with ``take_head``'s early refusal of a head
+        with a bare CR or LF (``HttpError``)."""
+        while True:
+            if self._exc is not None:
+                raise self._exc
+            head = self.take_head()
+            if head is not None:
+                return head
+            if self._eof:
+                chunk = bytes(self._buf)
+                self._buf.clear()
+                self._scan = 0
+                raise asyncio.IncompleteReadError(chunk, None)
+            await self._wait(until)
 
     def take_buffered(self, n: int) -> bytes | None:
         """``readexactly(n)`` when ``n`` bytes are buffered already (no coroutine), else None."""
