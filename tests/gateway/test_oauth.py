@@ -505,3 +505,44 @@ def test_recovery_code_in_the_password_grant(frontend, tmp_path, make_lab):
         assert lab.oauth.tokens.get(token.encode()).second_factor
     finally:
         ids.close()
+
+
+def test_demo_token_endpoint_keeps_the_port(tmp_path, loop_thread, frontend):
+    """Issue 13 item 10: the demo publishes "localhost" and listens on 8443; its MsRtcOAuth
+    href was https://localhost/WebTicket/oauthtoken (a client would go to 443)."""
+    from ucgate.app import build_node
+    from ucgate.lab.demo import demo_config, ensure_demo_certificate
+
+    port, _ = frontend
+    cert, _ = ensure_demo_certificate(tmp_path)
+    (tmp_path / "keys").mkdir(mode=0o700)
+    (tmp_path / "data").mkdir()
+    node = build_node(from_dict(demo_config(tmp_path, "127.0.0.1", 0, port), path=tmp_path / "u.toml"))
+    loop_thread.run(node.start())
+    try:
+        gport = node.gateway.port
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), trust_env=False) as c:
+            r = c.get(f"https://127.0.0.1:{gport}{USER_DOC}")
+        assert r.status_code == 401
+        href = [v for v in r.headers.get_list("www-authenticate") if v.startswith("MsRtcOAuth ")]
+        assert href == [f'MsRtcOAuth href="https://localhost:{gport}/WebTicket/oauthtoken",'
+                        'grant_type="urn:microsoft.rtc:windows,urn:microsoft.rtc:anonmeeting,password"']
+    finally:
+        loop_thread.run(node.stop())
+
+
+def test_token_endpoint_port_rules():
+    from ucgate.gateway.oauth import _token_endpoint
+    from ucgate.protocols.http1 import Framing, RequestHead
+
+    def href(host, published):
+        req = RequestHead(b"GET", b"/ucwa", (1, 1), [(b"Host", host)], Framing("none"), host, True)
+        return _token_endpoint(req, published).decode()
+
+    assert href(b"lyncext.contoso.com", "lyncext.contoso.com") == "https://lyncext.contoso.com/WebTicket/oauthtoken"
+    assert href(b"lyncext.contoso.com:443", "lyncext.contoso.com") == "https://lyncext.contoso.com/WebTicket/oauthtoken"
+    assert href(b"10.0.0.5:4443", "lyncext.contoso.com") == "https://lyncext.contoso.com:4443/WebTicket/oauthtoken"
+    assert href(b"[::1]:8443", "localhost") == "https://localhost:8443/WebTicket/oauthtoken"
+    assert href(b"x:1", "name.example:9443") == "https://name.example:9443/WebTicket/oauthtoken"
+    assert href(b"bad host\x00", "localhost") == "https://localhost/WebTicket/oauthtoken"
+    assert href(b"127.0.0.1:8443", None) == "https://127.0.0.1:8443/WebTicket/oauthtoken"

@@ -95,3 +95,24 @@ def test_device_cli(tmp_path, capsys):
     assert main(["device", "block", "999", "-c", str(cfg)]) == 1
     assert main(["device", "delete", str(p.id), "-c", str(cfg)]) == 0
     assert DeviceService  # imported for the service the CLI drives
+
+
+def test_device_wipe_says_wipe(tmp_path, capsys):
+    """Issue 13 item 10: `ucgate device wipe` printed "is quarantined" (the stored state)."""
+    from ucgate.store import PartnershipStore, open_repository
+
+    (tmp_path / "keys").mkdir(mode=0o700)
+    cfg = tmp_path / "ucgate.toml"
+    cfg.write_text(f'[gateway]\nlisten="127.0.0.1:0"\nplain_http=true\n[upstreams.frontend]\n'
+                   f'url="http://127.0.0.1:1"\n[data]\ndir="{tmp_path / "data"}"\n'
+                   f'[store]\nkey_file="{tmp_path / "keys" / "k"}"\n')
+    repo = open_repository(f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}")
+    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    p = PartnershipStore(repo.engine).create(username="alice", device_id="lost1", state="quarantined",
+                                             client_kind="eas", created_at=t0, last_seen=t0)
+    repo.close()
+    assert main(["device", "wipe", str(p.id), "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "is wipe pending (quarantined)" in out and "is quarantined" not in out
+    assert main(["device", "list", "-c", str(cfg)]) == 0
+    assert "wipe pending (quarantined)" in capsys.readouterr().out

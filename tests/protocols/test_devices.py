@@ -76,7 +76,7 @@ def assert_well_formed(f: DeviceFacts) -> None:
         (GUID, (GUID, None)),
         ("{A917C6F4-976C-4CF3-847D-CDFFFA28CCDF}", (GUID, None)),
         ("  A917C6F4-976C-4CF3-847D-CDFFFA28CCDF\r\n", (GUID, None)),
-        ("ApplF17XXXXXXXXX", ("ApplF17XXXXXXXXX", None)),  # non-GUID ids keep their case
+        ("ApplF17XXXXXXXXX", ("applf17xxxxxxxxx", None)),  # every id is lower-cased (issue 13)
         ("{A917C6F4-976C-4CF3-847D-CDFFFA28CCDF", (None, "bad-characters")),  # unbalanced brace
         (None, (None, "absent")),
         ("", (None, "absent")),
@@ -104,7 +104,7 @@ def test_eas_plain_query():
         f"{EAS}?Cmd=Sync&User=alice%40example.com&DeviceId=ApplF17XXXXXXXXX&DeviceType=iPhone",
         {"User-Agent": "Apple-iPhone9C1/1402.100", "MS-ASProtocolVersion": "14.1"},
     )
-    assert f == DeviceFacts("ApplF17XXXXXXXXX", "iPhone", None, None, "Apple-iPhone9C1/1402.100",
+    assert f == DeviceFacts("applf17xxxxxxxxx", "iPhone", None, None, "Apple-iPhone9C1/1402.100",
                             "eas", "eas-query", None, claimed_user="alice@example.com",
                             command="Sync")
 
@@ -114,7 +114,7 @@ def test_eas_base64_query():
                             parameters={"User": "bob"})
     f = device_from_eas(f"{EAS}?{q}", {"User-Agent": "Android-SAMSUNG-SM-A515F/101.10"})
     assert (f.device_id, f.device_type, f.source, f.command, f.claimed_user) == (
-        "SEC1234567890", "SAMSUNGSMG991B", "eas-base64", "Provision", "bob")
+        "sec1234567890", "SAMSUNGSMG991B", "eas-base64", "Provision", "bob")
     assert f.client_kind == "eas" and f.problem is None
 
 
@@ -122,7 +122,7 @@ def test_eas_base64_binary_guid_device_id_is_hex():
     raw = bytes.fromhex("3a1b2c3d4e5f60718293a4b5c6d7e8f9")
     q = encode_base64_query(command="Sync", device_id=raw, device_type="WP8")
     f = device_from_eas(f"{EAS}?{q}", {})
-    assert f.device_id == "3A1B2C3D4E5F60718293A4B5C6D7E8F9" and f.source == "eas-base64"
+    assert f.device_id == "3a1b2c3d4e5f60718293a4b5c6d7e8f9" and f.source == "eas-base64"
 
 
 @pytest.mark.parametrize(
@@ -367,7 +367,7 @@ def test_device_from_request_without_id(service, method, target, ua, kind, detai
 def test_device_from_request_eas_and_header_case():
     f = device_from_request("eas", "POST", f"{EAS}?Cmd=Ping&User=a&DeviceId=X1&DeviceType=Outlook",
                             {"user-agent": "Outlook-iOS/2.0"})
-    assert (f.device_id, f.device_type, f.client_kind, f.source) == ("X1", "Outlook", "eas", "eas-query")
+    assert (f.device_id, f.device_type, f.client_kind, f.source) == ("x1", "Outlook", "eas", "eas-query")
 
 
 def test_oversized_user_agent_is_not_kept():
@@ -438,3 +438,13 @@ def test_fuzz_classify_and_normalise(text):
 @given(st.binary(max_size=300))
 def test_fuzz_eas_settings_body(body):
     assert isinstance(device_settings_from_eas_body(b"\x03\x01\x6a\x00" + body), dict)
+
+
+def test_device_ids_are_lower_cased_everywhere():
+    """Issue 13 item 10: the store lower-cased EAS ids, the audit log and the trust table did
+    not; the one normalisation now lower-cases every id."""
+    f = device_from_eas(f"{EAS}?Cmd=Sync&User=alice&DeviceId=ApplF17XYZ&DeviceType=iPhone", {})
+    assert f.device_id == "applf17xyz"
+    assert normalise_device_id(" ApplF17XYZ ") == ("applf17xyz", None)
+    assert normalise_device_id("{A917C6F4-1F1B-4E2B-9C6B-5A1B2C3D4E5F}")[0] == \
+        "a917c6f4-1f1b-4e2b-9c6b-5a1b2c3d4e5f"

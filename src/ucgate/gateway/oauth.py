@@ -185,10 +185,21 @@ class TokenMap:
 
 
 def _token_endpoint(req: RequestHead, published_name: str | None) -> bytes:
-    host = published_name.encode() if published_name else b""
-    if not host and req.host and _HOST_RE.fullmatch(req.host):
-        host = req.host
-    return b"https://" + (host or b"localhost") + b"/WebTicket/oauthtoken"
+    """Where the client finds the token endpoint: the published name (else the request's
+    Host), on the port the client came in on. ``published_name`` is a host name; the port
+    comes from the request's ``Host`` unless the name carries one — a client told
+    ``https://name/`` would go to 443 while it reached us elsewhere (the demo's 8443)."""
+    valid = req.host if req.host and _HOST_RE.fullmatch(req.host) else None
+    host = published_name.encode() if published_name else (valid or b"localhost")
+    if published_name and valid is not None and not _has_port(host):
+        port = valid.rpartition(b":")[2] if _has_port(valid) else b""
+        if port and port != b"443":
+            host += b":" + port
+    return b"https://" + host + b"/WebTicket/oauthtoken"
+
+
+def _has_port(host: bytes) -> bool:
+    return host.rpartition(b"]")[2].count(b":") == 1 if host.startswith(b"[") else b":" in host
 
 
 def oauth_challenges(req: RequestHead, published_name: str | None) -> list[tuple[bytes, bytes]]:

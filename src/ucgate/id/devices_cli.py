@@ -20,10 +20,16 @@ def _service(c: Components) -> DeviceService:
     return DeviceService(PartnershipStore(c.repo.engine), c.audit)
 
 
+def _state(rec) -> str:
+    """What the device gets now: a pending wipe overrides the stored state (every request is
+    refused, EAS gets the wipe directive), so say it first."""
+    return f"wipe pending ({rec.state})" if rec.wipe_pending else rec.state
+
+
 def _list(args, c: Components) -> int:
     rows = _service(c).list(user=args.user, state=args.state)
     _emit(args, [r.as_dict() for r in rows], _table(
-        [(r.id, r.username, r.device_id, r.state + (" (wipe)" if r.wipe_pending else ""),
+        [(r.id, r.username, r.device_id, _state(r),
           r.client_kind, r.device_type, _when(r.last_seen), _when(r.trusted_until)) for r in rows],
         ["ID", "USER", "DEVICE", "STATE", "KIND", "TYPE", "LAST SEEN", "TRUSTED UNTIL"]))
     return OK
@@ -34,7 +40,7 @@ def _op(name: str) -> Callable[[argparse.Namespace, Components], int]:
         svc = _service(c)
         rec = getattr(svc, name)(args.id, actor=_actor())
         _emit(args, rec.as_dict(), f"{name}: device {rec.id} ({rec.username} {rec.device_id}) is "
-                                   f"{'deleted' if name == 'delete' else rec.state}")
+                                   f"{'deleted' if name == 'delete' else _state(rec)}")
         return OK
     return run
 

@@ -529,6 +529,11 @@ def _cmd_check(args: Any) -> int:
     from ..config import load
 
     config = load(args.config)
+    if config.kerberos is None:
+        print(f"ucgate kerberos check: {args.config} has no [kerberos] section: add one with realm, "
+              "keytab, account and front_end_spn (README, configuration reference), or leave "
+              "Kerberos off", file=sys.stderr)
+        return 2
     settings = settings_from_config(config, user=args.user)
     if args.front_end_spn:
         settings.front_end_spns = list(args.front_end_spn)

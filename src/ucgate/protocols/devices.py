@@ -46,9 +46,10 @@ here: a client chooses its own id, so a partnership proves "the same client that
 before said the same id again", which is exactly what Exchange ActiveSync device access gives.
 
 Normalisation (:func:`normalise_device_id`): surrounding whitespace is stripped; a GUID (with
-or without braces) is lower-cased and loses its braces, so ``{A917C6F4-…}`` from CertProv and
-``a917c6f4-…`` from UCWA name the same device; other ids keep their case (EAS ids are matched
-as Exchange does, by the caller). At most :data:`MAX_DEVICE_ID_CHARS` printable ASCII
+or without braces) loses its braces, so ``{A917C6F4-…}`` from CertProv and ``a917c6f4-…`` from
+UCWA name the same device; every id is lower-cased — EAS ids are compared case-insensitively,
+as Exchange does — so the store, the audit log, the trust table and the events all see the
+same spelling (the request itself goes to the front end as the client sent it). At most :data:`MAX_DEVICE_ID_CHARS` printable ASCII
 characters, without space, quotes, backslash, ``<>``, `````, ``%``, ``&`` or braces (outside a
 braced GUID).
 
@@ -156,7 +157,7 @@ def normalise_device_id(raw: object) -> tuple[str | None, str | None]:
         return None, "too-long"
     if any(c in _ID_FORBIDDEN for c in value):
         return None, "bad-characters"
-    return value, None
+    return value.lower(), None
 
 
 def _clean_text(value: object, limit: int = MAX_TEXT_CHARS) -> str | None:
