@@ -15,8 +15,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = load(args.config)
     setup_logging(args.log_level or config.log_level)
+    _log_findings(config)
     run(lambda: serve(config))
     return 0
+
+
+def _log_findings(config) -> None:
+    import logging
+
+    from .id.policy_check import device_policy_findings
+
+    for level, message in device_policy_findings(config):
+        logging.getLogger("ucgate.config").warning("%s: %s", config.path, message)
 
 
 def _cmd_id_service(args: argparse.Namespace) -> int:
@@ -37,16 +47,30 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     node = build_node(config)
     if node.ids is not None:
         node.ids.close()
+    from .id.policy_check import device_policy_findings
+
+    findings = device_policy_findings(config)
+    if any(level == "error" for level, _ in findings):
+        for level, message in findings:
+            print(f"{args.config}: {level.upper()}: {message}", file=sys.stderr)
+        print(f"{args.config}: refused: contradictory settings (above)", file=sys.stderr)
+        return 2
     print(f"{args.config}: OK")
     print(f"  gateway   {'http' if config.gateway.plain_http else 'https'}://"
           f"{config.gateway.listen_host}:{config.gateway.listen_port}")
     for up in config.upstreams.values():
         print(f"  upstream  {up.name}: {up.url}{'' if up.verify else '  (certificate NOT verified)'}")
-    print(f"  auth      {config.auth.authenticator}: {', '.join(config.auth.methods)}, "
-          f"extended protection {config.auth.extended_protection}")
+    # what a client gets: without TLS there is no channel to bind and Basic is refused
+    # (gateway.preauth), whatever [auth] says
+    plain = config.gateway.plain_http
+    methods = [f"{m} (refused: plain HTTP)" if plain and m == "basic" else m for m in config.auth.methods]
+    ep = "off (plain HTTP: no TLS channel to bind)" if plain else config.auth.extended_protection
+    print(f"  auth      {config.auth.authenticator}: {', '.join(methods)}, extended protection {ep}")
     print(f"  store     {config.store.url}  (key file {config.store.key_file})")
     if config.directory:
         print(f"  directory {', '.join(config.directory.urls)}  base {config.directory.base_dn}")
+    for level, message in findings:
+        print(f"{args.config}: {level.upper()}: {message}", file=sys.stderr)
     return 0
 
 

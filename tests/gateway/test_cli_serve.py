@@ -157,3 +157,53 @@ def test_serve_streams_50mb_with_bounded_memory(tmp_path, tls_files, upstream):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0, proc.stderr.read()
+
+
+# --- issue 13 -------------------------------------------------------------------------------------
+
+def test_check_config_refuses_allowed_devices_nobody_can_trust(tmp_path, tls_files):
+    """Issue 13 item 9: default_action = "allowed" with require_second_factor (the default)
+    and no second factor for anyone ([auth] two_factor = "off") allowed no device at all."""
+    cfg = write_config(tmp_path, tls_files, 9, 0, '[devices]\ndefault_action = "allowed"\n')
+    r = run("check-config", "-c", str(cfg))
+    assert r.returncode == 2 and "OK" not in r.stdout
+    assert "ERROR" in r.stderr and 'default_action = "allowed"' in r.stderr
+    assert "require_second_factor = false" in r.stderr and "ucgate otp enrol" in r.stderr  # what to do
+    for fixed in ('[devices]\ndefault_action = "allowed"\nrequire_second_factor = false\n',
+                  '[auth]\ntwo_factor = "otp-appended"\n[devices]\ndefault_action = "allowed"\n'):
+        cfg = write_config(tmp_path, tls_files, 9, 0, fixed)
+        r = run("check-config", "-c", str(cfg))
+        assert r.returncode == 0 and "OK" in r.stdout and "WARNING" not in r.stderr, r.stderr
+    # some users have a second factor: a warning naming who does not
+    cfg = write_config(tmp_path, tls_files, 9, 0, '[auth]\ntwo_factor_groups = { "mobile" = '
+                       '"otp-appended" }\n[devices]\ndefault_action = "allowed"\n')
+    r = run("check-config", "-c", str(cfg))
+    assert r.returncode == 0 and "WARNING" in r.stderr and "users outside mobile" in r.stderr
+    # the defaults (quarantined, require_second_factor, two_factor off): approved devices
+    # are quarantined again after the trust lifetime; said, not refused
+    cfg = write_config(tmp_path, tls_files, 9, 0)
+    r = run("check-config", "-c", str(cfg))
+    assert r.returncode == 0 and "WARNING" in r.stderr and "every" not in r.stdout
+    assert "trusted 24 h and then quarantined" in r.stderr
+
+
+def test_check_config_on_plain_http_says_what_applies(tmp_path):
+    """Issue 13 item 10: check-config printed "extended protection require" on plain_http,
+    where there is no channel to bind (and Basic is refused)."""
+    cfg = tmp_path / "u.toml"
+    cfg.write_text(f'[gateway]\nlisten = "127.0.0.1:0"\nplain_http = true\n[upstreams.frontend]\n'
+                   f'url = "http://127.0.0.1:9"\n[data]\ndir = "{tmp_path / "data"}"\n'
+                   f'[store]\nkey_file = "{tmp_path / "keys" / "k"}"\n[devices]\nenabled = false\n')
+    (tmp_path / "keys").mkdir(mode=0o700)
+    r = run("check-config", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "extended protection require" not in r.stdout
+    assert "extended protection off (plain HTTP" in r.stdout and "basic (refused: plain HTTP)" in r.stdout
+
+
+def test_kerberos_check_without_a_kerberos_section(tmp_path, tls_files):
+    """Issue 13 item 10: a traceback; now one line saying what is missing, exit 2."""
+    cfg = write_config(tmp_path, tls_files, 9, 0)
+    r = run("kerberos", "check", "-c", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no [kerberos] section" in r.stderr and str(cfg) in r.stderr

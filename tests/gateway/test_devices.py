@@ -90,13 +90,14 @@ class Lab:
         self.groups = {"alice": {"sales"}}
         rules = policy.pop("rules", ())
         group_policies = policy.pop("group_policies", ())
+        second_factor_available = policy.pop("second_factor_available", None)
         self.devices = DeviceService(
             PartnershipStore(ids.components.repo.engine), ids.audit, ids.bus, rules=rules,
             defaults=policy, group_policies=group_policies,
             is_member=lambda u, g: g in self.groups.get(u, ()),
             user_aliases=lambda u: [f"sip:{u}@contoso.com", f"{u}@contoso.com"],
             asp_device=lambda asp_id: (ids.asps.get(asp_id).device_id if ids.asps.get(asp_id) else None),
-            notifier=self.notices, clock=self.clock)
+            notifier=self.notices, clock=self.clock, second_factor_available=second_factor_available)
         self.gate = DeviceGate(self.devices)
         cfg = from_dict(gateway_config(*tls_files, frontend))
         auth = PreAuthenticator(ids.credentials, PreAuthSettings(netbios_domain="CONTOSO", failure_floor=0),
@@ -429,3 +430,68 @@ def test_answers_of_the_gate_carry_one_content_type(make_lab):
         assert r.headers.get_list("content-type") == ["application/json; charset=utf-8"]
         r = c.get("/ucwa/oauth/v1/applications")  # a plain refusal keeps its text/plain
         assert r.status_code == 401 and r.headers.get_list("content-type") == ["text/plain; charset=utf-8"]
+
+
+def test_allowed_by_default_without_a_second_factor_waits_for_approval(make_lab):
+    """Issue 13 item 9: default_action = "allowed" with require_second_factor (the default) and
+    a user who has no second factor: every new device was challenged for a code the user
+    cannot give (new-device-second-factor, then trust-expired), with a message pointing to a
+    portal that cannot approve an allowed device. Now: quarantined for approval, saying so."""
+    lab = make_lab(default_action="allowed", second_factor_available=lambda user: False)
+    asp = lab.asp()
+    with lab.client() as c:
+        r = eas(c, asp)
+        assert eas_status(r) == 129 and r.headers["x-ucgate-reason"] == "new-device-approval-required"
+        p = lab.partnership("alice", "appldev1")
+        assert p.state == "quarantined"  # listed for approval (admin UI, portal, CLI)
+        assert [n.reason for n in lab.notices.sent] == ["new-device-approval-required"]
+        r = create_app_req(c, asp, "66666666-6666-6666-6666-666666666666")
+        assert r.status_code == 403 and r.json()["reason"] == "new-device-approval-required"
+        assert "approval" in r.json()["message"] and "second factor" in r.json()["message"]
+        lab.devices.approve(p.id, actor="cli:admin")
+        assert eas(c, asp).status_code == 200
+        lab.clock.now += dt.timedelta(hours=25)  # the trust ends: quarantined again, told again
+        r = eas(c, asp)
+        assert eas_status(r) == 129 and r.headers["x-ucgate-reason"] == "trust-expired-approval-required"
+        assert lab.partnership("alice", "appldev1").state == "quarantined"
+        assert len(lab.notices.sent) == 3
+    # a user who can give a code is still challenged, and told how
+    lab2 = make_lab(default_action="allowed", second_factor_available=lambda user: True)
+    with lab2.client() as c:
+        r = eas(c, asp, device="ApplDEV9")
+        assert r.status_code == 401 and r.headers["x-ucgate-reason"] == "new-device-second-factor"
+        assert b"6-digit code" in r.content and b"portal" not in r.content
+
+
+def test_device_ids_are_lower_case_in_store_and_audit(make_lab):
+    """Issue 13 item 10: the store held "appldev1", the audit log "ApplDEV1"."""
+    lab = make_lab(default_action="allowed", require_second_factor=False)
+    asp = lab.asp()
+    with lab.client() as c:
+        assert eas(c, asp, device="ApplDEV1").status_code == 200
+    assert lab.devices.store.list()[0].device_id == "appldev1"
+    events = [e for e in lab.ids.audit.tail(100) if e.action in ("device-check", "sign-in")]
+    assert {e.action for e in events} == {"device-check", "sign-in"}
+    assert {e.device for e in events} == {"appldev1"}
+
+
+def _utc(t):
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def test_last_seen_follows_requests_on_a_keep_alive_connection(make_lab):
+    """Issue 13 item 10: an allowed device was cached on its connection for 5 minutes and
+    last_seen stayed at the connection's first request; now within a minute of the last."""
+    lab = make_lab(default_action="allowed", require_second_factor=False)
+    asp = lab.asp()
+    conn, request = _keepalive(lab, asp, "ApplKEEP")
+    try:
+        assert request().status == 200
+        assert _utc(lab.partnership("alice", "applkeep").last_seen) == T0
+        for minutes in range(2, 12, 2):
+            lab.clock.now = T0 + dt.timedelta(minutes=minutes)
+            assert request().status == 200
+        seen = _utc(lab.partnership("alice", "applkeep").last_seen)
+        assert seen >= T0 + dt.timedelta(minutes=9), seen
+    finally:
+        conn.close()

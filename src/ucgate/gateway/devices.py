@@ -18,7 +18,8 @@ Where the device id comes from:
 
 The hot path stays cheap: an *allowed* decision is cached on the connection per device until
 the partnership's trust ends (at most :data:`RECHECK_SECONDS`), so a keep-alive connection
-asks the id service once. Refusals are not cached (an approval takes effect on the next
+asks the id service about once a minute — which is also what keeps the partnership's
+``last_seen`` current while a phone stays on one connection. Refusals are not cached (an approval takes effect on the next
 request); a block closes the device's connections (``Gateway.on_event``).
 
 How refusals look to the client (sources: [MS-ASCMD] 2.2.2 "Common Status Codes";
@@ -33,7 +34,8 @@ quarantine, deny  status 129 *DeviceIsBlockedForThisUser* in the command's      
 wipe              ``Provision``: Status 1 + ``<RemoteWipe/>``; other commands:     403
                   status 140 *RemoteWipeRequested* / HTTP 449 (provision again)
 challenge         HTTP 401 with the Basic challenge: the user signs in again with the second
-                  factor (an ASP with the one-time code appended), or approves in the portal
+                  factor (an ASP with the one-time code or a recovery code appended); users
+                  who cannot give one are quarantined instead (``*-approval-required``)
 unavailable       HTTP 503 with Retry-After (a remote id service could not be asked; fail closed)
 user mismatch     HTTP 403 (EAS ``User=`` or CertProv ``Entity`` of someone else)
 ================  ===============================================================  ==============
@@ -65,8 +67,10 @@ from .connection import ClientConnection, Identity
 log = logging.getLogger("ucgate.gateway.devices")
 
 # An allowed device is re-checked on a live connection at least this often (a trust that was
-# shortened, an account policy change). Blocks do not wait for it: they close the connection.
-RECHECK_SECONDS = 300.0
+# shortened, an account policy change, and the partnership's last_seen, which the id service
+# writes at most once a minute: id.devices.LAST_SEEN_GRANULARITY). Blocks do not wait for it:
+# they close the connection.
+RECHECK_SECONDS = 60.0
 # Remembered UCWA application ids and bearer tokens (each an entry of ~200 bytes).
 MAX_BINDINGS = 100_000
 DEFAULT_SERVICES = frozenset({"eas", "ucwa", "certprov"})
@@ -326,8 +330,9 @@ class DeviceGate:
         ], b"the device check is unavailable, try again later\n")
 
     def _challenge(self, reason: str) -> Verdict:
-        body = (b"second factor required: sign in again with your app password followed by "
-                b"your one-time code, or approve this device in the portal\n")
+        # only users who can answer get here (the others are quarantined): say how
+        body = (b"second factor required for this device: sign in again with your app password "
+                b"followed by the 6-digit code from your authenticator app (or a recovery code)\n")
         return Verdict(401, reason, [
             (b"WWW-Authenticate", b'Basic realm="%s", charset="UTF-8"' % self.realm.encode()),
             (b"X-Ucgate-Reason", reason.encode()),
@@ -341,7 +346,10 @@ class DeviceGate:
             body = json.dumps({
                 "code": "Forbidden",
                 "subcode": "DeviceQuarantined" if outcome == "quarantine" else "DeviceBlocked",
-                "message": ("This device is waiting for approval." if outcome == "quarantine"
+                "message": (("This device needs a second factor, and you have none to sign in "
+                             "with: it waits for an administrator's approval.")
+                            if reason.endswith("-approval-required")
+                            else "This device is waiting for approval." if outcome == "quarantine"
                             else "This device may not be used."),
                 "reason": reason,
             }).encode()

@@ -15,6 +15,12 @@ quarantine and the organisation's default access level), extended with a *trust 
   the second factor again (``challenge``); a request that carries it (``second_factor_ok``)
   is let in and extends the trust by ``trust_lifetime_hours`` (cf. the SfB web service's
   ``DefaultValidityPeriodHours``). ``trusted_until=None`` means trust was never established.
+- A challenge is only made to a user who *can* answer it (``second_factor_possible``: the
+  user signs in with ASP + one-time code). For anyone else (two-factor mode ``off`` or
+  ``device-approval``, no authenticator enrolled) the only trust left is an approval, so the
+  device is **quarantined** instead (``new-device-approval-required``,
+  ``trust-expired-approval-required``): it waits for an administrator (or the portal), and
+  the user is told so — never a challenge nobody can pass.
 - **Quarantined** stays quarantined until approved; **blocked** is denied whatever the rules
   (rules only choose the state of *new* devices); a pending **wipe** is denied with
   ``wipe=True`` so the EAS layer answers the Provision/wipe status.
@@ -30,6 +36,7 @@ quarantine and the organisation's default access level), extended with a *trust 
 Reason codes: ``device-id-<problem>``, ``device-wipe-pending``, ``device-blocked``,
 ``device-quarantined``, ``device-trusted``, ``trust-renewed``, ``trust-expired``,
 ``new-device-allowed``, ``new-device-second-factor``, ``new-device-quarantined``,
+``new-device-approval-required``, ``trust-expired-approval-required``,
 ``new-device-blocked``, ``device-limit``, ``certprov-denied-by-policy``,
 ``certprov-not-trusted``; rule matches are named in ``rule``.
 """
@@ -201,6 +208,7 @@ def decide(
     now: dt.datetime,
     second_factor_ok: bool,
     service: str,
+    second_factor_possible: bool = True,
 ) -> DeviceDecision:
     """Decide a request from a device (see the module docstring for the semantics).
 
@@ -215,9 +223,17 @@ def decide(
         second_factor_ok: the request carried a valid second factor. Required, like every
             argument that decides the outcome: no default can fail open.
         service: the service name (``"certprov"`` is gated, see the module docstring).
+        second_factor_possible: the user could give a second factor at sign-in; when not, a
+            challenge becomes a quarantine (the module docstring). Either refuses, so the
+            default (True: challenge) allows nothing.
     """
     decision = _decide(facts, existing, user_devices, rules, policy, user_groups, now,
                        second_factor_ok)
+    if decision.outcome == "challenge" and not second_factor_possible:
+        reason = {"new-device-second-factor": "new-device-approval-required",
+                  "trust-expired": "trust-expired-approval-required"}[decision.reason]
+        decision = DeviceDecision("quarantine", reason, PartnershipState.QUARANTINED,
+                                  rule=decision.rule)
     if service != "certprov":
         return decision
     if policy.certprov == "deny":
