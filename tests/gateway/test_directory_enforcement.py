@@ -249,3 +249,112 @@ def test_domain_password_allowed_without_locking_ad(tmp_path, samba_lab, loop_th
         loop_thread.run(e.monitor.stop())
         e.gw.stop()
         e.ids.close()
+
+
+def _bad_pwd_count(lab, name: str) -> int:
+    raw = lab.read(name, ["badPwdCount"]).get("badPwdCount") or [b"0"]
+    return int(raw[0])
+
+
+def _spray(url: str, ctx, names: list[str], rounds: int, workers: int = 30) -> list[int]:
+    """Wrong Basic passwords, ``workers`` at a time, one fresh connection each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(n, f"bad-{i}-{k}") for i in range(rounds) for k, n in enumerate(names)]
+
+    def one(job):
+        with httpx.Client(verify=ctx, timeout=30) as c:
+            return c.get(f"{url}/ucwa/x", auth=job).status_code
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, jobs))
+
+
+def test_concurrent_wrong_passwords_never_pass_the_budget(tmp_path, samba_lab, loop_thread, upstream, tls_files):
+    """(a) 30 concurrent wrong domain passwords for one fresh AD user: at most user_failures
+    binds reach AD (the budget is reserved before the bind), the account is not locked."""
+    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True,
+                  user_failures=3)
+    try:
+        name = samba_lab.new_user(groups=[samba_lab.users_group])
+        codes = _spray(e.gw.url, e.gw.ssl_context(), [name], 30)
+        bad = _bad_pwd_count(samba_lab, name)
+        print(f"\n30 concurrent wrong passwords: {codes.count(401)} x 401, {codes.count(429)} x 429, "
+              f"AD badPwdCount {bad}")
+        assert codes.count(401) == 3 and codes.count(429) == 27, codes
+        assert bad <= 3 and not samba_lab.is_locked(name)
+    finally:
+        loop_thread.run(e.monitor.stop())
+        e.gw.stop()
+        e.ids.close()
+
+
+def test_every_name_form_shares_one_budget(tmp_path, samba_lab, loop_thread, upstream, tls_files):
+    """(c) 6 wrong passwords in each of sAMAccountName, sip: URI, UPN and DOMAIN\\name: one
+    budget for the account (keyed by its objectGUID), not four."""
+    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True,
+                  user_failures=3)
+    try:
+        name = samba_lab.new_user(groups=[samba_lab.users_group])
+        samba_lab._modify(samba_lab.user_dn(name), {"msRTCSIP-PrimaryUserAddress": f"sip:{name}@{samba_lab.dns_domain}",
+                                                    "msRTCSIP-UserEnabled": "TRUE"})
+        forms = [name, f"sip:{name}@{samba_lab.dns_domain}", samba_lab.upn(name),
+                 f"{samba_lab.netbios_domain}\\{name}"]
+        codes: list[int] = []
+        with httpx.Client(verify=e.gw.ssl_context(), timeout=30) as c:
+            for form in forms:
+                if form.startswith("sip:"):
+                    # Basic cannot carry a "sip:" name (its colon ends the user part); the OAuth
+                    # password grant can, and makes exactly this call with the name as typed
+                    from ucgate.id.api import AttemptContext
+
+                    ctx = AttemptContext(client_ip="127.0.0.1", method="oauth-password", service="oauth")
+                    verdicts = [e.ids.credentials.verify_password_sync(form, f"bad-{i}", ctx) for i in range(6)]
+                    codes += [429 if v.reason == "throttled" else 401 for v in verdicts]
+                    continue
+                codes += [c.get(f"{e.gw.url}/ucwa/x", auth=(form, f"bad-{i}")).status_code for i in range(6)]
+        bad = _bad_pwd_count(samba_lab, name)
+        print(f"\n4 name forms x 6 wrong passwords: {codes.count(401)} x 401, AD badPwdCount {bad}")
+        assert codes.count(401) == 3 and codes.count(429) == 21, codes
+        assert bad <= 3 and not samba_lab.is_locked(name)
+    finally:
+        loop_thread.run(e.monitor.stop())
+        e.gw.stop()
+        e.ids.close()
+
+
+def test_two_gateways_on_one_store_share_the_budget(tmp_path, samba_lab, loop_thread, upstream, tls_files):
+    """(b) the same 30 concurrent attempts split over two gateways, each with its own id service
+    (its own engine and budget object) on one store: still one budget."""
+    (tmp_path / "a").mkdir()
+    a = _make_env(tmp_path / "a", samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True,
+                  user_failures=3)
+    (tmp_path / "b").mkdir()
+    # the second node: its own services over the first one's database file
+    directory = Directory(url=samba_lab.ldaps_url, bind_dn=samba_lab.service_dn,
+                          bind_password=samba_lab.service_password, base_dn=samba_lab.base_dn,
+                          ca_file=str(samba_lab.ca_cert), netbios_domain=samba_lab.netbios_domain, timeout=2)
+    ids_b = open_services(
+        store_url=f"sqlite:///{tmp_path / 'a' / 'data' / 'ucgate.db'}", key_file=tmp_path / "a" / "keys" / "k",
+        audit_file=None, lockout=LockoutConfig(user_failures=3, ip_failures=100, window=900),
+        netbios_domains=(samba_lab.netbios_domain,), directory=directory,
+        required_group=samba_lab.users_group, allow_domain_passwords=True)
+    gw_b = start_gateway(loop_thread, *tls_files, upstream.port, authenticator=PreAuthenticator(
+        ids_b.credentials, PreAuthSettings(netbios_domain=samba_lab.netbios_domain)))
+    try:
+        name = samba_lab.new_user(groups=[samba_lab.users_group])
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            halves = list(pool.map(lambda g: _spray(g.url, g.ssl_context(), [name], 15, 15), [a.gw, gw_b]))
+        codes = halves[0] + halves[1]
+        bad = _bad_pwd_count(samba_lab, name)
+        print(f"\n2 gateways x 15 concurrent: {codes.count(401)} x 401, AD badPwdCount {bad}")
+        assert codes.count(401) == 3, codes
+        assert bad <= 3 and not samba_lab.is_locked(name)
+    finally:
+        gw_b.stop()
+        ids_b.close()
+        loop_thread.run(a.monitor.stop())
+        a.gw.stop()
+        a.ids.close()
