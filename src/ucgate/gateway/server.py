@@ -232,14 +232,33 @@ class Gateway:
                     out[user] = at
         return out
 
+    def post_event(self, event: object) -> None:
+        """:meth:`on_event` from any thread (the store's event follower runs in its own)."""
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop or loop.is_closed():
+            self.on_event(event)
+        else:
+            loop.call_soon_threadsafe(self.on_event, event)
+
     def on_event(self, event: object) -> None:
-        """Handle an id-service event: ``UserBlocked`` closes that user's live sessions,
-        ``DeviceBlocked`` only those from that device."""
+        """Handle an event (``ucgate.id.events``): ``UserBlocked`` closes that user's live
+        sessions, ``DeviceBlocked`` only those from that device, ``CredentialRevoked`` only
+        those signed in with that ASP."""
         user = getattr(event, "user", None)
         if user is None:
             return
         if self.oauth is not None:  # their Bearer tokens stop working too
             self.oauth.tokens.on_event(event)
+        credential = getattr(event, "credential_id", None)
+        if credential is not None:
+            self.cut_off(lambda c: c.principal is not None and c.principal.user == user
+                         and c.principal.credential_id == credential,
+                         f"{user} credential {credential}: {getattr(event, 'reason', 'revoked')}")
+            return
         device_id = getattr(event, "device_id", None)
         if device_id is not None:
             device = device_id.lower()
