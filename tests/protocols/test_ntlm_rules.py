@@ -829,3 +829,66 @@ def test_reset_rc4_restarts_one_direction():
     assert s1.sign(b"n") == s2.sign(b"n")
     with pytest.raises(TypeError):
         session.reset_rc4(True)  # keyword only
+
+
+# --- boundaries found by mutation testing -------------------------------------------------------
+
+
+def test_twelve_bytes_are_enough_to_tell_the_message_type():
+    assert reason(NegotiateMessage.unpack, b"NTLMSSP\x00\x02\x00\x00\x00") == "unexpected-message"
+    assert reason(ChallengeMessage.unpack, b"NTLMSSP\x00\x03\x00\x00\x00") == "unexpected-message"
+    assert reason(AuthenticateMessage.unpack, b"NTLMSSP\x00\x01\x00\x00\x00") == "unexpected-message"
+    assert reason(NegotiateMessage.unpack, b"NTLMSSP\x00\x01\x00\x00") == "malformed"
+
+
+def test_negotiate_of_exactly_32_bytes_reads_its_fields():
+    raw = NegotiateMessage(NF.NEGOTIATE_UNICODE).pack()
+    assert len(raw) == 32
+    assert reason(NegotiateMessage.unpack, _field(raw, 16, 2, 32)) == "malformed"  # past the end
+    assert NegotiateMessage.unpack(raw[:31] + b"\x00").flags == NF.NEGOTIATE_UNICODE
+
+
+def test_challenge_version_boundaries():
+    flags = NF.NEGOTIATE_UNICODE | NF.NEGOTIATE_VERSION
+    exact = ChallengeMessage(flags, bytes(8), version=Version(6, 3, 9600, 15)).pack()
+    assert len(exact) == 56 and ChallengeMessage.unpack(exact).version == Version(6, 3, 9600, 15)
+    bare = ChallengeMessage(NF.NEGOTIATE_UNICODE, bytes(8)).pack()
+    with_flag = bare[:20] + struct.pack("<I", flags) + bare[24:]
+    assert len(with_flag) == 48 and ChallengeMessage.unpack(with_flag).version is None
+    named = ChallengeMessage(flags, bytes(8), "T", version=Version()).pack()
+    assert ChallengeMessage.unpack(named).target_name == "T"
+    for into_version in (48, 52, 55):
+        assert reason(ChallengeMessage.unpack, _field(named, 12, 2, into_version)) == "malformed"
+    no_version = ChallengeMessage(NF.NEGOTIATE_UNICODE, bytes(8), "T").pack()
+    assert ChallengeMessage.unpack(_field(no_version, 12, 2, 48)).target_name == "T"
+
+
+def test_sign_without_key_exch_keeps_the_base_key_even_with_a_sent_key():
+    flags = FULL & ~NF.NEGOTIATE_KEY_EXCH
+    acc, token = exchange(negotiate_flags=flags, flags=FULL, enc_key=b"\x99" * 16)
+    result = accepted(acc, token)
+    assert not result.flags & NF.NEGOTIATE_KEY_EXCH
+    assert result.exported_session_key == result.session_base_key
+
+
+def test_av_flags_with_high_bits():
+    pairs = (AvPair(AvId.MsvAvFlags, struct.pack("<I", 0x80000002)),)
+    acc, token = exchange(mic_flag=False, extra_pairs=pairs)
+    assert accepted(acc, token).mic_present
+    assert TargetInfo(pairs).flags() & AvFlags.MIC_PROVIDED
+
+
+def test_target_info_pack_full_16_bit_range():
+    big = TargetInfo((AvPair(0x8001, b"\x01" * 40000),))
+    assert TargetInfo.unpack(big.pack()) == big
+    assert big.pack()[:4] == struct.pack("<HH", 0x8001, 40000)
+
+
+def test_lone_surrogates_are_encoded_not_refused():
+    # Windows strings are UTF-16 code units; an unpaired surrogate still has an encoding.
+    from Crypto.Hash import MD4
+
+    assert nt_hash("\ud800") == MD4.new(b"\x00\xd8").digest()
+    assert ntowfv2(nt_hash("pw"), "u\udc00", "D") == hmac_md5(nt_hash("pw"), b"U\x00\x00\xdcD\x00")
+    raw = AuthenticateMessage(NF.NEGOTIATE_UNICODE, user_name="\udc00x").pack()
+    assert raw[64:68] == b"\x00\xdcx\x00"
