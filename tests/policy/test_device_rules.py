@@ -44,7 +44,7 @@ def run(facts: DeviceFacts = IPHONE, existing: Partnership | None = None, *, oth
     devices = list(others) + ([existing] if existing else [])
     return decide(facts=facts, existing=existing, user_devices=devices, rules=rules, policy=policy,
                   user_groups=frozenset(groups), now=NOW, second_factor_ok=second_factor_ok,
-                  service=service)
+                  service=service, second_factor_possible=True)
 
 
 def outcome(d: DeviceDecision) -> tuple:
@@ -229,7 +229,8 @@ def scenarios(draw):
     existing = next((p for p in others if p.device_id == facts.device_id), None)
     return dict(facts=facts, existing=existing, user_devices=others, rules=draw(_rules),
                 policy=draw(_policy), user_groups=draw(_groups), now=NOW,
-                second_factor_ok=draw(st.booleans()), service=draw(_service))
+                second_factor_ok=draw(st.booleans()), service=draw(_service),
+                second_factor_possible=draw(st.booleans()))
 
 
 @settings(max_examples=_EXAMPLES, deadline=None)

@@ -35,10 +35,10 @@ def p(device_id="Dev42", state=A, trusted_until=NOW + H, wiped=False, **kw) -> P
 
 
 def run(facts=PHONE, existing=None, others=(), rules=(), pol=GroupPolicy(), groups=frozenset(),
-        second_factor_ok=False, service="eas") -> DeviceDecision:
+        second_factor_ok=False, service="eas", possible=True) -> DeviceDecision:
     return decide(facts=facts, existing=existing, user_devices=list(others) + ([existing] if existing else []),
                   rules=rules, policy=pol, user_groups=frozenset(groups), now=NOW,
-                  second_factor_ok=second_factor_ok, service=service)
+                  second_factor_ok=second_factor_ok, service=service, second_factor_possible=possible)
 
 
 def full(d: DeviceDecision) -> tuple:
@@ -54,8 +54,9 @@ def test_security_arguments_have_no_defaults():
         assert param.kind is inspect.Parameter.KEYWORD_ONLY, name
     assert inspect.signature(evaluate_rules).parameters["default"].default is inspect.Parameter.empty
     kwargs = dict(facts=PHONE, existing=None, user_devices=[], rules=[], policy=GroupPolicy(),
-                  user_groups=frozenset(), now=NOW, second_factor_ok=False, service="eas")
-    for missing in ("second_factor_ok", "service", "policy", "now"):
+                  user_groups=frozenset(), now=NOW, second_factor_ok=False, service="eas",
+                  second_factor_possible=True)
+    for missing in ("second_factor_ok", "service", "policy", "now", "second_factor_possible"):
         with pytest.raises(TypeError):
             decide(**{k: v for k, v in kwargs.items() if k != missing})
     with pytest.raises(TypeError):
@@ -270,3 +271,28 @@ def test_decision_allowed_property():
     for outcome in ("quarantine", "deny", "challenge"):
         assert not DeviceDecision(outcome, "x").allowed
     assert policy._OUTCOME_OF_STATE == {A: "allow", Q: "quarantine", B: "deny"}
+
+
+# --- a challenge only for users who can answer it ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, expected",
+    [
+        ({"rules": (DeviceRule(A, name="r"),)}, ("quarantine", "new-device-approval-required", Q, False, None, "r")),
+        ({"existing": p(trusted_until=NOW)}, ("quarantine", "trust-expired-approval-required", Q, False, None, "")),
+        ({"existing": p(trusted_until=None)}, ("quarantine", "trust-expired-approval-required", Q, False, None, "")),
+        # only challenges change: everything else is as with a possible second factor
+        ({"existing": p()}, ("allow", "device-trusted", None, False, NOW + H, "")),
+        ({"existing": p(trusted_until=NOW), "second_factor_ok": True},
+         ("allow", "trust-renewed", A, False, NOW + 24 * H, "")),
+        ({}, ("quarantine", "new-device-quarantined", Q, False, None, "")),
+        ({"existing": p(state=B)}, ("deny", "device-blocked", None, False, None, "")),
+        ({"rules": (DeviceRule(A, name="r"),), "service": "certprov"},
+         ("deny", "certprov-not-trusted", Q, False, None, "r")),
+    ],
+)
+def test_second_factor_not_possible(kw, expected):
+    assert full(run(possible=False, **kw)) == expected
+    if expected[1].endswith("approval-required"):
+        assert run(possible=True, **kw).outcome == "challenge"

@@ -182,7 +182,7 @@ class DeviceService:
             user_devices=[p.to_policy() for p in user_devices], rules=self.rules, policy=pol,
             user_groups=groups, now=now, second_factor_ok=second_factor_ok, service=service,
         )
-        decision = policy.decide(**args)
+        decision = policy.decide(**args, second_factor_possible=True)
         if decision.outcome == "challenge" and not self.second_factor_available(user):
             # a challenge this user cannot answer: wait for an approval instead
             decision = policy.decide(**args, second_factor_possible=False)

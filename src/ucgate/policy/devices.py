@@ -208,7 +208,7 @@ def decide(
     now: dt.datetime,
     second_factor_ok: bool,
     service: str,
-    second_factor_possible: bool = True,
+    second_factor_possible: bool,
 ) -> DeviceDecision:
     """Decide a request from a device (see the module docstring for the semantics).
 
@@ -224,8 +224,8 @@ def decide(
             argument that decides the outcome: no default can fail open.
         service: the service name (``"certprov"`` is gated, see the module docstring).
         second_factor_possible: the user could give a second factor at sign-in; when not, a
-            challenge becomes a quarantine (the module docstring). Either refuses, so the
-            default (True: challenge) allows nothing.
+            challenge becomes a quarantine (the module docstring). Required like the others
+            (it also decides what is stored: an untrusted allowed partnership or a quarantined one).
     """
     decision = _decide(facts, existing, user_devices, rules, policy, user_groups, now,
                        second_factor_ok)
