@@ -287,3 +287,56 @@ def test_split_pool_two_id_services_two_gateways(tmp_path, tls_files, upstream, 
         assert max(cuts) < 2.0, (cuts, procs.log("gw0"), procs.log("gw1"))
     finally:
         procs.close()
+
+
+def test_rest_api_changes_cut_live_connections_on_both_gateways(tmp_path, tls_files, upstream, store):
+    """The same through the REST API of gateway 1's web listener: a device block, an ASP
+    revoke and a user disable cut the affected connections on both gateways within 1 s."""
+    import httpx
+
+    web_port = free_port()
+    body = _common(tmp_path, store, upstream.port)
+    ports = [free_port(), free_port()]
+    cfgs = [_gateway_cfg(tmp_path, f"gw{i}", p, tls_files, body + (
+        f'[web]\nenabled = true\nlisten = "127.0.0.1:{web_port}"\n' if i == 0 else ""))
+        for i, p in enumerate(ports)]
+    run(cfgs[0], "db", "upgrade")
+    run(cfgs[0], "user", "add", "alice")
+    asp1 = run(cfgs[0], "asp", "create", "alice", "-l", "phone").stdout.split()[-1]
+    asp2 = run(cfgs[0], "asp", "create", "alice", "-l", "tablet").stdout.split()[-1]
+    token = json.loads(run(cfgs[0], "api-token", "create", "--role", "admin", "-l", "test", "--json").stdout)["token"]
+    procs = Procs(tmp_path)
+    try:
+        for i, (cfg, port) in enumerate(zip(cfgs, ports)):
+            procs.start(f"gw{i}", cfg, port, "serve")
+        wait_port(web_port, procs.procs["gw0"])
+        api = httpx.Client(base_url=f"https://localhost:{web_port}/api/v1", timeout=10,
+                           verify=ssl.create_default_context(cafile=str(tls_files[0])),
+                           headers={"Authorization": f"Bearer {token}"})
+        cafile = tls_files[0]
+
+        def pair(password: str, device: str) -> list[KeepAlive]:
+            conns = [KeepAlive(p, cafile, "alice", password, device) for p in ports]
+            for k in conns:
+                assert k.once() == 200
+            return conns
+
+        figures: dict[str, list[float]] = {}
+        phone, tablet = pair(asp1, "PHONE1"), pair(asp2, "TABLET1")
+        pid = next(d["id"] for d in api.get("/devices").json() if d["device_id"].lower() == "phone1")
+        assert api.post(f"/devices/{pid}/block").status_code == 200
+        figures["REST device block"] = [k.seconds_until_cut() for k in phone]
+        assert all(k.once() == 200 for k in tablet), "the user's other device was cut"
+        r = api.delete(f"/asps/{_asp_id(cfgs[0], 'tablet')}")
+        assert r.status_code == 200, r.text
+        figures["REST asp revoke"] = [k.seconds_until_cut() for k in tablet]
+        asp3 = run(cfgs[0], "asp", "create", "alice", "-l", "laptop").stdout.split()[-1]
+        conns = pair(asp3, "LAPTOP1")
+        assert api.put("/users/alice/state", json={"enabled": False}).status_code == 200
+        figures["REST user disable"] = [k.seconds_until_cut() for k in conns]
+        print("\ncut-off after the REST API's change (s, gateway 1 / gateway 2):",
+              {k: [round(x, 2) for x in v] for k, v in figures.items()})
+        for what, times in figures.items():
+            assert max(times) < 1.0, (what, times, procs.log("gw0"), procs.log("gw1"))
+    finally:
+        procs.close()
