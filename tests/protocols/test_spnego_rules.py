@@ -535,3 +535,54 @@ def test_adopt_raw_ntlm_has_no_mech_list_mic():
     gateway.adopt(verifier.verify([nt_hash("Password")], NOW))
     assert gateway.final_token() is None
     gateway.ntlm.session.verify_mic(b"hello", client.sign(b"hello"))
+
+
+# --- found by mutation testing ------------------------------------------------------------------
+
+
+def test_indefinite_length_is_refused_even_with_128_bytes_behind_it():
+    content = tlv(0x30, tlv(0xA2, tlv(0x04, b"a" * 0x7A)))
+    assert len(content) == 0x80
+    assert parse_reason(b"\xa1\x80" + content) == "malformed"
+
+
+def test_length_octets_missing():
+    for data in (b"\xa1\x81", b"\xa1\x82\x01", b"\xa1\x84\x01\x02\x03"):
+        assert parse_reason(data) == "malformed"
+
+
+def test_a_field_longer_than_its_container_is_refused():
+    # [1] { SEQUENCE { [2] len 12 { OCTET STRING len 10 'abcde' } } }: the [2] claims 12 bytes
+    # but its SEQUENCE (and the token) end after 7
+    inner = b"\xa2\x0c\x04\x0a" + b"abcde"
+    data = b"\xa1" + bytes([len(inner) + 2]) + b"\x30" + bytes([len(inner)]) + inner
+    assert parse_reason(data) == "malformed"
+
+
+def test_failed_state_is_visible():
+    acc = SpnegoNtlmAcceptor(make_acceptor())
+    with pytest.raises(SpnegoError):
+        acc.step(b"\x30\x00")
+    assert repr(acc) == "SpnegoNtlmAcceptor(state='failed', raw=False)"
+    acc, client, auth = run_negotiate()
+    acc.identify(auth)
+    with pytest.raises(NtlmError):
+        acc.verify([nt_hash("Password")], NOW + 3600 * 10_000_000)
+    assert "state='failed'" in repr(acc)
+    acc, client, auth = run_negotiate()
+    acc.identify(auth)
+    with pytest.raises(NtlmError):
+        acc.verify([nt_hash("nope")], NOW)
+    assert "state='identified'" in repr(acc)
+
+
+def test_ntlm_not_first_requires_the_mech_list_mic_even_without_an_ntlm_mic():
+    acc = SpnegoNtlmAcceptor(make_acceptor())
+    first = acc.step(encode_neg_token_init([KRB5_OID, NTLM_OID], b"kerberos"))
+    assert parse_negotiate_token(first).neg_state == NegState.REQUEST_MIC
+    type1 = impacket_ntlm.getNTLMSSPType1("WS01", "", signingRequired=True)
+    out = parse_negotiate_token(acc.step(encode_neg_token_resp(None, None, type1.getData())))
+    type3, _ = impacket_ntlm.getNTLMSSPType3(type1, out.response_token, "bob", "Password", "EXAMPLE",
+                                             channel_binding_value=channel_bindings_hash(TLS_BINDING))
+    acc.identify(encode_neg_token_resp(None, None, type3.getData()))
+    assert reason(acc.verify, [nt_hash("Password")], NOW) == "mic-missing"
