@@ -215,7 +215,8 @@ def test_split_pool_two_id_services_two_gateways(tmp_path, tls_files, upstream, 
     secret = _write_secret(tmp_path)
     body = _common(tmp_path, store, upstream.port)
     id_ports = [free_port(), free_port()]
-    urls = ", ".join(f'"https://localhost:{p}"' for p in id_ports)
+    dead = free_port()  # a list entry nothing answers on: named in the log, the gateway starts
+    urls = ", ".join(f'"https://localhost:{p}"' for p in [dead, *id_ports])
     id_cfgs = []
     for i, p in enumerate(id_ports):
         cfg = tmp_path / f"id{i}.toml"
@@ -240,6 +241,7 @@ def test_split_pool_two_id_services_two_gateways(tmp_path, tls_files, upstream, 
         for i, (cfg, p) in enumerate(zip(gw_cfgs, gw_ports)):
             procs.start(f"gw{i}", cfg, p, "serve")
         time.sleep(1.0)  # the gateways' event streams connect
+        assert f"id service https://localhost:{dead} does not answer at start-up" in procs.log("gw0")
         cafile = tls_files[0]
         # the SfB mobile sign-in through a gateway with [id_service]
         ctx = ssl.create_default_context(cafile=str(cafile))
