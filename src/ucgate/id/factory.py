@@ -40,6 +40,9 @@ class IdServices:
     def close(self) -> None:
         for c in self.extra_closers:
             c()
+        closer = getattr(self.credentials.budget, "close", None)
+        if closer is not None:
+            closer()
         if self.directory is not None:
             self.directory.close()
         self.components.close()
@@ -56,6 +59,7 @@ def open_services(
     required_group: str | None = None,
     allow_domain_passwords: bool = False,
     two_factor: Any = None,
+    audit_syslog: Any = None,
 ) -> IdServices:
     """Open the store, the keyring, the audit log and the credential service.
 
@@ -63,8 +67,10 @@ def open_services(
         lockout: a ``LockoutConfig`` (user_failures, ip_failures, window).
         directory: a ``ucgate.id.directory.Directory``, or None for local users only.
         two_factor: a ``TwoFactorSettings`` (None: second factor off).
+        audit_syslog: an ``audit_syslog.SyslogConfig`` ([audit.syslog]), or None.
     """
-    settings = SimpleNamespace(store_url=store_url, key_file=key_file, audit_file=audit_file)
+    settings = SimpleNamespace(store_url=store_url, key_file=key_file, audit_file=audit_file,
+                               audit_syslog=audit_syslog)
     comp = Components(settings)
     comp.users.netbios_domains = tuple(d.upper() for d in netbios_domains)
     comp.keyring  # load or create the key now: a bad key file fails at start, not at first sign-in
