@@ -49,8 +49,8 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .devices import DeviceFacts, classify_user_agent, normalise_device_id
 
@@ -154,7 +154,7 @@ _TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
 _TOKEN_RE = re.compile(_TOKEN)
 _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([A-Za-z][A-Za-z0-9+.\-]*:[\x21-\x7e]+) SIP/2\.0")
 _STATUS_LINE_RE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
-_ANY_VERSION_RE = re.compile(rb"(?:SIP/[0-9]+\.[0-9]+ .*|.* SIP/[0-9]+\.[0-9]+)", re.I | re.S)
+_ANY_VERSION_RE = re.compile(rb"(?:SIP/[0-9]+\.[0-9]+ .*|.* SIP/[0-9]+\.[0-9]+)", re.IGNORECASE | re.DOTALL)
 _FIELD_VALUE_RE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 # a CR not followed by LF, or a LF not preceded by CR (lookbehind sees before ``pos``)
 _BARE_CR_LF_RE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
@@ -898,7 +898,7 @@ class Via:
         return None
 
 
-_VIA_RE = re.compile(rf"[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*({_TOKEN_S})[ \t]+([^;]+?)[ \t]*(;.*)?", re.S)
+_VIA_RE = re.compile(rf"[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*({_TOKEN_S})[ \t]+([^;]+?)[ \t]*(;.*)?", re.DOTALL)
 
 
 def parse_via(value: str) -> list[Via]:
@@ -921,7 +921,7 @@ def parse_via(value: str) -> list[Via]:
 # Checked against MS-SIPRE's test epid "01010101" -> 4b1682a8-f968-5701-83fc-7c6741dc6697 and
 # the two REGISTERs of MS-SIPAE 4.1 and 4.2 (tests/protocols/test_sip.py).
 SIP_INSTANCE_NAMESPACE = uuid.UUID("fcacfb03-8a73-46ef-91b1-e5ebeeaba4fe")
-_INSTANCE_RE = re.compile(r"<urn:uuid:([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})>", re.I)
+_INSTANCE_RE = re.compile(r"<urn:uuid:([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})>", re.IGNORECASE)
 # MS-SIPRE 3.2.3.1: the epid is a short string of hexadecimal digits (10 from Office
 # Communicator, 7 in MS-SIP's examples); a token of at most 64 characters bounds it.
 _EPID_RE = re.compile(r"[A-Za-z0-9\-_.]{1,64}")
