@@ -4,7 +4,27 @@ import pytest
 
 from ucgate.gateway.tls import make_self_signed
 
+from .audit_schema import AuditSchemaHook
 from .support import LoopThread, RecordingUpstream
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_schema_hook():
+    """Every audit event the suite records is checked against docs/audit-event.schema.json."""
+    hook = AuditSchemaHook()
+    with pytest.MonkeyPatch.context() as mp:
+        hook.install(mp)
+        yield hook
+
+
+@pytest.fixture(autouse=True)
+def _audit_events_follow_the_schema(audit_schema_hook):
+    yield
+    bad, audit_schema_hook.bad[:] = list(audit_schema_hook.bad), []
+    if bad:
+        event, found = bad[0]
+        pytest.fail(f"{len(bad)} audit event(s) do not follow docs/audit-event.schema.json; "
+                    f"first: {'; '.join(found)} in {event}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,7 @@ def open_id_services(config: Config):
         allow_domain_passwords=config.auth.allow_domain_passwords,
         two_factor=TwoFactorSettings(config.auth.two_factor, config.auth.two_factor_groups,
                                      config.auth.otp_trust_hours),
+        audit_syslog=config.audit.syslog,
     )
 
 

@@ -159,6 +159,7 @@ class Config:
     devices: DevicesConfig = field(default_factory=lambda: DevicesConfig())
     web: Any = None  # ucgate.web.settings.WebConfig ([web]: admin UI, portal, REST API)
     kerberos: KerberosConfig | None = None  # [kerberos]: Negotiate from clients, kcd, the check
+    audit: AuditConfig = field(default_factory=lambda: AuditConfig())  # [audit]: syslog delivery
 
     # the attributes the id service's CLI commands read (ucgate.id.admin_cli)
     @property
@@ -172,6 +173,10 @@ class Config:
     @property
     def audit_file(self) -> Path | None:
         return self.store.audit_file
+
+    @property
+    def audit_syslog(self) -> Any:
+        return self.audit.syslog
 
 
 class _Section:
@@ -473,6 +478,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
 
     web = parse_web(top, base, data_dir)
     kerberos = _parse_kerberos(top, base, gateway.published_name)
+    audit_cfg = _parse_audit(top, base)
 
     lg = top.sub("log")
     level = lg.get("level", str, "info").lower()
@@ -495,6 +501,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
         devices=devices,
         web=web,
         kerberos=kerberos,
+        audit=audit_cfg,
     )
 
 
@@ -807,3 +814,61 @@ def _parse_id_service(top: _Section, base: Path, role: str) -> IdServiceConfig |
     )
     sec.finish()
     return cfg
+
+
+# --- [audit] (issue 17): audit events to a syslog receiver -------------------------------------
+@dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``; ``syslog`` is a ``ucgate.id.audit_syslog.SyslogConfig`` or None."""
+
+    syslog: Any = None
+
+
+def _parse_audit(top: _Section, base: Path) -> AuditConfig:
+    from .id.audit_syslog import FACILITIES, SyslogConfig
+
+    sec = top.sub("audit")
+    if "syslog" not in sec.table:
+        sec.used.add("syslog")
+        sec.finish()
+        return AuditConfig()
+    s = sec.sub("syslog")
+    address = s.get("address", str, None)
+    if not address:
+        raise s.fail("address", "required: host:port of the syslog receiver (TCP; 6514 for TLS)")
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise s.fail("address", f"expected host:port, got {address!r}")
+    files = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        p = s.path(key, None, base)
+        if p is not None and not p.is_file():
+            raise s.fail(key, f"no such file: {p}")
+        files[key] = p
+    tls = s.get("tls", bool, True)
+    if not tls and any(files.values()):
+        raise s.fail("tls", "ca_file, cert_file and key_file need tls = true")
+    if files["key_file"] is not None and files["cert_file"] is None:
+        raise s.fail("cert_file", "key_file without cert_file")
+    facility = s.get("facility", str, "authpriv")
+    if facility not in FACILITIES:
+        raise s.fail("facility", f"expected one of {', '.join(FACILITIES)}, got {facility!r}")
+    cfg = SyslogConfig(
+        host=host, port=int(port), tls=tls, **files,
+        server_name=s.get("server_name", str, None), facility=facility,
+        app_name=s.get("app_name", str, "ucgate"), hostname=s.get("hostname", str, None),
+        queue_size=s.positive("queue_size", int, 10000), timeout=s.positive("timeout", float, 10.0),
+    )
+    s.finish()
+    if tls:
+        import ssl
+
+        from .id.audit_syslog import tls_context
+
+        try:
+            tls_context(cfg)  # an unreadable CA or a key that does not fit: now, not at the first event
+        except (OSError, ssl.SSLError) as e:
+            raise s.fail("cert_file" if cfg.cert_file else "ca_file", f"cannot load: {e}") from None
+    sec.finish()
+    return AuditConfig(syslog=cfg)

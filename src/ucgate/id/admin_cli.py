@@ -53,7 +53,10 @@ class Components:
         # running gateway reaches it (ucgate.id.events)
         self.bus = EventBus(Outbox(self.repo.engine))
         self.users = UserService(self.repo, bus=self.bus)
-        self.audit = AuditLog(self.repo, settings.audit_file)
+        from .audit_syslog import open_sink
+
+        self.audit = AuditLog(self.repo, settings.audit_file,
+                              syslog=open_sink(getattr(settings, "audit_syslog", None)))
         self._keyring: Keyring | None = None
         self._asps: AspService | None = None
 

@@ -10,6 +10,12 @@ per ``fsync_interval`` seconds (default 1 s) and on ``close``, so a power loss c
 that last second of *file* lines, never the table's rows. ``fsync_interval=0`` fsyncs every line.
 The file is reopened when it is renamed or deleted (logrotate without copytruncate).
 
+Each event, as written to the file (:func:`to_json`), follows the JSON Schema in
+``docs/audit-event.schema.json`` (``schema_version`` :data:`SCHEMA_VERSION`). With a ``syslog``
+sink (``[audit.syslog]``, :mod:`ucgate.id.audit_syslog`) the same object also goes to a syslog
+receiver, from a bounded queue in a background thread: a slow or absent receiver never delays
+``record`` (events it cannot take are dropped and counted in ``syslog.dropped``).
+
 Secrets never enter the log: ``details`` keys naming a secret (password, asp, hash, token,
 ticket, authorization, cookie, secret, key, ...) are dropped, values that look like an ASP or a
 credential header are replaced, and the event notes which keys were redacted. Identifiers are
@@ -39,6 +45,9 @@ SECRET_WORDS = frozenset({
 # A key whose last word is one of these names a thing, not the secret itself.
 SAFE_LAST_WORDS = frozenset({"id", "ids", "label", "type", "count", "kind", "expires", "len", "version"})
 REDACTED = "[redacted]"
+# The version of docs/audit-event.schema.json the events follow: bumped only when a field is
+# removed, renamed or changes type or meaning.
+SCHEMA_VERSION = 1
 MAX_FIELD = 1024
 _A = re.escape(ALPHABET)
 # An ASP as shown (with dashes) anywhere in a value, or a whole value that is one without them.
@@ -106,8 +115,9 @@ def _field(v: str | None) -> str | None:
 class AuditLog:
     def __init__(self, repo: Repository, jsonl_path: Path | None = None,
                  clock: Callable[[], datetime] = _utcnow, *, fsync_interval: float = 1.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, syslog: Any = None) -> None:
         self.repo = repo
+        self.syslog = syslog  # an audit_syslog.SyslogSink, or None
         self.path = Path(jsonl_path) if jsonl_path else None
         self.clock = clock
         self.fsync_interval = fsync_interval
@@ -131,8 +141,12 @@ class AuditLog:
                          reason=_field(reason), details=clean or None)
         ev_id = self.repo.add_audit(ev)
         ev = AuditRecord(**{**{f: getattr(ev, f) for f in ev.__slots__}, "id": ev_id})
-        if self.path is not None:
-            self._append(to_json(ev))
+        if self.path is not None or self.syslog is not None:
+            event = to_json(ev)
+            if self.path is not None:
+                self._append(event)
+            if self.syslog is not None:
+                self.syslog.submit(event)
         return ev
 
     def tail(self, n: int = 20) -> list[AuditRecord]:
@@ -167,6 +181,8 @@ class AuditLog:
                 self._last_fsync = now
 
     def close(self) -> None:
+        if self.syslog is not None:
+            self.syslog.close()
         with self._lock:
             if self._fd is not None:
                 os.fsync(self._fd)
@@ -176,7 +192,7 @@ class AuditLog:
 
 def to_json(ev: AuditRecord) -> dict[str, Any]:
     return {
-        "id": ev.id, "at": ev.at.isoformat(), "actor": ev.actor, "action": ev.action,
+        "schema_version": SCHEMA_VERSION, "id": ev.id, "at": ev.at.isoformat(), "actor": ev.actor, "action": ev.action,
         "user": ev.username, "device": ev.device, "service": ev.service,
         "client_address": ev.client_address, "result": ev.result, "reason": ev.reason,
         "details": ev.details or {},
