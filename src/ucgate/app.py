@@ -18,12 +18,11 @@ from .id.twofactor import TwoFactorSettings
 log = logging.getLogger("ucgate")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """stderr at ``level``, as text lines or JSON objects (``[log] format``, ``ucgate.logs``)."""
+    from .logs import setup_logging as setup
+
+    setup(level, fmt)
 
 
 def open_directory(config: Config):
@@ -316,6 +315,9 @@ def build_id_node(config: Config) -> IdNode:
     # the admin UI, portal and REST API (/admin, /portal, /api/v1) on the id service's listener,
     # over the same DeviceService as the API
     mount_routes(app, make_context(ids, config=config, devices=devices, live_users=sessions.live_users))
+    from .id.observe import observe_app
+
+    observe_app(app, config.metrics, trust_request_ids=True)  # request ids, /metrics
     monitor = None
     if ids.directory is not None:
         from .id.monitor import AccountMonitor
@@ -337,6 +339,7 @@ def id_server(config: Config, app: Any):
         app, host=ic.listen_host, port=ic.listen_port, ssl_certfile=str(ic.tls_cert),
         ssl_keyfile=str(ic.tls_key), log_level=config.log_level, lifespan="off",
         timeout_graceful_shutdown=2, server_header=False, proxy_headers=False,
+        **({"log_config": None} if config.log_format == "json" else {}),  # uvicorn's lines as JSON too
     )
     return uvicorn.Server(uc)
 
@@ -382,9 +385,16 @@ async def wait_for_signal() -> None:
     await stop.wait()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, log_level: str | None = None) -> None:
+    """``ucgate serve``: run until SIGINT/SIGTERM; SIGHUP reloads the configuration
+    (``ucgate.reload``). ``log_level``: the command line's, kept over [log] level on reload."""
+    from .reload import Reloader
+
     node = build_node(config)
     await node.start()
+    if config.path is not None:
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, Reloader(node, config, log_level_override=log_level).request)
     try:
         await wait_for_signal()
     finally:

@@ -14,9 +14,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .app import run, serve, setup_logging
 
     config = load(args.config)
-    setup_logging(args.log_level or config.log_level)
+    setup_logging(args.log_level or config.log_level, config.log_format)
     _log_findings(config)
-    run(lambda: serve(config))
+    run(lambda: serve(config, log_level=args.log_level))
     return 0
 
 
@@ -33,7 +33,7 @@ def _cmd_id_service(args: argparse.Namespace) -> int:
     from .app import run, serve_id_service, setup_logging
 
     config = load(args.config, role="id-service")
-    setup_logging(args.log_level or config.log_level)
+    setup_logging(args.log_level or config.log_level, config.log_format)
     run(lambda: serve_id_service(config))
     return 0
 

@@ -155,6 +155,8 @@ class Config:
     lockout: LockoutConfig = field(default_factory=LockoutConfig)
     directory: DirectoryConfig | None = None
     log_level: str = "info"
+    log_format: str = "text"  # [log] format: "text" or "json" (one object per line)
+    metrics: MetricsConfig = field(default_factory=lambda: MetricsConfig())  # [metrics]: /metrics
     id_service: IdServiceConfig | None = None
     devices: DevicesConfig = field(default_factory=lambda: DevicesConfig())
     web: Any = None  # ucgate.web.settings.WebConfig ([web]: admin UI, portal, REST API)
@@ -484,7 +486,11 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
     level = lg.get("level", str, "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         raise lg.fail("level", "expected debug, info, warning or error")
+    log_format = lg.get("format", str, "text")
+    if log_format not in ("text", "json"):
+        raise lg.fail("format", f'expected "text" or "json", got {log_format!r}')
     lg.finish()
+    metrics_cfg = _parse_metrics(top)
     top.finish()
     return Config(
         path=path,
@@ -497,6 +503,8 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
         lockout=lockout,
         directory=directory,
         log_level=level,
+        log_format=log_format,
+        metrics=metrics_cfg,
         id_service=id_service,
         devices=devices,
         web=web,
@@ -558,6 +566,33 @@ def _parse_directory(top: _Section, base: Path) -> DirectoryConfig | None:
 
 
 AUTHENTICATORS = ("preauth", "deny-all")
+
+
+# --- [metrics] (issue 17): who may read /metrics ---------------------------------------------
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: ``GET /metrics`` on the gateway's health listener, the id service's and the
+    web listener, for peers in ``allow`` (CIDRs; default loopback); others get 403."""
+
+    enabled: bool = True
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def _parse_metrics(top: _Section) -> MetricsConfig:
+    sec = top.sub("metrics")
+    d = MetricsConfig()
+    allow = []
+    raw = sec.get("allow", list, None)
+    for i, cidr in enumerate(raw if raw is not None else []):
+        try:
+            allow.append(ipaddress.ip_network(cidr, strict=False))
+        except (ValueError, TypeError):
+            raise sec.fail(f"allow[{i}]", f"not an address or CIDR: {cidr!r}") from None
+    cfg = MetricsConfig(enabled=sec.get("enabled", bool, d.enabled),
+                        allow=tuple(allow) if raw is not None else d.allow)
+    sec.finish()
+    return cfg
 
 
 # --- [kerberos] (issue 7) --------------------------------------------------------------------

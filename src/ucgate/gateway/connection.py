@@ -44,6 +44,8 @@ class ClientConnection:
     auth_state: Any = None  # an authenticator's handshake in progress (e.g. NTLM after Type 1)
     device: Any = None  # the decide stage's per-connection state (gateway.devices.DeviceState)
     requests: int = 0
+    # the request id (ucgate.logs) of the request in flight, or the last one: one at a time
+    request_id: bytes = b""
     writer: asyncio.StreamWriter | None = None
     closed_reason: str | None = None
 

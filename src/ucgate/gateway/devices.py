@@ -57,6 +57,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import metrics
 from ..protocols import devices as dev
 from ..protocols.activesync import EasRequestError, parse_eas_request
 from ..protocols.http1 import RequestHead, ResponseHead
@@ -250,6 +251,12 @@ class DeviceGate:
     # --- after authentication ---------------------------------------------------------
     async def decide(self, conn: ClientConnection, req: RequestHead, path: str, service: Service,
                      identity: Identity, facts: dev.DeviceFacts) -> Verdict:
+        verdict, action = await self._decide(conn, req, service, identity, facts)
+        metrics.count_device(service.name, action)  # ucgate_device_decisions_total
+        return verdict
+
+    async def _decide(self, conn: ClientConnection, req: RequestHead, service: Service,
+                      identity: Identity, facts: dev.DeviceFacts) -> tuple[Verdict, str]:
         user = identity.user
         name = service.name
         creating = name == "ucwa" and facts.source == "ucwa-endpoint"
@@ -257,9 +264,9 @@ class DeviceGate:
             found = self._ucwa_binding(req)
             if found is None:
                 if dev.ucwa_application_id(req.target.decode("latin-1")) is not None:
-                    return self._ucwa_unknown_application()
+                    return self._ucwa_unknown_application(), "unknown-application"
             elif found[0] != user:
-                return self._refuse(name, facts, "deny", "device-user-mismatch", req)
+                return self._refuse(name, facts, "deny", "device-user-mismatch", req), "block"
             else:
                 facts = found[1]
         state = self.state(conn)
@@ -268,7 +275,7 @@ class DeviceGate:
         cached = state.allowed.get(key)
         if cached is not None and cached.user == user and now < cached.until and not creating \
                 and name != "certprov":
-            return Verdict(identity=self._with_device(identity, facts.device_id))
+            return Verdict(identity=self._with_device(identity, facts.device_id)), "allow"
         check = await self.checker.check_async(
             user, facts, service=name,
             second_factor_ok=bool(getattr(identity, "second_factor", False)),
@@ -277,10 +284,11 @@ class DeviceGate:
         if not check.allowed:
             state.allowed.pop(key, None)
             if check.outcome == "unavailable":  # a remote id service that could not answer
-                return self._unavailable(check.reason, check.retry_after)
+                return self._unavailable(check.reason, check.retry_after), "unavailable"
             if check.outcome == "challenge":
-                return self._challenge(check.reason)
-            return self._refuse(name, facts, check.outcome, check.reason, req, wipe=check.wipe)
+                return self._challenge(check.reason), "challenge"
+            action = "wipe" if check.wipe else "quarantine" if check.outcome == "quarantine" else "block"
+            return self._refuse(name, facts, check.outcome, check.reason, req, wipe=check.wipe), action
         until = now + RECHECK_SECONDS
         if check.trusted_until is not None:
             until = min(until, check.trusted_until.timestamp())
@@ -291,7 +299,7 @@ class DeviceGate:
             if token:
                 self.tokens.put(token, user, facts)
             verdict.observe = lambda resp, body: self._learn_application(user, facts, resp, body)
-        return verdict
+        return verdict, "allow"
 
     @staticmethod
     def _with_device(identity: Identity, device_id: str | None) -> Identity:

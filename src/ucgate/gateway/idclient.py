@@ -42,9 +42,11 @@ from typing import Any
 
 import httpx
 
+from .. import metrics
 from ..id.api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from ..id.devices import DeviceCheck
 from ..id.events import UserBlocked, event_of, from_wire
+from ..logs import request_context
 from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
 from ..protocols.ntlm import NegotiateFlags, VerifyResult
 
@@ -191,9 +193,13 @@ class RemoteCredentials:
     async def _request(self, method: str, path: str, body: dict[str, Any], ok: int = 200) -> httpx.Response:
         """One call, failing over along the URL list."""
         last = IdServiceError("recently-down")
+        ctx = request_context.get()  # the gateway's request id goes along, for the id service's log
+        headers = {"X-Ucgate-Request-Id": ctx["request_id"]} if ctx is not None else None
         for i in self._order():
+            started = time.monotonic()
             try:
-                r = await self._client.request(method, self.urls[i] + path, json=body)
+                r = await self._client.request(method, self.urls[i] + path, json=body, headers=headers)
+                metrics.ID_SERVICE_LATENCY.labels(path).observe(time.monotonic() - started)
             except httpx.TimeoutException as e:
                 last = IdServiceError(f"timeout ({type(e).__name__})")
                 self._failed(i, last.reason)
@@ -376,6 +382,7 @@ class RemoteCredentials:
             return
         event = event_of(row)  # None (logged) for a kind this version does not know
         if event is not None:
+            metrics.observe_event_lag(row.at, "stream")
             on_event(event)
 
     async def _report(self, live_users: Callable[[], dict[str, dt.datetime]]) -> None:

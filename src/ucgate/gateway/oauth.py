@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
+from .. import metrics
 from ..id.api import AttemptContext, CredentialService, Method
 from ..protocols import http1
 from ..protocols.http1 import RequestHead, ResponseHead
@@ -293,6 +294,7 @@ class OAuthGrants:
     @classmethod
     async def _json(cls, gw: Gateway, client: Stream, status: int, doc: dict, *, keep: bool,
                     extra: list[tuple[bytes, bytes]] | None = None) -> bool:
+        metrics.count_request("oauth", status)  # the grant's own answers (forwarded ones: Gateway._forward)
         client.write(cls._json_answer(status, doc, keep=keep, extra=extra))
         try:
             await client.drain()
@@ -357,14 +359,17 @@ class OAuthGrants:
         keep = req.keep_alive
         if verdict.retry_after > 0:
             status = 503 if verdict.reason in UNAVAILABLE_REASONS else 429
+            metrics.count_auth("oauth-password", metrics.auth_result(status, verdict.reason), verdict.reason)
             log.info("client %s: OAuth grant for %r refused: %s", conn.peer_host, username, verdict.reason)
             return await self._json(gw, client, status, {"error": "temporarily_unavailable"}, keep=keep,
                                     extra=[(b"Retry-After", b"%d" % max(1, int(verdict.retry_after + 0.999)))]), None
         if not verdict.ok:
+            metrics.count_auth("oauth-password", "deny", verdict.reason)
             await self._pad(started)
             log.info("client %s: OAuth grant for %r refused: %s", conn.peer_host, username, verdict.reason)
             # what the front end answers for a wrong password (lab.frontend.token_error)
             return await self._json(gw, client, 400, {"error": "invalid_grant"}, keep=keep), None
+        metrics.count_auth("oauth-password", "allow", "ok")
         user = verdict.user or username
         identity = Identity(user, "oauth-password", credential_id=verdict.credential_id,
                             second_factor=verdict.reason in SECOND_FACTOR_REASONS)

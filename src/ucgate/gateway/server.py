@@ -18,11 +18,14 @@ import ipaddress
 import logging
 import ssl
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
+from .. import metrics
 from ..config import Config
 from ..id.health import Readiness
+from ..logs import REQUEST_ID_HEADER, begin_request, new_request_id, request_context
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.ntlm import tls_server_end_point
@@ -127,6 +130,10 @@ class Gateway:
         self.channel_binding: bytes | None = (
             tls_server_end_point(self.certificate_der) if self.certificate_der else None
         )
+        # the binding of each certificate still in use by a connection after a reload (set_tls)
+        self._bindings: weakref.WeakKeyDictionary[ssl.SSLContext, bytes | None] = weakref.WeakKeyDictionary()
+        if self.ssl is not None:
+            self._bindings[self.ssl] = self.channel_binding
         self.connections: set[ClientConnection] = set()
         # requests proxied entirely in protocol callbacks (gateway/session.py's fast path)
         self.fast_requests = 0
@@ -138,7 +145,8 @@ class Gateway:
         # Expect: the gateway answers 100-continue itself (and re-frames the body); forwarded, it
         # would have the front end wait for, or answer, an expectation that is already met.
         self._drop_request = frozenset(
-            {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"expect"}
+            {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"expect",
+             b"x-ucgate-request-id"}
         )
         self._drop_authenticated = self._drop_request | {b"authorization"}
         # the same, plus what is never forwarded (hop-by-hop, our own framing), precomputed
@@ -147,13 +155,14 @@ class Gateway:
         self._skip_response = http1.not_forwarded()
         # ...and every spelling a front end maps to the same variable (X_Ucgate_User, x.forwarded.for;
         # protocols/http1.py, OwnedFields), plus the routing/override fields front ends act on
-        self._owned = http1.OwnedFields((ident, *http1.OWNED_FIELDS))
+        self._owned = http1.OwnedFields((ident, b"x-ucgate-request-id", *http1.OWNED_FIELDS))
         self._owned_identity = http1.OwnedFields((ident,))
         self._request_specials = http1.request_special_re(self._drop_request, self._owned)
         self._identity_header = gw.identity_header.encode()
         self._proto = b"http" if gw.plain_http else b"https"
         # the Host of a forwarded HTTP/1.0 request that had none
         self._default_host: bytes | None = gw.published_name.encode("idna") if gw.published_name else None
+        metrics.watch_gateway(self)  # ucgate_connections, ucgate_signed_in_* at scrape time
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,9 +189,31 @@ class Gateway:
             " (PROXY protocol from trusted_proxies)" if self.gw.proxy_protocol else "",
         )
         if self.gw.health_listen is not None:
+            mc = self.config.metrics
             self.health = HealthListener(*self.gw.health_listen, self.readiness,
-                                         timeout=self.gw.timeouts.header_read)
+                                         timeout=self.gw.timeouts.header_read,
+                                         metrics_allow=mc.allow if mc.enabled else None)
             await self.health.start()
+
+    def set_tls(self, context: ssl.SSLContext, der: bytes) -> None:
+        """A new certificate (``SIGHUP``, ``ucgate.reload``): new connections are handshaken with
+        ``context``; open ones keep theirs, and their channel binding (NTLM EPA) stays that of
+        the certificate they were handshaken with."""
+        self.ssl = context
+        self.certificate_der = der
+        self.channel_binding = tls_server_end_point(der)
+        self._bindings[context] = self.channel_binding
+        if isinstance(self._server, TLSServer):
+            self._server.set_ssl_context(context)
+
+    def _binding_of(self, client: Stream) -> bytes | None:
+        """The tls-server-end-point binding of the certificate ``client`` was handshaken with."""
+        if self.ssl is None:
+            return None
+        ctx = client.get_extra_info("sslcontext")
+        if ctx is None or ctx is self.ssl:
+            return self.channel_binding
+        return self._bindings.get(ctx, self.channel_binding)
 
     @property
     def port(self) -> int:
@@ -300,7 +331,7 @@ class Gateway:
             peer_host=peer[0],
             peer_port=peer[1],
             tls=self.ssl is not None,
-            channel_binding=self.channel_binding,
+            channel_binding=self._binding_of(client),
             created_at=self.clock(),
             writer=client,  # type: ignore[arg-type]  # has close()/is_closing(), all cut_off needs
         )
@@ -310,6 +341,8 @@ class Gateway:
     async def _handle(self, conn: ClientConnection, req: RequestHead, client: Stream) -> bool:
         """Run one request through the pipeline. Returns whether to keep the connection."""
         conn.requests += 1
+        rid = conn.request_id = new_request_id()
+        ctx = begin_request(rid, conn.peer_host)  # this task's log lines carry it (ucgate.logs)
         logging_access = access_log.isEnabledFor(logging.INFO)
         started = self.clock() if logging_access else 0.0
         # recognise
@@ -319,6 +352,8 @@ class Gateway:
             await self._answer_error(conn, client, e, req)
             return False
         service = self.service_map.recognise(path)
+        if service is not None:
+            ctx["service"] = service.name
         if service is None or not service.enabled:
             return await self._refuse(
                 conn, req, client, 404, "not-published", b"not found\n", [], path, service
@@ -383,7 +418,10 @@ class Gateway:
         response_headers: list[tuple[bytes, bytes]] = []
         if not service.anonymous:
             outcome = await self.authenticator.authenticate(conn, req, service)
+            authz = req.get(b"authorization")
             if outcome.identity is None:
+                metrics.count_auth(metrics.auth_method(authz), metrics.auth_result(outcome.status, outcome.reason),
+                                   outcome.reason)
                 body = b"authentication required\n" if outcome.status == 401 else b"access denied\n"
                 return await self._refuse(
                     conn, req, client, outcome.status, outcome.reason or "unauthenticated",
@@ -391,6 +429,11 @@ class Gateway:
                 )
             identity = outcome.identity
             conn.principal = identity
+            if authz is not None:  # credentials presented (not a request riding an NTLM connection)
+                metrics.count_auth(identity.method, "allow", "ok")
+            ctx = _context()
+            if ctx is not None:
+                ctx["user"] = identity.user
             response_headers = outcome.headers  # e.g. Negotiate's final token
         # decide: the user/device partnership (issue 6); account state is the id service's
         observe = None
@@ -406,6 +449,9 @@ class Gateway:
                 )
             if verdict.identity is not None:
                 identity = conn.principal = verdict.identity
+                ctx = _context()
+                if ctx is not None and identity.device_id:
+                    ctx["device"] = identity.device_id
                 if (self.oauth is not None and identity.method == "bearer"
                         and identity.device_id is not None):
                     token = req.get(b"authorization")
@@ -419,8 +465,8 @@ class Gateway:
         )
         if logging_access:
             access_log.info(
-                "client=%s conn=%d method=%s path=%s service=%s user=%s ms=%.1f",
-                conn.peer_host, conn.id, req.method.decode(), path, service.name,
+                "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
+                conn.peer_host, conn.id, conn.request_id.decode(), req.method.decode(), path, service.name,
                 identity.user if identity else "-", (self.clock() - started) * 1000,
             )
         return keep
@@ -472,15 +518,17 @@ class Gateway:
     ) -> None:
         """A protocol error: log it, answer with its status and close."""
         self._log_rejected(conn, err, path)
+        metrics.count_request(service.name if service else None, err.status)
         await self._answer(client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
 
     @staticmethod
     def _log_rejected(conn: ClientConnection, err: HttpError, path: str | None = None) -> None:
         log.warning(
-            "rejected request from %s: status=%d reason=%s%s%s",
-            conn.peer_host, err.status, err.reason,
+            "rejected request from %s: status=%d reason=%s request_id=%s%s%s",
+            conn.peer_host, err.status, err.reason, conn.request_id.decode(),
             f" detail={err.detail}" if err.detail else "",
             f" path={path}" if path else "",
+            extra={"request_id": conn.request_id.decode(), "client": conn.peer_host, "reason": err.reason},
         )
 
     async def _refuse(
@@ -502,7 +550,9 @@ class Gateway:
         log.info(
             "refused request from %s: status=%d reason=%s service=%s method=%s path=%s",
             conn.peer_host, status, reason, service.name if service else "-", req.method.decode(), path,
+            extra={"reason": reason},
         )
+        metrics.count_request(service.name if service else None, status)
         keep = req.keep_alive and not close
         if keep and req.framing.kind != "none":
             if req.expect_continue:
@@ -537,7 +587,8 @@ class Gateway:
         if dropped:  # any spelling of ours (protocols/http1.py, OwnedFields): never forwarded
             skip = skip | {name.lower() for name in dropped}
             self._log_dropped(conn, req, dropped, trusted)
-        added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host)]
+        added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host),
+                 (REQUEST_ID_HEADER, conn.request_id)]
         if identity is not None:
             added.append((self._identity_header, identity.user.encode("utf-8")))
         if backend_headers:
@@ -633,6 +684,7 @@ class Gateway:
                     return await self._refuse(conn, req, client, status, reason,
                                               b"upstream credentials refused\n", [], path, service)
             try:
+                sent = up.stream.loop.time()
                 up.stream.write(head)
                 if has_body:
                     if req.expect_continue:
@@ -640,6 +692,7 @@ class Gateway:
                     await self._copy_request_body(req, client, up.stream, max_body, reencode=True)
                     body_done = True
                 resp = await self._read_response_head(up, req.method)
+                metrics.UPSTREAM_LATENCY.labels(pool.upstream.name).observe(up.stream.loop.time() - sent)
                 break
             except ClientBodyError as e:
                 up.close()
@@ -647,6 +700,7 @@ class Gateway:
                     "rejected request body from %s: status=%d reason=%s path=%s",
                     conn.peer_host, e.status, e.reason, path,
                 )
+                metrics.count_request(service.name, e.status)
                 await self._answer(client, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
                 return False
             except TimeoutError:
@@ -669,6 +723,7 @@ class Gateway:
                     conn, req, client, service, UpstreamError(e.reason, e.detail), body_done
                 )
         assert up is not None and resp is not None
+        metrics.count_request(service.name, resp.status)
         return await self._deliver(req, resp, up, pool, client, response_headers, observe)
 
     async def _deliver(
@@ -735,7 +790,8 @@ class Gateway:
                 return
             head = http1.serialize_head(b"GET " + req.target + b" HTTP/1.1", [
                 (b"Host", req.host), (b"Authorization", value), (b"Content-Length", b"0"),
-                (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host)])
+                (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host),
+                (REQUEST_ID_HEADER, _request_id())])
             up.stream.write(head)
             resp = await self._read_response_head(up, b"GET")
             await self._drain_response(up, resp)
@@ -782,7 +838,8 @@ class Gateway:
     def _upstream_failed_now(req: RequestHead, client: Stream, service: Service, err: UpstreamError,
                              body_done: bool, status: int = 502) -> bool:
         log.error("upstream failure for %s %s (service %s): %s", req.method.decode(),
-                  service.name, service.upstream, err)
+                  service.name, service.upstream, err, extra={"reason": err.reason, "service": service.name})
+        metrics.count_request(service.name, status)
         keep = body_done and req.keep_alive
         Gateway._answer_now(client, status, b"upstream unavailable\n", close=not keep)
         return keep
@@ -996,6 +1053,16 @@ class Gateway:
         if reencode:
             out.write(http1.LAST_CHUNK)
         await out.drain()
+
+
+def _context() -> dict | None:
+    """The request context of the pipeline task running now (``ucgate.logs``)."""
+    return request_context.get()
+
+
+def _request_id() -> bytes:
+    ctx = request_context.get()
+    return ctx["request_id"].encode() if ctx is not None else new_request_id()
 
 
 async def _drain_quietly(client: Stream) -> None:

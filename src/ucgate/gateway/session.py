@@ -33,6 +33,8 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from .. import metrics
+from ..logs import REQUEST_ID_HEADER, begin_request, new_request_id
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
@@ -47,6 +49,7 @@ log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
 _NO_DEADLINE = float("inf")
+_RID = b"\r\n" + REQUEST_ID_HEADER + b": "  # after X-Forwarded-Host, as Gateway._request_head adds it
 # A response body up to this size is written with its head in one write when it came with it.
 SMALL_BODY = 64 * 1024
 
@@ -59,6 +62,8 @@ class ClientSession:
         "gw", "stream", "conn", "loop",
         # the fast request in flight (None when there is none), and its head as received
         "req", "up", "pool", "service", "path", "started", "head",
+        # loop.time() when the fast request was written upstream (ucgate_upstream_response_seconds)
+        "sent",
         # this connection's X-Forwarded-For/-Proto fields and the X-Forwarded-Host name, made once
         "forwarded",
         # bound methods, made once per connection instead of once per request
@@ -78,6 +83,7 @@ class ClientSession:
         self.service: Service | None = None
         self.path = ""
         self.started: float | None = None  # clock() at the request, when access logging is on
+        self.sent = 0.0
         self._on_client_data = self.on_client_data
         self._on_upstream_data = self.on_upstream_data
         self._on_upstream_deadline = self.on_upstream_deadline
@@ -137,6 +143,7 @@ class ClientSession:
         if conn.requests == 0:
             timeouts = self.gw.gw.timeouts
             log.info("client %s: no request head within %ss", conn.peer_host, timeouts.header_read)
+            metrics.count_request(None, 408)
             self.gw._answer_now(self.stream, 408, b"request head not received in time\n", close=True)
         self.stream.close()
 
@@ -151,6 +158,8 @@ class ClientSession:
 
     def _refuse_now(self, err: HttpError) -> None:
         """A protocol error before the pipeline: log, answer with its status and close."""
+        self.conn.request_id = new_request_id()  # a request too, if a malformed one
+        metrics.count_request(None, err.status)
         self.gw._log_rejected(self.conn, err)
         self.gw._answer_now(self.stream, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
         self.stream.close()
@@ -233,6 +242,7 @@ class ClientSession:
         conn = self.conn
         conn.requests += 1
         gw.fast_requests += 1
+        rid = conn.request_id = new_request_id()
         self.req, self.up, self.pool, self.service, self.path = req, up, pool, service, path
         self.head = head
         self.started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
@@ -245,9 +255,10 @@ class ClientSession:
             if self.forwarded is None:
                 self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: " % (
                     conn.peer_host.encode(), gw._proto)
-            us.write(req.prefix + self.forwarded + req.host + b"\r\n\r\n")  # type: ignore[union-attr]
+            us.write(req.prefix + self.forwarded + req.host + _RID + rid + b"\r\n\r\n")  # type: ignore[union-attr]
         else:
             us.write(gw._request_head(conn, req, None))  # type: ignore[arg-type]
+        self.sent = self.loop.time()
         return True
 
     def on_upstream_data(self) -> None:
@@ -298,9 +309,11 @@ class ClientSession:
         pool, service = self.pool, self.service
         assert pool is not None and service is not None
         if data is None:  # a body to stream: the pipeline's _deliver does it in a task
+            self._answered(pool, service, resp.status)
             self._run(self._deliver(req, resp, self._release_upstream(close=False), pool, service))
             return
         head_out, keep = gw._response_head(req, resp, [])
+        self._answered(pool, service, resp.status)
         self._answer(resp.keep_alive, head_out + data if data else head_out, keep)
 
     def _answer_simple(self, resp: http1.SimpleResponse) -> bool:
@@ -312,6 +325,8 @@ class ClientSession:
         if data is None:
             return False
         keep = req.keep_alive and req.version >= (1, 1)  # as Gateway._response_head
+        assert self.pool is not None
+        self._answered(self.pool, self.service, resp.status)
         self._answer(resp.keep_alive, resp.prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data,
                      keep)
         return True
@@ -334,7 +349,13 @@ class ClientSession:
         else:
             self.stream.close()
 
+    def _answered(self, pool: UpstreamPool, service: Service | None, status: int) -> None:
+        """The response head of the fast request arrived: its metrics."""
+        metrics.UPSTREAM_LATENCY.labels(pool.upstream.name).observe(self.loop.time() - self.sent)
+        metrics.count_request(service.name if service else None, status)
+
     async def _deliver(self, req, resp, up, pool, service) -> bool:
+        begin_request(self.conn.request_id, self.conn.peer_host)["service"] = service.name  # this task's logs
         keep = await self.gw._deliver(req, resp, up, pool, self.stream, [])
         if self.started is not None:
             self._log_access(req, service)
@@ -360,6 +381,7 @@ class ClientSession:
     async def _forward_again(self, req: RequestHead | http1.SimpleRequest, pool: UpstreamPool,
                              service: Service) -> bool:
         gw = self.gw
+        begin_request(self.conn.request_id, self.conn.peer_host)["service"] = service.name  # this task's logs
         if type(req) is http1.SimpleRequest:  # the pipeline needs every field
             req = http1.parse_request_head(self.head, gw.limits)
         max_body = service.max_body_bytes if service.max_body_bytes is not None else gw.gw.limits.max_body_bytes
@@ -393,9 +415,11 @@ class ClientSession:
 
     def _log_access(self, req: RequestHead, service: Service) -> None:
         conn = self.conn
+        rid = conn.request_id.decode()
         access_log.info(
-            "client=%s conn=%d method=%s path=%s service=%s user=%s ms=%.1f",
-            conn.peer_host, conn.id, req.method.decode(), self.path, service.name, "-",
+            "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
+            conn.peer_host, conn.id, rid, req.method.decode(), self.path, service.name, "-",
             (self.gw.clock() - self.started) * 1000,  # type: ignore[operator]
+            extra={"request_id": rid, "client": conn.peer_host, "service": service.name},
         )
         self.started = None

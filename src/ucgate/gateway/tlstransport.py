@@ -48,6 +48,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
+from .. import metrics
 from ..protocols import proxyproto
 
 log = logging.getLogger("ucgate.gateway.tlstransport")
@@ -606,6 +607,7 @@ class _Handshake:
         except (_SSLError, OSError) as exc:
             # a scanner, a client that does not trust us, an old protocol version...
             log.debug("TLS handshake with %s failed: %s", _peer_str(self.peer), _ssl_reason(exc))
+            metrics.tls_failure(exc)
             self.close()
             return
         except Exception:
@@ -640,6 +642,7 @@ class _Handshake:
 
     def _expired(self) -> None:
         log.debug("TLS handshake with %s timed out", _peer_str(self.peer))
+        metrics.tls_failure(None)
         self.close()
 
     def close(self) -> None:
@@ -845,6 +848,11 @@ class TLSServer:
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
+
+    def set_ssl_context(self, ssl_context: ssl.SSLContext) -> None:
+        """Handshake new connections with ``ssl_context`` (a new certificate); connections
+        already open keep the one they were handshaken with."""
+        self._ssl_context = ssl_context
 
     def is_serving(self) -> bool:
         return self._serving

@@ -153,6 +153,16 @@ class DeviceService:
         for entry in (self.defaults, *(p.settings for p in self.group_policies)):
             self._policy_from(entry)  # fail at start, not at the first sign-in
 
+    def set_policy(self, *, rules: Sequence[policy.DeviceRule], defaults: Mapping[str, Any] | None,
+                   group_policies: Sequence[GroupEntry]) -> None:
+        """Replace the [devices] rules, defaults and [[policy]] (a reload, ``ucgate.reload``):
+        validated first (ValueError), then swapped; decisions from then on use them."""
+        rules, defaults, group_policies = tuple(rules), dict(defaults or {}), tuple(group_policies)
+        for entry in (defaults, *(p.settings for p in group_policies)):
+            self._policy_from(entry)
+        self.rules, self.defaults, self.group_policies = rules, defaults, group_policies
+        self._rule_groups = frozenset(g for r in rules for g in r.groups)
+
     # --- policy ----------------------------------------------------------------------
     @staticmethod
     def _policy_from(settings: Mapping[str, Any]) -> policy.GroupPolicy:

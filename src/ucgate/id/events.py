@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import metrics
 from ..store.outbox import ChangeWatcher, EventRow, Outbox
 
 log = logging.getLogger("ucgate.id.events")
@@ -70,6 +71,11 @@ class CredentialRevoked:
 Event = UserBlocked | DeviceBlocked | CredentialRevoked
 KINDS: dict[type, str] = {UserBlocked: "user-blocked", DeviceBlocked: "device-blocked",
                           CredentialRevoked: "credential-revoked"}
+# Kinds with no Event class: "refresh what you read from the store", for row subscribers only
+# (``EventBus.subscribe_rows``); username "*". ``rules-changed``: the device rules or group
+# policies of the store changed (``ucgate.id.rules``); every DeviceService reloads them.
+RULES_CHANGED = "rules-changed"
+ROW_KINDS = frozenset({RULES_CHANGED})
 
 
 def event_fields(event: Event, *, actor: str | None = None) -> dict[str, Any]:
@@ -93,6 +99,8 @@ def event_of(row: EventRow) -> Event | None:
         return DeviceBlocked(row.username, row.device_id, row.reason)
     if row.kind == "credential-revoked" and row.credential:
         return CredentialRevoked(row.username, row.credential, row.reason)
+    if row.kind in ROW_KINDS:
+        return None  # known; only row subscribers act on it
     log.warning("skipping event %d of unknown kind %r (written by a newer ucgate?)", row.id, row.kind[:32])
     return None
 
@@ -102,7 +110,13 @@ def to_wire(row: EventRow) -> str:
     """The SSE ``data`` of a row."""
     return json.dumps({"user": row.username, "reason": row.reason, "device_id": row.device_id,
                        "credential": row.credential,
-                       "signed_in_before": row.signed_in_before.isoformat() if row.signed_in_before else None})
+                       "signed_in_before": row.signed_in_before.isoformat() if row.signed_in_before else None,
+                       "at": _aware(row.at).isoformat() if row.at else None})
+
+
+def _aware(at: dt.datetime) -> dt.datetime:
+    """A row's time as stored (SQLite gives it back naive; it is UTC)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=dt.timezone.utc)
 
 
 def from_wire(event_id: str | None, kind: str | None, data: str) -> EventRow:
@@ -115,12 +129,14 @@ def from_wire(event_id: str | None, kind: str | None, data: str) -> EventRow:
         when = dt.datetime.fromisoformat(before) if before else None
         if when is not None and when.tzinfo is None:
             raise ValueError("signed_in_before without a UTC offset")
-        for k in ("device_id", "credential", "reason"):
+        for k in ("device_id", "credential", "reason", "at"):
             if obj.get(k) is not None and not isinstance(obj[k], str):
                 raise ValueError(k)
+        # the row's time in the store (older id services send none: now); only for the lag metric
+        at = dt.datetime.fromisoformat(obj["at"]) if obj.get("at") else dt.datetime.now(dt.timezone.utc)
         return EventRow(
             id=int(event_id) if event_id and event_id.isdigit() else 0,
-            at=dt.datetime.now(dt.timezone.utc), kind=str(kind or "message")[:32],
+            at=_aware(at), kind=str(kind or "message")[:32],
             username=obj["user"][:256], reason=(obj.get("reason") or "blocked")[:128],
             device_id=obj.get("device_id") or None, credential=obj.get("credential") or None,
             signed_in_before=when,
@@ -138,6 +154,17 @@ class Pending:
         self.event = event
         self.fields = event_fields(event, actor=actor)
         self.id: int | None = None  # set by the store when the row is written
+
+
+class RowPending(Pending):
+    """A row of a :data:`ROW_KINDS` kind to write inside a change's transaction; after the
+    commit, :meth:`EventBus.committed` hands it to this process's row subscribers."""
+
+    def __init__(self, kind: str, reason: str, actor: str | None = None) -> None:
+        assert kind in ROW_KINDS, kind
+        self.event = None  # type: ignore[assignment]
+        self.fields = {"kind": kind, "username": "*", "reason": reason, "actor": actor}
+        self.id = None
 
 
 class EventBus:
@@ -176,7 +203,7 @@ class EventBus:
                 self._local[pending.id] = None
                 while len(self._local) > LOCAL_IDS_KEPT:
                     self._local.popitem(last=False)
-        self._deliver(row, pending.event)
+        self._deliver(row, pending.event, "local")
 
     def deliver_row(self, row: EventRow) -> None:
         """A row another process wrote (from the follower); rows this process wrote are skipped."""
@@ -184,9 +211,12 @@ class EventBus:
             if row.id in self._local:
                 del self._local[row.id]
                 return
-        self._deliver(row, event_of(row))
+        self._deliver(row, event_of(row), "store")
 
-    def _deliver(self, row: EventRow, event: Event | None) -> None:
+    def _deliver(self, row: EventRow, event: Event | None, via: str = "local") -> None:
+        """``via``: "local" (this process wrote the row), "store" (the follower read it): the
+        label of ucgate_event_propagation_seconds, the row's ``at`` to now."""
+        metrics.observe_event_lag(row.at, via)
         for rcb in self._row_subscribers:
             try:
                 rcb(row)

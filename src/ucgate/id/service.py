@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import metrics
 from ..policy.account import check_sign_in
 from ..policy.lockout import BudgetDecision, Outcome, Reservation
 from ..policy.twofactor import Mode
@@ -185,6 +186,7 @@ class IdService:
         with self._lock:  # the in-memory budget is not thread-safe; the store one is atomic
             r = self.budget.reserve(who.key, ctx.client_ip, self.clock())
         if isinstance(r, BudgetDecision):
+            metrics.count_throttle(r.reason)  # ucgate_budget_throttles_total
             return Verdict(False, "throttled", retry_after=max(r.retry_after, 1.0))
         return r
 
@@ -194,6 +196,7 @@ class IdService:
                 self.budget.settle(reservation, _outcome(verdict), self.clock())
 
     def _audit(self, user: str, ctx: AttemptContext, verdict: Verdict) -> None:
+        metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)  # ucgate_id_sign_ins_total
         self.audit.record(
             "sign-in",
             actor=user,

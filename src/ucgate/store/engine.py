@@ -45,14 +45,20 @@ def make_engine(url: str) -> Engine:
     Raises:
         StoreError: for an unsupported URL.
     """
+    from ..metrics import instrument_engine  # ucgate_store_statement_seconds
+
     u = make_url(url)
     backend = u.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(url)
+        engine = _sqlite_engine(url)
+        instrument_engine(engine)
+        return engine
     if backend == "postgresql":
         if u.get_driver_name() not in ("psycopg",):
             raise StoreError(f"use postgresql+psycopg://... (psycopg 3), got {u.drivername!r}")
-        return create_engine(u, pool_pre_ping=True, future=True)
+        engine = create_engine(u, pool_pre_ping=True, future=True)
+        instrument_engine(engine)
+        return engine
     raise StoreError(f"unsupported database URL {u.render_as_string(hide_password=True)!r}; "
                      "expected sqlite:///path or postgresql+psycopg://user@host/db")
 

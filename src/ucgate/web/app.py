@@ -90,11 +90,17 @@ def web_server(config: Any, app: Any):
     return uvicorn.Server(uvicorn.Config(
         app, host=w.listen_host, port=w.listen_port, ssl_certfile=str(cert), ssl_keyfile=str(key),
         log_level=config.log_level, lifespan="off", access_log=False, server_header=False,
-        proxy_headers=False, timeout_graceful_shutdown=2))
+        proxy_headers=False, timeout_graceful_shutdown=2,
+        **({"log_config": None} if getattr(config, "log_format", "text") == "json" else {})))
 
 
 def node_web_server(config: Any, ids: Any, *, devices: Any = None, live_users: Any = None,
                     readiness: Any = None):
-    """The web app of ``ucgate serve`` (in-process id service) on its own [web] listener."""
-    return web_server(config, create_web_app(make_context(ids, config=config, devices=devices,
-                                                          live_users=live_users), readiness=readiness))
+    """The web app of ``ucgate serve`` (in-process id service) on its own [web] listener, with
+    request ids and ``/metrics`` (``ucgate.id.observe``)."""
+    from ..id.observe import observe_app
+
+    app = create_web_app(make_context(ids, config=config, devices=devices, live_users=live_users),
+                         readiness=readiness)
+    observe_app(app, config.metrics)
+    return web_server(config, app)
