@@ -12,7 +12,12 @@ from spnego.channel_bindings import GssChannelBindings
 from ucgate.protocols import ntlm, sipauth
 from ucgate.protocols.ntlm import Identity, NegotiateFlags
 from ucgate.protocols.sip import SipError, parse_message, parse_sip_uri
-from ucgate.protocols.sipauth import auth_fields, check_ntlm_user, ntlm_identity, parse_auth
+from ucgate.protocols.sipauth import (
+    auth_fields,
+    check_ntlm_user,
+    ntlm_identity,
+    parse_auth,
+)
 
 from .test_ntlm import TLS_BINDING, make_acceptor
 from .test_sip import PRES_488, SIPAE_41_CHALLENGE, edited
