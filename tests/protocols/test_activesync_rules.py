@@ -374,3 +374,34 @@ def test_error_type():
     assert (str(e), e.reason, e.message) == ("bad-user", "bad-user", "")
     e = EasRequestError("bad-user", "why")
     assert (str(e), e.reason, e.message) == ("bad-user: why", "bad-user", "why")
+
+
+# --- found by mutation testing ------------------------------------------------------------------
+
+
+def test_plain_form_decided_by_an_inner_equals_sign():
+    for query in ("a=b=", "a=b==", "ab=c%3D", "a=b%3D", "a=b%3d%3D", "x=1=%3D="):
+        assert activesync._is_plain(query), query
+    for query in ("ab=", "ab==", "ab%3D", "ab%3D%3D", "ab%3d="):
+        assert not activesync._is_plain(query), query
+
+
+def test_base64_with_one_padding_character():
+    q = encode_base64_query(command="Ping", device_id="Dev1", device_type="T12")
+    assert q.endswith("=") and not q.endswith("==")
+    unpadded = q.rstrip("=")
+    assert len(unpadded) % 4 == 3
+    assert parse_eas_request(f"{PATH}?{unpadded}", {}).device_type == "T12"
+
+
+def test_base64_padding_that_cannot_be_completed():
+    for query in ("jAAJB==", "j==", "jAA=", "jAAJBA=="):
+        r = reason(f"{PATH}?{query}")
+        assert r in ("bad-base64", "truncated"), (query, r)
+    assert reason(f"{PATH}?jAAJB==") == "bad-base64"
+    assert reason(f"{PATH}?j==") == "bad-base64"
+
+
+def test_plain_values_may_contain_equals_signs_and_lower_case_escapes():
+    r = plain(BASE + "&ItemId=a=b&LongId=5%3a12%2f3")
+    assert r.parameters["ItemId"] == "a=b" and r.parameters["LongId"] == "5:12/3"
