@@ -296,3 +296,11 @@ def test_second_factor_not_possible(kw, expected):
     assert full(run(possible=False, **kw)) == expected
     if expected[1].endswith("approval-required"):
         assert run(possible=True, **kw).outcome == "challenge"
+
+
+def test_certprov_refusals_keep_the_rule_name():
+    d = run(rules=(DeviceRule(A, name="phones"),), service="certprov", pol=GroupPolicy(certprov="deny"),
+            second_factor_ok=True)
+    assert full(d) == ("deny", "certprov-denied-by-policy", A, False, NOW + 24 * H, "phones")
+    d = run(rules=(DeviceRule(Q, name="wait"),), service="certprov")
+    assert full(d) == ("deny", "certprov-not-trusted", Q, False, None, "wait")

@@ -149,3 +149,10 @@ def test_candidates_order_and_limit():
     assert len(appended_candidates(many, WINDOW)) == MAX_NTLM_CANDIDATES == 32
     assert appended_candidates([], WINDOW) == [] and appended_candidates(spellings, []) == []
     assert appended_candidates([("a", "only")], [(5, "123456")]) == [("a@5", "only123456")]
+
+
+def test_split_recovery_counts_every_letter():
+    # only "-" and " " are separators: upper-case letters (X included) are symbols
+    assert split_recovery("asp" + "abcdefghjkmX") == ("asp", "abcdefghjkmX")
+    assert split_recovery("ASPX-ABCD-EFGH-JKMN") == ("ASPX", "ABCD-EFGH-JKMN")
+    assert split_recovery("k7mqXX abcd efgh jkmn") == ("k7mqXX", "abcd efgh jkmn")
