@@ -21,10 +21,15 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+import prometheus_client
+from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-__all__ = ["CONTENT_TYPE_LATEST", "render", "allowed_scraper"]
+if hasattr(prometheus_client, "disable_created_metrics"):  # no *_created series beside each counter
+    prometheus_client.disable_created_metrics()
+
+# The classic text format, which generate_latest writes (newer clients call it 1.0.0, same text)
+CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 # --- closed label sets ---------------------------------------------------------------------
 STATUS_CODES = frozenset({

@@ -613,7 +613,9 @@ class Gateway:
         log.log(logging.WARNING if identity else logging.INFO,
                 "dropped client header(s) from %s: reason=client-header-dropped names=%s method=%s target=%s",
                 conn.peer_host, ",".join(n.decode("ascii", "replace") for n in dropped),
-                req.method.decode("ascii", "replace"), req.target[:200].decode("ascii", "replace"))
+                req.method.decode("ascii", "replace"), req.target[:200].decode("ascii", "replace"),
+                extra={"request_id": conn.request_id.decode(), "client": conn.peer_host,
+                       "reason": "client-header-dropped"})
 
     def _is_trusted_proxy(self, host: str) -> bool:
         try:
