@@ -316,6 +316,9 @@ def test_ip_throttle_reason_and_retry_after():
     d = b.check("someone", ATTACKER, T0 + 10)
     assert (d.allowed, d.reason) == (False, "ip-throttled")
     assert d.retry_after == pytest.approx(90.0, abs=1e-3)
+    d = b.check("someone", ATTACKER, T0 + 99.5)  # under a second to go is still a refusal
+    assert (d.allowed, d.reason) == (False, "ip-throttled")
+    assert d.retry_after == pytest.approx(0.5, abs=1e-3)
     assert b.check("someone", ATTACKER, T0 + 100.001).allowed
     assert b.check("someone", ELSEWHERE, T0 + 10).allowed
 
