@@ -19,7 +19,10 @@ What is decoded:
   authenticator etype; AP-REP (§5.5.2) and KRB-ERROR (§5.9.1) briefly (etype; error code,
   realm, sname, e-text), as they come back in a NegTokenResp;
 * Basic (RFC 7617): the user name, and the password's *length*;
-* Bearer (RFC 6750): the token's kind (SfB web ticket ``cwt=``, JWT, opaque) and length.
+* Bearer (RFC 6750): the token's kind (SfB web ticket ``cwt=``, JWT, opaque) and length;
+* SIP's MS-SIPAE fields (``NTLM|Kerberos|TLS-DSK realm=..., targetname=...``, through
+  :func:`ucgate.protocols.sipauth.parse_auth`): realm, targetname, version, opaque, qop,
+  crand/cnum, srand/snum, sts-uri, the signatures by length only, gssapi-data decoded as above.
 
 What is never in the output: passwords, NT/LM responses and NTProofStr, MICs and
 mechListMICs, session keys, server and client challenges, Kerberos cipher texts, bearer tokens,
@@ -40,12 +43,13 @@ import base64
 import binascii
 import datetime as _dt
 import json
+import re
 import struct
 import textwrap
 import unicodedata
 from typing import Any
 
-from . import ntlm, spnego
+from . import ntlm, sipauth, spnego
 from .ntlm import AvFlags, AvId, NegotiateFlags, NtlmError
 
 # _read_tlv is SPNEGO's DER reader: single-byte tags, minimal definite lengths, bounded by the
@@ -79,7 +83,10 @@ _MAX_INTEGER_BYTES = 8
 
 SCHEMES = {"ntlm": "NTLM", "negotiate": "Negotiate", "kerberos": "Kerberos", "basic": "Basic",
            "bearer": "Bearer"}
-_HEADER_NAMES = ("authorization:", "proxy-authorization:", "www-authenticate:", "proxy-authenticate:")
+_HEADER_NAMES = ("authorization:", "proxy-authorization:", "www-authenticate:", "proxy-authenticate:",
+                 "authentication-info:", "proxy-authentication-info:")
+# An MS-SIPAE field: a scheme, then ``name=value`` (base64 ends in "=" or "==", never "=x").
+_SIPAE_RE = re.compile(r"(?i)(?:ntlm|kerberos|tls-dsk)[ \t]+[A-Za-z0-9\-]+[ \t]*=[ \t]*[^=\s]")
 
 MECH_NAMES = {
     spnego.NTLM_OID: "NTLM",
@@ -168,12 +175,16 @@ def decode_header(value: str | bytes) -> dict[str, Any]:
     if len(value) > MAX_HEADER_SIZE:
         raise DecodeError("too-large", f"header value is {len(value)} characters, limit {MAX_HEADER_SIZE}")
     text = value.strip()
+    field = None
     for name in _HEADER_NAMES:
         if text[: len(name)].lower() == name:
             text = text[len(name):].strip()
+            field = name[:-1]
             break
     if not text:
         raise DecodeError("empty", "nothing to decode")
+    if _SIPAE_RE.match(text):
+        return _sipae(text, field)
     word, _, param = text.partition(" ")
     scheme = SCHEMES.get(word.lower())
     if scheme is None:
@@ -239,7 +250,7 @@ def summary(decoded: dict[str, Any]) -> str:
     while isinstance(message, dict):
         kinds.append(str(message.get("kind")))
         innermost = message
-        message = message.get("mech_token") or message.get("response_token")
+        message = message.get("mech_token") or message.get("response_token") or message.get("gssapi_data")
     parts.append(("message", " > ".join(kinds)))
     for key in ("user", "domain", "workstation", "error_code"):
         if innermost.get(key) is not None:
@@ -707,3 +718,39 @@ def _bearer(token: str) -> dict[str, Any]:
     else:
         kind = "opaque"
     return {"kind": f"Bearer token: {kind}", "length": len(token)}
+
+
+# --- MS-SIPAE (SIP) -----------------------------------------------------------------------------
+
+
+def _sipae(text: str, field: str | None) -> dict[str, Any]:
+    """An MS-SIPAE field value: its parameters; signatures by length, gssapi-data decoded."""
+    kinds = [sipauth.AUTH_FIELD_KINDS[field]] if field in sipauth.AUTH_FIELD_KINDS else ["credentials", "info", "challenge"]
+    errors = []
+    for kind in kinds:
+        try:
+            auth = sipauth.parse_auth(text, kind)
+            break
+        except sipauth.SipError as exc:
+            errors.append(exc.reason)
+    else:
+        raise DecodeError("malformed", f"MS-SIPAE field: {errors[0]}")
+    out: dict[str, Any] = {"kind": f"MS-SIPAE {auth.scheme} {auth.kind}"}
+    for name in ("realm", "targetname", "version", "opaque", "qop", "sts_uri", "crand", "cnum", "srand", "snum"):
+        value = getattr(auth, name)
+        if value is not None:
+            out[name] = _text(value) if isinstance(value, str) else value
+    for name in ("response", "rspauth"):
+        if getattr(auth, name) is not None:
+            out[name] = f"present ({len(getattr(auth, name))} hex digits)"
+    if auth.other:
+        out["other_params"] = [_text(n) for n in auth.other]
+    if auth.gssapi_data is not None:
+        token = auth.gssapi_data
+        if not token:
+            out["gssapi_data"] = {"kind": "empty"}
+        elif auth.scheme == "TLS-DSK" and token[0] in (0x14, 0x15, 0x16, 0x17):
+            out["gssapi_data"] = {"kind": "TLS records", "length": len(token)}  # TLS-DSK's handshake
+        else:
+            out["gssapi_data"] = _inner(token)
+    return {"scheme": auth.scheme, "length": len(auth.gssapi_data or b""), "message": out}
