@@ -548,9 +548,9 @@ class Gateway:
         """Answer without forwarding. Keep the connection when the request body, if any, can be
         read and dropped cheaply (NTLM's handshake needs the same connection)."""
         log.info(
-            "refused request from %s: status=%d reason=%s service=%s method=%s path=%s",
+            "refused request from %s: status=%d reason=%s service=%s method=%s path=%s request_id=%s",
             conn.peer_host, status, reason, service.name if service else "-", req.method.decode(), path,
-            extra={"reason": reason},
+            conn.request_id.decode(), extra={"reason": reason},
         )
         metrics.count_request(service.name if service else None, status)
         keep = req.keep_alive and not close
