@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,7 @@ from ..policy.twofactor import Mode
 from ..protocols.devices import DeviceFacts
 from ..store.partnerships import PartnershipRecord, PartnershipStore, device_key
 from ..store.repository import DuplicateError
-from .events import DeviceBlocked, Pending
+from .events import RULES_CHANGED, DeviceBlocked, Pending
 from .notify import DeviceNotice, Notifier, NullNotifier
 
 log = logging.getLogger("ucgate.id.devices")
@@ -136,7 +137,13 @@ class DeviceService:
         notifier: Notifier | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
         second_factor_available: Callable[[str], bool] | None = None,
+        rule_store: Any = None,
     ) -> None:
+        # the store's rules and group policies (ucgate.id.rules), after the file's
+        self.rule_store = rule_store
+        self._store_rules: tuple[policy.DeviceRule, ...] = ()
+        self._store_policies: tuple[GroupEntry, ...] = ()
+        self._reload_after: float | None = None  # a failed reload is retried from then on
         self.second_factor_available = second_factor_available or (lambda user: True)
         self.store = store
         self.audit = audit
@@ -152,6 +159,80 @@ class DeviceService:
         self._rule_groups = frozenset(g for r in self.rules for g in r.groups)
         for entry in (self.defaults, *(p.settings for p in self.group_policies)):
             self._policy_from(entry)  # fail at start, not at the first sign-in
+        if rule_store is not None:
+            self.reload_store_rules()
+
+    # --- the rules in force: the configuration file's, then the store's (ucgate.id.rules) ----
+    @property
+    def rules(self) -> tuple[policy.DeviceRule, ...]:
+        return self._file_rules + self._store_rules
+
+    @rules.setter
+    def rules(self, value: Sequence[policy.DeviceRule]) -> None:
+        """Sets the configuration file's rules (the store's stay)."""
+        self._file_rules = tuple(value)
+
+    @property
+    def group_policies(self) -> tuple[GroupEntry, ...]:
+        return self._file_policies + self._store_policies
+
+    @group_policies.setter
+    def group_policies(self, value: Sequence[GroupEntry]) -> None:
+        """Sets the configuration file's [[policy]] entries (the store's stay)."""
+        self._file_policies = tuple(value)
+
+    @property
+    def file_rules(self) -> tuple[policy.DeviceRule, ...]:
+        return self._file_rules
+
+    @property
+    def file_policies(self) -> tuple[GroupEntry, ...]:
+        return self._file_policies
+
+    @property
+    def _rule_groups(self) -> frozenset[str]:
+        return frozenset(g for r in self.rules for g in r.groups)
+
+    @_rule_groups.setter
+    def _rule_groups(self, value: frozenset[str]) -> None:
+        pass  # derived from the rules in force
+
+    def reload_store_rules(self) -> bool:
+        """Read the store's rules and group policies again (a ``rules-changed`` event, start).
+        A row this version cannot apply is skipped with an error in the log; the store down:
+        the lists in force stay, and the next decision tries again (at most once a second)."""
+        from .rules import device_rule, group_entry
+
+        if self.rule_store is None:
+            return True
+        try:
+            stored_rules, stored_policies = self.rule_store.rules(), self.rule_store.policies()
+        except Exception as e:  # noqa: BLE001 - the store is down: keep what is in force
+            log.error("device rules: cannot read the store's rules (%s); the rules in force stay "
+                      "until it answers", type(e).__name__)
+            self._reload_after = time.monotonic() + 1.0
+            return False
+        rules, policies = [], []
+        for r in stored_rules:
+            try:
+                rules.append(device_rule(r))
+            except ValueError as e:
+                log.error("device rule %d (%s) in the store is skipped: %s", r.id, r.name, e)
+        for p in stored_policies:
+            try:
+                policies.append(group_entry(p))
+            except (ValueError, TypeError) as e:
+                log.error("group policy %d (%s) in the store is skipped: %s", p.id, p.name, e)
+        self._store_rules, self._store_policies = tuple(rules), tuple(policies)
+        self._reload_after = None
+        log.info("device rules: %d from the configuration, %d from the store; group policies: %d + %d",
+                 len(self._file_rules), len(rules), len(self._file_policies), len(policies))
+        return True
+
+    def on_event_row(self, row: Any) -> None:
+        """``EventBus.subscribe_rows``: reload on ``rules-changed``."""
+        if row.kind == RULES_CHANGED:
+            self.reload_store_rules()
 
     def set_policy(self, *, rules: Sequence[policy.DeviceRule], defaults: Mapping[str, Any] | None,
                    group_policies: Sequence[GroupEntry]) -> None:
@@ -178,6 +259,8 @@ class DeviceService:
     def check(self, user: str, facts: DeviceFacts, *, service: str, second_factor_ok: bool = False,
               credential_id: str | None = None, client_address: str | None = None) -> DeviceCheck:
         now = self.clock()
+        if self._reload_after is not None and time.monotonic() >= self._reload_after:
+            self.reload_store_rules()  # the last reload failed: the store's rules may be stale
         refusal = self._who_checks(user, facts, credential_id)
         if refusal is not None:
             self._audit(user, facts, service, client_address, refusal, "")
@@ -423,8 +506,14 @@ def open_device_service(config: Any, ids: Any, *, clock: Callable[[], dt.datetim
                 du = None
         return second.mode(user, du) is Mode.OTP_APPENDED and second.otp.is_enrolled(user)
 
+    from ..store.rules import RuleStore
+
     store = PartnershipStore(ids.components.repo.engine)
-    return DeviceService(store, ids.audit, ids.bus, rules=dc.rules, defaults=dc.defaults,
-                         group_policies=dc.policies, is_member=is_member, user_aliases=aliases,
-                         asp_device=asp_device, notifier=MultiNotifier(notifiers), clock=clock,
-                         second_factor_available=second_factor_available)
+    svc = DeviceService(store, ids.audit, ids.bus, rules=dc.rules, defaults=dc.defaults,
+                        group_policies=dc.policies, is_member=is_member, user_aliases=aliases,
+                        asp_device=asp_device, notifier=MultiNotifier(notifiers), clock=clock,
+                        second_factor_available=second_factor_available,
+                        rule_store=RuleStore(ids.components.repo.engine))
+    # a rules-changed row (this process, or any other through the event follower): reload
+    ids.bus.subscribe_rows(svc.on_event_row)
+    return svc

@@ -210,7 +210,7 @@ vault_secrets = Table(
 # The event outbox: every change that can cut someone off is a row here, written in the same
 # transaction as the change (ucgate.store.outbox). Readers follow ``id``; NOTIFY (PostgreSQL) or
 # ``PRAGMA data_version`` (SQLite) only wakes them: the table is the truth.
-EVENT_KINDS = ("user-blocked", "device-blocked", "credential-revoked")
+EVENT_KINDS = ("user-blocked", "device-blocked", "credential-revoked", "rules-changed")
 
 events = Table(
     "events",
@@ -258,4 +258,45 @@ live_sessions = Table(
     Column("signed_in_at", UtcDateTime(), nullable=False),
     Column("reported_at", Float(precision=53), nullable=False),
     Index(None, "reported_at"),
+)
+
+# --- device rules and group policies, editable (migration 0006) -------------------------------
+# Besides [[devices.rules]] and [[policy]] of the configuration file, which come first, in the
+# file's order: these, in ``position`` order, edited from the admin UI, the REST API and the CLI
+# (ucgate.store.rules). Each change writes a "rules-changed" event in its transaction, so every
+# process reloads them (ucgate.id.devices).
+DEVICE_RULE_ACTIONS = ("allowed", "quarantined", "blocked")
+
+device_rules = Table(
+    "device_rules",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("position", Integer(), nullable=False),  # 1..n, no gaps (rewritten on every change)
+    Column("name", String(128), nullable=False),
+    Column("action", String(16), nullable=False),
+    # globs (ucgate.policy.devices.DeviceRule); NULL matches anything
+    Column("device_type", String(256), nullable=True),
+    Column("model", String(256), nullable=True),
+    Column("os", String(256), nullable=True),
+    Column("user_agent", String(256), nullable=True),
+    Column("client_kind", String(256), nullable=True),
+    Column("groups", JSON(), nullable=False),  # a list of group names or DNs; [] = every user
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("created_by", String(256), nullable=False),  # "cli:root", "web:alice", "api:<token>"
+    CheckConstraint("action IN ('allowed', 'quarantined', 'blocked')", name="action"),
+    Index(None, "position"),
+)
+
+group_policies = Table(
+    "group_policies",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("position", Integer(), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("group_name", String(1024), nullable=False),  # a group name or DN ("group" is reserved)
+    # keys of ucgate.id.devices.DEVICE_POLICY_KEYS
+    Column("settings", JSON(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Index(None, "position"),
 )

@@ -25,6 +25,12 @@ def _actor(s) -> str:
     return f"web:{s.user}"
 
 
+def _int(text: str) -> int | str:
+    """A form's number, or the text itself (the service then names the field)."""
+    t = text.strip()
+    return int(t) if t.isdigit() and len(t) < 10 else t
+
+
 def routes(ctx: WebContext) -> list[Route]:
     c = ctx.console
 
@@ -89,10 +95,74 @@ def routes(ctx: WebContext) -> list[Route]:
         s.flash.append(("ok", f"{action}: device {rec.device_id} of {rec.username} — done"))
         return redirect(ctx, "/admin/devices", s)
 
-    async def rules(request: Request, s, form) -> Response:
+    async def rules(request: Request, s, form, status: int = 200, errors: dict | None = None,
+                    values: dict | None = None) -> Response:
         r = c.rules()
-        return render(ctx, request, s, "admin/rules.html", title="Rules", r=r,
-                      pretty=json.dumps(r, indent=2, default=str))
+        return render(ctx, request, s, "admin/rules.html", status, title="Rules", r=r,
+                      pretty=json.dumps(r, indent=2, default=str), errors=errors or {},
+                      v=values or {}, actions=("allowed", "quarantined", "blocked"))
+
+    def _rule_form(form: dict) -> dict:
+        data: dict = {k: form.get(k, "").strip() for k in
+                      ("name", "action", "device_type", "model", "os", "user_agent", "client_kind")}
+        data["groups"] = [g.strip() for g in form.get("groups", "").split(",") if g.strip()]
+        if form.get("position", "").strip():
+            data["position"] = _int(form["position"])
+        return data
+
+    def _policy_form(form: dict) -> dict:
+        settings: dict = {}
+        for key in ("default_action", "problem_action", "certprov"):
+            if form.get(key):
+                settings[key] = form[key]
+        if form.get("max_devices", "").strip():
+            settings["max_devices"] = _int(form["max_devices"])
+        if form.get("trust_lifetime_hours", "").strip():
+            try:
+                settings["trust_lifetime_hours"] = float(form["trust_lifetime_hours"])
+            except ValueError:
+                settings["trust_lifetime_hours"] = form["trust_lifetime_hours"]
+        if form.get("require_second_factor") in ("yes", "no"):
+            settings["require_second_factor"] = form["require_second_factor"] == "yes"
+        data: dict = {"group": form.get("group", "").strip(), "name": form.get("name", "").strip(),
+                      "settings": settings}
+        if form.get("position", "").strip():
+            data["position"] = _int(form["position"])
+        return data
+
+    def rule_change(kind: str):
+        async def handler(request: Request, s, form) -> Response:
+            return await _rule_change(kind, request, s, form)
+        return handler
+
+    async def _rule_change(kind: str, request: Request, s, form) -> Response:
+        """POST /admin/rules/add | /admin/rules/{id}/delete | /admin/rules/{id}/move, and the
+        same under /admin/policies: the store's lists (the file's are read-only)."""
+        op = request.path_params["op"]
+        item = request.path_params.get("id")
+        what = "rule" if kind == "rules" else "policy"
+        try:
+            if op == "add" and item is None:
+                data = _rule_form(form) if kind == "rules" else _policy_form(form)
+                rec = (c.add_rule if kind == "rules" else c.add_policy)(data, actor=_actor(s))
+                msg = f"added {what} “{rec['name']}” at position {rec['position']}"
+            elif op == "delete" and item is not None:
+                (c.delete_rule if kind == "rules" else c.delete_policy)(item, actor=_actor(s))
+                msg = f"deleted {what} {item}"
+            elif op == "move" and item is not None:
+                rec = (c.move_rule if kind == "rules" else c.move_policy)(item, _int(form.get("position", "")),
+                                                                        actor=_actor(s))
+                msg = f"moved {what} “{rec['name']}” to position {rec['position']}"
+            else:
+                return render(ctx, request, s, "error.html", 404, title="Not found", message="no such operation")
+        except FieldError as e:
+            prefix = "" if kind == "rules" else "p-"
+            return await rules(request, s, form, 400, {prefix + e.field.removeprefix("settings."): e.message},
+                               {"kind": kind, **form})
+        except NotFound as e:
+            return render(ctx, request, s, "error.html", 404, title="Not found", message=str(e))
+        s.flash.append(("ok", f"{msg} — in force on every node within a second"))
+        return redirect(ctx, "/admin/rules", s)
 
     async def audit(request: Request, s, form) -> Response:
         qp = request.query_params
@@ -131,6 +201,8 @@ def routes(ctx: WebContext) -> list[Route]:
         Route("/devices", page(ctx, "admin", "view", devices)),
         Route("/devices/{id:int}/{action}", page(ctx, "admin", "devices", device_confirm), methods=["GET", "POST"]),
         Route("/rules", page(ctx, "admin", "view", rules)),
+        *(Route(path, page(ctx, "admin", "policy", rule_change(kind)), methods=["POST"])
+          for kind in ("rules", "policies") for path in (f"/{kind}/{{op:str}}", f"/{kind}/{{id:int}}/{{op:str}}")),
         Route("/audit", page(ctx, "admin", "view", audit)),
         Route("/settings", page(ctx, "admin", "settings", settings)),
     ]

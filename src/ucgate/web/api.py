@@ -149,6 +149,31 @@ def routes(ctx: WebContext) -> list[Route]:
     async def rules(request: Request) -> Response:
         return JSONResponse(c.rules())
 
+    async def rule_add(request: Request) -> Response:
+        return JSONResponse(c.add_rule(await _body(request), actor=request.state.actor), status_code=201)
+
+    async def rule_delete(request: Request) -> Response:
+        c.delete_rule(request.path_params["id"], actor=request.state.actor)
+        return Response(status_code=204)
+
+    async def rule_move(request: Request) -> Response:
+        obj = await _body(request)
+        return JSONResponse(c.move_rule(request.path_params["id"], obj.get("position"), actor=request.state.actor))
+
+    async def policies(request: Request) -> Response:
+        return JSONResponse(c.rules()["group_policies"])
+
+    async def policy_add(request: Request) -> Response:
+        return JSONResponse(c.add_policy(await _body(request), actor=request.state.actor), status_code=201)
+
+    async def policy_delete(request: Request) -> Response:
+        c.delete_policy(request.path_params["id"], actor=request.state.actor)
+        return Response(status_code=204)
+
+    async def policy_move(request: Request) -> Response:
+        obj = await _body(request)
+        return JSONResponse(c.move_policy(request.path_params["id"], obj.get("position"), actor=request.state.actor))
+
     async def settings(request: Request) -> Response:
         return JSONResponse(c.settings())
 
@@ -170,6 +195,13 @@ def routes(ctx: WebContext) -> list[Route]:
         Route("/devices/{id:int}/{action}", endpoint("devices", device_action), methods=["POST"]),
         Route("/audit", endpoint("view", audit)),
         Route("/rules", endpoint("view", rules)),
+        Route("/rules", endpoint("policy", rule_add), methods=["POST"]),
+        Route("/rules/{id:int}", endpoint("policy", rule_delete), methods=["DELETE"]),
+        Route("/rules/{id:int}/move", endpoint("policy", rule_move), methods=["POST"]),
+        Route("/policies", endpoint("view", policies)),
+        Route("/policies", endpoint("policy", policy_add), methods=["POST"]),
+        Route("/policies/{id:int}", endpoint("policy", policy_delete), methods=["DELETE"]),
+        Route("/policies/{id:int}/move", endpoint("policy", policy_move), methods=["POST"]),
         Route("/settings", endpoint("settings", settings)),
         Route("/openapi.json", endpoint(None, openapi)),
     ]
@@ -198,6 +230,24 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer
 _Q = lambda n, **s: {"name": n, "in": "query", "required": False, "schema": {"type": "string", **s}}  # noqa: E731
 _OBJ = {"type": "object"}
 _DEV = {"$ref": "#/components/schemas/Device"}
+_RULE = {"$ref": "#/components/schemas/Rule"}
+_POLICY = {"$ref": "#/components/schemas/Policy"}
+_MOVE = {"type": "object", "required": ["position"], "properties": {
+    "position": {"type": "integer", "minimum": 1, "description": "1: first of the store's list"}}}
+_GLOB = {"type": "string", "maxLength": 256, "description": "a glob, case-insensitive"}
+_RULE_FIELDS = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 128},
+    "action": {"type": "string", "enum": ["allowed", "quarantined", "blocked"]},
+    "device_type": _GLOB, "model": _GLOB, "os": _GLOB, "user_agent": _GLOB, "client_kind": _GLOB,
+    "groups": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 1024}},
+}
+_POLICY_SETTINGS = {"type": "object", "properties": {
+    "max_devices": {"type": "integer", "minimum": 0},
+    "trust_lifetime_hours": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+    "certprov": {"type": "string", "enum": ["allowed-only", "deny"]},
+    "default_action": {"type": "string", "enum": ["allowed", "quarantined", "blocked"]},
+    "problem_action": {"type": "string", "enum": ["allowed", "quarantined", "blocked"]},
+    "require_second_factor": {"type": "boolean"}}}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -253,7 +303,32 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "Events, newest first", "content": {
                 "application/json": {"schema": {"type": "array", "items": _OBJ}},
                 "text/csv": {"schema": {"type": "string"}}}}, **_errs(400, 401, 403)}}},
-        "/api/v1/rules": {"get": {"operationId": "rules", "responses": {**_ok(_OBJ), **_errs(401, 403)}}},
+        "/api/v1/rules": {
+            "get": {"operationId": "rules", "summary": "Device rules and group policies in force: the "
+                    "configuration file's (source file, read-only) first, then the store's",
+                    "responses": {**_ok({"$ref": "#/components/schemas/Rules"}), **_errs(401, 403)}},
+            "post": {"operationId": "addRule", "summary": "Add a device rule to the store's list; in force "
+                     "on every node within a second",
+                     "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/NewRule"})},
+                     "responses": {**_ok(_RULE, "Created", "201"), **_errs(400, 401, 403)}}},
+        "/api/v1/rules/{id}": {"delete": {
+            "operationId": "deleteRule", "parameters": [_ID],
+            "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)}}},
+        "/api/v1/rules/{id}/move": {"post": {
+            "operationId": "moveRule", "parameters": [_ID], "requestBody": {"required": True, "content": _json(_MOVE)},
+            "responses": {**_ok(_RULE), **_errs(400, 401, 403, 404)}}},
+        "/api/v1/policies": {
+            "get": {"operationId": "policies", "summary": "Group policies, the file's first, then the store's",
+                    "responses": {**_ok({"type": "array", "items": _POLICY}), **_errs(401, 403)}},
+            "post": {"operationId": "addPolicy", "summary": "Add a group policy to the store's list",
+                     "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/NewPolicy"})},
+                     "responses": {**_ok(_POLICY, "Created", "201"), **_errs(400, 401, 403)}}},
+        "/api/v1/policies/{id}": {"delete": {
+            "operationId": "deletePolicy", "parameters": [_ID],
+            "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)}}},
+        "/api/v1/policies/{id}/move": {"post": {
+            "operationId": "movePolicy", "parameters": [_ID], "requestBody": {"required": True, "content": _json(_MOVE)},
+            "responses": {**_ok(_POLICY), **_errs(400, 401, 403, 404)}}},
         "/api/v1/settings": {"get": {"operationId": "settings", "summary": "Effective configuration, secrets masked",
                                      "responses": {**_ok(_OBJ), **_errs(401, 403)}}},
         "/api/v1/openapi.json": {"get": {"operationId": "openapi", "security": [],
@@ -266,6 +341,25 @@ OPENAPI: dict[str, Any] = {
                 "id": {"type": "integer"}, "username": {"type": "string"}, "device_id": {"type": "string"},
                 "state": {"type": "string", "enum": list(DEVICE_STATES)}, "client_kind": {"type": "string"},
                 "wipe_pending": {"type": "boolean"}}},
+            "Rule": {"type": "object", "required": ["source", "id", "position", "name", "action"], "properties": {
+                "source": {"type": "string", "enum": ["file", "store"]},
+                "id": {"type": "integer", "nullable": True, "description": "null for the file's rules"},
+                "position": {"type": "integer"}, **_RULE_FIELDS}},
+            "NewRule": {"type": "object", "required": ["name", "action"], "additionalProperties": False,
+                        "properties": {**_RULE_FIELDS, "position": {"type": "integer", "minimum": 1}}},
+            "Policy": {"type": "object", "required": ["source", "id", "position", "group", "settings"], "properties": {
+                "source": {"type": "string", "enum": ["file", "store"]},
+                "id": {"type": "integer", "nullable": True}, "position": {"type": "integer"},
+                "name": {"type": "string"}, "group": {"type": "string"}, "settings": _POLICY_SETTINGS}},
+            "NewPolicy": {"type": "object", "required": ["group", "settings"], "additionalProperties": False,
+                          "properties": {"group": {"type": "string", "minLength": 1, "maxLength": 1024},
+                                         "name": {"type": "string", "maxLength": 128},
+                                         "settings": _POLICY_SETTINGS,
+                                         "position": {"type": "integer", "minimum": 1}}},
+            "Rules": {"type": "object", "properties": {
+                "device_rules": {"type": "array", "items": _RULE},
+                "group_policies": {"type": "array", "items": _POLICY},
+                "defaults": _OBJ, "two_factor": {"type": "object", "nullable": True}}},
             "NewAsp": {"type": "object", "required": ["id", "password"], "properties": {
                 "id": {"type": "string"}, "label": {"type": "string"}, "password": {"type": "string"}}},
             "Error": {"type": "object", "required": ["error", "message"], "properties": {

@@ -28,7 +28,8 @@ log = logging.getLogger("ucgate.web")
 HERE = Path(__file__).parent
 MAX_FORM = 16 * 1024
 PERMISSIONS = {
-    "admin": frozenset({"view", "devices", "users", "settings"}),
+    # "policy": edit the store's device rules and group policies (ucgate.id.rules)
+    "admin": frozenset({"view", "devices", "users", "settings", "policy"}),
     "helpdesk": frozenset({"view", "devices", "users"}),
     "auditor": frozenset({"view", "settings"}),
     "user": frozenset(),

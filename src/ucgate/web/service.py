@@ -27,7 +27,9 @@ from ..id.asp import AspLimit
 from ..id.audit import is_secret_key, to_json
 from ..id.devices import DeviceError, DeviceService
 from ..id.otp import AlreadyEnrolled, NotEnrolled, OtpService
+from ..id.rules import RuleError, RuleNotFound, RuleService
 from ..store.partnerships import PartnershipRecord, PartnershipStore
+from ..store.rules import RuleStore
 from .settings import ROLES, WebConfig
 
 DEVICE_ACTIONS = ("approve", "block", "unblock", "wipe", "delete")
@@ -101,6 +103,8 @@ class Console:
         self.devices = devices or DeviceService(PartnershipStore(ids.components.repo.engine), ids.audit,
                                                 getattr(ids, "bus", None))
         self.otp = OtpService(ids.components.repo, ids.components.keyring, users=ids.users)
+        self.rule_admin = RuleService(RuleStore(ids.components.repo.engine), ids.audit,
+                                      getattr(ids, "bus", None))
         self.directory = getattr(ids, "directory", None)
         self._budget_lock = threading.Lock()
 
@@ -395,13 +399,24 @@ class Console:
                 "users": len(self.ids.users.list())}
 
     def rules(self) -> dict[str, Any]:
+        """The rules and group policies in force: the configuration file's first (read-only,
+        ``source`` "file"), then the store's (``source`` "store", with the ``id`` to edit them
+        by), each list in the order it is evaluated. Read from the store, not from a cache."""
         d = self.devices
         cfg = self.config
+        file_rules = getattr(d, "file_rules", d.rules)
+        file_policies = getattr(d, "file_policies", d.group_policies)
+        rules = [{"source": "file", "id": None, "position": i, **masked(r)}
+                 for i, r in enumerate(file_rules, start=1)]
+        rules += [{"source": "store", **r.as_dict()} for r in self.rule_admin.rules()]
+        policies = [{"source": "file", "id": None, "position": i, "name": p.name,
+                     "group": getattr(p, "group", None), "settings": masked(dict(p.settings))}
+                    for i, p in enumerate(file_policies, start=1)]
+        policies += [{"source": "store", **p.as_dict()} for p in self.rule_admin.policies()]
         return {
-            "device_rules": [masked(r) for r in d.rules],
+            "device_rules": rules,
             "defaults": masked(d.defaults),
-            "group_policies": [{"group": getattr(p, "group", None), **masked(dict(p.settings))}
-                               for p in d.group_policies],
+            "group_policies": policies,
             "two_factor": None if cfg is None else {
                 "default": cfg.auth.two_factor, "groups": dict(cfg.auth.two_factor_groups),
                 "otp_trust_hours": cfg.auth.otp_trust_hours},
@@ -409,3 +424,32 @@ class Console:
 
     def settings(self) -> dict[str, Any]:
         return {} if self.config is None else masked(self.config)
+
+    # --- editing the store's rules and group policies (ucgate.id.rules) ---------------------
+    def _rules_call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except RuleError as e:
+            raise FieldError(e.field, e.message) from None
+        except RuleNotFound as e:
+            raise NotFound(str(e)) from None
+
+    def add_rule(self, data: dict[str, Any], *, actor: str) -> dict[str, Any]:
+        return {"source": "store", **self._rules_call(self.rule_admin.add_rule, data, actor=actor).as_dict()}
+
+    def delete_rule(self, rule_id: int, *, actor: str) -> None:
+        self._rules_call(self.rule_admin.delete_rule, rule_id, actor=actor)
+
+    def move_rule(self, rule_id: int, position: Any, *, actor: str) -> dict[str, Any]:
+        return {"source": "store",
+                **self._rules_call(self.rule_admin.move_rule, rule_id, position, actor=actor).as_dict()}
+
+    def add_policy(self, data: dict[str, Any], *, actor: str) -> dict[str, Any]:
+        return {"source": "store", **self._rules_call(self.rule_admin.add_policy, data, actor=actor).as_dict()}
+
+    def delete_policy(self, policy_id: int, *, actor: str) -> None:
+        self._rules_call(self.rule_admin.delete_policy, policy_id, actor=actor)
+
+    def move_policy(self, policy_id: int, position: Any, *, actor: str) -> dict[str, Any]:
+        return {"source": "store",
+                **self._rules_call(self.rule_admin.move_policy, policy_id, position, actor=actor).as_dict()}
