@@ -694,7 +694,7 @@ class Gateway:
                     await self._copy_request_body(req, client, up.stream, max_body, reencode=True)
                     body_done = True
                 resp = await self._read_response_head(up, req.method)
-                metrics.UPSTREAM_LATENCY.labels(pool.upstream.name).observe(up.stream.loop.time() - sent)
+                metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, up.stream.loop.time() - sent)
                 break
             except ClientBodyError as e:
                 up.close()

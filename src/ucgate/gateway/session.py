@@ -351,7 +351,7 @@ class ClientSession:
 
     def _answered(self, pool: UpstreamPool, service: Service | None, status: int) -> None:
         """The response head of the fast request arrived: its metrics."""
-        metrics.UPSTREAM_LATENCY.labels(pool.upstream.name).observe(self.loop.time() - self.sent)
+        metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, self.loop.time() - self.sent)
         metrics.count_request(service.name if service else None, status)
 
     async def _deliver(self, req, resp, up, pool, service) -> bool:
