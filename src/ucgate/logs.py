@@ -57,6 +57,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         ctx = request_context.get()
+        own = getattr(record, "request_id", None)
+        if ctx is not None and own is not None and ctx.get("request_id") != own:
+            ctx = None  # the line is about another request than the task's (a pipelined one)
         for name in FIELDS:
             value = getattr(record, name, None)
             if value is None and ctx is not None:

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ucgate.config import ConfigError, from_dict
 from ucgate.gateway.server import Gateway
 from ucgate.gateway.tls import make_self_signed
-from ucgate.logs import JsonFormatter
+from ucgate.logs import JsonFormatter, begin_request
 
 from ..lab.fixtures import _in_ci
 from ..support import AllowAs, RunningGateway, free_port, gateway_config
@@ -283,6 +283,18 @@ def test_json_formatter_fields():
         rec = logging.LogRecord("ucgate", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     out = f.format(rec)
     assert "\n" not in out and "ValueError: boom" in json.loads(out)["exception"]
+    # the task's request context fills in what the record does not say, unless the record is
+    # about another request
+    async def in_a_task() -> tuple[dict, dict]:
+        begin_request(b"00000000000000aa", "192.0.2.1")["user"] = "alice"
+        plain = logging.LogRecord("ucgate", logging.INFO, __file__, 1, "m", (), None)
+        other = logging.LogRecord("ucgate", logging.INFO, __file__, 1, "m", (), None)
+        other.request_id = "00000000000000bb"
+        return json.loads(f.format(plain)), json.loads(f.format(other))
+
+    plain, other = asyncio.run(in_a_task())
+    assert plain["request_id"] == "00000000000000aa" and plain["user"] == "alice" and plain["client"] == "192.0.2.1"
+    assert other["request_id"] == "00000000000000bb" and "user" not in other and "client" not in other
 
 
 # --- real processes -------------------------------------------------------------------------------
