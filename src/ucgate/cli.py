@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("token", nargs="+", metavar="TOKEN",
                     help="the header value (quoted, or as separate words), or - to read it from stdin")
     dc.set_defaults(func=_cmd_decode)
+    from .init import register as register_init
+
+    register_init(sub)
     from .id.admin_cli import register
 
     common = argparse.ArgumentParser(add_help=False)
