@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.store.backends import postgres_database, postgres_url, store_url  # noqa: F401
 from ucgate.id.audit import AuditLog
 from ucgate.id.devices import DeviceService
 from ucgate.id.events import RULES_CHANGED, EventBus, EventFollower, event_of
@@ -58,8 +59,8 @@ class Node:
 
 
 @pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}"
+def url(store_url):  # noqa: F811 - SQLite and PostgreSQL (LISTEN/NOTIFY wakes the follower there)
+    return store_url
 
 
 @pytest.fixture

@@ -120,6 +120,10 @@ class DeviceService:
         second_factor_available: user -> can the user give a second factor at sign-in
             (otp-appended with an enrolled authenticator)? When not, a device that would be
             challenged is quarantined for approval instead (``policy.devices``). None: yes.
+        rule_store: the store's device rules and group policies (``ucgate.store.rules``), in
+            force after ``rules`` and ``group_policies`` (the configuration file's); reloaded on
+            a ``rules-changed`` event (:meth:`on_event_row`, ``ucgate.id.rules``). None: the
+            file's only.
     """
 
     def __init__(
