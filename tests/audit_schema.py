@@ -21,8 +21,10 @@ def problems(event: dict[str, Any]) -> list[str]:
 
 
 class AuditSchemaHook:
-    """Wraps ``AuditLog.record``: each recorded event is validated; bad ones are kept in
-    ``self.bad`` (the per-test fixture fails the test that wrote them)."""
+    """Wraps ``AuditLog._emit`` (every stored event passes there, with its id, whether written
+    at once by ``record`` or by the sign-in writer for ``record_later``): each event is
+    validated; bad ones are kept in ``self.bad`` (the per-test fixture fails the test that
+    wrote them)."""
 
     def __init__(self) -> None:
         self.bad: list[tuple[dict[str, Any], list[str]]] = []
@@ -31,7 +33,7 @@ class AuditSchemaHook:
     def install(self, mp) -> None:
         from ucgate.id import audit
 
-        original = audit.AuditLog.record
+        original = audit.AuditLog._emit
         hook = self
 
         def record(self, *args: Any, **kw: Any):
@@ -43,4 +45,4 @@ class AuditSchemaHook:
                 hook.bad.append((event, found))
             return ev
 
-        mp.setattr(audit.AuditLog, "record", record)
+        mp.setattr(audit.AuditLog, "_emit", record)

@@ -126,21 +126,44 @@ class AuditLog:
         self._fd: int | None = None
         self._ino: tuple[int, int] | None = None
         self._last_fsync = 0.0
+        self.writer: Any = None  # ucgate.id.writer.SignInWriter for record_later, or None
 
     def record(self, action: str, *, actor: str, result: str, user: str | None = None,
                device: str | None = None, service: str | None = None,
                client_address: str | None = None, reason: str | None = None,
                **details: Any) -> AuditRecord:
         """Append one event (table, then file). Returns the stored event (with its id)."""
+        ev = self._event(action, actor=actor, result=result, user=user, device=device,
+                         service=service, client_address=client_address, reason=reason, **details)
+        return self._emit(with_id(ev, self.repo.add_audit(ev)))
+
+    def record_later(self, action: str, *, actor: str, result: str, user: str | None = None,
+                     device: str | None = None, service: str | None = None,
+                     client_address: str | None = None, reason: str | None = None,
+                     **details: Any) -> None:
+        """Append one event through the sign-in writer (``writer``, ``ucgate.id.writer``): in the
+        table within its ``max_delay`` (group commit), then in the file and syslog. Without a
+        writer, as :meth:`record`."""
+        ev = self._event(action, actor=actor, result=result, user=user, device=device,
+                         service=service, client_address=client_address, reason=reason, **details)
+        if self.writer is None:
+            self._emit(with_id(ev, self.repo.add_audit(ev)))
+        else:
+            self.writer.audit(ev, self._emit)
+
+    def _event(self, action: str, *, actor: str, result: str, user: str | None, device: str | None,
+               service: str | None, client_address: str | None, reason: str | None,
+               **details: Any) -> AuditRecord:
         clean, redacted = scrub(details)
         if redacted:
             clean["redacted"] = redacted
-        ev = AuditRecord(id=None, at=self.clock(), actor=_field(actor) or "?", action=action,
-                         result=result, username=_field(user), device=_clip(device),
-                         service=service, client_address=client_address,
-                         reason=_field(reason), details=clean or None)
-        ev_id = self.repo.add_audit(ev)
-        ev = AuditRecord(**{**{f: getattr(ev, f) for f in ev.__slots__}, "id": ev_id})
+        return AuditRecord(id=None, at=self.clock(), actor=_field(actor) or "?", action=action,
+                           result=result, username=_field(user), device=_clip(device),
+                           service=service, client_address=client_address,
+                           reason=_field(reason), details=clean or None)
+
+    def _emit(self, ev: AuditRecord) -> AuditRecord:
+        """A stored event (with its id) to the file and the syslog sink."""
         if self.path is not None or self.syslog is not None:
             event = to_json(ev)
             if self.path is not None:
@@ -150,6 +173,8 @@ class AuditLog:
         return ev
 
     def tail(self, n: int = 20) -> list[AuditRecord]:
+        if self.writer is not None:  # what this process acknowledged is in the table first
+            self.writer.flush()
         return self.repo.tail_audit(n)
 
     # --- the JSON-lines file ----------------------------------------------------------
@@ -188,6 +213,10 @@ class AuditLog:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None
+
+
+def with_id(ev: AuditRecord, ev_id: int) -> AuditRecord:
+    return AuditRecord(**{**{f: getattr(ev, f) for f in ev.__slots__}, "id": ev_id})
 
 
 def to_json(ev: AuditRecord) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from .events import EventBus
 from .otp import OtpService
 from .service import IdService
 from .twofactor import SecondFactor
+from .writer import SignInWriter
 
 
 @dataclass
@@ -40,6 +41,8 @@ class IdServices:
     def close(self) -> None:
         for c in self.extra_closers:
             c()
+        if self.components.audit.writer is not None:
+            self.components.audit.writer.close()
         closer = getattr(self.credentials.budget, "close", None)
         if closer is not None:
             closer()
@@ -74,6 +77,8 @@ def open_services(
     comp = Components(settings)
     comp.users.netbios_domains = tuple(d.upper() for d in netbios_domains)
     comp.keyring  # load or create the key now: a bad key file fails at start, not at first sign-in
+    # sign-ins' audit events and ASP last-use times: group-committed (ucgate.id.writer)
+    comp.audit.writer = SignInWriter(comp.repo)
     # the budget lives in the store: one per account for every process of the pool
     budget = StoreBudget(comp.repo.engine, BudgetConfig(
         user_failures=lockout.user_failures, ip_failures=lockout.ip_failures, window=lockout.window))

@@ -23,6 +23,7 @@ cannot be reached refuses the sign-in as ``store-unavailable`` (503 + Retry-Afte
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -42,13 +43,15 @@ from ..protocols import ntlm as ntlm_proto
 from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from ..store import DuplicateError
 from .directory import DirectoryError
+from .writer import WriterBusy
 
 log = logging.getLogger("ucgate.id")
 
 DIRECTORY_RETRY_AFTER = 30.0
 STORE_RETRY_AFTER = 5.0
 # Reasons that say nothing about the password: they do not count against the budget.
-_NOT_A_GUESS = frozenset({"throttled", "directory-unavailable", "store-unavailable"})
+_NOT_A_GUESS = frozenset({"throttled", "directory-unavailable", "store-unavailable",
+                          "registrar-unavailable"})  # the last: SIP, the Access Edge did not decide
 
 
 def _outcome(verdict: Verdict) -> Outcome:
@@ -197,7 +200,8 @@ class IdService:
 
     def _audit(self, user: str, ctx: AttemptContext, verdict: Verdict) -> None:
         metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)  # ucgate_id_sign_ins_total
-        self.audit.record(
+        # through the sign-in writer (group commit, ucgate.id.writer) where there is one
+        getattr(self.audit, "record_later", self.audit.record)(
             "sign-in",
             actor=user,
             user=user,
@@ -216,7 +220,11 @@ class IdService:
         self._settle(reservation, verdict)
         self._audit(who if isinstance(who, str) else (who.user or who.key[2:]), ctx, verdict)
         if verdict.ok and verdict.credential_id and verdict.credential_id != "domain-password":
-            self.asps.mark_used(verdict.credential_id, self.clock())
+            writer = getattr(self.audit, "writer", None)
+            if writer is not None:
+                writer.used(verdict.credential_id, dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc))
+            else:
+                self.asps.mark_used(verdict.credential_id, self.clock())
 
     def _store_down(self, what: str, ctx: AttemptContext, e: Exception) -> Verdict:
         log.error("store unavailable during a %s sign-in from %s (%s): %s", what, ctx.client_ip,
@@ -232,7 +240,7 @@ class IdService:
             if who.refused is not None and who.refused.reason == "directory-unavailable":
                 return who, who.refused
             return who, self._reserve(who, ctx)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, WriterBusy) as e:
             return Resolved(f"n:{budget_key(typed)}", None), self._store_down(ctx.method, ctx, e)
 
     def end_attempt(self, who: Resolved, ctx: AttemptContext, reservation: Reservation,
@@ -240,14 +248,28 @@ class IdService:
         """Settle and audit an attempt begun with :meth:`begin_attempt`."""
         try:
             self._record(who, ctx, verdict, reservation)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, WriterBusy) as e:
             self._store_down(ctx.method, ctx, e)
+
+    def release_attempt(self, reservation: Reservation) -> None:
+        """Give back the unit an attempt begun with :meth:`begin_attempt` held when it turned
+        out not to be a guess (a SIP handshake leg the Access Edge continued); not audited."""
+        try:
+            self._settle(reservation, Verdict(False, "throttled"))  # settles as NOT_A_GUESS
+        except SQLAlchemyError as e:
+            log.error("store unavailable while releasing a reservation (%s): %s", self.store_name,
+                      type(e).__name__)
+
+    def resolve_account(self, typed: str) -> Resolved:
+        """The account a typed name refers to (its budget key, why it is refused), touching no
+        budget and auditing nothing: the SIP relay compares the NTLM user with the From's."""
+        return self._resolve(typed)
 
     # --- CredentialService (blocking halves) -------------------------------------------------
     def verify_password_sync(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
         try:
             return self._verify_password(name, password, ctx)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, WriterBusy) as e:
             return self._store_down(ctx.method, ctx, e)
 
     def _verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
@@ -323,7 +345,7 @@ class IdService:
     def verify_ntlm_sync(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
         try:
             return self._verify_ntlm(handshake, ctx)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, WriterBusy) as e:
             return NtlmVerdict(self._store_down(ctx.method, ctx, e))
 
     def _verify_ntlm(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
@@ -366,7 +388,7 @@ class IdService:
             verdict = who.refused or Verdict(True, "ok", user=who.user)
             self._audit(who.user or who.key[2:], ctx, verdict)
             return verdict
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, WriterBusy) as e:
             return self._store_down(ctx.method, ctx, e)
 
     def record_refusal_sync(self, user: str, ctx: AttemptContext, reason: str) -> None:
@@ -376,7 +398,7 @@ class IdService:
             with self._lock:
                 self.budget.charge(who.key, ctx.client_ip, self.clock())
             self._audit(who.user or user, ctx, Verdict(False, reason))
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, WriterBusy) as e:
             self._store_down(ctx.method, ctx, e)
 
     # --- CredentialService (async) -------------------------------------------------------

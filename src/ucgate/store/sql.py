@@ -193,6 +193,25 @@ class SqlRepository(Transactions):
                 client_address=event.client_address, reason=event.reason,
                 details=event.details).returning(audit.c.id)).scalar_one()
 
+    def write_batch(self, events: Sequence[AuditRecord], used: Sequence[tuple[str, datetime]]) -> list[int]:
+        """Audit events and ASP "last used" times in one transaction (the sign-in writer's group
+        commit, ``ucgate.id.writer``); returns the events' ids in order."""
+        ids: list[int] = []
+        with self._write() as c:
+            for ev in events:
+                ids.append(c.execute(insert(audit).values(
+                    at=ev.at, actor=ev.actor, action=ev.action, result=ev.result,
+                    username=ev.username, device=ev.device, service=ev.service,
+                    client_address=ev.client_address, reason=ev.reason,
+                    details=ev.details).returning(audit.c.id)).scalar_one())
+            latest: dict[str, datetime] = {}
+            for asp_id, at in used:
+                if asp_id not in latest or at > latest[asp_id]:
+                    latest[asp_id] = at
+            for asp_id, at in latest.items():
+                c.execute(update(asps).where(asps.c.id == asp_id).values(last_used_at=at))
+        return ids
+
     def tail_audit(self, n: int) -> list[AuditRecord]:
         if n <= 0:
             return []
