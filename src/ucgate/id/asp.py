@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from Crypto.Hash import MD4
 
 from ..store import NewAsp, Repository, UserRecord
-from .events import CredentialRevoked, Pending
+from .cache import SignInCache
+from .events import CredentialAdded, CredentialRevoked, Pending
 from .keys import DecryptError, Keyring, asp_aad
 from .users import UnknownUser, UserSecretService, UserService  # noqa: F401 (UnknownUser re-exported)
 
@@ -121,6 +122,7 @@ class AspService(UserSecretService):
                  *, rand: Callable[[int], bytes] = secrets.token_bytes,
                  users: UserService | None = None) -> None:
         super().__init__(repo, keyring, clock, rand, users=users)
+        self.cache: SignInCache | None = None  # the sign-in cache (ucgate.id.cache), if any
 
     # --- administration ---------------------------------------------------------------
     def create(self, username: str, label: str, device_id: str | None = None) -> tuple[str, str]:
@@ -139,8 +141,15 @@ class AspService(UserSecretService):
         plaintext = generate_asp(self.rand)
         asp_id = self.rand(8).hex()
         nonce, sealed = self.keyring.encrypt(canonical_asp(plaintext).encode(), asp_aad(user.id, asp_id))
-        self.repo.add_asp(NewAsp(id=asp_id, user_id=user.id, label=label, ciphertext=sealed,
-                                 nonce=nonce, device_id=device_id or None, created_at=self.clock()))
+        # a cache-only event: every process's sign-in cache forgets the user's ASP list
+        pending = Pending(CredentialAdded(user.username, asp_id, "asp-created"))
+        self.repo.add_asp(NewAsp(id=asp_id, user_id=user.id, label=label, ciphertext=sealed,  # type: ignore[call-arg]
+                                 nonce=nonce, device_id=device_id or None, created_at=self.clock()),
+                          event=pending)
+        if self.users.bus is not None:
+            self.users.bus.committed(pending)
+        elif self.cache is not None:
+            self.cache.drop(user.username)
         return asp_id, plaintext
 
     def list(self, username: str, *, include_revoked: bool = True) -> list[AspInfo]:
@@ -190,12 +199,25 @@ class AspService(UserSecretService):
         return n
 
     # --- verification -----------------------------------------------------------------
-    def _usable(self, username: str, device_id: str | None) -> tuple[UserRecord | None, list]:
+    def _records(self, username: str, fresh: bool) -> tuple[UserRecord | None, list]:
+        """The user and their unrevoked ASPs: from the sign-in cache unless ``fresh``."""
+        cache = self.cache
+        if cache is not None and not fresh:
+            got = cache.get(username)
+            if got is not None:
+                return got
         user = self.users.resolve(username)
+        records = self.repo.list_asps(user.id, include_revoked=False) if user is not None else []
+        if cache is not None and user is not None:
+            cache.put(username, user, records)
+        return user, records
+
+    def _usable(self, username: str, device_id: str | None, *, fresh: bool = False) -> tuple[UserRecord | None, list]:
+        user, records = self._records(username, fresh)
         if user is None or not user.enabled:
             return None, []
         out = []
-        for a in self.repo.list_asps(user.id, include_revoked=False):
+        for a in records:
             if not _device_matches(a.device_id, device_id):
                 continue
             try:
@@ -213,12 +235,15 @@ class AspService(UserSecretService):
 
         Every usable ASP of the user is compared, in constant time, whatever matches first.
         """
-        user, usable = self._usable(username, device_id)
         typed = (canonical_asp(password) or "\x00" * ASP_SYMBOLS).encode()
-        found = None
-        for a, secret in usable:
-            if hmac.compare_digest(secret, typed) and found is None:
-                found = a
+        for fresh in (False, True):  # a refusal is checked against the store, not the cache
+            user, usable = self._usable(username, device_id, fresh=fresh)
+            found = None
+            for a, secret in usable:
+                if hmac.compare_digest(secret, typed) and found is None:
+                    found = a
+            if found is not None or self.cache is None:
+                break
         if user is None or found is None:
             return None
         return AspMatch(found.id, user.id, user.username, found.label, found.device_id)

@@ -68,9 +68,20 @@ class CredentialRevoked:
     reason: str
 
 
-Event = UserBlocked | DeviceBlocked | CredentialRevoked
+@dataclass(frozen=True, slots=True)
+class CredentialAdded:
+    """A new ASP for ``user``: cuts nothing; every process's sign-in cache forgets the user."""
+
+    user: str
+    credential_id: str
+    reason: str
+
+
+Event = UserBlocked | DeviceBlocked | CredentialRevoked | CredentialAdded
 KINDS: dict[type, str] = {UserBlocked: "user-blocked", DeviceBlocked: "device-blocked",
-                          CredentialRevoked: "credential-revoked"}
+                          CredentialRevoked: "credential-revoked", CredentialAdded: "credential-added"}
+# Kinds that only tell caches to forget (row subscribers get them; event subscribers do not).
+CACHE_ONLY_KINDS = frozenset({"credential-added"})
 # Kinds with no Event class: "refresh what you read from the store", for row subscribers only
 # (``EventBus.subscribe_rows``); username "*". ``rules-changed``: the device rules or group
 # policies of the store changed (``ucgate.id.rules``); every DeviceService reloads them.
@@ -99,6 +110,8 @@ def event_of(row: EventRow) -> Event | None:
         return DeviceBlocked(row.username, row.device_id, row.reason)
     if row.kind == "credential-revoked" and row.credential:
         return CredentialRevoked(row.username, row.credential, row.reason)
+    if row.kind in CACHE_ONLY_KINDS:
+        return None
     if row.kind in ROW_KINDS:
         return None  # known; only row subscribers act on it
     log.warning("skipping event %d of unknown kind %r (written by a newer ucgate?)", row.id, row.kind[:32])
@@ -203,7 +216,7 @@ class EventBus:
                 self._local[pending.id] = None
                 while len(self._local) > LOCAL_IDS_KEPT:
                     self._local.popitem(last=False)
-        self._deliver(row, pending.event, "local")
+        self._deliver(row, None if row.kind in CACHE_ONLY_KINDS else pending.event, "local")
 
     def deliver_row(self, row: EventRow) -> None:
         """A row another process wrote (from the follower); rows this process wrote are skipped."""

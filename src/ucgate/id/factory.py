@@ -15,6 +15,7 @@ from .events import EventBus
 from .otp import OtpService
 from .service import IdService
 from .twofactor import SecondFactor
+from .cache import SignInCache
 from .writer import SignInWriter
 
 
@@ -79,6 +80,9 @@ def open_services(
     comp.keyring  # load or create the key now: a bad key file fails at start, not at first sign-in
     # sign-ins' audit events and ASP last-use times: group-committed (ucgate.id.writer)
     comp.audit.writer = SignInWriter(comp.repo)
+    # the user and ASP records a sign-in reads, between sign-ins; events drop them (ucgate.id.cache)
+    comp.asps.cache = SignInCache()
+    comp.bus.subscribe_rows(comp.asps.cache.on_row)
     # the budget lives in the store: one per account for every process of the pool
     budget = StoreBudget(comp.repo.engine, BudgetConfig(
         user_failures=lockout.user_failures, ip_failures=lockout.ip_failures, window=lockout.window))

@@ -137,7 +137,7 @@ class SqlRepository(Transactions):
         return n == 1
 
     # --- ASPs -------------------------------------------------------------------------
-    def add_asp(self, asp: NewAsp) -> None:
+    def add_asp(self, asp: NewAsp, *, event: Any = None) -> None:
         try:
             with self._write() as c:
                 if c.execute(select(users.c.id).where(users.c.id == asp.user_id)).first() is None:
@@ -145,6 +145,7 @@ class SqlRepository(Transactions):
                 c.execute(insert(asps).values(
                     id=asp.id, user_id=asp.user_id, label=asp.label, ciphertext=asp.ciphertext,
                     nonce=asp.nonce, device_id=asp.device_id, created_at=asp.created_at))
+                append_pending(c, event)
         except IntegrityError as e:
             raise DuplicateError(f"an ASP with id {asp.id!r} exists") from e
 
