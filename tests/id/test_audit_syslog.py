@@ -222,3 +222,24 @@ def test_audit_syslog_configuration(tmp_path, certs):
     with pytest.raises(ConfigError, match=r"audit\.nope"):
         from_dict({**base, "audit": {"nope": 1}})
     assert Path(certs["ca"][0]).is_file()
+
+
+def test_close_does_not_wait_for_a_receiver_that_never_answers(repo, certs):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does), never answers the TLS ClientHello
+    try:
+        sink = SyslogSink(SyslogConfig(host="127.0.0.1", port=silent.getsockname()[1], ca_file=certs["ca"][0],
+                                       timeout=30))
+        a = AuditLog(repo, None, syslog=sink)
+        for i in range(3):
+            sign_in(a, i)
+        time.sleep(0.2)  # the sender is in the handshake now
+        t0 = time.monotonic()
+        a.close()
+        assert time.monotonic() - t0 < 3.5  # 2 s to deliver, then it is left behind
+        assert sink.sent == 0 and sink.dropped == 3
+    finally:
+        silent.close()

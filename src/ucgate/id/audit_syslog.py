@@ -136,6 +136,8 @@ class SyslogSink:
         self._closing = threading.Event()  # deliver what is queued, then stop
         self._stop = threading.Event()  # stop now
         self._sock: socket.socket | None = None
+        self._pending: bytes | None = None  # the framed event being sent
+        self._left_counted = False
         self._last_drop_log = -DROP_LOG_INTERVAL
         self._thread = threading.Thread(target=self._run, name="ucgate-audit-syslog", daemon=True)
         self._thread.start()
@@ -215,7 +217,7 @@ class SyslogSink:
         self.connected = False
 
     def _run(self) -> None:
-        pending: bytes | None = None
+        self._pending = pending = None
         backoff, next_try, failing = BACKOFF_FIRST, 0.0, False
         while not self._stop.is_set():
             if pending is None:
@@ -226,7 +228,7 @@ class SyslogSink:
                         break
                     continue
                 try:
-                    pending = frame(format_message(event, facility=self._facility, hostname=self._hostname,
+                    self._pending = pending = frame(format_message(event, facility=self._facility, hostname=self._hostname,
                                                    app_name=self.cfg.app_name, procid=self._procid))
                 except Exception:  # noqa: BLE001 - one bad event must not stop the others
                     log.exception("audit syslog: cannot format an event; dropped")
@@ -264,18 +266,29 @@ class SyslogSink:
                 self._close_sock()  # the event is sent again on the next connection
                 continue
             self.sent += 1
-            pending = None
-        left = self._queue.qsize() + (pending is not None)
-        if left:
-            self._drop(left, "closed before they could be sent")
+            self._pending = pending = None
+        self._count_left()
         self._close_sock()
 
+    def _count_left(self) -> None:
+        with self._lock:
+            if self._left_counted:
+                return
+            self._left_counted = True
+            left = self._queue.qsize() + (self._pending is not None)
+        if left:
+            self._drop(left, "closed before they could be sent")
+
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is queued (for at most ``timeout`` seconds), then stop."""
+        """Send what is queued (for at most ``timeout`` seconds), then stop; a sender still
+        blocked on the receiver after that is left behind (a daemon thread) and what it still
+        holds is counted as dropped."""
         self._closing.set()
         self._thread.join(timeout)
         self._stop.set()
-        self._thread.join(self.cfg.timeout + 1)
+        self._thread.join(0.5)
+        if self._thread.is_alive():
+            self._count_left()
 
 
 def open_sink(cfg: SyslogConfig | None) -> SyslogSink | None:
