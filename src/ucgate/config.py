@@ -162,6 +162,7 @@ class Config:
     web: Any = None  # ucgate.web.settings.WebConfig ([web]: admin UI, portal, REST API)
     kerberos: KerberosConfig | None = None  # [kerberos]: Negotiate from clients, kcd, the check
     audit: AuditConfig = field(default_factory=lambda: AuditConfig())  # [audit]: syslog delivery
+    sip: Any = None  # ucgate.gateway.sipconfig.SipConfig ([sip]: the SIP relay to the Access Edge)
 
     # the attributes the id service's CLI commands read (ucgate.id.admin_cli)
     @property
@@ -481,6 +482,9 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
     web = parse_web(top, base, data_dir)
     kerberos = _parse_kerberos(top, base, gateway.published_name)
     audit_cfg = _parse_audit(top, base)
+    from .gateway.sipconfig import parse_sip
+
+    sip_cfg = parse_sip(top, base, gateway)
 
     lg = top.sub("log")
     level = lg.get("level", str, "info").lower()
@@ -510,6 +514,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
         web=web,
         kerberos=kerberos,
         audit=audit_cfg,
+        sip=sip_cfg,
     )
 
 

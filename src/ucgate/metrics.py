@@ -42,7 +42,7 @@ _CODES = {c: str(c) for c in STATUS_CODES}
 
 # How a sign-in was presented (the Authorization scheme, or the identity's method).
 AUTH_METHODS = frozenset({"none", "basic", "ntlm", "negotiate", "kerberos", "bearer", "oauth-password",
-                          "portal", "other"})
+                          "portal", "sip", "other"})
 # What came of it.
 AUTH_RESULTS = frozenset({"allow", "challenge", "deny", "throttled", "unavailable"})
 _NTLM_REASONS = ("anonymous", "bad-argument", "bad-mic", "lm-only", "malformed", "mic-missing", "ntlmv1",
@@ -63,6 +63,7 @@ AUTH_REASONS = frozenset({
     "krb-not-a-user", "krb-refused", "krb-replay", "krb-stale-keytab", "krb-ticket-expired",
     "krb-ticket-not-yet-valid", "krb-wrong-principal",
     "oauth-bad-access-token", "oauth-no-access-token", "oauth-token-unreadable",
+    "registrar-refused", "registrar-unavailable", "ntlm-user-mismatch", "sip-no-answer",
     *(f"ntlm-{r}" for r in _NTLM_REASONS),
 })
 # Device decisions (gateway.devices): what the gateway did with a request for its device.
@@ -292,6 +293,62 @@ class _GatewayCollector:
 
 
 REGISTRY.register(_GatewayCollector())
+
+
+# --- the SIP relay (gateway.sip) ---------------------------------------------------------------
+# Why the relay refused a message or closed a connection: its own reasons and protocols/sip.py's
+# and sipauth.py's framing and field reasons; anything else counts as "other".
+SIP_REASONS = frozenset({
+    "bare-cr-or-lf", "obs-fold", "bad-header-name", "bad-header-value", "bad-utf8-in-header",
+    "duplicate-content-length", "missing-content-length", "bad-content-length", "head-too-large",
+    "line-too-long", "message-too-large", "too-many-headers", "truncated-message",
+    "unsupported-version", "bad-request-line", "bad-status-line", "cseq-method-mismatch",
+    "bad-cseq", "bad-call-id", "bad-from", "bad-to", "duplicate-from", "duplicate-to",
+    "duplicate-call-id", "duplicate-cseq", "missing-via", "missing-from", "missing-to",
+    "missing-call-id", "missing-cseq", "not-a-sip-user", "register-from-to-mismatch",
+    "unknown-auth-scheme", "bad-auth-param", "duplicate-auth-param", "unexpected-auth-param",
+    "missing-auth-param", "incomplete-signature", "too-many-auth-params", "gssapi-data-too-large",
+    "bad-gssapi-data", "ntlm-user-mismatch", "not-registered", "register-other-user",
+    "from-not-registered-user", "device-changed", "several-credentials", "too-many-pending",
+    "edge-unavailable", "throttled", "store-unavailable", "directory-unavailable", "sign-in-refused",
+    "device-refused", "first-message-timeout", "idle-timeout", "message-timeout",
+})
+SIP_MESSAGES = _LoopCounter("ucgate_sip_messages", "SIP messages relayed unchanged, by direction "
+                            "(client: to the Access Edge; edge: to the client)", ["direction"])
+REGISTRY.register(SIP_MESSAGES)
+SIP_REFUSALS = Counter("ucgate_sip_refusals", "SIP messages answered or connections closed by the "
+                       "relay itself, by reason", ["reason"])
+_sip_relays: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def count_sip_refusal(reason: str) -> None:
+    SIP_REFUSALS.labels(_bounded(reason, SIP_REASONS)).inc()
+
+
+def watch_sip_relay(relay: Any) -> None:
+    """Report ``relay``'s connections (a ``gateway.sip.SipRelay``)."""
+    _sip_relays.add(relay)
+
+
+class _SipCollector:
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        conns = GaugeMetricFamily("ucgate_sip_connections", "Open client connections of the SIP relay")
+        reg = GaugeMetricFamily("ucgate_sip_registered_connections",
+                                "SIP client connections with an admitted registration")
+        n = r = 0
+        for relay in list(_sip_relays):
+            live = tuple(relay.sessions)
+            n += len(live)
+            r += sum(1 for s in live if s.user is not None)
+        conns.add_metric([], n)
+        reg.add_metric([], r)
+        return [conns, reg]
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+REGISTRY.register(_SipCollector())
 
 
 # --- the store ----------------------------------------------------------------------------------

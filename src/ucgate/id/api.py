@@ -25,6 +25,7 @@ class Method(StrEnum):
     KERBEROS = "kerberos"
     OAUTH_PASSWORD = "oauth-password"  # the SfB mobile sign-in (POST /WebTicket/oauthtoken)
     PORTAL = "portal"  # the self-service portal's sign-in form (in-process only)
+    SIP = "sip"  # a REGISTER's credentials, checked by the Access Edge (gateway.sip)
 
 
 # Bounds of the context's free-text fields on the wire.

@@ -146,6 +146,17 @@ class UserService:
             u = self.repo.get_user_by_upn(upn)
             return u.username if u else None
 
+        if typed.strip()[:4].lower() == "sip:":
+            # a SIP address of record (the SIP relay): the local user whose SIP URI it is, found
+            # by the UPN of the same address (local users have no SIP-only lookup)
+            uri = typed.strip()
+            try:
+                rec = self.repo.get_user_by_upn(normalise_upn(uri[4:]))
+            except InvalidUsername:
+                return None
+            if rec is None or (rec.sip_uri and rec.sip_uri.lower() != uri.lower()):
+                return None
+            return rec
         sam = resolve_login_name(typed, netbios_domains=self.netbios_domains, lookup_upn=by_upn)
         return self.repo.get_user(sam) if sam else None
 
