@@ -173,6 +173,8 @@ def test_content_length_zero_means_no_body():
     ((b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip"), 400, "bad-transfer-encoding"),
     ((b"Transfer-Encoding: gzip",), 501, "unsupported-transfer-encoding"),
     ((b"Transfer-Encoding: xchunked",), 501, "unsupported-transfer-encoding"),
+    ((b"Transfer-Encoding: Xchunked",), 501, "unsupported-transfer-encoding"),
+    ((b"Transfer-Encoding: gzip, Xchunked",), 501, "unsupported-transfer-encoding"),
     ((b"Transfer-Encoding: chunked;",), 501, "unsupported-transfer-encoding"),
     ((b"Transfer-Encoding: chunked x",), 501, "unsupported-transfer-encoding"),
     ((b"Transfer-Encoding:",), 501, "unsupported-transfer-encoding"),
@@ -390,8 +392,9 @@ def test_line_parser_and_block_parser_return_the_same(lines):
 
 
 def test_line_parser_values():
-    headers, framing = _parse_fields([b"Host:  a:443  ", b"X: \x80v", b"Content-Length:\t5"], DEFAULT_LIMITS)
-    assert headers == [(b"Host", b"a:443"), (b"X", b"\x80v"), (b"Content-Length", b"5")]
+    headers, framing = _parse_fields([b"Host:  a:443  ", b"X: \x80v", b"Content-Length:\t5", b"Y: XtX "],
+                                     DEFAULT_LIMITS)
+    assert headers == [(b"Host", b"a:443"), (b"X", b"\x80v"), (b"Content-Length", b"5"), (b"Y", b"XtX")]
     assert framing == {b"host": [b"a:443"], b"content-length": [b"5"]}
     assert _parse_fields([], DEFAULT_LIMITS) == ([], {})
     assert _parse_field_block(b"", DEFAULT_LIMITS) == ([], {})
@@ -552,6 +555,9 @@ def test_trailer_end():
     (b"X: a\rb\r\n", "bad-trailer"), (b"X: a\nb\r\n", "bad-trailer"), (b"X\r: a\r\n", "bad-trailer"),
     (b"X: a\r\r\n", "bad-trailer"),
     (b" X: y\r\n", "obs-fold"), (b"\tX: y\r\n", "obs-fold"), (b" \r\n", "obs-fold"),
+    # a bare CR or LF is named before a fold: wherever it is in the line
+    (b" a\nb\r\n", "bad-trailer"), (b" ab\n\r\n", "bad-trailer"), (b" a\rb\r\n", "bad-trailer"),
+    (b" ab\r\r\n", "bad-trailer"), (b"\t\n\r\n", "bad-trailer"), (b" \r\r\n", "bad-trailer"),
     (b"X y\r\n", "bad-trailer"), (b"X : y\r\n", "bad-trailer"), (b": y\r\n", "bad-trailer"), (b"X@: y\r\n", "bad-trailer"),
     (b"X: \x00\r\n", "bad-trailer"), (b"X: a\x7f\r\n", "bad-trailer"), (b"X: \x0b\r\n", "bad-trailer"),
     (b"X: \x0c \r\n", "bad-trailer"),
@@ -681,11 +687,12 @@ def test_owned_pattern_small_sets(names, name, owned):
 # --- the fast path's heads -------------------------------------------------------------------
 
 _DROP = frozenset({b"x-forwarded-for", b"x-ucgate-user"})
-_OWNED = OwnedFields((b"x-ucgate-user", *http1.OWNED_FIELDS))
-SPECIAL = request_special_re(_DROP, _OWNED)
 
 
-def simple(head: bytes, limits: Limits = DEFAULT_LIMITS, special=SPECIAL):
+def simple(head: bytes, limits: Limits = DEFAULT_LIMITS, special=None):
+    # the pattern is built here, not at import: a module-level one would not see a mutant
+    if special is None:
+        special = request_special_re(_DROP, OwnedFields((b"x-ucgate-user", *http1.OWNED_FIELDS)))
     return simple_request(head, limits, special)
 
 
@@ -699,6 +706,8 @@ def test_simple_request_exact():
     assert r.keep_alive and r.prefix == b"GET / HTTP/1.1\r\nHost: gw\r\n" and r.host == b"gw"
     r = simple(b"GET / HTTP/1.1\r\nConnection: Close\r\nHost: gw\r\n\r\n")
     assert not r.keep_alive and r.prefix == b"GET / HTTP/1.1\r\nHost: gw\r\n"
+    r = simple(b"GET /x HTTP/1.1\r\nHost: XBOX.X\r\n\r\n")
+    assert r.host == b"XBOX.X" and r.prefix == b"GET /x HTTP/1.1\r\nHost: XBOX.X\r\n"
     r = simple(b"HEAD /x HTTP/1.1\r\nHOST: GW.Example\r\n\r\n")
     assert r.keep_alive and r.host == b"GW.Example" and r.method == b"HEAD"
     assert r.prefix == b"HEAD /x HTTP/1.1\r\nHOST: GW.Example\r\n"
@@ -781,6 +790,8 @@ def test_simple_response_canonical_lengths(value, length):
     (b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n", b"GET"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"1" * 20 + b"\r\n\r\n", b"GET"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", b"GET"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n", b"GET"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n", b"GET"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", b"GET"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: x-a\r\n\r\n", b"GET"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\nConnection: close\r\n\r\n", b"GET"),
@@ -799,3 +810,33 @@ def test_simple_response_limits():
     assert simple_response(head, b"GET", Limits(max_header_count=2)) is not None
     assert simple_response(head, b"GET", Limits(max_header_count=1)) is None
     assert simple_response(head, b"GET") == simple_response(head, b"GET", DEFAULT_LIMITS)
+
+
+def test_split_lines():
+    from ucgate.protocols.http1 import _split_lines
+
+    assert _split_lines(b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\r\n") == [b"GET / HTTP/1.1", b"Host: a", b"X: b"]
+    assert _split_lines(b"GET / HTTP/1.1\r\n\r\n") == [b"GET / HTTP/1.1"]
+
+
+# The detail of a refusal is what the log line says besides the reason code.
+@pytest.mark.parametrize("head,reason,detail", [
+    (b"GET / HTTP/1.1\r\nHost: a\r\n", "bad-line-ending", "header section must end with CRLF CRLF"),
+    (b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", "bare-cr-or-lf", "bare CR or LF in the header section"),
+    (get(b" x"), "obs-fold", "obsolete line folding in header section"),
+    (get(b"X : y"), "bad-header-name", "malformed header field name"),
+    (get(b"X-Abc: \x00"), "bad-header-value", "control character in b'X-Abc'"),
+    (get(b"N" * 50 + b": \x00"), "bad-header-value", "control character in " + repr(b"N" * 40)),
+    (get(b"A: 1", b"B: 2"), "too-many-headers", "more than 2 header fields"),
+    (get(b"A: 1", b"B 2"), "too-many-headers", "more than 2 header fields"),
+])
+def test_refusal_details(head, reason, detail):
+    with pytest.raises(HttpError) as e:
+        parse_request_head(head, Limits(max_header_count=2) if reason == "too-many-headers" else DEFAULT_LIMITS)
+    assert (e.value.reason, e.value.detail) == (reason, detail)
+
+
+def test_line_parser_refusal_details():
+    with pytest.raises(HttpError) as e:
+        _parse_fields([b"A: 1", b"B: 2"], Limits(max_header_count=1))
+    assert e.value.detail == "more than 1 header fields"
