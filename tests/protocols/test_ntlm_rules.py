@@ -892,3 +892,17 @@ def test_lone_surrogates_are_encoded_not_refused():
     assert ntowfv2(nt_hash("pw"), "u\udc00", "D") == hmac_md5(nt_hash("pw"), b"U\x00\x00\xdcD\x00")
     raw = AuthenticateMessage(NF.NEGOTIATE_UNICODE, user_name="\udc00x").pack()
     assert raw[64:68] == b"\x00\xdcx\x00"
+
+
+def test_filetime_is_unsigned_64_bit():
+    # FILETIME is a 64-bit unsigned count; the top bit is a valid (far-future) time, not a sign
+    late = 2**63 + 12_345 * SECOND
+    acc = new_acceptor(now=late)
+    negotiate = NegotiateMessage(FULL).pack()
+    challenge = acc.challenge(negotiate)
+    assert ChallengeMessage.unpack(challenge).target_info.timestamp() == late
+    assert accepted(acc, build(negotiate, challenge), late + 5 * SECOND).mic_present
+    rebuilt = NtlmAcceptor.from_messages(negotiate=negotiate, challenge=challenge,
+                                         server_challenge=SERVER_CHALLENGE, challenge_time=late,
+                                         channel_binding_data=BINDING)
+    assert rebuilt.challenge_time == late
