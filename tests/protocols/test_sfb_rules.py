@@ -87,6 +87,9 @@ LOOKALIKES = {
     "horizontal ellipsis U+2026": "%e2%80%a6",
     "small full stop U+FE52": "%ef%b9%92",
     "small percent U+FE6A": "%ef%b9%aa",
+    "small reverse solidus U+FE68": "%ef%b9%a8",
+    "account of U+2100 (NFKC a/c)": "%e2%84%80",
+    "digit one full stop U+2488 (NFKC 1.)": "%e2%92%88",
 }
 
 
@@ -114,7 +117,7 @@ def test_dot_segments_raw(target):
 
 @pytest.mark.parametrize("target", [
     "/a/%20../b", "/a/..%20/b", "/a/.%20", "/a/%20%20.", "/a/.%c2%a0/b", "/a/..%09x", "/a/..%e3%80%80/b",
-    "/meet/%20..;x/y", "/meet/..%20:stream",
+    "/meet/%20..;x/y", "/meet/..%20:stream", "/a/..%3bx/b", "/a/..%3a$DATA", "/a/.%3B", "/meet/..%c2%85/x",
 ])
 def test_dot_segments_after_decoding(target):
     status, reason = refusal(target)
