@@ -292,7 +292,12 @@ def test_json_formatter_fields():
         other.request_id = "00000000000000bb"
         return json.loads(f.format(plain)), json.loads(f.format(other))
 
-    plain, other = asyncio.run(in_a_task())
+    # in a thread of its own: a browser test earlier in the session may have left an event loop
+    # running in this one (Playwright), where asyncio.run refuses to start
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        plain, other = pool.submit(asyncio.run, in_a_task()).result()
     assert plain["request_id"] == "00000000000000aa" and plain["user"] == "alice" and plain["client"] == "192.0.2.1"
     assert other["request_id"] == "00000000000000bb" and "user" not in other and "client" not in other
 
