@@ -208,10 +208,13 @@ class Node:
     remote: Any = None  # RemoteCredentials when the id service runs elsewhere
     web: Any = None  # the admin UI / portal / REST API server ([web] enabled), a uvicorn.Server
     follower: Any = None  # the store's event follower (ucgate.id.events), with an in-process store
+    sip: Any = None  # the SIP relay ([sip] enabled), a gateway.sip.SipRelay
     _web_task: Any = None
 
     async def start(self) -> None:
         await self.gateway.start()
+        if self.sip is not None:
+            await self.sip.start()
         if self.follower is not None:
             self.follower.start()
         if self.web is not None:
@@ -233,6 +236,8 @@ class Node:
         if self._web_task is not None:
             self.web.should_exit = True
             await self._web_task
+        if self.sip is not None:
+            await self.sip.stop()
         await self.gateway.stop()
         if self.remote is not None:
             await self.remote.aclose()
@@ -250,6 +255,9 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         from .gateway.idclient import RemoteCredentials
 
         ic = config.id_service
+        if config.sip is not None and config.sip.enabled:
+            raise ConfigError(f"{config.path}: sip.enabled: the SIP relay needs the id service in this "
+                              "process (not yet over [id_service] url)")
         remote = RemoteCredentials(list(ic.urls) or [ic.url], secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
                                    outage_grace=ic.outage_grace)
         gate = remote_device_gate(config, remote)
@@ -267,21 +275,41 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
                       devices=gate, backends=gateway_backends(config, ids),
                       oauth=oauth_grants(config, ids.credentials, ids), readiness=store_readiness(ids))
     ids.bus.subscribe(gateway.post_event)
+    sip, live_users = None, gateway.live_users
+    if config.sip is not None and config.sip.enabled:  # the SIP relay: same budget, devices, events
+        from .gateway.sip import relay_from_config
+
+        sip = relay_from_config(config, ids, gate.checker if gate else None)
+        ids.bus.subscribe(sip.post_event)
+        live_users = _merged_live_users(gateway.live_users, sip.live_users)
     monitor = None
     if ids.directory is not None:
         from .id.monitor import AccountMonitor
 
         monitor = AccountMonitor(
-            ids.directory, gateway.live_users, ids.bus, ids.audit,
+            ids.directory, live_users, ids.bus, ids.audit,
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
         )
-    node = Node(gateway, ids, monitor, follower=event_follower(ids))
+    node = Node(gateway, ids, monitor, follower=event_follower(ids), sip=sip)
     if config.web is not None and config.web.enabled:
         from .web.app import node_web_server
 
         node.web = node_web_server(config, ids, devices=gate.checker if gate else None,
-                                   live_users=gateway.live_users, readiness=store_readiness(ids))
+                                   live_users=live_users, readiness=store_readiness(ids))
     return node
+
+
+def _merged_live_users(*sources: Callable[[], dict]) -> Callable[[], dict]:
+    """{user: earliest sign-in} over several listeners (the gateway's and the SIP relay's)."""
+    def live_users() -> dict:
+        out: dict = {}
+        for source in sources:
+            for user, at in source().items():
+                if user not in out or at < out[user]:
+                    out[user] = at
+        return out
+
+    return live_users
 
 
 @dataclass

@@ -196,7 +196,7 @@ class SipSession:
             await self._client_loop()
         except (ConnectionError, ssl.SSLError, OSError):
             pass
-        except Exception:  # noqa: BLE001 - one connection's bug must not take the listener down
+        except Exception:
             log.exception("SIP connection from %s failed", self.peer_host)
         finally:
             await self._teardown()
@@ -406,7 +406,7 @@ class SipSession:
                         return
         except (ConnectionError, ssl.SSLError, OSError):
             pass
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("SIP: relaying from the Access Edge failed")
         finally:
             self.closed_reason = self.closed_reason or "edge-closed"
@@ -625,9 +625,9 @@ class SipRelay:
         """{user: earliest admission} of the admitted connections (the account monitor's input)."""
         out: dict[str, dt.datetime] = {}
         for x in self.sessions:
-            if x.user is not None and x.signed_in_at is not None:
-                if x.user not in out or x.signed_in_at < out[x.user]:
-                    out[x.user] = x.signed_in_at
+            at = x.signed_in_at
+            if x.user is not None and at is not None and (x.user not in out or at < out[x.user]):
+                out[x.user] = at
         return out
 
     def cut_off(self, predicate: Callable[[SipSession], bool], reason: str) -> int:

@@ -44,7 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..protocols import ntlm
-from ..protocols.sip import KeepAlive, SipError, SipFramer, SipMessage, parse_message, sip_device_facts
+from ..protocols.sip import (
+    KeepAlive,
+    SipError,
+    SipFramer,
+    SipMessage,
+    parse_message,
+    sip_device_facts,
+)
 from ..protocols.sipauth import SipAuth, auth_fields
 
 log = logging.getLogger("ucgate.lab.registrar")
@@ -145,7 +152,7 @@ class LabRegistrar:
         self.ntlm_checks: list[tuple[str, bool]] = []
         self.connections = 0
         self.messages = 0
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._conn_ids = iter(range(1, 1 << 62))
 
@@ -248,11 +255,12 @@ class LabRegistrar:
             value = (f'NTLM opaque="{sa.opaque}", gssapi-data="{base64.b64encode(challenge).decode()}", '
                      f'targetname="{self.targetname}", realm="{REALM}", version=3')
             return self._answer(msg, 401, headers=[f"WWW-Authenticate: {value}"])
-        sa = sas.get(cred.opaque or "")
-        if sa is None or sa.acceptor is None or sa.established:
+        known = sas.get(cred.opaque or "")
+        if known is None or known.acceptor is None or known.established:
             return self._answer(msg, 401, challenge=True)
+        sa, acceptor = known, known.acceptor
         try:
-            who = sa.acceptor.identify(token)
+            who = acceptor.identify(token)
         except ntlm.NtlmError:
             return self._answer(msg, 401, challenge=True)
         user = who.user.partition("@")[0] if "@" in who.user else who.user
@@ -260,7 +268,7 @@ class LabRegistrar:
         ok = False
         if account is not None and account.aor.casefold() == aor.casefold():
             try:
-                sa.acceptor.verify([ntlm.nt_hash(account.password)], ntlm.filetime(time.time()))
+                acceptor.verify([ntlm.nt_hash(account.password)], ntlm.filetime(time.time()))
                 ok = True
             except ntlm.NtlmError:
                 ok = False
@@ -284,10 +292,11 @@ class LabRegistrar:
             value = (f'TLS-DSK opaque="{sa.opaque}", gssapi-data="{hello}", targetname="{self.targetname}", '
                      f'realm="{REALM}", version=4')
             return self._answer(msg, 401, headers=[f"WWW-Authenticate: {value}"])
-        sa = sas.get(cred.opaque or "")
+        known = sas.get(cred.opaque or "")
         prefix = b"\x16\x03\x03client-cert:"
-        if sa is None or sa.scheme != "TLS-DSK" or sa.established or not token.startswith(prefix):
+        if known is None or known.scheme != "TLS-DSK" or known.established or not token.startswith(prefix):
             return self._answer(msg, 401, challenge=True)
+        sa = known
         cert = token[len(prefix):].decode("ascii", "replace")
         del sas[sa.opaque]
         if self.tls_dsk.get(cert, "").casefold() != aor.casefold():
@@ -342,9 +351,9 @@ class LabRegistrar:
                 lines.append(f.raw if req.to.tag else f.raw + f";tag={secrets.token_hex(4)}".encode())
         extra = list(headers or [])
         if challenge:
+            sts = f"https://{self.targetname}/CertProv/CertProvisioningService.svc"
             extra += [f'WWW-Authenticate: NTLM realm="{REALM}", targetname="{self.targetname}", version=3',
-                      f'WWW-Authenticate: TLS-DSK realm="{REALM}", targetname="{self.targetname}", version=4, '
-                      f'sts-uri="https://{self.targetname}/CertProv/CertProvisioningService.svc"']
+                      f'WWW-Authenticate: TLS-DSK realm="{REALM}", targetname="{self.targetname}", version=4, sts-uri="{sts}"']
         if diag:
             extra.append(f"ms-diagnostics: {diag}")
         extra.append("Server: ucgate-lab-registrar")

@@ -24,7 +24,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..protocols.sip import KeepAlive, SipError, SipFramer, SipMessage, instance_from_epid, parse_message
+from ..protocols.sip import (
+    KeepAlive,
+    SipError,
+    SipFramer,
+    SipMessage,
+    instance_from_epid,
+    parse_message,
+)
 from ..protocols.sipauth import auth_fields
 from .registrar import REALM, signature_buffer, tls_dsk_key
 
@@ -135,7 +142,7 @@ class SipClient:
                 ev = self.recv(timeout)
                 if ev is None:
                     return True
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
 
     # --- messages -----------------------------------------------------------------------
@@ -253,7 +260,7 @@ class SipClient:
 
     def _leg(self, extra: list[str], scheme: str, target: str, token: bytes, opaque: str | None,
              version: int) -> SipMessage | None:
-        params = [f'qop="auth"', *([f'opaque="{opaque}"'] if opaque else []), f'realm="{REALM}"',
+        params = ['qop="auth"', *([f'opaque="{opaque}"'] if opaque else []), f'realm="{REALM}"',
                   f'targetname="{target}"', f'gssapi-data="{base64.b64encode(token).decode()}"',
                   f"version={version}"]
         self.send(self.build("REGISTER", headers=extra, auth=f"Authorization: {scheme} " + ", ".join(params)))
@@ -273,13 +280,13 @@ class SipClient:
             raise SipClientError("NTLM needs login and password")
         ctx = spnego.client(self.login, self.password, hostname=target, service="sip",
                             protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm)
-        answer = self._leg(extra, "NTLM", target, ctx.step(), None, 3)
+        answer = self._leg(extra, "NTLM", target, ctx.step() or b"", None, 3)
         if answer is None or answer.status != 401:
             return answer
         challenge = self._challenge(answer, "NTLM")
         if challenge is None:
             return answer
-        final = self._leg(extra, "NTLM", target, ctx.step(challenge.gssapi_data), challenge.opaque, 3)
+        final = self._leg(extra, "NTLM", target, ctx.step(challenge.gssapi_data) or b"", challenge.opaque, 3)
         if final is not None and final.status == 200:
             self.sa = _SA("NTLM", challenge.opaque or "", target, ctx=ctx, crand=secrets.token_hex(4))
             self._check_rspauth(final)
