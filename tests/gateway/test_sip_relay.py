@@ -35,7 +35,7 @@ class SipLab:
     """ids + devices + lab registrar + relay, on the test loop thread."""
 
     def __init__(self, tmp_path, loop_thread, tls_files, *, policy=None, lockout=None, devices=True,
-                 ca_bundle=None, follow=False) -> None:
+                 ca_bundle=None, follow=False, **sip) -> None:
         self.lt, self.cert, self.key = loop_thread, *tls_files
         (tmp_path / "data").mkdir(parents=True, exist_ok=True)
         (tmp_path / "keys").mkdir(mode=0o700, exist_ok=True)
@@ -53,7 +53,8 @@ class SipLab:
         loop_thread.run(self.registrar.start())
         self.settings = SipConfig(enabled=True, listen_host="127.0.0.1", listen_port=0, tls_cert=self.cert,
                                   tls_key=self.key, edge_host="127.0.0.1", edge_port=self.registrar.port,
-                                  server_name="localhost", ca_bundle=ca_bundle or self.cert, handshake_timeout=5)
+                                  server_name="localhost", ca_bundle=ca_bundle or self.cert, handshake_timeout=5,
+                                  **sip)
         self.relay = SipRelay(self.settings, self.ids.credentials, self.ids.audit, devices=self.devices,
                               failure_floor=0.0)
         self.ids.bus.subscribe(self.relay.post_event)
