@@ -39,7 +39,7 @@ async def start_frontend(host: str = "127.0.0.1", port: int = 0, **app_args):
     return server, task, port
 
 
-def demo_config(data_dir: Path, host: str, port: int, fe_port: int) -> dict:
+def demo_config(data_dir: Path, host: str, port: int, fe_port: int, edge_port: int = 0) -> dict:
     # The key that encrypts ASPs lives beside, not inside, the data directory.
     return {
         "gateway": {
@@ -58,6 +58,9 @@ def demo_config(data_dir: Path, host: str, port: int, fe_port: int) -> dict:
         "log": {"level": "info"},
         # the admin UI, portal and REST API on their own listener, TLS with the gateway's cert
         "web": {"enabled": True, "listen": f"{host}:{port + 1 if port else 0}", "users": {"alice": "admin"}},
+        # the SIP relay in front of the simulated Access Edge (lab/registrar.py), same certificate
+        **({"sip": {"enabled": True, "listen": f"{host}:{port + 2 if port else 0}", "edge": f"127.0.0.1:{edge_port}",
+                    "server_name": "localhost", "ca_bundle": str(data_dir / "gateway.crt")}} if edge_port else {}),
     }
 
 
@@ -111,9 +114,12 @@ async def run_demo(data_dir: Path, host: str, port: int) -> None:
     (data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
     cert, key = ensure_demo_certificate(data_dir)
     fe, fe_task, fe_port = await start_frontend(users={"alice": "Passw0rd!"})
+    from .registrar import Account, start_registrar
+
+    edge = await start_registrar(cert, key, [Account("alice", "Passw0rd!", "alice@contoso.com")], record=False)
     # Written to a file so that the admin CLI can be pointed at the running demo (-c).
     config_path = data_dir / "ucgate.toml"
-    config_path.write_text("# written by `ucgate demo` on each start\n" + to_toml(demo_config(data_dir, host, port, fe_port)))
+    config_path.write_text("# written by `ucgate demo` on each start\n" + to_toml(demo_config(data_dir, host, port, fe_port, edge.port)))
     config = load(config_path)
     node = build_node(config)
     asp = demo_user(node)
@@ -151,6 +157,14 @@ Try:
   ucgate device list -c {config_path}
   ucgate device approve -c {config_path} <id from the list>
 
+SIP (the desktop client's sign-in) on {host}:{node.sip.port}, TLS  →  simulated Access Edge 127.0.0.1:{edge.port}
+  # a PC signs in with NTLM (pyspnego's initiator; `pip install pyspnego`); a new PC is quarantined (403 +
+  # ms-diagnostics) until approved, like the phone above; run it again after `ucgate device approve`:
+  .venv/bin/python -m ucgate.lab.sipclient --port {node.sip.port} --ca {cert} --aor alice@contoso.com \\
+       --login 'CONTOSO\\alice' --password 'Passw0rd!' --epid 0a1b2c3d4e
+  # a REGISTER with a second Content-Length is refused and closed before the Edge sees it
+  printf 'REGISTER sip:contoso.com SIP/2.0\\r\\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\\r\\nFrom: <sip:alice@contoso.com>;tag=1\\r\\nTo: <sip:alice@contoso.com>\\r\\nCall-ID: 1\\r\\nCSeq: 1 REGISTER\\r\\nContent-Length: 0\\r\\nl: 0\\r\\n\\r\\n' | openssl s_client -quiet -connect {host}:{node.sip.port} 2>/dev/null
+
 Admin UI https://{host}:{port + 1}/admin/  ·  portal https://{host}:{port + 1}/portal/  (alice is an admin:
   sign in to the portal with the ASP above, enrol an authenticator app, then use the admin UI)
 Audit log: {config.store.audit_file}   Admin CLI: ucgate -h (pass -c {config_path})
@@ -162,5 +176,6 @@ Press Ctrl-C to stop.
         await wait_for_signal()
     finally:
         await node.stop()
+        await edge.stop()
         fe.should_exit = True
         await fe_task
