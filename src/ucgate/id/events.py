@@ -268,6 +268,12 @@ class EventFollower:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        finally:
+            self._watcher.release()  # its connections, closed by the thread that used them
+
+    def _follow(self) -> None:
         failing = False
         while not self._stop.is_set():
             try:

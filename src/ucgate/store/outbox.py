@@ -109,8 +109,8 @@ class Outbox(Transactions):
 
 
 class ChangeWatcher:
-    """Blocks until the outbox may have changed (see the module docstring). Thread-safe to
-    ``close`` from another thread; ``wait`` is called from one thread."""
+    """Blocks until the outbox may have changed (see the module docstring). ``wait`` and
+    ``release`` are called from one thread; ``close`` from any."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -190,6 +190,12 @@ class ChangeWatcher:
         return self._wait_sqlite(timeout)
 
     def close(self) -> None:
+        """Make :meth:`wait` return (from any thread). The connections are closed by
+        :meth:`release`, from the thread that waits, once it no longer does: closing a
+        connection another thread is using can crash the process."""
+        self._closed.set()
+
+    def release(self) -> None:
         self._closed.set()
         self._drop_pg()
         if self._sqlite is not None:
@@ -197,4 +203,5 @@ class ChangeWatcher:
                 self._sqlite.close()
             except sqlite3.Error:
                 pass
+            self._sqlite = None
 
