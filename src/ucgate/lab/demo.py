@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
 import socket
+import sys
 from pathlib import Path
 
 from ..config import load
@@ -82,6 +85,16 @@ def to_toml(data: dict, prefix: str = "") -> str:
     return out
 
 
+def ucgate_command() -> str:
+    """How to run the CLI as printed: the ``ucgate`` next to this Python (the venv's, which is
+    not on PATH after ``scripts/demo``), else ``python -m ucgate``."""
+    exe = Path(sys.executable).with_name("ucgate")
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return str(exe)
+    found = shutil.which("ucgate")
+    return found or f"{sys.executable} -m ucgate"
+
+
 def demo_user(node) -> str:
     """Make sure the demo user exists and give it a fresh ASP (shown once, so a new one each
     run; older demo ASPs are revoked)."""
@@ -126,6 +139,7 @@ async def run_demo(data_dir: Path, host: str, port: int) -> None:
     await node.start()
     gateway = node.gateway
     base = f"https://{host}:{gateway.port}"
+    ucgate = ucgate_command()
     print(
         f"""
 ucgate demo is running: gateway {base}  →  simulated SfB/Exchange front end http://127.0.0.1:{fe_port}
@@ -154,20 +168,20 @@ Try:
   curl --cacert {cert} -u 'alice:{asp}' -X POST -H 'MS-ASProtocolVersion: 14.1' \\
        '{base}/Microsoft-Server-ActiveSync?Cmd=FolderSync&User=alice&DeviceId=DEMOPHONE1&DeviceType=iPhone'
   # ... until an administrator approves it (then the same request is forwarded):
-  ucgate device list -c {config_path}
-  ucgate device approve -c {config_path} <id from the list>
+  {ucgate} device list -c {config_path}
+  {ucgate} device approve -c {config_path} <id from the list>
 
 SIP (the desktop client's sign-in) on {host}:{node.sip.port}, TLS  →  simulated Access Edge 127.0.0.1:{edge.port}
   # a PC signs in with NTLM (pyspnego's initiator; `pip install pyspnego`); a new PC is quarantined (403 +
   # ms-diagnostics) until approved, like the phone above; run it again after `ucgate device approve`:
-  .venv/bin/python -m ucgate.lab.sipclient --port {node.sip.port} --ca {cert} --aor alice@contoso.com \\
+  {sys.executable} -m ucgate.lab.sipclient --port {node.sip.port} --ca {cert} --aor alice@contoso.com \\
        --login 'CONTOSO\\alice' --password 'Passw0rd!' --epid 0a1b2c3d4e
   # a REGISTER with a second Content-Length is refused and closed before the Edge sees it
   printf 'REGISTER sip:contoso.com SIP/2.0\\r\\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\\r\\nFrom: <sip:alice@contoso.com>;tag=1\\r\\nTo: <sip:alice@contoso.com>\\r\\nCall-ID: 1\\r\\nCSeq: 1 REGISTER\\r\\nContent-Length: 0\\r\\nl: 0\\r\\n\\r\\n' | openssl s_client -quiet -connect {host}:{node.sip.port} 2>/dev/null
 
 Admin UI https://{host}:{port + 1}/admin/  ·  portal https://{host}:{port + 1}/portal/  (alice is an admin:
   sign in to the portal with the ASP above, enrol an authenticator app, then use the admin UI)
-Audit log: {config.store.audit_file}   Admin CLI: ucgate -h (pass -c {config_path})
+Audit log: {config.store.audit_file}   Admin CLI: {ucgate} -h (pass -c {config_path})
 Press Ctrl-C to stop.
 """,
         flush=True,
