@@ -419,6 +419,18 @@ def test_bad_credentials_get_a_local_answer_and_a_close(make_lab, auth, reason, 
     assert lab.registrar.received == []
 
 
+def test_an_unknown_scheme_on_a_registered_connection_is_refused(make_lab):
+    lab = make_lab()
+    c = lab.client()
+    assert c.register().status == 200
+    bad = c.build("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com",
+                  auth='Authorization: Basic YWxpY2U6eA==')
+    c.send_raw(bad)
+    answer = c.answer()
+    assert answer.status == 400 and answer.get("ms-diagnostics").startswith("1000;")
+    assert c.is_closed_by_server(2.0) and bad not in lab.registrar.received
+
+
 def test_a_from_to_mismatch_in_register_is_refused(make_lab):
     lab = make_lab()
     out = lab.raw(_register().replace(b"To: <sip:alice@", b"To: <sip:bob@"))
