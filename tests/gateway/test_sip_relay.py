@@ -457,6 +457,18 @@ def test_keepalive_before_registration_is_answered_here(make_lab):
     assert lab.registrar.connections == 0
 
 
+def test_behind_haproxy_the_proxy_header_is_the_client_address(make_lab):
+    import ipaddress
+
+    lab = make_lab(proxy_protocol=True)
+    lab.relay.trusted_proxies = (ipaddress.ip_network("127.0.0.1/32"),)
+    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 5061\r\n"
+    c = lab.client(password="wrong", preamble=header)
+    assert c.register().status == 401
+    assert _wait(lambda: any(e.client_address == "203.0.113.7" and e.details.get("method") == "sip"
+                             for e in lab.audit("sign-in")))
+
+
 # --- the Edge's side ----------------------------------------------------------------------------------
 def test_an_edge_whose_certificate_does_not_verify_is_not_used(make_lab, tmp_path):
     from ucgate.gateway.tls import make_self_signed

@@ -76,13 +76,14 @@ class SipClient:
     def __init__(self, host: str, port: int, *, aor: str, ca_file: str | None, login: str | None = None,
                  password: str | None = None, server_hostname: str = "localhost", epid: str | None = None,
                  user_agent: str = DEFAULT_UA, source: str | None = None, timeout: float = 5.0,
-                 cert_token: str | None = None) -> None:
+                 cert_token: str | None = None, preamble: bytes = b"") -> None:
         self.host, self.port, self.aor = host, port, aor
         self.login, self.password, self.cert_token = login, password, cert_token
         self.server_hostname, self.source, self.timeout = server_hostname, source, timeout
         self.epid = epid or secrets.token_hex(5)
         self.instance = instance_from_epid(self.epid)
         self.user_agent = user_agent
+        self.preamble = preamble  # sent before the TLS handshake (a PROXY protocol header, in tests)
         self.ctx = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
         self.sock: ssl.SSLSocket | None = None
         self.framer = SipFramer()
@@ -99,6 +100,8 @@ class SipClient:
     def connect(self) -> SipClient:
         raw = socket.create_connection((self.host, self.port), timeout=self.timeout,
                                        source_address=(self.source, 0) if self.source else None)
+        if self.preamble:
+            raw.sendall(self.preamble)
         self.sock = self.ctx.wrap_socket(raw, server_hostname=self.server_hostname)
         return self
 
