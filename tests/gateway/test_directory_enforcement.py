@@ -358,3 +358,28 @@ def test_two_gateways_on_one_store_share_the_budget(tmp_path, samba_lab, loop_th
         loop_thread.run(a.monitor.stop())
         a.gw.stop()
         a.ids.close()
+
+
+def test_concurrent_first_sign_ins_make_one_row_and_both_are_answered(tmp_path, samba_lab, loop_thread,
+                                                                      upstream, tls_files):
+    """Two first sign-ins of a new AD user at the same moment: one users row, both 200 (the
+    second insert's DuplicateError is the first one's row, not an unanswered connection)."""
+    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True)
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        for _ in range(3):
+            name = samba_lab.new_user(groups=[samba_lab.users_group])
+
+            def one(_):
+                with httpx.Client(verify=e.gw.ssl_context(), timeout=30) as c:
+                    return c.get(f"{e.gw.url}/ucwa/x", auth=(name, samba_lab.default_password)).status_code
+
+            with ThreadPoolExecutor(8) as pool:
+                codes = list(pool.map(one, range(8)))
+            assert codes == [200] * 8, codes
+            assert [u.username for u in e.ids.users.list()].count(name.lower()) == 1
+    finally:
+        loop_thread.run(e.monitor.stop())
+        e.gw.stop()
+        e.ids.close()

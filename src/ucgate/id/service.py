@@ -23,6 +23,7 @@ cannot be reached refuses the sign-in as ``store-unavailable`` (503 + Retry-Afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -37,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics
 from ..policy.account import check_sign_in
-from ..policy.lockout import BudgetDecision, Outcome, Reservation
+from ..policy.lockout import BudgetDecision, Outcome, Reservation, ip_key
 from ..policy.twofactor import Mode
 from ..protocols import ntlm as ntlm_proto
 from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
@@ -48,6 +49,8 @@ from .writer import WriterBusy
 log = logging.getLogger("ucgate.id")
 
 DIRECTORY_RETRY_AFTER = 30.0
+# How long an attempt waits for units held by other attempts in flight (see IdService._reserve).
+IN_FLIGHT_WAIT = 2.0
 STORE_RETRY_AFTER = 5.0
 # Reasons that say nothing about the password: they do not count against the budget.
 _NOT_A_GUESS = frozenset({"throttled", "directory-unavailable", "store-unavailable",
@@ -139,7 +142,11 @@ class IdService:
         self.clock = clock
         self.second_factor = second_factor  # id.twofactor.SecondFactor, or None (2FA off)
         self.store_name = store_name
-        self._lock = threading.Lock()
+        # the in-memory budget needs a lock; the store's statements are atomic by themselves
+        self._lock: Any = threading.Lock() if not getattr(budget, "atomic", False) else contextlib.nullcontext()
+        # units of budget held by attempts in flight in this process, by bucket (see _reserve)
+        self._inflight: dict[str, int] = {}
+        self._inflight_cv = threading.Condition()
 
     # --- steps ---------------------------------------------------------------------------
     def _resolve(self, typed: str) -> Resolved:
@@ -184,19 +191,49 @@ class IdService:
             return Resolved(key, sam, Verdict(False, "user-disabled"), du)
         return Resolved(key, sam, None, du)
 
+    def _held(self, r: Reservation) -> tuple[str, ...]:
+        return (f"u:{r.account}", f"ip:{ip_key(r.ip)}") if r.charged_ip else (f"u:{r.account}",)
+
     def _reserve(self, who: Resolved, ctx: AttemptContext) -> Reservation | Verdict:
-        """Hold one failure for this attempt before any check that can reach the directory."""
-        with self._lock:  # the in-memory budget is not thread-safe; the store one is atomic
-            r = self.budget.reserve(who.key, ctx.client_ip, self.clock())
-        if isinstance(r, BudgetDecision):
-            metrics.count_throttle(r.reason)  # ucgate_budget_throttles_total
-            return Verdict(False, "throttled", retry_after=max(r.retry_after, 1.0))
-        return r
+        """Hold one failure for this attempt before any check that can reach the directory.
+
+        A bucket that is full only of *other attempts in flight* in this process (say six
+        devices of one user signing in at once after a failover, or many users behind one NAT)
+        is waited for, up to :data:`IN_FLIGHT_WAIT`: those units come back when their checks
+        succeed. A bucket full of failures is refused at once."""
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        while True:
+            with self._lock:  # the in-memory budget is not thread-safe; the store one is atomic
+                r = self.budget.reserve(who.key, ctx.client_ip, self.clock())
+            if not isinstance(r, BudgetDecision):
+                with self._inflight_cv:
+                    for k in self._held(r):
+                        self._inflight[k] = self._inflight.get(k, 0) + 1
+                return r
+            bucket = f"u:{who.key}" if r.reason == "user-throttled" else f"ip:{ip_key(ctx.client_ip)}"
+            with self._inflight_cv:
+                left = deadline - time.monotonic()
+                if not self._inflight.get(bucket) or left <= 0:
+                    break
+                self._inflight_cv.wait(min(left, 0.25))
+        metrics.count_throttle(r.reason)  # ucgate_budget_throttles_total
+        return Verdict(False, "throttled", retry_after=max(r.retry_after, 1.0))
 
     def _settle(self, reservation: Reservation | None, verdict: Verdict) -> None:
-        if reservation is not None:
+        if reservation is None:
+            return
+        try:
             with self._lock:
                 self.budget.settle(reservation, _outcome(verdict), self.clock())
+        finally:
+            with self._inflight_cv:
+                for k in self._held(reservation):
+                    n = self._inflight.get(k, 0) - 1
+                    if n > 0:
+                        self._inflight[k] = n
+                    else:
+                        self._inflight.pop(k, None)
+                self._inflight_cv.notify_all()
 
     def _audit(self, user: str, ctx: AttemptContext, verdict: Verdict) -> None:
         metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)  # ucgate_id_sign_ins_total

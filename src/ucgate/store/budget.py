@@ -53,6 +53,8 @@ class StoreBudget(Transactions):
     """The failure budget over the store (same interface as ``policy.lockout.FailureBudget``'s
     ``reserve`` / ``settle`` / ``familiar`` / ``charge``)."""
 
+    atomic = True  # safe to call from many threads at once (no lock needed around it)
+
     def __init__(self, engine: Any, config: BudgetConfig) -> None:
         if engine.dialect.name == "sqlite" and sqlite_path(str(engine.url)) is not None:
             # Budget rows are not worth a disk flush per attempt: an engine of our own whose
