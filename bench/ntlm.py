@@ -23,6 +23,8 @@ Scenarios (each measured over the same window by every client; see bench/README.
     anon-ka     keep-alive: GET /Autodiscover/AutodiscoverService.svc/root, no credentials
     ntlm-ka     keep-alive after one NTLM handshake: GET /ucwa/... without Authorization
     basic-ka    keep-alive: GET /ucwa/... with the same Basic header every time (memoised)
+    bearer-ka   keep-alive: one OAuth password grant (POST /WebTicket/oauthtoken, the ASP), then
+                GET /ucwa/... with ``Authorization: Bearer cwt=...`` (the token the gateway issued)
 
 The gateway's CPU comes from /proc/<pid>/stat (utime + stime, all threads) over the window.
 It prints a table and exits 0; every process it starts is killed on exit, error or signal.
@@ -65,7 +67,9 @@ SCENARIOS = {
     "anon-ka": (False, "anonymous GET, keep-alive"),
     "ntlm-ka": (False, "GET after NTLM, no Authorization"),
     "basic-ka": (False, "GET with Basic (memoised)"),
+    "bearer-ka": (False, "GET with Bearer (OAuth grant once)"),
 }
+TOKEN_PATH = "/WebTicket/oauthtoken"  # the OAuth password grant the gateway intercepts
 
 
 # --- the client (runs in worker processes) -------------------------------------------------
@@ -84,10 +88,16 @@ class Client:
         except OSError:
             pass
 
-    def request(self, path: str, authz: str | None = None) -> tuple[int, dict[bytes, bytes], bytes]:
+    def request(self, path: str, authz: str | None = None, form: bytes | None = None
+                ) -> tuple[int, dict[bytes, bytes], bytes]:
         extra = f"Authorization: {authz}\r\n" if authz else ""
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ucgate-bench\r\n"
-                          f"{extra}\r\n".encode())
+        if form is None:
+            self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ucgate-bench\r\n"
+                              f"{extra}\r\n".encode())
+        else:
+            self.sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ucgate-bench\r\n"
+                              f"Content-Type: application/x-www-form-urlencoded\r\n"
+                              f"Content-Length: {len(form)}\r\n{extra}\r\n".encode() + form)
         while (i := self.buf.find(b"\r\n\r\n")) < 0:
             chunk = self.sock.recv(65536)
             if not chunk:
@@ -133,6 +143,18 @@ def ntlm_handshake(c: Client, credential: str, cbt) -> None:
         raise RuntimeError(f"NTLM Type 3: expected 200 and the upstream body, got {status} {body[:100]!r}")
 
 
+def bearer_token(c: Client, asp: str) -> str:
+    """The OAuth password grant with the ASP (verified by the gateway; the upstream nginx
+    answers the token request with a fresh ``cwt=`` token): the Authorization value to send."""
+    from urllib.parse import urlencode
+
+    form = urlencode({"grant_type": "password", "username": USER, "password": asp}).encode()
+    status, _, body = c.request(TOKEN_PATH, form=form)
+    if status != 200:
+        raise RuntimeError(f"OAuth grant: expected 200, got {status} {body[:200]!r}")
+    return "Bearer " + json.loads(body)["access_token"]
+
+
 def worker(args) -> int:
     """One client process: wait for the window, run the scenario, report JSON on stdout."""
     import spnego.channel_bindings as cb
@@ -171,6 +193,13 @@ def worker(args) -> int:
     conn: Client | None = None
     path, authz = (ANON_PATH, None) if scen == "anon-ka" else (AUTH_PATH, basic if scen == "basic-ka" else None)
 
+    def sign_in() -> None:  # on a new keep-alive connection
+        nonlocal authz
+        if scen == "ntlm-ka":
+            ntlm_handshake(conn, credential, cbt)
+        elif scen == "bearer-ka":
+            authz = bearer_token(conn, asp)
+
     def one_ka() -> None:
         status, _, body = conn.request(path, authz)
         if status != 200 or body != BODY:
@@ -181,8 +210,7 @@ def worker(args) -> int:
         op = one_new
     else:
         conn = Client(args.port, ctx)
-        if scen == "ntlm-ka":
-            ntlm_handshake(conn, credential, cbt)
+        sign_in()
         one_ka()
         op = one_ka
 
@@ -205,8 +233,7 @@ def worker(args) -> int:
                 try:
                     conn.close()
                     conn = Client(args.port, ctx)
-                    if scen == "ntlm-ka":
-                        ntlm_handshake(conn, credential, cbt)
+                    sign_in()
                 except Exception:  # noqa: BLE001
                     time.sleep(0.05)
         now = time.monotonic()
@@ -220,6 +247,21 @@ def worker(args) -> int:
 
 
 # --- the orchestration ---------------------------------------------------------------------
+def nginx_upstream_conf(prefix: Path, port: int, user: str) -> str:
+    """bench/proxy.py's upstream (``return 200`` with the fixed body), plus the front end's
+    token endpoint for ``bearer-ka``: the OAuth grant the gateway forwards (its password
+    blanked, backend ``none``) gets a JSON ``access_token``, a new one per grant."""
+    conf = common.nginx_upstream_conf(prefix, port, user)
+    token = f"""\
+        location = {TOKEN_PATH} {{
+            default_type application/json;
+            return 200 '{{"access_token":"cwt=$request_id","token_type":"Bearer","expires_in":28800}}';
+        }}
+"""
+    at = conf.index("        location / {")
+    return conf[:at] + token + conf[at:]
+
+
 def gateway_conf(port: int, up_port: int, cert: Path, key: Path, work: Path) -> str:
     return f"""\
 [gateway]
@@ -436,7 +478,7 @@ def _run(args, work: Path, procs: _Procs) -> int:
 
     up_port, gw_port = common.free_port(), common.free_port()
     (work / "upstream").mkdir()
-    (work / "upstream" / "nginx.conf").write_text(common.nginx_upstream_conf(work / "upstream", up_port, user))
+    (work / "upstream" / "nginx.conf").write_text(nginx_upstream_conf(work / "upstream", up_port, user))
     up_log = work / "upstream" / "stderr.log"
     up = procs.start(["taskset", "-c", CLIENT_CORE, "nginx", "-p", str(work / "upstream"), "-c",
                       str(work / "upstream" / "nginx.conf"), "-e", str(work / "upstream" / "error.log")], up_log)
@@ -501,11 +543,12 @@ def _run(args, work: Path, procs: _Procs) -> int:
     if "basic-new" in m and "tls-new" in m:
         d = m["basic-new"].us_per_op - m["tls-new"].us_per_op
         print(f"Basic (ASP) on a new connection: {m['basic-new'].us_per_op:.0f} us; verifying it adds {d:.0f} us")
-    for s in ("ntlm-ka", "basic-ka"):
+    for s in ("ntlm-ka", "basic-ka", "bearer-ka"):
         if s in m and "anon-ka" in m:
             d = m[s].us_per_op - m["anon-ka"].us_per_op
             print(f"{s}: {m[s].us_per_op:.1f} us/request vs anonymous {m['anon-ka'].us_per_op:.1f} "
-                  f"-> authentication adds {d:+.1f} us/request on an authenticated keep-alive connection")
+                  f"({m[s].us_per_op / m['anon-ka'].us_per_op:.2f}x) -> authentication adds {d:+.1f} us/request "
+                  "on an authenticated keep-alive connection")
     for s, r in m.items():
         if r.gw_cpu / r.seconds < 0.85:
             print(f"note: {s}: the gateway used {r.gw_cpu / r.seconds:.2f} of its core: not CPU-bound "
