@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,3 +61,17 @@ class ClientConnection:
                 transport.abort()
             elif not self.writer.is_closing():
                 self.writer.close()
+
+
+def call_on_loop(loop: asyncio.AbstractEventLoop | None, callback: Callable[[object], None], arg: object) -> None:
+    """``callback(arg)`` on ``loop``: at once when called from it (or when it is not running
+    yet or any more), else handed over thread-safely (events arrive from the store's follower
+    thread)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is None or running is loop or loop.is_closed():
+        callback(arg)
+    else:
+        loop.call_soon_threadsafe(callback, arg)

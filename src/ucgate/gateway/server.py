@@ -32,7 +32,7 @@ from ..protocols.ntlm import tls_server_end_point
 from ..protocols.sfb import Service, ServiceMap, split_target
 from .auth import Authenticator, DenyAll
 from .backend import BackendAuth, BackendCredentials, BackendError, default_backends
-from .connection import ClientConnection, Identity
+from .connection import ClientConnection, Identity, call_on_loop
 from .devices import DeviceGate
 from .health import HealthListener
 from .preamble import StreamPreamble
@@ -265,15 +265,7 @@ class Gateway:
 
     def post_event(self, event: object) -> None:
         """:meth:`on_event` from any thread (the store's event follower runs in its own)."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or running is loop or loop.is_closed():
-            self.on_event(event)
-        else:
-            loop.call_soon_threadsafe(self.on_event, event)
+        call_on_loop(self._loop, self.on_event, event)
 
     def on_event(self, event: object) -> None:
         """Handle an event (``ucgate.id.events``): ``UserBlocked`` closes that user's live

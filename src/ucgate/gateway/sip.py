@@ -73,6 +73,7 @@ from ..logs import begin_request
 from ..protocols.devices import DeviceFacts
 from ..protocols.sip import KeepAlive, SipError, SipFramer, SipMessage, sip_device_facts
 from ..protocols.sipauth import SipAuth, auth_fields, ntlm_identity
+from .connection import call_on_loop
 from .stream import Stream
 from .tls import server_context, upstream_context
 from .tlstransport import TLSServer, start_tls_server
@@ -659,15 +660,7 @@ class SipRelay:
 
     def post_event(self, event: object) -> None:
         """:meth:`on_event` from any thread (the store's event follower runs in its own)."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or running is loop or loop.is_closed():
-            self.on_event(event)
-        else:
-            loop.call_soon_threadsafe(self.on_event, event)
+        call_on_loop(self._loop, self.on_event, event)
 
     def on_event(self, event: object) -> None:
         """``UserBlocked`` closes the user's connections (admitted before ``signed_in_before``, if
