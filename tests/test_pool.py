@@ -163,10 +163,7 @@ def test_cli_changes_cut_live_connections_on_both_gateways_within_a_second(tmp_p
         cafile = tls_files[0]
 
         def pair(password: str, device: str) -> list[KeepAlive]:
-            conns = [KeepAlive(p, cafile, "alice", password, device) for p in ports]
-            for k in conns:
-                assert k.once() == 200
-            return conns
+            return _pair(ports, cafile, password, device)
 
         figures: dict[str, list[float]] = {}
         # 1. device block from the CLI: PHONE1's connections go, TABLET1's stay
@@ -193,6 +190,14 @@ def test_cli_changes_cut_live_connections_on_both_gateways_within_a_second(tmp_p
             assert max(times) < 1.0, (what, times, procs.log("gw0"), procs.log("gw1"))
     finally:
         procs.close()
+
+
+def _pair(ports: list[int], cafile: Path, password: str, device: str) -> list[KeepAlive]:
+    """One signed-in keep-alive connection of alice's per gateway."""
+    conns = [KeepAlive(p, cafile, "alice", password, device) for p in ports]
+    for k in conns:
+        assert k.once() == 200
+    return conns
 
 
 def _asp_id(cfg: Path, label: str) -> str:
@@ -318,10 +323,7 @@ def test_rest_api_changes_cut_live_connections_on_both_gateways(tmp_path, tls_fi
         cafile = tls_files[0]
 
         def pair(password: str, device: str) -> list[KeepAlive]:
-            conns = [KeepAlive(p, cafile, "alice", password, device) for p in ports]
-            for k in conns:
-                assert k.once() == 200
-            return conns
+            return _pair(ports, cafile, password, device)
 
         figures: dict[str, list[float]] = {}
         phone, tablet = pair(asp1, "PHONE1"), pair(asp2, "TABLET1")

@@ -229,9 +229,7 @@ def test_directory_down_fails_closed_then_recovers(tmp_path, samba_lab, loop_thr
             time.sleep(0.5)
         assert status == 200
     finally:
-        loop_thread.run(e.monitor.stop())
-        e.gw.stop()
-        e.ids.close()
+        _close(e, loop_thread)
 
 
 def test_domain_password_allowed_without_locking_ad(tmp_path, samba_lab, loop_thread, upstream, tls_files):
@@ -246,9 +244,13 @@ def test_domain_password_allowed_without_locking_ad(tmp_path, samba_lab, loop_th
         # the gateway's budget (3) stopped the spray before AD's lockout threshold (5)
         assert not samba_lab.is_locked(name)
     finally:
-        loop_thread.run(e.monitor.stop())
-        e.gw.stop()
-        e.ids.close()
+        _close(e, loop_thread)
+
+
+def _close(e: Env, loop_thread) -> None:
+    loop_thread.run(e.monitor.stop())
+    e.gw.stop()
+    e.ids.close()
 
 
 def _bad_pwd_count(lab, name: str) -> int:
@@ -284,9 +286,7 @@ def test_concurrent_wrong_passwords_never_pass_the_budget(tmp_path, samba_lab, l
         assert codes.count(401) == 3 and codes.count(429) == 27, codes
         assert bad <= 3 and not samba_lab.is_locked(name)
     finally:
-        loop_thread.run(e.monitor.stop())
-        e.gw.stop()
-        e.ids.close()
+        _close(e, loop_thread)
 
 
 def test_every_name_form_shares_one_budget(tmp_path, samba_lab, loop_thread, upstream, tls_files):
@@ -318,9 +318,7 @@ def test_every_name_form_shares_one_budget(tmp_path, samba_lab, loop_thread, ups
         assert codes.count(401) == 3 and codes.count(429) == 21, codes
         assert bad <= 3 and not samba_lab.is_locked(name)
     finally:
-        loop_thread.run(e.monitor.stop())
-        e.gw.stop()
-        e.ids.close()
+        _close(e, loop_thread)
 
 
 def test_two_gateways_on_one_store_share_the_budget(tmp_path, samba_lab, loop_thread, upstream, tls_files):
@@ -380,6 +378,4 @@ def test_concurrent_first_sign_ins_make_one_row_and_both_are_answered(tmp_path, 
             assert codes == [200] * 8, codes
             assert [u.username for u in e.ids.users.list()].count(name.lower()) == 1
     finally:
-        loop_thread.run(e.monitor.stop())
-        e.gw.stop()
-        e.ids.close()
+        _close(e, loop_thread)
