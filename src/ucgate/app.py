@@ -209,6 +209,10 @@ class Node:
     web: Any = None  # the admin UI / portal / REST API server ([web] enabled), a uvicorn.Server
     follower: Any = None  # the store's event follower (ucgate.id.events), with an in-process store
     sip: Any = None  # the SIP relay ([sip] enabled), a gateway.sip.SipRelay
+    # with ``remote``: what the id service's events reach and whose users are reported (the
+    # gateway's and the SIP relay's); None: the gateway's
+    on_event: Any = None
+    live_users: Any = None
     _web_task: Any = None
 
     async def start(self) -> None:
@@ -224,7 +228,7 @@ class Node:
             if self._web_task.done():
                 self._web_task.result()  # raise the listener's error (address in use...)
         if self.remote is not None:
-            self.remote.start(self.gateway.on_event, self.gateway.live_users)
+            self.remote.start(self.on_event or self.gateway.on_event, self.live_users or self.gateway.live_users)
         if self.monitor is not None:
             self.monitor.start()
 
@@ -255,9 +259,6 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         from .gateway.idclient import RemoteCredentials
 
         ic = config.id_service
-        if config.sip is not None and config.sip.enabled:
-            raise ConfigError(f"{config.path}: sip.enabled: the SIP relay needs the id service in this "
-                              "process (not yet over [id_service] url)")
         remote = RemoteCredentials(list(ic.urls) or [ic.url], secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
                                    outage_grace=ic.outage_grace)
         gate = remote_device_gate(config, remote)
@@ -266,6 +267,15 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
                                                    kerberos=kerberos_acceptor(config)),
                           devices=gate, backends=gateway_backends(config),
                           oauth=oauth_grants(config, remote), readiness=id_service_readiness(remote))
+        if config.sip is not None and config.sip.enabled:
+            # the SIP relay over the id service's API: the budget (POST /v1/sip/attempt|settle),
+            # the account of a signed REGISTER (/v1/auth/account), devices (/v1/devices/check);
+            # the event stream cuts its connections too, and its users are reported
+            from .gateway.sip import relay_from_config
+
+            relay = relay_from_config(config, None, gate.checker if gate else None, remote=remote)
+            return Node(gateway, remote=remote, sip=relay, on_event=_fan_out(gateway.on_event, relay.on_event),
+                        live_users=_merged_live_users(gateway.live_users, relay.live_users))
         return Node(gateway, remote=remote)
     ids = open_id_services(config)
     gate = device_gate(config, ids)
@@ -297,6 +307,18 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         node.web = node_web_server(config, ids, devices=gate.checker if gate else None,
                                    live_users=live_users, readiness=store_readiness(ids))
     return node
+
+
+def _fan_out(*handlers: Callable[[object], None]) -> Callable[[object], None]:
+    """One event to several listeners (the gateway's and the SIP relay's ``on_event``)."""
+    def on_event(event: object) -> None:
+        for handler in handlers:
+            try:
+                handler(event)
+            except Exception:  # one listener's bug must not keep the event from the other
+                log.exception("an event handler failed")
+
+    return on_event
 
 
 def _merged_live_users(*sources: Callable[[], dict]) -> Callable[[], dict]:

@@ -544,17 +544,23 @@ def test_ucgate_serve_wiring_runs_the_relay_with_the_gateway(tmp_path, tls_files
         loop_thread.run(registrar.stop())
 
 
-def test_the_relay_refuses_with_a_remote_id_service(tmp_path, tls_files):
+def test_the_relay_runs_over_a_remote_id_service(tmp_path, tls_files):
+    """[sip] with [id_service] url: the relay over the id service's API (end to end in
+    test_sip_split.py)."""
+    import asyncio
+
     from ucgate.app import build_node
-    from ucgate.config import ConfigError
+    from ucgate.gateway.idclient import RemoteCredentials
 
     raw = _config(tmp_path, tls_files, 5061)
     secret = tmp_path / "id.secret"
     secret.write_text("x" * 40)
     secret.chmod(0o600)
     raw["id_service"] = {"url": "https://127.0.0.1:9443", "secret_file": str(secret)}
-    with pytest.raises(ConfigError, match="sip.enabled"):
-        build_node(from_dict(raw))
+    node = build_node(from_dict(raw))
+    assert node.ids is None and node.sip is not None and node.sip.ids is node.remote
+    assert isinstance(node.remote, RemoteCredentials) and node.sip.audit is None
+    asyncio.run(node.remote.aclose())
 
 
 def test_sip_metrics_count_messages_and_refusals(make_lab):

@@ -43,7 +43,15 @@ from typing import Any
 import httpx
 
 from .. import metrics
-from ..id.api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
+from ..id.api import (
+    AttemptContext,
+    NtlmHandshake,
+    NtlmVerdict,
+    SipAttemptAnswer,
+    SipAttemptRequest,
+    SipSettle,
+    Verdict,
+)
 from ..id.devices import DeviceCheck
 from ..id.events import UserBlocked, event_of, from_wire
 from ..logs import request_context
@@ -192,10 +200,16 @@ class RemoteCredentials:
     # --- calls ---------------------------------------------------------------------------
     async def _request(self, method: str, path: str, body: dict[str, Any], ok: int = 200) -> httpx.Response:
         """One call, failing over along the URL list."""
+        return (await self._call(method, path, body, ok))[0]
+
+    async def _call(self, method: str, path: str, body: dict[str, Any], ok: int = 200,
+                    at: int | None = None) -> tuple[httpx.Response, int]:
+        """One call, failing over along the URL list (only to ``urls[at]`` when given: a call
+        that only that id service can answer); the answer and the index that gave it."""
         last = IdServiceError("recently-down")
         ctx = request_context.get()  # the gateway's request id goes along, for the id service's log
         headers = {"X-Ucgate-Request-Id": ctx["request_id"]} if ctx is not None else None
-        for i in self._order():
+        for i in (self._order() if at is None else [at]):
             started = time.monotonic()
             try:
                 r = await self._client.request(method, self.urls[i] + path, json=body, headers=headers)
@@ -217,9 +231,10 @@ class RemoteCredentials:
                     log.error("the id service %s refused our shared secret: check [id_service] "
                               "secret_file on both sides", self.urls[i])
                 raise IdServiceError(f"HTTP {r.status_code}")
-            self._current = i
+            if at is None:
+                self._current = i
             self._answered(i)
-            return r
+            return r, i
         raise last
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
@@ -266,6 +281,43 @@ class RemoteCredentials:
             return NtlmVerdict(verdict, _session(session) if verdict.ok else None)
         except IdServiceError as e:
             return NtlmVerdict(self._unavailable("ntlm", e))
+
+    # --- the SIP relay's calls (gateway.sip; id.sipattempts on the other side) ------------------
+    async def begin_sip(self, req: SipAttemptRequest) -> SipAttemptAnswer:
+        """``POST /v1/sip/attempt``. The token handed to the relay is ``<url index>.<token>``:
+        the settle goes to the id service that holds the reservation. Fails closed:
+        ``id-service-unavailable`` with ``retry_after`` (the relay answers 503)."""
+        try:
+            r, i = await self._call("POST", "/v1/sip/attempt", req.to_json())
+            try:
+                answer = SipAttemptAnswer.from_json(r.json())
+            except ValueError:
+                raise IdServiceError("bad-response") from None
+        except IdServiceError as e:
+            return SipAttemptAnswer(None, self._unavailable("sip attempt", e))
+        if answer.token is not None:
+            answer = SipAttemptAnswer(f"{i}.{answer.token}", answer.verdict, answer.expires_in)
+        return answer
+
+    async def settle_sip(self, s: SipSettle) -> None:
+        """``POST /v1/sip/settle`` to the issuer of the token, never failed over (another id
+        service does not hold the reservation). If the issuer cannot be reached the unit stays
+        charged there (it expires as a failure): logged, never raised."""
+        index, _, token = s.token.partition(".")
+        if not index.isdigit() or int(index) >= len(self.urls) or not token:
+            log.error("SIP: cannot settle a malformed reservation token")
+            return
+        try:
+            r, _ = await self._call("POST", "/v1/sip/settle",
+                                    SipSettle(token, s.outcome, s.reason).to_json(), at=int(index))
+            settled = r.json().get("settled") if r.headers.get("content-type", "").startswith("application/json") else None
+        except (IdServiceError, ValueError, AttributeError) as e:
+            log.error("id service %s: SIP settle (%s) failed: %s; the unit stays charged",
+                      self.urls[int(index)], s.outcome, getattr(e, "reason", type(e).__name__))
+            return
+        if settled is not True:
+            log.warning("id service %s: SIP reservation unknown (expired?) at settle (%s)",
+                        self.urls[int(index)], s.outcome)
 
     # --- background links ----------------------------------------------------------------
     def start(self, on_event: Callable[[object], None],

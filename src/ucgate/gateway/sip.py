@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import metrics
-from ..id.api import AttemptContext, Method, Verdict
+from ..id.api import AttemptContext, Method, SipAttemptRequest, SipOutcome, SipSettle
 from ..logs import begin_request
 from ..protocols.devices import DeviceFacts
 from ..protocols.sip import KeepAlive, SipError, SipFramer, SipMessage, sip_device_facts
@@ -144,9 +144,8 @@ def local_answer(request: SipMessage, status: int, text: str, *, diag: int = DIA
 class _Attempt:
     """A credential leg forwarded to the Edge, holding one unit of the failure budget."""
 
-    who: Any  # id.service.Resolved
-    ctx: AttemptContext
-    held: Any  # policy.lockout.Reservation
+    user: str | None  # the account (canonical name)
+    token: str  # the reservation, held by the id service (id.sipattempts)
     scheme: str  # NTLM, Kerberos, TLS-DSK
     final: bool  # an NTLM Type 3: the Edge's 401 is a failure, never a continuation
 
@@ -222,7 +221,7 @@ class SipSession:
         pending, self.pending = list(self.pending.values()), {}
         for p in pending:  # never answered: the unit stays charged
             if p.attempt is not None:
-                await self._end(p.attempt, Verdict(False, "sip-no-answer"))
+                await self._settle(p.attempt, SipOutcome.FAILURE, "sip-no-answer")
 
     # --- client → Edge ---------------------------------------------------------------------
     async def _client_loop(self) -> None:
@@ -346,45 +345,41 @@ class SipSession:
             await self._forward(msg)
         except Refusal:
             self.pending.pop((msg.call_id, msg.cseq.number), None)
-            if attempt is not None:
-                await asyncio.to_thread(self.relay.ids.release_attempt, attempt.held)
+            if attempt is not None:  # it never reached the Edge
+                await self._settle(attempt, SipOutcome.CONTINUED, "not-forwarded")
             raise
 
     async def _begin(self, aor: str, cred: SipAuth, identity: Any, facts: DeviceFacts,
                      user_agent: str | None) -> _Attempt:
-        """Reserve the budget for a credential leg and refuse what must not reach the Edge."""
-        ids = self.relay.ids
+        """Reserve the budget for a credential leg and refuse what must not reach the Edge (the
+        id service decides, in-process or over ``POST /v1/sip/attempt``, and audits)."""
         started = time.monotonic()
         ctx = AttemptContext(client_ip=self.peer_host, method=Method.SIP, service="sip",
                              device_id=facts.device_id, user_agent=(user_agent or "")[:256] or None)
-        who, held = await asyncio.to_thread(ids.begin_attempt, f"sip:{aor}", ctx)
-        if isinstance(held, Verdict):
-            await asyncio.to_thread(self.relay.audit_sign_in, who, ctx, held)
-            metrics.count_auth("sip", "throttled" if held.reason == "throttled" else "unavailable",
-                               held.reason)
-            text = ("too many failed sign-ins: try again later" if held.reason == "throttled"
+        req = SipAttemptRequest(f"sip:{aor}", ctx, identity.user if identity is not None else None,
+                                (identity.domain or None) if identity is not None and identity.user else None)
+        answer = await self.relay.ids.begin_sip(req)
+        verdict = answer.verdict
+        if verdict.ok and answer.token is not None:
+            return _Attempt(verdict.user, answer.token, cred.scheme, final=identity is not None)
+        if verdict.retry_after > 0:  # throttled, or a dependency (the id service) down
+            metrics.count_auth("sip", "throttled" if verdict.reason == "throttled" else "unavailable",
+                               verdict.reason)
+            text = ("too many failed sign-ins: try again later" if verdict.reason == "throttled"
                     else "sign-in unavailable: try again later")
-            raise Refusal(503, held.reason, text, diag=DIAG_BUDGET,
-                          retry_after=max(held.retry_after, 1.0), audited=True)
-        verdict = who.refused
-        if verdict is None and identity is not None:
-            typed = f"{identity.domain}\\{identity.user}" if identity.domain else identity.user
-            other = await asyncio.to_thread(ids.resolve_account, typed) if identity.user else None
-            if other is None or other.key != who.key:
-                verdict = Verdict(False, "ntlm-user-mismatch")
-        if verdict is not None:
-            await asyncio.to_thread(ids.end_attempt, who, ctx, held, verdict)
-            metrics.count_auth("sip", "deny", verdict.reason)
-            await asyncio.sleep(max(0.0, self.relay.failure_floor - (time.monotonic() - started)))
-            if verdict.reason == "ntlm-user-mismatch":
-                raise Refusal(403, verdict.reason, "the NTLM user is not the SIP user", audited=True)
-            raise Refusal(403, "sign-in-refused", _SIGN_IN_TEXT, diag=DIAG_ACCOUNT, audited=True,
-                          detail=verdict.reason)
-        return _Attempt(who, ctx, held, cred.scheme, final=identity is not None)
+            raise Refusal(503, verdict.reason, text, diag=DIAG_BUDGET,
+                          retry_after=max(verdict.retry_after, 1.0), audited=True)
+        metrics.count_auth("sip", "deny", verdict.reason)
+        await asyncio.sleep(max(0.0, self.relay.failure_floor - (time.monotonic() - started)))
+        if verdict.reason == "ntlm-user-mismatch":
+            raise Refusal(403, verdict.reason, "the NTLM user is not the SIP user", audited=True)
+        raise Refusal(403, "sign-in-refused", _SIGN_IN_TEXT, diag=DIAG_ACCOUNT, audited=True,
+                      detail=verdict.reason)
 
-    async def _end(self, attempt: _Attempt, verdict: Verdict) -> None:
-        metrics.count_auth("sip", "allow" if verdict.ok else "deny", verdict.reason)
-        await asyncio.to_thread(self.relay.ids.end_attempt, attempt.who, attempt.ctx, attempt.held, verdict)
+    async def _settle(self, attempt: _Attempt, outcome: SipOutcome, reason: str) -> None:
+        if outcome is not SipOutcome.CONTINUED:
+            metrics.count_auth("sip", "allow" if outcome is SipOutcome.SUCCESS else "deny", reason)
+        await self.relay.ids.settle_sip(SipSettle(attempt.token, outcome, reason))
 
     async def _forward(self, msg: SipMessage) -> None:
         if self.edge is None:
@@ -452,13 +447,13 @@ class SipSession:
         a = p.attempt
         if a is not None:
             if 200 <= status < 300:
-                await self._end(a, Verdict(True, "ok", user=a.who.user))
+                await self._settle(a, SipOutcome.SUCCESS, "ok")
             elif status in (401, 407) and not a.final and self._continues(answer, a.scheme):
-                await asyncio.to_thread(self.relay.ids.release_attempt, a.held)
+                await self._settle(a, SipOutcome.CONTINUED, "continued")
             elif status >= 500:
-                await self._end(a, Verdict(False, "registrar-unavailable"))
+                await self._settle(a, SipOutcome.NOT_A_GUESS, "registrar-unavailable")
             else:
-                await self._end(a, Verdict(False, "wrong-password" if a.final else "registrar-refused"))
+                await self._settle(a, SipOutcome.FAILURE, "wrong-password" if a.final else "registrar-refused")
         if not 200 <= status < 300 or _expires(p.request, answer) == 0:
             return True
         if self.user is None or time.monotonic() - self.decided_at >= RECHECK_SECONDS or (
@@ -484,11 +479,11 @@ class SipSession:
     async def _admit(self, p: _Register) -> None:
         """The account and the device of an accepted REGISTER; raises Refusal."""
         relay = self.relay
-        user = p.attempt.who.user if p.attempt is not None else self.user
+        user = p.attempt.user if p.attempt is not None else self.user
         if user is None:  # accepted without a credential leg through us (a signed REGISTER)
             ctx = AttemptContext(self.peer_host, Method.SIP, "sip", p.facts.device_id,
                                  (p.request.get("user-agent") or "")[:256] or None)
-            verdict = await asyncio.to_thread(relay.ids.check_account_sync, f"sip:{p.aor}", ctx)
+            verdict = await relay.ids.check_account(f"sip:{p.aor}", ctx)
             if not verdict.ok:
                 raise Refusal(503 if verdict.retry_after else 403,
                               verdict.reason if verdict.retry_after else "sign-in-refused",
@@ -497,8 +492,8 @@ class SipSession:
             user = verdict.user
         assert user is not None
         if relay.devices is not None:
-            check = await asyncio.to_thread(relay.devices.check, user, p.facts, service="sip",
-                                            second_factor_ok=False, client_address=self.peer_host)
+            check = await relay.devices.check_async(user, p.facts, service="sip", second_factor_ok=False,
+                                                    client_address=self.peer_host)
             metrics.count_device("sip", {"deny": "block"}.get(check.outcome, check.outcome))
             if not check.allowed:
                 status = 503 if check.outcome == "unavailable" else 403
@@ -532,7 +527,7 @@ class SipSession:
             t = self.edge.transport
             if t is not None:
                 t.abort()
-        if not r.audited and not quiet:
+        if not r.audited and not quiet and self.relay.audit is not None:
             await asyncio.to_thread(self.relay.audit_refusal, self, r)
 
 
@@ -556,9 +551,14 @@ class SipRelay:
 
     Args:
         settings: ``[sip]`` (``gateway.sipconfig.SipConfig``).
-        ids: the in-process id service (``id.service.IdService``): the budget and account state.
-        audit: the ``AuditLog``.
-        devices: a ``DeviceService`` (None: no device decisions on SIP).
+        ids: the budget and account state: the in-process id service (``id.service.IdService``,
+            wrapped in an ``id.sipattempts.SipAttempts``), or anything with the same
+            ``begin_sip`` / ``settle_sip`` / ``check_account`` — with ``[id_service] url``,
+            ``gateway.idclient.RemoteCredentials`` (fails closed: 503 + Retry-After).
+        audit: the ``AuditLog`` for the relay's own refusals (``sip-refused``); None with a remote
+            id service (those are logged; sign-ins are audited by the id service).
+        devices: a ``DeviceService`` or a ``RemoteDeviceChecker`` (``check_async``; None: no
+            device decisions on SIP).
         trusted_proxies: the balancers whose PROXY header is read (with ``proxy_protocol``).
         ua_rules: extra (regex, client kind) rules for User-Agent ([devices] user_agents).
         failure_floor: seconds a refused sign-in takes at least ([auth] failure_floor).
@@ -568,6 +568,10 @@ class SipRelay:
                  trusted_proxies: Sequence[Any] = (), ua_rules: Sequence[tuple[str, str]] = (),
                  failure_floor: float = 0.25) -> None:
         self.settings = settings
+        if not hasattr(ids, "begin_sip"):
+            from ..id.sipattempts import SipAttempts
+
+            ids = SipAttempts(ids)
         self.ids = ids
         self.audit = audit
         self.devices = devices
@@ -689,22 +693,15 @@ class SipRelay:
         except Exception as e:  # noqa: BLE001 - the store down: the log line stands
             log.error("SIP: cannot audit a refusal (%s)", type(e).__name__)
 
-    def audit_sign_in(self, who: Any, ctx: AttemptContext, verdict: Verdict) -> None:
-        """A sign-in refused before any check (throttled, a dependency down): audited as the
-        id service audits its own (``sign-in``)."""
-        metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)
-        try:
-            self.audit.record("sign-in", actor=who.user or who.key[2:], user=who.user or who.key[2:],
-                              device=ctx.device_id, service="sip", client_address=ctx.client_ip,
-                              result="deny", reason=verdict.reason, method=str(ctx.method),
-                              user_agent=ctx.user_agent)
-        except Exception as e:  # noqa: BLE001
-            log.error("SIP: cannot audit a sign-in (%s)", type(e).__name__)
 
-
-def relay_from_config(config: Any, ids: Any, devices: Any = None) -> SipRelay:
-    """The relay of ``[sip]`` over the in-process id services (``app.build_node``)."""
+def relay_from_config(config: Any, ids: Any, devices: Any = None, *, remote: Any = None) -> SipRelay:
+    """The relay of ``[sip]`` over the in-process id services (``app.build_node``), or with
+    ``remote`` (a ``RemoteCredentials``: ``[id_service] url``) over the id service's API."""
     s = config.sip
+    if remote is not None:
+        return SipRelay(s, remote, None, devices=devices if s.devices else None,
+                        trusted_proxies=config.gateway.trusted_proxies, ua_rules=config.devices.user_agents,
+                        failure_floor=config.auth.failure_floor)
     return SipRelay(s, ids.credentials, ids.audit, devices=devices if s.devices else None,
                     trusted_proxies=config.gateway.trusted_proxies, ua_rules=config.devices.user_agents,
                     failure_floor=config.auth.failure_floor)

@@ -141,3 +141,134 @@ class CredentialService(Protocol):
         use, audit). Refusals before any check (throttled, directory unavailable) come back as a
         verdict with ``retry_after > 0``."""
         ...
+
+
+# --- the SIP relay's attempts (gateway.sip ↔ id.sipattempts, POST /v1/sip/attempt|settle) ----------
+
+MAX_SIP_TOKEN = 128
+MAX_SIP_REASON = 64
+
+
+class SipOutcome(StrEnum):
+    """How the Access Edge's answer settles a reserved SIP credential leg."""
+
+    SUCCESS = "success"  # 2xx: the budget's success (resets the account's bucket)
+    FAILURE = "failure"  # 401/403/407 final, or never answered: the unit stays charged
+    NOT_A_GUESS = "not-a-guess"  # 5xx: the Edge did not decide; the unit comes back, audited
+    CONTINUED = "continued"  # a 401 that continues a Kerberos/TLS-DSK handshake: back, not audited
+
+
+def _wire_text(obj: dict, key: str, limit: int, *, required: bool, prefix: str = "") -> str | None:
+    v = obj.get(key)
+    name = f"{prefix}{key}"
+    if v is None:
+        if required:
+            raise ContextError(name, "required")
+        return None
+    if not isinstance(v, str) or (required and not v):
+        raise ContextError(name, "expected a string" + (" (required)" if required else ""))
+    if len(v) > limit or any(ord(c) < 0x20 or c == "\x7f" for c in v):
+        raise ContextError(name, f"at most {limit} characters, no control characters")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class SipAttemptRequest:
+    """``POST /v1/sip/attempt``: reserve one unit of the account's failure budget for a REGISTER
+    credential leg the relay is about to forward, and decide what must not reach the Edge (a
+    refused account, an NTLM user that is not the From's account)."""
+
+    user: str  # the From's address as typed: "sip:alice@contoso.com"
+    context: AttemptContext
+    ntlm_user: str | None = None  # the NTLM Type 3's user and domain, when the leg is NTLM
+    ntlm_domain: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user": self.user, "ntlm_user": self.ntlm_user, "ntlm_domain": self.ntlm_domain,
+                "context": self.context.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> SipAttemptRequest:
+        """Raises ContextError (field, message)."""
+        if not isinstance(obj, dict):
+            raise ContextError("body", "expected an object")
+        user = _wire_text(obj, "user", 2 * MAX_CONTEXT_NAME, required=True)
+        nu = _wire_text(obj, "ntlm_user", MAX_CONTEXT_NAME, required=False)
+        nd = _wire_text(obj, "ntlm_domain", MAX_CONTEXT_NAME, required=False)
+        if nd is not None and nu is None:
+            raise ContextError("ntlm_domain", "only with ntlm_user")
+        if "context" not in obj or obj["context"] is None:
+            raise ContextError("context", "required")
+        ctx = AttemptContext.from_json(obj["context"])
+        if ctx.method != Method.SIP:
+            raise ContextError("context.method", "expected sip")
+        return cls(str(user), ctx, nu, nd)
+
+
+def verdict_to_json(v: Verdict) -> dict[str, Any]:
+    return {"ok": v.ok, "reason": v.reason, "user": v.user, "credential_id": v.credential_id,
+            "retry_after": v.retry_after}
+
+
+def verdict_from_json(obj: Any) -> Verdict:
+    """Raises ValueError for anything that is not a verdict."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool) or not isinstance(obj.get("reason"), str):
+        raise ValueError("not a verdict")  # noqa: TRY004 - a bad answer, not a bug
+    retry = obj.get("retry_after") or 0.0
+    user, cred = obj.get("user"), obj.get("credential_id")
+    if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry < 0 \
+            or not isinstance(user, (str, type(None))) or not isinstance(cred, (str, type(None))):
+        raise ValueError("not a verdict")
+    return Verdict(obj["ok"], obj["reason"], user=user, credential_id=cred, retry_after=float(retry))
+
+
+@dataclass(frozen=True, slots=True)
+class SipAttemptAnswer:
+    """The answer to :class:`SipAttemptRequest`: ``verdict.ok`` with ``token`` (the reservation,
+    held on the id service that issued it until settled or ``expires_in`` seconds, then charged
+    as a failure) and ``verdict.user`` the account; else the refusal — ``retry_after`` > 0:
+    throttled or a dependency down (503 here), otherwise a refused account or
+    ``ntlm-user-mismatch`` (403), already settled and audited by the id service."""
+
+    token: str | None
+    verdict: Verdict
+    expires_in: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token": self.token, "expires_in": self.expires_in, **verdict_to_json(self.verdict)}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> SipAttemptAnswer:
+        """Raises ValueError for an answer that does not hold together."""
+        verdict = verdict_from_json(obj)
+        token, expires = obj.get("token"), obj.get("expires_in") or 0.0
+        if verdict.ok != isinstance(token, str) or (token is not None and not 0 < len(token) <= MAX_SIP_TOKEN) \
+                or isinstance(expires, bool) or not isinstance(expires, (int, float)):
+            raise ValueError("not a SIP attempt answer")
+        return cls(token, verdict, float(expires))
+
+
+@dataclass(frozen=True, slots=True)
+class SipSettle:
+    """``POST /v1/sip/settle``: the Edge's answer to a reserved leg. ``reason`` is the audit's
+    (``ok``, ``wrong-password``, ``registrar-refused``, ``sip-no-answer``,
+    ``registrar-unavailable``...)."""
+
+    token: str
+    outcome: SipOutcome
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token": self.token, "outcome": str(self.outcome), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> SipSettle:
+        """Raises ContextError (field, message)."""
+        if not isinstance(obj, dict):
+            raise ContextError("body", "expected an object")
+        token = _wire_text(obj, "token", MAX_SIP_TOKEN, required=True)
+        outcome = _wire_text(obj, "outcome", 32, required=True)
+        if outcome not in SipOutcome._value2member_map_:
+            raise ContextError("outcome", f"expected one of {', '.join(o.value for o in SipOutcome)}")
+        reason = _wire_text(obj, "reason", MAX_SIP_REASON, required=True)
+        return cls(str(token), SipOutcome(str(outcome)), str(reason))

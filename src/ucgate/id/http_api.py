@@ -23,6 +23,15 @@ constant time) for every call except ``GET /v1/health``:
   rules, ``[[policy]]``, notices) lives here; the gateway only extracts facts. With
   ``[devices] enabled = false`` on the id service every device is ``allow`` /
   ``devices-disabled``: the id service's configuration is the policy.
+* ``POST /v1/sip/attempt`` — the SIP relay is about to forward a REGISTER credential leg
+  (NTLM Type 3, Kerberos, TLS-DSK) to the Access Edge: the From's address as typed, the NTLM
+  user and domain (if NTLM) and the context → a reservation ``{token, expires_in, ok: true,
+  user}`` of one unit of the account's failure budget, or the refusal (``retry_after`` > 0:
+  throttled / a dependency down; else a refused account or ``ntlm-user-mismatch``, settled and
+  audited here). ``POST /v1/sip/settle`` — ``{token, outcome, reason}``: the Edge's answer
+  (:class:`~ucgate.id.api.SipOutcome`) → ``{settled}``. The reservation stays on this id
+  service; unsettled after ``expires_in`` it is charged as a failure
+  (:mod:`ucgate.id.sipattempts`; a pool: settle goes to the issuer).
 * ``GET /v1/events`` — Server-Sent Events: ``user-blocked`` (close that user's live sessions)
   and ``device-blocked`` (close one device's connections of that user: blocked, wiped,
   deleted) events as they are published, a comment every :data:`HEARTBEAT` seconds, and replay
@@ -61,9 +70,19 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
-from .api import AttemptContext, ContextError, Method, NtlmHandshake, NtlmVerdict, Verdict
 from ..store.outbox import EventRow
 from ..store.schema import live_sessions
+from .api import (
+    AttemptContext,
+    ContextError,
+    Method,
+    NtlmHandshake,
+    NtlmVerdict,
+    SipAttemptRequest,
+    SipOutcome,
+    SipSettle,
+    Verdict,
+)
 from .events import EventBus, to_wire
 from .health import Readiness, health_routes
 
@@ -384,6 +403,7 @@ def create_id_api(
     max_body: int = MAX_BODY,
     heartbeat: float = HEARTBEAT,
     readiness: Readiness | None = None,
+    sip: Any = None,
 ) -> Starlette:
     """The id service's API as an ASGI app (serve it with uvicorn over TLS).
 
@@ -397,12 +417,18 @@ def create_id_api(
             ``/v1/devices/check``; None (``[devices] enabled = false``) allows every device.
         readiness: what ``GET /readyz`` asks (``ucgate.id.health``: the store's ``SELECT 1``);
             None: always ready. ``/healthz`` and ``/readyz`` need no secret (a balancer's checks).
+        sip: the :class:`ucgate.id.sipattempts.SipAttempts` behind ``/v1/sip/...``; by default
+            one over ``credentials``.
     """
     if len(secret) < 16:
         raise ValueError("the shared secret must be at least 16 bytes")
     expected = b"Bearer " + secret
     feed = EventFeed(bus)
     sessions = sessions if sessions is not None else LiveSessions()
+    if sip is None and hasattr(credentials, "begin_attempt"):
+        from .sipattempts import SipAttempts
+
+        sip = SipAttempts(credentials)
 
     def authorized(request: Request) -> bool:
         got = request.headers.get("authorization", "").encode("latin-1", "replace")
@@ -454,6 +480,27 @@ def create_id_api(
                                  "rule": None, "partnership_id": None})
         return JSONResponse(device_check_json(await devices.check_async(user, facts, **kw)))
 
+    async def sip_attempt(request: Request) -> Response:
+        obj = await _read_json(request, max_body)
+        try:
+            req = SipAttemptRequest.from_json(obj)
+        except ContextError as e:
+            raise BadRequest(e.field, e.message) from None
+        if sip is None:
+            raise HTTPException(404)
+        return JSONResponse((await sip.begin_sip(req)).to_json())
+
+    async def sip_settle(request: Request) -> Response:
+        obj = await _read_json(request, max_body)
+        try:
+            s = SipSettle.from_json(obj)
+        except ContextError as e:
+            raise BadRequest(e.field, e.message) from None
+        if sip is None:
+            raise HTTPException(404)
+        settled = await asyncio.to_thread(sip.settle, s)
+        return JSONResponse({"settled": settled})
+
     async def events(request: Request) -> Response:
         return StreamingResponse(
             feed.stream(request.headers.get("last-event-id"), heartbeat),
@@ -484,6 +531,8 @@ def create_id_api(
             Route("/v1/auth/ntlm", endpoint(ntlm), methods=["POST"]),
             Route("/v1/auth/account", endpoint(account), methods=["POST"]),
             Route("/v1/devices/check", endpoint(device_check), methods=["POST"]),
+            Route("/v1/sip/attempt", endpoint(sip_attempt), methods=["POST"]),
+            Route("/v1/sip/settle", endpoint(sip_settle), methods=["POST"]),
             Route("/v1/events", endpoint(events), methods=["GET"]),
             Route("/v1/sessions", endpoint(report_sessions), methods=["PUT"]),
             Route("/v1/health", endpoint(health, public=True), methods=["GET"]),
@@ -495,6 +544,7 @@ def create_id_api(
     app.state.feed = feed
     app.state.sessions = sessions
     app.state.devices = devices
+    app.state.sip = sip
     return app
 
 
@@ -592,6 +642,48 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "The decision",
                                   "content": _json({"$ref": "#/components/schemas/DeviceDecision"})},
                           **_errors(400, 401, 413)},
+        }},
+        "/v1/sip/attempt": {"post": {
+            "summary": "Reserve the failure budget for a SIP REGISTER credential leg",
+            "description": "Before the relay forwards an NTLM Type 3, Kerberos or TLS-DSK leg to the "
+                           "Access Edge. ok: a token holding one unit (settle it with /v1/sip/settle "
+                           "within expires_in seconds, else it is charged as a failure; only this id "
+                           "service can settle it). Not ok: retry_after > 0 is throttled or unavailable "
+                           "(answer 503), else the account is refused or the NTLM user is not the "
+                           "From's account (answer 403); settled and audited already.",
+            "operationId": "beginSipAttempt",
+            "requestBody": {"required": True, "content": _json({
+                "type": "object", "required": ["user", "context"],
+                "properties": {
+                    "user": {"type": "string", "maxLength": 2 * MAX_NAME, "description": "the From's address, sip:user@domain"},
+                    "ntlm_user": {"type": "string", "nullable": True, "maxLength": MAX_NAME},
+                    "ntlm_domain": {"type": "string", "nullable": True, "maxLength": MAX_NAME,
+                                    "description": "only with ntlm_user"},
+                    "context": {"$ref": "#/components/schemas/Context",
+                                "description": "method must be sip"}}})},
+            "responses": {"200": {"description": "The reservation or the refusal", "content": _json({"allOf": [
+                {"$ref": "#/components/schemas/Verdict"},
+                {"type": "object", "properties": {
+                    "token": {"type": "string", "nullable": True, "maxLength": 128},
+                    "expires_in": {"type": "number"}}}]})},
+                **_errors(400, 401, 413)},
+        }},
+        "/v1/sip/settle": {"post": {
+            "summary": "Settle a SIP reservation with the Access Edge's answer",
+            "description": "success: 2xx; failure: a final 401/403/407 or no answer; not-a-guess: 5xx; "
+                           "continued: a 401 that continues a Kerberos/TLS-DSK handshake (the unit comes "
+                           "back, not audited). settled false: unknown token (settled, expired, or "
+                           "another id service's).",
+            "operationId": "settleSipAttempt",
+            "requestBody": {"required": True, "content": _json({
+                "type": "object", "required": ["token", "outcome", "reason"],
+                "properties": {
+                    "token": {"type": "string", "maxLength": 128},
+                    "outcome": {"type": "string", "enum": [o.value for o in SipOutcome]},
+                    "reason": {"type": "string", "maxLength": 64, "description": "for the audit"}}})},
+            "responses": {"200": {"description": "Whether a reservation was settled", "content": _json({
+                "type": "object", "required": ["settled"], "properties": {"settled": {"type": "boolean"}}})},
+                **_errors(400, 401, 413)},
         }},
         "/v1/events": {"get": {
             "summary": "Server-Sent Events: user-blocked, device-blocked",
