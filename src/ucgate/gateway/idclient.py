@@ -24,6 +24,10 @@ the same connection pool and fail-fast state: the partnership policy (``[devices
 rules, ``[[policy]]``, notices) lives on the id service; the gateway only extracts the facts
 (``[devices] services`` and ``user_agents``). It fails closed too: no answer is outcome
 ``unavailable`` with ``retry_after``, which the gate answers with 503 and Retry-After.
+
+The SIP relay's budget calls (:meth:`RemoteCredentials.begin_sip` / :meth:`~RemoteCredentials.settle_sip`,
+``POST /v1/sip/attempt|settle``) fail closed the same way; a reservation's token carries the
+index of the id service that issued it, and its settle goes there only.
 """
 
 from __future__ import annotations

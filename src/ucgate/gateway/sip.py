@@ -22,9 +22,11 @@ chain, expiry and name verified). What is decided, per message from the client:
   message, are refused (``sipauth.py``);
 * **the failure budget**: a REGISTER whose credentials can be checked against the directory by
   the Edge — an NTLM Type 3, a Kerberos token, a TLS-DSK leg — reserves one failure
-  (``IdService.begin_attempt``, method ``sip``) *before* it is forwarded; over budget it is
-  answered here (503 + Retry-After + ms-diagnostics) and never reaches the Edge or AD. The
-  Edge's answer settles it (``end_attempt``): 2xx a success, 401/403/407 a failure — except a
+  (``begin_sip``, method ``sip``: :class:`ucgate.id.sipattempts.SipAttempts` in-process, ``POST
+  /v1/sip/attempt`` with ``[id_service] url``) *before* it is forwarded; over budget, or the id
+  service unreachable, it is answered here (503 + Retry-After + ms-diagnostics) and never
+  reaches the Edge or AD. The Edge's answer settles the reservation's token (``settle_sip``,
+  ``POST /v1/sip/settle``): 2xx a success, 401/403/407 a failure — except a
   401 that continues a Kerberos or TLS-DSK handshake (a new token of that scheme), which gives
   the unit back — 5xx not a guess. An attempt never answered (the client left, the Edge
   closed) stays a failure. A refused account (unknown, disabled, locked, expired, must change
@@ -32,7 +34,7 @@ chain, expiry and name verified). What is decided, per message from the client:
 * **which device**: ``sip_device_facts`` (``+sip.instance``, checked against the epid; the
   client kind from User-Agent). When the Edge answers a REGISTER with 2xx on a connection not
   yet admitted, that answer is held while the device is decided
-  (:meth:`ucgate.id.devices.DeviceService.check`, service ``sip``: the web side's partnerships,
+  (``DeviceService.check_async`` or, split, ``RemoteDeviceChecker``, service ``sip``: the web side's partnerships,
   rules, quarantine, approval, max devices and trust lifetime, in the same store); anything but
   allow replaces the Edge's 200 by our 403 with the reason (``new-device-quarantined``,
   ``device-blocked``, ``device-limit``, ``trust-expired...``) and closes both connections (the
@@ -42,7 +44,9 @@ chain, expiry and name verified). What is decided, per message from the client:
 * **live blocking**: :meth:`SipRelay.on_event` (the store's events through the bus, as
   ``Gateway.on_event``) closes a user's connections (``UserBlocked``: a disable, a sign-out, the
   account monitor's lock/disable/expiry/password change) or one device's (``DeviceBlocked``)
-  within a second; :meth:`SipRelay.live_users` feeds the account monitor.
+  within a second; :meth:`SipRelay.live_users` feeds the account monitor. With ``[id_service]
+  url`` the events come over the id service's stream and the users go in the gateway's session
+  report (``app.build_node``).
 
 Keep-alives (RFC 5626 CRLF ping/pong) go through both ways; before an Edge connection exists a
 ping is answered here.
