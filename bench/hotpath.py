@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/hotpath.py                 # 200k keep-alive requests, best of 5
     .venv/bin/python bench/hotpath.py --src /tmp/a/src --src /tmp/b/src   # A/B trees, interleaved
+    .venv/bin/python bench/hotpath.py --auth anon --auth ntlm --auth basic --auth bearer
 
 A client and an upstream connection are ``Stream``s over in-memory transports: each response
 the gateway writes to the client feeds it the next request, and each request it writes to the
@@ -12,6 +13,11 @@ keep-alive connection (parse, recognise, forward, response: the fast path of
 ``gateway/session.py`` for this anonymous GET) with no sockets and no waiting, so the time per
 request is the Python path plus two loop callbacks, with little noise — what
 ``bench/proxy.py`` cannot separate from epoll, TLS and the machine's other load.
+
+``--auth`` (repeatable) measures an authenticated keep-alive request instead: ``GET /ucwa/...``
+on a connection already signed in by NTLM (no ``Authorization``), with the Basic header its memo
+holds, or with a Bearer token in the gateway's token map (bench/ntlm.py's ntlm-ka, basic-ka,
+bearer-ka without sockets); ``anon`` is the default request above.
 """
 
 from __future__ import annotations
@@ -26,6 +32,20 @@ REQUEST = (b"GET /Autodiscover/AutodiscoverService.svc/root HTTP/1.1\r\n"
            b"Host: 127.0.0.1:8443\r\n\r\n")
 BODY = (b'{"_links":{"self":{"href":"https://lyncdiscover.contoso.com/Autodiscover/'
         b'AutodiscoverService.svc/root"}}}')
+AUTH_TARGET = b"/ucwa/oauth/v1/applications"
+BASIC = b"Basic YmVuY2g6YWJjZC1lZmdoLWlqa2wtbW5vcC1xcnN0"  # bench:<an ASP-shaped password>
+BEARER = b"Bearer cwt=AAEBHAEFAAAAAAAFFQAAAEgS9N1ZVm5xTdhw2w9EAAAB"
+
+
+def request_for(auth: str) -> bytes:
+    if auth == "anon":
+        return REQUEST
+    extra = {"ntlm": b"", "basic": b"Authorization: " + BASIC + b"\r\n",
+             "bearer": b"Authorization: " + BEARER + b"\r\n"}[auth]
+    return (b"GET " + AUTH_TARGET + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: ucgate-bench\r\n"
+            + extra + b"\r\n")
+
+
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 15:00:00 GMT\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n"
             % len(BODY)) + BODY
@@ -64,7 +84,7 @@ class Transport:
         pass
 
 
-def measure(n: int, rounds: int) -> float:
+def measure(n: int, rounds: int, auth: str = "anon") -> float:
     """Best µs per request over ``rounds`` runs of ``n`` requests, in this interpreter."""
     import asyncio
 
@@ -79,9 +99,40 @@ def measure(n: int, rounds: int) -> float:
                         "upstreams": {"frontend": {"url": "http://127.0.0.1:9"}},
                         "auth": {"authenticator": "deny-all"}, "log": {"level": "warning"}})
 
+    request = request_for(auth)
+
+    def gateway():
+        if auth == "anon":
+            return Gateway(config)
+        import datetime as dt
+
+        from ucgate.gateway.oauth import OAuthGrants, TokenRecord
+        from ucgate.gateway.preauth import PreAuthenticator, PreAuthSettings
+
+        # the credentials are never asked: every connection is signed in already
+        pre = PreAuthenticator(object(), PreAuthSettings(failure_floor=0))  # type: ignore[arg-type]
+        oauth = OAuthGrants(object())  # type: ignore[arg-type]
+        oauth.tokens.add(BEARER[7:], TokenRecord("bench", "s1", time.time() + 3600,
+                                                 dt.datetime.now(dt.timezone.utc)))
+        g = Gateway(config, pre, oauth=oauth)
+        g._bench_pre = pre
+        return g
+
+    def sign_in(gw) -> None:
+        from ucgate.gateway.connection import Identity
+        from ucgate.gateway.preauth import _BasicMemo
+
+        (conn,) = gw.connections
+        conn.tls = True  # Basic is refused on plain HTTP; the transport here is in memory
+        if auth == "ntlm":
+            conn.identity = conn.principal = Identity("bench", "ntlm")
+        elif auth == "basic":
+            ident = Identity("bench", "basic")
+            conn.auth_state = _BasicMemo(gw._bench_pre._memo_digest(BASIC[6:]), ident)
+
     async def run() -> float:
         loop = asyncio.get_running_loop()
-        gw = Gateway(config)
+        gw = gateway()
         upstream = Stream(loop, 1 << 17)
         upstream.connection_made(Transport(loop, lambda data: upstream.data_received(RESPONSE)))
         gw.pools["frontend"].release(UpstreamConnection(upstream))
@@ -94,15 +145,18 @@ def measure(n: int, rounds: int) -> float:
             assert data.endswith(BODY), data
             left -= 1
             if left > 0:
-                client.data_received(REQUEST)
+                client.data_received(request)
             else:
                 client.eof_received()
 
         client.connection_made(Transport(loop, next_request, lambda: done.set_result(None)))
+        if auth != "anon":
+            sign_in(gw)
         t = time.process_time()
-        client.data_received(REQUEST)
+        client.data_received(request)
         await done
         assert gw.pools["frontend"].opened == 0  # every request went over the one pooled connection
+        assert gw.fast_requests == n, f"{n - gw.fast_requests} requests took the pipeline"
         return (time.process_time() - t) / n * 1e6
 
     return min(uvloop.run(run()) for _ in range(rounds))
@@ -113,21 +167,26 @@ def main() -> None:
     ap.add_argument("--src", action="append", default=[], help="a src/ tree to measure (repeatable)")
     ap.add_argument("-n", type=int, default=200_000, help="requests per run (200000)")
     ap.add_argument("--rounds", type=int, default=5, help="runs per tree, interleaved; the best counts")
+    ap.add_argument("--auth", action="append", choices=("anon", "ntlm", "basic", "bearer"),
+                    help="the request: anonymous (default), or on an NTLM / Basic / Bearer connection (repeatable)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    modes = args.auth or ["anon"]
     if args.child:
-        print(measure(args.n, 1))
+        print(measure(args.n, 1, modes[0]))
         return
     trees = args.src or [os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))]
-    best: dict[str, float] = {}
+    best: dict[tuple[str, str], float] = {}
     for _ in range(args.rounds):
         for src in trees:  # a fresh interpreter per run and tree: no import or cache carry-over
-            out = subprocess.run([sys.executable, __file__, "--child", "-n", str(args.n)], check=True,
-                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src})
-            us = float(out.stdout.strip().splitlines()[-1])
-            best[src] = min(best.get(src, us), us)
-    for src, us in best.items():
-        print(f"{us:7.2f} us/request  {src}")
+            for mode in modes:
+                out = subprocess.run([sys.executable, __file__, "--child", "-n", str(args.n), "--auth", mode],
+                                     check=True, capture_output=True, text=True,
+                                     env={**os.environ, "PYTHONPATH": src})
+                us = float(out.stdout.strip().splitlines()[-1])
+                best[src, mode] = min(best.get((src, mode), us), us)
+    for (src, mode), us in best.items():
+        print(f"{us:7.2f} us/request  {mode:<6} {src}")
 
 
 if __name__ == "__main__":

@@ -192,9 +192,21 @@ def auth_method(authorization: bytes | None) -> str:
     return {b"basic": "basic", b"ntlm": "ntlm", b"negotiate": "negotiate", b"bearer": "bearer"}.get(scheme, "other")
 
 
+# the counters' children by their arguments: labels() costs ~3 us, the child's inc() ~0.5 us, and a
+# memoised Basic header or a Bearer token counts one attempt per keep-alive request
+_auth_children: dict[tuple[str, str, str | None], Any] = {}
+_device_children: dict[tuple[str, str], Any] = {}
+
+
 def count_auth(method: str, result: str, reason: str | None) -> None:
-    AUTH_ATTEMPTS.labels(_bounded(method, AUTH_METHODS), _bounded(result, AUTH_RESULTS, "deny"),
-                         _bounded(reason, AUTH_REASONS)).inc()
+    key = (method, result, reason)
+    child = _auth_children.get(key)
+    if child is None:
+        child = AUTH_ATTEMPTS.labels(_bounded(method, AUTH_METHODS), _bounded(result, AUTH_RESULTS, "deny"),
+                                     _bounded(reason, AUTH_REASONS))
+        if len(_auth_children) < 4096:  # arguments are bounded to closed sets only in the labels
+            _auth_children[key] = child
+    child.inc()
 
 
 def auth_result(status: int, reason: str | None) -> str:
@@ -225,7 +237,13 @@ def count_throttle(reason: str | None) -> None:
 
 
 def count_device(service: str, action: str) -> None:
-    DEVICE_DECISIONS.labels(service, _bounded(action, DEVICE_ACTIONS, "block")).inc()
+    key = (service, action)
+    child = _device_children.get(key)
+    if child is None:
+        child = DEVICE_DECISIONS.labels(service, _bounded(action, DEVICE_ACTIONS, "block"))
+        if len(_device_children) < 4096:
+            _device_children[key] = child
+    child.inc()
 
 
 def observe_event_lag(at: Any, via: str) -> None:

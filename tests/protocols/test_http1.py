@@ -158,7 +158,8 @@ _names = st.sampled_from([b"Host", b"host", b"HOST", b"Connection", b"connection
                           # look-alikes of the gateway's own fields (issue 13), and near misses
                           b"X_Ucgate_User", b"x.ucgate.user", b"XUcgateUser", b"_X-Ucgate-User", b"X-Ucgate-User-2",
                           b"X_Forwarded_For", b"x-forwarded-host.", b"Forwarded_", b"X-Real-IP", b"X_Original_URL",
-                          b"X-HTTP-Method-Override", b"X-Ucgate-Use", b"X-Forward", b"Host_", b"X-Users"])
+                          b"X-HTTP-Method-Override", b"X-Ucgate-Use", b"X-Forward", b"Host_", b"X-Users",
+                          b"Authorization", b"authorization"])
 _values = st.sampled_from([b"gw", b"a.example:8443", b"[::1]:443", b"bad host", b"keep-alive", b"Keep-Alive", b"close",
                            b"keep-alive, close", b"upgrade", b"x-a", b"5", b"05", b"", b" 7 ", b"5, 5", b"-1",
                            b"chunked", b"100-continue", b"v\x00", b"v\x7f", b"caf\xc3\xa9", b"a\tb", b"  x  "])
@@ -198,6 +199,12 @@ def test_simple_request_agrees_with_the_full_parser(head):
     expected = [(k.lower(), v) for k, v in full.headers
                 if k.lower() not in skip and k.lower() not in full.connection_tokens and k not in _OWNED]
     assert _fields(simple.prefix) == expected
+    # an authenticated forward drops Authorization (Gateway._skip_authenticated)
+    assert simple.authorization == full.get(b"authorization")
+    if simple.authorization is not None:
+        assert _fields(simple.prefix_authenticated) == [f for f in expected if f[0] != b"authorization"]
+    else:
+        assert simple.prefix_authenticated is None
 
 
 @settings(max_examples=FUZZ * 4, deadline=None)

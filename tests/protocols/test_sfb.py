@@ -51,6 +51,27 @@ def test_unknown(path):
     assert M.recognise(path) is None
 
 
+_SEGMENTS = sorted({seg for svc in M.services for seg in svc.prefix.split("/") if seg}
+                   | {"", "x", "Ucwa", "MEET", "ucwax", "root", "oauth"})
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=4), st.booleans())
+def test_recognise_by_first_segment_is_the_scan_in_order(segments, slash):
+    """recognise() looks a path's candidates up by its first segment: the same service as
+    trying every rule in order would give."""
+    path = "/" + "/".join(segments) + ("/" if slash else "")
+    lpath = path.lower()
+    expected = None
+    for svc in M.services:
+        if (lpath == svc.prefix or lpath == svc.prefix + "/") if svc.exact else (
+                (lpath.startswith(svc.prefix) or lpath == svc.prefix[:-1]) if svc.prefix.endswith("/")
+                else (lpath == svc.prefix or lpath.startswith(svc.prefix + "/"))):
+            expected = svc
+            break
+    assert M.recognise(path) is expected
+
+
 def test_overrides():
     m = ServiceMap.with_overrides({"meet": {"anonymous": False}, "eas": {"enabled": False}})
     assert not m.recognise("/meet/x").anonymous

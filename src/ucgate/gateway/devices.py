@@ -255,8 +255,20 @@ class DeviceGate:
         metrics.count_device(service.name, action)  # ucgate_device_decisions_total
         return verdict
 
-    async def _decide(self, conn: ClientConnection, req: RequestHead, service: Service,
-                      identity: Identity, facts: dev.DeviceFacts) -> tuple[Verdict, str]:
+    def decide_now(self, conn: ClientConnection, req: RequestHead, service: Service,
+                   identity: Identity, facts: dev.DeviceFacts) -> Verdict | None:
+        """:meth:`decide`'s answer when it is an allowed decision cached on this connection
+        (nothing to ask the id service), else None — then call :meth:`decide`. Counts nothing
+        (the caller counts ``allow`` once it forwards)."""
+        early, _, _, _, _ = self._before_check(conn, req, service, identity, facts)
+        if early is not None and early[1] == "allow":
+            return early[0]
+        return None
+
+    def _before_check(self, conn: ClientConnection, req: RequestHead, service: Service,
+                      identity: Identity, facts: dev.DeviceFacts):
+        """What :meth:`_decide` answers without the checker — ``(verdict, action)``, or None —
+        and the facts, key, ``creating`` and wall clock it goes on with."""
         user = identity.user
         name = service.name
         creating = name == "ucwa" and facts.source == "ucwa-endpoint"
@@ -264,9 +276,10 @@ class DeviceGate:
             found = self._ucwa_binding(req)
             if found is None:
                 if dev.ucwa_application_id(req.target.decode("latin-1")) is not None:
-                    return self._ucwa_unknown_application(), "unknown-application"
+                    return (self._ucwa_unknown_application(), "unknown-application"), facts, None, creating, 0.0
             elif found[0] != user:
-                return self._refuse(name, facts, "deny", "device-user-mismatch", req), "block"
+                return (self._refuse(name, facts, "deny", "device-user-mismatch", req), "block"), facts, None, \
+                    creating, 0.0
             else:
                 facts = found[1]
         state = self.state(conn)
@@ -275,7 +288,18 @@ class DeviceGate:
         cached = state.allowed.get(key)
         if cached is not None and cached.user == user and now < cached.until and not creating \
                 and name != "certprov":
-            return Verdict(identity=self._with_device(identity, facts.device_id)), "allow"
+            return (Verdict(identity=self._with_device(identity, facts.device_id)), "allow"), facts, key, \
+                creating, now
+        return None, facts, key, creating, now
+
+    async def _decide(self, conn: ClientConnection, req: RequestHead, service: Service,
+                      identity: Identity, facts: dev.DeviceFacts) -> tuple[Verdict, str]:
+        user = identity.user
+        name = service.name
+        early, facts, key, creating, now = self._before_check(conn, req, service, identity, facts)
+        if early is not None:
+            return early
+        state = self.state(conn)
         check = await self.checker.check_async(
             user, facts, service=name,
             second_factor_ok=bool(getattr(identity, "second_factor", False)),

@@ -49,7 +49,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -113,6 +113,16 @@ class TokenRecord:
     device_id: str | None = None
     credential_id: str | None = None
     second_factor: bool = False
+    _identity: Identity | None = field(default=None, repr=False, compare=False)
+
+    def identity(self) -> Identity:
+        """The principal of a request with this token (made once; again when a device was bound)."""
+        ident = self._identity
+        if ident is None or ident.device_id != self.device_id:
+            ident = self._identity = Identity(self.user, "bearer", device_id=self.device_id,
+                                              credential_id=self.credential_id,
+                                              second_factor=self.second_factor, signed_in_at=self.signed_in_at)
+        return ident
 
 
 class TokenMap:
@@ -221,9 +231,24 @@ class BearerAuthenticator:
         self.inner = inner
         self.tokens = tokens
         self.published_name = published_name
+        # the inner authenticator's synchronous answer, looked up on its class (never through
+        # a __getattr__ that would lend another object's)
+        now = getattr(type(inner), "authenticate_now", None)
+        self._inner_now = now.__get__(inner) if now is not None else None
 
     def __getattr__(self, name: str) -> Any:  # e.g. the preauth settings, for whoever asks
         return getattr(self.inner, name)
+
+    def authenticate_now(self, conn: ClientConnection, req, service: Service) -> Identity | None:
+        """:meth:`authenticate` without waiting, when it would allow (``PreAuthenticator.
+        authenticate_now``): a Bearer token in the map, else the inner authenticator's own
+        answer (None if it has no synchronous one). None: ask :meth:`authenticate`."""
+        token = bearer_of(req) if service.name in BEARER_SERVICES else None
+        if token is not None:
+            rec = self.tokens.get(token)
+            return None if rec is None else rec.identity()  # None: authenticate() answers the 401
+        inner = self._inner_now
+        return inner(conn, req, service) if inner is not None else None
 
     async def authenticate(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome:
         token = bearer_of(req) if service.name in BEARER_SERVICES else None
@@ -234,9 +259,7 @@ class BearerAuthenticator:
                     b"X-Ms-diagnostics",
                     b'28055;reason="The OAuth token is invalid.";faultcode="wsse:FailedAuthentication"')]
                 return AuthOutcome(identity=None, status=401, reason="bearer-unknown", headers=headers)
-            return AuthOutcome(identity=Identity(
-                rec.user, "bearer", device_id=rec.device_id, credential_id=rec.credential_id,
-                second_factor=rec.second_factor, signed_in_at=rec.signed_in_at))
+            return AuthOutcome(identity=rec.identity())
         outcome = await self.inner.authenticate(conn, req, service)
         if (outcome.identity is None and outcome.status == 401 and service.name in CHALLENGE_SERVICES
                 and outcome.reason != "ntlm-challenge"):

@@ -186,6 +186,42 @@ class PreAuthenticator:
             return await self._ntlm(conn, req, service, scheme, param)
         return self._deny(conn, "unsupported-scheme")
 
+    def authenticate_now(self, conn: ClientConnection, req, service: Service) -> Identity | None:
+        """What :meth:`authenticate` would allow without waiting or answering anything: the
+        identity of an NTLM/Kerberos-authenticated connection for a request without
+        ``Authorization``, or of the Basic header this connection verified last (the memo) for
+        the same device. None: anything else (no credentials, another header, a handshake leg,
+        tracing on) — then ask :meth:`authenticate`. No side effects. ``req`` is a
+        ``RequestHead`` or the fast path's ``SimpleRequest`` (gateway/session.py)."""
+        authz = req.get(b"authorization")
+        if authz is None:
+            return conn.identity
+        if self.settings.trace != "none":
+            return None  # authenticate() logs the leg
+        scheme, _, param = authz.partition(b" ")
+        if scheme.lower() != b"basic" or "basic" not in self.settings.methods:
+            return None
+        memo = conn.auth_state if isinstance(conn.auth_state, _BasicMemo) else None
+        if memo is None or not conn.tls:
+            return None
+        param = param.strip(b" ")
+        if len(param) > MAX_BASIC_HEADER:
+            return None
+        return self._memoised(memo, param, req, service)
+
+    def _memo_digest(self, param: bytes) -> bytes:
+        """What the memo keeps of a Basic credential: a MAC under a key of this process (keyed
+        BLAKE2b, a sixth of HMAC-SHA256's cost here; never the credential itself)."""
+        return hashlib.blake2b(param, key=self._memo_key, digest_size=32).digest()
+
+    def _memoised(self, memo: _BasicMemo, param: bytes, req, service: Service) -> Identity | None:
+        """The memo's identity when ``param`` is the Basic credential it was made for and the
+        request's device is the memo's."""
+        digest = self._memo_digest(param)
+        if hmac.compare_digest(memo.digest, digest) and memo.identity.device_id == self.device_id_of(req, service):
+            return memo.identity
+        return None
+
     # --- Basic ------------------------------------------------------------------------
     async def _basic(self, conn: ClientConnection, req: RequestHead, service: Service, param: bytes) -> AuthOutcome:
         if not conn.tls:
@@ -193,11 +229,13 @@ class PreAuthenticator:
             return AuthOutcome(identity=None, status=403, reason="basic-requires-tls")
         if len(param) > MAX_BASIC_HEADER:
             return self._deny(conn, "basic-too-large", status=400, close=True)
-        digest = hmac.new(self._memo_key, param, hashlib.sha256).digest()
         memo = conn.auth_state if isinstance(conn.auth_state, _BasicMemo) else None
+        if memo is not None:
+            known = self._memoised(memo, param, req, service)
+            if known is not None:
+                return AuthOutcome(identity=known)
+        digest = self._memo_digest(param)
         device = self.device_id_of(req, service)
-        if memo is not None and hmac.compare_digest(memo.digest, digest) and memo.identity.device_id == device:
-            return AuthOutcome(identity=memo.identity)
         try:
             raw = base64.b64decode(param, validate=True)
         except (binascii.Error, ValueError):

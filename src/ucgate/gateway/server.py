@@ -103,6 +103,13 @@ class Gateway:
         self.authenticator: Authenticator = authenticator or DenyAll()
         if oauth is not None:
             self.authenticator = oauth.wrap(self.authenticator)
+        # the authenticator's synchronous answer for an already-authenticated request (an NTLM
+        # connection, the Basic memo, a Bearer token we issued: ``authenticate_now``), which
+        # lets the fast path (gateway/session.py) forward it; looked up on the class, so that a
+        # wrapper delegating attributes never lends its inner authenticator's
+        now = getattr(type(self.authenticator), "authenticate_now", None)
+        self.authenticate_now: Callable | None = (
+            now.__get__(self.authenticator) if now is not None else None)  # type: ignore[attr-defined]
         self.clock = clock
         self.service_map = ServiceMap.with_overrides(config.services)
         for svc in self.service_map.services:
@@ -135,8 +142,10 @@ class Gateway:
         if self.ssl is not None:
             self._bindings[self.ssl] = self.channel_binding
         self.connections: set[ClientConnection] = set()
-        # requests proxied entirely in protocol callbacks (gateway/session.py's fast path)
+        # requests proxied entirely in protocol callbacks (gateway/session.py's fast path), and
+        # whether that path is on (tests turn it off to hold both paths to the same results)
         self.fast_requests = 0
+        self.fast_path = True
         self._server: asyncio.Server | TLSServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         ident = gw.identity_header.lower().encode()
@@ -440,15 +449,11 @@ class Gateway:
                     verdict.headers, path, service,
                 )
             if verdict.identity is not None:
-                identity = conn.principal = verdict.identity
+                identity = verdict.identity
+                self._adopt(conn, req, identity)
                 ctx = _context()
                 if ctx is not None and identity.device_id:
                     ctx["device"] = identity.device_id
-                if (self.oauth is not None and identity.method == "bearer"
-                        and identity.device_id is not None):
-                    token = req.get(b"authorization")
-                    if token is not None:  # revoke the token with its device (DeviceBlocked)
-                        self.oauth.tokens.bind_device(token[7:], identity.device_id)
             observe = verdict.observe
         # forward
         keep = await self._forward(
@@ -462,6 +467,15 @@ class Gateway:
                 identity.user if identity else "-", (self.clock() - started) * 1000,
             )
         return keep
+
+    def _adopt(self, conn: ClientConnection, req: RequestHead, identity: Identity) -> None:
+        """The decide stage's identity (with its device id) is the connection's principal; a
+        Bearer token is bound to that device, to be revoked with it (DeviceBlocked)."""
+        conn.principal = identity
+        if self.oauth is not None and identity.method == "bearer" and identity.device_id is not None:
+            token = req.get(b"authorization")
+            if token is not None:
+                self.oauth.tokens.bind_device(token[7:], identity.device_id)
 
     # --- answering ourselves ----------------------------------------------------------
     async def _answer(
@@ -561,7 +575,8 @@ class Gateway:
 
     # --- forwarding -------------------------------------------------------------------
     def _request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None,
-                      backend_headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
+                      backend_headers: list[tuple[bytes, bytes]] | None = None,
+                      log_fields: dict | None = None) -> bytes:
         # Credentials the gateway verified are not passed on: the front end learns the user
         # from the identity header and the route's backend credentials (``backend_headers``,
         # gateway.backend).
@@ -578,7 +593,7 @@ class Gateway:
         dropped = [name for name, _ in req.headers if name in owned]
         if dropped:  # any spelling of ours (protocols/http1.py, OwnedFields): never forwarded
             skip = skip | {name.lower() for name in dropped}
-            self._log_dropped(conn, req, dropped, trusted)
+            self._log_dropped(conn, req, dropped, trusted, log_fields)
         added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host),
                  (REQUEST_ID_HEADER, conn.request_id)]
         if identity is not None:
@@ -592,11 +607,13 @@ class Gateway:
         start_line = req.method + b" " + req.target + b" HTTP/1.1"
         return http1.serialize_forwarded(start_line, req.headers, req.connection_tokens, skip, added)
 
-    def _log_dropped(self, conn: ClientConnection, req: RequestHead, dropped: list[bytes], trusted: bool) -> None:
+    def _log_dropped(self, conn: ClientConnection, req: RequestHead, dropped: list[bytes], trusted: bool,
+                     log_fields: dict | None = None) -> None:
         """Log the client fields dropped as the gateway's own (names only, never values): a
         warning when one spells the identity header, else info (proxies on the client's side
         add X-Forwarded-For and friends in good faith); a trusted proxy's X-Forwarded-For is
-        expected and not logged."""
+        expected and not logged. ``log_fields``: the service, user and device of a request
+        handled outside a pipeline task (which has them in its log context)."""
         if trusted:
             dropped = [n for n in dropped if n.lower() != b"x-forwarded-for"]
             if not dropped:
@@ -607,7 +624,7 @@ class Gateway:
                 conn.peer_host, ",".join(n.decode("ascii", "replace") for n in dropped),
                 req.method.decode("ascii", "replace"), req.target[:200].decode("ascii", "replace"),
                 extra={"request_id": conn.request_id.decode(), "client": conn.peer_host,
-                       "reason": "client-header-dropped"})
+                       "reason": "client-header-dropped", **(log_fields or {})})
 
     def _is_trusted_proxy(self, host: str) -> bool:
         try:

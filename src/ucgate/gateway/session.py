@@ -6,14 +6,20 @@ forward) is a coroutine, because authentication, the device gate and the backend
 for the id service, the directory or a KDC, and bodies of any size are streamed. Run for every
 request, a coroutine costs task wake-ups, futures and frames that dominated the proxy's CPU per
 request (bench/README.md). Most requests need none of that: no body, a service that is
-anonymous, an idle pooled upstream connection, and a small response with a Content-Length that
-arrives in one piece. Those are handled here, in ``Stream`` callbacks, from the head arriving
+anonymous or a request whose sender is already known, an idle pooled upstream connection, and a
+small response with a Content-Length that arrives in one piece. "Already known" is what the
+authenticator can answer without waiting (``authenticate_now``): an NTLM- or Kerberos-
+authenticated connection, the Basic header this connection verified last, a Bearer token the
+gateway issued; with the device gate, an allowed verdict cached on the connection
+(``DeviceGate.decide_now``); and backend mode ``none`` (or a Bearer token, forwarded as it is). Those are handled here, in ``Stream`` callbacks, from the head arriving
 to the response written — with the same parse, recognise, head-building and error rules as the
 pipeline, by calling the same functions. Everything else is handed to the pipeline in a task
 at the point where the fast path stops being sure:
 
-- before anything is sent upstream (a body, a protected or unknown service, OAuth or the
-  device gate, no idle upstream connection): ``Gateway._handle`` runs the request from the top;
+- before anything is sent upstream (a body, an unknown service, a method the service refuses,
+  the OAuth grant, credentials to verify or to challenge for, a device decision to ask for, a
+  backend mode that prepares credentials, no idle upstream connection): ``Gateway._handle``
+  runs the request from the top — the checks made here have no side effects;
 - after the request went upstream, when the response is not a small complete one (chunked,
   close-delimited, large, or its body still on the way): ``Gateway._deliver`` streams it;
 - when the pooled connection turns out to be dead before a response head arrived: the request
@@ -38,7 +44,7 @@ from ..logs import REQUEST_ID_HEADER, begin_request, new_request_id
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
-from .connection import ClientConnection
+from .connection import ClientConnection, Identity
 from .stream import Stream
 from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -62,10 +68,13 @@ class ClientSession:
         "gw", "stream", "conn", "loop",
         # the fast request in flight (None when there is none), and its head as received
         "req", "up", "pool", "service", "path", "started", "head",
+        # who sent it (None: an anonymous service), and its device when the device gate decided
+        "identity", "device",
         # loop.time() when the fast request was written upstream (ucgate_upstream_response_seconds)
         "sent",
-        # this connection's X-Forwarded-For/-Proto fields and the X-Forwarded-Host name, made once
-        "forwarded",
+        # this connection's X-Forwarded-For/-Proto fields and the X-Forwarded-Host name, made once;
+        # the identity header's line for the user last forwarded
+        "forwarded", "ident_user", "ident_line",
         # bound methods, made once per connection instead of once per request
         "_on_client_data", "_on_upstream_data", "_on_upstream_deadline", "_on_upstream_lost",
     )
@@ -78,9 +87,13 @@ class ClientSession:
         self.req: RequestHead | http1.SimpleRequest | None = None
         self.head = b""
         self.forwarded: bytes | None = None
+        self.ident_user: str | None = None
+        self.ident_line = b""
         self.up: UpstreamConnection | None = None
         self.pool: UpstreamPool | None = None
         self.service: Service | None = None
+        self.identity: Identity | None = None
+        self.device: str | None = None
         self.path = ""
         self.started: float | None = None  # clock() at the request, when access logging is on
         self.sent = 0.0
@@ -214,17 +227,20 @@ class ClientSession:
     # --- the fast path --------------------------------------------------------------------
     def _forward_fast(self, req: RequestHead | http1.SimpleRequest, head: bytes) -> bool:
         """Send ``req`` (parsed from ``head``) upstream from here if it needs nothing the
-        pipeline waits for; False (nothing done) otherwise."""
+        pipeline waits for; False (nothing done) otherwise. Every check is
+        ``Gateway._handle``'s, in its order, made by the same functions."""
         simple = type(req) is http1.SimpleRequest
         if not simple and req.framing.kind != "none":  # type: ignore[union-attr]
             return False
         gw = self.gw
+        if not gw.fast_path:
+            return False
         try:
-            path, _query = split_target(req.target.decode("ascii"))
+            path, query = split_target(req.target.decode("ascii"))
         except (HttpError, UnicodeDecodeError):
             return False  # the pipeline answers it
         service = gw.service_map.recognise(path)
-        if service is None or not service.enabled or not service.anonymous:
+        if service is None or not service.enabled:
             return False
         if req.method not in service.methods or not req.host:  # 405, or HTTP/1.0 without Host
             return False
@@ -233,17 +249,55 @@ class ClientSession:
             return False
         if gw.oauth is not None and gw.oauth.intercepts(service, req):
             return False
-        if gw.devices is not None and gw.devices.applies(service, req):
-            return False
+        conn = self.conn
+        identity: Identity | None = None
+        authz: bytes | None = None
+        decided = False
+        if not service.anonymous:
+            # authenticate, decide: only what is known already (no side effects until committed)
+            now = gw.authenticate_now
+            if now is None:
+                return False
+            gate = gw.devices
+            if gate is not None and gate.applies(service, req):
+                if simple:
+                    return False  # the device's facts need every field: parsed, then back here
+                facts = gate.facts_for(conn, req, path, query, service, None)  # type: ignore[arg-type]
+                try:
+                    identity = now(conn, req, service)
+                    verdict = None if identity is None else gate.decide_now(
+                        conn, req, service, identity, facts)  # type: ignore[arg-type]
+                finally:
+                    gate.done(req)  # type: ignore[arg-type]
+                if verdict is None or verdict.identity is None:
+                    return False
+                decided = True
+            else:
+                identity = now(conn, req, service)
+                if identity is None:
+                    return False
+            authz = req.authorization if simple else req.get(b"authorization")  # type: ignore[union-attr]
+            # forward: a Bearer token goes on as it is; any backend mode but none prepares
+            if identity.method != "bearer" and service.backend != "none":
+                return False
         up = pool.take_idle()
         if up is None:
             return False  # connecting waits: the pipeline does it
         # committed: from here on this request is answered by this session
-        conn = self.conn
         conn.requests += 1
         gw.fast_requests += 1
         rid = conn.request_id = new_request_id()
+        if identity is not None:  # Gateway._handle_authenticated's bookkeeping
+            conn.principal = identity
+            if authz is not None:  # credentials presented (not a request riding an NTLM connection)
+                metrics.count_auth(identity.method, "allow", "ok")
+            if decided:
+                metrics.count_device(service.name, "allow")
+                identity = verdict.identity  # type: ignore[union-attr]
+                gw._adopt(conn, req, identity)  # type: ignore[arg-type]
         self.req, self.up, self.pool, self.service, self.path = req, up, pool, service, path
+        self.identity = identity
+        self.device = identity.device_id if decided else None  # type: ignore[union-attr]
         self.head = head
         self.started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
         us = up.stream
@@ -251,13 +305,26 @@ class ClientSession:
         us.on_deadline = self._on_upstream_deadline
         us.on_lost = self._on_upstream_lost
         us.set_deadline(self.loop.time() + gw.gw.timeouts.upstream_read)
+        bearer = identity is not None and identity.method == "bearer"
         if simple:  # its head as sent, less Connection, plus what Gateway._request_head adds
             if self.forwarded is None:
                 self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: " % (
                     conn.peer_host.encode(), gw._proto)
-            us.write(req.prefix + self.forwarded + req.host + _RID + rid + b"\r\n\r\n")  # type: ignore[union-attr]
+            if identity is None:
+                us.write(req.prefix + self.forwarded + req.host + _RID + rid + b"\r\n\r\n")  # type: ignore[union-attr]
+            else:  # Authorization dropped; the identity header, then a Bearer token's backend header
+                if self.ident_user is not identity.user:
+                    self.ident_user = identity.user
+                    self.ident_line = b"\r\n" + gw._identity_header + b": " + identity.user.encode("utf-8")
+                us.write(b"".join((
+                    req.prefix if authz is None else req.prefix_authenticated,  # type: ignore[union-attr]
+                    self.forwarded, req.host, _RID, rid, self.ident_line,
+                    b"\r\nAuthorization: " + authz if bearer and authz else b"", b"\r\n\r\n")))
         else:
-            us.write(gw._request_head(conn, req, None))  # type: ignore[arg-type]
+            us.write(gw._request_head(  # type: ignore[arg-type]
+                conn, req, identity, [(b"Authorization", authz)] if bearer and authz else None,
+                {"service": service.name, "user": identity.user if identity is not None else None,
+                 "device": self.device}))
         self.sent = self.loop.time()
         return True
 
@@ -354,8 +421,17 @@ class ClientSession:
         metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, self.loop.time() - self.sent)
         metrics.count_request(service.name if service else None, status)
 
+    def _task_context(self, service: Service) -> None:
+        """This task's log context (ucgate.logs), as ``Gateway._handle`` sets it."""
+        ctx = begin_request(self.conn.request_id, self.conn.peer_host)
+        ctx["service"] = service.name
+        if self.identity is not None:
+            ctx["user"] = self.identity.user
+        if self.device:
+            ctx["device"] = self.device
+
     async def _deliver(self, req, resp, up, pool, service) -> bool:
-        begin_request(self.conn.request_id, self.conn.peer_host)["service"] = service.name  # this task's logs
+        self._task_context(service)
         keep = await self.gw._deliver(req, resp, up, pool, self.stream, [])
         if self.started is not None:
             self._log_access(req, service)
@@ -376,16 +452,16 @@ class ClientSession:
         req, pool, service = self.req, self.pool, self.service
         assert req is not None and pool is not None and service is not None
         self._release_upstream(close=True)
-        self._run(self._forward_again(req, pool, service))
+        self._run(self._forward_again(req, pool, service, self.identity))
 
     async def _forward_again(self, req: RequestHead | http1.SimpleRequest, pool: UpstreamPool,
-                             service: Service) -> bool:
+                             service: Service, identity: Identity | None) -> bool:
         gw = self.gw
-        begin_request(self.conn.request_id, self.conn.peer_host)["service"] = service.name  # this task's logs
+        self._task_context(service)
         if type(req) is http1.SimpleRequest:  # the pipeline needs every field
             req = http1.parse_request_head(self.head, gw.limits)
         max_body = service.max_body_bytes if service.max_body_bytes is not None else gw.gw.limits.max_body_bytes
-        keep = await gw._forward(self.conn, req, self.path, service, pool, None, self.stream, max_body, [])
+        keep = await gw._forward(self.conn, req, self.path, service, pool, identity, self.stream, max_body, [])
         if self.started is not None:
             self._log_access(req, service)
         return keep
@@ -418,8 +494,11 @@ class ClientSession:
         rid = conn.request_id.decode()
         access_log.info(
             "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
-            conn.peer_host, conn.id, rid, req.method.decode(), self.path, service.name, "-",
+            conn.peer_host, conn.id, rid, req.method.decode(), self.path, service.name,
+            self.identity.user if self.identity is not None else "-",
             (self.gw.clock() - self.started) * 1000,  # type: ignore[operator]
-            extra={"request_id": rid, "client": conn.peer_host, "service": service.name},
+            extra={"request_id": rid, "client": conn.peer_host, "service": service.name,
+                   "user": self.identity.user if self.identity is not None else None,
+                   "device": self.device or None},
         )
         self.started = None

@@ -564,9 +564,9 @@ _SIMPLE_REQUEST_RE = re.compile(
 
 def request_special_re(drop: frozenset[bytes], owned: OwnedFields | None = None) -> re.Pattern[bytes]:
     """The pattern :func:`simple_request` finds the fields that matter with: framing, Host,
-    Expect, hop-by-hop, ``drop`` (lower-case names the caller never forwards) and any name in
-    ``owned`` (the caller drops those too)."""
-    names = HOP_BY_HOP | {b"content-length", b"host", b"expect"} | drop
+    Expect, Authorization, hop-by-hop, ``drop`` (lower-case names the caller never forwards) and
+    any name in ``owned`` (the caller drops those too)."""
+    names = HOP_BY_HOP | {b"content-length", b"host", b"expect", b"authorization"} | drop
     alts = b"|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
     if owned is not None:
         alts += b"|" + owned.pattern()
@@ -585,13 +585,31 @@ class SimpleRequest:
     # the head to forward, without its final empty line and without the Connection field
     prefix: bytes
     version: tuple[int, int] = (1, 1)
+    # the one Authorization field's value (OWS stripped), None without one; and ``prefix``
+    # without that field (what an authenticated request forwards), None without one
+    authorization: bytes | None = None
+    prefix_authenticated: bytes | None = None
+
+    def get(self, name: bytes) -> bytes | None:
+        """``RequestHead.get``: the first value of field ``name`` (lower-case), OWS stripped —
+        except Connection, which ``prefix`` no longer has (``keep_alive`` says what it meant)."""
+        if name == b"authorization":
+            return self.authorization
+        if name == b"host":
+            return self.host
+        for line in self.prefix.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.lower() == name:
+                return v.strip(b" \t")
+        return None
 
 
 def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> SimpleRequest | None:
     """``head`` as a :class:`SimpleRequest` when it is an origin-form HTTP/1.1 request with one
     valid Host, no body, no Expect, no hop-by-hop field but one Connection of "keep-alive" or
     "close", and none of the fields ``special`` (from :func:`request_special_re`) adds; else None
-    (then ``parse_request_head`` decides)."""
+    (then ``parse_request_head`` decides). One Authorization field is allowed: its value and the
+    prefix without it are kept for an authenticated forward."""
     if len(head) > limits.max_header_bytes:
         return None
     m = _SIMPLE_REQUEST_RE.fullmatch(head)
@@ -603,9 +621,12 @@ def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> S
     low = head.lower()
     host = False
     close = connection = False
+    authz: bytes | None = None
     for name, value in special.findall(low):
         if name == b"host" and not host:
             host = True
+        elif name == b"authorization" and authz is None:
+            authz = value  # lower-cased: the value as sent is taken from head below
         elif name == b"connection" and not connection:
             tokens = _COMMON_TOKENS.get(value.rstrip(b" \t"))
             if tokens is None:
@@ -620,10 +641,21 @@ def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> S
     host_value = head[i : head.index(b"\r", i)].strip(b" \t")  # as sent: lower() was for finding
     if not _HOST_RE.fullmatch(host_value):
         return None
+    without_authz = None
+    if authz is not None:
+        a = low.index(b"\nauthorization:") + 1
+        a_end = head.index(b"\r\n", a) + 2
+        authz = head[a + 14 : a_end - 2].strip(b" \t")
     if connection:
         i = low.index(b"\nconnection:") + 1
-        head = head[:i] + head[head.index(b"\r\n", i) + 2 :]
-    return SimpleRequest(method, target, host_value, not close, head[:-2])
+        end = head.index(b"\r\n", i) + 2
+        if authz is not None:
+            if a > i:
+                a, a_end = a - (end - i), a_end - (end - i)
+        head = head[:i] + head[end:]
+    if authz is not None:
+        without_authz = head[:a] + head[a_end:-2]
+    return SimpleRequest(method, target, host_value, not close, head[:-2], (1, 1), authz, without_authz)
 
 
 @dataclass(slots=True)
