@@ -327,3 +327,24 @@ def test_serve_wiring_split_mode_runs_the_relay_over_the_id_service(tmp_path, tl
             loop_thread.run(node.stop())
     finally:
         lab.close()
+
+
+@pytest.mark.parametrize("outcome", list(SipOutcome), ids=str)
+def test_every_outcome_the_relay_sends_is_settled_by_the_id_service(split, loop_thread, outcome, caplog):
+    lab = split()
+    ctx = AttemptContext("2001:db8::7", "sip", "sip", device_id="x" * 256, user_agent="UCCAPI/16.0 (é)")
+    reason = {"success": "ok", "failure": "wrong-password", "not-a-guess": "registrar-unavailable",
+              "continued": "continued"}[str(outcome)]
+
+    async def calls():
+        a = await lab.remote.begin_sip(SipAttemptRequest("sip:alice@contoso.com", ctx, "alice@contoso.com"))
+        await lab.remote.settle_sip(SipSettle(a.token, outcome, reason))
+        return a
+
+    a = loop_thread.run(calls())
+    assert a.verdict.ok, a
+    sip = lab.recorder.state.sip
+    assert sip.open == 0 and "unknown" not in caplog.text and "failed" not in caplog.text
+    assert all(s in (200, 204) for _, p, s in lab.recorder.calls if p.startswith("/v1/sip/"))
+    audited = [e.reason for e in lab.audit("sign-in") if e.details.get("method") == "sip"]
+    assert audited == ([] if outcome is SipOutcome.CONTINUED else [reason])
