@@ -33,7 +33,8 @@ ATTEMPTS = 200
 
 
 class Env:
-    def __init__(self, tmp_path, lab, loop_thread, tls_files, users: list[str]) -> None:
+    def __init__(self, tmp_path, lab, loop_thread, tls_files, users: list[str], *,
+                 allow_domain_passwords: bool = False) -> None:
         self.lab, self.lt = lab, loop_thread
         self.cert, key = tls_files
         (tmp_path / "data").mkdir()
@@ -44,7 +45,8 @@ class Env:
         self.ids = open_services(
             store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}", key_file=tmp_path / "keys" / "k",
             audit_file=None, lockout=LockoutConfig(user_failures=USER_FAILURES, ip_failures=20, window=900),
-            netbios_domains=(lab.netbios_domain,), directory=self.directory, required_group=lab.users_group)
+            netbios_domains=(lab.netbios_domain,), directory=self.directory, required_group=lab.users_group,
+            allow_domain_passwords=allow_domain_passwords)
         self.ad_binds = Counter()
         self.registrar = LabRegistrar(
             self.cert, key, [Account(u, lab.default_password, self.aor(u)) for u in users],
@@ -191,4 +193,75 @@ def test_without_the_relay_the_same_guesses_lock_the_account(tmp_path, samba_lab
         assert samba_lab.is_locked(user)
     finally:
         samba_lab.unlock(user)
+        env.close()
+
+
+def test_a_spray_over_sip_and_the_web_at_once_locks_no_account(tmp_path, samba_lab, loop_thread, tls_files,
+                                                               upstream):
+    """One failure budget for every channel: wrong domain passwords over SIP REGISTER and over
+    Basic on the web side, at the same time, for the same accounts: together they reach AD at
+    most user_failures times per account; the real user signs in on both channels throughout."""
+    import httpx
+
+    from ucgate.gateway.preauth import PreAuthenticator, PreAuthSettings
+
+    from ..support import start_gateway
+
+    users = _users(samba_lab, 5)
+    env = Env(tmp_path, samba_lab, loop_thread, tls_files, users, allow_domain_passwords=True)
+    gw = start_gateway(loop_thread, *tls_files, upstream.port, authenticator=PreAuthenticator(
+        env.ids.credentials, PreAuthSettings(netbios_domain=samba_lab.netbios_domain)))
+    real = users[0]
+    verify = gw.ssl_context()
+    try:
+        with env.client(real, source=REAL) as c:  # both channels' familiar address
+            assert c.register().status == 200
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=REAL, verify=verify), timeout=30) as w:
+            assert w.get(f"{gw.url}/ucwa/x", auth=(real, samba_lab.default_password)).status_code == 200
+        results: Counter = Counter()
+        real_results: list[int] = []
+        stop = threading.Event()
+
+        def real_user() -> None:
+            with httpx.Client(transport=httpx.HTTPTransport(local_address=REAL, verify=verify), timeout=30,
+                              headers={"Connection": "close"}) as w:
+                while not stop.is_set():
+                    with env.client(real, source=REAL) as c:
+                        answer = c.register()
+                        real_results.append(answer.status if answer else 0)
+                    real_results.append(w.get(f"{gw.url}/ucwa/x", auth=(real, samba_lab.default_password)).status_code)
+                    time.sleep(0.2)
+
+        def sip_sprayer(ip: str, n: int) -> None:
+            for i in range(n):
+                with env.client(users[i % len(users)], password=f"Spring2025-{i}!", source=ip) as c:
+                    answer = c.register()
+                    results["sip", answer.status if answer else 0] += 1
+
+        def web_sprayer(ip: str, n: int) -> None:
+            with httpx.Client(transport=httpx.HTTPTransport(local_address=ip, verify=verify), timeout=30) as w:
+                for i in range(n):
+                    code = w.get(f"{gw.url}/ucwa/x", auth=(users[(i + 2) % len(users)], f"Summer2025-{i}!")).status_code
+                    results["web", code] += 1
+
+        t_real = threading.Thread(target=real_user)
+        t_real.start()
+        per = ATTEMPTS // (2 * len(SPRAYERS))
+        threads = ([threading.Thread(target=sip_sprayer, args=(ip, per)) for ip in SPRAYERS]
+                   + [threading.Thread(target=web_sprayer, args=(ip, per)) for ip in SPRAYERS])
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        stop.set()
+        t_real.join(30)
+        locked = [u for u in users if samba_lab.is_locked(u)]
+        bad = {u: int((samba_lab.read(u, ["badPwdCount"]).get("badPwdCount") or [b"0"])[0]) for u in users}
+        print(f"\nSIP + web spray: {dict(results)}; AD badPwdCount {bad}; real user {Counter(real_results)}; "
+              f"locked: {locked}")
+        assert sum(results.values()) == 2 * per * len(SPRAYERS)
+        assert locked == [] and max(bad.values()) <= USER_FAILURES
+        assert real_results and all(s == 200 for s in real_results), real_results
+    finally:
+        gw.stop()
         env.close()
