@@ -86,14 +86,14 @@ _EAS_TOP = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Allowed:
     user: str
     device_id: str | None
     until: float  # wall clock seconds
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceState:
     """What the gate keeps on a connection (``ClientConnection.device``)."""
 

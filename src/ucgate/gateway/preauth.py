@@ -75,7 +75,7 @@ class _NtlmHandshake:
     started: float
 
 
-@dataclass
+@dataclass(slots=True)
 class _BasicMemo:
     digest: bytes
     identity: Identity

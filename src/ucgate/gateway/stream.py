@@ -55,6 +55,13 @@ class Stream(asyncio.Protocol):
             twice this much is buffered (StreamReader's backpressure).
     """
 
+    # no instance dict: one of these per idle client connection (bench/idle.py)
+    __slots__ = (
+        "loop", "limit", "transport", "_on_connect", "task", "on_data", "on_deadline", "on_lost", "_scan",
+        "_over_ssl", "_buf", "_eof", "_exc", "_lost", "_waiter", "_reading_paused", "_writing_paused",
+        "_drain_waiter", "_deadline", "_timer", "_timer_at", "__weakref__",
+    )
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,

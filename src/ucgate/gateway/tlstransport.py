@@ -123,6 +123,15 @@ class TLSTransport(asyncio.Transport):
         extra: more ``get_extra_info`` values (the listener passes ``peername``).
     """
 
+    # no instance dict: one of these per idle client connection (bench/idle.py)
+    __slots__ = (
+        "_loop", "_sock", "_ssl_sock", "_fd", "_protocol", "_close_timeout", "_ssl_read", "_ssl_write",
+        "_ssl_pending", "_rbuf", "_rview", "_paused", "_reading", "_read_wants_write", "_pending", "_buffer",
+        "_write_wants_read", "_write_idle", "_high_water", "_low_water", "_protocol_paused", "_closing",
+        "_ssl_broken", "_close_timer", "_lost_called", "_dropped_writes", "_reader_on", "_writer_on",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
