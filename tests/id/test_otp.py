@@ -322,7 +322,7 @@ def test_basic_appended_end_to_end(otp, asps, clock):
 
 def usable_spellings(asps, user):
     """Stand-in for the AspService method the lead adds: (asp id, spelling) per usable ASP."""
-    _, usable = asps._usable(user, None)
+    _, usable, _ = asps._usable(user, None)
     return [(a.id, s) for a, secret in usable for s in spellings(secret.decode())]
 
 

@@ -199,23 +199,25 @@ class AspService(UserSecretService):
         return n
 
     # --- verification -----------------------------------------------------------------
-    def _records(self, username: str, fresh: bool) -> tuple[UserRecord | None, list]:
-        """The user and their unrevoked ASPs: from the sign-in cache unless ``fresh``."""
+    def _records(self, username: str, fresh: bool) -> tuple[UserRecord | None, list, bool]:
+        """The user, their unrevoked ASPs, and whether both came from the sign-in cache (never
+        when ``fresh``)."""
         cache = self.cache
         if cache is not None and not fresh:
             got = cache.get(username)
             if got is not None:
-                return got
+                return got[0], got[1], True
         user = self.users.resolve(username)
         records = self.repo.list_asps(user.id, include_revoked=False) if user is not None else []
         if cache is not None and user is not None:
             cache.put(username, user, records)
-        return user, records
+        return user, records, False
 
-    def _usable(self, username: str, device_id: str | None, *, fresh: bool = False) -> tuple[UserRecord | None, list]:
-        user, records = self._records(username, fresh)
+    def _usable(self, username: str, device_id: str | None, *,
+                fresh: bool = False) -> tuple[UserRecord | None, list, bool]:
+        user, records, cached = self._records(username, fresh)
         if user is None or not user.enabled:
-            return None, []
+            return None, [], cached
         out = []
         for a in records:
             if not _device_matches(a.device_id, device_id):
@@ -226,7 +228,7 @@ class AspService(UserSecretService):
                 log.warning("ASP %s of %s does not decrypt (skipped): %s", a.id, user.username, e)
                 continue
             out.append((a, secret))
-        return user, out
+        return user, out, cached
 
     def verify_password(self, username: str, password: str,
                         device_id: str | None = None) -> AspMatch | None:
@@ -237,12 +239,12 @@ class AspService(UserSecretService):
         """
         typed = (canonical_asp(password) or "\x00" * ASP_SYMBOLS).encode()
         for fresh in (False, True):  # a refusal is checked against the store, not the cache
-            user, usable = self._usable(username, device_id, fresh=fresh)
+            user, usable, cached = self._usable(username, device_id, fresh=fresh)
             found = None
             for a, secret in usable:
                 if hmac.compare_digest(secret, typed) and found is None:
                     found = a
-            if found is not None or self.cache is None:
+            if found is not None or not cached:  # a refusal from a fresh read stands
                 break
         if user is None or found is None:
             return None
@@ -250,12 +252,12 @@ class AspService(UserSecretService):
 
     def usable_spellings(self, username: str, device_id: str | None = None) -> list[tuple[str, str]]:
         """(asp_id, spelling) of every usable ASP, for the otp-appended NTLM candidates."""
-        _, usable = self._usable(username, device_id)
+        _, usable, _ = self._usable(username, device_id)
         return [(a.id, sp) for a, secret in usable for sp in spellings(secret.decode())]
 
     def nt_hash_candidates(self, username: str,
                            device_id: str | None = None) -> list[tuple[str, bytes]]:
         """``(asp_id, NT hash)`` for each usable ASP and each spelling (see :func:`spellings`);
         empty for an unknown or disabled user."""
-        _, usable = self._usable(username, device_id)
+        _, usable, _ = self._usable(username, device_id)
         return [(a.id, nt_hash(s)) for a, secret in usable for s in spellings(secret.decode())]
