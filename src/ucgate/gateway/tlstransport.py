@@ -5,11 +5,17 @@ feeds OpenSSL through two memory BIOs — every received segment is copied into 
 decrypted into a Python buffer, and every write is encrypted into the outgoing BIO, read back
 out as bytes and handed to the TCP transport. Letting OpenSSL own the socket (its socket BIO
 does the ``recv``/``send``) and watching the fd with ``loop.add_reader``/``add_writer`` does one
-``SSL_read`` per readable event and one ``SSL_write`` (= one ``send``) per write. Measured on the
-gateway's 2-core VM (noisy: single runs moved by ±30%): a callback-only proxy skeleton costs ~9%
-less CPU per small keep-alive request over this transport than over uvloop's TLS (median of 30
-interleaved rounds). In the whole gateway the gain is within the VM's run-to-run noise (TLS
-minus plain HTTP, per request: 17-57 µs before, 19-33 µs after, across runs; bench/README.md).
+``SSL_read`` per readable event and one ``SSL_write`` (= one ``send``) per write.
+
+Why it stays (issue 15 asked to keep it only if the gateway's CPU per request over TLS is >= 10 %
+lower, and to measure it; bench/README.md, "TLS transport"): against the same source with
+``loop.create_server(ssl=...)`` in the same run, on a quiet machine, it is 6-8 % less CPU per
+keep-alive request over TLS (27.3 vs 29.1 us and 28.5 vs 30.9 us, ``bench/proxy.py --variant``)
+— under the 10 % bar — but **41 % less memory per idle TLS connection** (18.6 vs 31.5 KiB,
+``bench/idle.py -n 3000``): uvloop's ``SSLProtocol`` keeps its memory BIOs and a read buffer per
+connection. At 10,000 idle phones that is 126 MiB, and the connection's memory is the other half
+of issue 16; it also carries the PROXY-protocol preamble before the handshake and the handshake
+failure metrics by reason, which the loop's TLS does not give.
 
 The rules this module relies on, checked on CPython 3.11 / OpenSSL 3.0:
 
