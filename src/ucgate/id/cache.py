@@ -41,6 +41,15 @@ class SignInCache:
             self.hits += 1
             return got[1], got[2]
 
+    def peek_user(self, username: str) -> Any:
+        """The cached user record, or None (absent or past ``ttl``); counts no hit or miss (the
+        sign-in's resolve step: the ASP check that follows counts the sign-in's lookup)."""
+        with self._lock:
+            got = self._d.get(username.lower())
+        if got is None or self.clock() - got[0] > self.ttl:
+            return None
+        return got[1]
+
     def put(self, username: str, user: Any, asps: list[Any]) -> None:
         with self._lock:
             self._d[username.lower()] = (self.clock(), user, list(asps))

@@ -44,6 +44,7 @@ from ..protocols import ntlm as ntlm_proto
 from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from ..store import DuplicateError
 from .directory import DirectoryError
+from .users import resolve_login_name
 from .writer import WriterBusy
 
 log = logging.getLogger("ucgate.id")
@@ -152,7 +153,7 @@ class IdService:
     def _resolve(self, typed: str) -> Resolved:
         """The account a typed name refers to, its budget key, and why it is refused (if)."""
         if self.directory is None:
-            rec = self.users.resolve(typed)
+            rec = self._local_user(typed)
             if rec is None:
                 return Resolved(f"n:{budget_key(typed)}", None, Verdict(False, "unknown-user"))
             key = f"l:{rec.id}"
@@ -190,6 +191,22 @@ class IdService:
         if not rec.enabled:  # blocked in ucgate without touching AD
             return Resolved(key, sam, Verdict(False, "user-disabled"), du)
         return Resolved(key, sam, None, du)
+
+    def _local_user(self, typed: str) -> Any:
+        """The local user ``typed`` names: from the sign-in cache (``ucgate.id.cache``, the entry
+        the ASP check reads next; dropped by every event about the user, a disable included)
+        when it holds an enabled record for a plain or ``DOMAIN\\user`` name, else from the
+        store (a UPN or SIP address, an uncached or disabled user: refusals are read fresh,
+        as the ASP check's are). Saves the sign-in's one store read (~140 us)."""
+        cache = getattr(self.asps, "cache", None)
+        domains = getattr(self.users, "netbios_domains", None)
+        if cache is not None and domains is not None and typed.strip()[:4].lower() != "sip:":
+            sam = resolve_login_name(typed, netbios_domains=domains)  # a UPN gives None here
+            if sam is not None:
+                rec = cache.peek_user(sam)
+                if rec is not None and rec.enabled and rec.username == sam:
+                    return rec
+        return self.users.resolve(typed)
 
     def _held(self, r: Reservation) -> tuple[str, ...]:
         return (f"u:{r.account}", f"ip:{ip_key(r.ip)}") if r.charged_ip else (f"u:{r.account}",)
