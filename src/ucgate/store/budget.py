@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
+
+from .. import metrics
 
 from ..policy.lockout import (
     BudgetConfig,
@@ -33,7 +39,7 @@ from ..policy.lockout import (
     user_bucket,
     wait_for,
 )
-from .engine import WRITE, Transactions, make_engine, sqlite_path
+from .engine import Transactions, make_engine, sqlite_path
 
 # Reservations between two prunes of drained rows.
 PRUNE_EVERY = 1000
@@ -45,8 +51,38 @@ def _normal_sync(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _greatest(conn: Connection) -> str:
+def _greatest(conn: _Tx) -> str:
     return "GREATEST" if conn.dialect.name == "postgresql" else "MAX"
+
+
+class _Result:
+    """What the budget's statements need of a result: ``first``, ``scalar_one``, ``rowcount``."""
+
+    __slots__ = ("rows", "rowcount")
+
+    def __init__(self, rows: list[Any] | None, rowcount: int) -> None:
+        self.rows, self.rowcount = rows, rowcount
+
+    def first(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def scalar_one(self) -> Any:
+        if not self.rows or len(self.rows) != 1:
+            raise ValueError(f"expected one row, got {len(self.rows or [])}")
+        return self.rows[0][0]
+
+
+class _Tx:
+    """One transaction of the budget on a pooled driver connection (see StoreBudget._tx)."""
+
+    __slots__ = ("dialect", "cur")
+
+    def __init__(self, dialect: Any, cur: Any) -> None:
+        self.dialect, self.cur = dialect, cur
+
+
+class _Refused(Exception):
+    """Inside :meth:`StoreBudget.reserve`: a charge did not fit, roll the transaction back."""
 
 
 class StoreBudget(Transactions):
@@ -70,24 +106,110 @@ class StoreBudget(Transactions):
         self._ip_rate = config.ip_failures / config.window
         self._count = 0
         self._lock = threading.Lock()
+        self._latency: dict[str, Any] = {}  # ucgate_store_statement_seconds children, by kind
 
     # --- statements ---------------------------------------------------------------------
-    def _sql(self, c: Connection, sql: str, params: dict[str, Any]) -> Any:
-        """Run ``sql`` (``:name`` parameters) straight on the driver: the budget's few statements
-        run on every sign-in, and SQLAlchemy's per-statement compilation is most of their cost."""
+    # --- transactions -------------------------------------------------------------------
+    @contextmanager
+    def _tx(self, write: bool) -> Iterator[_Tx]:
+        """One transaction on a connection of the engine's pool, run on the driver itself (the
+        budget's few statements run on every sign-in; SQLAlchemy's ``Connection`` — checkout,
+        events, result objects — was ~2/3 of their cost, bench/README.md ntlm.py). SQLite:
+        ``BEGIN IMMEDIATE`` for a write, as ``engine.make_engine``'s write transactions;
+        PostgreSQL: the driver's implicit transaction. A driver error is raised as SQLAlchemy's
+        (``DBAPIError.instance``: ``OperationalError`` ...), so callers see what they saw
+        before (``store-unavailable``); a lost connection is invalidated, not returned to the pool."""
+        dialect = self.engine.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        sqlite = dialect.name == "sqlite"
+        stmt = "connect"
+        try:
+            raw = self.engine.raw_connection()
+        except DBAPIError:
+            raise
+        except dbapi_error as e:
+            raise DBAPIError.instance(stmt, {}, e, dbapi_error) from e
+        cur = None
+        try:
+            cur = raw.cursor()
+            if sqlite:
+                stmt = "BEGIN IMMEDIATE" if write else "BEGIN DEFERRED"
+                self._run(cur, stmt, {})
+            tx = _Tx(dialect, cur)
+            yield tx
+            stmt = "COMMIT"
+            if sqlite:
+                self._run(cur, stmt, {})
+            else:
+                t0 = time.perf_counter()
+                raw.commit()
+                self._observe("commit", t0)
+        except dbapi_error as e:
+            self._rollback(raw, cur, e)
+            raise DBAPIError.instance(getattr(e, "_ucgate_stmt", stmt), {}, e, dbapi_error) from e
+        except BaseException as e:
+            self._rollback(raw, cur, e)
+            raise
+        finally:
+            if cur is not None:
+                try:
+                    cur.close()
+                except dbapi_error:
+                    pass
+            raw.close()  # back to the pool (which resets it) unless invalidated
+
+    def _rollback(self, raw: Any, cur: Any, e: BaseException) -> None:
+        dialect = self.engine.dialect
+        try:
+            if isinstance(e, dialect.loaded_dbapi.Error) and dialect.is_disconnect(e, raw.dbapi_connection, cur):
+                raw.invalidate(e)
+                return
+            if dialect.name == "sqlite":
+                if not raw.dbapi_connection.in_transaction:
+                    return
+                cur.execute("ROLLBACK")
+            else:
+                raw.rollback()
+        except Exception:  # noqa: BLE001 - the connection is unusable: never back to the pool
+            raw.invalidate(e)
+
+    def _observe(self, kind: str, t0: float) -> None:
+        child = self._latency.get(kind)
+        if child is None:
+            child = self._latency[kind] = metrics.STORE_LATENCY.labels(kind)
+        child.observe(time.perf_counter() - t0)  # ucgate_store_statement_seconds, as instrument_engine
+
+    def _run(self, cur: Any, sql: str, params: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        cur.execute(sql, params)
+        kind = sql.lstrip()[:8].split(None, 1)[0].lower()
+        self._observe(kind if kind in metrics.STATEMENTS else "other", t0)
+
+    def _sql(self, c: _Tx, sql: str, params: dict[str, Any]) -> _Result:
+        """Run ``sql`` (``:name`` parameters) on the driver in the transaction ``c``."""
         drv = self._statements.get(sql)
         if drv is None:
             drv = sql if c.dialect.name == "sqlite" else re.sub(r":(\w+)", r"%(\1)s", sql)
             self._statements[sql] = drv
-        return c.exec_driver_sql(drv, params)
+        try:
+            self._run(c.cur, drv, params)
+        except Exception as e:
+            try:
+                e._ucgate_stmt = drv  # type: ignore[attr-defined]  (named in the DBAPIError)
+            except AttributeError:
+                pass
+            raise
+        cur = c.cur
+        rows = cur.fetchall() if cur.description is not None else None
+        return _Result(rows, cur.rowcount)
 
     @staticmethod
-    def _level(c: Connection, table: str = "budget_buckets.") -> str:
+    def _level(c: _Tx, table: str = "budget_buckets.") -> str:
         """SQL for a bucket's drained level at ``:now`` (``policy.lockout.drained``)."""
         g = _greatest(c)
         return f"{g}(0.0, {table}level - {g}(0.0, :now - {table}at) * :rate)"
 
-    def _charge(self, c: Connection, bucket: str, limit: float, rate: float, now: float) -> bool:
+    def _charge(self, c: _Tx, bucket: str, limit: float, rate: float, now: float) -> bool:
         """Add one unit to ``bucket`` if it fits under ``limit``; whether it did."""
         g, level = _greatest(c), self._level(c)
         row = self._sql(c, (
@@ -97,7 +219,7 @@ class StoreBudget(Transactions):
         ), {"bucket": bucket, "now": now, "rate": rate, "limit": float(limit)}).first()
         return row is not None
 
-    def _add(self, c: Connection, bucket: str, delta: float, rate: float, now: float) -> None:
+    def _add(self, c: _Tx, bucket: str, delta: float, rate: float, now: float) -> None:
         """Add ``delta`` to a bucket unconditionally (a refund when negative), never below 0."""
         g = _greatest(c)
         if delta > 0:
@@ -112,7 +234,7 @@ class StoreBudget(Transactions):
                 f"at = {g}(:now, at) WHERE bucket = :bucket"
             ), {"bucket": bucket, "now": now, "rate": rate, "delta": delta})
 
-    def _relaxed(self, c: Connection) -> None:
+    def _relaxed(self, c: _Tx) -> None:
         """Budget rows are not worth a disk flush per attempt: on PostgreSQL the commit returns
         before its WAL record is flushed (``synchronous_commit = off``, this transaction only;
         a crash of the server loses at most the last ~0.2 s of charges, never consistency).
@@ -120,27 +242,27 @@ class StoreBudget(Transactions):
         if c.dialect.name == "postgresql":
             self._sql(c, "SET LOCAL synchronous_commit = off", {})
 
-    def _wait(self, c: Connection, bucket: str, limit: int, rate: float, now: float) -> float:
+    def _wait(self, c: _Tx, bucket: str, limit: int, rate: float, now: float) -> float:
         row = self._sql(c, ("SELECT level, at FROM budget_buckets WHERE bucket = :b"),
                         {"b": bucket}).first()
         if row is None:
             return 0.0
         return wait_for(drained(float(row[0]), float(row[1]), now, rate), limit, rate)
 
-    def _familiar(self, c: Connection, account: str, ip: str, now: float) -> bool:
+    def _familiar(self, c: _Tx, account: str, ip: str, now: float) -> bool:
         row = self._sql(c, ("SELECT at FROM familiar_ips WHERE account = :a AND ip = :ip"),
                         {"a": account, "ip": ip}).first()
         return row is not None and now - float(row[0]) <= self.config.familiar_for
 
     # --- the interface ------------------------------------------------------------------
     def familiar(self, account: str, ip: str, now: float) -> bool:
-        with self._read() as c:
+        with self._tx(write=False) as c:
             return self._familiar(c, account, ip, now)
 
     def check(self, account: str, ip: str, now: float) -> BudgetDecision:
         """Would an attempt fit now? (Read only; :meth:`reserve` is what counts.)"""
         cfg = self.config
-        with self._read() as c:
+        with self._tx(write=False) as c:
             fam = self._familiar(c, account, ip, now)
             w = self._wait(c, user_bucket(account, fam), cfg.user_failures, self._user_rate, now)
             if w > 0:
@@ -156,25 +278,23 @@ class StoreBudget(Transactions):
         the credential is checked, or refuse (a :class:`BudgetDecision`) if it does not fit."""
         cfg = self.config
         self._maybe_prune(now)
-        with self.engine.connect().execution_options(**{WRITE: True}) as c:
-            tx = c.begin()
-            try:
+        refused: BudgetDecision | None = None
+        try:
+            with self._tx(write=True) as c:
                 self._relaxed(c)
                 fam = self._familiar(c, account, ip, now)
                 ub = user_bucket(account, fam)
                 if not self._charge(c, ub, cfg.user_failures, self._user_rate, now):
                     wait = self._wait(c, ub, cfg.user_failures, self._user_rate, now)
-                    tx.rollback()
-                    return BudgetDecision(False, "user-throttled", max(wait, 1e-6))
-                if not fam and not self._charge(c, ip_bucket(ip), cfg.ip_failures, self._ip_rate, now):
+                    refused = BudgetDecision(False, "user-throttled", max(wait, 1e-6))
+                elif not fam and not self._charge(c, ip_bucket(ip), cfg.ip_failures, self._ip_rate, now):
                     wait = self._wait(c, ip_bucket(ip), cfg.ip_failures, self._ip_rate, now)
-                    tx.rollback()
-                    return BudgetDecision(False, "ip-throttled", max(wait, 1e-6))
-                tx.commit()
-            except BaseException:
-                if tx.is_active:
-                    tx.rollback()
-                raise
+                    refused = BudgetDecision(False, "ip-throttled", max(wait, 1e-6))
+                if refused is not None:
+                    raise _Refused  # rolls the account's charge back with the transaction
+        except _Refused:
+            assert refused is not None
+            return refused
         return Reservation(account, ip, fam, not fam)
 
     def settle(self, r: Reservation, outcome: Outcome, now: float) -> None:
@@ -183,31 +303,33 @@ class StoreBudget(Transactions):
         that says nothing about the password gives both back."""
         if outcome is Outcome.FAILURE:
             return
-        with self._write() as c:
+        with self._tx(write=True) as c:
             self._relaxed(c)
             if r.charged_ip:
                 self._add(c, ip_bucket(r.ip), -1.0, self._ip_rate, now)
             ub = user_bucket(r.account, r.familiar)
             if outcome is Outcome.SUCCESS:
                 self._sql(c, ("DELETE FROM budget_buckets WHERE bucket = :b"), {"b": ub})
-                self._remember(c, r.account, r.ip, now)
+                self._remember(c, r.account, r.ip, now, new=not r.familiar)
             else:
                 self._add(c, ub, -1.0, self._user_rate, now)
 
     def charge(self, account: str, ip: str, now: float) -> None:
         """A failure found after the fact (the gateway refused what the id service allowed):
         charged unconditionally."""
-        with self._write() as c:
+        with self._tx(write=True) as c:
             fam = self._familiar(c, account, ip, now)
             self._add(c, user_bucket(account, fam), 1.0, self._user_rate, now)
             if not fam:
                 self._add(c, ip_bucket(ip), 1.0, self._ip_rate, now)
 
-    def _remember(self, c: Connection, account: str, ip: str, now: float) -> None:
+    def _remember(self, c: _Tx, account: str, ip: str, now: float, new: bool = True) -> None:
         self._sql(c, (
             "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
             "ON CONFLICT (account, ip) DO UPDATE SET at = :now"
         ), {"a": account, "ip": ip, "now": now})
+        if not new:  # the pair was familiar at reserve: its time moved, the account's count did not
+            return
         self._sql(c, (
             "DELETE FROM familiar_ips WHERE account = :a AND ip NOT IN "
             "(SELECT ip FROM familiar_ips WHERE account = :a ORDER BY at DESC LIMIT :n)"
@@ -223,7 +345,7 @@ class StoreBudget(Transactions):
 
     def prune(self, now: float) -> int:
         """Delete buckets that have drained to zero and familiar IPs past ``familiar_for``."""
-        with self._write() as c:
+        with self._tx(write=True) as c:
             # a bucket's level never exceeds its limit by more than the after-the-fact charges,
             # so one that was last touched two windows ago is empty
             n = self._sql(c, ("DELETE FROM budget_buckets WHERE at < :t"),
@@ -237,7 +359,7 @@ class StoreBudget(Transactions):
             self.engine.dispose()
 
     def sizes(self) -> dict[str, int]:
-        with self._read() as c:
+        with self._tx(write=False) as c:
             buckets = int(self._sql(c, "SELECT count(*) FROM budget_buckets", {}).scalar_one())
             familiar = int(self._sql(c, "SELECT count(*) FROM familiar_ips", {}).scalar_one())
         return {"buckets": buckets, "familiar": familiar}
