@@ -28,7 +28,6 @@ KNOWN = {
     ("ucgate.id.kerberos_check", "ucgate.app"): "an ops command living in id/ (issue 15: commands in ucgate/cli/)",
     ("ucgate.id.kerberos_check", "ucgate.gateway.backend"): "needs the gateway's Kerberos pieces (issue 15: a pure keytab module)",
     ("ucgate.id.kerberos_check", "ucgate.gateway.kcd"): "needs the gateway's Kerberos pieces (issue 15: a pure keytab module)",
-    ("ucgate.id.kerberos_check", "ucgate.gateway.kerberos"): "needs the gateway's Kerberos pieces (issue 15: a pure keytab module)",
     ("ucgate.id.vault_cli", "ucgate.app"): "a command living in id/ (issue 15: commands in ucgate/cli/)",
 }
 

@@ -314,7 +314,7 @@ def test_expired_ticket_is_refused_with_reason(env, klab, tmp_path):
 def test_kcd_failures_502_quickly(klab, apache, loop_thread, gw_cert, caplog, tmp_path):
     from ucgate.gateway.backend import BackendError
     from ucgate.gateway.kcd import KcdBackend
-    from ucgate.gateway.kerberos import read_keytab, write_keytab
+    from ucgate.protocols.keytab import read_keytab, write_keytab
 
     dead_keytab = tmp_path / "dead.keytab"
     write_keytab(dead_keytab, [e.renamed(f"{GW_ACCOUNT}@{DEAD_REALM}") for e in read_keytab(klab.gw_keytab)

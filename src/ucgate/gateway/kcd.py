@@ -45,11 +45,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..protocols.http1 import RequestHead
+from ..protocols.keytab import account_from_keytab, split_principal
 from ..protocols.sfb import Service
 from ..protocols.spnego import encode_neg_token_init
 from .backend import BackendAuth, BackendError
 from .connection import Identity
-from .kerberos import _krb5_code, split_principal, use_krb5_conf
+from .kerberos import _krb5_code, use_krb5_conf
 
 try:
     from gssapi.raw.misc import GSSError
@@ -297,18 +298,6 @@ def kcd_from_config(kc) -> KcdBackend:
     """The ``kcd`` mechanism from ``[kerberos]`` (``config.KerberosConfig``)."""
     if not kc.front_end_spns:
         raise ValueError('backend = "kcd" needs [kerberos] front_end_spn (the front end\'s SPN)')
-    account = kc.account or _account_from_keytab(kc.keytab, kc.realm)
+    account = kc.account or account_from_keytab(kc.keytab, kc.realm)
     return KcdBackend(kc.keytab, account, kc.realm, dict(kc.front_end_spns), krb5_conf=kc.krb5_conf,
                       mech=kc.kcd_mech, timeout=kc.kcd_timeout)
-
-
-def _account_from_keytab(keytab, realm: str) -> str:
-    """The keytab's one-component principal of ``realm`` (the account, as ktpass/exportkeytab
-    write it next to the SPN); ValueError when there is none."""
-    from .kerberos import read_keytab
-
-    for e in read_keytab(keytab):
-        if len(e.components) == 1 and e.realm.upper() == realm.upper():
-            return e.principal
-    raise ValueError(f"[kerberos] account is not set and {keytab} holds no account principal "
-                     "(only SPNs): set account = \"<sAMAccountName>\"")

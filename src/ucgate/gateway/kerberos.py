@@ -18,9 +18,8 @@ through python-gssapi (``pip install gssapi``; Debian ``libkrb5-dev`` to build i
 gssapi calls block (a keytab read, a replay-cache write; never the network on the acceptor
 side) and are run in a thread by the caller (``gateway.preauth``).
 
-This module also holds a small keytab reader/writer (the MIT/Heimdal file format, version
-0x502): ``ucgate kerberos check`` compares the keytab's kvno and enctypes with AD, and the lab
-builds ``ktpass``-style keytabs (SPN names, account keys) with it.
+The keytab reader/writer and principal names are in ``protocols.keytab`` (pure), re-exported
+here for the lab's and older callers' imports.
 """
 
 from __future__ import annotations
@@ -28,10 +27,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-import struct
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+
+from ..protocols.keytab import (  # noqa: F401 - re-exported (the lab, older callers)
+    ENCTYPES,
+    SUPPORTED_ETYPE_BITS,
+    KeytabEntry,
+    read_keytab,
+    split_principal,
+    write_keytab,
+)
 
 try:
     from gssapi.raw.misc import GSSError
@@ -80,14 +86,6 @@ _MESSAGE_REASONS = (
     ("decrypt", "krb-bad-integrity"),
 )
 
-ENCTYPES = {
-    1: "des-cbc-crc", 3: "des-cbc-md5", 17: "aes128-cts-hmac-sha1-96", 18: "aes256-cts-hmac-sha1-96",
-    19: "aes128-cts-hmac-sha256-128", 20: "aes256-cts-hmac-sha384-192", 23: "arcfour-hmac",
-}
-# msDS-SupportedEncryptionTypes bits (MS-KILE 2.2.7) -> enctype numbers
-SUPPORTED_ETYPE_BITS = {0x1: 1, 0x2: 3, 0x4: 23, 0x8: 17, 0x10: 18}
-
-
 class KerberosError(Exception):
     """A refused Kerberos token; ``reason`` is a short code for the log and the audit trail."""
 
@@ -124,18 +122,6 @@ def use_krb5_conf(krb5_conf: str | os.PathLike | None) -> None:
         log.warning("KRB5_CONFIG changes from %s to %s (one krb5.conf per process)", current, value)
     os.environ["KRB5_CONFIG"] = value
     os.environ["UCGATE_KRB5_CONFIG_SET"] = "1"
-
-
-def split_principal(principal: str) -> tuple[str, str]:
-    """``user@REALM`` -> (``user``, ``REALM``); honours ``\\@`` escapes in the name part."""
-    i = len(principal)
-    while True:
-        i = principal.rfind("@", 0, i)
-        if i <= 0 or principal[i - 1] != "\\":
-            break
-    if i <= 0:
-        return principal, ""
-    return principal[:i], principal[i + 1:]
 
 
 # --- the acceptor -------------------------------------------------------------------------------
@@ -214,96 +200,6 @@ class KerberosAcceptor:
         if not user or "/" in user:
             raise KerberosError("krb-not-a-user", f"{principal} is a service principal")
         return KerberosResult(user=user.replace("\\@", "@"), principal=principal, token=out or None)
-
-
-# --- keytab file format (MIT/Heimdal version 0x502) ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeytabEntry:
-    components: tuple[str, ...]
-    realm: str
-    name_type: int
-    timestamp: int
-    kvno: int
-    enctype: int
-    key: bytes
-
-    @property
-    def principal(self) -> str:
-        return "/".join(self.components) + "@" + self.realm
-
-    @property
-    def enctype_name(self) -> str:
-        return ENCTYPES.get(self.enctype, f"enctype-{self.enctype}")
-
-    def renamed(self, principal: str) -> KeytabEntry:
-        name, realm = split_principal(principal)
-        return KeytabEntry(tuple(name.split("/")), realm or self.realm, 1, self.timestamp, self.kvno,
-                           self.enctype, self.key)
-
-
-def read_keytab(path: str | os.PathLike) -> list[KeytabEntry]:
-    data = Path(path).read_bytes()
-    if len(data) < 2 or data[0] != 5 or data[1] != 2:
-        raise ValueError(f"{path}: not a version 0x502 keytab")
-    pos, out = 2, []
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        if pos + n > len(data):
-            raise ValueError(f"{path}: truncated keytab")
-        b = data[pos:pos + n]
-        pos += n
-        return b
-
-    while pos + 4 <= len(data):
-        (size,) = struct.unpack(">i", take(4))
-        if size == 0:
-            break
-        if size < 0:  # a hole left by a deleted entry
-            take(-size)
-            continue
-        end = pos + size
-        (ncomp,) = struct.unpack(">H", take(2))
-        (rlen,) = struct.unpack(">H", take(2))
-        realm = take(rlen).decode()
-        comps = []
-        for _ in range(ncomp):
-            (clen,) = struct.unpack(">H", take(2))
-            comps.append(take(clen).decode())
-        name_type, timestamp, kvno8, enctype, klen = struct.unpack(">IIBHH", take(13))
-        key = take(klen)
-        kvno = kvno8
-        if end - pos >= 4:  # the 32-bit kvno extension
-            (kvno32,) = struct.unpack(">I", data[pos:pos + 4])
-            if kvno32:
-                kvno = kvno32
-        pos = end
-        out.append(KeytabEntry(tuple(comps), realm, name_type, timestamp, kvno, enctype, key))
-    return out
-
-
-def write_keytab(path: str | os.PathLike, entries: list[KeytabEntry]) -> None:
-    body = bytearray(b"\x05\x02")
-    for e in entries:
-        rec = bytearray()
-        rec += struct.pack(">H", len(e.components))
-        realm = e.realm.encode()
-        rec += struct.pack(">H", len(realm)) + realm
-        for c in e.components:
-            cb = c.encode()
-            rec += struct.pack(">H", len(cb)) + cb
-        rec += struct.pack(">IIBHH", e.name_type, e.timestamp, e.kvno & 0xFF, e.enctype, len(e.key))
-        rec += e.key
-        rec += struct.pack(">I", e.kvno)
-        body += struct.pack(">i", len(rec)) + rec
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(bytes(body))
-    os.replace(tmp, p)
 
 
 def acceptor_from_config(kc) -> KerberosAcceptor | None:

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..gateway.kerberos import (
+from ..protocols.keytab import (
     ENCTYPES,
     SUPPORTED_ETYPE_BITS,
+    account_from_keytab,
     read_keytab,
     split_principal,
 )
@@ -505,10 +506,8 @@ def settings_from_config(config: Any, *, user: str | None = None) -> CheckSettin
         raise ValueError("no [kerberos] section in the configuration")
     account = kc.account
     if not account:
-        from ..gateway.kcd import _account_from_keytab
-
         try:
-            account = _account_from_keytab(kc.keytab, kc.realm)
+            account = account_from_keytab(kc.keytab, kc.realm)
         except (ValueError, OSError):
             account = "?"
     return CheckSettings(
