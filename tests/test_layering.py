@@ -25,10 +25,6 @@ KNOWN = {
     ("ucgate.config", "ucgate.gateway.sipconfig"): "config assembles every part's section parser (issue 15: config models)",
     ("ucgate.config", "ucgate.id.audit_syslog"): "config assembles every part's section parser (issue 15: config models)",
     ("ucgate.config", "ucgate.web.settings"): "config assembles every part's section parser (issue 15: config models)",
-    ("ucgate.id.kerberos_check", "ucgate.app"): "an ops command living in id/ (issue 15: commands in ucgate/cli/)",
-    ("ucgate.id.kerberos_check", "ucgate.gateway.backend"): "needs the gateway's Kerberos pieces (issue 15: a pure keytab module)",
-    ("ucgate.id.kerberos_check", "ucgate.gateway.kcd"): "needs the gateway's Kerberos pieces (issue 15: a pure keytab module)",
-    ("ucgate.id.vault_cli", "ucgate.app"): "a command living in id/ (issue 15: commands in ucgate/cli/)",
 }
 
 

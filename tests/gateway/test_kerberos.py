@@ -359,6 +359,7 @@ def test_kcd_failures_502_quickly(klab, apache, loop_thread, gw_cert, caplog, tm
 
 
 def _check(klab, samba_lab, duplicate_on=None, **kw):
+    from ucgate.cli.kerberos import kcd_probe
     from ucgate.id.kerberos_check import CheckSettings, ldap3_search, run_checks
 
     st = CheckSettings(realm=REALM, keytab=klab.gw_keytab, service_principal=GW_SPN, account=GW_ACCOUNT,
@@ -374,7 +375,7 @@ def _check(klab, samba_lab, duplicate_on=None, **kw):
         return out
 
     try:
-        return run_checks(st, search,
+        return run_checks(st, search, s4u=kcd_probe(),
                           resolver=lambda name: ["127.0.0.1"] if name == GW_HOST else [])
     finally:
         conn.unbind()

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from tests.store.backends import postgres_database, postgres_url, store_url  # noqa: F401
-from ucgate.id.admin_cli import Components, register
+from ucgate.cli.admin import register
+from ucgate.id.components import Components
 from ucgate.store import migrate
 
 

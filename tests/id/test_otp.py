@@ -377,7 +377,7 @@ def cli(store_url, tmp_path, capsys, monkeypatch):
     import argparse
     from types import SimpleNamespace
 
-    from ucgate.id.admin_cli import register
+    from ucgate.cli.admin import register
 
     settings = SimpleNamespace(store_url=store_url, key_file=tmp_path / "keys" / "ucgate.key",
                                audit_file=None)

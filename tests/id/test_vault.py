@@ -104,8 +104,8 @@ def test_cli_reads_the_password_from_stdin_not_argv(tmp_path, monkeypatch, capsy
     """``ucgate vault set USER`` has no password argument at all; it reads stdin."""
     from types import SimpleNamespace
 
-    from ucgate.id import vault_cli
-    from ucgate.id.admin_cli import Components
+    from ucgate.cli import vault as vault_cli
+    from ucgate.id.components import Components
 
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)

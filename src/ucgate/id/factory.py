@@ -10,7 +10,7 @@ from typing import Any
 
 from ..policy.lockout import BudgetConfig
 from ..store.budget import StoreBudget
-from .admin_cli import Components
+from .components import Components
 from .events import EventBus
 from .otp import OtpService
 from .service import IdService

@@ -52,6 +52,17 @@ Search = Callable[[str, list[str]], list[tuple[str, dict[str, list[str]]]]]
 Resolver = Callable[[str], list[str]]
 
 
+@dataclass(frozen=True)
+class S4uProbe:
+    """How the ``s4u`` check reaches the KDC: the gateway's KCD backend, which lives above this
+    layer (``ucgate.cli.kerberos.kcd_probe`` builds it). ``open(settings, account)`` returns an
+    object with ``async token_for(user, spn) -> bytes`` and ``close()``; a refusal raises
+    ``refused`` (with ``reason`` and ``detail``)."""
+
+    open: Callable[[CheckSettings, str], Any]
+    refused: type[Exception]
+
+
 @dataclass
 class CheckResult:
     name: str
@@ -162,7 +173,8 @@ def _all(attrs: dict[str, list[str]], key: str) -> list[str]:
 
 
 def run_checks(settings: CheckSettings, search: Search, *,
-               resolver: Resolver = default_resolver) -> Report:
+               resolver: Resolver = default_resolver, s4u: S4uProbe | None = None) -> Report:
+    """Every check in order. Without ``s4u`` the S4U round trip is skipped (said so)."""
     started = _dt.datetime.now(_dt.UTC)
     t0 = time.monotonic()
     s = settings
@@ -174,7 +186,7 @@ def run_checks(settings: CheckSettings, search: Search, *,
         t = time.monotonic()
         try:
             r = fn()
-        except Exception as e:  # a check that cannot run is a failure, named
+        except Exception as e:  # noqa: BLE001 - a check that cannot run is a failure, named
             r = CheckResult(fn.__name__.lstrip("_").replace("_", "-"), "fail",
                             f"the check could not run: {type(e).__name__}", str(e),
                             "see the detail; is the directory reachable with the configured account?")
@@ -420,11 +432,9 @@ def run_checks(settings: CheckSettings, search: Search, *,
         user = s.check_user
         if not user:
             return CheckResult("s4u", "skip", "no test user ([kerberos] check_user or --user)")
-        from ..gateway.backend import BackendError
-        from ..gateway.kcd import KcdBackend
-
-        kcd = KcdBackend(s.keytab, f"{acct}@{s.realm}", s.realm, "unused", krb5_conf=s.krb5_conf,
-                         timeout=s.kcd_timeout, threads=1)
+        if s4u is None:
+            return CheckResult("s4u", "skip", "no KCD backend to run it with")
+        kcd = s4u.open(s, f"{acct}@{s.realm}")
         done, failed = [], []
         try:
             for fe in s.front_end_spns:
@@ -432,7 +442,7 @@ def run_checks(settings: CheckSettings, search: Search, *,
                 try:
                     tok = asyncio.run(kcd.token_for(user, fe))
                     done.append(f"{fe}: {len(tok)}-byte token in {1000 * (time.monotonic() - t):.0f} ms")
-                except BackendError as e:
+                except s4u.refused as e:
                     failed.append((fe, e))
         finally:
             kcd.close()
@@ -516,62 +526,3 @@ def settings_from_config(config: Any, *, user: str | None = None) -> CheckSettin
         published_name=kc.published_name, krb5_conf=kc.krb5_conf,
         check_user=user or kc.check_user, kcd_timeout=kc.kcd_timeout,
     )
-
-
-# --- CLI: ucgate kerberos check ---------------------------------------------------------------
-
-
-def _cmd_check(args: Any) -> int:
-    import sys
-
-    from ..app import open_directory
-    from ..config import load
-
-    config = load(args.config)
-    if config.kerberos is None:
-        print(f"ucgate kerberos check: {args.config} has no [kerberos] section: add one with realm, "
-              "keytab, account and front_end_spn (README, configuration reference), or leave "
-              "Kerberos off", file=sys.stderr)
-        return 2
-    settings = settings_from_config(config, user=args.user)
-    if args.front_end_spn:
-        settings.front_end_spns = list(args.front_end_spn)
-    if config.directory is None:
-        print("ucgate kerberos check: needs [directory] (LDAP) to read the accounts", file=sys.stderr)
-        return 2
-    overrides = {}
-    for item in args.resolve or []:
-        name, _, addr = item.partition(":")
-        overrides[name.lower()] = [addr]
-
-    def resolver(name: str) -> list[str]:
-        return overrides.get(name.lower()) or default_resolver(name)
-
-    directory = open_directory(config)
-    try:
-        report = run_checks(settings, directory_search(directory), resolver=resolver)
-    finally:
-        directory.close()
-    text = render_text(report)
-    sys.stdout.write(text)
-    if args.html:
-        Path(args.html).write_text(render_html(report))
-        print(f"HTML report: {args.html}")
-    return 0 if report.ok else 1
-
-
-def register(sub: Any, common: Any) -> None:
-    """``ucgate kerberos check``."""
-    k = sub.add_parser("kerberos", help="Kerberos: check the pool's service account, SPN, keytab, delegation")
-    ksub = k.add_subparsers(dest="kerberos_command", metavar="COMMAND", required=True)
-    c = ksub.add_parser("check", parents=[common],
-                        help="verify SPN, keytab (kvno, enctypes), name, delegation and an S4U round "
-                             "trip; writes a text summary and an HTML report",
-                        description=__doc__.split("\n\n")[0])
-    c.add_argument("--html", type=Path, help="write the HTML report here")
-    c.add_argument("--user", help="test user for the S4U round trip (default: [kerberos] check_user)")
-    c.add_argument("--front-end-spn", action="append", help="front-end SPN to check (repeatable; "
-                   "default: [kerberos] front_end_spn)")
-    c.add_argument("--resolve", action="append", metavar="NAME:ADDRESS",
-                   help="resolve NAME to ADDRESS instead of asking DNS (as curl --resolve)")
-    c.set_defaults(func=_cmd_check)

@@ -1,11 +1,8 @@
 """Admin commands: ``ucgate user|asp|db|audit|key|otp ...``.
 
 Mounted on the ``ucgate`` command line by :func:`register`. The commands read three settings
-from the object ``load_settings(args)`` returns (by default ``ucgate.config.load(args.config)``):
-
-- ``store_url: str`` — ``sqlite:///path`` or ``postgresql+psycopg://...``
-- ``key_file: Path`` — the master key (created on first use)
-- ``audit_file: Path | None`` — the JSON-lines audit file, if any
+from the object ``load_settings(args)`` returns (by default ``ucgate.config.load(args.config)``;
+``ucgate.id.components.Settings`` lists them) and work on ``ucgate.id.components.Components``.
 
 Exit codes: 0 done; 1 not found or refused (the message says why); 2 usage (argparse, or a
 malformed argument such as a user name). ``--json`` prints machine-readable output.
@@ -21,61 +18,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from ..store import DuplicateError, SqlRepository, StoreError, migrate, open_repository, sqlite_path
-from .asp import AspLimit, AspService, UnknownUser
-from .audit import AuditLog, to_json
-from .keys import KeyFileError, Keyring
-from ..store.outbox import Outbox
-from .events import EventBus
-from .users import InvalidUsername, UserService, current_os_user
+from ..config import load
+from ..id.asp import AspLimit, UnknownUser
+from ..id.audit import to_json
+from ..id.components import Components, Settings
+from ..id.keys import KeyFileError, Keyring
+from ..id.otp import AlreadyEnrolled, NotEnrolled, OtpService
+from ..id.users import InvalidUsername, current_os_user
+from ..id.vault import VaultService
+from ..store import DuplicateError, StoreError, migrate, sqlite_path
+from .options import json_parent
 
 OK, REFUSED, USAGE = 0, 1, 2
-
-
-class Settings(Protocol):
-    store_url: str
-    key_file: Path
-    audit_file: Path | None
-
-
-class Components:
-    """The id service's parts over one store, for admin commands (and anything else that needs
-    them in one process). The keyring is loaded (or created) only when first used."""
-
-    def __init__(self, settings: Settings, *, migrate_schema: bool | None = None) -> None:
-        self.settings = settings
-        if migrate_schema is None:  # SQLite (one node) migrates itself; a cluster runs db upgrade
-            migrate_schema = sqlite_path(settings.store_url) is not None
-        self.repo: SqlRepository = open_repository(settings.store_url, migrate_schema=migrate_schema)
-        # every change that cuts someone off goes through the outbox, so a command run beside a
-        # running gateway reaches it (ucgate.id.events)
-        self.bus = EventBus(Outbox(self.repo.engine))
-        self.users = UserService(self.repo, bus=self.bus)
-        from .audit_syslog import open_sink
-
-        self.audit = AuditLog(self.repo, settings.audit_file,
-                              syslog=open_sink(getattr(settings, "audit_syslog", None)))
-        self._keyring: Keyring | None = None
-        self._asps: AspService | None = None
-
-    @property
-    def keyring(self) -> Keyring:
-        if self._keyring is None:
-            self._keyring = Keyring.load_or_create(
-                self.settings.key_file, data_path=sqlite_path(self.settings.store_url))
-        return self._keyring
-
-    @property
-    def asps(self) -> AspService:
-        if self._asps is None:
-            self._asps = AspService(self.repo, self.keyring, users=self.users)
-        return self._asps
-
-    def close(self) -> None:
-        self.audit.close()
-        self.repo.close()
 
 
 class _Refused(Exception):
@@ -94,7 +50,7 @@ def _when(t: datetime | None) -> str:
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [list(headers)] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -233,9 +189,7 @@ def _key_rotate(args, c: Components) -> int:
     new = Keyring.rotate(c.settings.key_file, data_path=sqlite_path(c.settings.store_url))
     c._keyring, c._asps = new, None
     n = c.asps.reencrypt_all()
-    from .vault import VaultService  # the vault's domain passwords (issue 7) too
-
-    n += VaultService(c.repo, new, users=c.users).reencrypt_all()
+    n += VaultService(c.repo, new, users=c.users).reencrypt_all()  # the vault's passwords too
     c.audit.record("key.rotate", actor=_actor(), result="ok", key_id=new.active, reencrypted=n)
     _emit(args, {"active_key_id": new.active, "reencrypted": n},
           f"key {new.active} is now active; re-encrypted {n} ASPs. Older keys stay in "
@@ -262,8 +216,6 @@ def _db_current(args, settings: Settings) -> int:
 
 # --- otp (TOTP second factor) ---------------------------------------------------------------
 def _otp_service(c: Components):
-    from .otp import OtpService
-
     return OtpService(c.repo, c.keyring, users=c.users)
 
 
@@ -295,8 +247,6 @@ def _otp_confirm(args, c: Components, otp, username: str, code: str) -> int:
 
 
 def _otp_enrol(args, c: Components) -> int:
-    from .otp import AlreadyEnrolled
-
     u = _otp_user(c, args.username)
     otp = _otp_service(c)
     if args.code is not None:  # confirm the pending enrolment started earlier
@@ -355,8 +305,6 @@ def _otp_reset(args, c: Components) -> int:
 
 
 def _otp_recovery_codes(args, c: Components) -> int:
-    from .otp import NotEnrolled
-
     u = _otp_user(c, args.username)
     try:
         codes = _otp_service(c).regenerate_recovery_codes(u.username)
@@ -369,8 +317,6 @@ def _otp_recovery_codes(args, c: Components) -> int:
 
 # --- wiring --------------------------------------------------------------------------------
 def _default_settings(args: argparse.Namespace) -> Settings:
-    from ..config import load
-
     path = getattr(args, "config", None)
     if path is None:
         raise _Usage("give the configuration file with -c/--config")
@@ -417,9 +363,7 @@ def register(subparsers: argparse._SubParsersAction, common_parent: argparse.Arg
             ``ucgate.config.load(args.config)``.
     """
     load = load_settings or _default_settings
-    out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("--json", action="store_true", help="machine-readable output")
-    parents = [common_parent, out]
+    parents = [common_parent, json_parent()]
 
     def leaf(group, name: str, handler, help: str, *, components: bool = True):
         p = group.add_parser(name, parents=parents, help=help, description=help)

@@ -12,18 +12,12 @@ import argparse
 import getpass
 import sys
 
-from .admin_cli import (
-    OK,
-    REFUSED,
-    Components,
-    _actor,
-    _default_settings,
-    _emit,
-    _Runner,
-    _when,
-)
-from .users import UnknownUser
-from .vault import VaultError, VaultService
+from ..config import load
+from ..id.components import Components
+from ..id.users import UnknownUser
+from ..id.vault import VaultError, VaultService
+from .admin import OK, REFUSED, _actor, _default_settings, _emit, _Runner, _when
+from .options import json_parent
 
 
 def _service(c: Components) -> VaultService:
@@ -43,11 +37,10 @@ def _read_password(user: str) -> str:
 def _verifier(args):
     if args.no_verify:
         return None
-    from ..config import load
-
     config = load(args.config)
     if config.directory is None:
         return None
+    # lazy: ucgate.app and gateway/ take ~0.1 s to import; only this command needs them
     from ..app import open_directory
 
     directory = open_directory(config)
@@ -93,15 +86,13 @@ def _delete(args, c: Components) -> int:
     return OK
 
 
-
 def _Run(handler) -> _Runner:
     return _Runner(handler, _default_settings, refused=(UnknownUser, VaultError))
 
 
 def register(subparsers: argparse._SubParsersAction, common_parent: argparse.ArgumentParser) -> None:
     """Add ``vault`` to the ``ucgate`` command line."""
-    out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out = json_parent()
     g = subparsers.add_parser("vault", help="users' domain passwords for the vault backend mode",
                               description="users' domain passwords for the vault backend mode")
     sub = g.add_subparsers(dest="vault_command", metavar="COMMAND", required=True)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ..id.components import Components
+from ..id.devices import DeviceError, DeviceService
+from ..id.rules import RuleError, RuleNotFound, RuleService
 from ..store.partnerships import PartnershipStore
 from ..store.rules import RuleStore
-from .admin_cli import OK, Components, _actor, _default_settings, _emit, _Runner, _table, _Usage, _when
-from .devices import DeviceError, DeviceService
-from .rules import RuleError, RuleNotFound, RuleService
+from .admin import OK, _actor, _default_settings, _emit, _Runner, _table, _Usage, _when
+from .options import json_parent
 
 
 def _service(c: Components) -> DeviceService:
@@ -47,7 +49,6 @@ def _op(name: str) -> Callable[[argparse.Namespace, Components], int]:
                                    f"{'deleted' if name == 'delete' else _state(rec)}")
         return OK
     return run
-
 
 
 def _rules(c: Components) -> RuleService:
@@ -147,8 +148,7 @@ def _Run(handler) -> _Runner:
 
 def register(subparsers: argparse._SubParsersAction, common_parent: argparse.ArgumentParser) -> None:
     """Add ``device`` to the ``ucgate`` command line."""
-    out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out = json_parent()
     g = subparsers.add_parser("device", help="user/device partnerships",
                               description="user/device partnerships")
     sub = g.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
