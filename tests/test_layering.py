@@ -2,14 +2,17 @@
 
     logs, metrics  ←  protocols  ←  policy  ←  config*, store  ←  id  ←  gateway, web  ←  app, reload  ←  lab, init  ←  cli
 
-An import may point down or sideways (within its own layer), never up. The known exceptions
-below are debts with a reason each; the test fails when a new one appears *and* when one of
-them is paid (so the list only shrinks).
+An import may point down or sideways (within its own layer), never up, and the packages'
+imports form no cycle (two packages of one layer, ``gateway`` and ``web``, ``app`` and
+``reload``, may not import each other). An import inside a function counts as much as one at
+the top. The known exceptions below are debts with a reason each; the test fails when a new one
+appears *and* when one of them is paid (so the list only shrinks).
 """
 
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ucgate"
@@ -73,3 +76,19 @@ def test_imports_point_down():
 def test_known_exceptions_are_still_needed():
     paid = sorted(set(KNOWN) - _upward())
     assert not paid, "no longer needed (remove from KNOWN):\n" + "\n".join(f"  {a} -> {b}" for a, b in paid)
+
+
+def test_no_import_cycle_between_packages():
+    graph: dict[str, set[str]] = {}
+    for importer, imported in set(_imports()) - set(KNOWN):
+        a, b = _layer(importer), _layer(imported)
+        if a != b:
+            graph.setdefault(a, set()).add(b)
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        cycle = e.args[1]
+        edges = [(x, y) for x, y in zip(cycle, cycle[1:], strict=False)]
+        why = {f"{x} -> {y}": sorted(f"{i} -> {t}" for i, t in _imports() - set(KNOWN)
+                                     if _layer(i) == x and _layer(t) == y) for x, y in edges}
+        raise AssertionError(f"import cycle between packages: {' -> '.join(cycle)}: {why}") from None

@@ -11,25 +11,40 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .gateway.auth import Authenticator, DenyAll
+from .gateway.backend import VaultBackend
+from .gateway.devices import DeviceGate
+from .gateway.idclient import RemoteCredentials, RemoteDeviceChecker
+from .gateway.kcd import kcd_from_config
+from .gateway.kerberos import acceptor_from_config
+from .gateway.oauth import OAuthGrants, OAuthSettings
 from .gateway.preauth import PreAuthenticator, PreAuthSettings
 from .gateway.server import Gateway
+from .gateway.sip import relay_from_config
+from .id.devices import open_device_service
+from .id.directory import Directory
+from .id.events import EventFollower
+from .id.factory import open_services
+from .id.health import StoreProbe
+from .id.http_api import LiveSessions, create_id_api
+from .id.monitor import AccountMonitor
+from .id.observe import observe_app
 from .id.twofactor import TwoFactorSettings
+from .id.vault import VaultService
+from .logs import setup_logging as setup
+from .reload import Reloader
+from .web.app import make_context, mount_routes, node_web_server
 
 log = logging.getLogger("ucgate")
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
     """stderr at ``level``, as text lines or JSON objects (``[log] format``, ``ucgate.logs``)."""
-    from .logs import setup_logging as setup
-
     setup(level, fmt)
 
 
 def open_directory(config: Config):
     if config.directory is None:
         return None
-    from .id.directory import Directory
-
     d = config.directory
     return Directory(
         url=list(d.urls), bind_dn=d.bind_dn, bind_password=d.bind_password, base_dn=d.base_dn,
@@ -39,8 +54,6 @@ def open_directory(config: Config):
 
 
 def open_id_services(config: Config):
-    from .id.factory import open_services
-
     return open_services(
         store_url=config.store.url,
         key_file=config.store.key_file,
@@ -77,9 +90,6 @@ def device_gate(config: Config, ids: Any):
     ``[devices] enabled = false``."""
     if not config.devices.enabled:
         return None
-    from .gateway.devices import DeviceGate
-    from .id.devices import open_device_service
-
     return DeviceGate(open_device_service(config, ids), services=config.devices.services,
                       extra_ua_rules=config.devices.user_agents, realm=config.auth.realm)
 
@@ -101,9 +111,6 @@ def remote_device_gate(config: Config, remote: Any):
     if ignored:
         log.warning("[id_service] url is set: the device policy (%s) is the id service's; "
                     "these [devices] settings are ignored on the gateway", ", ".join(ignored))
-    from .gateway.devices import DeviceGate
-    from .gateway.idclient import RemoteDeviceChecker
-
     return DeviceGate(RemoteDeviceChecker(remote), services=dc.services,
                       extra_ua_rules=dc.user_agents, realm=config.auth.realm)
 
@@ -114,8 +121,6 @@ def kcd_backend(config: Config):
     if config.kerberos is None:
         raise ConfigError(f'{config.path}: services: a service has backend = "kcd": configure '
                           "[kerberos] (realm, keytab, account, front_end_spn)")
-    from .gateway.kcd import kcd_from_config
-
     return kcd_from_config(config.kerberos)
 
 
@@ -123,8 +128,6 @@ def kerberos_acceptor(config: Config):
     """Kerberos tickets from clients in ``Negotiate`` (``[kerberos]``), or None."""
     if config.kerberos is None or "negotiate" not in config.auth.methods:
         return None
-    from .gateway.kerberos import acceptor_from_config
-
     return acceptor_from_config(config.kerberos)
 
 
@@ -139,8 +142,6 @@ def gateway_backends(config: Config, ids: Any = None) -> dict[str, Any]:
             raise ConfigError(f'{config.path}: services: backend = "vault" needs the id service in '
                               "this process: vault secrets are not served to a gateway over "
                               "[id_service] url (use kcd)")
-        from .gateway.backend import VaultBackend
-
         out["vault"] = VaultBackend(vault_service(ids), domain=config.auth.netbios_domain,
                                     workstation=config.auth.netbios_computer)
     if "kcd" in modes:
@@ -152,8 +153,6 @@ def vault_service(ids: Any):
     """The credential vault over the in-process id services (one per IdServices)."""
     svc = getattr(ids, "_vault", None)
     if svc is None:
-        from .id.vault import VaultService
-
         svc = VaultService(ids.components.repo, ids.components.keyring, users=ids.users, audit=ids.audit)
         ids.bus.subscribe(svc.on_event)
         ids._vault = svc
@@ -162,8 +161,6 @@ def vault_service(ids: Any):
 
 def oauth_grants(config: Config, credentials: Any, ids: Any = None):
     """The OAuth password grant interception (``gateway.oauth``)."""
-    from .gateway.oauth import OAuthGrants, OAuthSettings
-
     modes = {str(t.get("backend", "none")) for t in config.services.values()}
     vault = vault_service(ids) if ids is not None and "vault" in modes else None
     return OAuthGrants(credentials, settings=OAuthSettings(
@@ -173,8 +170,6 @@ def oauth_grants(config: Config, credentials: Any, ids: Any = None):
 
 def store_readiness(ids: Any):
     """``/readyz`` over the in-process store: ``SELECT 1``, bounded, cached (``id.health``)."""
-    from .id.health import StoreProbe
-
     return StoreProbe(ids.components.repo.engine)
 
 
@@ -256,8 +251,6 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         return Node(Gateway(config, authenticator))
     if config.id_service is not None and config.id_service.url:
         # The id service runs on the LAN: no store, keys or directory credentials here.
-        from .gateway.idclient import RemoteCredentials
-
         ic = config.id_service
         remote = RemoteCredentials(list(ic.urls) or [ic.url], secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
                                    outage_grace=ic.outage_grace)
@@ -271,8 +264,6 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
             # the SIP relay over the id service's API: the budget (POST /v1/sip/attempt|settle),
             # the account of a signed REGISTER (/v1/auth/account), devices (/v1/devices/check);
             # the event stream cuts its connections too, and its users are reported
-            from .gateway.sip import relay_from_config
-
             relay = relay_from_config(config, None, gate.checker if gate else None, remote=remote)
             return Node(gateway, remote=remote, sip=relay, on_event=_fan_out(gateway.on_event, relay.on_event),
                         live_users=_merged_live_users(gateway.live_users, relay.live_users))
@@ -287,23 +278,17 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
     ids.bus.subscribe(gateway.post_event)
     sip, live_users = None, gateway.live_users
     if config.sip is not None and config.sip.enabled:  # the SIP relay: same budget, devices, events
-        from .gateway.sip import relay_from_config
-
         sip = relay_from_config(config, ids, gate.checker if gate else None)
         ids.bus.subscribe(sip.post_event)
         live_users = _merged_live_users(gateway.live_users, sip.live_users)
     monitor = None
     if ids.directory is not None:
-        from .id.monitor import AccountMonitor
-
         monitor = AccountMonitor(
             ids.directory, live_users, ids.bus, ids.audit,
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
         )
     node = Node(gateway, ids, monitor, follower=event_follower(ids), sip=sip)
     if config.web is not None and config.web.enabled:
-        from .web.app import node_web_server
-
         node.web = node_web_server(config, ids, devices=gate.checker if gate else None,
                                    live_users=live_users, readiness=store_readiness(ids))
     return node
@@ -346,8 +331,6 @@ class IdNode:
 
 
 def build_id_node(config: Config) -> IdNode:
-    from .id.http_api import LiveSessions, create_id_api
-
     if config.id_service is None or not config.id_service.secret:
         raise ConfigError(f"{config.path}: id_service.secret_file: required to run the id service")
     ids = open_id_services(config)
@@ -355,23 +338,15 @@ def build_id_node(config: Config) -> IdNode:
     sessions = LiveSessions(ids.components.repo.engine)
     devices = None
     if config.devices.enabled:  # the gateways' POST /v1/devices/check (their decide stage)
-        from .id.devices import open_device_service
-
         devices = open_device_service(config, ids)
     app = create_id_api(ids.credentials, secret=config.id_service.secret, bus=ids.bus, sessions=sessions,
                         devices=devices, readiness=store_readiness(ids))
-    from .web.app import make_context, mount_routes
-
     # the admin UI, portal and REST API (/admin, /portal, /api/v1) on the id service's listener,
     # over the same DeviceService as the API
     mount_routes(app, make_context(ids, config=config, devices=devices, live_users=sessions.live_users))
-    from .id.observe import observe_app
-
     observe_app(app, config.metrics, trust_request_ids=True)  # request ids, /metrics
     monitor = None
     if ids.directory is not None:
-        from .id.monitor import AccountMonitor
-
         monitor = AccountMonitor(
             ids.directory, sessions.live_users, ids.bus, ids.audit,
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
@@ -413,8 +388,6 @@ async def serve_id_service(config: Config) -> None:
 def event_follower(ids: Any):
     """Follows the store's event outbox, so changes made by other processes (the CLI, another
     node) reach this one within a second (``ucgate.id.events``)."""
-    from .id.events import EventFollower
-
     return EventFollower(ids.bus, ids.bus.outbox)
 
 
@@ -438,8 +411,6 @@ async def wait_for_signal() -> None:
 async def serve(config: Config, *, log_level: str | None = None) -> None:
     """``ucgate serve``: run until SIGINT/SIGTERM; SIGHUP reloads the configuration
     (``ucgate.reload``). ``log_level``: the command line's, kept over [log] level on reload."""
-    from .reload import Reloader
-
     node = build_node(config)
     await node.start()
     if config.path is not None:

@@ -26,6 +26,10 @@ from typing import Any
 
 from . import metrics
 from .config import Config, ConfigError, load
+from .gateway.tls import certificate_der, server_context
+from .id.devices import DeviceService
+from .logs import setup_logging
+from .protocols.devices import compile_ua_rules
 
 log = logging.getLogger("ucgate.reload")
 
@@ -124,8 +128,6 @@ class Reloader:
         return plan
 
     def _check_devices(self, new: Config) -> None:
-        from .protocols.devices import compile_ua_rules
-
         file = str(new.path)
         try:
             compile_ua_rules(new.devices.user_agents)
@@ -133,8 +135,6 @@ class Reloader:
             raise ConfigError(f"{file}: devices.user_agents: {e}") from None
         service = self._device_service()
         if service is not None:
-            from .id.devices import DeviceService
-
             try:  # the same checks DeviceService makes at start, on a throwaway instance
                 DeviceService(service.store, service.audit, rules=new.devices.rules,
                               defaults=new.devices.defaults, group_policies=new.devices.policies)
@@ -161,8 +161,6 @@ class Reloader:
                 service.set_policy(rules=new.devices.rules, defaults=new.devices.defaults,
                                    group_policies=new.devices.policies)
         if (new.log_level, new.log_format) != (old.log_level, old.log_format):
-            from .logs import setup_logging
-
             setup_logging(self.log_level_override or new.log_level, new.log_format)
         self.running = new
 
@@ -176,8 +174,6 @@ def _policy_of(dc: Any) -> dict[str, Any]:
 
 
 def _load_tls(config: Config) -> tuple[ssl.SSLContext, bytes]:
-    from .gateway.tls import certificate_der, server_context
-
     gw = config.gateway
     assert gw.tls_cert is not None and gw.tls_key is not None
     try:

@@ -573,6 +573,7 @@ class SipRelay:
                  failure_floor: float = 0.25) -> None:
         self.settings = settings
         if not hasattr(ids, "begin_sip"):
+            # lazy: SipAttempts needs the store (SQLAlchemy, ~0.1 s to import): in-process id only
             from ..id.sipattempts import SipAttempts
 
             ids = SipAttempts(ids)

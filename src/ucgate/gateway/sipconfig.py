@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import _parse_listen
 from ..protocols import sip as sipproto
 
 
@@ -57,8 +58,6 @@ class SipConfig:
 
 def parse_sip(top: Any, base: Path, gateway: Any) -> SipConfig:
     """The [sip] table (``top`` is config's ``_Section``; ``gateway`` the parsed GatewayConfig)."""
-    from ..config import _parse_listen
-
     sec = top.sub("sip")
     d = SipConfig()
     enabled = sec.get("enabled", bool, False)

@@ -41,8 +41,10 @@ from ..policy.twofactor import Mode
 from ..protocols.devices import DeviceFacts
 from ..store.partnerships import PartnershipRecord, PartnershipStore, device_key
 from ..store.repository import DuplicateError
+from ..store.rules import RuleStore
 from .events import RULES_CHANGED, DeviceBlocked, Pending
-from .notify import DeviceNotice, Notifier, NullNotifier
+from .notify import DeviceNotice, MultiNotifier, Notifier, NullNotifier, SmtpNotifier, WebhookNotifier
+from .rules import device_rule, group_entry
 
 log = logging.getLogger("ucgate.id.devices")
 
@@ -205,8 +207,6 @@ class DeviceService:
         """Read the store's rules and group policies again (a ``rules-changed`` event, start).
         A row this version cannot apply is skipped with an error in the log; the store down:
         the lists in force stay, and the next decision tries again (at most once a second)."""
-        from .rules import device_rule, group_entry
-
         if self.rule_store is None:
             return True
         try:
@@ -459,8 +459,6 @@ def rule_from_settings(settings: Mapping[str, Any], index: int) -> policy.Device
 def open_device_service(config: Any, ids: Any, *, clock: Callable[[], dt.datetime] = _utcnow) -> DeviceService:
     """A :class:`DeviceService` for ``ucgate serve`` from the configuration's [devices] and
     [[policy]], over the id services' store, audit log, bus, directory and ASPs."""
-    from .notify import MultiNotifier, SmtpNotifier, WebhookNotifier
-
     dc = config.devices
     directory = getattr(ids, "directory", None)
     users = ids.users
@@ -509,8 +507,6 @@ def open_device_service(config: Any, ids: Any, *, clock: Callable[[], dt.datetim
             except Exception:  # noqa: BLE001 - directory down: the default mode decides
                 du = None
         return second.mode(user, du) is Mode.OTP_APPENDED and second.otp.is_enrolled(user)
-
-    from ..store.rules import RuleStore
 
     store = PartnershipStore(ids.components.repo.engine)
     svc = DeviceService(store, ids.audit, ids.bus, rules=dc.rules, defaults=dc.defaults,

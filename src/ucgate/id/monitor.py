@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..policy.account import check_session, keep_during_outage
-from .directory import DirectoryError
+from .directory import AccountState, DirectoryError
 from .events import EventBus, UserBlocked
 
 log = logging.getLogger("ucgate.id.monitor")
@@ -108,8 +108,6 @@ class AccountMonitor:
     def _fresh_state(self, user: str):
         du = self.directory.resolve(user)  # cached: it only maps the name to the account's GUID
         if du is None:
-            from .directory import AccountState
-
             return AccountState(exists=False)
         return self.directory.account_state(du)  # never cached
 

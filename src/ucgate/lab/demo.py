@@ -11,8 +11,11 @@ import socket
 import sys
 from pathlib import Path
 
+from ..app import build_node, wait_for_signal
 from ..config import load
 from ..gateway.tls import is_proper_leaf, make_self_signed
+from .frontend import create_app
+from .registrar import Account, start_registrar
 
 log = logging.getLogger("ucgate.demo")
 
@@ -26,8 +29,6 @@ def _free_port(host: str) -> int:
 async def start_frontend(host: str = "127.0.0.1", port: int = 0, **app_args):
     """Start the simulated SfB/Exchange front end with uvicorn; returns (server, task, port)."""
     import uvicorn
-
-    from .frontend import create_app
 
     port = port or _free_port(host)
     server = uvicorn.Server(
@@ -120,15 +121,11 @@ def ensure_demo_certificate(data_dir: Path) -> tuple[Path, Path]:
 
 
 async def run_demo(data_dir: Path, host: str, port: int) -> None:
-    from ..app import build_node, wait_for_signal
-
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "data").mkdir(exist_ok=True)
     (data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
     cert, key = ensure_demo_certificate(data_dir)
     fe, fe_task, fe_port = await start_frontend(users={"alice": "Passw0rd!"})
-    from .registrar import Account, start_registrar
-
     edge = await start_registrar(cert, key, [Account("alice", "Passw0rd!", "alice@contoso.com")], record=False)
     # Written to a file so that the admin CLI can be pointed at the running demo (-c).
     config_path = data_dir / "ucgate.toml"

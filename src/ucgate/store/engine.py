@@ -18,6 +18,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from ..metrics import instrument_engine  # ucgate_store_statement_seconds
+
 # How long an SQLite writer waits for another writer's lock before failing (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # The execution option that makes a transaction a write transaction (BEGIN IMMEDIATE on SQLite).
@@ -45,8 +47,6 @@ def make_engine(url: str) -> Engine:
     Raises:
         StoreError: for an unsupported URL.
     """
-    from ..metrics import instrument_engine  # ucgate_store_statement_seconds
-
     u = make_url(url)
     backend = u.get_backend_name()
     if backend == "sqlite":
