@@ -375,7 +375,7 @@ def _check(klab, samba_lab, duplicate_on=None, **kw):
         return out
 
     try:
-        return run_checks(st, search, s4u=kcd_probe(),
+        return run_checks(st, search, s4u_probe=kcd_probe(),
                           resolver=lambda name: ["127.0.0.1"] if name == GW_HOST else [])
     finally:
         conn.unbind()

@@ -60,7 +60,7 @@ def _cmd_check(args: Any) -> int:
 
     directory = open_directory(config)
     try:
-        report = run_checks(settings, directory_search(directory), resolver=resolver, s4u=kcd_probe())
+        report = run_checks(settings, directory_search(directory), resolver=resolver, s4u_probe=kcd_probe())
     finally:
         directory.close()
     text = render_text(report)

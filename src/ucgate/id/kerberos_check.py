@@ -173,8 +173,8 @@ def _all(attrs: dict[str, list[str]], key: str) -> list[str]:
 
 
 def run_checks(settings: CheckSettings, search: Search, *,
-               resolver: Resolver = default_resolver, s4u: S4uProbe | None = None) -> Report:
-    """Every check in order. Without ``s4u`` the S4U round trip is skipped (said so)."""
+               resolver: Resolver = default_resolver, s4u_probe: S4uProbe | None = None) -> Report:
+    """Every check in order. Without ``s4u_probe`` the S4U round trip is skipped (said so)."""
     started = _dt.datetime.now(_dt.UTC)
     t0 = time.monotonic()
     s = settings
@@ -432,9 +432,9 @@ def run_checks(settings: CheckSettings, search: Search, *,
         user = s.check_user
         if not user:
             return CheckResult("s4u", "skip", "no test user ([kerberos] check_user or --user)")
-        if s4u is None:
+        if s4u_probe is None:
             return CheckResult("s4u", "skip", "no KCD backend to run it with")
-        kcd = s4u.open(s, f"{acct}@{s.realm}")
+        kcd = s4u_probe.open(s, f"{acct}@{s.realm}")
         done, failed = [], []
         try:
             for fe in s.front_end_spns:
@@ -442,7 +442,7 @@ def run_checks(settings: CheckSettings, search: Search, *,
                 try:
                     tok = asyncio.run(kcd.token_for(user, fe))
                     done.append(f"{fe}: {len(tok)}-byte token in {1000 * (time.monotonic() - t):.0f} ms")
-                except s4u.refused as e:
+                except s4u_probe.refused as e:
                     failed.append((fe, e))
         finally:
             kcd.close()

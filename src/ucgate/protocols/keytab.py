@@ -62,7 +62,7 @@ class KeytabEntry:
                            self.enctype, self.key)
 
 
-def read_keytab(path: str | os.PathLike) -> list[KeytabEntry]:
+def read_keytab(path: str | os.PathLike[str]) -> list[KeytabEntry]:
     data = Path(path).read_bytes()
     if len(data) < 2 or data[0] != 5 or data[1] != 2:
         raise ValueError(f"{path}: not a version 0x502 keytab")
@@ -103,7 +103,7 @@ def read_keytab(path: str | os.PathLike) -> list[KeytabEntry]:
     return out
 
 
-def write_keytab(path: str | os.PathLike, entries: list[KeytabEntry]) -> None:
+def write_keytab(path: str | os.PathLike[str], entries: list[KeytabEntry]) -> None:
     body = bytearray(b"\x05\x02")
     for e in entries:
         rec = bytearray()
@@ -125,7 +125,7 @@ def write_keytab(path: str | os.PathLike, entries: list[KeytabEntry]) -> None:
     os.replace(tmp, p)
 
 
-def account_from_keytab(keytab, realm: str) -> str:
+def account_from_keytab(keytab: str | os.PathLike[str], realm: str) -> str:
     """The keytab's one-component principal of ``realm`` (the account, as ktpass/exportkeytab
     write it next to the SPN); ValueError when there is none."""
     for e in read_keytab(keytab):
