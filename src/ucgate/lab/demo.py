@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
 import socket
 import sys
 from pathlib import Path
+
+import tomli_w
 
 from ..app import build_node, wait_for_signal
 from ..config import load
@@ -68,24 +69,6 @@ def demo_config(data_dir: Path, host: str, port: int, fe_port: int, edge_port: i
     }
 
 
-def to_toml(data: dict, prefix: str = "") -> str:
-    """Just enough TOML for the demo's configuration (tables, strings, numbers, booleans)."""
-    lines, tables = [], []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif isinstance(v, bool):
-            lines.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, (int, float)):
-            lines.append(f"{k} = {v}")
-        else:
-            lines.append(f"{k} = {json.dumps(str(v))}")
-    out = (f"[{prefix}]\n" if prefix and lines else "") + "".join(line + "\n" for line in lines)
-    for k, v in tables:
-        out += "\n" + to_toml(v, f"{prefix}.{k}" if prefix else k)
-    return out
-
-
 def ucgate_command() -> str:
     """How to run the CLI as printed: the ``ucgate`` next to this Python (the venv's, which is
     not on PATH after ``scripts/demo``), else ``python -m ucgate``."""
@@ -129,7 +112,9 @@ async def run_demo(data_dir: Path, host: str, port: int) -> None:
     edge = await start_registrar(cert, key, [Account("alice", "Passw0rd!", "alice@contoso.com")], record=False)
     # Written to a file so that the admin CLI can be pointed at the running demo (-c).
     config_path = data_dir / "ucgate.toml"
-    config_path.write_text("# written by `ucgate demo` on each start\n" + to_toml(demo_config(data_dir, host, port, fe_port, edge.port)))
+    # tomli_w writes every TOML type as TOML (lists as arrays, nested tables), not as strings.
+    config_path.write_text("# written by `ucgate demo` on each start\n"
+                           + tomli_w.dumps(demo_config(data_dir, host, port, fe_port, edge.port)))
     config = load(config_path)
     node = build_node(config)
     asp = demo_user(node)
