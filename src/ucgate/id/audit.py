@@ -127,6 +127,7 @@ class AuditLog:
         self._ino: tuple[int, int] | None = None
         self._last_fsync = 0.0
         self.writer: Any = None  # ucgate.id.writer.SignInWriter for record_later, or None
+        self._emitter = _Emitter(self)  # what record_later hands the writer: _emit, and a batch's
 
     def record(self, action: str, *, actor: str, result: str, user: str | None = None,
                device: str | None = None, service: str | None = None,
@@ -149,7 +150,7 @@ class AuditLog:
         if self.writer is None:
             self._emit(with_id(ev, self.repo.add_audit(ev)))
         else:
-            self.writer.audit(ev, self._emit)
+            self.writer.audit(ev, self._emitter)
 
     def _event(self, action: str, *, actor: str, result: str, user: str | None, device: str | None,
                service: str | None, client_address: str | None, reason: str | None,
@@ -171,6 +172,19 @@ class AuditLog:
             if self.syslog is not None:
                 self.syslog.submit(event)
         return ev
+
+    def _emit_many(self, evs: list[AuditRecord]) -> None:
+        """Stored events (with their ids), in order, to the file and the syslog sink: as
+        :meth:`_emit` for each, but the file gets the batch's lines in one ``write`` (whole
+        lines, ``O_APPEND``: still never interleaved within a line) after one rotation check."""
+        if self.path is None and self.syslog is None:
+            return
+        events = [to_json(ev) for ev in evs]
+        if self.path is not None:
+            self._append_lines(events)
+        if self.syslog is not None:
+            for event in events:
+                self.syslog.submit(event)
 
     def tail(self, n: int = 20) -> list[AuditRecord]:
         if self.writer is not None:  # what this process acknowledged is in the table first
@@ -196,7 +210,10 @@ class AuditLog:
         return fd
 
     def _append(self, event: dict[str, Any]) -> None:
-        line = (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        self._append_lines([event])
+
+    def _append_lines(self, events: list[dict[str, Any]]) -> None:
+        line = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in events).encode()
         with self._lock:
             fd = self._open()
             os.write(fd, line)
@@ -213,6 +230,21 @@ class AuditLog:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None
+
+
+class _Emitter:
+    """``AuditLog._emit`` for the sign-in writer, which calls ``many`` with a committed batch."""
+
+    __slots__ = ("log",)
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+
+    def __call__(self, ev: AuditRecord) -> AuditRecord:
+        return self.log._emit(ev)
+
+    def many(self, evs: list[AuditRecord]) -> None:
+        self.log._emit_many(evs)
 
 
 def with_id(ev: AuditRecord, ev_id: int) -> AuditRecord:

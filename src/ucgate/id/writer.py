@@ -130,11 +130,26 @@ class SignInWriter:
                 time.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX)
         self.batches += 1
-        for (ev, then), ev_id in zip(events, ids):
+        # the file and syslog, in commit order; consecutive events with the same ``then`` that
+        # takes a batch (``then.many``: AuditLog's) go in one call (one write for the file)
+        i = 0
+        while i < len(events):
+            then = events[i][1]
+            many = getattr(then, "many", None)
+            j = i + 1
+            if many is not None:
+                while j < len(events) and events[j][1] is then:
+                    j += 1
+            stored = [with_id(ev, ev_id) for (ev, _), ev_id in zip(events[i:j], ids[i:j])]
             try:
-                then(with_id(ev, ev_id))
+                if many is not None:
+                    many(stored)
+                else:
+                    then(stored[0])
             except Exception:  # noqa: BLE001 - the table has it; a file or syslog problem is logged
-                log.exception("sign-in writer: could not write audit event %d to the file/syslog", ev_id)
+                log.exception("sign-in writer: could not write audit event(s) %s to the file/syslog",
+                              ", ".join(str(ev.id) for ev in stored))
+            i = j
 
     def _run(self) -> None:
         stop = False
