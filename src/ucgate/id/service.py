@@ -211,8 +211,12 @@ class IdService:
     def _held(self, r: Reservation) -> tuple[str, ...]:
         return (f"u:{r.account}", f"ip:{ip_key(r.ip)}") if r.charged_ip else (f"u:{r.account}",)
 
-    def _reserve(self, who: Resolved, ctx: AttemptContext) -> Reservation | Verdict:
+    def _reserve(self, who: Resolved, ctx: AttemptContext,
+                 check: Callable[[], Outcome] | None = None) -> Reservation | Verdict:
         """Hold one failure for this attempt before any check that can reach the directory.
+
+        With ``check`` (a computation, see :meth:`_at_once`): the budget's ``attempt`` reserves,
+        runs it and settles with its outcome in one transaction; the unit is never in flight.
 
         A bucket that is full only of *other attempts in flight* in this process (say six
         devices of one user signing in at once after a failover, or many users behind one NAT)
@@ -221,7 +225,12 @@ class IdService:
         deadline = time.monotonic() + IN_FLIGHT_WAIT
         while True:
             with self._lock:  # the in-memory budget is not thread-safe; the store one is atomic
-                r = self.budget.reserve(who.key, ctx.client_ip, self.clock())
+                if check is not None:
+                    r = self.budget.attempt(who.key, ctx.client_ip, self.clock(), check)
+                else:
+                    r = self.budget.reserve(who.key, ctx.client_ip, self.clock())
+            if check is not None and not isinstance(r, BudgetDecision):
+                return r
             if not isinstance(r, BudgetDecision):
                 with self._inflight_cv:
                     for k in self._held(r):
@@ -272,6 +281,10 @@ class IdService:
     def _record(self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict,
                 reservation: Reservation | None) -> None:
         self._settle(reservation, verdict)
+        self._note(who, ctx, verdict)
+
+    def _note(self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict) -> None:
+        """What follows a settled attempt: the audit event, the ASP's last use."""
         self._audit(who if isinstance(who, str) else (who.user or who.key[2:]), ctx, verdict)
         if verdict.ok and verdict.credential_id and verdict.credential_id != "domain-password":
             writer = getattr(self.audit, "writer", None)
@@ -291,11 +304,18 @@ class IdService:
         (throttled, directory or store unavailable)."""
         try:
             who = self._resolve(typed)
-            if who.refused is not None and who.refused.reason == "directory-unavailable":
-                return who, who.refused
-            return who, self._reserve(who, ctx)
         except (SQLAlchemyError, WriterBusy) as e:
             return Resolved(f"n:{budget_key(typed)}", None), self._store_down(ctx.method, ctx, e)
+        return who, self._reserve_or_verdict(who, ctx)
+
+    def _reserve_or_verdict(self, who: Resolved, ctx: AttemptContext) -> Reservation | Verdict:
+        """begin_attempt's second half: the unit, or why there is none."""
+        try:
+            if who.refused is not None and who.refused.reason == "directory-unavailable":
+                return who.refused
+            return self._reserve(who, ctx)
+        except (SQLAlchemyError, WriterBusy) as e:
+            return self._store_down(ctx.method, ctx, e)
 
     def end_attempt(self, who: Resolved, ctx: AttemptContext, reservation: Reservation,
                     verdict: Verdict) -> None:
@@ -326,8 +346,61 @@ class IdService:
         except (SQLAlchemyError, WriterBusy) as e:
             return self._store_down(ctx.method, ctx, e)
 
+    def _at_once(self, user: str | None) -> bool:
+        """Whether an attempt's check is a computation that may run inside the budget's
+        transaction (``attempt``: reserve, check, settle at once): local users only (no
+        directory bind), no second factor that writes (an OTP step), a budget that offers it."""
+        if self.directory is not None or getattr(self.budget, "attempt", None) is None:
+            return False
+        return self.second_factor is None or user is None or self.second_factor.mode(user, None) is Mode.OFF
+
+    def _attempt(self, who: Resolved, ctx: AttemptContext, check: Callable[[], Verdict],
+                 audit_as: Callable[[], str] | None = None) -> Verdict:
+        """Reserve, ``check()``, settle in one transaction of the budget (see :meth:`_at_once`),
+        then audit: the same outcomes as begin_attempt / check / _record."""
+        box: dict[str, Any] = {}
+
+        def run() -> Outcome:
+            box["checked"] = True
+            try:
+                verdict = box["verdict"] = check()
+            except BaseException as e:
+                box["error"] = e  # the unit stays charged, as the two-call path's finally does
+                return Outcome.FAILURE
+            return _outcome(verdict)
+
+        try:
+            r = self._reserve(who, ctx, run)
+        except (SQLAlchemyError, WriterBusy) as e:
+            # the transaction was rolled back: nothing charged, nothing learnt (fail closed)
+            verdict = self._store_down(ctx.method, ctx, e)
+            self._audit(who.user or who.key[2:], ctx, verdict)
+            return verdict
+        if isinstance(r, Verdict):  # throttled
+            self._audit(who.user or who.key[2:], ctx, r)
+            return r
+        actor: Resolved | str = audit_as() if audit_as is not None else who
+        if "error" in box:
+            self._note(actor, ctx, Verdict(False, "wrong-password"))
+            raise box["error"]
+        verdict = box["verdict"]
+        self._note(actor, ctx, verdict)
+        return verdict
+
     def _verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
-        who, held = self.begin_attempt(name, ctx)
+        if self._at_once(None):
+            try:
+                who = self._resolve(name)
+            except (SQLAlchemyError, WriterBusy) as e:
+                who = Resolved(f"n:{budget_key(name)}", None)
+                verdict = self._store_down(ctx.method, ctx, e)
+                self._audit(who.user or who.key[2:], ctx, verdict)
+                return verdict
+            if who.user is None or self._at_once(who.user):
+                return self._attempt(who, ctx, lambda: self._check_password(who, password, ctx))
+            held = self._reserve_or_verdict(who, ctx)
+        else:
+            who, held = self.begin_attempt(name, ctx)
         if isinstance(held, Verdict):
             self._audit(who.user or who.key[2:], ctx, held)
             return held
@@ -367,6 +440,9 @@ class IdService:
         if isinstance(held, Verdict):
             self._audit(who.user or who.key[2:], ctx, held)
             return NtlmCandidates(None, refused=held)
+        return self._ntlm_candidates(who, held, ctx)
+
+    def _ntlm_candidates(self, who: Resolved, held: Reservation | None, ctx: AttemptContext) -> NtlmCandidates:
         if who.refused is not None:
             # Decoys: the verifier does the same HMACs as for a real user, then fails; the
             # refusal reason is recorded by ntlm_result.
@@ -384,6 +460,12 @@ class IdService:
 
     def ntlm_result_sync(self, name: str, ctx: AttemptContext, candidates: NtlmCandidates,
                          matched: str | None, reason: str) -> Verdict:
+        verdict = self._ntlm_verdict(ctx, candidates, matched, reason)
+        self._record(candidates.user or budget_key(name), ctx, verdict, candidates.reservation)
+        return verdict
+
+    def _ntlm_verdict(self, ctx: AttemptContext, candidates: NtlmCandidates, matched: str | None,
+                      reason: str) -> Verdict:
         decoy = next((cid for cid, _ in candidates.candidates if cid.startswith("decoy:")), None)
         if candidates.user is None:
             verdict = Verdict(False, decoy.split(":", 1)[1] if decoy else "unknown-user")
@@ -393,7 +475,6 @@ class IdService:
             verdict = self.second_factor.ntlm_matched(candidates.user, matched, ctx.device_id)
         else:
             verdict = Verdict(True, "ok", user=candidates.user, credential_id=matched)
-        self._record(candidates.user or budget_key(name), ctx, verdict, candidates.reservation)
         return verdict
 
     def verify_ntlm_sync(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
@@ -418,9 +499,54 @@ class IdService:
             # a forged call: refused, not counted as a guess for anyone.
             log.warning("NTLM handshake from %s refused before lookup: %s", ctx.client_ip, e.reason)
             return NtlmVerdict(Verdict(False, f"ntlm-{e.reason}"))
+        if who.user and self._at_once(None):
+            return self._verify_ntlm_at_once(acceptor, who.user, who.domain, ctx)
         cands = self.ntlm_candidates_sync(who.user, who.domain, ctx)
         if cands.refused is not None:
             return NtlmVerdict(cands.refused)
+        return self._ntlm_verify(acceptor, who.user, ctx, cands)
+
+    def _verify_ntlm_at_once(self, acceptor: Any, name: str, domain: str, ctx: AttemptContext) -> NtlmVerdict:
+        """:meth:`_verify_ntlm` for a local user: the candidates and the verification (HMACs
+        in memory) run inside the budget's one transaction (:meth:`_attempt`)."""
+        typed = f"{domain}\\{name}" if domain else name
+        try:
+            who = self._resolve(typed)
+        except (SQLAlchemyError, WriterBusy) as e:
+            verdict = self._store_down(ctx.method, ctx, e)
+            self._audit(budget_key(typed), ctx, verdict)
+            return NtlmVerdict(verdict)
+        if who.user is not None and not self._at_once(who.user):  # an OTP user: the two-call path
+            cands = self._ntlm_candidates_reserved(who, ctx)
+            if cands.refused is not None:
+                return NtlmVerdict(cands.refused)
+            return self._ntlm_verify(acceptor, name, ctx, cands)
+        box: dict[str, Any] = {}
+
+        def check() -> Verdict:
+            cands = self._ntlm_candidates(who, None, ctx)
+            box["user"] = cands.user
+            matched, reason, result = None, "ok", None
+            try:
+                result = acceptor.verify([hsh for _, hsh in cands.candidates], ntlm_proto.filetime(self.clock()))
+                matched = cands.candidates[result.candidate_index][0]
+            except ntlm_proto.NtlmError as e:
+                reason = e.reason
+            verdict = self._ntlm_verdict(ctx, cands, matched, reason)
+            box["result"] = result if verdict.ok else None
+            return verdict
+
+        verdict = self._attempt(who, ctx, check, audit_as=lambda: box.get("user") or budget_key(name))
+        return NtlmVerdict(verdict, box.get("result") if verdict.ok else None)
+
+    def _ntlm_candidates_reserved(self, who: Resolved, ctx: AttemptContext) -> NtlmCandidates:
+        held = self._reserve_or_verdict(who, ctx)
+        if isinstance(held, Verdict):
+            self._audit(who.user or who.key[2:], ctx, held)
+            return NtlmCandidates(None, refused=held)
+        return self._ntlm_candidates(who, held, ctx)
+
+    def _ntlm_verify(self, acceptor: Any, name: str, ctx: AttemptContext, cands: NtlmCandidates) -> NtlmVerdict:
         matched: str | None = None
         reason = "ok"
         result = None
@@ -429,7 +555,7 @@ class IdService:
             matched = cands.candidates[result.candidate_index][0]
         except ntlm_proto.NtlmError as e:
             reason = e.reason
-        verdict = self.ntlm_result_sync(who.user, ctx, cands, matched, reason)
+        verdict = self.ntlm_result_sync(name, ctx, cands, matched, reason)
         return NtlmVerdict(verdict, result if verdict.ok else None)
 
     def check_account_sync(self, name: str, ctx: AttemptContext) -> Verdict:

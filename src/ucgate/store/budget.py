@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -276,26 +276,59 @@ class StoreBudget(Transactions):
     def reserve(self, account: str, ip: str, now: float) -> Reservation | BudgetDecision:
         """Charge one failure to the account (and the IP, unless the pair is familiar) before
         the credential is checked, or refuse (a :class:`BudgetDecision`) if it does not fit."""
-        cfg = self.config
         self._maybe_prune(now)
-        refused: BudgetDecision | None = None
         try:
             with self._tx(write=True) as c:
                 self._relaxed(c)
-                fam = self._familiar(c, account, ip, now)
-                ub = user_bucket(account, fam)
-                if not self._charge(c, ub, cfg.user_failures, self._user_rate, now):
-                    wait = self._wait(c, ub, cfg.user_failures, self._user_rate, now)
-                    refused = BudgetDecision(False, "user-throttled", max(wait, 1e-6))
-                elif not fam and not self._charge(c, ip_bucket(ip), cfg.ip_failures, self._ip_rate, now):
-                    wait = self._wait(c, ip_bucket(ip), cfg.ip_failures, self._ip_rate, now)
-                    refused = BudgetDecision(False, "ip-throttled", max(wait, 1e-6))
-                if refused is not None:
-                    raise _Refused  # rolls the account's charge back with the transaction
-        except _Refused:
-            assert refused is not None
-            return refused
+                r = self._reserve(c, account, ip, now)
+                if isinstance(r, BudgetDecision):
+                    raise _Refused(r)  # rolls the account's charge back with the transaction
+        except _Refused as e:
+            return e.args[0]
+        return r
+
+    def _reserve(self, c: _Tx, account: str, ip: str, now: float) -> Reservation | BudgetDecision:
+        cfg = self.config
+        fam = self._familiar(c, account, ip, now)
+        ub = user_bucket(account, fam)
+        if not self._charge(c, ub, cfg.user_failures, self._user_rate, now):
+            wait = self._wait(c, ub, cfg.user_failures, self._user_rate, now)
+            return BudgetDecision(False, "user-throttled", max(wait, 1e-6))
+        if not fam and not self._charge(c, ip_bucket(ip), cfg.ip_failures, self._ip_rate, now):
+            wait = self._wait(c, ip_bucket(ip), cfg.ip_failures, self._ip_rate, now)
+            return BudgetDecision(False, "ip-throttled", max(wait, 1e-6))
         return Reservation(account, ip, fam, not fam)
+
+    def attempt(self, account: str, ip: str, now: float,
+                check: Callable[[], Outcome]) -> Reservation | BudgetDecision:
+        """:meth:`reserve`, ``check()``, :meth:`settle` with its outcome, in **one** transaction:
+        the same statements and the same result as the three calls, one BEGIN/COMMIT fewer (and
+        on PostgreSQL one round trip set fewer). ``check`` runs only when the unit fitted, while
+        the transaction holds the account's bucket (SQLite: the write lock), so it must be a
+        computation — an ASP or an NTLM response compared in memory, which may *read* the store
+        but never writes it or waits on the network (a directory bind, an OTP step goes through
+        :meth:`reserve` / :meth:`settle`). When ``check`` raises, the unit stays charged (a
+        failure, as the two-call path's ``finally`` settles it) and the exception is re-raised
+        after the commit. If the transaction fails, nothing was charged and the caller answers
+        ``store-unavailable`` (which says nothing about the credential)."""
+        self._maybe_prune(now)
+        error: Exception | None = None
+        try:
+            with self._tx(write=True) as c:
+                self._relaxed(c)
+                r = self._reserve(c, account, ip, now)
+                if isinstance(r, BudgetDecision):
+                    raise _Refused(r)
+                try:
+                    outcome = check()
+                except Exception as e:  # noqa: BLE001 - re-raised below, after the charge is committed
+                    error, outcome = e, Outcome.FAILURE
+                self._settle(c, r, outcome, now)
+        except _Refused as e:
+            return e.args[0]
+        if error is not None:
+            raise error
+        return r
 
     def settle(self, r: Reservation, outcome: Outcome, now: float) -> None:
         """End a reserved attempt: a success resets the account's bucket of that class, gives
@@ -305,14 +338,19 @@ class StoreBudget(Transactions):
             return
         with self._tx(write=True) as c:
             self._relaxed(c)
-            if r.charged_ip:
-                self._add(c, ip_bucket(r.ip), -1.0, self._ip_rate, now)
-            ub = user_bucket(r.account, r.familiar)
-            if outcome is Outcome.SUCCESS:
-                self._sql(c, ("DELETE FROM budget_buckets WHERE bucket = :b"), {"b": ub})
-                self._remember(c, r.account, r.ip, now, new=not r.familiar)
-            else:
-                self._add(c, ub, -1.0, self._user_rate, now)
+            self._settle(c, r, outcome, now)
+
+    def _settle(self, c: _Tx, r: Reservation, outcome: Outcome, now: float) -> None:
+        if outcome is Outcome.FAILURE:
+            return
+        if r.charged_ip:
+            self._add(c, ip_bucket(r.ip), -1.0, self._ip_rate, now)
+        ub = user_bucket(r.account, r.familiar)
+        if outcome is Outcome.SUCCESS:
+            self._sql(c, ("DELETE FROM budget_buckets WHERE bucket = :b"), {"b": ub})
+            self._remember(c, r.account, r.ip, now, new=not r.familiar)
+        else:
+            self._add(c, ub, -1.0, self._user_rate, now)
 
     def charge(self, account: str, ip: str, now: float) -> None:
         """A failure found after the fact (the gateway refused what the id service allowed):
