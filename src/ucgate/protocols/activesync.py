@@ -47,9 +47,10 @@ import base64
 import binascii
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 from urllib.parse import unquote, unquote_plus
 
 # --- limits -------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def parse_eas_request(
         return _parse(target, headers, allow_binary_device_id)
     except EasRequestError:
         raise
-    except Exception as e:  # pragma: no cover - a bug; keep the contract for callers
+    except Exception as e:  # noqa: BLE001  # pragma: no cover - a bug; keep the contract for callers
         raise EasRequestError("internal-error", f"{type(e).__name__}: {e}") from None
 
 

@@ -51,6 +51,7 @@ from typing import Any
 
 from . import ntlm, sipauth, spnego
 from .ntlm import AvFlags, AvId, NegotiateFlags, NtlmError
+from .sip import SipError
 
 # _read_tlv is SPNEGO's DER reader: single-byte tags, minimal definite lengths, bounded by the
 # container; Kerberos messages use single-byte tags too (APPLICATION 1..30, [0]..[12]).
@@ -731,7 +732,7 @@ def _sipae(text: str, field: str | None) -> dict[str, Any]:
         try:
             auth = sipauth.parse_auth(text, kind)
             break
-        except sipauth.SipError as exc:
+        except SipError as exc:
             errors.append(exc.reason)
     else:
         raise DecodeError("malformed", f"MS-SIPAE field: {errors[0]}")

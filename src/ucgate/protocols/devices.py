@@ -62,8 +62,9 @@ from __future__ import annotations
 import json
 import re
 import xml.parsers.expat
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 from . import wbxml
 from .activesync import EasRequestError, parse_eas_request
@@ -177,7 +178,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         for k, v in headers.items():
             if str(k).lower() == name:
                 return v if isinstance(v, str) else None
-    except Exception:  # a hostile Mapping; headers from our parser never fail
+    except Exception:  # noqa: BLE001 - a hostile Mapping; headers from our parser never fail
         return None
     return None
 
@@ -300,7 +301,7 @@ def device_from_eas(target: str, headers: Mapping[str, str]) -> DeviceFacts:
     except EasRequestError as e:
         return DeviceFacts(None, None, None, None, ua, "eas", "none",
                            _EAS_PROBLEMS.get(e.reason, "malformed"), detail=f"eas:{e.reason}")
-    except Exception as e:  # pragma: no cover - parse_eas_request promises not to
+    except Exception as e:  # noqa: BLE001  # pragma: no cover - parse_eas_request promises not to
         return DeviceFacts(None, None, None, None, ua, "eas", "none", "malformed",
                            detail=f"eas:internal-error:{type(e).__name__}")
     device_id, problem = normalise_device_id(req.device_id)
@@ -322,7 +323,7 @@ def device_settings_from_eas_body(body: bytes) -> dict[str, str]:
         root = wbxml.decode(body, max_bytes=MAX_EAS_SETTINGS_BODY_BYTES, max_elements=2000)
     except wbxml.WbxmlError:
         return {}
-    except Exception:  # pragma: no cover - wbxml.decode promises WbxmlError only
+    except Exception:  # noqa: BLE001  # pragma: no cover - wbxml.decode promises WbxmlError only
         return {}
     info = next((el for el in root.iter() if el.tag == "Settings:DeviceInformation"), None)
     target = info.find("Settings:Set") if info is not None else None
@@ -452,7 +453,9 @@ def _safe_expat(prefix: str, namespace_separator: str | None = None) -> xml.pars
     return p
 
 
-def _parse_xml(body: bytes, on_start, on_end=None, on_text=None, prefix: str = "xml") -> None:
+def _parse_xml(body: bytes, on_start: Callable[[str, dict[str, str]], None],
+               on_end: Callable[[str], None] | None = None, on_text: Callable[[str], None] | None = None,
+               prefix: str = "xml") -> None:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:

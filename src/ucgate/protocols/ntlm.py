@@ -352,7 +352,7 @@ class TargetInfo:
             pos += 4
             if pos + length > len(data):
                 raise _malformed("AV pair runs past the end of its list")
-            fixed = _AV_FIXED_SIZE.get(av_id)  # type: ignore[call-overload]
+            fixed = _AV_FIXED_SIZE.get(av_id)
             if fixed is not None and length != fixed:
                 raise _malformed(f"AV pair {av_id} has length {length}, expected {fixed}")
             if av_id == AvId.MsvAvEOL:

@@ -41,6 +41,7 @@ import ipaddress
 import re
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -198,7 +199,7 @@ def parse(data: bytes) -> ProxyHeader | None:
     raise ProxyError("not-proxy-protocol", _show(data[:8]))
 
 
-def client_address(header: ProxyHeader | None, peer: tuple) -> tuple[str, int]:
+def client_address(header: ProxyHeader | None, peer: tuple[Any, ...]) -> tuple[str, int]:
     """The address to treat as the client's: the header's source for a relayed connection,
     else the connection's own ``peer`` (LOCAL, UNKNOWN, UNSPEC, or no header). An IPv4-mapped
     IPv6 source (a balancer listening on a dual-stack socket) is given as the IPv4 address, so

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from .http1 import HttpError
@@ -189,7 +190,7 @@ class ServiceMap:
         self._indexed = "" not in by_segment and all(svc.prefix.startswith("/") for svc in services)
 
     @classmethod
-    def with_overrides(cls, overrides: dict[str, dict]) -> ServiceMap:
+    def with_overrides(cls, overrides: dict[str, dict[str, Any]]) -> ServiceMap:
         """Apply per-service settings (``anonymous``, ``upstream``, ``max_body_bytes``,
         ``enabled``, ``methods``...) from configuration to every rule of that service name."""
         unknown = set(overrides) - SERVICE_NAMES

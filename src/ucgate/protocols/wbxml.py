@@ -15,8 +15,8 @@ never another exception, whatever the input bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 # --- limits -------------------------------------------------------------------------------
 # The deepest ActiveSync document (Sync → Collections → Collection → Commands → Add →
@@ -206,7 +206,7 @@ class Element:
             yield from c.iter()
 
 
-def E(tag: str, *content: str | bytes | int | Element | None) -> Element:  # noqa: N802
+def E(tag: str, *content: str | bytes | int | Element | None) -> Element:
     """Build an element: ``E("Provision:Status", "1")``, ``E("Provision:Policies", E(...))``.
     A child tag without a namespace takes its parent's; ints become text; None is skipped."""
     el = Element(tag)
@@ -217,7 +217,9 @@ def E(tag: str, *content: str | bytes | int | Element | None) -> Element:  # noq
             if ":" in tag:
                 _qualify(c, tag.partition(":")[0])
             el.children.append(c)
-        elif isinstance(c, int) and not isinstance(c, bool):
+        elif isinstance(c, bool):  # an int to Python, but no WBXML value (encode() refused it too)
+            raise WbxmlError("bad-value", f"{tag}: bool")
+        elif isinstance(c, int):
             el.value = str(c)
         else:
             el.value = c
