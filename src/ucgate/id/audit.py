@@ -24,6 +24,7 @@ allowed (``asp_id``, ``key_id``, ``token_type``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -57,6 +58,7 @@ _CRED_LIKE = re.compile(r"(?i)\b(basic|bearer|ntlm|negotiate)\s+[a-z0-9+/=._~-]{
 _WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the key; events repeat their few keys
 def is_secret_key(key: str) -> bool:
     """``password``, ``nt_hash``, ``X-Auth-Token``, ``sessionCookie``: True;
     ``asp_id``, ``key_id``, ``token_type``: False."""
