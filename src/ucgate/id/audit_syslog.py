@@ -85,7 +85,7 @@ def _timestamp(at: Any) -> str:
         return "-"
     if t.tzinfo is None:
         return "-"
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def format_message(event: dict[str, Any], *, facility: int, hostname: str, app_name: str,
@@ -230,7 +230,7 @@ class SyslogSink:
                 try:
                     self._pending = pending = frame(format_message(event, facility=self._facility, hostname=self._hostname,
                                                    app_name=self.cfg.app_name, procid=self._procid))
-                except Exception:  # noqa: BLE001 - one bad event must not stop the others
+                except Exception:
                     log.exception("audit syslog: cannot format an event; dropped")
                     self._drop(1, "an event could not be formatted")
                     continue

@@ -57,7 +57,7 @@ LAST_SEEN_GRANULARITY = dt.timedelta(minutes=1)
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class DeviceError(Exception):
@@ -274,15 +274,20 @@ class DeviceService:
         user_devices: list[PartnershipRecord] = []
         if facts.device_id and existing is None:
             user_devices = self.store.list(username=user)
-        args = dict(
-            facts=facts, existing=existing.to_policy() if existing else None,
-            user_devices=[p.to_policy() for p in user_devices], rules=self.rules, policy=pol,
-            user_groups=groups, now=now, second_factor_ok=second_factor_ok, service=service,
-        )
-        decision = policy.decide(**args, second_factor_possible=True)
+        current = existing.to_policy() if existing else None
+        others = [p.to_policy() for p in user_devices]
+
+        def decide(second_factor_possible: bool) -> policy.DeviceDecision:
+            return policy.decide(
+                facts=facts, existing=current, user_devices=others, rules=self.rules, policy=pol,
+                user_groups=groups, now=now, second_factor_ok=second_factor_ok, service=service,
+                second_factor_possible=second_factor_possible,
+            )
+
+        decision = decide(True)
         if decision.outcome == "challenge" and not self.second_factor_available(user):
             # a challenge this user cannot answer: wait for an approval instead
-            decision = policy.decide(**args, second_factor_possible=False)
+            decision = decide(False)
         record, created = self._persist(user, facts, existing, decision, now)
         result = DeviceCheck(decision.outcome, decision.reason, facts.device_id, decision.wipe,
                              decision.trusted_until if decision.outcome == "allow" else None,
@@ -361,7 +366,7 @@ class DeviceService:
                               client_address=client_address)
         try:
             ok = self.notifier.notify(notice)
-        except Exception:  # noqa: BLE001 - notifiers promise not to raise; belt and braces
+        except Exception:
             log.exception("notifier failed")
             ok = False
         self.audit.record("device-notify", actor="ucgate", user=rec.username, device=rec.device_id,

@@ -34,9 +34,10 @@ import time
 import unicodedata
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any, Callable, Iterable, Sequence
+from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -86,7 +87,7 @@ def filetime_to_datetime(value: int) -> _dt.datetime | None:
     if value in FILETIME_NEVER or value <= 0:
         return None
     try:
-        return _dt.datetime(1601, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(
+        return _dt.datetime(1601, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(
             microseconds=value // 10)
     except OverflowError:
         return None
@@ -141,7 +142,7 @@ class DirectoryUser:
 
 # --------------------------------------------------------------------------- pure parsing
 
-class NameKind(str, Enum):
+class NameKind(StrEnum):
     SAM = "sam"  # sAMAccountName (also DOMAIN\\user)
     UPN = "upn"  # user@suffix
     SIP = "sip"  # sip:user@domain
@@ -255,7 +256,7 @@ def normalize_dn(dn: str) -> str:
 
     try:
         parts = parse_dn(dn, escape=False, strip=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - ldap3 raises assorted errors on a malformed DN; compare it as text
         return dn.strip().casefold()
     return ",".join(f"{a.strip().casefold()}={v.strip().casefold()}" for a, v, _ in parts)
 
@@ -305,7 +306,7 @@ def state_from_attributes(attrs: dict[str, list[bytes]], now: _dt.datetime) -> A
 
 # --------------------------------------------------------------------------- I/O
 
-def _ldap3():
+def _ldap3() -> Any:
     import ldap3  # imported lazily: the pure functions above need no ldap3
 
     return ldap3
@@ -315,10 +316,10 @@ class _StrictTls:
     """ldap3 Tls replacement: our SSLContext (TLS 1.2+, CERT_REQUIRED, check_hostname)."""
 
     def __new__(cls, context: ssl.SSLContext, server_hostname: str):
-        ldap3 = _ldap3()
+        tls_base: Any = _ldap3().Tls  # a class that comes at run time (ldap3 is imported lazily)
 
-        class StrictTls(ldap3.Tls):
-            def wrap_socket(self, connection, do_handshake=False):  # noqa: D401
+        class StrictTls(tls_base):
+            def wrap_socket(self, connection, do_handshake=False):
                 connection.socket = context.wrap_socket(
                     connection.socket, server_side=False,
                     do_handshake_on_connect=do_handshake, server_hostname=server_hostname)
@@ -364,7 +365,7 @@ class Directory:
         cache_ttl: float = 30.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.timezone.utc),
+        now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.UTC),
         tls_server_name: str | None = None,
         allow_insecure: bool = False,
         verify_floor: float = 0.15,
@@ -485,7 +486,7 @@ class Directory:
             _close(self._conn)
             self._conn = None
 
-    def __enter__(self) -> "Directory":
+    def __enter__(self) -> Directory:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -715,7 +716,7 @@ def _close(conn) -> None:
         return
     try:
         conn.unbind()
-    except Exception:
+    except Exception:  # noqa: BLE001 - closing a broken connection; whatever it raises is moot
         pass
 
 

@@ -129,7 +129,7 @@ def to_wire(row: EventRow) -> str:
 
 def _aware(at: dt.datetime) -> dt.datetime:
     """A row's time as stored (SQLite gives it back naive; it is UTC)."""
-    return at if at.tzinfo is not None else at.replace(tzinfo=dt.timezone.utc)
+    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)
 
 
 def from_wire(event_id: str | None, kind: str | None, data: str) -> EventRow:
@@ -146,7 +146,7 @@ def from_wire(event_id: str | None, kind: str | None, data: str) -> EventRow:
             if obj.get(k) is not None and not isinstance(obj[k], str):
                 raise ValueError(k)
         # the row's time in the store (older id services send none: now); only for the lag metric
-        at = dt.datetime.fromisoformat(obj["at"]) if obj.get("at") else dt.datetime.now(dt.timezone.utc)
+        at = dt.datetime.fromisoformat(obj["at"]) if obj.get("at") else dt.datetime.now(dt.UTC)
         return EventRow(
             id=int(event_id) if event_id and event_id.isdigit() else 0,
             at=_aware(at), kind=str(kind or "message")[:32],
@@ -210,7 +210,7 @@ class EventBus:
 
     def committed(self, pending: Pending) -> None:
         """Deliver, in this process, an event whose row was just committed."""
-        row = EventRow(id=pending.id or 0, at=dt.datetime.now(dt.timezone.utc), **pending.fields)
+        row = EventRow(id=pending.id or 0, at=dt.datetime.now(dt.UTC), **pending.fields)
         if pending.id is not None:
             with self._lock:
                 self._local[pending.id] = None

@@ -10,12 +10,12 @@ from typing import Any
 
 from ..policy.lockout import BudgetConfig
 from ..store.budget import StoreBudget
+from .cache import SignInCache
 from .components import Components
 from .events import EventBus
 from .otp import OtpService
 from .service import IdService
 from .twofactor import SecondFactor
-from .cache import SignInCache
 from .writer import SignInWriter
 
 
@@ -77,7 +77,7 @@ def open_services(
                                audit_syslog=audit_syslog)
     comp = Components(settings)
     comp.users.netbios_domains = tuple(d.upper() for d in netbios_domains)
-    comp.keyring  # load or create the key now: a bad key file fails at start, not at first sign-in
+    _ = comp.keyring  # load or create the key now: a bad key file fails at start, not at first sign-in
     # sign-ins' audit events and ASP last-use times: group-committed (ucgate.id.writer)
     comp.audit.writer = SignInWriter(comp.repo)
     # the user and ASP records a sign-in reads, between sign-ins; events drop them (ucgate.id.cache)

@@ -36,7 +36,7 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
 from ..policy.twofactor import OTP_DIGITS, Factor
@@ -130,6 +130,13 @@ def _recovery_hash(key: bytes, user_id: int, canonical: str) -> bytes:
     return hmac.new(key, b"recovery:%d:%s" % (user_id, canonical.encode()), hashlib.sha256).digest()
 
 
+def _new_code_hash(key: bytes, user_id: int, code: str) -> bytes:
+    """The stored hash of a code from :func:`generate_recovery_code`."""
+    canonical = canonical_recovery_code(code)
+    assert canonical is not None  # generated: RECOVERY_SYMBOLS symbols of ALPHABET
+    return _recovery_hash(key, user_id, canonical)
+
+
 # --- results ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Enrolment:
@@ -183,7 +190,7 @@ class OtpStatus:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 _NOT_ENROLLED = OtpResult(False, "otp-not-enrolled", Factor.NONE)
@@ -262,7 +269,7 @@ class OtpService(UserSecretService):
         if step is None:
             return None
         codes = [generate_recovery_code(self.rand) for _ in range(RECOVERY_CODES)]
-        hashes = [_recovery_hash(recovery_key, u.id, canonical_recovery_code(c)) for c in codes]
+        hashes = [_new_code_hash(recovery_key, u.id, c) for c in codes]
         if not self.repo.confirm_otp(u.id, rec.id, step, self.clock(), hashes):
             return None  # reset or replaced meanwhile
         return codes
@@ -352,7 +359,7 @@ class OtpService(UserSecretService):
         u, _, _, recovery_key = active
         codes = [generate_recovery_code(self.rand) for _ in range(RECOVERY_CODES)]
         self.repo.replace_recovery_codes(
-            u.id, [_recovery_hash(recovery_key, u.id, canonical_recovery_code(c)) for c in codes],
+            u.id, [_new_code_hash(recovery_key, u.id, c) for c in codes],
             self.clock())
         return codes
 

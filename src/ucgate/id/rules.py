@@ -17,7 +17,7 @@ and configuration management keeps the last word over what it manages.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..policy import devices as policy
 from ..policy.groups import GroupPolicy as GroupEntry
@@ -44,6 +44,10 @@ class RuleNotFound(LookupError):
     pass
 
 
+@overload
+def _text(data: Mapping[str, Any], key: str, *, required: Literal[True], limit: int = 256) -> str: ...
+@overload
+def _text(data: Mapping[str, Any], key: str, *, required: bool = False, limit: int = 256) -> str | None: ...
 def _text(data: Mapping[str, Any], key: str, *, required: bool = False, limit: int = 256) -> str | None:
     v = data.get(key)
     if v is None or v == "":
@@ -88,7 +92,8 @@ def validate_rule(data: Mapping[str, Any]) -> dict[str, Any]:
         clean_groups.append(g.strip())
     criteria = {k: _text(data, k, limit=policy.MAX_PATTERN_CHARS) for k in RULE_CRITERIA}
     try:
-        policy.DeviceRule(action=action, groups=frozenset(clean_groups), name=name, **criteria)
+        policy.DeviceRule(action=policy.PartnershipState(action), groups=frozenset(clean_groups), name=name,
+                          **criteria)
     except ValueError as e:
         raise RuleError("client_kind" if "client_kind" in str(e) else "action", str(e)) from None
     return {"name": name, "action": action, "groups": tuple(clean_groups), **criteria}
@@ -129,7 +134,7 @@ def validate_policy(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def device_rule(rec: StoredRule) -> policy.DeviceRule:
-    return policy.DeviceRule(action=rec.action, groups=frozenset(rec.groups), name=rec.name,
+    return policy.DeviceRule(action=policy.PartnershipState(rec.action), groups=frozenset(rec.groups), name=rec.name,
                              **{k: getattr(rec, k) for k in RULE_CRITERIA})
 
 

@@ -103,7 +103,7 @@ class SecondFactor:
         enrolled = self.otp.is_enrolled(user)
         parts = split_appended(password)
         match = asps.verify_password(user, parts[0], device_id) if parts else None
-        if match is not None:  # the ASP before the code, so a wrong ASP never spends a step
+        if parts and match is not None:  # the ASP before the code, so a wrong ASP never spends a step
             if trusted is not None:
                 return Verdict(True, "2fa-trusted", user=user, credential_id=str(match.asp_id))
             r = self.otp.verify(user, parts[1], self.clock())
@@ -114,7 +114,7 @@ class SecondFactor:
             return Verdict(False, d.reason)
         recovery = split_recovery(password)
         match = asps.verify_password(user, recovery[0], device_id) if recovery else None
-        if match is not None:  # the ASP before a recovery code: spent only after the ASP matched
+        if recovery and match is not None:  # the ASP before a recovery code: spent only after the ASP matched
             if trusted is not None:
                 return Verdict(True, "2fa-trusted", user=user, credential_id=str(match.asp_id))
             r = self.otp.use_recovery_code(user, recovery[1])

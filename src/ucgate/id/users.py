@@ -16,7 +16,7 @@ import os
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..store import DuplicateError, Repository, UserRecord
 from .events import EventBus, Pending, UserBlocked
@@ -117,7 +117,7 @@ def resolve_login_name(
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UserService:
