@@ -33,7 +33,6 @@ index of the id service that issued it, and its settle goes there only.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import ipaddress
 import logging
@@ -48,21 +47,37 @@ import httpx
 
 from .. import metrics
 from ..id.api import (
+    AccountBody,
     AttemptContext,
+    ContextError,
+    DeviceCheckBody,
+    DeviceDecisionBody,
+    DeviceFactsBody,
+    NtlmAnswerBody,
+    NtlmBody,
     NtlmHandshake,
     NtlmVerdict,
+    PasswordBody,
+    SessionsBody,
+    SettledBody,
     SipAttemptAnswer,
+    SipAttemptAnswerBody,
     SipAttemptRequest,
     SipSettle,
     Verdict,
+    VerdictBody,
+    W,
+    Wire,
+    dump_wire,
+    parse_wire,
 )
 from ..id.devices import DeviceCheck
 from ..id.events import UserBlocked, event_of, from_wire
 from ..logs import request_context
-from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
-from ..protocols.ntlm import NegotiateFlags, VerifyResult
+from ..protocols.devices import DeviceFacts
 
 log = logging.getLogger("ucgate.gateway.idclient")
+_JSON = {"Content-Type": "application/json"}
 
 UNAVAILABLE = "id-service-unavailable"
 RETRY_AFTER = 5.0  # what the 503 tells clients; the id service is usually back within seconds
@@ -81,32 +96,11 @@ class IdServiceError(Exception):
         self.reason = reason
 
 
-def _ctx_json(ctx: AttemptContext) -> dict[str, Any]:
-    return ctx.to_json()
-
-
-def _verdict(obj: Any) -> Verdict:
-    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool) or not isinstance(obj.get("reason"), str):
-        raise IdServiceError("bad-response")
-    retry = obj.get("retry_after") or 0.0
-    user, cred = obj.get("user"), obj.get("credential_id")
-    if not isinstance(retry, (int, float)) or not isinstance(user, (str, type(None))) \
-            or not isinstance(cred, (str, type(None))):
-        raise IdServiceError("bad-response")
-    return Verdict(obj["ok"], obj["reason"], user=user, credential_id=cred, retry_after=float(retry))
-
-
-def _session(obj: Any) -> VerifyResult:
+def _answer(model: type[W], r: httpx.Response) -> W:
+    """An answer body as ``model`` (:mod:`ucgate.id.api`'s wire models); bad-response otherwise."""
     try:
-        key = base64.b64decode(obj["exported_session_key"], validate=True)
-        if len(key) != 16:
-            raise ValueError
-        return VerifyResult(
-            candidate_index=0, session_base_key=b"", exported_session_key=key,
-            channel_binding=str(obj["channel_binding"]), flags=NegotiateFlags(int(obj["flags"])),
-            mic_present=bool(obj["mic_present"]), target_name=obj.get("target_name"),
-        )
-    except (KeyError, TypeError, ValueError):
+        return parse_wire(model, r.content)
+    except ContextError:
         raise IdServiceError("bad-response") from None
 
 
@@ -202,21 +196,22 @@ class RemoteCredentials:
         return False, f"no id service answers ({', '.join(self.urls)})"
 
     # --- calls ---------------------------------------------------------------------------
-    async def _request(self, method: str, path: str, body: dict[str, Any], ok: int = 200) -> httpx.Response:
+    async def _request(self, method: str, path: str, body: Wire, ok: int = 200) -> httpx.Response:
         """One call, failing over along the URL list."""
         return (await self._call(method, path, body, ok))[0]
 
-    async def _call(self, method: str, path: str, body: dict[str, Any], ok: int = 200,
+    async def _call(self, method: str, path: str, body: Wire, ok: int = 200,
                     at: int | None = None) -> tuple[httpx.Response, int]:
         """One call, failing over along the URL list (only to ``urls[at]`` when given: a call
         that only that id service can answer); the answer and the index that gave it."""
         last = IdServiceError("recently-down")
         ctx = request_context.get()  # the gateway's request id goes along, for the id service's log
-        headers = {"X-Ucgate-Request-Id": ctx["request_id"]} if ctx is not None else None
+        headers = _JSON if ctx is None else {**_JSON, "X-Ucgate-Request-Id": ctx["request_id"]}
+        content = dump_wire(body)
         for i in (self._order() if at is None else [at]):
             started = time.monotonic()
             try:
-                r = await self._client.request(method, self.urls[i] + path, json=body, headers=headers)
+                r = await self._client.request(method, self.urls[i] + path, content=content, headers=headers)
                 metrics.ID_SERVICE_LATENCY.labels(path).observe(time.monotonic() - started)
             except httpx.TimeoutException as e:
                 last = IdServiceError(f"timeout ({type(e).__name__})")
@@ -241,50 +236,33 @@ class RemoteCredentials:
             return r, i
         raise last
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        r = await self._request("POST", path, body)
-        try:
-            return r.json()
-        except ValueError:
-            raise IdServiceError("bad-response") from None
+    async def _post(self, path: str, body: Wire, answer: type[W]) -> W:
+        return _answer(answer, await self._request("POST", path, body))
 
     def _unavailable(self, what: str, e: IdServiceError) -> Verdict:
         log.error("id service %s: %s call failed: %s; failing closed", ", ".join(self.urls), what, e.reason)
         return Verdict(False, UNAVAILABLE, retry_after=self.retry_after)
 
     async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
+        body = PasswordBody.model_construct(user=name, password=password, context=ctx.to_wire())
         try:
-            obj = await self._post("/v1/auth/password",
-                                   {"user": name, "password": password, "context": _ctx_json(ctx)})
-            return _verdict(obj)
+            return (await self._post("/v1/auth/password", body, VerdictBody)).verdict()
         except IdServiceError as e:
             return self._unavailable("password", e)
 
     async def check_account(self, name: str, ctx: AttemptContext) -> Verdict:
+        body = AccountBody.model_construct(user=name, context=ctx.to_wire())
         try:
-            return _verdict(await self._post("/v1/auth/account", {"user": name, "context": _ctx_json(ctx)}))
+            return (await self._post("/v1/auth/account", body, VerdictBody)).verdict()
         except IdServiceError as e:
             return self._unavailable("account", e)
 
     async def verify_ntlm(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
-        h = handshake
-        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-        body = {
-            "negotiate": b64(h.negotiate), "challenge": b64(h.challenge), "authenticate": b64(h.authenticate),
-            "server_challenge": b64(h.server_challenge), "challenge_time": h.challenge_time,
-            "channel_binding": b64(h.channel_binding_data) if h.channel_binding_data is not None else None,
-            "extended_protection": h.extended_protection, "max_clock_skew": h.max_clock_skew,
-            "context": _ctx_json(ctx),
-        }
         try:
-            obj = await self._post("/v1/auth/ntlm", body)
-            verdict = _verdict(obj)
-            session = obj.get("session")
-            if verdict.ok and not isinstance(session, dict):
-                raise IdServiceError("bad-response")
-            return NtlmVerdict(verdict, _session(session) if verdict.ok else None)
+            answer = await self._post("/v1/auth/ntlm", NtlmBody.of(handshake, ctx), NtlmAnswerBody)
         except IdServiceError as e:
             return NtlmVerdict(self._unavailable("ntlm", e))
+        return answer.ntlm_verdict()
 
     # --- the SIP relay's calls (gateway.sip; id.sipattempts on the other side) ------------------
     async def begin_sip(self, req: SipAttemptRequest) -> SipAttemptAnswer:
@@ -292,11 +270,8 @@ class RemoteCredentials:
         the settle goes to the id service that holds the reservation. Fails closed:
         ``id-service-unavailable`` with ``retry_after`` (the relay answers 503)."""
         try:
-            r, i = await self._call("POST", "/v1/sip/attempt", req.to_json())
-            try:
-                answer = SipAttemptAnswer.from_json(r.json())
-            except ValueError:
-                raise IdServiceError("bad-response") from None
+            r, i = await self._call("POST", "/v1/sip/attempt", req.to_wire())
+            answer = SipAttemptAnswer.from_wire(_answer(SipAttemptAnswerBody, r))
         except IdServiceError as e:
             return SipAttemptAnswer(None, self._unavailable("sip attempt", e))
         if answer.token is not None:
@@ -313,9 +288,9 @@ class RemoteCredentials:
             return
         try:
             r, _ = await self._call("POST", "/v1/sip/settle",
-                                    SipSettle(token, s.outcome, s.reason).to_json(), at=int(index))
-            settled = r.json().get("settled") if r.headers.get("content-type", "").startswith("application/json") else None
-        except (IdServiceError, ValueError, AttributeError) as e:
+                                    SipSettle(token, s.outcome, s.reason).to_wire(), at=int(index))
+            settled = _answer(SettledBody, r).settled
+        except IdServiceError as e:
             log.error("id service %s: SIP settle (%s) failed: %s; the unit stays charged",
                       self.urls[int(index)], s.outcome, getattr(e, "reason", type(e).__name__))
             return
@@ -444,8 +419,7 @@ class RemoteCredentials:
     async def _report(self, live_users: Callable[[], dict[str, dt.datetime]]) -> None:
         failing = False
         while True:
-            body = {"gateway": self.gateway_id,
-                    "users": {u: t.isoformat() for u, t in live_users().items()}}
+            body = SessionsBody.model_construct(gateway=self.gateway_id, users=live_users())
             try:
                 await self._request("PUT", "/v1/sessions", body, ok=204)
                 ok = True
@@ -459,12 +433,6 @@ class RemoteCredentials:
 
 # --- the device gate's checker -------------------------------------------------------------
 
-_OUTCOMES = frozenset({"allow", "quarantine", "deny", "challenge"})
-# What the id service accepts per DeviceFacts field (see ucgate.id.http_api._FACT_FIELDS).
-_FACT_LIMITS = {"device_id": MAX_DEVICE_ID_CHARS, "user_agent": MAX_USER_AGENT_CHARS,
-                "claimed_user": 512, "client_kind": 64, "source": 64, "problem": 64, "command": 64}
-
-
 def _wire_text(value: str | None, limit: int) -> str | None:
     """Free text from a client request as the API takes it: control characters replaced and
     bounded, so that an odd header is decided on (a mismatch, say), never a 400 and a 503."""
@@ -474,32 +442,23 @@ def _wire_text(value: str | None, limit: int) -> str | None:
     return clean[:limit]
 
 
-def facts_json(facts: DeviceFacts) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in ("device_id", "device_type", "model", "os", "user_agent", "client_kind", "source",
-                 "problem", "claimed_user", "command", "detail"):
-        out[name] = _wire_text(getattr(facts, name), _FACT_LIMITS.get(name, 256))
+def facts_wire(facts: DeviceFacts) -> DeviceFactsBody:
+    """The facts as ``POST /v1/devices/check``'s ``device``, bounded to what the id service takes."""
+    out = {name: _wire_text(getattr(facts, name), limit) for name, limit in DeviceFactsBody.LIMITS.items()}
     if out["device_id"] is None and out["problem"] is None:
         out["problem"] = "absent"
-    return out
+    return DeviceFactsBody.model_construct(**out)
 
 
-def _device_check(obj: Any, facts: DeviceFacts) -> DeviceCheck:
-    if not isinstance(obj, dict) or obj.get("outcome") not in _OUTCOMES \
-            or not isinstance(obj.get("reason"), str) or not isinstance(obj.get("wipe", False), bool):
-        raise IdServiceError("bad-response")
-    until = obj.get("trusted_until")
-    rule, pid, device_id = obj.get("rule"), obj.get("partnership_id"), obj.get("device_id", facts.device_id)
-    try:
-        when = dt.datetime.fromisoformat(until) if until is not None else None
-    except (TypeError, ValueError):
-        raise IdServiceError("bad-response") from None
-    if (when is not None and when.tzinfo is None) or not isinstance(rule, (str, type(None))) \
-            or not isinstance(device_id, (str, type(None))) \
-            or (pid is not None and (isinstance(pid, bool) or not isinstance(pid, int))):
-        raise IdServiceError("bad-response")
-    return DeviceCheck(obj["outcome"], obj["reason"], device_id, wipe=obj.get("wipe", False),
-                       trusted_until=when, partnership_id=pid, rule=rule or "")
+def facts_json(facts: DeviceFacts) -> dict[str, Any]:
+    return facts_wire(facts).model_dump(mode="json")
+
+
+def _device_check(answer: DeviceDecisionBody, facts: DeviceFacts) -> DeviceCheck:
+    device_id = answer.device_id if "device_id" in answer.model_fields_set else facts.device_id
+    return DeviceCheck(answer.outcome, answer.reason, device_id, wipe=answer.wipe,
+                       trusted_until=answer.trusted_until, partnership_id=answer.partnership_id,
+                       rule=answer.rule or "")
 
 
 class RemoteDeviceChecker:
@@ -525,11 +484,11 @@ class RemoteDeviceChecker:
             ipaddress.ip_address(client_address or "")
         except ValueError:
             client_address = None  # not an IP (a test transport, a Unix socket): not sent
-        body = {"user": user, "device": facts_json(facts), "service": service,
-                "second_factor_ok": bool(second_factor_ok), "credential_id": credential_id,
-                "client_address": client_address}
+        body = DeviceCheckBody.model_construct(
+            user=user, device=facts_wire(facts), service=service, second_factor_ok=bool(second_factor_ok),
+            credential_id=credential_id, client_address=client_address)
         try:
-            check = _device_check(await self.remote._post("/v1/devices/check", body), facts)
+            check = _device_check(await self.remote._post("/v1/devices/check", body, DeviceDecisionBody), facts)
         except IdServiceError as e:
             log.error("id service %s: device call failed: %s; failing closed", self.remote.url, e.reason)
             return DeviceCheck("unavailable", UNAVAILABLE, facts.device_id, retry_after=self.remote.retry_after)

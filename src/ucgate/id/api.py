@@ -8,11 +8,33 @@ It is implemented in-process by :class:`ucgate.id.service.IdService`, and across
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar
 
-from ..protocols.ntlm import VerifyResult
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
+from ..protocols.ntlm import NegotiateFlags, VerifyResult
 
 
 class Method(StrEnum):
@@ -43,40 +65,26 @@ class AttemptContext:
     device_id: str | None = None
     user_agent: str | None = None
 
+    def to_wire(self) -> WireContext:
+        return WireContext.model_construct(client_ip=self.client_ip, method=self.method, service=self.service,
+                                           device_id=self.device_id, user_agent=self.user_agent)
+
+    @classmethod
+    def from_wire(cls, w: WireContext) -> AttemptContext:
+        return cls(w.client_ip, w.method, w.service, w.device_id, w.user_agent)
+
     def to_json(self) -> dict[str, Any]:
         """The API's ``context`` object (what :meth:`from_json` reads back)."""
-        return {"client_ip": self.client_ip, "method": str(self.method), "service": self.service,
-                "device_id": self.device_id, "user_agent": self.user_agent}
+        return self.to_wire().model_dump(mode="json")
 
     @classmethod
     def from_json(cls, obj: Any) -> AttemptContext:
         """Raises ContextError (field, message) for anything the API does not accept."""
-        import ipaddress
-
-        if not isinstance(obj, dict):
-            raise ContextError("context", "expected an object")
-
-        def text(key: str, limit: int, required: bool) -> str | None:
-            v = obj.get(key)
-            if v is None and not required:
-                return None
-            if not isinstance(v, str) or (required and not v):
-                raise ContextError(f"context.{key}", "expected a string" + (" (required)" if required else ""))
-            if len(v) > limit:
-                raise ContextError(f"context.{key}", f"at most {limit} characters")
-            return v
-
-        ip = text("client_ip", 64, True)
         try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            raise ContextError("context.client_ip", "not an IP address") from None
-        method = text("method", 32, True)
-        if method not in Method._value2member_map_:
-            raise ContextError("context.method", f"expected one of {', '.join(m.value for m in Method)}")
-        return cls(client_ip=str(ip), method=method, service=str(text("service", MAX_SERVICE, True)),
-                   device_id=text("device_id", MAX_CONTEXT_NAME, False),
-                   user_agent=text("user_agent", MAX_CONTEXT_NAME, False))
+            w = WireContext.model_validate(obj)
+        except ValidationError as e:
+            raise wire_error(e, "context") from None
+        return cls.from_wire(w)
 
 
 class ContextError(ValueError):
@@ -158,20 +166,6 @@ class SipOutcome(StrEnum):
     CONTINUED = "continued"  # a 401 that continues a Kerberos/TLS-DSK handshake: back, not audited
 
 
-def _wire_text(obj: dict, key: str, limit: int, *, required: bool, prefix: str = "") -> str | None:
-    v = obj.get(key)
-    name = f"{prefix}{key}"
-    if v is None:
-        if required:
-            raise ContextError(name, "required")
-        return None
-    if not isinstance(v, str) or (required and not v):
-        raise ContextError(name, "expected a string" + (" (required)" if required else ""))
-    if len(v) > limit or any(ord(c) < 0x20 or c == "\x7f" for c in v):
-        raise ContextError(name, f"at most {limit} characters, no control characters")
-    return v
-
-
 @dataclass(frozen=True, slots=True)
 class SipAttemptRequest:
     """``POST /v1/sip/attempt``: reserve one unit of the account's failure budget for a REGISTER
@@ -183,43 +177,33 @@ class SipAttemptRequest:
     ntlm_user: str | None = None  # the NTLM Type 3's user and domain, when the leg is NTLM
     ntlm_domain: str | None = None
 
+    def to_wire(self) -> SipAttemptBody:
+        return SipAttemptBody.model_construct(user=self.user, ntlm_user=self.ntlm_user, ntlm_domain=self.ntlm_domain,
+                                              context=self.context.to_wire())
+
+    @classmethod
+    def from_wire(cls, w: SipAttemptBody) -> SipAttemptRequest:
+        return cls(w.user, AttemptContext.from_wire(w.context), w.ntlm_user, w.ntlm_domain)
+
     def to_json(self) -> dict[str, Any]:
-        return {"user": self.user, "ntlm_user": self.ntlm_user, "ntlm_domain": self.ntlm_domain,
-                "context": self.context.to_json()}
+        return self.to_wire().model_dump(mode="json")
 
     @classmethod
     def from_json(cls, obj: Any) -> SipAttemptRequest:
         """Raises ContextError (field, message)."""
-        if not isinstance(obj, dict):
-            raise ContextError("body", "expected an object")
-        user = _wire_text(obj, "user", 2 * MAX_CONTEXT_NAME, required=True)
-        nu = _wire_text(obj, "ntlm_user", MAX_CONTEXT_NAME, required=False)
-        nd = _wire_text(obj, "ntlm_domain", MAX_CONTEXT_NAME, required=False)
-        if nd is not None and nu is None:
-            raise ContextError("ntlm_domain", "only with ntlm_user")
-        if "context" not in obj or obj["context"] is None:
-            raise ContextError("context", "required")
-        ctx = AttemptContext.from_json(obj["context"])
-        if ctx.method != Method.SIP:
-            raise ContextError("context.method", "expected sip")
-        return cls(str(user), ctx, nu, nd)
+        return cls.from_wire(parse_wire(SipAttemptBody, obj))
 
 
 def verdict_to_json(v: Verdict) -> dict[str, Any]:
-    return {"ok": v.ok, "reason": v.reason, "user": v.user, "credential_id": v.credential_id,
-            "retry_after": v.retry_after}
+    return VerdictBody.of(v).model_dump(mode="json")
 
 
 def verdict_from_json(obj: Any) -> Verdict:
     """Raises ValueError for anything that is not a verdict."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool) or not isinstance(obj.get("reason"), str):
-        raise ValueError("not a verdict")  # noqa: TRY004 - a bad answer, not a bug
-    retry = obj.get("retry_after") or 0.0
-    user, cred = obj.get("user"), obj.get("credential_id")
-    if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry < 0 \
-            or not isinstance(user, (str, type(None))) or not isinstance(cred, (str, type(None))):
-        raise ValueError("not a verdict")
-    return Verdict(obj["ok"], obj["reason"], user=user, credential_id=cred, retry_after=float(retry))
+    try:
+        return VerdictBody.model_validate(obj).verdict()
+    except ValidationError:
+        raise ValueError("not a verdict") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,18 +218,26 @@ class SipAttemptAnswer:
     verdict: Verdict
     expires_in: float = 0.0
 
+    def to_wire(self) -> SipAttemptAnswerBody:
+        v = self.verdict
+        return SipAttemptAnswerBody.model_construct(
+            ok=v.ok, reason=v.reason, user=v.user, credential_id=v.credential_id, retry_after=v.retry_after,
+            token=self.token, expires_in=self.expires_in)
+
+    @classmethod
+    def from_wire(cls, w: SipAttemptAnswerBody) -> SipAttemptAnswer:
+        return cls(w.token, w.verdict(), w.expires_in)
+
     def to_json(self) -> dict[str, Any]:
-        return {"token": self.token, "expires_in": self.expires_in, **verdict_to_json(self.verdict)}
+        return self.to_wire().model_dump(mode="json")
 
     @classmethod
     def from_json(cls, obj: Any) -> SipAttemptAnswer:
         """Raises ValueError for an answer that does not hold together."""
-        verdict = verdict_from_json(obj)
-        token, expires = obj.get("token"), obj.get("expires_in") or 0.0
-        if verdict.ok != isinstance(token, str) or (token is not None and not 0 < len(token) <= MAX_SIP_TOKEN) \
-                or isinstance(expires, bool) or not isinstance(expires, (int, float)):
-            raise ValueError("not a SIP attempt answer")
-        return cls(token, verdict, float(expires))
+        try:
+            return cls.from_wire(parse_wire(SipAttemptAnswerBody, obj))
+        except ContextError:
+            raise ValueError("not a SIP attempt answer") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,17 +250,403 @@ class SipSettle:
     outcome: SipOutcome
     reason: str
 
+    def to_wire(self) -> SipSettleBody:
+        return SipSettleBody.model_construct(token=self.token, outcome=self.outcome, reason=self.reason)
+
+    @classmethod
+    def from_wire(cls, w: SipSettleBody) -> SipSettle:
+        return cls(w.token, SipOutcome(w.outcome), w.reason)
+
     def to_json(self) -> dict[str, Any]:
-        return {"token": self.token, "outcome": str(self.outcome), "reason": self.reason}
+        return self.to_wire().model_dump(mode="json")
 
     @classmethod
     def from_json(cls, obj: Any) -> SipSettle:
         """Raises ContextError (field, message)."""
-        if not isinstance(obj, dict):
-            raise ContextError("body", "expected an object")
-        token = _wire_text(obj, "token", MAX_SIP_TOKEN, required=True)
-        outcome = _wire_text(obj, "outcome", 32, required=True)
-        if outcome not in SipOutcome._value2member_map_:
-            raise ContextError("outcome", f"expected one of {', '.join(o.value for o in SipOutcome)}")
-        reason = _wire_text(obj, "reason", MAX_SIP_REASON, required=True)
-        return cls(str(token), SipOutcome(str(outcome)), str(reason))
+        return cls.from_wire(parse_wire(SipSettleBody, obj))
+
+
+# --- the wire: every request and answer body of the id service's HTTP API -----------------------
+#
+# One definition for both sides: the id service (:mod:`ucgate.id.http_api`) validates requests and
+# writes answers with these, the gateway (:mod:`ucgate.gateway.idclient`) writes requests and
+# validates answers with them, and the OpenAPI document's schemas are generated from them. The
+# limits are constraints of the models. A body that does not validate is reported as the first
+# error's (field, message): :func:`wire_error`.
+
+MAX_NAME = 256  # user names and passwords, as in the gateway's Basic check
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+
+
+def Text(limit: int, *, required: bool = False) -> Any:
+    """A string of at most ``limit`` characters, no control characters; non-empty if ``required``."""
+    return Annotated[StrictStr, Field(min_length=1 if required else 0, max_length=limit, pattern=_NO_CONTROL)]
+
+
+def _ip(v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise PydanticCustomError("ip_address", "not an IP address") from None
+    return v
+
+
+IpAddress = Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_ip)]
+
+
+def _b64_validator(size: int | None) -> Callable[[Any], bytes]:
+    def decode(v: Any) -> bytes:
+        if isinstance(v, bytes):
+            raw = v
+        elif not isinstance(v, str):
+            raise PydanticCustomError("string_type", "expected a string")
+        else:
+            try:
+                raw = base64.b64decode(v, validate=True)
+            except (binascii.Error, ValueError):
+                raise PydanticCustomError("base64", "not base64") from None
+        if size is not None and len(raw) != size:
+            raise PydanticCustomError("base64_size", "expected {size} bytes", {"size": size})
+        return raw
+
+    return decode
+
+
+def _b64_encode(v: bytes) -> str:
+    return base64.b64encode(v).decode()
+
+
+def B64(size: int | None = None, description: str | None = None) -> Any:
+    """Bytes as base64 on the wire (``validate=True``: no stray characters); ``size``: exactly."""
+    schema: dict[str, Any] = {"type": "string", "format": "byte"}
+    if size is not None:
+        schema["description"] = f"{size} bytes"
+    if description:
+        schema["description"] = description
+    return Annotated[bytes, PlainValidator(_b64_validator(size)), PlainSerializer(_b64_encode, return_type=str),
+                     WithJsonSchema(schema)]
+
+
+MethodName = Literal[tuple(m.value for m in Method)]  # type: ignore[valid-type]
+OutcomeName = Literal[tuple(o.value for o in SipOutcome)]  # type: ignore[valid-type]
+
+
+class Wire(BaseModel):
+    """A body of the id service's API. Unknown fields are ignored (a newer peer may send more)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def check(self) -> None:
+        """Rules across fields; raises ContextError (field, message)."""
+
+
+class WireContext(Wire):
+    """The attempt's ``context``."""
+
+    model_config = ConfigDict(title="Context")
+    client_ip: IpAddress
+    method: MethodName
+    service: Annotated[StrictStr, Field(min_length=1, max_length=MAX_SERVICE)]
+    device_id: Annotated[StrictStr, Field(max_length=MAX_CONTEXT_NAME)] | None = None
+    user_agent: Annotated[StrictStr, Field(max_length=MAX_CONTEXT_NAME)] | None = None
+
+
+class VerdictBody(Wire):
+    """The verdict of a sign-in call."""
+
+    model_config = ConfigDict(title="Verdict")
+    ok: StrictBool
+    reason: Annotated[StrictStr, Field(description="A code for logs and audit")]
+    user: StrictStr | None = None
+    credential_id: StrictStr | None = None
+    retry_after: Annotated[StrictFloat, Field(ge=0, description="> 0: throttled or unavailable, seconds")] = 0.0
+
+    @classmethod
+    def of(cls, v: Verdict) -> VerdictBody:
+        return cls.model_construct(ok=v.ok, reason=v.reason, user=v.user, credential_id=v.credential_id,
+                                   retry_after=v.retry_after)
+
+    def verdict(self) -> Verdict:
+        return Verdict(self.ok, self.reason, user=self.user, credential_id=self.credential_id,
+                       retry_after=float(self.retry_after))
+
+
+class PasswordBody(Wire):
+    """``POST /v1/auth/password``."""
+
+    model_config = ConfigDict(title="PasswordCheck")
+
+    user: Text(MAX_NAME, required=True)
+    password: Annotated[StrictStr, Field(max_length=MAX_NAME)]
+    context: WireContext
+
+
+class AccountBody(Wire):
+    """``POST /v1/auth/account``."""
+
+    model_config = ConfigDict(title="AccountCheck")
+
+    user: Text(MAX_NAME, required=True)
+    context: WireContext
+
+
+class NtlmBody(Wire):
+    """``POST /v1/auth/ntlm``: the three messages verbatim (the MIC covers them)."""
+
+    model_config = ConfigDict(title="NtlmExchange")
+
+    negotiate: B64()
+    challenge: B64()
+    authenticate: B64()
+    server_challenge: B64(8)
+    challenge_time: Annotated[StrictInt, Field(gt=0, lt=2**63, description="FILETIME of the CHALLENGE's MsvAvTimestamp")]
+    channel_binding: B64(description="tls-server-end-point application data (RFC 5929)") | None = None
+    extended_protection: Literal["require", "allow", "off"] | None = "require"
+    max_clock_skew: Annotated[StrictInt, Field(ge=0, le=3600)] | None = 300
+    context: WireContext
+
+    @classmethod
+    def of(cls, h: NtlmHandshake, ctx: AttemptContext) -> NtlmBody:
+        return cls.model_construct(
+            negotiate=h.negotiate, challenge=h.challenge, authenticate=h.authenticate,
+            server_challenge=h.server_challenge, challenge_time=h.challenge_time,
+            channel_binding=h.channel_binding_data, extended_protection=h.extended_protection,
+            max_clock_skew=h.max_clock_skew, context=ctx.to_wire())
+
+    def handshake(self) -> NtlmHandshake:
+        return NtlmHandshake(
+            negotiate=self.negotiate, challenge=self.challenge, authenticate=self.authenticate,
+            server_challenge=self.server_challenge, challenge_time=self.challenge_time,
+            channel_binding_data=self.channel_binding, extended_protection=self.extended_protection or "require",
+            max_clock_skew=300 if self.max_clock_skew is None else self.max_clock_skew)
+
+
+class NtlmSessionBody(Wire):
+    """What the gateway's SPNEGO acceptor adopts (``NtlmAcceptor.adopt``) from an ok NTLM verdict."""
+
+    model_config = ConfigDict(title="NtlmSession")
+    exported_session_key: B64(16)
+    flags: Annotated[StrictInt, Field(ge=0, lt=2**32)]
+    mic_present: StrictBool
+    channel_binding: Literal["verified", "absent", "not-checked"]
+    target_name: StrictStr | None = None
+
+    @classmethod
+    def of(cls, r: VerifyResult) -> NtlmSessionBody:
+        return cls.model_construct(exported_session_key=r.exported_session_key, flags=int(r.flags),
+                                   mic_present=r.mic_present, channel_binding=r.channel_binding,
+                                   target_name=r.target_name)
+
+    def result(self) -> VerifyResult:
+        return VerifyResult(candidate_index=0, session_base_key=b"", exported_session_key=self.exported_session_key,
+                            channel_binding=self.channel_binding, flags=NegotiateFlags(self.flags),
+                            mic_present=self.mic_present, target_name=self.target_name)
+
+
+class NtlmAnswerBody(VerdictBody):
+    """The answer to ``POST /v1/auth/ntlm``: the verdict and, when ok, the session."""
+
+    model_config = ConfigDict(title="NtlmVerdict")
+    session: NtlmSessionBody | None = None
+
+    @classmethod
+    def of(cls, answer: NtlmVerdict) -> NtlmAnswerBody:  # type: ignore[override]
+        v, r = answer.verdict, answer.result
+        return cls.model_construct(ok=v.ok, reason=v.reason, user=v.user, credential_id=v.credential_id,
+                                   retry_after=v.retry_after,
+                                   session=None if r is None or not v.ok else NtlmSessionBody.of(r))
+
+    def check(self) -> None:
+        if self.ok and self.session is None:
+            raise ContextError("session", "required when ok")
+
+    def ntlm_verdict(self) -> NtlmVerdict:
+        return NtlmVerdict(self.verdict(), self.session.result() if self.ok and self.session else None)
+
+
+class DeviceFactsBody(Wire):
+    """The request's :class:`~ucgate.protocols.devices.DeviceFacts`, as the gateway extracted them."""
+
+    model_config = ConfigDict(title="DeviceFacts")
+    device_id: Annotated[Text(MAX_DEVICE_ID_CHARS), Field(description="normalised; null when `problem` says why")] | None = None
+    device_type: Text(MAX_NAME) | None = None
+    model: Text(MAX_NAME) | None = None
+    os: Text(MAX_NAME) | None = None
+    user_agent: Text(MAX_USER_AGENT_CHARS) | None = None
+    client_kind: Text(64)
+    source: Text(64)
+    problem: Text(64) | None = None
+    claimed_user: Annotated[Text(MAX_NAME * 2), Field(description="the user the request names (EAS User=, CertProv Entity)")] | None = None
+    command: Text(64) | None = None
+    detail: Text(MAX_NAME) | None = None
+
+    # What the id service accepts per field: the gateway bounds free text to these (facts_json).
+    LIMITS: ClassVar[dict[str, int]] = {"device_id": MAX_DEVICE_ID_CHARS, "device_type": MAX_NAME, "model": MAX_NAME,
+                                        "os": MAX_NAME, "user_agent": MAX_USER_AGENT_CHARS, "client_kind": 64,
+                                        "source": 64, "problem": 64, "claimed_user": MAX_NAME * 2, "command": 64,
+                                        "detail": MAX_NAME}
+
+    def check(self) -> None:
+        if self.device_id is None and self.problem is None:
+            raise ContextError("device.problem", "required when device.device_id is null")
+
+    def facts(self) -> DeviceFacts:
+        return DeviceFacts(device_id=self.device_id, device_type=self.device_type, model=self.model, os=self.os,
+                           user_agent=self.user_agent, client_kind=self.client_kind, source=self.source,
+                           problem=self.problem, claimed_user=self.claimed_user, command=self.command,
+                           detail=self.detail or "")
+
+
+class DeviceCheckBody(Wire):
+    """``POST /v1/devices/check``."""
+
+    model_config = ConfigDict(title="DeviceCheck")
+
+    user: Text(MAX_NAME, required=True)
+    device: DeviceFactsBody
+    service: Annotated[Text(64), Field(description="eas, ucwa, certprov, ...")]
+    second_factor_ok: StrictBool | None = False
+    credential_id: Annotated[Text(128), Field(description="the ASP's id, for an ASP bound to a device")] | None = None
+    client_address: Annotated[IpAddress, Field(description="the device's IP address")] | None = None
+
+    def check(self) -> None:
+        self.device.check()
+
+    def check_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``DeviceService.check``."""
+        return {"service": self.service, "second_factor_ok": bool(self.second_factor_ok),
+                "credential_id": self.credential_id, "client_address": self.client_address}
+
+
+class DeviceDecisionBody(Wire):
+    """The answer to ``POST /v1/devices/check``: ``allow`` may be cached until ``trusted_until``."""
+
+    model_config = ConfigDict(title="DeviceDecision")
+    outcome: Literal["allow", "quarantine", "deny", "challenge"]
+    reason: Annotated[StrictStr, Field(description="A code for logs and audit")]
+    device_id: StrictStr | None = None
+    wipe: Annotated[StrictBool, Field(description="answer with the EAS remote wipe")] = False
+    trusted_until: AwareDatetime | None = None
+    rule: StrictStr | None = None
+    partnership_id: StrictInt | None = None
+
+
+class SipAttemptBody(Wire):
+    """``POST /v1/sip/attempt``."""
+
+    model_config = ConfigDict(title="SipAttempt")
+    user: Annotated[Text(2 * MAX_CONTEXT_NAME, required=True), Field(description="the From's address, sip:user@domain")]
+    ntlm_user: Text(MAX_CONTEXT_NAME) | None = None
+    ntlm_domain: Annotated[Text(MAX_CONTEXT_NAME), Field(description="only with ntlm_user")] | None = None
+    context: Annotated[WireContext, Field(description="method must be sip")]
+
+    def check(self) -> None:
+        if self.ntlm_domain is not None and self.ntlm_user is None:
+            raise ContextError("ntlm_domain", "only with ntlm_user")
+        if self.context.method != Method.SIP:
+            raise ContextError("context.method", "expected sip")
+
+
+class SipAttemptAnswerBody(VerdictBody):
+    """The answer to ``POST /v1/sip/attempt``: the reservation (ok, token) or the refusal."""
+
+    model_config = ConfigDict(title="SipAttemptAnswer")
+    token: Annotated[StrictStr, Field(min_length=1, max_length=MAX_SIP_TOKEN)] | None = None
+    expires_in: StrictFloat = 0.0
+
+    def check(self) -> None:
+        if self.ok != (self.token is not None):
+            raise ContextError("token", "with ok only")
+
+
+class SipSettleBody(Wire):
+    """``POST /v1/sip/settle``."""
+
+    model_config = ConfigDict(title="SipSettle")
+    token: Text(MAX_SIP_TOKEN, required=True)
+    outcome: OutcomeName
+    reason: Annotated[Text(MAX_SIP_REASON, required=True), Field(description="for the audit")]
+
+
+class SettledBody(Wire):
+    """The answer to ``POST /v1/sip/settle``: false for an unknown token (settled, expired, or
+    another id service's)."""
+
+    model_config = ConfigDict(title="Settled")
+
+    settled: StrictBool
+
+
+class SessionsBody(Wire):
+    """``PUT /v1/sessions``: a gateway's live signed-in users and since when."""
+
+    model_config = ConfigDict(title="SessionReport")
+
+    gateway: Text(128)
+    users: dict[StrictStr, AwareDatetime]
+
+
+class HealthBody(Wire):
+    """The answer to ``GET /v1/health``."""
+
+    model_config = ConfigDict(title="Health")
+    status: StrictStr
+
+
+class ErrorBody(Wire):
+    """An error answer: ``field`` names the offending field of a 400."""
+
+    model_config = ConfigDict(title="Health")
+
+    model_config = ConfigDict(title="Error")
+    error: StrictStr
+    field: StrictStr | None = None
+    message: StrictStr
+
+
+_KIND = {"string_type": "expected a string", "int_type": "expected an integer", "bool_type": "expected true or false",
+         "float_type": "expected a number", "dict_type": "expected an object", "model_type": "expected an object",
+         "model_attributes_type": "expected an object", "missing": "required", "string_too_short": "must not be empty",
+         "string_pattern_mismatch": "no control characters", "timezone_aware": "time without a UTC offset"}
+
+
+def wire_error(e: ValidationError, prefix: str = "") -> ContextError:
+    """The first error of a body that did not validate, as (field, message): the field is the
+    error's location (``context.client_ip``, ``device.device_id``; ``body`` for the whole)."""
+    err = e.errors(include_url=False, include_input=False)[0]
+    loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
+    if loc and loc[0] == "users" and len(loc) > 1:  # a session report's user name: bounded
+        loc = ("users", str(loc[1])[:64])
+    name = ".".join(str(p) for p in (((prefix,) if prefix else ()) + tuple(loc)))
+    if kind == "json_invalid":
+        return ContextError(name or "body", "not valid JSON")
+    if not loc and kind in ("model_type", "dict_type", "model_attributes_type"):
+        return ContextError(name or "body", "expected a JSON object" if not prefix else "expected an object")
+    if kind == "string_too_long":
+        message = f"at most {ctx.get('max_length')} characters"
+    elif kind in ("literal_error", "enum"):
+        message = "expected one of " + str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+    elif kind.startswith("datetime"):
+        message = "expected an ISO 8601 time"
+    else:
+        message = _KIND.get(kind) or err["msg"]
+    return ContextError(name or "body", message)
+
+
+W = TypeVar("W", bound=Wire)
+
+
+def parse_wire(model: type[W], data: bytes | str | dict[str, Any] | Any) -> W:
+    """``data`` (JSON text, or an already-parsed object) as ``model``, its cross-field rules
+    checked; raises ContextError (field, message)."""
+    try:
+        obj = model.model_validate_json(data) if isinstance(data, (bytes, bytearray, str)) else model.model_validate(data)
+    except ValidationError as e:
+        raise wire_error(e) from None
+    obj.check()
+    return obj
+
+
+def dump_wire(obj: Wire) -> bytes:
+    """The body as JSON bytes (None fields included: the peer reads null as absent)."""
+    return obj.__pydantic_serializer__.to_json(obj)

@@ -50,11 +50,9 @@ session keys) are never logged.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
+import functools
 import hmac
-import ipaddress
 import json
 import logging
 import threading
@@ -62,6 +60,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -69,19 +69,32 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
 from ..store.outbox import EventRow
 from ..store.schema import live_sessions
 from .api import (
+    MAX_NAME,
+    AccountBody,
     AttemptContext,
     ContextError,
-    Method,
-    NtlmHandshake,
-    NtlmVerdict,
+    DeviceCheckBody,
+    DeviceDecisionBody,
+    ErrorBody,
+    HealthBody,
+    NtlmAnswerBody,
+    NtlmBody,
+    PasswordBody,
+    SessionsBody,
+    SettledBody,
+    SipAttemptAnswerBody,
+    SipAttemptBody,
     SipAttemptRequest,
-    SipOutcome,
     SipSettle,
-    Verdict,
+    SipSettleBody,
+    VerdictBody,
+    W,
+    Wire,
+    dump_wire,
+    parse_wire,
 )
 from .events import EventBus, to_wire
 from .health import Readiness, health_routes
@@ -98,8 +111,6 @@ HEARTBEAT = 15.0
 REPLAY_EVENTS = 1024
 # A gateway's session report is forgotten after this long without a new one.
 SESSION_REPORT_TTL = 120.0
-MAX_NAME = 256  # user names, as in the gateway's Basic check
-_EXTENDED_PROTECTION = ("require", "allow", "off")
 
 
 class BadRequest(Exception):
@@ -113,11 +124,11 @@ def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, **extra, "message": message}, status_code=status, headers=headers)
 
 
-# --- request parsing ---------------------------------------------------------------------
+# --- request parsing: the models of ucgate.id.api ------------------------------------------
 
 
-async def _read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object; 413 past ``limit`` bytes (declared or streamed)."""
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body; 413 past ``limit`` bytes (declared or streamed)."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise HTTPException(413)
@@ -126,133 +137,26 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
         body += chunk
         if len(body) > limit:
             raise HTTPException(413)
+    return bytes(body)
+
+
+def _parse(model: type[W], body: bytes) -> W:
+    """``body`` as ``model``; BadRequest naming the first offending field."""
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("body", "not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("body", "expected a JSON object")
-    return obj
-
-
-def _get(obj: dict, key: str, prefix: str, kind: type | tuple, *, required: bool = True) -> Any:
-    name = f"{prefix}{key}"
-    if key not in obj or obj[key] is None:
-        if required:
-            raise BadRequest(name, "required")
-        return None
-    v = obj[key]
-    if isinstance(v, bool) and kind is not bool:
-        raise BadRequest(name, "expected a " + getattr(kind, "__name__", "value") + ", got a boolean")
-    if not isinstance(v, kind):
-        raise BadRequest(name, f"expected {getattr(kind, '__name__', kind)}, got {type(v).__name__}")
-    return v
-
-
-def _text(obj: dict, key: str, prefix: str = "", *, required: bool = True, max_len: int = MAX_NAME) -> Any:
-    v = _get(obj, key, prefix, str, required=required)
-    if v is not None and (len(v) > max_len or any(ord(c) < 0x20 or c == "\x7f" for c in v)):
-        raise BadRequest(f"{prefix}{key}", f"at most {max_len} characters, no control characters")
-    return v
-
-
-def _b64(obj: dict, key: str, prefix: str = "", *, required: bool = True, size: int | None = None) -> Any:
-    v = _get(obj, key, prefix, str, required=required)
-    if v is None:
-        return None
-    try:
-        raw = base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{prefix}{key}", "not base64") from None
-    if size is not None and len(raw) != size:
-        raise BadRequest(f"{prefix}{key}", f"expected {size} bytes")
-    return raw
-
-
-def _context(obj: dict) -> AttemptContext:
-    try:
-        return AttemptContext.from_json(_get(obj, "context", "", dict))
+        return parse_wire(model, body)
     except ContextError as e:
         raise BadRequest(e.field, e.message) from None
 
 
-def parse_ntlm_request(obj: dict) -> NtlmHandshake:
-    ep = _text(obj, "extended_protection", required=False) or "require"
-    if ep not in _EXTENDED_PROTECTION:
-        raise BadRequest("extended_protection", f"expected one of {', '.join(_EXTENDED_PROTECTION)}")
-    skew = _get(obj, "max_clock_skew", "", int, required=False)
-    if skew is not None and not 0 <= skew <= 3600:
-        raise BadRequest("max_clock_skew", "expected 0..3600 seconds")
-    when = _get(obj, "challenge_time", "", int)
-    if not 0 < when < 2**63:
-        raise BadRequest("challenge_time", "expected a FILETIME")
-    return NtlmHandshake(
-        negotiate=_b64(obj, "negotiate"), challenge=_b64(obj, "challenge"),
-        authenticate=_b64(obj, "authenticate"), server_challenge=_b64(obj, "server_challenge", size=8),
-        challenge_time=when, channel_binding_data=_b64(obj, "channel_binding", required=False),
-        extended_protection=ep, max_clock_skew=300 if skew is None else skew,
-    )
+def _answer(body: Wire) -> Response:
+    return Response(dump_wire(body), media_type="application/json")
 
 
-# DeviceFacts fields on the wire: (name, required, max length); the gateway extracted them.
-_FACT_FIELDS = (
-    ("device_id", False, MAX_DEVICE_ID_CHARS), ("device_type", False, MAX_NAME),
-    ("model", False, MAX_NAME), ("os", False, MAX_NAME), ("user_agent", False, MAX_USER_AGENT_CHARS),
-    ("client_kind", True, 64), ("source", True, 64), ("problem", False, 64),
-    ("claimed_user", False, MAX_NAME * 2), ("command", False, 64), ("detail", False, MAX_NAME),
-)
-
-
-def parse_device_check(obj: dict) -> tuple[str, DeviceFacts, dict[str, Any]]:
-    """(user, facts, keyword arguments of ``DeviceService.check``) from a device-check call."""
-    user = _text(obj, "user")
-    if not user:
-        raise BadRequest("user", "must not be empty")
-    d = _get(obj, "device", "", dict)
-    values = {name: _text(d, name, "device.", required=required, max_len=limit)
-              for name, required, limit in _FACT_FIELDS}
-    values["detail"] = values["detail"] or ""
-    if values["device_id"] is None and values["problem"] is None:
-        raise BadRequest("device.problem", "required when device.device_id is null")
-    service = _text(obj, "service", max_len=64)
-    second = _get(obj, "second_factor_ok", "", bool, required=False)
-    client = _text(obj, "client_address", required=False, max_len=64)
-    if client is not None:
-        try:
-            ipaddress.ip_address(client)
-        except ValueError:
-            raise BadRequest("client_address", "not an IP address") from None
-    return user, DeviceFacts(**values), {
-        "service": service, "second_factor_ok": bool(second),
-        "credential_id": _text(obj, "credential_id", required=False, max_len=128),
-        "client_address": client,
-    }
-
-
-def device_check_json(check: Any) -> dict[str, Any]:
-    until = check.trusted_until
-    return {"outcome": check.outcome, "reason": check.reason, "device_id": check.device_id,
-            "wipe": bool(check.wipe), "trusted_until": until.isoformat() if until else None,
-            "rule": getattr(check, "rule", "") or None,
-            "partnership_id": getattr(check, "partnership_id", None)}
-
-
-def verdict_json(v: Verdict) -> dict[str, Any]:
-    return {"ok": v.ok, "reason": v.reason, "user": v.user, "credential_id": v.credential_id,
-            "retry_after": v.retry_after}
-
-
-def ntlm_verdict_json(answer: NtlmVerdict) -> dict[str, Any]:
-    out = verdict_json(answer.verdict)
-    r = answer.result
-    out["session"] = None if r is None or not answer.verdict.ok else {
-        "exported_session_key": base64.b64encode(r.exported_session_key).decode(),
-        "flags": int(r.flags),
-        "mic_present": r.mic_present,
-        "channel_binding": r.channel_binding,
-        "target_name": r.target_name,
-    }
-    return out
+def device_decision(check: Any) -> DeviceDecisionBody:
+    return DeviceDecisionBody.model_construct(
+        outcome=check.outcome, reason=check.reason, device_id=check.device_id, wipe=bool(check.wipe),
+        trusted_until=check.trusted_until, rule=getattr(check, "rule", "") or None,
+        partnership_id=getattr(check, "partnership_id", None))
 
 
 # --- events ------------------------------------------------------------------------------
@@ -372,22 +276,9 @@ class LiveSessions:
         return out
 
 
-def _parse_sessions(obj: dict) -> tuple[str, dict[str, dt.datetime]]:
-    gateway = _text(obj, "gateway", max_len=128)
-    users = _get(obj, "users", "", dict)
-    out: dict[str, dt.datetime] = {}
-    for name, since in users.items():
-        field = f"users.{name[:64]}"
-        if not isinstance(since, str):
-            raise BadRequest(field, "expected an ISO 8601 time")
-        try:
-            when = dt.datetime.fromisoformat(since)
-        except ValueError:
-            raise BadRequest(field, "expected an ISO 8601 time") from None
-        if when.tzinfo is None:
-            raise BadRequest(field, "time without a UTC offset")
-        out[name[:MAX_NAME]] = when
-    return gateway, out
+def _parse_sessions(body: bytes) -> tuple[str, dict[str, dt.datetime]]:
+    report = _parse(SessionsBody, body)
+    return report.gateway, {name[:MAX_NAME]: when for name, when in report.users.items()}
 
 
 # --- the application -------------------------------------------------------------------------
@@ -448,58 +339,41 @@ def create_id_api(
         return wrapped
 
     async def password(request: Request) -> Response:
-        obj = await _read_json(request, max_body)
-        user = _text(obj, "user")
-        pw = _get(obj, "password", "", str)
-        if len(pw) > MAX_NAME:
-            raise BadRequest("password", f"at most {MAX_NAME} characters")
-        if not user:
-            raise BadRequest("user", "must not be empty")
-        verdict = await credentials.verify_password(user, pw, _context(obj))
-        return JSONResponse(verdict_json(verdict))
+        req = _parse(PasswordBody, await _read_body(request, max_body))
+        verdict = await credentials.verify_password(req.user, req.password, AttemptContext.from_wire(req.context))
+        return _answer(VerdictBody.of(verdict))
 
     async def account(request: Request) -> Response:
-        obj = await _read_json(request, max_body)
-        user = _text(obj, "user")
-        if not user:
-            raise BadRequest("user", "must not be empty")
-        verdict = await credentials.check_account(user, _context(obj))
-        return JSONResponse(verdict_json(verdict))
+        req = _parse(AccountBody, await _read_body(request, max_body))
+        verdict = await credentials.check_account(req.user, AttemptContext.from_wire(req.context))
+        return _answer(VerdictBody.of(verdict))
 
     async def ntlm(request: Request) -> Response:
-        obj = await _read_json(request, max_body)
-        handshake = parse_ntlm_request(obj)
-        answer = await credentials.verify_ntlm(handshake, _context(obj))
-        return JSONResponse(ntlm_verdict_json(answer))
+        req = _parse(NtlmBody, await _read_body(request, max_body))
+        answer = await credentials.verify_ntlm(req.handshake(), AttemptContext.from_wire(req.context))
+        return _answer(NtlmAnswerBody.of(answer))
 
     async def device_check(request: Request) -> Response:
-        user, facts, kw = parse_device_check(await _read_json(request, max_body))
+        req = _parse(DeviceCheckBody, await _read_body(request, max_body))
+        facts = req.device.facts()
         if devices is None:
-            return JSONResponse({"outcome": "allow", "reason": "devices-disabled",
-                                 "device_id": facts.device_id, "wipe": False, "trusted_until": None,
-                                 "rule": None, "partnership_id": None})
-        return JSONResponse(device_check_json(await devices.check_async(user, facts, **kw)))
+            return _answer(DeviceDecisionBody.model_construct(
+                outcome="allow", reason="devices-disabled", device_id=facts.device_id, wipe=False,
+                trusted_until=None, rule=None, partnership_id=None))
+        return _answer(device_decision(await devices.check_async(req.user, facts, **req.check_kwargs())))
 
     async def sip_attempt(request: Request) -> Response:
-        obj = await _read_json(request, max_body)
-        try:
-            req = SipAttemptRequest.from_json(obj)
-        except ContextError as e:
-            raise BadRequest(e.field, e.message) from None
+        req = SipAttemptRequest.from_wire(_parse(SipAttemptBody, await _read_body(request, max_body)))
         if sip is None:
             raise HTTPException(404)
-        return JSONResponse((await sip.begin_sip(req)).to_json())
+        return _answer((await sip.begin_sip(req)).to_wire())
 
     async def sip_settle(request: Request) -> Response:
-        obj = await _read_json(request, max_body)
-        try:
-            s = SipSettle.from_json(obj)
-        except ContextError as e:
-            raise BadRequest(e.field, e.message) from None
+        s = SipSettle.from_wire(_parse(SipSettleBody, await _read_body(request, max_body)))
         if sip is None:
             raise HTTPException(404)
         settled = await asyncio.to_thread(sip.settle, s)
-        return JSONResponse({"settled": settled})
+        return _answer(SettledBody.model_construct(settled=settled))
 
     async def events(request: Request) -> Response:
         return StreamingResponse(
@@ -509,15 +383,15 @@ def create_id_api(
         )
 
     async def report_sessions(request: Request) -> Response:
-        gateway, users = _parse_sessions(await _read_json(request, max_body))
-        sessions.report(gateway, users)
+        gateway, users = _parse_sessions(await _read_body(request, max_body))
+        await asyncio.to_thread(sessions.report, gateway, users)
         return Response(status_code=204)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return _answer(HealthBody.model_construct(status="ok"))
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(OPENAPI)
+        return JSONResponse(openapi_document())
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 413:
@@ -548,231 +422,134 @@ def create_id_api(
     return app
 
 
-# --- the OpenAPI document ------------------------------------------------------------------
+# --- the OpenAPI document: the operations in a table, the schemas from the models --------------
 
-_B64 = {"type": "string", "format": "byte"}
-_ERR = {"$ref": "#/components/schemas/Error"}
-_STATUS = {"type": "object", "required": ["status"],
-           "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}}
+# (path, method, operationId, summary, description, request body, answer (code, description, body),
+#  error codes, public)
+_OPERATIONS: tuple[tuple[str, str, str, str, str, type[Wire] | None, tuple[str, str, Any], tuple[int, ...], bool], ...] = (
+    ("/v1/auth/password", "post", "verifyPassword", "Check a user name and password (an ASP)", "",
+     PasswordBody, ("200", "The verdict", VerdictBody), (400, 401, 413), False),
+    ("/v1/auth/account", "post", "checkAccount",
+     "Check that an account verified elsewhere (a Kerberos ticket) may still sign in",
+     "Account state read fresh from the directory (disabled, locked, expired, password must change) and "
+     "the group gate; audited as a sign-in.",
+     AccountBody, ("200", "The verdict", VerdictBody), (400, 401, 413), False),
+    ("/v1/auth/ntlm", "post", "verifyNtlm", "Verify one NTLMv2 exchange the gateway ran",
+     "Messages verbatim (the MIC covers them). The verdict carries the exported session key for the "
+     "gateway's SPNEGO mechListMIC; NT hashes never leave the id service.",
+     NtlmBody, ("200", "The verdict", NtlmAnswerBody), (400, 401, 413), False),
+    ("/v1/devices/check", "post", "checkDevice", "Decide the user/device partnership for one request",
+     "The device facts as the gateway extracted them from the request; the id service applies its "
+     "[devices] policy, stores the partnership, audits and notifies. `allow` may be cached by the "
+     "gateway until `trusted_until`.",
+     DeviceCheckBody, ("200", "The decision", DeviceDecisionBody), (400, 401, 413), False),
+    ("/v1/sip/attempt", "post", "beginSipAttempt", "Reserve the failure budget for a SIP REGISTER credential leg",
+     "Before the relay forwards an NTLM Type 3, Kerberos or TLS-DSK leg to the Access Edge. ok: a token "
+     "holding one unit (settle it with /v1/sip/settle within expires_in seconds, else it is charged as a "
+     "failure; only this id service can settle it). Not ok: retry_after > 0 is throttled or unavailable "
+     "(answer 503), else the account is refused or the NTLM user is not the From's account (answer 403); "
+     "settled and audited already.",
+     SipAttemptBody, ("200", "The reservation or the refusal", SipAttemptAnswerBody), (400, 401, 413), False),
+    ("/v1/sip/settle", "post", "settleSipAttempt", "Settle a SIP reservation with the Access Edge's answer",
+     "success: 2xx; failure: a final 401/403/407 or no answer; not-a-guess: 5xx; continued: a 401 that "
+     "continues a Kerberos/TLS-DSK handshake (the unit comes back, not audited). settled false: unknown "
+     "token (settled, expired, or another id service's).",
+     SipSettleBody, ("200", "Whether a reservation was settled", SettledBody), (400, 401, 413), False),
+    ("/v1/events", "get", "events", "Server-Sent Events: user-blocked, device-blocked", "",
+     None, ("200", "`event: user-blocked`, `data:` a UserBlocked object; `event: device-blocked`, `data:` a "
+                   "DeviceBlocked object", "text/event-stream"), (401,), False),
+    ("/v1/sessions", "put", "reportSessions", "A gateway's live signed-in users, for the account monitor", "",
+     SessionsBody, ("204", "Recorded", None), (400, 401, 413), False),
+    ("/v1/health", "get", "health", "Liveness (no secret needed)", "",
+     None, ("200", "Up", HealthBody), (), True),
+    ("/healthz", "get", "healthz", "Alive, for a balancer's check (no secret needed)", "",
+     None, ("200", "Alive", "status"), (), True),
+    ("/readyz", "get", "readyz",
+     "Ready, for a balancer's check: 503 while the store is unreachable (no secret needed)", "",
+     None, ("200", "Ready", "status"), (), True),
+    ("/v1/openapi.json", "get", "openapi", "This document", "",
+     None, ("200", "OpenAPI 3.1", "object"), (401,), False),
+)
 
-
-def _json(schema: dict) -> dict:
-    return {"application/json": {"schema": schema}}
-
-
-def _errors(*codes: int) -> dict:
-    text = {400: "Malformed call; `field` names the offending field", 401: "Missing or wrong shared secret",
-            413: "Request body too large"}
-    return {str(c): {"description": text[c], "content": _json(_ERR)} for c in codes}
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {
-        "title": "ucgate id service",
-        "version": "1",
-        "description": "What gateways in the DMZ ask the id service on the LAN. Every call but "
-                       "/v1/health needs `Authorization: Bearer <shared secret>`.",
-    },
-    "paths": {
-        "/v1/auth/password": {"post": {
-            "summary": "Check a user name and password (an ASP)",
-            "operationId": "verifyPassword",
-            "requestBody": {"required": True, "content": _json({
-                "type": "object", "required": ["user", "password", "context"],
-                "properties": {"user": {"type": "string", "maxLength": MAX_NAME},
-                               "password": {"type": "string", "maxLength": MAX_NAME},
-                               "context": {"$ref": "#/components/schemas/Context"}}})},
-            "responses": {"200": {"description": "The verdict", "content": _json({"$ref": "#/components/schemas/Verdict"})},
-                          **_errors(400, 401, 413)},
-        }},
-        "/v1/auth/account": {"post": {
-            "summary": "Check that an account verified elsewhere (a Kerberos ticket) may still sign in",
-            "description": "Account state read fresh from the directory (disabled, locked, expired, "
-                           "password must change) and the group gate; audited as a sign-in.",
-            "operationId": "checkAccount",
-            "requestBody": {"required": True, "content": _json({
-                "type": "object", "required": ["user", "context"],
-                "properties": {"user": {"type": "string", "maxLength": MAX_NAME},
-                               "context": {"$ref": "#/components/schemas/Context"}}})},
-            "responses": {"200": {"description": "The verdict", "content": _json({"$ref": "#/components/schemas/Verdict"})},
-                          **_errors(400, 401, 413)},
-        }},
-        "/v1/auth/ntlm": {"post": {
-            "summary": "Verify one NTLMv2 exchange the gateway ran",
-            "description": "Messages verbatim (the MIC covers them). The verdict carries the exported "
-                           "session key for the gateway's SPNEGO mechListMIC; NT hashes never leave the id service.",
-            "operationId": "verifyNtlm",
-            "requestBody": {"required": True, "content": _json({
-                "type": "object",
-                "required": ["negotiate", "challenge", "authenticate", "server_challenge", "challenge_time", "context"],
-                "properties": {
-                    "negotiate": _B64, "challenge": _B64, "authenticate": _B64,
-                    "server_challenge": {**_B64, "description": "8 bytes"},
-                    "challenge_time": {"type": "integer", "format": "int64",
-                                       "description": "FILETIME of the CHALLENGE's MsvAvTimestamp"},
-                    "channel_binding": {**_B64, "nullable": True,
-                                        "description": "tls-server-end-point application data (RFC 5929)"},
-                    "extended_protection": {"type": "string", "enum": list(_EXTENDED_PROTECTION), "default": "require"},
-                    "max_clock_skew": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 300},
-                    "context": {"$ref": "#/components/schemas/Context"},
-                }})},
-            "responses": {"200": {"description": "The verdict", "content": _json({"allOf": [
-                {"$ref": "#/components/schemas/Verdict"},
-                {"type": "object", "properties": {"session": {"$ref": "#/components/schemas/NtlmSession"}}}]})},
-                **_errors(400, 401, 413)},
-        }},
-        "/v1/devices/check": {"post": {
-            "summary": "Decide the user/device partnership for one request",
-            "description": "The device facts as the gateway extracted them from the request; the id "
-                           "service applies its [devices] policy, stores the partnership, audits and "
-                           "notifies. `allow` may be cached by the gateway until `trusted_until`.",
-            "operationId": "checkDevice",
-            "requestBody": {"required": True, "content": _json({
-                "type": "object", "required": ["user", "device", "service"],
-                "properties": {
-                    "user": {"type": "string", "maxLength": MAX_NAME},
-                    "device": {"$ref": "#/components/schemas/DeviceFacts"},
-                    "service": {"type": "string", "maxLength": 64, "description": "eas, ucwa, certprov, ..."},
-                    "second_factor_ok": {"type": "boolean", "default": False},
-                    "credential_id": {"type": "string", "nullable": True,
-                                      "description": "the ASP's id, for an ASP bound to a device"},
-                    "client_address": {"type": "string", "nullable": True, "description": "the device's IP address"},
-                }})},
-            "responses": {"200": {"description": "The decision",
-                                  "content": _json({"$ref": "#/components/schemas/DeviceDecision"})},
-                          **_errors(400, 401, 413)},
-        }},
-        "/v1/sip/attempt": {"post": {
-            "summary": "Reserve the failure budget for a SIP REGISTER credential leg",
-            "description": "Before the relay forwards an NTLM Type 3, Kerberos or TLS-DSK leg to the "
-                           "Access Edge. ok: a token holding one unit (settle it with /v1/sip/settle "
-                           "within expires_in seconds, else it is charged as a failure; only this id "
-                           "service can settle it). Not ok: retry_after > 0 is throttled or unavailable "
-                           "(answer 503), else the account is refused or the NTLM user is not the "
-                           "From's account (answer 403); settled and audited already.",
-            "operationId": "beginSipAttempt",
-            "requestBody": {"required": True, "content": _json({
-                "type": "object", "required": ["user", "context"],
-                "properties": {
-                    "user": {"type": "string", "maxLength": 2 * MAX_NAME, "description": "the From's address, sip:user@domain"},
-                    "ntlm_user": {"type": "string", "nullable": True, "maxLength": MAX_NAME},
-                    "ntlm_domain": {"type": "string", "nullable": True, "maxLength": MAX_NAME,
-                                    "description": "only with ntlm_user"},
-                    "context": {"$ref": "#/components/schemas/Context",
-                                "description": "method must be sip"}}})},
-            "responses": {"200": {"description": "The reservation or the refusal", "content": _json({"allOf": [
-                {"$ref": "#/components/schemas/Verdict"},
-                {"type": "object", "properties": {
-                    "token": {"type": "string", "nullable": True, "maxLength": 128},
-                    "expires_in": {"type": "number"}}}]})},
-                **_errors(400, 401, 413)},
-        }},
-        "/v1/sip/settle": {"post": {
-            "summary": "Settle a SIP reservation with the Access Edge's answer",
-            "description": "success: 2xx; failure: a final 401/403/407 or no answer; not-a-guess: 5xx; "
-                           "continued: a 401 that continues a Kerberos/TLS-DSK handshake (the unit comes "
-                           "back, not audited). settled false: unknown token (settled, expired, or "
-                           "another id service's).",
-            "operationId": "settleSipAttempt",
-            "requestBody": {"required": True, "content": _json({
-                "type": "object", "required": ["token", "outcome", "reason"],
-                "properties": {
-                    "token": {"type": "string", "maxLength": 128},
-                    "outcome": {"type": "string", "enum": [o.value for o in SipOutcome]},
-                    "reason": {"type": "string", "maxLength": 64, "description": "for the audit"}}})},
-            "responses": {"200": {"description": "Whether a reservation was settled", "content": _json({
-                "type": "object", "required": ["settled"], "properties": {"settled": {"type": "boolean"}}})},
-                **_errors(400, 401, 413)},
-        }},
-        "/v1/events": {"get": {
-            "summary": "Server-Sent Events: user-blocked, device-blocked",
-            "operationId": "events",
-            "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "`event: user-blocked`, `data:` a UserBlocked object; "
-                                                 "`event: device-blocked`, `data:` a DeviceBlocked object",
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                          **_errors(401)},
-        }},
-        "/v1/sessions": {"put": {
-            "summary": "A gateway's live signed-in users, for the account monitor",
-            "operationId": "reportSessions",
-            "requestBody": {"required": True, "content": _json({
-                "type": "object", "required": ["gateway", "users"],
-                "properties": {"gateway": {"type": "string"},
-                               "users": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"}}}})},
-            "responses": {"204": {"description": "Recorded"}, **_errors(400, 401, 413)},
-        }},
-        "/v1/health": {"get": {
-            "summary": "Liveness (no secret needed)", "operationId": "health", "security": [],
-            "responses": {"200": {"description": "Up", "content": _json({"type": "object", "properties": {"status": {"type": "string"}}})}},
-        }},
-        "/healthz": {"get": {
-            "summary": "Alive, for a balancer's check (no secret needed)", "operationId": "healthz", "security": [],
-            "responses": {"200": {"description": "Alive", "content": _json(_STATUS)}},
-        }},
-        "/readyz": {"get": {
-            "summary": "Ready, for a balancer's check: 503 while the store is unreachable (no secret needed)",
-            "operationId": "readyz", "security": [],
-            "responses": {"200": {"description": "Ready", "content": _json(_STATUS)},
-                          "503": {"description": "Not ready; `reason` says why", "content": _json(_STATUS)}},
-        }},
-        "/v1/openapi.json": {"get": {
-            "summary": "This document", "operationId": "openapi",
-            "responses": {"200": {"description": "OpenAPI 3.0", "content": _json({"type": "object"})}, **_errors(401)},
-        }},
-    },
-    "components": {
-        "securitySchemes": {"sharedSecret": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Context": {"type": "object", "required": ["client_ip", "method", "service"], "properties": {
-                "client_ip": {"type": "string"},
-                "method": {"type": "string", "enum": [m.value for m in Method]},
-                "service": {"type": "string"},
-                "device_id": {"type": "string", "nullable": True},
-                "user_agent": {"type": "string", "nullable": True}}},
-            "Verdict": {"type": "object", "required": ["ok", "reason", "retry_after"], "properties": {
-                "ok": {"type": "boolean"},
-                "reason": {"type": "string", "description": "A code for logs and audit"},
-                "user": {"type": "string", "nullable": True},
-                "credential_id": {"type": "string", "nullable": True},
-                "retry_after": {"type": "number", "description": "> 0: throttled or unavailable, seconds"}}},
-            "NtlmSession": {"type": "object", "nullable": True, "properties": {
-                "exported_session_key": _B64,
-                "flags": {"type": "integer", "format": "int64"},
-                "mic_present": {"type": "boolean"},
-                "channel_binding": {"type": "string", "enum": ["verified", "absent", "not-checked"]},
-                "target_name": {"type": "string", "nullable": True}}},
-            "DeviceFacts": {"type": "object", "required": ["client_kind", "source"], "properties": {
-                "device_id": {"type": "string", "nullable": True, "maxLength": MAX_DEVICE_ID_CHARS,
-                              "description": "normalised; null when `problem` says why"},
-                "device_type": {"type": "string", "nullable": True},
-                "model": {"type": "string", "nullable": True},
-                "os": {"type": "string", "nullable": True},
-                "user_agent": {"type": "string", "nullable": True, "maxLength": MAX_USER_AGENT_CHARS},
-                "client_kind": {"type": "string"},
-                "source": {"type": "string"},
-                "problem": {"type": "string", "nullable": True},
-                "claimed_user": {"type": "string", "nullable": True,
-                                 "description": "the user the request names (EAS User=, CertProv Entity)"},
-                "command": {"type": "string", "nullable": True},
-                "detail": {"type": "string", "nullable": True}}},
-            "DeviceDecision": {"type": "object", "required": ["outcome", "reason", "wipe"], "properties": {
-                "outcome": {"type": "string", "enum": ["allow", "quarantine", "deny", "challenge"]},
-                "reason": {"type": "string", "description": "A code for logs and audit"},
-                "device_id": {"type": "string", "nullable": True},
-                "wipe": {"type": "boolean", "description": "answer with the EAS remote wipe"},
-                "trusted_until": {"type": "string", "format": "date-time", "nullable": True},
-                "rule": {"type": "string", "nullable": True},
-                "partnership_id": {"type": "integer", "nullable": True}}},
-            "DeviceBlocked": {"type": "object", "properties": {
-                "user": {"type": "string"}, "device_id": {"type": "string"}, "reason": {"type": "string"}}},
-            "UserBlocked": {"type": "object", "properties": {
-                "user": {"type": "string"}, "reason": {"type": "string"},
-                "signed_in_before": {"type": "string", "format": "date-time", "nullable": True}}},
-            "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                "error": {"type": "string"}, "field": {"type": "string"}, "message": {"type": "string"}}},
-        },
-    },
-    "security": [{"sharedSecret": []}],
+# The events' data (ucgate.id.events.to_wire) and the balancer checks' answer (ucgate.id.health).
+_EXTRA_SCHEMAS: dict[str, Any] = {
+    "DeviceBlocked": {"type": "object", "properties": {
+        "user": {"type": "string"}, "device_id": {"type": "string"}, "reason": {"type": "string"}}},
+    "UserBlocked": {"type": "object", "properties": {
+        "user": {"type": "string"}, "reason": {"type": "string"},
+        "signed_in_before": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}}},
+    "Status": {"type": "object", "required": ["status"],
+               "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}},
 }
+
+_ERROR_TEXT = {400: "Malformed call; `field` names the offending field", 401: "Missing or wrong shared secret",
+               413: "Request body too large"}
+
+
+def component_schemas(models: list[type[BaseModel]]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The JSON Schemas of ``models`` and of what they use, for ``components.schemas``, each named
+    by its title (``Context``, ``Verdict``...); and the name of each model's schema."""
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+    defs = top.get("$defs", {})
+    rename = {key: schema.get("title", key) for key, schema in defs.items()}
+    text = json.dumps(defs)
+    for key, title in rename.items():
+        text = text.replace(f'"#/components/schemas/{key}"', f'"#/components/schemas/{title}"')
+    schemas = {rename[k]: v for k, v in json.loads(text).items()}
+    names = {m.__name__: m.model_json_schema().get("title", m.__name__) for m in models}
+    return names, schemas
+
+
+@functools.cache
+def openapi_document(operations: tuple = _OPERATIONS) -> dict[str, Any]:
+    """The id service's OpenAPI 3.1 document (built once, on the first ``GET /v1/openapi.json``)."""
+    models = [m for op in operations for m in (op[5], op[6][2]) if isinstance(m, type)] + [ErrorBody]
+    names, schemas = component_schemas(list(dict.fromkeys(models)))
+
+    def ref(m: type) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{names[m.__name__]}"}
+
+    def content(body: Any) -> dict[str, Any] | None:
+        if body is None:
+            return None
+        if body == "text/event-stream":
+            return {body: {"schema": {"type": "string"}}}
+        schema = ref(body) if isinstance(body, type) else (
+            {"$ref": "#/components/schemas/Status"} if body == "status" else {"type": body})
+        return {"application/json": {"schema": schema}}
+
+    paths: dict[str, Any] = {}
+    for path, method, op_id, summary, description, request, (code, desc, answer), errors, public in operations:
+        op: dict[str, Any] = {"summary": summary, "operationId": op_id}
+        if description:
+            op["description"] = description
+        if public:
+            op["security"] = []
+        if request is not None:
+            op["requestBody"] = {"required": True, "content": content(request)}
+        responses: dict[str, Any] = {code: {"description": desc}}
+        if content(answer) is not None:
+            responses[code]["content"] = content(answer)
+        if path == "/readyz":
+            responses["503"] = {"description": "Not ready; `reason` says why", "content": content("status")}
+        for c in errors:
+            responses[str(c)] = {"description": _ERROR_TEXT[c], "content": content(ErrorBody)}
+        op["responses"] = responses
+        if path == "/v1/events":
+            op["parameters"] = [{"name": "Last-Event-ID", "in": "header", "required": False,
+                                 "schema": {"type": "string"}}]
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ucgate id service",
+            "version": "1",
+            "description": "What gateways in the DMZ ask the id service on the LAN. Every call but "
+                           "/v1/health needs `Authorization: Bearer <shared secret>`.",
+        },
+        "paths": paths,
+        "components": {"securitySchemes": {"sharedSecret": {"type": "http", "scheme": "bearer"}},
+                       "schemas": {**schemas, **_EXTRA_SCHEMAS}},
+        "security": [{"sharedSecret": []}],
+    }
+
