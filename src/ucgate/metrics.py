@@ -129,7 +129,7 @@ class _LoopHistogram:
         fam = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
         for label, (counts, total) in list(self.data.items()):
             cum, buckets = 0, []
-            for bound, n in zip((*self.bounds, float("inf")), list(counts)):
+            for bound, n in zip((*self.bounds, float("inf")), list(counts), strict=True):
                 cum += n
                 buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cum))
             fam.add_metric([label], buckets, sum_value=total)
@@ -251,7 +251,7 @@ def observe_event_lag(at: Any, via: str) -> None:
     """``at``: the event row's time (aware, or naive UTC as SQLite gives it back)."""
     if at is None:
         return
-    ts = (at if at.tzinfo is not None else at.replace(tzinfo=dt.timezone.utc)).timestamp()
+    ts = (at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)).timestamp()
     EVENT_LAG.labels(via).observe(max(0.0, time.time() - ts))
 
 
@@ -411,6 +411,6 @@ def allowed_scraper(host: str | None, allow: tuple[Any, ...]) -> bool:
         addr = ipaddress.ip_address(host)
     except ValueError:
         return False
-    if getattr(addr, "ipv4_mapped", None) is not None:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr.version == net.version and addr in net for net in allow)

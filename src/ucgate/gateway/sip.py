@@ -461,7 +461,7 @@ class SipSession:
         if not 200 <= status < 300 or _expires(p.request, answer) == 0:
             return True
         if self.user is None or time.monotonic() - self.decided_at >= RECHECK_SECONDS or (
-                self.trusted_until is not None and dt.datetime.now(dt.timezone.utc) >= self.trusted_until):
+                self.trusted_until is not None and dt.datetime.now(dt.UTC) >= self.trusted_until):
             try:
                 await self._admit(p)
             except Refusal as r:
@@ -510,7 +510,7 @@ class SipSession:
         self.decided_at = time.monotonic()
         if self.user is None:
             self.user, self.device_id = user, device_id
-            self.signed_in_at = dt.datetime.now(dt.timezone.utc)
+            self.signed_in_at = dt.datetime.now(dt.UTC)
             self.scheme = p.attempt.scheme if p.attempt is not None else None
             if self._log_ctx is not None:
                 self._log_ctx["user"], self._log_ctx["device"] = user, device_id

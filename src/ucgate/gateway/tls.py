@@ -117,7 +117,7 @@ def make_self_signed(
             sans.append(x509.IPAddress(ipaddress.ip_address(n)))
         except ValueError:
             sans.append(x509.DNSName(n))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -159,6 +159,6 @@ def is_proper_leaf(cert_path: Path, *, min_days_left: int = 30) -> bool:
     except (OSError, ValueError, x509.ExtensionNotFound):
         return False
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    left = end - dt.datetime.now(dt.timezone.utc)
+    left = end - dt.datetime.now(dt.UTC)
     return (not bc.ca and ExtendedKeyUsageOID.SERVER_AUTH in eku
             and end - start <= dt.timedelta(days=398) and left >= dt.timedelta(days=min_days_left))

@@ -129,6 +129,8 @@ class TLSTransport(asyncio.Transport):
         extra: more ``get_extra_info`` values (the listener passes ``peername``).
     """
 
+    _extra: dict[str, Any]  # asyncio.BaseTransport's slot (get_extra_info), not in typeshed
+
     # no instance dict: one of these per idle client connection (bench/idle.py)
     __slots__ = (
         "_loop", "_sock", "_ssl_sock", "_fd", "_protocol", "_close_timeout", "_ssl_read", "_ssl_write",
@@ -314,12 +316,12 @@ class TLSTransport(asyncio.Transport):
                 return
             except _SSLWantWrite:
                 # OpenSSL may hold part of it: retried with these bytes (a copy if mutable)
-                self._pending = data if tp is bytes else bytes(data)
+                self._pending = data if type(data) is bytes else bytes(data)
                 self._sync()
                 self._maybe_pause_protocol()
                 return
             except _SSLWantRead:
-                self._pending = data if tp is bytes else bytes(data)
+                self._pending = data if type(data) is bytes else bytes(data)
                 self._write_wants_read = True
                 self._sync()
                 self._maybe_pause_protocol()
@@ -525,13 +527,15 @@ class TLSTransport(asyncio.Transport):
             return
         self._lost_called = True
         try:
-            self._protocol.connection_lost(exc)
+            # a BaseException too (a CancelledError a callback raised), as asyncio's transports pass it;
+            # typeshed's BaseProtocol.connection_lost says Exception | None
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException:
             log.exception("protocol.connection_lost() failed")
         finally:
-            self._ssl_read = self._ssl_write = self._ssl_pending = None  # type: ignore[assignment]
+            self._ssl_read = self._ssl_write = self._ssl_pending = None
             # as asyncio's transports do: the protocol (which holds this transport) is no
             # longer ours, so the pair is freed by reference counting when the connection
             # ends, not by a later cyclic collection (with its SSL object and buffers)
