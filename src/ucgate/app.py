@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import Config, ConfigError
 from .gateway.auth import Authenticator, DenyAll
@@ -35,6 +35,7 @@ from .reload import Reloader
 from .web.app import make_context, mount_routes, node_web_server
 
 log = logging.getLogger("ucgate")
+T = TypeVar("T")
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
@@ -249,9 +250,9 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         authenticator = DenyAll()
     if authenticator is not None:
         return Node(Gateway(config, authenticator))
-    if config.id_service is not None and config.id_service.url:
+    ic = config.id_service
+    if ic is not None and ic.url:
         # The id service runs on the LAN: no store, keys or directory credentials here.
-        ic = config.id_service
         remote = RemoteCredentials(list(ic.urls) or [ic.url], secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
                                    outage_grace=ic.outage_grace)
         gate = remote_device_gate(config, remote)
@@ -283,6 +284,7 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
         live_users = _merged_live_users(gateway.live_users, sip.live_users)
     monitor = None
     if ids.directory is not None:
+        assert config.directory is not None  # ids.directory was opened from it (open_directory)
         monitor = AccountMonitor(
             ids.directory, live_users, ids.bus, ids.audit,
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
@@ -347,6 +349,7 @@ def build_id_node(config: Config) -> IdNode:
     observe_app(app, config.metrics, trust_request_ids=True)  # request ids, /metrics
     monitor = None
     if ids.directory is not None:
+        assert config.directory is not None  # ids.directory was opened from it (open_directory)
         monitor = AccountMonitor(
             ids.directory, sessions.live_users, ids.bus, ids.audit,
             interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
@@ -357,6 +360,7 @@ def build_id_node(config: Config) -> IdNode:
 def id_server(config: Config, app: Any):
     """A uvicorn server for the id service's API: TLS 1.2+, no access log of request bodies."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     ic = config.id_service
     assert ic is not None and ic.tls_cert and ic.tls_key
@@ -364,7 +368,8 @@ def id_server(config: Config, app: Any):
         app, host=ic.listen_host, port=ic.listen_port, ssl_certfile=str(ic.tls_cert),
         ssl_keyfile=str(ic.tls_key), log_level=config.log_level, lifespan="off",
         timeout_graceful_shutdown=2, server_header=False, proxy_headers=False,
-        **({"log_config": None} if config.log_format == "json" else {}),  # uvicorn's lines as JSON too
+        # uvicorn's lines as JSON too (through our root handler)
+        log_config=None if config.log_format == "json" else LOGGING_CONFIG,
     )
     return uvicorn.Server(uc)
 
@@ -391,7 +396,7 @@ def event_follower(ids: Any):
     return EventFollower(ids.bus, ids.bus.outbox)
 
 
-def run(main: Callable[[], Awaitable[Any]]) -> Any:
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``main`` on uvloop where available (a third faster on the proxy hot path)."""
     try:
         import uvloop

@@ -67,7 +67,7 @@ class Reloader:
             self._again = False
             try:
                 await self.reload()
-            except Exception:  # noqa: BLE001 - a reload must never take the gateway down
+            except Exception:  # a reload must never take the gateway down (logged with its traceback)
                 log.exception("configuration reload failed; the running configuration stays in force")
                 metrics.CONFIG_RELOADS.labels("refused").inc()
             if not self._again:
@@ -76,6 +76,7 @@ class Reloader:
     async def reload(self) -> bool:
         """Re-read and apply; False (logged) when the new configuration is refused."""
         path = self.running.path
+        assert path is not None  # installed only for a configuration read from a file (app.serve); load() keeps it
         log.info("SIGHUP: re-reading %s", path)
         try:
             new = await asyncio.to_thread(load, path)  # file reads off the loop
@@ -110,11 +111,10 @@ class Reloader:
             if plan.tls is not None else gw_old
         devices = old.devices
         dv_old, dv_new = old.devices, new.devices
-        if _policy_of(dv_old) != _policy_of(dv_new):
-            if dv_old.enabled and dv_new.enabled:
-                self._check_devices(new)
-                devices = dataclasses.replace(dv_old, **_policy_of(dv_new))
-                plan.applied.append("devices (rules, defaults, policy, user_agents)")
+        if _policy_of(dv_old) != _policy_of(dv_new) and dv_old.enabled and dv_new.enabled:
+            self._check_devices(new)
+            devices = dataclasses.replace(dv_old, **_policy_of(dv_new))
+            plan.applied.append("devices (rules, defaults, policy, user_agents)")
         if dv_old != dataclasses.replace(dv_new, **_policy_of(dv_old)):
             plan.restart.append("devices (enabled, services, notify)")
         log_level = new.log_level if self.log_level_override is None else old.log_level
