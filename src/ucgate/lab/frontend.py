@@ -30,8 +30,9 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, TypeGuard
 from urllib.parse import parse_qsl, quote
 from xml.sax.saxutils import escape, quoteattr
 
@@ -59,6 +60,11 @@ CERT_VALIDITY_DAYS = 180  # CertProv default (Set-CsWebServiceConfiguration Defa
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
 _PROTO = ("http", "https")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
+
+
+def _short_text(v: Any) -> TypeGuard[str]:
+    """A string of 1 to 256 characters (a UCWA application's userAgent, endpointId, culture)."""
+    return isinstance(v, str) and 0 < len(v) <= 256
 
 
 def normalize_user(name: str) -> str:
@@ -295,7 +301,7 @@ class LabFrontend:
         if self._wants_xml(request):
             if redirect:
                 return self._xml_root([("Redirect", f"{redirect}{svc_path}{q}")])
-            links = [
+            xml_links = [
                 ("Internal/Autodiscover", f"{base}/Autodiscover/AutodiscoverService.svc/root"),
                 ("External/Autodiscover", f"{base}/Autodiscover/AutodiscoverService.svc/root"),
                 ("Internal/AuthBroker", f"{base}/Reach/sip.svc"),
@@ -317,7 +323,7 @@ class LabFrontend:
                 f'<SipServerExternalAccess fqdn="{sip}" port="5061" />'
                 f'<SipClientExternalAccess fqdn="{sip}" port="443" />'
             )
-            return self._xml_root(links, inner, elem="User")
+            return self._xml_root(xml_links, inner, elem="User")
         links: dict[str, dict[str, str]] = {"self": {"href": f"{base}{svc_path}{q}"}}
         if redirect:
             # Another pool homes this user: only self and redirect, as SfB answers.
@@ -413,7 +419,7 @@ class LabFrontend:
         if not soap12 and not request.headers.get("content-type", "").lower().startswith("text/xml"):
             return Response(b"", status_code=415, headers=self.common_headers())
         token = self.issue_token(user)
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         expires = now + dt.timedelta(seconds=self.token_lifetime)
         relates = _message_id(body)
         env_ns = "http://www.w3.org/2003/05/soap-envelope" if soap12 else "http://schemas.xmlsoap.org/soap/envelope/"
@@ -528,7 +534,7 @@ class LabFrontend:
         fields = {str(k).lower(): v for k, v in data.items()}
         user_agent, endpoint_id = fields.get("useragent"), fields.get("endpointid")
         culture = fields.get("culture", "en-US")
-        if not all(isinstance(v, str) and 0 < len(v) <= 256 for v in (user_agent, endpoint_id, culture)):
+        if not (_short_text(user_agent) and _short_text(endpoint_id) and _short_text(culture)):
             return self.ucwa_error(400, "BadRequest",
                                    "userAgent, endpointId and culture are required strings.",
                                    "ParameterValidationFailure")
@@ -662,7 +668,7 @@ class LabFrontend:
         from cryptography.x509.oid import NameOID
 
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.sip_uri(user))])
         issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Communications Server")])
         cert = (
