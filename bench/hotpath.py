@@ -113,7 +113,7 @@ def measure(n: int, rounds: int, auth: str = "anon") -> float:
         pre = PreAuthenticator(object(), PreAuthSettings(failure_floor=0))  # type: ignore[arg-type]
         oauth = OAuthGrants(object())  # type: ignore[arg-type]
         oauth.tokens.add(BEARER[7:], TokenRecord("bench", "s1", time.time() + 3600,
-                                                 dt.datetime.now(dt.timezone.utc)))
+                                                 dt.datetime.now(dt.UTC)))
         g = Gateway(config, pre, oauth=oauth)
         g._bench_pre = pre
         return g

@@ -91,7 +91,7 @@ def worker(args) -> int:
             if c.buf:
                 raise RuntimeError("bytes after the answer")
             conns.append(c)
-        except Exception as e:  # noqa: BLE001 - counted and reported
+        except Exception as e:  # counted and reported
             failed += 1
             if failed <= 3:
                 print(f"client: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -186,7 +186,7 @@ idle = 3600
     def clients(total: int, parts: int) -> tuple[list[subprocess.Popen], int, int]:
         shares = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
         ps = []
-        for i, share in enumerate(s for s in shares if s):
+        for share in (s for s in shares if s):
             err = work / f"client-{len(ps)}.err"
             with open(err, "ab") as ef:
                 ps.append(subprocess.Popen(

@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ucgate.policy.lockout import BudgetConfig, FailureBudget, Outcome, Reservation  # noqa: E402
-from ucgate.store import open_repository  # noqa: E402
-from ucgate.store.budget import StoreBudget  # noqa: E402
-from ucgate.store.outbox import Outbox  # noqa: E402
+from ucgate.policy.lockout import BudgetConfig, FailureBudget, Outcome, Reservation
+from ucgate.store import open_repository
+from ucgate.store.budget import StoreBudget
+from ucgate.store.outbox import Outbox
 
 CFG = BudgetConfig(user_failures=5, ip_failures=20, window=900)
 

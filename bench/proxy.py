@@ -68,14 +68,11 @@ class Procs:
         self.live: list[subprocess.Popen] = []
 
     def start(self, argv: list[str], log: Path, **kw) -> subprocess.Popen:
-        f = open(log, "wb")
-        try:
+        with open(log, "wb") as f:  # the child has its own copy of the descriptor
             p = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                 start_new_session=True, **kw,
             )
-        finally:
-            f.close()
         self.live.append(p)
         return p
 
