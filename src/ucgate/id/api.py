@@ -607,7 +607,8 @@ class ErrorBody(Wire):
 _KIND = {"string_type": "expected a string", "int_type": "expected an integer", "bool_type": "expected true or false",
          "float_type": "expected a number", "dict_type": "expected an object", "model_type": "expected an object",
          "model_attributes_type": "expected an object", "missing": "required", "string_too_short": "must not be empty",
-         "string_pattern_mismatch": "no control characters", "timezone_aware": "time without a UTC offset"}
+         "string_pattern_mismatch": "no control characters", "timezone_aware": "time without a UTC offset",
+         "extra_forbidden": "unknown field"}
 
 
 def wire_error(e: ValidationError, prefix: str = "") -> ContextError:

@@ -34,23 +34,23 @@ def _int(text: str) -> int | str:
 def routes(ctx: WebContext) -> list[Route]:
     c = ctx.console
 
-    async def dashboard(request: Request, s, form) -> Response:
+    def dashboard(request: Request, s, form) -> Response:
         d = c.dashboard()
         return render(ctx, request, s, "admin/dashboard.html", title="Dashboard", d=d,
                       svg=chart.activity_svg(d["activity"]))
 
-    async def users(request: Request, s, form) -> Response:
+    def users(request: Request, s, form) -> Response:
         q = request.query_params.get("q", "")
         return render(ctx, request, s, "admin/users.html", title="Users", users=c.list_users(q), q=q)
 
-    async def user(request: Request, s, form) -> Response:
+    def user(request: Request, s, form) -> Response:
         try:
             u = c.user_detail(request.path_params["username"])
         except NotFound as e:
             return render(ctx, request, s, "error.html", 404, title="Not found", message=str(e))
         return render(ctx, request, s, "admin/user.html", title=u["username"], u=u)
 
-    async def user_change(request: Request, s, form) -> Response:
+    def user_change(request: Request, s, form) -> Response:
         name, op = request.path_params["username"], request.path_params["op"]
         try:
             if op in ("enable", "disable"):
@@ -66,7 +66,7 @@ def routes(ctx: WebContext) -> list[Route]:
         s.flash.append(("ok", f"{op}: done for {name}"))
         return redirect(ctx, f"/admin/users/{name}", s)
 
-    async def devices(request: Request, s, form) -> Response:
+    def devices(request: Request, s, form) -> Response:
         qp = request.query_params
         f = {"user": qp.get("user", ""), "type": qp.get("type", ""), "state": qp.get("state", "")}
         errors = {}
@@ -77,7 +77,7 @@ def routes(ctx: WebContext) -> list[Route]:
         return render(ctx, request, s, "admin/devices.html", 400 if errors else 200, title="Devices",
                       rows=rows, f=f, states=DEVICE_STATES, errors=errors)
 
-    async def device_confirm(request: Request, s, form) -> Response:
+    def device_confirm(request: Request, s, form) -> Response:
         action = request.path_params["action"]
         try:
             rec = c.device(request.path_params["id"])
@@ -95,7 +95,7 @@ def routes(ctx: WebContext) -> list[Route]:
         s.flash.append(("ok", f"{action}: device {rec.device_id} of {rec.username} — done"))
         return redirect(ctx, "/admin/devices", s)
 
-    async def rules(request: Request, s, form, status: int = 200, errors: dict | None = None,
+    def rules(request: Request, s, form, status: int = 200, errors: dict | None = None,
                     values: dict | None = None) -> Response:
         r = c.rules()
         return render(ctx, request, s, "admin/rules.html", status, title="Rules", r=r,
@@ -131,11 +131,11 @@ def routes(ctx: WebContext) -> list[Route]:
         return data
 
     def rule_change(kind: str):
-        async def handler(request: Request, s, form) -> Response:
-            return await _rule_change(kind, request, s, form)
+        def handler(request: Request, s, form) -> Response:
+            return _rule_change(kind, request, s, form)
         return handler
 
-    async def _rule_change(kind: str, request: Request, s, form) -> Response:
+    def _rule_change(kind: str, request: Request, s, form) -> Response:
         """POST /admin/rules/add | /admin/rules/{id}/delete | /admin/rules/{id}/move, and the
         same under /admin/policies: the store's lists (the file's are read-only)."""
         op = request.path_params["op"]
@@ -157,14 +157,14 @@ def routes(ctx: WebContext) -> list[Route]:
                 return render(ctx, request, s, "error.html", 404, title="Not found", message="no such operation")
         except FieldError as e:
             prefix = "" if kind == "rules" else "p-"
-            return await rules(request, s, form, 400, {prefix + e.field.removeprefix("settings."): e.message},
+            return rules(request, s, form, 400, {prefix + e.field.removeprefix("settings."): e.message},
                                {"kind": kind, **form})
         except NotFound as e:
             return render(ctx, request, s, "error.html", 404, title="Not found", message=str(e))
         s.flash.append(("ok", f"{msg} — in force on every node within a second"))
         return redirect(ctx, "/admin/rules", s)
 
-    async def audit(request: Request, s, form) -> Response:
+    def audit(request: Request, s, form) -> Response:
         qp = request.query_params
         f = {k: qp.get(k, "") for k in ("user", "action", "result", "q")}
         errors, events = {}, []
@@ -186,11 +186,11 @@ def routes(ctx: WebContext) -> list[Route]:
         return render(ctx, request, s, "admin/audit.html", 400 if errors else 200, title="Audit log",
                       events=events, f=f, limit=limit, errors=errors, query=request.url.query)
 
-    async def settings(request: Request, s, form) -> Response:
+    def settings(request: Request, s, form) -> Response:
         return render(ctx, request, s, "admin/settings.html", title="Settings",
                       pretty=json.dumps(c.settings(), indent=2, default=str))
 
-    async def root(request: Request, s, form) -> Response:
+    def root(request: Request, s, form) -> Response:
         return redirect(ctx, "/admin/", s)
 
     return [

@@ -7,13 +7,20 @@ token's role limits it as in the UI. Errors are JSON: 400 ``{"error": "bad-reque
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..id.api import ContextError, Text, Wire, parse_wire
+from ..id.http_api import component_schemas
+from ..id.rules import MAX_GROUP, MAX_GROUPS
+from ..id.rules import MAX_NAME as RULE_NAME
+from ..policy.devices import MAX_PATTERN_CHARS
 from .pages import PERMISSIONS, WebContext
 from .service import DEVICE_ACTIONS, DEVICE_STATES, FieldError, Forbidden, NotFound, device_json
 
@@ -25,32 +32,95 @@ def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, **extra, "message": message}, status_code=status, headers=headers)
 
 
-async def _body(request: Request) -> dict[str, Any]:
+# --- request bodies ------------------------------------------------------------------------
+
+
+class Body(Wire):
+    """A request body of the REST API: unknown fields are refused (``unknown field``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserState(Body):
+    """``PUT /users/{username}/state``."""
+
+    enabled: StrictBool
+
+
+class AspRequest(Body):
+    """``POST /users/{username}/asps``."""
+
+    label: Text(128, required=True)
+    device_id: Text(256) | None = None
+
+
+Position = Annotated[StrictInt, Field(ge=1, le=100_000, description="1: first of the store's list")]
+
+
+class Move(Body):
+    """``POST /rules/{id}/move``, ``POST /policies/{id}/move``."""
+
+    position: Position
+
+
+_Glob = Annotated[StrictStr, Field(max_length=MAX_PATTERN_CHARS, pattern=r"^[^\x00-\x1f]*$",
+                                   description="a glob, case-insensitive")]
+_Action = Literal["allowed", "quarantined", "blocked"]
+
+
+class NewRule(Body):
+    """``POST /rules``: a device rule for the store's list (``ucgate.id.rules`` checks the rest)."""
+
+    name: Text(RULE_NAME, required=True)
+    action: _Action
+    device_type: _Glob | None = None
+    model: _Glob | None = None
+    os: _Glob | None = None
+    user_agent: _Glob | None = None
+    client_kind: _Glob | None = None
+    groups: Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=MAX_GROUP)]],
+                      Field(max_length=MAX_GROUPS)] | None = None
+    position: Position | None = None
+
+
+class PolicySettings(Body):
+    max_devices: Annotated[StrictInt, Field(ge=0)] | None = None
+    trust_lifetime_hours: Annotated[StrictFloat, Field(gt=0)] | None = None
+    certprov: Literal["allowed-only", "deny"] | None = None
+    default_action: _Action | None = None
+    problem_action: _Action | None = None
+    require_second_factor: StrictBool | None = None
+
+
+class NewPolicy(Body):
+    """``POST /policies``: a group policy for the store's list."""
+
+    group: Text(MAX_GROUP, required=True)
+    name: Text(RULE_NAME) | None = None
+    settings: PolicySettings
+    position: Position | None = None
+
+
+B = TypeVar("B", bound=Body)
+
+
+def _parse(model: type[B], raw: bytes | None) -> B:
+    if raw is None:
+        raise FieldError("body", f"at most {MAX_BODY} bytes")
+    try:
+        return parse_wire(model, raw or b"{}")
+    except ContextError as e:
+        raise FieldError(e.field, e.message) from None
+
+
+async def _read(request: Request) -> bytes | None:
+    """The body, or None past :data:`MAX_BODY` bytes."""
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
-            raise FieldError("body", f"at most {MAX_BODY} bytes")
-    try:
-        obj = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise FieldError("body", "not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise FieldError("body", "expected a JSON object")
-    return obj
-
-
-def _str(obj: dict, key: str, *, required: bool = False, max_len: int = 256) -> str:
-    v = obj.get(key)
-    if v is None:
-        if required:
-            raise FieldError(key, "required")
-        return ""
-    if not isinstance(v, str):
-        raise FieldError(key, "expected a string")
-    if len(v) > max_len or any(ord(ch) < 0x20 for ch in v):
-        raise FieldError(key, f"at most {max_len} characters, no control characters")
-    return v
+            return None
+    return raw
 
 
 def _query(request: Request, key: str, max_len: int = 256) -> str:
@@ -63,8 +133,11 @@ def _query(request: Request, key: str, max_len: int = 256) -> str:
 def routes(ctx: WebContext) -> list[Route]:
     c = ctx.console
 
-    def endpoint(perm: str | None, handler):
-        async def wrapped(request: Request) -> Response:
+    def endpoint(perm: str | None, handler: Callable[..., Response], body: type[Body] | None = None):
+        """The handler (synchronous: the store is) runs in the thread pool with the token check,
+        never on the event loop; ``body``: the request body's model, handed to the handler."""
+
+        def call(request: Request, raw: bytes | None) -> Response:
             if perm is not None:
                 auth = request.headers.get("authorization", "")
                 tok = ctx.tokens.verify(auth[7:].strip()) if auth[:7].lower() == "bearer " else None
@@ -74,69 +147,69 @@ def routes(ctx: WebContext) -> list[Route]:
                     return _error(403, "forbidden", f"the token's role ({tok.role}) does not allow this")
                 request.state.actor = f"api:{tok.id}"
             try:
-                return await handler(request)
+                return handler(request) if body is None else handler(request, _parse(body, raw))
             except FieldError as e:
                 return _error(400, "bad-request", e.message, field=e.field)
             except NotFound as e:
                 return _error(404, "not-found", str(e))
             except Forbidden as e:
                 return _error(403, "forbidden", str(e))
+
+        async def wrapped(request: Request) -> Response:
+            raw = await _read(request) if body is not None else b""
+            return await run_in_threadpool(call, request, raw)
+
         return wrapped
 
-    async def dashboard(request: Request) -> Response:
+    def dashboard(request: Request) -> Response:
         return JSONResponse(c.dashboard())
 
-    async def users(request: Request) -> Response:
+    def users(request: Request) -> Response:
         return JSONResponse(c.list_users(_query(request, "q")))
 
-    async def user(request: Request) -> Response:
+    def user(request: Request) -> Response:
         return JSONResponse(c.user_detail(request.path_params["username"]))
 
-    async def user_state(request: Request) -> Response:
-        obj = await _body(request)
-        enabled = obj.get("enabled")
-        if not isinstance(enabled, bool):
-            raise FieldError("enabled", "expected true or false")
-        c.set_user_enabled(request.path_params["username"], enabled, actor=request.state.actor)
+    def user_state(request: Request, body: UserState) -> Response:
+        c.set_user_enabled(request.path_params["username"], body.enabled, actor=request.state.actor)
         return JSONResponse(c.user_detail(request.path_params["username"]))
 
-    async def user_sign_out(request: Request) -> Response:
+    def user_sign_out(request: Request) -> Response:
         c.sign_out(request.path_params["username"], actor=request.state.actor)
         return JSONResponse(c.user_detail(request.path_params["username"]))
 
-    async def asp_create(request: Request) -> Response:
-        obj = await _body(request)
-        info, plain = c.create_asp(request.path_params["username"], _str(obj, "label", required=True, max_len=128),
-                                   _str(obj, "device_id"), actor=request.state.actor)
+    def asp_create(request: Request, body: AspRequest) -> Response:
+        info, plain = c.create_asp(request.path_params["username"], body.label, body.device_id or "",
+                                   actor=request.state.actor)
         return JSONResponse({**info, "password": plain}, status_code=201, headers={"Cache-Control": "no-store"})
 
-    async def asp_revoke(request: Request) -> Response:
+    def asp_revoke(request: Request) -> Response:
         return JSONResponse(c.revoke_asp(request.path_params["asp_id"], actor=request.state.actor))
 
-    async def otp_reset(request: Request) -> Response:
+    def otp_reset(request: Request) -> Response:
         name = request.path_params["username"]
         c.user_detail(name)  # 404 for an unknown user
         return JSONResponse({"username": name, "reset": c.reset_totp(name, actor=request.state.actor)})
 
-    async def devices(request: Request) -> Response:
+    def devices(request: Request) -> Response:
         rows = c.list_devices(user=_query(request, "user"), state=_query(request, "state"),
                               device_type=_query(request, "type"))
         return JSONResponse([device_json(r) for r in rows])
 
-    async def device(request: Request) -> Response:
+    def device(request: Request) -> Response:
         return JSONResponse(device_json(c.device(request.path_params["id"])))
 
-    async def device_action(request: Request) -> Response:
+    def device_action(request: Request) -> Response:
         action = request.path_params["action"]
         if action not in DEVICE_ACTIONS or action == "delete":
             raise NotFound(f"no action {action!r}")
         return JSONResponse(device_json(c.device_action(request.path_params["id"], action, actor=request.state.actor)))
 
-    async def device_delete(request: Request) -> Response:
+    def device_delete(request: Request) -> Response:
         c.device_action(request.path_params["id"], "delete", actor=request.state.actor)
         return Response(status_code=204)
 
-    async def audit(request: Request) -> Response:
+    def audit(request: Request) -> Response:
         limit = _query(request, "limit") or "200"
         if not limit.isdigit():
             raise FieldError("limit", "expected an integer 1..5000")
@@ -146,46 +219,45 @@ def routes(ctx: WebContext) -> list[Route]:
             return Response(c.audit_csv(events), media_type="text/csv")
         return JSONResponse(events)
 
-    async def rules(request: Request) -> Response:
+    def rules(request: Request) -> Response:
         return JSONResponse(c.rules())
 
-    async def rule_add(request: Request) -> Response:
-        return JSONResponse(c.add_rule(await _body(request), actor=request.state.actor), status_code=201)
+    def rule_add(request: Request, body: NewRule) -> Response:
+        return JSONResponse(c.add_rule(body.model_dump(exclude_unset=True), actor=request.state.actor), status_code=201)
 
-    async def rule_delete(request: Request) -> Response:
+    def rule_delete(request: Request) -> Response:
         c.delete_rule(request.path_params["id"], actor=request.state.actor)
         return Response(status_code=204)
 
-    async def rule_move(request: Request) -> Response:
-        obj = await _body(request)
-        return JSONResponse(c.move_rule(request.path_params["id"], obj.get("position"), actor=request.state.actor))
+    def rule_move(request: Request, body: Move) -> Response:
+        return JSONResponse(c.move_rule(request.path_params["id"], body.position, actor=request.state.actor))
 
-    async def policies(request: Request) -> Response:
+    def policies(request: Request) -> Response:
         return JSONResponse(c.rules()["group_policies"])
 
-    async def policy_add(request: Request) -> Response:
-        return JSONResponse(c.add_policy(await _body(request), actor=request.state.actor), status_code=201)
+    def policy_add(request: Request, body: NewPolicy) -> Response:
+        return JSONResponse(c.add_policy(body.model_dump(exclude_unset=True), actor=request.state.actor),
+                            status_code=201)
 
-    async def policy_delete(request: Request) -> Response:
+    def policy_delete(request: Request) -> Response:
         c.delete_policy(request.path_params["id"], actor=request.state.actor)
         return Response(status_code=204)
 
-    async def policy_move(request: Request) -> Response:
-        obj = await _body(request)
-        return JSONResponse(c.move_policy(request.path_params["id"], obj.get("position"), actor=request.state.actor))
+    def policy_move(request: Request, body: Move) -> Response:
+        return JSONResponse(c.move_policy(request.path_params["id"], body.position, actor=request.state.actor))
 
-    async def settings(request: Request) -> Response:
+    def settings(request: Request) -> Response:
         return JSONResponse(c.settings())
 
-    async def openapi(request: Request) -> Response:
+    def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
     return [
         Route("/dashboard", endpoint("view", dashboard)),
         Route("/users", endpoint("view", users)),
         Route("/users/{username}", endpoint("view", user)),
-        Route("/users/{username}/state", endpoint("users", user_state), methods=["PUT"]),
-        Route("/users/{username}/asps", endpoint("users", asp_create), methods=["POST"]),
+        Route("/users/{username}/state", endpoint("users", user_state, UserState), methods=["PUT"]),
+        Route("/users/{username}/asps", endpoint("users", asp_create, AspRequest), methods=["POST"]),
         Route("/users/{username}/otp", endpoint("users", otp_reset), methods=["DELETE"]),
         Route("/users/{username}/sign-out", endpoint("users", user_sign_out), methods=["POST"]),
         Route("/asps/{asp_id}", endpoint("users", asp_revoke), methods=["DELETE"]),
@@ -195,13 +267,13 @@ def routes(ctx: WebContext) -> list[Route]:
         Route("/devices/{id:int}/{action}", endpoint("devices", device_action), methods=["POST"]),
         Route("/audit", endpoint("view", audit)),
         Route("/rules", endpoint("view", rules)),
-        Route("/rules", endpoint("policy", rule_add), methods=["POST"]),
+        Route("/rules", endpoint("policy", rule_add, NewRule), methods=["POST"]),
         Route("/rules/{id:int}", endpoint("policy", rule_delete), methods=["DELETE"]),
-        Route("/rules/{id:int}/move", endpoint("policy", rule_move), methods=["POST"]),
+        Route("/rules/{id:int}/move", endpoint("policy", rule_move, Move), methods=["POST"]),
         Route("/policies", endpoint("view", policies)),
-        Route("/policies", endpoint("policy", policy_add), methods=["POST"]),
+        Route("/policies", endpoint("policy", policy_add, NewPolicy), methods=["POST"]),
         Route("/policies/{id:int}", endpoint("policy", policy_delete), methods=["DELETE"]),
-        Route("/policies/{id:int}/move", endpoint("policy", policy_move), methods=["POST"]),
+        Route("/policies/{id:int}/move", endpoint("policy", policy_move, Move), methods=["POST"]),
         Route("/settings", endpoint("settings", settings)),
         Route("/openapi.json", endpoint(None, openapi)),
     ]
@@ -232,8 +304,8 @@ _OBJ = {"type": "object"}
 _DEV = {"$ref": "#/components/schemas/Device"}
 _RULE = {"$ref": "#/components/schemas/Rule"}
 _POLICY = {"$ref": "#/components/schemas/Policy"}
-_MOVE = {"type": "object", "required": ["position"], "properties": {
-    "position": {"type": "integer", "minimum": 1, "description": "1: first of the store's list"}}}
+_MOVE = {"$ref": "#/components/schemas/Move"}
+_NULL_INT = {"anyOf": [{"type": "integer"}, {"type": "null"}]}
 _GLOB = {"type": "string", "maxLength": 256, "description": "a glob, case-insensitive"}
 _RULE_FIELDS = {
     "name": {"type": "string", "minLength": 1, "maxLength": 128},
@@ -241,16 +313,12 @@ _RULE_FIELDS = {
     "device_type": _GLOB, "model": _GLOB, "os": _GLOB, "user_agent": _GLOB, "client_kind": _GLOB,
     "groups": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 1024}},
 }
-_POLICY_SETTINGS = {"type": "object", "properties": {
-    "max_devices": {"type": "integer", "minimum": 0},
-    "trust_lifetime_hours": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
-    "certprov": {"type": "string", "enum": ["allowed-only", "deny"]},
-    "default_action": {"type": "string", "enum": ["allowed", "quarantined", "blocked"]},
-    "problem_action": {"type": "string", "enum": ["allowed", "quarantined", "blocked"]},
-    "require_second_factor": {"type": "boolean"}}}
+_POLICY_SETTINGS = {"$ref": "#/components/schemas/PolicySettings"}
+# The request bodies' schemas come from the models above; the answers' are written here.
+_MODEL_NAMES, _MODEL_SCHEMAS = component_schemas([UserState, AspRequest, Move, NewRule, NewPolicy])
 
 OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
+    "openapi": "3.1.0",
     "info": {"title": "ucgate admin API", "version": "1",
              "description": "Everything the admin UI does. `Authorization: Bearer <token>` from "
                             "`ucgate api-token create --role admin|helpdesk|auditor`."},
@@ -263,14 +331,12 @@ OPENAPI: dict[str, Any] = {
                                              "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
         "/api/v1/users/{username}/state": {"put": {
             "operationId": "setUserEnabled", "parameters": [_USER],
-            "requestBody": {"required": True, "content": _json({"type": "object", "required": ["enabled"],
-                                                                "properties": {"enabled": {"type": "boolean"}}})},
+            "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/UserState"})},
             "responses": {**_ok(_OBJ), **_errs(400, 401, 403, 404)}}},
         "/api/v1/users/{username}/asps": {"post": {
             "operationId": "createAsp", "summary": "Issue an ASP; the password is in this answer only",
             "parameters": [_USER],
-            "requestBody": {"required": True, "content": _json({"type": "object", "required": ["label"], "properties": {
-                "label": {"type": "string", "maxLength": 128}, "device_id": {"type": "string", "maxLength": 256}}})},
+            "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/AspRequest"})},
             "responses": {**_ok({"$ref": "#/components/schemas/NewAsp"}, "Created", "201"), **_errs(400, 401, 403, 404)}}},
         "/api/v1/users/{username}/otp": {"delete": {
             "operationId": "resetOtp", "parameters": [_USER],
@@ -337,29 +403,23 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {"apiToken": {"type": "http", "scheme": "bearer"}},
         "schemas": {
+            **_MODEL_SCHEMAS,
             "Device": {"type": "object", "required": ["id", "username", "device_id", "state"], "properties": {
                 "id": {"type": "integer"}, "username": {"type": "string"}, "device_id": {"type": "string"},
                 "state": {"type": "string", "enum": list(DEVICE_STATES)}, "client_kind": {"type": "string"},
                 "wipe_pending": {"type": "boolean"}}},
             "Rule": {"type": "object", "required": ["source", "id", "position", "name", "action"], "properties": {
                 "source": {"type": "string", "enum": ["file", "store"]},
-                "id": {"type": "integer", "nullable": True, "description": "null for the file's rules"},
+                "id": {**_NULL_INT, "description": "null for the file's rules"},
                 "position": {"type": "integer"}, **_RULE_FIELDS}},
-            "NewRule": {"type": "object", "required": ["name", "action"], "additionalProperties": False,
-                        "properties": {**_RULE_FIELDS, "position": {"type": "integer", "minimum": 1}}},
             "Policy": {"type": "object", "required": ["source", "id", "position", "group", "settings"], "properties": {
                 "source": {"type": "string", "enum": ["file", "store"]},
-                "id": {"type": "integer", "nullable": True}, "position": {"type": "integer"},
+                "id": _NULL_INT, "position": {"type": "integer"},
                 "name": {"type": "string"}, "group": {"type": "string"}, "settings": _POLICY_SETTINGS}},
-            "NewPolicy": {"type": "object", "required": ["group", "settings"], "additionalProperties": False,
-                          "properties": {"group": {"type": "string", "minLength": 1, "maxLength": 1024},
-                                         "name": {"type": "string", "maxLength": 128},
-                                         "settings": _POLICY_SETTINGS,
-                                         "position": {"type": "integer", "minimum": 1}}},
             "Rules": {"type": "object", "properties": {
                 "device_rules": {"type": "array", "items": _RULE},
                 "group_policies": {"type": "array", "items": _POLICY},
-                "defaults": _OBJ, "two_factor": {"type": "object", "nullable": True}}},
+                "defaults": _OBJ, "two_factor": {"type": ["object", "null"]}}},
             "NewAsp": {"type": "object", "required": ["id", "password"], "properties": {
                 "id": {"type": "string"}, "label": {"type": "string"}, "password": {"type": "string"}}},
             "Error": {"type": "object", "required": ["error", "message"], "properties": {

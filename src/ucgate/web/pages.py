@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import jinja2
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -117,13 +118,15 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "0.0.0.0"
 
 
-Handler = Callable[..., Awaitable[Response]]
+Handler = Callable[..., Response]
 
 
 def page(ctx: WebContext, area: str, perm: str | None, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a handler ``(request, session, form) -> Response``.
 
-    ``perm`` None: the page works signed out (sign-in pages). Otherwise: signed out → the
+    The handler is synchronous and runs in the thread pool (the store, the directory and the
+    templates are synchronous): never on the event loop, which also serves the id service's API
+    and the gateway's sign-ins in one process. ``perm`` None: the page works signed out (sign-in pages). Otherwise: signed out → the
     sign-in page (with ``next``); signed in without ``perm`` → 403. POST needs the CSRF token.
     """
     login = f"/{area}/login"
@@ -145,7 +148,7 @@ def page(ctx: WebContext, area: str, perm: str | None, handler: Handler) -> Call
             if area == "admin" and perm not in PERMISSIONS[s.role or "user"]:
                 return render(ctx, request, s, "error.html", 403, title="Not allowed",
                               message=f"Your role ({s.role}) does not give access to this page.")
-        return await handler(request, s, form)
+        return await run_in_threadpool(handler, request, s, form)
 
     return endpoint
 

@@ -23,10 +23,10 @@ def routes(ctx: WebContext) -> list[Route]:
         return render(ctx, request, s, "portal/home.html", status, title="My devices", u=d,
                       errors=errors or {}, **extra)
 
-    async def home(request: Request, s, form) -> Response:
+    def home(request: Request, s, form) -> Response:
         return home_page(request, s)
 
-    async def device(request: Request, s, form) -> Response:
+    def device(request: Request, s, form) -> Response:
         pid, op = request.path_params["id"], request.path_params["op"]
         try:
             if op == "approve":
@@ -42,7 +42,7 @@ def routes(ctx: WebContext) -> list[Route]:
         s.flash.append(("ok", f"{rec.device_id}: {'approved' if op == 'approve' else 'blocked'}"))
         return redirect(ctx, "/portal/", s)
 
-    async def asp_create(request: Request, s, form) -> Response:
+    def asp_create(request: Request, s, form) -> Response:
         try:
             info, plain = c.create_asp(s.user, form.get("label", ""), actor=f"portal:{s.user}")
         except FieldError as e:
@@ -50,7 +50,7 @@ def routes(ctx: WebContext) -> list[Route]:
         return render(ctx, request, s, "portal/secret.html", title="New app password", kind="asp",
                       info=info, secret=plain, codes=[])
 
-    async def asp_revoke(request: Request, s, form) -> Response:
+    def asp_revoke(request: Request, s, form) -> Response:
         try:
             c.revoke_asp(request.path_params["asp_id"], actor=f"portal:{s.user}", owner=s.user)
         except (NotFound, Forbidden) as e:
@@ -58,7 +58,7 @@ def routes(ctx: WebContext) -> list[Route]:
         s.flash.append(("ok", "app password revoked"))
         return redirect(ctx, "/portal/", s)
 
-    async def otp_begin(request: Request, s, form) -> Response:
+    def otp_begin(request: Request, s, form) -> Response:
         try:
             e = c.begin_totp(s.user, actor=f"portal:{s.user}")
         except FieldError as err:
@@ -66,7 +66,7 @@ def routes(ctx: WebContext) -> list[Route]:
         return render(ctx, request, s, "portal/enrol.html", title="Authenticator app",
                       qr=Markup(e.qr_svg(scale=5)), secret=e.secret_b32, account=e.account)
 
-    async def otp_confirm(request: Request, s, form) -> Response:
+    def otp_confirm(request: Request, s, form) -> Response:
         code = form.get("code", "").strip()
         try:
             if not code:
@@ -78,7 +78,7 @@ def routes(ctx: WebContext) -> list[Route]:
         return render(ctx, request, s, "portal/secret.html", title="Recovery codes", kind="recovery",
                       info=None, secret=None, codes=codes)
 
-    async def otp_codes(request: Request, s, form) -> Response:
+    def otp_codes(request: Request, s, form) -> Response:
         try:
             codes = c.new_recovery_codes(s.user, actor=f"portal:{s.user}")
         except FieldError as e:

@@ -18,7 +18,7 @@ from .settings import STAFF_ROLES
 def routes(ctx: WebContext, area: str) -> list[Route]:
     tpl = "signin.html"
 
-    async def login(request: Request, s, form) -> Response:
+    def login(request: Request, s, form) -> Response:
         nxt = safe_next(request.query_params.get("next") or form.get("next"), area)
         if request.method == "GET":
             if s.signed_in:
@@ -55,7 +55,7 @@ def routes(ctx: WebContext, area: str) -> list[Route]:
         return render(ctx, request, s, tpl, 400 if errors else 200, area=area, step="password",
                       next=nxt, username=username, errors=errors)
 
-    async def otp(request: Request, s, form) -> Response:
+    def otp(request: Request, s, form) -> Response:
         nxt = safe_next(request.query_params.get("next") or form.get("next"), area)
         if not s.pending_user:
             return redirect(ctx, f"/{area}/login", s)
@@ -84,7 +84,7 @@ def routes(ctx: WebContext, area: str) -> list[Route]:
                                  client_address=client_ip(request), reason="ok", role=role)
         return redirect(ctx, nxt, s)
 
-    async def logout(request: Request, s, form) -> Response:
+    def logout(request: Request, s, form) -> Response:
         if s is not None:
             if s.user:
                 ctx.console.audit.record(f"web.{area}.sign-out", actor=s.user, user=s.user, result="ok")
