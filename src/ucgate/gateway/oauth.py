@@ -58,15 +58,16 @@ from ..id.api import AttemptContext, CredentialService, Method
 from ..protocols import http1
 from ..protocols.http1 import RequestHead, ResponseHead
 from ..protocols.sfb import Service
+from . import pipeline
 from .auth import Authenticator, AuthOutcome
 from .backend import BackendError
 from .connection import ClientConnection, Identity
+from .exchange import ClientBodyError, Exchange
 from .preauth import SECOND_FACTOR_REASONS, UNAVAILABLE_REASONS
 
 if TYPE_CHECKING:
     from .server import Gateway
     from .stream import Stream
-    from .upstream import UpstreamPool
 
 log = logging.getLogger("ucgate.gateway.oauth")
 
@@ -317,7 +318,7 @@ class OAuthGrants:
     @classmethod
     async def _json(cls, gw: Gateway, client: Stream, status: int, doc: dict, *, keep: bool,
                     extra: list[tuple[bytes, bytes]] | None = None) -> bool:
-        metrics.count_request("oauth", status)  # the grant's own answers (forwarded ones: Gateway._forward)
+        metrics.count_request("oauth", status)  # the grant's own answers (forwarded ones: Gateway.forward)
         client.write(cls._json_answer(status, doc, keep=keep, extra=extra))
         try:
             await client.drain()
@@ -331,13 +332,10 @@ class OAuthGrants:
             await asyncio.sleep(left)
 
     # --- the grant ----------------------------------------------------------------------
-    async def handle(self, gw: Gateway, conn: ClientConnection, req: RequestHead, client: Stream,
-                     path: str, service: Service, pool: UpstreamPool,
-                     max_body: int) -> tuple[bool | None, bytes | None]:
+    async def handle(self, gw: Gateway, ex: Exchange) -> tuple[bool | None, bytes | None]:
         """``(keep, None)`` when answered here; ``(None, body)`` to go on through the normal
         pipeline with the body already read (other grant types: Windows auth to the gateway)."""
-        from .server import ClientBodyError
-
+        conn, req, client, service, max_body = ex.conn, ex.req, ex.client, ex.service, ex.max_body
         limit = min(self.settings.max_form_bytes, max_body)
         if req.framing.kind == "length" and req.framing.length > limit:
             log.info("client %s: OAuth form of %d bytes refused", conn.peer_host, req.framing.length)
@@ -345,7 +343,7 @@ class OAuthGrants:
         body = b""
         if req.framing.kind != "none":
             try:
-                body = await gw._read_small_body(req, client, limit)
+                body = await gw.read_small_body(req, client, limit)
             except ClientBodyError as e:
                 log.info("client %s: OAuth form refused: %s", conn.peer_host, e.reason)
                 return await self._json(gw, client, e.status, {"error": "invalid_request"}, keep=False), None
@@ -409,9 +407,9 @@ class OAuthGrants:
         def record(resp: ResponseHead, data: bytes | None) -> bytes | None:
             return self._record(resp, data, identity, session)
 
-        keep = await gw._forward(conn, req, path, service, pool, identity, client, max_body, [],
-                                 prebody=upstream_form, observe=record,
-                                 use_backend=service.backend == "kcd")
+        ex.identity, ex.prebody, ex.observe = identity, upstream_form, record
+        ex.use_backend = service.backend == "kcd"
+        keep = await pipeline.send(gw, ex)
         return keep, None
 
     async def _upstream_form(self, service: Service, form: list[tuple[str, str]], user: str) -> bytes:

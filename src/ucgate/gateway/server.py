@@ -1,9 +1,10 @@
 """The gateway: an asyncio TLS-terminating reverse proxy that pre-authenticates every request.
 
-The request pipeline, one stage per step (mitmproxy's layers, flattened for speed):
+The request pipeline, one stage per step, is gateway/pipeline.py (its order in ``STAGES``):
 
-    parse (protocols.http1) → recognise (protocols.sfb) → authenticate (auth.Authenticator)
-    → decide (policy) → forward (upstream pool)
+    parse (protocols.http1) → recognise (protocols.sfb) → OAuth intercept (oauth) → device
+    facts (devices) → authenticate (auth.Authenticator) → decide (devices) → backend
+    credentials (backend) → forward (upstream pool)
 
 Parsing and recognising are pure functions; this module owns the I/O around them: sockets,
 timeouts, body streaming and the upstream connections. A request that is malformed or
@@ -25,15 +26,17 @@ from collections.abc import Callable, Mapping
 from .. import metrics
 from ..config import Config
 from ..id.health import Readiness
-from ..logs import REQUEST_ID_HEADER, begin_request, new_request_id, request_context
+from ..logs import REQUEST_ID_HEADER, new_request_id, request_context
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.ntlm import tls_server_end_point
-from ..protocols.sfb import Service, ServiceMap, split_target
+from ..protocols.sfb import Service, ServiceMap
+from . import pipeline
 from .auth import Authenticator, DenyAll
 from .backend import BackendAuth, BackendCredentials, BackendError, default_backends
 from .connection import ClientConnection, Identity, call_on_loop
 from .devices import DeviceGate
+from .exchange import ClientBodyError, Exchange, Refusal
 from .health import HealthListener
 from .preamble import StreamPreamble
 from .session import ClientSession
@@ -53,15 +56,6 @@ USER_POOLS_MAX = 1024
 USER_POOL_IDLE_CONNECTIONS = 2
 USER_POOL_IDLE_SECONDS = 300.0
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-
-
-class ClientBodyError(Exception):
-    """The client sent a bad or oversized body, or stalled while sending it."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class Gateway:
@@ -114,7 +108,7 @@ class Gateway:
         self.service_map = ServiceMap.with_overrides(config.services)
         for svc in self.service_map.services:
             if svc.backend not in self.backends:
-                raise ValueError(f"services.{svc.name}: backend {svc.backend!r} is not available "
+                raise ValueError(f"services.{svc.name}: backend {str(svc.backend)!r} is not available "
                                  f"(configured: {', '.join(sorted(self.backends))})")
         self.limits = http1.Limits(
             max_header_bytes=gw.limits.max_header_bytes,
@@ -166,11 +160,11 @@ class Gateway:
         # protocols/http1.py, OwnedFields), plus the routing/override fields front ends act on
         self._owned = http1.OwnedFields((ident, b"x-ucgate-request-id", *http1.OWNED_FIELDS))
         self._owned_identity = http1.OwnedFields((ident,))
-        self._request_specials = http1.request_special_re(self._drop_request, self._owned)
-        self._identity_header = gw.identity_header.encode()
-        self._proto = b"http" if gw.plain_http else b"https"
+        self.request_specials = self._request_specials = http1.request_special_re(self._drop_request, self._owned)
+        self.identity_header = gw.identity_header.encode()
+        self.proto = b"http" if gw.plain_http else b"https"
         # the Host of a forwarded HTTP/1.0 request that had none
-        self._default_host: bytes | None = gw.published_name.encode("idna") if gw.published_name else None
+        self.default_host: bytes | None = gw.published_name.encode("idna") if gw.published_name else None
         metrics.watch_gateway(self)  # ucgate_connections, ucgate_signed_in_* at scrape time
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -194,7 +188,7 @@ class Gateway:
                 protocol, self.gw.listen_host, self.gw.listen_port, backlog=1024
             )
         log.info(
-            "gateway listening on %s://%s:%d%s", self._proto.decode(), self.gw.listen_host, self.port,
+            "gateway listening on %s://%s:%d%s", self.proto.decode(), self.gw.listen_host, self.port,
             " (PROXY protocol from trusted_proxies)" if self.gw.proxy_protocol else "",
         )
         if self.gw.health_listen is not None:
@@ -339,136 +333,25 @@ class Gateway:
         self.connections.add(conn)
         ClientSession(self, client, conn).start()
 
-    async def _handle(self, conn: ClientConnection, req: RequestHead, client: Stream) -> bool:
-        """Run one request through the pipeline. Returns whether to keep the connection."""
-        conn.requests += 1
-        rid = conn.request_id = new_request_id()
-        ctx = begin_request(rid, conn.peer_host)  # this task's log lines carry it (ucgate.logs)
-        logging_access = access_log.isEnabledFor(logging.INFO)
-        started = self.clock() if logging_access else 0.0
-        # recognise
-        try:
-            path, _query = split_target(req.target.decode("ascii"))
-        except HttpError as e:
-            await self._answer_error(conn, client, e, req)
-            return False
-        service = self.service_map.recognise(path)
-        if service is not None:
-            ctx["service"] = service.name
-        if service is None or not service.enabled:
-            return await self._refuse(
-                conn, req, client, 404, "not-published", b"not found\n", [], path, service
-            )
-        if req.method not in service.methods:  # before authentication: costs no failure budget
-            return await self._refuse(
-                conn, req, client, 405, "method-not-allowed", b"method not allowed\n",
-                [(b"Allow", b", ".join(service.methods))], path, service,
-            )
-        if not req.host:  # HTTP/1.0 without Host: it goes upstream as HTTP/1.1, which needs one
-            if self._default_host is None:
-                await self._answer_error(conn, client, HttpError(400, "missing-host", "HTTP/1.0 without Host "
-                                         "and no [gateway] published_name"), req, path, service)
-                return False
-            req.host = self._default_host
-            req.headers.append((b"Host", req.host))
-        pool = self.pools.get(service.upstream)
-        if pool is None:
-            log.warning(
-                "service %s is routed to upstream %r, which is not configured", service.name, service.upstream
-            )
-            return await self._refuse(
-                conn, req, client, 404, "upstream-not-configured", b"not found\n", [], path, service
-            )
-        max_body = service.max_body_bytes if service.max_body_bytes is not None else self.gw.limits.max_body_bytes
-        if req.framing.kind == "length" and req.framing.length > max_body:
-            await self._answer_error(conn, client, HttpError(413, "body-too-large"), req, path, service)
-            return False
-        prebody: bytes | None = None
-        # the OAuth password grant: verified here, the token obtained by the backend mode
-        if self.oauth is not None and self.oauth.intercepts(service, req):
-            answered, prebody = await self.oauth.handle(self, conn, req, client, path, service, pool, max_body)
-            if answered is not None:
-                return answered
-        # recognise the device (the decide stage's facts; UCWA/CertProv: a bounded body read)
-        gate = self.devices if self.devices is not None and self.devices.applies(service, req) else None
-        facts = None
-        if gate is not None:
-            limit = gate.body_limit(req, path, service)
-            if limit is not None and req.framing.kind != "none":
-                try:
-                    prebody = await self._read_small_body(req, client, min(limit, max_body))
-                except ClientBodyError as e:
-                    await self._answer_error(conn, client, HttpError(e.status, e.reason), req, path, service)
-                    return False
-                req.framing = http1.Framing("none")  # consumed: a refusal must not drain it again
-                req.expect_continue = False
-            facts = gate.facts_for(conn, req, path, _query, service, prebody)
-        try:
-            return await self._handle_authenticated(conn, req, client, path, service, pool, max_body,
-                                                    gate, facts, prebody, logging_access, started)
-        finally:
-            if gate is not None:
-                gate.done(req)
+    async def handle(self, conn: ClientConnection, req: RequestHead, client: Stream) -> bool:
+        """Run one request through the pipeline (gateway/pipeline.py). Returns whether to keep
+        the connection."""
+        return await pipeline.run(self, conn, req, client)
 
-    async def _handle_authenticated(self, conn: ClientConnection, req: RequestHead, client: Stream,
-                                    path: str, service: Service, pool: UpstreamPool, max_body: int,
-                                    gate: DeviceGate | None, facts, prebody: bytes | None,
-                                    logging_access: bool, started: float) -> bool:
-        # authenticate
-        identity: Identity | None = None
-        response_headers: list[tuple[bytes, bytes]] = []
-        if not service.anonymous:
-            outcome = await self.authenticator.authenticate(conn, req, service)
-            authz = req.get(b"authorization")
-            if outcome.identity is None:
-                metrics.count_auth(metrics.auth_method(authz), metrics.auth_result(outcome.status, outcome.reason),
-                                   outcome.reason)
-                body = b"authentication required\n" if outcome.status == 401 else b"access denied\n"
-                return await self._refuse(
-                    conn, req, client, outcome.status, outcome.reason or "unauthenticated",
-                    body, outcome.headers, path, service, close=outcome.close,
-                )
-            identity = outcome.identity
-            conn.principal = identity
-            if authz is not None:  # credentials presented (not a request riding an NTLM connection)
-                metrics.count_auth(identity.method, "allow", "ok")
-            ctx = _context()
-            if ctx is not None:
-                ctx["user"] = identity.user
-            response_headers = outcome.headers  # e.g. Negotiate's final token
-        # decide: the user/device partnership (issue 6); account state is the id service's
-        observe = None
-        if gate is not None and identity is not None and facts is not None:
-            verdict = await gate.decide(conn, req, path, service, identity, facts)
-            if not verdict.forward:
-                if verdict.reset_auth:
-                    conn.identity = None
-                    conn.auth_state = None
-                return await self._refuse(
-                    conn, req, client, verdict.status, verdict.reason, verdict.body,
-                    verdict.headers, path, service,
-                )
-            if verdict.identity is not None:
-                identity = verdict.identity
-                self._adopt(conn, req, identity)
-                ctx = _context()
-                if ctx is not None and identity.device_id:
-                    ctx["device"] = identity.device_id
-            observe = verdict.observe
-        # forward
-        keep = await self._forward(
-            conn, req, path, service, pool, identity, client, max_body, response_headers,
-            prebody=prebody, observe=observe,
-        )
-        if logging_access:
-            access_log.info(
-                "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
-                conn.peer_host, conn.id, conn.request_id.decode(), req.method.decode(), path, service.name,
-                identity.user if identity else "-", (self.clock() - started) * 1000,
-            )
-        return keep
+    def max_body_of(self, service: Service) -> int:
+        return service.max_body_bytes if service.max_body_bytes is not None else self.gw.limits.max_body_bytes
 
-    def _adopt(self, conn: ClientConnection, req: RequestHead, identity: Identity) -> None:
+    async def answer(self, ex: Exchange, refusal: Refusal) -> bool:
+        """Answer a stage's refusal (the one place): a protocol error is logged as rejected
+        and closes the connection; any other refusal is logged, counted and keeps the
+        connection when it can (``_refuse``). Returns whether to keep the connection."""
+        if refusal.error is not None:
+            await self._answer_error(ex.conn, ex.client, refusal.error, ex.req, ex.path, ex.service)
+            return False
+        return await self._refuse(ex.conn, ex.req, ex.client, refusal.status, refusal.reason, refusal.body,
+                                  refusal.headers, ex.path, ex.service, close=refusal.close)
+
+    def adopt(self, conn: ClientConnection, req: RequestHead, identity: Identity) -> None:
         """The decide stage's identity (with its device id) is the connection's principal; a
         Bearer token is bound to that device, to be revoked with it (DeviceBlocked)."""
         conn.principal = identity
@@ -487,11 +370,11 @@ class Gateway:
         *,
         close: bool,
     ) -> None:
-        self._answer_now(client, status, body, headers, close=close)
+        self.answer_now(client, status, body, headers, close=close)
         await _drain_quietly(client)
 
     @staticmethod
-    def _answer_now(
+    def answer_now(
         client: Stream,
         status: int,
         body: bytes,
@@ -523,12 +406,12 @@ class Gateway:
         service: Service | None = None,
     ) -> None:
         """A protocol error: log it, answer with its status and close."""
-        self._log_rejected(conn, err, path)
+        self.log_rejected(conn, err, path)
         metrics.count_request(service.name if service else None, err.status)
         await self._answer(client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
 
     @staticmethod
-    def _log_rejected(conn: ClientConnection, err: HttpError, path: str | None = None) -> None:
+    def log_rejected(conn: ClientConnection, err: HttpError, path: str | None = None) -> None:
         log.warning(
             "rejected request from %s: status=%d reason=%s request_id=%s%s%s",
             conn.peer_host, err.status, err.reason, conn.request_id.decode(),
@@ -574,7 +457,7 @@ class Gateway:
         return keep
 
     # --- forwarding -------------------------------------------------------------------
-    def _request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None,
+    def request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None,
                       backend_headers: list[tuple[bytes, bytes]] | None = None,
                       log_fields: dict | None = None) -> bytes:
         # Credentials the gateway verified are not passed on: the front end learns the user
@@ -594,10 +477,10 @@ class Gateway:
         if dropped:  # any spelling of ours (protocols/http1.py, OwnedFields): never forwarded
             skip = skip | {name.lower() for name in dropped}
             self._log_dropped(conn, req, dropped, trusted, log_fields)
-        added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host),
+        added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self.proto), (b"X-Forwarded-Host", req.host),
                  (REQUEST_ID_HEADER, conn.request_id)]
         if identity is not None:
-            added.append((self._identity_header, identity.user.encode("utf-8")))
+            added.append((self.identity_header, identity.user.encode("utf-8")))
         if backend_headers:
             added += backend_headers
         if req.framing.kind == "length":
@@ -633,42 +516,36 @@ class Gateway:
             return False
         return any(addr in net for net in self.gw.trusted_proxies)
 
-    async def _forward(
-        self,
-        conn: ClientConnection,
-        req: RequestHead,
-        path: str,
-        service: Service,
-        pool: UpstreamPool,
-        identity: Identity | None,
-        client: Stream,
-        max_body: int,
-        response_headers: list[tuple[bytes, bytes]],
-        *,
-        prebody: bytes | None = None,
-        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
-        use_backend: bool = True,
-    ) -> bool:
-        # backend credentials (issue 7): a Bearer token the gateway issued goes on as it is
-        # (the front end validates its own token); otherwise the route's mode decides
-        auth: BackendAuth | None = None
-        if identity is not None:
-            if identity.method == "bearer":
-                authz = req.get(b"authorization")
-                auth = BackendAuth([(b"Authorization", authz)] if authz else [])
-            elif use_backend and service.backend != "none":
-                try:
-                    auth = await self.backends[service.backend].prepare(identity, service, req)
-                except BackendError as e:
-                    log.error("backend %s failed for %s (service %s): %s",
-                              service.backend, identity.user, service.name, e)
-                    return await self._refuse(conn, req, client, e.status, e.reason,
-                                              b"upstream credentials unavailable\n", [], path, service)
-                if auth.pool_key is not None:
-                    pool = self._user_pool(pool, auth.pool_key)
+    async def prepare_backend(self, ex: Exchange) -> Refusal | None:
+        """Backend credentials (issue 7): a Bearer token the gateway issued goes on as it is
+        (the front end validates its own token); otherwise the route's mode decides, and a
+        mode that authenticates the connection (NTLM) gets a per-user pool."""
+        identity, service, req = ex.identity, ex.service, ex.req
+        if identity is None:
+            return None
+        if identity.method == "bearer":
+            authz = req.get(b"authorization")
+            ex.auth = BackendAuth([(b"Authorization", authz)] if authz else [])
+        elif ex.use_backend and service.backend != "none":
+            try:
+                auth = ex.auth = await self.backends[service.backend].prepare(identity, service, req)
+            except BackendError as e:
+                log.error("backend %s failed for %s (service %s): %s",
+                          service.backend, identity.user, service.name, e)
+                return Refusal(e.status, e.reason, b"upstream credentials unavailable\n")
+            if auth.pool_key is not None:
+                ex.pool = self._user_pool(ex.pool, auth.pool_key)
+        return None
+
+    async def forward(self, ex: Exchange) -> bool:
+        """Send the request (head, then its body: ``ex.prebody`` or copied from the client) to
+        the upstream and the response back. Returns whether to keep the client connection."""
+        conn, req, path, service, pool = ex.conn, ex.req, ex.path, ex.service, ex.pool
+        identity, client, max_body, auth = ex.identity, ex.client, ex.max_body, ex.auth
+        prebody, observe, response_headers = ex.prebody, ex.observe, ex.response_headers
         if prebody is not None:  # read before authentication (the device id is in it)
             req.framing = http1.Framing("length", len(prebody))
-        head = self._request_head(conn, req, identity, auth.headers if auth is not None else None)
+        head = self.request_head(conn, req, identity, auth.headers if auth is not None else None)
         if prebody is not None:
             head += prebody
             req.framing = http1.Framing("none")
@@ -735,9 +612,9 @@ class Gateway:
                 )
         assert up is not None and resp is not None
         metrics.count_request(service.name, resp.status)
-        return await self._deliver(req, resp, up, pool, client, response_headers, observe)
+        return await self.deliver(req, resp, up, pool, client, response_headers, observe)
 
-    async def _deliver(
+    async def deliver(
         self,
         req: RequestHead,
         resp: ResponseHead,
@@ -801,7 +678,7 @@ class Gateway:
                 return
             head = http1.serialize_head(b"GET " + req.target + b" HTTP/1.1", [
                 (b"Host", req.host), (b"Authorization", value), (b"Content-Length", b"0"),
-                (b"X-Forwarded-Proto", self._proto), (b"X-Forwarded-Host", req.host),
+                (b"X-Forwarded-Proto", self.proto), (b"X-Forwarded-Host", req.host),
                 (REQUEST_ID_HEADER, _request_id())])
             up.stream.write(head)
             resp = await self._read_response_head(up, b"GET")
@@ -841,18 +718,18 @@ class Gateway:
         body_done: bool,
         status: int = 502,
     ) -> bool:
-        keep = self._upstream_failed_now(req, client, service, err, body_done, status)
+        keep = self.upstream_failed_now(req, client, service, err, body_done, status)
         await _drain_quietly(client)
         return keep
 
     @staticmethod
-    def _upstream_failed_now(req: RequestHead, client: Stream, service: Service, err: UpstreamError,
+    def upstream_failed_now(req: RequestHead, client: Stream, service: Service, err: UpstreamError,
                              body_done: bool, status: int = 502) -> bool:
         log.error("upstream failure for %s %s (service %s): %s", req.method.decode(),
                   service.name, service.upstream, err, extra={"reason": err.reason, "service": service.name})
         metrics.count_request(service.name, status)
         keep = body_done and req.keep_alive
-        Gateway._answer_now(client, status, b"upstream unavailable\n", close=not keep)
+        Gateway.answer_now(client, status, b"upstream unavailable\n", close=not keep)
         return keep
 
     async def _read_response_head(self, up: UpstreamConnection, method: bytes) -> ResponseHead:
@@ -873,7 +750,7 @@ class Gateway:
                 return resp
             # 1xx interim responses (100, 103) are dropped: we already answered 100 ourselves.
 
-    def _response_head(
+    def response_head(
         self, req: RequestHead, resp: ResponseHead, extra_headers: list[tuple[bytes, bytes]]
     ) -> tuple[bytes, bool]:
         """The head we send the client, and whether to keep the client connection."""
@@ -916,7 +793,7 @@ class Gateway:
         application ids from it), before anything is sent; when it returns bytes, those are
         sent instead (a whole answer of ours: the OAuth grant refuses a token answer it cannot
         read) and the client connection is closed."""
-        head, keep = self._response_head(req, resp, extra_headers)
+        head, keep = self.response_head(req, resp, extra_headers)
         client_11 = req.version >= (1, 1)
         kind = resp.framing.kind
         rd = up.stream
@@ -968,7 +845,7 @@ class Gateway:
         return keep
 
     # --- bodies -------------------------------------------------------------------------
-    async def _read_small_body(self, req: RequestHead, client: Stream, limit: int) -> bytes:
+    async def read_small_body(self, req: RequestHead, client: Stream, limit: int) -> bytes:
         """Read a whole request body of at most ``limit`` bytes (413 beyond)."""
         sink = _Buffer(limit)
         if req.expect_continue:

@@ -1,8 +1,8 @@
 """One client connection's driver: request heads in, and the fast path that proxies the common
 request inside protocol callbacks.
 
-Why two paths. The request pipeline (``Gateway._handle``: recognise → authenticate → decide →
-forward) is a coroutine, because authentication, the device gate and the backend mode may wait
+Why two paths. The request pipeline (gateway/pipeline.py, ``STAGES``: recognise → OAuth
+intercept → device facts → authenticate → decide → backend credentials → forward) is a coroutine, because authentication, the device gate and the backend mode may wait
 for the id service, the directory or a KDC, and bodies of any size are streamed. Run for every
 request, a coroutine costs task wake-ups, futures and frames that dominated the proxy's CPU per
 request (bench/README.md). Most requests need none of that: no body, a service that is
@@ -18,12 +18,12 @@ at the point where the fast path stops being sure:
 
 - before anything is sent upstream (a body, an unknown service, a method the service refuses,
   the OAuth grant, credentials to verify or to challenge for, a device decision to ask for, a
-  backend mode that prepares credentials, no idle upstream connection): ``Gateway._handle``
+  backend mode that prepares credentials, no idle upstream connection): ``Gateway.handle``
   runs the request from the top — the checks made here have no side effects;
 - after the request went upstream, when the response is not a small complete one (chunked,
-  close-delimited, large, or its body still on the way): ``Gateway._deliver`` streams it;
+  close-delimited, large, or its body still on the way): ``Gateway.deliver`` streams it;
 - when the pooled connection turns out to be dead before a response head arrived: the request
-  (bodiless, so safe to repeat, as the pipeline does) is forwarded again by ``Gateway._forward``.
+  (bodiless, so safe to repeat, as the pipeline does) is forwarded again by ``pipeline.send``.
 
 One request at a time per connection: while one is in flight, further (pipelined) bytes only
 accumulate in the buffer (with the stream's back-pressure) and are read when it is answered.
@@ -44,7 +44,9 @@ from ..logs import REQUEST_ID_HEADER, begin_request, new_request_id
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
+from . import pipeline
 from .connection import ClientConnection, Identity
+from .exchange import Exchange
 from .stream import Stream
 from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -55,7 +57,7 @@ log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
 _NO_DEADLINE = float("inf")
-_RID = b"\r\n" + REQUEST_ID_HEADER + b": "  # after X-Forwarded-Host, as Gateway._request_head adds it
+_RID = b"\r\n" + REQUEST_ID_HEADER + b": "  # after X-Forwarded-Host, as Gateway.request_head adds it
 # A response body up to this size is written with its head in one write when it came with it.
 SMALL_BODY = 64 * 1024
 
@@ -109,7 +111,7 @@ class ClientSession:
         s = self.stream
         s.on_data = self._on_client_data
         s.set_deadline(self.loop.time() + self.gw.gw.timeouts.header_read)
-        if s._buf or s._eof:  # what came with a PROXY header (gateway/preamble.py)
+        if s.has_input():  # what came with a PROXY header (gateway/preamble.py)
             self.on_client_data()
 
     # --- client side ------------------------------------------------------------------
@@ -128,8 +130,8 @@ class ClientSession:
                 self._refuse_now(e)
                 return
             if head is None:
-                if s._eof:
-                    if s._buf.strip():
+                if s.eof:
+                    if s.peek().strip():
                         log.warning("client %s: closed mid-request head", self.conn.peer_host)
                     s.close()
                 return
@@ -137,7 +139,7 @@ class ClientSession:
             s.on_data = None
             s.set_deadline(_NO_DEADLINE)
             gw = self.gw
-            simple = http1.simple_request(head, gw.limits, gw._request_specials)
+            simple = http1.simple_request(head, gw.limits, gw.request_specials)
             if simple is not None and self._forward_fast(simple, head):
                 return
             try:
@@ -146,7 +148,7 @@ class ClientSession:
                 self._refuse_now(e)
                 return
             if not self._forward_fast(req, head):
-                self._run(gw._handle(self.conn, req, s))
+                self._run(gw.handle(self.conn, req, s))
         except Exception:  # never let one connection take the process (or the loop) down
             self._internal_error()
 
@@ -157,7 +159,7 @@ class ClientSession:
             timeouts = self.gw.gw.timeouts
             log.info("client %s: no request head within %ss", conn.peer_host, timeouts.header_read)
             metrics.count_request(None, 408)
-            self.gw._answer_now(self.stream, 408, b"request head not received in time\n", close=True)
+            self.gw.answer_now(self.stream, 408, b"request head not received in time\n", close=True)
         self.stream.close()
 
     def on_client_lost(self, exc: BaseException | None) -> None:
@@ -173,8 +175,8 @@ class ClientSession:
         """A protocol error before the pipeline: log, answer with its status and close."""
         self.conn.request_id = new_request_id()  # a request too, if a malformed one
         metrics.count_request(None, err.status)
-        self.gw._log_rejected(self.conn, err)
-        self.gw._answer_now(self.stream, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
+        self.gw.log_rejected(self.conn, err)
+        self.gw.answer_now(self.stream, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
         self.stream.close()
 
     def _internal_error(self) -> None:
@@ -187,12 +189,12 @@ class ClientSession:
         """The request was answered and the connection stays: back to callback mode, with the
         idle timeout, and serve a pipelined head that may already be buffered."""
         s = self.stream
-        if s._writing_paused:  # the client is not reading its answers: wait before the next
+        if s.writing_paused:  # the client is not reading its answers: wait before the next
             self._run(self._drain_then_resume())
             return
         s.on_data = self._on_client_data
         s.set_deadline(self.loop.time() + self.gw.gw.timeouts.idle)
-        if s._buf or s._eof:
+        if s.has_input():
             self.on_client_data()
 
     async def _drain_then_resume(self) -> bool:
@@ -228,7 +230,7 @@ class ClientSession:
     def _forward_fast(self, req: RequestHead | http1.SimpleRequest, head: bytes) -> bool:
         """Send ``req`` (parsed from ``head``) upstream from here if it needs nothing the
         pipeline waits for; False (nothing done) otherwise. Every check is
-        ``Gateway._handle``'s, in its order, made by the same functions."""
+        ``Gateway.handle`` (gateway/pipeline.py)'s, in its order, made by the same functions."""
         simple = type(req) is http1.SimpleRequest
         if not simple and req.framing.kind != "none":  # type: ignore[union-attr]
             return False
@@ -287,14 +289,14 @@ class ClientSession:
         conn.requests += 1
         gw.fast_requests += 1
         rid = conn.request_id = new_request_id()
-        if identity is not None:  # Gateway._handle_authenticated's bookkeeping
+        if identity is not None:  # the authenticate and decide stages' bookkeeping
             conn.principal = identity
             if authz is not None:  # credentials presented (not a request riding an NTLM connection)
                 metrics.count_auth(identity.method, "allow", "ok")
             if decided:
                 metrics.count_device(service.name, "allow")
                 identity = verdict.identity  # type: ignore[union-attr]
-                gw._adopt(conn, req, identity)  # type: ignore[arg-type]
+                gw.adopt(conn, req, identity)  # type: ignore[arg-type]
         self.req, self.up, self.pool, self.service, self.path = req, up, pool, service, path
         self.identity = identity
         self.device = identity.device_id if decided else None  # type: ignore[union-attr]
@@ -306,22 +308,22 @@ class ClientSession:
         us.on_lost = self._on_upstream_lost
         us.set_deadline(self.loop.time() + gw.gw.timeouts.upstream_read)
         bearer = identity is not None and identity.method == "bearer"
-        if simple:  # its head as sent, less Connection, plus what Gateway._request_head adds
+        if simple:  # its head as sent, less Connection, plus what Gateway.request_head adds
             if self.forwarded is None:
                 self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: " % (
-                    conn.peer_host.encode(), gw._proto)
+                    conn.peer_host.encode(), gw.proto)
             if identity is None:
                 us.write(req.prefix + self.forwarded + req.host + _RID + rid + b"\r\n\r\n")  # type: ignore[union-attr]
             else:  # Authorization dropped; the identity header, then a Bearer token's backend header
                 if self.ident_user is not identity.user:
                     self.ident_user = identity.user
-                    self.ident_line = b"\r\n" + gw._identity_header + b": " + identity.user.encode("utf-8")
+                    self.ident_line = b"\r\n" + gw.identity_header + b": " + identity.user.encode("utf-8")
                 us.write(b"".join((
                     req.prefix if authz is None else req.prefix_authenticated,  # type: ignore[union-attr]
                     self.forwarded, req.host, _RID, rid, self.ident_line,
                     b"\r\nAuthorization: " + authz if bearer and authz else b"", b"\r\n\r\n")))
         else:
-            us.write(gw._request_head(  # type: ignore[arg-type]
+            us.write(gw.request_head(  # type: ignore[arg-type]
                 conn, req, identity, [(b"Authorization", authz)] if bearer and authz else None,
                 {"service": service.name, "user": identity.user if identity is not None else None,
                  "device": self.device}))
@@ -349,7 +351,7 @@ class ClientSession:
                 self._upstream_failed(UpstreamError("bad-upstream-response", e.reason))
                 return
             if head is None:
-                if us._eof:
+                if us.eof:
                     self._upstream_gone()
                 return
             simple = http1.simple_response(head, req.method, gw.limits)
@@ -379,7 +381,7 @@ class ClientSession:
             self._answered(pool, service, resp.status)
             self._run(self._deliver(req, resp, self._release_upstream(close=False), pool, service))
             return
-        head_out, keep = gw._response_head(req, resp, [])
+        head_out, keep = gw.response_head(req, resp, [])
         self._answered(pool, service, resp.status)
         self._answer(resp.keep_alive, head_out + data if data else head_out, keep)
 
@@ -391,7 +393,7 @@ class ClientSession:
         data = up.stream.take_buffered(resp.length)
         if data is None:
             return False
-        keep = req.keep_alive and req.version >= (1, 1)  # as Gateway._response_head
+        keep = req.keep_alive and req.version >= (1, 1)  # as Gateway.response_head
         assert self.pool is not None
         self._answered(self.pool, self.service, resp.status)
         self._answer(resp.keep_alive, resp.prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data,
@@ -422,7 +424,7 @@ class ClientSession:
         metrics.count_request(service.name if service else None, status)
 
     def _task_context(self, service: Service) -> None:
-        """This task's log context (ucgate.logs), as ``Gateway._handle`` sets it."""
+        """This task's log context (ucgate.logs), as ``Gateway.handle`` (gateway/pipeline.py) sets it."""
         ctx = begin_request(self.conn.request_id, self.conn.peer_host)
         ctx["service"] = service.name
         if self.identity is not None:
@@ -432,7 +434,7 @@ class ClientSession:
 
     async def _deliver(self, req, resp, up, pool, service) -> bool:
         self._task_context(service)
-        keep = await self.gw._deliver(req, resp, up, pool, self.stream, [])
+        keep = await self.gw.deliver(req, resp, up, pool, self.stream, [])
         if self.started is not None:
             self._log_access(req, service)
         return keep
@@ -460,8 +462,10 @@ class ClientSession:
         self._task_context(service)
         if type(req) is http1.SimpleRequest:  # the pipeline needs every field
             req = http1.parse_request_head(self.head, gw.limits)
-        max_body = service.max_body_bytes if service.max_body_bytes is not None else gw.gw.limits.max_body_bytes
-        keep = await gw._forward(self.conn, req, self.path, service, pool, identity, self.stream, max_body, [])
+        ex = Exchange(self.conn, req, self.stream)
+        ex.path, ex.service, ex.pool, ex.identity = self.path, service, pool, identity
+        ex.max_body = gw.max_body_of(service)
+        keep = await pipeline.send(gw, ex)
         if self.started is not None:
             self._log_access(req, service)
         return keep
@@ -470,7 +474,7 @@ class ClientSession:
         req, service = self.req, self.service
         assert req is not None and service is not None
         self._release_upstream(close=True)
-        keep = self.gw._upstream_failed_now(req, self.stream, service, err, True, status)
+        keep = self.gw.upstream_failed_now(req, self.stream, service, err, True, status)
         if keep and self.conn.closed_reason is None:
             self._resume()
         else:

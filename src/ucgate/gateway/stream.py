@@ -196,6 +196,20 @@ class Stream(asyncio.Protocol):
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def eof(self) -> bool:
+        """The peer closed its side (or the connection is gone); data may still be buffered."""
+        return self._eof
+
+    @property
+    def writing_paused(self) -> bool:
+        """The transport's write buffer is over its high-water mark (the peer is not reading)."""
+        return self._writing_paused
+
+    def has_input(self) -> bool:
+        """Something to act on without waiting: buffered data or the peer's EOF."""
+        return bool(self._buf) or self._eof
+
     def exception(self) -> BaseException | None:
         return self._exc
 

@@ -1,0 +1,95 @@
+"""What travels through the request pipeline (gateway/pipeline.py): one ``Exchange`` per
+request, and the ``Refusal`` a stage answers with instead of going on.
+
+Plain objects with slots and no behaviour of their own beyond their constructors, so that the
+stages can be tested without sockets (tests/gateway/test_pipeline.py) and the gateway answers
+every refusal in one place (``Gateway.answer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..protocols.http1 import HttpError, RequestHead, ResponseHead
+from ..protocols.sfb import Service
+from .connection import ClientConnection, Identity
+
+if TYPE_CHECKING:
+    from .backend import BackendAuth
+    from .stream import Stream
+    from .upstream import UpstreamPool
+
+
+class ClientBodyError(Exception):
+    """The client's request body could not be read (too large, incomplete, too slow, bad
+    chunking): answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Refusal:
+    """A stage's answer instead of forwarding: ``status``, the ``reason`` logged and counted,
+    the ``body`` and ``headers`` sent, and whether to ``close`` the connection. ``error``: a
+    protocol error (malformed or too large), logged as rejected and always closed, its body
+    the status and reason."""
+
+    __slots__ = ("status", "reason", "body", "headers", "close", "error")
+
+    def __init__(self, status: int, reason: str, body: bytes = b"",
+                 headers: list[tuple[bytes, bytes]] | None = None, *, close: bool = False,
+                 error: HttpError | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        self.headers = headers if headers is not None else []
+        self.close = close
+        self.error = error
+
+    @classmethod
+    def protocol(cls, err: HttpError) -> Refusal:
+        return cls(err.status, err.reason, close=True, error=err)
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.status}, {self.reason!r}{', close' if self.close else ''})"
+
+
+class Exchange:
+    """One request on its way through the stages: the connection and its stream (``client``),
+    the parsed head, and what each stage learns (the service and its pool, the device facts,
+    the identity, the backend credentials, the headers to add to the response)."""
+
+    __slots__ = ("conn", "req", "client", "path", "query", "service", "pool", "max_body",
+                 "gate", "facts", "prebody", "identity", "response_headers", "observe",
+                 "auth", "use_backend", "ctx", "started")
+
+    def __init__(self, conn: ClientConnection, req: RequestHead, client: Stream,
+                 ctx: dict | None = None, started: float | None = None) -> None:
+        self.conn = conn
+        self.req = req
+        self.client = client
+        self.path: str | None = None
+        self.query: str | None = None
+        self.service: Service | None = None
+        self.pool: UpstreamPool | None = None
+        self.max_body = 0
+        self.gate: Any = None  # the DeviceGate that applies, once it has the facts
+        self.facts: Any = None
+        # the body when a stage had to read it before forwarding (the OAuth form, ActiveSync's
+        # device facts); None: it is still on the connection, forwarded as it comes
+        self.prebody: bytes | None = None
+        self.identity: Identity | None = None
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        # sees the response head (and a small body) before it is sent (gateway.devices, oauth)
+        self.observe: Callable[[ResponseHead, bytes | None], bytes | None] | None = None
+        self.auth: BackendAuth | None = None
+        self.use_backend = True
+        self.ctx = ctx  # this request's log context (ucgate.logs)
+        self.started = started  # clock() at the start when the access log is on, else None
+
+    @property
+    def request_id(self) -> bytes:
+        return self.conn.request_id
