@@ -285,3 +285,96 @@ def test_owned_pattern_agrees_with_membership(name):
 
     found = re.fullmatch(rb"\n(" + _OWNED.pattern() + rb"):", b"\n" + name.lower() + b":") is not None
     assert found == (name in _OWNED)
+
+
+# --- one parser, two routes: the common route (regex) and the full route agree ---------------
+
+def _common_attrs(r):
+    return (r.method, r.target, r.version, r.headers, r.framing, r.host, r.keep_alive, r.expect_continue,
+            r.connection_tokens)
+
+
+def _outcome(f, *args, **kw):
+    try:
+        return f(*args, **kw)
+    except HttpError as e:
+        return ("error", e.status, e.reason, e.detail)
+
+
+@settings(max_examples=FUZZ * 4, deadline=None)
+@given(_heads([b"GET /ucwa/x HTTP/1.1", b"GET /a?b=c HTTP/1.1", b"POST /x HTTP/1.1", b"GET /x HTTP/1.0",
+               b"GET http://a/x HTTP/1.1", b"GET /x HTTP/1.1 ", b"G@T /x HTTP/1.1", b"GET /x\x7f HTTP/1.1"]))
+def test_request_routes_agree(head):
+    from ucgate.protocols.http1 import DEFAULT_LIMITS, request_special_re, simple_request
+
+    sp = request_special_re(_DROP, _OWNED)
+    full = _outcome(parse_request_head, head, full=True)
+    assert _outcome(parse_request_head, head) == full  # no pattern: the full route
+    assert _outcome(parse_request_head, head, DEFAULT_LIMITS, sp, full=True) == full
+    got = _outcome(parse_request_head, head, DEFAULT_LIMITS, sp)
+    simple = simple_request(head, DEFAULT_LIMITS, sp)
+    if simple is None:
+        assert got == full  # the full route: prefix, authorization, prefix_authenticated None
+        if not isinstance(full, tuple):
+            assert (full.prefix, full.authorization, full.prefix_authenticated) == (None, None, None)
+        return
+    assert not isinstance(full, tuple)
+    assert got._headers is None  # not materialised yet
+    assert _common_attrs(got) == _common_attrs(full)
+    assert got == simple and type(got) is http1.RequestHead and type(simple) is http1.SimpleRequest
+    assert got.prefix is not None and got.authorization == full.get(b"authorization")
+    for name in (b"host", b"authorization", b"connection", b"accept", b"x-a"):
+        assert got.get(name) == full.get(name) and got.get_all(name) == full.get_all(name)
+
+
+@settings(max_examples=FUZZ * 4, deadline=None)
+@given(_heads([b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 204 No Content", b"HTTP/1.1 200 ",
+               b"HTTP/1.1 200", b"HTTP/1.0 200 OK", b"HTTP/1.1 101 Switching", b"HTTP/1.1 103 Early",
+               b"HTTP/2.0 200 OK", b"HTTP/1.1 200 O\x00K"]), st.sampled_from([b"GET", b"HEAD", b"POST"]))
+def test_response_routes_agree(head, method):
+    from ucgate.protocols.http1 import simple_response
+
+    full = _outcome(parse_response_head, head, method, full=True)
+    got = _outcome(parse_response_head, head, method)
+    simple = simple_response(head, method)
+    if simple is None:
+        assert got == full
+        if not isinstance(full, tuple):
+            assert (full.prefix, full.length) == (None, None)
+        return
+    assert not isinstance(full, tuple) and got._headers is None
+    keys = ("version", "status", "reason", "headers", "framing", "keep_alive", "connection_tokens")
+    assert [getattr(got, k) for k in keys] == [getattr(full, k) for k in keys]
+    assert got == simple and type(simple) is http1.SimpleResponse
+    assert got.length == full.framing.length and got.prefix is not None
+    assert got.get(b"content-length") == full.get(b"content-length")
+
+
+def test_heads_equality_repr_and_header_setter():
+    from ucgate.protocols.http1 import DEFAULT_LIMITS, Framing, RequestHead, ResponseHead, request_special_re
+
+    head = b"GET /a HTTP/1.1\r\nHost: gw\r\nX-A:  1 \r\nConnection: close\r\n\r\n"
+    r = parse_request_head(head, DEFAULT_LIMITS, request_special_re(frozenset()))
+    assert r.headers == [(b"Host", b"gw"), (b"X-A", b"1"), (b"Connection", b"close")]
+    assert r.get(b"connection") == b"close" and r.get(b"x-b") is None and r.get_all(b"x-a") == [b"1"]
+    r.headers = [(b"Host", b"gw")]
+    assert r.headers == [(b"Host", b"gw")] and r.get(b"x-a") is None
+    full = parse_request_head(head)
+    assert r != full and full != 1 and (full == 1) is False
+    assert repr(full).startswith("RequestHead(b'GET', b'/a', (1, 1), [(b'Host', b'gw')")
+    with pytest.raises(TypeError):
+        hash(full)
+    built = RequestHead(b"GET", b"/a", (1, 1), [(b"Host", b"gw")], Framing("none"), b"gw", True)
+    assert (built.expect_continue, built.connection_tokens, built.prefix, built.authorization,
+            built.prefix_authenticated) == (False, frozenset(), None, None, None)
+    assert built.get(b"host") == b"gw"
+    resp = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: y\r\n\r\n", b"GET")
+    assert resp.get(b"x") == b"y" and resp.get(b"z") is None and resp.prefix is not None
+    resp.headers = []
+    assert resp.get(b"x") is None
+    again = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: y\r\n\r\n", b"GET", full=True)
+    assert again != resp and again != "x" and repr(again).startswith("ResponseHead((1, 1), 200, b'OK'")
+    with pytest.raises(TypeError):
+        hash(again)
+    built = ResponseHead((1, 1), 200, b"OK", [], Framing("close"), False)
+    assert (built.connection_tokens, built.prefix, built.length) == (frozenset(), None, None)

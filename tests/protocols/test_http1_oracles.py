@@ -156,6 +156,13 @@ def test_accepted_heads_read_the_same_by_h11_again_and_on_the_fast_path(data):
         check_like_h11(head)
     again = parse_request_head(serialize_head(b"%b %b HTTP/%d.%d" % (r.method, r.target, *r.version), r.headers))
     assert again == r
+    # the one parser's common route (when the head has the common shape) reads it the same
+    common = parse_request_head(head, DEFAULT_LIMITS, request_special_re(frozenset()))
+    keys = ("method", "target", "version", "headers", "framing", "host", "keep_alive", "expect_continue",
+            "connection_tokens")
+    assert [getattr(common, k) for k in keys] == [getattr(r, k) for k in keys]
+    assert (common.prefix is not None) == (simple_request(head, DEFAULT_LIMITS, request_special_re(frozenset()))
+                                           is not None)
     simple = simple_request(head, DEFAULT_LIMITS, request_special_re(frozenset()))
     if simple is not None:
         assert (simple.method, simple.target, simple.host, simple.keep_alive) == (r.method, r.target, r.host,

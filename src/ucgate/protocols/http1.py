@@ -12,7 +12,9 @@ short reason code that goes to the log line. The caller then answers and closes 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeVar
 
 # --- limits -------------------------------------------------------------------------------
 # Kerberos tickets of users in many groups reach MaxTokenSize 48000 bytes, 64000 in base64
@@ -91,22 +93,82 @@ class Framing:
     length: int = 0
 
 
-@dataclass(slots=True)
 class RequestHead:
-    """A parsed request line and header section (RFC 9112 §3, §5)."""
+    """A parsed request line and header section (RFC 9112 §3, §5).
 
-    method: bytes
-    target: bytes
-    version: tuple[int, int]
-    headers: list[tuple[bytes, bytes]]  # (name as sent, value with OWS stripped)
-    framing: Framing
-    host: bytes
-    keep_alive: bool
-    expect_continue: bool = False
-    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+    ``prefix``, ``authorization`` and ``prefix_authenticated`` are the common route's facts
+    (see :func:`parse_request_head`): set when the head had the common shape, else None.
+    ``headers`` (name as sent, value with OWS stripped) is read from the head on first access
+    when the common route parsed it."""
+
+    __slots__ = ("method", "target", "version", "_headers", "framing", "host", "keep_alive",
+                 "expect_continue", "connection_tokens", "prefix", "authorization",
+                 "prefix_authenticated", "_raw")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: tuple[int, int],
+        headers: list[tuple[bytes, bytes]] | None,
+        framing: Framing,
+        host: bytes,
+        keep_alive: bool,
+        expect_continue: bool = False,
+        connection_tokens: frozenset[bytes] = frozenset(),
+        prefix: bytes | None = None,
+        authorization: bytes | None = None,
+        prefix_authenticated: bytes | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self._headers = headers
+        self.framing = framing
+        self.host = host
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.connection_tokens = connection_tokens
+        # the head to forward, without its final empty line and without the Connection field
+        self.prefix = prefix
+        # the one Authorization field's value (OWS stripped), and ``prefix`` without that field
+        self.authorization = authorization
+        self.prefix_authenticated = prefix_authenticated
+        self._raw = raw  # the head, for ``headers`` on first access (common route only)
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        h = self._headers
+        if h is None:
+            h = self._headers = _common_fields(self._raw)
+        return h
+
+    @headers.setter
+    def headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._headers = value
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.method, self.target, self.version, self.headers, self.framing, self.host,
+                self.keep_alive, self.expect_continue, self.connection_tokens, self.prefix,
+                self.authorization, self.prefix_authenticated)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestHead):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RequestHead{self._key()!r}"
 
     def get(self, name: bytes) -> bytes | None:
         """First value of header ``name`` (lower-case), or None."""
+        if name == b"authorization" and self.prefix is not None:
+            return self.authorization
+        if name == b"host" and self.prefix is not None:
+            return self.host
         for k, v in self.headers:
             if k.lower() == name:
                 return v
@@ -116,23 +178,76 @@ class RequestHead:
         return [v for k, v in self.headers if k.lower() == name]
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    """A parsed status line and header section (RFC 9112 §4)."""
+    """A parsed status line and header section (RFC 9112 §4).
 
-    version: tuple[int, int]
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    framing: Framing
-    keep_alive: bool
-    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+    ``prefix`` (the head to send on, without its final empty line and without Connection; the
+    upstream's Content-Length line stays) and ``length`` are the common route's facts (see
+    :func:`parse_response_head`): set when the head had the common shape, else None."""
+
+    __slots__ = ("version", "status", "reason", "_headers", "framing", "keep_alive",
+                 "connection_tokens", "prefix", "length", "_raw")
+
+    def __init__(
+        self,
+        version: tuple[int, int],
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]] | None,
+        framing: Framing,
+        keep_alive: bool,
+        connection_tokens: frozenset[bytes] = frozenset(),
+        prefix: bytes | None = None,
+        length: int | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self._headers = headers
+        self.framing = framing
+        self.keep_alive = keep_alive
+        self.connection_tokens = connection_tokens
+        self.prefix = prefix
+        self.length = length
+        self._raw = raw
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        h = self._headers
+        if h is None:
+            h = self._headers = _common_fields(self._raw)
+        return h
+
+    @headers.setter
+    def headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._headers = value
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.version, self.status, self.reason, self.headers, self.framing, self.keep_alive,
+                self.connection_tokens, self.prefix, self.length)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ResponseHead):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ResponseHead{self._key()!r}"
 
     def get(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
             if k.lower() == name:
                 return v
         return None
+
+
+def _common_fields(raw: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The field list of a head the common route accepted (every line well-formed)."""
+    assert raw is not None
+    return _FIELD_LINE_RE.findall(raw, raw.index(b"\r\n") + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,21 +399,42 @@ def _request_framing(
     return Framing("none")
 
 
-_VERSIONS = {b"1": (1, 1), b"0": (1, 0)}  # minor version -> (1, minor), shared tuples
+_V11 = (1, 1)
+_VERSIONS = {b"1": _V11, b"0": (1, 0)}  # minor version -> (1, minor), shared tuples
+_R = TypeVar("_R", bound="RequestHead")
+_S = TypeVar("_S", bound="ResponseHead")
 
 
-def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestHead:
+def parse_request_head(
+    head: bytes,
+    limits: Limits = DEFAULT_LIMITS,
+    special: re.Pattern[bytes] | None = None,
+    *,
+    full: bool = False,
+) -> RequestHead:
     """Parse a request head (request line + fields + the empty line).
 
     Args:
         head: bytes up to and including the CRLF CRLF that ends the header section. Leading
             CRLFs (RFC 9112 §2.2 "SHOULD ignore at least one empty line") are skipped.
         limits: size and count limits.
+        special: with a pattern from :func:`request_special_re`, a head in the common shape
+            (an origin-form HTTP/1.1 request with one valid Host, no body, no Expect, no
+            hop-by-hop field but one Connection of "keep-alive" or "close", none of the fields
+            ``special`` adds, at most one Authorization) takes the common route: one regex
+            checks it by the same rules, the result has ``prefix`` (and ``authorization``,
+            ``prefix_authenticated`` with an Authorization field) set and its ``headers`` are
+            read on first access. Any other head takes the full route (``prefix`` None).
+        full: the full route for every head (the tests hold the two routes to one result).
     Returns:
         the :class:`RequestHead`.
     Raises:
         HttpError: on anything malformed, ambiguous or over a limit.
     """
+    if special is not None and not full:
+        common = _request_common(head, limits, special, RequestHead)
+        if common is not None:
+            return common
     if len(head) > limits.max_header_bytes:
         raise HttpError(431, "header-too-large")
     while head.startswith(b"\r\n"):
@@ -336,16 +472,26 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestH
 
 
 def parse_response_head(
-    head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS
+    head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS, *, full: bool = False
 ) -> ResponseHead:
     """Parse a response head from the upstream.
 
     The upstream is on our side of the network but we still refuse ambiguity: a response that
     frames its body two ways could desynchronise the pooled connection.
 
+    A head in the common shape (a 2xx-5xx HTTP/1.1 response, not 204 or 304, not to HEAD, with a
+    reason phrase, one canonical Content-Length, no hop-by-hop field but one Connection of
+    "keep-alive" or "close") takes the common route: ``prefix`` and ``length`` are set and
+    ``headers`` is read on first access. Otherwise (or with ``full``) the full route, where
+    ``prefix`` and ``length`` are None.
+
     Raises:
         HttpError: status 502 for anything malformed.
     """
+    if not full:
+        common = _response_common(head, request_method, limits, ResponseHead)
+        if common is not None:
+            return common
     try:
         if len(head) > limits.max_header_bytes:
             raise HttpError(502, "upstream-header-too-large")
@@ -459,7 +605,7 @@ class OwnedFields:
 
     __slots__ = ("prefixes", "_seen")
 
-    def __init__(self, names) -> None:
+    def __init__(self, names: Iterable[bytes]) -> None:
         prefixes = {squash_field_name(n) for n in names}
         if b"" in prefixes:
             raise ValueError("an owned field name needs a letter or digit")
@@ -546,7 +692,7 @@ def serialize_forwarded(
 # results on generated heads.
 
 _SIMPLE_RESPONSE_RE = re.compile(
-    rb"HTTP/1\.1 ([2-5]\d\d) [\t\x20-\x7e\x80-\xff]+\r\n"
+    rb"HTTP/1\.1 ([2-5]\d\d) ([\t\x20-\x7e\x80-\xff]+)\r\n"
     rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
 )
 # every field that frames the body or is hop-by-hop, with its value (OWS on the left dropped)
@@ -573,39 +719,37 @@ def request_special_re(drop: frozenset[bytes], owned: OwnedFields | None = None)
     return re.compile(rb"\n(" + alts + rb"):[\t ]*([^\r]*)")
 
 
-@dataclass(slots=True)
-class SimpleRequest:
-    """A bodiless HTTP/1.1 request in the common shape: what the fast path needs of it (and the
-    attributes of RequestHead that answering it reads)."""
+class SimpleRequest(RequestHead):
+    """Deprecated: what :func:`simple_request` returns, a :class:`RequestHead` of the common
+    route (only for gateway/session.py's ``type(req) is http1.SimpleRequest`` until it calls
+    ``parse_request_head(head, limits, special)`` and tests ``req.prefix is not None``)."""
 
-    method: bytes
-    target: bytes
-    host: bytes
-    keep_alive: bool
-    # the head to forward, without its final empty line and without the Connection field
-    prefix: bytes
-    version: tuple[int, int] = (1, 1)
-    # the one Authorization field's value (OWS stripped), None without one; and ``prefix``
-    # without that field (what an authenticated request forwards), None without one
-    authorization: bytes | None = None
-    prefix_authenticated: bytes | None = None
+    __slots__ = ()
 
-    def get(self, name: bytes) -> bytes | None:
-        """``RequestHead.get``: the first value of field ``name`` (lower-case), OWS stripped —
-        except Connection, which ``prefix`` no longer has (``keep_alive`` says what it meant)."""
-        if name == b"authorization":
-            return self.authorization
-        if name == b"host":
-            return self.host
-        for line in self.prefix.split(b"\r\n")[1:]:
-            k, _, v = line.partition(b":")
-            if k.lower() == name:
-                return v.strip(b" \t")
-        return None
+
+class SimpleResponse(ResponseHead):
+    """Deprecated: what :func:`simple_response` returns, a :class:`ResponseHead` of the common
+    route (use ``parse_response_head`` and ``resp.prefix is not None``)."""
+
+    __slots__ = ()
 
 
 def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> SimpleRequest | None:
-    """``head`` as a :class:`SimpleRequest` when it is an origin-form HTTP/1.1 request with one
+    """Deprecated: ``parse_request_head(head, limits, special)`` when it takes the common route,
+    else None (without raising)."""
+    return _request_common(head, limits, special, SimpleRequest)
+
+
+def simple_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS) -> SimpleResponse | None:
+    """Deprecated: ``parse_response_head(head, request_method, limits)`` when it takes the
+    common route, else None (without raising)."""
+    return _response_common(head, request_method, limits, SimpleResponse)
+
+
+_NO_BODY = Framing("none")  # shared by the common route's heads: the gateway replaces, never mutates, framing
+
+def _request_common(head: bytes, limits: Limits, special: re.Pattern[bytes], cls: type[_R]) -> _R | None:
+    """``head`` as a ``cls`` (a :class:`RequestHead`) when it is an origin-form HTTP/1.1 request with one
     valid Host, no body, no Expect, no hop-by-hop field but one Connection of "keep-alive" or
     "close", and none of the fields ``special`` (from :func:`request_special_re`) adds; else None
     (then ``parse_request_head`` decides). One Authorization field is allowed: its value and the
@@ -615,6 +759,7 @@ def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> S
     m = _SIMPLE_REQUEST_RE.fullmatch(head)
     if m is None:
         return None
+    raw = head
     method, target = m.groups()
     if len(target) > limits.max_target_bytes or head.count(b"\r\n") - 2 > limits.max_header_count:
         return None
@@ -622,6 +767,7 @@ def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> S
     host = False
     close = connection = False
     authz: bytes | None = None
+    conn_tokens = _NO_TOKENS
     for name, value in special.findall(low):
         if name == b"host" and not host:
             host = True
@@ -632,6 +778,7 @@ def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> S
             if tokens is None:
                 return None
             close = b"close" in tokens
+            conn_tokens = tokens
             connection = True
         else:  # a second copy, a body, Expect, a field the caller drops...: the full parser
             return None
@@ -649,29 +796,17 @@ def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> S
     if connection:
         i = low.index(b"\nconnection:") + 1
         end = head.index(b"\r\n", i) + 2
-        if authz is not None:
-            if a > i:
-                a, a_end = a - (end - i), a_end - (end - i)
+        if authz is not None and a > i:
+            a, a_end = a - (end - i), a_end - (end - i)
         head = head[:i] + head[end:]
     if authz is not None:
         without_authz = head[:a] + head[a_end:-2]
-    return SimpleRequest(method, target, host_value, not close, head[:-2], (1, 1), authz, without_authz)
+    return cls(method, target, _V11, None, _NO_BODY, host_value, not close, False, conn_tokens, head[:-2], authz,
+               without_authz, raw)
 
 
-@dataclass(slots=True)
-class SimpleResponse:
-    """A final HTTP/1.1 response framed by one Content-Length, in the common shape."""
-
-    status: int
-    length: int
-    keep_alive: bool  # the upstream keeps its connection open
-    # the head to send on, without its final empty line and without the Connection field; the
-    # upstream's Content-Length line stays (it is exactly the framing we would write)
-    prefix: bytes
-
-
-def simple_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS) -> SimpleResponse | None:
-    """``head`` as a :class:`SimpleResponse` when it is a 2xx-5xx HTTP/1.1 response (not 204 or
+def _response_common(head: bytes, request_method: bytes, limits: Limits, cls: type[_S]) -> _S | None:
+    """``head`` as a ``cls`` (a :class:`ResponseHead`) when it is a 2xx-5xx HTTP/1.1 response (not 204 or
     304, not to HEAD) with a reason phrase, one Content-Length, no hop-by-hop field but one
     Connection of "keep-alive" or "close"; else None (then ``parse_response_head`` decides)."""
     if request_method == b"HEAD" or len(head) > limits.max_header_bytes:
@@ -679,12 +814,15 @@ def simple_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT
     m = _SIMPLE_RESPONSE_RE.fullmatch(head)
     if m is None:
         return None
-    status = int(m.group(1))
+    raw = head
+    status_b, reason = m.groups()
+    status = int(status_b)
     if status == 204 or status == 304 or head.count(b"\r\n") - 2 > limits.max_header_count:
         return None
     low = head.lower()
     length = -1
     close = connection = False
+    conn_tokens = _NO_TOKENS
     for name, value in _RESPONSE_SPECIAL_RE.findall(low):
         value = value.rstrip(b" \t")
         if name == b"content-length" and length < 0:
@@ -697,6 +835,7 @@ def simple_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT
             if tokens is None:
                 return None
             close = b"close" in tokens
+            conn_tokens = tokens
             connection = True
         else:  # a second copy, Keep-Alive, Transfer-Encoding, Upgrade...: the full parser
             return None
@@ -705,7 +844,8 @@ def simple_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT
     if connection:
         i = low.index(b"\nconnection:") + 1
         head = head[:i] + head[head.index(b"\r\n", i) + 2 :]
-    return SimpleResponse(status, length, not close, head[:-2])
+    return cls(_V11, status, reason, None, Framing("length", length), not close,
+               conn_tokens, head[:-2], length, raw)
 
 
 def serialize_head(start_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
