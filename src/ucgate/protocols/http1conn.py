@@ -1,0 +1,437 @@
+"""An HTTP/1.1 connection as a sans-I/O state machine (h11's ``Connection`` is the model), and the
+body framing it uses on its own (:class:`BodyReader`).
+
+The connection owns both halves of reading a message: the head (``http1.parse_request_head`` /
+``parse_response_head``, so the same strict rules and the same common route) and the body
+(Content-Length, chunked with chunk-size lines, extensions and trailers, and read-until-close for
+a response), with the refuse-never-repair rules of ``protocols/http1.py`` in one place. Nothing
+here does I/O: bytes go in with :meth:`Connection.receive_data`, events come out of
+:meth:`Connection.next_event`. A refusal is an :class:`~ucgate.protocols.http1.HttpError` with
+the status to answer and the reason code for the log line; after one, the connection is broken
+(every further call raises the same error) and the caller answers and closes.
+
+Server side (requests from a client)::
+
+    conn = Connection(SERVER, gw.limits, special=gw._request_specials, max_body=limit)
+    conn.receive_data(data)            # b"" when the client closed
+    while True:
+        event = conn.next_event()      # HttpError: answer event.status, log event.reason, close
+        if event is NEED_DATA:
+            break                      # read more, then receive_data() again
+        if isinstance(event, Request):
+            req = event.head           # a RequestHead; req.prefix is not None: the common route
+        elif isinstance(event, Data):
+            upstream.write(event.data) # the payload, de-chunked (re-frame it: http1.encode_chunk)
+        elif isinstance(event, EndOfMessage):
+            ...                        # event.trailers: [(name, value)], checked, not forwarded
+        elif event is PAUSED or isinstance(event, ConnectionClosed):
+            break                      # not keep-alive, or the client closed between requests
+
+Client side (responses from the upstream): call ``conn.send_request(method)`` for each request
+written, in order; a response to HEAD, a 1xx, 204 or 304 has no body (RFC 9112 §6.3), a
+response without Content-Length or Transfer-Encoding is read until close (``receive_data(b"")``
+ends it). 1xx responses are events of their own (``event.head.status < 200``), then the final
+one follows; after a 101 the connection is PAUSED (the bytes after it are ``trailing_data``).
+Client-side refusals have status 502.
+
+The gateway copying a body from one stream to another, with the head parsed already::
+
+    reader = BodyReader(req.framing, limit=max_body)        # HttpError(413) when over it
+    while True:
+        out, done = reader.feed(await client.read(65536))   # b"" at EOF: 400 body-incomplete
+        upstream.write(out)            # decoded payload (raw=True: the wire bytes, checked)
+        if done:
+            break
+    leftover = reader.unused           # bytes after the body: the next request's
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+from ucgate.protocols.http1 import (
+    DEFAULT_LIMITS,
+    MAX_CHUNK_LINE_BYTES,
+    Framing,
+    HttpError,
+    Limits,
+    RequestHead,
+    ResponseHead,
+    check_trailer_line,
+    parse_chunk_size_line,
+    parse_request_head,
+    parse_response_head,
+)
+
+__all__ = [
+    "CLIENT",
+    "NEED_DATA",
+    "PAUSED",
+    "SERVER",
+    "MAX_TRAILER_BYTES",
+    "BodyReader",
+    "Connection",
+    "ConnectionClosed",
+    "Data",
+    "EndOfMessage",
+    "Request",
+    "Response",
+]
+
+SERVER = "server"  # we are the server: the peer sends requests
+CLIENT = "client"  # we are the client: the peer sends responses
+# The whole trailer section (gateway/server.py's limit for the copy).
+MAX_TRAILER_BYTES = MAX_CHUNK_LINE_BYTES * 4
+_BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")  # no event without more bytes
+PAUSED = _Sentinel("PAUSED")  # no more messages on this connection (close, 101, no request sent)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    head: RequestHead
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    head: ResponseHead
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage:
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed between messages."""
+
+
+# BodyReader states
+_LENGTH, _SIZE, _CHUNK, _CRLF, _TRAILER, _CLOSE, _DONE = range(7)
+
+
+class BodyReader:
+    """The body of one message, by its :class:`~ucgate.protocols.http1.Framing`.
+
+    ``feed(data)`` takes the next bytes of the stream and returns ``(out, done)``: ``out`` the
+    payload they complete (chunked: de-chunked; with ``raw=True`` the wire bytes themselves,
+    chunk lines and trailers included, once checked) and ``done`` whether the body ended. Bytes
+    after the end stay in ``unused``. ``feed(b"")`` is the end of the stream: it ends a
+    read-until-close body, and is ``HttpError(400, "body-incomplete")`` in any other.
+    ``trailers`` holds the trailer fields of a chunked body once done.
+
+    >>> r = BodyReader(Framing("chunked"))
+    >>> r.feed(b"3\\r\\nabc\\r\\n0\\r\\nX: 1\\r\\n")
+    (b'abc', False)
+    >>> r.feed(b"\\r\\nGET /next")
+    (b'', True)
+    >>> r.trailers, r.unused
+    ([(b'X', b'1')], b'GET /next')
+
+    Refusals (``HttpError``, as ``gateway/server.py``'s copy): 413 ``body-too-large`` over
+    ``limit`` (a Content-Length over it at once), 400 ``chunk-line-too-long``,
+    ``bad-chunk-size``, ``bad-chunk-terminator``, ``trailer-too-large``, ``bad-trailer``,
+    ``obs-fold``, ``body-incomplete``.
+    """
+
+    __slots__ = ("_state", "_left", "_buf", "_total", "_limit", "_raw", "_trailer_bytes",
+                 "trailers", "unused")
+
+    def __init__(self, framing: Framing, *, limit: int | None = None, raw: bool = False) -> None:
+        self._limit = limit
+        self._raw = raw
+        self._buf = b""
+        self._total = 0
+        self._left = 0
+        self._trailer_bytes = 0
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.unused = b""
+        kind = framing.kind
+        if kind == "length":
+            if limit is not None and framing.length > limit:
+                raise HttpError(413, "body-too-large")
+            self._left = framing.length
+            self._state = _LENGTH if framing.length else _DONE
+        elif kind == "chunked":
+            self._state = _SIZE
+        elif kind == "close":
+            self._state = _CLOSE
+        elif kind == "none":
+            self._state = _DONE
+        else:
+            raise ValueError(f"unknown framing {kind!r}")
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        if self._state == _DONE:
+            self.unused += data
+            return b"", True
+        if not data:
+            if self._state == _CLOSE:
+                self._state = _DONE
+                return b"", True
+            raise HttpError(400, "body-incomplete")
+        out: list[bytes] = []
+        if self._state == _LENGTH:
+            n = self._left
+            if len(data) < n:
+                self._left = n - len(data)
+                return data, False
+            self._left = 0
+            self._state = _DONE
+            self.unused = data[n:]
+            return data[:n], True
+        if self._state == _CLOSE:
+            self._total += len(data)
+            if self._limit is not None and self._total > self._limit:
+                raise HttpError(413, "body-too-large")
+            return data, False
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        pos = self._chunked(buf, out)
+        if self._state == _DONE:
+            self.unused = buf[pos:]
+        else:
+            self._buf = buf[pos:]
+        return b"".join(out), self._state == _DONE
+
+    def _chunked(self, buf: bytes, out: list[bytes]) -> int:
+        """Decode what ``buf`` holds; the position of the first byte not consumed."""
+        pos = 0
+        raw = self._raw
+        end = len(buf)
+        while pos < end:
+            state = self._state
+            if state == _CHUNK:
+                n = min(self._left, end - pos)
+                out.append(buf[pos : pos + n])
+                pos += n
+                self._left -= n
+                if not self._left:
+                    self._state = _CRLF
+            elif state == _CRLF:
+                if end - pos < 2:
+                    if buf[pos] != 0x0D:
+                        raise HttpError(400, "bad-chunk-terminator")
+                    return pos
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise HttpError(400, "bad-chunk-terminator")
+                if raw:
+                    out.append(b"\r\n")
+                pos += 2
+                self._state = _SIZE
+            else:  # a line: a chunk-size line or a trailer line
+                i = buf.find(b"\r\n", pos)
+                if i < 0:
+                    partial = end - pos
+                    least = partial + (1 if buf[end - 1] == 0x0D else 2)  # the line's length at least
+                    if state == _SIZE:
+                        if least > MAX_CHUNK_LINE_BYTES:
+                            raise HttpError(400, "chunk-line-too-long")
+                    elif self._trailer_bytes + least > MAX_TRAILER_BYTES:
+                        raise HttpError(400, "trailer-too-large")
+                    return pos
+                line = buf[pos : i + 2]
+                pos = i + 2
+                if raw:
+                    out.append(line)
+                if state == _SIZE:
+                    size = parse_chunk_size_line(line)
+                    if size == 0:
+                        self._state = _TRAILER
+                        continue
+                    self._total += size
+                    if self._limit is not None and self._total > self._limit:
+                        raise HttpError(413, "body-too-large")
+                    self._left = size
+                    self._state = _CHUNK
+                else:
+                    self._trailer_bytes += len(line)
+                    if self._trailer_bytes > MAX_TRAILER_BYTES:
+                        raise HttpError(400, "trailer-too-large")
+                    if check_trailer_line(line):
+                        self._state = _DONE
+                        return pos
+                    name, _, value = line[:-2].partition(b":")
+                    self.trailers.append((name, value.strip(b" \t")))
+        return pos
+
+    def eof(self) -> bool:
+        """``feed(b"")[1]``: the stream ended; True when that ends the body."""
+        return self.feed(b"")[1]
+
+
+class Connection:
+    """One side of an HTTP/1.1 connection: ``role`` is SERVER (the peer sends requests) or
+    CLIENT (the peer sends responses to the requests given to :meth:`send_request`).
+
+    ``limits`` as for the head parsers; ``special`` (server side) a pattern from
+    ``http1.request_special_re`` for the common route of ``parse_request_head``; ``max_body``
+    the largest request body (server side; 413 over it). See the module docstring for the loop.
+    """
+
+    __slots__ = ("role", "limits", "special", "max_body", "_buf", "_eof", "_reader", "_methods",
+                 "_state", "_error", "_keep_alive")
+
+    def __init__(self, role: str, limits: Limits = DEFAULT_LIMITS, *,
+                 special: re.Pattern[bytes] | None = None, max_body: int | None = None) -> None:
+        if role not in (SERVER, CLIENT):
+            raise ValueError(f"role must be {SERVER!r} or {CLIENT!r}")
+        self.role = role
+        self.limits = limits
+        self.special = special
+        self.max_body = max_body
+        self._buf = b""
+        self._eof = False
+        self._reader: BodyReader | None = None
+        self._methods: deque[bytes] = deque()
+        self._state = "head"  # "head" | "body" | "paused" | "closed"
+        self._error: HttpError | None = None
+        self._keep_alive = True
+
+    def send_request(self, method: bytes) -> None:
+        """Client side: a request with ``method`` was written; its response is read next."""
+        if self.role != CLIENT:
+            raise RuntimeError("send_request is for the client side")
+        self._methods.append(method)
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; ``b""`` when it closed its side."""
+        if self._eof:
+            if data:
+                raise RuntimeError("data after the end of the stream")
+            return
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """The bytes received and not used (after a 101, or after a message that closes), and
+        whether the peer closed."""
+        return self._buf, self._eof
+
+    def next_event(self) -> object:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except HttpError as e:
+            if self.role == CLIENT and e.status != 502:
+                e = HttpError(502, e.reason, e.detail)
+            self._error = e
+            raise e from None
+
+    def _next(self) -> object:
+        state = self._state
+        if state == "body":
+            return self._body()
+        if state == "closed":
+            return ConnectionClosed()
+        if state == "paused":
+            return PAUSED
+        return self._head()
+
+    def _head(self) -> object:
+        buf = self._buf
+        server = self.role == SERVER
+        if not server and not self._methods:
+            if buf or self._eof:
+                if not buf:
+                    self._state = "closed"
+                    return ConnectionClosed()
+                raise HttpError(502, "unsolicited-response")
+            return NEED_DATA
+        limit = self.limits.max_header_bytes
+        i = buf.find(b"\r\n\r\n")
+        if i < 0:
+            if _BARE_CR_OR_LF.search(buf) is not None:
+                if server:
+                    raise HttpError(400, "bare-cr-or-lf", "bare CR or LF in the header section")
+                raise HttpError(502, "bad-upstream-response", "bare-cr-or-lf")
+            if len(buf) - 3 > limit:
+                raise HttpError(431, "header-too-large") if server else HttpError(502, "upstream-header-too-large")
+            if self._eof:
+                if not buf:
+                    self._state = "closed"
+                    return ConnectionClosed()
+                raise HttpError(400, "incomplete-head") if server else HttpError(502, "upstream-incomplete-head")
+            return NEED_DATA
+        if i > limit:
+            raise HttpError(431, "header-too-large") if server else HttpError(502, "upstream-header-too-large")
+        head = buf[: i + 4]
+        self._buf = buf[i + 4 :]
+        event: Request | Response
+        if server:
+            req = parse_request_head(head, self.limits, self.special)
+            self._reader = BodyReader(req.framing, limit=self.max_body)
+            self._keep_alive = req.keep_alive
+            event = Request(req)
+        else:
+            method = self._methods[0]
+            resp = parse_response_head(head, method, self.limits)
+            if resp.status < 200:
+                if resp.status == 101:
+                    self._methods.popleft()
+                    self._keep_alive = False
+                    self._state = "paused"
+                return Response(resp)  # interim: the final response follows (but after 101)
+            self._methods.popleft()
+            self._reader = BodyReader(resp.framing)
+            self._keep_alive = resp.keep_alive
+            event = Response(resp)
+        self._state = "body"
+        return event
+
+    def _body(self) -> object:
+        reader = self._reader
+        assert reader is not None
+        if not reader.done:
+            if self._buf:
+                data, self._buf = self._buf, b""
+                out, done = reader.feed(data)
+                if not done and not out:
+                    return NEED_DATA
+                if out:
+                    if done:  # the end on the next call
+                        self._buf = reader.unused
+                        reader.unused = b""
+                    return Data(out)
+            elif self._eof:
+                reader.feed(b"")  # raises unless read until close
+            else:
+                return NEED_DATA
+        if not reader.done:
+            return NEED_DATA
+        self._buf = reader.unused + self._buf
+        reader.unused = b""
+        self._reader = None
+        if self._keep_alive:
+            self._state = "head"
+        else:
+            self._state = "paused"
+        return EndOfMessage(reader.trailers)
