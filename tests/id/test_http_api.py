@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import json
 import os
 import ssl
 import time
@@ -439,3 +440,35 @@ def test_build_node_with_url_uses_remote_credentials(tmp_path, tls_files, upstre
         await node.remote.aclose()
 
     asyncio.run(close())
+
+
+def test_every_route_is_in_the_document_and_every_model_validates_its_example(idsrv, tls_files):
+    from starlette.routing import Route
+
+    from ucgate.id.api import parse_wire
+    from ucgate.id.http_api import EXAMPLES, schema_name
+
+    with api(idsrv, tls_files) as c:
+        doc = c.get("/v1/openapi.json").json()
+    served = {(r.path, m.lower()) for r in idsrv.app.routes if isinstance(r, Route)
+              for m in (r.methods or ()) if m != "HEAD"}
+    assert served == {(p, m) for p, ops in doc["paths"].items() for m in ops}
+    by_name = {schema_name(m): m for m in EXAMPLES}
+    seen = set()
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            contents = [op["requestBody"]["content"]] if "requestBody" in op else []
+            contents += [r["content"] for r in op["responses"].values() if "content" in r]
+            for content in contents:
+                media = content.get("application/json")
+                if media is None or "$ref" not in media["schema"]:
+                    continue
+                name = media["schema"]["$ref"].rsplit("/", 1)[1]
+                if name == "Status":  # the balancer checks' answer (ucgate.id.health), not a model here
+                    continue
+                model = by_name[name]
+                assert media["example"] == EXAMPLES[model]
+                parse_wire(model, json.dumps(media["example"]))  # the model accepts its example
+                assert media["schema"]["$ref"].rsplit("/", 1)[1] in doc["components"]["schemas"]
+                seen.add(model)
+    assert seen == set(EXAMPLES)  # every model is in the document

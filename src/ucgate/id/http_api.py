@@ -482,8 +482,45 @@ _EXTRA_SCHEMAS: dict[str, Any] = {
                "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}},
 }
 
+_CTX = {"client_ip": "192.0.2.7", "method": "basic", "service": "eas", "device_id": "ApplDEV1",
+        "user_agent": "Apple-iPhone9C1/1402.100"}
+_B = "TlRMTVNTUAAB"  # base64 of the start of an NTLM message
+# One example body per model, in the document (media type ``example``) and validated by the tests.
+EXAMPLES: dict[type[Wire], dict[str, Any]] = {
+    PasswordBody: {"user": "alice", "password": "abcd efgh ijkl mnop", "context": _CTX},
+    AccountBody: {"user": "alice@contoso.com", "context": {**_CTX, "method": "kerberos"}},
+    VerdictBody: {"ok": True, "reason": "ok", "user": "alice", "credential_id": "asp-3f2a", "retry_after": 0.0},
+    NtlmBody: {"negotiate": _B, "challenge": _B, "authenticate": _B, "server_challenge": "MTIzNDU2Nzg=",
+               "challenge_time": 133_000_000_000_000_000, "channel_binding": None,
+               "extended_protection": "require", "max_clock_skew": 300, "context": {**_CTX, "method": "ntlm"}},
+    NtlmAnswerBody: {"ok": True, "reason": "ok", "user": "alice", "credential_id": "asp-3f2a", "retry_after": 0.0,
+                     "session": {"exported_session_key": "AAECAwQFBgcICQoLDA0ODw==", "flags": 3800728117,
+                                 "mic_present": True, "channel_binding": "verified", "target_name": "HTTP/mail"}},
+    DeviceCheckBody: {"user": "alice", "service": "eas", "second_factor_ok": False, "credential_id": None,
+                      "client_address": "192.0.2.7",
+                      "device": {"device_id": "ApplDEV1", "device_type": "iPhone", "model": None, "os": None,
+                                 "user_agent": "Apple-iPhone9C1/1402.100", "client_kind": "ios", "source": "eas-query",
+                                 "problem": None, "claimed_user": "alice", "command": "FolderSync", "detail": ""}},
+    DeviceDecisionBody: {"outcome": "allow", "reason": "trusted", "device_id": "ApplDEV1", "wipe": False,
+                         "trusted_until": "2030-01-01T00:00:00+00:00", "rule": None, "partnership_id": 7},
+    SipAttemptBody: {"user": "sip:alice@contoso.com", "ntlm_user": "alice", "ntlm_domain": "CONTOSO",
+                     "context": {**_CTX, "method": "sip", "service": "sip"}},
+    SipAttemptAnswerBody: {"ok": True, "reason": "ok", "user": "alice", "credential_id": None, "retry_after": 0.0,
+                           "token": "0f3c9a", "expires_in": 30.0},
+    SipSettleBody: {"token": "0f3c9a", "outcome": "success", "reason": "ok"},
+    SettledBody: {"settled": True},
+    SessionsBody: {"gateway": "gw-1", "users": {"alice": "2025-03-01T09:00:00+00:00"}},
+    HealthBody: {"status": "ok"},
+    ErrorBody: {"error": "bad-request", "field": "context.client_ip", "message": "not an IP address"},
+}
+
 _ERROR_TEXT = {400: "Malformed call; `field` names the offending field", 401: "Missing or wrong shared secret",
                413: "Request body too large"}
+
+
+def schema_name(model: type[BaseModel]) -> str:
+    """The name of a model's schema in ``components.schemas``: its title."""
+    return str(model.model_config.get("title") or model.__name__)
 
 
 def component_schemas(models: list[type[BaseModel]]) -> tuple[dict[str, str], dict[str, Any]]:
@@ -496,8 +533,7 @@ def component_schemas(models: list[type[BaseModel]]) -> tuple[dict[str, str], di
     for key, title in rename.items():
         text = text.replace(f'"#/components/schemas/{key}"', f'"#/components/schemas/{title}"')
     schemas = {rename[k]: v for k, v in json.loads(text).items()}
-    names = {m.__name__: m.model_json_schema().get("title", m.__name__) for m in models}
-    return names, schemas
+    return {m.__name__: schema_name(m) for m in models}, schemas
 
 
 @functools.cache
@@ -514,8 +550,9 @@ def openapi_document(operations: tuple = _OPERATIONS) -> dict[str, Any]:
             return None
         if body == "text/event-stream":
             return {body: {"schema": {"type": "string"}}}
-        schema = ref(body) if isinstance(body, type) else (
-            {"$ref": "#/components/schemas/Status"} if body == "status" else {"type": body})
+        if isinstance(body, type):
+            return {"application/json": {"schema": ref(body), "example": EXAMPLES[body]}}
+        schema = {"$ref": "#/components/schemas/Status"} if body == "status" else {"type": body}
         return {"application/json": {"schema": schema}}
 
     paths: dict[str, Any] = {}

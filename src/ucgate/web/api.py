@@ -304,7 +304,6 @@ _OBJ = {"type": "object"}
 _DEV = {"$ref": "#/components/schemas/Device"}
 _RULE = {"$ref": "#/components/schemas/Rule"}
 _POLICY = {"$ref": "#/components/schemas/Policy"}
-_MOVE = {"$ref": "#/components/schemas/Move"}
 _NULL_INT = {"anyOf": [{"type": "integer"}, {"type": "null"}]}
 _GLOB = {"type": "string", "maxLength": 256, "description": "a glob, case-insensitive"}
 _RULE_FIELDS = {
@@ -316,6 +315,20 @@ _RULE_FIELDS = {
 _POLICY_SETTINGS = {"$ref": "#/components/schemas/PolicySettings"}
 # The request bodies' schemas come from the models above; the answers' are written here.
 _MODEL_NAMES, _MODEL_SCHEMAS = component_schemas([UserState, AspRequest, Move, NewRule, NewPolicy])
+# One example per request body, in the document and validated by the tests.
+EXAMPLES: dict[type[Body], dict[str, Any]] = {
+    UserState: {"enabled": False},
+    AspRequest: {"label": "iPhone mail", "device_id": "ApplDEV1"},
+    Move: {"position": 1},
+    NewRule: {"name": "no-android", "action": "quarantined", "client_kind": "android", "position": 1},
+    NewPolicy: {"group": "ucgate-executives", "settings": {"max_devices": 1, "certprov": "deny"}},
+}
+
+
+def _request(model: type[Body]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{_MODEL_NAMES[model.__name__]}"}, "example": EXAMPLES[model]}}}
+
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -331,12 +344,12 @@ OPENAPI: dict[str, Any] = {
                                              "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
         "/api/v1/users/{username}/state": {"put": {
             "operationId": "setUserEnabled", "parameters": [_USER],
-            "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/UserState"})},
+            "requestBody": _request(UserState),
             "responses": {**_ok(_OBJ), **_errs(400, 401, 403, 404)}}},
         "/api/v1/users/{username}/asps": {"post": {
             "operationId": "createAsp", "summary": "Issue an ASP; the password is in this answer only",
             "parameters": [_USER],
-            "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/AspRequest"})},
+            "requestBody": _request(AspRequest),
             "responses": {**_ok({"$ref": "#/components/schemas/NewAsp"}, "Created", "201"), **_errs(400, 401, 403, 404)}}},
         "/api/v1/users/{username}/otp": {"delete": {
             "operationId": "resetOtp", "parameters": [_USER],
@@ -375,25 +388,25 @@ OPENAPI: dict[str, Any] = {
                     "responses": {**_ok({"$ref": "#/components/schemas/Rules"}), **_errs(401, 403)}},
             "post": {"operationId": "addRule", "summary": "Add a device rule to the store's list; in force "
                      "on every node within a second",
-                     "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/NewRule"})},
+                     "requestBody": _request(NewRule),
                      "responses": {**_ok(_RULE, "Created", "201"), **_errs(400, 401, 403)}}},
         "/api/v1/rules/{id}": {"delete": {
             "operationId": "deleteRule", "parameters": [_ID],
             "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)}}},
         "/api/v1/rules/{id}/move": {"post": {
-            "operationId": "moveRule", "parameters": [_ID], "requestBody": {"required": True, "content": _json(_MOVE)},
+            "operationId": "moveRule", "parameters": [_ID], "requestBody": _request(Move),
             "responses": {**_ok(_RULE), **_errs(400, 401, 403, 404)}}},
         "/api/v1/policies": {
             "get": {"operationId": "policies", "summary": "Group policies, the file's first, then the store's",
                     "responses": {**_ok({"type": "array", "items": _POLICY}), **_errs(401, 403)}},
             "post": {"operationId": "addPolicy", "summary": "Add a group policy to the store's list",
-                     "requestBody": {"required": True, "content": _json({"$ref": "#/components/schemas/NewPolicy"})},
+                     "requestBody": _request(NewPolicy),
                      "responses": {**_ok(_POLICY, "Created", "201"), **_errs(400, 401, 403)}}},
         "/api/v1/policies/{id}": {"delete": {
             "operationId": "deletePolicy", "parameters": [_ID],
             "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)}}},
         "/api/v1/policies/{id}/move": {"post": {
-            "operationId": "movePolicy", "parameters": [_ID], "requestBody": {"required": True, "content": _json(_MOVE)},
+            "operationId": "movePolicy", "parameters": [_ID], "requestBody": _request(Move),
             "responses": {**_ok(_POLICY), **_errs(400, 401, 403, 404)}}},
         "/api/v1/settings": {"get": {"operationId": "settings", "summary": "Effective configuration, secrets masked",
                                      "responses": {**_ok(_OBJ), **_errs(401, 403)}}},
