@@ -41,8 +41,8 @@ from ..policy.account import check_sign_in
 from ..policy.lockout import BudgetDecision, Outcome, Reservation, ip_key
 from ..policy.twofactor import Mode
 from ..protocols import ntlm as ntlm_proto
-from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from ..store import DuplicateError
+from .api import AttemptContext, NtlmHandshake, NtlmVerdict, Verdict
 from .directory import DirectoryError
 from .users import resolve_login_name
 from .writer import WriterBusy
@@ -364,7 +364,7 @@ class IdService:
             box["checked"] = True
             try:
                 verdict = box["verdict"] = check()
-            except BaseException as e:
+            except Exception as e:  # noqa: BLE001 - re-raised once the attempt is committed
                 box["error"] = e  # the unit stays charged, as the two-call path's finally does
                 return Outcome.FAILURE
             return _outcome(verdict)

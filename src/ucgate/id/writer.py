@@ -149,7 +149,7 @@ class SignInWriter:
             if many is not None:
                 while j < len(events) and events[j][1] is then:
                     j += 1
-            stored = [with_id(ev, ev_id) for (ev, _), ev_id in zip(events[i:j], ids[i:j])]
+            stored = [with_id(ev, ev_id) for (ev, _), ev_id in zip(events[i:j], ids[i:j], strict=False)]
             try:
                 if many is not None:
                     many(stored)

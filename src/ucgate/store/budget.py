@@ -28,7 +28,6 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from .. import metrics
-
 from ..policy.lockout import (
     BudgetConfig,
     BudgetDecision,

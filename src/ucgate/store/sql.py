@@ -29,7 +29,6 @@ from .repository import (
 )
 from .schema import USER_SOURCES, asps, audit, otp_recovery_codes, otp_secrets, users
 
-
 _AUDIT_INSERT = insert(audit).returning(audit.c.id, sort_by_parameter_order=True)
 
 
