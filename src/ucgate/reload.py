@@ -104,18 +104,18 @@ class Reloader:
             plan.tls = _load_tls(new)
             plan.applied.append("gateway.tls_cert")
         if _without_tls(gw_old) != _without_tls(gw_new):
-            plan.restart.extend(f"gateway.{f.name}" for f in dataclasses.fields(gw_old)
-                                if f.name not in ("tls_cert", "tls_key")
-                                and getattr(gw_old, f.name) != getattr(gw_new, f.name))
-        gateway = dataclasses.replace(gw_old, tls_cert=gw_new.tls_cert, tls_key=gw_new.tls_key) \
+            plan.restart.extend(f"gateway.{name}" for name in type(gw_old).model_fields
+                                if name not in ("tls_cert", "tls_key")
+                                and getattr(gw_old, name) != getattr(gw_new, name))
+        gateway = gw_old.model_copy(update={"tls_cert": gw_new.tls_cert, "tls_key": gw_new.tls_key}) \
             if plan.tls is not None else gw_old
         devices = old.devices
         dv_old, dv_new = old.devices, new.devices
         if _policy_of(dv_old) != _policy_of(dv_new) and dv_old.enabled and dv_new.enabled:
             self._check_devices(new)
-            devices = dataclasses.replace(dv_old, **_policy_of(dv_new))
+            devices = dv_old.model_copy(update=_policy_of(dv_new))
             plan.applied.append("devices (rules, defaults, policy, user_agents)")
-        if dv_old != dataclasses.replace(dv_new, **_policy_of(dv_old)):
+        if dv_old != dv_new.model_copy(update=_policy_of(dv_old)):
             plan.restart.append("devices (enabled, services, notify)")
         log_level = new.log_level if self.log_level_override is None else old.log_level
         if (log_level, new.log_format) != (old.log_level, old.log_format):
@@ -166,7 +166,7 @@ class Reloader:
 
 
 def _without_tls(gw: Any) -> Any:
-    return dataclasses.replace(gw, tls_cert=None, tls_key=None)
+    return gw.model_copy(update={"tls_cert": None, "tls_key": None})
 
 
 def _policy_of(dc: Any) -> dict[str, Any]:

@@ -786,7 +786,15 @@ class VerifyResult:
     target_name: str | None = None
 
 
-_EXTENDED_PROTECTION = ("require", "allow", "off")
+class ExtendedProtection(enum.StrEnum):
+    """NTLM channel binding (EPA): the ``extended_protection`` of [auth] and of the acceptors."""
+
+    REQUIRE = "require"  # absent or mismatching binding refused when we have binding data
+    ALLOW = "allow"  # absent accepted, mismatch refused
+    OFF = "off"  # not checked
+
+
+_EXTENDED_PROTECTION = tuple(e.value for e in ExtendedProtection)
 
 
 class NtlmAcceptor:

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from ..id.api import AttemptContext, Verdict
 from ..id.asp import AspLimit
 from ..id.audit import is_secret_key, to_json
@@ -74,6 +76,8 @@ def masked(value: Any, key: str = "") -> Any:
         return MASK
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: masked(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, BaseModel):  # a table of the configuration (ucgate.config)
+        return {name: masked(getattr(value, name), name) for name in type(value).model_fields}
     if isinstance(value, dict):
         return {str(k): masked(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple, frozenset, set)):
