@@ -207,7 +207,7 @@ class RunningGateway:
             while time.monotonic() < deadline:
                 try:
                     chunk = sock.recv(65536)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     break
                 except (ConnectionResetError, ssl.SSLError):
                     break

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import signal
 import socket
 import ssl
@@ -54,9 +53,9 @@ class Procs:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, cfg: Path, port: int, *cmd: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "w")
-        p = subprocess.Popen([*UCGATE, *cmd, "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                             text=True)
+        with open(self.tmp / f"{name}.log", "w") as log:  # the child keeps its own descriptor
+            p = subprocess.Popen([*UCGATE, *cmd, "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                 text=True)
         self.procs[name] = p
         wait_port(port, p)
         return p
@@ -158,7 +157,7 @@ def test_cli_changes_cut_live_connections_on_both_gateways_within_a_second(tmp_p
     asp2 = run(cfgs[0], "asp", "create", "alice", "-l", "tablet").stdout.split()[-1]
     procs = Procs(tmp_path)
     try:
-        for i, (cfg, port) in enumerate(zip(cfgs, ports)):
+        for i, (cfg, port) in enumerate(zip(cfgs, ports, strict=True)):
             procs.start(f"gw{i}", cfg, port, "serve")
         cafile = tls_files[0]
 
@@ -241,9 +240,9 @@ def test_split_pool_two_id_services_two_gateways(tmp_path, tls_files, upstream, 
     asp2 = run(id_cfgs[0], "asp", "create", "alice", "-l", "tablet").stdout.split()[-1]
     procs = Procs(tmp_path)
     try:
-        for i, (cfg, p) in enumerate(zip(id_cfgs, id_ports)):
+        for i, (cfg, p) in enumerate(zip(id_cfgs, id_ports, strict=True)):
             procs.start(f"id{i}", cfg, p, "id-service")
-        for i, (cfg, p) in enumerate(zip(gw_cfgs, gw_ports)):
+        for i, (cfg, p) in enumerate(zip(gw_cfgs, gw_ports, strict=True)):
             procs.start(f"gw{i}", cfg, p, "serve")
         time.sleep(1.0)  # the gateways' event streams connect
         assert f"id service https://localhost:{dead} does not answer at start-up" in procs.log("gw0")
@@ -314,7 +313,7 @@ def test_rest_api_changes_cut_live_connections_on_both_gateways(tmp_path, tls_fi
     token = json.loads(run(cfgs[0], "api-token", "create", "--role", "admin", "-l", "test", "--json").stdout)["token"]
     procs = Procs(tmp_path)
     try:
-        for i, (cfg, port) in enumerate(zip(cfgs, ports)):
+        for i, (cfg, port) in enumerate(zip(cfgs, ports, strict=True)):
             procs.start(f"gw{i}", cfg, port, "serve")
         wait_port(web_port, procs.procs["gw0"])
         api = httpx.Client(base_url=f"https://localhost:{web_port}/api/v1", timeout=10,

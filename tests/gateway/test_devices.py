@@ -29,7 +29,7 @@ from ucgate.store import PartnershipStore
 
 from ..support import free_port, gateway_config
 
-T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
 
 class WallClock:
@@ -476,7 +476,7 @@ def test_device_ids_are_lower_case_in_store_and_audit(make_lab):
 
 
 def _utc(t):
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def test_last_seen_follows_requests_on_a_keep_alive_connection(make_lab):

@@ -369,7 +369,7 @@ def test_concurrent_first_sign_ins_make_one_row_and_both_are_answered(tmp_path, 
         for _ in range(3):
             name = samba_lab.new_user(groups=[samba_lab.users_group])
 
-            def one(_):
+            def one(_, name=name):
                 with httpx.Client(verify=e.gw.ssl_context(), timeout=30) as c:
                     return c.get(f"{e.gw.url}/ucwa/x", auth=(name, samba_lab.default_password)).status_code
 

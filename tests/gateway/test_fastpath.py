@@ -195,7 +195,7 @@ class Client:
             return self.sock.recv(1) == b""
         except (ConnectionResetError, ssl.SSLError):
             return True
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
 
     def close(self) -> None:

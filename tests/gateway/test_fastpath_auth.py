@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import datetime as dt
 import json
 import logging
+import os
 import re
 import socket
 import ssl
@@ -100,7 +100,7 @@ class Lab:
         auth = PreAuthenticator(self.ids.credentials, PreAuthSettings(netbios_domain="LAB", failure_floor=0),
                                 device_id_of=self.gate.device_id_of if self.gate else None)
         self.oauth = OAuthGrants(self.ids.credentials, settings=OAuthSettings(failure_floor=0))
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self.oauth.tokens.add(TOKEN, TokenRecord("alice", "s1", time.time() + 3600, now, credential_id=self.asp_id))
         self.oauth.tokens.add(DEVICE_TOKEN, TokenRecord("alice", "s2", time.time() + 3600, now, device_id="dev1"))
 
@@ -185,7 +185,7 @@ class Client:
     def _fill(self) -> bool:
         try:
             chunk = self.sock.recv(65536)
-        except (ConnectionError, ssl.SSLError, TimeoutError, socket.timeout):
+        except (ConnectionError, ssl.SSLError, TimeoutError):
             chunk = b""
         if not chunk:
             self.dead = True
@@ -254,7 +254,7 @@ class Client:
             data = self.sock.recv(1)
         except (ConnectionError, ssl.SSLError):
             return True
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         finally:
             self.sock.settimeout(5)
@@ -342,7 +342,7 @@ def logs():
         lg.setLevel(logging.INFO)
         lg.addHandler(h)
     yield h
-    for lg, level in zip(loggers, levels):
+    for lg, level in zip(loggers, levels, strict=True):
         lg.removeHandler(h)
         lg.setLevel(level)
 
@@ -578,7 +578,7 @@ def _post(lab: Lab, ev) -> None:
 
 @pytest.mark.parametrize("kind,make", [
     ("ntlm", lambda lab: UserBlocked("alice", "disabled")),
-    ("basic", lambda lab: UserBlocked("alice", "signed out", signed_in_before=dt.datetime.now(dt.timezone.utc)
+    ("basic", lambda lab: UserBlocked("alice", "signed out", signed_in_before=dt.datetime.now(dt.UTC)
                                       + dt.timedelta(seconds=1))),
     ("basic", lambda lab: CredentialRevoked("alice", lab.asp_id, "revoked")),
     ("bearer", lambda lab: CredentialRevoked("alice", lab.asp_id, "revoked")),

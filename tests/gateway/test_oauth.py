@@ -424,9 +424,10 @@ def test_password_grant_is_refused_over_plain_http(frontend, ids, loop_thread, c
 
 class make_lab_tls:
     def __init__(self, loop_thread, port, ids):
-        from ucgate.gateway.tls import make_self_signed
         import tempfile
         from pathlib import Path
+
+        from ucgate.gateway.tls import make_self_signed
 
         self.dir = tempfile.TemporaryDirectory()
         d = Path(self.dir.name)

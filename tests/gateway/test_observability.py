@@ -254,7 +254,7 @@ def test_request_id_reaches_the_front_end_and_the_log_on_both_paths(loop_thread,
         assert len(set(ids)) == len(ids)
         time.sleep(0.1)
         access = [r for r in json_log() if r["logger"] == "ucgate.access"]
-        for rid, (label, path, *_) in zip(ids, cases, strict=True):
+        for rid, (label, _path, *_) in zip(ids, cases, strict=True):
             line = [r for r in access if r.get("request_id") == rid]
             assert len(line) == 1, (label, rid, access)
             assert line[0]["client"] == "127.0.0.1" and line[0]["level"] == "info"
@@ -336,8 +336,9 @@ class Serve:
         self.cfg = tmp / "ucgate.toml"
         self.write(body)
         self.log = tmp / "serve.log"
-        self.proc = subprocess.Popen([*UCGATE, "serve", "-c", str(self.cfg)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "w"), text=True)
+        with open(self.log, "w") as err:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([*UCGATE, "serve", "-c", str(self.cfg)], stdout=subprocess.DEVNULL,
+                                         stderr=err, text=True)
         _wait_port(self.port, self.proc, self.log)
 
     def write(self, body: str) -> None:
@@ -403,9 +404,10 @@ def test_prometheus_reads_a_gateway_metric(tmp_path, tls_files, upstream):
         "scrape_configs:\n  - job_name: ucgate\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{srv.health}']\n")
     plog = tmp_path / "prometheus.log"
-    prom = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
-                            stdout=subprocess.DEVNULL, stderr=open(plog, "w"))
+    with open(plog, "w") as err:  # the child keeps its own descriptor
+        prom = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
         with httpx.Client(base_url=f"https://127.0.0.1:{srv.port}", verify=ctx, timeout=5) as c:

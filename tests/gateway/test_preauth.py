@@ -8,8 +8,6 @@ import base64
 import http.client
 import json
 import shutil
-import socket
-import ssl
 import subprocess
 
 import httpx
@@ -209,9 +207,8 @@ def test_impacket_ntlm_client(gw, upstream, asp):
     import inspect
 
     if "channel_binding_value" in inspect.signature(ntlm.getNTLMSSPType3).parameters:
-        from ucgate.protocols.ntlm import channel_bindings_hash
         from ucgate.gateway.tls import certificate_der
-        from ucgate.protocols.ntlm import tls_server_end_point
+        from ucgate.protocols.ntlm import channel_bindings_hash, tls_server_end_point
 
         kwargs["channel_binding_value"] = channel_bindings_hash(tls_server_end_point(certificate_der(gw.cert)))
     t3, _ = ntlm.getNTLMSSPType3(t1, t2, "alice", asp, DOMAIN, use_ntlmv2=True, **kwargs)

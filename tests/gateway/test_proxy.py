@@ -140,8 +140,8 @@ def test_curl_anonymous_and_protected(gw, upstream):
 
 
 def test_tls_below_1_2_refused(gw):
-    import ssl
     import socket
+    import ssl
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -158,8 +158,9 @@ def test_tls_below_1_2_refused(gw):
 
 
 def test_upstream_down_gives_502_quickly(loop_thread, tls_files):
-    from ..support import free_port
     import time
+
+    from ..support import free_port
 
     g = start_gateway(loop_thread, *tls_files, free_port())
     try:
@@ -252,7 +253,7 @@ def test_expired_upstream_certificate_refused(loop_thread, tls_files, tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fe01.lab.test")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=400)).not_valid_after(now - dt.timedelta(days=1))

@@ -108,7 +108,7 @@ listen sip
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"haproxy failed: {self.proc.stderr.read().decode()[-500:]}")
+                    raise RuntimeError(f"haproxy failed: {self.proc.stderr.read().decode()[-500:]}") from None
                 time.sleep(0.05)
         raise RuntimeError("haproxy did not listen")
 
@@ -127,7 +127,7 @@ def _sipp(sipp: str, tmp_path, name: str, scenario: str, port: int, calls: int =
         cwd=tmp_path, capture_output=True, timeout=60, check=False)
 
 
-def test_sipp_against_the_relay(make_lab, sipp_path, tmp_path):  # noqa: F811
+def test_sipp_against_the_relay(make_lab, sipp_path, tmp_path):
     # SIPp sends at most 64 KiB per message: a head limit below that (protocols/sip.py's is 96 KiB)
     lab = make_lab(limits=Limits(max_head_bytes=32 * 1024))
     pipe = TlsPipe(tmp_path, lab.relay.port, lab.cert)

@@ -3,8 +3,6 @@ gateway can send is accepted (one wire definition, ``ucgate.id.api``), over the 
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from ucgate.gateway.idclient import RemoteCredentials

@@ -4,7 +4,7 @@ import hashlib
 import itertools
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -24,7 +24,7 @@ from ucgate.id.asp import (
 from ucgate.id.keys import Keyring
 from ucgate.id.users import UserService
 
-T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 class Clock:

@@ -3,14 +3,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.store.backends import postgres_database, postgres_url, repo, store_url  # noqa: F401
 from ucgate.id.audit import AuditLog, is_secret_key, scrub
 
-T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 class Clock:

@@ -132,7 +132,7 @@ def test_a_sign_in_reaches_rsyslog_over_plain_tcp_as_the_jsonl_line(rsyslog, tmp
     lines = [json.loads(x) for x in (tmp_path / "data" / "audit.jsonl").read_text().splitlines()]
     events = [json.loads(m["msg"]) for m in got]
     assert events == lines[-2:]  # the same objects as the JSON-lines file, in order
-    for m, ev in zip(got, events):
+    for m, ev in zip(got, events, strict=True):
         assert problems(ev) == []
         assert (m["protocol"], m["hostname"], m["app_name"], m["msgid"], m["structured_data"]) == \
                ("1", "gw1", "ucgate", "sign-in", "-")

@@ -23,7 +23,7 @@ class Sink:
     def __init__(self):
         self.messages = []
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+    async def handle_DATA(self, server, session, envelope):
         self.messages.append(envelope)
         return "250 OK"
 
@@ -53,7 +53,7 @@ def test_webhook_notifier_posts_json():
     got = []
 
     class H(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()
@@ -82,7 +82,7 @@ def test_device_cli(tmp_path, capsys):
                    f'url="http://127.0.0.1:1"\n[data]\ndir="{tmp_path / "data"}"\n'
                    f'[store]\nkey_file="{tmp_path / "keys" / "k"}"\n')
     repo = open_repository(f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}")
-    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     p = PartnershipStore(repo.engine).create(username="alice", device_id="ApplDEV1", state="quarantined",
                                              client_kind="eas", created_at=t0, last_seen=t0)
     repo.close()
@@ -107,7 +107,7 @@ def test_device_wipe_says_wipe(tmp_path, capsys):
                    f'url="http://127.0.0.1:1"\n[data]\ndir="{tmp_path / "data"}"\n'
                    f'[store]\nkey_file="{tmp_path / "keys" / "k"}"\n')
     repo = open_repository(f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}")
-    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     p = PartnershipStore(repo.engine).create(username="alice", device_id="lost1", state="quarantined",
                                              client_kind="eas", created_at=t0, last_seen=t0)
     repo.close()

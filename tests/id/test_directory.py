@@ -11,7 +11,8 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ucgate.id.directory import (
     MAX_NAME_LENGTH,
@@ -28,7 +29,7 @@ from ucgate.id.directory import (
     user_filters,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # =========================================================================== pure
@@ -477,7 +478,7 @@ class TestTransport:
             try:
                 for n in ("alice", "bob", "erin", "carol"):
                     assert d.resolve(n).sam_account_name == n
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 errors.append(e)
 
         threads = [threading.Thread(target=work) for _ in range(6)]

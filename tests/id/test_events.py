@@ -157,7 +157,7 @@ def test_malformed_sse_data_is_refused(data):
 def test_wire_round_trip():
     from ucgate.store.outbox import EventRow
 
-    when = dt.datetime(2026, 12, 2, 8, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 12, 2, 8, 0, tzinfo=dt.UTC)
     row = EventRow(id=41, at=when, kind="user-blocked", username="erin", reason="signed-out",
                    signed_in_before=when)
     back = from_wire("41", "user-blocked", to_wire(row))

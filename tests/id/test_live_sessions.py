@@ -9,7 +9,7 @@ from tests.store.backends import postgres_database, postgres_url, repo, store_ur
 from ucgate.id.http_api import LiveSessions
 from ucgate.store import open_repository
 
-T = dt.datetime(2026, 12, 2, 7, 0, tzinfo=dt.timezone.utc)
+T = dt.datetime(2026, 12, 2, 7, 0, tzinfo=dt.UTC)
 
 
 def test_reports_to_one_id_service_are_seen_by_another(repo, store_url):

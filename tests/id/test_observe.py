@@ -91,7 +91,7 @@ def test_event_lag_is_measured_from_the_rows_time():
     bus.subscribe(got.append)
     n = get("ucgate_event_propagation_seconds_count", via="store")
     slow = get("ucgate_event_propagation_seconds_bucket", via="store", le="1.0")
-    at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=3)
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=3)
     bus.deliver_row(EventRow(id=7, at=at.replace(tzinfo=None), kind="user-blocked", username="alice",
                              reason="user-disabled"))  # SQLite gives the time back naive (UTC)
     assert got == [UserBlocked("alice", "user-disabled")]
@@ -103,7 +103,7 @@ def test_event_lag_is_measured_from_the_rows_time():
                                                           username="alice", reason="r")))
     assert abs((row.at - at).total_seconds()) < 1e-3
     legacy = from_wire("8", "user-blocked", '{"user": "bob", "reason": "r"}')  # an older id service
-    assert abs((legacy.at - dt.datetime.now(dt.timezone.utc)).total_seconds()) < 5
+    assert abs((legacy.at - dt.datetime.now(dt.UTC)).total_seconds()) < 5
     with pytest.raises(ValueError):
         from_wire("9", "user-blocked", '{"user": "bob", "at": "yesterday"}')
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -36,7 +36,7 @@ from ucgate.policy.twofactor import (
 from ucgate.protocols.ntlm import MAX_CANDIDATES, nt_hash
 from ucgate.store import open_repository
 
-T0 = datetime(2025, 3, 1, 12, 0, 10, tzinfo=timezone.utc)  # 10 s into a time step
+T0 = datetime(2025, 3, 1, 12, 0, 10, tzinfo=UTC)  # 10 s into a time step
 
 
 # --- RFC vectors ----------------------------------------------------------------------------
@@ -401,7 +401,7 @@ def cli(store_url, tmp_path, capsys, monkeypatch):
 
 
 def _now_code(secret_b32: str) -> str:
-    return totp(base64.b32decode(secret_b32), datetime.now(timezone.utc).timestamp())
+    return totp(base64.b32decode(secret_b32), datetime.now(UTC).timestamp())
 
 
 def test_cli_enrol_confirm_status_reset(cli, tmp_path):

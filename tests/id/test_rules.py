@@ -21,7 +21,7 @@ from ucgate.store import PartnershipStore, open_repository
 from ucgate.store.outbox import Outbox
 from ucgate.store.rules import RuleStore
 
-T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
 
 def facts(device_id: str, device_type: str | None, model: str | None = None) -> DeviceFacts:
@@ -59,7 +59,7 @@ class Node:
 
 
 @pytest.fixture
-def url(store_url):  # noqa: F811 - SQLite and PostgreSQL (LISTEN/NOTIFY wakes the follower there)
+def url(store_url):
     return store_url
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -70,7 +70,7 @@ def test_resolve_never_raises_and_is_canonical(typed):
 
 
 def test_user_service(repo):
-    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 1, tzinfo=UTC)
     svc = UserService(repo, lambda: now, netbios_domains=["CONTOSO"])
     u = svc.add("ASmith", upn="Alice.Smith@contoso.com", sip_uri="alice.smith@contoso.com",
                 display_name="Alice Smith")

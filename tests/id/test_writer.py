@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -50,7 +50,7 @@ def test_asp_last_use_is_written_in_the_batch(repo):
     asp_id, _ = asps.create("bob", "phone")
     w = SignInWriter(repo)
     try:
-        at = datetime(2026, 12, 2, 7, 30, tzinfo=timezone.utc)
+        at = datetime(2026, 12, 2, 7, 30, tzinfo=UTC)
         w.used(asp_id, at)
         assert w.flush(5)
         assert asps.get(asp_id).last_used_at == at
@@ -102,7 +102,7 @@ def test_a_full_queue_makes_sign_ins_wait_then_refuses():
     try:
         from ucgate.store import AuditRecord
 
-        ev = AuditRecord(id=None, at=datetime.now(timezone.utc), actor="x", action="sign-in", result="deny")
+        ev = AuditRecord(id=None, at=datetime.now(UTC), actor="x", action="sign-in", result="deny")
         for _ in range(11):  # one in the stuck commit, ten queued
             w.audit(ev, lambda e: None)
         t0 = time.monotonic()

@@ -339,13 +339,10 @@ ScriptAliasMatch "^/.*" "{script}"
         conf = self._write_config()
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KRB5_CONFIG": str(self.krb5_conf),
                "KRB5RCACHEDIR": str(self.dir / "rcache"), "LANG": "C"}
-        out = open(self.dir / "stdout.log", "ab")
-        try:
+        with open(self.dir / "stdout.log", "ab") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen([APACHE_BIN, "-f", str(conf), "-DFOREGROUND"],
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True, cwd=self.dir)
-        finally:
-            out.close()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

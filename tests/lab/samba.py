@@ -143,7 +143,7 @@ SEED_USERS: tuple[SeedUser, ...] = (
 
 def filetime(when: _dt.datetime) -> int:
     """datetime -> Windows FILETIME (100 ns since 1601-01-01 UTC)."""
-    epoch = _dt.datetime(1601, 1, 1, tzinfo=_dt.timezone.utc)
+    epoch = _dt.datetime(1601, 1, 1, tzinfo=_dt.UTC)
     return int((when - epoch).total_seconds() * 10_000_000)
 
 
@@ -200,7 +200,7 @@ def _make_tls(dirpath: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=1)
+    now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(days=1)
     until = now + _dt.timedelta(days=3650)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ucgate Samba lab CA")])
@@ -352,7 +352,7 @@ class SambaLab:
 
     @classmethod
     def create(cls, *, host: str | None = None, workdir: Path | None = None,
-               start: bool = True) -> "SambaLab":
+               start: bool = True) -> SambaLab:
         reason = lab_available()
         if reason:
             raise LabError(reason)
@@ -405,16 +405,13 @@ class SambaLab:
             if not _port_free(self.host, p):
                 raise LabError(f"{self.host}:{p} is already in use")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.workdir / "log" / "stdout.log", "ab")
-        try:
+        with open(self.workdir / "log" / "stdout.log", "ab") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 ["samba", "-s", str(self.smb_conf), "--foreground", "--no-process-group"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: stop() kills the whole tree
                 cwd=self.workdir,
             )
-        finally:
-            out.close()
         _LIVE[id(self)] = (self.proc, self.workdir, self.keep)
         try:
             self._wait_ready(timeout)
@@ -473,7 +470,7 @@ class SambaLab:
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "SambaLab":
+    def __enter__(self) -> SambaLab:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -625,7 +622,7 @@ class SambaLab:
 
     def expire(self, name: str, when: _dt.datetime | None = None) -> None:
         """Set accountExpires (default: one hour ago)."""
-        when = when or _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(hours=1)
+        when = when or _dt.datetime.now(_dt.UTC) - _dt.timedelta(hours=1)
         self._modify(self.user_dn(name), {"accountExpires": str(filetime(when))})
 
     def unexpire(self, name: str) -> None:
@@ -791,7 +788,7 @@ def _build_template(build: Path) -> None:
         "samba": samba_version(), "format": LAB_FORMAT,
         "provision_seconds": round(t_prov, 2),
         "total_seconds": round(time.monotonic() - t0, 2),
-        "built": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "built": _dt.datetime.now(_dt.UTC).isoformat(),
     }))
 
 

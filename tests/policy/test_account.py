@@ -3,7 +3,7 @@ import datetime as dt
 from ucgate.id.directory import AccountState
 from ucgate.policy.account import check_session, check_sign_in, keep_during_outage
 
-T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
 def test_sign_in():

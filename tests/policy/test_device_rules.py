@@ -22,7 +22,7 @@ from ucgate.policy.devices import (
 from ucgate.protocols.devices import DeviceFacts
 
 A, Q, B = PartnershipState.ALLOWED, PartnershipState.QUARANTINED, PartnershipState.BLOCKED
-NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 H = dt.timedelta(hours=1)
 IPHONE = DeviceFacts("ApplF17X", "iPhone", "iPhone15,2", "iOS 17.1", "Apple-iPhone15C2/2102.1",
                      "eas", "eas-query", None)

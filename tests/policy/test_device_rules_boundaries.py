@@ -24,7 +24,7 @@ from ucgate.policy.devices import (
 from ucgate.protocols.devices import DeviceFacts
 
 A, Q, B = PartnershipState.ALLOWED, PartnershipState.QUARANTINED, PartnershipState.BLOCKED
-NOW = dt.datetime(2031, 11, 17, 3, 14, 15, 926535, tzinfo=dt.timezone.utc)  # not a round time
+NOW = dt.datetime(2031, 11, 17, 3, 14, 15, 926535, tzinfo=dt.UTC)  # not a round time
 US = dt.timedelta(microseconds=1)
 H = dt.timedelta(hours=1)
 PHONE = DeviceFacts("Dev42", "iPhone", "iPhone15,2", "iOS 17.1", "Apple-iPhone15C2/2102.1", "eas", "eas-query", None)

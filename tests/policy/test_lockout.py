@@ -52,7 +52,7 @@ def test_familiar_ip_not_locked_out_by_attacker():
 def test_familiar_ip_still_limited_for_its_own_failures():
     b = FailureBudget(CFG)
     b.record_success("alice", "192.0.2.10", 0)
-    for i in range(5):
+    for _ in range(5):
         b.record_failure("alice", "192.0.2.10", 1)
     assert b.check("alice", "192.0.2.10", 2).reason == "user-throttled"
     b.record_success("alice", "192.0.2.10", 1000)  # forgives that class

@@ -143,7 +143,7 @@ def test_ip_key(ip, key):
 
 
 def test_decisions_and_outcomes():
-    assert ALLOWED == BudgetDecision(True, None, 0.0)
+    assert BudgetDecision(True, None, 0.0) == ALLOWED
     assert ALLOWED.allowed and ALLOWED.reason is None and ALLOWED.retry_after == 0.0
     assert [o.value for o in Outcome] == ["success", "failure", "not-a-guess"]
     assert Outcome("not-a-guess") is Outcome.NOT_A_GUESS

@@ -12,8 +12,8 @@ import pytest
 from ucgate.policy.twofactor import (
     MAX_NTLM_CANDIDATES,
     OTP_DIGITS,
-    RECOVERY_CODE_SYMBOLS,
     REASONS,
+    RECOVERY_CODE_SYMBOLS,
     Factor,
     Mode,
     Outcome,

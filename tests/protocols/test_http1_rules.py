@@ -381,7 +381,7 @@ def test_line_parser_and_block_parser_return_the_same(lines):
     assert fast == slow
     headers, framing = slow
     assert [n for n, _ in headers] == [line.partition(b":")[0] for line in lines]
-    for name, value in headers:
+    for _name, value in headers:
         assert value == value.strip(b" \t")
     for lname, values in framing.items():
         assert lname in (b"content-length", b"transfer-encoding", b"host", b"connection", b"expect")

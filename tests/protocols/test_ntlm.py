@@ -159,7 +159,7 @@ def test_filetime_and_channel_bindings_hash():
 
 def _cert(key, algorithm) -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.example.test")])
-    when = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    when = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)

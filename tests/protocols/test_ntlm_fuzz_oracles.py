@@ -5,6 +5,7 @@ not, and a changed AUTHENTICATE never verifies. Bounded like test_ntlm_fuzz.py."
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 
@@ -55,7 +56,7 @@ def check_fields(data: bytes, positions, header_end: int) -> None:
             assert header_end <= offset and offset + length <= len(data)
             spans.append((offset, offset + length))
     spans.sort()
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start
 
 

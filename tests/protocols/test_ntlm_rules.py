@@ -766,7 +766,7 @@ def _their_signatures(flags, mode: str, messages, seqs):
     usage = "initiate" if mode == "client" else "accept"
     handle = their_crypto.rc4init(their_crypto.sealkey(flags, KEY, usage))
     key = their_crypto.signkey(flags, KEY, usage) if flags & NF.NEGOTIATE_EXTENDED_SESSIONSECURITY else None
-    return [their_security.sign(flags, handle, key, seq, m) for m, seq in zip(messages, seqs)]
+    return [their_security.sign(flags, handle, key, seq, m) for m, seq in zip(messages, seqs, strict=True)]
 
 
 @pytest.mark.parametrize("flags", SIGNING_FLAG_SETS)
@@ -777,7 +777,7 @@ def test_signatures_against_pyspnego(flags):
     assert [session.sign(m) for m in messages] == _their_signatures(flags, "server", messages, [0, 1, 2, 3])
     # incoming: own counter from 0 with ESS, the shared counter (now at 4) without
     seqs = [0, 1, 2, 3] if ess else [4, 5, 6, 7]
-    for message, signature in zip(messages, _their_signatures(flags, "client", messages, seqs)):
+    for message, signature in zip(messages, _their_signatures(flags, "client", messages, seqs), strict=True):
         session.verify_mic(message, signature)
 
 

@@ -20,7 +20,6 @@ from ucgate.protocols.spnego import (
     MS_KRB5_OID,
     NEGOEX_OID,
     NTLM_OID,
-    SPNEGO_OID,
     NegState,
     NegTokenInit,
     NegTokenResp,

@@ -31,7 +31,7 @@ def postgres_database():
     try:
         with admin.connect() as c:
             c.execute(text("SELECT 1"))
-    except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as e:
         admin.dispose()
         if os.environ.get("CI"):  # CI has a server: its absence is a failure, not a skip
             pytest.fail(f"CI=true but PostgreSQL is not reachable at {admin_url.render_as_string(hide_password=True)}: {e}")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ucgate.store import DuplicateError, NewOtpSecret, NotFoundError, migrate, open_repository
 
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def add_user(repo, name="alice"):
@@ -89,7 +89,7 @@ def test_concurrent_advance_accepts_once(store_url):
         for step in range(2, 12):
             steps, codes, barrier = [], [], threading.Barrier(8)
 
-            def race(r, step=step):
+            def race(r, step=step, barrier=barrier, steps=steps, codes=codes):
                 barrier.wait()
                 steps.append(r.advance_otp_step(u.id, step, T0))
                 codes.append(r.use_recovery_code(u.id, b"h", T0))

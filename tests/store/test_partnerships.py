@@ -9,7 +9,7 @@ import pytest
 from ucgate.policy.devices import PartnershipState
 from ucgate.store import DuplicateError, PartnershipStore, migrate
 
-T0 = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture

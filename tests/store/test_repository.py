@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -11,7 +11,7 @@ from sqlalchemy import text
 from ucgate.store import AuditRecord, DuplicateError, NewAsp, NotFoundError, open_repository
 from ucgate.store.engine import StoreError
 
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def add_alice(repo, **kw):

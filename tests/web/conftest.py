@@ -109,7 +109,7 @@ class WebLab:
 
 
 @pytest.fixture
-def make_web(loop_thread, tls_files, frontend, ids, tmp_path):  # noqa: F811
+def make_web(loop_thread, tls_files, frontend, ids, tmp_path):
     made = []
 
     def make(**policy):

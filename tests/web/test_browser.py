@@ -10,7 +10,6 @@ import ssl
 import time
 
 import httpx
-import pytest
 
 from ..gateway.test_devices import eas, eas_status, eas_target
 from .conftest import shot

@@ -23,7 +23,7 @@ from ..support import free_port
 
 
 @pytest.fixture
-def running(tmp_path, loop_thread, tls_files, frontend):  # noqa: F811
+def running(tmp_path, loop_thread, tls_files, frontend):
     cert, key = tls_files
     (tmp_path / "keys").mkdir(mode=0o700)
     web_port = free_port()
