@@ -72,18 +72,7 @@ def open_id_services(config: Config):
 
 def preauth_settings(config: Config) -> PreAuthSettings:
     a = config.auth
-    return PreAuthSettings(
-        methods=a.methods,
-        extended_protection=a.extended_protection,
-        realm=a.realm,
-        netbios_domain=a.netbios_domain,
-        dns_domain=a.dns_domain,
-        netbios_computer=a.netbios_computer,
-        dns_computer=(config.gateway.published_name or f"{a.netbios_computer.lower()}.{a.dns_domain}"),
-        max_clock_skew=a.max_clock_skew,
-        failure_floor=a.failure_floor,
-        trace=a.trace,
-    )
+    return PreAuthSettings.of(a, config.gateway.published_name or f"{a.netbios_computer.lower()}.{a.dns_domain}")
 
 
 def device_gate(config: Config, ids: Any):

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..config import AuthConfig
 from ..id.api import AttemptContext, CredentialService, NtlmHandshake, Verdict
 from ..protocols import decode as decode_proto
 from ..protocols import ntlm as ntlm_proto
@@ -49,23 +50,20 @@ SECOND_FACTOR_REASONS = frozenset({"ok-otp", "ok-recovery-code", "2fa-trusted"})
 UNAVAILABLE_REASONS = frozenset({"directory-unavailable", "id-service-unavailable", "store-unavailable"})
 
 
-@dataclass(frozen=True)
-class PreAuthSettings:
-    methods: tuple[str, ...] = ("negotiate", "ntlm", "basic")
-    extended_protection: str = "require"  # "require" | "allow" | "off"
-    realm: str = "ucgate"
-    netbios_domain: str = "UCGATE"
-    dns_domain: str = "ucgate.local"
-    netbios_computer: str = "UCGATE-GW"
+class PreAuthSettings(AuthConfig):
+    """[auth] as the authenticator reads it (``config.AuthConfig``) and the gateway's DNS name
+    (``dns_computer``: the NTLM challenge's). ``failure_floor``: a refused credential is
+    answered no sooner than this after it arrived, so that an unknown user, a refused account
+    and a wrong password take the same time (directory lookups differ by tens of ms) and
+    guessing is slower; successes are not delayed. ``trace``: each auth leg logged through
+    protocols/decode.py, never secrets."""
+
     dns_computer: str = "ucgate-gw.ucgate.local"
-    max_clock_skew: int = 300
-    # A refused credential is answered no sooner than this after it arrived, so that an unknown
-    # user, a refused account and a wrong password take the same time (directory lookups
-    # differ by tens of ms) and guessing is slower. Successes are not delayed.
-    failure_floor: float = 0.25
-    # Log each auth leg through protocols/decode.py: "none", "low" (one line: scheme, message,
-    # user/domain/workstation) or "verbose" (every decoded field, as JSON). Never secrets.
-    trace: str = "none"
+
+    @classmethod
+    def of(cls, auth: AuthConfig, dns_computer: str) -> PreAuthSettings:
+        """``auth`` (validated already) with ``dns_computer``."""
+        return cls.model_construct(**dict(auth), dns_computer=dns_computer)
 
 
 @dataclass
