@@ -23,7 +23,7 @@ from .test_api import bearer, web  # noqa: F401  (fixture)
 SECRET = b"s" * 32
 
 
-def test_a_slow_dashboard_does_not_stall_the_id_service_api(web):  # noqa: F811
+def test_a_slow_dashboard_does_not_stall_the_id_service_api(web):
     ctx, _ = web
     app = create_id_api(ctx.console.ids.credentials, secret=SECRET, bus=EventBus())
     mount_routes(app, ctx)  # one app, one loop: as `ucgate id-service` serves the web UI too
@@ -53,7 +53,7 @@ def test_a_slow_dashboard_does_not_stall_the_id_service_api(web):  # noqa: F811
     assert slow.status_code == 200 and "activity" in slow.json()
 
 
-def test_page_handlers_run_in_the_thread_pool(web):  # noqa: F811
+def test_page_handlers_run_in_the_thread_pool(web):
     ctx, _ = web
     seen = {}
 
