@@ -159,7 +159,8 @@ def _one_of(enum: type[StrEnum], fmt: str, *, plain: bool = False, lower: bool =
     values = {e.value: e for e in enum}
 
     def check(v: Any) -> Any:
-        if isinstance(v, str) and (v.lower() if lower else v) in values:
+        _want(str, v)
+        if (v.lower() if lower else v) in values:
             m = values[v.lower() if lower else v]
             return m.value if plain else m
         raise ValueError(fmt.format(got=repr(v)))
