@@ -32,7 +32,7 @@ import pytest
 import requests
 from requests_ntlm import HttpNtlmAuth
 
-import ucgate.gateway.server as server_mod
+import ucgate.gateway.upstream as upstream_mod
 from ucgate.config import LockoutConfig, from_dict
 from ucgate.gateway.backend import BackendError, PassthroughBackend, VaultBackend
 from ucgate.gateway.connection import Identity
@@ -284,10 +284,10 @@ def test_vault_ntlm_per_user_connections(ntlm_frontend, ids, vault, make_gw, mon
     bob_conns = {n for n, u, _ in fe.requests if u == "LAB\\bob"}
     assert len(alice_conns) == 1 and not alice_conns & bob_conns
     # bounded: with room for one per-user pool, bob's evicts alice's (closed), she reconnects
-    monkeypatch.setattr(server_mod, "USER_POOLS_MAX", 1)
+    monkeypatch.setattr(upstream_mod, "USER_POOLS_MAX", 1)
     with g.client("alice", asp_a) as c:
         assert c.get("/ucwa/again").json()["user"] == "LAB\\alice"
-    assert fe.handshakes[-1] == "LAB\\alice" and len(g.gateway._user_pools) == 1
+    assert fe.handshakes[-1] == "LAB\\alice" and len(g.gateway.pools["frontend"].user_pools) == 1
 
 
 def test_vault_ntlm_wrong_password_is_502(ntlm_frontend, ids, vault, make_gw):

@@ -20,7 +20,6 @@ import logging
 import ssl
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from .. import metrics
@@ -49,12 +48,6 @@ log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
 COPY_CHUNK = 64 * 1024
-# Per-user upstream pools (BackendAuth.pool_key: front ends that authenticate the connection,
-# NTLM): at most this many pools (least recently used closed first), each keeping at most
-# USER_POOL_IDLE_CONNECTIONS idle connections, and a pool unused this long is closed.
-USER_POOLS_MAX = 1024
-USER_POOL_IDLE_CONNECTIONS = 2
-USER_POOL_IDLE_SECONDS = 300.0
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
@@ -116,11 +109,9 @@ class Gateway:
             max_target_bytes=gw.limits.max_target_bytes,
         )
         self.pools = {
-            name: UpstreamPool(up, gw.timeouts, limit=up.max_idle)
+            name: UpstreamPool(up, gw.timeouts, limit=up.max_idle, clock=clock)
             for name, up in config.upstreams.items()
         }
-        # (upstream name, pool key) -> (pool, last use): per-user connections, LRU-bounded
-        self._user_pools: OrderedDict[tuple[str, str], tuple[UpstreamPool, float]] = OrderedDict()
         self.ssl: ssl.SSLContext | None = None
         self.certificate_der: bytes | None = None
         if not gw.plain_http:
@@ -231,10 +222,7 @@ class Gateway:
         for conn in list(self.connections):
             conn.cut_off("shutdown")
         for pool in self.pools.values():
-            pool.close()
-        for pool, _ in self._user_pools.values():
-            pool.close()
-        self._user_pools.clear()
+            pool.close()  # its per-user pools too
         if self._server is not None:
             try:
                 async with asyncio.timeout(5):
@@ -534,7 +522,7 @@ class Gateway:
                           service.backend, identity.user, service.name, e)
                 return Refusal(e.status, e.reason, b"upstream credentials unavailable\n")
             if auth.pool_key is not None:
-                ex.pool = self._user_pool(ex.pool, auth.pool_key)
+                ex.pool = ex.pool.for_user(auth.pool_key)
         return None
 
     async def forward(self, ex: Exchange) -> bool:
@@ -552,67 +540,66 @@ class Gateway:
         has_body = req.framing.kind != "none"
         attempts = 1 if has_body else 2
         body_done = not has_body
-        up: UpstreamConnection | None = None
-        resp: ResponseHead | None = None
         for attempt in range(attempts):
             try:
-                up, reused = await pool.acquire()
-            except UpstreamError as e:
+                # returned to the pool on leaving (or closed: an exception, a connection that
+                # may not be reused, the response not keep-alive)
+                async with pool.connection() as up:
+                    if not up.reused and auth is not None and auth.handshake is not None:
+                        try:
+                            await self._upstream_handshake(up, req, auth, service)
+                        except (BackendError, UpstreamError, HttpError, TimeoutError, ConnectionError,
+                                asyncio.IncompleteReadError, ssl.SSLError) as e:
+                            up.close()
+                            reason = getattr(e, "reason", None) or type(e).__name__
+                            log.error("backend %s handshake with %s failed for %s: %s", service.backend,
+                                      pool.upstream.name, identity.user if identity else "-", e)
+                            status = e.status if isinstance(e, BackendError) else 502
+                            return await self._refuse(conn, req, client, status, reason,
+                                                      b"upstream credentials refused\n", [], path, service)
+                    try:
+                        sent = up.stream.loop.time()
+                        up.stream.write(head)
+                        if has_body:
+                            if req.expect_continue:
+                                client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                            await self._copy_request_body(req, client, up.stream, max_body, reencode=True)
+                            body_done = True
+                        resp = await self._read_response_head(up, req.method)
+                        metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, up.stream.loop.time() - sent)
+                    except ClientBodyError as e:
+                        up.close()
+                        log.warning(
+                            "rejected request body from %s: status=%d reason=%s path=%s",
+                            conn.peer_host, e.status, e.reason, path,
+                        )
+                        metrics.count_request(service.name, e.status)
+                        await self._answer(client, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
+                        return False
+                    except TimeoutError:
+                        up.close()
+                        return await self._upstream_failed(
+                            conn, req, client, service, UpstreamError("upstream-read-timeout", pool.upstream.name),
+                            body_done, status=504,
+                        )
+                    except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+                        up.close()
+                        if up.reused and attempt + 1 < attempts:
+                            continue  # a pooled connection the upstream had closed; retry on a new one
+                        return await self._upstream_failed(
+                            conn, req, client, service,
+                            UpstreamError("upstream-connection-lost", f"{pool.upstream.name}: {e!r}"), body_done,
+                        )
+                    except HttpError as e:
+                        up.close()
+                        return await self._upstream_failed(
+                            conn, req, client, service, UpstreamError(e.reason, e.detail), body_done
+                        )
+                    metrics.count_request(service.name, resp.status)
+                    return await self._deliver_on(req, resp, up, pool, client, response_headers, observe)
+            except UpstreamError as e:  # no connection (the lease's acquire)
                 return await self._upstream_failed(conn, req, client, service, e, body_done)
-            if not reused and auth is not None and auth.handshake is not None:
-                try:
-                    await self._upstream_handshake(up, req, auth, service)
-                except (BackendError, UpstreamError, HttpError, TimeoutError, ConnectionError,
-                        asyncio.IncompleteReadError, ssl.SSLError) as e:
-                    up.close()
-                    reason = getattr(e, "reason", None) or type(e).__name__
-                    log.error("backend %s handshake with %s failed for %s: %s", service.backend,
-                              pool.upstream.name, identity.user if identity else "-", e)
-                    status = e.status if isinstance(e, BackendError) else 502
-                    return await self._refuse(conn, req, client, status, reason,
-                                              b"upstream credentials refused\n", [], path, service)
-            try:
-                sent = up.stream.loop.time()
-                up.stream.write(head)
-                if has_body:
-                    if req.expect_continue:
-                        client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    await self._copy_request_body(req, client, up.stream, max_body, reencode=True)
-                    body_done = True
-                resp = await self._read_response_head(up, req.method)
-                metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, up.stream.loop.time() - sent)
-                break
-            except ClientBodyError as e:
-                up.close()
-                log.warning(
-                    "rejected request body from %s: status=%d reason=%s path=%s",
-                    conn.peer_host, e.status, e.reason, path,
-                )
-                metrics.count_request(service.name, e.status)
-                await self._answer(client, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
-                return False
-            except TimeoutError:
-                up.close()
-                return await self._upstream_failed(
-                    conn, req, client, service, UpstreamError("upstream-read-timeout", pool.upstream.name),
-                    body_done, status=504,
-                )
-            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
-                up.close()
-                if reused and attempt + 1 < attempts:
-                    continue  # a pooled connection the upstream had closed; retry on a new one
-                return await self._upstream_failed(
-                    conn, req, client, service,
-                    UpstreamError("upstream-connection-lost", f"{pool.upstream.name}: {e!r}"), body_done,
-                )
-            except HttpError as e:
-                up.close()
-                return await self._upstream_failed(
-                    conn, req, client, service, UpstreamError(e.reason, e.detail), body_done
-                )
-        assert up is not None and resp is not None
-        metrics.count_request(service.name, resp.status)
-        return await self.deliver(req, resp, up, pool, client, response_headers, observe)
+        raise AssertionError("unreachable: the last attempt answers")
 
     async def deliver(
         self,
@@ -624,8 +611,23 @@ class Gateway:
         response_headers: list[tuple[bytes, bytes]],
         observe: Callable[[ResponseHead, bytes | None], None] | None = None,
     ) -> bool:
-        """Send the response whose head was read from ``up`` to the client, then give ``up``
-        back to ``pool`` (or close it). Returns whether to keep the client connection."""
+        """Send the response whose head was read from ``up`` (taken from ``pool``: the fast
+        path's) to the client, then give ``up`` back to ``pool`` (or close it). Returns whether
+        to keep the client connection."""
+        async with pool.connection(up):
+            return await self._deliver_on(req, resp, up, pool, client, response_headers, observe)
+
+    async def _deliver_on(
+        self,
+        req: RequestHead,
+        resp: ResponseHead,
+        up: UpstreamConnection,
+        pool: UpstreamPool,
+        client: Stream,
+        response_headers: list[tuple[bytes, bytes]],
+        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
+    ) -> bool:
+        """``deliver`` inside the caller's lease of ``up``, which gives it back (or closes it)."""
         up.requests += 1
         try:
             keep = await self._send_response(req, resp, up, client, response_headers, observe)
@@ -633,32 +635,9 @@ class Gateway:
             up.close()
             log.warning("upstream %s broke off the response: %s", pool.upstream.name, e)
             return False
-        except BaseException:
-            up.close()
-            raise
         if not resp.keep_alive:
             up.reusable = False
-        pool.release(up)
         return keep
-
-    def _user_pool(self, shared: UpstreamPool, key: str) -> UpstreamPool:
-        """The per-user pool ``key`` of ``shared``'s upstream (LRU of USER_POOLS_MAX pools;
-        pools idle for USER_POOL_IDLE_SECONDS are closed)."""
-        now = self.clock()
-        pools = self._user_pools
-        while pools:  # oldest first: close the idle ones
-            k, (p, last) = next(iter(pools.items()))
-            if now - last < USER_POOL_IDLE_SECONDS and len(pools) < USER_POOLS_MAX:
-                break
-            pools.popitem(last=False)
-            p.close()
-        k = (shared.upstream.name, key)
-        entry = pools.get(k)
-        pool = entry[0] if entry is not None else UpstreamPool(
-            shared.upstream, shared.timeouts, limit=USER_POOL_IDLE_CONNECTIONS)
-        pools[k] = (pool, now)
-        pools.move_to_end(k)
-        return pool
 
     async def _upstream_handshake(self, up: UpstreamConnection, req: RequestHead, auth: BackendAuth,
                                   service: Service) -> None:
