@@ -36,13 +36,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..config import BackendMode
 from ..protocols.http1 import RequestHead
 from ..protocols.sfb import Service
 from .connection import Identity
 
 log = logging.getLogger("ucgate.gateway.backend")
 
-MODES = ("none", "passthrough", "vault", "kcd")
+MODES = tuple(m.value for m in BackendMode)
 
 
 class BackendError(Exception):

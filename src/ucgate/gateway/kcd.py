@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ..config import KcdMech
 from ..protocols.http1 import RequestHead
 from ..protocols.keytab import account_from_keytab, split_principal
 from ..protocols.sfb import Service
@@ -134,7 +135,7 @@ class KcdBackend:
             self._target = _lookup
         else:
             self._target = target_spn_for
-        if mech not in ("spnego", "krb5"):
+        if mech not in tuple(KcdMech):
             raise ValueError("mech must be spnego or krb5")
         self.mech = mech
         self.timeout = timeout
@@ -213,7 +214,7 @@ class KcdBackend:
             ctx = gssapi.SecurityContext(name=name, creds=creds, usage="initiate",
                                          mech=gssapi.MechType.kerberos)
             token = ctx.step()
-            if self.mech == "spnego":
+            if self.mech == KcdMech.SPNEGO:
                 # MIT's SPNEGO mechanism does not take an impersonated krb5 credential ("cannot
                 # find mechanisms to negotiate"): wrap the optimistic krb5 token ourselves.
                 token = encode_neg_token_init([KRB5_OID], mech_token=token)

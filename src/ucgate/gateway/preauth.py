@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import AuthConfig
+from ..config import AuthConfig, AuthMethod, ExtendedProtection, TraceLevel
 from ..id.api import AttemptContext, CredentialService, NtlmHandshake, Verdict
 from ..protocols import decode as decode_proto
 from ..protocols import ntlm as ntlm_proto
@@ -108,11 +108,11 @@ class PreAuthenticator:
     def _challenges(self, conn: ClientConnection) -> list[tuple[bytes, bytes]]:
         out = []
         for m in self.settings.methods:
-            if m == "negotiate":
+            if m == AuthMethod.NEGOTIATE:
                 out.append((b"WWW-Authenticate", b"Negotiate"))
-            elif m == "ntlm":
+            elif m == AuthMethod.NTLM:
                 out.append((b"WWW-Authenticate", b"NTLM"))
-            elif m == "basic" and conn.tls:
+            elif m == AuthMethod.BASIC and conn.tls:
                 out.append(self._basic_challenge)
         return out
 
@@ -144,7 +144,7 @@ class PreAuthenticator:
         """Log one auth leg (``sender`` "client" or "gateway") at the configured trace level,
         through the decoder, which never yields secrets or token bytes; never raises."""
         level = self.settings.trace
-        if level == "none":
+        if level == TraceLevel.NONE:
             return
         try:
             decoded = decode_proto.decode_header(value)
@@ -152,7 +152,7 @@ class PreAuthenticator:
             log.info("auth trace: client %s, from %s: undecodable (%s: %s)", conn.peer_host, sender,
                      e.reason, e.message)
             return
-        if level == "verbose":
+        if level == TraceLevel.VERBOSE:
             log.info("auth trace: client %s, from %s: %s %s", conn.peer_host, sender,
                      decode_proto.summary(decoded), decode_proto.to_json(decoded))
         else:
@@ -194,7 +194,7 @@ class PreAuthenticator:
         authz = req.get(b"authorization")
         if authz is None:
             return conn.identity
-        if self.settings.trace != "none":
+        if self.settings.trace != TraceLevel.NONE:
             return None  # authenticate() logs the leg
         scheme, _, param = authz.partition(b" ")
         if scheme.lower() != b"basic" or "basic" not in self.settings.methods:
@@ -262,7 +262,7 @@ class PreAuthenticator:
 
     # --- NTLM / Negotiate -------------------------------------------------------------
     def _extended_protection(self, conn: ClientConnection) -> str:
-        return self.settings.extended_protection if conn.tls else "off"
+        return self.settings.extended_protection if conn.tls else ExtendedProtection.OFF
 
     def _new_acceptor(self, conn: ClientConnection, scheme: bytes):
         s = self.settings

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..config import LogFormat
 from ..id.health import health_routes
 from . import admin, api, portal, signin
 from .pages import HERE, WebContext, make_env, render
@@ -91,7 +92,7 @@ def web_server(config: Any, app: Any):
         app, host=w.listen_host, port=w.listen_port, ssl_certfile=str(cert), ssl_keyfile=str(key),
         log_level=config.log_level, lifespan="off", access_log=False, server_header=False,
         proxy_headers=False, timeout_graceful_shutdown=2,
-        **({"log_config": None} if getattr(config, "log_format", "text") == "json" else {})))
+        **({"log_config": None} if getattr(config, "log_format", LogFormat.TEXT) == LogFormat.JSON else {})))
 
 
 def node_web_server(config: Any, ids: Any, *, devices: Any = None, live_users: Any = None,

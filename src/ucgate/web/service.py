@@ -32,7 +32,7 @@ from ..id.otp import AlreadyEnrolled, NotEnrolled, OtpService
 from ..id.rules import RuleError, RuleNotFound, RuleService
 from ..store.partnerships import PartnershipRecord, PartnershipStore
 from ..store.rules import RuleStore
-from .settings import ROLES, WebConfig
+from .settings import ROLES, Role, WebConfig
 
 DEVICE_ACTIONS = ("approve", "block", "unblock", "wipe", "delete")
 DEVICE_STATES = ("allowed", "quarantined", "blocked")
@@ -132,7 +132,7 @@ class Console:
     def role_of(self, username: str) -> str:
         """The most powerful role the account has: the [web.users] mapping, then directory
         groups ([web.groups]); every other account is a ``user``."""
-        best = self.web.user_roles.get(username.lower(), "user")
+        best = self.web.user_roles.get(username.lower(), Role.USER.value)
         if self.web.group_roles and self.directory is not None:
             try:
                 du = self.directory.resolve(username)
@@ -189,7 +189,7 @@ class Console:
             out.append({"username": u.username, "upn": u.upn, "display_name": u.display_name,
                         "enabled": u.enabled, "source": u.source,
                         "devices": sum(1 for d in devices if d.username == u.username),
-                        "totp": self.otp.status(u.username).state, "role": self.web.user_roles.get(u.username, "user")})
+                        "totp": self.otp.status(u.username).state, "role": self.web.user_roles.get(u.username, Role.USER.value)})
         return out
 
     def user_detail(self, username: str) -> dict[str, Any]:

@@ -25,11 +25,22 @@ known to ucgate is a ``user``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-ROLES = ("admin", "helpdesk", "auditor", "user")
-STAFF_ROLES = ("admin", "helpdesk", "auditor")
+
+class Role(StrEnum):
+    """Highest first (web.service ranks them in this order)."""
+
+    ADMIN = "admin"
+    HELPDESK = "helpdesk"
+    AUDITOR = "auditor"
+    USER = "user"
+
+
+ROLES = tuple(r.value for r in Role)
+STAFF_ROLES = (Role.ADMIN.value, Role.HELPDESK.value, Role.AUDITOR.value)
 
 
 @dataclass(frozen=True)

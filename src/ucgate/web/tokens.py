@@ -18,7 +18,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .settings import ROLES
+from .settings import ROLES, Role
 
 PREFIX = "ucg_"
 
@@ -64,7 +64,7 @@ class ApiTokens:
 
     def create(self, role: str, label: str) -> tuple[ApiToken, str]:
         """Returns (token info, the token itself — shown once)."""
-        if role not in ROLES or role == "user":
+        if role not in ROLES or role == Role.USER:
             raise ValueError(f"role: expected admin, helpdesk or auditor, got {role!r}")
         label = " ".join(label.split())[:128]
         if not label:
