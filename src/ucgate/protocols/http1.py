@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 # --- limits -------------------------------------------------------------------------------
 # Kerberos tickets of users in many groups reach MaxTokenSize 48000 bytes, 64000 in base64
@@ -101,7 +100,7 @@ class RequestHead:
     ``headers`` (name as sent, value with OWS stripped) is read from the head on first access
     when the common route parsed it."""
 
-    __slots__ = ("method", "target", "version", "_headers", "framing", "host", "keep_alive",
+    __slots__ = ("method", "target", "version", "_headers", "_framing", "host", "keep_alive",
                  "expect_continue", "connection_tokens", "prefix", "authorization",
                  "prefix_authenticated", "_raw")
 
@@ -111,7 +110,7 @@ class RequestHead:
         target: bytes,
         version: tuple[int, int],
         headers: list[tuple[bytes, bytes]] | None,
-        framing: Framing,
+        framing: Framing | None,
         host: bytes,
         keep_alive: bool,
         expect_continue: bool = False,
@@ -125,7 +124,7 @@ class RequestHead:
         self.target = target
         self.version = version
         self._headers = headers
-        self.framing = framing
+        self._framing = framing  # None: the common route's, no body (made on first access)
         self.host = host
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
@@ -147,6 +146,17 @@ class RequestHead:
     @headers.setter
     def headers(self, value: list[tuple[bytes, bytes]]) -> None:
         self._headers = value
+
+    @property
+    def framing(self) -> Framing:
+        f = self._framing
+        if f is None:
+            f = self._framing = Framing("none")
+        return f
+
+    @framing.setter
+    def framing(self, value: Framing) -> None:
+        self._framing = value
 
     def _key(self) -> tuple[object, ...]:
         return (self.method, self.target, self.version, self.headers, self.framing, self.host,
@@ -185,7 +195,7 @@ class ResponseHead:
     upstream's Content-Length line stays) and ``length`` are the common route's facts (see
     :func:`parse_response_head`): set when the head had the common shape, else None."""
 
-    __slots__ = ("version", "status", "reason", "_headers", "framing", "keep_alive",
+    __slots__ = ("version", "status", "reason", "_headers", "_framing", "keep_alive",
                  "connection_tokens", "prefix", "length", "_raw")
 
     def __init__(
@@ -194,7 +204,7 @@ class ResponseHead:
         status: int,
         reason: bytes,
         headers: list[tuple[bytes, bytes]] | None,
-        framing: Framing,
+        framing: Framing | None,
         keep_alive: bool,
         connection_tokens: frozenset[bytes] = frozenset(),
         prefix: bytes | None = None,
@@ -205,7 +215,7 @@ class ResponseHead:
         self.status = status
         self.reason = reason
         self._headers = headers
-        self.framing = framing
+        self._framing = framing  # None: the common route's, ``length`` (made on first access)
         self.keep_alive = keep_alive
         self.connection_tokens = connection_tokens
         self.prefix = prefix
@@ -222,6 +232,18 @@ class ResponseHead:
     @headers.setter
     def headers(self, value: list[tuple[bytes, bytes]]) -> None:
         self._headers = value
+
+    @property
+    def framing(self) -> Framing:
+        f = self._framing
+        if f is None:
+            assert self.length is not None
+            f = self._framing = Framing("length", self.length)
+        return f
+
+    @framing.setter
+    def framing(self, value: Framing) -> None:
+        self._framing = value
 
     def _key(self) -> tuple[object, ...]:
         return (self.version, self.status, self.reason, self.headers, self.framing, self.keep_alive,
@@ -401,8 +423,7 @@ def _request_framing(
 
 _V11 = (1, 1)
 _VERSIONS = {b"1": _V11, b"0": (1, 0)}  # minor version -> (1, minor), shared tuples
-_R = TypeVar("_R", bound="RequestHead")
-_S = TypeVar("_S", bound="ResponseHead")
+
 
 
 def parse_request_head(
@@ -734,22 +755,10 @@ class SimpleResponse(ResponseHead):
     __slots__ = ()
 
 
-def simple_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> SimpleRequest | None:
-    """Deprecated: ``parse_request_head(head, limits, special)`` when it takes the common route,
-    else None (without raising)."""
-    return _request_common(head, limits, special, SimpleRequest)
-
-
-def simple_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS) -> SimpleResponse | None:
-    """Deprecated: ``parse_response_head(head, request_method, limits)`` when it takes the
-    common route, else None (without raising)."""
-    return _response_common(head, request_method, limits, SimpleResponse)
-
-
-_NO_BODY = Framing("none")  # shared by the common route's heads: the gateway replaces, never mutates, framing
-
-def _request_common(head: bytes, limits: Limits, special: re.Pattern[bytes], cls: type[_R]) -> _R | None:
-    """``head`` as a ``cls`` (a :class:`RequestHead`) when it is an origin-form HTTP/1.1 request with one
+def _request_common(
+    head: bytes, limits: Limits, special: re.Pattern[bytes], cls: type[RequestHead] = SimpleRequest
+) -> RequestHead | None:
+    """The common route of :func:`parse_request_head`: ``head`` as a ``cls`` when it is an origin-form HTTP/1.1 request with one
     valid Host, no body, no Expect, no hop-by-hop field but one Connection of "keep-alive" or
     "close", and none of the fields ``special`` (from :func:`request_special_re`) adds; else None
     (then ``parse_request_head`` decides). One Authorization field is allowed: its value and the
@@ -801,12 +810,14 @@ def _request_common(head: bytes, limits: Limits, special: re.Pattern[bytes], cls
         head = head[:i] + head[end:]
     if authz is not None:
         without_authz = head[:a] + head[a_end:-2]
-    return cls(method, target, _V11, None, _NO_BODY, host_value, not close, False, conn_tokens, head[:-2], authz,
+    return cls(method, target, _V11, None, None, host_value, not close, False, conn_tokens, head[:-2], authz,
                without_authz, raw)
 
 
-def _response_common(head: bytes, request_method: bytes, limits: Limits, cls: type[_S]) -> _S | None:
-    """``head`` as a ``cls`` (a :class:`ResponseHead`) when it is a 2xx-5xx HTTP/1.1 response (not 204 or
+def _response_common(
+    head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS, cls: type[ResponseHead] = SimpleResponse
+) -> ResponseHead | None:
+    """The common route of :func:`parse_response_head`: ``head`` as a ``cls`` when it is a 2xx-5xx HTTP/1.1 response (not 204 or
     304, not to HEAD) with a reason phrase, one Content-Length, no hop-by-hop field but one
     Connection of "keep-alive" or "close"; else None (then ``parse_response_head`` decides)."""
     if request_method == b"HEAD" or len(head) > limits.max_header_bytes:
@@ -844,8 +855,17 @@ def _response_common(head: bytes, request_method: bytes, limits: Limits, cls: ty
     if connection:
         i = low.index(b"\nconnection:") + 1
         head = head[:i] + head[head.index(b"\r\n", i) + 2 :]
-    return cls(_V11, status, reason, None, Framing("length", length), not close,
+    return cls(_V11, status, reason, None, None, not close,
                conn_tokens, head[:-2], length, raw)
+
+
+# Deprecated (issue 15): the gateway's fast path calls these until it switches to
+# parse_request_head(head, limits, special) / parse_response_head and tests ``.prefix is not
+# None``. They are the common routes themselves (no wrapper frame on the hottest path): the head
+# as a SimpleRequest / SimpleResponse (a RequestHead / ResponseHead) or None, never raising:
+# simple_request(head, limits, special), simple_response(head, request_method, limits).
+simple_request = _request_common
+simple_response = _response_common
 
 
 def serialize_head(start_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
