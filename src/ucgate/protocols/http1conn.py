@@ -12,7 +12,7 @@ the status to answer and the reason code for the log line; after one, the connec
 
 Server side (requests from a client)::
 
-    conn = Connection(SERVER, gw.limits, special=gw._request_specials, max_body=limit)
+    conn = Connection(SERVER, limits, special=request_special_re(drop, owned), max_body=limit)
     conn.receive_data(data)            # b"" when the client closed
     while True:
         event = conn.next_event()      # HttpError: answer event.status, log event.reason, close
@@ -34,7 +34,9 @@ ends it). 1xx responses are events of their own (``event.head.status < 200``), t
 one follows; after a 101 the connection is PAUSED (the bytes after it are ``trailing_data``).
 Client-side refusals have status 502.
 
-The gateway copying a body from one stream to another, with the head parsed already::
+The gateway's fast path parses heads itself (``http1.parse_request_head(head, limits, special)``
+and ``parse_response_head(head, method, limits)``: the common route when ``.prefix is not
+None``, as ``simple_request``/``simple_response`` before), and its body copy can be::
 
     reader = BodyReader(req.framing, limit=max_body)        # HttpError(413) when over it
     while True:
