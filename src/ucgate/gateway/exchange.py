@@ -13,22 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.sfb import Service
+from .body import ClientBodyError, RequestBody
 from .connection import ClientConnection, Identity
 
 if TYPE_CHECKING:
     from .backend import BackendAuth
     from .stream import Stream
     from .upstream import UpstreamPool
-
-
-class ClientBodyError(Exception):
-    """The client's request body could not be read (too large, incomplete, too slow, bad
-    chunking): answered with ``status`` and the connection closed."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class Refusal:
@@ -63,10 +54,10 @@ class Exchange:
     the identity, the backend credentials, the headers to add to the response)."""
 
     __slots__ = ("conn", "req", "client", "path", "query", "service", "pool", "max_body",
-                 "gate", "facts", "prebody", "identity", "response_headers", "observe",
+                 "gate", "facts", "body", "identity", "response_headers", "observe",
                  "auth", "use_backend", "ctx", "started")
 
-    def __init__(self, conn: ClientConnection, req: RequestHead, client: Stream,
+    def __init__(self, conn: ClientConnection, req: RequestHead, client: Stream, body: RequestBody,
                  ctx: dict | None = None, started: float | None = None) -> None:
         self.conn = conn
         self.req = req
@@ -78,9 +69,9 @@ class Exchange:
         self.max_body = 0
         self.gate: Any = None  # the DeviceGate that applies, once it has the facts
         self.facts: Any = None
-        # the body when a stage had to read it before forwarding (the OAuth form, ActiveSync's
-        # device facts); None: it is still on the connection, forwarded as it comes
-        self.prebody: bytes | None = None
+        # the body source (gateway/body.py): read whole by a stage that needs it before
+        # forwarding (the OAuth form, the device facts), else copied upstream as it comes
+        self.body = body
         self.identity: Identity | None = None
         self.response_headers: list[tuple[bytes, bytes]] = []
         # sees the response head (and a small body) before it is sent (gateway.devices, oauth)
@@ -93,3 +84,6 @@ class Exchange:
     @property
     def request_id(self) -> bytes:
         return self.conn.request_id
+
+
+__all__ = ["ClientBodyError", "Exchange", "Refusal", "RequestBody"]

@@ -61,8 +61,9 @@ from ..protocols.sfb import Service
 from . import pipeline
 from .auth import Authenticator, AuthOutcome
 from .backend import BackendError
+from .body import ClientBodyError
 from .connection import ClientConnection, Identity
-from .exchange import ClientBodyError, Exchange
+from .exchange import Exchange
 from .preauth import SECOND_FACTOR_REASONS, UNAVAILABLE_REASONS
 
 if TYPE_CHECKING:
@@ -332,34 +333,33 @@ class OAuthGrants:
             await asyncio.sleep(left)
 
     # --- the grant ----------------------------------------------------------------------
-    async def handle(self, gw: Gateway, ex: Exchange) -> tuple[bool | None, bytes | None]:
-        """``(keep, None)`` when answered here; ``(None, body)`` to go on through the normal
-        pipeline with the body already read (other grant types: Windows auth to the gateway)."""
+    async def handle(self, gw: Gateway, ex: Exchange) -> bool | None:
+        """Whether to keep the connection when answered here; None to go on through the
+        normal pipeline with the body already read (``ex.body.data``; other grant types:
+        Windows auth to the gateway)."""
         conn, req, client, service, max_body = ex.conn, ex.req, ex.client, ex.service, ex.max_body
         limit = min(self.settings.max_form_bytes, max_body)
         if req.framing.kind == "length" and req.framing.length > limit:
             log.info("client %s: OAuth form of %d bytes refused", conn.peer_host, req.framing.length)
-            return await self._json(gw, client, 413, {"error": "invalid_request"}, keep=False), None
+            return await self._json(gw, client, 413, {"error": "invalid_request"}, keep=False)
         body = b""
-        if req.framing.kind != "none":
+        if ex.body.pending:
             try:
-                body = await gw.read_small_body(req, client, limit)
+                body = await ex.body.read(limit)
             except ClientBodyError as e:
                 log.info("client %s: OAuth form refused: %s", conn.peer_host, e.reason)
-                return await self._json(gw, client, e.status, {"error": "invalid_request"}, keep=False), None
-            req.framing = http1.Framing("none")
-            req.expect_continue = False
+                return await self._json(gw, client, e.status, {"error": "invalid_request"}, keep=False)
         ctype = (req.get(b"content-type") or b"").split(b";")[0].strip().lower()
         if ctype != _FORM:
-            return None, body
+            return None
         try:
             form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
                              max_num_fields=20)
         except (UnicodeDecodeError, ValueError):
-            return await self._json(gw, client, 400, {"error": "invalid_request"}, keep=req.keep_alive), None
+            return await self._json(gw, client, 400, {"error": "invalid_request"}, keep=req.keep_alive)
         fields = dict(form)
         if fields.get("grant_type") != "password":
-            return None, body
+            return None
         if not conn.tls:
             # As Basic (RFC 7617 §4; RFC 6749 §3.2: the token endpoint MUST use TLS): the
             # password came in clear, so it is not checked (no budget, nothing forwarded).
@@ -367,11 +367,11 @@ class OAuthGrants:
                         conn.peer_host)
             return await self._json(gw, client, 403, {
                 "error": "invalid_request", "error_description": "the password grant needs TLS"},
-                keep=req.keep_alive, extra=[(b"X-Ucgate-Reason", b"password-grant-requires-tls")]), None
+                keep=req.keep_alive, extra=[(b"X-Ucgate-Reason", b"password-grant-requires-tls")])
         username, password = fields.get("username"), fields.get("password")
         if not username or password is None or len(username) > 256 or len(password) > 256 \
                 or any(ord(c) < 0x20 or c == "\x7f" for c in username):
-            return await self._json(gw, client, 400, {"error": "invalid_request"}, keep=req.keep_alive), None
+            return await self._json(gw, client, 400, {"error": "invalid_request"}, keep=req.keep_alive)
         ua = req.get(b"user-agent")
         ctx = AttemptContext(client_ip=conn.peer_host, method=Method.OAUTH_PASSWORD, service=service.name,
                              device_id=None, user_agent=ua.decode("latin-1")[:256] if ua else None)
@@ -383,13 +383,13 @@ class OAuthGrants:
             metrics.count_auth("oauth-password", metrics.auth_result(status, verdict.reason), verdict.reason)
             log.info("client %s: OAuth grant for %r refused: %s", conn.peer_host, username, verdict.reason)
             return await self._json(gw, client, status, {"error": "temporarily_unavailable"}, keep=keep,
-                                    extra=[(b"Retry-After", b"%d" % max(1, int(verdict.retry_after + 0.999)))]), None
+                                    extra=[(b"Retry-After", b"%d" % max(1, int(verdict.retry_after + 0.999)))])
         if not verdict.ok:
             metrics.count_auth("oauth-password", "deny", verdict.reason)
             await self._pad(started)
             log.info("client %s: OAuth grant for %r refused: %s", conn.peer_host, username, verdict.reason)
             # what the front end answers for a wrong password (lab.frontend.token_error)
-            return await self._json(gw, client, 400, {"error": "invalid_grant"}, keep=keep), None
+            return await self._json(gw, client, 400, {"error": "invalid_grant"}, keep=keep)
         metrics.count_auth("oauth-password", "allow", "ok")
         user = verdict.user or username
         identity = Identity(user, "oauth-password", credential_id=verdict.credential_id,
@@ -399,7 +399,7 @@ class OAuthGrants:
             upstream_form = await self._upstream_form(service, form, user)
         except BackendError as e:
             log.error("OAuth grant for %s: backend %s failed: %s", user, service.backend, e)
-            return await self._json(gw, client, e.status, {"error": "server_error"}, keep=keep), None
+            return await self._json(gw, client, e.status, {"error": "server_error"}, keep=keep)
         session = self.rand(8).hex()
         # the token must be readable in the front end's answer: no compression
         req.headers = [(k, v) for k, v in req.headers if k.lower() != b"accept-encoding"]
@@ -407,10 +407,10 @@ class OAuthGrants:
         def record(resp: ResponseHead, data: bytes | None) -> bytes | None:
             return self._record(resp, data, identity, session)
 
-        ex.identity, ex.prebody, ex.observe = identity, upstream_form, record
+        ex.identity, ex.observe = identity, record
+        ex.body.replace(upstream_form)
         ex.use_backend = service.backend == "kcd"
-        keep = await pipeline.send(gw, ex)
-        return keep, None
+        return await pipeline.send(gw, ex)
 
     async def _upstream_form(self, service: Service, form: list[tuple[str, str]], user: str) -> bytes:
         mode = service.backend

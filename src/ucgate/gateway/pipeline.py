@@ -9,7 +9,7 @@ drained when that keeps the connection) or a bool when it answered the request i
 (whether to keep the connection: the OAuth grant's own answers, the forwarded response).
 Envoy's HTTP filters and mitmproxy's layers have this shape. The stages reach the gateway only
 through its public names (its service map, pools, authenticator, device gate, OAuth grants,
-``read_small_body``, ``adopt``, ``prepare_backend``, ``forward``), so they run in tests with
+``adopt``, ``prepare_backend``, ``forward``), so they run in tests with
 fakes (tests/gateway/test_pipeline.py).
 
 The fast path (gateway/session.py, ``ClientSession._forward_fast``) answers the same stages
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 from .. import metrics
 from ..logs import begin_request, new_request_id
-from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import split_target
-from .exchange import ClientBodyError, Exchange, Refusal
+from .body import ClientBodyError, RequestBody
+from .exchange import Exchange, Refusal
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
@@ -77,15 +77,11 @@ async def recognise(gw: Gateway, ex: Exchange) -> Outcome:
 
 async def oauth_intercept(gw: Gateway, ex: Exchange) -> Outcome:
     """The OAuth password grant: verified here, the token obtained by the backend mode
-    (gateway/oauth.py). Other grants go on with the form already read (``prebody``)."""
+    (gateway/oauth.py). Other grants go on with the form already read (``ex.body.data``)."""
     oauth = gw.oauth
     if oauth is None or not oauth.intercepts(ex.service, ex.req):
         return None
-    answered, prebody = await oauth.handle(gw, ex)
-    if answered is not None:
-        return answered
-    ex.prebody = prebody
-    return None
+    return await oauth.handle(gw, ex)
 
 
 async def device_facts(gw: Gateway, ex: Exchange) -> Outcome:
@@ -95,14 +91,12 @@ async def device_facts(gw: Gateway, ex: Exchange) -> Outcome:
     if gate is None or not gate.applies(ex.service, req):
         return None
     limit = gate.body_limit(req, ex.path, ex.service)
-    if limit is not None and req.framing.kind != "none":
-        try:
-            ex.prebody = await gw.read_small_body(req, ex.client, min(limit, ex.max_body))
+    if limit is not None and ex.body.pending:
+        try:  # consumed: a refusal does not drain it again, forwarding sends it
+            await ex.body.read(min(limit, ex.max_body))
         except ClientBodyError as e:
             return Refusal.protocol(HttpError(e.status, e.reason))
-        req.framing = http1.Framing("none")  # consumed: a refusal must not drain it again
-        req.expect_continue = False
-    ex.facts = gate.facts_for(ex.conn, req, ex.path, ex.query, ex.service, ex.prebody)
+    ex.facts = gate.facts_for(ex.conn, req, ex.path, ex.query, ex.service, ex.body.data)
     ex.gate = gate  # from here on, ``gate.done(req)`` when the request is over (``run``)
     return None
 
@@ -206,7 +200,8 @@ async def run(gw: Gateway, conn: ClientConnection, req: RequestHead, client: Str
     rid = conn.request_id = new_request_id()
     ctx = begin_request(rid, conn.peer_host)  # this task's log lines carry it (ucgate.logs)
     started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
-    return await run_stages(gw, Exchange(conn, req, client, ctx, started))
+    body = RequestBody(req, client, gw.gw.timeouts.body_read)
+    return await run_stages(gw, Exchange(conn, req, client, body, ctx, started))
 
 
 __all__ = ["STAGES", "Exchange", "Refusal", "authenticate", "backend_credentials", "decide",

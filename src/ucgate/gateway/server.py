@@ -33,9 +33,10 @@ from ..protocols.sfb import Service, ServiceMap
 from . import pipeline
 from .auth import Authenticator, DenyAll
 from .backend import BackendAuth, BackendCredentials, BackendError, default_backends
+from .body import COPY_CHUNK, DISCARD, ClientBodyError, copy_chunked, copy_exact
 from .connection import ClientConnection, Identity, call_on_loop
 from .devices import DeviceGate
-from .exchange import ClientBodyError, Exchange, Refusal
+from .exchange import Exchange, Refusal
 from .health import HealthListener
 from .preamble import StreamPreamble
 from .session import ClientSession
@@ -47,7 +48,6 @@ from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
 log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
-COPY_CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
@@ -336,8 +336,8 @@ class Gateway:
         if refusal.error is not None:
             await self._answer_error(ex.conn, ex.client, refusal.error, ex.req, ex.path, ex.service)
             return False
-        return await self._refuse(ex.conn, ex.req, ex.client, refusal.status, refusal.reason, refusal.body,
-                                  refusal.headers, ex.path, ex.service, close=refusal.close)
+        return await self._refuse(ex, refusal.status, refusal.reason, refusal.body, refusal.headers,
+                                  close=refusal.close)
 
     def adopt(self, conn: ClientConnection, req: RequestHead, identity: Identity) -> None:
         """The decide stage's identity (with its device id) is the connection's principal; a
@@ -410,23 +410,20 @@ class Gateway:
 
     async def _refuse(
         self,
-        conn: ClientConnection,
-        req: RequestHead,
-        client: Stream,
+        ex: Exchange,
         status: int,
         reason: str,
         body: bytes,
         headers: list[tuple[bytes, bytes]],
-        path: str,
-        service: Service | None,
         *,
         close: bool = False,
     ) -> bool:
         """Answer without forwarding. Keep the connection when the request body, if any, can be
         read and dropped cheaply (NTLM's handshake needs the same connection)."""
+        conn, req, client, service = ex.conn, ex.req, ex.client, ex.service
         log.info(
             "refused request from %s: status=%d reason=%s service=%s method=%s path=%s request_id=%s",
-            conn.peer_host, status, reason, service.name if service else "-", req.method.decode(), path,
+            conn.peer_host, status, reason, service.name if service else "-", req.method.decode(), ex.path,
             conn.request_id.decode(), extra={"reason": reason},
         )
         metrics.count_request(service.name if service else None, status)
@@ -435,12 +432,7 @@ class Gateway:
             if req.expect_continue:
                 keep = False  # the client has not sent the body; we cannot tell if it will
             else:
-                try:
-                    await self._copy_request_body(
-                        req, client, _DISCARD, self.gw.limits.max_drain_bytes, reencode=False
-                    )
-                except ClientBodyError:
-                    keep = False
+                keep = await ex.body.discard(self.gw.limits.max_drain_bytes)
         await self._answer(client, status, body, headers, close=not keep)
         return keep
 
@@ -526,12 +518,12 @@ class Gateway:
         return None
 
     async def forward(self, ex: Exchange) -> bool:
-        """Send the request (head, then its body: ``ex.prebody`` or copied from the client) to
+        """Send the request (head, then its body: what a stage read, or copied from the client) to
         the upstream and the response back. Returns whether to keep the client connection."""
         conn, req, path, service, pool = ex.conn, ex.req, ex.path, ex.service, ex.pool
         identity, client, max_body, auth = ex.identity, ex.client, ex.max_body, ex.auth
-        prebody, observe, response_headers = ex.prebody, ex.observe, ex.response_headers
-        if prebody is not None:  # read before authentication (the device id is in it)
+        prebody, observe, response_headers = ex.body.data, ex.observe, ex.response_headers
+        if prebody is not None:  # read by a stage (the OAuth form, the device facts)
             req.framing = http1.Framing("length", len(prebody))
         head = self.request_head(conn, req, identity, auth.headers if auth is not None else None)
         if prebody is not None:
@@ -555,15 +547,14 @@ class Gateway:
                             log.error("backend %s handshake with %s failed for %s: %s", service.backend,
                                       pool.upstream.name, identity.user if identity else "-", e)
                             status = e.status if isinstance(e, BackendError) else 502
-                            return await self._refuse(conn, req, client, status, reason,
-                                                      b"upstream credentials refused\n", [], path, service)
+                            return await self._refuse(ex, status, reason, b"upstream credentials refused\n", [])
                     try:
                         sent = up.stream.loop.time()
                         up.stream.write(head)
                         if has_body:
                             if req.expect_continue:
                                 client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                            await self._copy_request_body(req, client, up.stream, max_body, reencode=True)
+                            await ex.body.copy_to(up.stream, max_body)
                             body_done = True
                         resp = await self._read_response_head(up, req.method)
                         metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, up.stream.loop.time() - sent)
@@ -680,10 +671,9 @@ class Gateway:
         if resp.framing.kind == "length":
             if resp.framing.length > self.gw.limits.max_drain_bytes:
                 raise BackendError("backend-handshake-body-too-large")
-            await self._copy_exact(up.stream, _DISCARD, resp.framing.length, timeout)
+            await copy_exact(up.stream, DISCARD, resp.framing.length, timeout)
         elif resp.framing.kind == "chunked":
-            await self._copy_chunked(up.stream, _DISCARD, self.gw.limits.max_drain_bytes, timeout,
-                                     reencode=False, upstream=True)
+            await copy_chunked(up.stream, DISCARD, self.gw.limits.max_drain_bytes, timeout, reencode=False)
         elif resp.framing.kind != "none":
             raise BackendError("backend-handshake-close-delimited")
 
@@ -804,10 +794,10 @@ class Gateway:
                     client.write(head + data)
                 else:
                     client.write(head)
-                    await self._copy_exact(rd, client, n, timeout)
+                    await copy_exact(rd, client, n, timeout)
             elif kind == "chunked":
                 client.write(head)
-                await self._copy_chunked(rd, client, 1 << 62, timeout, reencode=client_11, upstream=True)
+                await copy_chunked(rd, client, 1 << 62, timeout, reencode=client_11)
             else:  # close-delimited
                 client.write(head)
                 while data := await rd.read(COPY_CHUNK, rd.loop.time() + timeout):
@@ -822,104 +812,6 @@ class Gateway:
             raise UpstreamError("bad-upstream-chunk", e.reason) from None
         await client.drain()
         return keep
-
-    # --- bodies -------------------------------------------------------------------------
-    async def read_small_body(self, req: RequestHead, client: Stream, limit: int) -> bytes:
-        """Read a whole request body of at most ``limit`` bytes (413 beyond)."""
-        sink = _Buffer(limit)
-        if req.expect_continue:
-            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        await self._copy_request_body(req, client, sink, limit, reencode=False)  # type: ignore[arg-type]
-        return bytes(sink.data)
-
-    async def _copy_request_body(
-        self,
-        req: RequestHead,
-        client: Stream,
-        out: Stream | _Discard,
-        limit: int,
-        *,
-        reencode: bool,
-    ) -> None:
-        timeout = self.gw.timeouts.body_read
-        try:
-            if req.framing.kind == "length":
-                if req.framing.length > limit:
-                    raise ClientBodyError(413, "body-too-large")
-                await self._copy_exact(client, out, req.framing.length, timeout)
-            elif req.framing.kind == "chunked":
-                await self._copy_chunked(client, out, limit, timeout, reencode=reencode, upstream=False)
-        except asyncio.IncompleteReadError:
-            raise ClientBodyError(400, "body-incomplete") from None
-        except TimeoutError:
-            raise ClientBodyError(408, "body-timeout") from None
-        except HttpError as e:
-            raise ClientBodyError(e.status, e.reason) from None
-
-    @staticmethod
-    async def _copy_exact(src: Stream, out: Stream | _Discard, n: int, timeout: float) -> None:
-        """Copy ``n`` bytes; TimeoutError when one read waits longer than ``timeout``."""
-        while n > 0:
-            data = await src.read(min(n, COPY_CHUNK), src.loop.time() + timeout)
-            if not data:
-                raise asyncio.IncompleteReadError(b"", n)
-            n -= len(data)
-            out.write(data)
-            await out.drain()
-
-    @staticmethod
-    async def _copy_chunked(
-        src: Stream,
-        out: Stream | _Discard,
-        limit: int,
-        timeout: float,
-        *,
-        reencode: bool,
-        upstream: bool,
-    ) -> None:
-        """Decode a chunked body and write it on, re-chunked (our own framing: extensions and
-        trailers are dropped) or raw. Each read may wait up to ``timeout``."""
-        loop = src.loop
-        total = 0
-        while True:
-            try:
-                line = await src.readuntil(b"\r\n", loop.time() + timeout)
-            except asyncio.LimitOverrunError:
-                raise HttpError(400, "chunk-line-too-long") from None
-            size = http1.parse_chunk_size_line(line)
-            if size == 0:
-                break
-            total += size
-            if total > limit:
-                raise HttpError(413, "body-too-large")
-            if reencode:
-                out.write(b"%x\r\n" % size)
-            while size > 0:
-                data = await src.read(min(size, COPY_CHUNK), loop.time() + timeout)
-                if not data:
-                    raise asyncio.IncompleteReadError(b"", size)
-                size -= len(data)
-                out.write(data)
-                await out.drain()
-            crlf = await src.readexactly(2, loop.time() + timeout)
-            if crlf != b"\r\n":
-                raise HttpError(400, "bad-chunk-terminator")
-            if reencode:
-                out.write(b"\r\n")
-        trailer_bytes = 0
-        while True:
-            try:
-                line = await src.readuntil(b"\r\n", loop.time() + timeout)
-            except asyncio.LimitOverrunError:
-                raise HttpError(400, "trailer-too-large") from None
-            trailer_bytes += len(line)
-            if trailer_bytes > http1.MAX_CHUNK_LINE_BYTES * 4:
-                raise HttpError(400, "trailer-too-large")
-            if http1.check_trailer_line(line):
-                break
-        if reencode:
-            out.write(http1.LAST_CHUNK)
-        await out.drain()
 
 
 def _context() -> dict | None:
@@ -937,31 +829,4 @@ async def _drain_quietly(client: Stream) -> None:
     try:
         await client.drain()
     except ConnectionError:
-        pass
-
-
-class _Discard:
-    """Where a refused request's body goes: read (to keep the connection usable), dropped."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
-
-
-_DISCARD = _Discard()
-
-
-class _Buffer:
-    """Where a body read before forwarding goes (bounded by the caller's limit)."""
-
-    def __init__(self, limit: int) -> None:
-        self.data = bytearray()
-        self.limit = limit
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
         pass

@@ -45,6 +45,7 @@ from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
 from . import pipeline
+from .body import RequestBody
 from .connection import ClientConnection, Identity
 from .exchange import Exchange
 from .stream import Stream
@@ -462,7 +463,7 @@ class ClientSession:
         self._task_context(service)
         if type(req) is http1.SimpleRequest:  # the pipeline needs every field
             req = http1.parse_request_head(self.head, gw.limits)
-        ex = Exchange(self.conn, req, self.stream)
+        ex = Exchange(self.conn, req, self.stream, RequestBody(req, self.stream, gw.gw.timeouts.body_read))
         ex.path, ex.service, ex.pool, ex.identity = self.path, service, pool, identity
         ex.max_body = gw.max_body_of(service)
         keep = await pipeline.send(gw, ex)
