@@ -74,16 +74,16 @@ def model_keys(model: type[BaseModel] = config.ConfigFile, table: str = "") -> d
 
 
 def parser_keys(module: object, table: str) -> dict[str, set[str]]:
-    """[web] and [sip] are read by their modules' parsers; their docstrings list the keys."""
+    """[sip] is read by gateway.sipconfig's parser; its docstring lists the keys."""
     return _documented(_block(module.__doc__, f"[{table}]"))
 
 
 def all_keys() -> dict[str, set[str]]:
     keys = model_keys()
-    for module, table in ((web_settings, "web"), (sipconfig, "sip")):
-        for t, ks in parser_keys(module, table).items():
-            if t:
-                keys.setdefault(t, set()).update(ks)
+    keys.update(model_keys(web_settings.WebConfig, "web"))
+    for t, ks in parser_keys(sipconfig, "sip").items():
+        if t:
+            keys.setdefault(t, set()).update(ks)
     # read by parse_sip (sipproto.Limits) but not in sipconfig's docstring
     keys["sip"].add("max_auth_line_bytes")
     # [web.users] and [web.groups] are maps of the user's names

@@ -12,9 +12,9 @@ the dotted key of our messages (``<file>: gateway.limits.max_header_bytes: ...``
 field and model validators hold the checks a type cannot say (``host:port``, files that
 must exist, secrets readable only by ucgate, paths relative to the configuration file).
 Checks across tables (a service's upstream, the role of the process, [kerberos]'s defaults
-from [gateway]) are in :func:`from_dict`. ``[web]`` and ``[sip]`` are still read by their
-modules' own parsers (``web.settings.parse_web``, ``gateway.sipconfig.parse_sip``) through
-:class:`_Section`.
+from [gateway]) are in :func:`from_dict`. ``[web]``'s model is ``web.settings.WebConfig``
+(validated by :func:`from_dict` with the same conversion of errors); ``[sip]`` is still read
+by ``gateway.sipconfig.parse_sip`` through :class:`_Section`.
 
 Closed sets of values are StrEnums (a member compares equal to its string): defined here
 unless a lower layer compares against them (``protocols.ntlm.ExtendedProtection``,
@@ -242,16 +242,19 @@ def _upper(v: str) -> str:
 
 class _Model(BaseModel):
     """A table: frozen, unknown keys refused. ``_derived`` are attributes computed from other
-    keys (set by the model's validators); they are not keys of the file."""
+    keys (set by the model's validators) and fields with an alias are read by the alias (the
+    key of the file): from a file (a validation context with ``base``) those names are unknown
+    keys; code may pass them (``WebConfig(user_roles=...)``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
     _derived: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
-    def _no_derived_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for k in sorted(cls._derived & data.keys()):
+    def _no_derived_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and "base" in (info.context or {}):
+            not_keys = cls._derived | {n for n, f in cls.model_fields.items() if f.alias and f.alias != n}
+            for k in sorted(not_keys & data.keys()):
                 raise _Bad(k, UNKNOWN_SETTING)
         return data
 
@@ -896,7 +899,7 @@ class ConfigFile(_Model):
     audit: AuditConfig = AuditConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
-    web: Annotated[dict[str, Any], PlainValidator(_table)] = Field(default_factory=dict)  # web.settings
+    web: Annotated[dict[str, Any], PlainValidator(_table)] = Field(default_factory=dict)  # web.settings.WebConfig
     sip: Annotated[dict[str, Any], PlainValidator(_table)] = Field(default_factory=dict)  # gateway.sipconfig
 
     @field_validator("services", mode="before")
@@ -965,10 +968,11 @@ def _dotted(loc: tuple[str | int, ...] | list[str | int]) -> str:
     return out
 
 
-def config_error(file: str, e: ValidationError) -> ConfigError:
-    """``<file>: <dotted.key>: <problem>`` for the first of pydantic's errors."""
+def config_error(file: str, e: ValidationError, within: tuple[str, ...] = ()) -> ConfigError:
+    """``<file>: <dotted.key>: <problem>`` for the first of pydantic's errors (``within``: the
+    table that was validated, when not the whole file)."""
     err = e.errors(include_url=False)[0]
-    loc = list(err["loc"])
+    loc = [*within, *err["loc"]]
     kind, v, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     exc = ctx.get("error")
     if isinstance(exc, _Bad):
@@ -995,9 +999,9 @@ def config_error(file: str, e: ValidationError) -> ConfigError:
     return ConfigError(f"{file}: {_dotted(loc)}: {msg}")
 
 
-# --- [web] and [sip]: their modules' parsers read them through _Section ------------------------
+# --- [sip]: gateway.sipconfig's parser reads it through _Section ---------------------------------
 class _Section:
-    """Reads typed values from one TOML table and reports unknown keys (web.settings, gateway.sipconfig)."""
+    """Reads typed values from one TOML table and reports unknown keys (gateway.sipconfig)."""
 
     def __init__(self, file: str, prefix: str, table: Any) -> None:
         if not isinstance(table, dict):
@@ -1118,10 +1122,10 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
                                   for p in f.policy))
     from .web.settings import parse_web
 
-    top = _Section(file, "", raw)
-    web = parse_web(top, base, data_dir)
+    web = parse_web(f.web, file, base, data_dir)
     from .gateway.sipconfig import parse_sip
 
+    top = _Section(file, "", raw)
     sip_cfg = parse_sip(top, base, f.gateway)
     return Config(
         path=path,

@@ -24,10 +24,13 @@ known to ucgate is a ``user``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, PlainValidator, ValidationError, ValidationInfo, model_validator
+
+from ..config import Bool, File, Listen, ListenAddr, PosFloat, RelPath, _Bad, _Model, config_error
 
 
 class Role(StrEnum):
@@ -43,50 +46,53 @@ ROLES = tuple(r.value for r in Role)
 STAFF_ROLES = (Role.ADMIN.value, Role.HELPDESK.value, Role.AUDITOR.value)
 
 
-@dataclass(frozen=True)
-class WebConfig:
-    enabled: bool = False
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8444
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    idle_timeout: float = 900.0
-    session_lifetime: float = 12 * 3600.0
-    api_tokens_file: Path | None = None
-    user_roles: dict[str, str] = field(default_factory=dict)
-    group_roles: dict[str, str] = field(default_factory=dict)
+def _roles(lower: bool) -> PlainValidator:
+    """A [web.users] / [web.groups] table: name -> role (user names compared in lower case)."""
 
-
-def parse_web(top: Any, base: Path, data_dir: Path) -> WebConfig:
-    """The [web] table of a configuration (``top`` is config's ``_Section``)."""
-    from ..config import _parse_listen
-
-    sec = top.sub("web")
-    d = WebConfig()
-    host, port = _parse_listen(sec, f"{d.listen_host}:{d.listen_port}")
-    cert, key = sec.path("tls_cert", None, base), sec.path("tls_key", None, base)
-    for k, p in (("tls_cert", cert), ("tls_key", key)):
-        if p is not None and not p.is_file():
-            raise sec.fail(k, f"no such file: {p}")
-
-    def roles(name: str) -> dict[str, str]:
-        sub = sec.sub(name)
+    def check(v: Any) -> dict[str, str]:
+        if not isinstance(v, dict):
+            raise ValueError(f"expected dict, got {type(v).__name__} {v!r}")
         out = {}
-        for who in list(sub.table):
-            role = sub.get(who, str, None)
+        for who, role in v.items():
+            if not isinstance(role, str):
+                raise _Bad(who, f"expected str, got {type(role).__name__} {role!r}")
             if role not in ROLES:
-                raise sub.fail(who, f"expected one of {', '.join(ROLES)}, got {role!r}")
-            out[who.lower() if name == "users" else who] = role
-        sub.finish()
+                raise _Bad(who, f"expected one of {', '.join(ROLES)}, got {role!r}")
+            out[who.lower() if lower else who] = role
         return out
 
-    cfg = WebConfig(
-        enabled=sec.get("enabled", bool, d.enabled),
-        listen_host=host, listen_port=port, tls_cert=cert, tls_key=key,
-        idle_timeout=sec.positive("idle_timeout", float, d.idle_timeout),
-        session_lifetime=sec.positive("session_lifetime", float, d.session_lifetime),
-        api_tokens_file=sec.path("api_tokens_file", data_dir / "api-tokens.json", base),
-        user_roles=roles("users"), group_roles=roles("groups"),
-    )
-    sec.finish()
-    return cfg
+    return PlainValidator(check)
+
+
+class WebConfig(_Model):
+    """``[web]``; ``users`` and ``groups`` are read as ``user_roles`` and ``group_roles``."""
+
+    _derived = frozenset({"listen_host", "listen_port"})
+
+    enabled: Bool = False
+    listen: ListenAddr = Listen("127.0.0.1", 8444)
+    tls_cert: File | None = None  # default: the gateway's certificate and key
+    tls_key: File | None = None
+    idle_timeout: PosFloat = 900.0
+    session_lifetime: PosFloat = 12 * 3600.0
+    api_tokens_file: RelPath | None = None  # default: <data dir>/api-tokens.json
+    user_roles: Annotated[dict[str, str], _roles(lower=True)] = Field(default_factory=dict, alias="users")
+    group_roles: Annotated[dict[str, str], _roles(lower=False)] = Field(default_factory=dict, alias="groups")
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8444
+
+    @model_validator(mode="after")
+    def _derive(self, info: ValidationInfo) -> WebConfig:
+        self._set(listen_host=self.listen.host, listen_port=self.listen.port)
+        data_dir = (info.context or {}).get("data_dir")
+        if self.api_tokens_file is None and data_dir is not None:
+            self._set(api_tokens_file=data_dir / "api-tokens.json")
+        return self
+
+
+def parse_web(raw: dict[str, Any], file: str, base: Path, data_dir: Path) -> WebConfig:
+    """The [web] table of a configuration file (``raw``: the table)."""
+    try:
+        return WebConfig.model_validate(raw, context={"base": base, "data_dir": data_dir})
+    except ValidationError as e:
+        raise config_error(file, e, within=("web",)) from None
