@@ -1,6 +1,6 @@
 """The layering rule, checked on every import of every module (README, Development):
 
-    logs, metrics  ←  protocols  ←  policy  ←  config*, store  ←  id  ←  gateway, web  ←  app, reload  ←  lab, init  ←  cli
+    errors, logs, metrics  ←  protocols  ←  policy  ←  config*, store  ←  id  ←  gateway, web  ←  app, reload  ←  lab, init  ←  cli
 
 An import may point down or sideways (within its own layer), never up, and the packages'
 imports form no cycle (two packages of one layer, ``gateway`` and ``web``, ``app`` and
@@ -18,7 +18,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "ucgate"
 
 RANK = {
-    "__init__": 0, "__main__": 9, "logs": 0, "metrics": 0, "py": 0,
+    "__init__": 0, "__main__": 9, "errors": 0, "logs": 0, "metrics": 0, "py": 0,
     "protocols": 1, "policy": 2, "config": 3, "store": 3, "id": 4, "gateway": 5, "web": 5,
     "app": 6, "reload": 6, "lab": 7, "init": 7, "cli": 8,
 }

@@ -40,6 +40,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..errors import UcgateError
+
 __all__ = [
     "AccountState", "Directory", "DirectoryError", "DirectoryUser", "NameKind", "NameQuery",
     "escape_filter_value", "parse_name", "user_filters", "filetime_to_datetime",
@@ -73,13 +75,11 @@ _STATE_ATTRS = [
 
 # --------------------------------------------------------------------------- errors, values
 
-class DirectoryError(Exception):
+class DirectoryError(UcgateError):
     """A directory operation failed; ``reason`` is a stable code for callers/audit."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
 
 
 def filetime_to_datetime(value: int) -> _dt.datetime | None:

@@ -53,6 +53,8 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import unquote, unquote_plus
 
+from ..errors import UcgateError
+
 # --- limits -------------------------------------------------------------------------------
 # IIS's default maxQueryString is 2048; real ActiveSync queries are < 200 characters (the
 # longest plain ones carry an ItemId/LongId). 1024 refuses nothing real and bounds all work.
@@ -140,12 +142,11 @@ _BASE64_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _POLICY_KEY_RE = re.compile(r"[0-9]{1,10}")
 
 
-class EasRequestError(Exception):
+class EasRequestError(UcgateError):
     """A request line we refuse. ``reason`` is a stable code (see the module docstring)."""
 
     def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(f"{reason}: {message}" if message else reason)
-        self.reason = reason
+        super().__init__(reason, message)
         self.message = message
 
 

@@ -50,6 +50,7 @@ import unicodedata
 from typing import Any
 
 from . import ntlm, sipauth, spnego
+from ..errors import UcgateError
 from .ntlm import AvFlags, AvId, NegotiateFlags, NtlmError
 from .sip import SipError
 
@@ -136,14 +137,13 @@ _KRB_MESSAGES = {_AP_REQ: (b"\x01\x00", "AP-REQ"), _AP_REP: (b"\x02\x00", "AP-RE
 _NEGOEX_SIGNATURE = b"NEGOEXTS"
 
 
-class DecodeError(ValueError):
+class DecodeError(UcgateError, ValueError):
     """A header value that cannot be decoded. ``reason``: ``too-large``, ``bad-base64``,
     ``empty``, ``unsupported-scheme``, ``unsupported-mech``, ``malformed`` or
     ``unexpected-message``. ``message`` says what is wrong and never quotes the input."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+        super().__init__(reason, message, message=f"{reason}: {message}")
         self.message = message
 
 

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from Crypto.Cipher import ARC4
 from Crypto.Hash import MD4
 
+from ..errors import UcgateError
+
 __all__ = [
     "MAX_MESSAGE_SIZE",
     "AvFlags",
@@ -92,7 +94,7 @@ _CLIENT_SEAL_MAGIC = b"session key to client-to-server sealing key magic constan
 _SERVER_SEAL_MAGIC = b"session key to server-to-client sealing key magic constant\x00"
 
 
-class NtlmError(ValueError):
+class NtlmError(UcgateError, ValueError):
     """A refused NTLM message or exchange.
 
     ``reason`` is a short machine code for the audit log and metrics: ``malformed``,
@@ -103,8 +105,7 @@ class NtlmError(ValueError):
     """
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+        super().__init__(reason, message, message=f"{reason}: {message}")
         self.message = message
 
 

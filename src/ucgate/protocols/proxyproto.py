@@ -43,6 +43,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UcgateError
+
 __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_V1_BYTES",
@@ -91,14 +93,12 @@ _V1_PORT_RE = re.compile(rb"0|[1-9][0-9]{0,4}")
 _V1_LINE_CHARS_RE = re.compile(rb"[\x20-\x7e]*")
 
 
-class ProxyError(Exception):
+class ProxyError(UcgateError):
     """Bytes that are not a valid PROXY header: close the connection. ``reason`` is a short
     code for the log line, ``detail`` what was wrong (never more than a few header bytes)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
 
 
 class Command(enum.IntEnum):

@@ -52,6 +52,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import UcgateError
 from .devices import DeviceFacts, classify_user_agent, normalise_device_id
 
 __all__ = [
@@ -111,7 +112,7 @@ MAX_PARAMETERS = 32
 MAX_LIST_ENTRIES = 32
 
 
-class SipError(ValueError):
+class SipError(UcgateError, ValueError):
     """A SIP message or field we refuse.
 
     ``reason`` is a short machine code for the log and the audit (``bare-cr-or-lf``,
@@ -122,9 +123,7 @@ class SipError(ValueError):
     """
 
     def __init__(self, reason: str, detail: str = "", status: int = 400) -> None:
-        super().__init__(f"{status} {reason}: {detail}" if detail else f"{status} {reason}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail, message=f"{status} {reason}: {detail}" if detail else f"{status} {reason}")
         self.status = status
 
 

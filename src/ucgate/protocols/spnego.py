@@ -24,6 +24,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import UcgateError
 from .ntlm import Identity, NtlmAcceptor, NtlmError, VerifyResult
 
 __all__ = [
@@ -68,15 +69,14 @@ _GSS_INITIAL = 0x60  # [APPLICATION 0] IMPLICIT SEQUENCE
 _NEG_TOKEN_INIT, _NEG_TOKEN_RESP = 0xA0, 0xA1
 
 
-class SpnegoError(ValueError):
+class SpnegoError(UcgateError, ValueError):
     """A refused SPNEGO token or exchange; ``reason`` is a short machine code: ``malformed``,
     ``too-large``, ``unsupported-mech``, ``unexpected-message``, ``bad-mic``, ``mic-missing``,
     ``bad-argument``. NTLM-level refusals surface as :class:`NtlmError` (also a ValueError with
     a ``reason``)."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+        super().__init__(reason, message, message=f"{reason}: {message}")
         self.message = message
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ..errors import UcgateError
+
 # --- limits -------------------------------------------------------------------------------
 # The deepest ActiveSync document (Sync → Collections → Collection → Commands → Add →
 # ApplicationData → airsyncbase:Body → Data) is 8 levels; 32 leaves room and stops a stack of
@@ -156,12 +158,11 @@ _TAG_TOKENS: dict[str, tuple[int, int]] = {
 }
 
 
-class WbxmlError(Exception):
+class WbxmlError(UcgateError):
     """A WBXML document we refuse to encode or decode. ``reason`` is a short code for logs."""
 
     def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(f"{reason}: {message}" if message else reason)
-        self.reason = reason
+        super().__init__(reason, message)
         self.message = message
 
 
