@@ -83,7 +83,7 @@ def test_keepalive_expiry(monkeypatch):
     async def main():
         loop = asyncio.get_running_loop()
         now = [1000.0]
-        monkeypatch.setattr(upstream_mod.time, "monotonic", lambda: now[0])
+        monkeypatch.setattr(upstream_mod, "_monotonic", lambda: now[0])
         p = pool(keepalive_expiry=60.0)
         a = connection(loop)
         p.release(a)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ipaddress
 import logging
 import ssl
 import time
@@ -25,30 +24,27 @@ from collections.abc import Callable, Mapping
 from .. import metrics
 from ..config import Config
 from ..id.health import Readiness
-from ..logs import REQUEST_ID_HEADER, new_request_id, request_context
 from ..protocols import http1
-from ..protocols.http1 import HttpError, RequestHead, ResponseHead
+from ..protocols.http1 import RequestHead
 from ..protocols.ntlm import tls_server_end_point
 from ..protocols.sfb import Service, ServiceMap
 from . import pipeline
 from .auth import Authenticator, DenyAll
-from .backend import BackendAuth, BackendCredentials, BackendError, default_backends
-from .body import COPY_CHUNK, DISCARD, ClientBodyError, copy_chunked, copy_exact
+from .backend import BackendCredentials, default_backends
 from .connection import ClientConnection, Identity, call_on_loop
 from .devices import DeviceGate
-from .exchange import Exchange, Refusal
+from .forward import Forwarder
 from .health import HealthListener
 from .preamble import StreamPreamble
 from .session import ClientSession
 from .stream import Stream
 from .tls import certificate_der, server_context
 from .tlstransport import TLSServer, start_tls_server
-from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from .upstream import UpstreamPool
 
 log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
-_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 class Gateway:
@@ -133,27 +129,16 @@ class Gateway:
         self.fast_path = True
         self._server: asyncio.Server | TLSServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        ident = gw.identity_header.lower().encode()
-        # Headers a client must never be able to set: our identity assertion and anything
-        # we add ourselves.
-        # Expect: the gateway answers 100-continue itself (and re-frames the body); forwarded, it
-        # would have the front end wait for, or answer, an expectation that is already met.
-        self._drop_request = frozenset(
-            {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"expect",
-             b"x-ucgate-request-id"}
-        )
-        self._drop_authenticated = self._drop_request | {b"authorization"}
-        # the same, plus what is never forwarded (hop-by-hop, our own framing), precomputed
-        self._skip_request = http1.not_forwarded(self._drop_request)
-        self._skip_authenticated = http1.not_forwarded(self._drop_authenticated)
-        self._skip_response = http1.not_forwarded()
-        # ...and every spelling a front end maps to the same variable (X_Ucgate_User, x.forwarded.for;
-        # protocols/http1.py, OwnedFields), plus the routing/override fields front ends act on
-        self._owned = http1.OwnedFields((ident, b"x-ucgate-request-id", *http1.OWNED_FIELDS))
-        self._owned_identity = http1.OwnedFields((ident,))
-        self.request_specials = self._request_specials = http1.request_special_re(self._drop_request, self._owned)
-        self.identity_header = gw.identity_header.encode()
-        self.proto = b"http" if gw.plain_http else b"https"
+        # answers of our own, the forwarded heads, backend credentials, upstream exchanges
+        # (gateway/forward.py); the stages and the session reach them through these names
+        fw = self.forwarder = Forwarder(gw, self.limits, self.backends)
+        self.request_specials = self._request_specials = fw.request_specials
+        self.identity_header, self.proto = fw.identity_header, fw.proto
+        self.answer, self.answer_now, self.log_rejected = fw.answer, fw.answer_now, fw.log_rejected
+        self.prepare_backend, self.forward, self.deliver = fw.prepare_backend, fw.forward, fw.deliver
+        self.request_head, self.response_head = fw.request_head, fw.response_head
+        self.upstream_failed_now = fw.upstream_failed_now
+        self._is_trusted_proxy = fw.is_trusted_proxy
         # the Host of a forwarded HTTP/1.0 request that had none
         self.default_host: bytes | None = gw.published_name.encode("idna") if gw.published_name else None
         metrics.watch_gateway(self)  # ucgate_connections, ucgate_signed_in_* at scrape time
@@ -329,16 +314,6 @@ class Gateway:
     def max_body_of(self, service: Service) -> int:
         return service.max_body_bytes if service.max_body_bytes is not None else self.gw.limits.max_body_bytes
 
-    async def answer(self, ex: Exchange, refusal: Refusal) -> bool:
-        """Answer a stage's refusal (the one place): a protocol error is logged as rejected
-        and closes the connection; any other refusal is logged, counted and keeps the
-        connection when it can (``_refuse``). Returns whether to keep the connection."""
-        if refusal.error is not None:
-            await self._answer_error(ex.conn, ex.client, refusal.error, ex.req, ex.path, ex.service)
-            return False
-        return await self._refuse(ex, refusal.status, refusal.reason, refusal.body, refusal.headers,
-                                  close=refusal.close)
-
     def adopt(self, conn: ClientConnection, req: RequestHead, identity: Identity) -> None:
         """The decide stage's identity (with its device id) is the connection's principal; a
         Bearer token is bound to that device, to be revoked with it (DeviceBlocked)."""
@@ -347,486 +322,3 @@ class Gateway:
             token = req.get(b"authorization")
             if token is not None:
                 self.oauth.tokens.bind_device(token[7:], identity.device_id)
-
-    # --- answering ourselves ----------------------------------------------------------
-    async def _answer(
-        self,
-        client: Stream,
-        status: int,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]] | None = None,
-        *,
-        close: bool,
-    ) -> None:
-        self.answer_now(client, status, body, headers, close=close)
-        await _drain_quietly(client)
-
-    @staticmethod
-    def answer_now(
-        client: Stream,
-        status: int,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]] | None = None,
-        *,
-        close: bool,
-    ) -> None:
-        """Write an answer of our own (``_answer`` without waiting for the write buffer).
-        ``headers`` may bring the body's own ``Content-Type`` (WBXML, JSON); else text/plain."""
-        hs = list(headers or [])
-        if not any(k.lower() == b"content-type" for k, _ in hs):
-            hs.append((b"Content-Type", b"text/plain; charset=utf-8"))
-        hs += [
-            (b"Content-Length", b"%d" % len(body)),
-            (b"Cache-Control", b"no-store"),
-        ]
-        if close:
-            hs.append((b"Connection", b"close"))
-        reason = http1.REASONS.get(status, b"Error")
-        client.write(http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body)
-
-    async def _answer_error(
-        self,
-        conn: ClientConnection,
-        client: Stream,
-        err: HttpError,
-        req: RequestHead | None = None,
-        path: str | None = None,
-        service: Service | None = None,
-    ) -> None:
-        """A protocol error: log it, answer with its status and close."""
-        self.log_rejected(conn, err, path)
-        metrics.count_request(service.name if service else None, err.status)
-        await self._answer(client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
-
-    @staticmethod
-    def log_rejected(conn: ClientConnection, err: HttpError, path: str | None = None) -> None:
-        log.warning(
-            "rejected request from %s: status=%d reason=%s request_id=%s%s%s",
-            conn.peer_host, err.status, err.reason, conn.request_id.decode(),
-            f" detail={err.detail}" if err.detail else "",
-            f" path={path}" if path else "",
-            extra={"request_id": conn.request_id.decode(), "client": conn.peer_host, "reason": err.reason},
-        )
-
-    async def _refuse(
-        self,
-        ex: Exchange,
-        status: int,
-        reason: str,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]],
-        *,
-        close: bool = False,
-    ) -> bool:
-        """Answer without forwarding. Keep the connection when the request body, if any, can be
-        read and dropped cheaply (NTLM's handshake needs the same connection)."""
-        conn, req, client, service = ex.conn, ex.req, ex.client, ex.service
-        log.info(
-            "refused request from %s: status=%d reason=%s service=%s method=%s path=%s request_id=%s",
-            conn.peer_host, status, reason, service.name if service else "-", req.method.decode(), ex.path,
-            conn.request_id.decode(), extra={"reason": reason},
-        )
-        metrics.count_request(service.name if service else None, status)
-        keep = req.keep_alive and not close
-        if keep and req.framing.kind != "none":
-            if req.expect_continue:
-                keep = False  # the client has not sent the body; we cannot tell if it will
-            else:
-                keep = await ex.body.discard(self.gw.limits.max_drain_bytes)
-        await self._answer(client, status, body, headers, close=not keep)
-        return keep
-
-    # --- forwarding -------------------------------------------------------------------
-    def request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None,
-                      backend_headers: list[tuple[bytes, bytes]] | None = None,
-                      log_fields: dict | None = None) -> bytes:
-        # Credentials the gateway verified are not passed on: the front end learns the user
-        # from the identity header and the route's backend credentials (``backend_headers``,
-        # gateway.backend).
-        skip = self._skip_request if identity is None else self._skip_authenticated
-        # A client could also hide a header to drop by naming it in Connection (it is then
-        # hop-by-hop and dropped) — fine: we only ever remove, never trust.
-        xff = conn.peer_host.encode()
-        trusted = bool(self.gw.trusted_proxies) and self._is_trusted_proxy(conn.peer_host)
-        if trusted:
-            prior = req.get_all(b"x-forwarded-for")
-            if prior:
-                xff = b", ".join(prior) + b", " + xff
-        owned = self._owned
-        dropped = [name for name, _ in req.headers if name in owned]
-        if dropped:  # any spelling of ours (protocols/http1.py, OwnedFields): never forwarded
-            skip = skip | {name.lower() for name in dropped}
-            self._log_dropped(conn, req, dropped, trusted, log_fields)
-        added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self.proto), (b"X-Forwarded-Host", req.host),
-                 (REQUEST_ID_HEADER, conn.request_id)]
-        if identity is not None:
-            added.append((self.identity_header, identity.user.encode("utf-8")))
-        if backend_headers:
-            added += backend_headers
-        if req.framing.kind == "length":
-            added.append((b"Content-Length", b"%d" % req.framing.length))
-        elif req.framing.kind == "chunked":
-            added.append((b"Transfer-Encoding", b"chunked"))
-        start_line = req.method + b" " + req.target + b" HTTP/1.1"
-        return http1.serialize_forwarded(start_line, req.headers, req.connection_tokens, skip, added)
-
-    def _log_dropped(self, conn: ClientConnection, req: RequestHead, dropped: list[bytes], trusted: bool,
-                     log_fields: dict | None = None) -> None:
-        """Log the client fields dropped as the gateway's own (names only, never values): a
-        warning when one spells the identity header, else info (proxies on the client's side
-        add X-Forwarded-For and friends in good faith); a trusted proxy's X-Forwarded-For is
-        expected and not logged. ``log_fields``: the service, user and device of a request
-        handled outside a pipeline task (which has them in its log context)."""
-        if trusted:
-            dropped = [n for n in dropped if n.lower() != b"x-forwarded-for"]
-            if not dropped:
-                return
-        identity = any(n in self._owned_identity for n in dropped)
-        log.log(logging.WARNING if identity else logging.INFO,
-                "dropped client header(s) from %s: reason=client-header-dropped names=%s method=%s target=%s",
-                conn.peer_host, ",".join(n.decode("ascii", "replace") for n in dropped),
-                req.method.decode("ascii", "replace"), req.target[:200].decode("ascii", "replace"),
-                extra={"request_id": conn.request_id.decode(), "client": conn.peer_host,
-                       "reason": "client-header-dropped", **(log_fields or {})})
-
-    def _is_trusted_proxy(self, host: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.gw.trusted_proxies)
-
-    async def prepare_backend(self, ex: Exchange) -> Refusal | None:
-        """Backend credentials (issue 7): a Bearer token the gateway issued goes on as it is
-        (the front end validates its own token); otherwise the route's mode decides, and a
-        mode that authenticates the connection (NTLM) gets a per-user pool."""
-        identity, service, req = ex.identity, ex.service, ex.req
-        if identity is None:
-            return None
-        if identity.method == "bearer":
-            authz = req.get(b"authorization")
-            ex.auth = BackendAuth([(b"Authorization", authz)] if authz else [])
-        elif ex.use_backend and service.backend != "none":
-            try:
-                auth = ex.auth = await self.backends[service.backend].prepare(identity, service, req)
-            except BackendError as e:
-                log.error("backend %s failed for %s (service %s): %s",
-                          service.backend, identity.user, service.name, e)
-                return Refusal(e.status, e.reason, b"upstream credentials unavailable\n")
-            if auth.pool_key is not None:
-                ex.pool = ex.pool.for_user(auth.pool_key)
-        return None
-
-    async def forward(self, ex: Exchange) -> bool:
-        """Send the request (head, then its body: what a stage read, or copied from the client) to
-        the upstream and the response back. Returns whether to keep the client connection."""
-        conn, req, path, service, pool = ex.conn, ex.req, ex.path, ex.service, ex.pool
-        identity, client, max_body, auth = ex.identity, ex.client, ex.max_body, ex.auth
-        prebody, observe, response_headers = ex.body.data, ex.observe, ex.response_headers
-        if prebody is not None:  # read by a stage (the OAuth form, the device facts)
-            req.framing = http1.Framing("length", len(prebody))
-        head = self.request_head(conn, req, identity, auth.headers if auth is not None else None)
-        if prebody is not None:
-            head += prebody
-            req.framing = http1.Framing("none")
-        has_body = req.framing.kind != "none"
-        attempts = 1 if has_body else 2
-        body_done = not has_body
-        for attempt in range(attempts):
-            try:
-                # returned to the pool on leaving (or closed: an exception, a connection that
-                # may not be reused, the response not keep-alive)
-                async with pool.connection() as up:
-                    if not up.reused and auth is not None and auth.handshake is not None:
-                        try:
-                            await self._upstream_handshake(up, req, auth, service)
-                        except (BackendError, UpstreamError, HttpError, TimeoutError, ConnectionError,
-                                asyncio.IncompleteReadError, ssl.SSLError) as e:
-                            up.close()
-                            reason = getattr(e, "reason", None) or type(e).__name__
-                            log.error("backend %s handshake with %s failed for %s: %s", service.backend,
-                                      pool.upstream.name, identity.user if identity else "-", e)
-                            status = e.status if isinstance(e, BackendError) else 502
-                            return await self._refuse(ex, status, reason, b"upstream credentials refused\n", [])
-                    try:
-                        sent = up.stream.loop.time()
-                        up.stream.write(head)
-                        if has_body:
-                            if req.expect_continue:
-                                client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                            await ex.body.copy_to(up.stream, max_body)
-                            body_done = True
-                        resp = await self._read_response_head(up, req.method)
-                        metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, up.stream.loop.time() - sent)
-                    except ClientBodyError as e:
-                        up.close()
-                        log.warning(
-                            "rejected request body from %s: status=%d reason=%s path=%s",
-                            conn.peer_host, e.status, e.reason, path,
-                        )
-                        metrics.count_request(service.name, e.status)
-                        await self._answer(client, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
-                        return False
-                    except TimeoutError:
-                        up.close()
-                        return await self._upstream_failed(
-                            conn, req, client, service, UpstreamError("upstream-read-timeout", pool.upstream.name),
-                            body_done, status=504,
-                        )
-                    except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
-                        up.close()
-                        if up.reused and attempt + 1 < attempts:
-                            continue  # a pooled connection the upstream had closed; retry on a new one
-                        return await self._upstream_failed(
-                            conn, req, client, service,
-                            UpstreamError("upstream-connection-lost", f"{pool.upstream.name}: {e!r}"), body_done,
-                        )
-                    except HttpError as e:
-                        up.close()
-                        return await self._upstream_failed(
-                            conn, req, client, service, UpstreamError(e.reason, e.detail), body_done
-                        )
-                    metrics.count_request(service.name, resp.status)
-                    return await self._deliver_on(req, resp, up, pool, client, response_headers, observe)
-            except UpstreamError as e:  # no connection (the lease's acquire)
-                return await self._upstream_failed(conn, req, client, service, e, body_done)
-        raise AssertionError("unreachable: the last attempt answers")
-
-    async def deliver(
-        self,
-        req: RequestHead,
-        resp: ResponseHead,
-        up: UpstreamConnection,
-        pool: UpstreamPool,
-        client: Stream,
-        response_headers: list[tuple[bytes, bytes]],
-        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
-    ) -> bool:
-        """Send the response whose head was read from ``up`` (taken from ``pool``: the fast
-        path's) to the client, then give ``up`` back to ``pool`` (or close it). Returns whether
-        to keep the client connection."""
-        async with pool.connection(up):
-            return await self._deliver_on(req, resp, up, pool, client, response_headers, observe)
-
-    async def _deliver_on(
-        self,
-        req: RequestHead,
-        resp: ResponseHead,
-        up: UpstreamConnection,
-        pool: UpstreamPool,
-        client: Stream,
-        response_headers: list[tuple[bytes, bytes]],
-        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
-    ) -> bool:
-        """``deliver`` inside the caller's lease of ``up``, which gives it back (or closes it)."""
-        up.requests += 1
-        try:
-            keep = await self._send_response(req, resp, up, client, response_headers, observe)
-        except UpstreamError as e:
-            up.close()
-            log.warning("upstream %s broke off the response: %s", pool.upstream.name, e)
-            return False
-        if not resp.keep_alive:
-            up.reusable = False
-        return keep
-
-    async def _upstream_handshake(self, up: UpstreamConnection, req: RequestHead, auth: BackendAuth,
-                                  service: Service) -> None:
-        """Authenticate a new per-user upstream connection (NTLM: Type 1 → 401 Type 2 →
-        Type 3) with bodiless GETs of the request's target; the request itself follows on the
-        authenticated connection. Raises BackendError when the front end refuses."""
-        assert auth.handshake is not None
-        cb = None
-        sslobj = up.stream.get_extra_info("ssl_object")
-        if sslobj is not None:
-            der = sslobj.getpeercert(binary_form=True)
-            cb = tls_server_end_point(der) if der else None
-        hs = auth.handshake(cb)
-        value: bytes | None = hs.first()
-        for _ in range(3):
-            if value is None:
-                return
-            head = http1.serialize_head(b"GET " + req.target + b" HTTP/1.1", [
-                (b"Host", req.host), (b"Authorization", value), (b"Content-Length", b"0"),
-                (b"X-Forwarded-Proto", self.proto), (b"X-Forwarded-Host", req.host),
-                (REQUEST_ID_HEADER, _request_id())])
-            up.stream.write(head)
-            resp = await self._read_response_head(up, b"GET")
-            await self._drain_response(up, resp)
-            if not resp.keep_alive:
-                raise BackendError("backend-handshake-closed", f"{service.name}: the front end closed "
-                                   "the connection during the handshake")
-            if resp.status != 401:
-                return  # the connection is authenticated
-            challenges = [v for k, v in resp.headers if k.lower() == b"www-authenticate"]
-            if not any(c.split(b" ", 1)[0].lower() == hs.scheme.lower() and b" " in c.strip()
-                       for c in challenges):
-                raise BackendError("backend-credentials-refused",
-                                   f"{service.name}: the front end refused the {hs.scheme.decode()} credentials")
-            value = hs.next(challenges)
-        raise BackendError("backend-handshake-too-long", service.name)
-
-    async def _drain_response(self, up: UpstreamConnection, resp: ResponseHead) -> None:
-        timeout = self.gw.timeouts.upstream_read
-        if resp.framing.kind == "length":
-            if resp.framing.length > self.gw.limits.max_drain_bytes:
-                raise BackendError("backend-handshake-body-too-large")
-            await copy_exact(up.stream, DISCARD, resp.framing.length, timeout)
-        elif resp.framing.kind == "chunked":
-            await copy_chunked(up.stream, DISCARD, self.gw.limits.max_drain_bytes, timeout, reencode=False)
-        elif resp.framing.kind != "none":
-            raise BackendError("backend-handshake-close-delimited")
-
-    async def _upstream_failed(
-        self,
-        conn: ClientConnection,
-        req: RequestHead,
-        client: Stream,
-        service: Service,
-        err: UpstreamError,
-        body_done: bool,
-        status: int = 502,
-    ) -> bool:
-        keep = self.upstream_failed_now(req, client, service, err, body_done, status)
-        await _drain_quietly(client)
-        return keep
-
-    @staticmethod
-    def upstream_failed_now(req: RequestHead, client: Stream, service: Service, err: UpstreamError,
-                             body_done: bool, status: int = 502) -> bool:
-        log.error("upstream failure for %s %s (service %s): %s", req.method.decode(),
-                  service.name, service.upstream, err, extra={"reason": err.reason, "service": service.name})
-        metrics.count_request(service.name, status)
-        keep = body_done and req.keep_alive
-        Gateway.answer_now(client, status, b"upstream unavailable\n", close=not keep)
-        return keep
-
-    async def _read_response_head(self, up: UpstreamConnection, method: bytes) -> ResponseHead:
-        """The final response head; TimeoutError after upstream_read for all of it."""
-        rd = up.stream
-        until = rd.loop.time() + self.gw.timeouts.upstream_read
-        while True:
-            try:
-                raw = await rd.read_head(until)
-            except asyncio.LimitOverrunError:
-                raise HttpError(502, "upstream-header-too-large") from None
-            except HttpError as e:  # a bare CR or LF: 502 now, not at upstream_read
-                raise HttpError(502, "bad-upstream-response", e.reason) from None
-            resp = http1.parse_response_head(raw, method, self.limits)
-            if resp.status == 101:
-                raise HttpError(502, "upstream-protocol-switch")
-            if resp.status >= 200:
-                return resp
-            # 1xx interim responses (100, 103) are dropped: we already answered 100 ourselves.
-
-    def response_head(
-        self, req: RequestHead, resp: ResponseHead, extra_headers: list[tuple[bytes, bytes]]
-    ) -> tuple[bytes, bool]:
-        """The head we send the client, and whether to keep the client connection."""
-        headers = list(extra_headers)
-        client_11 = req.version >= (1, 1)
-        keep = req.keep_alive and client_11
-        kind = resp.framing.kind
-        if kind == "none":
-            cl = resp.get(b"content-length")
-            if cl is not None and (req.method == b"HEAD" or resp.status == 304):
-                headers.append((b"Content-Length", cl))
-            elif resp.status not in (204, 304) and resp.status >= 200:
-                headers.append((b"Content-Length", b"0"))
-        elif kind == "length":
-            headers.append((b"Content-Length", b"%d" % resp.framing.length))
-        elif client_11:  # chunked or close-delimited: we (re-)chunk for HTTP/1.1 clients
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        else:
-            keep = False
-        if not keep:
-            headers.append((b"Connection", b"close"))
-        status_line = b"HTTP/1.1 %d %b" % (resp.status, resp.reason or http1.REASONS.get(resp.status, b""))
-        head = http1.serialize_forwarded(
-            status_line, resp.headers, resp.connection_tokens, self._skip_response, headers
-        )
-        return head, keep
-
-    async def _send_response(
-        self,
-        req: RequestHead,
-        resp: ResponseHead,
-        up: UpstreamConnection,
-        client: Stream,
-        extra_headers: list[tuple[bytes, bytes]],
-        observe: Callable[[ResponseHead, bytes | None], bytes | None] | None = None,
-    ) -> bool:
-        """Stream the upstream's response to the client. Returns whether to keep the client
-        connection. Raises UpstreamError when the upstream breaks off mid-body. ``observe``
-        sees the head and, when it fits in one read, the body (the decide stage learns UCWA
-        application ids from it), before anything is sent; when it returns bytes, those are
-        sent instead (a whole answer of ours: the OAuth grant refuses a token answer it cannot
-        read) and the client connection is closed."""
-        head, keep = self.response_head(req, resp, extra_headers)
-        client_11 = req.version >= (1, 1)
-        kind = resp.framing.kind
-        rd = up.stream
-        timeout = self.gw.timeouts.upstream_read
-        if observe is not None and not (kind == "length" and resp.framing.length <= COPY_CHUNK):
-            instead = observe(resp, None)  # a body we do not hold in one piece
-            observe = None
-            if instead is not None:
-                up.reusable = False  # its body is not read
-                client.write(instead)
-                await _drain_quietly(client)
-                return False
-        try:
-            if kind == "none":
-                client.write(head)
-            elif kind == "length":
-                n = resp.framing.length
-                if n <= COPY_CHUNK:  # the common case: one write, usually no wait
-                    data = rd.take_buffered(n)  # usually it came with the head
-                    if data is None:
-                        data = await rd.readexactly(n, rd.loop.time() + timeout)
-                    if observe is not None:
-                        instead = observe(resp, data)
-                        observe = None
-                        if instead is not None:
-                            client.write(instead)
-                            await _drain_quietly(client)
-                            return False
-                    client.write(head + data)
-                else:
-                    client.write(head)
-                    await copy_exact(rd, client, n, timeout)
-            elif kind == "chunked":
-                client.write(head)
-                await copy_chunked(rd, client, 1 << 62, timeout, reencode=client_11)
-            else:  # close-delimited
-                client.write(head)
-                while data := await rd.read(COPY_CHUNK, rd.loop.time() + timeout):
-                    client.write(http1.encode_chunk(data) if client_11 else data)
-                    await client.drain()
-                if client_11:
-                    client.write(http1.LAST_CHUNK)
-                up.reusable = False
-        except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError) as e:
-            raise UpstreamError("upstream-body-truncated", repr(e)) from None
-        except HttpError as e:
-            raise UpstreamError("bad-upstream-chunk", e.reason) from None
-        await client.drain()
-        return keep
-
-
-def _context() -> dict | None:
-    """The request context of the pipeline task running now (``ucgate.logs``)."""
-    return request_context.get()
-
-
-def _request_id() -> bytes:
-    ctx = request_context.get()
-    return ctx["request_id"].encode() if ctx is not None else new_request_id()
-
-
-async def _drain_quietly(client: Stream) -> None:
-    """Wait for our own answer to be written; a client that left is not an error here."""
-    try:
-        await client.drain()
-    except ConnectionError:
-        pass

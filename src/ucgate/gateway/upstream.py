@@ -30,6 +30,7 @@ _READ_LIMIT = 1 << 17
 # keep-alive connections themselves (nginx after 75 s, IIS after 120 s), and a request with a
 # body cannot be retried on a connection found dead.
 KEEPALIVE_EXPIRY = 60.0
+_monotonic = time.monotonic
 # Per-user pools (BackendAuth.pool_key: front ends that authenticate the connection, NTLM): at
 # most this many per upstream (least recently used closed first), each keeping at most
 # USER_POOL_IDLE_CONNECTIONS idle connections, and a pool unused this long is closed.
@@ -113,11 +114,11 @@ class UpstreamPool:
         idle = self._idle
         if not idle:
             return None
-        oldest = time.monotonic() - self.keepalive_expiry
+        oldest = _monotonic() - self.keepalive_expiry
         while idle:
             conn = idle.pop()
-            s = conn.stream  # is_idle_usable(), inlined: this is on the fast path
-            if conn.reusable and not s.eof and not s.buffered and not s.is_closing() \
+            s = conn.stream  # is_idle_usable(), inlined (Stream's fields): this is on the fast path
+            if conn.reusable and not s._eof and not s._buf and not s.is_closing() \
                     and conn.idle_since >= oldest:
                 conn.reused = True
                 return conn
@@ -152,7 +153,7 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """Give ``conn`` back: kept idle when it may be reused and there is room, else closed."""
         if conn.reusable and len(self._idle) < self.limit and not self.closed and not conn.stream.is_closing():
-            conn.idle_since = time.monotonic()
+            conn.idle_since = _monotonic()
             self._idle.append(conn)
         else:
             conn.close()
