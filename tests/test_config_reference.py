@@ -73,19 +73,10 @@ def model_keys(model: type[BaseModel] = config.ConfigFile, table: str = "") -> d
     return out
 
 
-def parser_keys(module: object, table: str) -> dict[str, set[str]]:
-    """[sip] is read by gateway.sipconfig's parser; its docstring lists the keys."""
-    return _documented(_block(module.__doc__, f"[{table}]"))
-
-
 def all_keys() -> dict[str, set[str]]:
     keys = model_keys()
     keys.update(model_keys(web_settings.WebConfig, "web"))
-    for t, ks in parser_keys(sipconfig, "sip").items():
-        if t:
-            keys.setdefault(t, set()).update(ks)
-    # read by parse_sip (sipproto.Limits) but not in sipconfig's docstring
-    keys["sip"].add("max_auth_line_bytes")
+    keys.update(model_keys(sipconfig.SipConfig, "sip"))
     # [web.users] and [web.groups] are maps of the user's names
     keys["web.users"] = keys["web.groups"] = set()
     return keys

@@ -12,9 +12,9 @@ the dotted key of our messages (``<file>: gateway.limits.max_header_bytes: ...``
 field and model validators hold the checks a type cannot say (``host:port``, files that
 must exist, secrets readable only by ucgate, paths relative to the configuration file).
 Checks across tables (a service's upstream, the role of the process, [kerberos]'s defaults
-from [gateway]) are in :func:`from_dict`. ``[web]``'s model is ``web.settings.WebConfig``
-(validated by :func:`from_dict` with the same conversion of errors); ``[sip]`` is still read
-by ``gateway.sipconfig.parse_sip`` through :class:`_Section`.
+from [gateway]) are in :func:`from_dict`. ``[web]`` and ``[sip]``'s models are in their modules
+(``web.settings.WebConfig``, ``gateway.sipconfig.SipConfig``: config.py does not import
+upwards at import time), validated by :func:`from_dict` with the same conversion of errors.
 
 Closed sets of values are StrEnums (a member compares equal to its string): defined here
 unless a lower layer compares against them (``protocols.ntlm.ExtendedProtection``,
@@ -325,7 +325,8 @@ class GatewayConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> GatewayConfig:
-        self._set(listen_host=self.listen.host, listen_port=self.listen.port)
+        if "listen" in self.model_fields_set:
+            self._set(listen_host=self.listen.host, listen_port=self.listen.port)
         if not self.plain_http and (info.context or {}).get("role", "gateway") != "id-service":
             for k, p in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
                 if p is None:
@@ -799,7 +800,8 @@ class IdServiceConfig(_Model):
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> IdServiceConfig:
         role = (info.context or {}).get("role", "gateway")
-        self._set(listen_host=self.listen.host, listen_port=self.listen.port)
+        if "listen" in self.model_fields_set:
+            self._set(listen_host=self.listen.host, listen_port=self.listen.port)
         if role == "id-service":
             for k, p in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
                 if p is None:
@@ -999,67 +1001,6 @@ def config_error(file: str, e: ValidationError, within: tuple[str, ...] = ()) ->
     return ConfigError(f"{file}: {_dotted(loc)}: {msg}")
 
 
-# --- [sip]: gateway.sipconfig's parser reads it through _Section ---------------------------------
-class _Section:
-    """Reads typed values from one TOML table and reports unknown keys (gateway.sipconfig)."""
-
-    def __init__(self, file: str, prefix: str, table: Any) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(f"{file}: [{prefix}] must be a table")
-        self.file, self.prefix, self.table = file, prefix, table
-        self.used: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def fail(self, key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {self._key(key)}: {msg}")
-
-    def get(self, key: str, kind: type | tuple, default: Any) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            return default
-        v = self.table[key]
-        if kind in (int, float) and isinstance(v, bool):
-            raise self.fail(key, f"expected {kind.__name__}, got a boolean")
-        if kind is float and isinstance(v, int):
-            v = float(v)
-        if not isinstance(v, kind):
-            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise self.fail(key, f"expected {want}, got {type(v).__name__} {v!r}")
-        return v
-
-    def positive(self, key: str, kind: type, default: Any) -> Any:
-        v = self.get(key, kind, default)
-        if v <= 0:
-            raise self.fail(key, f"must be greater than 0, got {v}")
-        return v
-
-    def path(self, key: str, default: Path | None, base: Path) -> Path | None:
-        v = self.get(key, str, None)
-        if v is None:
-            return default
-        p = Path(v).expanduser()
-        return p if p.is_absolute() else base / p
-
-    def sub(self, key: str) -> _Section:
-        self.used.add(key)
-        return _Section(self.file, self._key(key), self.table.get(key, {}))
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], UNKNOWN_SETTING)
-
-
-def _parse_listen(sec: _Section, default: str = "0.0.0.0:443", key: str = "listen") -> tuple[str, int]:
-    listen = sec.get(key, str, default)
-    try:
-        return _listen(listen)
-    except ValueError as e:
-        raise sec.fail(key, str(e)) from None
-
-
 # --- reading a file ------------------------------------------------------------------------------
 def load(path: Path | str, *, role: str = "gateway") -> Config:
     """Read and validate a configuration file.
@@ -1125,8 +1066,7 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
     web = parse_web(f.web, file, base, data_dir)
     from .gateway.sipconfig import parse_sip
 
-    top = _Section(file, "", raw)
-    sip_cfg = parse_sip(top, base, f.gateway)
+    sip_cfg = parse_sip(f.sip, file, base, f.gateway)
     return Config(
         path=path,
         gateway=f.gateway,

@@ -26,86 +26,84 @@ max_header_count = 100
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import _parse_listen
+from pydantic import Field, ValidationError, ValidationInfo, model_validator
+
+from ..config import Bool, File, Listen, ListenAddr, PosFloat, PosInt, RelPath, Str, _Bad, _Model, config_error
 from ..protocols import sip as sipproto
 
+_L = sipproto.Limits()
+_LIMITS = ("max_message_bytes", "max_head_bytes", "max_line_bytes", "max_auth_line_bytes", "max_header_count")
 
-@dataclass(frozen=True)
-class SipConfig:
-    enabled: bool = False
+
+class SipConfig(_Model):
+    """``[sip]``. From a file, ``listen`` and ``edge`` give ``listen_host``/``listen_port`` and
+    ``edge_host``/``edge_port``, the ``max_*`` keys ``limits``; code may pass those directly."""
+
+    _derived = frozenset({"listen_host", "listen_port", "edge_host", "edge_port", "limits"})
+
+    enabled: Bool = False
+    listen: ListenAddr = Listen("0.0.0.0", 5061)
+    tls_cert: RelPath | None = None  # default: [gateway] tls_cert
+    tls_key: RelPath | None = None
+    edge: Str = ""  # host:port of the Access Edge
+    server_name: Str | None = None
+    ca_bundle: File | None = None
+    verify: Bool = True
+    proxy_protocol: Bool = False
+    devices: Bool = True
+    handshake_timeout: PosFloat = 10.0
+    idle_timeout: PosFloat = 600.0
+    message_timeout: PosFloat = 10.0
+    edge_connect_timeout: PosFloat = 5.0
+    max_connections: PosInt = 10000
+    max_message_bytes: PosInt = _L.max_message_bytes
+    max_head_bytes: PosInt = _L.max_head_bytes
+    max_line_bytes: PosInt = _L.max_line_bytes
+    max_auth_line_bytes: PosInt = _L.max_auth_line_bytes
+    max_header_count: PosInt = _L.max_header_count
     listen_host: str = "0.0.0.0"
     listen_port: int = 5061
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
     edge_host: str = ""
     edge_port: int = 5061
-    server_name: str | None = None
-    ca_bundle: Path | None = None
-    verify: bool = True
-    proxy_protocol: bool = False
-    devices: bool = True
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 600.0
-    message_timeout: float = 10.0
-    edge_connect_timeout: float = 5.0
-    max_connections: int = 10000
-    limits: sipproto.Limits = field(default_factory=sipproto.Limits)
+    limits: sipproto.Limits = Field(default_factory=sipproto.Limits)
 
-
-def parse_sip(top: Any, base: Path, gateway: Any) -> SipConfig:
-    """The [sip] table (``top`` is config's ``_Section``; ``gateway`` the parsed GatewayConfig)."""
-    sec = top.sub("sip")
-    d = SipConfig()
-    enabled = sec.get("enabled", bool, False)
-    host, port = _parse_listen(sec, f"{d.listen_host}:{d.listen_port}")
-    cert = sec.path("tls_cert", gateway.tls_cert, base)
-    key = sec.path("tls_key", gateway.tls_key, base)
-    edge = sec.get("edge", str, "")
-    edge_host, edge_port = "", d.edge_port
-    if edge:
-        edge_host, sep, p = edge.rpartition(":")
-        edge_host = edge_host.strip("[]")
-        if not sep or not edge_host or not p.isdigit() or not 0 < int(p) < 65536:
-            raise sec.fail("edge", f"expected host:port, got {edge!r}")
-        edge_port = int(p)
-    ca = sec.path("ca_bundle", None, base)
-    if ca is not None and not ca.is_file():
-        raise sec.fail("ca_bundle", f"no such file: {ca}")
-    proxy_protocol = sec.get("proxy_protocol", bool, False)
-    if enabled:
-        if not edge_host:
-            raise sec.fail("edge", "required: host:port of the Access Edge (TLS)")
-        for k, p in (("tls_cert", cert), ("tls_key", key)):
-            if p is None:
-                raise sec.fail(k, "required (the published Edge certificate), or set [gateway] tls_cert/tls_key")
-            if not p.is_file():
-                raise sec.fail(k, f"no such file: {p}")
-        if proxy_protocol and not gateway.trusted_proxies:
-            raise sec.fail("proxy_protocol", "needs [gateway] trusted_proxies: the balancers whose "
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> SipConfig:
+        given = self.model_fields_set
+        if "listen" in given:
+            self._set(listen_host=self.listen.host, listen_port=self.listen.port)
+        if self.edge:
+            host, sep, p = self.edge.rpartition(":")
+            host = host.strip("[]")
+            if not sep or not host or not p.isdigit() or not 0 < int(p) < 65536:
+                raise _Bad("edge", f"expected host:port, got {self.edge!r}")
+            self._set(edge_host=host, edge_port=int(p))
+        if given & set(_LIMITS) or "limits" not in given:
+            self._set(limits=sipproto.Limits(**{k: getattr(self, k) for k in _LIMITS}))
+        gateway = (info.context or {}).get("gateway")
+        if gateway is None:  # constructed by code
+            return self
+        self._set(tls_cert=self.tls_cert or gateway.tls_cert, tls_key=self.tls_key or gateway.tls_key)
+        if self.enabled:
+            if not self.edge_host:
+                raise _Bad("edge", "required: host:port of the Access Edge (TLS)")
+            for k, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+                if path is None:
+                    raise _Bad(k, "required (the published Edge certificate), or set [gateway] tls_cert/tls_key")
+                if not path.is_file():
+                    raise _Bad(k, f"no such file: {path}")
+            if self.proxy_protocol and not gateway.trusted_proxies:
+                raise _Bad("proxy_protocol", "needs [gateway] trusted_proxies: the balancers whose "
                            "PROXY header is read")
-    dl = d.limits
-    limits = sipproto.Limits(
-        max_message_bytes=sec.positive("max_message_bytes", int, dl.max_message_bytes),
-        max_head_bytes=sec.positive("max_head_bytes", int, dl.max_head_bytes),
-        max_line_bytes=sec.positive("max_line_bytes", int, dl.max_line_bytes),
-        max_auth_line_bytes=sec.positive("max_auth_line_bytes", int, dl.max_auth_line_bytes),
-        max_header_count=sec.positive("max_header_count", int, dl.max_header_count),
-    )
-    cfg = SipConfig(
-        enabled=enabled, listen_host=host, listen_port=port, tls_cert=cert, tls_key=key,
-        edge_host=edge_host, edge_port=edge_port, server_name=sec.get("server_name", str, None),
-        ca_bundle=ca, verify=sec.get("verify", bool, True), proxy_protocol=proxy_protocol,
-        devices=sec.get("devices", bool, True),
-        handshake_timeout=sec.positive("handshake_timeout", float, d.handshake_timeout),
-        idle_timeout=sec.positive("idle_timeout", float, d.idle_timeout),
-        message_timeout=sec.positive("message_timeout", float, d.message_timeout),
-        edge_connect_timeout=sec.positive("edge_connect_timeout", float, d.edge_connect_timeout),
-        max_connections=sec.positive("max_connections", int, d.max_connections),
-        limits=limits,
-    )
-    sec.finish()
-    return cfg
+        return self
+
+
+def parse_sip(raw: dict[str, Any], file: str, base: Path, gateway: Any) -> SipConfig:
+    """The [sip] table of a configuration file (``raw``; ``gateway`` the validated GatewayConfig)."""
+    try:
+        return SipConfig.model_validate(raw, context={"base": base, "gateway": gateway})
+    except ValidationError as e:
+        raise config_error(file, e, within=("sip",)) from None

@@ -83,7 +83,8 @@ class WebConfig(_Model):
 
     @model_validator(mode="after")
     def _derive(self, info: ValidationInfo) -> WebConfig:
-        self._set(listen_host=self.listen.host, listen_port=self.listen.port)
+        if "listen" in self.model_fields_set:
+            self._set(listen_host=self.listen.host, listen_port=self.listen.port)
         data_dir = (info.context or {}).get("data_dir")
         if self.api_tokens_file is None and data_dir is not None:
             self._set(api_tokens_file=data_dir / "api-tokens.json")
