@@ -23,7 +23,7 @@ from .test_api import bearer, web  # noqa: F401  (fixture)
 SECRET = b"s" * 32
 
 
-def test_a_slow_dashboard_does_not_stall_the_id_service_api(web):
+def test_a_slow_dashboard_does_not_stall_the_id_service_api(web, loop_thread):
     ctx, _ = web
     app = create_id_api(ctx.console.ids.credentials, secret=SECRET, bus=EventBus())
     mount_routes(app, ctx)  # one app, one loop: as `ucgate id-service` serves the web UI too
@@ -47,7 +47,7 @@ def test_a_slow_dashboard_does_not_stall_the_id_service_api(web):
             pending = not slow.done()
             return health, api, took, pending, await slow
 
-    health, api, took, pending, slow = asyncio.run(run())
+    health, api, took, pending, slow = loop_thread.run(run())  # its own loop (a browser test may hold this thread's)
     assert health.status_code == 200 and api.status_code == 200
     assert pending and took < 0.2, took
     assert slow.status_code == 200 and "activity" in slow.json()

@@ -244,14 +244,14 @@ class RemoteCredentials:
         return Verdict(False, UNAVAILABLE, retry_after=self.retry_after)
 
     async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:
-        body = PasswordBody.model_construct(user=name, password=password, context=ctx.to_wire())
+        body = PasswordBody.build(user=name, password=password, context=ctx.to_wire())
         try:
             return (await self._post("/v1/auth/password", body, VerdictBody)).verdict()
         except IdServiceError as e:
             return self._unavailable("password", e)
 
     async def check_account(self, name: str, ctx: AttemptContext) -> Verdict:
-        body = AccountBody.model_construct(user=name, context=ctx.to_wire())
+        body = AccountBody.build(user=name, context=ctx.to_wire())
         try:
             return (await self._post("/v1/auth/account", body, VerdictBody)).verdict()
         except IdServiceError as e:
@@ -419,7 +419,7 @@ class RemoteCredentials:
     async def _report(self, live_users: Callable[[], dict[str, dt.datetime]]) -> None:
         failing = False
         while True:
-            body = SessionsBody.model_construct(gateway=self.gateway_id, users=live_users())
+            body = SessionsBody.build(gateway=self.gateway_id, users=live_users())
             try:
                 await self._request("PUT", "/v1/sessions", body, ok=204)
                 ok = True
@@ -444,10 +444,10 @@ def _wire_text(value: str | None, limit: int) -> str | None:
 
 def facts_wire(facts: DeviceFacts) -> DeviceFactsBody:
     """The facts as ``POST /v1/devices/check``'s ``device``, bounded to what the id service takes."""
-    out = {name: _wire_text(getattr(facts, name), limit) for name, limit in DeviceFactsBody.LIMITS.items()}
+    out: dict[str, Any] = {name: _wire_text(getattr(facts, name), limit) for name, limit in DeviceFactsBody.LIMITS.items()}
     if out["device_id"] is None and out["problem"] is None:
         out["problem"] = "absent"
-    return DeviceFactsBody.model_construct(**out)
+    return DeviceFactsBody.build(**out)
 
 
 def facts_json(facts: DeviceFacts) -> dict[str, Any]:
@@ -484,7 +484,7 @@ class RemoteDeviceChecker:
             ipaddress.ip_address(client_address or "")
         except ValueError:
             client_address = None  # not an IP (a test transport, a Unix socket): not sent
-        body = DeviceCheckBody.model_construct(
+        body = DeviceCheckBody.build(
             user=user, device=facts_wire(facts), service=service, second_factor_ok=bool(second_factor_ok),
             credential_id=credential_id, client_address=client_address)
         try:

@@ -153,7 +153,7 @@ def _answer(body: Wire) -> Response:
 
 
 def device_decision(check: Any) -> DeviceDecisionBody:
-    return DeviceDecisionBody.model_construct(
+    return DeviceDecisionBody.build(
         outcome=check.outcome, reason=check.reason, device_id=check.device_id, wipe=bool(check.wipe),
         trusted_until=check.trusted_until, rule=getattr(check, "rule", "") or None,
         partnership_id=getattr(check, "partnership_id", None))
@@ -192,7 +192,7 @@ class EventFeed:
         outbox = self.bus.outbox
         if outbox is None or last_event_id is None or not last_event_id.isdigit():
             return []
-        after, out = int(last_event_id), []
+        after, out = int(last_event_id), list[EventRow]()
         while len(out) < self.keep:
             rows = await asyncio.to_thread(outbox.since, after)
             if not rows:
@@ -357,7 +357,7 @@ def create_id_api(
         req = _parse(DeviceCheckBody, await _read_body(request, max_body))
         facts = req.device.facts()
         if devices is None:
-            return _answer(DeviceDecisionBody.model_construct(
+            return _answer(DeviceDecisionBody.build(
                 outcome="allow", reason="devices-disabled", device_id=facts.device_id, wipe=False,
                 trusted_until=None, rule=None, partnership_id=None))
         return _answer(device_decision(await devices.check_async(req.user, facts, **req.check_kwargs())))
@@ -373,7 +373,7 @@ def create_id_api(
         if sip is None:
             raise HTTPException(404)
         settled = await asyncio.to_thread(sip.settle, s)
-        return _answer(SettledBody.model_construct(settled=settled))
+        return _answer(SettledBody.build(settled=settled))
 
     async def events(request: Request) -> Response:
         return StreamingResponse(
@@ -388,12 +388,13 @@ def create_id_api(
         return Response(status_code=204)
 
     async def health(request: Request) -> Response:
-        return _answer(HealthBody.model_construct(status="ok"))
+        return _answer(HealthBody.build(status="ok"))
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # registered for HTTPException only
         if exc.status_code == 413:
             return _error(413, "too-large", f"request body over {max_body} bytes")
         return _error(exc.status_code, "not-found" if exc.status_code == 404 else "http-error",

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..id.api import ContextError, Text, Wire, parse_wire
+from ..id.api import ContextError, Wire, parse_wire, text_field
 from ..id.http_api import component_schemas
 from ..id.rules import MAX_GROUP, MAX_GROUPS
 from ..id.rules import MAX_NAME as RULE_NAME
@@ -50,8 +50,8 @@ class UserState(Body):
 class AspRequest(Body):
     """``POST /users/{username}/asps``."""
 
-    label: Text(128, required=True)
-    device_id: Text(256) | None = None
+    label: Annotated[StrictStr, text_field(128, required=True)]
+    device_id: Annotated[StrictStr, text_field(256)] | None = None
 
 
 Position = Annotated[StrictInt, Field(ge=1, le=100_000, description="1: first of the store's list")]
@@ -71,7 +71,7 @@ _Action = Literal["allowed", "quarantined", "blocked"]
 class NewRule(Body):
     """``POST /rules``: a device rule for the store's list (``ucgate.id.rules`` checks the rest)."""
 
-    name: Text(RULE_NAME, required=True)
+    name: Annotated[StrictStr, text_field(RULE_NAME, required=True)]
     action: _Action
     device_type: _Glob | None = None
     model: _Glob | None = None
@@ -95,8 +95,8 @@ class PolicySettings(Body):
 class NewPolicy(Body):
     """``POST /policies``: a group policy for the store's list."""
 
-    group: Text(MAX_GROUP, required=True)
-    name: Text(RULE_NAME) | None = None
+    group: Annotated[StrictStr, text_field(MAX_GROUP, required=True)]
+    name: Annotated[StrictStr, text_field(RULE_NAME)] | None = None
     settings: PolicySettings
     position: Position | None = None
 
