@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import tomli_w
+
 _NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE)
 
 
@@ -21,10 +23,16 @@ class InitError(ValueError):
     pass
 
 
+def _toml(value: str) -> str:
+    """``value`` as a TOML string (tomli_w's quoting: a path with a quote or a backslash stays
+    valid). The file is a commented template, so only the values are written by tomli_w."""
+    return tomli_w.dumps({"v": value})[len("v = "):-1]
+
+
 def _url(value: str, option: str) -> str:
     parts = urlsplit(value)
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         raise InitError(f"{option}: bad port in {value!r}") from None
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/") \
@@ -51,7 +59,7 @@ def starter_config(*, published_name: str, front_end: str, exchange: str | None 
     etc, data = str(etc_dir).rstrip("/"), str(data_dir).rstrip("/")
     if exchange:
         eas = f"""[upstreams.exchange]                 # Exchange ActiveSync (/Microsoft-Server-ActiveSync)
-url = "{exchange}"
+url = {_toml(exchange)}
 """
     else:
         eas = """# [upstreams.exchange]               # Exchange ActiveSync: give its URL and remove [services.eas]
@@ -70,12 +78,12 @@ enabled = false                      # no [upstreams.exchange]: ActiveSync reque
 
 [gateway]
 listen = "0.0.0.0:443"
-published_name = "{published_name}"
+published_name = {_toml(published_name)}
 # The certificate clients see (and NTLM's channel binding): {published_name} and the other
 # published names of the pool (lyncdiscover., meet., dialin., ...); PEM, leaf first, then the
 # intermediates. The key: readable by the ucgate user only.
-tls_cert = "{etc}/gateway.crt"
-tls_key = "{etc}/gateway.key"
+tls_cert = {_toml(f"{etc}/gateway.crt")}
+tls_key = {_toml(f"{etc}/gateway.key")}
 # Behind HAProxy in TCP mode (examples/haproxy/): the balancers' addresses, their PROXY header,
 # and the health listener its checks use.
 # trusted_proxies = ["10.0.1.5/32", "10.0.1.6/32"]
@@ -83,7 +91,7 @@ tls_key = "{etc}/gateway.key"
 # health_listen = "10.0.1.11:8081"
 
 [upstreams.frontend]                 # the Skype for Business front-end pool (its external web services)
-url = "{front_end}"
+url = {_toml(front_end)}
 verify = true                        # chain, expiry and host name of the front end's certificate
 # ca_bundle = "{etc}/internal-ca.pem"  # the internal CA that issued it (default: the system store)
 # server_name = "{fe_host}"  # the name to verify, if not the URL's host
@@ -92,8 +100,8 @@ verify = true                        # chain, expiry and host name of the front 
 [auth]
 methods = ["negotiate", "ntlm", "basic"]
 extended_protection = "require"      # NTLM channel binding; "allow" for clients that send none (curl)
-netbios_domain = "{netbios}"  # the NetBIOS domain (DOMAIN\\user must match): check it
-dns_domain = "{dns_domain}"
+netbios_domain = {_toml(netbios)}  # the NetBIOS domain (DOMAIN\\user must match): check it
+dns_domain = {_toml(dns_domain)}
 two_factor = "off"                   # off | otp-appended | device-approval
 # two_factor_groups = {{ "ucgate-mobile" = "otp-appended" }}
 
@@ -151,12 +159,12 @@ listen = "127.0.0.1:8444"
 # alice = "admin"                    # admin | helpdesk | auditor; admins need TOTP
 
 [data]
-dir = "{data}"
+dir = {_toml(data)}
 
 [store]
 # url = "postgresql+psycopg://ucgate@db.{dns_domain}/ucgate"   # a pool; default: SQLite in [data] dir
-key_file = "{etc}/private/ucgate.key"   # encrypts stored secrets; created on first use; never inside [data] dir
-audit_file = "{data}/audit.jsonl"    # one JSON object per line (docs/audit-event.schema.json)
+key_file = {_toml(f"{etc}/private/ucgate.key")}   # encrypts stored secrets; created on first use; never inside [data] dir
+audit_file = {_toml(f"{data}/audit.jsonl")}    # one JSON object per line (docs/audit-event.schema.json)
 
 # Audit events to the SIEM as well: RFC 5424 syslog over TLS (RFC 5425) or TCP.
 # [audit.syslog]
