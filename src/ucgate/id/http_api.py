@@ -38,7 +38,9 @@ constant time) for every call except ``GET /v1/health``:
   of missed events after a reconnect (``Last-Event-ID``) from a small ring buffer.
 * ``PUT /v1/sessions`` — a gateway's report of its live signed-in users, so that the account
   monitor (which runs here, next to the directory) knows whom to re-check.
-* ``GET /v1/health`` — liveness, no secret needed; ``GET /v1/openapi.json`` — this API.
+* ``GET /v1/health`` — liveness, no secret needed; ``GET /v1/openapi.json`` — this API
+  (OpenAPI 3.1: the operations from :data:`_OPERATIONS`, the schemas generated from the bodies'
+  models in :mod:`ucgate.id.api`, which both sides validate with).
 * ``GET /healthz``, ``GET /readyz`` — a balancer's checks, no secret needed: alive, and ready
   (503 with the reason while the store is unreachable; :mod:`ucgate.id.health`).
 
