@@ -36,8 +36,11 @@ def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
 
 
 class Body(Wire):
-    """A request body of the REST API: unknown fields are refused (``unknown field``)."""
+    """A request body of the REST API. Unknown fields are ignored, as they were; a rule's or a
+    policy's are refused (``unknown field``), as ``ucgate.id.rules`` does."""
 
+
+class StrictBody(Body):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -68,7 +71,7 @@ _Glob = Annotated[StrictStr, Field(max_length=MAX_PATTERN_CHARS, pattern=r"^[^\x
 _Action = Literal["allowed", "quarantined", "blocked"]
 
 
-class NewRule(Body):
+class NewRule(StrictBody):
     """``POST /rules``: a device rule for the store's list (``ucgate.id.rules`` checks the rest)."""
 
     name: Annotated[StrictStr, text_field(RULE_NAME, required=True)]
@@ -83,7 +86,7 @@ class NewRule(Body):
     position: Position | None = None
 
 
-class PolicySettings(Body):
+class PolicySettings(StrictBody):
     max_devices: Annotated[StrictInt, Field(ge=0)] | None = None
     trust_lifetime_hours: Annotated[StrictFloat, Field(gt=0)] | None = None
     certprov: Literal["allowed-only", "deny"] | None = None
@@ -92,7 +95,7 @@ class PolicySettings(Body):
     require_second_factor: StrictBool | None = None
 
 
-class NewPolicy(Body):
+class NewPolicy(StrictBody):
     """``POST /policies``: a group policy for the store's list."""
 
     group: Annotated[StrictStr, text_field(MAX_GROUP, required=True)]
