@@ -289,7 +289,7 @@ class IdService:
         if verdict.ok and verdict.credential_id and verdict.credential_id != "domain-password":
             writer = getattr(self.audit, "writer", None)
             if writer is not None:
-                writer.used(verdict.credential_id, dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc))
+                writer.used(verdict.credential_id, dt.datetime.fromtimestamp(self.clock(), dt.UTC))
             else:
                 self.asps.mark_used(verdict.credential_id, self.clock())
 

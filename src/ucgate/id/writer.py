@@ -155,7 +155,7 @@ class SignInWriter:
                     many(stored)
                 else:
                     then(stored[0])
-            except Exception:  # noqa: BLE001 - the table has it; a file or syslog problem is logged
+            except Exception:  # the table has it; a file or syslog problem is logged
                 log.exception("sign-in writer: could not write audit event(s) %s to the file/syslog",
                               ", ".join(str(ev.id) for ev in stored))
             i = j

@@ -6,6 +6,7 @@ SQLAlchemy Core (no ORM), synchronous: asyncio callers use ``asyncio.to_thread``
 """
 
 from .engine import StoreError, make_engine, sqlite_path
+from .partnerships import PartnershipRecord, PartnershipStore
 from .repository import (
     AspRecord,
     AuditRecord,
@@ -17,7 +18,6 @@ from .repository import (
     Repository,
     UserRecord,
 )
-from .partnerships import PartnershipRecord, PartnershipStore
 from .sql import SqlRepository
 
 

@@ -58,7 +58,7 @@ def append(conn: Connection, *, kind: str, username: str, reason: str, at: dt.da
            signed_in_before: dt.datetime | None = None, actor: str | None = None) -> int:
     """Write one event row on ``conn``, inside the caller's transaction; returns its id."""
     values: dict[str, Any] = dict(
-        at=at or dt.datetime.now(dt.timezone.utc), kind=kind, username=username,
+        at=at or dt.datetime.now(dt.UTC), kind=kind, username=username,
         reason=reason[:128], device_id=device_id, credential=credential,
         signed_in_before=signed_in_before, actor=actor[:256] if actor else None,
     )

@@ -11,7 +11,7 @@ module only stores and orders.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, func, insert, select, update
@@ -109,7 +109,7 @@ class RuleStore(Transactions):
         if unknown:
             raise ValueError(f"unknown rule field(s): {', '.join(sorted(unknown))}")
         values = dict(name=name, action=action, groups=list(groups), created_by=created_by,
-                      created_at=datetime.now(timezone.utc), **criteria)
+                      created_at=datetime.now(UTC), **criteria)
         new_id = self._insert(device_rules, values, position, event)
         rec = self.rule(new_id)
         assert rec is not None
@@ -118,7 +118,7 @@ class RuleStore(Transactions):
     def add_policy(self, *, name: str, group: str, settings: dict[str, Any],
                    position: int | None = None, created_by: str, event: Any = None) -> StoredPolicy:
         values = dict(name=name, group_name=group, settings=dict(settings), created_by=created_by,
-                      created_at=datetime.now(timezone.utc))
+                      created_at=datetime.now(UTC))
         new_id = self._insert(group_policies, values, position, event)
         rec = self.policy(new_id)
         assert rec is not None
