@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import Literal, Sequence
+from enum import StrEnum
+from typing import Literal
 
 from ..protocols.devices import CLIENT_KINDS, DeviceFacts
 
@@ -55,7 +56,7 @@ from ..protocols.devices import CLIENT_KINDS, DeviceFacts
 MAX_PATTERN_CHARS = 256
 
 
-class PartnershipState(str, Enum):
+class PartnershipState(StrEnum):
     ALLOWED = "allowed"
     QUARANTINED = "quarantined"
     BLOCKED = "blocked"
