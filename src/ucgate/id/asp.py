@@ -13,16 +13,17 @@ database query (see the report in tests/id/test_asp.py::test_nt_hash_candidates_
 
 from __future__ import annotations
 
+import builtins
 import hmac
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from Crypto.Hash import MD4
 
-from ..store import NewAsp, Repository, UserRecord
+from ..store import AspRecord, NewAsp, Repository, UserRecord
 from .cache import SignInCache
 from .events import CredentialAdded, CredentialRevoked, Pending
 from .keys import DecryptError, Keyring, asp_aad
@@ -109,7 +110,7 @@ class AspLimit(Exception):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _device_matches(bound: str | None, device_id: str | None) -> bool:
@@ -140,10 +141,12 @@ class AspService(UserSecretService):
             raise AspLimit(f"{user.username} has {MAX_ACTIVE_ASPS} active ASPs; revoke one first")
         plaintext = generate_asp(self.rand)
         asp_id = self.rand(8).hex()
-        nonce, sealed = self.keyring.encrypt(canonical_asp(plaintext).encode(), asp_aad(user.id, asp_id))
+        canonical = canonical_asp(plaintext)
+        assert canonical is not None  # generate_asp spells an ASP
+        nonce, sealed = self.keyring.encrypt(canonical.encode(), asp_aad(user.id, asp_id))
         # a cache-only event: every process's sign-in cache forgets the user's ASP list
         pending = Pending(CredentialAdded(user.username, asp_id, "asp-created"))
-        self.repo.add_asp(NewAsp(id=asp_id, user_id=user.id, label=label, ciphertext=sealed,  # type: ignore[call-arg]
+        self.repo.add_asp(NewAsp(id=asp_id, user_id=user.id, label=label, ciphertext=sealed,
                                  nonce=nonce, device_id=device_id or None, created_at=self.clock()),
                           event=pending)
         if self.users.bus is not None:
@@ -174,7 +177,7 @@ class AspService(UserSecretService):
             return False
         u = self.repo.get_user_by_id(a.user_id)
         pending = Pending(CredentialRevoked(u.username if u else "?", asp_id, "asp-revoked"), actor)
-        ok = self.repo.revoke_asp(asp_id, self.clock(), event=pending)  # type: ignore[call-arg]
+        ok = self.repo.revoke_asp(asp_id, self.clock(), event=pending)
         if ok and self.users.bus is not None:
             self.users.bus.committed(pending)
         return ok
@@ -182,7 +185,7 @@ class AspService(UserSecretService):
     def mark_used(self, asp_id: str, at: datetime | float | None = None) -> None:
         """Record a successful sign-in with the ASP; ``at`` is a datetime or POSIX seconds."""
         if isinstance(at, (int, float)):
-            at = datetime.fromtimestamp(at, timezone.utc)
+            at = datetime.fromtimestamp(at, UTC)
         self.repo.mark_asp_used(asp_id, at or self.clock())
 
     def reencrypt_all(self) -> int:
@@ -199,7 +202,8 @@ class AspService(UserSecretService):
         return n
 
     # --- verification -----------------------------------------------------------------
-    def _records(self, username: str, fresh: bool) -> tuple[UserRecord | None, list, bool]:
+    # (``builtins.list`` below: in the class body, ``list`` is the method above)
+    def _records(self, username: str, fresh: bool) -> tuple[UserRecord | None, builtins.list[AspRecord], bool]:
         """The user, their unrevoked ASPs, and whether both came from the sign-in cache (never
         when ``fresh``)."""
         cache = self.cache
@@ -214,11 +218,11 @@ class AspService(UserSecretService):
         return user, records, False
 
     def _usable(self, username: str, device_id: str | None, *,
-                fresh: bool = False) -> tuple[UserRecord | None, list, bool]:
+                fresh: bool = False) -> tuple[UserRecord | None, builtins.list[tuple[AspRecord, bytes]], bool]:
         user, records, cached = self._records(username, fresh)
         if user is None or not user.enabled:
             return None, [], cached
-        out = []
+        out: builtins.list[tuple[AspRecord, bytes]] = []
         for a in records:
             if not _device_matches(a.device_id, device_id):
                 continue
@@ -250,13 +254,13 @@ class AspService(UserSecretService):
             return None
         return AspMatch(found.id, user.id, user.username, found.label, found.device_id)
 
-    def usable_spellings(self, username: str, device_id: str | None = None) -> list[tuple[str, str]]:
+    def usable_spellings(self, username: str, device_id: str | None = None) -> builtins.list[tuple[str, str]]:
         """(asp_id, spelling) of every usable ASP, for the otp-appended NTLM candidates."""
         _, usable, _ = self._usable(username, device_id)
         return [(a.id, sp) for a, secret in usable for sp in spellings(secret.decode())]
 
     def nt_hash_candidates(self, username: str,
-                           device_id: str | None = None) -> list[tuple[str, bytes]]:
+                           device_id: str | None = None) -> builtins.list[tuple[str, bytes]]:
         """``(asp_id, NT hash)`` for each usable ASP and each spelling (see :func:`spellings`);
         empty for an unknown or disabled user."""
         _, usable, _ = self._usable(username, device_id)

@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from ..store import AspRecord, UserRecord
+
 TTL = 30.0  # seconds; events drop entries at once, this bounds anything missed
 MAX_ENTRIES = 10_000
 
@@ -26,11 +28,11 @@ class SignInCache:
     def __init__(self, *, ttl: float = TTL, max_entries: int = MAX_ENTRIES,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
-        self._d: OrderedDict[str, tuple[float, Any, list[Any]]] = OrderedDict()
+        self._d: OrderedDict[str, tuple[float, UserRecord, list[AspRecord]]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, username: str) -> tuple[Any, list[Any]] | None:
+    def get(self, username: str) -> tuple[UserRecord, list[AspRecord]] | None:
         key = username.lower()
         with self._lock:
             got = self._d.get(key)
@@ -41,7 +43,7 @@ class SignInCache:
             self.hits += 1
             return got[1], got[2]
 
-    def peek_user(self, username: str) -> Any:
+    def peek_user(self, username: str) -> UserRecord | None:
         """The cached user record, or None (absent or past ``ttl``); counts no hit or miss (the
         sign-in's resolve step: the ASP check that follows counts the sign-in's lookup)."""
         with self._lock:
@@ -50,7 +52,7 @@ class SignInCache:
             return None
         return got[1]
 
-    def put(self, username: str, user: Any, asps: list[Any]) -> None:
+    def put(self, username: str, user: UserRecord, asps: list[AspRecord]) -> None:
         with self._lock:
             self._d[username.lower()] = (self.clock(), user, list(asps))
             self._d.move_to_end(username.lower())

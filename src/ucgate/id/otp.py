@@ -369,7 +369,7 @@ class OtpService(UserSecretService):
         none. Raises UnknownUser."""
         u = self._user(username)
         pending = Pending(UserBlocked(u.username, "otp-reset"))
-        ok = self.repo.delete_otp(u.id, event=pending)  # type: ignore[call-arg]
+        ok = self.repo.delete_otp(u.id, event=pending)
         if ok and self.users.bus is not None:  # sessions that passed the old second factor end
             self.users.bus.committed(pending)
         return ok

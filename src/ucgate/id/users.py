@@ -173,7 +173,7 @@ class UserService:
         if u is None:
             return False
         pending = Pending(UserBlocked(u.username, "user-disabled"), actor)
-        ok = self.repo.set_user_enabled(u.username, False, event=pending)  # type: ignore[call-arg]
+        ok = self.repo.set_user_enabled(u.username, False, event=pending)
         if ok and self.bus is not None:
             self.bus.committed(pending)
         return ok

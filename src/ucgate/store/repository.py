@@ -133,12 +133,13 @@ class Repository(Protocol):
         """All users, ordered by user name."""
         ...
 
-    def set_user_enabled(self, username: str, enabled: bool) -> bool:
-        """False when there is no such user."""
+    def set_user_enabled(self, username: str, enabled: bool, *, event: Any = None) -> bool:
+        """False when there is no such user. ``event``: an outbox event (an
+        ``ucgate.id.events.Pending``) written in the same transaction, here and below."""
         ...
 
     # --- ASPs -------------------------------------------------------------------------
-    def add_asp(self, asp: NewAsp) -> None:
+    def add_asp(self, asp: NewAsp, *, event: Any = None) -> None:
         """Raises DuplicateError (same id) or NotFoundError (no such user)."""
         ...
 
@@ -148,7 +149,7 @@ class Repository(Protocol):
         """The user's ASPs, oldest first."""
         ...
 
-    def revoke_asp(self, asp_id: str, at: datetime) -> bool:
+    def revoke_asp(self, asp_id: str, at: datetime, *, event: Any = None) -> bool:
         """Mark revoked (idempotent: an already revoked ASP keeps its first time). False when
         there is no such ASP."""
         ...
@@ -195,7 +196,7 @@ class Repository(Protocol):
         (or no active secret). Safe across threads, processes and gateways sharing the store."""
         ...
 
-    def delete_otp(self, user_id: int) -> bool:
+    def delete_otp(self, user_id: int, *, event: Any = None) -> bool:
         """Remove the secret (pending or active) and all recovery codes; False when none."""
         ...
 
