@@ -195,7 +195,7 @@ class FailureBudget:
         return ALLOWED
 
     # --- updates ----------------------------------------------------------------------
-    def _add(self, table: _Lru, key, rate: float, now: float) -> None:
+    def _add(self, table: _Lru[K, _Bucket], key: K, rate: float, now: float) -> None:
         b = table.get(key)
         level = b.level_at(now, rate) if b else 0.0
         table.put(key, _Bucket(level + 1.0, max(now, b.at) if b else now))
@@ -227,7 +227,7 @@ class FailureBudget:
         """A failure found after the fact: charged unconditionally."""
         self.record_failure(account, ip, now)
 
-    def _refund(self, table: _Lru, key, rate: float, now: float) -> None:
+    def _refund(self, table: _Lru[K, _Bucket], key: K, rate: float, now: float) -> None:
         b = table.get(key)
         if b is not None:
             table.put(key, _Bucket(max(0.0, b.level_at(now, rate) - 1.0), max(now, b.at)))

@@ -194,7 +194,7 @@ class StoreBudget(Transactions):
             self._run(c.cur, drv, params)
         except Exception as e:
             try:
-                e._ucgate_stmt = drv  # type: ignore[attr-defined]  (named in the DBAPIError)
+                e._ucgate_stmt = drv  # type: ignore[attr-defined]  # any driver exception; named in the DBAPIError
             except AttributeError:
                 pass
             raise

@@ -118,7 +118,9 @@ class PartnershipStore(Transactions):
         values = _clean(values)
         try:
             with self._write() as c:
-                new_id = c.execute(insert(partnerships).values(**values)).inserted_primary_key[0]
+                key = c.execute(insert(partnerships).values(**values)).inserted_primary_key
+                assert key is not None  # an INSERT's result has it
+                new_id = key[0]
                 row = c.execute(select(partnerships).where(partnerships.c.id == new_id)).one()
         except IntegrityError as e:
             raise DuplicateError(f"{values.get('username')} already has device "

@@ -110,7 +110,8 @@ class SqlRepository(Transactions):
                 user_id = c.execute(insert(users).values(**values).returning(users.c.id)).scalar_one()
         except IntegrityError as e:
             raise DuplicateError(f"a user named {username!r} (or with UPN {upn!r}) exists") from e
-        return UserRecord(id=user_id, **values)
+        return UserRecord(id=user_id, username=username, upn=upn, sip_uri=sip_uri, display_name=display_name,
+                          enabled=enabled, source=source, created_at=created_at)
 
     def _one_user(self, where: Any) -> UserRecord | None:
         with self._read() as c:
