@@ -57,7 +57,7 @@ try:
     from gssapi.raw.misc import GSSError
 except ImportError:  # python-gssapi missing: the constructors raise ImportError/BackendError first
 
-    class GSSError(Exception):  # type: ignore[no-redef]
+    class GSSError(Exception):  # type: ignore[no-redef]  # the stand-in for the missing module's
         min_code = None
 
 

@@ -29,6 +29,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..protocols.keytab import (  # noqa: F401 - re-exported (the lab, older callers)
     ENCTYPES,
@@ -39,11 +40,14 @@ from ..protocols.keytab import (  # noqa: F401 - re-exported (the lab, older cal
     write_keytab,
 )
 
+if TYPE_CHECKING:
+    import gssapi
+
 try:
     from gssapi.raw.misc import GSSError
 except ImportError:  # python-gssapi missing: the constructors raise ImportError/BackendError first
 
-    class GSSError(Exception):  # type: ignore[no-redef]
+    class GSSError(Exception):  # type: ignore[no-redef]  # the stand-in for the missing module's
         min_code = None
 
 
@@ -153,14 +157,14 @@ class KerberosAcceptor:
         self.rcache = rcache
         use_krb5_conf(krb5_conf)
         self._lock = threading.Lock()
-        self._creds = None
+        self._creds: gssapi.Credentials | None = None
 
-    def _acceptor_creds(self):
+    def _acceptor_creds(self) -> gssapi.Credentials:
         import gssapi
 
         with self._lock:
             if self._creds is None:
-                store = {b"keytab": self.keytab.encode()}
+                store: dict[bytes | str, bytes | str] = {b"keytab": self.keytab.encode()}
                 if self.rcache:
                     store[b"rcache"] = self.rcache.encode()
                 name = gssapi.Name(self.service_principal, gssapi.NameType.kerberos_principal)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ..protocols.keytab import (
     ENCTYPES,
@@ -50,6 +50,13 @@ UF_ACCOUNTDISABLE = 0x2
 # search(filter, attributes) -> [(dn, {attr: [str, ...]})]
 Search = Callable[[str, list[str]], list[tuple[str, dict[str, list[str]]]]]
 Resolver = Callable[[str], list[str]]
+
+
+class S4uRefusal(Protocol):
+    """What an :class:`S4uProbe`'s ``refused`` exceptions carry."""
+
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,8 @@ def escape(value: str) -> str:
 
 
 def default_resolver(name: str) -> list[str]:
-    return sorted({ai[4][0] for ai in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)})
+    # an address family's sockaddr starts with the address text (IPv4 and IPv6 alike)
+    return sorted({str(ai[4][0]) for ai in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)})
 
 
 # --- the checks -----------------------------------------------------------------------------
@@ -435,7 +443,8 @@ def run_checks(settings: CheckSettings, search: Search, *,
         if s4u_probe is None:
             return CheckResult("s4u", "skip", "no KCD backend to run it with")
         kcd = s4u_probe.open(s, f"{acct}@{s.realm}")
-        done, failed = [], []
+        done: list[str] = []
+        failed: list[tuple[str, S4uRefusal]] = []
         try:
             for fe in s.front_end_spns:
                 t = time.monotonic()
@@ -443,19 +452,19 @@ def run_checks(settings: CheckSettings, search: Search, *,
                     tok = asyncio.run(kcd.token_for(user, fe))
                     done.append(f"{fe}: {len(tok)}-byte token in {1000 * (time.monotonic() - t):.0f} ms")
                 except s4u_probe.refused as e:
-                    failed.append((fe, e))
+                    failed.append((fe, cast(S4uRefusal, e)))  # S4uProbe: refused has both
         finally:
             kcd.close()
         if failed:
-            fe, e = failed[0]
+            fe, err = failed[0]
             fix = {
                 "kcd-keytab-rejected": "the keytab is stale: export it again (see keytab-kvno)",
                 "kcd-kdc-unreachable": "check krb5.conf [realms] kdc = ... and the firewall (TCP/UDP 88)",
                 "kcd-not-trusted-for-delegation": "see the delegation check",
                 "kcd-user-unknown": f"{user} is not a user of {s.realm}: pass an existing test user",
                 "kcd-target-unknown": "see the frontend-spn check",
-            }.get(e.reason, "see the detail")
-            return CheckResult("s4u", "fail", f"S4U for {user} to {fe} failed: {e.reason}", e.detail, fix)
+            }.get(err.reason, "see the detail")
+            return CheckResult("s4u", "fail", f"S4U for {user} to {fe} failed: {err.reason}", err.detail, fix)
         return CheckResult("s4u", "pass", f"S4U2Self + S4U2Proxy for {user}: " + "; ".join(done))
 
     timed(s4u)
