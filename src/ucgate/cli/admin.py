@@ -138,6 +138,7 @@ def _asp_create(args, c: Components) -> int:
     except ValueError as e:
         raise _Usage(str(e)) from None
     info = c.asps.get(asp_id)
+    assert info is not None  # just created
     c.audit.record("asp.create", actor=_actor(), user=info.username, device=args.device,
                    result="ok", asp_id=asp_id, label=info.label)
     print("WARNING: this password is shown only now; ucgate cannot show it again. Give it to "
@@ -333,6 +334,9 @@ class _Runner:
     needs_components: bool = True
     refused: tuple[type[Exception], ...] = ()
 
+    def _refusals(self) -> tuple[type[Exception], ...]:
+        return (_Refused, KeyFileError, StoreError, *self.refused)
+
     def __call__(self, args: argparse.Namespace) -> int:
         try:
             settings = self.load_settings(args)
@@ -346,7 +350,7 @@ class _Runner:
         except _Usage as e:
             print(f"ucgate: {e}", file=sys.stderr)
             return USAGE
-        except (_Refused, KeyFileError, StoreError, *self.refused) as e:
+        except self._refusals() as e:
             print(f"ucgate: {e}", file=sys.stderr)
             return REFUSED
 

@@ -64,7 +64,7 @@ def _rules_list(args, c: Components) -> int:
     devices = getattr(c.settings, "devices", None)
     file_rules = list(getattr(devices, "rules", ()))
     stored = _rules(c).rules()
-    rows = [("-", i, "file", r.name, getattr(r.action, "value", r.action), _criteria(r),
+    rows: list[tuple[object, ...]] = [("-", i, "file", r.name, getattr(r.action, "value", r.action), _criteria(r),
              ",".join(sorted(r.groups)) or "everyone") for i, r in enumerate(file_rules, 1)]
     rows += [(r.id, len(file_rules) + r.position, "store", r.name, r.action, _criteria(r),
               ",".join(r.groups) or "everyone") for r in stored]
@@ -101,7 +101,8 @@ def _policy_list(args, c: Components) -> int:
     file_policies = list(getattr(devices, "policies", ()))
     stored = _rules(c).policies()
     fmt = lambda st: " ".join(f"{k}={v}" for k, v in st.items()) or "-"  # noqa: E731
-    rows = [("-", i, "file", p.name, p.group, fmt(dict(p.settings))) for i, p in enumerate(file_policies, 1)]
+    rows: list[tuple[object, ...]] = [("-", i, "file", p.name, p.group, fmt(dict(p.settings)))
+                                      for i, p in enumerate(file_policies, 1)]
     rows += [(p.id, len(file_policies) + p.position, "store", p.name, p.group, fmt(p.settings)) for p in stored]
     _emit(args, {"file": [{"name": p.name, "group": p.group, "settings": dict(p.settings)} for p in file_policies],
                  "store": [p.as_dict() for p in stored]},

@@ -24,9 +24,13 @@ from .users import UserService
 
 
 class Settings(Protocol):
-    store_url: str
-    key_file: Path
-    audit_file: Path | None
+    # read-only members: a frozen configuration (ucgate.config.Config) is one
+    @property
+    def store_url(self) -> str: ...
+    @property
+    def key_file(self) -> Path: ...
+    @property
+    def audit_file(self) -> Path | None: ...
 
 
 class Components:
