@@ -134,10 +134,13 @@ def ntlm_handshake(c: Client, credential: str, cbt) -> None:
     import spnego
 
     ctx = spnego.client(f"{DOMAIN}\\{USER}", credential, protocol="ntlm", channel_bindings=cbt)
-    status, headers, _ = c.request(AUTH_PATH, "NTLM " + base64.b64encode(ctx.step()).decode())
+    t1 = ctx.step()
+    assert t1 is not None  # an NTLM client's first step has its Type 1
+    status, headers, _ = c.request(AUTH_PATH, "NTLM " + base64.b64encode(t1).decode())
     if status != 401:
         raise RuntimeError(f"NTLM Type 1: expected 401, got {status}")
     t3 = ctx.step(_ntlm_token(headers))
+    assert t3 is not None  # and its second, the Type 3
     status, _, body = c.request(AUTH_PATH, "NTLM " + base64.b64encode(t3).decode())
     if status != 200 or body != BODY:
         raise RuntimeError(f"NTLM Type 3: expected 200 and the upstream body, got {status} {body[:100]!r}")
@@ -195,12 +198,14 @@ def worker(args) -> int:
 
     def sign_in() -> None:  # on a new keep-alive connection
         nonlocal authz
+        assert conn is not None  # the keep-alive scenarios open it first
         if scen == "ntlm-ka":
             ntlm_handshake(conn, credential, cbt)
         elif scen == "bearer-ka":
             authz = bearer_token(conn, asp)
 
     def one_ka() -> None:
+        assert conn is not None
         status, _, body = conn.request(path, authz)
         if status != 200 or body != BODY:
             raise RuntimeError(f"{scen}: expected 200, got {status} {body[:100]!r}")
@@ -226,15 +231,16 @@ def worker(args) -> int:
         t0 = now
         try:
             op()
-        except Exception as e:  # noqa: BLE001 - counted and reported
+        except Exception as e:  # counted and reported
             errors += 1
             first_error = first_error or f"{type(e).__name__}: {e}"
             if not new_conn:  # the connection is gone: open a new one (and sign in again)
                 try:
+                    assert conn is not None
                     conn.close()
                     conn = Client(args.port, ctx)
                     sign_in()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     time.sleep(0.05)
         now = time.monotonic()
         if now <= end:
@@ -346,7 +352,7 @@ def run_scenario(scen: str, args, port: int, cert: Path, env: dict, procs: commo
         time.sleep(min(0.05, max(0.0, end - time.monotonic())))
     g1, m1, b1, t1 = _cpu(gw_pid), common.cpu_seconds(mine), common.busy_seconds(), time.monotonic()
     lat, errors, first_error, client_cpu = [], 0, "", 0.0
-    for p, out in zip(workers, outs):
+    for p, out in zip(workers, outs, strict=True):
         try:
             p.wait(seconds + 60)
         except subprocess.TimeoutExpired:
@@ -355,7 +361,7 @@ def run_scenario(scen: str, args, port: int, cert: Path, env: dict, procs: commo
         try:
             r = json.loads(out.read_text())
         except (OSError, ValueError):
-            raise RuntimeError(f"{scen}: a client failed:\n{(out.with_suffix('.err')).read_text()[-2000:]}")
+            raise RuntimeError(f"{scen}: a client failed:\n{(out.with_suffix('.err')).read_text()[-2000:]}") from None
         lat += r["lat"]
         errors += r["errors"]
         first_error = first_error or r["first_error"]
@@ -490,9 +496,9 @@ def _run(args, work: Path, procs: _Procs) -> int:
     # the user and its ASP, through the admin CLI (as an operator would)
     subprocess.run([*ucgate, "user", "add", "-c", str(cfg), USER, "--upn", f"{USER}@bench.test"],
                    check=True, capture_output=True)
-    r = subprocess.run([*ucgate, "asp", "create", "-c", str(cfg), USER, "-l", "bench", "--json"],
-                       check=True, capture_output=True, text=True)
-    asp = json.loads(r.stdout)["password"]
+    created = subprocess.run([*ucgate, "asp", "create", "-c", str(cfg), USER, "-l", "bench", "--json"],
+                             check=True, capture_output=True, text=True)
+    asp = json.loads(created.stdout)["password"]
 
     gw_log = work / "gateway.log"
     gw = procs.start(["taskset", "-c", GW_CORE, *ucgate, "serve", "-c", str(cfg)], gw_log)
