@@ -652,3 +652,74 @@ def test_response_common_route_through_the_client():
     head = events(conn, OK)[0].head
     assert head == parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"GET")
     assert head.prefix is not None
+
+
+# --- boundaries and contracts the mutation run asked for -----------------------------------
+
+def test_close_body_ends_with_the_stream():
+    r = BodyReader(Framing("close"))
+    assert r.feed(b"") == (b"", True) and r.done
+
+
+def test_trailer_values_kept_as_sent_but_ows():
+    r = BodyReader(Framing("chunked"))
+    assert r.feed(b"0\r\nT: Xa:bX\r\nU:\t y \r\n\r\n") == (b"", True)
+    assert r.trailers == [(b"T", b"Xa:bX"), (b"U", b"y")]
+
+
+def test_partial_line_refusals_are_400():
+    with pytest.raises(HttpError) as e:
+        BodyReader(Framing("chunked")).feed(b"1" * (MAX_CHUNK_LINE_BYTES - 1))
+    assert (e.value.status, e.value.reason, e.value.detail) == (400, "chunk-line-too-long", "")
+    with pytest.raises(HttpError) as e:
+        BodyReader(Framing("chunked")).feed(b"0\r\nX: " + b"a" * MAX_TRAILER_BYTES)
+    assert (e.value.status, e.value.reason, e.value.detail) == (400, "trailer-too-large", "")
+
+
+def test_server_empty_lines_only():
+    assert events(Connection(SERVER), b"\r\n\r\n") == [("error", 400, "bad-line-ending")]
+
+
+def test_client_head_limit_boundary_as_the_stream_has_it():
+    limits = Limits(max_header_bytes=20)
+    for head, reason, detail in ((b"HTTP/1.1 200 OK\r\nX:1\r\n\r\n", "bad-upstream-response", "upstream-header-too-large"),
+                                 (b"HTTP/1.1 200 OK\r\nX:12\r\n\r\n", "upstream-header-too-large", "")):
+        conn = Connection(CLIENT, limits)
+        conn.send_request(b"GET")
+        conn.receive_data(head)
+        with pytest.raises(HttpError) as e:
+            conn.next_event()
+        assert (e.value.status, e.value.reason, e.value.detail) == (502, reason, detail)
+
+
+def test_client_uses_its_limits_for_the_head():
+    conn = Connection(CLIENT, Limits(max_header_count=1))
+    conn.send_request(b"GET")
+    conn.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX: 1\r\n\r\n")
+    with pytest.raises(HttpError) as e:
+        conn.next_event()
+    assert (e.value.status, e.value.reason, e.value.detail) == (502, "bad-upstream-response", "too-many-headers")
+
+
+def test_client_body_refusal_has_the_reason_only():
+    conn = Connection(CLIENT)
+    conn.send_request(b"GET")
+    conn.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab")
+    assert isinstance(conn.next_event(), Response)
+    with pytest.raises(HttpError) as e:
+        while True:
+            conn.next_event()
+    assert (e.value.status, e.value.reason, e.value.detail) == (502, "bad-chunk-terminator", "")
+
+
+def test_misuse_messages():
+    conn = Connection(SERVER)
+    with pytest.raises(RuntimeError, match="^send_request is for the client side$"):
+        conn.send_request(b"GET")
+    conn.receive_data(b"")
+    with pytest.raises(RuntimeError, match="^data after the end of the stream$"):
+        conn.receive_data(b"x")
+    with pytest.raises(ValueError, match="^role must be 'server' or 'client'$"):
+        Connection("proxy")
+    with pytest.raises(ValueError, match="^unknown framing 'gzip'$"):
+        BodyReader(Framing("gzip"))

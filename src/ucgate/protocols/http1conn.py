@@ -89,18 +89,18 @@ MAX_TRAILER_BYTES = MAX_CHUNK_LINE_BYTES * 4
 _BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
 
 
-class _Sentinel:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
+class _Sentinel(type):
+    def __repr__(cls) -> str:
+        return cls.__name__
 
 
-NEED_DATA = _Sentinel("NEED_DATA")  # no event without more bytes
-PAUSED = _Sentinel("PAUSED")  # no more messages on this connection (close, 101, no request sent)
+class NEED_DATA(metaclass=_Sentinel):
+    """No event without more bytes (h11's sentinel): the class itself is the value."""
+
+
+class PAUSED(metaclass=_Sentinel):
+    """No more messages on this connection: the last one closes it, or it switched protocols
+    (101), and the bytes after it are ``trailing_data``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +130,8 @@ class ConnectionClosed:
 
 # BodyReader states
 _LENGTH, _SIZE, _CHUNK, _CRLF, _TRAILER, _CLOSE, _DONE = range(7)
+# Connection states
+_HEAD, _BODY, _PAUSED = range(3)
 
 
 class BodyReader:
@@ -158,13 +160,13 @@ class BodyReader:
 
     __slots__ = ("_state", "_left", "_buf", "_total", "_limit", "_raw", "_trailer_bytes",
                  "trailers", "unused")
+    _left: int  # bytes of the body (length) or of the chunk (chunked) still to come
 
     def __init__(self, framing: Framing, *, limit: int | None = None, raw: bool = False) -> None:
         self._limit = limit
         self._raw = raw
-        self._buf = b""
+        self._buf = b""  # a chunk-size or trailer line not complete yet
         self._total = 0
-        self._left = 0
         self._trailer_bytes = 0
         self.trailers: list[tuple[bytes, bytes]] = []
         self.unused = b""
@@ -202,7 +204,6 @@ class BodyReader:
             if len(data) < n:
                 self._left = n - len(data)
                 return data, False
-            self._left = 0
             self._state = _DONE
             self.unused = data[n:]
             return data[:n], True
@@ -211,8 +212,7 @@ class BodyReader:
             if self._limit is not None and self._total > self._limit:
                 raise HttpError(413, "body-too-large")
             return data, False
-        buf = self._buf + data if self._buf else data
-        self._buf = b""
+        buf = self._buf + data  # (b"" + data is data itself, no copy)
         pos = self._chunked(buf, out)
         if self._state == _DONE:
             self.unused = buf[pos:]
@@ -250,27 +250,17 @@ class BodyReader:
                 if i < 0:
                     partial = end - pos
                     least = partial + (1 if buf[end - 1] == 0x0D else 2)  # the line's length at least
-                    if state == _SIZE:
-                        if least > MAX_CHUNK_LINE_BYTES:
-                            raise HttpError(400, "chunk-line-too-long")
-                    elif self._trailer_bytes + least > MAX_TRAILER_BYTES:
-                        raise HttpError(400, "trailer-too-large")
+                    if state == _TRAILER:
+                        if self._trailer_bytes + least > MAX_TRAILER_BYTES:
+                            raise HttpError(400, "trailer-too-large")
+                    elif least > MAX_CHUNK_LINE_BYTES:
+                        raise HttpError(400, "chunk-line-too-long")
                     return pos
                 line = buf[pos : i + 2]
                 pos = i + 2
                 if raw:
                     out.append(line)
-                if state == _SIZE:
-                    size = parse_chunk_size_line(line)
-                    if size == 0:
-                        self._state = _TRAILER
-                        continue
-                    self._total += size
-                    if self._limit is not None and self._total > self._limit:
-                        raise HttpError(413, "body-too-large")
-                    self._left = size
-                    self._state = _CHUNK
-                else:
+                if state == _TRAILER:
                     self._trailer_bytes += len(line)
                     if self._trailer_bytes > MAX_TRAILER_BYTES:
                         raise HttpError(400, "trailer-too-large")
@@ -279,6 +269,16 @@ class BodyReader:
                         return pos
                     name, _, value = line[:-2].partition(b":")
                     self.trailers.append((name, value.strip(b" \t")))
+                    continue
+                size = parse_chunk_size_line(line)  # state == _SIZE
+                if size == 0:
+                    self._state = _TRAILER
+                    continue
+                self._total += size
+                if self._limit is not None and self._total > self._limit:
+                    raise HttpError(413, "body-too-large")
+                self._left = size
+                self._state = _CHUNK
         return pos
 
     def eof(self) -> bool:
@@ -297,6 +297,8 @@ class Connection:
 
     __slots__ = ("role", "limits", "special", "max_body", "_buf", "_eof", "_reader", "_methods",
                  "_state", "_error", "_keep_alive")
+    _reader: BodyReader  # the message being read (set with its head)
+    _keep_alive: bool  # whether another message may follow it
 
     def __init__(self, role: str, limits: Limits = DEFAULT_LIMITS, *,
                  special: re.Pattern[bytes] | None = None, max_body: int | None = None) -> None:
@@ -308,11 +310,9 @@ class Connection:
         self.max_body = max_body
         self._buf = b""
         self._eof = False
-        self._reader: BodyReader | None = None
         self._methods: deque[bytes] = deque()
-        self._state = "head"  # "head" | "body" | "paused" | "closed"
+        self._state = _HEAD
         self._error: HttpError | None = None
-        self._keep_alive = True
 
     def send_request(self, method: bytes) -> None:
         """Client side: a request with ``method`` was written; its response is read next."""
@@ -338,36 +338,29 @@ class Connection:
         return self._buf, self._eof
 
     def next_event(self) -> object:
+        """The next event: Request or Response (a head), Data, EndOfMessage, NEED_DATA, PAUSED
+        or ConnectionClosed. Raises HttpError on anything refused (and again on every call
+        after that)."""
         if self._error is not None:
             raise self._error
         try:
-            return self._next()
-        except HttpError as e:
-            if self.role == CLIENT and e.status != 502:
-                e = HttpError(502, e.reason, e.detail)
-            self._error = e
-            raise e from None
-
-    def _next(self) -> object:
-        state = self._state
-        if state == "body":
-            return self._body()
-        if state == "closed":
-            return ConnectionClosed()
-        if state == "paused":
+            state = self._state
+            if state == _HEAD:
+                return self._head()
+            if state == _BODY:
+                return self._body()
             return PAUSED
-        return self._head()
+        except HttpError as e:
+            self._error = e
+            raise
 
     def _head(self) -> object:
         buf = self._buf
         server = self.role == SERVER
         if not server and not self._methods:
-            if buf or self._eof:
-                if not buf:
-                    self._state = "closed"
-                    return ConnectionClosed()
+            if buf:
                 raise HttpError(502, "unsolicited-response")
-            return NEED_DATA
+            return ConnectionClosed() if self._eof else NEED_DATA
         limit = self.limits.max_header_bytes
         i = buf.find(b"\r\n\r\n")
         if i < 0:
@@ -377,63 +370,56 @@ class Connection:
                 raise HttpError(502, "bad-upstream-response", "bare-cr-or-lf")
             if len(buf) - 3 > limit:
                 raise HttpError(431, "header-too-large") if server else HttpError(502, "upstream-header-too-large")
-            if self._eof:
-                if not buf:
-                    self._state = "closed"
-                    return ConnectionClosed()
-                raise HttpError(400, "incomplete-head") if server else HttpError(502, "upstream-incomplete-head")
-            return NEED_DATA
-        if i > limit:
-            raise HttpError(431, "header-too-large") if server else HttpError(502, "upstream-header-too-large")
+            if not self._eof:
+                return NEED_DATA
+            if not buf:
+                return ConnectionClosed()
+            raise HttpError(400, "incomplete-head") if server else HttpError(502, "upstream-incomplete-head")
+        if i > limit and not server:  # the server side: parse_request_head says 431 the same
+            raise HttpError(502, "upstream-header-too-large")
         head = buf[: i + 4]
         self._buf = buf[i + 4 :]
-        event: Request | Response
         if server:
             req = parse_request_head(head, self.limits, self.special)
             self._reader = BodyReader(req.framing, limit=self.max_body)
             self._keep_alive = req.keep_alive
-            event = Request(req)
-        else:
-            method = self._methods[0]
-            resp = parse_response_head(head, method, self.limits)
-            if resp.status < 200:
-                if resp.status == 101:
-                    self._methods.popleft()
-                    self._keep_alive = False
-                    self._state = "paused"
-                return Response(resp)  # interim: the final response follows (but after 101)
-            self._methods.popleft()
-            self._reader = BodyReader(resp.framing)
-            self._keep_alive = resp.keep_alive
-            event = Response(resp)
-        self._state = "body"
-        return event
+            self._state = _BODY
+            return Request(req)
+        resp = parse_response_head(head, self._methods[0], self.limits)
+        if resp.status < 200:  # interim: the final response follows, but not after a 101
+            if resp.status == 101:
+                self._methods.popleft()
+                self._state = _PAUSED
+            return Response(resp)
+        self._methods.popleft()
+        self._reader = BodyReader(resp.framing)
+        self._keep_alive = resp.keep_alive
+        self._state = _BODY
+        return Response(resp)
 
     def _body(self) -> object:
         reader = self._reader
-        assert reader is not None
         if not reader.done:
             if self._buf:
                 data, self._buf = self._buf, b""
-                out, done = reader.feed(data)
-                if not done and not out:
-                    return NEED_DATA
-                if out:
-                    if done:  # the end on the next call
-                        self._buf = reader.unused
-                        reader.unused = b""
-                    return Data(out)
+                out, done = self._feed(data)
             elif self._eof:
-                reader.feed(b"")  # raises unless read until close
+                out, done = b"", self._feed(b"")[1]  # refused unless read until close
             else:
                 return NEED_DATA
-        if not reader.done:
-            return NEED_DATA
-        self._buf = reader.unused + self._buf
-        reader.unused = b""
-        self._reader = None
-        if self._keep_alive:
-            self._state = "head"
-        else:
-            self._state = "paused"
+            if done:
+                self._buf = reader.unused
+            if out:
+                return Data(out)  # and EndOfMessage on the next call when done
+            if not done:
+                return NEED_DATA
+        self._state = _HEAD if self._keep_alive else _PAUSED
         return EndOfMessage(reader.trailers)
+
+    def _feed(self, data: bytes) -> tuple[bytes, bool]:
+        if self.role == SERVER:
+            return self._reader.feed(data)
+        try:
+            return self._reader.feed(data)
+        except HttpError as e:  # the upstream's body: 502 with the body's reason
+            raise HttpError(502, e.reason) from None
