@@ -378,3 +378,9 @@ def test_heads_equality_repr_and_header_setter():
         hash(again)
     built = ResponseHead((1, 1), 200, b"OK", [], Framing("close"), False)
     assert (built.connection_tokens, built.prefix, built.length) == (frozenset(), None, None)
+
+
+def test_get_on_the_full_route_reads_the_fields():
+    r = parse_request_head(b"GET / HTTP/1.0\r\nAuthorization: Basic x\r\n\r\n")
+    assert r.prefix is None and r.host == b"" and r.get(b"host") is None
+    assert r.get(b"authorization") == b"Basic x" and r.authorization is None
