@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
@@ -96,5 +97,7 @@ def test_paths_are_relative_to_the_file_and_values_typed(tmp_path):
 
 def test_models_are_frozen():
     cfg = from_dict(copy.deepcopy(BASE))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # a model: pydantic's ValidationError
+        cfg.auth.realm = "x"
+    with pytest.raises(dataclasses.FrozenInstanceError):  # Limits, Timeouts: pydantic dataclasses
         cfg.gateway.limits.max_body_bytes = 1

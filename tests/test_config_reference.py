@@ -52,7 +52,7 @@ def _documented(lines: list[str]) -> dict[str, set[str]]:
 
 def _models_of(annotation: object) -> list[tuple[type[BaseModel], str]]:
     """The table models in a field's type: (model, how its tables are named: "", "*" or "[]")."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or hasattr(annotation, "__pydantic_fields__")):
         return [(annotation, "")]
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is dict and len(args) == 2:

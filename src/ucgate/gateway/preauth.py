@@ -97,6 +97,10 @@ class PreAuthenticator:
         # (gateway.kerberos); None: Negotiate means NTLM only and Kerberos tokens are refused.
         self.kerberos = kerberos
         self.settings = settings
+        # read by authenticate_now on every keep-alive request: plain bools, not the settings
+        # model's attributes and StrEnum comparisons
+        self._tracing = settings.trace != TraceLevel.NONE
+        self._basic_offered = AuthMethod.BASIC in settings.methods
         self.rand = rand
         self.wallclock = wallclock
         self.device_id_of = device_id_of or (lambda req, service: None)
@@ -194,10 +198,10 @@ class PreAuthenticator:
         authz = req.get(b"authorization")
         if authz is None:
             return conn.identity
-        if self.settings.trace != TraceLevel.NONE:
+        if self._tracing:
             return None  # authenticate() logs the leg
         scheme, _, param = authz.partition(b" ")
-        if scheme.lower() != b"basic" or "basic" not in self.settings.methods:
+        if scheme.lower() != b"basic" or not self._basic_offered:
             return None
         memo = conn.auth_state if isinstance(conn.auth_state, _BasicMemo) else None
         if memo is None or not conn.tls:
