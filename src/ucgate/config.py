@@ -301,13 +301,20 @@ class Timeouts:
 
 
 def _health_listen(v: Any) -> Listen | None:
+    if v is None:
+        return None
     if not isinstance(v, tuple):
         _want(str, v)
     return _listen(v) if v else None
 
 
-class GatewayConfig(_Model):
-    _derived = frozenset({"listen_host", "listen_port"})
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))
+class GatewayConfig:
+    """``[gateway]`` (a pydantic dataclass, as Limits and Timeouts: read on the request path).
+    Its certificate (required unless plain_http or the id service) and proxy_protocol's
+    trusted_proxies are checked by :func:`from_dict`, so that ``dataclasses.replace`` works."""
+
+    _derived: ClassVar[frozenset[str]] = frozenset({"listen_host", "listen_port"})
 
     listen: ListenAddr = Listen("0.0.0.0", 443)
     tls_cert: RelPath | None = None
@@ -320,9 +327,9 @@ class GatewayConfig(_Model):
     proxy_protocol: Bool = False
     # (host, port) of the /healthz and /readyz listener (plain HTTP), or None
     health_listen: Annotated[tuple[str, int] | None, PlainValidator(_health_listen)] = None
-    limits: Limits = Limits()
-    timeouts: Timeouts = Timeouts()
-    listen_host: str = "0.0.0.0"
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    listen_host: str = "0.0.0.0"  # of listen
     listen_port: int = 443
 
     @field_validator("identity_header")
@@ -332,19 +339,18 @@ class GatewayConfig(_Model):
             raise ValueError("must be a header name (letters, digits, '-')")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_derived_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and "base" in (info.context or {}):
+            for k in sorted(cls._derived & data.keys()):
+                raise _Bad(k, UNKNOWN_SETTING)
+        return data
+
     @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> GatewayConfig:
-        if "listen" in self.model_fields_set:
-            self._set(listen_host=self.listen.host, listen_port=self.listen.port)
-        if not self.plain_http and (info.context or {}).get("role", "gateway") != "id-service":
-            for k, p in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
-                if p is None:
-                    raise _Bad(k, "required unless plain_http = true (labs only)")
-                if not p.is_file():
-                    raise _Bad(k, f"no such file: {p}")
-        if self.proxy_protocol and not self.trusted_proxies:
-            raise _Bad("proxy_protocol", "needs trusted_proxies: the balancers' addresses, the only "
-                       "peers whose PROXY header is read")
+    def _derive(self) -> GatewayConfig:
+        object.__setattr__(self, "listen_host", self.listen.host)
+        object.__setattr__(self, "listen_port", self.listen.port)
         return self
 
 
@@ -894,8 +900,7 @@ def _table(v: Any) -> dict[str, Any]:
 class ConfigFile(_Model):
     """The file's top level: every table and its model."""
 
-    # validated when absent too: its certificate is required (unless plain_http or the id service)
-    gateway: GatewayConfig = Field(default_factory=dict, validate_default=True)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     upstreams: dict[str, Upstream] = Field(default_factory=dict)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     auth: AuthConfig = AuthConfig()
@@ -1042,6 +1047,16 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
     def fail(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{file}: {key}: {msg}")
 
+    gw = f.gateway
+    if not gw.plain_http and role != "id-service":
+        for k, p in (("tls_cert", gw.tls_cert), ("tls_key", gw.tls_key)):
+            if p is None:
+                raise fail(f"gateway.{k}", "required unless plain_http = true (labs only)")
+            if not p.is_file():
+                raise fail(f"gateway.{k}", f"no such file: {p}")
+    if gw.proxy_protocol and not gw.trusted_proxies:
+        raise fail("gateway.proxy_protocol", "needs trusted_proxies: the balancers' addresses, the only "
+                   "peers whose PROXY header is read")
     for n, up in f.upstreams.items():
         up._set(name=n)
     if not f.upstreams and role != "id-service":

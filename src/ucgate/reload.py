@@ -104,10 +104,10 @@ class Reloader:
             plan.tls = _load_tls(new)
             plan.applied.append("gateway.tls_cert")
         if _without_tls(gw_old) != _without_tls(gw_new):
-            plan.restart.extend(f"gateway.{name}" for name in type(gw_old).model_fields
-                                if name not in ("tls_cert", "tls_key")
-                                and getattr(gw_old, name) != getattr(gw_new, name))
-        gateway = gw_old.model_copy(update={"tls_cert": gw_new.tls_cert, "tls_key": gw_new.tls_key}) \
+            plan.restart.extend(f"gateway.{f.name}" for f in dataclasses.fields(gw_old)
+                                if f.name not in ("tls_cert", "tls_key")
+                                and getattr(gw_old, f.name) != getattr(gw_new, f.name))
+        gateway = dataclasses.replace(gw_old, tls_cert=gw_new.tls_cert, tls_key=gw_new.tls_key) \
             if plan.tls is not None else gw_old
         devices = old.devices
         dv_old, dv_new = old.devices, new.devices
@@ -166,7 +166,7 @@ class Reloader:
 
 
 def _without_tls(gw: Any) -> Any:
-    return gw.model_copy(update={"tls_cert": None, "tls_key": None})
+    return dataclasses.replace(gw, tls_cert=None, tls_key=None)
 
 
 def _policy_of(dc: Any) -> dict[str, Any]:
