@@ -723,3 +723,43 @@ def test_misuse_messages():
         Connection("proxy")
     with pytest.raises(ValueError, match="^unknown framing 'gzip'$"):
         BodyReader(Framing("gzip"))
+
+
+@st.composite
+def _response(draw):
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST"]))
+    status = draw(st.sampled_from([200, 204, 304, 404, 500]))
+    kind = draw(st.sampled_from(["length", "chunked"]))
+    body = draw(_payload)
+    bodiless = method == b"HEAD" or status in (204, 304)
+    if kind == "length":
+        fields, wire = b"Content-Length: %d\r\n" % len(body), body
+    else:
+        fields, wire = b"Transfer-Encoding: chunked\r\n", (encode_chunk(body) if body else b"") + b"0\r\n\r\n"
+    head = b"HTTP/1.1 %d X\r\nServer: t\r\n%b\r\n" % (status, fields)
+    return method, head, (b"" if bodiless else body), (b"" if bodiless else wire)
+
+
+@settings(max_examples=FUZZ * 4, deadline=None)
+@given(st.lists(_response(), min_size=1, max_size=3), st.lists(st.integers(0, 2000), max_size=8))
+def test_client_split_responses_give_the_one_shot_events(responses, cuts):
+    data = b"".join(head + wire for _, head, _, wire in responses)
+    want: list = []
+    for method, head, body, _ in responses:
+        want.append(Response(parse_response_head(head, method)))
+        if body:
+            want.append(Data(body))
+        want.append(EndOfMessage([]))
+    want.append(ConnectionClosed())
+    for pieces in ([], [c % (len(data) + 1) for c in cuts]):
+        conn = Connection(CLIENT)
+        for method, *_ in responses:
+            conn.send_request(method)
+        got = split_events(conn, data, pieces)
+        assert [type(e) for e in got] == [type(e) for e in want]
+        for g, w in zip(got, want, strict=True):
+            if isinstance(w, Response):
+                keys = ("status", "reason", "headers", "framing", "keep_alive")
+                assert [getattr(g.head, k) for k in keys] == [getattr(w.head, k) for k in keys]
+            else:
+                assert g == w
