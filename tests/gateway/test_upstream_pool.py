@@ -59,7 +59,7 @@ def test_idle_limit_and_lifo():
             p.release(x)
         assert c.stream.is_closing() and not a.stream.is_closing()  # over the limit: closed
         got = p.take_idle()
-        assert got is b and got.reused
+        assert got is b
         assert p.take_idle() is a and p.take_idle() is None
     run(main())
 
@@ -79,19 +79,24 @@ def test_not_reusable_or_closed_is_not_kept():
     run(main())
 
 
-def test_keepalive_expiry(monkeypatch):
+def test_keepalive_expiry():
     async def main():
         loop = asyncio.get_running_loop()
-        now = [1000.0]
-        monkeypatch.setattr(upstream_mod, "_monotonic", lambda: now[0])
-        p = pool(keepalive_expiry=60.0)
-        a = connection(loop)
+        p = pool(keepalive_expiry=0.2)
+        a, b = connection(loop), connection(loop)
         p.release(a)
-        now[0] += 59.0
-        assert p.take_idle() is a
-        p.release(a)
-        now[0] += 61.0
-        assert p.take_idle() is None and a.stream.is_closing()  # idle too long: closed, not used
+        p.release(b)
+        await asyncio.sleep(0.13)  # one sweep: both marked
+        assert p.take_idle() is b  # used: unmarked when it comes back
+        p.release(b)
+        await asyncio.sleep(0.1)  # the next sweep: a was idle since the last one
+        assert a.stream.is_closing() and not b.stream.is_closing()
+        await asyncio.sleep(0.1)
+        assert b.stream.is_closing() and p.take_idle() is None  # idle too long: closed, not used
+        assert p._sweeper is None  # nothing idle: no timer
+        p.release(connection(loop))
+        p.close()
+        assert p._sweeper is None
     run(main())
 
 

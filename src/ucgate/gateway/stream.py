@@ -58,7 +58,7 @@ class Stream(asyncio.Protocol):
     # no instance dict: one of these per idle client connection (bench/idle.py)
     __slots__ = (
         "loop", "limit", "transport", "_on_connect", "task", "on_data", "on_deadline", "on_lost", "_scan",
-        "_over_ssl", "_buf", "_eof", "_exc", "_lost", "_waiter", "_reading_paused", "_writing_paused",
+        "_over_ssl", "_buf", "_eof", "_exc", "_lost", "_waiter", "_reading_paused", "writing_paused",
         "_drain_waiter", "_deadline", "_timer", "_timer_at", "__weakref__",
     )
 
@@ -89,7 +89,9 @@ class Stream(asyncio.Protocol):
         self._lost = False
         self._waiter: asyncio.Future | None = None
         self._reading_paused = False
-        self._writing_paused = False
+        # the transport's write buffer is over its high-water mark (the peer is not reading);
+        # public, read-only for users (session.py reads it per request: no property call)
+        self.writing_paused = False
         self._drain_waiter: asyncio.Future | None = None
         self._deadline = _NO_DEADLINE
         self._timer: asyncio.TimerHandle | None = None
@@ -145,10 +147,10 @@ class Stream(asyncio.Protocol):
             on_lost(exc)
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         w = self._drain_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -161,7 +163,7 @@ class Stream(asyncio.Protocol):
         """Wait while the transport's write buffer is over its high-water mark (raises if the
         connection was lost). Nearly always there is nothing to wait for: then it returns a
         ready awaitable instead of creating a coroutine, once per request on the hot path."""
-        if self._exc is None and not self._lost and not self._writing_paused:
+        if self._exc is None and not self._lost and not self.writing_paused:
             return _READY
         return self._drain()
 
@@ -170,7 +172,7 @@ class Stream(asyncio.Protocol):
             raise self._exc
         if self._lost:
             raise ConnectionResetError("Connection lost")
-        if not self._writing_paused:
+        if not self.writing_paused:
             return
         self._drain_waiter = self.loop.create_future()
         try:
@@ -200,11 +202,6 @@ class Stream(asyncio.Protocol):
     def eof(self) -> bool:
         """The peer closed its side (or the connection is gone); data may still be buffered."""
         return self._eof
-
-    @property
-    def writing_paused(self) -> bool:
-        """The transport's write buffer is over its high-water mark (the peer is not reading)."""
-        return self._writing_paused
 
     def has_input(self) -> bool:
         """Something to act on without waiting: buffered data or the peer's EOF."""

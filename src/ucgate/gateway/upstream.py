@@ -4,7 +4,8 @@ Shaped like httpcore: the pool hands out connections and takes them back (``asyn
 pool.connection() as up:``, returned on exit, or closed on an exception or when the connection
 may not be reused: the response was not keep-alive, its body not read); a connection knows
 whether it may be reused; idle connections are kept up to a limit and for at most
-``keepalive_expiry`` seconds; every wait has an explicit timeout. A pool also holds the
+``keepalive_expiry`` seconds (a sweep every half of it: no clock read per request); every wait
+has an explicit timeout. A pool also holds the
 per-user pools of its upstream (``for_user``: front ends that authenticate the connection,
 NTLM), and ``close`` closes them all (``Gateway.stop``).
 """
@@ -30,7 +31,6 @@ _READ_LIMIT = 1 << 17
 # keep-alive connections themselves (nginx after 75 s, IIS after 120 s), and a request with a
 # body cannot be retried on a connection found dead.
 KEEPALIVE_EXPIRY = 60.0
-_monotonic = time.monotonic
 # Per-user pools (BackendAuth.pool_key: front ends that authenticate the connection, NTLM): at
 # most this many per upstream (least recently used closed first), each keeping at most
 # USER_POOL_IDLE_CONNECTIONS idle connections, and a pool unused this long is closed.
@@ -51,14 +51,14 @@ class UpstreamError(Exception):
 class UpstreamConnection:
     """One TCP/TLS connection to an upstream."""
 
-    __slots__ = ("stream", "reusable", "requests", "reused", "idle_since")
+    __slots__ = ("stream", "reusable", "requests", "reused", "stale")
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.reusable = True
         self.requests = 0
-        self.reused = False  # handed out from the idle connections (may have been closed since)
-        self.idle_since = 0.0  # time.monotonic() when it was last given back
+        self.reused = False  # handed out by ``acquire`` from the idle ones (may have been closed since)
+        self.stale = False  # idle when the pool last swept its idle connections
 
     def is_idle_usable(self) -> bool:
         # An idle connection the upstream closed shows EOF (or buffered bytes, which would be
@@ -93,6 +93,7 @@ class UpstreamPool:
         # pool key -> (pool, last use): per-user connections, LRU-bounded (``for_user``)
         self.user_pools: OrderedDict[str, tuple[UpstreamPool, float]] = OrderedDict()
         self.closed = False
+        self._sweeper: asyncio.TimerHandle | None = None  # the next keep-alive expiry sweep
 
     def connection(self, conn: UpstreamConnection | None = None) -> _Lease:
         """``async with pool.connection() as up:`` a connection (``up.reused``: from the idle
@@ -106,6 +107,7 @@ class UpstreamPool:
         to have been closed by the upstream; the caller may retry a safe request once)."""
         conn = self.take_idle()
         if conn is not None:
+            conn.reused = True
             return conn, True
         return await self._connect(), False
 
@@ -114,13 +116,10 @@ class UpstreamPool:
         idle = self._idle
         if not idle:
             return None
-        oldest = _monotonic() - self.keepalive_expiry
         while idle:
             conn = idle.pop()
             s = conn.stream  # is_idle_usable(), inlined (Stream's fields): this is on the fast path
-            if conn.reusable and not s._eof and not s._buf and not s.is_closing() \
-                    and conn.idle_since >= oldest:
-                conn.reused = True
+            if conn.reusable and not s._eof and not s._buf and not s.is_closing():
                 return conn
             conn.close()
         return None
@@ -152,11 +151,36 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Give ``conn`` back: kept idle when it may be reused and there is room, else closed."""
-        if conn.reusable and len(self._idle) < self.limit and not self.closed and not conn.stream.is_closing():
-            conn.idle_since = _monotonic()
+        if conn.reusable and len(self._idle) < self.limit and not conn.stream.is_closing():
+            conn.stale = False
             self._idle.append(conn)
+            if self._sweeper is None:
+                self._sweep_later()
         else:
             conn.close()
+
+    def _sweep_later(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # given back outside a loop (tests): no expiry
+            return
+        self._sweeper = loop.call_later(self.keepalive_expiry / 2, self._sweep)
+
+    def _sweep(self) -> None:
+        """Keep-alive expiry without reading a clock per request: every half expiry, close the
+        idle connections that were already idle at the previous sweep (so each is closed after
+        between half and all of ``keepalive_expiry`` unused) and mark the others."""
+        self._sweeper = None
+        kept: deque[UpstreamConnection] = deque()
+        for conn in self._idle:
+            if conn.stale:
+                conn.close()
+            else:
+                conn.stale = True
+                kept.append(conn)
+        self._idle = kept
+        if kept and not self.closed:
+            self._sweep_later()
 
     def for_user(self, key: str) -> UpstreamPool:
         """The per-user pool ``key`` of this upstream (LRU of USER_POOLS_MAX pools; pools idle
@@ -181,6 +205,10 @@ class UpstreamPool:
         """Close the idle connections and the per-user pools; connections handed out are
         closed when they come back."""
         self.closed = True
+        self.limit = 0  # what comes back now is closed (``release``)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         while self._idle:
             self._idle.pop().close()
         for pool, _ in self.user_pools.values():
