@@ -2,7 +2,8 @@
 request inside protocol callbacks.
 
 Why two paths. The request pipeline (gateway/pipeline.py, ``STAGES``: recognise → OAuth
-intercept → device facts → authenticate → decide → backend credentials → forward) is a coroutine, because authentication, the device gate and the backend mode may wait
+intercept → device facts → authenticate → decide → backend credentials → forward) is a
+coroutine, because authentication, the device gate and the backend mode may wait
 for the id service, the directory or a KDC, and bodies of any size are streamed. Run for every
 request, a coroutine costs task wake-ups, futures and frames that dominated the proxy's CPU per
 request (bench/README.md). Most requests need none of that: no body, a service that is
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING
 from .. import metrics
 from ..logs import REQUEST_ID_HEADER, begin_request, new_request_id
 from ..protocols import http1
-from ..protocols.http1 import HttpError, RequestHead
+from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.sfb import Service, split_target
 from . import pipeline
 from .body import RequestBody
@@ -69,8 +70,8 @@ class ClientSession:
 
     __slots__ = (
         "gw", "stream", "conn", "loop",
-        # the fast request in flight (None when there is none), and its head as received
-        "req", "up", "pool", "service", "path", "started", "head",
+        # the fast request in flight (None when there is none)
+        "req", "up", "pool", "service", "path", "started",
         # who sent it (None: an anonymous service), and its device when the device gate decided
         "identity", "device",
         # loop.time() when the fast request was written upstream (ucgate_upstream_response_seconds)
@@ -87,8 +88,7 @@ class ClientSession:
         self.stream = stream
         self.conn = conn
         self.loop = stream.loop
-        self.req: RequestHead | http1.SimpleRequest | None = None
-        self.head = b""
+        self.req: RequestHead | None = None
         self.forwarded: bytes | None = None
         self.ident_user: str | None = None
         self.ident_line = b""
@@ -140,15 +140,15 @@ class ClientSession:
             s.on_data = None
             s.set_deadline(_NO_DEADLINE)
             gw = self.gw
-            simple = http1.simple_request(head, gw.limits, gw.request_specials)
-            if simple is not None and self._forward_fast(simple, head):
-                return
-            try:
-                req = http1.parse_request_head(head, gw.limits)
+            try:  # the common shape takes the parser's common route: ``prefix`` set
+                req = http1.parse_request_head(head, gw.limits, gw.request_specials)
             except HttpError as e:
                 self._refuse_now(e)
                 return
-            if not self._forward_fast(req, head):
+            simple = req.prefix is not None
+            if simple and self._forward_fast(req, True):
+                return
+            if not self._forward_fast(req, False):
                 self._run(gw.handle(self.conn, req, s))
         except Exception:  # never let one connection take the process (or the loop) down
             self._internal_error()
@@ -228,12 +228,11 @@ class ClientSession:
             s.close()
 
     # --- the fast path --------------------------------------------------------------------
-    def _forward_fast(self, req: RequestHead | http1.SimpleRequest, head: bytes) -> bool:
-        """Send ``req`` (parsed from ``head``) upstream from here if it needs nothing the
+    def _forward_fast(self, req: RequestHead, simple: bool) -> bool:
+        """Send ``req`` upstream from here if it needs nothing the
         pipeline waits for; False (nothing done) otherwise. Every check is
-        ``Gateway.handle`` (gateway/pipeline.py)'s, in its order, made by the same functions."""
-        simple = type(req) is http1.SimpleRequest
-        if not simple and req.framing.kind != "none":  # type: ignore[union-attr]
+        the pipeline's (gateway/pipeline.py), in its order, made by the same functions."""
+        if not simple and req.framing.kind != "none":
             return False
         gw = self.gw
         if not gw.fast_path:
@@ -301,7 +300,6 @@ class ClientSession:
         self.req, self.up, self.pool, self.service, self.path = req, up, pool, service, path
         self.identity = identity
         self.device = identity.device_id if decided else None  # type: ignore[union-attr]
-        self.head = head
         self.started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
         us = up.stream
         us.on_data = self._on_upstream_data
@@ -355,13 +353,12 @@ class ClientSession:
                 if us.eof:
                     self._upstream_gone()
                 return
-            simple = http1.simple_response(head, req.method, gw.limits)
-            if simple is not None and simple.length <= SMALL_BODY and self._answer_simple(simple):
-                return
-            try:
+            try:  # the common shape takes the parser's common route: ``prefix`` and ``length`` set
                 resp = http1.parse_response_head(head, req.method, gw.limits)
             except HttpError as e:
                 self._upstream_failed(UpstreamError(e.reason, e.detail))
+                return
+            if resp.prefix is not None and resp.length <= SMALL_BODY and self._answer_simple(resp):  # type: ignore[operator]
                 return
             if resp.status == 101:
                 self._upstream_failed(UpstreamError("upstream-protocol-switch"))
@@ -386,8 +383,8 @@ class ClientSession:
         self._answered(pool, service, resp.status)
         self._answer(resp.keep_alive, head_out + data if data else head_out, keep)
 
-    def _answer_simple(self, resp: http1.SimpleResponse) -> bool:
-        """Send a response in the common shape (``http1.simple_response``) whose body is
+    def _answer_simple(self, resp: ResponseHead) -> bool:
+        """Send a response of the parser's common route (``prefix`` set) whose body is
         buffered already; False (nothing done) when it is not."""
         up, req = self.up, self.req
         assert up is not None and req is not None
@@ -425,7 +422,7 @@ class ClientSession:
         metrics.count_request(service.name if service else None, status)
 
     def _task_context(self, service: Service) -> None:
-        """This task's log context (ucgate.logs), as ``Gateway.handle`` (gateway/pipeline.py) sets it."""
+        """This task's log context (ucgate.logs), as ``pipeline.run`` sets it."""
         ctx = begin_request(self.conn.request_id, self.conn.peer_host)
         ctx["service"] = service.name
         if self.identity is not None:
@@ -457,12 +454,10 @@ class ClientSession:
         self._release_upstream(close=True)
         self._run(self._forward_again(req, pool, service, self.identity))
 
-    async def _forward_again(self, req: RequestHead | http1.SimpleRequest, pool: UpstreamPool,
+    async def _forward_again(self, req: RequestHead, pool: UpstreamPool,
                              service: Service, identity: Identity | None) -> bool:
         gw = self.gw
         self._task_context(service)
-        if type(req) is http1.SimpleRequest:  # the pipeline needs every field
-            req = http1.parse_request_head(self.head, gw.limits)
         ex = Exchange(self.conn, req, self.stream, RequestBody(req, self.stream, gw.gw.timeouts.body_read))
         ex.path, ex.service, ex.pool, ex.identity = self.path, service, pool, identity
         ex.max_body = gw.max_body_of(service)
