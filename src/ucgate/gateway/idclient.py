@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 
 from .. import metrics
+from ..errors import UcgateError
 from ..id.api import (
     AccountBody,
     AttemptContext,
@@ -88,12 +89,11 @@ CALL_TIMEOUT = 8.0
 RECONNECT_MIN, RECONNECT_MAX = 0.2, 5.0
 
 
-class IdServiceError(Exception):
+class IdServiceError(UcgateError):
     """The id service could not answer (transport, status, or body); ``reason`` for the log."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reason = reason
 
 
 def _answer(model: type[W], r: httpx.Response) -> W:

@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import UcgateError
 from ..protocols.keytab import (  # noqa: F401 - re-exported (the lab, older callers)
     ENCTYPES,
     SUPPORTED_ETYPE_BITS,
@@ -90,13 +91,11 @@ _MESSAGE_REASONS = (
     ("decrypt", "krb-bad-integrity"),
 )
 
-class KerberosError(Exception):
+class KerberosError(UcgateError):
     """A refused Kerberos token; ``reason`` is a short code for the log and the audit trail."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
 
 
 def gss_reason(exc: BaseException, default: str = "krb-refused") -> str:

@@ -72,6 +72,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import metrics
+from ..errors import UcgateError
 from ..id.api import AttemptContext, Method, SipAttemptRequest, SipOutcome, SipSettle
 from ..logs import begin_request
 from ..protocols.devices import DeviceFacts
@@ -114,14 +115,14 @@ _CREDENTIAL_FIELDS = frozenset({"authorization", "proxy-authorization"})
 _SCHEME_RE = re.compile(rb"(?i)(?:NTLM|Kerberos|TLS-DSK)[ \t]")
 
 
-class Refusal(Exception):
+class Refusal(UcgateError):
     """What the relay answers (or, without a message to answer, just closes with)."""
 
     def __init__(self, status: int, reason: str, text: str = "", *, diag: int = DIAG_WHO,
                  retry_after: float = 0.0, audited: bool = False, detail: str = "") -> None:
-        super().__init__(f"{status} {reason}")
-        self.status, self.reason, self.text, self.diag = status, reason, text or reason, diag
-        self.retry_after, self.audited, self.detail = retry_after, audited, detail
+        super().__init__(reason, detail, message=f"{status} {reason}")
+        self.status, self.text, self.diag = status, text or reason, diag
+        self.retry_after, self.audited = retry_after, audited
 
 
 def local_answer(request: SipMessage, status: int, text: str, *, diag: int = DIAG_WHO,

@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics
+from ..errors import UcgateError
 from ..policy.account import check_sign_in
 from ..policy.lockout import BudgetDecision, Outcome, Reservation, ip_key
 from ..policy.twofactor import Mode
@@ -64,10 +65,11 @@ def _outcome(verdict: Verdict) -> Outcome:
     return Outcome.NOT_A_GUESS if verdict.reason in _NOT_A_GUESS else Outcome.FAILURE
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(UcgateError):
     """The store could not be reached (or failed) during a sign-in."""
 
-    reason = "store-unavailable"
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("store-unavailable", detail, message=detail or "store-unavailable")
 
 
 @dataclass(frozen=True, slots=True)

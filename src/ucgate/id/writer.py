@@ -30,6 +30,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from ..errors import UcgateError
 from ..store import AuditRecord
 from .audit import with_id
 
@@ -42,10 +43,11 @@ MAX_WAIT = 2.0  # how long a sign-in waits for room in a full queue
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
 
-class WriterBusy(Exception):
+class WriterBusy(UcgateError):
     """The queue stayed full for ``max_wait``: the store cannot keep up (or is down)."""
 
-    reason = "store-unavailable"
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("store-unavailable", detail, message=detail or "store-unavailable")
 
 
 class SignInWriter:
