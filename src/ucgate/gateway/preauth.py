@@ -12,12 +12,12 @@ the same connection need no header. A new connection starts over. Basic is verif
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import logging
-import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -69,7 +69,7 @@ class PreAuthSettings(AuthConfig):
 @dataclass
 class _NtlmHandshake:
     scheme: bytes  # b"ntlm" or b"negotiate"
-    acceptor: object  # ntlm_proto.NtlmAcceptor or spnego_proto.SpnegoNtlmAcceptor
+    acceptor: ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor
     started: float
 
 
@@ -268,10 +268,11 @@ class PreAuthenticator:
     def _extended_protection(self, conn: ClientConnection) -> str:
         return self.settings.extended_protection if conn.tls else ExtendedProtection.OFF
 
-    def _new_acceptor(self, conn: ClientConnection, scheme: bytes):
+    def _new_acceptor(self, conn: ClientConnection,
+                      scheme: bytes) -> ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor:
         s = self.settings
         ep = self._extended_protection(conn)
-        kwargs = dict(
+        acceptor = ntlm_proto.NtlmAcceptor(
             server_challenge=self.rand(8),
             now=ntlm_proto.filetime(self.wallclock()),
             netbios_domain=s.netbios_domain,
@@ -282,7 +283,6 @@ class PreAuthenticator:
             extended_protection=ep,
             max_clock_skew=s.max_clock_skew,
         )
-        acceptor = ntlm_proto.NtlmAcceptor(**kwargs)
         if scheme == b"negotiate":
             return spnego_proto.SpnegoNtlmAcceptor(acceptor)
         return acceptor
@@ -310,10 +310,13 @@ class PreAuthenticator:
                 hs = _NtlmHandshake(scheme, self._new_acceptor(conn, scheme), self.wallclock())
                 conn.auth_state = hs
             acceptor = hs.acceptor
-            inner = acceptor.ntlm if scheme == b"negotiate" else acceptor
+            inner = acceptor.ntlm if isinstance(acceptor, spnego_proto.SpnegoNtlmAcceptor) else acceptor
             if inner.state != "challenged":
                 # CHALLENGE leg (twice under SPNEGO when NTLM was not the client's first mech)
-                out = acceptor.step(token) if scheme == b"negotiate" else acceptor.challenge(token)
+                if isinstance(acceptor, spnego_proto.SpnegoNtlmAcceptor):
+                    out = acceptor.step(token)
+                else:
+                    out = acceptor.challenge(token)
                 challenge_header = name_b + b" " + base64.b64encode(out)
                 self._trace(conn, "gateway", challenge_header)
                 return AuthOutcome(
@@ -346,7 +349,7 @@ class PreAuthenticator:
                 if answer.result is None:
                     raise ntlm_proto.NtlmError("bad-argument", "verdict without a session key")
                 acceptor.adopt(answer.result)
-                if scheme == b"negotiate":
+                if isinstance(acceptor, spnego_proto.SpnegoNtlmAcceptor):
                     final = acceptor.final_token()
             except (ntlm_proto.NtlmError, spnego_proto.SpnegoError) as e:
                 # Verified by the id service (which recorded an allow), refused here: the

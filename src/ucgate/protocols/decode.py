@@ -49,8 +49,8 @@ import textwrap
 import unicodedata
 from typing import Any
 
-from . import ntlm, sipauth, spnego
 from ..errors import UcgateError
+from . import ntlm, sipauth, spnego
 from .ntlm import AvFlags, AvId, NegotiateFlags, NtlmError
 from .sip import SipError
 

@@ -44,7 +44,12 @@ def make_context(ids: Any, *, web: WebConfig | None = None, config: Any = None, 
 
         devices = open_device_service(config, ids)
     if tokens is None:
-        tokens = tokens_for(config) if config is not None else ApiTokens(web.api_tokens_file)
+        if config is not None:
+            tokens = tokens_for(config)
+        elif web.api_tokens_file is not None:
+            tokens = ApiTokens(web.api_tokens_file)
+        else:  # Path(None) raised a TypeError here
+            raise ValueError("[web] api_tokens_file is needed without a configuration")
     console = Console(ids, devices, web, config=config, live_users=live_users)
     sessions = SessionStore(idle_timeout=web.idle_timeout, lifetime=web.session_lifetime)
     return WebContext(console, sessions, web, tokens, make_env())
@@ -88,11 +93,12 @@ def web_server(config: Any, app: Any):
     key = w.tls_key or config.gateway.tls_key
     if cert is None or key is None:
         raise ValueError("[web] needs tls_cert and tls_key (or the gateway's): sessions use Secure cookies")
+    # JSON logs: uvicorn's own logging configuration off, ours (ucgate.logs) formats its lines
+    log_config = None if getattr(config, "log_format", LogFormat.TEXT) == LogFormat.JSON else uvicorn.config.LOGGING_CONFIG
     return uvicorn.Server(uvicorn.Config(
         app, host=w.listen_host, port=w.listen_port, ssl_certfile=str(cert), ssl_keyfile=str(key),
         log_level=config.log_level, lifespan="off", access_log=False, server_header=False,
-        proxy_headers=False, timeout_graceful_shutdown=2,
-        **({"log_config": None} if getattr(config, "log_format", LogFormat.TEXT) == LogFormat.JSON else {})))
+        proxy_headers=False, timeout_graceful_shutdown=2, log_config=log_config))
 
 
 def node_web_server(config: Any, ids: Any, *, devices: Any = None, live_users: Any = None,

@@ -56,7 +56,7 @@ class Forbidden(PermissionError):
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def device_json(r: PartnershipRecord) -> dict[str, Any]:
@@ -376,10 +376,11 @@ class Console:
     # --- dashboard, rules, settings -----------------------------------------------------------
     def activity(self, hours: int = 24) -> list[dict[str, Any]]:
         """Sign-ins and denials per hour over the last ``hours`` (from the audit log)."""
-        now = dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC).replace(minute=0, second=0, microsecond=0)
         start = now - dt.timedelta(hours=hours - 1)
-        buckets = [{"hour": (start + dt.timedelta(hours=i)).isoformat(), "sign_ins": 0, "denials": 0}
-                   for i in range(hours)]
+        buckets: list[dict[str, Any]] = [
+            {"hour": (start + dt.timedelta(hours=i)).isoformat(), "sign_ins": 0, "denials": 0}
+            for i in range(hours)]
         for e in self.audit.tail(AUDIT_SCAN):
             if e.action not in ("sign-in", "device-check") or e.at < start:
                 continue

@@ -70,7 +70,7 @@ class ApiTokens:
         if not label:
             raise ValueError("label: required (what the token is for)")
         tid, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        tok = ApiToken(tid, role, label, dt.datetime.now(dt.timezone.utc).isoformat(),
+        tok = ApiToken(tid, role, label, dt.datetime.now(dt.UTC).isoformat(),
                        sha256=_hash(secret))
         with self._lock:
             tokens = self._load()
@@ -87,7 +87,7 @@ class ApiTokens:
             t = tokens.get(tid)
             if t is None:
                 return False
-            tokens[tid] = ApiToken(**{**asdict(t), "revoked_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+            tokens[tid] = ApiToken(**{**asdict(t), "revoked_at": dt.datetime.now(dt.UTC).isoformat()})
             self._save(tokens)
         return True
 
