@@ -384,3 +384,45 @@ def test_get_on_the_full_route_reads_the_fields():
     r = parse_request_head(b"GET / HTTP/1.0\r\nAuthorization: Basic x\r\n\r\n")
     assert r.prefix is None and r.host == b"" and r.get(b"host") is None
     assert r.get(b"authorization") == b"Basic x" and r.authorization is None
+
+
+def test_common_route_authorization_and_connection_in_any_order():
+    from ucgate.protocols.http1 import DEFAULT_LIMITS, request_special_re
+
+    sp = request_special_re(frozenset())
+    for fields, without in (
+        (b"Connection: close\r\nAuthorization: Basic QX\r\nX: 1\r\n", b"X: 1\r\n"),
+        (b"Authorization:  Basic QX \r\nX: 1\r\nConnection: close\r\n", b"X: 1\r\n"),
+        (b"X: 1\r\nAuthorization: Basic QX\r\n", b"X: 1\r\n"),
+    ):
+        head = b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n"
+        r = parse_request_head(head, DEFAULT_LIMITS, sp)
+        assert r.authorization == b"Basic QX" and r.get(b"authorization") == b"Basic QX"
+        assert r.prefix_authenticated == b"GET / HTTP/1.1\r\nHost: a\r\n" + without
+        assert r.prefix == b"GET / HTTP/1.1\r\nHost: a\r\n" + fields.replace(b"Connection: close\r\n", b"")
+        assert r.connection_tokens == (frozenset({b"close"}) if b"Connection" in fields else frozenset())
+        assert r.keep_alive is (b"Connection" not in fields)
+    # a second Authorization: the full route
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n"
+    r = parse_request_head(head, DEFAULT_LIMITS, sp)
+    assert r.prefix is None and r.authorization is None and r.get(b"authorization") == b"a"
+
+
+def test_response_routes_types_limits_and_keep_alive():
+    from ucgate.protocols.http1 import Limits, ResponseHead
+
+    head = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    common = parse_response_head(head, b"GET")
+    assert type(common) is ResponseHead and common.prefix is not None
+    assert common.connection_tokens == frozenset({b"close"}) and common.keep_alive is False
+    full = parse_response_head(head, b"GET", full=True)
+    assert type(full) is ResponseHead and full.prefix is None and full.length is None
+    assert full.connection_tokens == frozenset({b"close"}) and full.keep_alive is False
+    assert parse_response_head(head, b"GET", Limits(max_header_bytes=len(head)), full=True).status == 200
+    with pytest.raises(HttpError) as e:
+        parse_response_head(head, b"GET", Limits(max_header_bytes=len(head) - 1), full=True)
+    assert (e.value.status, e.value.reason, e.value.detail) == (502, "bad-upstream-response",
+                                                                "upstream-header-too-large")
+    keep = parse_response_head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", b"GET",
+                               full=True)
+    assert keep.keep_alive is True and keep.connection_tokens == frozenset({b"keep-alive"})

@@ -267,9 +267,10 @@ class ResponseHead:
 
 
 def _common_fields(raw: bytes | None) -> list[tuple[bytes, bytes]]:
-    """The field list of a head the common route accepted (every line well-formed)."""
+    """The field list of a head the common route accepted (every line well-formed; its start
+    line never matches: a method is followed by a space, "HTTP/1.1" holds a "/")."""
     assert raw is not None
-    return _FIELD_LINE_RE.findall(raw, raw.index(b"\r\n") + 1)
+    return _FIELD_LINE_RE.findall(raw)
 
 
 @dataclass(frozen=True, slots=True)
