@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from .. import metrics
 from ..logs import REQUEST_ID_HEADER, begin_request, new_request_id
 from ..protocols import http1
-from ..protocols.http1 import HttpError, RequestHead, ResponseHead
+from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
 from . import pipeline
 from .body import RequestBody
@@ -70,8 +70,8 @@ class ClientSession:
 
     __slots__ = (
         "gw", "stream", "conn", "loop",
-        # the fast request in flight (None when there is none)
-        "req", "up", "pool", "service", "path", "started",
+        # the fast request in flight (None when there is none), and its head as received
+        "req", "up", "pool", "service", "path", "started", "head",
         # who sent it (None: an anonymous service), and its device when the device gate decided
         "identity", "device",
         # loop.time() when the fast request was written upstream (ucgate_upstream_response_seconds)
@@ -88,7 +88,8 @@ class ClientSession:
         self.stream = stream
         self.conn = conn
         self.loop = stream.loop
-        self.req: RequestHead | None = None
+        self.req: RequestHead | http1.SimpleRequest | None = None
+        self.head = b""
         self.forwarded: bytes | None = None
         self.ident_user: str | None = None
         self.ident_line = b""
@@ -110,9 +111,8 @@ class ClientSession:
     def start(self) -> None:
         """Wait for the first request head (``header_read``)."""
         s = self.stream
-        s.on_data = self._on_client_data
-        s.set_deadline(self.loop.time() + self.gw.gw.timeouts.header_read)
-        if s.has_input():  # what came with a PROXY header (gateway/preamble.py)
+        if s.listen(self._on_client_data, self.loop.time() + self.gw.gw.timeouts.header_read):
+            # what came with a PROXY header (gateway/preamble.py)
             self.on_client_data()
 
     # --- client side ------------------------------------------------------------------
@@ -140,15 +140,15 @@ class ClientSession:
             s.on_data = None
             s.set_deadline(_NO_DEADLINE)
             gw = self.gw
-            try:  # the common shape takes the parser's common route: ``prefix`` set
-                req = http1.parse_request_head(head, gw.limits, gw.request_specials)
+            simple = http1.simple_request(head, gw.limits, gw.request_specials)
+            if simple is not None and self._forward_fast(simple, head):
+                return
+            try:
+                req = http1.parse_request_head(head, gw.limits)
             except HttpError as e:
                 self._refuse_now(e)
                 return
-            simple = req.prefix is not None
-            if simple and self._forward_fast(req, True):
-                return
-            if not self._forward_fast(req, False):
+            if not self._forward_fast(req, head):
                 self._run(gw.handle(self.conn, req, s))
         except Exception:  # never let one connection take the process (or the loop) down
             self._internal_error()
@@ -193,9 +193,7 @@ class ClientSession:
         if s.writing_paused:  # the client is not reading its answers: wait before the next
             self._run(self._drain_then_resume())
             return
-        s.on_data = self._on_client_data
-        s.set_deadline(self.loop.time() + self.gw.gw.timeouts.idle)
-        if s.has_input():
+        if s.listen(self._on_client_data, self.loop.time() + self.gw.gw.timeouts.idle):
             self.on_client_data()
 
     async def _drain_then_resume(self) -> bool:
@@ -228,11 +226,12 @@ class ClientSession:
             s.close()
 
     # --- the fast path --------------------------------------------------------------------
-    def _forward_fast(self, req: RequestHead, simple: bool) -> bool:
-        """Send ``req`` upstream from here if it needs nothing the
+    def _forward_fast(self, req: RequestHead | http1.SimpleRequest, head: bytes) -> bool:
+        """Send ``req`` (parsed from ``head``) upstream from here if it needs nothing the
         pipeline waits for; False (nothing done) otherwise. Every check is
         the pipeline's (gateway/pipeline.py), in its order, made by the same functions."""
-        if not simple and req.framing.kind != "none":
+        simple = type(req) is http1.SimpleRequest
+        if not simple and req.framing.kind != "none":  # type: ignore[union-attr]
             return False
         gw = self.gw
         if not gw.fast_path:
@@ -300,6 +299,7 @@ class ClientSession:
         self.req, self.up, self.pool, self.service, self.path = req, up, pool, service, path
         self.identity = identity
         self.device = identity.device_id if decided else None  # type: ignore[union-attr]
+        self.head = head
         self.started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
         us = up.stream
         us.on_data = self._on_upstream_data
@@ -353,12 +353,13 @@ class ClientSession:
                 if us.eof:
                     self._upstream_gone()
                 return
-            try:  # the common shape takes the parser's common route: ``prefix`` and ``length`` set
+            simple = http1.simple_response(head, req.method, gw.limits)
+            if simple is not None and simple.length <= SMALL_BODY and self._answer_simple(simple):
+                return
+            try:
                 resp = http1.parse_response_head(head, req.method, gw.limits)
             except HttpError as e:
                 self._upstream_failed(UpstreamError(e.reason, e.detail))
-                return
-            if resp.prefix is not None and resp.length <= SMALL_BODY and self._answer_simple(resp):  # type: ignore[operator]
                 return
             if resp.status == 101:
                 self._upstream_failed(UpstreamError("upstream-protocol-switch"))
@@ -383,8 +384,8 @@ class ClientSession:
         self._answered(pool, service, resp.status)
         self._answer(resp.keep_alive, head_out + data if data else head_out, keep)
 
-    def _answer_simple(self, resp: ResponseHead) -> bool:
-        """Send a response of the parser's common route (``prefix`` set) whose body is
+    def _answer_simple(self, resp: http1.SimpleResponse) -> bool:
+        """Send a response in the common shape (``http1.simple_response``) whose body is
         buffered already; False (nothing done) when it is not."""
         up, req = self.up, self.req
         assert up is not None and req is not None
@@ -454,10 +455,12 @@ class ClientSession:
         self._release_upstream(close=True)
         self._run(self._forward_again(req, pool, service, self.identity))
 
-    async def _forward_again(self, req: RequestHead, pool: UpstreamPool,
+    async def _forward_again(self, req: RequestHead | http1.SimpleRequest, pool: UpstreamPool,
                              service: Service, identity: Identity | None) -> bool:
         gw = self.gw
         self._task_context(service)
+        if type(req) is http1.SimpleRequest:  # the pipeline needs every field
+            req = http1.parse_request_head(self.head, gw.limits)
         ex = Exchange(self.conn, req, self.stream, RequestBody(req, self.stream, gw.gw.timeouts.body_read))
         ex.path, ex.service, ex.pool, ex.identity = self.path, service, pool, identity
         ex.max_body = gw.max_body_of(service)

@@ -207,6 +207,14 @@ class Stream(asyncio.Protocol):
         """Something to act on without waiting: buffered data or the peer's EOF."""
         return bool(self._buf) or self._eof
 
+    def listen(self, on_data: Callable[[], None], until: float) -> bool:
+        """Call ``on_data`` when data or EOF arrives, with the deadline ``until``; True when
+        there is something to act on already (``has_input``: the caller acts on it now). One
+        call for what a keep-alive connection does between requests (gateway/session.py)."""
+        self.on_data = on_data
+        self.set_deadline(until)
+        return bool(self._buf) or self._eof
+
     def exception(self) -> BaseException | None:
         return self._exc
 
