@@ -12,8 +12,10 @@ copied with the same functions (``copy_exact``, ``copy_chunked``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Protocol
 
+from ..errors import UcgateError
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead
 
@@ -21,13 +23,12 @@ COPY_CHUNK = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class ClientBodyError(Exception):
+class ClientBodyError(UcgateError):
     """The client sent a bad or oversized body, or stalled while sending it."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
-        self.reason = reason
 
 
 class Source(Protocol):
@@ -42,7 +43,7 @@ class Source(Protocol):
 
 class Sink(Protocol):
     def write(self, data: bytes) -> None: ...
-    async def drain(self) -> None: ...
+    def drain(self) -> Awaitable[None]: ...
 
 
 class Discard:

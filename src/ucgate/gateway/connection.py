@@ -27,7 +27,7 @@ class Identity:
     credential_id: str | None = None  # e.g. which ASP matched
     # the request carried a second factor (an ASP with the one-time code appended); renews trust
     second_factor: bool = False
-    signed_in_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    signed_in_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
 @dataclass(eq=False, slots=True)

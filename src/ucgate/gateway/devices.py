@@ -142,7 +142,7 @@ class _Bindings:
 
 def _bearer_key(req: RequestHead) -> str | None:
     authz = req.get(b"authorization")
-    if authz is None or not authz[:7].lower() == b"bearer ":
+    if authz is None or authz[:7].lower() != b"bearer ":
         return None
     return hashlib.sha256(authz[7:].strip()).hexdigest()
 

@@ -230,6 +230,7 @@ class Forwarder:
         identity, service, req = ex.identity, ex.service, ex.req
         if identity is None:
             return None
+        assert service is not None and ex.pool is not None  # set by the recognise stage
         if identity.method == "bearer":
             authz = req.get(b"authorization")
             ex.auth = BackendAuth([(b"Authorization", authz)] if authz else [])
@@ -249,6 +250,7 @@ class Forwarder:
         the upstream and the response back. Returns whether to keep the client connection."""
         conn, req, path, service, pool = ex.conn, ex.req, ex.path, ex.service, ex.pool
         identity, client, max_body, auth = ex.identity, ex.client, ex.max_body, ex.auth
+        assert service is not None and pool is not None  # set by the recognise stage
         prebody, observe, response_headers = ex.body.data, ex.observe, ex.response_headers
         if prebody is not None:  # read by a stage (the OAuth form, the device facts)
             req.framing = http1.Framing("length", len(prebody))
@@ -327,7 +329,7 @@ class Forwarder:
         pool: UpstreamPool,
         client: Stream,
         response_headers: list[tuple[bytes, bytes]],
-        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
+        observe: Callable[[ResponseHead, bytes | None], bytes | None] | None = None,
     ) -> bool:
         """Send the response whose head was read from ``up`` (taken from ``pool``: the fast
         path's) to the client, then give ``up`` back to ``pool`` (or close it). Returns whether
@@ -343,7 +345,7 @@ class Forwarder:
         pool: UpstreamPool,
         client: Stream,
         response_headers: list[tuple[bytes, bytes]],
-        observe: Callable[[ResponseHead, bytes | None], None] | None = None,
+        observe: Callable[[ResponseHead, bytes | None], bytes | None] | None = None,
     ) -> bool:
         """``deliver`` inside the caller's lease of ``up``, which gives it back (or closes it)."""
         up.requests += 1

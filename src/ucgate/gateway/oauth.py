@@ -338,6 +338,7 @@ class OAuthGrants:
         normal pipeline with the body already read (``ex.body.data``; other grant types:
         Windows auth to the gateway)."""
         conn, req, client, service, max_body = ex.conn, ex.req, ex.client, ex.service, ex.max_body
+        assert service is not None  # set by the recognise stage (pipeline.py)
         limit = min(self.settings.max_form_bytes, max_body)
         if req.framing.kind == "length" and req.framing.length > limit:
             log.info("client %s: OAuth form of %d bytes refused", conn.peer_host, req.framing.length)
@@ -424,7 +425,7 @@ class OAuthGrants:
                 raise BackendError("vault-not-configured")
             try:
                 secret = await self.vault.password(user)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any vault failure (its client, the network) is a 502
                 raise BackendError("vault-unavailable", repr(e)) from None
             if secret is None:
                 raise BackendError("vault-no-password", f"{user} has no domain password in the vault",

@@ -86,17 +86,17 @@ async def oauth_intercept(gw: Gateway, ex: Exchange) -> Outcome:
 
 async def device_facts(gw: Gateway, ex: Exchange) -> Outcome:
     """Recognise the device (the decide stage's facts; UCWA/CertProv: a bounded body read)."""
-    gate = gw.devices
-    req = ex.req
-    if gate is None or not gate.applies(ex.service, req):
+    gate, req, service, path, query = gw.devices, ex.req, ex.service, ex.path, ex.query
+    assert service is not None and path is not None and query is not None  # set by recognise
+    if gate is None or not gate.applies(service, req):
         return None
-    limit = gate.body_limit(req, ex.path, ex.service)
+    limit = gate.body_limit(req, path, service)
     if limit is not None and ex.body.pending:
         try:  # consumed: a refusal does not drain it again, forwarding sends it
             await ex.body.read(min(limit, ex.max_body))
         except ClientBodyError as e:
             return Refusal.protocol(HttpError(e.status, e.reason))
-    ex.facts = gate.facts_for(ex.conn, req, ex.path, ex.query, ex.service, ex.body.data)
+    ex.facts = gate.facts_for(ex.conn, req, path, query, service, ex.body.data)
     ex.gate = gate  # from here on, ``gate.done(req)`` when the request is over (``run``)
     return None
 
@@ -104,6 +104,7 @@ async def device_facts(gw: Gateway, ex: Exchange) -> Outcome:
 async def authenticate(gw: Gateway, ex: Exchange) -> Outcome:
     """Who sent it (gateway/auth.py); anonymous services skip this."""
     service, req, conn = ex.service, ex.req, ex.conn
+    assert service is not None  # set by the recognise stage
     if service.anonymous:
         return None
     outcome = await gw.authenticator.authenticate(conn, req, service)
@@ -154,10 +155,11 @@ async def forward(gw: Gateway, ex: Exchange) -> Outcome:
     """To the upstream and the response back (``Gateway.forward``); the access log line."""
     keep = await gw.forward(ex)
     if ex.started is not None:
-        conn, req, identity = ex.conn, ex.req, ex.identity
+        conn, req, identity, service = ex.conn, ex.req, ex.identity, ex.service
+        assert service is not None  # set by the recognise stage
         access_log.info(
             "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
-            conn.peer_host, conn.id, conn.request_id.decode(), req.method.decode(), ex.path, ex.service.name,
+            conn.peer_host, conn.id, conn.request_id.decode(), req.method.decode(), ex.path, service.name,
             identity.user if identity else "-", (gw.clock() - ex.started) * 1000,
         )
     return keep
