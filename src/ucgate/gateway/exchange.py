@@ -9,7 +9,7 @@ every refusal in one place (``Gateway.answer``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.sfb import Service
@@ -17,7 +17,9 @@ from .body import ClientBodyError, RequestBody
 from .connection import ClientConnection, Identity
 
 if TYPE_CHECKING:
+    from ..protocols.devices import DeviceFacts
     from .backend import BackendAuth
+    from .devices import DeviceGate
     from .stream import Stream
     from .upstream import UpstreamPool
 
@@ -67,8 +69,8 @@ class Exchange:
         self.service: Service | None = None
         self.pool: UpstreamPool | None = None
         self.max_body = 0
-        self.gate: Any = None  # the DeviceGate that applies, once it has the facts
-        self.facts: Any = None
+        self.gate: DeviceGate | None = None  # the one that applies, once it has the facts
+        self.facts: DeviceFacts | None = None
         # the body source (gateway/body.py): read whole by a stage that needs it before
         # forwarding (the OAuth form, the device facts), else copied upstream as it comes
         self.body = body

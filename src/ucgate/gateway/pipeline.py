@@ -130,8 +130,9 @@ async def decide(gw: Gateway, ex: Exchange) -> Outcome:
     gate, identity = ex.gate, ex.identity
     if gate is None or identity is None or ex.facts is None:
         return None
-    conn = ex.conn
-    verdict = await gate.decide(conn, ex.req, ex.path, ex.service, identity, ex.facts)
+    conn, path, service = ex.conn, ex.path, ex.service
+    assert path is not None and service is not None  # set by the recognise stage
+    verdict = await gate.decide(conn, ex.req, path, service, identity, ex.facts)
     if not verdict.forward:
         if verdict.reset_auth:
             conn.identity = None
