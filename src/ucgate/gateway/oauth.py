@@ -50,7 +50,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 from .. import metrics
@@ -71,6 +71,13 @@ if TYPE_CHECKING:
     from .stream import Stream
 
 log = logging.getLogger("ucgate.gateway.oauth")
+
+
+class PasswordVault(Protocol):
+    """The ``vault`` mode's source of domain passwords (``ucgate.id.vault.VaultService`` or a
+    remote client); None: no password enrolled for ``user``."""
+
+    async def password(self, user: str, /) -> str | None: ...
 
 MAX_FORM_BYTES = 8 * 1024
 MAX_TOKENS = 100_000
@@ -288,7 +295,7 @@ class OAuthGrants:
     """
 
     def __init__(self, credentials: CredentialService, tokens: TokenMap | None = None, *,
-                 settings: OAuthSettings | None = None, vault: Any = None,
+                 settings: OAuthSettings | None = None, vault: PasswordVault | None = None,
                  rand: Callable[[int], bytes] = os.urandom,
                  wallclock: Callable[[], float] = time.time) -> None:
         self.credentials = credentials
