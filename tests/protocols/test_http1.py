@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ucgate.protocols import http1
 from ucgate.protocols.http1 import HttpError, parse_chunk_size_line, parse_request_head, parse_response_head
@@ -147,7 +148,7 @@ def test_field_block_fast_path_agrees_with_line_parser(lines):
     assert run(_parse_field_block, block) == run(_parse_fields, lines)
 
 
-# The fast path's heads (simple_request / simple_response) must never accept what the full
+# The fast path's heads (common_request / common_response) must never accept what the full
 # parser refuses, and must mean the same as the full parser plus the gateway's forwarding rules.
 _DROP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-ucgate-user"})
 _OWNED = http1.OwnedFields((b"x-ucgate-user", *http1.OWNED_FIELDS))
@@ -184,11 +185,10 @@ def _fields(prefix: bytes) -> list[tuple[bytes, bytes]]:
 @settings(max_examples=FUZZ * 4, deadline=None)
 @given(_heads([b"GET /ucwa/x HTTP/1.1", b"GET /a?b=c HTTP/1.1", b"POST /x HTTP/1.1", b"GET /x HTTP/1.0",
                b"GET http://a/x HTTP/1.1", b"GET /x HTTP/1.1 ", b"G@T /x HTTP/1.1", b"GET /x\x7f HTTP/1.1"]))
-def test_simple_request_agrees_with_the_full_parser(head):
-    from ucgate.protocols.http1 import (DEFAULT_LIMITS, not_forwarded, request_special_re,
-                                        simple_request)
+def test_common_request_agrees_with_the_full_parser(head):
+    from ucgate.protocols.http1 import DEFAULT_LIMITS, common_request, not_forwarded, request_special_re
 
-    simple = simple_request(head, DEFAULT_LIMITS, request_special_re(_DROP, _OWNED))
+    simple = common_request(head, DEFAULT_LIMITS, request_special_re(_DROP, _OWNED))
     if simple is None:
         return
     full = parse_request_head(head)  # must not raise: the fast path accepts nothing it refuses
@@ -211,10 +211,10 @@ def test_simple_request_agrees_with_the_full_parser(head):
 @given(_heads([b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 204 No Content", b"HTTP/1.1 200 ",
                b"HTTP/1.1 200", b"HTTP/1.0 200 OK", b"HTTP/1.1 101 Switching", b"HTTP/1.1 103 Early",
                b"HTTP/2.0 200 OK", b"HTTP/1.1 200 O\x00K"]), st.sampled_from([b"GET", b"HEAD", b"POST"]))
-def test_simple_response_agrees_with_the_full_parser(head, method):
-    from ucgate.protocols.http1 import HOP_BY_HOP, parse_response_head, simple_response
+def test_common_response_agrees_with_the_full_parser(head, method):
+    from ucgate.protocols.http1 import HOP_BY_HOP, common_response, parse_response_head
 
-    simple = simple_response(head, method)
+    simple = common_response(head, method)
     if simple is None:
         return
     full = parse_response_head(head, method)  # must not raise
@@ -231,11 +231,10 @@ def test_simple_response_agrees_with_the_full_parser(head, method):
 
 
 def test_simple_heads_take_the_common_shapes():
-    from ucgate.protocols.http1 import (DEFAULT_LIMITS, request_special_re, simple_request,
-                                        simple_response)
+    from ucgate.protocols.http1 import DEFAULT_LIMITS, common_request, common_response, request_special_re
 
     sp = request_special_re(_DROP)
-    r = simple_request(b"GET /meet/x?y=1 HTTP/1.1\r\nHost: gw:443\r\nConnection: Keep-Alive\r\n"
+    r = common_request(b"GET /meet/x?y=1 HTTP/1.1\r\nHost: gw:443\r\nConnection: Keep-Alive\r\n"
                        b"Accept: */*\r\n\r\n", DEFAULT_LIMITS, sp)
     assert r is not None and r.prefix == b"GET /meet/x?y=1 HTTP/1.1\r\nHost: gw:443\r\nAccept: */*\r\n"
     assert r.keep_alive and r.host == b"gw:443"
@@ -245,15 +244,15 @@ def test_simple_heads_take_the_common_shapes():
                  b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n",
                  b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
                  b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: x-a\r\nX-A: 1\r\n\r\n"):
-        assert simple_request(head, DEFAULT_LIMITS, sp) is None
-    s = simple_response(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\nX: y\r\n\r\n", b"GET")
+        assert common_request(head, DEFAULT_LIMITS, sp) is None
+    s = common_response(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\nX: y\r\n\r\n", b"GET")
     assert s is not None and not s.keep_alive and s.length == 2
     assert s.prefix == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n"
     for head in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n",
                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
                  b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"):
-        assert simple_response(head, b"GET") is None
+        assert common_response(head, b"GET") is None
 
 
 # Issue 13: a client field is the gateway's own when its squashed name (lower case, letters and
@@ -305,14 +304,14 @@ def _outcome(f, *args, **kw):
 @given(_heads([b"GET /ucwa/x HTTP/1.1", b"GET /a?b=c HTTP/1.1", b"POST /x HTTP/1.1", b"GET /x HTTP/1.0",
                b"GET http://a/x HTTP/1.1", b"GET /x HTTP/1.1 ", b"G@T /x HTTP/1.1", b"GET /x\x7f HTTP/1.1"]))
 def test_request_routes_agree(head):
-    from ucgate.protocols.http1 import DEFAULT_LIMITS, request_special_re, simple_request
+    from ucgate.protocols.http1 import DEFAULT_LIMITS, common_request, request_special_re
 
     sp = request_special_re(_DROP, _OWNED)
     full = _outcome(parse_request_head, head, full=True)
     assert _outcome(parse_request_head, head) == full  # no pattern: the full route
     assert _outcome(parse_request_head, head, DEFAULT_LIMITS, sp, full=True) == full
     got = _outcome(parse_request_head, head, DEFAULT_LIMITS, sp)
-    simple = simple_request(head, DEFAULT_LIMITS, sp)
+    simple = common_request(head, DEFAULT_LIMITS, sp)
     if simple is None:
         assert got == full  # the full route: prefix, authorization, prefix_authenticated None
         if not isinstance(full, tuple):
@@ -321,7 +320,7 @@ def test_request_routes_agree(head):
     assert not isinstance(full, tuple)
     assert got._headers is None  # not materialised yet
     assert _common_attrs(got) == _common_attrs(full)
-    assert got == simple and type(got) is http1.RequestHead and type(simple) is http1.SimpleRequest
+    assert got == simple and type(got) is type(simple) is http1.RequestHead and simple.prefix is not None
     assert got.prefix is not None and got.authorization == full.get(b"authorization")
     for name in (b"host", b"authorization", b"connection", b"accept", b"x-a"):
         assert got.get(name) == full.get(name) and got.get_all(name) == full.get_all(name)
@@ -332,11 +331,11 @@ def test_request_routes_agree(head):
                b"HTTP/1.1 200", b"HTTP/1.0 200 OK", b"HTTP/1.1 101 Switching", b"HTTP/1.1 103 Early",
                b"HTTP/2.0 200 OK", b"HTTP/1.1 200 O\x00K"]), st.sampled_from([b"GET", b"HEAD", b"POST"]))
 def test_response_routes_agree(head, method):
-    from ucgate.protocols.http1 import simple_response
+    from ucgate.protocols.http1 import common_response
 
     full = _outcome(parse_response_head, head, method, full=True)
     got = _outcome(parse_response_head, head, method)
-    simple = simple_response(head, method)
+    simple = common_response(head, method)
     if simple is None:
         assert got == full
         if not isinstance(full, tuple):
@@ -345,7 +344,7 @@ def test_response_routes_agree(head, method):
     assert not isinstance(full, tuple) and got._headers is None
     keys = ("version", "status", "reason", "headers", "framing", "keep_alive", "connection_tokens")
     assert [getattr(got, k) for k in keys] == [getattr(full, k) for k in keys]
-    assert got == simple and type(simple) is http1.SimpleResponse
+    assert got == simple and type(simple) is http1.ResponseHead and simple.prefix is not None
     assert got.length == full.framing.length and got.prefix is not None
     assert got.get(b"content-length") == full.get(b"content-length")
 

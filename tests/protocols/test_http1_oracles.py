@@ -7,7 +7,7 @@ fuzz tests of test_http1.py:
   method, target, version, fields and body framing — so no front end that parses like h11 sees
   another message than the one we checked;
 - an accepted head survives serialize_head and parsing again unchanged, and the fast path
-  (simple_request) never disagrees with the full parser on it.
+  (common_request) never disagrees with the full parser on it.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from __future__ import annotations
 import os
 
 import h11
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ucgate.protocols.http1 import (
     DEFAULT_LIMITS,
     HttpError,
+    common_request,
     parse_request_head,
     request_special_re,
     serialize_head,
-    simple_request,
 )
 
 FUZZ = int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300"))
@@ -161,9 +162,9 @@ def test_accepted_heads_read_the_same_by_h11_again_and_on_the_fast_path(data):
     keys = ("method", "target", "version", "headers", "framing", "host", "keep_alive", "expect_continue",
             "connection_tokens")
     assert [getattr(common, k) for k in keys] == [getattr(r, k) for k in keys]
-    assert (common.prefix is not None) == (simple_request(head, DEFAULT_LIMITS, request_special_re(frozenset()))
+    assert (common.prefix is not None) == (common_request(head, DEFAULT_LIMITS, request_special_re(frozenset()))
                                            is not None)
-    simple = simple_request(head, DEFAULT_LIMITS, request_special_re(frozenset()))
+    simple = common_request(head, DEFAULT_LIMITS, request_special_re(frozenset()))
     if simple is not None:
         assert (simple.method, simple.target, simple.host, simple.keep_alive) == (r.method, r.target, r.host,
                                                                                   r.keep_alive)

@@ -20,6 +20,8 @@ from ucgate.protocols.http1 import (
     _parse_field_block,
     _parse_fields,
     check_trailer_line,
+    common_request,
+    common_response,
     encode_chunk,
     forwardable_headers,
     not_forwarded,
@@ -29,8 +31,6 @@ from ucgate.protocols.http1 import (
     request_special_re,
     serialize_forwarded,
     serialize_head,
-    simple_request,
-    simple_response,
     squash_field_name,
 )
 
@@ -693,10 +693,10 @@ def simple(head: bytes, limits: Limits = DEFAULT_LIMITS, special=None):
     # the pattern is built here, not at import: a module-level one would not see a mutant
     if special is None:
         special = request_special_re(_DROP, OwnedFields((b"x-ucgate-user", *http1.OWNED_FIELDS)))
-    return simple_request(head, limits, special)
+    return common_request(head, limits, special)
 
 
-def test_simple_request_exact():
+def test_common_request_exact():
     r = simple(b"GET /meet/x?y=1 HTTP/1.1\r\nAccept: */*\r\nhost:\t gw:443 \t\r\nConnection: close \t\r\n"
                b"Cookie: a=b\r\n\r\n")
     assert r is not None
@@ -735,11 +735,11 @@ def test_simple_request_exact():
     b"GET /x HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
     b"\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
 ])
-def test_simple_request_leaves_the_rest_to_the_full_parser(head):
+def test_common_request_leaves_the_rest_to_the_full_parser(head):
     assert simple(head) is None
 
 
-def test_simple_request_limits():
+def test_common_request_limits():
     head = b"GET /abc HTTP/1.1\r\nHost: a\r\nX-1: 1\r\n\r\n"
     assert simple(head, Limits(max_header_bytes=len(head))) is not None
     assert simple(head, Limits(max_header_bytes=len(head) - 1)) is None
@@ -757,19 +757,19 @@ def test_request_special_re_without_owned_names():
     assert simple(b"GET / HTTP/1.1\r\nHost: a\r\nX_Ucgate_User: 1\r\n\r\n") is None  # with owned names
 
 
-def test_simple_response_exact():
-    s = simple_response(b"HTTP/1.1 200 OK\r\nX: y\r\nConnection: close  \r\nContent-Length: 12 \r\n\r\n", b"GET")
+def test_common_response_exact():
+    s = common_response(b"HTTP/1.1 200 OK\r\nX: y\r\nConnection: close  \r\nContent-Length: 12 \r\n\r\n", b"GET")
     assert s is not None and (s.status, s.length, s.keep_alive) == (200, 12, False)
     assert s.prefix == b"HTTP/1.1 200 OK\r\nX: y\r\nContent-Length: 12 \r\n"
-    s = simple_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: Keep-Alive\r\n\r\n", b"POST")
+    s = common_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: Keep-Alive\r\n\r\n", b"POST")
     assert (s.status, s.length, s.keep_alive, s.prefix) == (404, 0, True, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n")
-    s = simple_response(b"HTTP/1.1 503 Busy\r\ncontent-length:\t" + b"9" * 19 + b"\r\n\r\n", b"GET")
+    s = common_response(b"HTTP/1.1 503 Busy\r\ncontent-length:\t" + b"9" * 19 + b"\r\n\r\n", b"GET")
     assert s.length == 10**19 - 1 and s.keep_alive
 
 
 @pytest.mark.parametrize("value,length", [(b"0", 0), (b"1", 1), (b"10", 10), (b"12", 12), (b"9" * 19, 10**19 - 1)])
-def test_simple_response_canonical_lengths(value, length):
-    s = simple_response(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n", b"GET")
+def test_common_response_canonical_lengths(value, length):
+    s = common_response(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n", b"GET")
     assert s is not None and s.length == length
 
 
@@ -799,17 +799,17 @@ def test_simple_response_canonical_lengths(value, length):
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX : 1\r\n\r\n", b"GET"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 1\nX: 1\r\n\r\n", b"GET"),
 ])
-def test_simple_response_leaves_the_rest_to_the_full_parser(head, method):
-    assert simple_response(head, method) is None
+def test_common_response_leaves_the_rest_to_the_full_parser(head, method):
+    assert common_response(head, method) is None
 
 
-def test_simple_response_limits():
+def test_common_response_limits():
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX: 1\r\n\r\n"
-    assert simple_response(head, b"GET", Limits(max_header_bytes=len(head))) is not None
-    assert simple_response(head, b"GET", Limits(max_header_bytes=len(head) - 1)) is None
-    assert simple_response(head, b"GET", Limits(max_header_count=2)) is not None
-    assert simple_response(head, b"GET", Limits(max_header_count=1)) is None
-    assert simple_response(head, b"GET") == simple_response(head, b"GET", DEFAULT_LIMITS)
+    assert common_response(head, b"GET", Limits(max_header_bytes=len(head))) is not None
+    assert common_response(head, b"GET", Limits(max_header_bytes=len(head) - 1)) is None
+    assert common_response(head, b"GET", Limits(max_header_count=2)) is not None
+    assert common_response(head, b"GET", Limits(max_header_count=1)) is None
+    assert common_response(head, b"GET") == common_response(head, b"GET", DEFAULT_LIMITS)
 
 
 def test_split_lines():

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import BackendMode
+from ..errors import UcgateError
 from ..protocols.http1 import RequestHead
 from ..protocols.sfb import Service
 from .connection import Identity
@@ -46,14 +47,12 @@ log = logging.getLogger("ucgate.gateway.backend")
 MODES = tuple(m.value for m in BackendMode)
 
 
-class BackendError(Exception):
+class BackendError(UcgateError):
     """Backend credentials could not be obtained. ``reason`` goes to the log (never to the
     client); ``status`` is what the client gets (502 unless the mechanism says otherwise)."""
 
     def __init__(self, reason: str, detail: str = "", *, status: int = 502) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         self.status = status
 
 
@@ -153,7 +152,7 @@ class VaultBackend:
             pw = await self.secrets.password(user)
         except BackendError:
             raise
-        except Exception as e:  # a store or id-service failure: 502, not a hang or a 500
+        except Exception as e:  # noqa: BLE001 - a store or id-service failure: 502, not a hang or a 500
             raise BackendError("vault-unavailable", f"{user}: {e!r}") from None
         if pw is None:
             raise BackendError("vault-no-password", f"{user} has no domain password in the vault",
@@ -193,7 +192,7 @@ class NtlmClientHandshake:
 
     def first(self) -> bytes:
         self._sent = 1
-        return b"NTLM " + base64.b64encode(self._ctx.step())
+        return b"NTLM " + base64.b64encode(self._ctx.step() or b"")
 
     def next(self, challenges: list[bytes]) -> bytes | None:
         if self._sent != 1:
@@ -208,7 +207,7 @@ class NtlmClientHandshake:
             raise BackendError("vault-ntlm-no-challenge", "the front end sent no NTLM challenge")
         try:
             out = self._ctx.step(base64.b64decode(token, validate=True))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever pyspnego raises on a bad challenge: 502
             raise BackendError("vault-ntlm-bad-challenge", repr(e)) from None
         self._sent = 2
         return b"NTLM " + base64.b64encode(out or b"")

@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 
 from .. import metrics
-from ..errors import UcgateError
+from ..errors import UcgateError, reason_of
 from ..id.api import (
     AccountBody,
     AttemptContext,
@@ -292,7 +292,7 @@ class RemoteCredentials:
             settled = _answer(SettledBody, r).settled
         except IdServiceError as e:
             log.error("id service %s: SIP settle (%s) failed: %s; the unit stays charged",
-                      self.urls[int(index)], s.outcome, getattr(e, "reason", type(e).__name__))
+                      self.urls[int(index)], s.outcome, reason_of(e))
             return
         if settled is not True:
             log.warning("id service %s: SIP reservation unknown (expired?) at settle (%s)",
@@ -330,7 +330,7 @@ class RemoteCredentials:
                 self._answered(i)
             except (httpx.HTTPError, IdServiceError, OSError) as e:
                 log.warning("id service %s does not answer at start-up (%s); using the others "
-                            "until it does", self.urls[i], getattr(e, "reason", type(e).__name__))
+                            "until it does", self.urls[i], reason_of(e))
                 self._failed(i, "unreachable at start-up")
 
         await asyncio.gather(*(one(i) for i in range(len(self.urls))))

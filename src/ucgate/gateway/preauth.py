@@ -194,7 +194,7 @@ class PreAuthenticator:
         ``Authorization``, or of the Basic header this connection verified last (the memo) for
         the same device. None: anything else (no credentials, another header, a handshake leg,
         tracing on) — then ask :meth:`authenticate`. No side effects. ``req`` is a
-        ``RequestHead`` or the fast path's ``SimpleRequest`` (gateway/session.py)."""
+        ``RequestHead`` of either route (the fast path's has ``prefix`` set, gateway/session.py)."""
         authz = req.get(b"authorization")
         if authz is None:
             return conn.identity

@@ -92,7 +92,7 @@ class Gateway:
         # wrapper delegating attributes never lends its inner authenticator's
         now = getattr(type(self.authenticator), "authenticate_now", None)
         self.authenticate_now: Callable | None = (
-            now.__get__(self.authenticator) if now is not None else None)  # type: ignore[attr-defined]
+            now.__get__(self.authenticator) if now is not None else None)
         self.clock = clock
         self.service_map = ServiceMap.with_overrides(config.services)
         for svc in self.service_map.services:

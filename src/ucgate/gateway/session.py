@@ -88,7 +88,7 @@ class ClientSession:
         self.stream = stream
         self.conn = conn
         self.loop = stream.loop
-        self.req: RequestHead | http1.SimpleRequest | None = None
+        self.req: RequestHead | None = None
         self.head = b""
         self.forwarded: bytes | None = None
         self.ident_user: str | None = None
@@ -140,7 +140,7 @@ class ClientSession:
             s.on_data = None
             s.set_deadline(_NO_DEADLINE)
             gw = self.gw
-            simple = http1.simple_request(head, gw.limits, gw.request_specials)
+            simple = http1.common_request(head, gw.limits, gw.request_specials)
             if simple is not None and self._forward_fast(simple, head):
                 return
             try:
@@ -150,7 +150,7 @@ class ClientSession:
                 return
             if not self._forward_fast(req, head):
                 self._run(gw.handle(self.conn, req, s))
-        except Exception:  # never let one connection take the process (or the loop) down
+        except Exception:  # noqa: BLE001 - never let one connection take the process (or the loop) down
             self._internal_error()
 
     def on_client_deadline(self) -> None:
@@ -220,18 +220,18 @@ class ClientSession:
         if keep and self.conn.closed_reason is None and not s.is_closing():
             try:
                 self._resume()
-            except Exception:
+            except Exception:  # noqa: BLE001 - as in on_client_data: a 500 for this connection only
                 self._internal_error()
         else:
             s.close()
 
     # --- the fast path --------------------------------------------------------------------
-    def _forward_fast(self, req: RequestHead | http1.SimpleRequest, head: bytes) -> bool:
+    def _forward_fast(self, req: RequestHead, head: bytes) -> bool:
         """Send ``req`` (parsed from ``head``) upstream from here if it needs nothing the
         pipeline waits for; False (nothing done) otherwise. Every check is
         the pipeline's (gateway/pipeline.py), in its order, made by the same functions."""
-        simple = type(req) is http1.SimpleRequest
-        if not simple and req.framing.kind != "none":  # type: ignore[union-attr]
+        simple = req.prefix is not None  # the common route (http1.common_request)
+        if not simple and req.framing.kind != "none":
             return False
         gw = self.gw
         if not gw.fast_path:
@@ -263,13 +263,13 @@ class ClientSession:
             if gate is not None and gate.applies(service, req):
                 if simple:
                     return False  # the device's facts need every field: parsed, then back here
-                facts = gate.facts_for(conn, req, path, query, service, None)  # type: ignore[arg-type]
+                facts = gate.facts_for(conn, req, path, query, service, None)
                 try:
                     identity = now(conn, req, service)
                     verdict = None if identity is None else gate.decide_now(
-                        conn, req, service, identity, facts)  # type: ignore[arg-type]
+                        conn, req, service, identity, facts)
                 finally:
-                    gate.done(req)  # type: ignore[arg-type]
+                    gate.done(req)
                 if verdict is None or verdict.identity is None:
                     return False
                 decided = True
@@ -277,7 +277,7 @@ class ClientSession:
                 identity = now(conn, req, service)
                 if identity is None:
                     return False
-            authz = req.authorization if simple else req.get(b"authorization")  # type: ignore[union-attr]
+            authz = req.authorization if simple else req.get(b"authorization")
             # forward: a Bearer token goes on as it is; any backend mode but none prepares
             if identity.method != "bearer" and service.backend != "none":
                 return False
@@ -307,22 +307,24 @@ class ClientSession:
         us.on_lost = self._on_upstream_lost
         us.set_deadline(self.loop.time() + gw.gw.timeouts.upstream_read)
         bearer = identity is not None and identity.method == "bearer"
-        if simple:  # its head as sent, less Connection, plus what Gateway.request_head adds
+        prefix = req.prefix
+        if prefix is not None:  # the common route: its head as sent, less Connection, plus what Gateway.request_head adds
             if self.forwarded is None:
                 self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: " % (
                     conn.peer_host.encode(), gw.proto)
             if identity is None:
-                us.write(req.prefix + self.forwarded + req.host + _RID + rid + b"\r\n\r\n")  # type: ignore[union-attr]
+                us.write(prefix + self.forwarded + req.host + _RID + rid + b"\r\n\r\n")
             else:  # Authorization dropped; the identity header, then a Bearer token's backend header
                 if self.ident_user is not identity.user:
                     self.ident_user = identity.user
                     self.ident_line = b"\r\n" + gw.identity_header + b": " + identity.user.encode("utf-8")
+                line = prefix if authz is None else req.prefix_authenticated
+                assert line is not None  # set whenever the common route kept an Authorization
                 us.write(b"".join((
-                    req.prefix if authz is None else req.prefix_authenticated,  # type: ignore[union-attr]
-                    self.forwarded, req.host, _RID, rid, self.ident_line,
+                    line, self.forwarded, req.host, _RID, rid, self.ident_line,
                     b"\r\nAuthorization: " + authz if bearer and authz else b"", b"\r\n\r\n")))
         else:
-            us.write(gw.request_head(  # type: ignore[arg-type]
+            us.write(gw.request_head(
                 conn, req, identity, [(b"Authorization", authz)] if bearer and authz else None,
                 {"service": service.name, "user": identity.user if identity is not None else None,
                  "device": self.device}))
@@ -332,7 +334,7 @@ class ClientSession:
     def on_upstream_data(self) -> None:
         try:
             self._upstream_data()
-        except Exception:  # never let one connection take the process (or the loop) down
+        except Exception:  # noqa: BLE001 - never let one connection take the process (or the loop) down
             self._internal_error()
 
     def _upstream_data(self) -> None:
@@ -353,8 +355,9 @@ class ClientSession:
                 if us.eof:
                     self._upstream_gone()
                 return
-            simple = http1.simple_response(head, req.method, gw.limits)
-            if simple is not None and simple.length <= SMALL_BODY and self._answer_simple(simple):
+            simple = http1.common_response(head, req.method, gw.limits)
+            if simple is not None and simple.length is not None and simple.length <= SMALL_BODY \
+                    and self._answer_simple(simple):
                 return
             try:
                 resp = http1.parse_response_head(head, req.method, gw.limits)
@@ -368,6 +371,7 @@ class ClientSession:
                 break
             # 1xx interim responses (100, 103) are dropped, as in the pipeline
         framing = resp.framing
+        data: bytes | None
         if framing.kind == "none":
             data = b""
         elif framing.kind == "length" and framing.length <= SMALL_BODY:
@@ -384,18 +388,18 @@ class ClientSession:
         self._answered(pool, service, resp.status)
         self._answer(resp.keep_alive, head_out + data if data else head_out, keep)
 
-    def _answer_simple(self, resp: http1.SimpleResponse) -> bool:
-        """Send a response in the common shape (``http1.simple_response``) whose body is
+    def _answer_simple(self, resp: http1.ResponseHead) -> bool:
+        """Send a response in the common shape (``http1.common_response``) whose body is
         buffered already; False (nothing done) when it is not."""
-        up, req = self.up, self.req
-        assert up is not None and req is not None
-        data = up.stream.take_buffered(resp.length)
+        up, req, length, prefix = self.up, self.req, resp.length, resp.prefix
+        assert up is not None and req is not None and length is not None and prefix is not None
+        data = up.stream.take_buffered(length)
         if data is None:
             return False
         keep = req.keep_alive and req.version >= (1, 1)  # as Gateway.response_head
         assert self.pool is not None
         self._answered(self.pool, self.service, resp.status)
-        self._answer(resp.keep_alive, resp.prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data,
+        self._answer(resp.keep_alive, prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data,
                      keep)
         return True
 
@@ -455,11 +459,11 @@ class ClientSession:
         self._release_upstream(close=True)
         self._run(self._forward_again(req, pool, service, self.identity))
 
-    async def _forward_again(self, req: RequestHead | http1.SimpleRequest, pool: UpstreamPool,
+    async def _forward_again(self, req: RequestHead, pool: UpstreamPool,
                              service: Service, identity: Identity | None) -> bool:
         gw = self.gw
         self._task_context(service)
-        if type(req) is http1.SimpleRequest:  # the pipeline needs every field
+        if req.prefix is not None:  # the common route's head: the pipeline reads every field
             req = http1.parse_request_head(self.head, gw.limits)
         ex = Exchange(self.conn, req, self.stream, RequestBody(req, self.stream, gw.gw.timeouts.body_read))
         ex.path, ex.service, ex.pool, ex.identity = self.path, service, pool, identity

@@ -20,6 +20,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from ..config import Timeouts, Upstream
+from ..errors import UcgateError
 from .stream import Stream
 from .tls import upstream_context
 
@@ -39,13 +40,11 @@ USER_POOL_IDLE_CONNECTIONS = 2
 USER_POOL_IDLE_SECONDS = 300.0
 
 
-class UpstreamError(Exception):
+class UpstreamError(UcgateError):
     """The upstream could not be reached or broke the exchange. ``reason`` goes to the log."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
 
 
 class UpstreamConnection:

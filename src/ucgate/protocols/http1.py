@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..errors import UcgateError
+
 # --- limits -------------------------------------------------------------------------------
 # Kerberos tickets of users in many groups reach MaxTokenSize 48000 bytes, 64000 in base64
 # (Microsoft KB 327825 raises IIS MaxFieldLength/MaxRequestBytes to 65534 for this); nginx's
@@ -32,14 +34,12 @@ MAX_CHUNK_SIZE_DIGITS = 16
 MAX_CONTENT_LENGTH_DIGITS = 19
 
 
-class HttpError(Exception):
+class HttpError(UcgateError):
     """A message we refuse. ``status`` is what to answer, ``reason`` a short code for logs."""
 
     def __init__(self, status: int, reason: str, detail: str = "") -> None:
-        super().__init__(f"{status} {reason}: {detail}" if detail else f"{status} {reason}")
+        super().__init__(reason, detail, message=f"{status} {reason}: {detail}" if detail else f"{status} {reason}")
         self.status = status
-        self.reason = reason
-        self.detail = detail
 
 
 # RFC 9110 §5.6.2 token; RFC 9112 §3 request-line; field-value chars (§5.5) without obs-text
@@ -454,7 +454,7 @@ def parse_request_head(
         HttpError: on anything malformed, ambiguous or over a limit.
     """
     if special is not None and not full:
-        common = _request_common(head, limits, special, RequestHead)
+        common = common_request(head, limits, special)
         if common is not None:
             return common
     if len(head) > limits.max_header_bytes:
@@ -511,7 +511,7 @@ def parse_response_head(
         HttpError: status 502 for anything malformed.
     """
     if not full:
-        common = _response_common(head, request_method, limits, ResponseHead)
+        common = common_response(head, request_method, limits)
         if common is not None:
             return common
     try:
@@ -731,7 +731,7 @@ _SIMPLE_REQUEST_RE = re.compile(
 
 
 def request_special_re(drop: frozenset[bytes], owned: OwnedFields | None = None) -> re.Pattern[bytes]:
-    """The pattern :func:`simple_request` finds the fields that matter with: framing, Host,
+    """The pattern :func:`common_request` finds the fields that matter with: framing, Host,
     Expect, Authorization, hop-by-hop, ``drop`` (lower-case names the caller never forwards) and
     any name in ``owned`` (the caller drops those too)."""
     names = HOP_BY_HOP | {b"content-length", b"host", b"expect", b"authorization"} | drop
@@ -741,25 +741,10 @@ def request_special_re(drop: frozenset[bytes], owned: OwnedFields | None = None)
     return re.compile(rb"\n(" + alts + rb"):[\t ]*([^\r]*)")
 
 
-class SimpleRequest(RequestHead):
-    """Deprecated: what :func:`simple_request` returns, a :class:`RequestHead` of the common
-    route (only for gateway/session.py's ``type(req) is http1.SimpleRequest`` until it calls
-    ``parse_request_head(head, limits, special)`` and tests ``req.prefix is not None``)."""
-
-    __slots__ = ()
-
-
-class SimpleResponse(ResponseHead):
-    """Deprecated: what :func:`simple_response` returns, a :class:`ResponseHead` of the common
-    route (use ``parse_response_head`` and ``resp.prefix is not None``)."""
-
-    __slots__ = ()
-
-
-def _request_common(
-    head: bytes, limits: Limits, special: re.Pattern[bytes], cls: type[RequestHead] = SimpleRequest
-) -> RequestHead | None:
-    """The common route of :func:`parse_request_head`: ``head`` as a ``cls`` when it is an origin-form HTTP/1.1 request with one
+def common_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> RequestHead | None:
+    """The common route of :func:`parse_request_head`, for a caller that falls back to the full
+    route itself (the gateway's fast path: no second call frame on the hottest path). ``head``
+    as a :class:`RequestHead` with ``prefix`` set when it is an origin-form HTTP/1.1 request with one
     valid Host, no body, no Expect, no hop-by-hop field but one Connection of "keep-alive" or
     "close", and none of the fields ``special`` (from :func:`request_special_re`) adds; else None
     (then ``parse_request_head`` decides). One Authorization field is allowed: its value and the
@@ -811,14 +796,13 @@ def _request_common(
         head = head[:i] + head[end:]
     if authz is not None:
         without_authz = head[:a] + head[a_end:-2]
-    return cls(method, target, _V11, None, None, host_value, not close, False, conn_tokens, head[:-2], authz,
+    return RequestHead(method, target, _V11, None, None, host_value, not close, False, conn_tokens, head[:-2], authz,
                without_authz, raw)
 
 
-def _response_common(
-    head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS, cls: type[ResponseHead] = SimpleResponse
-) -> ResponseHead | None:
-    """The common route of :func:`parse_response_head`: ``head`` as a ``cls`` when it is a 2xx-5xx HTTP/1.1 response (not 204 or
+def common_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS) -> ResponseHead | None:
+    """The common route of :func:`parse_response_head`, for a caller that falls back itself:
+    ``head`` as a :class:`ResponseHead` with ``prefix`` and ``length`` set when it is a 2xx-5xx HTTP/1.1 response (not 204 or
     304, not to HEAD) with a reason phrase, one Content-Length, no hop-by-hop field but one
     Connection of "keep-alive" or "close"; else None (then ``parse_response_head`` decides)."""
     if request_method == b"HEAD" or len(head) > limits.max_header_bytes:
@@ -856,17 +840,10 @@ def _response_common(
     if connection:
         i = low.index(b"\nconnection:") + 1
         head = head[:i] + head[head.index(b"\r\n", i) + 2 :]
-    return cls(_V11, status, reason, None, None, not close,
+    return ResponseHead(_V11, status, reason, None, None, not close,
                conn_tokens, head[:-2], length, raw)
 
 
-# Deprecated (issue 15): the gateway's fast path calls these until it switches to
-# parse_request_head(head, limits, special) / parse_response_head and tests ``.prefix is not
-# None``. They are the common routes themselves (no wrapper frame on the hottest path): the head
-# as a SimpleRequest / SimpleResponse (a RequestHead / ResponseHead) or None, never raising:
-# simple_request(head, limits, special), simple_response(head, request_method, limits).
-simple_request = _request_common
-simple_response = _response_common
 
 
 def serialize_head(start_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

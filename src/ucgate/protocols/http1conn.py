@@ -34,9 +34,10 @@ ends it). 1xx responses are events of their own (``event.head.status < 200``), t
 one follows; after a 101 the connection is PAUSED (the bytes after it are ``trailing_data``).
 Client-side refusals have status 502.
 
-The gateway's fast path parses heads itself (``http1.parse_request_head(head, limits, special)``
-and ``parse_response_head(head, method, limits)``: the common route when ``.prefix is not
-None``, as ``simple_request``/``simple_response`` before), and its body copy can be::
+The gateway's fast path parses heads itself with the same parser (``http1.common_request`` /
+``common_response``, the common route of ``parse_request_head`` / ``parse_response_head``,
+whose heads have ``.prefix`` set, then the full route when that gives None), and a body copy
+can be::
 
     reader = BodyReader(req.framing, limit=max_body)        # HttpError(413) when over it
     while True:
