@@ -54,7 +54,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from .. import metrics
@@ -64,6 +64,9 @@ from ..protocols.http1 import RequestHead, ResponseHead
 from ..protocols.sfb import Service
 from ..protocols.wbxml import E, encode
 from .connection import ClientConnection, Identity
+
+if TYPE_CHECKING:
+    from ..id.devices import DeviceCheck
 
 log = logging.getLogger("ucgate.gateway.devices")
 
@@ -156,6 +159,15 @@ def _headers_dict(req: RequestHead) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
 
 
+class DeviceChecker(Protocol):
+    """What the gate asks about a device (``ucgate.id.devices.DeviceService``, or
+    ``gateway.idclient.RemoteDeviceChecker`` over the id service's API)."""
+
+    async def check_async(self, user: str, facts: dev.DeviceFacts, *, service: str,
+                          second_factor_ok: bool = ..., credential_id: str | None = ...,
+                          client_address: str | None = ...) -> DeviceCheck: ...
+
+
 class DeviceGate:
     """The gateway's decide stage.
 
@@ -168,7 +180,7 @@ class DeviceGate:
         realm: for the Basic challenge of a ``challenge``.
     """
 
-    def __init__(self, checker: Any, *, services: Sequence[str] = tuple(DEFAULT_SERVICES),
+    def __init__(self, checker: DeviceChecker, *, services: Sequence[str] = tuple(DEFAULT_SERVICES),
                  extra_ua_rules: Sequence[tuple[str, str]] = (),
                  wallclock: Callable[[], float] | None = None, realm: str = "ucgate") -> None:
         self.checker = checker
