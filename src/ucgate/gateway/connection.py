@@ -12,7 +12,10 @@ import datetime as dt
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .devices import DeviceState
 
 _ids = itertools.count(1)
 
@@ -43,7 +46,7 @@ class ClientConnection:
     identity: Identity | None = None  # set by connection-based auth (NTLM): authorises later requests
     principal: Identity | None = None  # who last authenticated on it, by any method (for cut-off)
     auth_state: Any = None  # an authenticator's handshake in progress (e.g. NTLM after Type 1)
-    device: Any = None  # the decide stage's per-connection state (gateway.devices.DeviceState)
+    device: DeviceState | None = None  # the decide stage's per-connection state (gateway.devices)
     requests: int = 0
     # the request id (ucgate.logs) of the request in flight, or the last one: one at a time
     request_id: bytes = b""
