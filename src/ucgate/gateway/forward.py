@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 from .. import metrics
 from ..config import GatewayConfig
+from ..errors import reason_of
 from ..logs import REQUEST_ID_HEADER, new_request_id, request_context
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
@@ -272,7 +273,7 @@ class Forwarder:
                         except (BackendError, UpstreamError, HttpError, TimeoutError, ConnectionError,
                                 asyncio.IncompleteReadError, ssl.SSLError) as e:
                             up.close()
-                            reason = getattr(e, "reason", None) or type(e).__name__
+                            reason = reason_of(e, getattr(e, "reason", None))  # ssl.SSLError: OpenSSL's reason
                             log.error("backend %s handshake with %s failed for %s: %s", service.backend,
                                       pool.upstream.name, identity.user if identity else "-", e)
                             status = e.status if isinstance(e, BackendError) else 502

@@ -226,7 +226,7 @@ class Gateway:
             log.warning("closed %d live connection(s): %s", n, reason)
         return n
 
-    def live_users(self) -> dict[str, "dt.datetime"]:
+    def live_users(self) -> dict[str, dt.datetime]:
         """{user: earliest sign-in time} of the connections authenticated right now."""
         out: dict[str, dt.datetime] = {}
         for conn in self.connections:
