@@ -28,10 +28,8 @@ import subprocess
 import sys
 import time
 
-REQUEST = (b"GET /Autodiscover/AutodiscoverService.svc/root HTTP/1.1\r\n"
-           b"Host: 127.0.0.1:8443\r\n\r\n")
-BODY = (b'{"_links":{"self":{"href":"https://lyncdiscover.contoso.com/Autodiscover/'
-        b'AutodiscoverService.svc/root"}}}')
+REQUEST = b"GET /Autodiscover/AutodiscoverService.svc/root HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n"
+BODY = b'{"_links":{"self":{"href":"https://lyncdiscover.contoso.com/Autodiscover/AutodiscoverService.svc/root"}}}'
 AUTH_TARGET = b"/ucwa/oauth/v1/applications"
 BASIC = b"Basic YmVuY2g6YWJjZC1lZmdoLWlqa2wtbW5vcC1xcnN0"  # bench:<an ASP-shaped password>
 BEARER = b"Bearer cwt=AAEBHAEFAAAAAAAFFQAAAEgS9N1ZVm5xTdhw2w9EAAAB"
@@ -40,15 +38,20 @@ BEARER = b"Bearer cwt=AAEBHAEFAAAAAAAFFQAAAEgS9N1ZVm5xTdhw2w9EAAAB"
 def request_for(auth: str) -> bytes:
     if auth == "anon":
         return REQUEST
-    extra = {"ntlm": b"", "basic": b"Authorization: " + BASIC + b"\r\n",
-             "bearer": b"Authorization: " + BEARER + b"\r\n"}[auth]
-    return (b"GET " + AUTH_TARGET + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: ucgate-bench\r\n"
-            + extra + b"\r\n")
+    extra = {
+        "ntlm": b"",
+        "basic": b"Authorization: " + BASIC + b"\r\n",
+        "bearer": b"Authorization: " + BEARER + b"\r\n",
+    }[auth]
+    return (
+        b"GET " + AUTH_TARGET + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: ucgate-bench\r\n" + extra + b"\r\n"
+    )
 
 
-RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 15:00:00 GMT\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n"
-            % len(BODY)) + BODY
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 15:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(BODY)
+) + BODY
 
 
 class Transport:
@@ -95,9 +98,14 @@ def measure(n: int, rounds: int, auth: str = "anon") -> float:
     from ucgate.gateway.stream import Stream
     from ucgate.gateway.upstream import UpstreamConnection
 
-    config = from_dict({"gateway": {"listen": "127.0.0.1:0", "plain_http": True},
-                        "upstreams": {"frontend": {"url": "http://127.0.0.1:9"}},
-                        "auth": {"authenticator": "deny-all"}, "log": {"level": "warning"}})
+    config = from_dict(
+        {
+            "gateway": {"listen": "127.0.0.1:0", "plain_http": True},
+            "upstreams": {"frontend": {"url": "http://127.0.0.1:9"}},
+            "auth": {"authenticator": "deny-all"},
+            "log": {"level": "warning"},
+        }
+    )
 
     request = request_for(auth)
 
@@ -112,8 +120,7 @@ def measure(n: int, rounds: int, auth: str = "anon") -> float:
         # the credentials are never asked: every connection is signed in already
         pre = PreAuthenticator(object(), PreAuthSettings(failure_floor=0))  # type: ignore[arg-type]
         oauth = OAuthGrants(object())  # type: ignore[arg-type]
-        oauth.tokens.add(BEARER[7:], TokenRecord("bench", "s1", time.time() + 3600,
-                                                 dt.datetime.now(dt.UTC)))
+        oauth.tokens.add(BEARER[7:], TokenRecord("bench", "s1", time.time() + 3600, dt.datetime.now(dt.UTC)))
         g = Gateway(config, pre, oauth=oauth)
         g._bench_pre = pre
         return g
@@ -167,8 +174,12 @@ def main() -> None:
     ap.add_argument("--src", action="append", default=[], help="a src/ tree to measure (repeatable)")
     ap.add_argument("-n", type=int, default=200_000, help="requests per run (200000)")
     ap.add_argument("--rounds", type=int, default=5, help="runs per tree, interleaved; the best counts")
-    ap.add_argument("--auth", action="append", choices=("anon", "ntlm", "basic", "bearer"),
-                    help="the request: anonymous (default), or on an NTLM / Basic / Bearer connection (repeatable)")
+    ap.add_argument(
+        "--auth",
+        action="append",
+        choices=("anon", "ntlm", "basic", "bearer"),
+        help="the request: anonymous (default), or on an NTLM / Basic / Bearer connection (repeatable)",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     modes = args.auth or ["anon"]
@@ -180,9 +191,13 @@ def main() -> None:
     for _ in range(args.rounds):
         for src in trees:  # a fresh interpreter per run and tree: no import or cache carry-over
             for mode in modes:
-                out = subprocess.run([sys.executable, __file__, "--child", "-n", str(args.n), "--auth", mode],
-                                     check=True, capture_output=True, text=True,
-                                     env={**os.environ, "PYTHONPATH": src})
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", "-n", str(args.n), "--auth", mode],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": src},
+                )
                 us = float(out.stdout.strip().splitlines()[-1])
                 best[src, mode] = min(best.get((src, mode), us), us)
     for (src, mode), us in best.items():

@@ -104,11 +104,13 @@ def worker(args) -> int:
 
 # --- the orchestration ---------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-n", "--connections", type=int, default=10_000, help="idle connections (10000)")
-    ap.add_argument("--auth", choices=("basic", "ntlm", "bearer"), default="basic",
-                    help="how each connection signs in (basic)")
+    ap.add_argument(
+        "--auth", choices=("basic", "ntlm", "bearer"), default="basic", help="how each connection signs in (basic)"
+    )
     ap.add_argument("--clients", type=int, default=4, help="client processes (4)")
     ap.add_argument("--warmup", type=int, default=20, help="connections opened and closed before the base (20)")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds idle before reading the RSS (3)")
@@ -137,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             target = soft
         if target < need:
             n = max(100, target - 512)
-            note = (f"RLIMIT_NOFILE allows {target} descriptors (hard limit {hard}): "
-                    f"{n} connections instead of {args.connections}")
+            note = (
+                f"RLIMIT_NOFILE allows {target} descriptors (hard limit {hard}): "
+                f"{n} connections instead of {args.connections}"
+            )
             args.connections = n
     work = Path(tempfile.mkdtemp(prefix="ucgate-bench-idle-"))
     work.chmod(0o755)
@@ -160,23 +164,46 @@ def _run(args, work: Path, procs, note: str) -> int:
     (work / "upstream").mkdir()
     (work / "upstream" / "nginx.conf").write_text(ntlm.nginx_upstream_conf(work / "upstream", up_port, user))
     up_log = work / "upstream" / "stderr.log"
-    up = procs.start(["taskset", "-c", CLIENT_CORE, "nginx", "-p", str(work / "upstream"), "-c",
-                      str(work / "upstream" / "nginx.conf"), "-e", str(work / "upstream" / "error.log")], up_log)
+    up = procs.start(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CORE,
+            "nginx",
+            "-p",
+            str(work / "upstream"),
+            "-c",
+            str(work / "upstream" / "nginx.conf"),
+            "-e",
+            str(work / "upstream" / "error.log"),
+        ],
+        up_log,
+    )
     common.wait_port(up_port, up, up_log)
 
     cfg = work / "ucgate.toml"
-    cfg.write_text(ntlm.gateway_conf(gw_port, up_port, cert, key, work) + f"""
+    cfg.write_text(
+        ntlm.gateway_conf(gw_port, up_port, cert, key, work)
+        + f"""
 [gateway.limits]
 max_connections = {args.connections + 1000}
 
 [gateway.timeouts]
 idle = 3600
-""")
+"""
+    )
     ucgate = [sys.executable, "-m", "ucgate"]
-    subprocess.run([*ucgate, "user", "add", "-c", str(cfg), ntlm.USER, "--upn", f"{ntlm.USER}@bench.test"],
-                   check=True, capture_output=True)
-    r = subprocess.run([*ucgate, "asp", "create", "-c", str(cfg), ntlm.USER, "-l", "bench", "--json"],
-                       check=True, capture_output=True, text=True)
+    subprocess.run(
+        [*ucgate, "user", "add", "-c", str(cfg), ntlm.USER, "--upn", f"{ntlm.USER}@bench.test"],
+        check=True,
+        capture_output=True,
+    )
+    r = subprocess.run(
+        [*ucgate, "asp", "create", "-c", str(cfg), ntlm.USER, "-l", "bench", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     asp = json.loads(r.stdout)["password"]
     gw_log = work / "gateway.log"
     gw = procs.start(["taskset", "-c", GW_CORE, *ucgate, "serve", "-c", str(cfg)], gw_log)
@@ -189,11 +216,32 @@ idle = 3600
         for share in (s for s in shares if s):
             err = work / f"client-{len(ps)}.err"
             with open(err, "ab") as ef:
-                ps.append(subprocess.Popen(
-                    ["taskset", "-c", CLIENT_CORE, sys.executable, str(Path(__file__).resolve()), "--worker",
-                     "--auth", args.auth, "--count", str(share), "--port", str(gw_port), "--cert", str(cert)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=ef, env=env, text=True,
-                    start_new_session=True))
+                ps.append(
+                    subprocess.Popen(
+                        [
+                            "taskset",
+                            "-c",
+                            CLIENT_CORE,
+                            sys.executable,
+                            str(Path(__file__).resolve()),
+                            "--worker",
+                            "--auth",
+                            args.auth,
+                            "--count",
+                            str(share),
+                            "--port",
+                            str(gw_port),
+                            "--cert",
+                            str(cert),
+                        ],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=ef,
+                        env=env,
+                        text=True,
+                        start_new_session=True,
+                    )
+                )
             procs.live.append(ps[-1])
         opened = failed = 0
         for p in ps:
@@ -219,8 +267,11 @@ idle = 3600
                 return
             time.sleep(0.1)
 
-    print(f"ucgate bench/idle.py: {args.connections} idle TLS keep-alive connections signed in with "
-          f"{args.auth}; {args.clients} client processes; source: {ntlm._git_state()}", flush=True)
+    print(
+        f"ucgate bench/idle.py: {args.connections} idle TLS keep-alive connections signed in with "
+        f"{args.auth}; {args.clients} client processes; source: {ntlm._git_state()}",
+        flush=True,
+    )
     if note:
         print(f"note: {note}", flush=True)
     fds0 = len(os.listdir(f"/proc/{gw.pid}/fd"))
@@ -252,8 +303,7 @@ idle = 3600
     print()
     print(f"per idle connection: {per:.2f} KiB RSS ({per_anon:.2f} KiB anonymous memory)")
     if failed:
-        print(f"warning: {failed} connections failed to open or sign in "
-              f"(see {work}/client-*.err with --keep)")
+        print(f"warning: {failed} connections failed to open or sign in (see {work}/client-*.err with --keep)")
     return 0
 
 

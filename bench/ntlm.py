@@ -88,22 +88,27 @@ class Client:
         except OSError:
             pass
 
-    def request(self, path: str, authz: str | None = None, form: bytes | None = None
-                ) -> tuple[int, dict[bytes, bytes], bytes]:
+    def request(
+        self, path: str, authz: str | None = None, form: bytes | None = None
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
         extra = f"Authorization: {authz}\r\n" if authz else ""
         if form is None:
-            self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ucgate-bench\r\n"
-                              f"{extra}\r\n".encode())
+            self.sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ucgate-bench\r\n{extra}\r\n".encode()
+            )
         else:
-            self.sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ucgate-bench\r\n"
-                              f"Content-Type: application/x-www-form-urlencoded\r\n"
-                              f"Content-Length: {len(form)}\r\n{extra}\r\n".encode() + form)
+            self.sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ucgate-bench\r\n"
+                f"Content-Type: application/x-www-form-urlencoded\r\n"
+                f"Content-Length: {len(form)}\r\n{extra}\r\n".encode()
+                + form
+            )
         while (i := self.buf.find(b"\r\n\r\n")) < 0:
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise ConnectionError("server closed the connection")
             self.buf += chunk
-        head, self.buf = self.buf[:i], self.buf[i + 4:]
+        head, self.buf = self.buf[:i], self.buf[i + 4 :]
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         headers: dict[bytes, bytes] = {}
@@ -292,10 +297,10 @@ extended_protection = "require"
 enabled = false
 
 [data]
-dir = "{work / 'data'}"
+dir = "{work / "data"}"
 
 [store]
-key_file = "{work / 'keys' / 'ucgate.key'}"
+key_file = "{work / "keys" / "ucgate.key"}"
 
 [log]
 level = "warning"
@@ -330,8 +335,18 @@ class Result:
         return 1000 * s[min(len(s) - 1, int(q * len(s)))]
 
 
-def run_scenario(scen: str, args, port: int, cert: Path, env: dict, procs: common.Procs,
-                 gw_pid: int, up_pid: int, work: Path, seconds: float) -> Result:
+def run_scenario(
+    scen: str,
+    args,
+    port: int,
+    cert: Path,
+    env: dict,
+    procs: common.Procs,
+    gw_pid: int,
+    up_pid: int,
+    work: Path,
+    seconds: float,
+) -> Result:
     lead = 1.5 + 0.15 * args.clients  # time for the workers to start, import and warm up
     start = time.monotonic() + lead
     end = start + seconds
@@ -339,11 +354,30 @@ def run_scenario(scen: str, args, port: int, cert: Path, env: dict, procs: commo
     for i in range(args.clients):
         out = work / f"{scen}-{i}.json"
         outs.append(out)
-        workers.append(procs.start(
-            ["taskset", "-c", CLIENT_CORE, sys.executable, str(Path(__file__).resolve()),
-             "--worker", scen, "--port", str(port), "--cert", str(cert),
-             "--start", repr(start), "--end", repr(end)],
-            out, env=env, stdout_only=True))
+        workers.append(
+            procs.start(
+                [
+                    "taskset",
+                    "-c",
+                    CLIENT_CORE,
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--worker",
+                    scen,
+                    "--port",
+                    str(port),
+                    "--cert",
+                    str(cert),
+                    "--start",
+                    repr(start),
+                    "--end",
+                    repr(end),
+                ],
+                out,
+                env=env,
+                stdout_only=True,
+            )
+        )
     while time.monotonic() < start:
         time.sleep(0.005)
     mine = sorted(set(common._tree_pids(gw_pid)) | set(common._tree_pids(up_pid)))
@@ -368,8 +402,9 @@ def run_scenario(scen: str, args, port: int, cert: Path, env: dict, procs: commo
         client_cpu += r["cpu"]
     wall = t1 - t0
     others = max(0.0, ((b1 - b0) - (m1 - m0) - client_cpu) / wall)
-    return Result(scen, len(lat), end - start, lat, errors, first_error, g1[0] - g0[0], g1[1] - g0[1],
-                  client_cpu, others)
+    return Result(
+        scen, len(lat), end - start, lat, errors, first_error, g1[0] - g0[0], g1[1] - g0[1], client_cpu, others
+    )
 
 
 def _cpu(pid: int) -> tuple[float, float]:
@@ -384,10 +419,30 @@ def profile(gw_pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
         print("py-spy not found (bench/install-deps installs it); no profile", file=sys.stderr)
         return None
     return subprocess.Popen(
-        ["taskset", "-c", CLIENT_CORE, pyspy, "record", "--pid", str(gw_pid), "--rate", "250",
-         "--duration", f"{int(seconds)}", "--format", "raw", "--output", str(out), "--nonblocking",
-         "--threads"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            "taskset",
+            "-c",
+            CLIENT_CORE,
+            pyspy,
+            "record",
+            "--pid",
+            str(gw_pid),
+            "--rate",
+            "250",
+            "--duration",
+            f"{int(seconds)}",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+            "--threads",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def summarize_profile(raw: Path, top: int = 25) -> str:
@@ -411,7 +466,9 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
         own[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
-        incl["[worker thread] " if "MainThread" not in thread and "main" not in thread.lower() else "[main thread]"] += n
+        incl[
+            "[worker thread] " if "MainThread" not in thread and "main" not in thread.lower() else "[main thread]"
+        ] += n
     if not total:
         return "py-spy recorded no samples\n"
     lines = [f"py-spy: {total} samples of the gateway's busy time (all threads, idle excluded)", "", "top by own time:"]
@@ -428,23 +485,32 @@ class _Procs(common.Procs):
         if not stdout_only:
             return super().start(argv, log, **kw)
         with open(log, "wb") as out, open(log.with_suffix(".err"), "wb") as err:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                 start_new_session=True, **kw)
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, **kw)
         self.live.append(p)
         return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per scenario (10)")
     ap.add_argument("--clients", type=int, default=6, help="client processes, all on core 1 (6)")
     ap.add_argument("--quick", action="store_true", help="3 s per scenario")
-    ap.add_argument("--only", action="append", choices=list(SCENARIOS), metavar="SCENARIO",
-                    help=f"run only these scenarios (repeatable): {', '.join(SCENARIOS)}")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=list(SCENARIOS),
+        metavar="SCENARIO",
+        help=f"run only these scenarios (repeatable): {', '.join(SCENARIOS)}",
+    )
     ap.add_argument("--rounds", type=int, default=1, help="run every scenario N times, interleaved; medians")
-    ap.add_argument("--profile", choices=list(SCENARIOS), metavar="SCENARIO",
-                    help="afterwards, py-spy the gateway (all threads) while SCENARIO runs again")
+    ap.add_argument(
+        "--profile",
+        choices=list(SCENARIOS),
+        metavar="SCENARIO",
+        help="afterwards, py-spy the gateway (all threads) while SCENARIO runs again",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (config, logs, db)")
     # internal: a client process
     ap.add_argument("--worker", choices=list(SCENARIOS), help=argparse.SUPPRESS)
@@ -486,18 +552,36 @@ def _run(args, work: Path, procs: _Procs) -> int:
     (work / "upstream").mkdir()
     (work / "upstream" / "nginx.conf").write_text(nginx_upstream_conf(work / "upstream", up_port, user))
     up_log = work / "upstream" / "stderr.log"
-    up = procs.start(["taskset", "-c", CLIENT_CORE, "nginx", "-p", str(work / "upstream"), "-c",
-                      str(work / "upstream" / "nginx.conf"), "-e", str(work / "upstream" / "error.log")], up_log)
+    up = procs.start(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CORE,
+            "nginx",
+            "-p",
+            str(work / "upstream"),
+            "-c",
+            str(work / "upstream" / "nginx.conf"),
+            "-e",
+            str(work / "upstream" / "error.log"),
+        ],
+        up_log,
+    )
     common.wait_port(up_port, up, up_log)
 
     cfg = work / "ucgate.toml"
     cfg.write_text(gateway_conf(gw_port, up_port, cert, key, work))
     ucgate = [sys.executable, "-m", "ucgate"]
     # the user and its ASP, through the admin CLI (as an operator would)
-    subprocess.run([*ucgate, "user", "add", "-c", str(cfg), USER, "--upn", f"{USER}@bench.test"],
-                   check=True, capture_output=True)
-    created = subprocess.run([*ucgate, "asp", "create", "-c", str(cfg), USER, "-l", "bench", "--json"],
-                             check=True, capture_output=True, text=True)
+    subprocess.run(
+        [*ucgate, "user", "add", "-c", str(cfg), USER, "--upn", f"{USER}@bench.test"], check=True, capture_output=True
+    )
+    created = subprocess.run(
+        [*ucgate, "asp", "create", "-c", str(cfg), USER, "-l", "bench", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     asp = json.loads(created.stdout)["password"]
 
     gw_log = work / "gateway.log"
@@ -508,10 +592,15 @@ def _run(args, work: Path, procs: _Procs) -> int:
     scenarios = args.only or list(SCENARIOS)
     import ucgate as pkg
 
-    print(f"ucgate {getattr(pkg, '__version__', '?')} (Python {sys.version.split()[0]}, uvloop); "
-          f"{args.clients} client processes x {args.duration:g}s per scenario")
-    print(f"gateway on core {GW_CORE}; clients (Python, pyspnego) and the upstream nginx on core {CLIENT_CORE}; "
-          f"SQLite store in {work} ({_fstype(work)}); source: {_git_state()}", flush=True)
+    print(
+        f"ucgate {getattr(pkg, '__version__', '?')} (Python {sys.version.split()[0]}, uvloop); "
+        f"{args.clients} client processes x {args.duration:g}s per scenario"
+    )
+    print(
+        f"gateway on core {GW_CORE}; clients (Python, pyspnego) and the upstream nginx on core {CLIENT_CORE}; "
+        f"SQLite store in {work} ({_fstype(work)}); source: {_git_state()}",
+        flush=True,
+    )
 
     results: dict[str, list[Result]] = {s: [] for s in scenarios}
     for rnd in range(args.rounds):
@@ -531,37 +620,49 @@ def _run(args, work: Path, procs: _Procs) -> int:
         return best
 
     print()
-    hdr = (f"{'scenario':<10} {'one operation':<37} {'ops/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-           f"{'gw CPU':>6} {'us/op':>7} {'sys%':>4} {'clients':>7} {'errors':>6} {'others':>6}")
+    hdr = (
+        f"{'scenario':<10} {'one operation':<37} {'ops/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'gw CPU':>6} {'us/op':>7} {'sys%':>4} {'clients':>7} {'errors':>6} {'others':>6}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for scen in scenarios:
         r = med(scen)
-        print(f"{scen:<10} {SCENARIOS[scen][1]:<37} {r.rate:>7.0f} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
-              f"{r.gw_cpu / r.seconds:>6.2f} {r.us_per_op:>7.1f} {100 * r.gw_sys / max(r.gw_cpu, 1e-9):>4.0f} {r.client_cpu / r.seconds:>7.2f} "
-              f"{r.errors:>6d} {r.others:>6.2f}")
+        print(
+            f"{scen:<10} {SCENARIOS[scen][1]:<37} {r.rate:>7.0f} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
+            f"{r.gw_cpu / r.seconds:>6.2f} {r.us_per_op:>7.1f} {100 * r.gw_sys / max(r.gw_cpu, 1e-9):>4.0f} {r.client_cpu / r.seconds:>7.2f} "
+            f"{r.errors:>6d} {r.others:>6.2f}"
+        )
     print()
     m = {s: med(s) for s in scenarios}
     if "ntlm-new" in m and "tls-new" in m:
         d = m["ntlm-new"].us_per_op - m["tls-new"].us_per_op
-        print(f"NTLM handshake on a new connection: {m['ntlm-new'].us_per_op:.0f} us gateway CPU, of which "
-              f"{m['tls-new'].us_per_op:.0f} is TLS + one proxied request; the NTLM legs add {d:.0f} us")
+        print(
+            f"NTLM handshake on a new connection: {m['ntlm-new'].us_per_op:.0f} us gateway CPU, of which "
+            f"{m['tls-new'].us_per_op:.0f} is TLS + one proxied request; the NTLM legs add {d:.0f} us"
+        )
     if "basic-new" in m and "tls-new" in m:
         d = m["basic-new"].us_per_op - m["tls-new"].us_per_op
         print(f"Basic (ASP) on a new connection: {m['basic-new'].us_per_op:.0f} us; verifying it adds {d:.0f} us")
     for s in ("ntlm-ka", "basic-ka", "bearer-ka"):
         if s in m and "anon-ka" in m:
             d = m[s].us_per_op - m["anon-ka"].us_per_op
-            print(f"{s}: {m[s].us_per_op:.1f} us/request vs anonymous {m['anon-ka'].us_per_op:.1f} "
-                  f"({m[s].us_per_op / m['anon-ka'].us_per_op:.2f}x) -> authentication adds {d:+.1f} us/request "
-                  "on an authenticated keep-alive connection")
+            print(
+                f"{s}: {m[s].us_per_op:.1f} us/request vs anonymous {m['anon-ka'].us_per_op:.1f} "
+                f"({m[s].us_per_op / m['anon-ka'].us_per_op:.2f}x) -> authentication adds {d:+.1f} us/request "
+                "on an authenticated keep-alive connection"
+            )
     for s, r in m.items():
         if r.gw_cpu / r.seconds < 0.85:
-            print(f"note: {s}: the gateway used {r.gw_cpu / r.seconds:.2f} of its core: not CPU-bound "
-                  f"(clients {r.client_cpu / r.seconds:.2f} cores, or waiting on I/O); us/op still holds")
+            print(
+                f"note: {s}: the gateway used {r.gw_cpu / r.seconds:.2f} of its core: not CPU-bound "
+                f"(clients {r.client_cpu / r.seconds:.2f} cores, or waiting on I/O); us/op still holds"
+            )
     if any(r.others > 0.15 for r in m.values()):
-        print("warning: other processes used CPU during the run ('others', in cores): the machine was "
-              "not quiet, throughput is noisy (prefer us/op, or use --rounds 3)")
+        print(
+            "warning: other processes used CPU during the run ('others', in cores): the machine was "
+            "not quiet, throughput is noisy (prefer us/op, or use --rounds 3)"
+        )
     errs = {s: r for s, r in m.items() if r.errors}
     for s, r in errs.items():
         print(f"warning: {s}: {r.errors} failed operations, first: {r.first_error}")
@@ -586,10 +687,12 @@ def _run(args, work: Path, procs: _Procs) -> int:
 
 def _git_state() -> str:
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "?"
     return f"{head or '?'}{' + uncommitted changes in src/' if dirty else ''}"

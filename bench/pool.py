@@ -68,8 +68,15 @@ FOLLOWER = textwrap.dedent("""
 
 
 def bench_propagation(url: str, n: int) -> list[float]:
-    procs = [subprocess.Popen([sys.executable, "-c", FOLLOWER, url, str(n)], stdout=subprocess.PIPE,
-                              text=True, cwd=Path(__file__).resolve().parents[1] / "src") for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FOLLOWER, url, str(n)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1] / "src",
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     repo = open_repository(url, migrate_schema=False)
@@ -107,8 +114,10 @@ def main() -> None:
         for name, url in stores.items():
             lat = bench_propagation(url, a.events)
             q = statistics.quantiles(lat, n=100)
-            print(f"{name:12} p50 {q[49] * 1e3:7.1f}  p99 {q[98] * 1e3:7.1f}  max {lat[-1] * 1e3:7.1f}  "
-                  f"({len(lat)} deliveries)")
+            print(
+                f"{name:12} p50 {q[49] * 1e3:7.1f}  p99 {q[98] * 1e3:7.1f}  max {lat[-1] * 1e3:7.1f}  "
+                f"({len(lat)} deliveries)"
+            )
 
 
 if __name__ == "__main__":

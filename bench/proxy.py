@@ -70,8 +70,12 @@ class Procs:
     def start(self, argv: list[str], log: Path, **kw) -> subprocess.Popen:
         with open(log, "wb") as f:  # the child has its own copy of the descriptor
             p = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                start_new_session=True, **kw,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **kw,
             )
         self.live.append(p)
         return p
@@ -203,7 +207,9 @@ http {{
 
 
 def nginx_upstream_conf(prefix: Path, port: int, user: str) -> str:
-    return NGINX_COMMON.format(prefix=prefix, user=user) + f"""\
+    return (
+        NGINX_COMMON.format(prefix=prefix, user=user)
+        + f"""\
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         location / {{
@@ -213,11 +219,15 @@ def nginx_upstream_conf(prefix: Path, port: int, user: str) -> str:
     }}
 }}
 """
+    )
 
 
-def nginx_proxy_conf(prefix: Path, tls_port: int, plain_port: int, up_port: int, cert: Path,
-                     key: Path, user: str) -> str:
-    return NGINX_COMMON.format(prefix=prefix, user=user) + f"""\
+def nginx_proxy_conf(
+    prefix: Path, tls_port: int, plain_port: int, up_port: int, cert: Path, key: Path, user: str
+) -> str:
+    return (
+        NGINX_COMMON.format(prefix=prefix, user=user)
+        + f"""\
     upstream frontend {{
         server 127.0.0.1:{up_port};
         keepalive 32;
@@ -241,6 +251,7 @@ def nginx_proxy_conf(prefix: Path, tls_port: int, plain_port: int, up_port: int,
     }}
 }}
 """
+    )
 
 
 def ucgate_conf(port: int, up_port: int, cert: Path, key: Path, data_dir: Path, plain: bool) -> str:
@@ -308,17 +319,28 @@ def parse_wrk(out: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, seconds: float, connections: int, threads: int, proxy_pid: int,
-            ours: list[int] = ()) -> WrkResult:
-    argv = ["taskset", "-c", LOAD_CORE, "wrk", f"-t{threads}", f"-c{connections}",
-            f"-d{seconds:g}s", "--latency", "--timeout", "5s", url]
+def run_wrk(
+    url: str, seconds: float, connections: int, threads: int, proxy_pid: int, ours: list[int] = ()
+) -> WrkResult:
+    argv = [
+        "taskset",
+        "-c",
+        LOAD_CORE,
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        url,
+    ]
     pids = _tree_pids(proxy_pid)
     # everything of ours that burns CPU: the proxy, the upstream (and wrk, counted from its exit)
     mine = sorted({p for root in ours for p in _tree_pids(root)} | set(pids))
     w0 = _children_cpu()  # wrk's CPU, once it has been waited for
     c0, m0, b0, t0 = cpu_seconds(pids), cpu_seconds(mine), busy_seconds(), time.monotonic()
-    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = wrk.communicate(timeout=seconds + 60)
     finally:  # interrupted or timed out: take wrk down too, and reap it
@@ -342,8 +364,16 @@ def _children_cpu() -> float:
 
 
 # --- profiling ----------------------------------------------------------------------------
-def profile_ucgate(pid: int, url: str, seconds: float, connections: int, threads: int,
-                   out_dir: Path, native: bool = False, ours: list[int] = ()) -> str:
+def profile_ucgate(
+    pid: int,
+    url: str,
+    seconds: float,
+    connections: int,
+    threads: int,
+    out_dir: Path,
+    native: bool = False,
+    ours: list[int] = (),
+) -> str:
     """Sample the gateway with py-spy while wrk loads it; return a text summary of the top
     functions by own time and by inclusive time."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -352,11 +382,29 @@ def profile_ucgate(pid: int, url: str, seconds: float, connections: int, threads
     raw = out_dir / "profile.txt"
     # py-spy runs on the load core so that the proxy's core only runs the proxy
     rec = subprocess.Popen(
-        ["taskset", "-c", LOAD_CORE, pyspy, "record", "--pid", str(pid), "--rate", "250",
-         "--duration", f"{int(seconds)}", "--format", "raw", "--output", str(raw),
-         # --native must pause the process to unwind C stacks; otherwise sample without pausing
-         *(["--native"] if native else ["--nonblocking"])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            pyspy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--duration",
+            f"{int(seconds)}",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            # --native must pause the process to unwind C stacks; otherwise sample without pausing
+            *(["--native"] if native else ["--nonblocking"]),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         time.sleep(0.5)
@@ -387,8 +435,7 @@ def profile_ucgate(pid: int, url: str, seconds: float, connections: int, threads
             incl[f] += n
     if not total:
         return "py-spy recorded no samples\n"
-    lines = [f"py-spy: {total} samples of the gateway's busy time (idle excluded)",
-             "", "top by own time:"]
+    lines = [f"py-spy: {total} samples of the gateway's busy time (idle excluded)", "", "top by own time:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(15)]
     lines += ["", "top by inclusive time:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in incl.most_common(25)]
@@ -397,24 +444,42 @@ def profile_ucgate(pid: int, url: str, seconds: float, connections: int, threads
 
 # --- the run ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (10)")
     ap.add_argument("--connections", "-c", type=int, default=32, help="wrk connections (32)")
     ap.add_argument("--threads", "-t", type=int, default=1, help="wrk threads (1)")
     ap.add_argument("--quick", action="store_true", help="3 s runs")
-    ap.add_argument("--warmup", type=float, nargs="?", const=2.0, default=0.0, metavar="SECS",
-                    help="first load each proxy for SECS (2 if no value) and discard the result")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="measure every configuration N times, interleaved; report the median")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        nargs="?",
+        const=2.0,
+        default=0.0,
+        metavar="SECS",
+        help="first load each proxy for SECS (2 if no value) and discard the result",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="measure every configuration N times, interleaved; report the median"
+    )
     ap.add_argument("--only", choices=("tls", "plain"), help="run only the TLS or plain-HTTP pair")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=SRC",
-                    help="also measure ucgate from another source tree (its src/ directory, put "
-                         "first on PYTHONPATH), e.g. an optimised scratch copy; repeatable")
-    ap.add_argument("--profile", action="store_true",
-                    help="afterwards, profile ucgate (TLS) with py-spy under the same load")
-    ap.add_argument("--native", action="store_true",
-                    help="with --profile: include C frames (OpenSSL, uvloop, CPython) in the profile")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also measure ucgate from another source tree (its src/ directory, put "
+        "first on PYTHONPATH), e.g. an optimised scratch copy; repeatable",
+    )
+    ap.add_argument(
+        "--profile", action="store_true", help="afterwards, profile ucgate (TLS) with py-spy under the same load"
+    )
+    ap.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: include C frames (OpenSSL, uvloop, CPython) in the profile",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     ap.add_argument("--verbose", "-v", action="store_true", help="print wrk's raw output")
     args = ap.parse_args(argv)
@@ -473,18 +538,30 @@ def _run(args, work: Path, procs: Procs, make_self_signed) -> int:
         prefix.mkdir()
         (prefix / "nginx.conf").write_text(conf)
         log = prefix / "stderr.log"
-        p = procs.start(["taskset", "-c", core, "nginx", "-p", str(prefix), "-c",
-                         str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")], log)
+        p = procs.start(
+            [
+                "taskset",
+                "-c",
+                core,
+                "nginx",
+                "-p",
+                str(prefix),
+                "-c",
+                str(prefix / "nginx.conf"),
+                "-e",
+                str(prefix / "error.log"),
+            ],
+            log,
+        )
         wait_port(port, p, log)
         return p
 
-    up = start_nginx("upstream", nginx_upstream_conf(work / "upstream", ports["up"], user),
-                     LOAD_CORE, ports["up"])
+    up = start_nginx("upstream", nginx_upstream_conf(work / "upstream", ports["up"], user), LOAD_CORE, ports["up"])
     ngx = start_nginx(
         "nginx-proxy",
-        nginx_proxy_conf(work / "nginx-proxy", ports["ngx_tls"], ports["ngx_plain"], ports["up"],
-                         cert, key, user),
-        PROXY_CORE, ports["ngx_tls"],
+        nginx_proxy_conf(work / "nginx-proxy", ports["ngx_tls"], ports["ngx_plain"], ports["up"], cert, key, user),
+        PROXY_CORE,
+        ports["ngx_tls"],
     )
     # the gateways: (name, source dir or None for the installed one) x (TLS, plain)
     variants: list[tuple[str, str | None]] = [("ucgate", None)]
@@ -509,8 +586,9 @@ def _run(args, work: Path, procs: Procs, make_self_signed) -> int:
             cfg = d / "ucgate.toml"
             cfg.write_text(ucgate_conf(port, ports["up"], cert, key, d, plain))
             log = d / "stderr.log"
-            p = procs.start(["taskset", "-c", PROXY_CORE, sys.executable, "-m", "ucgate",
-                             "serve", "-c", str(cfg)], log, env=env)
+            p = procs.start(
+                ["taskset", "-c", PROXY_CORE, sys.executable, "-m", "ucgate", "serve", "-c", str(cfg)], log, env=env
+            )
             wait_port(port, p, log)
             ucg[name, kind], gw_ports[name, kind] = p, port
 
@@ -534,8 +612,10 @@ def _run(args, work: Path, procs: Procs, make_self_signed) -> int:
     ver = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
     import ucgate
 
-    print(f"ucgate {getattr(ucgate, '__version__', '?')} (Python {sys.version.split()[0]}, uvloop) vs nginx {ver}; "
-          f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, keep-alive, GET {PATH}")
+    print(
+        f"ucgate {getattr(ucgate, '__version__', '?')} (Python {sys.version.split()[0]}, uvloop) vs nginx {ver}; "
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, keep-alive, GET {PATH}"
+    )
     print(f"proxies on core {PROXY_CORE}; wrk and the upstream nginx on core {LOAD_CORE}; TLS: {tls_info}", flush=True)
 
     def url(port: int, tls: bool) -> str:
@@ -591,29 +671,48 @@ def _run(args, work: Path, procs: Procs, make_self_signed) -> int:
         if name != "nginx":
             ratios[name, kind] = ratio
             norms[name, kind] = norm
-        print(f"{label:<{lw}} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.cpu:>9.2f} {us:>7.1f} "
-              f"{r.non2xx + r.socket_errors:>7d} {r.others:>6.2f} {ratio:>8.2f}x {norm:>7.2f}x")
+        print(
+            f"{label:<{lw}} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.cpu:>9.2f} {us:>7.1f} "
+            f"{r.non2xx + r.socket_errors:>7d} {r.others:>6.2f} {ratio:>8.2f}x {norm:>7.2f}x"
+        )
     print()
     for (name, kind), ratio in ratios.items():
-        print(f"throughput {name}/nginx over {'TLS' if kind == 'https' else 'plain HTTP'}: {ratio:.2f}x "
-              f"(per core of CPU: {norms[name, kind]:.2f}x)")
+        print(
+            f"throughput {name}/nginx over {'TLS' if kind == 'https' else 'plain HTTP'}: {ratio:.2f}x "
+            f"(per core of CPU: {norms[name, kind]:.2f}x)"
+        )
     if len(kinds) == 2:
         for name in ["nginx"] + [n for n, _ in variants]:
             t, p = med(f"{name:<{width}} https"), med(f"{name:<{width}} http")
             # proxy CPU per request; the difference between TLS and plain is TLS's share
             ct = 1e6 * t.cpu / t.rps
             cp = 1e6 * p.cpu / p.rps
-            print(f"{name}: {ct:.1f} us proxy CPU/request over TLS, {cp:.1f} plain "
-                  f"-> TLS is {100 * (ct - cp) / ct:.0f}% of the per-request cost")
+            print(
+                f"{name}: {ct:.1f} us proxy CPU/request over TLS, {cp:.1f} plain "
+                f"-> TLS is {100 * (ct - cp) / ct:.0f}% of the per-request cost"
+            )
     if any(med(label).others > 0.15 for label, *_ in configs):
-        print("warning: other processes used CPU during the run ('others', in cores): the machine "
-              "was not quiet, the numbers are noisy (use --rounds 3 or rerun when idle)")
+        print(
+            "warning: other processes used CPU during the run ('others', in cores): the machine "
+            "was not quiet, the numbers are noisy (use --rounds 3 or rerun when idle)"
+        )
     if any(med(label).non2xx or med(label).socket_errors for label, *_ in configs):
         print("warning: some requests failed (errors column): those numbers are not comparable")
     if args.profile and ("ucgate", "https") in ucg:
         print()
-        print(profile_ucgate(ucg["ucgate", "https"].pid, url(gw_ports["ucgate", "https"], True), args.duration,
-                             args.connections, args.threads, work, args.native, [up.pid]), end="")
+        print(
+            profile_ucgate(
+                ucg["ucgate", "https"].pid,
+                url(gw_ports["ucgate", "https"], True),
+                args.duration,
+                args.connections,
+                args.threads,
+                work,
+                args.native,
+                [up.pid],
+            ),
+            end="",
+        )
     return 0
 
 

@@ -40,9 +40,11 @@ sys.path.insert(0, str(REPO / "bench"))
 from proxy import Procs, _tree_pids, busy_seconds, cpu_seconds, free_port, wait_port  # noqa: E402
 
 PASSWORD = "Bench-Passw0rd!"
-CANNED = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK1\r\n"
-          b"From: <sip:u0@contoso.com>;tag=1\r\nTo: <sip:bob@contoso.com>;tag=2\r\nCall-ID: bench\r\n"
-          b"CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n")
+CANNED = (
+    b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK1\r\n"
+    b"From: <sip:u0@contoso.com>;tag=1\r\nTo: <sip:bob@contoso.com>;tag=2\r\nCall-ID: bench\r\n"
+    b"CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+)
 PROXY_CORE, LOAD_CORE = "0", "1"
 
 
@@ -78,8 +80,13 @@ def role_edge(a) -> None:
                 writer.close()
 
     async def main() -> None:
-        edge = BenchEdge(Path(a.cert), Path(a.key), [Account(u, PASSWORD, f"{u}@contoso.com") for u in _users(64)],
-                         record=False, check_signatures=False)
+        edge = BenchEdge(
+            Path(a.cert),
+            Path(a.key),
+            [Account(u, PASSWORD, f"{u}@contoso.com") for u in _users(64)],
+            record=False,
+            check_signatures=False,
+        )
         await edge.start("127.0.0.1", a.port)
         await asyncio.Event().wait()
 
@@ -101,15 +108,32 @@ def role_relay(a) -> None:
     work = Path(a.work)
     (work / "data").mkdir(exist_ok=True)
     (work / "keys").mkdir(mode=0o700, exist_ok=True)
-    ids = open_services(store_url=f"sqlite:///{work / 'data' / 'ucgate.db'}", key_file=work / "keys" / "k",
-                        audit_file=None, lockout=LockoutConfig(), netbios_domains=("CONTOSO",))
+    ids = open_services(
+        store_url=f"sqlite:///{work / 'data' / 'ucgate.db'}",
+        key_file=work / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(),
+        netbios_domains=("CONTOSO",),
+    )
     for u in _users(64):
         ids.users.add(u, upn=f"{u}@contoso.com", sip_uri=f"sip:{u}@contoso.com")
-    devices = DeviceService(PartnershipStore(ids.components.repo.engine), ids.audit, ids.bus,
-                            defaults={"default_action": "allowed", "require_second_factor": False})
-    s = SipConfig(enabled=True, listen_host="127.0.0.1", listen_port=a.port, tls_cert=Path(a.cert),
-                  tls_key=Path(a.key), edge_host="127.0.0.1", edge_port=a.edge_port, server_name="localhost",
-                  ca_bundle=Path(a.cert))
+    devices = DeviceService(
+        PartnershipStore(ids.components.repo.engine),
+        ids.audit,
+        ids.bus,
+        defaults={"default_action": "allowed", "require_second_factor": False},
+    )
+    s = SipConfig(
+        enabled=True,
+        listen_host="127.0.0.1",
+        listen_port=a.port,
+        tls_cert=Path(a.cert),
+        tls_key=Path(a.key),
+        edge_host="127.0.0.1",
+        edge_port=a.edge_port,
+        server_name="localhost",
+        ca_bundle=Path(a.cert),
+    )
     relay = SipRelay(s, ids.credentials, ids.audit, devices=devices, failure_floor=0.0)
 
     async def main() -> None:
@@ -122,16 +146,25 @@ def role_relay(a) -> None:
 def role_load(a) -> None:
     from ucgate.lab.sipclient import SipClient
 
-    c = SipClient("127.0.0.1", a.port, aor=f"{a.user}@contoso.com", ca_file=a.cert, login=f"CONTOSO\\{a.user}",
-                  password=PASSWORD).connect()
+    c = SipClient(
+        "127.0.0.1", a.port, aor=f"{a.user}@contoso.com", ca_file=a.cert, login=f"CONTOSO\\{a.user}", password=PASSWORD
+    ).connect()
     answer = c.register()
     if answer is None or answer.status != 200:
         print(json.dumps({"error": f"REGISTER: {answer.start_line.decode() if answer else 'closed'}"}), flush=True)
         return
-    auth = (f'Authorization: NTLM qop="auth", opaque="{c.sa.opaque}", realm="SIP Communications Service", '
-            f'targetname="{c.sa.targetname}", crand="{c.sa.crand}", cnum="1", response="{"0" * 32}"')
-    one = c.build("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", auth=auth,
-                  headers=["Content-Type: text/plain"], cseq=1000)
+    auth = (
+        f'Authorization: NTLM qop="auth", opaque="{c.sa.opaque}", realm="SIP Communications Service", '
+        f'targetname="{c.sa.targetname}", crand="{c.sa.crand}", cnum="1", response="{"0" * 32}"'
+    )
+    one = c.build(
+        "MESSAGE",
+        "sip:bob@contoso.com",
+        to="sip:bob@contoso.com",
+        auth=auth,
+        headers=["Content-Type: text/plain"],
+        cseq=1000,
+    )
     batch = one * a.window
     sock = c.sock
     assert sock is not None
@@ -175,10 +208,28 @@ listen sip
 def measure(procs: Procs, work: Path, name: str, port: int, subject_pid: int, a, cert: Path) -> dict:
     loads = []
     for i in range(a.connections):
-        argv = ["taskset", "-c", LOAD_CORE, sys.executable, __file__, "--role", "load", "--port", str(port),
-                "--cert", str(cert), "--user", f"u{i}", "--window", str(a.window), "--duration", str(a.duration)]
-        loads.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                      start_new_session=True))
+        argv = [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            sys.executable,
+            __file__,
+            "--role",
+            "load",
+            "--port",
+            str(port),
+            "--cert",
+            str(cert),
+            "--user",
+            f"u{i}",
+            "--window",
+            str(a.window),
+            "--duration",
+            str(a.duration),
+        ]
+        loads.append(
+            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        )
     for p in loads:
         line = p.stdout.readline()
         if "ready" not in line:
@@ -202,9 +253,14 @@ def measure(procs: Procs, work: Path, name: str, port: int, subject_pid: int, a,
             errors.append(r["error"])
     wall = t1 - t0
     cpu = (c1 - c0) / wall
-    return {"name": name, "mps": total / a.duration, "cpu": cpu,
-            "us": 1e6 * (c1 - c0) / total if total else float("nan"), "machine": (b1 - b0) / wall,
-            "errors": errors}
+    return {
+        "name": name,
+        "mps": total / a.duration,
+        "cpu": cpu,
+        "us": 1e6 * (c1 - c0) / total if total else float("nan"),
+        "machine": (b1 - b0) / wall,
+        "errors": errors,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,34 +301,77 @@ def main(argv: list[str] | None = None) -> int:
         pem.write_bytes(cert.read_bytes() + key.read_bytes())
         edge_port, relay_port, hap_port = free_port(), free_port(), free_port()
         py = sys.executable
-        edge = procs.start(["taskset", "-c", LOAD_CORE, py, __file__, "--role", "edge", "--port", str(edge_port),
-                            "--cert", str(cert), "--key", str(key)], work / "edge.log")
+        edge = procs.start(
+            [
+                "taskset",
+                "-c",
+                LOAD_CORE,
+                py,
+                __file__,
+                "--role",
+                "edge",
+                "--port",
+                str(edge_port),
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+            ],
+            work / "edge.log",
+        )
         wait_port(edge_port, edge, work / "edge.log")
-        relay = procs.start(["taskset", "-c", PROXY_CORE, py, __file__, "--role", "relay", "--port", str(relay_port),
-                             "--edge-port", str(edge_port), "--cert", str(cert), "--key", str(key),
-                             "--work", str(work)], work / "relay.log")
+        relay = procs.start(
+            [
+                "taskset",
+                "-c",
+                PROXY_CORE,
+                py,
+                __file__,
+                "--role",
+                "relay",
+                "--port",
+                str(relay_port),
+                "--edge-port",
+                str(edge_port),
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--work",
+                str(work),
+            ],
+            work / "relay.log",
+        )
         wait_port(relay_port, relay, work / "relay.log", timeout=60)
         (work / "haproxy.cfg").write_text(haproxy_conf(hap_port, edge_port, pem, cert))
-        haproxy = procs.start(["taskset", "-c", PROXY_CORE, "haproxy", "-f", str(work / "haproxy.cfg"), "-db"],
-                              work / "haproxy.log")
+        haproxy = procs.start(
+            ["taskset", "-c", PROXY_CORE, "haproxy", "-f", str(work / "haproxy.cfg"), "-db"], work / "haproxy.log"
+        )
         wait_port(hap_port, haproxy, work / "haproxy.log")
         results: dict[str, list[dict]] = {"ucgate relay": [], "haproxy tcp": []}
         for r in range(a.rounds):
             for name, port, pid in (("ucgate relay", relay_port, relay.pid), ("haproxy tcp", hap_port, haproxy.pid)):
                 res = measure(procs, work, name, port, pid, a, cert)
                 results[name].append(res)
-                print(f"round {r + 1} {name:13s} {res['mps']:9.0f} msg/s  proxy CPU {res['cpu']:.2f}  "
-                      f"{res['us']:7.1f} us/msg  machine busy {res['machine']:.2f}"
-                      + (f"  errors {res['errors']}" if res["errors"] else ""), flush=True)
+                print(
+                    f"round {r + 1} {name:13s} {res['mps']:9.0f} msg/s  proxy CPU {res['cpu']:.2f}  "
+                    f"{res['us']:7.1f} us/msg  machine busy {res['machine']:.2f}"
+                    + (f"  errors {res['errors']}" if res["errors"] else ""),
+                    flush=True,
+                )
         med = {n: {k: statistics.median(x[k] for x in rs) for k in ("mps", "cpu", "us")} for n, rs in results.items()}
         u, h = med["ucgate relay"], med["haproxy tcp"]
-        print(f"\n{a.connections} registered connections x {a.window} MESSAGEs in flight, {a.duration:.0f} s, "
-              f"{a.rounds} round(s), medians; TLS on both legs of both proxies")
+        print(
+            f"\n{a.connections} registered connections x {a.window} MESSAGEs in flight, {a.duration:.0f} s, "
+            f"{a.rounds} round(s), medians; TLS on both legs of both proxies"
+        )
         print(f"{'':14s}{'msg/s':>10s}{'proxy CPU':>11s}{'us/msg':>9s}")
         for n, m in med.items():
             print(f"{n:14s}{m['mps']:10.0f}{m['cpu']:11.2f}{m['us']:9.1f}")
-        print(f"ratio relay/haproxy: throughput {u['mps'] / h['mps']:.2f}x, CPU per message {u['us'] / h['us']:.2f}x "
-              f"(CPU-normalised throughput {h['us'] / u['us']:.2f}x)")
+        print(
+            f"ratio relay/haproxy: throughput {u['mps'] / h['mps']:.2f}x, CPU per message {u['us'] / h['us']:.2f}x "
+            f"(CPU-normalised throughput {h['us'] / u['us']:.2f}x)"
+        )
         return 0
     finally:
         procs.stop_all()

@@ -16,8 +16,7 @@ VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.Fo
 
 def problems(event: dict[str, Any]) -> list[str]:
     """What is wrong with one event ([] when it follows the schema)."""
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<event>'}: {e.message}"
-            for e in VALIDATOR.iter_errors(event)]
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<event>'}: {e.message}" for e in VALIDATOR.iter_errors(event)]
 
 
 class AuditSchemaHook:

@@ -23,8 +23,11 @@ def _audit_events_follow_the_schema(audit_schema_hook):
     bad, audit_schema_hook.bad[:] = list(audit_schema_hook.bad), []
     if bad:
         event, found = bad[0]
-        pytest.fail(f"{len(bad)} audit event(s) do not follow docs/audit-event.schema.json; "
-                    f"first: {'; '.join(found)} in {event}", pytrace=False)
+        pytest.fail(
+            f"{len(bad)} audit event(s) do not follow docs/audit-event.schema.json; "
+            f"first: {'; '.join(found)} in {event}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

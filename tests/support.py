@@ -105,8 +105,17 @@ class RecordingUpstream:
                 target = rec.target
                 if "/download" in target:
                     size = int(target.rsplit("n=", 1)[1])
-                    writer.write(conn.send(h11.Response(status_code=200, headers=[
-                        ("Content-Type", "application/octet-stream"), ("Transfer-Encoding", "chunked")])))
+                    writer.write(
+                        conn.send(
+                            h11.Response(
+                                status_code=200,
+                                headers=[
+                                    ("Content-Type", "application/octet-stream"),
+                                    ("Transfer-Encoding", "chunked"),
+                                ],
+                            )
+                        )
+                    )
                     block = b"x" * 65536
                     left = size
                     while left:
@@ -117,9 +126,20 @@ class RecordingUpstream:
                     writer.write(conn.send(h11.EndOfMessage()))
                 else:
                     body = json.dumps(rec.__dict__).encode()
-                    writer.write(conn.send(h11.Response(status_code=200, headers=[
-                        ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                        ("Connection", "keep-alive"), ("Keep-Alive", "timeout=5"), ("X-Upstream", "h11")])))
+                    writer.write(
+                        conn.send(
+                            h11.Response(
+                                status_code=200,
+                                headers=[
+                                    ("Content-Type", "application/json"),
+                                    ("Content-Length", str(len(body))),
+                                    ("Connection", "keep-alive"),
+                                    ("Keep-Alive", "timeout=5"),
+                                    ("X-Upstream", "h11"),
+                                ],
+                            )
+                        )
+                    )
                     writer.write(conn.send(h11.Data(data=body)))
                     writer.write(conn.send(h11.EndOfMessage()))
                 await writer.drain()
@@ -158,9 +178,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gateway_config(
-    cert: Path | None, key: Path | None, upstream_port: int, **gateway_overrides: Any
-) -> dict:
+def gateway_config(cert: Path | None, key: Path | None, upstream_port: int, **gateway_overrides: Any) -> dict:
     services = gateway_overrides.pop("services", {})
     limits = gateway_overrides.pop("limits", {})
     timeouts = gateway_overrides.pop("timeouts", {})

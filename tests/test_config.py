@@ -20,44 +20,90 @@ def _with(**tables: dict) -> dict:
     return raw
 
 
-@pytest.mark.parametrize(("tables", "message"), [
-    ({"gateway": {"limits": {"max_header_bytes": 0}}}, "gateway.limits.max_header_bytes: must be greater than 0, got 0"),
-    ({"gateway": {"limits": {"max_header_bytes": True}}}, "gateway.limits.max_header_bytes: expected int, got a boolean"),
-    ({"gateway": {"plain_http": "yes"}}, "gateway.plain_http: expected bool, got str 'yes'"),
-    ({"gateway": {"listen": "nope"}}, "gateway.listen: expected host:port, got 'nope'"),
-    ({"gateway": {"trusted_proxies": ["10.0.0.0/8", "x"]}}, "gateway.trusted_proxies[1]: not an address or CIDR: 'x'"),
-    ({"gateway": {"identity_header": "X User"}}, "gateway.identity_header: must be a header name (letters, digits, '-')"),
-    ({"gateway": {"listen_host": "x"}}, "gateway.listen_host: unknown setting (check the spelling; see README)"),
-    ({"gateway": 5}, "[gateway] must be a table"),
-    ({"nope": 1}, "nope: unknown setting (check the spelling; see README)"),
-    ({"upstreams": {"frontend": {"url": "ftp://x"}}}, "upstreams.frontend.url: expected http(s)://host[:port], got 'ftp://x'"),
-    ({"upstreams": {"frontend": {"url": "http://x/a"}}},
-     "upstreams.frontend.url: must not have a path or query; paths are forwarded unchanged"),
-    ({"services": {"eas": {"upstream": "mail"}}}, "services.eas.upstream: no [upstreams.mail] is defined"),
-    ({"services": {"eas": {"backend": "magic"}}}, "services.eas.backend: must be one of none, passthrough, vault, kcd, got 'magic'"),
-    ({"services": {"meet": {"methods": ["GET", "get"]}}}, "services.meet.methods[1]: write methods in upper case: 'get'"),
-    ({"auth": {"methods": ["ntlm", "digest"]}}, "auth.methods[1]: expected negotiate, ntlm or basic, got 'digest'"),
-    ({"auth": {"extended_protection": "maybe"}}, "auth.extended_protection: expected require, allow or off, got 'maybe'"),
-    ({"auth": {"extended_protection": 1}}, "auth.extended_protection: expected str, got int 1"),
-    ({"auth": {"two_factor_groups": {"g": "sms"}}},
-     "auth.two_factor_groups.g: expected off, otp-appended or device-approval, got 'sms'"),
-    ({"auth": {"trace": "all"}}, "auth.trace: expected none, low or verbose, got 'all'"),
-    ({"store": {"url": "mysql://x"}}, "store.url: expected sqlite:///path or postgresql+psycopg://..., got 'mysql://x'"),
-    ({"directory": {"url": "ldap://dc", "bind_dn": "cn=x", "base_dn": "dc=x", "bind_password": "pw"}},
-     "directory.start_tls: plain ldap:// needs start_tls = true (passwords cross this link)"),
-    ({"kerberos": {"realm": "contoso.local"}},
-     "kerberos.realm: Kerberos realms of AD are upper case: 'CONTOSO.LOCAL', got 'contoso.local'"),
-    ({"kerberos": {"front_end_spn": {"nope": "HTTP/x"}}}, "kerberos.front_end_spn.nope: unknown service"),
-    ({"devices": {"rules": [{"action": "allowed"}, {"action": "maybe"}]}},
-     "devices.rules[1].action: required: one of allowed, quarantined, blocked, got 'maybe'"),
-    ({"devices": {"services": ["eas", "nope"]}}, "devices.services[1]: unknown service 'nope'"),
-    ({"devices": {"max_devices": -1}}, "devices.max_devices: must be at least 0, got -1"),
-    ({"devices": {"notify": {"smtp_hots": "x"}}}, "devices.notify.smtp_hots: unknown setting (check the spelling; see README)"),
-    ({"policy": [{"max_devices": 3}]}, "policy[0].group: required: the directory group (name or DN) this policy is for"),
-    ({"log": {"format": "xml"}}, 'log.format: expected "text" or "json", got \'xml\''),
-    ({"metrics": {"allow": ["127.0.0.1", "everyone"]}}, "metrics.allow[1]: not an address or CIDR: 'everyone'"),
-    ({"audit": {"syslog": {"address": "siem"}}}, "audit.syslog.address: expected host:port, got 'siem'"),
-])
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        (
+            {"gateway": {"limits": {"max_header_bytes": 0}}},
+            "gateway.limits.max_header_bytes: must be greater than 0, got 0",
+        ),
+        (
+            {"gateway": {"limits": {"max_header_bytes": True}}},
+            "gateway.limits.max_header_bytes: expected int, got a boolean",
+        ),
+        ({"gateway": {"plain_http": "yes"}}, "gateway.plain_http: expected bool, got str 'yes'"),
+        ({"gateway": {"listen": "nope"}}, "gateway.listen: expected host:port, got 'nope'"),
+        (
+            {"gateway": {"trusted_proxies": ["10.0.0.0/8", "x"]}},
+            "gateway.trusted_proxies[1]: not an address or CIDR: 'x'",
+        ),
+        (
+            {"gateway": {"identity_header": "X User"}},
+            "gateway.identity_header: must be a header name (letters, digits, '-')",
+        ),
+        ({"gateway": {"listen_host": "x"}}, "gateway.listen_host: unknown setting (check the spelling; see README)"),
+        ({"gateway": 5}, "[gateway] must be a table"),
+        ({"nope": 1}, "nope: unknown setting (check the spelling; see README)"),
+        (
+            {"upstreams": {"frontend": {"url": "ftp://x"}}},
+            "upstreams.frontend.url: expected http(s)://host[:port], got 'ftp://x'",
+        ),
+        (
+            {"upstreams": {"frontend": {"url": "http://x/a"}}},
+            "upstreams.frontend.url: must not have a path or query; paths are forwarded unchanged",
+        ),
+        ({"services": {"eas": {"upstream": "mail"}}}, "services.eas.upstream: no [upstreams.mail] is defined"),
+        (
+            {"services": {"eas": {"backend": "magic"}}},
+            "services.eas.backend: must be one of none, passthrough, vault, kcd, got 'magic'",
+        ),
+        (
+            {"services": {"meet": {"methods": ["GET", "get"]}}},
+            "services.meet.methods[1]: write methods in upper case: 'get'",
+        ),
+        ({"auth": {"methods": ["ntlm", "digest"]}}, "auth.methods[1]: expected negotiate, ntlm or basic, got 'digest'"),
+        (
+            {"auth": {"extended_protection": "maybe"}},
+            "auth.extended_protection: expected require, allow or off, got 'maybe'",
+        ),
+        ({"auth": {"extended_protection": 1}}, "auth.extended_protection: expected str, got int 1"),
+        (
+            {"auth": {"two_factor_groups": {"g": "sms"}}},
+            "auth.two_factor_groups.g: expected off, otp-appended or device-approval, got 'sms'",
+        ),
+        ({"auth": {"trace": "all"}}, "auth.trace: expected none, low or verbose, got 'all'"),
+        (
+            {"store": {"url": "mysql://x"}},
+            "store.url: expected sqlite:///path or postgresql+psycopg://..., got 'mysql://x'",
+        ),
+        (
+            {"directory": {"url": "ldap://dc", "bind_dn": "cn=x", "base_dn": "dc=x", "bind_password": "pw"}},
+            "directory.start_tls: plain ldap:// needs start_tls = true (passwords cross this link)",
+        ),
+        (
+            {"kerberos": {"realm": "contoso.local"}},
+            "kerberos.realm: Kerberos realms of AD are upper case: 'CONTOSO.LOCAL', got 'contoso.local'",
+        ),
+        ({"kerberos": {"front_end_spn": {"nope": "HTTP/x"}}}, "kerberos.front_end_spn.nope: unknown service"),
+        (
+            {"devices": {"rules": [{"action": "allowed"}, {"action": "maybe"}]}},
+            "devices.rules[1].action: required: one of allowed, quarantined, blocked, got 'maybe'",
+        ),
+        ({"devices": {"services": ["eas", "nope"]}}, "devices.services[1]: unknown service 'nope'"),
+        ({"devices": {"max_devices": -1}}, "devices.max_devices: must be at least 0, got -1"),
+        (
+            {"devices": {"notify": {"smtp_hots": "x"}}},
+            "devices.notify.smtp_hots: unknown setting (check the spelling; see README)",
+        ),
+        (
+            {"policy": [{"max_devices": 3}]},
+            "policy[0].group: required: the directory group (name or DN) this policy is for",
+        ),
+        ({"log": {"format": "xml"}}, 'log.format: expected "text" or "json", got \'xml\''),
+        ({"metrics": {"allow": ["127.0.0.1", "everyone"]}}, "metrics.allow[1]: not an address or CIDR: 'everyone'"),
+        ({"audit": {"syslog": {"address": "siem"}}}, "audit.syslog.address: expected host:port, got 'siem'"),
+    ],
+)
 def test_messages_name_the_file_and_the_key(tmp_path, tables, message):
     path = tmp_path / "ucgate.toml"
     with pytest.raises(ConfigError) as e:
@@ -76,10 +122,13 @@ def test_role_dependent_requirements(tmp_path):
 
 def test_paths_are_relative_to_the_file_and_values_typed(tmp_path):
     (tmp_path / "http.keytab").write_bytes(b"\x05\x02")
-    raw = _with(data={"dir": "state"}, store={"key_file": "keys/ucgate.key"},
-                auth={"netbios_domain": "contoso", "failure_floor": 0},
-                kerberos={"realm": "CONTOSO.LOCAL", "keytab": "http.keytab"},
-                gateway={"published_name": "gw.contoso.com"})
+    raw = _with(
+        data={"dir": "state"},
+        store={"key_file": "keys/ucgate.key"},
+        auth={"netbios_domain": "contoso", "failure_floor": 0},
+        kerberos={"realm": "CONTOSO.LOCAL", "keytab": "http.keytab"},
+        gateway={"published_name": "gw.contoso.com"},
+    )
     cfg = from_dict(raw, path=tmp_path / "ucgate.toml")
     assert cfg.data_dir == tmp_path / "state"
     assert cfg.store.key_file == tmp_path / "keys" / "ucgate.key"

@@ -26,8 +26,8 @@ _HEADER = re.compile(r"^(?:#\s*)?\[\[?([\w.\-\"]+)\]\]?")
 
 def _block(text: str, start: str) -> list[str]:
     i = text.index(start)
-    body = text[text.index("```toml", i) + len("```toml"):]
-    return body[:body.index("```")].splitlines()
+    body = text[text.index("```toml", i) + len("```toml") :]
+    return body[: body.index("```")].splitlines()
 
 
 def _documented(lines: list[str]) -> dict[str, set[str]]:
@@ -52,7 +52,9 @@ def _documented(lines: list[str]) -> dict[str, set[str]]:
 
 def _models_of(annotation: object) -> list[tuple[type[BaseModel], str]]:
     """The table models in a field's type: (model, how its tables are named: "", "*" or "[]")."""
-    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or hasattr(annotation, "__pydantic_fields__")):
+    if isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or hasattr(annotation, "__pydantic_fields__")
+    ):
         return [(annotation, "")]
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is dict and len(args) == 2:

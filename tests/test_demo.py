@@ -42,9 +42,14 @@ def test_every_printed_command_runs_as_printed(tmp_path):
         pytest.fail("curl and openssl are installed by scripts/bootstrap --test")
     port = free_port()
     env = {**os.environ, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}  # no venv on PATH
-    proc = subprocess.Popen([sys.executable, "-m", "ucgate", "demo", "--data-dir", str(tmp_path / "demo"),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ucgate", "demo", "--data-dir", str(tmp_path / "demo"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     banner: list[str] = []
     try:
         deadline = time.monotonic() + 60

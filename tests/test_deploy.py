@@ -19,8 +19,11 @@ from ucgate.init import starter_config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = sorted((ROOT / "examples" / "systemd").glob("*.service"))
-CONTOSO = dict(published_name="lyncext.contoso.com", front_end="https://fepool.contoso.local:4443",
-               exchange="https://mail.contoso.local")
+CONTOSO = dict(
+    published_name="lyncext.contoso.com",
+    front_end="https://fepool.contoso.local:4443",
+    exchange="https://mail.contoso.local",
+)
 
 
 def _unit(path: Path) -> dict[str, list[str]]:
@@ -51,8 +54,10 @@ def test_units_are_sandboxed_with_one_capability():
 def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed (Debian: the systemd package); the units are "
-                    "checked for their sandboxing directives by the test above")
+        pytest.skip(
+            "systemd-analyze is not installed (Debian: the systemd package); the units are "
+            "checked for their sandboxing directives by the test above"
+        )
     # the unit as installed, but with this checkout's ucgate (verify checks that ExecStart exists)
     ucgate = Path(sys.executable).with_name("ucgate")
     assert ucgate.exists()
@@ -86,8 +91,19 @@ def test_the_example_configuration_is_what_init_writes_and_check_config_accepts_
 
 def test_ucgate_init_writes_a_starter_configuration(tmp_path, capsys):
     out = tmp_path / "ucgate.toml"
-    args = ["init", "--published-name", "LyncExt.Fabrikam.com", "--front-end", "https://pool01.fabrikam.local:4443",
-            "--etc-dir", str(tmp_path / "etc"), "--data-dir", str(tmp_path / "data"), "-o", str(out)]
+    args = [
+        "init",
+        "--published-name",
+        "LyncExt.Fabrikam.com",
+        "--front-end",
+        "https://pool01.fabrikam.local:4443",
+        "--etc-dir",
+        str(tmp_path / "etc"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "-o",
+        str(out),
+    ]
     assert main(args) == 0
     assert "check-config" in capsys.readouterr().err
     raw = tomllib.loads(out.read_text())
@@ -111,14 +127,23 @@ def test_ucgate_init_writes_a_starter_configuration(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("# ucgate configuration for lyncext.fabrikam.com")
 
 
-@pytest.mark.parametrize("option, value", [
-    ("--published-name", "not a name"), ("--published-name", "localhost"),
-    ("--front-end", "fepool.contoso.local:4443"), ("--front-end", "https://fepool/ucwa"),
-    ("--front-end", "https://fepool:99999"), ("--exchange", "ftp://mail"),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--published-name", "not a name"),
+        ("--published-name", "localhost"),
+        ("--front-end", "fepool.contoso.local:4443"),
+        ("--front-end", "https://fepool/ucwa"),
+        ("--front-end", "https://fepool:99999"),
+        ("--exchange", "ftp://mail"),
+    ],
+)
 def test_ucgate_init_refuses_what_cannot_work_naming_the_option(option, value, tmp_path, capsys):
-    args = {"--published-name": "lyncext.contoso.com", "--front-end": "https://fepool.contoso.local:4443",
-            option: value}
+    args = {
+        "--published-name": "lyncext.contoso.com",
+        "--front-end": "https://fepool.contoso.local:4443",
+        option: value,
+    }
     argv = ["init", *[x for kv in args.items() for x in kv], "-o", str(tmp_path / "u.toml")]
     assert main(argv) == 2
     assert option in capsys.readouterr().err and not (tmp_path / "u.toml").exists()

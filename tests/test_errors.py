@@ -51,8 +51,13 @@ def test_no_error_class_assigns_reason_itself():
                 continue
             tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
             for node in ast.walk(tree):
-                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr == "reason" \
-                        and isinstance(node.value, ast.Name) and node.value.id == "self":
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.ctx, ast.Store)
+                    and node.attr == "reason"
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "self"
+                ):
                     hits.append(f"{mod.__name__}.{name}")
     assert not hits, "assigns self.reason (pass it to UcgateError.__init__): " + ", ".join(hits)
 
@@ -67,13 +72,16 @@ def test_base_message_reason_and_detail():
     assert reason_of(KeyError("k"), "internal") == "internal"
 
 
-@pytest.mark.parametrize("path, cls, args, reason", [
-    ("ucgate.protocols.http1", "HttpError", (400, "bad-chunk-size", "x"), "bad-chunk-size"),
-    ("ucgate.protocols.ntlm", "NtlmError", ("bad-mic", "MIC does not match"), "bad-mic"),
-    ("ucgate.protocols.sip", "SipError", ("obs-fold", "line 3"), "obs-fold"),
-    ("ucgate.protocols.spnego", "SpnegoError", ("malformed", "short"), "malformed"),
-    ("ucgate.protocols.decode", "DecodeError", ("too-deep", "nesting"), "too-deep"),
-])
+@pytest.mark.parametrize(
+    "path, cls, args, reason",
+    [
+        ("ucgate.protocols.http1", "HttpError", (400, "bad-chunk-size", "x"), "bad-chunk-size"),
+        ("ucgate.protocols.ntlm", "NtlmError", ("bad-mic", "MIC does not match"), "bad-mic"),
+        ("ucgate.protocols.sip", "SipError", ("obs-fold", "line 3"), "obs-fold"),
+        ("ucgate.protocols.spnego", "SpnegoError", ("malformed", "short"), "malformed"),
+        ("ucgate.protocols.decode", "DecodeError", ("too-deep", "nesting"), "too-deep"),
+    ],
+)
 def test_known_errors_keep_their_bases_and_messages(path, cls, args, reason):
     """Deriving from UcgateError keeps the old bases (ValueError callers) and str(e)."""
     klass = getattr(importlib.import_module(path), cls)

@@ -18,15 +18,36 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "ucgate"
 
 RANK = {
-    "__init__": 0, "__main__": 9, "errors": 0, "logs": 0, "metrics": 0, "py": 0,
-    "protocols": 1, "policy": 2, "config": 3, "store": 3, "id": 4, "gateway": 5, "web": 5,
-    "app": 6, "reload": 6, "lab": 7, "init": 7, "cli": 8,
+    "__init__": 0,
+    "__main__": 9,
+    "errors": 0,
+    "logs": 0,
+    "metrics": 0,
+    "py": 0,
+    "protocols": 1,
+    "policy": 2,
+    "config": 3,
+    "store": 3,
+    "id": 4,
+    "gateway": 5,
+    "web": 5,
+    "app": 6,
+    "reload": 6,
+    "lab": 7,
+    "init": 7,
+    "cli": 8,
 }
 
 # (importer, imported): why it is allowed for now. Issue 15 removes them.
 KNOWN = {
-    ("ucgate.config", "ucgate.gateway.sipconfig"): "config assembles every part's section parser (issue 15: config models)",
-    ("ucgate.config", "ucgate.id.audit_syslog"): "config assembles every part's section parser (issue 15: config models)",
+    (
+        "ucgate.config",
+        "ucgate.gateway.sipconfig",
+    ): "config assembles every part's section parser (issue 15: config models)",
+    (
+        "ucgate.config",
+        "ucgate.id.audit_syslog",
+    ): "config assembles every part's section parser (issue 15: config models)",
     ("ucgate.config", "ucgate.web.settings"): "config assembles every part's section parser (issue 15: config models)",
 }
 
@@ -89,6 +110,10 @@ def test_no_import_cycle_between_packages():
     except graphlib.CycleError as e:
         cycle = e.args[1]
         edges = [(x, y) for x, y in zip(cycle, cycle[1:], strict=False)]
-        why = {f"{x} -> {y}": sorted(f"{i} -> {t}" for i, t in _imports() - set(KNOWN)
-                                     if _layer(i) == x and _layer(t) == y) for x, y in edges}
+        why = {
+            f"{x} -> {y}": sorted(
+                f"{i} -> {t}" for i, t in _imports() - set(KNOWN) if _layer(i) == x and _layer(t) == y
+            )
+            for x, y in edges
+        }
         raise AssertionError(f"import cycle between packages: {' -> '.join(cycle)}: {why}") from None

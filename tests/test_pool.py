@@ -54,8 +54,7 @@ class Procs:
 
     def start(self, name: str, cfg: Path, port: int, *cmd: str) -> subprocess.Popen:
         with open(self.tmp / f"{name}.log", "w") as log:  # the child keeps its own descriptor
-            p = subprocess.Popen([*UCGATE, *cmd, "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                 text=True)
+            p = subprocess.Popen([*UCGATE, *cmd, "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs[name] = p
         wait_port(port, p)
         return p
@@ -88,8 +87,7 @@ class KeepAlive:
         self.path = EAS.format(user=user, dev=device)
 
     def once(self) -> int:
-        self.c.request("POST", self.path, body=b"", headers={"Authorization": self.auth,
-                                                           "Content-Length": "0"})
+        self.c.request("POST", self.path, body=b"", headers={"Authorization": self.auth, "Content-Length": "0"})
         r = self.c.getresponse()
         r.read()
         if r.will_close:
@@ -115,10 +113,10 @@ url = "http://127.0.0.1:{upstream_port}"
 [upstreams.exchange]
 url = "http://127.0.0.1:{upstream_port}"
 [data]
-dir = "{tmp / 'data'}"
+dir = "{tmp / "data"}"
 [store]
 url = "{store_url}"
-key_file = "{tmp / 'keys' / 'ucgate.key'}"
+key_file = "{tmp / "keys" / "ucgate.key"}"
 [devices]
 default_action = "allowed"
 require_second_factor = false
@@ -139,8 +137,10 @@ def store(request, tmp_path):
 def _gateway_cfg(tmp: Path, name: str, port: int, tls_files, body: str) -> Path:
     cert, key = tls_files
     cfg = tmp / f"{name}.toml"
-    cfg.write_text(f'[gateway]\nlisten = "127.0.0.1:{port}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
-                   f'published_name = "localhost"\n' + body)
+    cfg.write_text(
+        f'[gateway]\nlisten = "127.0.0.1:{port}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+        f'published_name = "localhost"\n' + body
+    )
     return cfg
 
 
@@ -183,8 +183,10 @@ def test_cli_changes_cut_live_connections_on_both_gateways_within_a_second(tmp_p
         conns = pair(asp3, "LAPTOP1")
         run(cfgs[0], "user", "disable", "alice")
         figures["user disable"] = [k.seconds_until_cut() for k in conns]
-        print("\ncut-off after the CLI's change (s, gateway 1 / gateway 2):",
-              {k: [round(x, 2) for x in v] for k, v in figures.items()})
+        print(
+            "\ncut-off after the CLI's change (s, gateway 1 / gateway 2):",
+            {k: [round(x, 2) for x in v] for k, v in figures.items()},
+        )
         for what, times in figures.items():
             assert max(times) < 1.0, (what, times, procs.log("gw0"), procs.log("gw1"))
     finally:
@@ -224,15 +226,19 @@ def test_split_pool_two_id_services_two_gateways(tmp_path, tls_files, upstream, 
     id_cfgs = []
     for i, p in enumerate(id_ports):
         cfg = tmp_path / f"id{i}.toml"
-        cfg.write_text(body + f'\n[id_service]\nlisten = "127.0.0.1:{p}"\ntls_cert = "{cert}"\n'
-                       f'tls_key = "{key}"\nsecret_file = "{secret}"\n'
-                       '[gateway]\nplain_http = true\nlisten = "127.0.0.1:1"\n')
+        cfg.write_text(
+            body + f'\n[id_service]\nlisten = "127.0.0.1:{p}"\ntls_cert = "{cert}"\n'
+            f'tls_key = "{key}"\nsecret_file = "{secret}"\n'
+            '[gateway]\nplain_http = true\nlisten = "127.0.0.1:1"\n'
+        )
         id_cfgs.append(cfg)
     gw_ports = [free_port(), free_port()]
-    gw_body = (f'\n[upstreams.frontend]\nurl = "http://127.0.0.1:{upstream.port}"\n'
-               f'[upstreams.exchange]\nurl = "http://127.0.0.1:{upstream.port}"\n'
-               f'[id_service]\nurl = [{urls}]\nca_file = "{cert}"\nsecret_file = "{secret}"\n'
-               '[log]\nlevel = "warning"\n')
+    gw_body = (
+        f'\n[upstreams.frontend]\nurl = "http://127.0.0.1:{upstream.port}"\n'
+        f'[upstreams.exchange]\nurl = "http://127.0.0.1:{upstream.port}"\n'
+        f'[id_service]\nurl = [{urls}]\nca_file = "{cert}"\nsecret_file = "{secret}"\n'
+        '[log]\nlevel = "warning"\n'
+    )
     gw_cfgs = [_gateway_cfg(tmp_path, f"gw{i}", p, tls_files, gw_body) for i, p in enumerate(gw_ports)]
     run(id_cfgs[0], "db", "upgrade")
     run(id_cfgs[0], "user", "add", "alice")
@@ -251,8 +257,9 @@ def test_split_pool_two_id_services_two_gateways(tmp_path, tls_files, upstream, 
         ctx = ssl.create_default_context(cafile=str(cafile))
         c = http.client.HTTPSConnection("localhost", gw_ports[0], context=ctx, timeout=10)
         form = f"grant_type=password&username=alice&password={asp}&client_id=x"
-        c.request("POST", "/WebTicket/oauthtoken", body=form,
-                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+        c.request(
+            "POST", "/WebTicket/oauthtoken", body=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
         r = c.getresponse()
         r.read()
         c.close()
@@ -260,8 +267,12 @@ def test_split_pool_two_id_services_two_gateways(tmp_path, tls_files, upstream, 
         # recording front end has no token endpoint, so the gateway then answers 502
         assert r.status == 502, (r.status, procs.log("gw0"))
         audit = json.loads(run(id_cfgs[0], "audit", "tail", "-n", "5", "--json").stdout)
-        assert any(a.get("action") == "sign-in" and a.get("result") == "allow"
-                   and (a.get("details") or {}).get("method") == "oauth-password" for a in audit), audit
+        assert any(
+            a.get("action") == "sign-in"
+            and a.get("result") == "allow"
+            and (a.get("details") or {}).get("method") == "oauth-password"
+            for a in audit
+        ), audit
         phone = [KeepAlive(p, cafile, "alice", asp, "PHONE1") for p in gw_ports]
         tablet = [KeepAlive(p, cafile, "alice", asp2, "TABLET1") for p in gw_ports]
         for k in phone + tablet:
@@ -303,9 +314,16 @@ def test_rest_api_changes_cut_live_connections_on_both_gateways(tmp_path, tls_fi
     web_port = free_port()
     body = _common(tmp_path, store, upstream.port)
     ports = [free_port(), free_port()]
-    cfgs = [_gateway_cfg(tmp_path, f"gw{i}", p, tls_files, body + (
-        f'[web]\nenabled = true\nlisten = "127.0.0.1:{web_port}"\n' if i == 0 else ""))
-        for i, p in enumerate(ports)]
+    cfgs = [
+        _gateway_cfg(
+            tmp_path,
+            f"gw{i}",
+            p,
+            tls_files,
+            body + (f'[web]\nenabled = true\nlisten = "127.0.0.1:{web_port}"\n' if i == 0 else ""),
+        )
+        for i, p in enumerate(ports)
+    ]
     run(cfgs[0], "db", "upgrade")
     run(cfgs[0], "user", "add", "alice")
     asp1 = run(cfgs[0], "asp", "create", "alice", "-l", "phone").stdout.split()[-1]
@@ -316,9 +334,12 @@ def test_rest_api_changes_cut_live_connections_on_both_gateways(tmp_path, tls_fi
         for i, (cfg, port) in enumerate(zip(cfgs, ports, strict=True)):
             procs.start(f"gw{i}", cfg, port, "serve")
         wait_port(web_port, procs.procs["gw0"])
-        api = httpx.Client(base_url=f"https://localhost:{web_port}/api/v1", timeout=10,
-                           verify=ssl.create_default_context(cafile=str(tls_files[0])),
-                           headers={"Authorization": f"Bearer {token}"})
+        api = httpx.Client(
+            base_url=f"https://localhost:{web_port}/api/v1",
+            timeout=10,
+            verify=ssl.create_default_context(cafile=str(tls_files[0])),
+            headers={"Authorization": f"Bearer {token}"},
+        )
         cafile = tls_files[0]
 
         def pair(password: str, device: str) -> list[KeepAlive]:
@@ -337,8 +358,10 @@ def test_rest_api_changes_cut_live_connections_on_both_gateways(tmp_path, tls_fi
         conns = pair(asp3, "LAPTOP1")
         assert api.put("/users/alice/state", json={"enabled": False}).status_code == 200
         figures["REST user disable"] = [k.seconds_until_cut() for k in conns]
-        print("\ncut-off after the REST API's change (s, gateway 1 / gateway 2):",
-              {k: [round(x, 2) for x in v] for k, v in figures.items()})
+        print(
+            "\ncut-off after the REST API's change (s, gateway 1 / gateway 2):",
+            {k: [round(x, 2) for x in v] for k, v in figures.items()},
+        )
         for what, times in figures.items():
             assert max(times) < 1.0, (what, times, procs.log("gw0"), procs.log("gw1"))
     finally:

@@ -48,9 +48,15 @@ def open_directory(config: Config):
         return None
     d = config.directory
     return Directory(
-        url=list(d.urls), bind_dn=d.bind_dn, bind_password=d.bind_password, base_dn=d.base_dn,
-        ca_file=str(d.ca_file) if d.ca_file else None, start_tls=d.start_tls, timeout=d.timeout,
-        netbios_domain=config.auth.netbios_domain, cache_ttl=d.cache_ttl,
+        url=list(d.urls),
+        bind_dn=d.bind_dn,
+        bind_password=d.bind_password,
+        base_dn=d.base_dn,
+        ca_file=str(d.ca_file) if d.ca_file else None,
+        start_tls=d.start_tls,
+        timeout=d.timeout,
+        netbios_domain=config.auth.netbios_domain,
+        cache_ttl=d.cache_ttl,
     )
 
 
@@ -64,8 +70,9 @@ def open_id_services(config: Config):
         directory=open_directory(config),
         required_group=config.directory.required_group if config.directory else None,
         allow_domain_passwords=config.auth.allow_domain_passwords,
-        two_factor=TwoFactorSettings(config.auth.two_factor, config.auth.two_factor_groups,
-                                     config.auth.otp_trust_hours),
+        two_factor=TwoFactorSettings(
+            config.auth.two_factor, config.auth.two_factor_groups, config.auth.otp_trust_hours
+        ),
         audit_syslog=config.audit.syslog,
     )
 
@@ -80,8 +87,12 @@ def device_gate(config: Config, ids: Any):
     ``[devices] enabled = false``."""
     if not config.devices.enabled:
         return None
-    return DeviceGate(open_device_service(config, ids), services=config.devices.services,
-                      extra_ua_rules=config.devices.user_agents, realm=config.auth.realm)
+    return DeviceGate(
+        open_device_service(config, ids),
+        services=config.devices.services,
+        extra_ua_rules=config.devices.user_agents,
+        realm=config.auth.realm,
+    )
 
 
 def remote_device_gate(config: Config, remote: Any):
@@ -96,21 +107,35 @@ def remote_device_gate(config: Config, remote: Any):
     dc = config.devices
     if not dc.enabled:
         return None
-    ignored = [name for name, value in (("defaults", dc.defaults), ("rules", dc.rules),
-                                        ("policy", dc.policies), ("notify", dc.notify)) if value]
+    ignored = [
+        name
+        for name, value in (
+            ("defaults", dc.defaults),
+            ("rules", dc.rules),
+            ("policy", dc.policies),
+            ("notify", dc.notify),
+        )
+        if value
+    ]
     if ignored:
-        log.warning("[id_service] url is set: the device policy (%s) is the id service's; "
-                    "these [devices] settings are ignored on the gateway", ", ".join(ignored))
-    return DeviceGate(RemoteDeviceChecker(remote), services=dc.services,
-                      extra_ua_rules=dc.user_agents, realm=config.auth.realm)
+        log.warning(
+            "[id_service] url is set: the device policy (%s) is the id service's; "
+            "these [devices] settings are ignored on the gateway",
+            ", ".join(ignored),
+        )
+    return DeviceGate(
+        RemoteDeviceChecker(remote), services=dc.services, extra_ua_rules=dc.user_agents, realm=config.auth.realm
+    )
 
 
 def kcd_backend(config: Config):
     """HOOK (issue 7, Kerberos half): the ``kcd`` backend mechanism built from ``[kerberos]``
     (``gateway.kcd.KcdBackend``). Called only when a service has ``backend = "kcd"``."""
     if config.kerberos is None:
-        raise ConfigError(f'{config.path}: services: a service has backend = "kcd": configure '
-                          "[kerberos] (realm, keytab, account, front_end_spn)")
+        raise ConfigError(
+            f'{config.path}: services: a service has backend = "kcd": configure '
+            "[kerberos] (realm, keytab, account, front_end_spn)"
+        )
     return kcd_from_config(config.kerberos)
 
 
@@ -129,11 +154,14 @@ def gateway_backends(config: Config, ids: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "vault" in modes:
         if ids is None:
-            raise ConfigError(f'{config.path}: services: backend = "vault" needs the id service in '
-                              "this process: vault secrets are not served to a gateway over "
-                              "[id_service] url (use kcd)")
-        out["vault"] = VaultBackend(vault_service(ids), domain=config.auth.netbios_domain,
-                                    workstation=config.auth.netbios_computer)
+            raise ConfigError(
+                f'{config.path}: services: backend = "vault" needs the id service in '
+                "this process: vault secrets are not served to a gateway over "
+                "[id_service] url (use kcd)"
+            )
+        out["vault"] = VaultBackend(
+            vault_service(ids), domain=config.auth.netbios_domain, workstation=config.auth.netbios_computer
+        )
     if "kcd" in modes:
         out["kcd"] = kcd_backend(config)
     return out
@@ -153,9 +181,15 @@ def oauth_grants(config: Config, credentials: Any, ids: Any = None):
     """The OAuth password grant interception (``gateway.oauth``)."""
     modes = {str(t.get("backend", "none")) for t in config.services.values()}
     vault = vault_service(ids) if ids is not None and "vault" in modes else None
-    return OAuthGrants(credentials, settings=OAuthSettings(
-        netbios_domain=config.auth.netbios_domain, failure_floor=config.auth.failure_floor,
-        published_name=config.gateway.published_name), vault=vault)
+    return OAuthGrants(
+        credentials,
+        settings=OAuthSettings(
+            netbios_domain=config.auth.netbios_domain,
+            failure_floor=config.auth.failure_floor,
+            published_name=config.gateway.published_name,
+        ),
+        vault=vault,
+    )
 
 
 def store_readiness(ids: Any):
@@ -242,29 +276,55 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
     ic = config.id_service
     if ic is not None and ic.url:
         # The id service runs on the LAN: no store, keys or directory credentials here.
-        remote = RemoteCredentials(list(ic.urls) or [ic.url], secret=ic.secret, ca_file=ic.ca_file, timeout=ic.timeout,
-                                   outage_grace=ic.outage_grace)
+        remote = RemoteCredentials(
+            list(ic.urls) or [ic.url],
+            secret=ic.secret,
+            ca_file=ic.ca_file,
+            timeout=ic.timeout,
+            outage_grace=ic.outage_grace,
+        )
         gate = remote_device_gate(config, remote)
-        gateway = Gateway(config, PreAuthenticator(remote, preauth_settings(config),
-                                                   device_id_of=gate.device_id_of if gate else None,
-                                                   kerberos=kerberos_acceptor(config)),
-                          devices=gate, backends=gateway_backends(config),
-                          oauth=oauth_grants(config, remote), readiness=id_service_readiness(remote))
+        gateway = Gateway(
+            config,
+            PreAuthenticator(
+                remote,
+                preauth_settings(config),
+                device_id_of=gate.device_id_of if gate else None,
+                kerberos=kerberos_acceptor(config),
+            ),
+            devices=gate,
+            backends=gateway_backends(config),
+            oauth=oauth_grants(config, remote),
+            readiness=id_service_readiness(remote),
+        )
         if config.sip is not None and config.sip.enabled:
             # the SIP relay over the id service's API: the budget (POST /v1/sip/attempt|settle),
             # the account of a signed REGISTER (/v1/auth/account), devices (/v1/devices/check);
             # the event stream cuts its connections too, and its users are reported
             relay = relay_from_config(config, None, gate.checker if gate else None, remote=remote)
-            return Node(gateway, remote=remote, sip=relay, on_event=_fan_out(gateway.on_event, relay.on_event),
-                        live_users=_merged_live_users(gateway.live_users, relay.live_users))
+            return Node(
+                gateway,
+                remote=remote,
+                sip=relay,
+                on_event=_fan_out(gateway.on_event, relay.on_event),
+                live_users=_merged_live_users(gateway.live_users, relay.live_users),
+            )
         return Node(gateway, remote=remote)
     ids = open_id_services(config)
     gate = device_gate(config, ids)
-    gateway = Gateway(config, PreAuthenticator(ids.credentials, preauth_settings(config),
-                                               device_id_of=gate.device_id_of if gate else None,
-                                               kerberos=kerberos_acceptor(config)),
-                      devices=gate, backends=gateway_backends(config, ids),
-                      oauth=oauth_grants(config, ids.credentials, ids), readiness=store_readiness(ids))
+    gateway = Gateway(
+        config,
+        PreAuthenticator(
+            ids.credentials,
+            preauth_settings(config),
+            device_id_of=gate.device_id_of if gate else None,
+            kerberos=kerberos_acceptor(config),
+        ),
+        devices=gate,
+        backends=gateway_backends(config, ids),
+        oauth=oauth_grants(config, ids.credentials, ids),
+        readiness=store_readiness(ids),
+    )
     ids.bus.subscribe(gateway.post_event)
     sip, live_users = None, gateway.live_users
     if config.sip is not None and config.sip.enabled:  # the SIP relay: same budget, devices, events
@@ -275,18 +335,24 @@ def build_node(config: Config, *, authenticator: Authenticator | None = None) ->
     if ids.directory is not None:
         assert config.directory is not None  # ids.directory was opened from it (open_directory)
         monitor = AccountMonitor(
-            ids.directory, live_users, ids.bus, ids.audit,
-            interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
+            ids.directory,
+            live_users,
+            ids.bus,
+            ids.audit,
+            interval=config.directory.recheck_interval,
+            outage_grace=config.directory.outage_grace,
         )
     node = Node(gateway, ids, monitor, follower=event_follower(ids), sip=sip)
     if config.web is not None and config.web.enabled:
-        node.web = node_web_server(config, ids, devices=gate.checker if gate else None,
-                                   live_users=live_users, readiness=store_readiness(ids))
+        node.web = node_web_server(
+            config, ids, devices=gate.checker if gate else None, live_users=live_users, readiness=store_readiness(ids)
+        )
     return node
 
 
 def _fan_out(*handlers: Callable[[object], None]) -> Callable[[object], None]:
     """One event to several listeners (the gateway's and the SIP relay's ``on_event``)."""
+
     def on_event(event: object) -> None:
         for handler in handlers:
             try:
@@ -299,6 +365,7 @@ def _fan_out(*handlers: Callable[[object], None]) -> Callable[[object], None]:
 
 def _merged_live_users(*sources: Callable[[], dict]) -> Callable[[], dict]:
     """{user: earliest sign-in} over several listeners (the gateway's and the SIP relay's)."""
+
     def live_users() -> dict:
         out: dict = {}
         for source in sources:
@@ -330,8 +397,14 @@ def build_id_node(config: Config) -> IdNode:
     devices = None
     if config.devices.enabled:  # the gateways' POST /v1/devices/check (their decide stage)
         devices = open_device_service(config, ids)
-    app = create_id_api(ids.credentials, secret=config.id_service.secret, bus=ids.bus, sessions=sessions,
-                        devices=devices, readiness=store_readiness(ids))
+    app = create_id_api(
+        ids.credentials,
+        secret=config.id_service.secret,
+        bus=ids.bus,
+        sessions=sessions,
+        devices=devices,
+        readiness=store_readiness(ids),
+    )
     # the admin UI, portal and REST API (/admin, /portal, /api/v1) on the id service's listener,
     # over the same DeviceService as the API
     mount_routes(app, make_context(ids, config=config, devices=devices, live_users=sessions.live_users))
@@ -340,8 +413,12 @@ def build_id_node(config: Config) -> IdNode:
     if ids.directory is not None:
         assert config.directory is not None  # ids.directory was opened from it (open_directory)
         monitor = AccountMonitor(
-            ids.directory, sessions.live_users, ids.bus, ids.audit,
-            interval=config.directory.recheck_interval, outage_grace=config.directory.outage_grace,
+            ids.directory,
+            sessions.live_users,
+            ids.bus,
+            ids.audit,
+            interval=config.directory.recheck_interval,
+            outage_grace=config.directory.outage_grace,
         )
     return IdNode(ids, app, sessions, monitor, follower=event_follower(ids))
 
@@ -354,9 +431,16 @@ def id_server(config: Config, app: Any):
     ic = config.id_service
     assert ic is not None and ic.tls_cert and ic.tls_key
     uc = uvicorn.Config(
-        app, host=ic.listen_host, port=ic.listen_port, ssl_certfile=str(ic.tls_cert),
-        ssl_keyfile=str(ic.tls_key), log_level=config.log_level, lifespan="off",
-        timeout_graceful_shutdown=2, server_header=False, proxy_headers=False,
+        app,
+        host=ic.listen_host,
+        port=ic.listen_port,
+        ssl_certfile=str(ic.tls_cert),
+        ssl_keyfile=str(ic.tls_key),
+        log_level=config.log_level,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        server_header=False,
+        proxy_headers=False,
         # uvicorn's lines as JSON too (through our root handler)
         log_config=None if config.log_format == "json" else LOGGING_CONFIG,
     )
@@ -409,7 +493,8 @@ async def serve(config: Config, *, log_level: str | None = None) -> None:
     await node.start()
     if config.path is not None:
         asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP, Reloader(node, config, log_level_override=log_level).request)
+            signal.SIGHUP, Reloader(node, config, log_level_override=log_level).request
+        )
     try:
         await wait_for_signal()
     finally:

@@ -60,10 +60,32 @@ from .protocols.ntlm import ExtendedProtection
 from .protocols.sfb import SERVICE_NAMES
 
 __all__ = [
-    "AuthConfig", "AuthMethod", "Authenticator", "BackendMode", "BackendScheme", "Config", "ConfigError",
-    "DevicesConfig", "DirectoryConfig", "ExtendedProtection", "GatewayConfig", "IdServiceConfig", "KcdMech",
-    "KerberosConfig", "Limits", "LockoutConfig", "LogFormat", "LogLevel", "MetricsConfig", "StoreConfig",
-    "Timeouts", "TraceLevel", "TwoFactorMode", "Upstream", "from_dict", "load",
+    "AuthConfig",
+    "AuthMethod",
+    "Authenticator",
+    "BackendMode",
+    "BackendScheme",
+    "Config",
+    "ConfigError",
+    "DevicesConfig",
+    "DirectoryConfig",
+    "ExtendedProtection",
+    "GatewayConfig",
+    "IdServiceConfig",
+    "KcdMech",
+    "KerberosConfig",
+    "Limits",
+    "LockoutConfig",
+    "LogFormat",
+    "LogLevel",
+    "MetricsConfig",
+    "StoreConfig",
+    "Timeouts",
+    "TraceLevel",
+    "TwoFactorMode",
+    "Upstream",
+    "from_dict",
+    "load",
 ]
 
 
@@ -272,8 +294,10 @@ def toml_keys(model: type) -> dict[str, Any]:
     """The keys of a table's model (a BaseModel or a pydantic dataclass): key -> its field
     (tests/test_config_reference.py)."""
     derived: frozenset[str] = getattr(model, "_derived", frozenset())
-    fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) \
-        else model.__pydantic_fields__  # type: ignore[attr-defined]
+    if issubclass(model, BaseModel):
+        fields = model.model_fields
+    else:  # a pydantic dataclass
+        fields = model.__pydantic_fields__  # type: ignore[attr-defined]  # set by pydantic.dataclasses, not declared
     return {f.alias or name: f for name, f in fields.items() if name not in derived}
 
 
@@ -410,8 +434,15 @@ class ServiceConfig(_Model):
     upstream: Str | None = None
     max_body_bytes: Annotated[int, Strict(), Ge(0)] | None = None
     # issue 7: backend credentials (gateway.backend)
-    backend: Annotated[BackendMode, _one_of(BackendMode, "must be one of none, passthrough, vault, kcd, got {got}", plain=True)] | None = None
-    backend_scheme: Annotated[BackendScheme, _one_of(BackendScheme, "must be ntlm or basic, got {got}", plain=True)] | None = None
+    backend: (
+        Annotated[
+            BackendMode, _one_of(BackendMode, "must be one of none, passthrough, vault, kcd, got {got}", plain=True)
+        ]
+        | None
+    ) = None
+    backend_scheme: (
+        Annotated[BackendScheme, _one_of(BackendScheme, "must be ntlm or basic, got {got}", plain=True)] | None
+    ) = None
     # issue 13: the methods its clients use
     methods: Annotated[tuple[str, ...], PlainValidator(_methods)] | None = None
 
@@ -445,10 +476,13 @@ def _two_factor_groups(v: Any) -> tuple[tuple[str, TwoFactorMode], ...]:
 
 
 class AuthConfig(_Model):
-    authenticator: Annotated[Authenticator, _one_of(Authenticator, "expected one of preauth, deny-all, got {got}")] = Authenticator.PREAUTH
+    authenticator: Annotated[Authenticator, _one_of(Authenticator, "expected one of preauth, deny-all, got {got}")] = (
+        Authenticator.PREAUTH
+    )
     methods: Annotated[tuple[AuthMethod, ...], PlainValidator(_auth_methods)] = tuple(AuthMethod)
-    extended_protection: Annotated[ExtendedProtection, _one_of(ExtendedProtection, "expected require, allow or off, got {got}")] = (
-        ExtendedProtection.REQUIRE)
+    extended_protection: Annotated[
+        ExtendedProtection, _one_of(ExtendedProtection, "expected require, allow or off, got {got}")
+    ] = ExtendedProtection.REQUIRE
     allow_domain_passwords: Bool = False
     realm: Str = "ucgate"
     netbios_domain: Annotated[Str, AfterValidator(_upper)] = "UCGATE"
@@ -584,7 +618,8 @@ class KerberosConfig(_Model):
     krb5_conf: File | None = None
     accept_negotiate: Bool = True
     front_end_spns: Annotated[tuple[tuple[str, str], ...], PlainValidator(_front_end_spns)] = Field(
-        (), alias="front_end_spn")
+        (), alias="front_end_spn"
+    )
     kcd_timeout: PosFloat = 10.0
     kcd_mech: Annotated[KcdMech, _one_of(KcdMech, "expected spnego or krb5, got {got}")] = KcdMech.SPNEGO
     published_name: Str | None = None
@@ -610,13 +645,21 @@ _ACTION = "expected one of allowed, quarantined, blocked, got {got}"
 class _DeviceSettings(_Model):
     """The device policy keys of [devices] and of each [[policy]] (``id.devices.DEVICE_POLICY_KEYS``)."""
 
-    _SETTINGS: ClassVar[tuple[str, ...]] = ("default_action", "problem_action", "max_devices",
-                                            "trust_lifetime_hours", "certprov", "require_second_factor")
+    _SETTINGS: ClassVar[tuple[str, ...]] = (
+        "default_action",
+        "problem_action",
+        "max_devices",
+        "trust_lifetime_hours",
+        "certprov",
+        "require_second_factor",
+    )
     default_action: Annotated[PartnershipState, _one_of(PartnershipState, _ACTION, plain=True)] | None = None
     problem_action: Annotated[PartnershipState, _one_of(PartnershipState, _ACTION, plain=True)] | None = None
     max_devices: Annotated[int, Strict(), Ge(0)] | None = None
     trust_lifetime_hours: PosFloat | None = None
-    certprov: Annotated[Certprov, _one_of(Certprov, 'expected "allowed-only" or "deny", got {got}', plain=True)] | None = None
+    certprov: (
+        Annotated[Certprov, _one_of(Certprov, 'expected "allowed-only" or "deny", got {got}', plain=True)] | None
+    ) = None
     require_second_factor: Bool | None = None
 
     def settings(self) -> dict[str, Any]:
@@ -626,7 +669,12 @@ class _DeviceSettings(_Model):
 class DeviceRuleConfig(_Model):
     """One ``[[devices.rules]]`` entry (a ``policy.devices.DeviceRule``)."""
 
-    action: Annotated[PartnershipState, _one_of(PartnershipState, "required: one of allowed, quarantined, blocked, got {got}")] | None = None
+    action: (
+        Annotated[
+            PartnershipState, _one_of(PartnershipState, "required: one of allowed, quarantined, blocked, got {got}")
+        ]
+        | None
+    ) = None
     device_type: Str | None = None
     model: Str | None = None
     os: Str | None = None
@@ -654,9 +702,18 @@ def _rules(rules: tuple[DeviceRuleConfig, ...]) -> tuple[DeviceRule, ...]:
     for i, r in enumerate(rules):
         try:
             assert r.action is not None  # DeviceRuleConfig._check
-            out.append(DeviceRule(action=r.action, groups=frozenset(r.groups), name=r.name or f"#{i}",
-                                  device_type=r.device_type, model=r.model, os=r.os, user_agent=r.user_agent,
-                                  client_kind=r.client_kind))
+            out.append(
+                DeviceRule(
+                    action=r.action,
+                    groups=frozenset(r.groups),
+                    name=r.name or f"#{i}",
+                    device_type=r.device_type,
+                    model=r.model,
+                    os=r.os,
+                    user_agent=r.user_agent,
+                    client_kind=r.client_kind,
+                )
+            )
         except ValueError as e:
             raise _Bad(f"[{i}].{'client_kind' if 'client_kind' in str(e) else 'action'}", str(e)) from None
     return tuple(out)
@@ -786,8 +843,11 @@ def _read_secret(p: Path) -> bytes:
     if st.st_mode & 0o077:
         raise _Bad("secret_file", f"{p} is readable by group or others (chmod 600 {p})")
     if len(raw) < MIN_SECRET_LENGTH or not all(0x21 <= b < 0x7F for b in raw):
-        raise _Bad("secret_file", f"{p}: expected at least {MIN_SECRET_LENGTH} printable ASCII "
-                                  "characters without spaces (openssl rand -base64 32)")
+        raise _Bad(
+            "secret_file",
+            f"{p}: expected at least {MIN_SECRET_LENGTH} printable ASCII "
+            "characters without spaces (openssl rand -base64 32)",
+        )
     return raw
 
 
@@ -877,9 +937,20 @@ def _syslog(t: SyslogTable | None) -> Any:
     from .id.audit_syslog import SyslogConfig, tls_context
 
     host, _, port = (t.address or "").rpartition(":")
-    cfg = SyslogConfig(host=host.strip("[]"), port=int(port), tls=t.tls, ca_file=t.ca_file, cert_file=t.cert_file,
-                       key_file=t.key_file, server_name=t.server_name, facility=t.facility, app_name=t.app_name,
-                       hostname=t.hostname, queue_size=t.queue_size, timeout=t.timeout)
+    cfg = SyslogConfig(
+        host=host.strip("[]"),
+        port=int(port),
+        tls=t.tls,
+        ca_file=t.ca_file,
+        cert_file=t.cert_file,
+        key_file=t.key_file,
+        server_name=t.server_name,
+        facility=t.facility,
+        app_name=t.app_name,
+        hostname=t.hostname,
+        queue_size=t.queue_size,
+        timeout=t.timeout,
+    )
     if cfg.tls:
         try:
             tls_context(cfg)  # an unreadable CA or a key that does not fit: now, not at the first event
@@ -971,9 +1042,20 @@ class Config:
 
 
 # --- pydantic's errors as ours -------------------------------------------------------------------
-_TYPE_NAMES = {"int_type": "int", "int_from_float": "int", "int_parsing": "int", "float_type": "float",
-               "float_parsing": "float", "string_type": "str", "bool_type": "bool", "bool_parsing": "bool",
-               "dict_type": "dict", "list_type": "list", "tuple_type": "list", "bytes_type": "str"}
+_TYPE_NAMES = {
+    "int_type": "int",
+    "int_from_float": "int",
+    "int_parsing": "int",
+    "float_type": "float",
+    "float_parsing": "float",
+    "string_type": "str",
+    "bool_type": "bool",
+    "bool_parsing": "bool",
+    "dict_type": "dict",
+    "list_type": "list",
+    "tuple_type": "list",
+    "bytes_type": "str",
+}
 
 
 def _dotted(loc: tuple[str | int, ...] | list[str | int]) -> str:
@@ -1012,8 +1094,11 @@ def config_error(file: str, e: ValidationError, within: tuple[str, ...] = ()) ->
         return ConfigError(f"{file}: [{_dotted(loc)}] must be a table")
     elif kind in _TYPE_NAMES:
         want = _TYPE_NAMES[kind]
-        msg = (f"expected {want}, got a boolean" if isinstance(v, bool) and want in ("int", "float")
-               else f"expected {want}, got {_got(v)}")
+        msg = (
+            f"expected {want}, got a boolean"
+            if isinstance(v, bool) and want in ("int", "float")
+            else f"expected {want}, got {_got(v)}"
+        )
     else:
         msg = err["msg"]
     return ConfigError(f"{file}: {_dotted(loc)}: {msg}")
@@ -1059,8 +1144,10 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
             if not p.is_file():
                 raise fail(f"gateway.{k}", f"no such file: {p}")
     if gw.proxy_protocol and not gw.trusted_proxies:
-        raise fail("gateway.proxy_protocol", "needs trusted_proxies: the balancers' addresses, the only "
-                   "peers whose PROXY header is read")
+        raise fail(
+            "gateway.proxy_protocol",
+            "needs trusted_proxies: the balancers' addresses, the only peers whose PROXY header is read",
+        )
     for n, up in f.upstreams.items():
         up._set(name=n)
     if not f.upstreams and role != "id-service":
@@ -1075,20 +1162,29 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
 
     data_dir = f.data.dir
     st = f.store
-    store = st.model_copy(update={"url": st.url or f"sqlite:///{data_dir / 'ucgate.db'}",
-                                  "audit_file": st.audit_file or data_dir / "audit.jsonl"})
+    store = st.model_copy(
+        update={
+            "url": st.url or f"sqlite:///{data_dir / 'ucgate.db'}",
+            "audit_file": st.audit_file or data_dir / "audit.jsonl",
+        }
+    )
     kerberos = f.kerberos
     if kerberos is not None:
         published = kerberos.published_name or f.gateway.published_name
         spn = kerberos.service_principal or (f"HTTP/{published}" if published else None)
         if not spn or "/" not in spn:
-            raise fail("kerberos.service_principal", "required: HTTP/<published name> (or set [gateway] published_name)")
+            raise fail(
+                "kerberos.service_principal", "required: HTTP/<published name> (or set [gateway] published_name)"
+            )
         kerberos._set(service_principal=spn, published_name=published)
 
     from .policy.groups import GroupPolicy
 
-    f.devices._set(policies=tuple(GroupPolicy(name=p.name or p.group or "", group=p.group, settings=p.settings())
-                                  for p in f.policy))
+    f.devices._set(
+        policies=tuple(
+            GroupPolicy(name=p.name or p.group or "", group=p.group, settings=p.settings()) for p in f.policy
+        )
+    )
     from .web.settings import parse_web
 
     web = parse_web(f.web, file, base, data_dir)

@@ -26,7 +26,7 @@ class InitError(ValueError):
 def _toml(value: str) -> str:
     """``value`` as a TOML string (tomli_w's quoting: a path with a quote or a backslash stays
     valid). The file is a commented template, so only the values are written by tomli_w."""
-    return tomli_w.dumps({"v": value})[len("v = "):-1]
+    return tomli_w.dumps({"v": value})[len("v = ") : -1]
 
 
 def _url(value: str, option: str) -> str:
@@ -35,14 +35,26 @@ def _url(value: str, option: str) -> str:
         _ = parts.port
     except ValueError:
         raise InitError(f"{option}: bad port in {value!r}") from None
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/") \
-            or parts.query or parts.fragment or parts.username:
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
         raise InitError(f"{option}: expected https://host[:port] (no path), got {value!r}")
     return value.rstrip("/")
 
 
-def starter_config(*, published_name: str, front_end: str, exchange: str | None = None,
-                   etc_dir: Path = Path("/etc/ucgate"), data_dir: Path = Path("/var/lib/ucgate")) -> str:
+def starter_config(
+    *,
+    published_name: str,
+    front_end: str,
+    exchange: str | None = None,
+    etc_dir: Path = Path("/etc/ucgate"),
+    data_dir: Path = Path("/var/lib/ucgate"),
+) -> str:
     """The text of the starter configuration.
 
     Raises:
@@ -114,9 +126,9 @@ window = 900
 # account needs read access only; the file holds its password alone (chmod 600).
 # [directory]
 # url = ["ldaps://dc1.{dns_domain}", "ldaps://dc2.{dns_domain}"]
-# bind_dn = "CN=svc-ucgate,OU=Service Accounts,DC={dns_domain.replace('.', ',DC=')}"
+# bind_dn = "CN=svc-ucgate,OU=Service Accounts,DC={dns_domain.replace(".", ",DC=")}"
 # bind_password_file = "{etc}/ldap.secret"
-# base_dn = "DC={dns_domain.replace('.', ',DC=')}"
+# base_dn = "DC={dns_domain.replace(".", ",DC=")}"
 # ca_file = "{etc}/internal-ca.pem"
 # required_group = "ucgate-users"
 

@@ -27,8 +27,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 REQUEST_ID_HEADER = b"X-Ucgate-Request-Id"
 
 # the request being handled by this task: a dict of FIELDS (mutable, so later stages fill it in)
-request_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "ucgate_request", default=None)
+request_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("ucgate_request", default=None)
 
 _rng = random.Random()  # seeded from os.urandom; a correlation id, not a secret
 

@@ -33,59 +33,178 @@ if hasattr(prometheus_client, "disable_created_metrics"):  # no *_created series
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 # --- closed label sets ---------------------------------------------------------------------
-STATUS_CODES = frozenset({
-    100, 101, 200, 201, 202, 204, 206, 207, 301, 302, 303, 304, 307, 308,
-    400, 401, 403, 404, 405, 406, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 422, 429, 431,
-    440, 449, 451, 500, 501, 502, 503, 504, 505,
-})
+STATUS_CODES = frozenset(
+    {
+        100,
+        101,
+        200,
+        201,
+        202,
+        204,
+        206,
+        207,
+        301,
+        302,
+        303,
+        304,
+        307,
+        308,
+        400,
+        401,
+        403,
+        404,
+        405,
+        406,
+        408,
+        409,
+        410,
+        411,
+        412,
+        413,
+        414,
+        415,
+        416,
+        417,
+        422,
+        429,
+        431,
+        440,
+        449,
+        451,
+        500,
+        501,
+        502,
+        503,
+        504,
+        505,
+    }
+)
 _CODES = {c: str(c) for c in STATUS_CODES}
 
 # How a sign-in was presented (the Authorization scheme, or the identity's method).
-AUTH_METHODS = frozenset({"none", "basic", "ntlm", "negotiate", "kerberos", "bearer", "oauth-password",
-                          "portal", "sip", "other"})
+AUTH_METHODS = frozenset(
+    {"none", "basic", "ntlm", "negotiate", "kerberos", "bearer", "oauth-password", "portal", "sip", "other"}
+)
 # What came of it.
 AUTH_RESULTS = frozenset({"allow", "challenge", "deny", "throttled", "unavailable"})
-_NTLM_REASONS = ("anonymous", "bad-argument", "bad-mic", "lm-only", "malformed", "mic-missing", "ntlmv1",
-                 "stale-timestamp", "too-large", "unexpected-message", "unsupported", "unsupported-mech",
-                 "wrong-password", "channel-binding-mismatch", "channel-binding-missing")
+_NTLM_REASONS = (
+    "anonymous",
+    "bad-argument",
+    "bad-mic",
+    "lm-only",
+    "malformed",
+    "mic-missing",
+    "ntlmv1",
+    "stale-timestamp",
+    "too-large",
+    "unexpected-message",
+    "unsupported",
+    "unsupported-mech",
+    "wrong-password",
+    "channel-binding-mismatch",
+    "channel-binding-missing",
+)
 # Reason codes of sign-ins (gateway.preauth, gateway.oauth, id.service, id.twofactor,
 # policy.account, gateway.kerberos); any other value counts as "other".
-AUTH_REASONS = frozenset({
-    "ok", "ok-otp", "ok-recovery-code", "ok-domain-password", "ok-device-approved", "2fa-trusted",
-    "no-credentials", "ntlm-challenge", "unsupported-scheme", "no-authenticator", "unauthenticated",
-    "basic-requires-tls", "basic-too-large", "basic-bad-base64", "basic-malformed",
-    "token-too-large", "token-bad-base64", "bearer-unknown",
-    "unknown-user", "user-disabled", "wrong-password", "anonymous", "invalid-name", "ambiguous",
-    "disabled", "locked", "expired", "deleted", "password-must-change", "not-in-group", "password-changed",
-    "otp-required", "otp-wrong", "otp-replayed", "otp-not-enrolled", "recovery-code-wrong", "recovery-wrong",
-    "throttled", "directory-unavailable", "store-unavailable", "id-service-unavailable",
-    "krb-bad-integrity", "krb-clock-skew", "krb-foreign-realm", "krb-incomplete", "krb-no-acceptor-key",
-    "krb-not-a-user", "krb-refused", "krb-replay", "krb-stale-keytab", "krb-ticket-expired",
-    "krb-ticket-not-yet-valid", "krb-wrong-principal",
-    "oauth-bad-access-token", "oauth-no-access-token", "oauth-token-unreadable",
-    "registrar-refused", "registrar-unavailable", "ntlm-user-mismatch", "sip-no-answer",
-    *(f"ntlm-{r}" for r in _NTLM_REASONS),
-})
+AUTH_REASONS = frozenset(
+    {
+        "ok",
+        "ok-otp",
+        "ok-recovery-code",
+        "ok-domain-password",
+        "ok-device-approved",
+        "2fa-trusted",
+        "no-credentials",
+        "ntlm-challenge",
+        "unsupported-scheme",
+        "no-authenticator",
+        "unauthenticated",
+        "basic-requires-tls",
+        "basic-too-large",
+        "basic-bad-base64",
+        "basic-malformed",
+        "token-too-large",
+        "token-bad-base64",
+        "bearer-unknown",
+        "unknown-user",
+        "user-disabled",
+        "wrong-password",
+        "anonymous",
+        "invalid-name",
+        "ambiguous",
+        "disabled",
+        "locked",
+        "expired",
+        "deleted",
+        "password-must-change",
+        "not-in-group",
+        "password-changed",
+        "otp-required",
+        "otp-wrong",
+        "otp-replayed",
+        "otp-not-enrolled",
+        "recovery-code-wrong",
+        "recovery-wrong",
+        "throttled",
+        "directory-unavailable",
+        "store-unavailable",
+        "id-service-unavailable",
+        "krb-bad-integrity",
+        "krb-clock-skew",
+        "krb-foreign-realm",
+        "krb-incomplete",
+        "krb-no-acceptor-key",
+        "krb-not-a-user",
+        "krb-refused",
+        "krb-replay",
+        "krb-stale-keytab",
+        "krb-ticket-expired",
+        "krb-ticket-not-yet-valid",
+        "krb-wrong-principal",
+        "oauth-bad-access-token",
+        "oauth-no-access-token",
+        "oauth-token-unreadable",
+        "registrar-refused",
+        "registrar-unavailable",
+        "ntlm-user-mismatch",
+        "sip-no-answer",
+        *(f"ntlm-{r}" for r in _NTLM_REASONS),
+    }
+)
 # Device decisions (gateway.devices): what the gateway did with a request for its device.
 DEVICE_ACTIONS = frozenset({"allow", "quarantine", "block", "wipe", "challenge", "unavailable", "unknown-application"})
 # The parts of the id service's and the web listener's apps (``service`` of ucgate_requests_total).
-APP_PARTS = (("/v1/", "id-api"), ("/api/", "rest-api"), ("/admin", "admin"), ("/portal", "portal"),
-             ("/static", "static"), ("/healthz", "health"), ("/readyz", "health"), ("/metrics", "metrics"))
+APP_PARTS = (
+    ("/v1/", "id-api"),
+    ("/api/", "rest-api"),
+    ("/admin", "admin"),
+    ("/portal", "portal"),
+    ("/static", "static"),
+    ("/healthz", "health"),
+    ("/readyz", "health"),
+    ("/metrics", "metrics"),
+)
 # TLS handshake failures (gateway.tlstransport), by the OpenSSL reason where it is one of these.
 TLS_REASONS = {
-    "WRONG_VERSION_NUMBER": "wrong-version", "UNSUPPORTED_PROTOCOL": "unsupported-protocol",
-    "VERSION_TOO_LOW": "unsupported-protocol", "TLSV1_ALERT_PROTOCOL_VERSION": "unsupported-protocol",
-    "NO_PROTOCOLS_AVAILABLE": "unsupported-protocol", "NO_SHARED_CIPHER": "no-shared-cipher",
-    "NO_SHARED_GROUPS": "no-shared-cipher", "NO_SUITABLE_SIGNATURE_ALGORITHM": "no-shared-cipher",
-    "HTTP_REQUEST": "http-request", "TLSV1_ALERT_UNKNOWN_CA": "certificate-refused",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "certificate-refused", "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate-refused",
-    "UNEXPECTED_EOF_WHILE_READING": "eof", "EOF": "eof",
+    "WRONG_VERSION_NUMBER": "wrong-version",
+    "UNSUPPORTED_PROTOCOL": "unsupported-protocol",
+    "VERSION_TOO_LOW": "unsupported-protocol",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "unsupported-protocol",
+    "NO_PROTOCOLS_AVAILABLE": "unsupported-protocol",
+    "NO_SHARED_CIPHER": "no-shared-cipher",
+    "NO_SHARED_GROUPS": "no-shared-cipher",
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": "no-shared-cipher",
+    "HTTP_REQUEST": "http-request",
+    "TLSV1_ALERT_UNKNOWN_CA": "certificate-refused",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "certificate-refused",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate-refused",
+    "UNEXPECTED_EOF_WHILE_READING": "eof",
+    "EOF": "eof",
 }
 STATEMENTS = frozenset({"select", "insert", "update", "delete", "begin", "commit", "pragma"})
 
 # --- the metrics -----------------------------------------------------------------------------
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
-
 
 
 class _LoopCounter:
@@ -139,32 +258,42 @@ class _LoopHistogram:
         return []
 
 
-REQUESTS = _LoopCounter("ucgate_requests", "Requests answered, by service and status code",
-                        ["service", "code"])
+REQUESTS = _LoopCounter("ucgate_requests", "Requests answered, by service and status code", ["service", "code"])
 REGISTRY.register(REQUESTS)
 # plain ints too: a memoised Basic header or a Bearer token counts one attempt per keep-alive request
-AUTH_ATTEMPTS = _LoopCounter("ucgate_auth_attempts", "Sign-in attempts at the gateway, by method, result and reason",
-                             ["method", "result", "reason"])
+AUTH_ATTEMPTS = _LoopCounter(
+    "ucgate_auth_attempts",
+    "Sign-in attempts at the gateway, by method, result and reason",
+    ["method", "result", "reason"],
+)
 REGISTRY.register(AUTH_ATTEMPTS)
-ID_SIGN_INS = Counter("ucgate_id_sign_ins", "Sign-ins checked and audited by the id service, by method, "
-                      "result and reason", ["method", "result", "reason"])
-BUDGET_THROTTLES = Counter("ucgate_budget_throttles", "Sign-ins refused by the failure budget, by bucket",
-                           ["scope"])
-DEVICE_DECISIONS = _LoopCounter("ucgate_device_decisions", "Device decisions of the gateway, by service and action",
-                                ["service", "action"])
+ID_SIGN_INS = Counter(
+    "ucgate_id_sign_ins",
+    "Sign-ins checked and audited by the id service, by method, result and reason",
+    ["method", "result", "reason"],
+)
+BUDGET_THROTTLES = Counter("ucgate_budget_throttles", "Sign-ins refused by the failure budget, by bucket", ["scope"])
+DEVICE_DECISIONS = _LoopCounter(
+    "ucgate_device_decisions", "Device decisions of the gateway, by service and action", ["service", "action"]
+)
 REGISTRY.register(DEVICE_DECISIONS)
-EVENT_LAG = Histogram("ucgate_event_propagation_seconds",
-                      "From an event's row in the store to its delivery in this process",
-                      ["via"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0))
-UPSTREAM_LATENCY = _LoopHistogram("ucgate_upstream_response_seconds",
-                                  "From a request sent to an upstream to its response head", "upstream", _LATENCY)
+EVENT_LAG = Histogram(
+    "ucgate_event_propagation_seconds",
+    "From an event's row in the store to its delivery in this process",
+    ["via"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+)
+UPSTREAM_LATENCY = _LoopHistogram(
+    "ucgate_upstream_response_seconds", "From a request sent to an upstream to its response head", "upstream", _LATENCY
+)
 REGISTRY.register(UPSTREAM_LATENCY)
-STORE_LATENCY = Histogram("ucgate_store_statement_seconds", "One SQL statement in the store, by kind",
-                          ["statement"], buckets=_LATENCY)
-ID_SERVICE_LATENCY = Histogram("ucgate_id_service_call_seconds", "A call of the gateway to the id service",
-                               ["call"], buckets=_LATENCY)
-TLS_HANDSHAKE_FAILURES = Counter("ucgate_tls_handshake_failures", "Client TLS handshakes that failed",
-                                 ["reason"])
+STORE_LATENCY = Histogram(
+    "ucgate_store_statement_seconds", "One SQL statement in the store, by kind", ["statement"], buckets=_LATENCY
+)
+ID_SERVICE_LATENCY = Histogram(
+    "ucgate_id_service_call_seconds", "A call of the gateway to the id service", ["call"], buckets=_LATENCY
+)
+TLS_HANDSHAKE_FAILURES = Counter("ucgate_tls_handshake_failures", "Client TLS handshakes that failed", ["reason"])
 CONFIG_RELOADS = Counter("ucgate_config_reloads", "Configuration reloads (SIGHUP), by result", ["result"])
 
 
@@ -289,10 +418,10 @@ def watch_gateway(gateway: Any) -> None:
 class _GatewayCollector:
     def collect(self) -> Iterable[GaugeMetricFamily]:
         conns = GaugeMetricFamily("ucgate_connections", "Open client connections of the gateway")
-        signed = GaugeMetricFamily("ucgate_signed_in_connections",
-                                   "Open client connections with a signed-in user")
-        users = GaugeMetricFamily("ucgate_signed_in_users",
-                                  "Users signed in on the gateway (a connection or a Bearer token)")
+        signed = GaugeMetricFamily("ucgate_signed_in_connections", "Open client connections with a signed-in user")
+        users = GaugeMetricFamily(
+            "ucgate_signed_in_users", "Users signed in on the gateway (a connection or a Bearer token)"
+        )
         n = s = u = 0
         for gw in list(_gateways):
             live = tuple(gw.connections)  # a copy in one step: the loop may change the set meanwhile
@@ -317,26 +446,76 @@ REGISTRY.register(_GatewayCollector())
 # --- the SIP relay (gateway.sip) ---------------------------------------------------------------
 # Why the relay refused a message or closed a connection: its own reasons and protocols/sip.py's
 # and sipauth.py's framing and field reasons; anything else counts as "other".
-SIP_REASONS = frozenset({
-    "bare-cr-or-lf", "obs-fold", "bad-header-name", "bad-header-value", "bad-utf8-in-header",
-    "duplicate-content-length", "missing-content-length", "bad-content-length", "head-too-large",
-    "line-too-long", "message-too-large", "too-many-headers", "truncated-message",
-    "unsupported-version", "bad-request-line", "bad-status-line", "cseq-method-mismatch",
-    "bad-cseq", "bad-call-id", "bad-from", "bad-to", "duplicate-from", "duplicate-to",
-    "duplicate-call-id", "duplicate-cseq", "missing-via", "missing-from", "missing-to",
-    "missing-call-id", "missing-cseq", "not-a-sip-user", "register-from-to-mismatch",
-    "unknown-auth-scheme", "bad-auth-param", "duplicate-auth-param", "unexpected-auth-param",
-    "missing-auth-param", "incomplete-signature", "too-many-auth-params", "gssapi-data-too-large",
-    "bad-gssapi-data", "ntlm-user-mismatch", "not-registered", "register-other-user",
-    "from-not-registered-user", "device-changed", "several-credentials", "too-many-pending",
-    "edge-unavailable", "throttled", "store-unavailable", "directory-unavailable", "sign-in-refused",
-    "device-refused", "first-message-timeout", "idle-timeout", "message-timeout",
-})
-SIP_MESSAGES = _LoopCounter("ucgate_sip_messages", "SIP messages relayed unchanged, by direction "
-                            "(client: to the Access Edge; edge: to the client)", ["direction"])
+SIP_REASONS = frozenset(
+    {
+        "bare-cr-or-lf",
+        "obs-fold",
+        "bad-header-name",
+        "bad-header-value",
+        "bad-utf8-in-header",
+        "duplicate-content-length",
+        "missing-content-length",
+        "bad-content-length",
+        "head-too-large",
+        "line-too-long",
+        "message-too-large",
+        "too-many-headers",
+        "truncated-message",
+        "unsupported-version",
+        "bad-request-line",
+        "bad-status-line",
+        "cseq-method-mismatch",
+        "bad-cseq",
+        "bad-call-id",
+        "bad-from",
+        "bad-to",
+        "duplicate-from",
+        "duplicate-to",
+        "duplicate-call-id",
+        "duplicate-cseq",
+        "missing-via",
+        "missing-from",
+        "missing-to",
+        "missing-call-id",
+        "missing-cseq",
+        "not-a-sip-user",
+        "register-from-to-mismatch",
+        "unknown-auth-scheme",
+        "bad-auth-param",
+        "duplicate-auth-param",
+        "unexpected-auth-param",
+        "missing-auth-param",
+        "incomplete-signature",
+        "too-many-auth-params",
+        "gssapi-data-too-large",
+        "bad-gssapi-data",
+        "ntlm-user-mismatch",
+        "not-registered",
+        "register-other-user",
+        "from-not-registered-user",
+        "device-changed",
+        "several-credentials",
+        "too-many-pending",
+        "edge-unavailable",
+        "throttled",
+        "store-unavailable",
+        "directory-unavailable",
+        "sign-in-refused",
+        "device-refused",
+        "first-message-timeout",
+        "idle-timeout",
+        "message-timeout",
+    }
+)
+SIP_MESSAGES = _LoopCounter(
+    "ucgate_sip_messages",
+    "SIP messages relayed unchanged, by direction (client: to the Access Edge; edge: to the client)",
+    ["direction"],
+)
 REGISTRY.register(SIP_MESSAGES)
-SIP_REFUSALS = Counter("ucgate_sip_refusals", "SIP messages answered or connections closed by the "
-                       "relay itself, by reason", ["reason"])
+SIP_REFUSALS = Counter(
+    "ucgate_sip_refusals", "SIP messages answered or connections closed by the relay itself, by reason", ["reason"]
+)
 _sip_relays: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -352,8 +531,9 @@ def watch_sip_relay(relay: Any) -> None:
 class _SipCollector:
     def collect(self) -> Iterable[GaugeMetricFamily]:
         conns = GaugeMetricFamily("ucgate_sip_connections", "Open client connections of the SIP relay")
-        reg = GaugeMetricFamily("ucgate_sip_registered_connections",
-                                "SIP client connections with an admitted registration")
+        reg = GaugeMetricFamily(
+            "ucgate_sip_registered_connections", "SIP client connections with an admitted registration"
+        )
         n = r = 0
         for relay in list(_sip_relays):
             live = tuple(relay.sessions)

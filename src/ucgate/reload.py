@@ -82,16 +82,23 @@ class Reloader:
             new = await asyncio.to_thread(load, path)  # file reads off the loop
             plan = await asyncio.to_thread(self._prepare, new)
         except ConfigError as e:
-            log.error("configuration reload refused, the running configuration stays in force: %s", e,
-                      extra={"reason": "config-refused"})
+            log.error(
+                "configuration reload refused, the running configuration stays in force: %s",
+                e,
+                extra={"reason": "config-refused"},
+            )
             metrics.CONFIG_RELOADS.labels("refused").inc()
             return False
         self._apply(plan)
         for name in plan.restart:
-            log.warning("configuration reload: %s changed in %s: needs a restart; the running value "
-                        "stays until then", name, path)
-        log.info("configuration reloaded from %s: %s", path,
-                 ", ".join(plan.applied) or "nothing that applies live changed")
+            log.warning(
+                "configuration reload: %s changed in %s: needs a restart; the running value stays until then",
+                name,
+                path,
+            )
+        log.info(
+            "configuration reloaded from %s: %s", path, ", ".join(plan.applied) or "nothing that applies live changed"
+        )
         metrics.CONFIG_RELOADS.labels("ok").inc()
         return True
 
@@ -104,11 +111,16 @@ class Reloader:
             plan.tls = _load_tls(new)
             plan.applied.append("gateway.tls_cert")
         if _without_tls(gw_old) != _without_tls(gw_new):
-            plan.restart.extend(f"gateway.{f.name}" for f in dataclasses.fields(gw_old)
-                                if f.name not in ("tls_cert", "tls_key")
-                                and getattr(gw_old, f.name) != getattr(gw_new, f.name))
-        gateway = dataclasses.replace(gw_old, tls_cert=gw_new.tls_cert, tls_key=gw_new.tls_key) \
-            if plan.tls is not None else gw_old
+            plan.restart.extend(
+                f"gateway.{f.name}"
+                for f in dataclasses.fields(gw_old)
+                if f.name not in ("tls_cert", "tls_key") and getattr(gw_old, f.name) != getattr(gw_new, f.name)
+            )
+        gateway = (
+            dataclasses.replace(gw_old, tls_cert=gw_new.tls_cert, tls_key=gw_new.tls_key)
+            if plan.tls is not None
+            else gw_old
+        )
         devices = old.devices
         dv_old, dv_new = old.devices, new.devices
         if _policy_of(dv_old) != _policy_of(dv_new) and dv_old.enabled and dv_new.enabled:
@@ -123,8 +135,9 @@ class Reloader:
         for f in dataclasses.fields(Config):
             if f.name not in _LIVE and getattr(old, f.name) != getattr(new, f.name):
                 plan.restart.append(f.name)
-        plan.config = dataclasses.replace(old, gateway=gateway, devices=devices, log_level=log_level,
-                                          log_format=new.log_format)
+        plan.config = dataclasses.replace(
+            old, gateway=gateway, devices=devices, log_level=log_level, log_format=new.log_format
+        )
         return plan
 
     def _check_devices(self, new: Config) -> None:
@@ -136,8 +149,13 @@ class Reloader:
         service = self._device_service()
         if service is not None:
             try:  # the same checks DeviceService makes at start, on a throwaway instance
-                DeviceService(service.store, service.audit, rules=new.devices.rules,
-                              defaults=new.devices.defaults, group_policies=new.devices.policies)
+                DeviceService(
+                    service.store,
+                    service.audit,
+                    rules=new.devices.rules,
+                    defaults=new.devices.defaults,
+                    group_policies=new.devices.policies,
+                )
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{file}: devices: {e}") from None
 
@@ -158,8 +176,9 @@ class Reloader:
                 gate.extra_ua_rules = tuple(new.devices.user_agents)
             service = self._device_service()
             if service is not None:  # the in-process id service's policy (remote: the id service's)
-                service.set_policy(rules=new.devices.rules, defaults=new.devices.defaults,
-                                   group_policies=new.devices.policies)
+                service.set_policy(
+                    rules=new.devices.rules, defaults=new.devices.defaults, group_policies=new.devices.policies
+                )
         if (new.log_level, new.log_format) != (old.log_level, old.log_format):
             setup_logging(self.log_level_override or new.log_level, new.log_format)
         self.running = new
@@ -179,5 +198,6 @@ def _load_tls(config: Config) -> tuple[ssl.SSLContext, bytes]:
     try:
         return server_context(gw.tls_cert, gw.tls_key), certificate_der(gw.tls_cert)
     except (OSError, ssl.SSLError, ValueError) as e:
-        raise ConfigError(f"{config.path}: gateway.tls_cert: cannot load {gw.tls_cert} with its key "
-                          f"{gw.tls_key}: {e}") from None
+        raise ConfigError(
+            f"{config.path}: gateway.tls_cert: cannot load {gw.tls_cert} with its key {gw.tls_key}: {e}"
+        ) from None

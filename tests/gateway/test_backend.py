@@ -50,9 +50,12 @@ from ..support import RecordingUpstream, free_port, gateway_config
 def ids(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    s = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                      key_file=tmp_path / "keys" / "ucgate.key", audit_file=None,
-                      lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900))
+    s = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900),
+    )
     for u in ("alice", "bob"):
         s.users.add(u, upn=f"{u}@lab.ucgate.test")
     yield s
@@ -79,9 +82,13 @@ class Gw:
         self.url = f"https://127.0.0.1:{self.gateway.port}"
 
     def client(self, user=None, password=None) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=str(self.cert)),
-                            trust_env=False, timeout=10,
-                            auth=(user, password) if user else None)
+        return httpx.Client(
+            base_url=self.url,
+            verify=ssl.create_default_context(cafile=str(self.cert)),
+            trust_env=False,
+            timeout=10,
+            auth=(user, password) if user else None,
+        )
 
     def stop(self):
         self.lt.run(self.gateway.stop())
@@ -108,11 +115,13 @@ def _req(authz: bytes | None = None) -> RequestHead:
 
 # --- the mechanisms on their own ------------------------------------------------------------
 
+
 def test_passthrough_forwards_only_per_request_schemes():
     pt, svc = PassthroughBackend(), Service("ucwa", "/ucwa/", backend="passthrough")
     run = asyncio.run
     assert run(pt.prepare(Identity("alice", "basic"), svc, _req(b"Basic YTpi"))).headers == [
-        (b"Authorization", b"Basic YTpi")]
+        (b"Authorization", b"Basic YTpi")
+    ]
     with pytest.raises(BackendError) as e:
         run(pt.prepare(Identity("alice", "ntlm"), svc, _req()))
     assert e.value.reason == "passthrough-connection-auth"
@@ -127,6 +136,7 @@ def test_unknown_backend_is_refused_at_start(tls_files, ids):
 
 
 # --- passthrough and vault Basic through the gateway (recording upstream) --------------------
+
 
 def test_passthrough_basic(upstream, ids, make_gw):
     g = make_gw(upstream.port, ids, {"ucwa": {"backend": "passthrough"}})
@@ -154,8 +164,9 @@ def test_passthrough_refuses_ntlm_with_502(upstream, ids, make_gw):
 
 
 def test_vault_basic_header_and_missing_secret(upstream, ids, vault, make_gw):
-    g = make_gw(upstream.port, ids, {"ucwa": {"backend": "vault", "backend_scheme": "basic"}},
-                {"vault": VaultBackend(vault)})
+    g = make_gw(
+        upstream.port, ids, {"ucwa": {"backend": "vault", "backend_scheme": "basic"}}, {"vault": VaultBackend(vault)}
+    )
     asp = ids.asps.create("alice", "phone")[1]
     with g.client("alice", asp) as c:
         r = c.get("/ucwa/x")
@@ -163,8 +174,7 @@ def test_vault_basic_header_and_missing_secret(upstream, ids, vault, make_gw):
         assert not upstream.received
         vault.set_password("alice", "D0main-Pass", actor="test")
         assert c.get("/ucwa/x").status_code == 200
-    assert upstream.received[-1].header("Authorization") == "Basic " + base64.b64encode(
-        b"alice:D0main-Pass").decode()
+    assert upstream.received[-1].header("Authorization") == "Basic " + base64.b64encode(b"alice:D0main-Pass").decode()
 
 
 class Broken:
@@ -175,8 +185,9 @@ class Broken:
 
 
 def test_vault_failure_is_502_not_a_hang(upstream, ids, make_gw):
-    g = make_gw(upstream.port, ids, {"ucwa": {"backend": "vault", "backend_scheme": "basic"}},
-                {"vault": VaultBackend(Broken())})
+    g = make_gw(
+        upstream.port, ids, {"ucwa": {"backend": "vault", "backend_scheme": "basic"}}, {"vault": VaultBackend(Broken())}
+    )
     asp = ids.asps.create("alice", "phone")[1]
     with g.client("alice", asp) as c:
         r = c.get("/ucwa/x")
@@ -184,6 +195,7 @@ def test_vault_failure_is_502_not_a_hang(upstream, ids, make_gw):
 
 
 # --- vault NTLM: a pyspnego NTLM front end, per-user upstream connections ------------------------
+
 
 class NtlmFrontend:
     """TEST DOUBLE, not a real front end: an HTTP/1.1 server (h11) that requires NTLM per
@@ -293,8 +305,7 @@ def test_vault_ntlm_per_user_connections(ntlm_frontend, ids, vault, make_gw, mon
 def test_vault_ntlm_wrong_password_is_502(ntlm_frontend, ids, vault, make_gw):
     ntlm_frontend.user_file.write_text("LAB:alice:Alice-D0main!\n")
     vault.set_password("alice", "stale-password", actor="test")
-    g = make_gw(ntlm_frontend.port, ids, {"ucwa": {"backend": "vault"}},
-                {"vault": VaultBackend(vault, domain="LAB")})
+    g = make_gw(ntlm_frontend.port, ids, {"ucwa": {"backend": "vault"}}, {"vault": VaultBackend(vault, domain="LAB")})
     asp = ids.asps.create("alice", "phone")[1]
     with g.client("alice", asp) as c:
         r = c.get("/ucwa/x")
@@ -304,8 +315,17 @@ def test_vault_ntlm_wrong_password_is_502(ntlm_frontend, ids, vault, make_gw):
 
 # --- against the Samba AD lab DC ----------------------------------------------------------------
 
-APACHE_MODULES = ("mpm_event", "authz_core", "authz_user", "authn_core", "auth_basic", "ldap",
-                  "authnz_ldap", "headers", "alias")
+APACHE_MODULES = (
+    "mpm_event",
+    "authz_core",
+    "authz_user",
+    "authn_core",
+    "auth_basic",
+    "ldap",
+    "authnz_ldap",
+    "headers",
+    "alias",
+)
 
 
 @pytest.fixture
@@ -349,8 +369,7 @@ AliasMatch "^/.*" "{d}/www/ok.txt"
   Header always set X-Remote-User "expr=%{{REMOTE_USER}}"
 </Location>
 """)
-    proc = subprocess.Popen(["apache2", "-f", str(d / "httpd.conf"), "-DFOREGROUND"],
-                            start_new_session=True)
+    proc = subprocess.Popen(["apache2", "-f", str(d / "httpd.conf"), "-DFOREGROUND"], start_new_session=True)
     try:
         for _ in range(100):
             try:
@@ -377,10 +396,10 @@ def test_vault_basic_against_apache_ldap_on_the_dc(samba_lab, apache_ldap_fronte
     direct = httpx.get(f"http://127.0.0.1:{port}/x", auth=(user, samba_lab.default_password), trust_env=False)
     assert direct.status_code == 200, (d / "error.log").read_text()[-2000:]
     assert direct.headers["x-remote-user"] == user
-    vault.set_password(user, samba_lab.default_password, actor="test",
-                       verify=lambda u, pw: samba_lab.can_bind(u, pw))  # the DC checks it first
-    g = make_gw(port, ids, {"ucwa": {"backend": "vault", "backend_scheme": "basic"}},
-                {"vault": VaultBackend(vault)})
+    vault.set_password(
+        user, samba_lab.default_password, actor="test", verify=lambda u, pw: samba_lab.can_bind(u, pw)
+    )  # the DC checks it first
+    g = make_gw(port, ids, {"ucwa": {"backend": "vault", "backend_scheme": "basic"}}, {"vault": VaultBackend(vault)})
     asp = ids.asps.create(user, "phone")[1]
     with g.client(user, asp) as c:
         r = c.get("/ucwa/oauth/v1/applications")
@@ -391,8 +410,7 @@ def test_vault_basic_against_apache_ldap_on_the_dc(samba_lab, apache_ldap_fronte
     ids.users.add(other)
     vault.set_password(other, "Not-The-Passw0rd", actor="test")
     with pytest.raises(VaultError):
-        vault.set_password(other, "Not-The-Passw0rd", actor="test",
-                           verify=lambda u, pw: samba_lab.can_bind(u, pw))
+        vault.set_password(other, "Not-The-Passw0rd", actor="test", verify=lambda u, pw: samba_lab.can_bind(u, pw))
     asp2 = ids.asps.create(other, "phone")[1]
     with g.client(other, asp2) as c:
         assert c.get("/ucwa/x").status_code == 401
@@ -407,10 +425,13 @@ def test_vault_ntlm_with_a_dc_verified_password(samba_lab, ntlm_frontend, ids, v
     ids.users.add(user)
     assert samba_lab.can_bind(user, samba_lab.default_password)
     ntlm_frontend.user_file.write_text(f"LAB:{user}:{samba_lab.default_password}\n")
-    vault.set_password(user, samba_lab.default_password, actor="test",
-                       verify=lambda u, pw: samba_lab.can_bind(u, pw))
-    g = make_gw(ntlm_frontend.port, ids, {"ucwa": {"backend": "vault"}},
-                {"vault": VaultBackend(vault, domain=samba_lab.netbios_domain)})
+    vault.set_password(user, samba_lab.default_password, actor="test", verify=lambda u, pw: samba_lab.can_bind(u, pw))
+    g = make_gw(
+        ntlm_frontend.port,
+        ids,
+        {"ucwa": {"backend": "vault"}},
+        {"vault": VaultBackend(vault, domain=samba_lab.netbios_domain)},
+    )
     asp = ids.asps.create(user, "phone")[1]
     with g.client(user, asp) as c:
         r = c.get("/ucwa/x")

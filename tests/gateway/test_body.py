@@ -51,23 +51,30 @@ def test_read_whole_with_continue_then_consumed():
         assert await b.read(10) == b"hello" and b.data == b"hello"
         assert bytes(t.out) == b"HTTP/1.1 100 Continue\r\n\r\n"
         assert not b.pending and not b.req.expect_continue  # a refusal does not drain it again
+
     run(main())
 
 
 def test_read_chunked_decodes():
     async def main():
-        b, _ = body_of(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked",
-                       b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n")
+        b, _ = body_of(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked",
+            b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n",
+        )
         assert await b.read(10) == b"abcde"
+
     run(main())
 
 
-@pytest.mark.parametrize("head,data,status,reason", [
-    (b"Content-Length: 11", b"x" * 11, 413, "body-too-large"),
-    (b"Transfer-Encoding: chunked", b"b\r\n" + b"x" * 11 + b"\r\n0\r\n\r\n", 413, "body-too-large"),
-    (b"Content-Length: 5", b"abc", 400, "body-incomplete"),
-    (b"Transfer-Encoding: chunked", b"3\r\nabcXY0\r\n\r\n", 400, "bad-chunk-terminator"),
-])
+@pytest.mark.parametrize(
+    "head,data,status,reason",
+    [
+        (b"Content-Length: 11", b"x" * 11, 413, "body-too-large"),
+        (b"Transfer-Encoding: chunked", b"b\r\n" + b"x" * 11 + b"\r\n0\r\n\r\n", 413, "body-too-large"),
+        (b"Content-Length: 5", b"abc", 400, "body-incomplete"),
+        (b"Transfer-Encoding: chunked", b"3\r\nabcXY0\r\n\r\n", 400, "bad-chunk-terminator"),
+    ],
+)
 def test_read_refusals(head, data, status, reason):
     async def main():
         b, _ = body_of(b"POST /x HTTP/1.1\r\nHost: a\r\n" + head, data)
@@ -75,6 +82,7 @@ def test_read_refusals(head, data, status, reason):
             await b.read(10)
         assert (e.value.status, e.value.reason) == (status, reason)
         assert b.data is None and b.pending
+
     run(main())
 
 
@@ -85,13 +93,15 @@ def test_read_timeout_is_408():
         with pytest.raises(ClientBodyError) as e:
             await b.read(10)
         assert (e.value.status, e.value.reason) == (408, "body-timeout")
+
     run(main())
 
 
 def test_copy_to_in_our_own_framing():
     async def main():
-        b, _ = body_of(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked",
-                       b"3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n")
+        b, _ = body_of(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked", b"3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n"
+        )
         out = Buffer()
         await b.copy_to(out, 100)
         assert bytes(out.data) == b"3\r\nabc\r\n0\r\n\r\n"  # extensions and trailers dropped
@@ -99,6 +109,7 @@ def test_copy_to_in_our_own_framing():
         out = Buffer()
         await b.copy_to(out, 100)
         assert bytes(out.data) == b"abc"
+
     run(main())
 
 
@@ -108,6 +119,7 @@ def test_discard():
         assert await b.discard(10) is True
         b, _ = body_of(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 30", b"x" * 30)
         assert await b.discard(10) is False  # too large to drain: the connection closes
+
     run(main())
 
 
@@ -117,4 +129,5 @@ def test_replace_is_what_goes_upstream():
         await b.read(10)
         b.replace(b"grant_type=password")
         assert b.data == b"grant_type=password"
+
     run(main())

@@ -42,10 +42,10 @@ tls_key = "{key}"
 url = "http://127.0.0.1:{upstream_port}"
 
 [data]
-dir = "{tmp_path / 'data'}"
+dir = "{tmp_path / "data"}"
 
 [store]
-key_file = "{tmp_path / 'keys' / 'ucgate.key'}"
+key_file = "{tmp_path / "keys" / "ucgate.key"}"
 
 [services.meet]
 max_body_bytes = 104857600
@@ -66,10 +66,10 @@ def test_check_config_ok(tmp_path, tls_files):
     "extra,needle",
     [
         ("[gateway.limits]\nmax_header_bytes = -1", "gateway.limits.max_header_bytes: must be greater than 0"),
-        ("[gateway.timeouts]\nidle = \"long\"", "gateway.timeouts.idle: expected float"),
+        ('[gateway.timeouts]\nidle = "long"', "gateway.timeouts.idle: expected float"),
         ("[services.nosuch]\nanonymous = true", "services.nosuch: unknown service"),
-        ("[services.eas]\nupstream = \"exchange\"", "services.eas.upstream: no [upstreams.exchange] is defined"),
-        ("[auth]\nauthenticator = \"magic\"", "auth.authenticator: expected one of"),
+        ('[services.eas]\nupstream = "exchange"', "services.eas.upstream: no [upstreams.exchange] is defined"),
+        ('[auth]\nauthenticator = "magic"', "auth.authenticator: expected one of"),
         ("[gateway.limitz]\nx = 1", "gateway.limitz: unknown setting"),
     ],
 )
@@ -82,7 +82,9 @@ def test_check_config_names_file_and_key(tmp_path, tls_files, extra, needle):
 
 def test_check_config_missing_cert(tmp_path):
     cfg = tmp_path / "u.toml"
-    cfg.write_text('[gateway]\nlisten="127.0.0.1:1"\ntls_cert="nope.crt"\ntls_key="nope.key"\n[upstreams.frontend]\nurl="http://x"\n')
+    cfg.write_text(
+        '[gateway]\nlisten="127.0.0.1:1"\ntls_cert="nope.crt"\ntls_key="nope.key"\n[upstreams.frontend]\nurl="http://x"\n'
+    )
     r = run("check-config", "-c", str(cfg))
     assert r.returncode == 2 and "gateway.tls_cert: no such file" in r.stderr
 
@@ -161,6 +163,7 @@ def test_serve_streams_50mb_with_bounded_memory(tmp_path, tls_files, upstream):
 
 # --- issue 13 -------------------------------------------------------------------------------------
 
+
 def test_check_config_refuses_allowed_devices_nobody_can_trust(tmp_path, tls_files):
     """Issue 13 item 9: default_action = "allowed" with require_second_factor (the default)
     and no second factor for anyone ([auth] two_factor = "off") allowed no device at all."""
@@ -169,14 +172,21 @@ def test_check_config_refuses_allowed_devices_nobody_can_trust(tmp_path, tls_fil
     assert r.returncode == 2 and "OK" not in r.stdout
     assert "ERROR" in r.stderr and 'default_action = "allowed"' in r.stderr
     assert "require_second_factor = false" in r.stderr and "ucgate otp enrol" in r.stderr  # what to do
-    for fixed in ('[devices]\ndefault_action = "allowed"\nrequire_second_factor = false\n',
-                  '[auth]\ntwo_factor = "otp-appended"\n[devices]\ndefault_action = "allowed"\n'):
+    for fixed in (
+        '[devices]\ndefault_action = "allowed"\nrequire_second_factor = false\n',
+        '[auth]\ntwo_factor = "otp-appended"\n[devices]\ndefault_action = "allowed"\n',
+    ):
         cfg = write_config(tmp_path, tls_files, 9, 0, fixed)
         r = run("check-config", "-c", str(cfg))
         assert r.returncode == 0 and "OK" in r.stdout and "WARNING" not in r.stderr, r.stderr
     # some users have a second factor: a warning naming who does not
-    cfg = write_config(tmp_path, tls_files, 9, 0, '[auth]\ntwo_factor_groups = { "mobile" = '
-                       '"otp-appended" }\n[devices]\ndefault_action = "allowed"\n')
+    cfg = write_config(
+        tmp_path,
+        tls_files,
+        9,
+        0,
+        '[auth]\ntwo_factor_groups = { "mobile" = "otp-appended" }\n[devices]\ndefault_action = "allowed"\n',
+    )
     r = run("check-config", "-c", str(cfg))
     assert r.returncode == 0 and "WARNING" in r.stderr and "users outside mobile" in r.stderr
     # the defaults (quarantined, require_second_factor, two_factor off): approved devices
@@ -191,9 +201,11 @@ def test_check_config_on_plain_http_says_what_applies(tmp_path):
     """Issue 13 item 10: check-config printed "extended protection require" on plain_http,
     where there is no channel to bind (and Basic is refused)."""
     cfg = tmp_path / "u.toml"
-    cfg.write_text(f'[gateway]\nlisten = "127.0.0.1:0"\nplain_http = true\n[upstreams.frontend]\n'
-                   f'url = "http://127.0.0.1:9"\n[data]\ndir = "{tmp_path / "data"}"\n'
-                   f'[store]\nkey_file = "{tmp_path / "keys" / "k"}"\n[devices]\nenabled = false\n')
+    cfg.write_text(
+        f'[gateway]\nlisten = "127.0.0.1:0"\nplain_http = true\n[upstreams.frontend]\n'
+        f'url = "http://127.0.0.1:9"\n[data]\ndir = "{tmp_path / "data"}"\n'
+        f'[store]\nkey_file = "{tmp_path / "keys" / "k"}"\n[devices]\nenabled = false\n'
+    )
     (tmp_path / "keys").mkdir(mode=0o700)
     r = run("check-config", "-c", str(cfg))
     assert r.returncode == 0, r.stderr

@@ -41,8 +41,9 @@ def test_closed_connections_are_freed_without_the_cyclic_gc(loop_thread, tls_fil
         gc.disable()
         try:
             for i in range(20):
-                s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=5),
-                                    server_hostname="localhost")
+                s = ctx.wrap_socket(
+                    socket.create_connection(("127.0.0.1", gw.port), timeout=5), server_hostname="localhost"
+                )
                 s.sendall(REQUESTS[i % len(REQUESTS)])
                 buf = b""
                 while b"\r\n\r\n" not in buf:

@@ -52,8 +52,9 @@ class Notices:
 @pytest.fixture
 def frontend(loop_thread):
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(users={}), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(users={}), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
 
     async def start():
         task = asyncio.ensure_future(server.serve())
@@ -73,10 +74,12 @@ def frontend(loop_thread):
 def ids(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    s = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                      key_file=tmp_path / "keys" / "ucgate.key",
-                      audit_file=tmp_path / "data" / "audit.jsonl",
-                      lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900))
+    s = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=tmp_path / "data" / "audit.jsonl",
+        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900),
+    )
     s.users.add("alice", upn="alice@contoso.com", sip_uri="sip:alice@contoso.com")
     s.users.add("bob", upn="bob@contoso.com", sip_uri="sip:bob@contoso.com")
     yield s
@@ -92,16 +95,26 @@ class Lab:
         group_policies = policy.pop("group_policies", ())
         second_factor_available = policy.pop("second_factor_available", None)
         self.devices = DeviceService(
-            PartnershipStore(ids.components.repo.engine), ids.audit, ids.bus, rules=rules,
-            defaults=policy, group_policies=group_policies,
+            PartnershipStore(ids.components.repo.engine),
+            ids.audit,
+            ids.bus,
+            rules=rules,
+            defaults=policy,
+            group_policies=group_policies,
             is_member=lambda u, g: g in self.groups.get(u, ()),
             user_aliases=lambda u: [f"sip:{u}@contoso.com", f"{u}@contoso.com"],
-            asp_device=lambda asp_id: (ids.asps.get(asp_id).device_id if ids.asps.get(asp_id) else None),
-            notifier=self.notices, clock=self.clock, second_factor_available=second_factor_available)
+            asp_device=lambda asp_id: ids.asps.get(asp_id).device_id if ids.asps.get(asp_id) else None,
+            notifier=self.notices,
+            clock=self.clock,
+            second_factor_available=second_factor_available,
+        )
         self.gate = DeviceGate(self.devices)
         cfg = from_dict(gateway_config(*tls_files, frontend))
-        auth = PreAuthenticator(ids.credentials, PreAuthSettings(netbios_domain="CONTOSO", failure_floor=0),
-                                device_id_of=self.gate.device_id_of)
+        auth = PreAuthenticator(
+            ids.credentials,
+            PreAuthSettings(netbios_domain="CONTOSO", failure_floor=0),
+            device_id_of=self.gate.device_id_of,
+        )
 
         async def start():
             g = Gateway(cfg, auth, devices=self.gate)
@@ -116,8 +129,9 @@ class Lab:
         self.url = f"https://127.0.0.1:{self.gateway.port}"
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=str(self.cert)),
-                            trust_env=False, timeout=10)
+        return httpx.Client(
+            base_url=self.url, verify=ssl.create_default_context(cafile=str(self.cert)), trust_env=False, timeout=10
+        )
 
     def asp(self, user="alice", device=None) -> str:
         return self.ids.asps.create(user, "phone", device)[1]
@@ -148,16 +162,23 @@ EAS = "/Microsoft-Server-ActiveSync"
 
 def eas_target(device="ApplDEV1", user="alice", cmd="FolderSync", dtype="iPhone", base64=False):
     if base64:
-        q = encode_base64_query(protocol_version="14.1", command=cmd, device_id=device,
-                                device_type=dtype, locale=0x0409)
+        q = encode_base64_query(
+            protocol_version="14.1", command=cmd, device_id=device, device_type=dtype, locale=0x0409
+        )
         return f"{EAS}?{q}"
     return f"{EAS}?Cmd={cmd}&User={user}&DeviceId={device}&DeviceType={dtype}"
 
 
 def eas(c, asp, user="alice", **kw):
-    return c.post(eas_target(user=user, **kw), auth=(user, asp),
-                  headers={"MS-ASProtocolVersion": "14.1", "User-Agent": "Apple-iPhone9C1/1402.100",
-                           "Content-Type": "application/vnd.ms-sync.wbxml"})
+    return c.post(
+        eas_target(user=user, **kw),
+        auth=(user, asp),
+        headers={
+            "MS-ASProtocolVersion": "14.1",
+            "User-Agent": "Apple-iPhone9C1/1402.100",
+            "Content-Type": "application/vnd.ms-sync.wbxml",
+        },
+    )
 
 
 def eas_status(r) -> int | None:
@@ -172,6 +193,7 @@ def audit(ids, action="device-check"):
 
 
 # --- ActiveSync -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("base64", [False, True], ids=["plain-query", "base64-query"])
 def test_eas_new_device_quarantined_notified_then_approved(make_lab, base64):
@@ -193,8 +215,12 @@ def test_eas_new_device_quarantined_notified_then_approved(make_lab, base64):
 
 
 def test_eas_rules_and_device_limit(make_lab):
-    lab = make_lab(default_action="allowed", require_second_factor=False, max_devices=1,
-                   rules=[DeviceRule(action="blocked", device_type="Android*", name="no-android")])
+    lab = make_lab(
+        default_action="allowed",
+        require_second_factor=False,
+        max_devices=1,
+        rules=[DeviceRule(action="blocked", device_type="Android*", name="no-android")],
+    )
     asp = lab.asp()
     with lab.client() as c:
         assert eas_status(eas(c, asp, device="ApplDEV1")) == 142  # allowed: the front end's "provision first"
@@ -218,8 +244,11 @@ def test_eas_user_of_someone_else_is_refused(make_lab):
     lab = make_lab(default_action="allowed", require_second_factor=False)
     asp = lab.asp()
     with lab.client() as c:
-        r = c.post(f"{EAS}?Cmd=FolderSync&User=bob&DeviceId=ApplDEV1&DeviceType=iPhone",
-                   auth=("alice", asp), headers={"MS-ASProtocolVersion": "14.1"})
+        r = c.post(
+            f"{EAS}?Cmd=FolderSync&User=bob&DeviceId=ApplDEV1&DeviceType=iPhone",
+            auth=("alice", asp),
+            headers={"MS-ASProtocolVersion": "14.1"},
+        )
         assert r.status_code == 403 and r.headers["x-ucgate-reason"] == "device-user-mismatch"
     assert lab.partnership("alice", "ApplDEV1") is None
 
@@ -232,15 +261,25 @@ def test_eas_stolen_device_bound_asp_from_another_device(make_lab):
         assert eas(c, asp, device="EvilDEV2").status_code == 401  # the ASP does not match there
 
 
-@pytest.mark.parametrize("device", [
-    "", "x" * 200, "bad%01id", "has space", "{not-a-guid",
-])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "",
+        "x" * 200,
+        "bad%01id",
+        "has space",
+        "{not-a-guid",
+    ],
+)
 def test_eas_bad_device_ids_are_quarantined_not_crashed(make_lab, device):
     lab = make_lab(default_action="allowed", require_second_factor=False)
     asp = lab.asp()
     with lab.client() as c:
-        r = c.post(f"{EAS}?Cmd=FolderSync&User=alice&DeviceId={device}&DeviceType=iPhone",
-                   auth=("alice", asp), headers={"MS-ASProtocolVersion": "14.1"})
+        r = c.post(
+            f"{EAS}?Cmd=FolderSync&User=alice&DeviceId={device}&DeviceType=iPhone",
+            auth=("alice", asp),
+            headers={"MS-ASProtocolVersion": "14.1"},
+        )
         # quarantined by the problem rule: status 129 where the command is known, else 403
         assert r.status_code in (200, 403), r.status_code
         assert r.headers["x-ucgate-reason"].startswith("device-id-")
@@ -266,9 +305,11 @@ def test_eas_remote_wipe(make_lab):
 
 # --- block one device while connections are open ------------------------------------------------
 
+
 def _keepalive(lab, asp, device):
-    conn = http.client.HTTPSConnection("127.0.0.1", lab.gateway.port, timeout=5,
-                                       context=ssl.create_default_context(cafile=str(lab.cert)))
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", lab.gateway.port, timeout=5, context=ssl.create_default_context(cafile=str(lab.cert))
+    )
     import base64 as b64
 
     auth = "Basic " + b64.b64encode(f"alice:{asp}".encode()).decode()
@@ -279,6 +320,7 @@ def _keepalive(lab, asp, device):
         r = conn.getresponse()
         r.read()
         return r
+
     return conn, request
 
 
@@ -310,6 +352,7 @@ def test_block_closes_that_devices_live_connection_within_a_second(make_lab):
 
 # --- trust lifetime -----------------------------------------------------------------------------
 
+
 def test_trust_expiry_asks_for_the_second_factor_again(make_lab):
     lab = make_lab(default_action="allowed", trust_lifetime_hours=24)
     asp = lab.asp()
@@ -335,9 +378,12 @@ UCWA_UA = "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0
 
 
 def create_app_req(c, asp, endpoint, user="alice"):
-    return c.post("/ucwa/oauth/v1/applications", auth=(user, asp),
-                  json={"userAgent": UCWA_UA, "endpointId": endpoint, "culture": "en-US"},
-                  headers={"User-Agent": UCWA_UA})
+    return c.post(
+        "/ucwa/oauth/v1/applications",
+        auth=(user, asp),
+        json={"userAgent": UCWA_UA, "endpointId": endpoint, "culture": "en-US"},
+        headers={"User-Agent": UCWA_UA},
+    )
 
 
 def test_ucwa_application_then_requests_on_other_connections(make_lab):
@@ -370,15 +416,24 @@ def test_ucwa_quarantine_and_limit_and_stolen_asp(make_lab):
         bound = lab.asp(device="33333333-3333-3333-3333-333333333333")
         r = create_app_req(c, bound, "44444444-4444-4444-4444-444444444444")
         assert r.status_code == 401  # the bound ASP is only good from its own endpointId
-        r = c.post("/ucwa/oauth/v1/applications", auth=("alice", asp), content=b"{not json",
-                   headers={"Content-Type": "application/json"})
+        r = c.post(
+            "/ucwa/oauth/v1/applications",
+            auth=("alice", asp),
+            content=b"{not json",
+            headers={"Content-Type": "application/json"},
+        )
         assert r.status_code == 403 and r.json()["reason"] == "device-id-malformed"
-        r = c.post("/ucwa/oauth/v1/applications", auth=("alice", asp), content=b"x" * 20000,
-                   headers={"Content-Type": "application/json"})
+        r = c.post(
+            "/ucwa/oauth/v1/applications",
+            auth=("alice", asp),
+            content=b"x" * 20000,
+            headers={"Content-Type": "application/json"},
+        )
         assert r.status_code == 413
 
 
 # --- CertProv -------------------------------------------------------------------------------------
+
 
 def certprov_body(device="{B1B2C3D4-0000-4000-8000-000000000001}", entity="sip:alice@contoso.com"):
     return (
@@ -391,9 +446,15 @@ def certprov_body(device="{B1B2C3D4-0000-4000-8000-000000000001}", entity="sip:a
 
 
 def certprov(c, asp, body):
-    return c.post("/CertProv/CertProvisioningService.svc", auth=("alice", asp), content=body,
-                  headers={"Content-Type": "application/soap+xml; charset=utf-8",
-                           "User-Agent": "UCCAPI/16.0.4849.1000 OC/16.0.4849.1000 (Skype for Business)"})
+    return c.post(
+        "/CertProv/CertProvisioningService.svc",
+        auth=("alice", asp),
+        content=body,
+        headers={
+            "Content-Type": "application/soap+xml; charset=utf-8",
+            "User-Agent": "UCCAPI/16.0.4849.1000 OC/16.0.4849.1000 (Skype for Business)",
+        },
+    )
 
 
 def test_certprov_gated(make_lab):
@@ -415,6 +476,7 @@ def test_certprov_gated(make_lab):
 
 
 # --- issue 13 -------------------------------------------------------------------------------------
+
 
 def test_answers_of_the_gate_carry_one_content_type(make_lab):
     """Issue 13 item 7: the gate's own EAS (WBXML) and UCWA (JSON) answers had a second

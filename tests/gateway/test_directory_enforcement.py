@@ -40,7 +40,9 @@ class Env:
     def basic_get(self, conn, user, pw, path="/ucwa/x"):
         import base64
 
-        conn.request("GET", path, headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()})
+        conn.request(
+            "GET", path, headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+        )
         r = conn.getresponse()
         r.read()
         return r.status
@@ -49,17 +51,37 @@ class Env:
         return [e.reason for e in self.ids.audit.tail(2000) if e.username == user.lower()]
 
 
-def _make_env(tmp_path, lab, loop_thread, upstream, tls_files, *, allow_domain_passwords=False,
-              outage_grace=300.0, user_failures=3):
+def _make_env(
+    tmp_path,
+    lab,
+    loop_thread,
+    upstream,
+    tls_files,
+    *,
+    allow_domain_passwords=False,
+    outage_grace=300.0,
+    user_failures=3,
+):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    directory = Directory(url=lab.ldaps_url, bind_dn=lab.service_dn, bind_password=lab.service_password,
-                          base_dn=lab.base_dn, ca_file=str(lab.ca_cert), netbios_domain=lab.netbios_domain,
-                          timeout=2, cache_ttl=5)
+    directory = Directory(
+        url=lab.ldaps_url,
+        bind_dn=lab.service_dn,
+        bind_password=lab.service_password,
+        base_dn=lab.base_dn,
+        ca_file=str(lab.ca_cert),
+        netbios_domain=lab.netbios_domain,
+        timeout=2,
+        cache_ttl=5,
+    )
     ids = open_services(
-        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}", key_file=tmp_path / "keys" / "k",
-        audit_file=None, lockout=LockoutConfig(user_failures=user_failures, ip_failures=100, window=900),
-        netbios_domains=(lab.netbios_domain,), directory=directory, required_group=lab.users_group,
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=user_failures, ip_failures=100, window=900),
+        netbios_domains=(lab.netbios_domain,),
+        directory=directory,
+        required_group=lab.users_group,
         allow_domain_passwords=allow_domain_passwords,
     )
     auth = PreAuthenticator(ids.credentials, PreAuthSettings(netbios_domain=lab.netbios_domain))
@@ -67,8 +89,9 @@ def _make_env(tmp_path, lab, loop_thread, upstream, tls_files, *, allow_domain_p
     ids.bus.subscribe(gw.gateway.on_event)
 
     async def start_monitor():
-        m = AccountMonitor(directory, gw.gateway.live_users, ids.bus, ids.audit,
-                           interval=RECHECK, outage_grace=outage_grace)
+        m = AccountMonitor(
+            directory, gw.gateway.live_users, ids.bus, ids.audit, interval=RECHECK, outage_grace=outage_grace
+        )
         m.start()
         return m
 
@@ -233,8 +256,7 @@ def test_directory_down_fails_closed_then_recovers(tmp_path, samba_lab, loop_thr
 
 
 def test_domain_password_allowed_without_locking_ad(tmp_path, samba_lab, loop_thread, upstream, tls_files):
-    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True,
-                  user_failures=3)
+    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True, user_failures=3)
     try:
         name = samba_lab.new_user(groups=[samba_lab.users_group])
         with httpx.Client(verify=e.gw.ssl_context(), timeout=30) as c:
@@ -275,14 +297,14 @@ def _spray(url: str, ctx, names: list[str], rounds: int, workers: int = 30) -> l
 def test_concurrent_wrong_passwords_never_pass_the_budget(tmp_path, samba_lab, loop_thread, upstream, tls_files):
     """(a) 30 concurrent wrong domain passwords for one fresh AD user: at most user_failures
     binds reach AD (the budget is reserved before the bind), the account is not locked."""
-    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True,
-                  user_failures=3)
+    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True, user_failures=3)
     try:
         name = samba_lab.new_user(groups=[samba_lab.users_group])
         codes = _spray(e.gw.url, e.gw.ssl_context(), [name], 30)
         bad = _bad_pwd_count(samba_lab, name)
-        print(f"\n30 concurrent wrong passwords: {codes.count(401)} x 401, {codes.count(429)} x 429, "
-              f"AD badPwdCount {bad}")
+        print(
+            f"\n30 concurrent wrong passwords: {codes.count(401)} x 401, {codes.count(429)} x 429, AD badPwdCount {bad}"
+        )
         assert codes.count(401) == 3 and codes.count(429) == 27, codes
         assert bad <= 3 and not samba_lab.is_locked(name)
     finally:
@@ -292,14 +314,14 @@ def test_concurrent_wrong_passwords_never_pass_the_budget(tmp_path, samba_lab, l
 def test_every_name_form_shares_one_budget(tmp_path, samba_lab, loop_thread, upstream, tls_files):
     """(c) 6 wrong passwords in each of sAMAccountName, sip: URI, UPN and DOMAIN\\name: one
     budget for the account (keyed by its objectGUID), not four."""
-    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True,
-                  user_failures=3)
+    e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True, user_failures=3)
     try:
         name = samba_lab.new_user(groups=[samba_lab.users_group])
-        samba_lab._modify(samba_lab.user_dn(name), {"msRTCSIP-PrimaryUserAddress": f"sip:{name}@{samba_lab.dns_domain}",
-                                                    "msRTCSIP-UserEnabled": "TRUE"})
-        forms = [name, f"sip:{name}@{samba_lab.dns_domain}", samba_lab.upn(name),
-                 f"{samba_lab.netbios_domain}\\{name}"]
+        samba_lab._modify(
+            samba_lab.user_dn(name),
+            {"msRTCSIP-PrimaryUserAddress": f"sip:{name}@{samba_lab.dns_domain}", "msRTCSIP-UserEnabled": "TRUE"},
+        )
+        forms = [name, f"sip:{name}@{samba_lab.dns_domain}", samba_lab.upn(name), f"{samba_lab.netbios_domain}\\{name}"]
         codes: list[int] = []
         with httpx.Client(verify=e.gw.ssl_context(), timeout=30) as c:
             for form in forms:
@@ -325,20 +347,36 @@ def test_two_gateways_on_one_store_share_the_budget(tmp_path, samba_lab, loop_th
     """(b) the same 30 concurrent attempts split over two gateways, each with its own id service
     (its own engine and budget object) on one store: still one budget."""
     (tmp_path / "a").mkdir()
-    a = _make_env(tmp_path / "a", samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True,
-                  user_failures=3)
+    a = _make_env(
+        tmp_path / "a", samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True, user_failures=3
+    )
     (tmp_path / "b").mkdir()
     # the second node: its own services over the first one's database file
-    directory = Directory(url=samba_lab.ldaps_url, bind_dn=samba_lab.service_dn,
-                          bind_password=samba_lab.service_password, base_dn=samba_lab.base_dn,
-                          ca_file=str(samba_lab.ca_cert), netbios_domain=samba_lab.netbios_domain, timeout=2)
+    directory = Directory(
+        url=samba_lab.ldaps_url,
+        bind_dn=samba_lab.service_dn,
+        bind_password=samba_lab.service_password,
+        base_dn=samba_lab.base_dn,
+        ca_file=str(samba_lab.ca_cert),
+        netbios_domain=samba_lab.netbios_domain,
+        timeout=2,
+    )
     ids_b = open_services(
-        store_url=f"sqlite:///{tmp_path / 'a' / 'data' / 'ucgate.db'}", key_file=tmp_path / "a" / "keys" / "k",
-        audit_file=None, lockout=LockoutConfig(user_failures=3, ip_failures=100, window=900),
-        netbios_domains=(samba_lab.netbios_domain,), directory=directory,
-        required_group=samba_lab.users_group, allow_domain_passwords=True)
-    gw_b = start_gateway(loop_thread, *tls_files, upstream.port, authenticator=PreAuthenticator(
-        ids_b.credentials, PreAuthSettings(netbios_domain=samba_lab.netbios_domain)))
+        store_url=f"sqlite:///{tmp_path / 'a' / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "a" / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=3, ip_failures=100, window=900),
+        netbios_domains=(samba_lab.netbios_domain,),
+        directory=directory,
+        required_group=samba_lab.users_group,
+        allow_domain_passwords=True,
+    )
+    gw_b = start_gateway(
+        loop_thread,
+        *tls_files,
+        upstream.port,
+        authenticator=PreAuthenticator(ids_b.credentials, PreAuthSettings(netbios_domain=samba_lab.netbios_domain)),
+    )
     try:
         name = samba_lab.new_user(groups=[samba_lab.users_group])
         from concurrent.futures import ThreadPoolExecutor
@@ -358,8 +396,9 @@ def test_two_gateways_on_one_store_share_the_budget(tmp_path, samba_lab, loop_th
         a.ids.close()
 
 
-def test_concurrent_first_sign_ins_make_one_row_and_both_are_answered(tmp_path, samba_lab, loop_thread,
-                                                                      upstream, tls_files):
+def test_concurrent_first_sign_ins_make_one_row_and_both_are_answered(
+    tmp_path, samba_lab, loop_thread, upstream, tls_files
+):
     """Two first sign-ins of a new AD user at the same moment: one users row, both 200 (the
     second insert's DuplicateError is the first one's row, not an unanswered connection)."""
     e = _make_env(tmp_path, samba_lab, loop_thread, upstream, tls_files, allow_domain_passwords=True)

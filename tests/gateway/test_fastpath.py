@@ -72,11 +72,11 @@ class ScriptedUpstream:
         target = head.split(b" ", 2)[1]
         case = target.split(b"/")[2].split(b"?")[0] if target.startswith(b"/meet/") else b"ok"
         if case == b"interim":
-            w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-                    b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+            w.write(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n" + OK
+            )
         elif case == b"chunked":
-            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
         elif case == b"large":
             body = bytes(range(256)) * 4096  # 1 MiB
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -110,8 +110,10 @@ class ScriptedUpstream:
             await asyncio.sleep(0.3)
             w.write(OK)
         elif case == b"hop":  # hop-by-hop and Connection-named fields must not reach the client
-            w.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n"
-                    b"X-Secret: 1\r\nX-Kept: 2\r\nContent-Length: 2\r\n\r\nok")
+            w.write(
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n"
+                b"X-Secret: 1\r\nX-Kept: 2\r\nContent-Length: 2\r\n\r\nok"
+            )
         else:
             w.write(OK)
         await w.drain()
@@ -183,7 +185,7 @@ class Client:
                 while len(self.buf) < size + 2:
                     self._fill()
                 body += self.buf[:size]
-                self.buf = self.buf[size + 2:]
+                self.buf = self.buf[size + 2 :]
                 if size == 0:
                     break
         return status, fields, body
@@ -222,13 +224,16 @@ def test_keep_alive_requests_take_the_fast_path(env):
     assert b"\r\nHost: gw\r\n" in last and b"\r\nX-Forwarded-Host: gw\r\n" in last
 
 
-@pytest.mark.parametrize("case,expect_body", [
-    ("interim", BODY),  # 103 and 100 dropped, then the 200: all in callbacks
-    ("hop", b"ok"),
-    ("chunked", b"hello world"),  # these three are streamed by the pipeline's _deliver
-    ("large", bytes(range(256)) * 4096),
-    ("split", BODY),
-])
+@pytest.mark.parametrize(
+    "case,expect_body",
+    [
+        ("interim", BODY),  # 103 and 100 dropped, then the 200: all in callbacks
+        ("hop", b"ok"),
+        ("chunked", b"hello world"),  # these three are streamed by the pipeline's _deliver
+        ("large", bytes(range(256)) * 4096),
+        ("split", BODY),
+    ],
+)
 def test_responses_on_a_warm_connection(env, case, expect_body):
     g, up = env
     c = Client(g)
@@ -333,8 +338,9 @@ def test_upstream_head_with_bare_lf_is_502_at_once(loop_thread, scripted, caplog
             assert status == b"HTTP/1.1 502 Bad Gateway" and body == b"upstream unavailable\n"
             assert time.monotonic() - t < 3
             assert g.gateway.fast_requests == before + (1 if warm else 0)
-            assert any("bad-upstream-response" in r.getMessage() and "bare-cr-or-lf" in r.getMessage()
-                       for r in caplog.records)
+            assert any(
+                "bad-upstream-response" in r.getMessage() and "bare-cr-or-lf" in r.getMessage() for r in caplog.records
+            )
             assert c.get("/meet/ok")[2] == BODY  # the client connection goes on
         finally:
             c.close()
@@ -348,16 +354,23 @@ def test_pipelined_requests_are_answered_in_order(env):
     try:
         c.get("/meet/ok")
         # fast, pipeline (protected: 401), fast with a chunked answer, refused (404), fast
-        c.send(b"GET /meet/ok?n=1 HTTP/1.1\r\nHost: gw\r\n\r\n"
-               b"GET /ucwa/oauth/v1/applications HTTP/1.1\r\nHost: gw\r\n\r\n"
-               b"GET /meet/chunked HTTP/1.1\r\nHost: gw\r\n\r\n"
-               b"GET /owa/ HTTP/1.1\r\nHost: gw\r\n\r\n"
-               b"GET /meet/ok?n=5 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        c.send(
+            b"GET /meet/ok?n=1 HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"GET /ucwa/oauth/v1/applications HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"GET /meet/chunked HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"GET /owa/ HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"GET /meet/ok?n=5 HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
         got = [c.response() for _ in range(5)]
     finally:
         c.close()
-    assert [s for s, _, _ in got] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 200 OK",
-                                      b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 OK"]
+    assert [s for s, _, _ in got] == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 401 Unauthorized",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 200 OK",
+    ]
     assert got[2][2] == b"hello world"
     assert [h.split(b" ", 2)[1] for _, h in up.heads[1:]] == [b"/meet/ok?n=1", b"/meet/chunked", b"/meet/ok?n=5"]
 

@@ -85,9 +85,12 @@ class Lab:
         self.cert = tls_files[0]
         (tmp / "data").mkdir()
         (tmp / "keys").mkdir(mode=0o700)
-        self.ids = open_services(store_url=f"sqlite:///{tmp / 'data' / 'ucgate.db'}",
-                                 key_file=tmp / "keys" / "ucgate.key", audit_file=None,
-                                 lockout=LockoutConfig(user_failures=100_000, ip_failures=100_000, window=900))
+        self.ids = open_services(
+            store_url=f"sqlite:///{tmp / 'data' / 'ucgate.db'}",
+            key_file=tmp / "keys" / "ucgate.key",
+            audit_file=None,
+            lockout=LockoutConfig(user_failures=100_000, ip_failures=100_000, window=900),
+        )
         self.ids.users.add("alice", upn="alice@lab.test")
         self.asp_id, self.asp = self.ids.asps.create("alice", "phone")
         self.up = Upstream()
@@ -95,10 +98,14 @@ class Lab:
         self.wall = [time.time()]
         self.checker = Checker()
         self.gate = DeviceGate(self.checker, wallclock=lambda: self.wall[0]) if gate else None
-        cfg = from_dict(gateway_config(*tls_files, self.up.port, timeouts={"upstream_read": 2},
-                                       services=services or {}))
-        auth = PreAuthenticator(self.ids.credentials, PreAuthSettings(netbios_domain="LAB", failure_floor=0),
-                                device_id_of=self.gate.device_id_of if self.gate else None)
+        cfg = from_dict(
+            gateway_config(*tls_files, self.up.port, timeouts={"upstream_read": 2}, services=services or {})
+        )
+        auth = PreAuthenticator(
+            self.ids.credentials,
+            PreAuthSettings(netbios_domain="LAB", failure_floor=0),
+            device_id_of=self.gate.device_id_of if self.gate else None,
+        )
         self.oauth = OAuthGrants(self.ids.credentials, settings=OAuthSettings(failure_floor=0))
         now = dt.datetime.now(dt.UTC)
         self.oauth.tokens.add(TOKEN, TokenRecord("alice", "s1", time.time() + 3600, now, credential_id=self.asp_id))
@@ -156,8 +163,14 @@ class Lab:
         return found[0] if found else None
 
 
-def request(method: str, target: str, fields: list[tuple[bytes, bytes]] = (), version: bytes = b"HTTP/1.1",
-            host: bytes | None = b"gw.example", sep: bytes = b": ") -> bytes:
+def request(
+    method: str,
+    target: str,
+    fields: list[tuple[bytes, bytes]] = (),
+    version: bytes = b"HTTP/1.1",
+    host: bytes | None = b"gw.example",
+    sep: bytes = b": ",
+) -> bytes:
     lines = [method.encode() + b" " + target.encode() + b" " + version]
     if host is not None:
         lines.append(b"Host" + sep + host)
@@ -236,7 +249,7 @@ class Client:
                 while len(self.buf) < size + 2 and self._fill():
                     pass
                 body += self.buf[:size]
-                self.buf = self.buf[size + 2:]
+                self.buf = self.buf[size + 2 :]
                 if size == 0:
                     break
         else:
@@ -369,8 +382,9 @@ def run_both(lab: Lab, kind: str, data: bytes, logs: Lines) -> dict:
             "answer": answer(status, fields, body),
             "metrics": delta(m0, metric_state(lab.gateway)),
             "logs": list(logs.lines),
-            "principal": None if principal is None else (principal.user, principal.method, principal.device_id,
-                                                       principal.credential_id),
+            "principal": None
+            if principal is None
+            else (principal.user, principal.method, principal.device_id, principal.credential_id),
             "open": not c.dead and not c.closed(timeout=0.01),
             "checks": lab.checker.calls - checks0,
             "fast": lab.gateway.fast_requests - fast0,
@@ -392,17 +406,53 @@ def assert_same(seen: dict, canonical: bool) -> None:
 
 # --- the generated requests ------------------------------------------------------------------
 KINDS = ("ntlm", "basic", "bearer", "none")
-_TARGETS = [UCWA, UCWA + "?case=hop", UCWA + "?case=chunked", UCWA + "?case=interim", UCWA + "?case=nocontent",
-            UCWA + "?case=large", "/ucwa/oauth/v1/applications/123/people", "/WebTicket/WebTicketService.svc",
-            "/Mcx/McxService.svc", "/abs/handler/x.lsabs", EAS, "/Autodiscover/AutodiscoverService.svc/root/oauth/user",
-            "/Autodiscover/AutodiscoverService.svc/root", "/meet/x", "/owa/", "/ucwa/../x", "/WebTicket/oauthtoken",
-            "/UCWA/oauth/v1/applications", "/ucwa/oauth%2fv1"]
+_TARGETS = [
+    UCWA,
+    UCWA + "?case=hop",
+    UCWA + "?case=chunked",
+    UCWA + "?case=interim",
+    UCWA + "?case=nocontent",
+    UCWA + "?case=large",
+    "/ucwa/oauth/v1/applications/123/people",
+    "/WebTicket/WebTicketService.svc",
+    "/Mcx/McxService.svc",
+    "/abs/handler/x.lsabs",
+    EAS,
+    "/Autodiscover/AutodiscoverService.svc/root/oauth/user",
+    "/Autodiscover/AutodiscoverService.svc/root",
+    "/meet/x",
+    "/owa/",
+    "/ucwa/../x",
+    "/WebTicket/oauthtoken",
+    "/UCWA/oauth/v1/applications",
+    "/ucwa/oauth%2fv1",
+]
 _METHODS = ["GET", "GET", "GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "get", "TRACE", "PROPFIND"]
-_FIELD_NAMES = [b"User-Agent", b"Accept", b"Cookie", b"X-Ucgate-User", b"X_Ucgate_User", b"x.forwarded.for",
-                b"X-Forwarded-For", b"Forwarded", b"X-Real-IP", b"X-Original-URL", b"X-HTTP-Method-Override",
-                b"X-Ucgate-Request-Id", b"Connection", b"Expect", b"Content-Length", b"Keep-Alive", b"X-Users"]
-_FIELD_VALUES = {b"Connection": [b"keep-alive", b"close", b"Keep-Alive", b"x-a"],
-                 b"Expect": [b"100-continue"], b"Content-Length": [b"0"], b"Keep-Alive": [b"timeout=5"]}
+_FIELD_NAMES = [
+    b"User-Agent",
+    b"Accept",
+    b"Cookie",
+    b"X-Ucgate-User",
+    b"X_Ucgate_User",
+    b"x.forwarded.for",
+    b"X-Forwarded-For",
+    b"Forwarded",
+    b"X-Real-IP",
+    b"X-Original-URL",
+    b"X-HTTP-Method-Override",
+    b"X-Ucgate-Request-Id",
+    b"Connection",
+    b"Expect",
+    b"Content-Length",
+    b"Keep-Alive",
+    b"X-Users",
+]
+_FIELD_VALUES = {
+    b"Connection": [b"keep-alive", b"close", b"Keep-Alive", b"x-a"],
+    b"Expect": [b"100-continue"],
+    b"Content-Length": [b"0"],
+    b"Keep-Alive": [b"timeout=5"],
+}
 
 
 @st.composite
@@ -441,8 +491,12 @@ def build(lab: Lab, kind, method, target, version, host, fields, authz, sep) -> 
     elif authz == "twice" and own is not None:
         creds = [(b"Authorization", own), (b"Authorization", own)]
     elif authz == "other":  # a Bearer token the gateway never issued, or Basic with another password
-        creds = [(b"Authorization", b"Bearer cwt=NEVERISSUED" if kind != "basic" else
-                  b"Basic " + base64.b64encode(b"alice:not-the-asp"))]
+        creds = [
+            (
+                b"Authorization",
+                b"Bearer cwt=NEVERISSUED" if kind != "basic" else b"Basic " + base64.b64encode(b"alice:not-the-asp"),
+            )
+        ]
     elif authz == "empty":
         creds = [(b"Authorization", b"")]
     data = request(method, target, fields + creds, version=version, host=host, sep=sep)
@@ -464,8 +518,12 @@ def gated(loop_thread, tls_files, tmp_path_factory):
     lab.stop()
 
 
-_PROPERTY = settings(max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")) // 2, deadline=None, database=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+_PROPERTY = settings(
+    max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")) // 2,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @_PROPERTY
@@ -561,8 +619,9 @@ def test_backend_modes_other_than_none_take_the_pipeline(loop_thread, tls_files,
             assert b"\r\nAuthorization: " + lab.basic + b"\r\n" in head  # the client's own, passed through
         assert lab.gateway.fast_requests == before
         # a service still on backend none goes on taking the fast path on the same connection
-        assert c.exchange(request("GET", "/Mcx/McxService.svc", [(b"Authorization", lab.basic)]))[0] \
-            == b"HTTP/1.1 200 OK"
+        assert (
+            c.exchange(request("GET", "/Mcx/McxService.svc", [(b"Authorization", lab.basic)]))[0] == b"HTTP/1.1 200 OK"
+        )
         assert lab.gateway.fast_requests == before + 1
     finally:
         lab.stop()
@@ -576,14 +635,21 @@ def _post(lab: Lab, ev) -> None:
     lab.lt.run(post())
 
 
-@pytest.mark.parametrize("kind,make", [
-    ("ntlm", lambda lab: UserBlocked("alice", "disabled")),
-    ("basic", lambda lab: UserBlocked("alice", "signed out", signed_in_before=dt.datetime.now(dt.UTC)
-                                      + dt.timedelta(seconds=1))),
-    ("basic", lambda lab: CredentialRevoked("alice", lab.asp_id, "revoked")),
-    ("bearer", lambda lab: CredentialRevoked("alice", lab.asp_id, "revoked")),
-    ("bearer", lambda lab: UserBlocked("alice", "locked")),
-])
+@pytest.mark.parametrize(
+    "kind,make",
+    [
+        ("ntlm", lambda lab: UserBlocked("alice", "disabled")),
+        (
+            "basic",
+            lambda lab: UserBlocked(
+                "alice", "signed out", signed_in_before=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+            ),
+        ),
+        ("basic", lambda lab: CredentialRevoked("alice", lab.asp_id, "revoked")),
+        ("bearer", lambda lab: CredentialRevoked("alice", lab.asp_id, "revoked")),
+        ("bearer", lambda lab: UserBlocked("alice", "locked")),
+    ],
+)
 def test_a_connection_cut_by_an_event_is_never_served_again(loop_thread, tls_files, tmp_path, kind, make):
     lab = Lab(loop_thread, tls_files, tmp_path, gate=False)
     try:

@@ -32,9 +32,12 @@ ANON = "/Autodiscover/AutodiscoverService.svc/root"
 def ids(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    s = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                      key_file=tmp_path / "keys" / "ucgate.key", audit_file=tmp_path / "data" / "audit.jsonl",
-                      lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900))
+    s = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=tmp_path / "data" / "audit.jsonl",
+        lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900),
+    )
     s.users.add("alice", upn="alice@lab.ucgate.test")
     yield s
     s.close()
@@ -56,8 +59,15 @@ def pool(loop_thread, tls_files, ids, haproxy_lab):
     for _ in range(2):
         up = RecordingUpstream()
         loop_thread.run(up.start())
-        g = start_gateway(loop_thread, *tls_files, up.port, authenticator=auth, proxy_protocol=True,
-                          trusted_proxies=["127.0.0.1/32"], health_listen="127.0.0.1:0")
+        g = start_gateway(
+            loop_thread,
+            *tls_files,
+            up.port,
+            authenticator=auth,
+            proxy_protocol=True,
+            trusted_proxies=["127.0.0.1/32"],
+            health_listen="127.0.0.1:0",
+        )
         r = Ready()
         g.gateway.health.readiness = r
         ups.append(up)
@@ -76,9 +86,13 @@ def pool(loop_thread, tls_files, ids, haproxy_lab):
 def client(lb, tls_files, **kw) -> httpx.Client:
     """A client from 127.0.0.23; a new connection per request (``Connection: close``)."""
     verify = ssl.create_default_context(cafile=str(tls_files[0]))
-    return httpx.Client(base_url=f"https://127.0.0.1:{lb.port}", timeout=10,
-                        transport=httpx.HTTPTransport(local_address=CLIENT, verify=verify),
-                        headers={"Connection": "close"}, **kw)
+    return httpx.Client(
+        base_url=f"https://127.0.0.1:{lb.port}",
+        timeout=10,
+        transport=httpx.HTTPTransport(local_address=CLIENT, verify=verify),
+        headers={"Connection": "close"},
+        **kw,
+    )
 
 
 def served(ups) -> list[int]:
@@ -132,8 +146,7 @@ def test_a_gateway_that_is_not_ready_is_drained(pool, tls_files):
 
 
 def test_send_proxy_v1_too(loop_thread, tls_files, haproxy_lab, upstream):
-    g = start_gateway(loop_thread, *tls_files, upstream.port, proxy_protocol=True,
-                      trusted_proxies=["127.0.0.1/32"])
+    g = start_gateway(loop_thread, *tls_files, upstream.port, proxy_protocol=True, trusted_proxies=["127.0.0.1/32"])
     try:
         lb = haproxy_lab([Backend("gw1", g.port)], send_proxy="send-proxy")  # a TCP check
         lb.wait_status({"gw1": "UP"})

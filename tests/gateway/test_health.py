@@ -119,7 +119,9 @@ def test_remote_id_service_readiness_follows_its_link():
         events_connected = asyncio.Event()
 
     ready = id_service_readiness(Remote())
-    assert asyncio.run(ready()) == (False, "id service https://id1.contoso.local:9443: unreachable "
-                                           "(event stream not connected)")
+    assert asyncio.run(ready()) == (
+        False,
+        "id service https://id1.contoso.local:9443: unreachable (event stream not connected)",
+    )
     Remote.events_connected.set()
     assert asyncio.run(ready()) == (True, "ok")

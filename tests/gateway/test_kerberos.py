@@ -131,18 +131,29 @@ def env(klab, apache, samba_lab, loop_thread, gw_cert, tmp_path_factory):
     (tmp / "data").mkdir()
     (tmp / "keys").mkdir(mode=0o700)
     lab = samba_lab
-    directory = Directory(url=lab.ldaps_url, bind_dn=lab.service_dn, bind_password=lab.service_password,
-                          base_dn=lab.base_dn, ca_file=str(lab.ca_cert), netbios_domain=lab.netbios_domain,
-                          timeout=2, cache_ttl=5)
+    directory = Directory(
+        url=lab.ldaps_url,
+        bind_dn=lab.service_dn,
+        bind_password=lab.service_password,
+        base_dn=lab.base_dn,
+        ca_file=str(lab.ca_cert),
+        netbios_domain=lab.netbios_domain,
+        timeout=2,
+        cache_ttl=5,
+    )
     ids = open_services(
-        store_url=f"sqlite:///{tmp / 'data' / 'ucgate.db'}", key_file=tmp / "keys" / "k", audit_file=None,
+        store_url=f"sqlite:///{tmp / 'data' / 'ucgate.db'}",
+        key_file=tmp / "keys" / "k",
+        audit_file=None,
         lockout=LockoutConfig(user_failures=5, ip_failures=100, window=900),
-        netbios_domains=(lab.netbios_domain,), directory=directory, required_group=lab.users_group,
+        netbios_domains=(lab.netbios_domain,),
+        directory=directory,
+        required_group=lab.users_group,
     )
     acceptor = KerberosAcceptor(klab.gw_keytab, GW_SPN, REALM, krb5_conf=klab.krb5_conf)
-    auth = PreAuthenticator(ids.credentials, PreAuthSettings(netbios_domain=lab.netbios_domain,
-                                                             failure_floor=0.0),
-                            kerberos=acceptor)
+    auth = PreAuthenticator(
+        ids.credentials, PreAuthSettings(netbios_domain=lab.netbios_domain, failure_floor=0.0), kerberos=acceptor
+    )
     cfg = from_dict(gateway_config(*gw_cert, apache.port, services={"ucwa": {"backend": "kcd"}}))
     kcd = _kcd(klab)
     gw = _start(loop_thread, cfg, auth, {"kcd": kcd})
@@ -164,7 +175,7 @@ def test_kcd_backend_direct_to_apache(klab, apache):
         t0 = time.monotonic()
         auth = asyncio.run(kcd.prepare(Identity("alice", "basic"), UCWA, None))
         first = time.monotonic() - t0
-        (name, value), = auth.headers
+        ((name, value),) = auth.headers
         assert name == b"Authorization" and value.startswith(b"Negotiate ")
         r = httpx.get(apache.url + "/ucwa/x", headers={"Authorization": value.decode()})
         assert r.status_code == 200, apache.log_tail()
@@ -201,8 +212,9 @@ def test_gateway_kcd_user_with_asp_over_ntlm(env):
     from requests_ntlm import HttpNtlmAuth
 
     name, asp = env.user_with_asp()
-    r = requests.get(f"https://127.0.0.1:{env.port}/ucwa/x", auth=HttpNtlmAuth(f"LAB\\{name}", asp),
-                     timeout=20, verify=str(env.cert))
+    r = requests.get(
+        f"https://127.0.0.1:{env.port}/ucwa/x", auth=HttpNtlmAuth(f"LAB\\{name}", asp), timeout=20, verify=str(env.cert)
+    )
     assert r.status_code == 200, r.text
     assert f"user={name}@{REALM}" in r.text
 
@@ -212,9 +224,25 @@ def test_gateway_kcd_user_with_asp_over_ntlm(env):
 
 def _curl(klab, env, ccache, path="/ucwa/x"):
     return subprocess.run(
-        ["curl", "-sS", "--negotiate", "-u", ":", "--cacert", str(env.cert), "-D", "-",
-         "--resolve", f"{GW_HOST}:{env.port}:127.0.0.1", f"{env.url}{path}"],
-        capture_output=True, text=True, env=klab.env(ccache), timeout=30)
+        [
+            "curl",
+            "-sS",
+            "--negotiate",
+            "-u",
+            ":",
+            "--cacert",
+            str(env.cert),
+            "-D",
+            "-",
+            "--resolve",
+            f"{GW_HOST}:{env.port}:127.0.0.1",
+            f"{env.url}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=klab.env(ccache),
+        timeout=30,
+    )
 
 
 def test_curl_negotiate_with_kinit_ticket(env, klab, tmp_path):
@@ -255,11 +283,11 @@ def _token(klab, ccache, spn):
         "import gssapi,base64,sys\n"
         f"n=gssapi.Name('{spn}@{REALM}', gssapi.NameType.kerberos_principal)\n"
         "c=gssapi.SecurityContext(name=n, usage='initiate', mech=gssapi.OID.from_int_seq('1.3.6.1.5.5.2'))\n"
-        "sys.stdout.write(base64.b64encode(c.step()).decode())\n")
+        "sys.stdout.write(base64.b64encode(c.step()).decode())\n"
+    )
     import sys
 
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=klab.env(ccache),
-                       timeout=30)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=klab.env(ccache), timeout=30)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -305,9 +333,15 @@ def test_expired_ticket_is_refused_with_reason(env, klab, tmp_path):
         "try:\n"
         f"    a.accept(base64.b64decode({tok!r})); print('accepted')\n"
         "except KerberosError as e:\n"
-        "    print(e.reason)\n")
-    r = subprocess.run(["faketime", "-f", "+11h", sys.executable, "-c", code], capture_output=True,
-                       text=True, timeout=60, env=klab.env(ccache))
+        "    print(e.reason)\n"
+    )
+    r = subprocess.run(
+        ["faketime", "-f", "+11h", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=klab.env(ccache),
+    )
     assert r.stdout.strip() == "krb-ticket-expired", (r.stdout, r.stderr[-1000:])
 
 
@@ -317,8 +351,10 @@ def test_kcd_failures_502_quickly(klab, apache, loop_thread, gw_cert, caplog, tm
     from ucgate.protocols.keytab import read_keytab, write_keytab
 
     dead_keytab = tmp_path / "dead.keytab"
-    write_keytab(dead_keytab, [e.renamed(f"{GW_ACCOUNT}@{DEAD_REALM}") for e in read_keytab(klab.gw_keytab)
-                               if len(e.components) == 1])
+    write_keytab(
+        dead_keytab,
+        [e.renamed(f"{GW_ACCOUNT}@{DEAD_REALM}") for e in read_keytab(klab.gw_keytab) if len(e.components) == 1],
+    )
 
     from ..support import AllowAs
 
@@ -326,14 +362,27 @@ def test_kcd_failures_502_quickly(klab, apache, loop_thread, gw_cert, caplog, tm
     cfg = from_dict(gateway_config(*gw_cert, apache.port, services={"ucwa": {"backend": "kcd"}}))
     cases = [
         # not allowed to delegate to this SPN (the DC's HOST/ SPN is not in msDS-AllowedToDelegateTo)
-        (KcdBackend(klab.gw_keytab, GW_ACCOUNT, REALM, "HOST/dc1.lab.ucgate.test", krb5_conf=klab.krb5_conf,
-                    timeout=5), "kcd-not-trusted-for-delegation", 5),
+        (
+            KcdBackend(
+                klab.gw_keytab, GW_ACCOUNT, REALM, "HOST/dc1.lab.ucgate.test", krb5_conf=klab.krb5_conf, timeout=5
+            ),
+            "kcd-not-trusted-for-delegation",
+            5,
+        ),
         # a realm whose KDC accepts connections and never answers
-        (KcdBackend(dead_keytab, f"{GW_ACCOUNT}@{DEAD_REALM}", DEAD_REALM, FE_SPN,
-                    krb5_conf=klab.krb5_conf, timeout=3), ("kcd-kdc-unreachable", "kcd-timeout"), 4.5),
+        (
+            KcdBackend(
+                dead_keytab, f"{GW_ACCOUNT}@{DEAD_REALM}", DEAD_REALM, FE_SPN, krb5_conf=klab.krb5_conf, timeout=3
+            ),
+            ("kcd-kdc-unreachable", "kcd-timeout"),
+            4.5,
+        ),
         # an account the keytab has no key for / the KDC does not know
-        (KcdBackend(klab.gw_keytab, "nosuch-svc", REALM, FE_SPN, krb5_conf=klab.krb5_conf, timeout=5),
-         ("kcd-tgt-failed", "kcd-keytab-rejected"), 5),
+        (
+            KcdBackend(klab.gw_keytab, "nosuch-svc", REALM, FE_SPN, krb5_conf=klab.krb5_conf, timeout=5),
+            ("kcd-tgt-failed", "kcd-keytab-rejected"),
+            5,
+        ),
     ]
     for kcd, reasons, limit in cases:
         reasons = (reasons,) if isinstance(reasons, str) else reasons
@@ -362,9 +411,17 @@ def _check(klab, samba_lab, duplicate_on=None, **kw):
     from ucgate.cli.kerberos import kcd_probe
     from ucgate.id.kerberos_check import CheckSettings, ldap3_search, run_checks
 
-    st = CheckSettings(realm=REALM, keytab=klab.gw_keytab, service_principal=GW_SPN, account=GW_ACCOUNT,
-                       front_end_spns=[FE_SPN], published_name=GW_HOST, krb5_conf=klab.krb5_conf,
-                       check_user="alice", **kw)
+    st = CheckSettings(
+        realm=REALM,
+        keytab=klab.gw_keytab,
+        service_principal=GW_SPN,
+        account=GW_ACCOUNT,
+        front_end_spns=[FE_SPN],
+        published_name=GW_HOST,
+        krb5_conf=klab.krb5_conf,
+        check_user="alice",
+        **kw,
+    )
     conn = samba_lab.admin_connection()
     real = ldap3_search(conn, samba_lab.base_dn)
 
@@ -375,8 +432,9 @@ def _check(klab, samba_lab, duplicate_on=None, **kw):
         return out
 
     try:
-        return run_checks(st, search, s4u_probe=kcd_probe(),
-                          resolver=lambda name: ["127.0.0.1"] if name == GW_HOST else [])
+        return run_checks(
+            st, search, s4u_probe=kcd_probe(), resolver=lambda name: ["127.0.0.1"] if name == GW_HOST else []
+        )
     finally:
         conn.unbind()
 
@@ -453,7 +511,7 @@ url = "http://127.0.0.1:1"
 [data]
 dir = "{tmp_path}"
 [store]
-key_file = "{tmp_path / 'k'}"
+key_file = "{tmp_path / "k"}"
 [directory]
 url = "{samba_lab.ldaps_url}"
 bind_dn = "{samba_lab.service_dn}"
@@ -469,8 +527,7 @@ front_end_spn = "{FE_SPN}"
 check_user = "alice"
 """)
     html = tmp_path / "report.html"
-    rc = main(["kerberos", "check", "-c", str(cfg), "--html", str(html),
-               "--resolve", f"{GW_HOST}:127.0.0.1"])
+    rc = main(["kerberos", "check", "-c", str(cfg), "--html", str(html), "--resolve", f"{GW_HOST}:127.0.0.1"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "result: OK" in out and "PASS  s4u" in out

@@ -58,8 +58,14 @@ def status_of(resp: bytes) -> int:
     return int(resp[9:12])
 
 
-def request(method: str, target: str, headers: list[tuple[str, str]] = (), body: bytes = b"",
-            version: str = "1.1", host: str | None = "gw") -> bytes:
+def request(
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]] = (),
+    body: bytes = b"",
+    version: str = "1.1",
+    host: str | None = "gw",
+) -> bytes:
     lines = [f"{method} {target} HTTP/{version}"]
     if host is not None:
         lines.append(f"Host: {host}")
@@ -91,8 +97,20 @@ def squash(name: str) -> str:
 
 # the names the gateway sets itself, and the client look-alikes of them it must drop
 OURS = {"x-ucgate-user", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-OWNED = ("xucgateuser", "xforwarded", "forwarded", "xrealip", "xmsforwarded", "xoriginal", "xrewrite",
-         "xhttpmethod", "xmethodoverride", "xclientip", "trueclientip", "xclusterclientip")
+OWNED = (
+    "xucgateuser",
+    "xforwarded",
+    "forwarded",
+    "xrealip",
+    "xmsforwarded",
+    "xoriginal",
+    "xrewrite",
+    "xhttpmethod",
+    "xmethodoverride",
+    "xclientip",
+    "trueclientip",
+    "xclusterclientip",
+)
 
 
 def spellings(name: str) -> dict[str, str]:
@@ -118,11 +136,26 @@ def spellings(name: str) -> dict[str, str]:
 
 IDENTITY_NAMES = ["X-Ucgate-User"]
 FORWARDING_NAMES = ["X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"]
-ROUTING_NAMES = ["X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method",
-                 "X-Method-Override", "X-Real-IP", "X-MS-Forwarded-Client-IP", "X-Client-IP", "True-Client-IP",
-                 "X-Cluster-Client-IP"]
-VALUES = {"X-Ucgate-User": "CONTOSO\\administrator", "X-Original-URL": PROTECTED, "X-Rewrite-URL": PROTECTED,
-          "X-HTTP-Method-Override": "DELETE", "X-HTTP-Method": "DELETE", "X-Method-Override": "DELETE"}
+ROUTING_NAMES = [
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+    "X-Real-IP",
+    "X-MS-Forwarded-Client-IP",
+    "X-Client-IP",
+    "True-Client-IP",
+    "X-Cluster-Client-IP",
+]
+VALUES = {
+    "X-Ucgate-User": "CONTOSO\\administrator",
+    "X-Original-URL": PROTECTED,
+    "X-Rewrite-URL": PROTECTED,
+    "X-HTTP-Method-Override": "DELETE",
+    "X-HTTP-Method": "DELETE",
+    "X-Method-Override": "DELETE",
+}
 
 
 def header_vectors(names):
@@ -138,8 +171,14 @@ def check_forwarded(seen, user: str | None) -> None:
         assert env.get("HTTP_X_FORWARDED_FOR") == "127.0.0.1"
         assert env.get("HTTP_X_FORWARDED_PROTO") == "http"
         assert env.get("HTTP_X_FORWARDED_HOST") == "gw"
-        for var in ("HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_X_ORIGINAL_URL", "HTTP_X_REWRITE_URL",
-                    "HTTP_X_HTTP_METHOD_OVERRIDE", "HTTP_X_MS_FORWARDED_CLIENT_IP"):
+        for var in (
+            "HTTP_FORWARDED",
+            "HTTP_X_REAL_IP",
+            "HTTP_X_ORIGINAL_URL",
+            "HTTP_X_REWRITE_URL",
+            "HTTP_X_HTTP_METHOD_OVERRIDE",
+            "HTTP_X_MS_FORWARDED_CLIENT_IP",
+        ):
             assert var not in env
 
 
@@ -161,20 +200,26 @@ def _send_header_vector(env, caplog, name, spelled):
         assert status_of(resp) == 200, (label, resp[:200])
         assert len(up.received) == before + 1, label
         check_forwarded(up.received[-1], user)
-        assert any("client-header-dropped" in r.getMessage() and spelled.lower() in r.getMessage().lower()
-                   for r in caplog.records), (label, [r.getMessage() for r in caplog.records])
+        assert any(
+            "client-header-dropped" in r.getMessage() and spelled.lower() in r.getMessage().lower()
+            for r in caplog.records
+        ), (label, [r.getMessage() for r in caplog.records])
 
 
-@pytest.mark.parametrize("name,cls,spelled", header_vectors(IDENTITY_NAMES + FORWARDING_NAMES),
-                         ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "name,cls,spelled",
+    header_vectors(IDENTITY_NAMES + FORWARDING_NAMES),
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_identity_and_forwarding_lookalikes_are_dropped(env, caplog, name, cls, spelled):
     """Item 1: a client spelling of X-Ucgate-User or X-Forwarded-*/Forwarded that a front end
     maps to the same variable never reaches it; the gateway's own value is the only one."""
     _send_header_vector(env, caplog, name, spelled)
 
 
-@pytest.mark.parametrize("name,cls,spelled", header_vectors(ROUTING_NAMES),
-                         ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "name,cls,spelled", header_vectors(ROUTING_NAMES), ids=lambda v: v if isinstance(v, str) else None
+)
 def test_routing_and_override_headers_are_dropped(env, caplog, name, cls, spelled):
     """Item 3: routing (IIS URL Rewrite's X-Original-URL...), method-override and client-IP
     headers, in every spelling class, are dropped."""
@@ -183,8 +228,13 @@ def test_routing_and_override_headers_are_dropped(env, caplog, name, cls, spelle
 
 def test_ordinary_headers_pass_unchanged(env):
     g, up, _ = env
-    hs = [("X-Ms-Namespace", "internal"), ("X-Forward", "kept"), ("X-Users", "kept"), ("Forwarding-Note", "k"),
-          ("X-Request-Id", "1")]
+    hs = [
+        ("X-Ms-Namespace", "internal"),
+        ("X-Forward", "kept"),
+        ("X-Users", "kept"),
+        ("Forwarding-Note", "k"),
+        ("X-Request-Id", "1"),
+    ]
     assert status_of(send(g, request("GET", ANON, hs))) == 200
     seen = up.received[-1]
     for k, v in hs:
@@ -259,15 +309,29 @@ def test_dot_lookalike_segments_through_anonymous_prefixes_are_refused(env, capl
             resp = send(g, request(method, target, body=body))
         assert status_of(resp) == 400, (target, resp[:200])
         assert time.monotonic() - t < 3
-        assert any(f"reason={reason}" in r.getMessage() for r in caplog.records), \
-            [r.getMessage() for r in caplog.records]
+        assert any(f"reason={reason}" in r.getMessage() for r in caplog.records), [
+            r.getMessage() for r in caplog.records
+        ]
     assert len(up.received) == before, f"{cls} reached the front end: {up.received[before:]}"
     assert auth.calls == calls, "a refused path must not reach the authenticator (failure budget)"
 
 
-@pytest.mark.parametrize("path", ["/meet/alice/ABC123", "/meet/a.b/c", "/meet/.well-known", "/lwa/a..b",
-                                  "/meet/x;y", "/meet/caf%c3%a9", "/meet/%e4%bc%9a%e8%ad%b0", "/meet/a%20b",
-                                  "/dialin/%20", "/lwa/..x", "/meet/a.:b"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/meet/alice/ABC123",
+        "/meet/a.b/c",
+        "/meet/.well-known",
+        "/lwa/a..b",
+        "/meet/x;y",
+        "/meet/caf%c3%a9",
+        "/meet/%e4%bc%9a%e8%ad%b0",
+        "/meet/a%20b",
+        "/dialin/%20",
+        "/lwa/..x",
+        "/meet/a.:b",
+    ],
+)
 def test_ordinary_paths_still_pass(env, path):
     g, up, _ = env
     assert status_of(send(g, request("GET", path))) == 200
@@ -308,8 +372,9 @@ METHOD_VECTORS = [
 ]
 
 
-@pytest.mark.parametrize("cls,method,target,allowed", METHOD_VECTORS,
-                         ids=[f"{c}-{m}-{t.split('?')[0]}" for c, m, t, _ in METHOD_VECTORS])
+@pytest.mark.parametrize(
+    "cls,method,target,allowed", METHOD_VECTORS, ids=[f"{c}-{m}-{t.split('?')[0]}" for c, m, t, _ in METHOD_VECTORS]
+)
 def test_methods_are_allowed_per_service(env, caplog, cls, method, target, allowed):
     g, up, auth = env
     send(g, request("GET", ANON + "?warm=1"))
@@ -331,7 +396,9 @@ def test_405_keeps_the_connection_and_names_the_service_methods(env):
     g, up, _ = env
     sock = socket.create_connection(("127.0.0.1", g.port), timeout=5)
     try:
-        sock.sendall(b"TRACE /meet/x HTTP/1.1\r\nHost: gw\r\n\r\nGET /meet/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            b"TRACE /meet/x HTTP/1.1\r\nHost: gw\r\n\r\nGET /meet/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
         out = b""
         while chunk := sock.recv(65536):
             out += chunk
@@ -377,6 +444,7 @@ def test_expect_is_not_forwarded_once_answered(env, case):
 
 # --- item 4: HTTP/1.0 without Host, bare LF ---------------------------------------------------
 
+
 @pytest.mark.parametrize("target,method", [(ANON, "GET"), (ANON, "POST"), (PROTECTED, "GET")])
 def test_http10_without_host_goes_upstream_with_the_published_name(env, target, method):
     g, up, _ = env
@@ -407,12 +475,16 @@ def test_http10_without_host_and_no_published_name_is_400(loop_thread, caplog):
         loop_thread.run(up.stop())
 
 
-@pytest.mark.parametrize("raw", [
-    b"GET /meet/x HTTP/1.1\nHost: gw\n\n",
-    b"GET /meet/x HTTP/1.1\r\nHost: gw\n\n",
-    b"GET /meet/x HTTP/1.1\r\nHost: gw\r\n\n",
-    b"GET /meet/x HTTP/1.1\r\nHost: gw\n\r\n",
-], ids=["all-lf", "lf-lf", "crlf-lf", "lf-crlf"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /meet/x HTTP/1.1\nHost: gw\n\n",
+        b"GET /meet/x HTTP/1.1\r\nHost: gw\n\n",
+        b"GET /meet/x HTTP/1.1\r\nHost: gw\r\n\n",
+        b"GET /meet/x HTTP/1.1\r\nHost: gw\n\r\n",
+    ],
+    ids=["all-lf", "lf-lf", "crlf-lf", "lf-crlf"],
+)
 def test_client_head_with_bare_lf_is_refused_at_once(loop_thread, raw):
     up = RecordingUpstream()
     loop_thread.run(up.start())
@@ -446,7 +518,11 @@ def test_methods_are_a_per_service_setting(loop_thread, tmp_path):
     finally:
         g.stop()
         loop_thread.run(up.stop())
-    for bad, key in (([], "services.meet.methods"), (["GET", "get"], "services.meet.methods[1]"),
-                     (["G T"], "services.meet.methods[0]"), ("GET", "services.meet.methods")):
+    for bad, key in (
+        ([], "services.meet.methods"),
+        (["GET", "get"], "services.meet.methods[1]"),
+        (["G T"], "services.meet.methods[0]"),
+        ("GET", "services.meet.methods"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(key)):
             from_dict(gateway_config(None, None, 1, services={"meet": {"methods": bad}}))

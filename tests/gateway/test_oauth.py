@@ -45,8 +45,7 @@ DOMAIN_PASSWORD = "Domain-Pass-1!"
 def start_frontend(loop_thread, **kwargs):
     port = free_port()
     app = create_app(**kwargs)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
 
     async def start():
         task = asyncio.ensure_future(server.serve())
@@ -71,9 +70,13 @@ def frontend(loop_thread):
 def make_ids(tmp_path, **kw):
     (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "keys").mkdir(mode=0o700, exist_ok=True)
-    s = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                      key_file=tmp_path / "keys" / "ucgate.key", audit_file=None,
-                      lockout=LockoutConfig(user_failures=4, ip_failures=500, window=900), **kw)
+    s = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=4, ip_failures=500, window=900),
+        **kw,
+    )
     s.users.add("alice", upn="alice@contoso.com", sip_uri="sip:alice@contoso.com")
     s.users.add("bob", upn="bob@contoso.com", sip_uri="sip:bob@contoso.com")
     return s
@@ -89,20 +92,39 @@ def ids(tmp_path):
 class Lab:
     """The gateway (pre-authentication, device gate, OAuth interception) before ``port``."""
 
-    def __init__(self, loop_thread, tls_files, port, ids, *, services=None, backends=None,
-                 vault=None, identity_header=None, devices=True, device_policy=None):
+    def __init__(
+        self,
+        loop_thread,
+        tls_files,
+        port,
+        ids,
+        *,
+        services=None,
+        backends=None,
+        vault=None,
+        identity_header=None,
+        devices=True,
+        device_policy=None,
+    ):
         self.ids = ids
-        self.devices = DeviceService(PartnershipStore(ids.components.repo.engine), ids.audit, ids.bus,
-                                     defaults=device_policy or {"default_action": "allowed",
-                                                                "require_second_factor": False},
-                                     user_aliases=lambda u: [f"sip:{u}@contoso.com"])
+        self.devices = DeviceService(
+            PartnershipStore(ids.components.repo.engine),
+            ids.audit,
+            ids.bus,
+            defaults=device_policy or {"default_action": "allowed", "require_second_factor": False},
+            user_aliases=lambda u: [f"sip:{u}@contoso.com"],
+        )
         self.gate = DeviceGate(self.devices) if devices else None
         overrides = {"identity_header": identity_header} if identity_header else {}
         cfg = from_dict(gateway_config(*tls_files, port, services=services or {}, **overrides))
-        auth = PreAuthenticator(ids.credentials, PreAuthSettings(netbios_domain="CONTOSO", failure_floor=0),
-                                device_id_of=self.gate.device_id_of if self.gate else None)
-        self.oauth = OAuthGrants(ids.credentials, settings=OAuthSettings(netbios_domain="CONTOSO",
-                                                                         failure_floor=0), vault=vault)
+        auth = PreAuthenticator(
+            ids.credentials,
+            PreAuthSettings(netbios_domain="CONTOSO", failure_floor=0),
+            device_id_of=self.gate.device_id_of if self.gate else None,
+        )
+        self.oauth = OAuthGrants(
+            ids.credentials, settings=OAuthSettings(netbios_domain="CONTOSO", failure_floor=0), vault=vault
+        )
 
         async def start():
             g = Gateway(cfg, auth, devices=self.gate, backends=backends, oauth=self.oauth)
@@ -116,8 +138,9 @@ class Lab:
         self.url = f"https://127.0.0.1:{self.gateway.port}"
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=str(self.cert)),
-                            trust_env=False, timeout=10)
+        return httpx.Client(
+            base_url=self.url, verify=ssl.create_default_context(cafile=str(self.cert)), trust_env=False, timeout=10
+        )
 
     def stop(self):
         self.lt.run(self.gateway.stop())
@@ -138,8 +161,9 @@ def make_lab(loop_thread, tls_files):
 
 
 def grant(c: httpx.Client, user: str, password: str) -> httpx.Response:
-    return c.post(TOKEN, content=urlencode({"grant_type": "password", "username": user,
-                                            "password": password}), headers=FORM)
+    return c.post(
+        TOKEN, content=urlencode({"grant_type": "password", "username": user, "password": password}), headers=FORM
+    )
 
 
 def bearer(token: str) -> dict:
@@ -147,10 +171,15 @@ def bearer(token: str) -> dict:
 
 
 def create_application(c, token, endpoint="3f2a8c1e-52b4-4b4e-9d0a-0c1f5e7a9b11"):
-    return c.post(APPS, headers={**bearer(token), "Content-Type": "application/json",
-                                 "User-Agent": "Skype for Business/6.25 (iPhone; iOS 16.5)"},
-                  content=json.dumps({"userAgent": "SfB iPhone", "endpointId": endpoint,
-                                      "culture": "en-US"}))
+    return c.post(
+        APPS,
+        headers={
+            **bearer(token),
+            "Content-Type": "application/json",
+            "User-Agent": "Skype for Business/6.25 (iPhone; iOS 16.5)",
+        },
+        content=json.dumps({"userAgent": "SfB iPhone", "endpointId": endpoint, "culture": "en-US"}),
+    )
 
 
 def sign_ins(ids, user):
@@ -167,8 +196,10 @@ def mobile_sign_in(c: httpx.Client, password: str, user="alice@contoso.com") -> 
     assert r.status_code == 401
     challenges = r.headers.get_list("www-authenticate")
     oauth = [v for v in challenges if v.startswith("MsRtcOAuth ")]
-    assert oauth == [f'MsRtcOAuth href="https://127.0.0.1:{c.base_url.port}/WebTicket/oauthtoken",'
-                     'grant_type="urn:microsoft.rtc:windows,urn:microsoft.rtc:anonmeeting,password"']
+    assert oauth == [
+        f'MsRtcOAuth href="https://127.0.0.1:{c.base_url.port}/WebTicket/oauthtoken",'
+        'grant_type="urn:microsoft.rtc:windows,urn:microsoft.rtc:anonmeeting,password"'
+    ]
     r = grant(c, user, password)
     assert r.status_code == 200, r.text
     doc = r.json()
@@ -177,6 +208,7 @@ def mobile_sign_in(c: httpx.Client, password: str, user="alice@contoso.com") -> 
 
 
 # --- the flow ---------------------------------------------------------------------------------
+
 
 def test_sfb_mobile_flow_with_asp(frontend, ids, make_lab):
     port, fe = frontend
@@ -243,9 +275,12 @@ def test_unknown_bearer_is_refused_with_the_oauth_challenge(frontend, ids, make_
     port, fe = frontend
     lab = make_lab(port, ids)
     # a genuine token of the front end, but not obtained through the gateway
-    real = httpx.post(f"http://127.0.0.1:{port}{TOKEN}", headers=FORM, trust_env=False,
-                      content=urlencode({"grant_type": "password", "username": "alice",
-                                         "password": DOMAIN_PASSWORD})).json()["access_token"]
+    real = httpx.post(
+        f"http://127.0.0.1:{port}{TOKEN}",
+        headers=FORM,
+        trust_env=False,
+        content=urlencode({"grant_type": "password", "username": "alice", "password": DOMAIN_PASSWORD}),
+    ).json()["access_token"]
     with lab.client() as c:
         for token in (real, "cwt=AAEBHAEFAAAAAAAFFQAAAforged"):
             r = c.get(USER_DOC, headers=bearer(token))
@@ -270,8 +305,9 @@ def test_token_dropped_on_device_block(frontend, ids, make_lab):
         lab.devices.block(rec.id, actor="test")
     with lab.client() as c:  # the block closed the device's live connections
         r = c.get(USER_DOC, headers=bearer(token))
-        assert r.status_code == 401 and "MsRtcOAuth" in r.headers["www-authenticate"] + \
-            " ".join(r.headers.get_list("www-authenticate"))
+        assert r.status_code == 401 and "MsRtcOAuth" in r.headers["www-authenticate"] + " ".join(
+            r.headers.get_list("www-authenticate")
+        )
         assert c.get(USER_DOC, headers=bearer(other)).status_code == 200  # the other device goes on
 
 
@@ -313,8 +349,7 @@ def test_otp_appended_user_needs_the_code(frontend, tmp_path, make_lab):
     port, _ = frontend
     ids = make_ids(tmp_path, two_factor=TwoFactorSettings("otp-appended", (), 24.0))
     try:
-        lab = make_lab(port, ids, device_policy={"default_action": "allowed",
-                                                 "require_second_factor": True})
+        lab = make_lab(port, ids, device_policy={"default_action": "allowed", "require_second_factor": True})
         asp = ids.asps.create("alice", "iPhone")[1]
         otp = OtpService(ids.components.repo, ids.components.keyring, users=ids.users)
         e = otp.begin_enrolment("alice")
@@ -340,6 +375,7 @@ def test_otp_appended_user_needs_the_code(frontend, tmp_path, make_lab):
 
 # --- what reaches the front end, per backend mode ----------------------------------------------
 
+
 def _upstream_form(upstream) -> dict:
     return {k.lower(): v for k, v in upstream.received[-1].headers}
 
@@ -348,9 +384,13 @@ def test_none_mode_blanks_the_password(upstream, ids, make_lab):
     lab = make_lab(upstream.port, ids, devices=False)
     asp = ids.asps.create("alice", "iPhone")[1]
     with lab.client() as c:
-        r = c.post(TOKEN, content=urlencode({"grant_type": "password", "username": "alice@contoso.com",
-                                             "password": asp, "client_id": "x"}),
-                   headers={**FORM, "Accept-Encoding": "gzip"})
+        r = c.post(
+            TOKEN,
+            content=urlencode(
+                {"grant_type": "password", "username": "alice@contoso.com", "password": asp, "client_id": "x"}
+            ),
+            headers={**FORM, "Accept-Encoding": "gzip"},
+        )
     assert r.status_code == 502  # the recording upstream's 200 carries no access_token
     seen = upstream.received[-1]
     want = urlencode({"grant_type": "password", "username": "alice", "password": "", "client_id": "x"})
@@ -363,12 +403,15 @@ class FakeKcd:
     name = "kcd"
 
     async def prepare(self, identity, service, req):
-        return BackendAuth([(b"Authorization", b"Negotiate " + base64.b64encode(b"ticket-for-" + identity.user.encode()))])
+        return BackendAuth(
+            [(b"Authorization", b"Negotiate " + base64.b64encode(b"ticket-for-" + identity.user.encode()))]
+        )
 
 
 def test_kcd_mode_asks_for_the_windows_grant(upstream, ids, make_lab):
-    lab = make_lab(upstream.port, ids, devices=False, services={"oauth": {"backend": "kcd"}},
-                   backends={"kcd": FakeKcd()})
+    lab = make_lab(
+        upstream.port, ids, devices=False, services={"oauth": {"backend": "kcd"}}, backends={"kcd": FakeKcd()}
+    )
     asp = ids.asps.create("alice", "iPhone")[1]
     with lab.client() as c:
         r = grant(c, "alice", asp)
@@ -383,10 +426,18 @@ def test_vault_mode_swaps_in_the_domain_password(frontend, ids, make_lab):
     rename the gateway's): only the vaulted domain password gets a token."""
     port, fe = frontend
     vault = VaultService(ids.components.repo, ids.components.keyring, users=ids.users, audit=ids.audit)
-    lab = make_lab(port, ids, vault=vault, identity_header="X-Not-Trusted",
-                   services={"oauth": {"backend": "vault"}},
-                   backends={"vault": __import__("ucgate.gateway.backend", fromlist=["VaultBackend"])
-                             .VaultBackend(vault, domain="CONTOSO")})
+    lab = make_lab(
+        port,
+        ids,
+        vault=vault,
+        identity_header="X-Not-Trusted",
+        services={"oauth": {"backend": "vault"}},
+        backends={
+            "vault": __import__("ucgate.gateway.backend", fromlist=["VaultBackend"]).VaultBackend(
+                vault, domain="CONTOSO"
+            )
+        },
+    )
     asp = ids.asps.create("alice", "iPhone")[1]
     with lab.client() as c:
         r = grant(c, "alice", asp)
@@ -401,6 +452,7 @@ def test_vault_mode_swaps_in_the_domain_password(frontend, ids, make_lab):
 
 
 # --- issue 13 -----------------------------------------------------------------------------------
+
 
 def test_password_grant_is_refused_over_plain_http(frontend, ids, loop_thread, caplog):
     """Issue 13 item 5: Basic is refused on a plain-HTTP listener, so is the password grant —
@@ -448,8 +500,11 @@ async def _token_server(answer: bytes):
     async def handle(reader, writer):
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            n = int(next((ln.split(b":")[1] for ln in head.split(b"\r\n")
-                          if ln.lower().startswith(b"content-length:")), b"0"))
+            n = int(
+                next(
+                    (ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")), b"0"
+                )
+            )
             await reader.readexactly(n)
             writer.write(answer)
             await writer.drain()
@@ -459,14 +514,18 @@ async def _token_server(answer: bytes):
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-@pytest.mark.parametrize("answer", [
-    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 26\r\n\r\n'
-    b'{"token_type":"Bearer","x"',  # not JSON
-    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"error":"odd"}',
-    b'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n',
-    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n'
-    b'1f\r\n{"access_token":"cwt=streamed"}\r\n0\r\n\r\n',  # streamed: not readable here
-], ids=["not-json", "no-access-token", "empty", "chunked"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 26\r\n\r\n"
+        b'{"token_type":"Bearer","x"',  # not JSON
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"error":"odd"}',
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'1f\r\n{"access_token":"cwt=streamed"}\r\n0\r\n\r\n',  # streamed: not readable here
+    ],
+    ids=["not-json", "no-access-token", "empty", "chunked"],
+)
 def test_token_answer_without_a_readable_token_is_502(ids, make_lab, loop_thread, caplog, answer):
     """Issue 13 item 5: a front end's 200 without a readable access_token was passed to the
     client; now 502 with the reason logged, and no token is remembered."""
@@ -526,8 +585,10 @@ def test_demo_token_endpoint_keeps_the_port(tmp_path, loop_thread, frontend):
             r = c.get(f"https://127.0.0.1:{gport}{USER_DOC}")
         assert r.status_code == 401
         href = [v for v in r.headers.get_list("www-authenticate") if v.startswith("MsRtcOAuth ")]
-        assert href == [f'MsRtcOAuth href="https://localhost:{gport}/WebTicket/oauthtoken",'
-                        'grant_type="urn:microsoft.rtc:windows,urn:microsoft.rtc:anonmeeting,password"']
+        assert href == [
+            f'MsRtcOAuth href="https://localhost:{gport}/WebTicket/oauthtoken",'
+            'grant_type="urn:microsoft.rtc:windows,urn:microsoft.rtc:anonmeeting,password"'
+        ]
     finally:
         loop_thread.run(node.stop())
 

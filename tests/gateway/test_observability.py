@@ -71,6 +71,7 @@ def value(samples, name: str, **labels) -> float:
 
 # --- metrics --------------------------------------------------------------------------------------
 
+
 def test_metrics_count_requests_auth_and_upstream_latency_with_closed_labels(loop_thread, upstream):
     g = start(loop_thread, None, None, upstream.port)
     try:
@@ -112,13 +113,17 @@ def test_tls_handshake_failures_and_live_connection_gauges(loop_thread, tls_file
             except ConnectionResetError:
                 pass
         time.sleep(0.2)
-        sock = g.ssl_context().wrap_socket(socket.create_connection(("127.0.0.1", g.port), timeout=5),
-                                           server_hostname="localhost")
+        sock = g.ssl_context().wrap_socket(
+            socket.create_connection(("127.0.0.1", g.port), timeout=5), server_hostname="localhost"
+        )
         assert _raw_get(sock, "/ucwa/oauth/me").startswith(b"HTTP/1.1 200")
         during = scrape(port)
         sock.close()
-        assert value(during, "ucgate_tls_handshake_failures_total", reason="http-request") - \
-            value(before, "ucgate_tls_handshake_failures_total", reason="http-request") == 1
+        assert (
+            value(during, "ucgate_tls_handshake_failures_total", reason="http-request")
+            - value(before, "ucgate_tls_handshake_failures_total", reason="http-request")
+            == 1
+        )
         assert value(during, "ucgate_connections") >= 1
         assert value(during, "ucgate_signed_in_connections") >= 1 and value(during, "ucgate_signed_in_users") >= 1
     finally:
@@ -187,6 +192,7 @@ def test_a_scrape_that_hangs_does_not_slow_the_proxy(loop_thread, tls_files, ups
 
 # --- request ids ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def json_log():
     """The gateway's log lines as the JSON formatter writes them, formatted where they are
@@ -242,12 +248,13 @@ def test_request_id_reaches_the_front_end_and_the_log_on_both_paths(loop_thread,
             assert head.startswith(b"HTTP/1.1 200"), (label, head)
         sock.close()
         assert g.gateway.fast_requests - fast_before == 2
-        seen = upstream.received[-len(cases):]
+        seen = upstream.received[-len(cases) :]
         ids = []
         for (label, path, *_), rec in zip(cases, seen, strict=True):
             assert rec.target == path
-            ours = [(k, v) for k, v in rec.headers
-                    if re.sub(r"[^a-z0-9]", "", k.lower()).startswith("xucgaterequestid")]
+            ours = [
+                (k, v) for k, v in rec.headers if re.sub(r"[^a-z0-9]", "", k.lower()).startswith("xucgaterequestid")
+            ]
             assert len(ours) == 1 and ours[0][0].lower() == "x-ucgate-request-id", (label, rec.headers)
             assert RID.fullmatch(ours[0][1]) and ours[0][1] != "0123456789abcdef", label
             ids.append(ours[0][1])
@@ -283,6 +290,7 @@ def test_json_formatter_fields():
         rec = logging.LogRecord("ucgate", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     out = f.format(rec)
     assert "\n" not in out and "ValueError: boom" in json.loads(out)["exception"]
+
     # the task's request context fills in what the record does not say, unless the record is
     # about another request
     async def in_a_task() -> tuple[dict, dict]:
@@ -303,6 +311,7 @@ def test_json_formatter_fields():
 
 
 # --- real processes -------------------------------------------------------------------------------
+
 
 def _need(binary: str) -> str:
     path = shutil.which(binary)
@@ -337,13 +346,15 @@ class Serve:
         self.write(body)
         self.log = tmp / "serve.log"
         with open(self.log, "w") as err:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([*UCGATE, "serve", "-c", str(self.cfg)], stdout=subprocess.DEVNULL,
-                                         stderr=err, text=True)
+            self.proc = subprocess.Popen(
+                [*UCGATE, "serve", "-c", str(self.cfg)], stdout=subprocess.DEVNULL, stderr=err, text=True
+            )
         _wait_port(self.port, self.proc, self.log)
 
     def write(self, body: str) -> None:
-        self.cfg.write_text(f'[gateway]\nlisten = "127.0.0.1:{self.port}"\n'
-                            f'health_listen = "127.0.0.1:{self.health}"\n' + body)
+        self.cfg.write_text(
+            f'[gateway]\nlisten = "127.0.0.1:{self.port}"\nhealth_listen = "127.0.0.1:{self.health}"\n' + body
+        )
 
     def lines(self) -> list[str]:
         return self.log.read_text().splitlines()
@@ -366,15 +377,21 @@ class Serve:
 
 
 def _common(tmp: Path, upstream_port: int) -> str:
-    return (f'[upstreams.frontend]\nurl = "http://127.0.0.1:{upstream_port}"\n'
-            f'[upstreams.exchange]\nurl = "http://127.0.0.1:{upstream_port}"\n'
-            f'[data]\ndir = "{tmp / "data"}"\n[store]\nkey_file = "{tmp / "keys" / "ucgate.key"}"\n')
+    return (
+        f'[upstreams.frontend]\nurl = "http://127.0.0.1:{upstream_port}"\n'
+        f'[upstreams.exchange]\nurl = "http://127.0.0.1:{upstream_port}"\n'
+        f'[data]\ndir = "{tmp / "data"}"\n[store]\nkey_file = "{tmp / "keys" / "ucgate.key"}"\n'
+    )
 
 
 def test_json_logs_of_ucgate_serve_carry_the_request_id_to_the_front_end(tmp_path, tls_files, upstream):
     cert, key = tls_files
-    srv = Serve(tmp_path, f'tls_cert = "{cert}"\ntls_key = "{key}"\n' + _common(tmp_path, upstream.port)
-                + '[log]\nformat = "json"\nlevel = "info"\n')
+    srv = Serve(
+        tmp_path,
+        f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+        + _common(tmp_path, upstream.port)
+        + '[log]\nformat = "json"\nlevel = "info"\n',
+    )
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
         with httpx.Client(base_url=f"https://127.0.0.1:{srv.port}", verify=ctx, timeout=5) as c:
@@ -396,18 +413,28 @@ def test_json_logs_of_ucgate_serve_carry_the_request_id_to_the_front_end(tmp_pat
 def test_prometheus_reads_a_gateway_metric(tmp_path, tls_files, upstream):
     prometheus = _need("prometheus")
     cert, key = tls_files
-    srv = Serve(tmp_path, f'tls_cert = "{cert}"\ntls_key = "{key}"\n' + _common(tmp_path, upstream.port)
-                + '[log]\nlevel = "warning"\n')
+    srv = Serve(
+        tmp_path,
+        f'tls_cert = "{cert}"\ntls_key = "{key}"\n' + _common(tmp_path, upstream.port) + '[log]\nlevel = "warning"\n',
+    )
     web = free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
         "scrape_configs:\n  - job_name: ucgate\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{srv.health}']\n")
+        f"      - targets: ['127.0.0.1:{srv.health}']\n"
+    )
     plog = tmp_path / "prometheus.log"
     with open(plog, "w") as err:  # the child keeps its own descriptor
-        prom = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        prom = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{web}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
         with httpx.Client(base_url=f"https://127.0.0.1:{srv.port}", verify=ctx, timeout=5) as c:
@@ -443,6 +470,7 @@ def test_prometheus_reads_a_gateway_metric(tmp_path, tls_files, upstream):
 
 # --- SIGHUP -----------------------------------------------------------------------------------------
 
+
 def _peer_der(port: int, ca: Path) -> tuple[bytes, ssl.SSLSocket]:
     ctx = ssl.create_default_context(cafile=str(ca))
     s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost")
@@ -457,10 +485,17 @@ def _eas(port: int, ca: Path, asp: str, device: str) -> tuple[int, bytes]:
     ctx = ssl.create_default_context(cafile=str(ca))
     c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=5)
     auth = "Basic " + base64.b64encode(f"alice:{asp}".encode()).decode()
-    c.request("POST", f"/Microsoft-Server-ActiveSync?Cmd=FolderSync&User=alice&DeviceId={device}"
-                      "&DeviceType=TestPhone", body=b"",
-              headers={"Authorization": auth, "MS-ASProtocolVersion": "14.1", "Content-Length": "0",
-                       "User-Agent": "TestPhone/1.0"})
+    c.request(
+        "POST",
+        f"/Microsoft-Server-ActiveSync?Cmd=FolderSync&User=alice&DeviceId={device}&DeviceType=TestPhone",
+        body=b"",
+        headers={
+            "Authorization": auth,
+            "MS-ASProtocolVersion": "14.1",
+            "Content-Length": "0",
+            "User-Agent": "TestPhone/1.0",
+        },
+    )
     r = c.getresponse()
     body = r.read()
     c.close()
@@ -483,9 +518,12 @@ def test_sighup_swaps_the_certificate_and_device_rules_and_refuses_a_bad_configu
     ca_a.write_bytes(cert.read_bytes())
 
     def body(action: str, cert_path: Path = cert) -> str:
-        return (f'tls_cert = "{cert_path}"\ntls_key = "{key}"\n' + _common(tmp_path, upstream.port)
-                + '[log]\nlevel = "info"\n[devices]\nrequire_second_factor = false\n'
-                  f'[[devices.rules]]\nname = "test phones"\naction = "{action}"\ndevice_type = "TestPhone"\n')
+        return (
+            f'tls_cert = "{cert_path}"\ntls_key = "{key}"\n'
+            + _common(tmp_path, upstream.port)
+            + '[log]\nlevel = "info"\n[devices]\nrequire_second_factor = false\n'
+            f'[[devices.rules]]\nname = "test phones"\naction = "{action}"\ndevice_type = "TestPhone"\n'
+        )
 
     srv = Serve(tmp_path, body("allowed"))
     try:

@@ -96,8 +96,16 @@ class FakeGate:
 class FakeGateway:
     """What the stages reach of the gateway (its public names), recorded."""
 
-    def __init__(self, *, authenticator=None, devices=None, oauth=None, body: bytes = b"",
-                 default_host: bytes | None = b"gw.example", backend: Refusal | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        authenticator=None,
+        devices=None,
+        oauth=None,
+        body: bytes = b"",
+        default_host: bytes | None = b"gw.example",
+        backend: Refusal | None = None,
+    ) -> None:
         self.service_map = ServiceMap(SERVICES)
         self.pools = {"frontend": "POOL"}
         self.default_host = default_host
@@ -144,8 +152,14 @@ def run(gw: FakeGateway, req: http1.RequestHead, stages=pipeline.STAGES) -> tupl
 
 def test_order_is_written_once():
     assert [s.__name__ for s in pipeline.STAGES] == [
-        "recognise", "oauth_intercept", "device_facts", "authenticate", "decide",
-        "backend_credentials", "forward"]
+        "recognise",
+        "oauth_intercept",
+        "device_facts",
+        "authenticate",
+        "decide",
+        "backend_credentials",
+        "forward",
+    ]
 
 
 # --- recognise ------------------------------------------------------------------------------
@@ -157,13 +171,16 @@ def test_recognise_continues_with_service_pool_and_limit():
     assert ex.ctx == {"service": "ucwa"}
 
 
-@pytest.mark.parametrize("start,status,reason,error", [
-    (b"GET /nothing HTTP/1.1", 404, "not-published", False),
-    (b"GET /off/x HTTP/1.1", 404, "not-published", False),
-    (b"DELETE /ucwa/x HTTP/1.1", 405, "method-not-allowed", False),
-    (b"GET /lost/x HTTP/1.1", 404, "upstream-not-configured", False),
-    (b"GET /ucwa/../x HTTP/1.1", 400, None, True),
-])
+@pytest.mark.parametrize(
+    "start,status,reason,error",
+    [
+        (b"GET /nothing HTTP/1.1", 404, "not-published", False),
+        (b"GET /off/x HTTP/1.1", 404, "not-published", False),
+        (b"DELETE /ucwa/x HTTP/1.1", 405, "method-not-allowed", False),
+        (b"GET /lost/x HTTP/1.1", 404, "upstream-not-configured", False),
+        (b"GET /ucwa/../x HTTP/1.1", 400, None, True),
+    ],
+)
 def test_recognise_refuses(start, status, reason, error):
     gw = FakeGateway()
     keep, ex = run(gw, head(start, b"Host: a"))
@@ -236,8 +253,7 @@ def test_device_facts_read_the_body_within_both_limits():
     keep, ex = run(gw, req)
     assert keep and ex.body.reads == [1000]  # min(body_limit, the service's max body)
     assert req.framing.kind == "none" and not req.expect_continue  # consumed: not drained again
-    assert gate.seen == [("facts", "/ucwa/x", "q", b"<device/>"), ("decide", "alice", {"facts": b"<device/>"}),
-                         "done"]
+    assert gate.seen == [("facts", "/ucwa/x", "q", b"<device/>"), ("decide", "alice", {"facts": b"<device/>"}), "done"]
     assert gw.calls[-1] == ("forward", "alice", b"<device/>")
 
 
@@ -272,10 +288,13 @@ def test_authenticate_continues_with_identity_and_response_headers():
     assert ex.response_headers == [(b"X-Auth", b"done")] and ex.ctx["user"] == "alice"
 
 
-@pytest.mark.parametrize("outcome,body", [
-    (AuthOutcome(None, 401, "no-credentials", [(b"WWW-Authenticate", b"Basic")]), b"authentication required\n"),
-    (AuthOutcome(None, 403, "", close=True), b"access denied\n"),
-])
+@pytest.mark.parametrize(
+    "outcome,body",
+    [
+        (AuthOutcome(None, 401, "no-credentials", [(b"WWW-Authenticate", b"Basic")]), b"authentication required\n"),
+        (AuthOutcome(None, 403, "", close=True), b"access denied\n"),
+    ],
+)
 def test_authenticate_refuses(outcome, body):
     gate = FakeGate()
     gw = FakeGateway(authenticator=Allow(outcome), devices=gate)
@@ -306,8 +325,14 @@ def test_decide_adopts_the_device_identity():
 
 @pytest.mark.parametrize("reset", [False, True])
 def test_decide_refuses(reset):
-    verdict = SimpleNamespace(forward=False, reset_auth=reset, status=403, reason="device-blocked",
-                              body=b"blocked\n", headers=[(b"X-Ms", b"1")])
+    verdict = SimpleNamespace(
+        forward=False,
+        reset_auth=reset,
+        status=403,
+        reason="device-blocked",
+        body=b"blocked\n",
+        headers=[(b"X-Ms", b"1")],
+    )
     gate = FakeGate(verdict=verdict)
     gw = FakeGateway(devices=gate)
     ex = exchange(head(b"GET /ucwa/x HTTP/1.1", b"Host: a"))

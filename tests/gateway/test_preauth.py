@@ -41,8 +41,7 @@ def ids(tmp_path):
 
 
 def make_gateway(loop_thread, tls_files, upstream, ids, ep="require", plain=False, **settings):
-    auth = PreAuthenticator(ids.credentials, PreAuthSettings(extended_protection=ep, netbios_domain=DOMAIN,
-                                                             **settings))
+    auth = PreAuthenticator(ids.credentials, PreAuthSettings(extended_protection=ep, netbios_domain=DOMAIN, **settings))
     if plain:
         return start_gateway(loop_thread, None, None, upstream.port, authenticator=auth)
     return start_gateway(loop_thread, *tls_files, upstream.port, authenticator=auth)
@@ -66,6 +65,7 @@ def sign_ins(ids, result="allow"):
 
 
 # --- NTLM with real clients -------------------------------------------------------------------
+
 
 def requests_session(g, user, password, send_cbt=True):
     s = requests.Session()
@@ -135,14 +135,17 @@ def test_authenticated_connection_needs_no_header(gw, upstream, ids, asp):
     import spnego
 
     conn = http.client.HTTPSConnection("localhost", gw.port, context=gw.ssl_context())
-    ctx = spnego.client("alice", asp, protocol="ntlm",
-                        channel_bindings=_cbt(gw))
+    ctx = spnego.client("alice", asp, protocol="ntlm", channel_bindings=_cbt(gw))
     conn.request("GET", "/ucwa/a", headers={"Authorization": "NTLM " + base64.b64encode(ctx.step()).decode()})
     r = conn.getresponse()
     r.read()
     assert r.status == 401
     challenge = r.getheader("WWW-Authenticate").split(" ", 1)[1]
-    conn.request("GET", "/ucwa/b", headers={"Authorization": "NTLM " + base64.b64encode(ctx.step(base64.b64decode(challenge))).decode()})
+    conn.request(
+        "GET",
+        "/ucwa/b",
+        headers={"Authorization": "NTLM " + base64.b64encode(ctx.step(base64.b64decode(challenge))).decode()},
+    )
     r = conn.getresponse()
     r.read()
     assert r.status == 200
@@ -171,8 +174,15 @@ def _cbt(g):
 def test_pyspnego_negotiate_wrapping_ntlm(gw, upstream, asp):
     import spnego
 
-    ctx = spnego.client("alice", asp, hostname="localhost", service="HTTP", protocol="negotiate",
-                        channel_bindings=_cbt(gw), options=spnego.NegotiateOptions.use_ntlm)
+    ctx = spnego.client(
+        "alice",
+        asp,
+        hostname="localhost",
+        service="HTTP",
+        protocol="negotiate",
+        channel_bindings=_cbt(gw),
+        options=spnego.NegotiateOptions.use_ntlm,
+    )
     conn = http.client.HTTPSConnection("localhost", gw.port, context=gw.ssl_context())
     token = ctx.step()
     status = None
@@ -198,7 +208,9 @@ def test_impacket_ntlm_client(gw, upstream, asp):
 
     conn = http.client.HTTPSConnection("localhost", gw.port, context=gw.ssl_context())
     t1 = ntlm.getNTLMSSPType1("", "", signingRequired=True)
-    conn.request("GET", "/Mcx/McxService.svc", headers={"Authorization": "NTLM " + base64.b64encode(t1.getData()).decode()})
+    conn.request(
+        "GET", "/Mcx/McxService.svc", headers={"Authorization": "NTLM " + base64.b64encode(t1.getData()).decode()}
+    )
     r = conn.getresponse()
     r.read()
     assert r.status == 401
@@ -212,7 +224,9 @@ def test_impacket_ntlm_client(gw, upstream, asp):
 
         kwargs["channel_binding_value"] = channel_bindings_hash(tls_server_end_point(certificate_der(gw.cert)))
     t3, _ = ntlm.getNTLMSSPType3(t1, t2, "alice", asp, DOMAIN, use_ntlmv2=True, **kwargs)
-    conn.request("GET", "/Mcx/McxService.svc", headers={"Authorization": "NTLM " + base64.b64encode(t3.getData()).decode()})
+    conn.request(
+        "GET", "/Mcx/McxService.svc", headers={"Authorization": "NTLM " + base64.b64encode(t3.getData()).decode()}
+    )
     r = conn.getresponse()
     r.read()
     assert r.status == 200, "impacket NTLMv2 with channel binding"
@@ -251,9 +265,24 @@ def test_curl_ntlm(loop_thread, tls_files, upstream, ids, asp):
         g = make_gateway(loop_thread, tls_files, upstream, ids, ep=ep)
         try:
             out = subprocess.run(
-                ["curl", "-sS", "--ntlm", "-u", f"{DOMAIN}\\alice:{asp}", "--cacert", str(g.cert),
-                 "-o", "/dev/null", "-w", "%{http_code}", f"https://localhost:{g.port}/ucwa/curl"],
-                capture_output=True, text=True, timeout=30)
+                [
+                    "curl",
+                    "-sS",
+                    "--ntlm",
+                    "-u",
+                    f"{DOMAIN}\\alice:{asp}",
+                    "--cacert",
+                    str(g.cert),
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    f"https://localhost:{g.port}/ucwa/curl",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert out.stdout == want, (ep, out.stdout, out.stderr)
         finally:
             g.stop()
@@ -261,20 +290,41 @@ def test_curl_ntlm(loop_thread, tls_files, upstream, ids, asp):
 
 # --- Basic ----------------------------------------------------------------------------------
 
+
 def test_basic_with_curl_and_httpx(gw, upstream, ids, asp):
     if shutil.which("curl"):
         codes = []
         for pw in (asp, "nope"):
             out = subprocess.run(
-                ["curl", "-sS", "-u", f"alice:{pw}", "--cacert", str(gw.cert), "-o", "/dev/null", "-d", "",
-                 "-w", "%{http_code}", f"https://localhost:{gw.port}/Microsoft-Server-ActiveSync?Cmd=Sync"],
-                capture_output=True, text=True, timeout=30)
+                [
+                    "curl",
+                    "-sS",
+                    "-u",
+                    f"alice:{pw}",
+                    "--cacert",
+                    str(gw.cert),
+                    "-o",
+                    "/dev/null",
+                    "-d",
+                    "",
+                    "-w",
+                    "%{http_code}",
+                    f"https://localhost:{gw.port}/Microsoft-Server-ActiveSync?Cmd=Sync",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             codes.append(out.stdout)
         assert codes == ["200", "401"]
     with httpx.Client(verify=gw.ssl_context()) as c:
         # the ASP may be typed without dashes and in upper case
-        for user, pw, want in (("alice@lab.ucgate.test", asp.replace("-", "").upper(), 200),
-                               ("LAB\\alice", asp, 200), ("alice", asp[:-1], 401), ("bob", asp, 401)):
+        for user, pw, want in (
+            ("alice@lab.ucgate.test", asp.replace("-", "").upper(), 200),
+            ("LAB\\alice", asp, 200),
+            ("alice", asp[:-1], 401),
+            ("bob", asp, 401),
+        ):
             r = c.get(f"{gw.url}/ucwa/basic", auth=(user, pw))
             assert r.status_code == want, (user, r.status_code)
     assert upstream.received[-1].header("X-Ucgate-User") == "alice"
@@ -305,6 +355,7 @@ def test_brute_force_is_throttled(gw, ids, asp):
 
 
 # --- bad input ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "header,status",
@@ -347,8 +398,15 @@ def test_tampered_spnego_mech_list_mic_is_refused_and_audited(gw, upstream, ids,
     says deny."""
     import spnego
 
-    ctx = spnego.client("alice", asp, hostname="localhost", service="HTTP", protocol="negotiate",
-                        channel_bindings=_cbt(gw), options=spnego.NegotiateOptions.use_negotiate)
+    ctx = spnego.client(
+        "alice",
+        asp,
+        hostname="localhost",
+        service="HTTP",
+        protocol="negotiate",
+        channel_bindings=_cbt(gw),
+        options=spnego.NegotiateOptions.use_negotiate,
+    )
     conn = http.client.HTTPSConnection("localhost", gw.port, context=gw.ssl_context())
     token = ctx.step()
     for _ in range(3):

@@ -74,13 +74,16 @@ def test_unpublished_path_is_404(gw, upstream):
 
 def test_client_cannot_assert_identity_or_forwarding(gw_allow, upstream):
     with client(gw_allow) as c:
-        r = c.get("/ucwa/me", headers={
-            "X-Ucgate-User": "administrator",
-            "X-Forwarded-For": "10.0.0.1",
-            "Forwarded": "for=10.0.0.1",
-            "Connection": "X-Secret",
-            "X-Secret": "hop",
-        })
+        r = c.get(
+            "/ucwa/me",
+            headers={
+                "X-Ucgate-User": "administrator",
+                "X-Forwarded-For": "10.0.0.1",
+                "Forwarded": "for=10.0.0.1",
+                "Connection": "X-Secret",
+                "X-Secret": "hop",
+            },
+        )
     assert r.status_code == 200
     seen = upstream.received[-1]
     assert [v for k, v in seen.headers if k.lower() == "x-ucgate-user"] == ["alice"]
@@ -117,10 +120,24 @@ def test_expect_100_continue_with_curl(gw_allow, upstream, tmp_path):
     body = tmp_path / "body"
     body.write_bytes(b"a" * 200_000)
     out = subprocess.run(
-        ["curl", "-sS", "--cacert", str(gw_allow.cert), "-H", "Expect: 100-continue",
-         "--data-binary", f"@{body}", "-o", "-", "-w", "\n%{http_code}",
-         f"https://localhost:{gw_allow.port}/ucwa/upload"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "--cacert",
+            str(gw_allow.cert),
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            f"@{body}",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            f"https://localhost:{gw_allow.port}/ucwa/upload",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     *resp, code = out.stdout.rsplit("\n", 1)
     assert code == "200", out.stderr
@@ -132,9 +149,23 @@ def test_curl_anonymous_and_protected(gw, upstream):
         pytest.skip("curl not installed")
     base = f"https://localhost:{gw.port}"
     codes = subprocess.run(
-        ["curl", "-sS", "--cacert", str(gw.cert), "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} ",
-         f"{base}/Autodiscover/AutodiscoverService.svc/root", f"{base}/ucwa/oauth/v1/applications"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "--cacert",
+            str(gw.cert),
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} ",
+            f"{base}/Autodiscover/AutodiscoverService.svc/root",
+            f"{base}/ucwa/oauth/v1/applications",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout.split()
     assert codes == ["200", "401"]
 
@@ -254,16 +285,23 @@ def test_expired_upstream_certificate_refused(loop_thread, tls_files, tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fe01.lab.test")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=400)).not_valid_after(now - dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("fe01.lab.test")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=400))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("fe01.lab.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cpath, kpath = tmp_path / "old.crt", tmp_path / "old.key"
     cpath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    kpath.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()))
+    kpath.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     upstream = RecordingUpstream()
 
     async def start():
@@ -279,8 +317,13 @@ def test_expired_upstream_certificate_refused(loop_thread, tls_files, tmp_path):
     from ..support import RunningGateway, gateway_config
 
     raw = gateway_config(*tls_files, upstream.port)
-    raw["upstreams"] = {"frontend": {"url": f"https://127.0.0.1:{upstream.port}", "ca_bundle": str(cpath),
-                                     "server_name": "fe01.lab.test"}}
+    raw["upstreams"] = {
+        "frontend": {
+            "url": f"https://127.0.0.1:{upstream.port}",
+            "ca_bundle": str(cpath),
+            "server_name": "fe01.lab.test",
+        }
+    }
 
     async def _start():
         gw = Gateway(from_dict(raw))

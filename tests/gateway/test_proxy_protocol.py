@@ -24,21 +24,36 @@ from ..support import start_gateway
 BALANCER = "127.0.0.1"
 OTHER = "127.0.0.23"
 CLIENT = ("203.0.113.7", 51000)
-ANON = b"GET /Autodiscover/AutodiscoverService.svc/root HTTP/1.1\r\nHost: lyncext.contoso.com\r\nConnection: close\r\n\r\n"
+ANON = (
+    b"GET /Autodiscover/AutodiscoverService.svc/root HTTP/1.1\r\nHost: lyncext.contoso.com\r\nConnection: close\r\n\r\n"
+)
 
 
 @pytest.fixture
 def tls_gw(loop_thread, tls_files, upstream):
-    g = start_gateway(loop_thread, *tls_files, upstream.port, proxy_protocol=True,
-                      trusted_proxies=[f"{BALANCER}/32"], timeouts={"header_read": 1.0})
+    g = start_gateway(
+        loop_thread,
+        *tls_files,
+        upstream.port,
+        proxy_protocol=True,
+        trusted_proxies=[f"{BALANCER}/32"],
+        timeouts={"header_read": 1.0},
+    )
     yield g
     g.stop()
 
 
 @pytest.fixture
 def plain_gw(loop_thread, upstream):
-    g = start_gateway(loop_thread, None, None, upstream.port, proxy_protocol=True,
-                      trusted_proxies=[f"{BALANCER}/32"], timeouts={"header_read": 1.0})
+    g = start_gateway(
+        loop_thread,
+        None,
+        None,
+        upstream.port,
+        proxy_protocol=True,
+        trusted_proxies=[f"{BALANCER}/32"],
+        timeouts={"header_read": 1.0},
+    )
     yield g
     g.stop()
 
@@ -85,11 +100,15 @@ def forwarded_for(upstream) -> str | None:
     return upstream.received[-1].header("X-Forwarded-For")
 
 
-@pytest.mark.parametrize("header", [
-    build_v2(Command.PROXY, CLIENT, ("10.0.0.1", 443)),
-    build_v2(Command.PROXY, CLIENT, ("10.0.0.1", 443), (Tlv(1, b"http/1.1"), Tlv(5, b"id-1"))),
-    build_v1(CLIENT, ("10.0.0.1", 443)),
-], ids=["v2", "v2-tlvs", "v1"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        build_v2(Command.PROXY, CLIENT, ("10.0.0.1", 443)),
+        build_v2(Command.PROXY, CLIENT, ("10.0.0.1", 443), (Tlv(1, b"http/1.1"), Tlv(5, b"id-1"))),
+        build_v1(CLIENT, ("10.0.0.1", 443)),
+    ],
+    ids=["v2", "v2-tlvs", "v1"],
+)
 @pytest.mark.parametrize("trickle", [False, True], ids=["at-once", "byte-by-byte"])
 def test_tls_header_from_the_balancer_gives_the_client_address(tls_gw, upstream, header, trickle):
     answer = request(tls_gw, BALANCER, header, trickle=trickle)
@@ -140,11 +159,15 @@ def test_direct_client_is_served_as_itself(request_fixture, gw_fixture, upstream
 
 
 @pytest.mark.parametrize("gw_fixture", ["tls_gw", "plain_gw"])
-@pytest.mark.parametrize("header,reason", [
-    (b"PROXY TCP4 203.0.113.07 10.0.0.1 1 443\r\n", "v1-bad-address"),
-    (build_v2(Command.PROXY, CLIENT)[:12] + b"\x21\x31\x00\xd8" + bytes(216), "unix-family"),
-    (b"PROXY TCP4 1.2.3.4 10.0.0.1 1 443\n", "v1-bare-lf"),
-], ids=["leading-zero", "af-unix", "bare-lf"])
+@pytest.mark.parametrize(
+    "header,reason",
+    [
+        (b"PROXY TCP4 203.0.113.07 10.0.0.1 1 443\r\n", "v1-bad-address"),
+        (build_v2(Command.PROXY, CLIENT)[:12] + b"\x21\x31\x00\xd8" + bytes(216), "unix-family"),
+        (b"PROXY TCP4 1.2.3.4 10.0.0.1 1 443\n", "v1-bare-lf"),
+    ],
+    ids=["leading-zero", "af-unix", "bare-lf"],
+)
 def test_malformed_header_is_refused(request_fixture, gw_fixture, header, reason, upstream, caplog):
     g = request_fixture(gw_fixture)
     with caplog.at_level(logging.WARNING):
@@ -181,11 +204,21 @@ def test_the_client_address_reaches_the_authenticator(loop_thread, tls_files, up
             seen.append(conn.peer_host)
             return AuthOutcome(identity=Identity("tester", "test"))
 
-    g = start_gateway(loop_thread, *tls_files, upstream.port, authenticator=Recording(),
-                      proxy_protocol=True, trusted_proxies=[f"{BALANCER}/32"])
+    g = start_gateway(
+        loop_thread,
+        *tls_files,
+        upstream.port,
+        authenticator=Recording(),
+        proxy_protocol=True,
+        trusted_proxies=[f"{BALANCER}/32"],
+    )
     try:
-        answer = request(g, BALANCER, build_v2(Command.PROXY, CLIENT),
-                         b"GET /ucwa/oauth/v1/applications HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = request(
+            g,
+            BALANCER,
+            build_v2(Command.PROXY, CLIENT),
+            b"GET /ucwa/oauth/v1/applications HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
         assert answer.startswith(b"HTTP/1.1 200")
         assert seen == [CLIENT[0]]
         assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["headers"]
@@ -197,8 +230,12 @@ def test_proxy_protocol_needs_trusted_proxies():
     from ucgate.config import ConfigError, from_dict
 
     with pytest.raises(ConfigError, match="gateway.proxy_protocol: needs trusted_proxies"):
-        from_dict({"gateway": {"plain_http": True, "proxy_protocol": True},
-                   "upstreams": {"frontend": {"url": "http://127.0.0.1:1"}}})
+        from_dict(
+            {
+                "gateway": {"plain_http": True, "proxy_protocol": True},
+                "upstreams": {"frontend": {"url": "http://127.0.0.1:1"}},
+            }
+        )
 
 
 @pytest.fixture

@@ -34,29 +34,57 @@ ALLOW = {"default_action": "allowed", "require_second_factor": False}
 class SipLab:
     """ids + devices + lab registrar + relay, on the test loop thread."""
 
-    def __init__(self, tmp_path, loop_thread, tls_files, *, policy=None, lockout=None, devices=True,
-                 ca_bundle=None, follow=False, **sip) -> None:
+    def __init__(
+        self,
+        tmp_path,
+        loop_thread,
+        tls_files,
+        *,
+        policy=None,
+        lockout=None,
+        devices=True,
+        ca_bundle=None,
+        follow=False,
+        **sip,
+    ) -> None:
         self.lt, self.cert, self.key = loop_thread, *tls_files
         (tmp_path / "data").mkdir(parents=True, exist_ok=True)
         (tmp_path / "keys").mkdir(mode=0o700, exist_ok=True)
         self.store = f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}"
         self.key_file = tmp_path / "keys" / "ucgate.key"
-        self.ids = open_services(store_url=self.store, key_file=self.key_file, audit_file=None,
-                                 lockout=lockout or LockoutConfig(user_failures=3, ip_failures=50, window=900),
-                                 netbios_domains=("CONTOSO",))
+        self.ids = open_services(
+            store_url=self.store,
+            key_file=self.key_file,
+            audit_file=None,
+            lockout=lockout or LockoutConfig(user_failures=3, ip_failures=50, window=900),
+            netbios_domains=("CONTOSO",),
+        )
         for name in ("alice", "bob"):
             self.ids.users.add(name, upn=f"{name}@contoso.com", sip_uri=f"sip:{name}@contoso.com")
         self.devices = self.device_service(self.ids, policy if policy is not None else ALLOW) if devices else None
-        self.registrar = LabRegistrar(self.cert, self.key, [Account("alice", PW, "alice@contoso.com"),
-                                                            Account("bob", BOB_PW, "bob@contoso.com")],
-                                      tls_dsk={"alice-cert": "alice@contoso.com"})
+        self.registrar = LabRegistrar(
+            self.cert,
+            self.key,
+            [Account("alice", PW, "alice@contoso.com"), Account("bob", BOB_PW, "bob@contoso.com")],
+            tls_dsk={"alice-cert": "alice@contoso.com"},
+        )
         loop_thread.run(self.registrar.start())
-        self.settings = SipConfig(enabled=True, listen_host="127.0.0.1", listen_port=0, tls_cert=self.cert,
-                                  tls_key=self.key, edge_host="127.0.0.1", edge_port=self.registrar.port,
-                                  server_name="localhost", ca_bundle=ca_bundle or self.cert, handshake_timeout=5,
-                                  **sip)
-        self.relay = SipRelay(self.settings, self.ids.credentials, self.ids.audit, devices=self.devices,
-                              failure_floor=0.0)
+        self.settings = SipConfig(
+            enabled=True,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            tls_cert=self.cert,
+            tls_key=self.key,
+            edge_host="127.0.0.1",
+            edge_port=self.registrar.port,
+            server_name="localhost",
+            ca_bundle=ca_bundle or self.cert,
+            handshake_timeout=5,
+            **sip,
+        )
+        self.relay = SipRelay(
+            self.settings, self.ids.credentials, self.ids.audit, devices=self.devices, failure_floor=0.0
+        )
         self.ids.bus.subscribe(self.relay.post_event)
         self.follower = None
         if follow:  # events other processes write reach this one through the store
@@ -71,12 +99,14 @@ class SipLab:
             rec = ids.users.get(user)
             return [a for a in ((rec.upn, rec.sip_uri) if rec else ()) if a]
 
-        return DeviceService(PartnershipStore(ids.components.repo.engine), ids.audit, ids.bus,
-                             defaults=policy, user_aliases=aliases)
+        return DeviceService(
+            PartnershipStore(ids.components.repo.engine), ids.audit, ids.bus, defaults=policy, user_aliases=aliases
+        )
 
     def client(self, aor="alice@contoso.com", login="CONTOSO\\alice", password=PW, **kw) -> SipClient:
-        c = SipClient("127.0.0.1", self.relay.port, aor=aor, ca_file=str(self.cert), login=login,
-                      password=password, **kw)
+        c = SipClient(
+            "127.0.0.1", self.relay.port, aor=aor, ca_file=str(self.cert), login=login, password=password, **kw
+        )
         self.clients.append(c.connect())
         return c
 
@@ -86,8 +116,10 @@ class SipLab:
     def raw(self, data: bytes, timeout: float = 3.0) -> bytes:
         """Send bytes on a new connection; what comes back until the relay closes it."""
         ctx = ssl.create_default_context(cafile=str(self.cert))
-        with socket.create_connection(("127.0.0.1", self.relay.port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        with (
+            socket.create_connection(("127.0.0.1", self.relay.port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as s,
+        ):
             s.sendall(data)
             out = b""
             deadline = time.monotonic() + timeout
@@ -144,10 +176,23 @@ def test_registered_pc_stays_registered_and_every_message_passes_unchanged(make_
     assert answer is not None and answer.status == 200, answer and answer.raw
     assert "alice" in lab.relay.live_users()
     for _ in range(2):
-        assert c.request("SUBSCRIBE", headers=["Event: vnd-microsoft-roaming-self",
-                                               "Accept: application/vnd-microsoft-roaming-self+xml"]).status == 200
-        assert c.request("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com",
-                         headers=["Content-Type: text/plain; charset=UTF-8"], body="héllo ✓".encode()).status == 200
+        assert (
+            c.request(
+                "SUBSCRIBE",
+                headers=["Event: vnd-microsoft-roaming-self", "Accept: application/vnd-microsoft-roaming-self+xml"],
+            ).status
+            == 200
+        )
+        assert (
+            c.request(
+                "MESSAGE",
+                "sip:bob@contoso.com",
+                to="sip:bob@contoso.com",
+                headers=["Content-Type: text/plain; charset=UTF-8"],
+                body="héllo ✓".encode(),
+            ).status
+            == 200
+        )
         c.send_raw(b"\r\n\r\n")  # a keep-alive ping: the Edge's pong comes back
         assert c.register().status == 200  # a signed refresh
     assert len(c.notifies) == 2  # the Edge's NOTIFYs came through, and our 200s went back
@@ -157,8 +202,10 @@ def test_registered_pc_stays_registered_and_every_message_passes_unchanged(make_
     reg = lab.registrar.registrations["alice@contoso.com"]
     assert reg.device_id == c.instance
     signs = lab.audit("sign-in")
-    assert any(e.result == "allow" and e.details.get("method") == "sip" and e.service == "sip"
-               and e.device == c.instance for e in signs)
+    assert any(
+        e.result == "allow" and e.details.get("method") == "sip" and e.service == "sip" and e.device == c.instance
+        for e in signs
+    )
     checks = lab.audit("device-check")
     assert checks and checks[0].service == "sip" and checks[0].result == "allow"
     assert checks[0].details.get("client_kind") == "pc-external"
@@ -168,8 +215,12 @@ def test_tls_dsk_registration_passes(make_lab):
     lab = make_lab()
     c = lab.client(login=None, password=None, cert_token="alice-cert")
     assert c.register("TLS-DSK").status == 200
-    assert c.request("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", body=b"x",
-                     headers=["Content-Type: text/plain"]).status == 200
+    assert (
+        c.request(
+            "MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", body=b"x", headers=["Content-Type: text/plain"]
+        ).status
+        == 200
+    )
     assert lab.registrar.received == c.sent and lab.registrar.bad_signatures == 0
     # the ClientHello leg's 401 continued the handshake: only the final leg counted, as a success
     signs = [e for e in lab.audit("sign-in") if e.details.get("method") == "sip"]
@@ -194,8 +245,12 @@ def test_a_new_pc_is_quarantined_until_approved(make_lab):
     lab.devices.approve(p.id, actor="cli:admin")
     c3 = lab.client(epid="0a1b2c3d4e")
     assert c3.register().status == 200
-    assert c3.request("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", body=b"x",
-                      headers=["Content-Type: text/plain"]).status == 200
+    assert (
+        c3.request(
+            "MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", body=b"x", headers=["Content-Type: text/plain"]
+        ).status
+        == 200
+    )
 
 
 def test_max_devices_applies_to_sip(make_lab):
@@ -220,8 +275,16 @@ def test_blocking_a_pc_closes_its_sip_connection_within_a_second_the_other_stays
         assert time.monotonic() - started < 1.0 + 0.2
     finally:
         admin.close()
-    assert pc2.request("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", body=b"still here",
-                       headers=["Content-Type: text/plain"]).status == 200
+    assert (
+        pc2.request(
+            "MESSAGE",
+            "sip:bob@contoso.com",
+            to="sip:bob@contoso.com",
+            body=b"still here",
+            headers=["Content-Type: text/plain"],
+        ).status
+        == 200
+    )
     # and the blocked PC cannot come back
     again = lab.client(epid="1111aaaa")
     answer = again.register()
@@ -243,8 +306,10 @@ def test_a_register_cannot_switch_device_or_user_on_a_connection(make_lab):
 # --- account state -----------------------------------------------------------------------------
 def test_disabling_the_user_closes_sip_and_refuses_every_scheme(make_lab):
     lab = make_lab()
-    ntlm, dsk = lab.client(epid="1111aaaa"), lab.client(login=None, password=None, cert_token="alice-cert",
-                                                         epid="2222bbbb")
+    ntlm, dsk = (
+        lab.client(epid="1111aaaa"),
+        lab.client(login=None, password=None, cert_token="alice-cert", epid="2222bbbb"),
+    )
     assert ntlm.register().status == 200 and dsk.register("TLS-DSK").status == 200
     bob = lab.client("bob@contoso.com", "CONTOSO\\bob", BOB_PW)
     assert bob.register().status == 200
@@ -256,8 +321,16 @@ def test_disabling_the_user_closes_sip_and_refuses_every_scheme(make_lab):
         assert answer.status == 403 and "sign-in refused" in answer.get("ms-diagnostics")
     assert len(lab.registrar.ntlm_checks) == checks  # the Type 3 never reached the Edge
     assert not any(b"client-cert:" in m for m in lab.registrar.received[-3:])
-    assert bob.request("MESSAGE", "sip:alice@contoso.com", to="sip:alice@contoso.com", body=b"x",
-                       headers=["Content-Type: text/plain"]).status == 200
+    assert (
+        bob.request(
+            "MESSAGE",
+            "sip:alice@contoso.com",
+            to="sip:alice@contoso.com",
+            body=b"x",
+            headers=["Content-Type: text/plain"],
+        ).status
+        == 200
+    )
     denied = [e for e in lab.audit("sign-in") if e.result == "deny" and e.details.get("method") == "sip"]
     assert {e.reason for e in denied} == {"user-disabled"}
 
@@ -332,9 +405,16 @@ def test_a_kerberos_leg_the_edge_refuses_is_a_failure(make_lab):
     c.send(c.build("REGISTER", headers=[c._contact()]))
     assert c.answer().status == 401
     token = "YIIBhgYJKoZIhvcSAQICAQBuggF1MIIBcaADAgEFoQMCAQ4="
-    c.send(c.build("REGISTER", headers=[c._contact()], auth=(
-        'Authorization: Kerberos qop="auth", realm="SIP Communications Service", '
-        f'targetname="sip/edge.contoso.com", gssapi-data="{token}", version=3')))
+    c.send(
+        c.build(
+            "REGISTER",
+            headers=[c._contact()],
+            auth=(
+                'Authorization: Kerberos qop="auth", realm="SIP Communications Service", '
+                f'targetname="sip/edge.contoso.com", gssapi-data="{token}", version=3'
+            ),
+        )
+    )
     assert c.answer().status == 401
     assert _wait(lambda: any(e.reason == "registrar-refused" for e in lab.audit("sign-in")))
 
@@ -370,17 +450,21 @@ def test_requests_before_registration_or_from_someone_else_are_refused(make_lab)
 
 # --- bad input ---------------------------------------------------------------------------------------
 def _register(extra: str = "", *, cl: str = "Content-Length: 0", body: bytes = b"") -> bytes:
-    head = ("REGISTER sip:contoso.com SIP/2.0\r\n"
-            "Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK1\r\n"
-            "From: <sip:alice@contoso.com>;tag=1;epid=0a1b2c3d4e\r\n"
-            "To: <sip:alice@contoso.com>\r\nCall-ID: 1\r\nCSeq: 1 REGISTER\r\n" + extra + cl + "\r\n\r\n")
+    head = (
+        "REGISTER sip:contoso.com SIP/2.0\r\n"
+        "Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK1\r\n"
+        "From: <sip:alice@contoso.com>;tag=1;epid=0a1b2c3d4e\r\n"
+        "To: <sip:alice@contoso.com>\r\nCall-ID: 1\r\nCSeq: 1 REGISTER\r\n" + extra + cl + "\r\n\r\n"
+    )
     return head.encode() + body
 
 
 BAD_INPUT = {
     "oversized-message": (_register(cl="Content-Length: 2000000"), "message-too-large"),
-    "oversized-head": (_register("X-Pad: " + "a" * 8000 + "\r\n" + ("X-Pad2: " + "b" * 8000 + "\r\n") * 13),
-                       "head-too-large"),
+    "oversized-head": (
+        _register("X-Pad: " + "a" * 8000 + "\r\n" + ("X-Pad2: " + "b" * 8000 + "\r\n") * 13),
+        "head-too-large",
+    ),
     "second-content-length": (_register("l: 0\r\n"), "duplicate-content-length"),
     "folded-header": (_register("Subject: one\r\n two\r\n"), "obs-fold"),
     "nul-in-header": (_register("Subject: a\x00b\r\n"), "bad-header-value"),
@@ -400,13 +484,20 @@ def test_bad_input_is_refused_logged_audited_and_never_reaches_the_edge(make_lab
     assert lab.registrar.received == [] and lab.registrar.connections == 0
 
 
-@pytest.mark.parametrize("auth, reason", [
-    ('Authorization: Digest username="alice", realm="x", nonce="1", uri="sip:x", response="ab"\r\n',
-     "unknown-auth-scheme"),
-    ('Authorization: NTLM realm="a", targetname="b"\r\nProxy-Authorization: NTLM realm="a", targetname="b"\r\n',
-     "several-credentials"),
-    ('Authorization: NTLM realm="a", targetname="b", gssapi-data="bm90IG50bG0="\r\n', "bad-gssapi-data"),
-])
+@pytest.mark.parametrize(
+    "auth, reason",
+    [
+        (
+            'Authorization: Digest username="alice", realm="x", nonce="1", uri="sip:x", response="ab"\r\n',
+            "unknown-auth-scheme",
+        ),
+        (
+            'Authorization: NTLM realm="a", targetname="b"\r\nProxy-Authorization: NTLM realm="a", targetname="b"\r\n',
+            "several-credentials",
+        ),
+        ('Authorization: NTLM realm="a", targetname="b", gssapi-data="bm90IG50bG0="\r\n', "bad-gssapi-data"),
+    ],
+)
 def test_bad_credentials_get_a_local_answer_and_a_close(make_lab, auth, reason, caplog):
     lab = make_lab()
     with caplog.at_level(logging.INFO, logger="ucgate.sip"):
@@ -423,8 +514,7 @@ def test_an_unknown_scheme_on_a_registered_connection_is_refused(make_lab):
     lab = make_lab()
     c = lab.client()
     assert c.register().status == 200
-    bad = c.build("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com",
-                  auth='Authorization: Basic YWxpY2U6eA==')
+    bad = c.build("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", auth="Authorization: Basic YWxpY2U6eA==")
     c.send_raw(bad)
     answer = c.answer()
     assert answer.status == 400 and answer.get("ms-diagnostics").startswith("1000;")
@@ -440,8 +530,10 @@ def test_a_from_to_mismatch_in_register_is_refused(make_lab):
 def test_an_idle_client_that_sends_nothing_is_closed(make_lab, loop_thread):
     lab = make_lab()
     ctx = ssl.create_default_context(cafile=str(lab.cert))
-    with socket.create_connection(("127.0.0.1", lab.relay.port), timeout=8) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+    with (
+        socket.create_connection(("127.0.0.1", lab.relay.port), timeout=8) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
         started = time.monotonic()
         assert s.recv(10) == b""
         assert time.monotonic() - started < 7  # handshake_timeout = 5
@@ -465,8 +557,11 @@ def test_behind_haproxy_the_proxy_header_is_the_client_address(make_lab):
     header = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 5061\r\n"
     c = lab.client(password="wrong", preamble=header)
     assert c.register().status == 401
-    assert _wait(lambda: any(e.client_address == "203.0.113.7" and e.details.get("method") == "sip"
-                             for e in lab.audit("sign-in")))
+    assert _wait(
+        lambda: any(
+            e.client_address == "203.0.113.7" and e.details.get("method") == "sip" for e in lab.audit("sign-in")
+        )
+    )
 
 
 # --- the Edge's side ----------------------------------------------------------------------------------
@@ -503,16 +598,28 @@ def _config(tmp_path, tls_files, registrar_port, **sip):
         "store": {"key_file": str(tmp_path / "keys" / "ucgate.key")},
         "auth": {"netbios_domain": "CONTOSO", "dns_domain": "contoso.com", "failure_floor": 0},
         "devices": {"default_action": "allowed", "require_second_factor": False},
-        "sip": {"enabled": True, "listen": "127.0.0.1:0", "edge": f"127.0.0.1:{registrar_port}",
-                "server_name": "localhost", "ca_bundle": str(cert), **sip},
+        "sip": {
+            "enabled": True,
+            "listen": "127.0.0.1:0",
+            "edge": f"127.0.0.1:{registrar_port}",
+            "server_name": "localhost",
+            "ca_bundle": str(cert),
+            **sip,
+        },
     }
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"edge": ""}, "sip.edge"), ({"edge": "nohost"}, "sip.edge"), ({"proxy_protocol": True}, "sip.proxy_protocol"),
-    ({"ca_bundle": "/nonexistent"}, "sip.ca_bundle"), ({"idle_timeout": 0}, "sip.idle_timeout"),
-    ({"bogus": 1}, "sip.bogus"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"edge": ""}, "sip.edge"),
+        ({"edge": "nohost"}, "sip.edge"),
+        ({"proxy_protocol": True}, "sip.proxy_protocol"),
+        ({"ca_bundle": "/nonexistent"}, "sip.ca_bundle"),
+        ({"idle_timeout": 0}, "sip.idle_timeout"),
+        ({"bogus": 1}, "sip.bogus"),
+    ],
+)
 def test_sip_configuration_errors_name_the_key(tmp_path, tls_files, change, key):
     from ucgate.config import ConfigError
 
@@ -532,8 +639,9 @@ def test_ucgate_serve_wiring_runs_the_relay_with_the_gateway(tmp_path, tls_files
     node.ids.users.add("alice", upn="alice@contoso.com", sip_uri="sip:alice@contoso.com")
     loop_thread.run(node.start())
     try:
-        c = SipClient("127.0.0.1", node.sip.port, aor="alice@contoso.com", ca_file=str(cert),
-                      login="CONTOSO\\alice", password=PW).connect()
+        c = SipClient(
+            "127.0.0.1", node.sip.port, aor="alice@contoso.com", ca_file=str(cert), login="CONTOSO\\alice", password=PW
+        ).connect()
         assert c.register().status == 200
         assert node.sip.live_users().keys() == {"alice"}
         node.ids.users.sign_out("alice", actor="cli:admin")  # an event: the SIP connection goes too

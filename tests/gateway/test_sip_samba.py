@@ -33,29 +33,55 @@ ATTEMPTS = 200
 
 
 class Env:
-    def __init__(self, tmp_path, lab, loop_thread, tls_files, users: list[str], *,
-                 allow_domain_passwords: bool = False) -> None:
+    def __init__(
+        self, tmp_path, lab, loop_thread, tls_files, users: list[str], *, allow_domain_passwords: bool = False
+    ) -> None:
         self.lab, self.lt = lab, loop_thread
         self.cert, key = tls_files
         (tmp_path / "data").mkdir()
         (tmp_path / "keys").mkdir(mode=0o700)
-        self.directory = Directory(url=lab.ldaps_url, bind_dn=lab.service_dn, bind_password=lab.service_password,
-                                   base_dn=lab.base_dn, ca_file=str(lab.ca_cert),
-                                   netbios_domain=lab.netbios_domain, timeout=5, cache_ttl=30)
+        self.directory = Directory(
+            url=lab.ldaps_url,
+            bind_dn=lab.service_dn,
+            bind_password=lab.service_password,
+            base_dn=lab.base_dn,
+            ca_file=str(lab.ca_cert),
+            netbios_domain=lab.netbios_domain,
+            timeout=5,
+            cache_ttl=30,
+        )
         self.ids = open_services(
-            store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}", key_file=tmp_path / "keys" / "k",
-            audit_file=None, lockout=LockoutConfig(user_failures=USER_FAILURES, ip_failures=20, window=900),
-            netbios_domains=(lab.netbios_domain,), directory=self.directory, required_group=lab.users_group,
-            allow_domain_passwords=allow_domain_passwords)
+            store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+            key_file=tmp_path / "keys" / "k",
+            audit_file=None,
+            lockout=LockoutConfig(user_failures=USER_FAILURES, ip_failures=20, window=900),
+            netbios_domains=(lab.netbios_domain,),
+            directory=self.directory,
+            required_group=lab.users_group,
+            allow_domain_passwords=allow_domain_passwords,
+        )
         self.ad_binds = Counter()
         self.registrar = LabRegistrar(
-            self.cert, key, [Account(u, lab.default_password, self.aor(u)) for u in users],
-            targetname="edge.lab.ucgate.test", netbios_domain=lab.netbios_domain, dns_domain=lab.dns_domain,
-            on_ntlm=self._to_ad)
+            self.cert,
+            key,
+            [Account(u, lab.default_password, self.aor(u)) for u in users],
+            targetname="edge.lab.ucgate.test",
+            netbios_domain=lab.netbios_domain,
+            dns_domain=lab.dns_domain,
+            on_ntlm=self._to_ad,
+        )
         loop_thread.run(self.registrar.start())
-        s = SipConfig(enabled=True, listen_host="127.0.0.1", listen_port=0, tls_cert=self.cert, tls_key=key,
-                      edge_host="127.0.0.1", edge_port=self.registrar.port, server_name="localhost",
-                      ca_bundle=self.cert)
+        s = SipConfig(
+            enabled=True,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            tls_cert=self.cert,
+            tls_key=key,
+            edge_host="127.0.0.1",
+            edge_port=self.registrar.port,
+            server_name="localhost",
+            ca_bundle=self.cert,
+        )
         self.relay = SipRelay(s, self.ids.credentials, self.ids.audit, failure_floor=0.0)
         self.ids.bus.subscribe(self.relay.post_event)
         loop_thread.run(self.relay.start())
@@ -73,9 +99,16 @@ class Env:
             pass
 
     def client(self, user: str, password: str | None = None, source: str | None = None, **kw) -> SipClient:
-        return SipClient("127.0.0.1", self.relay.port, aor=self.aor(user),
-                         ca_file=str(self.cert), login=f"{self.lab.netbios_domain}\\{user}",
-                         password=password or self.lab.default_password, source=source, **kw).connect()
+        return SipClient(
+            "127.0.0.1",
+            self.relay.port,
+            aor=self.aor(user),
+            ca_file=str(self.cert),
+            login=f"{self.lab.netbios_domain}\\{user}",
+            password=password or self.lab.default_password,
+            source=source,
+            **kw,
+        ).connect()
 
     def close(self) -> None:
         self.lt.run(self.relay.stop())
@@ -134,9 +167,11 @@ def test_a_sip_spray_locks_no_ad_account_while_the_real_user_signs_in(tmp_path, 
         assert sum(results.values()) == ATTEMPTS
         locked = [u for u in users if samba_lab.is_locked(u)]
         guesses = Counter(u for (u, ok), n in env.ad_binds.items() if not ok for _ in range(n))
-        print(f"\nSIP spray: {ATTEMPTS} attempts over {len(users)} users from {len(SPRAYERS)} addresses in "
-              f"{elapsed:.1f}s; answers {dict(results)}; wrong passwords that reached AD per user "
-              f"{dict(guesses)}; real user {Counter(real_results)}; locked: {locked}")
+        print(
+            f"\nSIP spray: {ATTEMPTS} attempts over {len(users)} users from {len(SPRAYERS)} addresses in "
+            f"{elapsed:.1f}s; answers {dict(results)}; wrong passwords that reached AD per user "
+            f"{dict(guesses)}; real user {Counter(real_results)}; locked: {locked}"
+        )
         assert locked == []
         assert real_results and all(s == 200 for s in real_results)
         assert max(guesses.values()) <= USER_FAILURES
@@ -148,8 +183,7 @@ def test_a_sip_spray_locks_no_ad_account_while_the_real_user_signs_in(tmp_path, 
 
 
 @pytest.mark.parametrize("change", ["disable", "lock", "expire", "password"])
-def test_ad_account_state_closes_sip_and_refuses_new_registrations(tmp_path, samba_lab, loop_thread, tls_files,
-                                                                   change):
+def test_ad_account_state_closes_sip_and_refuses_new_registrations(tmp_path, samba_lab, loop_thread, tls_files, change):
     [user] = _users(samba_lab, 1)
     env = Env(tmp_path, samba_lab, loop_thread, tls_files, [user])
     try:
@@ -187,8 +221,14 @@ def test_without_the_relay_the_same_guesses_lock_the_account(tmp_path, samba_lab
     env = Env(tmp_path, samba_lab, loop_thread, tls_files, [user])
     try:
         for i in range(samba_lab.lockout_threshold):
-            with SipClient("127.0.0.1", env.registrar.port, aor=env.aor(user), ca_file=str(env.cert),
-                           login=f"{samba_lab.netbios_domain}\\{user}", password=f"guess-{i}") as c:
+            with SipClient(
+                "127.0.0.1",
+                env.registrar.port,
+                aor=env.aor(user),
+                ca_file=str(env.cert),
+                login=f"{samba_lab.netbios_domain}\\{user}",
+                password=f"guess-{i}",
+            ) as c:
                 assert c.register().status == 401
         assert samba_lab.is_locked(user)
     finally:
@@ -196,8 +236,7 @@ def test_without_the_relay_the_same_guesses_lock_the_account(tmp_path, samba_lab
         env.close()
 
 
-def test_a_spray_over_sip_and_the_web_at_once_locks_no_account(tmp_path, samba_lab, loop_thread, tls_files,
-                                                               upstream):
+def test_a_spray_over_sip_and_the_web_at_once_locks_no_account(tmp_path, samba_lab, loop_thread, tls_files, upstream):
     """One failure budget for every channel: wrong domain passwords over SIP REGISTER and over
     Basic on the web side, at the same time, for the same accounts: together they reach AD at
     most user_failures times per account; the real user signs in on both channels throughout."""
@@ -209,8 +248,12 @@ def test_a_spray_over_sip_and_the_web_at_once_locks_no_account(tmp_path, samba_l
 
     users = _users(samba_lab, 5)
     env = Env(tmp_path, samba_lab, loop_thread, tls_files, users, allow_domain_passwords=True)
-    gw = start_gateway(loop_thread, *tls_files, upstream.port, authenticator=PreAuthenticator(
-        env.ids.credentials, PreAuthSettings(netbios_domain=samba_lab.netbios_domain)))
+    gw = start_gateway(
+        loop_thread,
+        *tls_files,
+        upstream.port,
+        authenticator=PreAuthenticator(env.ids.credentials, PreAuthSettings(netbios_domain=samba_lab.netbios_domain)),
+    )
     real = users[0]
     verify = gw.ssl_context()
     try:
@@ -223,8 +266,11 @@ def test_a_spray_over_sip_and_the_web_at_once_locks_no_account(tmp_path, samba_l
         stop = threading.Event()
 
         def real_user() -> None:
-            with httpx.Client(transport=httpx.HTTPTransport(local_address=REAL, verify=verify), timeout=30,
-                              headers={"Connection": "close"}) as w:
+            with httpx.Client(
+                transport=httpx.HTTPTransport(local_address=REAL, verify=verify),
+                timeout=30,
+                headers={"Connection": "close"},
+            ) as w:
                 while not stop.is_set():
                     with env.client(real, source=REAL) as c:
                         answer = c.register()
@@ -247,8 +293,9 @@ def test_a_spray_over_sip_and_the_web_at_once_locks_no_account(tmp_path, samba_l
         t_real = threading.Thread(target=real_user)
         t_real.start()
         per = ATTEMPTS // (2 * len(SPRAYERS))
-        threads = ([threading.Thread(target=sip_sprayer, args=(ip, per)) for ip in SPRAYERS]
-                   + [threading.Thread(target=web_sprayer, args=(ip, per)) for ip in SPRAYERS])
+        threads = [threading.Thread(target=sip_sprayer, args=(ip, per)) for ip in SPRAYERS] + [
+            threading.Thread(target=web_sprayer, args=(ip, per)) for ip in SPRAYERS
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -257,8 +304,10 @@ def test_a_spray_over_sip_and_the_web_at_once_locks_no_account(tmp_path, samba_l
         t_real.join(30)
         locked = [u for u in users if samba_lab.is_locked(u)]
         bad = {u: int((samba_lab.read(u, ["badPwdCount"]).get("badPwdCount") or [b"0"])[0]) for u in users}
-        print(f"\nSIP + web spray: {dict(results)}; AD badPwdCount {bad}; real user {Counter(real_results)}; "
-              f"locked: {locked}")
+        print(
+            f"\nSIP + web spray: {dict(results)}; AD badPwdCount {bad}; real user {Counter(real_results)}; "
+            f"locked: {locked}"
+        )
         assert sum(results.values()) == 2 * per * len(SPRAYERS)
         assert locked == [] and max(bad.values()) <= USER_FAILURES
         assert real_results and all(s == 200 for s in real_results), real_results

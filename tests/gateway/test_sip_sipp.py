@@ -57,16 +57,31 @@ CASES = {
     "oversized-line": (_HEAD + "X-Pad: " + "a" * 9000 + "\nContent-Length: 0\n", None, "line-too-long"),
     "oversized-head": (_HEAD + ("X-Pad: " + "b" * 7000 + "\n") * 6 + "Content-Length: 0\n", None, "head-too-large"),
     "sip-3.0": (_HEAD.replace("SIP/2.0\n", "SIP/3.0\n", 1) + "Content-Length: 0\n", None, "unsupported-version"),
-    "bad-request-line": ("REGISTER  sip:contoso.com SIP/2.0\n" + _HEAD.split("\n", 1)[1] + "Content-Length: 0\n",
-                         None, "bad-request-line"),
+    "bad-request-line": (
+        "REGISTER  sip:contoso.com SIP/2.0\n" + _HEAD.split("\n", 1)[1] + "Content-Length: 0\n",
+        None,
+        "bad-request-line",
+    ),
     "duplicate-from": (_HEAD + "f: <sip:bob@contoso.com>;tag=2\nContent-Length: 0\n", None, "duplicate-from"),
-    "digest-credentials": (_HEAD + 'Authorization: Digest username="alice", realm="x", nonce="1", uri="sip:x", '
-                           'response="ab"\nContent-Length: 0\n', "400", "unknown-auth-scheme"),
-    "from-to-mismatch": (_HEAD.replace("To: <sip:alice@", "To: <sip:bob@") + "Content-Length: 0\n", "403",
-                         "register-from-to-mismatch"),
-    "message-before-register": (_HEAD.replace("REGISTER sip:contoso.com", "MESSAGE sip:bob@contoso.com")
-                                .replace("CSeq: 1 REGISTER", "CSeq: 1 MESSAGE") + "Content-Length: 0\n",
-                                "403", "not-registered"),
+    "digest-credentials": (
+        _HEAD + 'Authorization: Digest username="alice", realm="x", nonce="1", uri="sip:x", '
+        'response="ab"\nContent-Length: 0\n',
+        "400",
+        "unknown-auth-scheme",
+    ),
+    "from-to-mismatch": (
+        _HEAD.replace("To: <sip:alice@", "To: <sip:bob@") + "Content-Length: 0\n",
+        "403",
+        "register-from-to-mismatch",
+    ),
+    "message-before-register": (
+        _HEAD.replace("REGISTER sip:contoso.com", "MESSAGE sip:bob@contoso.com").replace(
+            "CSeq: 1 REGISTER", "CSeq: 1 MESSAGE"
+        )
+        + "Content-Length: 0\n",
+        "403",
+        "not-registered",
+    ),
 }
 VALID = _HEAD + _CONTACT + "Content-Length: 0\n"
 
@@ -97,8 +112,9 @@ listen sip
     bind 127.0.0.1:{self.port}
     server relay 127.0.0.1:{relay_port} ssl verify required ca-file {ca_file} verifyhost localhost sni str(localhost)
 """)
-        self.proc = subprocess.Popen([HAPROXY, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [HAPROXY, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 10
         import socket
 
@@ -121,10 +137,36 @@ def _sipp(sipp: str, tmp_path, name: str, scenario: str, port: int, calls: int =
     f = tmp_path / f"{name}.xml"
     f.write_text(scenario)
     return subprocess.run(
-        [sipp, "-sf", str(f), "-t", "tn", "-m", str(calls), "-r", "50", "-l", "10", "-nostdin", "-max_socket", "100",
-         "-timeout", "20", "-recv_timeout", "5000", "-i", "127.0.0.1", "-p", str(free_port()),
-         f"127.0.0.1:{port}"],
-        cwd=tmp_path, capture_output=True, timeout=60, check=False)
+        [
+            sipp,
+            "-sf",
+            str(f),
+            "-t",
+            "tn",
+            "-m",
+            str(calls),
+            "-r",
+            "50",
+            "-l",
+            "10",
+            "-nostdin",
+            "-max_socket",
+            "100",
+            "-timeout",
+            "20",
+            "-recv_timeout",
+            "5000",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            f"127.0.0.1:{port}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_sipp_against_the_relay(make_lab, sipp_path, tmp_path):
@@ -140,8 +182,11 @@ def test_sipp_against_the_relay(make_lab, sipp_path, tmp_path):
             run = _sipp(sipp_path, tmp_path, name, _scenario(message, expect), pipe.port)
             if expect is not None:  # a local answer, then the close
                 assert run.returncode == 0, (name, (run.stdout + run.stderr).decode()[-1500:])
-            assert _wait(lambda reason=reason: reason in [e.reason for e in lab.audit("sip-refused")]), \
-                (name, [e.reason for e in lab.audit("sip-refused")], (run.stdout + run.stderr).decode()[-800:])
+            assert _wait(lambda reason=reason: reason in [e.reason for e in lab.audit("sip-refused")]), (
+                name,
+                [e.reason for e in lab.audit("sip-refused")],
+                (run.stdout + run.stderr).decode()[-800:],
+            )
         # never a crash: the relay still serves, and nothing malformed reached the Edge
         again = _sipp(sipp_path, tmp_path, "again", _scenario(VALID, "401"), pipe.port, calls=5)
         assert again.returncode == 0, (again.stdout + again.stderr).decode()[-2000:]

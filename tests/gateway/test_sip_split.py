@@ -53,29 +53,44 @@ class SplitLab:
         self.lt, (self.cert, self.key) = loop_thread, tls_files
         (tmp_path / "data").mkdir(parents=True, exist_ok=True)
         (tmp_path / "keys").mkdir(mode=0o700, exist_ok=True)
-        self.ids = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                                 key_file=tmp_path / "keys" / "ucgate.key", audit_file=None,
-                                 lockout=LockoutConfig(user_failures=3, ip_failures=50, window=900),
-                                 netbios_domains=("CONTOSO",))
+        self.ids = open_services(
+            store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+            key_file=tmp_path / "keys" / "ucgate.key",
+            audit_file=None,
+            lockout=LockoutConfig(user_failures=3, ip_failures=50, window=900),
+            netbios_domains=("CONTOSO",),
+        )
         for name in ("alice", "bob"):
             self.ids.users.add(name, upn=f"{name}@contoso.com", sip_uri=f"sip:{name}@contoso.com")
         self.devices = SipLab.device_service(self.ids, policy if policy is not None else ALLOW)
         self.idsrv = IdServer(self.ids, self.cert, self.key, free_port(), devices=self.devices)
         self.recorder = self.idsrv.app = Recorder(self.idsrv.app)
         self.idsrv.start()
-        self.registrar = LabRegistrar(self.cert, self.key, [Account("alice", PW, "alice@contoso.com"),
-                                                            Account("bob", BOB_PW, "bob@contoso.com")],
-                                      tls_dsk={"alice-cert": "alice@contoso.com"})
+        self.registrar = LabRegistrar(
+            self.cert,
+            self.key,
+            [Account("alice", PW, "alice@contoso.com"), Account("bob", BOB_PW, "bob@contoso.com")],
+            tls_dsk={"alice-cert": "alice@contoso.com"},
+        )
         loop_thread.run(self.registrar.start())
-        settings = SipConfig(enabled=True, listen_host="127.0.0.1", listen_port=0, tls_cert=self.cert,
-                             tls_key=self.key, edge_host="127.0.0.1", edge_port=self.registrar.port,
-                             server_name="localhost", ca_bundle=self.cert, handshake_timeout=5)
+        settings = SipConfig(
+            enabled=True,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            tls_cert=self.cert,
+            tls_key=self.key,
+            edge_host="127.0.0.1",
+            edge_port=self.registrar.port,
+            server_name="localhost",
+            ca_bundle=self.cert,
+            handshake_timeout=5,
+        )
 
         async def build():
-            self.remote = RemoteCredentials(self.idsrv.url, secret=SECRET, ca_file=self.cert,
-                                            report_interval=0.2)
-            self.relay = SipRelay(settings, self.remote, None, devices=RemoteDeviceChecker(self.remote),
-                                  failure_floor=0.0)
+            self.remote = RemoteCredentials(self.idsrv.url, secret=SECRET, ca_file=self.cert, report_interval=0.2)
+            self.relay = SipRelay(
+                settings, self.remote, None, devices=RemoteDeviceChecker(self.remote), failure_floor=0.0
+            )
             await self.relay.start()
             self.remote.start(self.relay.on_event, self.relay.live_users)
             await asyncio.wait_for(self.remote.events_connected.wait(), 10)
@@ -84,8 +99,9 @@ class SplitLab:
         self.clients: list[SipClient] = []
 
     def client(self, aor="alice@contoso.com", login="CONTOSO\\alice", password=PW, **kw) -> SipClient:
-        c = SipClient("127.0.0.1", self.relay.port, aor=aor, ca_file=str(self.cert), login=login,
-                      password=password, **kw)
+        c = SipClient(
+            "127.0.0.1", self.relay.port, aor=aor, ca_file=str(self.cert), login=login, password=password, **kw
+        )
         self.clients.append(c.connect())
         return c
 
@@ -128,13 +144,19 @@ def test_a_registered_pc_signs_in_through_a_remote_id_service(split):
     c = lab.client()
     answer = c.register()
     assert answer is not None and answer.status == 200, answer and answer.raw
-    assert c.request("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", body=b"hi",
-                     headers=["Content-Type: text/plain"]).status == 200
+    assert (
+        c.request(
+            "MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", body=b"hi", headers=["Content-Type: text/plain"]
+        ).status
+        == 200
+    )
     assert c.register().status == 200  # a signed refresh
     assert lab.registrar.received == c.sent and lab.registrar.bad_signatures == 0
     # the id service audited the sign-in and decided the device; the reservation is settled
-    assert any(e.result == "allow" and e.details.get("method") == "sip" and e.device == c.instance
-               for e in lab.audit("sign-in"))
+    assert any(
+        e.result == "allow" and e.details.get("method") == "sip" and e.device == c.instance
+        for e in lab.audit("sign-in")
+    )
     assert any(e.service == "sip" and e.result == "allow" for e in lab.audit("device-check"))
     assert lab.recorder.state.sip.open == 0
     # the relay's users reach the id service's account monitor (PUT /v1/sessions)
@@ -182,8 +204,16 @@ def test_blocking_a_pc_on_the_id_service_cuts_its_sip_connection_within_a_second
     lab.devices.block(p.id, actor="web:admin")  # on the id service: the event goes down the stream
     assert pc1.is_closed_by_server(1.5)
     assert time.monotonic() - started < 1.0 + 0.2
-    assert pc2.request("MESSAGE", "sip:bob@contoso.com", to="sip:bob@contoso.com", body=b"still here",
-                       headers=["Content-Type: text/plain"]).status == 200
+    assert (
+        pc2.request(
+            "MESSAGE",
+            "sip:bob@contoso.com",
+            to="sip:bob@contoso.com",
+            body=b"still here",
+            headers=["Content-Type: text/plain"],
+        ).status
+        == 200
+    )
     answer = lab.client(epid="1111aaaa").register()
     assert answer.status == 403 and "blocked" in answer.get("ms-diagnostics")
     # and disabling the user cuts the other one
@@ -228,10 +258,17 @@ def test_every_call_the_relay_makes_is_accepted_by_the_id_service(split):
     k = lab.client()
     k.send(k.build("REGISTER", headers=[k._contact()]))
     assert k.answer().status == 401
-    k.send(k.build("REGISTER", headers=[k._contact()], auth=(
-        'Authorization: Kerberos qop="auth", realm="SIP Communications Service", '
-        'targetname="sip/edge.contoso.com", gssapi-data="YIIBhgYJKoZIhvcSAQICAQBuggF1MIIBcaADAgEFoQMCAQ4=", '
-        'version=3')))
+    k.send(
+        k.build(
+            "REGISTER",
+            headers=[k._contact()],
+            auth=(
+                'Authorization: Kerberos qop="auth", realm="SIP Communications Service", '
+                'targetname="sip/edge.contoso.com", gssapi-data="YIIBhgYJKoZIhvcSAQICAQBuggF1MIIBcaADAgEFoQMCAQ4=", '
+                "version=3"
+            ),
+        )
+    )
     assert k.answer().status == 401
     assert _wait(lambda: lab.recorder.state.sip.open == 0)
     assert _wait(lambda: any(p == "/v1/sessions" for _, p, _ in lab.recorder.calls))
@@ -265,26 +302,53 @@ def test_settle_goes_to_the_issuer_and_unsettled_reservations_are_charged(split,
     assert 0.9 < lab.budget_level("bob") < 1.1  # a's unit came back (not a guess), b's stays charged
 
 
-@pytest.mark.parametrize("path, body, field", [
-    ("/v1/sip/attempt", {"context": {"client_ip": "192.0.2.1", "method": "sip", "service": "sip"}}, "user"),
-    ("/v1/sip/attempt", {"user": "sip:a@b", "context": {"client_ip": "x", "method": "sip", "service": "sip"}},
-     "context.client_ip"),
-    ("/v1/sip/attempt", {"user": "sip:a@b", "context": {"client_ip": "192.0.2.1", "method": "ntlm",
-                                                        "service": "sip"}}, "context.method"),
-    ("/v1/sip/attempt", {"user": "sip:a@b", "ntlm_domain": "C",
-                         "context": {"client_ip": "192.0.2.1", "method": "sip", "service": "sip"}}, "ntlm_domain"),
-    ("/v1/sip/attempt", {"user": "sip:a@b", "ntlm_user": 3,
-                         "context": {"client_ip": "192.0.2.1", "method": "sip", "service": "sip"}}, "ntlm_user"),
-    ("/v1/sip/settle", {"outcome": "success", "reason": "ok"}, "token"),
-    ("/v1/sip/settle", {"token": "t", "outcome": "maybe", "reason": "ok"}, "outcome"),
-    ("/v1/sip/settle", {"token": "t", "outcome": "failure", "reason": "x" * 65}, "reason"),
-])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/sip/attempt", {"context": {"client_ip": "192.0.2.1", "method": "sip", "service": "sip"}}, "user"),
+        (
+            "/v1/sip/attempt",
+            {"user": "sip:a@b", "context": {"client_ip": "x", "method": "sip", "service": "sip"}},
+            "context.client_ip",
+        ),
+        (
+            "/v1/sip/attempt",
+            {"user": "sip:a@b", "context": {"client_ip": "192.0.2.1", "method": "ntlm", "service": "sip"}},
+            "context.method",
+        ),
+        (
+            "/v1/sip/attempt",
+            {
+                "user": "sip:a@b",
+                "ntlm_domain": "C",
+                "context": {"client_ip": "192.0.2.1", "method": "sip", "service": "sip"},
+            },
+            "ntlm_domain",
+        ),
+        (
+            "/v1/sip/attempt",
+            {
+                "user": "sip:a@b",
+                "ntlm_user": 3,
+                "context": {"client_ip": "192.0.2.1", "method": "sip", "service": "sip"},
+            },
+            "ntlm_user",
+        ),
+        ("/v1/sip/settle", {"outcome": "success", "reason": "ok"}, "token"),
+        ("/v1/sip/settle", {"token": "t", "outcome": "maybe", "reason": "ok"}, "outcome"),
+        ("/v1/sip/settle", {"token": "t", "outcome": "failure", "reason": "x" * 65}, "reason"),
+    ],
+)
 def test_malformed_sip_calls_are_400_naming_the_field(split, tls_files, path, body, field):
     import ssl
 
     lab = split()
-    with httpx.Client(base_url=lab.idsrv.url, verify=ssl.create_default_context(cafile=str(tls_files[0])),
-                      headers={"Authorization": "Bearer " + SECRET.decode()}, timeout=10) as api:
+    with httpx.Client(
+        base_url=lab.idsrv.url,
+        verify=ssl.create_default_context(cafile=str(tls_files[0])),
+        headers={"Authorization": "Bearer " + SECRET.decode()},
+        timeout=10,
+    ) as api:
         r = api.post(path, json=body)
         assert r.status_code == 400 and r.json()["field"] == field, r.text
         assert api.post(path, json=body, headers={"Authorization": "Bearer wrong-secret-xxxxxxxx"}).status_code == 401
@@ -312,12 +376,19 @@ def test_serve_wiring_split_mode_runs_the_relay_over_the_id_service(tmp_path, tl
         assert not (tmp_path / "must-not-be-created.key").exists()
         loop_thread.run(node.start())
         try:
+
             async def connected():
                 await asyncio.wait_for(node.remote.events_connected.wait(), 10)
 
             loop_thread.run(connected())
-            c = SipClient("127.0.0.1", node.sip.port, aor="alice@contoso.com", ca_file=str(tls_files[0]),
-                          login="CONTOSO\\alice", password=PW).connect()
+            c = SipClient(
+                "127.0.0.1",
+                node.sip.port,
+                aor="alice@contoso.com",
+                ca_file=str(tls_files[0]),
+                login="CONTOSO\\alice",
+                password=PW,
+            ).connect()
             assert c.register().status == 200
             assert "alice" in node.live_users()
             lab.ids.users.sign_out("alice", actor="cli:admin")
@@ -333,8 +404,12 @@ def test_serve_wiring_split_mode_runs_the_relay_over_the_id_service(tmp_path, tl
 def test_every_outcome_the_relay_sends_is_settled_by_the_id_service(split, loop_thread, outcome, caplog):
     lab = split()
     ctx = AttemptContext("2001:db8::7", "sip", "sip", device_id="x" * 256, user_agent="UCCAPI/16.0 (é)")
-    reason = {"success": "ok", "failure": "wrong-password", "not-a-guess": "registrar-unavailable",
-              "continued": "continued"}[str(outcome)]
+    reason = {
+        "success": "ok",
+        "failure": "wrong-password",
+        "not-a-guess": "registrar-unavailable",
+        "continued": "continued",
+    }[str(outcome)]
 
     async def calls():
         a = await lab.remote.begin_sip(SipAttemptRequest("sip:alice@contoso.com", ctx, "alice@contoso.com"))

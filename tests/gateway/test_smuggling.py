@@ -21,14 +21,28 @@ H = b"Host: lyncext.contoso.com\r\n"
 
 VECTORS = {
     # CL.TE / TE.CL: both framings present
-    "cl-te": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG", 400),
-    "te-cl": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST / HTTP/1.1\r\n\r\n0\r\n\r\n", 400),
+    "cl-te": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        400,
+    ),
+    "te-cl": (
+        b"POST /ucwa/x HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST / HTTP/1.1\r\n\r\n0\r\n\r\n",
+        400,
+    ),
     # TE.TE obfuscations
     "te-xchunked": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501),
     "te-space-before-colon": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
-    "te-duplicate": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n", 400),
+    "te-duplicate": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n",
+        400,
+    ),
     "te-list": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n", 400),
-    "te-chunked-twice": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
+    "te-chunked-twice": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
     "te-quoted": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b'Transfer-Encoding: "chunked"\r\n\r\n0\r\n\r\n', 501),
     "te-obs-fold": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", 400),
     "te-vertical-tab": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n", 400),
@@ -38,7 +52,10 @@ VECTORS = {
     "first-header-folded": (b"POST /ucwa/x HTTP/1.1\r\n Transfer-Encoding: chunked\r\n" + H + b"\r\n0\r\n\r\n", 400),
     # Content-Length games
     "cl-duplicate": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
-    "cl-duplicate-same": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+    "cl-duplicate-same": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        400,
+    ),
     "cl-list": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", 400),
     "cl-plus": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: +5\r\n\r\nhello", 400),
     "cl-negative": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", 400),
@@ -46,16 +63,46 @@ VECTORS = {
     "cl-huge": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length: 99999999999999999999\r\n\r\n", 400),
     "cl-space-before-colon": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Content-Length : 5\r\n\r\nhello", 400),
     # invalid chunk sizes (valid head, bad body)
-    "chunk-not-hex": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nG\r\nxxxx\r\n0\r\n\r\n", 400),
-    "chunk-0x": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-negative": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n-1\r\n\r\n0\r\n\r\n", 400),
-    "chunk-leading-space": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-trailing-space": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-overflow": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n1FFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-bare-lf": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 400),
-    "chunk-missing-crlf": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloX0\r\n\r\n", 400),
-    "chunk-size-lies": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n", 400),
-    "chunk-bad-trailer": (b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Bad : y\r\n\r\n", 400),
+    "chunk-not-hex": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nG\r\nxxxx\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-0x": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-negative": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n-1\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-leading-space": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-trailing-space": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-overflow": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n1FFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-bare-lf": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-missing-crlf": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloX0\r\n\r\n",
+        400,
+    ),
+    "chunk-size-lies": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    "chunk-bad-trailer": (
+        b"POST /ucwa/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Bad : y\r\n\r\n",
+        400,
+    ),
     # header injection via CR/LF and friends
     "bare-cr-in-value": (b"GET /ucwa/x HTTP/1.1\r\n" + H + b"X-A: foo\rX-Ucgate-User: admin\r\n\r\n", 400),
     "lf-in-value": (b"GET /ucwa/x HTTP/1.1\r\n" + H + b"X-A: foo\nX-Ucgate-User: admin\r\n\r\n", 400),
@@ -72,7 +119,10 @@ VECTORS = {
     "absolute-form": (b"GET http://fe01/ucwa/x HTTP/1.1\r\n" + H + b"\r\n", 400),
     # paths that would turn anonymous autodiscover into something else
     "dot-segments": (b"GET /Autodiscover/AutodiscoverService.svc/root/../../../ucwa/x HTTP/1.1\r\n" + H + b"\r\n", 400),
-    "encoded-dots": (b"GET /Autodiscover/AutodiscoverService.svc/root/%2e%2e/%2E%2E/ucwa HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "encoded-dots": (
+        b"GET /Autodiscover/AutodiscoverService.svc/root/%2e%2e/%2E%2E/ucwa HTTP/1.1\r\n" + H + b"\r\n",
+        400,
+    ),
     "encoded-slash": (b"GET /Autodiscover/AutodiscoverService.svc/root%2f..%2fucwa HTTP/1.1\r\n" + H + b"\r\n", 400),
     "backslash": (b"GET /Autodiscover/AutodiscoverService.svc/root\\..\\ucwa HTTP/1.1\r\n" + H + b"\r\n", 400),
     "double-encoding": (b"GET /meet/%252e%252e/ucwa HTTP/1.1\r\n" + H + b"\r\n", 400),

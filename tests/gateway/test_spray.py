@@ -49,20 +49,39 @@ class _SourceAdapter(HTTPAdapter):
 
 
 def _node(tmp_path, lab, loop_thread, upstream, tls_files, store: str):
-    directory = Directory(url=lab.ldaps_url, bind_dn=lab.service_dn, bind_password=lab.service_password,
-                          base_dn=lab.base_dn, ca_file=str(lab.ca_cert), netbios_domain=lab.netbios_domain,
-                          timeout=5, cache_ttl=30)
+    directory = Directory(
+        url=lab.ldaps_url,
+        bind_dn=lab.service_dn,
+        bind_password=lab.service_password,
+        base_dn=lab.base_dn,
+        ca_file=str(lab.ca_cert),
+        netbios_domain=lab.netbios_domain,
+        timeout=5,
+        cache_ttl=30,
+    )
     ids = open_services(
-        store_url=store, key_file=tmp_path / "keys" / "k", audit_file=None,
+        store_url=store,
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
         lockout=LockoutConfig(user_failures=USER_FAILURES, ip_failures=20, window=900),
-        netbios_domains=(lab.netbios_domain,), directory=directory, required_group=lab.users_group,
+        netbios_domains=(lab.netbios_domain,),
+        directory=directory,
+        required_group=lab.users_group,
         allow_domain_passwords=True,
     )
-    cfg = from_dict(gateway_config(*tls_files, upstream.port, proxy_protocol=True,
-                                   trusted_proxies=["127.0.0.1/32"], health_listen="127.0.0.1:0",
-                                   published_name="localhost"))
-    auth = PreAuthenticator(ids.credentials, PreAuthSettings(netbios_domain=lab.netbios_domain,
-                                                             extended_protection="allow"))
+    cfg = from_dict(
+        gateway_config(
+            *tls_files,
+            upstream.port,
+            proxy_protocol=True,
+            trusted_proxies=["127.0.0.1/32"],
+            health_listen="127.0.0.1:0",
+            published_name="localhost",
+        )
+    )
+    auth = PreAuthenticator(
+        ids.credentials, PreAuthSettings(netbios_domain=lab.netbios_domain, extended_protection="allow")
+    )
 
     async def start():
         g = Gateway(cfg, auth, oauth=oauth_grants(cfg, ids.credentials, ids))
@@ -72,8 +91,7 @@ def _node(tmp_path, lab, loop_thread, upstream, tls_files, store: str):
     return ids, loop_thread.run(start())
 
 
-def test_spray_through_haproxy_locks_no_account(tmp_path, samba_lab, loop_thread, upstream, tls_files,
-                                                haproxy_lab):
+def test_spray_through_haproxy_locks_no_account(tmp_path, samba_lab, loop_thread, upstream, tls_files, haproxy_lab):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
     store = f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}"
@@ -88,8 +106,11 @@ def test_spray_through_haproxy_locks_no_account(tmp_path, samba_lab, loop_thread
     real_codes: list[int] = []
 
     def real_user() -> None:
-        with httpx.Client(transport=httpx.HTTPTransport(local_address=REAL, verify=verify), timeout=30,
-                          headers={"Connection": "close"}) as c:
+        with httpx.Client(
+            transport=httpx.HTTPTransport(local_address=REAL, verify=verify),
+            timeout=30,
+            headers={"Connection": "close"},
+        ) as c:
             while not stop.is_set():
                 real_codes.append(c.get(f"{base}/ucwa/x", auth=(real, samba_lab.default_password)).status_code)
                 stop.wait(2.0)
@@ -108,12 +129,15 @@ def test_spray_through_haproxy_locks_no_account(tmp_path, samba_lab, loop_thread
                 if kind == "basic":
                     status = c.get(f"{base}/ucwa/x", auth=(user, f"Spring{i}!")).status_code
                 elif kind == "oauth":
-                    status = c.post(f"{base}/WebTicket/oauthtoken", content=urlencode(
-                        {"grant_type": "password", "username": user, "password": f"Summer{i}!"}),
-                        headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code
+                    status = c.post(
+                        f"{base}/WebTicket/oauthtoken",
+                        content=urlencode({"grant_type": "password", "username": user, "password": f"Summer{i}!"}),
+                        headers={"Content-Type": "application/x-www-form-urlencoded"},
+                    ).status_code
                 else:
-                    status = sess.get(f"{base}/ucwa/x", auth=HttpNtlmAuth(f"LAB\\{user}", f"Winter{i}!"),
-                                      timeout=30).status_code
+                    status = sess.get(
+                        f"{base}/ucwa/x", auth=HttpNtlmAuth(f"LAB\\{user}", f"Winter{i}!"), timeout=30
+                    ).status_code
                 with lock:
                     codes[(kind, status)] += 1
 
@@ -138,11 +162,15 @@ def test_spray_through_haproxy_locks_no_account(tmp_path, samba_lab, loop_thread
         denials = [e for e in ids.audit.tail(20000) if e.action == "sign-in" and e.result == "deny"]
         addresses = Counter(e.client_address for e in denials)
         total = sum(codes.values())
-        print(f"\nspray: {total} attempts in {elapsed:.1f} s from {len(SPRAYERS)} addresses over "
-              f"{len(users)} AD users: {dict(sorted(codes.items()))}")
-        print(f"AD badPwdCount max {max(bad.values())}, locked accounts {len(locked)}; real user "
-              f"{len(real_codes)} sign-ins, {sum(c != 200 for c in real_codes)} failures; audit "
-              f"denials by address: {len(addresses)} addresses, HAProxy's 127.0.0.1: {addresses.get('127.0.0.1', 0)}")
+        print(
+            f"\nspray: {total} attempts in {elapsed:.1f} s from {len(SPRAYERS)} addresses over "
+            f"{len(users)} AD users: {dict(sorted(codes.items()))}"
+        )
+        print(
+            f"AD badPwdCount max {max(bad.values())}, locked accounts {len(locked)}; real user "
+            f"{len(real_codes)} sign-ins, {sum(c != 200 for c in real_codes)} failures; audit "
+            f"denials by address: {len(addresses)} addresses, HAProxy's 127.0.0.1: {addresses.get('127.0.0.1', 0)}"
+        )
         assert total >= ATTEMPTS
         assert locked == [] and max(bad.values()) <= USER_FAILURES
         assert real_codes and all(c == 200 for c in real_codes), real_codes

@@ -65,14 +65,17 @@ class TcpProxy:
 
 
 def _basic(c: http.client.HTTPSConnection, user: str, pw: str) -> http.client.HTTPResponse:
-    c.request("GET", "/ucwa/x", headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()})
+    c.request(
+        "GET", "/ucwa/x", headers={"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+    )
     r = c.getresponse()
     r.read()
     return r
 
 
-def test_store_down_is_503_live_sessions_kept_then_recovery(tmp_path, postgres_url, loop_thread, upstream,
-                                                            tls_files, caplog):
+def test_store_down_is_503_live_sessions_kept_then_recovery(
+    tmp_path, postgres_url, loop_thread, upstream, tls_files, caplog
+):
     url = make_url(postgres_url)
     proxy = TcpProxy(loop_thread, url.port or 5432)
     proxy.start()
@@ -81,12 +84,17 @@ def test_store_down_is_503_live_sessions_kept_then_recovery(tmp_path, postgres_u
     from ucgate.store import open_repository
 
     open_repository(store).close()  # `ucgate db upgrade`
-    ids = open_services(store_url=store, key_file=tmp_path / "keys" / "k", audit_file=None,
-                        lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900))
+    ids = open_services(
+        store_url=store,
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900),
+    )
     ids.users.add("alice")
     _, asp = ids.asps.create("alice", "phone")
-    gw = start_gateway(loop_thread, *tls_files, upstream.port,
-                       authenticator=PreAuthenticator(ids.credentials, PreAuthSettings()))
+    gw = start_gateway(
+        loop_thread, *tls_files, upstream.port, authenticator=PreAuthenticator(ids.credentials, PreAuthSettings())
+    )
     try:
         live = http.client.HTTPSConnection("localhost", gw.port, context=gw.ssl_context(), timeout=15)
         assert _basic(live, "alice", asp).status == 200

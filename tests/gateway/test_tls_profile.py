@@ -24,10 +24,8 @@ from ..support import start_gateway
 
 # https://ssl-config.mozilla.org/guidelines/5.7.json, "intermediate" (ciphers.openssl), without
 # the DHE suites (the gateway configures no DH parameters)
-INTERMEDIATE_ECDSA = {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
-                      "ECDHE-ECDSA-CHACHA20-POLY1305"}
-INTERMEDIATE_RSA = {"ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
-                    "ECDHE-RSA-CHACHA20-POLY1305"}
+INTERMEDIATE_ECDSA = {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305"}
+INTERMEDIATE_RSA = {"ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"}
 INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
 OTHER_GROUPS = ("X448", "secp521r1")  # in OpenSSL's default list, not in the profile
 
@@ -36,15 +34,21 @@ def _rsa_cert(d):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     (d / "rsa.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "rsa.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                  serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    (d / "rsa.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return d / "rsa.crt", d / "rsa.key"
 
 
@@ -62,8 +66,10 @@ def _client(tls12: bool) -> ssl.SSLContext:
 
 def _handshake(port: int, ctx: ssl.SSLContext) -> tuple[str, str] | None:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as s,
+        ):
             name, version, _ = s.cipher()
             return name, version
     except (ssl.SSLError, ConnectionError):
@@ -114,7 +120,7 @@ def test_listener_offers_mozilla_intermediate(loop_thread, tls_files, rsa_files,
         assert all("-GCM-" in s or "CHACHA20" in s for s in suites)  # AEAD only: no CBC
         # groups: TLS 1.3 key shares; TLS 1.2 ECDHE with the RSA certificate only (with an ECDSA
         # one, TLS 1.2's supported_groups also names the curves the certificate may be on)
-        for tls12 in ((False, True) if kind == "rsa" else (False,)):
+        for tls12 in (False, True) if kind == "rsa" else (False,):
             assert _groups_offered(gw.port, tls12) == set(INTERMEDIATE_GROUPS), tls12
         # TLS 1.3: the three standard suites; TLS 1.1 and older: refused
         assert _handshake(gw.port, _client(False))[1] == "TLSv1.3"
@@ -129,9 +135,12 @@ def test_listener_offers_mozilla_intermediate(loop_thread, tls_files, rsa_files,
         if shutil.which("openssl"):  # the same from another client: s_client, one group each
             taken = set()
             for group in INTERMEDIATE_GROUPS + OTHER_GROUPS:
-                out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{gw.port}",
-                                      "-tls1_3", "-groups", group], input=b"", capture_output=True,
-                                     timeout=20)
+                out = subprocess.run(
+                    ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.port}", "-tls1_3", "-groups", group],
+                    input=b"",
+                    capture_output=True,
+                    timeout=20,
+                )
                 if b"Server Temp Key" in out.stdout:
                     taken.add(group)
             assert taken == set(INTERMEDIATE_GROUPS)
@@ -160,10 +169,17 @@ def test_demo_replaces_an_old_ca_certificate(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
-    old = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-           .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=825))
-           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-           .sign(key, hashes.SHA256()))
+    old = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / "gateway.crt").write_bytes(old.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "gateway.key").write_bytes(b"old")
     assert not is_proper_leaf(tmp_path / "gateway.crt")

@@ -75,8 +75,11 @@ def no_loop_errors(request, caplog):
     if lt is not None:
         time.sleep(0.05)  # let pending callbacks run
         assert lt.errors == []
-    bad = [r.getMessage() for r in caplog.records if "bad file descriptor" in r.getMessage().lower()
-           or "EBADF" in r.getMessage()]
+    bad = [
+        r.getMessage()
+        for r in caplog.records
+        if "bad file descriptor" in r.getMessage().lower() or "EBADF" in r.getMessage()
+    ]
     assert bad == []
 
 
@@ -269,9 +272,24 @@ def test_keep_alive_echo_and_extra_info(lp, server_ctx, client_ctx):
             c.sendall(msg)
             assert recv_exactly(c, len(msg)) == msg, i
         t = p.transport
-        info = lp.call(lambda: {k: t.get_extra_info(k) for k in (
-            "peername", "sockname", "sslcontext", "ssl_object", "socket", "peercert", "cipher",
-            "compression")} | {"nope": t.get_extra_info("nope", 42)})
+        info = lp.call(
+            lambda: (
+                {
+                    k: t.get_extra_info(k)
+                    for k in (
+                        "peername",
+                        "sockname",
+                        "sslcontext",
+                        "ssl_object",
+                        "socket",
+                        "peercert",
+                        "cipher",
+                        "compression",
+                    )
+                }
+                | {"nope": t.get_extra_info("nope", 42)}
+            )
+        )
         assert info["peername"] == c.getsockname()
         assert info["sockname"] == ("127.0.0.1", port)
         assert info["sslcontext"] is server_ctx
@@ -305,8 +323,13 @@ def test_curl_keep_alive(lp, server_ctx, tls_files):
 
     srv, port = serve(lp, server_ctx, Http)
     urls = [f"https://localhost:{port}/r{i}" for i in range(5)]
-    out = subprocess.run(["curl", "-sS", "-v", "--cacert", str(tls_files[0]), *urls],
-                         capture_output=True, timeout=10, text=True, check=False)
+    out = subprocess.run(
+        ["curl", "-sS", "-v", "--cacert", str(tls_files[0]), *urls],
+        capture_output=True,
+        timeout=10,
+        text=True,
+        check=False,
+    )
     assert out.stdout == "".join(f"/r{i}" for i in range(5)), out.stderr
     assert out.stderr.count("Re-using existing connection") == 4  # one TLS connection
     assert "ALPN: server accepted http/1.1" in out.stderr

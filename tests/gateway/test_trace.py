@@ -54,10 +54,10 @@ def gateway(loop_thread, tls_files, upstream, ids):
     started = []
 
     def start(trace: str):
-        settings = PreAuthSettings(extended_protection="require", netbios_domain=DOMAIN, trace=trace,
-                                   failure_floor=0)
-        g = start_gateway(loop_thread, *tls_files, upstream.port,
-                          authenticator=PreAuthenticator(ids.credentials, settings))
+        settings = PreAuthSettings(extended_protection="require", netbios_domain=DOMAIN, trace=trace, failure_floor=0)
+        g = start_gateway(
+            loop_thread, *tls_files, upstream.port, authenticator=PreAuthenticator(ids.credentials, settings)
+        )
         started.append(g)
         return g
 
@@ -69,8 +69,9 @@ def gateway(loop_thread, tls_files, upstream, ids):
 def negotiate_sign_in(g, asp: str, protocol: str) -> list[tuple[str, bytes]]:
     """Sign in with pyspnego over one connection; returns the (scheme, token) legs sent."""
     scheme = "NTLM" if protocol == "ntlm" else "Negotiate"
-    ctx = spnego.client(f"{DOMAIN}\\alice", asp, hostname="localhost", service="HTTP", protocol=protocol,
-                        channel_bindings=_cbt(g))
+    ctx = spnego.client(
+        f"{DOMAIN}\\alice", asp, hostname="localhost", service="HTTP", protocol=protocol, channel_bindings=_cbt(g)
+    )
     conn = http.client.HTTPSConnection("localhost", g.port, context=g.ssl_context())
     sent = []
     token = ctx.step()
@@ -108,8 +109,12 @@ def assert_no_secrets(log_text: str, asp: str, sent: list[tuple[str, bytes]]) ->
             raw = token if token.startswith(b"NTLMSSP") else spnego_proto.parse_negotiate_token(token).response_token
             if raw and raw.startswith(b"NTLMSSP\x00\x03"):
                 msg = AuthenticateMessage.unpack(raw)
-                for value in (msg.nt_challenge_response[:16], msg.nt_challenge_response[16:48], msg.mic,
-                              msg.encrypted_random_session_key):
+                for value in (
+                    msg.nt_challenge_response[:16],
+                    msg.nt_challenge_response[16:48],
+                    msg.mic,
+                    msg.encrypted_random_session_key,
+                ):
                     if value:
                         assert value.hex() not in log_text.lower()
                         assert base64.b64encode(value).decode()[:12] not in log_text
@@ -133,15 +138,17 @@ def test_low_one_line_per_leg(gateway, asp, caplog):
     assert len(lines) == 3  # NEGOTIATE in, CHALLENGE out, AUTHENTICATE in
     assert lines[0].endswith('from client: scheme=NTLM message="NTLM NEGOTIATE"')
     assert lines[1].endswith('from gateway: scheme=NTLM message="NTLM CHALLENGE"')
-    assert re.search(r'from client: scheme=NTLM message="NTLM AUTHENTICATE" user=alice domain=LAB workstation=\S+$',
-                     lines[2])
+    assert re.search(
+        r'from client: scheme=NTLM message="NTLM AUTHENTICATE" user=alice domain=LAB workstation=\S+$', lines[2]
+    )
     ntlm_lines = lines
     caplog.clear()
     basic_sign_ins(g, asp)
     lines = traces(caplog)
     assert [line.split(": ", 1)[1] for line in lines] == [
         f'client 127.0.0.1, from client: scheme=Basic message="Basic credentials" user=alice '
-        f'password="<{n} characters>"' for n in (len(asp), len(WRONG))
+        f'password="<{n} characters>"'
+        for n in (len(asp), len(WRONG))
     ]
     assert_no_secrets("\n".join(ntlm_lines + lines), asp, sent)
 
@@ -170,7 +177,7 @@ def test_undecodable_header_is_one_line(gateway, asp, caplog):
     g = gateway("low")
     with httpx.Client(verify=g.ssl_context()) as c:
         c.get(f"{g.url}/ucwa/x", headers={"Authorization": "NTLM TlRMTVNTUAAJAAAA"})
-        c.get(f"{g.url}/ucwa/x", headers={"Authorization": "Digest username=\"alice\""})
+        c.get(f"{g.url}/ucwa/x", headers={"Authorization": 'Digest username="alice"'})
     lines = traces(caplog)
     assert lines[0].endswith("undecodable (unexpected-message: unknown NTLM message type 9)")
     assert "undecodable (unsupported-scheme" in lines[1]

@@ -41,12 +41,15 @@ def env(tmp_path, loop_thread, tls_files, upstream, store_url):
 
         upgrade(store_url)  # `ucgate db upgrade`: PostgreSQL does not migrate itself
     ids = open_services(
-        store_url=store_url, key_file=tmp_path / "keys" / "k",
-        audit_file=None, lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900),
+        store_url=store_url,
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900),
         two_factor=TwoFactorSettings("otp-appended", (), 24.0),
     )
-    auth = PreAuthenticator(ids.credentials, PreAuthSettings(netbios_domain=DOMAIN, failure_floor=0.05),
-                            device_id_of=_device_id)
+    auth = PreAuthenticator(
+        ids.credentials, PreAuthSettings(netbios_domain=DOMAIN, failure_floor=0.05), device_id_of=_device_id
+    )
     gw = start_gateway(loop_thread, *tls_files, upstream.port, authenticator=auth)
     otp = OtpService(ids.components.repo, ids.components.keyring, users=ids.users)
     yield ids, gw, otp
@@ -113,9 +116,24 @@ def test_basic_with_curl(env):
     ids, gw, otp = env
     t = _fresh_step()
     asp, secret = enrol(ids, otp, "carol")
-    out = subprocess.run(["curl", "-sS", "-u", f"carol:{asp}{code(secret, t)}", "--cacert", str(gw.cert),
-                          "-o", "/dev/null", "-w", "%{http_code}", f"https://localhost:{gw.port}/ucwa/x"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-u",
+            f"carol:{asp}{code(secret, t)}",
+            "--cacert",
+            str(gw.cert),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"https://localhost:{gw.port}/ucwa/x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.stdout == "200", out.stderr
 
 
@@ -171,6 +189,7 @@ def test_device_trust_keeps_saved_password_working_on_that_device_only(env):
 
 
 # --- issue 13 -----------------------------------------------------------------------------------
+
 
 def enrol_with_codes(ids, otp, name) -> tuple[str, bytes, list[str]]:
     ids.users.add(name)

@@ -40,8 +40,9 @@ def connection(loop) -> UpstreamConnection:
 
 def pool(port: int = 1, **kw) -> UpstreamPool:
     # what the pool reads of the configuration's Upstream and Timeouts
-    up = SimpleNamespace(name="frontend", host="127.0.0.1", port=port, scheme="http", verify=True,
-                         ca_bundle=None, server_name=None)
+    up = SimpleNamespace(
+        name="frontend", host="127.0.0.1", port=port, scheme="http", verify=True, ca_bundle=None, server_name=None
+    )
     timeouts = SimpleNamespace(upstream_connect=5.0)
     return UpstreamPool(up, timeouts, limit=kw.pop("limit", 2), **kw)  # type: ignore[arg-type]
 
@@ -61,6 +62,7 @@ def test_idle_limit_and_lifo():
         got = p.take_idle()
         assert got is b
         assert p.take_idle() is a and p.take_idle() is None
+
     run(main())
 
 
@@ -76,6 +78,7 @@ def test_not_reusable_or_closed_is_not_kept():
         p.release(b)
         b.stream.eof_received()  # the upstream closed it while idle
         assert p.take_idle() is None and b.stream.is_closing()
+
     run(main())
 
 
@@ -97,6 +100,7 @@ def test_keepalive_expiry():
         p.release(connection(loop))
         p.close()
         assert p._sweeper is None
+
     run(main())
 
 
@@ -117,6 +121,7 @@ def test_lease_returns_or_closes():
         async with p.connection(b) as up:
             up.reusable = False  # the response was not keep-alive
         assert b.stream.is_closing() and p.take_idle() is None
+
     run(main())
 
 
@@ -136,6 +141,7 @@ def test_lease_connects_and_reports_failure():
             async with p.connection():
                 pass
         assert e.value.reason == "upstream-pool-closed"
+
     run(main())
 
 
@@ -151,6 +157,7 @@ def test_close_closes_idle_and_user_pools_and_what_comes_back():
         assert a.stream.is_closing() and b.stream.is_closing() and not p.user_pools
         p.release(c)  # handed out before the close, given back after
         assert c.stream.is_closing()
+
     run(main())
 
 
@@ -169,4 +176,5 @@ def test_user_pools_lru_and_idle(monkeypatch):
         now[0] += upstream_mod.USER_POOL_IDLE_SECONDS
         monkeypatch.setattr(upstream_mod, "USER_POOLS_MAX", 10)
         assert p.for_user("carol") is not bob and list(p.user_pools) == ["carol"]  # bob idle: closed
+
     run(main())

@@ -15,8 +15,9 @@ from ucgate.store import migrate
 
 @pytest.fixture
 def settings(store_url, tmp_path):
-    return SimpleNamespace(store_url=store_url, key_file=tmp_path / "keys" / "ucgate.key",
-                           audit_file=tmp_path / "audit.jsonl")
+    return SimpleNamespace(
+        store_url=store_url, key_file=tmp_path / "keys" / "ucgate.key", audit_file=tmp_path / "audit.jsonl"
+    )
 
 
 @pytest.fixture
@@ -34,6 +35,7 @@ def cli(settings, capsys):
             code = e.code
         out = capsys.readouterr()
         return code, out.out, out.err
+
     return run
 
 
@@ -110,11 +112,13 @@ def test_key_rotate(cli, db, settings):
 
 
 def test_key_next_to_database_refused(tmp_path, capsys):
-    settings = SimpleNamespace(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                               key_file=tmp_path / "data" / "ucgate.key", audit_file=None)
+    settings = SimpleNamespace(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "data" / "ucgate.key",
+        audit_file=None,
+    )
     parser = argparse.ArgumentParser(prog="ucgate")
-    register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False),
-             load_settings=lambda args: settings)
+    register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False), load_settings=lambda args: settings)
     for argv in (["user", "add", "alice"], ["asp", "create", "alice", "-l", "x"]):
         args = parser.parse_args(argv)
         code = args.func(args)

@@ -45,6 +45,7 @@ def counter_rand():
         while len(out) < k:
             out += hashlib.sha256(b"%d" % next(n)).digest()
         return out[:k]
+
     return rand
 
 
@@ -226,6 +227,8 @@ def test_nt_hash_candidates_cost(svc, capsys):
             [aspmod.nt_hash(x) for x in aspmod.spellings(s)]
     crypto = (time.perf_counter() - t) / n
     with capsys.disabled():
-        print(f"\n  nt_hash_candidates, 5 ASPs [{svc.repo.engine.dialect.name}]: "
-              f"{per_call * 1e3:.2f} ms per call (decrypt + 20 MD4: {crypto * 1e6:.0f} µs)")
+        print(
+            f"\n  nt_hash_candidates, 5 ASPs [{svc.repo.engine.dialect.name}]: "
+            f"{per_call * 1e3:.2f} ms per call (decrypt + 20 MD4: {crypto * 1e6:.0f} µs)"
+        )
     assert per_call < 0.25

@@ -22,8 +22,12 @@ def ids(tmp_path, store_url):
     from ucgate.store import open_repository
 
     open_repository(store_url).close()
-    s = open_services(store_url=store_url, key_file=tmp_path / "keys" / "k", audit_file=None,
-                      lockout=LockoutConfig(user_failures=3, ip_failures=50, window=900))
+    s = open_services(
+        store_url=store_url,
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=3, ip_failures=50, window=900),
+    )
     yield s
     s.close()
 
@@ -36,8 +40,7 @@ def test_failures_charge_then_the_right_asp_is_throttled_unchecked(ids, monkeypa
     ids.users.add("erin")
     _, asp = ids.asps.create("erin", "phone")
     c = ids.credentials
-    assert [c.verify_password_sync("erin", "wrong-wrong-wrong", CTX).reason for _ in range(3)] == \
-        ["wrong-password"] * 3
+    assert [c.verify_password_sync("erin", "wrong-wrong-wrong", CTX).reason for _ in range(3)] == ["wrong-password"] * 3
     checked = []
     real = c._check_password
     monkeypatch.setattr(c, "_check_password", lambda *a: checked.append(1) or real(*a))
@@ -56,8 +59,9 @@ def test_a_success_resets_the_account_and_is_audited_with_the_asp(ids):
     v = c.verify_password_sync("fred", asp, CTX)
     assert v.ok and v.credential_id == asp_id
     # reset: three more failures fit again before the budget refuses
-    assert [c.verify_password_sync("fred", "nope", CTX).reason for _ in range(4)] == \
-        ["wrong-password"] * 3 + ["throttled"]
+    assert [c.verify_password_sync("fred", "nope", CTX).reason for _ in range(4)] == ["wrong-password"] * 3 + [
+        "throttled"
+    ]
     ev = ids.audit.tail(5)[0]
     assert (ev.result, ev.reason, ev.details["credential"]) == ("allow", "ok", asp_id)
     ids.audit.writer.flush()
@@ -66,8 +70,9 @@ def test_a_success_resets_the_account_and_is_audited_with_the_asp(ids):
 
 def test_unknown_user_is_charged_by_its_name(ids):
     c = ids.credentials
-    assert [c.verify_password_sync("BENCH\\nobody", "x", CTX).reason for _ in range(4)] == \
-        ["unknown-user"] * 3 + ["throttled"]
+    assert [c.verify_password_sync("BENCH\\nobody", "x", CTX).reason for _ in range(4)] == ["unknown-user"] * 3 + [
+        "throttled"
+    ]
     assert c.verify_password_sync("nobody", "x", CTX).reason == "throttled"  # the same budget
 
 
@@ -102,17 +107,33 @@ def _ntlm(user: str, password: str):
     from ucgate.protocols import ntlm as P
 
     cbd = b"tls-server-end-point:" + b"\x07" * 32  # a stand-in, the same on both sides
-    cli = spnego.client(f"BENCH\\{user}", password, protocol="ntlm",
-                        channel_bindings=cb.GssChannelBindings(application_data=cbd))
-    acc = P.NtlmAcceptor(server_challenge=os.urandom(8), now=P.filetime(time.time()), netbios_domain="BENCH",
-                         netbios_computer="GW", dns_domain="bench.test", dns_computer="gw.bench.test",
-                         channel_binding_data=cbd, extended_protection="require", max_clock_skew=300)
+    cli = spnego.client(
+        f"BENCH\\{user}", password, protocol="ntlm", channel_bindings=cb.GssChannelBindings(application_data=cbd)
+    )
+    acc = P.NtlmAcceptor(
+        server_challenge=os.urandom(8),
+        now=P.filetime(time.time()),
+        netbios_domain="BENCH",
+        netbios_computer="GW",
+        dns_domain="bench.test",
+        dns_computer="gw.bench.test",
+        channel_binding_data=cbd,
+        extended_protection="require",
+        max_clock_skew=300,
+    )
     t3 = cli.step(acc.challenge(cli.step()))
     acc.identify(t3)
     n, ch, au = acc.messages()
-    return NtlmHandshake(negotiate=n, challenge=ch, authenticate=au, server_challenge=acc.server_challenge,
-                         challenge_time=acc.challenge_time, channel_binding_data=cbd,
-                         extended_protection="require", max_clock_skew=300)
+    return NtlmHandshake(
+        negotiate=n,
+        challenge=ch,
+        authenticate=au,
+        server_challenge=acc.server_challenge,
+        challenge_time=acc.challenge_time,
+        channel_binding_data=cbd,
+        extended_protection="require",
+        max_clock_skew=300,
+    )
 
 
 def test_ntlm_outcomes_in_one_transaction(ids):
@@ -122,10 +143,13 @@ def test_ntlm_outcomes_in_one_transaction(ids):
     ctx = AttemptContext("192.0.2.21", "ntlm", "ucwa")
     ok = c.verify_ntlm_sync(_ntlm("hana", asp), ctx)
     assert ok.verdict.ok and ok.verdict.credential_id == asp_id and ok.result is not None
-    assert [c.verify_ntlm_sync(_ntlm("hana", "wrong-asp"), ctx).verdict.reason for _ in range(4)] == \
-        ["wrong-password"] * 3 + ["throttled"]
+    assert [c.verify_ntlm_sync(_ntlm("hana", "wrong-asp"), ctx).verdict.reason for _ in range(4)] == [
+        "wrong-password"
+    ] * 3 + ["throttled"]
     assert c.verify_ntlm_sync(_ntlm("hana", asp), ctx).verdict.reason == "throttled"
-    assert [c.verify_ntlm_sync(_ntlm("nobody", "x"), ctx).verdict.reason for _ in range(4)] == \
-        ["unknown-user"] * 3 + ["throttled"]
-    assert _reasons(ids, 10) == ["ok"] + ["wrong-password"] * 3 + ["throttled"] * 2 + \
-        ["unknown-user"] * 3 + ["throttled"]
+    assert [c.verify_ntlm_sync(_ntlm("nobody", "x"), ctx).verdict.reason for _ in range(4)] == ["unknown-user"] * 3 + [
+        "throttled"
+    ]
+    assert _reasons(ids, 10) == ["ok"] + ["wrong-password"] * 3 + ["throttled"] * 2 + ["unknown-user"] * 3 + [
+        "throttled"
+    ]

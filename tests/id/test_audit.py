@@ -34,9 +34,18 @@ def lines(path):
 
 
 def test_record_goes_to_table_and_file(log, tmp_path):
-    ev = log.record("signin", actor="gateway", user="alice", device="DEV1", service="eas",
-                    client_address="192.0.2.1", result="deny", reason="wrong-password",
-                    method="basic", attempt=3)
+    ev = log.record(
+        "signin",
+        actor="gateway",
+        user="alice",
+        device="DEV1",
+        service="eas",
+        client_address="192.0.2.1",
+        result="deny",
+        reason="wrong-password",
+        method="basic",
+        attempt=3,
+    )
     assert ev.id is not None
     [stored] = log.tail(5)
     assert stored == ev
@@ -48,38 +57,98 @@ def test_record_goes_to_table_and_file(log, tmp_path):
 
 
 def test_secrets_are_stripped(log, tmp_path):
-    ev = log.record("signin", actor="gateway", result="ok", user="alice",
-                    password="hunter2", asp="abcd-efgh-jkmn-pqrs", nt_hash="00ff", authorization="Basic x",
-                    cookie="c", nested={"Set-Cookie": "x", "ok": 1, "ticket": "t"},
-                    typed="abcdefghjkmnpqrs", header="Negotiate TlRMTVNTUAADAAAA",
-                    asp_id="3f9a", key_id=2, token_type="Bearer")
+    ev = log.record(
+        "signin",
+        actor="gateway",
+        result="ok",
+        user="alice",
+        password="hunter2",
+        asp="abcd-efgh-jkmn-pqrs",
+        nt_hash="00ff",
+        authorization="Basic x",
+        cookie="c",
+        nested={"Set-Cookie": "x", "ok": 1, "ticket": "t"},
+        typed="abcdefghjkmnpqrs",
+        header="Negotiate TlRMTVNTUAADAAAA",
+        asp_id="3f9a",
+        key_id=2,
+        token_type="Bearer",
+    )
     text = (tmp_path / "log" / "audit.jsonl").read_text()
     for secret in ("hunter2", "abcd-efgh", "00ff", "Basic x", "abcdefghjkmnpqrs", "TlRMTVNT"):
         assert secret not in text and secret not in json.dumps(ev.details)
     d = ev.details
     assert d["asp_id"] == "3f9a" and d["key_id"] == 2 and d["token_type"] == "Bearer"
     assert d["nested"] == {"ok": 1}
-    assert set(d["redacted"]) >= {"password", "asp", "nt_hash", "authorization", "cookie",
-                                  "nested.Set-Cookie", "nested.ticket", "typed", "header"}
+    assert set(d["redacted"]) >= {
+        "password",
+        "asp",
+        "nt_hash",
+        "authorization",
+        "cookie",
+        "nested.Set-Cookie",
+        "nested.ticket",
+        "typed",
+        "header",
+    }
 
 
-@pytest.mark.parametrize("key", ["password", "Password", "newPassword", "asp", "nt_hash", "hash",
-                                 "X-Auth-Token", "access_token", "ticket", "Authorization",
-                                 "cookie", "client_secret", "key", "api_key", "hashes"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "password",
+        "Password",
+        "newPassword",
+        "asp",
+        "nt_hash",
+        "hash",
+        "X-Auth-Token",
+        "access_token",
+        "ticket",
+        "Authorization",
+        "cookie",
+        "client_secret",
+        "key",
+        "api_key",
+        "hashes",
+    ],
+)
 def test_secret_keys(key):
     assert is_secret_key(key)
 
 
-@pytest.mark.parametrize("key", ["user", "device_id", "asp_id", "key_id", "token_type", "label",
-                                 "method", "service", "reason", "attempt", "credential", "user_agent"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "user",
+        "device_id",
+        "asp_id",
+        "key_id",
+        "token_type",
+        "label",
+        "method",
+        "service",
+        "reason",
+        "attempt",
+        "credential",
+        "user_agent",
+    ],
+)
 def test_non_secret_keys(key):
     assert not is_secret_key(key)
 
 
 def test_asp_typed_as_user_name_is_redacted_but_device_ids_are_kept(log):
-    ev = log.record("signin", actor="gateway", result="deny", user="ABCD-EFGH-JKMN-PQRS",
-                    device="3F9A2B7C8D4E5F6A7B8C9D2E3F4A5B6C", ua="Outlook-iOS/2.0",
-                    other="aaaabbbbccccdddd", inside="ids 2345abcdefgh6789xyz ok")
+    ev = log.record(
+        "signin",
+        actor="gateway",
+        result="deny",
+        user="ABCD-EFGH-JKMN-PQRS",
+        device="3F9A2B7C8D4E5F6A7B8C9D2E3F4A5B6C",
+        ua="Outlook-iOS/2.0",
+        other="aaaabbbbccccdddd",
+        inside="ids 2345abcdefgh6789xyz ok",
+    )
     assert ev.username == "[redacted]"
     assert ev.device == "3F9A2B7C8D4E5F6A7B8C9D2E3F4A5B6C"
     assert ev.details["ua"] == "Outlook-iOS/2.0" and ev.details["other"] == "[redacted]"

@@ -61,9 +61,18 @@ def fast_backoff(monkeypatch):
 
 
 def sign_in(audit: AuditLog, n: int = 0):
-    return audit.record("sign-in", actor="alice", user="alice", device="appldev1", service="eas",
-                        client_address="192.0.2.7", result="deny" if n % 2 else "allow",
-                        reason="wrong-password" if n % 2 else "ok", method="basic", attempt=n)
+    return audit.record(
+        "sign-in",
+        actor="alice",
+        user="alice",
+        device="appldev1",
+        service="eas",
+        client_address="192.0.2.7",
+        result="deny" if n % 2 else "allow",
+        reason="wrong-password" if n % 2 else "ok",
+        method="basic",
+        attempt=n,
+    )
 
 
 # --- the schema -------------------------------------------------------------------------------
@@ -78,22 +87,44 @@ def test_every_event_carries_the_schema_version_and_the_schema_names_every_field
 
 
 def test_the_suite_hook_refuses_events_that_break_the_schema(audit_schema_hook):
-    good = {"schema_version": 1, "id": 3, "at": "2025-03-01T09:00:00+00:00", "actor": "cli:root",
-            "action": "device.block", "user": "alice", "device": None, "service": None,
-            "client_address": None, "result": "ok", "reason": None, "details": {}}
+    good = {
+        "schema_version": 1,
+        "id": 3,
+        "at": "2025-03-01T09:00:00+00:00",
+        "actor": "cli:root",
+        "action": "device.block",
+        "user": "alice",
+        "device": None,
+        "service": None,
+        "client_address": None,
+        "result": "ok",
+        "reason": None,
+        "details": {},
+    }
     assert problems(good) == []
     assert audit_schema_hook.checked > 0  # the suite's events went through the hook
-    for change, where in (({"schema_version": 2}, "schema_version"), ({"at": "yesterday"}, "at"),
-                          ({"action": "Sign In"}, "action"), ({"id": None}, "id"),
-                          ({"surprise": 1}, "<event>"), ({"details": []}, "details")):
+    for change, where in (
+        ({"schema_version": 2}, "schema_version"),
+        ({"at": "yesterday"}, "at"),
+        ({"action": "Sign In"}, "action"),
+        ({"id": None}, "id"),
+        ({"surprise": 1}, "<event>"),
+        ({"details": []}, "details"),
+    ):
         found = problems({**good, **change})
         assert found and found[0].startswith(where), (change, found)
 
 
 # --- the message --------------------------------------------------------------------------------
 def test_rfc5424_message_and_octet_counting_frame():
-    ev = {"schema_version": 1, "id": 9, "at": "2025-03-01T09:00:01.5+00:00", "action": "sign-in",
-          "result": "deny", "user": "zoë"}
+    ev = {
+        "schema_version": 1,
+        "id": 9,
+        "at": "2025-03-01T09:00:01.5+00:00",
+        "action": "sign-in",
+        "result": "deny",
+        "user": "zoë",
+    }
     msg = format_message(ev, facility=10, hostname="gw 1", app_name="ucgate", procid=42)
     header, _, body = msg.partition(b" {")
     # authpriv (10) * 8 + warning (4); time in UTC with microseconds; spaces cut from HOSTNAME
@@ -102,18 +133,22 @@ def test_rfc5424_message_and_octet_counting_frame():
     assert frame(msg) == str(len(msg)).encode() + b" " + msg  # octets, not characters (the ë)
     ok = format_message({**ev, "result": "ok"}, facility=4, hostname="h", app_name="a", procid=1)
     assert ok.startswith(b"<38>1 ")  # auth (4) * 8 + info (6)
-    q = format_message({**ev, "result": "quarantine", "action": "x" * 40, "at": None},
-                       facility=4, hostname="", app_name="a", procid=1)
+    q = format_message(
+        {**ev, "result": "quarantine", "action": "x" * 40, "at": None}, facility=4, hostname="", app_name="a", procid=1
+    )
     assert q.startswith(b"<37>1 - - a 1 " + b"x" * 32 + b" - {")  # NILVALUEs; MSGID is 32 at most
 
 
 # --- into rsyslog -------------------------------------------------------------------------------
 def _ids_with(tmp_path, cfg: SyslogConfig):
     (tmp_path / "keys").mkdir(mode=0o700, exist_ok=True)
-    ids = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                        key_file=tmp_path / "keys" / "ucgate.key", audit_file=tmp_path / "data" / "audit.jsonl",
-                        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900),
-                        audit_syslog=cfg)
+    ids = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=tmp_path / "data" / "audit.jsonl",
+        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900),
+        audit_syslog=cfg,
+    )
     ids.users.add("alice", upn="alice@contoso.com")
     return ids
 
@@ -134,8 +169,13 @@ def test_a_sign_in_reaches_rsyslog_over_plain_tcp_as_the_jsonl_line(rsyslog, tmp
     assert events == lines[-2:]  # the same objects as the JSON-lines file, in order
     for m, ev in zip(got, events, strict=True):
         assert problems(ev) == []
-        assert (m["protocol"], m["hostname"], m["app_name"], m["msgid"], m["structured_data"]) == \
-               ("1", "gw1", "ucgate", "sign-in", "-")
+        assert (m["protocol"], m["hostname"], m["app_name"], m["msgid"], m["structured_data"]) == (
+            "1",
+            "gw1",
+            "ucgate",
+            "sign-in",
+            "-",
+        )
         assert m["timestamp"].startswith(ev["at"][:19])
     assert [e["result"] for e in events] == ["allow", "deny"]
     assert [m["pri"] for m in got] == ["86", "84"]  # authpriv.info, authpriv.warning
@@ -143,8 +183,7 @@ def test_a_sign_in_reaches_rsyslog_over_plain_tcp_as_the_jsonl_line(rsyslog, tmp
 
 @pytest.mark.parametrize("authmode", ["anon", "x509/certvalid"], ids=["server-auth", "mutual-tls"])
 def test_events_reach_rsyslog_over_tls(rsyslog, certs, repo, authmode):
-    lab = rsyslog(tls=True, authmode=authmode, ca=certs["ca"][0], cert=certs["server"][0],
-                  key=certs["server"][1])
+    lab = rsyslog(tls=True, authmode=authmode, ca=certs["ca"][0], cert=certs["server"][0], key=certs["server"][1])
     client = {} if authmode == "anon" else {"cert_file": certs["client"][0], "key_file": certs["client"][1]}
     sink = SyslogSink(SyslogConfig(host="127.0.0.1", port=lab.port, ca_file=certs["ca"][0], **client))
     a = AuditLog(repo, None, syslog=sink)
@@ -157,8 +196,7 @@ def test_events_reach_rsyslog_over_tls(rsyslog, certs, repo, authmode):
 
 def test_a_receiver_with_a_certificate_from_another_ca_gets_nothing(rsyslog, certs, repo, fast_backoff, caplog):
     lab = rsyslog(tls=True, ca=certs["ca"][0], cert=certs["server"][0], key=certs["server"][1])
-    sink = SyslogSink(SyslogConfig(host="127.0.0.1", port=lab.port, ca_file=certs["other-ca"][0],
-                                   queue_size=2))
+    sink = SyslogSink(SyslogConfig(host="127.0.0.1", port=lab.port, ca_file=certs["other-ca"][0], queue_size=2))
     a = AuditLog(repo, None, syslog=sink)
     with caplog.at_level(logging.WARNING, "ucgate.audit.syslog"):
         for i in range(6):
@@ -171,7 +209,8 @@ def test_a_receiver_with_a_certificate_from_another_ca_gets_nothing(rsyslog, cer
 
 
 def test_receiver_away_never_delays_a_sign_in_drops_are_counted_then_delivery_resumes(
-        rsyslog, repo, fast_backoff, caplog):
+    rsyslog, repo, fast_backoff, caplog
+):
     port = free_port()  # nothing listens yet
     sink = SyslogSink(SyslogConfig(host="127.0.0.1", port=port, tls=False, queue_size=3, timeout=2))
     a = AuditLog(repo, None, syslog=sink)
@@ -200,23 +239,28 @@ def test_receiver_away_never_delays_a_sign_in_drops_are_counted_then_delivery_re
 
 def test_audit_syslog_configuration(tmp_path, certs):
     base = {"gateway": {"plain_http": True}, "upstreams": {"frontend": {"url": "http://127.0.0.1:1"}}}
-    cfg = from_dict({**base, "audit": {"syslog": {"address": "siem.contoso.local:6514",
-                                                  "ca_file": str(certs["ca"][0])}}})
+    cfg = from_dict(
+        {**base, "audit": {"syslog": {"address": "siem.contoso.local:6514", "ca_file": str(certs["ca"][0])}}}
+    )
     s = cfg.audit.syslog
     assert (s.host, s.port, s.tls, s.facility, s.queue_size) == ("siem.contoso.local", 6514, True, "authpriv", 10000)
     assert cfg.audit_syslog is s
     assert from_dict(base).audit.syslog is None
     v6 = from_dict({**base, "audit": {"syslog": {"address": "[2001:db8::5]:601", "tls": False}}})
     assert (v6.audit.syslog.host, v6.audit.syslog.port) == ("2001:db8::5", 601)
-    for bad, key in (({"tls": False}, "audit.syslog.address"),
-                     ({"address": "siem"}, "audit.syslog.address"),
-                     ({"address": "siem:6514", "facility": "nope"}, "audit.syslog.facility"),
-                     ({"address": "siem:6514", "tls": False, "ca_file": str(certs["ca"][0])}, "audit.syslog.tls"),
-                     ({"address": "siem:6514", "ca_file": str(tmp_path / "none.pem")}, "audit.syslog.ca_file"),
-                     ({"address": "siem:6514", "cert_file": str(certs["client"][0]),
-                       "key_file": str(certs["server"][1])}, "audit.syslog.cert_file"),
-                     ({"address": "siem:6514", "queue_size": 0}, "audit.syslog.queue_size"),
-                     ({"address": "siem:6514", "port": 1}, "audit.syslog.port")):
+    for bad, key in (
+        ({"tls": False}, "audit.syslog.address"),
+        ({"address": "siem"}, "audit.syslog.address"),
+        ({"address": "siem:6514", "facility": "nope"}, "audit.syslog.facility"),
+        ({"address": "siem:6514", "tls": False, "ca_file": str(certs["ca"][0])}, "audit.syslog.tls"),
+        ({"address": "siem:6514", "ca_file": str(tmp_path / "none.pem")}, "audit.syslog.ca_file"),
+        (
+            {"address": "siem:6514", "cert_file": str(certs["client"][0]), "key_file": str(certs["server"][1])},
+            "audit.syslog.cert_file",
+        ),
+        ({"address": "siem:6514", "queue_size": 0}, "audit.syslog.queue_size"),
+        ({"address": "siem:6514", "port": 1}, "audit.syslog.port"),
+    ):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             from_dict({**base, "audit": {"syslog": {**bad}}})
     with pytest.raises(ConfigError, match=r"audit\.nope"):
@@ -231,8 +275,9 @@ def test_close_does_not_wait_for_a_receiver_that_never_answers(repo, certs):
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # accepts (the kernel does), never answers the TLS ClientHello
     try:
-        sink = SyslogSink(SyslogConfig(host="127.0.0.1", port=silent.getsockname()[1], ca_file=certs["ca"][0],
-                                       timeout=30))
+        sink = SyslogSink(
+            SyslogConfig(host="127.0.0.1", port=silent.getsockname()[1], ca_file=certs["ca"][0], timeout=30)
+        )
         a = AuditLog(repo, None, syslog=sink)
         for i in range(3):
             sign_in(a, i)

@@ -27,8 +27,12 @@ def node(tmp_path, store_url):
     from ucgate.store import open_repository
 
     open_repository(store_url).close()
-    ids = open_services(store_url=store_url, key_file=tmp_path / "keys" / "k", audit_file=None,
-                        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900))
+    ids = open_services(
+        store_url=store_url,
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900),
+    )
     follower = EventFollower(ids.bus, ids.bus.outbox, fallback_poll=1.0)
     follower.start()
     assert follower.caught_up.wait(5)
@@ -48,8 +52,9 @@ def _other_process(store_url: str, key: str, code: str) -> str:
         {code}
         ids.close()
     """)
-    return subprocess.run([sys.executable, "-c", prog, store_url, key], check=True, capture_output=True,
-                          text=True, timeout=60).stdout
+    return subprocess.run(
+        [sys.executable, "-c", prog, store_url, key], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
 
 
 def test_cache_serves_successes_and_local_revoke_drops_it(node):
@@ -79,7 +84,6 @@ def test_an_asp_created_in_another_process_works_at_once(node, store_url, tmp_pa
     node.users.add("carol")
     _, first = node.asps.create("carol", "phone")
     assert node.credentials.verify_password_sync("carol", first, CTX).ok  # cached: one ASP
-    out = _other_process(store_url, str(tmp_path / "keys" / "k"),
-                         'print(ids.asps.create("carol", "tablet")[1])')
+    out = _other_process(store_url, str(tmp_path / "keys" / "k"), 'print(ids.asps.create("carol", "tablet")[1])')
     new = out.split()[-1]
     assert node.credentials.verify_password_sync("carol", new, CTX).ok

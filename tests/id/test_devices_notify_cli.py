@@ -14,9 +14,16 @@ from ucgate.id.notify import DeviceNotice, SmtpNotifier, WebhookNotifier
 
 from ..support import free_port
 
-NOTICE = DeviceNotice(event="device-quarantined", user="alice", device_id="appldev1",
-                      partnership_id=7, reason="new-device-quarantined", device_type="iPhone",
-                      user_agent="Apple-iPhone9C1/1402.100", client_address="203.0.113.9")
+NOTICE = DeviceNotice(
+    event="device-quarantined",
+    user="alice",
+    device_id="appldev1",
+    partnership_id=7,
+    reason="new-device-quarantined",
+    device_type="iPhone",
+    user_agent="Apple-iPhone9C1/1402.100",
+    client_address="203.0.113.9",
+)
 
 
 class Sink:
@@ -78,20 +85,23 @@ def test_device_cli(tmp_path, capsys):
 
     (tmp_path / "keys").mkdir(mode=0o700)
     cfg = tmp_path / "ucgate.toml"
-    cfg.write_text(f'[gateway]\nlisten="127.0.0.1:0"\nplain_http=true\n[upstreams.frontend]\n'
-                   f'url="http://127.0.0.1:1"\n[data]\ndir="{tmp_path / "data"}"\n'
-                   f'[store]\nkey_file="{tmp_path / "keys" / "k"}"\n')
+    cfg.write_text(
+        f'[gateway]\nlisten="127.0.0.1:0"\nplain_http=true\n[upstreams.frontend]\n'
+        f'url="http://127.0.0.1:1"\n[data]\ndir="{tmp_path / "data"}"\n'
+        f'[store]\nkey_file="{tmp_path / "keys" / "k"}"\n'
+    )
     repo = open_repository(f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}")
     t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-    p = PartnershipStore(repo.engine).create(username="alice", device_id="ApplDEV1", state="quarantined",
-                                             client_kind="eas", created_at=t0, last_seen=t0)
+    p = PartnershipStore(repo.engine).create(
+        username="alice", device_id="ApplDEV1", state="quarantined", client_kind="eas", created_at=t0, last_seen=t0
+    )
     repo.close()
     assert main(["device", "list", "-c", str(cfg)]) == 0
     assert "appldev1" in capsys.readouterr().out
     assert main(["device", "approve", str(p.id), "-c", str(cfg)]) == 0
     assert main(["device", "list", "--state", "allowed", "--json", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert json.loads(out[out.index("["):])[0]["approved_by"].startswith("cli:")
+    assert json.loads(out[out.index("[") :])[0]["approved_by"].startswith("cli:")
     assert main(["device", "block", "999", "-c", str(cfg)]) == 1
     assert main(["device", "delete", str(p.id), "-c", str(cfg)]) == 0
     assert DeviceService  # imported for the service the CLI drives
@@ -103,13 +113,16 @@ def test_device_wipe_says_wipe(tmp_path, capsys):
 
     (tmp_path / "keys").mkdir(mode=0o700)
     cfg = tmp_path / "ucgate.toml"
-    cfg.write_text(f'[gateway]\nlisten="127.0.0.1:0"\nplain_http=true\n[upstreams.frontend]\n'
-                   f'url="http://127.0.0.1:1"\n[data]\ndir="{tmp_path / "data"}"\n'
-                   f'[store]\nkey_file="{tmp_path / "keys" / "k"}"\n')
+    cfg.write_text(
+        f'[gateway]\nlisten="127.0.0.1:0"\nplain_http=true\n[upstreams.frontend]\n'
+        f'url="http://127.0.0.1:1"\n[data]\ndir="{tmp_path / "data"}"\n'
+        f'[store]\nkey_file="{tmp_path / "keys" / "k"}"\n'
+    )
     repo = open_repository(f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}")
     t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-    p = PartnershipStore(repo.engine).create(username="alice", device_id="lost1", state="quarantined",
-                                             client_kind="eas", created_at=t0, last_seen=t0)
+    p = PartnershipStore(repo.engine).create(
+        username="alice", device_id="lost1", state="quarantined", client_kind="eas", created_at=t0, last_seen=t0
+    )
     repo.close()
     assert main(["device", "wipe", str(p.id), "-c", str(cfg)]) == 0
     out = capsys.readouterr().out

@@ -34,32 +34,70 @@ UTC = dt.UTC
 
 # =========================================================================== pure
 
+
 class TestParseName:
-    @pytest.mark.parametrize("name, kind, value, domain", [
-        ("alice", NameKind.SAM, "alice", None),
-        ("  alice ", NameKind.SAM, "alice", None),
-        ("John Smith", NameKind.SAM, "John Smith", None),
-        ("LAB\\alice", NameKind.SAM, "alice", "LAB"),
-        ("lab.ucgate.test\\alice", NameKind.SAM, "alice", "lab.ucgate.test"),
-        ("alice@lab.ucgate.test", NameKind.UPN, "alice@lab.ucgate.test", None),
-        ("sip:alice@lab.ucgate.test", NameKind.SIP, "alice@lab.ucgate.test", None),
-        ("SIP:Alice@Lab.ucgate.test", NameKind.SIP, "Alice@Lab.ucgate.test", None),
-        ("jörg@lab.ucgate.test", NameKind.UPN, "jörg@lab.ucgate.test", None),
-        ("x)(|(a=*)@lab.ucgate.test", NameKind.UPN, "x)(|(a=*)@lab.ucgate.test", None),
-    ])
+    @pytest.mark.parametrize(
+        "name, kind, value, domain",
+        [
+            ("alice", NameKind.SAM, "alice", None),
+            ("  alice ", NameKind.SAM, "alice", None),
+            ("John Smith", NameKind.SAM, "John Smith", None),
+            ("LAB\\alice", NameKind.SAM, "alice", "LAB"),
+            ("lab.ucgate.test\\alice", NameKind.SAM, "alice", "lab.ucgate.test"),
+            ("alice@lab.ucgate.test", NameKind.UPN, "alice@lab.ucgate.test", None),
+            ("sip:alice@lab.ucgate.test", NameKind.SIP, "alice@lab.ucgate.test", None),
+            ("SIP:Alice@Lab.ucgate.test", NameKind.SIP, "Alice@Lab.ucgate.test", None),
+            ("jörg@lab.ucgate.test", NameKind.UPN, "jörg@lab.ucgate.test", None),
+            ("x)(|(a=*)@lab.ucgate.test", NameKind.UPN, "x)(|(a=*)@lab.ucgate.test", None),
+        ],
+    )
     def test_forms(self, name, kind, value, domain):
         assert parse_name(name) == NameQuery(kind, value, domain)
 
-    @pytest.mark.parametrize("name", [
-        "", "   ", None, 42, b"alice",
-        "ali\x00ce", "alice\x00", "\x00", "al\nice", "al\tice", "ali\rce", "al\x7fice",
-        "al\u2028ice", "al\ud800ice",
-        "*", "a*", "alice)(objectClass=*", "\\", "a\\", "\\a", "A\\b\\c",
-        "LAB\\*", "LAB\\a@b", "a@", "@b", "a@b@c",
-        "sip:", "sip:alice", "sip:@x", "sip:a@", "sip:a@b@c", "sip:a@b;transport=tls",
-        "sip:a@b?x=y", "alice.", "a,b", "a=b", "a+b",
-        "x" * (MAX_NAME_LENGTH + 1), "a" * 10_000 + "@x",
-    ])
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "",
+            "   ",
+            None,
+            42,
+            b"alice",
+            "ali\x00ce",
+            "alice\x00",
+            "\x00",
+            "al\nice",
+            "al\tice",
+            "ali\rce",
+            "al\x7fice",
+            "al\u2028ice",
+            "al\ud800ice",
+            "*",
+            "a*",
+            "alice)(objectClass=*",
+            "\\",
+            "a\\",
+            "\\a",
+            "A\\b\\c",
+            "LAB\\*",
+            "LAB\\a@b",
+            "a@",
+            "@b",
+            "a@b@c",
+            "sip:",
+            "sip:alice",
+            "sip:@x",
+            "sip:a@",
+            "sip:a@b@c",
+            "sip:a@b;transport=tls",
+            "sip:a@b?x=y",
+            "alice.",
+            "a,b",
+            "a=b",
+            "a+b",
+            "x" * (MAX_NAME_LENGTH + 1),
+            "a" * 10_000 + "@x",
+        ],
+    )
     def test_rejected(self, name):
         with pytest.raises(DirectoryError) as ei:
             parse_name(name)
@@ -87,22 +125,24 @@ class TestEscaping:
         assert not set(out) & set("*()\x00")
         assert re.fullmatch(r"(?:[^\\]|\\[0-9a-f]{2})*", out, re.S)
 
-    @pytest.mark.parametrize("name, expected", [
-        ("x)(|(a=*)@lab.ucgate.test",
-         r"(&(sAMAccountType=805306368)(userPrincipalName=x\29\28|\28a=\2a\29@lab.ucgate.test))"),
-        ("*@lab.ucgate.test",
-         r"(&(sAMAccountType=805306368)(userPrincipalName=\2a@lab.ucgate.test))"),
-        ("alice", "(&(sAMAccountType=805306368)(sAMAccountName=alice))"),
-    ])
+    @pytest.mark.parametrize(
+        "name, expected",
+        [
+            (
+                "x)(|(a=*)@lab.ucgate.test",
+                r"(&(sAMAccountType=805306368)(userPrincipalName=x\29\28|\28a=\2a\29@lab.ucgate.test))",
+            ),
+            ("*@lab.ucgate.test", r"(&(sAMAccountType=805306368)(userPrincipalName=\2a@lab.ucgate.test))"),
+            ("alice", "(&(sAMAccountType=805306368)(sAMAccountName=alice))"),
+        ],
+    )
     def test_filters(self, name, expected):
         assert user_filters(parse_name(name)) == [expected]
 
     def test_parentheses_are_legal_but_escaped(self):
         # AD allows ( and ) in sAMAccountName: accepted, and escaped in the filter
-        assert user_filters(parse_name(")(")) == [
-            r"(&(sAMAccountType=805306368)(sAMAccountName=\29\28))"]
-        assert user_filters(parse_name("LAB\\a)(b")) == [
-            r"(&(sAMAccountType=805306368)(sAMAccountName=a\29\28b))"]
+        assert user_filters(parse_name(")(")) == [r"(&(sAMAccountType=805306368)(sAMAccountName=\29\28))"]
+        assert user_filters(parse_name("LAB\\a)(b")) == [r"(&(sAMAccountType=805306368)(sAMAccountName=a\29\28b))"]
 
     def test_sip_filter_order(self):
         fs = user_filters(parse_name("sip:a*b@x"))
@@ -113,8 +153,7 @@ class TestEscaping:
         ]
 
     def test_normalize_dn(self):
-        assert normalize_dn("CN=ucgate-users, CN=Users,DC=Lab") == normalize_dn(
-            "cn=UCGATE-USERS,cn=users,dc=lab")
+        assert normalize_dn("CN=ucgate-users, CN=Users,DC=Lab") == normalize_dn("cn=UCGATE-USERS,cn=users,dc=lab")
 
 
 class TestAccountStatePure:
@@ -128,19 +167,25 @@ class TestAccountStatePure:
         return state_from_attributes({k.lower(): [v] for k, v in attrs.items()}, self.NOW)
 
     def test_normal(self):
-        s = self.state(userAccountControl=b"512", accountExpires=b"9223372036854775807",
-                       pwdLastSet=self.ft(self.NOW - dt.timedelta(days=1)),
-                       **{"msDS-User-Account-Control-Computed": b"0"})
+        s = self.state(
+            userAccountControl=b"512",
+            accountExpires=b"9223372036854775807",
+            pwdLastSet=self.ft(self.NOW - dt.timedelta(days=1)),
+            **{"msDS-User-Account-Control-Computed": b"0"},
+        )
         assert s.blocked_reason() is None and not s.blocked
         assert s.password_last_set is not None and s.account_expires is None
 
-    @pytest.mark.parametrize("attrs, reason", [
-        ({"userAccountControl": b"514"}, "disabled"),
-        ({"msDS-User-Account-Control-Computed": b"16"}, "locked"),
-        ({"lockoutTime": b"133000000000000000"}, "locked"),  # no computed attribute
-        ({"pwdLastSet": b"0"}, "password-must-change"),
-        ({"msDS-User-Account-Control-Computed": b"8388608"}, "password-must-change"),
-    ])
+    @pytest.mark.parametrize(
+        "attrs, reason",
+        [
+            ({"userAccountControl": b"514"}, "disabled"),
+            ({"msDS-User-Account-Control-Computed": b"16"}, "locked"),
+            ({"lockoutTime": b"133000000000000000"}, "locked"),  # no computed attribute
+            ({"pwdLastSet": b"0"}, "password-must-change"),
+            ({"msDS-User-Account-Control-Computed": b"8388608"}, "password-must-change"),
+        ],
+    )
     def test_blocked(self, attrs, reason):
         assert self.state(**{"userAccountControl": b"512", **attrs}).blocked_reason() == reason
 
@@ -153,8 +198,7 @@ class TestAccountStatePure:
             assert self.state(accountExpires=never).expired is False
 
     def test_priority_and_deleted(self):
-        s = self.state(userAccountControl=b"514", pwdLastSet=b"0",
-                       **{"msDS-User-Account-Control-Computed": b"16"})
+        s = self.state(userAccountControl=b"514", pwdLastSet=b"0", **{"msDS-User-Account-Control-Computed": b"16"})
         assert s.blocked_reason() == "disabled"
         assert AccountState(exists=False).blocked_reason() == "deleted"
 
@@ -167,8 +211,7 @@ class TestAccountStatePure:
 def test_insecure_url_refused():
     with pytest.raises(ValueError):
         Directory(url="ldap://127.0.0.1", bind_dn="x", bind_password="y", base_dn="dc=x")
-    Directory(url="ldap://127.0.0.1", start_tls=True, bind_dn="x", bind_password="y",
-              base_dn="dc=x")
+    Directory(url="ldap://127.0.0.1", start_tls=True, bind_dn="x", bind_password="y", base_dn="dc=x")
 
 
 def test_silent_server_times_out():
@@ -191,8 +234,9 @@ def test_silent_server_times_out():
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     try:
-        d = Directory(url=f"ldaps://127.0.0.1:{srv.getsockname()[1]}", bind_dn="x",
-                      bind_password="y", base_dn="dc=x", timeout=1)
+        d = Directory(
+            url=f"ldaps://127.0.0.1:{srv.getsockname()[1]}", bind_dn="x", bind_password="y", base_dn="dc=x", timeout=1
+        )
         t0 = time.monotonic()
         with pytest.raises(DirectoryError) as ei:
             d.resolve("alice")
@@ -211,8 +255,7 @@ def test_refused_port_is_quick():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    d = Directory(url=f"ldaps://127.0.0.1:{port}", bind_dn="x", bind_password="y",
-                  base_dn="dc=x", timeout=2)
+    d = Directory(url=f"ldaps://127.0.0.1:{port}", bind_dn="x", bind_password="y", base_dn="dc=x", timeout=2)
     t0 = time.monotonic()
     with pytest.raises(DirectoryError) as ei:
         d.account_state("CN=x,DC=x")
@@ -221,6 +264,7 @@ def test_refused_port_is_quick():
 
 
 # =========================================================================== integration
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -231,9 +275,15 @@ class FakeClock:
 
 
 def make_directory(lab, **kw) -> Directory:
-    args = dict(url=lab.ldaps_url, bind_dn=lab.service_dn, bind_password=lab.service_password,
-                base_dn=lab.base_dn, ca_file=str(lab.ca_cert), netbios_domain=lab.netbios_domain,
-                timeout=2)
+    args = dict(
+        url=lab.ldaps_url,
+        bind_dn=lab.service_dn,
+        bind_password=lab.service_password,
+        base_dn=lab.base_dn,
+        ca_file=str(lab.ca_cert),
+        netbios_domain=lab.netbios_domain,
+        timeout=2,
+    )
     args.update(kw)
     return Directory(**args)
 
@@ -245,14 +295,20 @@ def directory(samba_lab):
     d.close()
 
 
-
-
 @pytest.mark.samba
 class TestResolve:
-    @pytest.mark.parametrize("name", [
-        "alice", "ALICE", "LAB\\alice", "lab\\Alice", "alice@lab.ucgate.test",
-        "sip:alice@lab.ucgate.test", "SIP:Alice@LAB.UCGATE.TEST",
-    ])
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "alice",
+            "ALICE",
+            "LAB\\alice",
+            "lab\\Alice",
+            "alice@lab.ucgate.test",
+            "sip:alice@lab.ucgate.test",
+            "SIP:Alice@LAB.UCGATE.TEST",
+        ],
+    )
     def test_alice_by_every_form(self, directory, samba_lab, name):
         u = directory.resolve(name)
         assert u is not None
@@ -278,13 +334,24 @@ class TestResolve:
         assert frank.sam_account_name == "frank"
         assert frank.sip_uri == "sip:frank@lab.ucgate.test"
 
-    @pytest.mark.parametrize("name", [
-        "nobody", "LAB\\nobody", "OTHER\\alice", "nobody@lab.ucgate.test",
-        "sip:nobody@lab.ucgate.test", "svc-ucgate@other.test",
-        # injection attempts: matched literally, never as wildcards
-        "*@lab.ucgate.test", "sip:*@lab.ucgate.test", "sip:*", "x)(|(sAMAccountName=*)@y",
-        "alice@lab.ucgate.test)(|(cn=*", "a\\2a@lab.ucgate.test",
-    ])
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "nobody",
+            "LAB\\nobody",
+            "OTHER\\alice",
+            "nobody@lab.ucgate.test",
+            "sip:nobody@lab.ucgate.test",
+            "svc-ucgate@other.test",
+            # injection attempts: matched literally, never as wildcards
+            "*@lab.ucgate.test",
+            "sip:*@lab.ucgate.test",
+            "sip:*",
+            "x)(|(sAMAccountName=*)@y",
+            "alice@lab.ucgate.test)(|(cn=*",
+            "a\\2a@lab.ucgate.test",
+        ],
+    )
     def test_unknown_or_injected(self, directory, name):
         try:
             assert directory.resolve(name) is None
@@ -517,8 +584,11 @@ def test_directory_down_then_back(samba_lab):
     alice = d.resolve("alice")  # the service connection is now open and reused
     samba_lab.stop()
     try:
-        for call in (lambda: d.account_state(alice), lambda: d.resolve("bob"),
-                     lambda: d.verify_password("bob", samba_lab.default_password)):
+        for call in (
+            lambda: d.account_state(alice),
+            lambda: d.resolve("bob"),
+            lambda: d.verify_password("bob", samba_lab.default_password),
+        ):
             t0 = time.monotonic()
             with pytest.raises(DirectoryError) as ei:
                 call()

@@ -50,7 +50,8 @@ def test_a_change_and_its_event_commit_together(repo):
     assert users.disable("alice", actor="cli:root")
     rows = bus.outbox.since(0)
     assert [(r.kind, r.username, r.reason, r.actor) for r in rows] == [
-        ("user-blocked", "alice", "user-disabled", "cli:root")]
+        ("user-blocked", "alice", "user-disabled", "cli:root")
+    ]
     assert got == [UserBlocked("alice", "user-disabled")]  # delivered at once in this process
     # a change that does not happen writes no event
     assert not users.disable("nobody")
@@ -145,10 +146,19 @@ def test_malformed_notify_payloads_are_ignored(postgres_url):
         repo.close()
 
 
-@pytest.mark.parametrize("data", ["", "{", "[]", '{"user": 5}', '{"user": ""}',
-                                  '{"user": "a", "signed_in_before": "yesterday"}',
-                                  '{"user": "a", "signed_in_before": "2026-01-01T00:00:00"}',
-                                  '{"user": "a", "device_id": 7}'])
+@pytest.mark.parametrize(
+    "data",
+    [
+        "",
+        "{",
+        "[]",
+        '{"user": 5}',
+        '{"user": ""}',
+        '{"user": "a", "signed_in_before": "yesterday"}',
+        '{"user": "a", "signed_in_before": "2026-01-01T00:00:00"}',
+        '{"user": "a", "device_id": 7}',
+    ],
+)
 def test_malformed_sse_data_is_refused(data):
     with pytest.raises(ValueError):
         from_wire("12", "user-blocked", data)
@@ -158,8 +168,7 @@ def test_wire_round_trip():
     from ucgate.store.outbox import EventRow
 
     when = dt.datetime(2026, 12, 2, 8, 0, tzinfo=dt.UTC)
-    row = EventRow(id=41, at=when, kind="user-blocked", username="erin", reason="signed-out",
-                   signed_in_before=when)
+    row = EventRow(id=41, at=when, kind="user-blocked", username="erin", reason="signed-out", signed_in_before=when)
     back = from_wire("41", "user-blocked", to_wire(row))
     assert event_of(back) == UserBlocked("erin", "signed-out", when)
     assert back.id == 41
@@ -193,8 +202,13 @@ def test_store_unreachable_is_503_store_unavailable_not_a_crash(tmp_path, caplog
             self.records.append(kw)
 
     audit = Audit()
-    svc = IdService(asps=None, users=Users(), budget=StoreBudget(engine, BudgetConfig()), audit=audit,
-                    store_name="postgresql+psycopg://postgres@127.0.0.1/test")
+    svc = IdService(
+        asps=None,
+        users=Users(),
+        budget=StoreBudget(engine, BudgetConfig()),
+        audit=audit,
+        store_name="postgresql+psycopg://postgres@127.0.0.1/test",
+    )
     v = svc.verify_password_sync("alice", "x", AttemptContext("192.0.2.1", "basic", "ucwa"))
     assert (v.ok, v.reason) == (False, "store-unavailable") and v.retry_after > 0
     assert audit.records[-1]["reason"] == "store-unavailable"

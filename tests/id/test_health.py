@@ -23,9 +23,12 @@ SECRET = b"s3cret-" + b"x" * 40
 def ids(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    s = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                      key_file=tmp_path / "keys" / "ucgate.key", audit_file=None,
-                      lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900))
+    s = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900),
+    )
     yield s
     s.close()
 

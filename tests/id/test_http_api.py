@@ -46,9 +46,16 @@ class IdServer:
         self.server = self.future = None
 
     def start(self) -> None:
-        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, ssl_certfile=str(self.cert),
-                             ssl_keyfile=str(self.key), log_level="warning", lifespan="off",
-                             timeout_graceful_shutdown=1)
+        cfg = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            ssl_certfile=str(self.cert),
+            ssl_keyfile=str(self.key),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
         self.server = uvicorn.Server(cfg)
         self.future = asyncio.run_coroutine_threadsafe(self.server.serve(), self.lt.loop)
         deadline = time.monotonic() + 10
@@ -137,6 +144,7 @@ def ctx(**kw):
 
 # --- sign-ins through a gateway that uses the remote id service ------------------------------
 
+
 def test_basic_through_remote_id_service(rgw, upstream, ids, asp):
     with httpx.Client(verify=rgw.gw.ssl_context()) as c:
         assert c.get(f"{rgw.gw.url}/ucwa/a", auth=("alice", asp)).status_code == 200
@@ -179,8 +187,15 @@ def test_negotiate_with_mech_list_mic_through_remote_id_service(rgw, upstream, a
     returned: pyspnego checks ours and completes."""
     import spnego
 
-    ctx_ = spnego.client("alice", asp, hostname="localhost", service="HTTP", protocol="negotiate",
-                         channel_bindings=_cbt(rgw.gw.cert), options=spnego.NegotiateOptions.use_ntlm)
+    ctx_ = spnego.client(
+        "alice",
+        asp,
+        hostname="localhost",
+        service="HTTP",
+        protocol="negotiate",
+        channel_bindings=_cbt(rgw.gw.cert),
+        options=spnego.NegotiateOptions.use_ntlm,
+    )
     conn = http.client.HTTPSConnection("localhost", rgw.gw.port, context=rgw.gw.ssl_context())
     token, status = ctx_.step(), None
     for _ in range(3):
@@ -199,6 +214,7 @@ def test_negotiate_with_mech_list_mic_through_remote_id_service(rgw, upstream, a
 
 
 # --- the API itself -----------------------------------------------------------------------------
+
 
 def test_wrong_or_missing_secret_is_401(idsrv, tls_files, asp):
     body = {"user": "alice", "password": asp, "context": ctx()}
@@ -226,31 +242,48 @@ def test_account_check(idsrv, tls_files, asp):
 
 
 def _ntlm_body(**overrides):
-    body = {"negotiate": "TlRMTVNTUAAB", "challenge": "AA==", "authenticate": "AA==",
-            "server_challenge": base64.b64encode(b"12345678").decode(), "challenge_time": 133_000_000_000_000_000,
-            "channel_binding": None, "extended_protection": "require", "context": ctx(method="ntlm")}
+    body = {
+        "negotiate": "TlRMTVNTUAAB",
+        "challenge": "AA==",
+        "authenticate": "AA==",
+        "server_challenge": base64.b64encode(b"12345678").decode(),
+        "challenge_time": 133_000_000_000_000_000,
+        "channel_binding": None,
+        "extended_protection": "require",
+        "context": ctx(method="ntlm"),
+    }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not ...}
 
 
-@pytest.mark.parametrize("path,body,field", [
-    ("/v1/auth/password", b"{not json", "body"),
-    ("/v1/auth/password", b"[1, 2]", "body"),
-    ("/v1/auth/password", {"password": "x", "context": ctx()}, "user"),
-    ("/v1/auth/password", {"user": "alice", "context": ctx()}, "password"),
-    ("/v1/auth/password", {"user": "alice", "password": "x"}, "context"),
-    ("/v1/auth/password", {"user": "alice", "password": "x", "context": ctx(client_ip="not-an-ip")}, "context.client_ip"),
-    ("/v1/auth/password", {"user": "alice", "password": "x", "context": {"client_ip": "192.0.2.1", "method": "basic"}},
-     "context.service"),
-    ("/v1/auth/password", {"user": "alice", "password": 5, "context": ctx()}, "password"),
-    ("/v1/auth/password", {"user": "a\x00b", "password": "x", "context": ctx()}, "user"),
-    ("/v1/auth/ntlm", _ntlm_body(negotiate=...), "negotiate"),
-    ("/v1/auth/ntlm", _ntlm_body(authenticate="!!!"), "authenticate"),
-    ("/v1/auth/ntlm", _ntlm_body(server_challenge="AAAA"), "server_challenge"),
-    ("/v1/auth/ntlm", _ntlm_body(challenge_time="soon"), "challenge_time"),
-    ("/v1/auth/ntlm", _ntlm_body(extended_protection="maybe"), "extended_protection"),
-    ("/v1/auth/ntlm", _ntlm_body(context=ctx(method="carrier-pigeon")), "context.method"),
-])
+@pytest.mark.parametrize(
+    "path,body,field",
+    [
+        ("/v1/auth/password", b"{not json", "body"),
+        ("/v1/auth/password", b"[1, 2]", "body"),
+        ("/v1/auth/password", {"password": "x", "context": ctx()}, "user"),
+        ("/v1/auth/password", {"user": "alice", "context": ctx()}, "password"),
+        ("/v1/auth/password", {"user": "alice", "password": "x"}, "context"),
+        (
+            "/v1/auth/password",
+            {"user": "alice", "password": "x", "context": ctx(client_ip="not-an-ip")},
+            "context.client_ip",
+        ),
+        (
+            "/v1/auth/password",
+            {"user": "alice", "password": "x", "context": {"client_ip": "192.0.2.1", "method": "basic"}},
+            "context.service",
+        ),
+        ("/v1/auth/password", {"user": "alice", "password": 5, "context": ctx()}, "password"),
+        ("/v1/auth/password", {"user": "a\x00b", "password": "x", "context": ctx()}, "user"),
+        ("/v1/auth/ntlm", _ntlm_body(negotiate=...), "negotiate"),
+        ("/v1/auth/ntlm", _ntlm_body(authenticate="!!!"), "authenticate"),
+        ("/v1/auth/ntlm", _ntlm_body(server_challenge="AAAA"), "server_challenge"),
+        ("/v1/auth/ntlm", _ntlm_body(challenge_time="soon"), "challenge_time"),
+        ("/v1/auth/ntlm", _ntlm_body(extended_protection="maybe"), "extended_protection"),
+        ("/v1/auth/ntlm", _ntlm_body(context=ctx(method="carrier-pigeon")), "context.method"),
+    ],
+)
 def test_malformed_calls_are_400_naming_the_field(idsrv, tls_files, path, body, field):
     with api(idsrv, tls_files) as c:
         if isinstance(body, bytes):
@@ -312,6 +345,7 @@ def test_secrets_are_not_logged(rgw, idsrv, asp, caplog):
 
 
 # --- failure, recovery and events -------------------------------------------------------------
+
 
 def test_id_service_down_fails_closed_fast_then_recovers(rgw, idsrv, asp):
     with httpx.Client(verify=rgw.gw.ssl_context(), timeout=10) as c:
@@ -380,8 +414,9 @@ def test_gateway_reports_live_sessions_for_the_account_monitor(loop_thread, tls_
     g = RemoteGateway(loop_thread, tls_files, upstream, idsrv, report_interval=0.2)
     try:
         conn = http.client.HTTPSConnection("localhost", g.gw.port, context=g.gw.ssl_context(), timeout=5)
-        conn.request("GET", "/ucwa/x", headers={
-            "Authorization": "Basic " + base64.b64encode(f"alice:{asp}".encode()).decode()})
+        conn.request(
+            "GET", "/ucwa/x", headers={"Authorization": "Basic " + base64.b64encode(f"alice:{asp}".encode()).decode()}
+        )
         assert conn.getresponse().status == 200
         deadline = time.monotonic() + 5
         while "alice" not in idsrv.app.state.sessions.live_users() and time.monotonic() < deadline:
@@ -393,6 +428,7 @@ def test_gateway_reports_live_sessions_for_the_account_monitor(loop_thread, tls_
 
 
 # --- configuration and wiring -------------------------------------------------------------------
+
 
 def _secret_file(tmp_path, mode=0o600, value=SECRET):
     p = tmp_path / f"id-{mode:o}.secret"
@@ -408,11 +444,13 @@ def test_config_id_service_section(tmp_path, tls_files, upstream):
     cfg = from_dict(raw, path=tmp_path / "gw.toml")
     assert cfg.id_service.url == "https://id.lab:8444" and cfg.id_service.secret == SECRET
     assert SECRET.decode() not in repr(cfg)
-    for bad, key in (({"url": "http://id.lab"}, "id_service.url"),
-                     ({"url": "https://id.lab"}, "id_service.secret_file"),
-                     ({"url": "https://id.lab", "secret_file": str(_secret_file(tmp_path, 0o644))}, "id_service.secret_file"),
-                     ({"listen": "nope"}, "id_service.listen"),
-                     ({"urll": "https://x"}, "id_service.urll")):
+    for bad, key in (
+        ({"url": "http://id.lab"}, "id_service.url"),
+        ({"url": "https://id.lab"}, "id_service.secret_file"),
+        ({"url": "https://id.lab", "secret_file": str(_secret_file(tmp_path, 0o644))}, "id_service.secret_file"),
+        ({"listen": "nope"}, "id_service.listen"),
+        ({"urll": "https://x"}, "id_service.urll"),
+    ):
         raw["id_service"] = bad
         with pytest.raises(ConfigError) as e:
             from_dict(raw, path=tmp_path / "gw.toml")
@@ -429,8 +467,11 @@ def test_build_node_with_url_uses_remote_credentials(tmp_path, tls_files, upstre
     from ucgate.app import build_node
 
     raw = gateway_config(*tls_files, upstream.port)
-    raw["id_service"] = {"url": "https://localhost:1", "ca_file": str(tls_files[0]),
-                         "secret_file": str(_secret_file(tmp_path))}
+    raw["id_service"] = {
+        "url": "https://localhost:1",
+        "ca_file": str(tls_files[0]),
+        "secret_file": str(_secret_file(tmp_path)),
+    }
     raw["store"] = {"key_file": str(tmp_path / "must-not-be-created.key")}
     node = build_node(from_dict(raw, path=tmp_path / "gw.toml"))
     assert isinstance(node.remote, RemoteCredentials) and node.ids is None
@@ -450,8 +491,9 @@ def test_every_route_is_in_the_document_and_every_model_validates_its_example(id
 
     with api(idsrv, tls_files) as c:
         doc = c.get("/v1/openapi.json").json()
-    served = {(r.path, m.lower()) for r in idsrv.app.routes if isinstance(r, Route)
-              for m in (r.methods or ()) if m != "HEAD"}
+    served = {
+        (r.path, m.lower()) for r in idsrv.app.routes if isinstance(r, Route) for m in (r.methods or ()) if m != "HEAD"
+    }
     assert served == {(p, m) for p, ops in doc["paths"].items() for m in ops}
     by_name = {schema_name(m): m for m in EXAMPLES}
     seen = set()

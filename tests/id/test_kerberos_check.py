@@ -42,10 +42,13 @@ class FakeKcd:
 
 
 def _search(filt: str, attrs: list[str]):
-    account = {"sAMAccountName": [ACCOUNT], "msDS-KeyVersionNumber": ["3"],
-               "msDS-SupportedEncryptionTypes": ["24"],
-               "userAccountControl": [str(0x200 | UF_TRUSTED_TO_AUTH_FOR_DELEGATION)],
-               "msDS-AllowedToDelegateTo": [FE_SPN]}
+    account = {
+        "sAMAccountName": [ACCOUNT],
+        "msDS-KeyVersionNumber": ["3"],
+        "msDS-SupportedEncryptionTypes": ["24"],
+        "userAccountControl": [str(0x200 | UF_TRUSTED_TO_AUTH_FOR_DELEGATION)],
+        "msDS-AllowedToDelegateTo": [FE_SPN],
+    }
     if filt in (f"(servicePrincipalName={SPN})", f"(sAMAccountName={ACCOUNT})"):
         return [(f"CN={ACCOUNT},DC=contoso,DC=com", account)]
     if filt == f"(servicePrincipalName={FE_SPN})":
@@ -56,12 +59,24 @@ def _search(filt: str, attrs: list[str]):
 @pytest.fixture
 def settings(tmp_path):
     keytab = tmp_path / "gw.keytab"
-    write_keytab(keytab, [KeytabEntry(tuple(SPN.split("/")), REALM, 1, 0, 3, 18, b"k" * 32),
-                          KeytabEntry((ACCOUNT,), REALM, 1, 0, 3, 18, b"a" * 32)])
+    write_keytab(
+        keytab,
+        [
+            KeytabEntry(tuple(SPN.split("/")), REALM, 1, 0, 3, 18, b"k" * 32),
+            KeytabEntry((ACCOUNT,), REALM, 1, 0, 3, 18, b"a" * 32),
+        ],
+    )
     krb5 = tmp_path / "krb5.conf"
     krb5.write_text("[libdefaults]\n forwardable = true\n dns_canonicalize_hostname = false\n")
-    return CheckSettings(realm=REALM, keytab=keytab, service_principal=SPN, account=ACCOUNT,
-                         front_end_spns=[FE_SPN], krb5_conf=krb5, check_user="alice")
+    return CheckSettings(
+        realm=REALM,
+        keytab=keytab,
+        service_principal=SPN,
+        account=ACCOUNT,
+        front_end_spns=[FE_SPN],
+        krb5_conf=krb5,
+        check_user="alice",
+    )
 
 
 def _run(settings, probe):

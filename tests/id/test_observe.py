@@ -28,9 +28,12 @@ SECRET = b"s3cret-" + b"x" * 40
 def ids(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    s = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                      key_file=tmp_path / "keys" / "ucgate.key", audit_file=None,
-                      lockout=LockoutConfig(user_failures=2, ip_failures=50, window=900))
+    s = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=2, ip_failures=50, window=900),
+    )
     yield s
     s.close()
 
@@ -71,10 +74,12 @@ def test_id_api_metrics_by_address_and_request_ids(ids):
     # a gateway's request id (16 hex digits) is kept on /v1/; anything else is replaced
     r = _call(app, "10.1.2.3", "GET", "/v1/health", headers={"X-Ucgate-Request-Id": "00112233aabbccdd"})
     assert r.headers["x-ucgate-request-id"] == "00112233aabbccdd"
-    for forged in ("00112233AABBCCDD", "x" * 16, "00112233aabbccdd0", "a\"b"):
+    for forged in ("00112233AABBCCDD", "x" * 16, "00112233aabbccdd0", 'a"b'):
         r = _call(app, "10.1.2.3", "GET", "/v1/health", headers={"X-Ucgate-Request-Id": forged})
-        assert re.fullmatch(r"[0-9a-f]{16}", r.headers["x-ucgate-request-id"]) and r.headers[
-            "x-ucgate-request-id"] != forged.lower()
+        assert (
+            re.fullmatch(r"[0-9a-f]{16}", r.headers["x-ucgate-request-id"])
+            and r.headers["x-ucgate-request-id"] != forged.lower()
+        )
     r = _call(app, "10.1.2.3", "GET", "/healthz", headers={"X-Ucgate-Request-Id": "00112233aabbccdd"})
     assert r.headers["x-ucgate-request-id"] != "00112233aabbccdd"  # only the id API's callers
 
@@ -92,15 +97,17 @@ def test_event_lag_is_measured_from_the_rows_time():
     n = get("ucgate_event_propagation_seconds_count", via="store")
     slow = get("ucgate_event_propagation_seconds_bucket", via="store", le="1.0")
     at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=3)
-    bus.deliver_row(EventRow(id=7, at=at.replace(tzinfo=None), kind="user-blocked", username="alice",
-                             reason="user-disabled"))  # SQLite gives the time back naive (UTC)
+    bus.deliver_row(
+        EventRow(id=7, at=at.replace(tzinfo=None), kind="user-blocked", username="alice", reason="user-disabled")
+    )  # SQLite gives the time back naive (UTC)
     assert got == [UserBlocked("alice", "user-disabled")]
     assert get("ucgate_event_propagation_seconds_count", via="store") == n + 1
     assert get("ucgate_event_propagation_seconds_bucket", via="store", le="1.0") == slow  # > 1 s
     assert get("ucgate_event_propagation_seconds_bucket", via="store", le="5.0") >= n + 1
     # the SSE wire carries the row's time, so a gateway in the DMZ measures the same lag
-    row = from_wire("7", "user-blocked", to_wire(EventRow(id=7, at=at, kind="user-blocked",
-                                                          username="alice", reason="r")))
+    row = from_wire(
+        "7", "user-blocked", to_wire(EventRow(id=7, at=at, kind="user-blocked", username="alice", reason="r"))
+    )
     assert abs((row.at - at).total_seconds()) < 1e-3
     legacy = from_wire("8", "user-blocked", '{"user": "bob", "reason": "r"}')  # an older id service
     assert abs((legacy.at - dt.datetime.now(dt.UTC)).total_seconds()) < 5

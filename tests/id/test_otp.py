@@ -47,16 +47,23 @@ RFC6238_SEEDS = {
 }
 # RFC 6238 Appendix B: (time, T hex, TOTP, mode)
 RFC6238_VECTORS = [
-    (59, 0x1, "94287082", "sha1"), (59, 0x1, "46119246", "sha256"), (59, 0x1, "90693936", "sha512"),
-    (1111111109, 0x23523EC, "07081804", "sha1"), (1111111109, 0x23523EC, "68084774", "sha256"),
+    (59, 0x1, "94287082", "sha1"),
+    (59, 0x1, "46119246", "sha256"),
+    (59, 0x1, "90693936", "sha512"),
+    (1111111109, 0x23523EC, "07081804", "sha1"),
+    (1111111109, 0x23523EC, "68084774", "sha256"),
     (1111111109, 0x23523EC, "25091201", "sha512"),
-    (1111111111, 0x23523ED, "14050471", "sha1"), (1111111111, 0x23523ED, "67062674", "sha256"),
+    (1111111111, 0x23523ED, "14050471", "sha1"),
+    (1111111111, 0x23523ED, "67062674", "sha256"),
     (1111111111, 0x23523ED, "99943326", "sha512"),
-    (1234567890, 0x273EF07, "89005924", "sha1"), (1234567890, 0x273EF07, "91819424", "sha256"),
+    (1234567890, 0x273EF07, "89005924", "sha1"),
+    (1234567890, 0x273EF07, "91819424", "sha256"),
     (1234567890, 0x273EF07, "93441116", "sha512"),
-    (2000000000, 0x3F940AA, "69279037", "sha1"), (2000000000, 0x3F940AA, "90698825", "sha256"),
+    (2000000000, 0x3F940AA, "69279037", "sha1"),
+    (2000000000, 0x3F940AA, "90698825", "sha256"),
     (2000000000, 0x3F940AA, "38618901", "sha512"),
-    (20000000000, 0x27BC86AA, "65353130", "sha1"), (20000000000, 0x27BC86AA, "77737706", "sha256"),
+    (20000000000, 0x27BC86AA, "65353130", "sha1"),
+    (20000000000, 0x27BC86AA, "77737706", "sha256"),
     (20000000000, 0x27BC86AA, "47863826", "sha512"),
 ]
 
@@ -68,8 +75,7 @@ def test_rfc6238_appendix_b(t, step, expected, mode):
 
 
 def test_rfc4226_appendix_d():
-    expected = ["755224", "287082", "359152", "969429", "338314",
-                "254676", "287922", "162583", "399871", "520489"]
+    expected = ["755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583", "399871", "520489"]
     assert [hotp(b"12345678901234567890", c) for c in range(10)] == expected
 
 
@@ -93,6 +99,7 @@ def counter_rand():
         while len(out) < k:
             out += hashlib.sha256(b"otp%d" % next(n)).digest()
         return out[:k]
+
     return rand
 
 
@@ -239,10 +246,11 @@ def test_wrong_and_malformed_codes(otp, clock):
 def test_secret_is_encrypted_at_rest(otp, repo, clock):
     secret, codes = enrol(otp, clock)
     with repo.engine.connect() as c:
-        rows = c.execute(text("SELECT * FROM otp_secrets")).all() + \
-            c.execute(text("SELECT * FROM otp_recovery_codes")).all()
-    dump = b"".join(bytes(v) if isinstance(v, (bytes, memoryview)) else str(v).encode()
-                    for row in rows for v in row)
+        rows = (
+            c.execute(text("SELECT * FROM otp_secrets")).all()
+            + c.execute(text("SELECT * FROM otp_recovery_codes")).all()
+        )
+    dump = b"".join(bytes(v) if isinstance(v, (bytes, memoryview)) else str(v).encode() for row in rows for v in row)
     b32 = base64.b32encode(secret)
     assert secret not in dump and b32 not in dump and b32.rstrip(b"=").lower() not in dump.lower()
     for code in codes:
@@ -333,8 +341,9 @@ def test_ntlm_appended_candidate_matches_what_the_client_hashed(otp, asps, clock
     clock.advance(60)  # every step of the window is later than the confirming one
     asp_id, plaintext = asps.create("alice", "phone")
     canonical = canonical_asp(plaintext)
-    spelled = {"shown": plaintext, "canonical": canonical, "SHOWN": plaintext.upper(),
-               "CANONICAL": canonical.upper()}[how]
+    spelled = {"shown": plaintext, "canonical": canonical, "SHOWN": plaintext.upper(), "CANONICAL": canonical.upper()}[
+        how
+    ]
     client_hash = nt_hash(spelled + code_at(secret, clock.now, skew))  # what the client sends
 
     cands = appended_candidates(usable_spellings(asps, "alice"), otp.window_codes("alice"))
@@ -357,16 +366,22 @@ def test_ntlm_candidates_stay_within_the_acceptor_limit(otp, asps, clock):
     # every ASP keeps its shown spelling with all three steps of the window
     steps = {s for s, _ in otp.window_codes("alice")}
     for a in asps.list("alice"):
-        assert {parse_candidate_id(cid)[1] for cid, pw in cands
-                if parse_candidate_id(cid)[0] == a.id and "-" in pw and pw.islower()} == steps
+        assert {
+            parse_candidate_id(cid)[1]
+            for cid, pw in cands
+            if parse_candidate_id(cid)[0] == a.id and "-" in pw and pw.islower()
+        } == steps
 
 
 def test_window_codes_order_and_empty_when_not_enrolled(otp, clock):
     assert otp.window_codes("alice") == []
     secret, _ = enrol(otp, clock)
     t = time_step(clock.now.timestamp())
-    assert otp.window_codes("alice") == [(t, hotp(secret, t)), (t - 1, hotp(secret, t - 1)),
-                                         (t + 1, hotp(secret, t + 1))]
+    assert otp.window_codes("alice") == [
+        (t, hotp(secret, t)),
+        (t - 1, hotp(secret, t - 1)),
+        (t + 1, hotp(secret, t + 1)),
+    ]
     # a float "now" (IdService's clock) works too
     assert otp.window_codes("alice", clock.now.timestamp() + 30)[0][0] == t + 1
 
@@ -379,8 +394,7 @@ def cli(store_url, tmp_path, capsys, monkeypatch):
 
     from ucgate.cli.admin import register
 
-    settings = SimpleNamespace(store_url=store_url, key_file=tmp_path / "keys" / "ucgate.key",
-                               audit_file=None)
+    settings = SimpleNamespace(store_url=store_url, key_file=tmp_path / "keys" / "ucgate.key", audit_file=None)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config")
     parser = argparse.ArgumentParser(prog="ucgate")
@@ -395,6 +409,7 @@ def cli(store_url, tmp_path, capsys, monkeypatch):
             code = e.code
         out = capsys.readouterr()
         return code, out.out, out.err
+
     assert run("db", "upgrade")[0] == 0
     assert run("user", "add", "alice", "--upn", "alice@contoso.com")[0] == 0
     return run

@@ -16,9 +16,13 @@ from ucgate.protocols.devices import device_from_request
 
 
 def _config(tmp_path, auth=None, devices=None, **extra):
-    raw = {"gateway": {"listen": "127.0.0.1:0", "plain_http": True},
-           "upstreams": {"frontend": {"url": "http://127.0.0.1:9"}},
-           "auth": auth or {}, "devices": devices or {}, **extra}
+    raw = {
+        "gateway": {"listen": "127.0.0.1:0", "plain_http": True},
+        "upstreams": {"frontend": {"url": "http://127.0.0.1:9"}},
+        "auth": auth or {},
+        "devices": devices or {},
+        **extra,
+    }
     return from_dict(raw, path=tmp_path / "u.toml")
 
 
@@ -27,31 +31,41 @@ def test_findings(tmp_path):
     assert levels(devices={"default_action": "allowed"}) == ["error"]
     assert levels(devices={"default_action": "allowed", "require_second_factor": False}) == []
     assert levels(auth={"two_factor": "otp-appended"}, devices={"default_action": "allowed"}) == []
-    assert levels(auth={"two_factor_groups": {"mobile": "otp-appended"}},
-                  devices={"default_action": "allowed"}) == ["warning"]
+    assert levels(auth={"two_factor_groups": {"mobile": "otp-appended"}}, devices={"default_action": "allowed"}) == [
+        "warning"
+    ]
     assert levels() == ["warning"]  # the defaults: approvals that expire
     assert levels(devices={"enabled": False}) == []
     # a [[policy]] that allows for its group is checked as well, and named
-    msgs = device_policy_findings(_config(tmp_path, policy=[{"group": "sales", "default_action": "allowed",
-                                                             "require_second_factor": True}],
-                                          devices={"require_second_factor": False}))
+    msgs = device_policy_findings(
+        _config(
+            tmp_path,
+            policy=[{"group": "sales", "default_action": "allowed", "require_second_factor": True}],
+            devices={"require_second_factor": False},
+        )
+    )
     assert len(msgs) == 1 and '[[policy]] group "sales"' in msgs[0][1] and msgs[0][0] == "error"
-    assert "require_second_factor = false in [[policy]] group \"sales\"" in msgs[0][1]
+    assert 'require_second_factor = false in [[policy]] group "sales"' in msgs[0][1]
 
 
 def _ids(tmp_path, two_factor=None):
     (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "keys").mkdir(mode=0o700, exist_ok=True)
-    ids = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'u.db'}", key_file=tmp_path / "keys" / "k",
-                        audit_file=None, lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900),
-                        two_factor=two_factor)
+    ids = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'u.db'}",
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900),
+        two_factor=two_factor,
+    )
     ids.users.add("alice")
     return ids
 
 
 def _facts(device):
-    return device_from_request("eas", "POST", f"/Microsoft-Server-ActiveSync?Cmd=Sync&User=alice&"
-                                              f"DeviceId={device}&DeviceType=iPhone", {})
+    return device_from_request(
+        "eas", "POST", f"/Microsoft-Server-ActiveSync?Cmd=Sync&User=alice&DeviceId={device}&DeviceType=iPhone", {}
+    )
 
 
 def test_the_id_service_quarantines_when_no_second_factor_can_come(tmp_path):

@@ -33,8 +33,11 @@ from .test_http_api import SECRET, IdServer, _secret_file, api
 ids = http_api_tests.ids  # the same fixture: alice and bob in a fresh store
 
 EAS = "/Microsoft-Server-ActiveSync"
-EAS_HEADERS = {"MS-ASProtocolVersion": "14.1", "User-Agent": "Apple-iPhone9C1/1402.100",
-               "Content-Type": "application/vnd.ms-sync.wbxml"}
+EAS_HEADERS = {
+    "MS-ASProtocolVersion": "14.1",
+    "User-Agent": "Apple-iPhone9C1/1402.100",
+    "Content-Type": "application/vnd.ms-sync.wbxml",
+}
 
 
 def eas_target(device="ApplDEV1", user="alice", cmd="FolderSync", dtype="iPhone"):
@@ -54,9 +57,14 @@ def basic(user, password):
 
 
 def make_devices(ids, **policy) -> DeviceService:
-    return DeviceService(PartnershipStore(ids.components.repo.engine), ids.audit, ids.bus,
-                         defaults=policy, user_aliases=lambda u: [f"{u}@lab.ucgate.test"],
-                         asp_device=lambda a: (ids.asps.get(a).device_id if ids.asps.get(a) else None))
+    return DeviceService(
+        PartnershipStore(ids.components.repo.engine),
+        ids.audit,
+        ids.bus,
+        defaults=policy,
+        user_aliases=lambda u: [f"{u}@lab.ucgate.test"],
+        asp_device=lambda a: ids.asps.get(a).device_id if ids.asps.get(a) else None,
+    )
 
 
 class RemoteLab:
@@ -72,8 +80,9 @@ class RemoteLab:
         self.remote = RemoteCredentials(self.idsrv.url, secret=SECRET, ca_file=tls_files[0])
         self.gate = DeviceGate(RemoteDeviceChecker(self.remote))
         creds = ids.credentials if local_auth else self.remote
-        auth = PreAuthenticator(creds, PreAuthSettings(netbios_domain="LAB", failure_floor=0),
-                                device_id_of=self.gate.device_id_of)
+        auth = PreAuthenticator(
+            creds, PreAuthSettings(netbios_domain="LAB", failure_floor=0), device_id_of=self.gate.device_id_of
+        )
         cfg = from_dict(gateway_config(*tls_files, upstream.port))
 
         async def start():
@@ -101,8 +110,7 @@ class RemoteLab:
         return c.post(eas_target(**kw), auth=("alice", asp), headers=EAS_HEADERS)
 
     def keepalive(self, asp, device):
-        conn = http.client.HTTPSConnection("127.0.0.1", self.gateway.port, timeout=5,
-                                           context=self.ssl_context())
+        conn = http.client.HTTPSConnection("127.0.0.1", self.gateway.port, timeout=5, context=self.ssl_context())
         hdrs = {"Authorization": basic("alice", asp), **EAS_HEADERS}
 
         def request():
@@ -110,6 +118,7 @@ class RemoteLab:
             r = conn.getresponse()
             r.read()
             return r
+
         return conn, request
 
     def close(self) -> None:
@@ -143,6 +152,7 @@ def _closed_within(conn, seconds: float) -> bool:
 
 
 # --- through the gateway ---------------------------------------------------------------------
+
 
 def test_new_eas_device_quarantined_then_approved_on_the_id_side(make_lab, upstream):
     lab = make_lab()  # the id side's default: new devices are quarantined
@@ -232,25 +242,40 @@ def test_id_service_down_with_remote_sign_in_is_503(make_lab):
 
 # --- the checker on its own -----------------------------------------------------------------
 
-FACTS = DeviceFacts("ApplDEV1", "iPhone", None, None, "Apple-iPhone9C1/1402.100", "eas",
-                    "eas-query", None, claimed_user="alice", command="FolderSync")
+FACTS = DeviceFacts(
+    "ApplDEV1",
+    "iPhone",
+    None,
+    None,
+    "Apple-iPhone9C1/1402.100",
+    "eas",
+    "eas-query",
+    None,
+    claimed_user="alice",
+    command="FolderSync",
+)
 
 
-@pytest.mark.parametrize("answer", [
-    httpx.Response(500, json={"error": "boom"}),
-    httpx.Response(401, json={"error": "unauthorized"}),
-    httpx.Response(200, content=b"not json"),
-    httpx.Response(200, json={"outcome": "maybe", "reason": "x", "wipe": False}),
-    httpx.Response(200, json={"outcome": "allow", "wipe": False}),
-    httpx.Response(200, json={"outcome": "allow", "reason": "x", "wipe": False, "trusted_until": "soon"}),
-    httpx.Response(200, json={"outcome": "allow", "reason": "x", "wipe": False,
-                              "trusted_until": "2030-01-01T00:00:00"}),  # no offset
-    httpx.Response(200, json=[1, 2]),
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(500, json={"error": "boom"}),
+        httpx.Response(401, json={"error": "unauthorized"}),
+        httpx.Response(200, content=b"not json"),
+        httpx.Response(200, json={"outcome": "maybe", "reason": "x", "wipe": False}),
+        httpx.Response(200, json={"outcome": "allow", "wipe": False}),
+        httpx.Response(200, json={"outcome": "allow", "reason": "x", "wipe": False, "trusted_until": "soon"}),
+        httpx.Response(
+            200, json={"outcome": "allow", "reason": "x", "wipe": False, "trusted_until": "2030-01-01T00:00:00"}
+        ),  # no offset
+        httpx.Response(200, json=[1, 2]),
+    ],
+)
 def test_checker_fails_closed_on_bad_answers(answer):
     async def run():
-        remote = RemoteCredentials("https://id.invalid", secret=SECRET,
-                                   transport=httpx.MockTransport(lambda req: answer))
+        remote = RemoteCredentials(
+            "https://id.invalid", secret=SECRET, transport=httpx.MockTransport(lambda req: answer)
+        )
         try:
             return await RemoteDeviceChecker(remote).check_async("alice", FACTS, service="eas")
         finally:
@@ -267,19 +292,27 @@ def test_checker_sends_the_facts_and_reads_the_decision():
         import json
 
         seen.update(json.loads(req.content), path=req.url.path)
-        return httpx.Response(200, json={"outcome": "allow", "reason": "device-trusted", "device_id": "ApplDEV1",
-                                         "wipe": False, "trusted_until": "2030-01-01T00:00:00+00:00",
-                                         "rule": None, "partnership_id": 7})
+        return httpx.Response(
+            200,
+            json={
+                "outcome": "allow",
+                "reason": "device-trusted",
+                "device_id": "ApplDEV1",
+                "wipe": False,
+                "trusted_until": "2030-01-01T00:00:00+00:00",
+                "rule": None,
+                "partnership_id": 7,
+            },
+        )
 
     async def run():
         remote = RemoteCredentials("https://id.invalid", secret=SECRET, transport=httpx.MockTransport(handler))
         try:
-            odd = DeviceFacts(None, None, None, None, "a\x01b", "eas", "eas-query", "absent",
-                              claimed_user="x" * 600)
+            odd = DeviceFacts(None, None, None, None, "a\x01b", "eas", "eas-query", "absent", claimed_user="x" * 600)
             await RemoteDeviceChecker(remote).check_async("alice", odd, service="eas", client_address="?")
             return await RemoteDeviceChecker(remote).check_async(
-                "alice", FACTS, service="eas", second_factor_ok=True, credential_id="asp-1",
-                client_address="192.0.2.7")
+                "alice", FACTS, service="eas", second_factor_ok=True, credential_id="asp-1", client_address="192.0.2.7"
+            )
         finally:
             await remote.aclose()
 
@@ -289,11 +322,16 @@ def test_checker_sends_the_facts_and_reads_the_decision():
     assert seen["path"] == "/v1/devices/check"
     assert seen["device"] == facts_json(FACTS) and seen["device"]["claimed_user"] == "alice"
     assert (seen["second_factor_ok"], seen["credential_id"], seen["client_address"]) == (True, "asp-1", "192.0.2.7")
-    assert facts_json(DeviceFacts(None, None, None, None, "a\x01b", "eas", "s", "absent",
-                                  claimed_user="x" * 600))["user_agent"] == "a\ufffdb"
+    assert (
+        facts_json(DeviceFacts(None, None, None, None, "a\x01b", "eas", "s", "absent", claimed_user="x" * 600))[
+            "user_agent"
+        ]
+        == "a\ufffdb"
+    )
 
 
 # --- the API ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def idsrv_devices(ids, tls_files):
@@ -304,8 +342,14 @@ def idsrv_devices(ids, tls_files):
 
 
 def check_body(**overrides):
-    body = {"user": "alice", "device": facts_json(FACTS), "service": "eas", "second_factor_ok": False,
-            "credential_id": None, "client_address": "192.0.2.7"}
+    body = {
+        "user": "alice",
+        "device": facts_json(FACTS),
+        "service": "eas",
+        "second_factor_ok": False,
+        "credential_id": None,
+        "client_address": "192.0.2.7",
+    }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not ...}
 
@@ -338,21 +382,24 @@ def test_device_check_with_devices_disabled_on_the_id_side(ids, tls_files):
         srv.close()
 
 
-@pytest.mark.parametrize("body,field", [
-    (check_body(user=...), "user"),
-    (check_body(user=""), "user"),
-    (check_body(device=...), "device"),
-    (check_body(device="ApplDEV1"), "device"),
-    (check_body(device={**facts_json(FACTS), "client_kind": None}), "device.client_kind"),
-    (check_body(device={**facts_json(FACTS), "device_id": 5}), "device.device_id"),
-    (check_body(device={**facts_json(FACTS), "device_id": "x" * 65}), "device.device_id"),
-    (check_body(device={**facts_json(FACTS), "user_agent": "a\x00b"}), "device.user_agent"),
-    (check_body(device={**facts_json(FACTS), "device_id": None, "problem": None}), "device.problem"),
-    (check_body(service=...), "service"),
-    (check_body(second_factor_ok="yes"), "second_factor_ok"),
-    (check_body(client_address="not-an-ip"), "client_address"),
-    (check_body(credential_id=42), "credential_id"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        (check_body(user=...), "user"),
+        (check_body(user=""), "user"),
+        (check_body(device=...), "device"),
+        (check_body(device="ApplDEV1"), "device"),
+        (check_body(device={**facts_json(FACTS), "client_kind": None}), "device.client_kind"),
+        (check_body(device={**facts_json(FACTS), "device_id": 5}), "device.device_id"),
+        (check_body(device={**facts_json(FACTS), "device_id": "x" * 65}), "device.device_id"),
+        (check_body(device={**facts_json(FACTS), "user_agent": "a\x00b"}), "device.user_agent"),
+        (check_body(device={**facts_json(FACTS), "device_id": None, "problem": None}), "device.problem"),
+        (check_body(service=...), "service"),
+        (check_body(second_factor_ok="yes"), "second_factor_ok"),
+        (check_body(client_address="not-an-ip"), "client_address"),
+        (check_body(credential_id=42), "credential_id"),
+    ],
+)
 def test_device_check_malformed_is_400_naming_the_field(idsrv_devices, tls_files, body, field):
     with api(idsrv_devices, tls_files) as c:
         r = c.post("/v1/devices/check", json=body)
@@ -373,14 +420,21 @@ def test_openapi_document_validates_and_matches_routes(idsrv_devices, tls_files)
 
 # --- wiring ---------------------------------------------------------------------------------------
 
+
 def test_build_node_with_url_has_a_remote_device_gate(tmp_path, tls_files, upstream, caplog):
     from ucgate.app import build_node
 
     raw = gateway_config(*tls_files, upstream.port)
-    raw["id_service"] = {"url": "https://localhost:1", "ca_file": str(tls_files[0]),
-                         "secret_file": str(_secret_file(tmp_path))}
-    raw["devices"] = {"services": ["eas"], "default_action": "allowed",
-                      "user_agents": [{"match": "^Contoso", "client_kind": "ios"}]}
+    raw["id_service"] = {
+        "url": "https://localhost:1",
+        "ca_file": str(tls_files[0]),
+        "secret_file": str(_secret_file(tmp_path)),
+    }
+    raw["devices"] = {
+        "services": ["eas"],
+        "default_action": "allowed",
+        "user_agents": [{"match": "^Contoso", "client_kind": "ios"}],
+    }
     node = build_node(from_dict(raw, path=tmp_path / "gw.toml"))
     gate = node.gateway.devices
     assert isinstance(gate, DeviceGate) and isinstance(gate.checker, RemoteDeviceChecker)
@@ -401,10 +455,16 @@ def test_build_node_with_url_has_a_remote_device_gate(tmp_path, tls_files, upstr
 def test_build_id_node_serves_device_checks(tmp_path, tls_files):
     from ucgate.app import build_id_node
 
-    idcfg = {"id_service": {"listen": "127.0.0.1:8444", "secret_file": str(_secret_file(tmp_path)),
-                            "tls_cert": str(tls_files[0]), "tls_key": str(tls_files[1])},
-             "store": {"url": f"sqlite:///{tmp_path / 'data' / 'id.db'}", "key_file": str(tmp_path / "k" / "id.key")},
-             "devices": {"default_action": "blocked"}}
+    idcfg = {
+        "id_service": {
+            "listen": "127.0.0.1:8444",
+            "secret_file": str(_secret_file(tmp_path)),
+            "tls_cert": str(tls_files[0]),
+            "tls_key": str(tls_files[1]),
+        },
+        "store": {"url": f"sqlite:///{tmp_path / 'data' / 'id.db'}", "key_file": str(tmp_path / "k" / "id.key")},
+        "devices": {"default_action": "blocked"},
+    }
     (tmp_path / "k").mkdir(mode=0o700)
     (tmp_path / "data").mkdir()
     node = build_id_node(from_dict(idcfg, path=tmp_path / "id.toml", role="id-service"))

@@ -25,8 +25,16 @@ T0 = dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
 
 
 def facts(device_id: str, device_type: str | None, model: str | None = None) -> DeviceFacts:
-    return DeviceFacts(device_id=device_id, device_type=device_type, model=model, os=None, user_agent=None,
-                       client_kind="eas", source="eas-query", problem=None)
+    return DeviceFacts(
+        device_id=device_id,
+        device_type=device_type,
+        model=model,
+        os=None,
+        user_agent=None,
+        client_kind="eas",
+        source="eas-query",
+        problem=None,
+    )
 
 
 class Node:
@@ -39,10 +47,16 @@ class Node:
         self.rules = RuleService(RuleStore(self.repo.engine), self.audit, self.bus)
         self.groups = groups or {}
         self.devices = DeviceService(
-            PartnershipStore(self.repo.engine), self.audit, self.bus, rules=file_rules,
+            PartnershipStore(self.repo.engine),
+            self.audit,
+            self.bus,
+            rules=file_rules,
             defaults={"default_action": "allowed", "require_second_factor": False},
-            group_policies=file_policies, is_member=lambda u, g: g in self.groups.get(u, ()),
-            clock=lambda: T0, rule_store=RuleStore(self.repo.engine))
+            group_policies=file_policies,
+            is_member=lambda u, g: g in self.groups.get(u, ()),
+            clock=lambda: T0,
+            rule_store=RuleStore(self.repo.engine),
+        )
         self.bus.subscribe_rows(self.devices.on_event_row)
         self.follower = EventFollower(self.bus, self.bus.outbox, fallback_poll=0.2) if follow else None
         if self.follower:
@@ -96,8 +110,9 @@ def test_add_move_delete_keep_positions_audit_and_write_the_event_in_the_transac
         svc.move_rule(2**70, 1, actor="cli:root")
 
     p = svc.add_policy({"group": "Executives", "settings": {"max_devices": 2, "certprov": "deny"}}, actor="cli:root")
-    q = svc.add_policy({"group": "Sales", "name": "sales", "settings": {"trust_lifetime_hours": 8},
-                        "position": 1}, actor="cli:root")
+    q = svc.add_policy(
+        {"group": "Sales", "name": "sales", "settings": {"trust_lifetime_hours": 8}, "position": 1}, actor="cli:root"
+    )
     assert [(x.name, x.position) for x in svc.policies()] == [("sales", 1), ("Executives", 2)]
     assert svc.policies()[1].settings == {"max_devices": 2, "certprov": "deny"}
     svc.move_policy(p.id, 1, actor="cli:root")
@@ -106,20 +121,23 @@ def test_add_move_delete_keep_positions_audit_and_write_the_event_in_the_transac
     assert [e.action for e in node.audit.tail(4)] == ["policy.add", "policy.add", "policy.move", "policy.delete"]
 
 
-@pytest.mark.parametrize("data, field", [
-    ({"action": "blocked"}, "name"),
-    ({"name": "x"}, "action"),
-    ({"name": "x", "action": "maybe"}, "action"),
-    ({"name": "x", "action": "blocked", "client_kind": "toaster"}, "client_kind"),
-    ({"name": "x", "action": "blocked", "os": "a" * 257}, "os"),
-    ({"name": "x", "action": "blocked", "model": 3}, "model"),
-    ({"name": "x\n", "action": "blocked"}, "name"),
-    ({"name": "x", "action": "blocked", "groups": "Sales"}, "groups"),
-    ({"name": "x", "action": "blocked", "groups": [""]}, "groups"),
-    ({"name": "x", "action": "blocked", "position": 0}, "position"),
-    ({"name": "x", "action": "blocked", "position": "1"}, "position"),
-    ({"name": "x", "action": "blocked", "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"action": "blocked"}, "name"),
+        ({"name": "x"}, "action"),
+        ({"name": "x", "action": "maybe"}, "action"),
+        ({"name": "x", "action": "blocked", "client_kind": "toaster"}, "client_kind"),
+        ({"name": "x", "action": "blocked", "os": "a" * 257}, "os"),
+        ({"name": "x", "action": "blocked", "model": 3}, "model"),
+        ({"name": "x\n", "action": "blocked"}, "name"),
+        ({"name": "x", "action": "blocked", "groups": "Sales"}, "groups"),
+        ({"name": "x", "action": "blocked", "groups": [""]}, "groups"),
+        ({"name": "x", "action": "blocked", "position": 0}, "position"),
+        ({"name": "x", "action": "blocked", "position": "1"}, "position"),
+        ({"name": "x", "action": "blocked", "colour": "red"}, "colour"),
+    ],
+)
 def test_a_bad_rule_is_refused_naming_the_field_and_nothing_changes(node, data, field):
     before = node.bus.outbox.last_id()
     with pytest.raises(RuleError) as e:
@@ -128,18 +146,21 @@ def test_a_bad_rule_is_refused_naming_the_field_and_nothing_changes(node, data, 
     assert node.rules.rules() == [] and node.bus.outbox.last_id() == before
 
 
-@pytest.mark.parametrize("data, field", [
-    ({"settings": {"max_devices": 1}}, "group"),
-    ({"group": "G"}, "settings"),
-    ({"group": "G", "settings": {"max_devices": -1}}, "settings.max_devices"),
-    ({"group": "G", "settings": {"max_devices": True}}, "settings.max_devices"),
-    ({"group": "G", "settings": {"trust_lifetime_hours": 0}}, "settings.trust_lifetime_hours"),
-    ({"group": "G", "settings": {"certprov": "maybe"}}, "settings.certprov"),
-    ({"group": "G", "settings": {"default_action": "x"}}, "settings.default_action"),
-    ({"group": "G", "settings": {"require_second_factor": "yes"}}, "settings.require_second_factor"),
-    ({"group": "G", "settings": {"colour": 1}}, "settings.colour"),
-    ({"group": "G", "settings": []}, "settings"),
-])
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"settings": {"max_devices": 1}}, "group"),
+        ({"group": "G"}, "settings"),
+        ({"group": "G", "settings": {"max_devices": -1}}, "settings.max_devices"),
+        ({"group": "G", "settings": {"max_devices": True}}, "settings.max_devices"),
+        ({"group": "G", "settings": {"trust_lifetime_hours": 0}}, "settings.trust_lifetime_hours"),
+        ({"group": "G", "settings": {"certprov": "maybe"}}, "settings.certprov"),
+        ({"group": "G", "settings": {"default_action": "x"}}, "settings.default_action"),
+        ({"group": "G", "settings": {"require_second_factor": "yes"}}, "settings.require_second_factor"),
+        ({"group": "G", "settings": {"colour": 1}}, "settings.colour"),
+        ({"group": "G", "settings": []}, "settings"),
+    ],
+)
 def test_a_bad_group_policy_is_refused_naming_the_field(node, data, field):
     with pytest.raises(RuleError) as e:
         node.rules.add_policy(data, actor="cli:root")
@@ -148,12 +169,16 @@ def test_a_bad_group_policy_is_refused_naming_the_field(node, data, field):
 
 
 def test_the_file_rules_come_first_then_the_stores_and_a_reload_of_the_file_keeps_the_stores(url):
-    n = Node(url, file_rules=[DeviceRule(action="blocked", device_type="WP*", name="file-no-wp")],
-             file_policies=[GroupPolicy(name="file-sales", group="sales", settings={"max_devices": 1})],
-             groups={"alice": {"sales", "staff"}})
+    n = Node(
+        url,
+        file_rules=[DeviceRule(action="blocked", device_type="WP*", name="file-no-wp")],
+        file_policies=[GroupPolicy(name="file-sales", group="sales", settings={"max_devices": 1})],
+        groups={"alice": {"sales", "staff"}},
+    )
     try:
-        n.rules.add_rule({"name": "allow-wp", "action": "allowed", "device_type": "WP*", "position": 1},
-                         actor="cli:root")
+        n.rules.add_rule(
+            {"name": "allow-wp", "action": "allowed", "device_type": "WP*", "position": 1}, actor="cli:root"
+        )
         n.rules.add_rule({"name": "no-android", "action": "blocked", "device_type": "Android*"}, actor="cli:root")
         assert [r.name for r in n.devices.rules] == ["file-no-wp", "allow-wp", "no-android"]
         assert n.decide("wp1", "WP8") == "new-device-blocked"  # the file's rule wins
@@ -162,14 +187,17 @@ def test_the_file_rules_come_first_then_the_stores_and_a_reload_of_the_file_keep
         assert [p.name for p in n.devices.group_policies] == ["file-sales", "staff"]
         assert n.devices.policy_for("alice")[2] == "file-sales"
         # SIGHUP: the file's lists are replaced; the store's stay after them
-        n.devices.set_policy(rules=[], defaults={"default_action": "allowed", "require_second_factor": False},
-                             group_policies=[])
+        n.devices.set_policy(
+            rules=[], defaults={"default_action": "allowed", "require_second_factor": False}, group_policies=[]
+        )
         assert [r.name for r in n.devices.rules] == ["allow-wp", "no-android"]
         assert n.decide("wp2", "WP8") == "new-device-allowed"
         assert n.devices.policy_for("alice")[2] == "staff"
         # a rule naming a group limits it to that group's members
-        n.rules.add_rule({"name": "staff-ipad", "action": "quarantined", "model": "iPad*", "groups": ["staff"],
-                          "position": 1}, actor="cli:root")
+        n.rules.add_rule(
+            {"name": "staff-ipad", "action": "quarantined", "model": "iPad*", "groups": ["staff"], "position": 1},
+            actor="cli:root",
+        )
         assert n.decide("ipad1", None, model="iPad8") == "new-device-quarantined"
         assert n.decide("ipad1", None, "bob", model="iPad8") == "new-device-allowed"
     finally:
@@ -183,8 +211,9 @@ def test_a_change_made_by_another_process_is_in_force_within_a_second(url):
         assert gateway.decide("and1", "Android") == "new-device-allowed"
         gateway.follower.caught_up.wait(5)
         t0 = time.monotonic()
-        rule = admin.rules.add_rule({"name": "no-android", "action": "blocked", "device_type": "Android*"},
-                                    actor="cli:root")
+        rule = admin.rules.add_rule(
+            {"name": "no-android", "action": "blocked", "device_type": "Android*"}, actor="cli:root"
+        )
         n = 0
         while gateway.decide(f"and-{n}", "Android") != "new-device-blocked":
             assert time.monotonic() - t0 < 1.0, "not in force within a second"

@@ -23,18 +23,29 @@ pytestmark = pytest.mark.samba
 RECHECK = 0.5
 
 
-def test_ad_disable_cuts_a_split_gateway_within_recheck_interval(tmp_path, samba_lab, loop_thread, upstream,
-                                                                 tls_files):
+def test_ad_disable_cuts_a_split_gateway_within_recheck_interval(tmp_path, samba_lab, loop_thread, upstream, tls_files):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
     lab = samba_lab
-    directory = Directory(url=lab.ldaps_url, bind_dn=lab.service_dn, bind_password=lab.service_password,
-                          base_dn=lab.base_dn, ca_file=str(lab.ca_cert), netbios_domain=lab.netbios_domain,
-                          timeout=2, cache_ttl=1)
-    ids = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}", key_file=tmp_path / "keys" / "k",
-                        audit_file=None, lockout=LockoutConfig(user_failures=3, ip_failures=100, window=900),
-                        netbios_domains=(lab.netbios_domain,), directory=directory,
-                        required_group=lab.users_group)
+    directory = Directory(
+        url=lab.ldaps_url,
+        bind_dn=lab.service_dn,
+        bind_password=lab.service_password,
+        base_dn=lab.base_dn,
+        ca_file=str(lab.ca_cert),
+        netbios_domain=lab.netbios_domain,
+        timeout=2,
+        cache_ttl=1,
+    )
+    ids = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=3, ip_failures=100, window=900),
+        netbios_domains=(lab.netbios_domain,),
+        directory=directory,
+        required_group=lab.users_group,
+    )
     name = lab.new_user(groups=[lab.users_group])
     ids.users.add(name.lower(), upn=lab.upn(name), source="directory")
     asp = ids.asps.create(name.lower(), "phone")[1]
@@ -65,8 +76,10 @@ def test_ad_disable_cuts_a_split_gateway_within_recheck_interval(tmp_path, samba
         while name.lower() in gw.gw.gateway.live_users():
             assert time.monotonic() - t0 < RECHECK + 1.0, "not cut within recheck_interval + 1 s"
             time.sleep(0.02)
-        print(f"\nAD disable cut the split gateway's connection after {time.monotonic() - t0:.2f} s "
-              f"(recheck_interval {RECHECK} s)")
+        print(
+            f"\nAD disable cut the split gateway's connection after {time.monotonic() - t0:.2f} s "
+            f"(recheck_interval {RECHECK} s)"
+        )
     finally:
         loop_thread.run(monitor.stop())
         gw.close()

@@ -21,28 +21,34 @@ from ucgate.store import DuplicateError
 UPNS = {"alice.smith@contoso.com": "asmith"}
 
 
-@pytest.mark.parametrize("typed,expected", [
-    ("alice", LoginName("plain", "alice", None)),
-    ("CONTOSO\\Alice", LoginName("downlevel", "Alice", "contoso")),
-    ("alice@Contoso.COM", LoginName("upn", "alice", "contoso.com")),
-    ("  bob  ", LoginName("plain", "bob", None)),
-])
+@pytest.mark.parametrize(
+    "typed,expected",
+    [
+        ("alice", LoginName("plain", "alice", None)),
+        ("CONTOSO\\Alice", LoginName("downlevel", "Alice", "contoso")),
+        ("alice@Contoso.COM", LoginName("upn", "alice", "contoso.com")),
+        ("  bob  ", LoginName("plain", "bob", None)),
+    ],
+)
 def test_split(typed, expected):
     assert split_login_name(typed) == expected
 
 
-@pytest.mark.parametrize("typed,expected", [
-    ("Alice", "alice"),
-    ("CONTOSO\\ASmith", "asmith"),
-    ("contoso\\asmith", "asmith"),
-    ("FABRIKAM\\asmith", None),  # not our domain
-    ("Alice.Smith@contoso.com", "asmith"),  # UPN prefix is not the sAMAccountName
-    ("alice@contoso.com", None),  # unknown UPN: never guessed from the prefix
-    ("\\alice", None),
-    ("alice@", None),
-    ("", None),
-    ("ali ce\x00", None),
-])
+@pytest.mark.parametrize(
+    "typed,expected",
+    [
+        ("Alice", "alice"),
+        ("CONTOSO\\ASmith", "asmith"),
+        ("contoso\\asmith", "asmith"),
+        ("FABRIKAM\\asmith", None),  # not our domain
+        ("Alice.Smith@contoso.com", "asmith"),  # UPN prefix is not the sAMAccountName
+        ("alice@contoso.com", None),  # unknown UPN: never guessed from the prefix
+        ("\\alice", None),
+        ("alice@", None),
+        ("", None),
+        ("ali ce\x00", None),
+    ],
+)
 def test_resolve(typed, expected):
     assert resolve_login_name(typed, netbios_domains=["CONTOSO"], lookup_upn=UPNS.get) == expected
 
@@ -72,10 +78,8 @@ def test_resolve_never_raises_and_is_canonical(typed):
 def test_user_service(repo):
     now = datetime(2025, 1, 1, tzinfo=UTC)
     svc = UserService(repo, lambda: now, netbios_domains=["CONTOSO"])
-    u = svc.add("ASmith", upn="Alice.Smith@contoso.com", sip_uri="alice.smith@contoso.com",
-                display_name="Alice Smith")
-    assert (u.username, u.upn, u.sip_uri) == ("asmith", "alice.smith@contoso.com",
-                                              "sip:alice.smith@contoso.com")
+    u = svc.add("ASmith", upn="Alice.Smith@contoso.com", sip_uri="alice.smith@contoso.com", display_name="Alice Smith")
+    assert (u.username, u.upn, u.sip_uri) == ("asmith", "alice.smith@contoso.com", "sip:alice.smith@contoso.com")
     with pytest.raises(DuplicateError):
         svc.add("asmith")
     assert svc.resolve("CONTOSO\\asmith") == u

@@ -69,11 +69,17 @@ def test_encrypted_at_rest_and_bound_to_the_row(env):
     v.set_password("bob", "Bob-" + SECRET, actor="t")
     # a dump of every row of every table holds no plaintext
     with repo.engine.connect() as c:
-        tables = [r[0] for r in c.execute(text(
-            "SELECT name FROM sqlite_master WHERE type='table'" if repo.engine.dialect.name == "sqlite"
-            else "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"))]
-        dump = b"".join(repr(tuple(row)).encode() for t in tables
-                        for row in c.execute(text(f'SELECT * FROM "{t}"')))
+        tables = [
+            r[0]
+            for r in c.execute(
+                text(
+                    "SELECT name FROM sqlite_master WHERE type='table'"
+                    if repo.engine.dialect.name == "sqlite"
+                    else "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                )
+            )
+        ]
+        dump = b"".join(repr(tuple(row)).encode() for t in tables for row in c.execute(text(f'SELECT * FROM "{t}"')))
     assert b"Correct-Horse" not in dump and SECRET.encode().hex().encode() not in dump
     if repo.engine.dialect.name == "sqlite":
         db_file = repo.engine.url.database
@@ -82,8 +88,11 @@ def test_encrypted_at_rest_and_bound_to_the_row(env):
     # alice's ciphertext copied into bob's row does not decrypt as bob's password
     with repo.engine.begin() as c:
         a = c.execute(select(vault_secrets).where(vault_secrets.c.user_id == users.get("alice").id)).one()
-        c.execute(update(vault_secrets).where(vault_secrets.c.user_id == users.get("bob").id)
-                  .values(ciphertext=a.ciphertext, nonce=a.nonce))
+        c.execute(
+            update(vault_secrets)
+            .where(vault_secrets.c.user_id == users.get("bob").id)
+            .values(ciphertext=a.ciphertext, nonce=a.nonce)
+        )
     assert VaultService(repo, keyring, users=users).password_sync("bob") is None
     # and a key file without the key decrypts nothing
     other = Keyring.load_or_create(tmp_path / "keys" / "other")
@@ -109,8 +118,9 @@ def test_cli_reads_the_password_from_stdin_not_argv(tmp_path, monkeypatch, capsy
 
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    settings = SimpleNamespace(store_url=f"sqlite:///{tmp_path / 'data' / 'u.db'}",
-                               key_file=tmp_path / "keys" / "k", audit_file=None)
+    settings = SimpleNamespace(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'u.db'}", key_file=tmp_path / "keys" / "k", audit_file=None
+    )
     c = Components(settings)
     c.users.add("alice")
     c.close()
@@ -141,6 +151,7 @@ def test_cli_reads_the_password_from_stdin_not_argv(tmp_path, monkeypatch, capsy
 
 
 def test_cli_help_lists_vault():
-    out = subprocess.run([sys.executable, "-m", "ucgate", "vault", "set", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ucgate", "vault", "set", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "stdin" in out or "prompt" in out

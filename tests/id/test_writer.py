@@ -121,8 +121,12 @@ def test_sign_in_is_store_unavailable_when_the_writer_is_full(tmp_path):
 
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    ids = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'u.db'}", key_file=tmp_path / "keys" / "k",
-                        audit_file=None, lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900))
+    ids = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'u.db'}",
+        key_file=tmp_path / "keys" / "k",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900),
+    )
     try:
         ids.users.add("dave")
         _, asp = ids.asps.create("dave", "phone")
@@ -163,8 +167,7 @@ def test_kill_9_loses_at_most_the_stated_window(tmp_path, store_url):
 
     (tmp_path / "keys").mkdir(mode=0o700)
     open_repository(store_url).close()  # `ucgate db upgrade` (PostgreSQL)
-    p = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), store_url], stdout=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), store_url], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     acks: dict[int, float] = {}
     t_end = time.monotonic() + 1.5
@@ -185,7 +188,9 @@ def test_kill_9_loses_at_most_the_stated_window(tmp_path, store_url):
         repo.close()
     lost = [i for i in acks if i not in stored]
     window = max((killed - acks[i] for i in lost), default=0.0)
-    print(f"\nkill -9 after {len(acks)} answered sign-ins: {len(lost)} audit rows lost, all answered "
-          f"within {window * 1000:.0f} ms before the kill (stated bound {MAX_DELAY * 1000:.0f} ms + one commit)")
+    print(
+        f"\nkill -9 after {len(acks)} answered sign-ins: {len(lost)} audit rows lost, all answered "
+        f"within {window * 1000:.0f} ms before the kill (stated bound {MAX_DELAY * 1000:.0f} ms + one commit)"
+    )
     assert len(acks) > 50
     assert window < MAX_DELAY + 0.25, lost

@@ -43,8 +43,7 @@ def samba_lab():
         _unavailable("not running as root (samba binds ports 88/389/636)")
     if any(shutil.which(b) is None for b in REQUIRED_BINARIES):
         if os.environ.get("UCGATE_SAMBA_LAB_NO_INSTALL"):
-            _unavailable("samba not installed (UCGATE_SAMBA_LAB_NO_INSTALL set); "
-                         "run scripts/install-samba-lab")
+            _unavailable("samba not installed (UCGATE_SAMBA_LAB_NO_INSTALL set); run scripts/install-samba-lab")
         try:
             install_packages()
         except (subprocess.CalledProcessError, OSError) as e:

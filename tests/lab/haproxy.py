@@ -55,8 +55,7 @@ class Backend:
 class HAProxyLab:
     """One haproxy process balancing ``backends`` from ``127.0.0.1:<port>``."""
 
-    def __init__(self, backends: list[Backend], *, send_proxy: str = "send-proxy-v2",
-                 inter_ms: int = 200) -> None:
+    def __init__(self, backends: list[Backend], *, send_proxy: str = "send-proxy-v2", inter_ms: int = 200) -> None:
         self.backends = backends
         self.send_proxy = send_proxy
         self.inter_ms = inter_ms
@@ -73,7 +72,8 @@ class HAProxyLab:
             check = f"check port {b.health_port}" if b.health_port is not None else "check"
             servers.append(f"    server {b.name} {b.host}:{b.port} {self.send_proxy} {check}")
         httpchk = "    option httpchk GET /readyz\n" if any(b.health_port for b in self.backends) else ""
-        return f"""\
+        return (
+            f"""\
 global
     maxconn 256
     stats socket {self.admin} mode 600 level admin
@@ -97,7 +97,10 @@ frontend gateways
 backend gateways
     balance roundrobin
 {httpchk}    default-server inter {self.inter_ms}ms fastinter {self.inter_ms}ms fall 2 rise 1
-""" + "\n".join(servers) + "\n"
+"""
+            + "\n".join(servers)
+            + "\n"
+        )
 
     def start(self, timeout: float = 10.0) -> None:
         self.cfg.write_text(self.config())
@@ -105,8 +108,9 @@ backend gateways
         if check.returncode != 0:
             raise RuntimeError(f"haproxy -c refused {self.cfg}:\n{check.stdout}{check.stderr}")
         logf = self.log.open("wb")
-        self.proc = subprocess.Popen([HAPROXY, "-f", str(self.cfg), "-db"], stdout=logf,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [HAPROXY, "-f", str(self.cfg), "-db"], stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         logf.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -147,8 +151,11 @@ backend gateways
         """{server name: "UP" | "DOWN" | ...} of the gateways backend."""
         text = self.command("show stat").lstrip("# ")
         rows = csv.DictReader(io.StringIO(text))
-        return {r["svname"]: r["status"] for r in rows
-                if r["pxname"] == "gateways" and r["svname"] not in ("BACKEND", "FRONTEND")}
+        return {
+            r["svname"]: r["status"]
+            for r in rows
+            if r["pxname"] == "gateways" and r["svname"] not in ("BACKEND", "FRONTEND")
+        }
 
     def wait_status(self, want: dict[str, str], timeout: float = 10.0) -> None:
         """Until each named server has its status (HAProxy's checks run every ``inter_ms``)."""

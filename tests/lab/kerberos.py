@@ -142,9 +142,9 @@ class KerberosLab:
             "    dns_lookup_realm = false\n"
             "    dns_canonicalize_hostname = false\n"
             "    rdns = false\n"
-            "    forwardable = true\n"           # S4U2Proxy needs a forwardable evidence ticket
-            "    udp_preference_limit = 1\n"     # TCP: a dead KDC fails on connect/timeout
-            "    kdc_timeout = 2000\n"           # ms per KDC attempt
+            "    forwardable = true\n"  # S4U2Proxy needs a forwardable evidence ticket
+            "    udp_preference_limit = 1\n"  # TCP: a dead KDC fails on connect/timeout
+            "    kdc_timeout = 2000\n"  # ms per KDC attempt
             "    max_retries = 1\n"
             f"    clockskew = {clockskew}\n"
             "[realms]\n"
@@ -172,9 +172,9 @@ class KerberosLab:
 
     def _exists(self, account: str) -> bool:
         import ldap3
+
         with self.samba._admin() as c:
-            c.search(self.samba.base_dn, f"(sAMAccountName={account})", ldap3.SUBTREE,
-                     attributes=["cn"])
+            c.search(self.samba.base_dn, f"(sAMAccountName={account})", ldap3.SUBTREE, attributes=["cn"])
             return bool(c.entries)
 
     def ensure_accounts(self) -> None:
@@ -210,6 +210,7 @@ class KerberosLab:
         """Add an SPN over LDAP as Administrator: unlike samba-tool spn add / setspn -S, this
         does not refuse a duplicate (the check must find one)."""
         import ldap3
+
         with self.samba._admin() as c:
             c.modify(self.samba.user_dn(account), {"servicePrincipalName": [(ldap3.MODIFY_ADD, [spn])]})
 
@@ -244,8 +245,7 @@ class KerberosLab:
         if lifetime:
             cmd += ["-l", lifetime]
         cmd.append(f"{user}@{REALM}")
-        r = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True,
-                           env=self.env(ccache), timeout=30)
+        r = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, env=self.env(ccache), timeout=30)
         if r.returncode != 0:
             raise RuntimeError(f"kinit {user} failed: {r.stdout}{r.stderr}")
         return ccache
@@ -291,12 +291,23 @@ class ApacheFrontEnd:
         cgi = d / "cgi"
         cgi.mkdir(exist_ok=True)
         script = cgi / "whoami"
-        script.write_text('#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n'
-                          'user=%s\\nauth=%s\\npath=%s\\n" "$REMOTE_USER" "$AUTH_TYPE" "$REQUEST_URI"\n')
+        script.write_text(
+            '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n'
+            'user=%s\\nauth=%s\\npath=%s\\n" "$REMOTE_USER" "$AUTH_TYPE" "$REQUEST_URI"\n'
+        )
         os.chmod(script, 0o755)
         os.chmod(cgi, 0o755)
-        mods = ["mpm_prefork", "authn_core", "authz_core", "authz_user", "auth_gssapi", "headers",
-                "cgi", "alias", "env"]
+        mods = [
+            "mpm_prefork",
+            "authn_core",
+            "authz_core",
+            "authz_user",
+            "auth_gssapi",
+            "headers",
+            "cgi",
+            "alias",
+            "env",
+        ]
         load = "\n".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so" for m in mods)
         conf = d / "httpd.conf"
         conf.write_text(f"""# ucgate Kerberos lab front end (tests/lab/kerberos.py)
@@ -337,12 +348,22 @@ ScriptAliasMatch "^/.*" "{script}"
     def start(self, timeout: float = 20.0) -> None:
         t0 = time.monotonic()
         conf = self._write_config()
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KRB5_CONFIG": str(self.krb5_conf),
-               "KRB5RCACHEDIR": str(self.dir / "rcache"), "LANG": "C"}
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "KRB5_CONFIG": str(self.krb5_conf),
+            "KRB5RCACHEDIR": str(self.dir / "rcache"),
+            "LANG": "C",
+        }
         with open(self.dir / "stdout.log", "ab") as out:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([APACHE_BIN, "-f", str(conf), "-DFOREGROUND"],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True, cwd=self.dir)
+            self.proc = subprocess.Popen(
+                [APACHE_BIN, "-f", str(conf), "-DFOREGROUND"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=self.dir,
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -58,21 +58,38 @@ def make_ca(d: Path, leaves: dict[str, list[str]]) -> dict[str, tuple[Path, Path
     now = dt.datetime.now(dt.UTC)
 
     def pem_key(k) -> bytes:
-        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
+        return k.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ucgate test syslog CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     out = {"ca": (d / "ca.pem", d / "ca.key")}
     out["ca"][0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     out["ca"][1].write_bytes(pem_key(ca_key))
@@ -84,17 +101,23 @@ def make_ca(d: Path, leaves: dict[str, list[str]]) -> dict[str, tuple[Path, Path
                 alt.append(x509.IPAddress(ipaddress.ip_address(s)))
             except ValueError:
                 alt.append(x509.DNSName(s))
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sans[0] if sans else name)]))
-                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                               critical=False)
-                .sign(ca_key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sans[0] if sans else name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
         out[name] = (d / f"{name}.pem", d / f"{name}.key")
         out[name][0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         out[name][1].write_bytes(pem_key(key))
@@ -105,8 +128,16 @@ def make_ca(d: Path, leaves: dict[str, list[str]]) -> dict[str, tuple[Path, Path
 class RsyslogLab:
     """One rsyslogd receiving on ``127.0.0.1:<port>`` (see the module docstring)."""
 
-    def __init__(self, *, tls: bool = False, authmode: str = "anon", ca: Path | None = None,
-                 cert: Path | None = None, key: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tls: bool = False,
+        authmode: str = "anon",
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        port: int | None = None,
+    ) -> None:
         require_rsyslog(tls)
         self.tls, self.authmode, self.ca, self.cert, self.key = tls, authmode, ca, cert, key
         self.dir = Path(tempfile.mkdtemp(prefix="ucgate-rsyslog-"))
@@ -119,18 +150,33 @@ class RsyslogLab:
     def config(self) -> str:
         glob = f'workDirectory="{self.dir}" maxMessageSize="64k"'
         if self.tls:
-            glob += (f' defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile="{self.ca}"'
-                     f' defaultNetstreamDriverCertFile="{self.cert}" defaultNetstreamDriverKeyFile="{self.key}"')
-            imtcp = (f'module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" '
-                     f'streamDriver.authMode="{self.authmode}")')
+            glob += (
+                f' defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile="{self.ca}"'
+                f' defaultNetstreamDriverCertFile="{self.cert}" defaultNetstreamDriverKeyFile="{self.key}"'
+            )
+            imtcp = (
+                f'module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" '
+                f'streamDriver.authMode="{self.authmode}")'
+            )
         else:
             imtcp = 'module(load="imtcp")'
-        fields = [("pri", "pri"), ("protocol", "protocol-version"), ("timestamp", "timereported"),
-                  ("hostname", "hostname"), ("app_name", "app-name"), ("procid", "procid"),
-                  ("msgid", "msgid"), ("structured_data", "structured-data"), ("msg", "msg")]
-        props = "\n".join(f'  property(outname="{o}" name="{n}" format="jsonf"'
-                          + (' dateFormat="rfc3339"' if n == "timereported" else "") + ")"
-                          for o, n in fields)
+        fields = [
+            ("pri", "pri"),
+            ("protocol", "protocol-version"),
+            ("timestamp", "timereported"),
+            ("hostname", "hostname"),
+            ("app_name", "app-name"),
+            ("procid", "procid"),
+            ("msgid", "msgid"),
+            ("structured_data", "structured-data"),
+            ("msg", "msg"),
+        ]
+        props = "\n".join(
+            f'  property(outname="{o}" name="{n}" format="jsonf"'
+            + (' dateFormat="rfc3339"' if n == "timereported" else "")
+            + ")"
+            for o, n in fields
+        )
         return f"""\
 global({glob})
 {imtcp}
@@ -147,8 +193,9 @@ action(type="omfile" file="{self.out}" template="ucgate_json" asyncWriting="off"
         if check.returncode != 0:
             raise AssertionError(f"rsyslogd -N1 refused the configuration:\n{check.stderr}\n{self.config()}")
         with open(self.stderr, "ab") as err:
-            self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(self.cfg), "-i", str(self.dir / "pid")],
-                                         stdout=err, stderr=err)
+            self.proc = subprocess.Popen(
+                [RSYSLOGD, "-n", "-f", str(self.cfg), "-i", str(self.dir / "pid")], stdout=err, stderr=err
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -188,5 +235,7 @@ action(type="omfile" file="{self.out}" template="ucgate_json" asyncWriting="off"
             if len(got) >= n:
                 return got
             time.sleep(0.05)
-        raise AssertionError(f"rsyslog received {len(self.received())} of {n} messages within {timeout} s; "
-                             f"stderr: {self.stderr.read_text() if self.stderr.exists() else ''}")
+        raise AssertionError(
+            f"rsyslog received {len(self.received())} of {n} messages within {timeout} s; "
+            f"stderr: {self.stderr.read_text() if self.stderr.exists() else ''}"
+        )

@@ -118,28 +118,48 @@ class SeedUser:
 
 # The fixed population of every lab (the template holds it).
 SEED_USERS: tuple[SeedUser, ...] = (
-    SeedUser("alice", "Alice Example", (USERS_GROUP,), sip="sip:alice@lab.ucgate.test",
-             mail="alice@lab.ucgate.test",
-             proxy_addresses=("SMTP:alice@lab.ucgate.test", "SIP:alice@lab.ucgate.test")),
+    SeedUser(
+        "alice",
+        "Alice Example",
+        (USERS_GROUP,),
+        sip="sip:alice@lab.ucgate.test",
+        mail="alice@lab.ucgate.test",
+        proxy_addresses=("SMTP:alice@lab.ucgate.test", "SIP:alice@lab.ucgate.test"),
+    ),
     # bob's SIP URI and mail differ from his UPN (bob@lab.ucgate.test)
-    SeedUser("bob", "Bob Builder", (USERS_GROUP,), sip="sip:robert@sip.ucgate.test",
-             mail="robert.b@ucgate.test",
-             proxy_addresses=("SMTP:robert.b@ucgate.test", "smtp:bob@lab.ucgate.test",
-                              "SIP:robert@sip.ucgate.test")),
-    SeedUser("carol", "Carol NotMember", (), sip="sip:carol@lab.ucgate.test",
-             mail="carol@lab.ucgate.test"),
-    SeedUser("dave", "Dave Disabled", (USERS_GROUP,), disabled=True,
-             sip="sip:dave@lab.ucgate.test", mail="dave@lab.ucgate.test"),
+    SeedUser(
+        "bob",
+        "Bob Builder",
+        (USERS_GROUP,),
+        sip="sip:robert@sip.ucgate.test",
+        mail="robert.b@ucgate.test",
+        proxy_addresses=("SMTP:robert.b@ucgate.test", "smtp:bob@lab.ucgate.test", "SIP:robert@sip.ucgate.test"),
+    ),
+    SeedUser("carol", "Carol NotMember", (), sip="sip:carol@lab.ucgate.test", mail="carol@lab.ucgate.test"),
+    SeedUser(
+        "dave",
+        "Dave Disabled",
+        (USERS_GROUP,),
+        disabled=True,
+        sip="sip:dave@lab.ucgate.test",
+        mail="dave@lab.ucgate.test",
+    ),
     # erin is in ucgate-users only through the nested group ucgate-mobile
-    SeedUser("erin", "Erin Nested", (NESTED_GROUP,), sip="sip:erin@lab.ucgate.test",
-             mail="erin@lab.ucgate.test"),
+    SeedUser("erin", "Erin Nested", (NESTED_GROUP,), sip="sip:erin@lab.ucgate.test", mail="erin@lab.ucgate.test"),
     # frank has no msRTCSIP attribute: his SIP address is only a proxyAddresses entry
-    SeedUser("frank", "Frank Proxy", (USERS_GROUP,), sip=None, mail="frank.mail@ucgate.test",
-             proxy_addresses=("SMTP:frank.mail@ucgate.test", "SIP:frank@lab.ucgate.test")),
+    SeedUser(
+        "frank",
+        "Frank Proxy",
+        (USERS_GROUP,),
+        sip=None,
+        mail="frank.mail@ucgate.test",
+        proxy_addresses=("SMTP:frank.mail@ucgate.test", "SIP:frank@lab.ucgate.test"),
+    ),
 )
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def filetime(when: _dt.datetime) -> int:
     """datetime -> Windows FILETIME (100 ns since 1601-01-01 UTC)."""
@@ -206,21 +226,32 @@ def _make_tls(dirpath: Path) -> None:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ucgate Samba lab CA")])
     ca = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(until)
+        .not_valid_before(now)
+        .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName(DC_FQDN), x509.DNSName(DNS_DOMAIN),
-                                    x509.DNSName("localhost")]
+    sans: list[x509.GeneralName] = [x509.DNSName(DC_FQDN), x509.DNSName(DNS_DOMAIN), x509.DNSName("localhost")]
     sans += [x509.IPAddress(ipaddress.ip_address(h)) for h in CANDIDATE_HOSTS]
     cert = (
         x509.CertificateBuilder()
@@ -228,12 +259,12 @@ def _make_tls(dirpath: Path) -> None:
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(until)
+        .not_valid_before(now)
+        .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     dirpath.mkdir(parents=True, exist_ok=True)
@@ -241,8 +272,7 @@ def _make_tls(dirpath: Path) -> None:
     (dirpath / "ca.pem").write_bytes(ca.public_bytes(pem))
     (dirpath / "cert.pem").write_bytes(cert.public_bytes(pem))
     keyfile = dirpath / "key.pem"
-    keyfile.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    keyfile.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     os.chmod(keyfile, 0o600)  # samba refuses a key file others can read
 
 
@@ -258,6 +288,7 @@ LYNC_ATTRIBUTES = (
 
 
 # --------------------------------------------------------------------------- the lab
+
 
 @dataclass
 class SambaLab:
@@ -340,19 +371,27 @@ class SambaLab:
 
     def settings(self) -> dict[str, str]:
         return {
-            "ldap_url": self.ldap_url, "ldaps_url": self.ldaps_url, "ca_cert": str(self.ca_cert),
-            "base_dn": self.base_dn, "realm": self.realm, "netbios_domain": self.netbios_domain,
-            "kdc": self.kdc, "krb5_conf": str(self.krb5_conf), "admin_dn": self.admin_dn,
-            "admin_password": self.admin_password, "service_dn": self.service_dn,
-            "service_password": self.service_password, "default_password": self.default_password,
-            "workdir": str(self.workdir), "pid": str(self.proc.pid if self.proc else ""),
+            "ldap_url": self.ldap_url,
+            "ldaps_url": self.ldaps_url,
+            "ca_cert": str(self.ca_cert),
+            "base_dn": self.base_dn,
+            "realm": self.realm,
+            "netbios_domain": self.netbios_domain,
+            "kdc": self.kdc,
+            "krb5_conf": str(self.krb5_conf),
+            "admin_dn": self.admin_dn,
+            "admin_password": self.admin_password,
+            "service_dn": self.service_dn,
+            "service_password": self.service_password,
+            "default_password": self.default_password,
+            "workdir": str(self.workdir),
+            "pid": str(self.proc.pid if self.proc else ""),
         }
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def create(cls, *, host: str | None = None, workdir: Path | None = None,
-               start: bool = True) -> SambaLab:
+    def create(cls, *, host: str | None = None, workdir: Path | None = None, start: bool = True) -> SambaLab:
         reason = lab_available()
         if reason:
             raise LabError(reason)
@@ -408,7 +447,9 @@ class SambaLab:
         with open(self.workdir / "log" / "stdout.log", "ab") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 ["samba", "-s", str(self.smb_conf), "--foreground", "--no-process-group"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: stop() kills the whole tree
                 cwd=self.workdir,
             )
@@ -424,8 +465,7 @@ class SambaLab:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is None or self.proc.poll() is not None:
-                raise LabError(f"samba exited (rc={self.proc and self.proc.returncode}):\n"
-                               + self.log_tail())
+                raise LabError(f"samba exited (rc={self.proc and self.proc.returncode}):\n" + self.log_tail())
             if all(_tcp_open(self.host, p) for p in PORTS) and self._ldaps_answers():
                 return
             if time.monotonic() > deadline:
@@ -489,32 +529,39 @@ class SambaLab:
         """ldap3 Tls verifying chain and host name with OpenSSL (ldap3's own host
         name check relies on the deprecated ssl.match_hostname)."""
         import ldap3
+
         ctx = ssl.create_default_context(cafile=str(self.ca_cert))
         host = self.host
 
         class _Tls(ldap3.Tls):
             def wrap_socket(self, connection, do_handshake=False):
                 connection.socket = ctx.wrap_socket(
-                    connection.socket, server_hostname=host,
-                    do_handshake_on_connect=do_handshake)
+                    connection.socket, server_hostname=host, do_handshake_on_connect=do_handshake
+                )
 
         return _Tls(validate=ssl.CERT_REQUIRED)
 
-    def connection(self, bind_dn: str, password: str, *, timeout: float = 5,
-                   check_names: bool = True):
+    def connection(self, bind_dn: str, password: str, *, timeout: float = 5, check_names: bool = True):
         """A bound LDAPS ldap3 connection (raises ldap3 exceptions on failure)."""
         import ldap3
-        server = ldap3.Server(self.host, port=636, use_ssl=True, tls=self._tls(),
-                              get_info=ldap3.NONE, connect_timeout=timeout)
-        conn = ldap3.Connection(server, user=bind_dn, password=password,
-                                authentication=ldap3.SIMPLE, receive_timeout=timeout,
-                                raise_exceptions=True, check_names=check_names)
+
+        server = ldap3.Server(
+            self.host, port=636, use_ssl=True, tls=self._tls(), get_info=ldap3.NONE, connect_timeout=timeout
+        )
+        conn = ldap3.Connection(
+            server,
+            user=bind_dn,
+            password=password,
+            authentication=ldap3.SIMPLE,
+            receive_timeout=timeout,
+            raise_exceptions=True,
+            check_names=check_names,
+        )
         conn.bind()
         return conn
 
     def admin_connection(self, *, timeout: float = 5, check_names: bool = True):
-        return self.connection(self.admin_dn, ADMIN_PASSWORD, timeout=timeout,
-                               check_names=check_names)
+        return self.connection(self.admin_dn, ADMIN_PASSWORD, timeout=timeout, check_names=check_names)
 
     @contextlib.contextmanager
     def _admin(self, check_names: bool = True):
@@ -526,23 +573,34 @@ class SambaLab:
 
     def _modify(self, dn: str, changes: dict) -> None:
         import ldap3
+
         with self._admin() as c:
-            c.modify(dn, {k: [(ldap3.MODIFY_REPLACE, v if isinstance(v, list) else [v])]
-                          for k, v in changes.items()})
+            c.modify(dn, {k: [(ldap3.MODIFY_REPLACE, v if isinstance(v, list) else [v])] for k, v in changes.items()})
 
     def read(self, name_or_dn: str, attrs: list[str]) -> dict:
         """Raw attribute values of an entry (for assertions in tests)."""
         import ldap3
+
         dn = name_or_dn if "=" in name_or_dn else self.user_dn(name_or_dn)
         with self._admin() as c:
             c.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=attrs)
             return {k: v for k, v in c.response[0]["raw_attributes"].items()}
 
-    def add_user(self, name: str, password: str = DEFAULT_PASSWORD, *,
-                 groups: tuple[str, ...] | list[str] = (), disabled: bool = False,
-                 upn: str | None = None, mail: str | None = None, sip: str | None = None,
-                 display_name: str | None = None, proxy_addresses: tuple[str, ...] | list[str] = (),
-                 password_never_expires: bool = False, **attrs) -> str:
+    def add_user(
+        self,
+        name: str,
+        password: str = DEFAULT_PASSWORD,
+        *,
+        groups: tuple[str, ...] | list[str] = (),
+        disabled: bool = False,
+        upn: str | None = None,
+        mail: str | None = None,
+        sip: str | None = None,
+        display_name: str | None = None,
+        proxy_addresses: tuple[str, ...] | list[str] = (),
+        password_never_expires: bool = False,
+        **attrs,
+    ) -> str:
         """Create a user under CN=Users; extra LDAP attributes as keyword arguments
         (use the LDAP name; ``msRTCSIP_PrimaryUserAddress`` style names get ``-``)."""
         dn = self.user_dn(name)
@@ -575,6 +633,7 @@ class SambaLab:
         """Create a user with a unique name (for tests that change account state);
         keyword arguments as for add_user. Returns the sAMAccountName."""
         import secrets
+
         name = f"{prefix}{secrets.token_hex(4)}"[:20]
         self.add_user(name, kwargs.pop("password", DEFAULT_PASSWORD), **kwargs)
         return name
@@ -590,6 +649,7 @@ class SambaLab:
 
     def add_member(self, group: str, member: str) -> None:
         import ldap3
+
         gdn = group if "=" in group else self.group_dn(group)
         mdn = member if "=" in member else self.user_dn(member)
         with self._admin() as c:
@@ -597,6 +657,7 @@ class SambaLab:
 
     def remove_member(self, group: str, member: str) -> None:
         import ldap3
+
         gdn = group if "=" in group else self.group_dn(group)
         mdn = member if "=" in member else self.user_dn(member)
         with self._admin() as c:
@@ -638,12 +699,12 @@ class SambaLab:
         """Bind as ``name`` with a wrong password until the DC locks the account.
         Returns the number of failed binds made."""
         import ldap3
+
         n = attempts or self.lockout_threshold
         for i in range(n):
             try:
                 self.connection(self.user_dn(name), f"wrong-{i}-{time.monotonic_ns()}").unbind()
-            except (ldap3.core.exceptions.LDAPBindError,
-                    ldap3.core.exceptions.LDAPInvalidCredentialsResult):
+            except (ldap3.core.exceptions.LDAPBindError, ldap3.core.exceptions.LDAPInvalidCredentialsResult):
                 pass
             else:
                 raise LabError(f"a wrong password bound as {name}")
@@ -658,15 +719,16 @@ class SambaLab:
 
     def can_bind(self, name: str, password: str | None = None) -> bool:
         import ldap3
+
         try:
             self.connection(self.user_dn(name), password or DEFAULT_PASSWORD).unbind()
             return True
-        except (ldap3.core.exceptions.LDAPBindError,
-                ldap3.core.exceptions.LDAPInvalidCredentialsResult):
+        except (ldap3.core.exceptions.LDAPBindError, ldap3.core.exceptions.LDAPInvalidCredentialsResult):
             return False
 
 
 # --------------------------------------------------------------------------- config + template
+
 
 def _write_smb_conf(d: Path, host: str, *, schema_updates: bool = False) -> None:
     for sub in ("etc", "private", "state", "cache", "lock", "run", "log", "bind-dns"):
@@ -718,8 +780,8 @@ def _write_smb_conf(d: Path, host: str, *, schema_updates: bool = False) -> None
 
 def _ignore_sockets(src: str, names: list[str]) -> set[str]:
     import stat
-    return {n for n in names
-            if stat.S_ISSOCK(os.lstat(os.path.join(src, n)).st_mode)}
+
+    return {n for n in names if stat.S_ISSOCK(os.lstat(os.path.join(src, n)).st_mode)}
 
 
 def _remove_sockets(d: Path) -> None:
@@ -758,11 +820,21 @@ def _build_template(build: Path) -> None:
     empty_conf = build / "provision-empty.conf"
     empty_conf.write_text("[global]\n")  # keep /etc/samba/smb.conf out of it
     cmd = [
-        "samba-tool", "domain", "provision", f"--configfile={empty_conf}",
-        f"--targetdir={build}", f"--realm={REALM}", f"--domain={NETBIOS_DOMAIN}",
-        "--server-role=dc", "--dns-backend=NONE", "--use-rfc2307",
-        f"--adminpass={ADMIN_PASSWORD}", f"--host-name={DC_HOSTNAME}", "--host-ip=127.0.0.2",
-        "--option=interfaces=127.0.0.2", "--option=bind interfaces only=yes",
+        "samba-tool",
+        "domain",
+        "provision",
+        f"--configfile={empty_conf}",
+        f"--targetdir={build}",
+        f"--realm={REALM}",
+        f"--domain={NETBIOS_DOMAIN}",
+        "--server-role=dc",
+        "--dns-backend=NONE",
+        "--use-rfc2307",
+        f"--adminpass={ADMIN_PASSWORD}",
+        f"--host-name={DC_HOSTNAME}",
+        "--host-ip=127.0.0.2",
+        "--option=interfaces=127.0.0.2",
+        "--option=bind interfaces only=yes",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -784,51 +856,72 @@ def _build_template(build: Path) -> None:
     for junk in ("log", "run", "lock", "cache"):
         shutil.rmtree(build / junk, ignore_errors=True)
     _remove_sockets(build)
-    (build / ".complete").write_text(json.dumps({
-        "samba": samba_version(), "format": LAB_FORMAT,
-        "provision_seconds": round(t_prov, 2),
-        "total_seconds": round(time.monotonic() - t0, 2),
-        "built": _dt.datetime.now(_dt.UTC).isoformat(),
-    }))
+    (build / ".complete").write_text(
+        json.dumps(
+            {
+                "samba": samba_version(),
+                "format": LAB_FORMAT,
+                "provision_seconds": round(t_prov, 2),
+                "total_seconds": round(time.monotonic() - t0, 2),
+                "built": _dt.datetime.now(_dt.UTC).isoformat(),
+            }
+        )
+    )
 
 
 def _seed(lab: SambaLab) -> None:
     import ldap3
+
     with lab._admin(check_names=False) as c:  # check_names=False: allow the rootDSE ("") DN
         # -- schema: the Lync attributes, then the user class may contain them
         for cn, oid, syntax, om, single, flags in LYNC_ATTRIBUTES:
-            c.add(f"CN={cn},{SCHEMA_DN}", ["top", "attributeSchema"], {
-                "attributeID": oid, "attributeSyntax": syntax, "oMSyntax": str(om),
-                "isSingleValued": "TRUE" if single else "FALSE", "lDAPDisplayName": cn,
-                "adminDisplayName": cn, "searchFlags": str(flags),
-                "isMemberOfPartialAttributeSet": "TRUE",
-            })
+            c.add(
+                f"CN={cn},{SCHEMA_DN}",
+                ["top", "attributeSchema"],
+                {
+                    "attributeID": oid,
+                    "attributeSyntax": syntax,
+                    "oMSyntax": str(om),
+                    "isSingleValued": "TRUE" if single else "FALSE",
+                    "lDAPDisplayName": cn,
+                    "adminDisplayName": cn,
+                    "searchFlags": str(flags),
+                    "isMemberOfPartialAttributeSet": "TRUE",
+                },
+            )
         c.modify("", {"schemaUpdateNow": [(ldap3.MODIFY_REPLACE, ["1"])]})
-        c.modify(f"CN=User,{SCHEMA_DN}",
-                 {"mayContain": [(ldap3.MODIFY_ADD, [a[0] for a in LYNC_ATTRIBUTES])]})
-        c.modify(f"CN=Contact,{SCHEMA_DN}",
-                 {"mayContain": [(ldap3.MODIFY_ADD, [a[0] for a in LYNC_ATTRIBUTES])]})
+        c.modify(f"CN=User,{SCHEMA_DN}", {"mayContain": [(ldap3.MODIFY_ADD, [a[0] for a in LYNC_ATTRIBUTES])]})
+        c.modify(f"CN=Contact,{SCHEMA_DN}", {"mayContain": [(ldap3.MODIFY_ADD, [a[0] for a in LYNC_ATTRIBUTES])]})
         c.modify("", {"schemaUpdateNow": [(ldap3.MODIFY_REPLACE, ["1"])]})
         # -- password and lockout policy (durations are negative 100 ns intervals)
         minutes = str(-LOCKOUT_MINUTES * 60 * 10_000_000)
-        c.modify(BASE_DN, {
-            "lockoutThreshold": [(ldap3.MODIFY_REPLACE, [str(LOCKOUT_THRESHOLD)])],
-            "lockoutDuration": [(ldap3.MODIFY_REPLACE, [minutes])],
-            "lockOutObservationWindow": [(ldap3.MODIFY_REPLACE, [minutes])],
-            "pwdProperties": [(ldap3.MODIFY_REPLACE, ["0"])],  # no complexity rule
-            "minPwdAge": [(ldap3.MODIFY_REPLACE, ["0"])],
-            "minPwdLength": [(ldap3.MODIFY_REPLACE, ["7"])],
-            "pwdHistoryLength": [(ldap3.MODIFY_REPLACE, ["0"])],
-        })
+        c.modify(
+            BASE_DN,
+            {
+                "lockoutThreshold": [(ldap3.MODIFY_REPLACE, [str(LOCKOUT_THRESHOLD)])],
+                "lockoutDuration": [(ldap3.MODIFY_REPLACE, [minutes])],
+                "lockOutObservationWindow": [(ldap3.MODIFY_REPLACE, [minutes])],
+                "pwdProperties": [(ldap3.MODIFY_REPLACE, ["0"])],  # no complexity rule
+                "minPwdAge": [(ldap3.MODIFY_REPLACE, ["0"])],
+                "minPwdLength": [(ldap3.MODIFY_REPLACE, ["7"])],
+                "pwdHistoryLength": [(ldap3.MODIFY_REPLACE, ["0"])],
+            },
+        )
     lab.add_group(USERS_GROUP)
     lab.add_group(NESTED_GROUP)
     lab.add_member(USERS_GROUP, lab.group_dn(NESTED_GROUP))
-    lab.add_user(SERVICE_ACCOUNT, SERVICE_PASSWORD, display_name="ucgate service account",
-                 password_never_expires=True)
+    lab.add_user(SERVICE_ACCOUNT, SERVICE_PASSWORD, display_name="ucgate service account", password_never_expires=True)
     for u in SEED_USERS:
-        lab.add_user(u.name, DEFAULT_PASSWORD, groups=u.groups, disabled=u.disabled,
-                     sip=u.sip, mail=u.mail, display_name=u.display_name,
-                     proxy_addresses=u.proxy_addresses)
+        lab.add_user(
+            u.name,
+            DEFAULT_PASSWORD,
+            groups=u.groups,
+            disabled=u.disabled,
+            sip=u.sip,
+            mail=u.mail,
+            display_name=u.display_name,
+            proxy_addresses=u.proxy_addresses,
+        )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -848,8 +941,10 @@ def _cli_up(args) -> int:
     st = lab.settings()
     STATE_FILE.write_text(json.dumps(st, indent=2))
     print(json.dumps(st, indent=2))
-    print(f"# up in {time.monotonic() - t0:.1f}s; KRB5_CONFIG={lab.krb5_conf}; "
-          f"stop with: python -m tests.lab.samba down", file=sys.stderr)
+    print(
+        f"# up in {time.monotonic() - t0:.1f}s; KRB5_CONFIG={lab.krb5_conf}; stop with: python -m tests.lab.samba down",
+        file=sys.stderr,
+    )
     # leave samba running: detach (it has its own session) and do not reap it
     _LIVE.pop(id(lab), None)
     lab.proc = None
@@ -900,8 +995,7 @@ def _cli_status(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.lab.samba",
-                                description="Throwaway Samba AD DC on loopback")
+    p = argparse.ArgumentParser(prog="python -m tests.lab.samba", description="Throwaway Samba AD DC on loopback")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a lab in the background")
     up.add_argument("--host", help="loopback address (default: first free 127.0.0.x)")

@@ -34,11 +34,29 @@ def p(device_id="Dev42", state=A, trusted_until=NOW + H, wiped=False, **kw) -> P
     return Partnership("erin", device_id, state, trusted_until, NOW - 90 * H, NOW - H, wiped=wiped, **kw)
 
 
-def run(facts=PHONE, existing=None, others=(), rules=(), pol=GroupPolicy(), groups=frozenset(),
-        second_factor_ok=False, service="eas", possible=True) -> DeviceDecision:
-    return decide(facts=facts, existing=existing, user_devices=list(others) + ([existing] if existing else []),
-                  rules=rules, policy=pol, user_groups=frozenset(groups), now=NOW,
-                  second_factor_ok=second_factor_ok, service=service, second_factor_possible=possible)
+def run(
+    facts=PHONE,
+    existing=None,
+    others=(),
+    rules=(),
+    pol=GroupPolicy(),
+    groups=frozenset(),
+    second_factor_ok=False,
+    service="eas",
+    possible=True,
+) -> DeviceDecision:
+    return decide(
+        facts=facts,
+        existing=existing,
+        user_devices=list(others) + ([existing] if existing else []),
+        rules=rules,
+        policy=pol,
+        user_groups=frozenset(groups),
+        now=NOW,
+        second_factor_ok=second_factor_ok,
+        service=service,
+        second_factor_possible=possible,
+    )
 
 
 def full(d: DeviceDecision) -> tuple:
@@ -53,9 +71,18 @@ def test_security_arguments_have_no_defaults():
         assert param.default is inspect.Parameter.empty, name
         assert param.kind is inspect.Parameter.KEYWORD_ONLY, name
     assert inspect.signature(evaluate_rules).parameters["default"].default is inspect.Parameter.empty
-    kwargs = dict(facts=PHONE, existing=None, user_devices=[], rules=[], policy=GroupPolicy(),
-                  user_groups=frozenset(), now=NOW, second_factor_ok=False, service="eas",
-                  second_factor_possible=True)
+    kwargs = dict(
+        facts=PHONE,
+        existing=None,
+        user_devices=[],
+        rules=[],
+        policy=GroupPolicy(),
+        user_groups=frozenset(),
+        now=NOW,
+        second_factor_ok=False,
+        service="eas",
+        second_factor_possible=True,
+    )
     for missing in ("second_factor_ok", "service", "policy", "now", "second_factor_possible"):
         with pytest.raises(TypeError):
             decide(**{k: v for k, v in kwargs.items() if k != missing})
@@ -119,8 +146,12 @@ def test_second_factor_not_required_renews_without_it():
 def test_existing_refusals_whatever_the_second_factor_and_rules(existing, expected):
     for sf in (False, True):
         for rules in ((), (DeviceRule(A),)):
-            d = run(existing=existing, second_factor_ok=sf, rules=rules,
-                    pol=GroupPolicy(require_second_factor=False, default_action=A))
+            d = run(
+                existing=existing,
+                second_factor_ok=sf,
+                rules=rules,
+                pol=GroupPolicy(require_second_factor=False, default_action=A),
+            )
             assert full(d) == expected
             assert not d.allowed
 
@@ -132,42 +163,104 @@ def test_device_limit_boundary():
     rules = (DeviceRule(A, name="all"),)
     two = [p("d1"), p("d2", Q)]
     assert full(run(others=two, rules=rules, pol=GroupPolicy(max_devices=3), second_factor_ok=True)) == (
-        "allow", "new-device-allowed", A, False, NOW + 24 * H, "all")
+        "allow",
+        "new-device-allowed",
+        A,
+        False,
+        NOW + 24 * H,
+        "all",
+    )
     assert full(run(others=two, rules=rules, pol=GroupPolicy(max_devices=2), second_factor_ok=True)) == (
-        "deny", "device-limit", None, False, None, "all")
+        "deny",
+        "device-limit",
+        None,
+        False,
+        None,
+        "all",
+    )
     # blocked partnerships and a stale entry for this very device do not count
     others = [p("d1"), p("d2", B), p("Dev42", B)]
     assert run(others=others, rules=rules, pol=GroupPolicy(max_devices=2), second_factor_ok=True).outcome == "allow"
-    assert run(others=[p("d1"), p("d1")], rules=rules, pol=GroupPolicy(max_devices=2),
-               second_factor_ok=True).outcome == "allow"  # ids, not rows
+    assert (
+        run(others=[p("d1"), p("d1")], rules=rules, pol=GroupPolicy(max_devices=2), second_factor_ok=True).outcome
+        == "allow"
+    )  # ids, not rows
     assert run(pol=GroupPolicy(max_devices=0)).reason == "device-limit"
     assert run(others=[p("d1")], pol=GroupPolicy(max_devices=1)).reason == "device-limit"
 
 
 def test_new_device_outcomes_and_rule_names():
     assert full(run()) == ("quarantine", "new-device-quarantined", Q, False, None, "")
-    assert full(run(rules=(DeviceRule(A, name="ok"),))) == ("challenge", "new-device-second-factor", A, False, None, "ok")
+    assert full(run(rules=(DeviceRule(A, name="ok"),))) == (
+        "challenge",
+        "new-device-second-factor",
+        A,
+        False,
+        None,
+        "ok",
+    )
     assert full(run(rules=(DeviceRule(A),), second_factor_ok=True)) == (
-        "allow", "new-device-allowed", A, False, NOW + 24 * H, "#0")
+        "allow",
+        "new-device-allowed",
+        A,
+        False,
+        NOW + 24 * H,
+        "#0",
+    )
     assert full(run(rules=(DeviceRule(Q, device_type="x"), DeviceRule(B, name="no")))) == (
-        "deny", "new-device-blocked", None, False, None, "no")
+        "deny",
+        "new-device-blocked",
+        None,
+        False,
+        None,
+        "no",
+    )
     assert full(run(rules=(DeviceRule(Q, name="wait"),), second_factor_ok=True)) == (
-        "quarantine", "new-device-quarantined", Q, False, None, "wait")
+        "quarantine",
+        "new-device-quarantined",
+        Q,
+        False,
+        None,
+        "wait",
+    )
     assert full(run(pol=GroupPolicy(default_action=A), second_factor_ok=True)) == (
-        "allow", "new-device-allowed", A, False, NOW + 24 * H, "")
+        "allow",
+        "new-device-allowed",
+        A,
+        False,
+        NOW + 24 * H,
+        "",
+    )
     assert full(run(pol=GroupPolicy(default_action=A, require_second_factor=False))) == (
-        "allow", "new-device-allowed", A, False, NOW + 24 * H, "")
+        "allow",
+        "new-device-allowed",
+        A,
+        False,
+        NOW + 24 * H,
+        "",
+    )
     # blocked by a rule: nothing stored even over the limit (the rule decides first)
     assert full(run(pol=GroupPolicy(max_devices=0, default_action=B))) == (
-        "deny", "new-device-blocked", None, False, None, "")
+        "deny",
+        "new-device-blocked",
+        None,
+        False,
+        None,
+        "",
+    )
 
 
 def test_problem_facts():
     for problem, reason in ((None, "device-id-absent"), ("too-long", "device-id-too-long")):
         facts = replace(PHONE, device_id=None, problem=problem)
         for state, outcome in ((Q, "quarantine"), (B, "deny"), (A, "allow")):
-            d = run(facts=facts, pol=GroupPolicy(problem_action=state), second_factor_ok=True,
-                    existing=None, rules=(DeviceRule(B),))
+            d = run(
+                facts=facts,
+                pol=GroupPolicy(problem_action=state),
+                second_factor_ok=True,
+                existing=None,
+                rules=(DeviceRule(B),),
+            )
             assert full(d) == (outcome, reason, None, False, None, "")
     # a problem with an id present still counts as a problem
     d = run(facts=replace(PHONE, problem="not-printable"), existing=p())
@@ -181,24 +274,36 @@ def test_problem_facts():
     "kw, expected",
     [
         ({"existing": p()}, ("allow", "device-trusted", None, False, NOW + H, "")),
-        ({"existing": p(), "pol": GroupPolicy(certprov="deny")},
-         ("deny", "certprov-denied-by-policy", None, False, NOW + H, "")),
+        (
+            {"existing": p(), "pol": GroupPolicy(certprov="deny")},
+            ("deny", "certprov-denied-by-policy", None, False, NOW + H, ""),
+        ),
         ({"existing": p(trusted_until=NOW)}, ("deny", "certprov-not-trusted", None, False, None, "")),
-        ({"existing": p(trusted_until=NOW), "second_factor_ok": True},
-         ("allow", "trust-renewed", A, False, NOW + 24 * H, "")),
-        ({"existing": p(trusted_until=NOW), "second_factor_ok": True, "pol": GroupPolicy(certprov="deny")},
-         ("deny", "certprov-denied-by-policy", A, False, NOW + 24 * H, "")),
+        (
+            {"existing": p(trusted_until=NOW), "second_factor_ok": True},
+            ("allow", "trust-renewed", A, False, NOW + 24 * H, ""),
+        ),
+        (
+            {"existing": p(trusted_until=NOW), "second_factor_ok": True, "pol": GroupPolicy(certprov="deny")},
+            ("deny", "certprov-denied-by-policy", A, False, NOW + 24 * H, ""),
+        ),
         ({"existing": p(state=B)}, ("deny", "device-blocked", None, False, None, "")),
         ({"existing": p(wiped=True)}, ("deny", "device-wipe-pending", None, True, None, "")),
-        ({"existing": p(wiped=True), "pol": GroupPolicy(certprov="deny")},
-         ("deny", "certprov-denied-by-policy", None, True, None, "")),
+        (
+            {"existing": p(wiped=True), "pol": GroupPolicy(certprov="deny")},
+            ("deny", "certprov-denied-by-policy", None, True, None, ""),
+        ),
         ({"existing": p(state=Q)}, ("deny", "certprov-not-trusted", None, False, None, "")),
-        ({"rules": (DeviceRule(A, name="r"),), "second_factor_ok": True},
-         ("allow", "new-device-allowed", A, False, NOW + 24 * H, "r")),
+        (
+            {"rules": (DeviceRule(A, name="r"),), "second_factor_ok": True},
+            ("allow", "new-device-allowed", A, False, NOW + 24 * H, "r"),
+        ),
         ({"rules": (DeviceRule(A, name="r"),)}, ("deny", "certprov-not-trusted", A, False, None, "r")),
         ({"rules": (DeviceRule(B, name="r"),)}, ("deny", "new-device-blocked", None, False, None, "r")),
-        ({"facts": replace(PHONE, device_id=None, problem="absent"), "pol": GroupPolicy(problem_action=A)},
-         ("deny", "certprov-not-trusted", None, False, None, "")),
+        (
+            {"facts": replace(PHONE, device_id=None, problem="absent"), "pol": GroupPolicy(problem_action=A)},
+            ("deny", "certprov-not-trusted", None, False, None, ""),
+        ),
     ],
 )
 def test_certprov_table(kw, expected):
@@ -284,12 +389,16 @@ def test_decision_allowed_property():
         ({"existing": p(trusted_until=None)}, ("quarantine", "trust-expired-approval-required", Q, False, None, "")),
         # only challenges change: everything else is as with a possible second factor
         ({"existing": p()}, ("allow", "device-trusted", None, False, NOW + H, "")),
-        ({"existing": p(trusted_until=NOW), "second_factor_ok": True},
-         ("allow", "trust-renewed", A, False, NOW + 24 * H, "")),
+        (
+            {"existing": p(trusted_until=NOW), "second_factor_ok": True},
+            ("allow", "trust-renewed", A, False, NOW + 24 * H, ""),
+        ),
         ({}, ("quarantine", "new-device-quarantined", Q, False, None, "")),
         ({"existing": p(state=B)}, ("deny", "device-blocked", None, False, None, "")),
-        ({"rules": (DeviceRule(A, name="r"),), "service": "certprov"},
-         ("deny", "certprov-not-trusted", Q, False, None, "r")),
+        (
+            {"rules": (DeviceRule(A, name="r"),), "service": "certprov"},
+            ("deny", "certprov-not-trusted", Q, False, None, "r"),
+        ),
     ],
 )
 def test_second_factor_not_possible(kw, expected):
@@ -299,8 +408,12 @@ def test_second_factor_not_possible(kw, expected):
 
 
 def test_certprov_refusals_keep_the_rule_name():
-    d = run(rules=(DeviceRule(A, name="phones"),), service="certprov", pol=GroupPolicy(certprov="deny"),
-            second_factor_ok=True)
+    d = run(
+        rules=(DeviceRule(A, name="phones"),),
+        service="certprov",
+        pol=GroupPolicy(certprov="deny"),
+        second_factor_ok=True,
+    )
     assert full(d) == ("deny", "certprov-denied-by-policy", A, False, NOW + 24 * H, "phones")
     d = run(rules=(DeviceRule(Q, name="wait"),), service="certprov")
     assert full(d) == ("deny", "certprov-not-trusted", Q, False, None, "wait")

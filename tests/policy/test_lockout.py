@@ -136,8 +136,7 @@ def test_waiting_retry_after_or_a_window_lets_you_in(events):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.text(min_size=1, max_size=12), st.integers(0, 2**32 - 1),
-                          st.booleans()), max_size=300))
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=12), st.integers(0, 2**32 - 1), st.booleans()), max_size=300))
 def test_memory_is_bounded_under_spraying(events):
     cfg = BudgetConfig(max_entries=16, max_familiar_per_user=3)
     b = FailureBudget(cfg)

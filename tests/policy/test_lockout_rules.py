@@ -46,7 +46,13 @@ def fail_until_throttled(b: FailureBudget, user: str, ip: str, now: float, limit
 def test_config_defaults_are_the_documented_ones():
     c = BudgetConfig()
     assert (c.user_failures, c.ip_failures, c.window, c.familiar_for, c.max_familiar_per_user, c.max_entries) == (
-        5, 20, 900.0, 30 * 86400.0, 8, 100_000)
+        5,
+        20,
+        900.0,
+        30 * 86400.0,
+        8,
+        100_000,
+    )
 
 
 @pytest.mark.parametrize("name", ["user_failures", "ip_failures", "max_familiar_per_user", "max_entries"])
@@ -57,10 +63,20 @@ def test_config_counts_must_be_at_least_one(name):
             BudgetConfig(**{name: bad})
 
 
-@pytest.mark.parametrize("window,familiar_for,ok", [
-    (0.5, 0.0, True), (1.0, 0.5, True), (1e-3, 0.0, True), (900.0, 30 * 86400.0, True),
-    (0.0, 0.0, False), (-1.0, 10.0, False), (10.0, -0.001, False), (0.0, -1.0, False), (-5.0, 3600.0, False),
-])
+@pytest.mark.parametrize(
+    "window,familiar_for,ok",
+    [
+        (0.5, 0.0, True),
+        (1.0, 0.5, True),
+        (1e-3, 0.0, True),
+        (900.0, 30 * 86400.0, True),
+        (0.0, 0.0, False),
+        (-1.0, 10.0, False),
+        (10.0, -0.001, False),
+        (0.0, -1.0, False),
+        (-5.0, 3600.0, False),
+    ],
+)
 def test_config_window_and_familiar_for(window, familiar_for, ok):
     if ok:
         BudgetConfig(window=window, familiar_for=familiar_for)
@@ -86,28 +102,34 @@ def test_a_given_config_is_used():
 # --- the helpers the store shares -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("level,at,now,rate,expected", [
-    (5.0, T0, T0 + 10, 0.1, 4.0),  # drains 0.1 per second
-    (5.0, T0, T0, 0.1, 5.0),  # no time passed
-    (1.0, T0, T0 + 100, 0.1, 0.0),  # never below 0
-    (5.0, T0 + 10, T0, 0.1, 5.0),  # a clock that went back drains nothing
-    (2.0, 0.0, 5.0, 0.2, 1.0),
-    (3.0, T0, T0 + 4, 0.5, 1.0),
-])
+@pytest.mark.parametrize(
+    "level,at,now,rate,expected",
+    [
+        (5.0, T0, T0 + 10, 0.1, 4.0),  # drains 0.1 per second
+        (5.0, T0, T0, 0.1, 5.0),  # no time passed
+        (1.0, T0, T0 + 100, 0.1, 0.0),  # never below 0
+        (5.0, T0 + 10, T0, 0.1, 5.0),  # a clock that went back drains nothing
+        (2.0, 0.0, 5.0, 0.2, 1.0),
+        (3.0, T0, T0 + 4, 0.5, 1.0),
+    ],
+)
 def test_drained(level, at, now, rate, expected):
     assert drained(level, at, now, rate) == pytest.approx(expected, abs=1e-9)
 
 
-@pytest.mark.parametrize("level,limit,rate,expected", [
-    (0.0, 5, 0.1, 0.0),
-    (3.9, 5, 0.1, 0.0),
-    (4.0, 5, 0.1, 0.0),  # one more fits exactly: level + 1 == limit
-    (4.5, 5, 0.5, 1.0 + 1e-6),  # half a unit over: 1 s at 0.5 per second
-    (5.0, 5, 5 / 900, 180.0 + 1e-6),
-    (7.0, 5, 1.0, 3.0 + 1e-6),
-    (0.0, 1, 2.0, 0.0),
-    (1.0, 1, 2.0, 0.5 + 1e-6),
-])
+@pytest.mark.parametrize(
+    "level,limit,rate,expected",
+    [
+        (0.0, 5, 0.1, 0.0),
+        (3.9, 5, 0.1, 0.0),
+        (4.0, 5, 0.1, 0.0),  # one more fits exactly: level + 1 == limit
+        (4.5, 5, 0.5, 1.0 + 1e-6),  # half a unit over: 1 s at 0.5 per second
+        (5.0, 5, 5 / 900, 180.0 + 1e-6),
+        (7.0, 5, 1.0, 3.0 + 1e-6),
+        (0.0, 1, 2.0, 0.0),
+        (1.0, 1, 2.0, 0.5 + 1e-6),
+    ],
+)
 def test_wait_for(level, limit, rate, expected):
     assert wait_for(level, limit, rate) == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
@@ -127,17 +149,20 @@ def test_bucket_names():
     assert ip_bucket("host.example") == "ip:host.example"
 
 
-@pytest.mark.parametrize("ip,key", [
-    ("192.0.2.1", "192.0.2.1"),
-    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("2001:0db8:0001:0002:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
-    ("::ffff:198.51.100.7", "198.51.100.7"),
-    ("::1", "::/64"),
-    ("unknown", "unknown"),
-    ("", ""),
-    ("192.0.2.001", "192.0.2.001"),  # not an address to Python: kept as given
-])
+@pytest.mark.parametrize(
+    "ip,key",
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:0db8:0001:0002:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:198.51.100.7", "198.51.100.7"),
+        ("::1", "::/64"),
+        ("unknown", "unknown"),
+        ("", ""),
+        ("192.0.2.001", "192.0.2.001"),  # not an address to Python: kept as given
+    ],
+)
 def test_ip_key(ip, key):
     assert ip_key(ip) == key
 
@@ -181,12 +206,20 @@ def test_a_full_table_evicts_the_oldest_user_not_the_newest():
     fail_until_throttled(b, "newcomer", ATTACKER, T0 + 6, 2)
     assert b.sizes()["users"] == 4
     assert [b.check(u, ATTACKER, T0 + 6).allowed for u in ("victim", "filler0", "filler1", "filler2")] == [
-        True, False, False, False]
+        True,
+        False,
+        False,
+        False,
+    ]
     # touching a key (a new failure) makes it the newest again: filler0 outlives filler1
     b.record_failure("filler0", ATTACKER, T0 + 7)
     b.record_failure("another", ATTACKER, T0 + 8)
     assert [b.check(u, ATTACKER, T0 + 8).allowed for u in ("filler0", "filler1", "filler2", "newcomer")] == [
-        False, True, False, False]
+        False,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_a_full_ip_table_keeps_the_latest_ip():
@@ -617,9 +650,15 @@ class Model:
 
 _users = st.sampled_from(["alice", "bob"])
 _ips = st.sampled_from([HOME, ATTACKER, "2001:db8::1", "2001:db8::2"])
-_steps = st.lists(st.tuples(st.floats(0, 200, allow_nan=False), _users, _ips,
-                            st.sampled_from(["check", "fail", "success", "reserve-fail", "reserve-ok", "reserve-na"])),
-                  max_size=60)
+_steps = st.lists(
+    st.tuples(
+        st.floats(0, 200, allow_nan=False),
+        _users,
+        _ips,
+        st.sampled_from(["check", "fail", "success", "reserve-fail", "reserve-ok", "reserve-na"]),
+    ),
+    max_size=60,
+)
 
 
 @settings(max_examples=150, deadline=None)

@@ -37,24 +37,27 @@ def test_resolve_mode():
 A, N, D = Outcome.ALLOW, Outcome.NEED_FACTOR, Outcome.DENY
 
 
-@pytest.mark.parametrize("mode, enrolled, factor, trusted, outcome, reason", [
-    ("off", False, Factor.NONE, False, A, "2fa-off"),
-    ("off", True, Factor.OTP_WRONG, False, A, "2fa-off"),
-    ("otp-appended", True, Factor.NONE, True, A, "2fa-trusted"),
-    ("otp-appended", True, Factor.NONE, False, N, "otp-required"),
-    ("otp-appended", True, Factor.OTP_OK, False, A, "ok-otp"),
-    ("otp-appended", True, Factor.OTP_WRONG, False, D, "otp-wrong"),
-    ("otp-appended", True, Factor.OTP_REPLAYED, False, D, "otp-replayed"),
-    ("otp-appended", True, Factor.RECOVERY_OK, False, A, "ok-recovery-code"),
-    ("otp-appended", True, Factor.RECOVERY_WRONG, False, D, "recovery-code-wrong"),
-    ("otp-appended", False, Factor.NONE, False, D, "otp-not-enrolled"),
-    ("otp-appended", False, Factor.OTP_WRONG, False, D, "otp-not-enrolled"),
-    ("device-approval", False, Factor.NONE, False, N, "device-approval-pending"),
-    ("device-approval", False, Factor.APPROVAL_PENDING, False, N, "device-approval-pending"),
-    ("device-approval", False, Factor.APPROVED, False, A, "ok-device-approved"),
-    ("device-approval", False, Factor.APPROVAL_REFUSED, False, D, "device-approval-refused"),
-    ("device-approval", False, Factor.NONE, True, A, "2fa-trusted"),
-])
+@pytest.mark.parametrize(
+    "mode, enrolled, factor, trusted, outcome, reason",
+    [
+        ("off", False, Factor.NONE, False, A, "2fa-off"),
+        ("off", True, Factor.OTP_WRONG, False, A, "2fa-off"),
+        ("otp-appended", True, Factor.NONE, True, A, "2fa-trusted"),
+        ("otp-appended", True, Factor.NONE, False, N, "otp-required"),
+        ("otp-appended", True, Factor.OTP_OK, False, A, "ok-otp"),
+        ("otp-appended", True, Factor.OTP_WRONG, False, D, "otp-wrong"),
+        ("otp-appended", True, Factor.OTP_REPLAYED, False, D, "otp-replayed"),
+        ("otp-appended", True, Factor.RECOVERY_OK, False, A, "ok-recovery-code"),
+        ("otp-appended", True, Factor.RECOVERY_WRONG, False, D, "recovery-code-wrong"),
+        ("otp-appended", False, Factor.NONE, False, D, "otp-not-enrolled"),
+        ("otp-appended", False, Factor.OTP_WRONG, False, D, "otp-not-enrolled"),
+        ("device-approval", False, Factor.NONE, False, N, "device-approval-pending"),
+        ("device-approval", False, Factor.APPROVAL_PENDING, False, N, "device-approval-pending"),
+        ("device-approval", False, Factor.APPROVED, False, A, "ok-device-approved"),
+        ("device-approval", False, Factor.APPROVAL_REFUSED, False, D, "device-approval-refused"),
+        ("device-approval", False, Factor.NONE, True, A, "2fa-trusted"),
+    ],
+)
 def test_decide(mode, enrolled, factor, trusted, outcome, reason):
     d = decide(mode, enrolled=enrolled, factor=factor, trusted=trusted, allow_unenrolled=False)
     assert (d.outcome, d.reason) == (outcome, reason)
@@ -71,23 +74,29 @@ def test_unenrolled_grace_is_explicit():
 def test_decide_is_total_and_refusals_never_allow(mode, enrolled, factor, trusted):
     d = decide(mode, enrolled=enrolled, factor=factor, trusted=trusted, allow_unenrolled=False)
     assert d.reason in REASONS
-    if mode is not Mode.OFF and not trusted and factor in (
-            Factor.OTP_WRONG, Factor.OTP_REPLAYED, Factor.RECOVERY_WRONG, Factor.APPROVAL_REFUSED):
+    if (
+        mode is not Mode.OFF
+        and not trusted
+        and factor in (Factor.OTP_WRONG, Factor.OTP_REPLAYED, Factor.RECOVERY_WRONG, Factor.APPROVAL_REFUSED)
+    ):
         assert not d.allowed
 
 
 # --- splitting ASP‖code ---------------------------------------------------------------------
-@pytest.mark.parametrize("typed, expected", [
-    ("k7mq-2xpa-h9dt-e4wn123456", ("k7mq-2xpa-h9dt-e4wn", "123456")),
-    ("k7mq2xpah9dte4wn000001", ("k7mq2xpah9dte4wn", "000001")),
-    ("K7MQ-2XPA-H9DT-E4W9123456", ("K7MQ-2XPA-H9DT-E4W9", "123456")),  # ASP ends in a digit
-    ("k7mq-2xpa-h9dt-e4wn", None),  # no code
-    ("k7mq-2xpa-h9dt-e4wn12345", None),  # 5 digits: the last six are not all digits
-    ("k7mq-2xpa-h9dt-e4wn12345x", None),
-    ("123456", None),  # a code alone
-    ("", None),
-    ("k7mq-2xpa-h9dt-e4wn１２３４５６", None),  # full-width digits are not ASCII
-])
+@pytest.mark.parametrize(
+    "typed, expected",
+    [
+        ("k7mq-2xpa-h9dt-e4wn123456", ("k7mq-2xpa-h9dt-e4wn", "123456")),
+        ("k7mq2xpah9dte4wn000001", ("k7mq2xpah9dte4wn", "000001")),
+        ("K7MQ-2XPA-H9DT-E4W9123456", ("K7MQ-2XPA-H9DT-E4W9", "123456")),  # ASP ends in a digit
+        ("k7mq-2xpa-h9dt-e4wn", None),  # no code
+        ("k7mq-2xpa-h9dt-e4wn12345", None),  # 5 digits: the last six are not all digits
+        ("k7mq-2xpa-h9dt-e4wn12345x", None),
+        ("123456", None),  # a code alone
+        ("", None),
+        ("k7mq-2xpa-h9dt-e4wn１２３４５６", None),  # full-width digits are not ASCII
+    ],
+)
 def test_split_appended(typed, expected):
     assert split_appended(typed) == expected
 
@@ -97,15 +106,13 @@ WINDOW = [(100, "111111"), (99, "000000"), (101, "222222")]
 
 
 def spell(asp_id, s):
-    return [(asp_id, s), (asp_id, s.replace("-", "")), (asp_id, s.upper()),
-            (asp_id, s.replace("-", "").upper())]
+    return [(asp_id, s), (asp_id, s.replace("-", "")), (asp_id, s.upper()), (asp_id, s.replace("-", "").upper())]
 
 
 def test_candidates_one_asp():
     c = appended_candidates(spell("a1", "abcd-efgh"), WINDOW)
     assert len(c) == 12
-    assert c[:3] == [("a1@100", "abcd-efgh111111"), ("a1@99", "abcd-efgh000000"),
-                     ("a1@101", "abcd-efgh222222")]
+    assert c[:3] == [("a1@100", "abcd-efgh111111"), ("a1@99", "abcd-efgh000000"), ("a1@101", "abcd-efgh222222")]
     assert {pw for _, pw in c} == {s + code for _, s in spell("a1", "abcd-efgh") for _, code in WINDOW}
 
 
@@ -126,13 +133,16 @@ def test_candidate_ids_round_trip():
 
 
 # --- issue 13: recovery codes after the ASP; the ASP alone as an NTLM candidate -----------------
-@pytest.mark.parametrize("typed, expected", [
-    ("k7mq-2xpa-h9dt-e4wnabcd-efgh-jkmn", ("k7mq-2xpa-h9dt-e4wn", "abcd-efgh-jkmn")),
-    ("k7mq2xpah9dte4wnabcdefghjkmn", ("k7mq2xpah9dte4wn", "abcdefghjkmn")),
-    ("k7mq-2xpa-h9dt-e4wn-abcd-efgh-jkmn", ("k7mq-2xpa-h9dt-e4wn", "abcd-efgh-jkmn")),
-    ("abcd-efgh-jkmn", None),  # nothing before the code
-    ("short", None),
-])
+@pytest.mark.parametrize(
+    "typed, expected",
+    [
+        ("k7mq-2xpa-h9dt-e4wnabcd-efgh-jkmn", ("k7mq-2xpa-h9dt-e4wn", "abcd-efgh-jkmn")),
+        ("k7mq2xpah9dte4wnabcdefghjkmn", ("k7mq2xpah9dte4wn", "abcdefghjkmn")),
+        ("k7mq-2xpa-h9dt-e4wn-abcd-efgh-jkmn", ("k7mq-2xpa-h9dt-e4wn", "abcd-efgh-jkmn")),
+        ("abcd-efgh-jkmn", None),  # nothing before the code
+        ("short", None),
+    ],
+)
 def test_split_recovery(typed, expected):
     from ucgate.policy.twofactor import split_recovery
 

@@ -37,15 +37,20 @@ def expected(mode: Mode, enrolled: bool, factor: Factor, trusted: bool, grace: b
     if trusted:
         return A, "2fa-trusted"
     if mode is Mode.DEVICE_APPROVAL:
-        return {Factor.APPROVED: (A, "ok-device-approved"),
-                Factor.APPROVAL_REFUSED: (D, "device-approval-refused")}.get(factor, (N, "device-approval-pending"))
+        return {
+            Factor.APPROVED: (A, "ok-device-approved"),
+            Factor.APPROVAL_REFUSED: (D, "device-approval-refused"),
+        }.get(factor, (N, "device-approval-pending"))
     if factor is Factor.RECOVERY_OK:
         return A, "ok-recovery-code"
     if not enrolled:
         return (A if grace else D), "otp-not-enrolled"
-    return {Factor.OTP_OK: (A, "ok-otp"), Factor.OTP_WRONG: (D, "otp-wrong"),
-            Factor.OTP_REPLAYED: (D, "otp-replayed"),
-            Factor.RECOVERY_WRONG: (D, "recovery-code-wrong")}.get(factor, (N, "otp-required"))
+    return {
+        Factor.OTP_OK: (A, "ok-otp"),
+        Factor.OTP_WRONG: (D, "otp-wrong"),
+        Factor.OTP_REPLAYED: (D, "otp-replayed"),
+        Factor.RECOVERY_WRONG: (D, "recovery-code-wrong"),
+    }.get(factor, (N, "otp-required"))
 
 
 CASES = list(itertools.product(list(Mode), [False, True], list(Factor), [False, True], [False, True]))
@@ -137,10 +142,13 @@ WINDOW = [(10, "111111"), (9, "000000"), (11, "222222")]
 def test_candidates_order_and_limit():
     spellings = [("a", "A1"), ("b", "B1"), ("b", "B2"), ("b", "B3"), ("a", "A2")]
     got = appended_candidates(spellings, WINDOW, limit=100)
-    assert got == [(candidate_id(asp, step), s + code)
-                   for rank_spellings in (["A1", "B1"], ["A2", "B2"], ["B3"])
-                   for s in rank_spellings for step, code in WINDOW
-                   for asp in [s[0].lower()]]
+    assert got == [
+        (candidate_id(asp, step), s + code)
+        for rank_spellings in (["A1", "B1"], ["A2", "B2"], ["B3"])
+        for s in rank_spellings
+        for step, code in WINDOW
+        for asp in [s[0].lower()]
+    ]
     assert len(got) == 15
     for limit in (0, 1, 3, 14, 15, 16):
         assert appended_candidates(spellings, WINDOW, limit=limit) == got[:limit]

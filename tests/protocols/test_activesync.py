@@ -55,21 +55,27 @@ def test_spec_plain_example_is_the_same_request():
     )
     b = parse_eas_request(f"{PATH}?{SPEC_BASE64}", {})
     assert (r.command, r.device_id, r.device_type, r.protocol_version) == (
-        b.command, b.device_id, b.device_type, b.protocol_version)
+        b.command,
+        b.device_id,
+        b.device_type,
+        b.protocol_version,
+    )
     assert r.user == "rmjones" and r.encoding == "plain" and r.locale is None
 
 
 def test_encoder_reproduces_the_spec_example():
-    q = encode_base64_query(command="Sync", device_id="v140Device", device_type="SmartPhone",
-                            protocol_version="14.0")
+    q = encode_base64_query(command="Sync", device_id="v140Device", device_type="SmartPhone", protocol_version="14.0")
     assert q == SPEC_BASE64
 
 
 def test_base64_with_policy_key_user_and_parameters():
     q = encode_base64_query(
-        command="SmartReply", device_id="ApplF17XYZ", device_type="iPhone", protocol_version="16.1",
-        policy_key=3942919513, parameters={"User": "alice@contoso.com", "ItemId": "5:12",
-                                           "CollectionId": "1", "Options": 0x01},
+        command="SmartReply",
+        device_id="ApplF17XYZ",
+        device_type="iPhone",
+        protocol_version="16.1",
+        policy_key=3942919513,
+        parameters={"User": "alice@contoso.com", "ItemId": "5:12", "CollectionId": "1", "Options": 0x01},
     )
     r = parse_eas_request(f"{PATH}?{q}", {"X-MS-PolicyKey": "3942919513"})
     assert r.command == "SmartReply" and r.protocol_version == "16.1"

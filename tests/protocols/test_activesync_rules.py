@@ -50,8 +50,15 @@ def binary_reason(raw: bytes, headers=None, **kw) -> str:
     return reason(f"{PATH}?{base64.b64encode(raw).decode()}", headers, **kw)
 
 
-def raw_query(version=141, code=0, locale=0x0409, device_id=b"Dev1", key: bytes | None = None,
-              device_type=b"iPhone", params: bytes = b"") -> bytes:
+def raw_query(
+    version=141,
+    code=0,
+    locale=0x0409,
+    device_id=b"Dev1",
+    key: bytes | None = None,
+    device_type=b"iPhone",
+    params: bytes = b"",
+) -> bytes:
     out = bytes((version, code)) + struct.pack("<H", locale) + bytes((len(device_id),)) + device_id
     out += b"\x00" if key is None else bytes((len(key),)) + key
     return out + bytes((len(device_type),)) + device_type + params
@@ -60,15 +67,33 @@ def raw_query(version=141, code=0, locale=0x0409, device_id=b"Dev1", key: bytes 
 # --- path and query ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [PATH, PATH + "/", PATH.lower(), PATH.upper(), PATH + "/default.eas",
-                                  PATH + "/Default.EAS", PATH + "/default.eas/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        PATH,
+        PATH + "/",
+        PATH.lower(),
+        PATH.upper(),
+        PATH + "/default.eas",
+        PATH + "/Default.EAS",
+        PATH + "/default.eas/",
+    ],
+)
 def test_activesync_paths(path):
     assert parse_eas_request(f"{path}?{BASE}", {}).command == "Sync"
 
 
-@pytest.mark.parametrize("path", ["/", "/Microsoft-Server-ActiveSyncX", "/Microsoft-Server-ActiveSync/x",
-                                  "/ews/Microsoft-Server-ActiveSync", "Microsoft-Server-ActiveSync",
-                                  PATH + "/default.eas/x"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/Microsoft-Server-ActiveSyncX",
+        "/Microsoft-Server-ActiveSync/x",
+        "/ews/Microsoft-Server-ActiveSync",
+        "Microsoft-Server-ActiveSync",
+        PATH + "/default.eas/x",
+    ],
+)
 def test_other_paths(path):
     assert reason(f"{path}?{BASE}") == "not-activesync-path"
 
@@ -99,8 +124,17 @@ def test_internal_errors_keep_the_contract(monkeypatch):
 
 @pytest.mark.parametrize(
     "query, form",
-    [("a=b", "plain"), ("a%3Db", "plain"), ("a%3db", "plain"), ("jAAJ&x", "plain"), ("jAAJBAp2", "base64"),
-     ("jAAJBA==", "base64"), ("jAAJBA%3D%3D", "base64"), ("jAAJBA%3d=", "base64"), ("jAAJBA%3D", "base64")],
+    [
+        ("a=b", "plain"),
+        ("a%3Db", "plain"),
+        ("a%3db", "plain"),
+        ("jAAJ&x", "plain"),
+        ("jAAJBAp2", "base64"),
+        ("jAAJBA==", "base64"),
+        ("jAAJBA%3D%3D", "base64"),
+        ("jAAJBA%3d=", "base64"),
+        ("jAAJBA%3D", "base64"),
+    ],
 )
 def test_plain_or_base64(query, form):
     assert activesync._is_plain(query) is (form == "plain")
@@ -110,8 +144,10 @@ def test_plain_or_base64(query, form):
 
 
 def test_plain_fields():
-    r = plain("cmd=FOLDERSYNC&user=CONTOSO%5Cbob&deviceid=ABC123&devicetype=Windows+Mail&CollectionId=7",
-              {"MS-ASProtocolVersion": " 16.1 ", "x-ms-PolicyKey": " 0042 "})
+    r = plain(
+        "cmd=FOLDERSYNC&user=CONTOSO%5Cbob&deviceid=ABC123&devicetype=Windows+Mail&CollectionId=7",
+        {"MS-ASProtocolVersion": " 16.1 ", "x-ms-PolicyKey": " 0042 "},
+    )
     assert (r.command, r.user, r.device_id, r.device_type) == ("FolderSync", "CONTOSO\\bob", "ABC123", "Windows Mail")
     assert (r.protocol_version, r.policy_key, r.locale, r.encoding) == ("16.1", 42, None, "plain")
     assert dict(r.parameters) == {"CollectionId": "7"} and not r.device_id_binary
@@ -130,8 +166,12 @@ def test_parameter_count_boundary():
 
 @pytest.mark.parametrize(
     "field, limit, too_long",
-    [("DeviceId", MAX_DEVICE_ID_CHARS, "device-id-too-long"), ("DeviceType", MAX_DEVICE_TYPE_CHARS, "bad-device-type"),
-     ("User", MAX_USER_CHARS, "bad-user"), ("ItemId", MAX_PARAMETER_CHARS, "bad-parameter")],
+    [
+        ("DeviceId", MAX_DEVICE_ID_CHARS, "device-id-too-long"),
+        ("DeviceType", MAX_DEVICE_TYPE_CHARS, "bad-device-type"),
+        ("User", MAX_USER_CHARS, "bad-user"),
+        ("ItemId", MAX_PARAMETER_CHARS, "bad-parameter"),
+    ],
 )
 def test_plain_length_boundaries(field, limit, too_long):
     def query(value):
@@ -139,8 +179,9 @@ def test_plain_length_boundaries(field, limit, too_long):
         return "&".join(f"{k}={v}" for k, v in fields.items())
 
     r = plain(query("A" * limit))
-    assert ({"DeviceId": r.device_id, "DeviceType": r.device_type, "User": r.user}.get(field)
-            or r.parameters[field]) == "A" * limit
+    assert (
+        {"DeviceId": r.device_id, "DeviceType": r.device_type, "User": r.user}.get(field) or r.parameters[field]
+    ) == "A" * limit
     assert reason(f"{PATH}?{query('A' * (limit + 1))}") == too_long
 
 
@@ -195,8 +236,19 @@ def test_header_protocol_versions(version):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("0", 0), ("4294967295", 2**32 - 1), ("0000000001", 1), (" 9 ", 9), ("4294967296", None),
-     ("12345678901", None), ("", None), ("-1", None), ("0x10", None), ("1 2", None), ("١", None)],
+    [
+        ("0", 0),
+        ("4294967295", 2**32 - 1),
+        ("0000000001", 1),
+        (" 9 ", 9),
+        ("4294967296", None),
+        ("12345678901", None),
+        ("", None),
+        ("-1", None),
+        ("0x10", None),
+        ("1 2", None),
+        ("١", None),
+    ],
 )
 def test_policy_key_header(value, expected):
     headers = {"X-MS-PolicyKey": value}
@@ -278,12 +330,25 @@ def param(tag: int, value: bytes) -> bytes:
 
 
 def test_binary_parameters():
-    body = (param(0, b"file.pdf") + param(1, b"5") + param(3, "5:1é".encode()) + param(4, b"RgAAAA")
-            + param(6, b"2024") + param(8, b"alice@contoso.com"))
+    body = (
+        param(0, b"file.pdf")
+        + param(1, b"5")
+        + param(3, "5:1é".encode())
+        + param(4, b"RgAAAA")
+        + param(6, b"2024")
+        + param(8, b"alice@contoso.com")
+    )
     r = binary(raw_query(params=body + param(7, b"\x03")))
     assert r.user == "alice@contoso.com"
-    assert dict(r.parameters) == {"AttachmentName": "file.pdf", "CollectionId": "5", "ItemId": "5:1é",
-                                  "LongId": "RgAAAA", "Occurrence": "2024", "Options": "3", "SaveInSent": "T"}
+    assert dict(r.parameters) == {
+        "AttachmentName": "file.pdf",
+        "CollectionId": "5",
+        "ItemId": "5:1é",
+        "LongId": "RgAAAA",
+        "Occurrence": "2024",
+        "Options": "3",
+        "SaveInSent": "T",
+    }
     assert dict(binary(raw_query(params=param(7, b"\x02"))).parameters) == {"Options": "2"}
     assert dict(binary(raw_query(params=param(7, b"\x01"))).parameters) == {"Options": "1", "SaveInSent": "T"}
     assert dict(binary(raw_query(params=param(7, b"\x00"))).parameters) == {"Options": "0"}
@@ -330,8 +395,15 @@ def test_truncation_at_every_byte():
 
 @pytest.mark.parametrize(
     "query, expected",
-    [("jAAJ-Ap2", "bad-base64"), ("jAAJ_Ap2", "bad-base64"), ("jAAJB", "bad-base64"),
-     ("jAAJ%C3%A9", "bad-base64"), ("jA%ZZ", "bad-base64"), ("jAAJ===", "bad-base64"), ("", "missing-query")],
+    [
+        ("jAAJ-Ap2", "bad-base64"),
+        ("jAAJ_Ap2", "bad-base64"),
+        ("jAAJB", "bad-base64"),
+        ("jAAJ%C3%A9", "bad-base64"),
+        ("jA%ZZ", "bad-base64"),
+        ("jAAJ===", "bad-base64"),
+        ("", "missing-query"),
+    ],
 )
 def test_bad_base64(query, expected):
     assert reason(f"{PATH}?{query}") == expected
@@ -348,12 +420,21 @@ def test_base64_padding_and_escapes():
 
 
 def test_encoder_bytes():
-    q = encode_base64_query(command="SmartForward", device_id="Dev1", device_type="iPhone", protocol_version="16.1",
-                            locale=0x0407, policy_key=0x01020304, parameters={"ItemId": "5:1", "Options": 3})
-    assert base64.b64decode(q) == raw_query(version=161, code=2, locale=0x0407, key=b"\x04\x03\x02\x01",
-                                            params=param(3, b"5:1") + param(7, b"\x03"))
+    q = encode_base64_query(
+        command="SmartForward",
+        device_id="Dev1",
+        device_type="iPhone",
+        protocol_version="16.1",
+        locale=0x0407,
+        policy_key=0x01020304,
+        parameters={"ItemId": "5:1", "Options": 3},
+    )
+    assert base64.b64decode(q) == raw_query(
+        version=161, code=2, locale=0x0407, key=b"\x04\x03\x02\x01", params=param(3, b"5:1") + param(7, b"\x03")
+    )
     assert base64.b64decode(encode_base64_query(command="Sync", device_id=b"\x01\x02", device_type="")) == (
-        raw_query(version=141, device_id=b"\x01\x02", device_type=b""))
+        raw_query(version=141, device_id=b"\x01\x02", device_type=b"")
+    )
     assert {v: k for k, v in PARAMETER_TAGS.items()}["User"] == 8
 
 

@@ -47,8 +47,15 @@ def b64(data: bytes) -> str:
 
 def ntlm_exchange(**kwargs) -> tuple[bytes, bytes, bytes]:
     """NEGOTIATE, our CHALLENGE, AUTHENTICATE from pyspnego (NTLMv2, channel bindings, MIC)."""
-    client = spnego.client("EXAMPLE\\alice", PASSWORD, hostname=SPN_HOST, service="HTTP", protocol="ntlm",
-                           channel_bindings=GssChannelBindings(application_data=TLS_BINDING), **kwargs)
+    client = spnego.client(
+        "EXAMPLE\\alice",
+        PASSWORD,
+        hostname=SPN_HOST,
+        service="HTTP",
+        protocol="ntlm",
+        channel_bindings=GssChannelBindings(application_data=TLS_BINDING),
+        **kwargs,
+    )
     negotiate = client.step()
     challenge = make_acceptor().challenge(negotiate)
     return negotiate, challenge, client.step(challenge)
@@ -58,8 +65,13 @@ def secret_fragments(authenticate: bytes) -> list[str]:
     """Hex and base64 spellings of the AUTHENTICATE's secret-bearing fields."""
     msg = AuthenticateMessage.unpack(authenticate)
     out = []
-    for value in (msg.nt_challenge_response[:16], msg.nt_challenge_response[16:40], msg.mic or b"",
-                  msg.encrypted_random_session_key, msg.lm_challenge_response):
+    for value in (
+        msg.nt_challenge_response[:16],
+        msg.nt_challenge_response[16:40],
+        msg.mic or b"",
+        msg.encrypted_random_session_key,
+        msg.lm_challenge_response,
+    ):
         if value and any(value):
             out += [value.hex(), value.hex().upper(), b64(value)[:12]]
     return out
@@ -104,8 +116,9 @@ def test_ntlm_three_messages_from_pyspnego():
     assert "MIC_PROVIDED" in pairs["MsvAvFlags"]
     assert a["mic"] == "present"
     assert a["encrypted_session_key"] is True
-    assert summary(decoded) == (f'scheme=NTLM message="NTLM AUTHENTICATE" user=alice domain=EXAMPLE '
-                                f'workstation={a["workstation"]}')
+    assert summary(decoded) == (
+        f'scheme=NTLM message="NTLM AUTHENTICATE" user=alice domain=EXAMPLE workstation={a["workstation"]}'
+    )
     assert_no_secrets(decoded, token=authenticate, extra=(PASSWORD, *secret_fragments(authenticate)))
 
 
@@ -136,8 +149,14 @@ def test_ntlm_without_channel_bindings_or_domain():
 
 
 def test_spnego_legs_with_ntlm_inside():
-    client = spnego.client("EXAMPLE\\alice", PASSWORD, hostname=SPN_HOST, service="HTTP", protocol="negotiate",
-                           channel_bindings=GssChannelBindings(application_data=TLS_BINDING))
+    client = spnego.client(
+        "EXAMPLE\\alice",
+        PASSWORD,
+        hostname=SPN_HOST,
+        service="HTTP",
+        protocol="negotiate",
+        channel_bindings=GssChannelBindings(application_data=TLS_BINDING),
+    )
     acceptor = ours.SpnegoNtlmAcceptor(make_acceptor())
     init = client.step()
     d = decode_header("Negotiate " + b64(init))
@@ -163,12 +182,15 @@ def test_spnego_legs_with_ntlm_inside():
 
 
 def test_spnego_windows_style_mech_list_and_broken_inner_token():
-    token = ours.encode_neg_token_init([ours.MS_KRB5_OID, ours.KRB5_OID, ours.NEGOEX_OID, ours.NTLM_OID],
-                                       b"NTLMSSP\x00\x01\x00\x00\x00")
+    token = ours.encode_neg_token_init(
+        [ours.MS_KRB5_OID, ours.KRB5_OID, ours.NEGOEX_OID, ours.NTLM_OID], b"NTLMSSP\x00\x01\x00\x00\x00"
+    )
     m = decode_token(token)
     assert m["mech_types"] == [
-        "Kerberos 5 (Microsoft OID) (1.2.840.48018.1.2.2)", "Kerberos 5 (1.2.840.113554.1.2.2)",
-        "NEGOEX (1.3.6.1.4.1.311.2.2.30)", "NTLM (1.3.6.1.4.1.311.2.2.10)",
+        "Kerberos 5 (Microsoft OID) (1.2.840.48018.1.2.2)",
+        "Kerberos 5 (1.2.840.113554.1.2.2)",
+        "NEGOEX (1.3.6.1.4.1.311.2.2.30)",
+        "NTLM (1.3.6.1.4.1.311.2.2.10)",
     ]
     # a broken inner token is reported in place; the SPNEGO fields still show
     assert m["mech_token"]["kind"] == "undecodable"
@@ -178,8 +200,9 @@ def test_spnego_windows_style_mech_list_and_broken_inner_token():
 # --- Kerberos (RFC 4120 §5.5.1), built with impacket's ASN.1 schema -----------------------------
 
 
-def ap_req(realm="LAB.UCGATE.TEST", sname=("HTTP", "gw.lab.ucgate.test"), etype=18, kvno=3,
-           auth_etype=18, mutual=True) -> bytes:
+def ap_req(
+    realm="LAB.UCGATE.TEST", sname=("HTTP", "gw.lab.ucgate.test"), etype=18, kvno=3, auth_etype=18, mutual=True
+) -> bytes:
     from impacket.krb5 import constants
     from impacket.krb5.asn1 import AP_REQ, seq_set_iter
     from pyasn1.codec.der import encoder
@@ -223,8 +246,9 @@ def check_ap_req(m: dict, *, realm: str, spn: str, etype: str, kvno: int | None)
 def test_kerberos_ap_req_raw_gss_and_inside_spnego():
     raw = ap_req()
     m = decode_token(raw)
-    check_ap_req(m, realm="LAB.UCGATE.TEST", spn="HTTP/gw.lab.ucgate.test", etype="aes256-cts-hmac-sha1-96 (18)",
-                 kvno=3)
+    check_ap_req(
+        m, realm="LAB.UCGATE.TEST", spn="HTTP/gw.lab.ucgate.test", etype="aes256-cts-hmac-sha1-96 (18)", kvno=3
+    )
     assert m["framing"] == "raw (no GSS-API header)"
     assert m["ap_options"] == ["mutual-required"]
     assert m["ticket"]["sname_type"] == "NT-SRV-INST (2)"
@@ -236,15 +260,23 @@ def test_kerberos_ap_req_raw_gss_and_inside_spnego():
     check_ap_req(m, realm="LAB.UCGATE.TEST", spn="HTTP/gw.lab.ucgate.test", etype="rc4-hmac (23)", kvno=7)
     assert m["framing"] == "GSS-API, mechanism Kerberos 5 (1.2.840.113554.1.2.2)"
     assert m["ap_options"] == []
-    assert summary(d) == ('scheme=Negotiate message="Kerberos AP-REQ" spn=HTTP/gw.lab.ucgate.test '
-                          'realm=LAB.UCGATE.TEST etype="rc4-hmac (23)"')
+    assert summary(d) == (
+        'scheme=Negotiate message="Kerberos AP-REQ" spn=HTTP/gw.lab.ucgate.test '
+        'realm=LAB.UCGATE.TEST etype="rc4-hmac (23)"'
+    )
 
     # as Windows sends it: SPNEGO NegTokenInit, MS krb5 OID first, the AP-REQ as mechToken
-    spnego_token = ours.encode_neg_token_init([ours.MS_KRB5_OID, ours.KRB5_OID, ours.NTLM_OID],
-                                              gss_wrap(ap_req(), oid=ours.KRB5_OID))
+    spnego_token = ours.encode_neg_token_init(
+        [ours.MS_KRB5_OID, ours.KRB5_OID, ours.NTLM_OID], gss_wrap(ap_req(), oid=ours.KRB5_OID)
+    )
     d = decode_header("Authorization: Negotiate " + b64(spnego_token))
-    check_ap_req(d["message"]["mech_token"], realm="LAB.UCGATE.TEST", spn="HTTP/gw.lab.ucgate.test",
-                 etype="aes256-cts-hmac-sha1-96 (18)", kvno=3)
+    check_ap_req(
+        d["message"]["mech_token"],
+        realm="LAB.UCGATE.TEST",
+        spn="HTTP/gw.lab.ucgate.test",
+        etype="aes256-cts-hmac-sha1-96 (18)",
+        kvno=3,
+    )
     for decoded, token in ((m, raw), (d, spnego_token)):
         text = to_json(decoded) + render_text(decoded)
         assert CIPHER[:12].hex() not in text and b64(AUTH_CIPHER)[:12] not in text
@@ -259,8 +291,9 @@ def test_kerberos_ap_rep_and_krb_error_in_neg_token_resp():
     rep = AP_REP()
     rep["pvno"], rep["msg-type"] = 5, constants.ApplicationTagNumbers.AP_REP.value
     rep["enc-part"]["etype"], rep["enc-part"]["cipher"] = 18, b"\x01" * 40
-    token = ours.encode_neg_token_resp(ours.NegState.ACCEPT_COMPLETED, ours.KRB5_OID,
-                                       gss_wrap(encoder.encode(rep), b"\x02\x00"))
+    token = ours.encode_neg_token_resp(
+        ours.NegState.ACCEPT_COMPLETED, ours.KRB5_OID, gss_wrap(encoder.encode(rep), b"\x02\x00")
+    )
     m = decode_token(token)
     assert m["neg_state"] == "accept-completed (0)"
     assert m["response_token"]["kind"] == "Kerberos AP-REP"
@@ -276,16 +309,22 @@ def test_kerberos_ap_rep_and_krb_error_in_neg_token_resp():
     err["e-text"] = "clock skew too great"
     m = decode_token(gss_wrap(encoder.encode(err), b"\x03\x00"))
     assert m["error_code"] == "KRB_AP_ERR_SKEW (37)"
-    assert (m["realm"], m["sname"], m["e_text"]) == ("LAB.UCGATE.TEST", "HTTP/gw.lab.ucgate.test",
-                                                     "clock skew too great")
+    assert (m["realm"], m["sname"], m["e_text"]) == (
+        "LAB.UCGATE.TEST",
+        "HTTP/gw.lab.ucgate.test",
+        "clock skew too great",
+    )
 
 
-@pytest.mark.parametrize("broken, reason", [
-    (lambda t: t[:-1], "malformed"),  # truncated
-    (lambda t: t + b"\x00", "malformed"),  # trailing byte
-    (lambda t: gss_wrap(t, b"\x02\x00"), "malformed"),  # TOK_ID says AP-REP
-    (lambda t: gss_wrap(t, oid="1.2.3.4"), "unsupported-mech"),
-])
+@pytest.mark.parametrize(
+    "broken, reason",
+    [
+        (lambda t: t[:-1], "malformed"),  # truncated
+        (lambda t: t + b"\x00", "malformed"),  # trailing byte
+        (lambda t: gss_wrap(t, b"\x02\x00"), "malformed"),  # TOK_ID says AP-REP
+        (lambda t: gss_wrap(t, oid="1.2.3.4"), "unsupported-mech"),
+    ],
+)
 def test_kerberos_refusals(broken, reason):
     with pytest.raises(DecodeError) as info:
         decode_token(broken(ap_req()))
@@ -307,13 +346,30 @@ def test_real_ap_req_from_samba_kdc(samba_lab, tmp_path):
     user = samba_lab.seed_users[0].name
     spn = f"cifs/dc1.{samba_lab.dns_domain}"
     env = {**os.environ, "KRB5_CONFIG": str(samba_lab.krb5_conf), "KRB5CCNAME": f"FILE:{tmp_path / 'cc'}"}
-    subprocess.run(["kinit", f"{user}@{samba_lab.realm}"], input=samba_lab.default_password + "\n",
-                   env=env, check=True, capture_output=True, text=True, timeout=30)
+    subprocess.run(
+        ["kinit", f"{user}@{samba_lab.realm}"],
+        input=samba_lab.default_password + "\n",
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     subprocess.run(["kvno", f"{spn}@{samba_lab.realm}"], env=env, check=True, capture_output=True, timeout=30)
     credential = CCache.loadFile(str(tmp_path / "cc")).getCredential(f"{spn}@{samba_lab.realm}", anySPN=False)
     tgs = credential.toTGS()
-    _, _, blob = getKerberosType1(user, "", samba_lab.realm, b"", b"", "", TGT=None, TGS=tgs,
-                                  targetName=f"dc1.{samba_lab.dns_domain}", kdcHost=samba_lab.kdc)
+    _, _, blob = getKerberosType1(
+        user,
+        "",
+        samba_lab.realm,
+        b"",
+        b"",
+        "",
+        TGT=None,
+        TGS=tgs,
+        targetName=f"dc1.{samba_lab.dns_domain}",
+        kdcHost=samba_lab.kdc,
+    )
     d = decode_header("Negotiate " + b64(blob))
     m = d["message"]["mech_token"]
     assert m["ticket"]["realm"] == samba_lab.realm
@@ -355,7 +411,7 @@ def test_bearer_kind_and_length_only():
 
 def test_bare_base64_with_line_breaks_and_header_prefix():
     negotiate, _, _ = ntlm_exchange()
-    wrapped = "\n".join(b64(negotiate)[i:i + 20] for i in range(0, len(b64(negotiate)), 20))
+    wrapped = "\n".join(b64(negotiate)[i : i + 20] for i in range(0, len(b64(negotiate)), 20))
     assert decode_header(wrapped)["scheme"] is None
     assert decode_header(wrapped)["message"]["kind"] == "NTLM NEGOTIATE"
     assert decode_header(b"Proxy-Authorization: NTLM " + b64(negotiate).encode())["scheme"] == "NTLM"
@@ -371,16 +427,19 @@ def test_hostile_names_are_escaped_and_bounded():
     assert long.startswith("u" * MAX_TEXT) and long.endswith(f"(+{1000 - MAX_TEXT} characters)")
 
 
-@pytest.mark.parametrize("value, reason", [
-    ("", "empty"),
-    ("NTLM", "empty"),
-    ("NTLM not*base64", "bad-base64"),
-    ("Digest username=alice", "unsupported-scheme"),
-    ("NTLM " + b64(b"NTLMSSP\x00\x09\x00\x00\x00"), "unexpected-message"),
-    ("Negotiate " + b64(b"\x30\x03\x02\x01\x05"), "malformed"),
-    ("NTLM " + "A" * (MAX_HEADER_SIZE + 1), "too-large"),
-    ("Negotiate " + b64(b"\xa1" * 70000), "too-large"),
-])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("", "empty"),
+        ("NTLM", "empty"),
+        ("NTLM not*base64", "bad-base64"),
+        ("Digest username=alice", "unsupported-scheme"),
+        ("NTLM " + b64(b"NTLMSSP\x00\x09\x00\x00\x00"), "unexpected-message"),
+        ("Negotiate " + b64(b"\x30\x03\x02\x01\x05"), "malformed"),
+        ("NTLM " + "A" * (MAX_HEADER_SIZE + 1), "too-large"),
+        ("Negotiate " + b64(b"\xa1" * 70000), "too-large"),
+    ],
+)
 def test_refusals(value, reason):
     with pytest.raises(DecodeError) as info:
         decode_header(value)
@@ -417,12 +476,22 @@ def test_cli_text_json_and_stdin(capsys, monkeypatch):
 # --- fuzzing: only DecodeError, and no blobs in what comes out ------------------------------------
 
 EXAMPLES = int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 _NEG, _CHAL, _AUTH = ntlm_exchange()
-SEEDS = [_NEG, _CHAL, _AUTH, ap_req(), gss_wrap(ap_req()),
-         ours.encode_neg_token_init([ours.MS_KRB5_OID, ours.NTLM_OID], gss_wrap(ap_req())),
-         ours.encode_neg_token_resp(1, ours.NTLM_OID, _AUTH, b"\x01" * 16)]
+SEEDS = [
+    _NEG,
+    _CHAL,
+    _AUTH,
+    ap_req(),
+    gss_wrap(ap_req()),
+    ours.encode_neg_token_init([ours.MS_KRB5_OID, ours.NTLM_OID], gss_wrap(ap_req())),
+    ours.encode_neg_token_resp(1, ours.NTLM_OID, _AUTH, b"\x01" * 16),
+]
 
 
 def _decode_or_refuse(token: bytes) -> None:
@@ -445,8 +514,11 @@ def test_fuzz_random_bytes(data):
 
 
 @FUZZ
-@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
-       st.integers(0, 4096))
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
+    st.integers(0, 4096),
+)
 def test_fuzz_mutated_real_tokens(seed, flips, cut):
     token = bytearray(seed)
     for pos, value in flips:
@@ -469,8 +541,14 @@ def test_fuzz_header_text(text):
 @given(st.binary(max_size=64), st.binary(max_size=64), st.text(max_size=40))
 def test_fuzz_ntlm_fields_never_leak(lm, nt, user):
     """An AUTHENTICATE with arbitrary response bytes: never shown, whatever they hold."""
-    msg = AuthenticateMessage(flags=_AUTHENTICATE_FLAGS, lm_challenge_response=lm, nt_challenge_response=nt,
-                              user_name=user, domain_name="D", workstation="W")
+    msg = AuthenticateMessage(
+        flags=_AUTHENTICATE_FLAGS,
+        lm_challenge_response=lm,
+        nt_challenge_response=nt,
+        user_name=user,
+        domain_name="D",
+        workstation="W",
+    )
     try:
         decoded = decode_token(msg.pack())
     except DecodeError:

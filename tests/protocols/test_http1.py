@@ -31,15 +31,23 @@ def test_http10_keep_alive_only_when_asked():
 
 
 def test_framing():
-    assert parse_request_head(req(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 12")).framing == http1.Framing("length", 12)
-    assert parse_request_head(req(b"POST / HTTP/1.1", b"Host: a", b"Transfer-Encoding: chunked")).framing.kind == "chunked"
+    assert parse_request_head(req(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 12")).framing == http1.Framing(
+        "length", 12
+    )
+    assert (
+        parse_request_head(req(b"POST / HTTP/1.1", b"Host: a", b"Transfer-Encoding: chunked")).framing.kind == "chunked"
+    )
     assert parse_request_head(req(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 0")).framing.kind == "none"
 
 
 @pytest.mark.parametrize(
     "lines,status,reason",
     [
-        ((b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 1", b"Transfer-Encoding: chunked"), 400, "content-length-and-transfer-encoding"),
+        (
+            (b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 1", b"Transfer-Encoding: chunked"),
+            400,
+            "content-length-and-transfer-encoding",
+        ),
         ((b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 1", b"Content-Length: 1"), 400, "duplicate-content-length"),
         ((b"POST / HTTP/1.1", b"Host: a", b"Transfer-Encoding: gzip"), 501, "unsupported-transfer-encoding"),
         ((b"POST / HTTP/1.1", b"Host: a", b"Transfer-Encoding: gzip, chunked"), 400, "bad-transfer-encoding"),
@@ -59,7 +67,7 @@ def test_refusals(lines, status, reason):
 
 def test_chunk_size_lines():
     assert parse_chunk_size_line(b"1a\r\n") == 26
-    assert parse_chunk_size_line(b"A;name=value;x=\"q\\\"\"\r\n") == 10
+    assert parse_chunk_size_line(b'A;name=value;x="q\\""\r\n') == 10
     for bad in (b"\r\n", b"0x1\r\n", b"+1\r\n", b" 1\r\n", b"1 \r\n", b"g\r\n", b"1\n", b"1" * 17 + b"\r\n", b"1;\r\n"):
         with pytest.raises(HttpError):
             parse_chunk_size_line(bad)
@@ -78,8 +86,15 @@ def test_response_framing():
 
 
 def test_forwardable_headers_drop_hop_by_hop_and_connection_named():
-    hs = [(b"Connection", b"X-A"), (b"X-A", b"1"), (b"Keep-Alive", b"t"), (b"TE", b"trailers"),
-          (b"Content-Length", b"4"), (b"X-B", b"2"), (b"X-Ucgate-User", b"evil")]
+    hs = [
+        (b"Connection", b"X-A"),
+        (b"X-A", b"1"),
+        (b"Keep-Alive", b"t"),
+        (b"TE", b"trailers"),
+        (b"Content-Length", b"4"),
+        (b"X-B", b"2"),
+        (b"X-Ucgate-User", b"evil"),
+    ]
     out = http1.forwardable_headers(hs, frozenset({b"x-a"}), frozenset({b"x-ucgate-user"}))
     assert out == [(b"X-B", b"2")]
 
@@ -93,9 +108,23 @@ def test_fuzz_request_head_only_httperror(data):
         pass
 
 
-_line = st.sampled_from([b"GET / HTTP/1.1", b"POST /ucwa/x HTTP/1.1", b"Host: a", b"Content-Length: 5",
-                         b"Transfer-Encoding: chunked", b"Connection: close", b"Expect: 100-continue",
-                         b"X: \x00", b" x", b"Content-Length: 5, 5", b"\n", b"\r", b""])
+_line = st.sampled_from(
+    [
+        b"GET / HTTP/1.1",
+        b"POST /ucwa/x HTTP/1.1",
+        b"Host: a",
+        b"Content-Length: 5",
+        b"Transfer-Encoding: chunked",
+        b"Connection: close",
+        b"Expect: 100-continue",
+        b"X: \x00",
+        b" x",
+        b"Content-Length: 5, 5",
+        b"\n",
+        b"\r",
+        b"",
+    ]
+)
 
 
 @settings(max_examples=FUZZ, deadline=None)
@@ -124,9 +153,31 @@ def test_fuzz_chunk_line(data):
 
 # The one-pass field-block parser must agree with the line-by-line one (which names errors)
 # on every input: same fields, same framing fields, or the same refusal.
-_field_piece = st.sampled_from([b"Host", b"content-length", b"X-A", b"Connection", b"Expect", b"te", b"a b",
-                                b":", b" ", b"\t", b"v", b"5", b"\x00", b"\x7f", b"\x80\xff", b"\r", b"\n",
-                                b"\r\n", b";", b"=", b'"'])
+_field_piece = st.sampled_from(
+    [
+        b"Host",
+        b"content-length",
+        b"X-A",
+        b"Connection",
+        b"Expect",
+        b"te",
+        b"a b",
+        b":",
+        b" ",
+        b"\t",
+        b"v",
+        b"5",
+        b"\x00",
+        b"\x7f",
+        b"\x80\xff",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b";",
+        b"=",
+        b'"',
+    ]
+)
 _field_line = st.lists(_field_piece, max_size=7).map(b"".join)
 
 
@@ -152,25 +203,87 @@ def test_field_block_fast_path_agrees_with_line_parser(lines):
 # parser refuses, and must mean the same as the full parser plus the gateway's forwarding rules.
 _DROP = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-ucgate-user"})
 _OWNED = http1.OwnedFields((b"x-ucgate-user", *http1.OWNED_FIELDS))
-_names = st.sampled_from([b"Host", b"host", b"HOST", b"Connection", b"connection", b"Keep-Alive", b"Content-Length",
-                          b"Transfer-Encoding", b"Expect", b"X-Forwarded-For", b"Forwarded", b"X-Ucgate-User",
-                          b"Upgrade", b"TE", b"Trailer", b"Proxy-Connection", b"Accept", b"X-A", b"Cookie",
-                          b"Content-Type", b"Date", b"Server", b"Bad Name", b" Folded", b"",
-                          # look-alikes of the gateway's own fields (issue 13), and near misses
-                          b"X_Ucgate_User", b"x.ucgate.user", b"XUcgateUser", b"_X-Ucgate-User", b"X-Ucgate-User-2",
-                          b"X_Forwarded_For", b"x-forwarded-host.", b"Forwarded_", b"X-Real-IP", b"X_Original_URL",
-                          b"X-HTTP-Method-Override", b"X-Ucgate-Use", b"X-Forward", b"Host_", b"X-Users",
-                          b"Authorization", b"authorization"])
-_values = st.sampled_from([b"gw", b"a.example:8443", b"[::1]:443", b"bad host", b"keep-alive", b"Keep-Alive", b"close",
-                           b"keep-alive, close", b"upgrade", b"x-a", b"5", b"05", b"", b" 7 ", b"5, 5", b"-1",
-                           b"chunked", b"100-continue", b"v\x00", b"v\x7f", b"caf\xc3\xa9", b"a\tb", b"  x  "])
+_names = st.sampled_from(
+    [
+        b"Host",
+        b"host",
+        b"HOST",
+        b"Connection",
+        b"connection",
+        b"Keep-Alive",
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"Expect",
+        b"X-Forwarded-For",
+        b"Forwarded",
+        b"X-Ucgate-User",
+        b"Upgrade",
+        b"TE",
+        b"Trailer",
+        b"Proxy-Connection",
+        b"Accept",
+        b"X-A",
+        b"Cookie",
+        b"Content-Type",
+        b"Date",
+        b"Server",
+        b"Bad Name",
+        b" Folded",
+        b"",
+        # look-alikes of the gateway's own fields (issue 13), and near misses
+        b"X_Ucgate_User",
+        b"x.ucgate.user",
+        b"XUcgateUser",
+        b"_X-Ucgate-User",
+        b"X-Ucgate-User-2",
+        b"X_Forwarded_For",
+        b"x-forwarded-host.",
+        b"Forwarded_",
+        b"X-Real-IP",
+        b"X_Original_URL",
+        b"X-HTTP-Method-Override",
+        b"X-Ucgate-Use",
+        b"X-Forward",
+        b"Host_",
+        b"X-Users",
+        b"Authorization",
+        b"authorization",
+    ]
+)
+_values = st.sampled_from(
+    [
+        b"gw",
+        b"a.example:8443",
+        b"[::1]:443",
+        b"bad host",
+        b"keep-alive",
+        b"Keep-Alive",
+        b"close",
+        b"keep-alive, close",
+        b"upgrade",
+        b"x-a",
+        b"5",
+        b"05",
+        b"",
+        b" 7 ",
+        b"5, 5",
+        b"-1",
+        b"chunked",
+        b"100-continue",
+        b"v\x00",
+        b"v\x7f",
+        b"caf\xc3\xa9",
+        b"a\tb",
+        b"  x  ",
+    ]
+)
 _field = st.tuples(_names, st.sampled_from([b":", b": ", b":\t", b" :"]), _values).map(b"".join)
 
 
 def _heads(start_lines):
-    return st.tuples(st.sampled_from(start_lines), st.lists(_field, max_size=7),
-                     st.sampled_from([b"\r\n", b"\n", b"\r\r\n"])).map(
-        lambda t: t[0] + b"\r\n" + b"".join(f + t[2] for f in t[1]) + b"\r\n")
+    return st.tuples(
+        st.sampled_from(start_lines), st.lists(_field, max_size=7), st.sampled_from([b"\r\n", b"\n", b"\r\r\n"])
+    ).map(lambda t: t[0] + b"\r\n" + b"".join(f + t[2] for f in t[1]) + b"\r\n")
 
 
 def _fields(prefix: bytes) -> list[tuple[bytes, bytes]]:
@@ -183,8 +296,20 @@ def _fields(prefix: bytes) -> list[tuple[bytes, bytes]]:
 
 
 @settings(max_examples=FUZZ * 4, deadline=None)
-@given(_heads([b"GET /ucwa/x HTTP/1.1", b"GET /a?b=c HTTP/1.1", b"POST /x HTTP/1.1", b"GET /x HTTP/1.0",
-               b"GET http://a/x HTTP/1.1", b"GET /x HTTP/1.1 ", b"G@T /x HTTP/1.1", b"GET /x\x7f HTTP/1.1"]))
+@given(
+    _heads(
+        [
+            b"GET /ucwa/x HTTP/1.1",
+            b"GET /a?b=c HTTP/1.1",
+            b"POST /x HTTP/1.1",
+            b"GET /x HTTP/1.0",
+            b"GET http://a/x HTTP/1.1",
+            b"GET /x HTTP/1.1 ",
+            b"G@T /x HTTP/1.1",
+            b"GET /x\x7f HTTP/1.1",
+        ]
+    )
+)
 def test_common_request_agrees_with_the_full_parser(head):
     from ucgate.protocols.http1 import DEFAULT_LIMITS, common_request, not_forwarded, request_special_re
 
@@ -193,11 +318,19 @@ def test_common_request_agrees_with_the_full_parser(head):
         return
     full = parse_request_head(head)  # must not raise: the fast path accepts nothing it refuses
     assert (simple.method, simple.target, simple.host, simple.keep_alive, simple.version) == (
-        full.method, full.target, full.host, full.keep_alive, full.version)
+        full.method,
+        full.target,
+        full.host,
+        full.keep_alive,
+        full.version,
+    )
     assert full.framing.kind == "none" and not full.expect_continue
     skip = not_forwarded(_DROP)
-    expected = [(k.lower(), v) for k, v in full.headers
-                if k.lower() not in skip and k.lower() not in full.connection_tokens and k not in _OWNED]
+    expected = [
+        (k.lower(), v)
+        for k, v in full.headers
+        if k.lower() not in skip and k.lower() not in full.connection_tokens and k not in _OWNED
+    ]
     assert _fields(simple.prefix) == expected
     # an authenticated forward drops Authorization (Gateway._skip_authenticated)
     assert simple.authorization == full.get(b"authorization")
@@ -208,9 +341,23 @@ def test_common_request_agrees_with_the_full_parser(head):
 
 
 @settings(max_examples=FUZZ * 4, deadline=None)
-@given(_heads([b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 204 No Content", b"HTTP/1.1 200 ",
-               b"HTTP/1.1 200", b"HTTP/1.0 200 OK", b"HTTP/1.1 101 Switching", b"HTTP/1.1 103 Early",
-               b"HTTP/2.0 200 OK", b"HTTP/1.1 200 O\x00K"]), st.sampled_from([b"GET", b"HEAD", b"POST"]))
+@given(
+    _heads(
+        [
+            b"HTTP/1.1 200 OK",
+            b"HTTP/1.1 404 Not Found",
+            b"HTTP/1.1 204 No Content",
+            b"HTTP/1.1 200 ",
+            b"HTTP/1.1 200",
+            b"HTTP/1.0 200 OK",
+            b"HTTP/1.1 101 Switching",
+            b"HTTP/1.1 103 Early",
+            b"HTTP/2.0 200 OK",
+            b"HTTP/1.1 200 O\x00K",
+        ]
+    ),
+    st.sampled_from([b"GET", b"HEAD", b"POST"]),
+)
 def test_common_response_agrees_with_the_full_parser(head, method):
     from ucgate.protocols.http1 import HOP_BY_HOP, common_response, parse_response_head
 
@@ -223,8 +370,11 @@ def test_common_response_agrees_with_the_full_parser(head, method):
     assert full.keep_alive == simple.keep_alive
     assert simple.prefix.split(b"\r\n", 1)[0] == b"HTTP/1.1 %d %b" % (full.status, full.reason)
     # what the client gets: the full path's fields less hop-by-hop ones, Content-Length as framing
-    expected = [(k.lower(), v) for k, v in full.headers
-                if k.lower() not in HOP_BY_HOP and k.lower() not in full.connection_tokens]
+    expected = [
+        (k.lower(), v)
+        for k, v in full.headers
+        if k.lower() not in HOP_BY_HOP and k.lower() not in full.connection_tokens
+    ]
     got = _fields(simple.prefix)
     assert [f for f in got if f[0] != b"content-length"] == [f for f in expected if f[0] != b"content-length"]
     assert [v for k, v in got if k == b"content-length"] == [b"%d" % simple.length]
@@ -234,45 +384,97 @@ def test_simple_heads_take_the_common_shapes():
     from ucgate.protocols.http1 import DEFAULT_LIMITS, common_request, common_response, request_special_re
 
     sp = request_special_re(_DROP)
-    r = common_request(b"GET /meet/x?y=1 HTTP/1.1\r\nHost: gw:443\r\nConnection: Keep-Alive\r\n"
-                       b"Accept: */*\r\n\r\n", DEFAULT_LIMITS, sp)
+    r = common_request(
+        b"GET /meet/x?y=1 HTTP/1.1\r\nHost: gw:443\r\nConnection: Keep-Alive\r\nAccept: */*\r\n\r\n", DEFAULT_LIMITS, sp
+    )
     assert r is not None and r.prefix == b"GET /meet/x?y=1 HTTP/1.1\r\nHost: gw:443\r\nAccept: */*\r\n"
     assert r.keep_alive and r.host == b"gw:443"
     # each of these needs the full parser (a body, a dropped field, HTTP/1.0, two Hosts...)
-    for head in (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
-                 b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
-                 b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n",
-                 b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-                 b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: x-a\r\nX-A: 1\r\n\r\n"):
+    for head in (
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+        b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: x-a\r\nX-A: 1\r\n\r\n",
+    ):
         assert common_request(head, DEFAULT_LIMITS, sp) is None
     s = common_response(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\nX: y\r\n\r\n", b"GET")
     assert s is not None and not s.keep_alive and s.length == 2
     assert s.prefix == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n"
-    for head in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n",
-                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
-                 b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"):
+    for head in (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    ):
         assert common_response(head, b"GET") is None
 
 
 # Issue 13: a client field is the gateway's own when its squashed name (lower case, letters and
 # digits only) starts with one of ours — the names CGI/WSGI/PHP map to the same variable.
-@pytest.mark.parametrize("name,owned", [
-    (b"X-Ucgate-User", True), (b"x_ucgate_user", True), (b"X.Ucgate.User", True), (b"X~Ucgate~User", True),
-    (b"XUcgateUser", True), (b"X--Ucgate--User", True), (b"_X-Ucgate-User", True), (b"X-Ucgate-User_", True),
-    (b"X-Ucgate-User-2", True), (b"X_Forwarded_For", True), (b"X-Forwarded-Server", True), (b"Forwarded", True),
-    (b"X-Real-IP", True), (b"x_real_ip", True), (b"X-MS-Forwarded-Client-IP", True), (b"X-Original-URL", True),
-    (b"X-Rewrite-URL", True), (b"X-HTTP-Method-Override", True), (b"X-HTTP-Method", True),
-    (b"X-Method-Override", True), (b"True-Client-IP", True), (b"X-Client-IP", True),
-    (b"X-Ucgate-Use", False), (b"X-Users", False), (b"X-Forward", False), (b"Host", False), (b"Accept", False),
-    (b"X-MS-Namespace", False), (b"User-Agent", False), (b"Authorization", False),
-])
+@pytest.mark.parametrize(
+    "name,owned",
+    [
+        (b"X-Ucgate-User", True),
+        (b"x_ucgate_user", True),
+        (b"X.Ucgate.User", True),
+        (b"X~Ucgate~User", True),
+        (b"XUcgateUser", True),
+        (b"X--Ucgate--User", True),
+        (b"_X-Ucgate-User", True),
+        (b"X-Ucgate-User_", True),
+        (b"X-Ucgate-User-2", True),
+        (b"X_Forwarded_For", True),
+        (b"X-Forwarded-Server", True),
+        (b"Forwarded", True),
+        (b"X-Real-IP", True),
+        (b"x_real_ip", True),
+        (b"X-MS-Forwarded-Client-IP", True),
+        (b"X-Original-URL", True),
+        (b"X-Rewrite-URL", True),
+        (b"X-HTTP-Method-Override", True),
+        (b"X-HTTP-Method", True),
+        (b"X-Method-Override", True),
+        (b"True-Client-IP", True),
+        (b"X-Client-IP", True),
+        (b"X-Ucgate-Use", False),
+        (b"X-Users", False),
+        (b"X-Forward", False),
+        (b"Host", False),
+        (b"Accept", False),
+        (b"X-MS-Namespace", False),
+        (b"User-Agent", False),
+        (b"Authorization", False),
+    ],
+)
 def test_owned_fields(name, owned):
     assert (name in _OWNED) is owned
 
 
-_token_piece = st.sampled_from([b"x", b"X", b"-", b"_", b".", b"~", b"!", b"u", b"cgate", b"user", b"forwarded",
-                                b"for", b"real", b"ip", b"2", b"Forwarded", b"UCGATE", b"User", b"original", b"url"])
+_token_piece = st.sampled_from(
+    [
+        b"x",
+        b"X",
+        b"-",
+        b"_",
+        b".",
+        b"~",
+        b"!",
+        b"u",
+        b"cgate",
+        b"user",
+        b"forwarded",
+        b"for",
+        b"real",
+        b"ip",
+        b"2",
+        b"Forwarded",
+        b"UCGATE",
+        b"User",
+        b"original",
+        b"url",
+    ]
+)
 
 
 @settings(max_examples=FUZZ, deadline=None)
@@ -288,9 +490,19 @@ def test_owned_pattern_agrees_with_membership(name):
 
 # --- one parser, two routes: the common route (regex) and the full route agree ---------------
 
+
 def _common_attrs(r):
-    return (r.method, r.target, r.version, r.headers, r.framing, r.host, r.keep_alive, r.expect_continue,
-            r.connection_tokens)
+    return (
+        r.method,
+        r.target,
+        r.version,
+        r.headers,
+        r.framing,
+        r.host,
+        r.keep_alive,
+        r.expect_continue,
+        r.connection_tokens,
+    )
 
 
 def _outcome(f, *args, **kw):
@@ -301,8 +513,20 @@ def _outcome(f, *args, **kw):
 
 
 @settings(max_examples=FUZZ * 4, deadline=None)
-@given(_heads([b"GET /ucwa/x HTTP/1.1", b"GET /a?b=c HTTP/1.1", b"POST /x HTTP/1.1", b"GET /x HTTP/1.0",
-               b"GET http://a/x HTTP/1.1", b"GET /x HTTP/1.1 ", b"G@T /x HTTP/1.1", b"GET /x\x7f HTTP/1.1"]))
+@given(
+    _heads(
+        [
+            b"GET /ucwa/x HTTP/1.1",
+            b"GET /a?b=c HTTP/1.1",
+            b"POST /x HTTP/1.1",
+            b"GET /x HTTP/1.0",
+            b"GET http://a/x HTTP/1.1",
+            b"GET /x HTTP/1.1 ",
+            b"G@T /x HTTP/1.1",
+            b"GET /x\x7f HTTP/1.1",
+        ]
+    )
+)
 def test_request_routes_agree(head):
     from ucgate.protocols.http1 import DEFAULT_LIMITS, common_request, request_special_re
 
@@ -327,9 +551,23 @@ def test_request_routes_agree(head):
 
 
 @settings(max_examples=FUZZ * 4, deadline=None)
-@given(_heads([b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 204 No Content", b"HTTP/1.1 200 ",
-               b"HTTP/1.1 200", b"HTTP/1.0 200 OK", b"HTTP/1.1 101 Switching", b"HTTP/1.1 103 Early",
-               b"HTTP/2.0 200 OK", b"HTTP/1.1 200 O\x00K"]), st.sampled_from([b"GET", b"HEAD", b"POST"]))
+@given(
+    _heads(
+        [
+            b"HTTP/1.1 200 OK",
+            b"HTTP/1.1 404 Not Found",
+            b"HTTP/1.1 204 No Content",
+            b"HTTP/1.1 200 ",
+            b"HTTP/1.1 200",
+            b"HTTP/1.0 200 OK",
+            b"HTTP/1.1 101 Switching",
+            b"HTTP/1.1 103 Early",
+            b"HTTP/2.0 200 OK",
+            b"HTTP/1.1 200 O\x00K",
+        ]
+    ),
+    st.sampled_from([b"GET", b"HEAD", b"POST"]),
+)
 def test_response_routes_agree(head, method):
     from ucgate.protocols.http1 import common_response
 
@@ -364,8 +602,13 @@ def test_heads_equality_repr_and_header_setter():
     with pytest.raises(TypeError):
         hash(full)
     built = RequestHead(b"GET", b"/a", (1, 1), [(b"Host", b"gw")], Framing("none"), b"gw", True)
-    assert (built.expect_continue, built.connection_tokens, built.prefix, built.authorization,
-            built.prefix_authenticated) == (False, frozenset(), None, None, None)
+    assert (
+        built.expect_continue,
+        built.connection_tokens,
+        built.prefix,
+        built.authorization,
+        built.prefix_authenticated,
+    ) == (False, frozenset(), None, None, None)
     assert built.get(b"host") == b"gw"
     resp = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: y\r\n\r\n", b"GET")
     assert resp.get(b"x") == b"y" and resp.get(b"z") is None and resp.prefix is not None
@@ -420,8 +663,12 @@ def test_response_routes_types_limits_and_keep_alive():
     assert parse_response_head(head, b"GET", Limits(max_header_bytes=len(head)), full=True).status == 200
     with pytest.raises(HttpError) as e:
         parse_response_head(head, b"GET", Limits(max_header_bytes=len(head) - 1), full=True)
-    assert (e.value.status, e.value.reason, e.value.detail) == (502, "bad-upstream-response",
-                                                                "upstream-header-too-large")
-    keep = parse_response_head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", b"GET",
-                               full=True)
+    assert (e.value.status, e.value.reason, e.value.detail) == (
+        502,
+        "bad-upstream-response",
+        "upstream-header-too-large",
+    )
+    keep = parse_response_head(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", b"GET", full=True
+    )
     assert keep.keep_alive is True and keep.connection_tokens == frozenset({b"keep-alive"})

@@ -30,16 +30,27 @@ from ucgate.protocols.http1 import (
 FUZZ = int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300"))
 
 _token = st.text("abcxyzABCXYZ0189-_.!#$%&'*+^`|~", min_size=1, max_size=8).map(str.encode)
-_value = st.text("abc XYZ09\t:;,=/\"()?@[]{}\\", max_size=12).map(lambda s: s.strip(" \t").encode()) | st.sampled_from(
-    [b"caf\xc3\xa9", b"\x80\xff", b"a  b", b""])
+_value = st.text('abc XYZ09\t:;,=/"()?@[]{}\\', max_size=12).map(lambda s: s.strip(" \t").encode()) | st.sampled_from(
+    [b"caf\xc3\xa9", b"\x80\xff", b"a  b", b""]
+)
 _plain_field = st.tuples(st.sampled_from([b"X-", b"Accept", b"User-Agent", b"Cookie", b"X-Ms-"]), _token, _value).map(
-    lambda t: (t[0] + t[1] if t[0].endswith(b"-") else t[0], t[2]))
+    lambda t: (t[0] + t[1] if t[0].endswith(b"-") else t[0], t[2])
+)
 _ows = st.sampled_from([b"", b" ", b"\t", b"  "])
-_framing = st.sampled_from([(), (b"Content-Length: 0",), (b"Content-Length: 5",), (b"Content-Length: 0012",),
-                            (b"Transfer-Encoding: chunked",), (b"Transfer-Encoding: Chunked",)])
+_framing = st.sampled_from(
+    [
+        (),
+        (b"Content-Length: 0",),
+        (b"Content-Length: 5",),
+        (b"Content-Length: 0012",),
+        (b"Transfer-Encoding: chunked",),
+        (b"Transfer-Encoding: Chunked",),
+    ]
+)
 _connection = st.sampled_from([(), (b"Connection: close",), (b"Connection: keep-alive",), (b"Connection: X-A, close",)])
-_start = st.sampled_from([b"GET /ucwa/x HTTP/1.1", b"POST /x?y=1 HTTP/1.1", b"PUT /a/b HTTP/1.1", b"OPTIONS * HTTP/1.1",
-                          b"POST /x HTTP/1.2"])
+_start = st.sampled_from(
+    [b"GET /ucwa/x HTTP/1.1", b"POST /x?y=1 HTTP/1.1", b"PUT /a/b HTTP/1.1", b"OPTIONS * HTTP/1.1", b"POST /x HTTP/1.2"]
+)
 
 
 @st.composite
@@ -47,8 +58,10 @@ def good_heads(draw) -> tuple[bytes, list[bytes]]:
     """A well-formed request head (start line, field lines) with one Host and valid framing."""
     fields = [name + b":" + draw(_ows) + value + draw(_ows) for name, value in draw(st.lists(_plain_field, max_size=6))]
     fields += list(draw(_framing)) + list(draw(_connection))
-    fields.insert(draw(st.integers(0, len(fields))), b"Host:" + draw(_ows) + draw(st.sampled_from([b"gw", b"gw:443",
-                                                                                                   b"[::1]:8443"])))
+    fields.insert(
+        draw(st.integers(0, len(fields))),
+        b"Host:" + draw(_ows) + draw(st.sampled_from([b"gw", b"gw:443", b"[::1]:8443"])),
+    )
     order = draw(st.permutations(range(len(fields))))
     return draw(_start), [fields[i] for i in order]
 
@@ -59,11 +72,21 @@ def head_of(start: bytes, fields: list[bytes]) -> bytes:
 
 # one defect and the reason it must be refused with, wherever it is
 DEFECTS = [
-    (b"Transfer-Encoding : chunked", "bad-header-name"), (b"X-A\t: 1", "bad-header-name"), (b"X A: 1", "bad-header-name"),
-    (b"X@: 1", "bad-header-name"), (b": v", "bad-header-name"), (b"NoColon", "bad-header-name"),
-    (b"X\xc3\xa9: 1", "bad-header-name"), (b" X: 1", "obs-fold"), (b"\tv", "obs-fold"),
-    (b"X: a\x00", "bad-header-value"), (b"X: \x7f", "bad-header-value"), (b"X: a\x0bb", "bad-header-value"),
-    (b"X: a\nTransfer-Encoding: chunked", "bare-cr-or-lf"), (b"X: a\rb", "bare-cr-or-lf"), (b"X: a\r", "bare-cr-or-lf"),
+    (b"Transfer-Encoding : chunked", "bad-header-name"),
+    (b"X-A\t: 1", "bad-header-name"),
+    (b"X A: 1", "bad-header-name"),
+    (b"X@: 1", "bad-header-name"),
+    (b": v", "bad-header-name"),
+    (b"NoColon", "bad-header-name"),
+    (b"X\xc3\xa9: 1", "bad-header-name"),
+    (b" X: 1", "obs-fold"),
+    (b"\tv", "obs-fold"),
+    (b"X: a\x00", "bad-header-value"),
+    (b"X: \x7f", "bad-header-value"),
+    (b"X: a\x0bb", "bad-header-value"),
+    (b"X: a\nTransfer-Encoding: chunked", "bare-cr-or-lf"),
+    (b"X: a\rb", "bare-cr-or-lf"),
+    (b"X: a\r", "bare-cr-or-lf"),
     (b"\n", "bare-cr-or-lf"),
 ]
 
@@ -85,8 +108,11 @@ def test_one_defect_anywhere_is_refused_with_its_reason(head, defect, data):
 
 
 @settings(max_examples=FUZZ, deadline=None)
-@given(good_heads(), st.sampled_from([b"-1", b"+5", b"1_0", b"0x5", b"5,5", b"5 5", b"", b"\xd9\xa5", b"9" * 20]),
-       st.data())
+@given(
+    good_heads(),
+    st.sampled_from([b"-1", b"+5", b"1_0", b"0x5", b"5,5", b"5 5", b"", b"\xd9\xa5", b"9" * 20]),
+    st.data(),
+)
 def test_a_bad_content_length_anywhere_is_refused(head, value, data):
     start, fields = head
     fields = [f for f in fields if not f.lower().startswith((b"content-length", b"transfer-encoding"))]
@@ -123,10 +149,14 @@ def check_like_h11(head: bytes) -> None:
     body = {"none": b"", "length": b"x" * r.framing.length, "chunked": b"3\r\nabc\r\n0\r\n\r\n"}[r.framing.kind]
     event, got, ended = h11_read(head, body)
     assert (bytes(event.method), bytes(event.target), bytes(event.http_version)) == (
-        r.method, r.target, b"%d.%d" % r.version)
+        r.method,
+        r.target,
+        b"%d.%d" % r.version,
+    )
     # h11 lower-cases the value of Transfer-Encoding (it compares it to "chunked")
     assert [(bytes(k), bytes(v)) for k, v in event.headers.raw_items()] == [
-        (k, v.lower() if k.lower() == b"transfer-encoding" else v) for k, v in r.headers]
+        (k, v.lower() if k.lower() == b"transfer-encoding" else v) for k, v in r.headers
+    ]
     assert ended, (r.framing, got)
     assert got == (b"abc" if r.framing.kind == "chunked" else body)
 
@@ -137,11 +167,38 @@ def test_what_we_accept_h11_reads_the_same(head):
     check_like_h11(head_of(*head))
 
 
-_piece = st.sampled_from([b"GET / HTTP/1.1\r\n", b"POST /x HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n", b"Host: gw\r\n",
-                          b"Content-Length: 3\r\n", b"Content-Length: 03\r\n", b"Transfer-Encoding: chunked\r\n",
-                          b"Connection: close\r\n", b"Expect: 100-continue\r\n", b"X: a\r\n", b"X : a\r\n", b" x\r\n",
-                          b"X: \x00\r\n", b"\n", b"\r", b"\r\n", b":", b" ", b"\t", b"-1", b"+", b"_", b"a", b"5",
-                          b"Content-Length:", b"Transfer-Encoding:", b"chunked", b","])
+_piece = st.sampled_from(
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"POST /x HTTP/1.1\r\n",
+        b"GET / HTTP/1.0\r\n",
+        b"Host: gw\r\n",
+        b"Content-Length: 3\r\n",
+        b"Content-Length: 03\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Connection: close\r\n",
+        b"Expect: 100-continue\r\n",
+        b"X: a\r\n",
+        b"X : a\r\n",
+        b" x\r\n",
+        b"X: \x00\r\n",
+        b"\n",
+        b"\r",
+        b"\r\n",
+        b":",
+        b" ",
+        b"\t",
+        b"-1",
+        b"+",
+        b"_",
+        b"a",
+        b"5",
+        b"Content-Length:",
+        b"Transfer-Encoding:",
+        b"chunked",
+        b",",
+    ]
+)
 
 
 @settings(max_examples=FUZZ * 2, deadline=None)
@@ -159,12 +216,26 @@ def test_accepted_heads_read_the_same_by_h11_again_and_on_the_fast_path(data):
     assert again == r
     # the one parser's common route (when the head has the common shape) reads it the same
     common = parse_request_head(head, DEFAULT_LIMITS, request_special_re(frozenset()))
-    keys = ("method", "target", "version", "headers", "framing", "host", "keep_alive", "expect_continue",
-            "connection_tokens")
+    keys = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "framing",
+        "host",
+        "keep_alive",
+        "expect_continue",
+        "connection_tokens",
+    )
     assert [getattr(common, k) for k in keys] == [getattr(r, k) for k in keys]
-    assert (common.prefix is not None) == (common_request(head, DEFAULT_LIMITS, request_special_re(frozenset()))
-                                           is not None)
+    assert (common.prefix is not None) == (
+        common_request(head, DEFAULT_LIMITS, request_special_re(frozenset())) is not None
+    )
     simple = common_request(head, DEFAULT_LIMITS, request_special_re(frozenset()))
     if simple is not None:
-        assert (simple.method, simple.target, simple.host, simple.keep_alive) == (r.method, r.target, r.host,
-                                                                                  r.keep_alive)
+        assert (simple.method, simple.target, simple.host, simple.keep_alive) == (
+            r.method,
+            r.target,
+            r.host,
+            r.keep_alive,
+        )

@@ -96,8 +96,17 @@ def split_events(conn: Connection, data: bytes, cuts: list[int], eof: bool = Tru
 # --- the smuggling vectors -----------------------------------------------------------------
 
 # refused by the gateway's target check (protocols/sfb.split_target), not by HTTP/1 framing
-PATH_VECTORS = {"absolute-form", "dot-segments", "encoded-dots", "encoded-slash", "backslash", "double-encoding", "empty-segment",
-                "bad-escape", "encoded-crlf-in-path"}
+PATH_VECTORS = {
+    "absolute-form",
+    "dot-segments",
+    "encoded-dots",
+    "encoded-slash",
+    "backslash",
+    "double-encoding",
+    "empty-segment",
+    "bad-escape",
+    "encoded-crlf-in-path",
+}
 
 
 def _refusal(raw: bytes, byte_by_byte: bool) -> tuple[int, str] | None:
@@ -168,8 +177,9 @@ def test_a_refused_connection_stays_refused():
 
 # --- generated messages: any split gives the one-shot result -------------------------------
 
-_field_lines = st.lists(st.sampled_from([b"Accept: */*", b"X-A: 1", b"Cookie: a=b", b"User-Agent: UCCAPI/16"]),
-                        max_size=3)
+_field_lines = st.lists(
+    st.sampled_from([b"Accept: */*", b"X-A: 1", b"Cookie: a=b", b"User-Agent: UCCAPI/16"]), max_size=3
+)
 _payload = st.binary(max_size=40)
 
 
@@ -229,14 +239,22 @@ def _same(got: list, want: list) -> None:
 
 
 def _heads_agree(a: http1.RequestHead, b: http1.RequestHead) -> bool:
-    keys = ("method", "target", "version", "headers", "framing", "host", "keep_alive", "expect_continue",
-            "connection_tokens")
+    keys = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "framing",
+        "host",
+        "keep_alive",
+        "expect_continue",
+        "connection_tokens",
+    )
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
 @settings(max_examples=FUZZ * 4, deadline=None)
-@given(st.lists(_request(), min_size=1, max_size=3), st.lists(st.integers(0, 2000), max_size=8),
-       st.booleans())
+@given(st.lists(_request(), min_size=1, max_size=3), st.lists(st.integers(0, 2000), max_size=8), st.booleans())
 def test_split_messages_give_the_one_shot_events(messages, cuts, common):
     data = b"".join(head + wire for head, _, wire in messages)
     special = request_special_re(frozenset()) if common else None
@@ -257,6 +275,7 @@ def _same_refusal(got: list, one: list) -> None:
     """The same events but Data, and a payload that is a prefix of the one-shot payload: a body
     refused part way has given its first bytes already (the gateway re-frames them and drops
     the upstream connection, tests/gateway/test_smuggling.py)."""
+
     def data(es):
         return b"".join(e.data for e in es if isinstance(e, Data))
 
@@ -279,8 +298,11 @@ def test_split_garbage_bodies_give_the_one_shot_result(body, cuts):
 @settings(max_examples=FUZZ * 4, deadline=None)
 @given(_payload, st.lists(st.integers(0, 80), max_size=6), st.booleans())
 def test_body_reader_split_equals_one_shot(body, cuts, raw):
-    wire = encode_chunk(body[:7]) + encode_chunk(body[7:]) + b"0\r\nX: 1\r\n\r\nrest" if body[7:] else (
-        b"%x;e=1\r\n%b\r\n0\r\n\r\nrest" % (len(body), body) if body else b"0\r\n\r\nrest")
+    wire = (
+        encode_chunk(body[:7]) + encode_chunk(body[7:]) + b"0\r\nX: 1\r\n\r\nrest"
+        if body[7:]
+        else (b"%x;e=1\r\n%b\r\n0\r\n\r\nrest" % (len(body), body) if body else b"0\r\n\r\nrest")
+    )
     one = BodyReader(Framing("chunked"), raw=raw)
     out, done = one.feed(wire)
     assert done and one.unused == b"rest"
@@ -298,14 +320,26 @@ def test_body_reader_split_equals_one_shot(body, cuts, raw):
 
 # --- server side ---------------------------------------------------------------------------
 
+
 def test_server_pipelined_requests_and_bodies():
     conn = Connection(SERVER)
-    data = (b"POST /a HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc"
-            b"POST /b HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n2;x=y\r\nhi\r\n0\r\nT: v \r\n\r\n"
-            b"GET /c HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\nGET /d HTTP/1.1\r\n\r\n")
+    data = (
+        b"POST /a HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc"
+        b"POST /b HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n2;x=y\r\nhi\r\n0\r\nT: v \r\n\r\n"
+        b"GET /c HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\nGET /d HTTP/1.1\r\n\r\n"
+    )
     got = events(conn, data)
-    assert [type(e).__name__ for e in got] == ["Request", "Data", "EndOfMessage", "Request", "Data", "EndOfMessage",
-                                               "Request", "EndOfMessage", "_Sentinel"]
+    assert [type(e).__name__ for e in got] == [
+        "Request",
+        "Data",
+        "EndOfMessage",
+        "Request",
+        "Data",
+        "EndOfMessage",
+        "Request",
+        "EndOfMessage",
+        "_Sentinel",
+    ]
     assert got[0].head.target == b"/a" and got[1] == Data(b"abc") and got[2] == EndOfMessage([])
     assert got[4] == Data(b"hi") and got[5] == EndOfMessage([(b"T", b"v")])
     assert got[6].head.keep_alive is False and got[8] is PAUSED
@@ -340,12 +374,15 @@ def test_server_need_data_and_eof():
         conn.receive_data(b"x")
 
 
-@pytest.mark.parametrize("data,reason", [
-    (b"GET / HTTP/1.1\r\nHost: gw\r\n", "incomplete-head"),
-    (b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nabc", "body-incomplete"),
-    (b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n", "body-incomplete"),
-    (b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "body-incomplete"),
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"GET / HTTP/1.1\r\nHost: gw\r\n", "incomplete-head"),
+        (b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nabc", "body-incomplete"),
+        (b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n", "body-incomplete"),
+        (b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "body-incomplete"),
+    ],
+)
 def test_server_end_of_stream_inside_a_message(data, reason):
     assert events(Connection(SERVER), data, eof=True)[-1] == ("error", 400, reason)
 
@@ -355,7 +392,11 @@ def test_server_bare_cr_or_lf_refused_before_the_head_ends():
     conn.receive_data(b"GET / HTTP/1.1\nHost: gw\n")
     with pytest.raises(HttpError) as e:
         conn.next_event()
-    assert (e.value.status, e.value.reason, e.value.detail) == (400, "bare-cr-or-lf", "bare CR or LF in the header section")
+    assert (e.value.status, e.value.reason, e.value.detail) == (
+        400,
+        "bare-cr-or-lf",
+        "bare CR or LF in the header section",
+    )
     conn = Connection(SERVER)
     conn.receive_data(b"GET / HTTP/1.1\r")  # a CR that may still become CRLF
     assert conn.next_event() is NEED_DATA
@@ -376,11 +417,17 @@ def test_server_max_body():
     post = b"POST / HTTP/1.1\r\nHost: gw\r\n"
     assert events(Connection(SERVER, max_body=3), post + b"Content-Length: 3\r\n\r\nabc")[1] == Data(b"abc")
     assert events(Connection(SERVER, max_body=3), post + b"Content-Length: 4\r\n\r\nabcd")[-1] == (
-        "error", 413, "body-too-large")
+        "error",
+        413,
+        "body-too-large",
+    )
     chunked = post + b"Transfer-Encoding: chunked\r\n\r\n"
     assert events(Connection(SERVER, max_body=3), chunked + b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n")[-1] == EndOfMessage([])
     assert events(Connection(SERVER, max_body=3), chunked + b"2\r\nab\r\n2\r\ncd\r\n")[-1] == (
-        "error", 413, "body-too-large")
+        "error",
+        413,
+        "body-too-large",
+    )
 
 
 def test_connection_role_checks():
@@ -403,8 +450,12 @@ def test_client_responses_in_request_order():
     conn.send_request(b"GET")
     conn.send_request(b"HEAD")
     conn.send_request(b"POST")
-    got = events(conn, OK + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"
-                 + b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n")
+    got = events(
+        conn,
+        OK
+        + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"
+        + b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    )
     kinds = [type(e).__name__ for e in got]
     assert kinds == ["Response", "Data", "EndOfMessage", "Response", "EndOfMessage", "Response", "Data", "EndOfMessage"]
     assert got[0].head.prefix == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" and got[0].head.length == 2
@@ -417,7 +468,10 @@ def test_client_bodiless_statuses(status):
     conn = Connection(CLIENT)
     conn.send_request(b"GET")
     got = events(conn, b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\n" % status + OK)
-    assert got[0].head.framing == Framing("none") and got[1:] == [EndOfMessage([]), ("error", 502, "unsolicited-response")]
+    assert got[0].head.framing == Framing("none") and got[1:] == [
+        EndOfMessage([]),
+        ("error", 502, "unsolicited-response"),
+    ]
     assert conn.trailing_data == (OK, False)  # the response nobody asked for is not used
 
 
@@ -455,15 +509,18 @@ def test_client_keep_alive_then_closed():
     assert events(conn, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")[-1] is PAUSED
 
 
-@pytest.mark.parametrize("data,reason", [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "bad-upstream-content-length"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "bad-upstream-framing"),
-    (b"HTTP/1.1 200 OK\nX: 1\n", "bad-upstream-response"),
-    (b"HTTP/2 200 OK\r\n\r\n", "bad-upstream-response"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad-chunk-size"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", "body-incomplete"),
-    (b"HTTP/1.1 200 OK\r\n", "upstream-incomplete-head"),
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "bad-upstream-content-length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "bad-upstream-framing"),
+        (b"HTTP/1.1 200 OK\nX: 1\n", "bad-upstream-response"),
+        (b"HTTP/2 200 OK\r\n\r\n", "bad-upstream-response"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad-chunk-size"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", "body-incomplete"),
+        (b"HTTP/1.1 200 OK\r\n", "upstream-incomplete-head"),
+    ],
+)
 def test_client_refusals_are_502(data, reason):
     conn = Connection(CLIENT)
     conn.send_request(b"GET")
@@ -498,6 +555,7 @@ def test_client_closed_before_any_response():
 
 
 # --- BodyReader ----------------------------------------------------------------------------
+
 
 def test_body_reader_length():
     r = BodyReader(Framing("length", 5))
@@ -609,11 +667,14 @@ def test_body_reader_trailer_limit():
     assert r.feed(b"\r") == (b"", False)
 
 
-@pytest.mark.parametrize("trailer,reason", [
-    (b"X-Bad : y\r\n", "bad-trailer"),
-    (b" folded\r\n", "obs-fold"),
-    (b"X: a\x00\r\n", "bad-trailer"),
-])
+@pytest.mark.parametrize(
+    "trailer,reason",
+    [
+        (b"X-Bad : y\r\n", "bad-trailer"),
+        (b" folded\r\n", "obs-fold"),
+        (b"X: a\x00\r\n", "bad-trailer"),
+    ],
+)
 def test_body_reader_trailer_refusals(trailer, reason):
     with pytest.raises(HttpError) as e:
         BodyReader(Framing("chunked")).feed(b"0\r\n" + trailer + b"\r\n")
@@ -656,6 +717,7 @@ def test_response_common_route_through_the_client():
 
 # --- boundaries and contracts the mutation run asked for -----------------------------------
 
+
 def test_close_body_ends_with_the_stream():
     r = BodyReader(Framing("close"))
     assert r.feed(b"") == (b"", True) and r.done
@@ -682,8 +744,10 @@ def test_server_empty_lines_only():
 
 def test_client_head_limit_boundary_as_the_stream_has_it():
     limits = Limits(max_header_bytes=20)
-    for head, reason, detail in ((b"HTTP/1.1 200 OK\r\nX:1\r\n\r\n", "bad-upstream-response", "upstream-header-too-large"),
-                                 (b"HTTP/1.1 200 OK\r\nX:12\r\n\r\n", "upstream-header-too-large", "")):
+    for head, reason, detail in (
+        (b"HTTP/1.1 200 OK\r\nX:1\r\n\r\n", "bad-upstream-response", "upstream-header-too-large"),
+        (b"HTTP/1.1 200 OK\r\nX:12\r\n\r\n", "upstream-header-too-large", ""),
+    ):
         conn = Connection(CLIENT, limits)
         conn.send_request(b"GET")
         conn.receive_data(head)

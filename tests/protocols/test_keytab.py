@@ -23,8 +23,7 @@ def test_written_entries_read_back_with_a_32_bit_kvno(tmp_path):
     write_keytab(path, [SPN, ACCOUNT])
     assert path.stat().st_mode & 0o777 == 0o600
     assert read_keytab(path) == [SPN, ACCOUNT]  # kvno 300 does not fit the 8-bit field
-    assert [e.principal for e in read_keytab(path)] == ["HTTP/gw.contoso.com@CONTOSO.COM",
-                                                        "svc-gw@CONTOSO.COM"]
+    assert [e.principal for e in read_keytab(path)] == ["HTTP/gw.contoso.com@CONTOSO.COM", "svc-gw@CONTOSO.COM"]
     assert SPN.enctype_name == "aes256-cts-hmac-sha1-96"
 
 
@@ -37,9 +36,14 @@ def test_a_hole_left_by_a_deleted_entry_is_skipped(tmp_path):
     assert read_keytab(path) == [SPN]
 
 
-@pytest.mark.parametrize("data, message", [(b"\x05\x01", "not a version 0x502 keytab"),
-                                           (b"", "not a version 0x502 keytab"),
-                                           (b"\x05\x02\x00\x00\x00\x40\x00\x01", "truncated keytab")])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\x05\x01", "not a version 0x502 keytab"),
+        (b"", "not a version 0x502 keytab"),
+        (b"\x05\x02\x00\x00\x00\x40\x00\x01", "truncated keytab"),
+    ],
+)
 def test_not_a_keytab_is_a_value_error(tmp_path, data, message):
     path = tmp_path / "bad.keytab"
     path.write_bytes(data)

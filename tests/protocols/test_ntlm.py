@@ -51,12 +51,11 @@ MS_USER, MS_DOMAIN, MS_PASSWORD = "User", "Domain", "Password"
 MS_RANDOM_SESSION_KEY = b"\x55" * 16
 MS_CLIENT_CHALLENGE = b"\xaa" * 8
 # 4.2.4.1.3 / 4.2.4.2: AV pairs MsvAvNbDomainName "Domain", MsvAvNbComputerName "Server", EOL.
-MS_AV_PAIRS = bytes.fromhex(
-    "02000c0044006f006d00610069006e00" "01000c00530065007200760065007200" "00000000"
-)
+MS_AV_PAIRS = bytes.fromhex("02000c0044006f006d00610069006e0001000c0053006500720076006500720000000000")
 # 4.2.4.3 AUTHENTICATE_MESSAGE (flags 0xe2888235, Version 5.1.2600, no MIC).
 MS_AUTHENTICATE = bytes.fromhex(
-    "4e544c4d53535000" "03000000"  # signature, MessageType
+    "4e544c4d53535000"
+    "03000000"  # signature, MessageType
     "180018006c000000"  # LmChallengeResponseFields
     "5400540084000000"  # NtChallengeResponseFields
     "0c000c0048000000"  # DomainNameFields
@@ -70,9 +69,10 @@ MS_AUTHENTICATE = bytes.fromhex(
     "43004f004d0050005500540045005200"  # "COMPUTER"
     "86c35097ac9cec102554764a57cccc19aaaaaaaaaaaaaaaa"  # LMv2 response
     "68cd0ab851e51c96aabc927bebef6a1c"  # NTProofStr
-    "0101000000000000" "0000000000000000" "aaaaaaaaaaaaaaaa" "00000000"
-    + MS_AV_PAIRS.hex()
-    + "00000000"
+    "0101000000000000"
+    "0000000000000000"
+    "aaaaaaaaaaaaaaaa"
+    "00000000" + MS_AV_PAIRS.hex() + "00000000"
     "c5dad2544fc9799094ce1ce90bc9d03e"  # EncryptedRandomSessionKey
 )
 
@@ -228,7 +228,11 @@ def pyspnego_exchange(acceptor, password="Password", cbt=TLS_BINDING, user="EXAM
     """Run pyspnego's NTLM client against ``acceptor``; returns (client, authenticate bytes)."""
     bindings = GssChannelBindings(application_data=cbt) if cbt is not None else None
     client = spnego.client(
-        user, password, hostname="gw1.example.test", service="HTTP", protocol="ntlm",
+        user,
+        password,
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="ntlm",
         channel_bindings=bindings,
     )
     challenge = acceptor.challenge(client.step())
@@ -363,8 +367,12 @@ def test_require_mic_refuses_impacket():
 # --- crafted AUTHENTICATE messages ----------------------------------------------------------
 
 CRAFT_FLAGS = (
-    NF.NEGOTIATE_UNICODE | NF.NEGOTIATE_NTLM | NF.NEGOTIATE_EXTENDED_SESSIONSECURITY
-    | NF.NEGOTIATE_TARGET_INFO | NF.NEGOTIATE_128 | NF.NEGOTIATE_VERSION
+    NF.NEGOTIATE_UNICODE
+    | NF.NEGOTIATE_NTLM
+    | NF.NEGOTIATE_EXTENDED_SESSIONSECURITY
+    | NF.NEGOTIATE_TARGET_INFO
+    | NF.NEGOTIATE_128
+    | NF.NEGOTIATE_VERSION
 )
 
 

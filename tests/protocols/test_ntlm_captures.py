@@ -105,8 +105,11 @@ def test_impacket_challenge_fields():
     assert challenge.flags & NF.NEGOTIATE_UNICODE and challenge.flags & NF.NEGOTIATE_TARGET_INFO
     assert challenge.flags & NF.NEGOTIATE_NTLM
     assert not challenge.flags & (NF.NEGOTIATE_LM_KEY | NF.NEGOTIATE_DATAGRAM | NF.NEGOTIATE_OEM)
-    assert not challenge.flags & ~(negotiate.flags | NF.NEGOTIATE_NTLM | NF.NEGOTIATE_TARGET_INFO
-                                   | NF.TARGET_TYPE_DOMAIN) & 0xFFFFFFFF
+    assert (
+        not challenge.flags
+        & ~(negotiate.flags | NF.NEGOTIATE_NTLM | NF.NEGOTIATE_TARGET_INFO | NF.TARGET_TYPE_DOMAIN)
+        & 0xFFFFFFFF
+    )
     assert challenge.pack() == c["challenge"]
 
 
@@ -181,7 +184,10 @@ def test_captured_channel_binding_refusals(name):
     assert acc.state == "failed"
     acc = replay(name, binding=None)
     assert reason(acc.verify, [nt_hash(PASSWORD)], NOW) == "channel-binding-mismatch"
-    assert replay(name, binding=OTHER_BINDING, mode="off").verify([nt_hash(PASSWORD)], NOW).channel_binding == "not-checked"
+    assert (
+        replay(name, binding=OTHER_BINDING, mode="off").verify([nt_hash(PASSWORD)], NOW).channel_binding
+        == "not-checked"
+    )
 
 
 @pytest.mark.parametrize("name", ["pyspnego-no-cbt", "impacket-no-sign"])
@@ -240,8 +246,9 @@ WINDOWS_ORDER = ["domain", "user", "workstation", "lm", "nt", "key"]
 @pytest.mark.parametrize("gap, trailer", [(b"", b""), (b"\x00" * 6, b""), (b"", b"\x00\x00")])
 def test_mic_over_a_windows_layout_verifies(gap, trailer):
     c = cap("pyspnego-cbt")
-    raw = with_mic(c["negotiate"], c["challenge"], relayout(c["authenticate"], WINDOWS_ORDER, gap, trailer),
-                   c["session_key"])
+    raw = with_mic(
+        c["negotiate"], c["challenge"], relayout(c["authenticate"], WINDOWS_ORDER, gap, trailer), c["session_key"]
+    )
     parsed = AuthenticateMessage.unpack(raw)
     assert parsed.pack() != raw  # our packer would lay it out differently
     assert parsed.zeroed_mic_bytes() == raw[:72] + bytes(16) + raw[88:]
@@ -260,8 +267,9 @@ def test_mic_over_a_windows_layout_verifies(gap, trailer):
 def test_mic_covers_negotiate_and_challenge_as_exchanged():
     c = cap("pyspnego-cbt")
     # the id service rebuilt with the right messages verifies...
-    args = dict(server_challenge=CAPTURE_ACCEPTOR["server_challenge"], challenge_time=NOW,
-                channel_binding_data=TLS_BINDING)
+    args = dict(
+        server_challenge=CAPTURE_ACCEPTOR["server_challenge"], challenge_time=NOW, channel_binding_data=TLS_BINDING
+    )
     acc = NtlmAcceptor.from_messages(negotiate=c["negotiate"], challenge=c["challenge"], **args)
     acc.identify(c["authenticate"])
     acc.verify([nt_hash(PASSWORD)], NOW)
@@ -311,8 +319,11 @@ def test_split_exchange_on_captured_bytes(name):
     assert (negotiate, challenge, authenticate) == (c["negotiate"], c["challenge"], c["authenticate"])
 
     verifier = NtlmAcceptor.from_messages(
-        negotiate=negotiate, challenge=challenge, server_challenge=gateway.server_challenge,
-        challenge_time=gateway.challenge_time, channel_binding_data=TLS_BINDING,
+        negotiate=negotiate,
+        challenge=challenge,
+        server_challenge=gateway.server_challenge,
+        challenge_time=gateway.challenge_time,
+        channel_binding_data=TLS_BINDING,
     )
     assert verifier.state == "challenged"
     verifier.identify(authenticate)
@@ -349,9 +360,13 @@ def test_adopt_refusals():
 
 def from_messages_args(name: str = "pyspnego-cbt", **kw) -> dict:
     c = cap(name)
-    args = dict(negotiate=c["negotiate"], challenge=c["challenge"],
-                server_challenge=CAPTURE_ACCEPTOR["server_challenge"], challenge_time=NOW,
-                channel_binding_data=TLS_BINDING)
+    args = dict(
+        negotiate=c["negotiate"],
+        challenge=c["challenge"],
+        server_challenge=CAPTURE_ACCEPTOR["server_challenge"],
+        challenge_time=NOW,
+        channel_binding_data=TLS_BINDING,
+    )
     args.update(kw)
     return args
 
@@ -442,12 +457,21 @@ def test_ms_nlmp_4_2_4_3_challenge_byte_for_byte():
     assert msg.server_challenge == bytes.fromhex("0123456789abcdef")
     assert msg.target_name == "Server"
     assert msg.version == Version(6, 0, 6000, 15)
-    assert msg.target_info == TargetInfo((AvPair(AvId.MsvAvNbDomainName, "Domain".encode("utf-16-le")),
-                                          AvPair(AvId.MsvAvNbComputerName, "Server".encode("utf-16-le"))))
+    assert msg.target_info == TargetInfo(
+        (
+            AvPair(AvId.MsvAvNbDomainName, "Domain".encode("utf-16-le")),
+            AvPair(AvId.MsvAvNbComputerName, "Server".encode("utf-16-le")),
+        )
+    )
     assert msg.target_info.timestamp() is None
     assert msg.pack() == MS_CHALLENGE
-    rebuilt = ChallengeMessage(NegotiateFlags(0xE28A8233), bytes.fromhex("0123456789abcdef"), "Server",
-                               msg.target_info, Version(6, 0, 6000, 15))
+    rebuilt = ChallengeMessage(
+        NegotiateFlags(0xE28A8233),
+        bytes.fromhex("0123456789abcdef"),
+        "Server",
+        msg.target_info,
+        Version(6, 0, 6000, 15),
+    )
     assert rebuilt.pack() == MS_CHALLENGE
 
 
@@ -458,7 +482,7 @@ def test_ms_nlmp_4_2_4_ntlmv2_response_and_keys():
     key = ntowfv2(nt_hash("Password"), "User", "Domain")
     # 4.2.4.2.2: temp = 0x0101 Z(6) Time(0) ClientChallenge(aa*8) Z(4) ServerName Z(4)
     temp = auth.nt_challenge_response[16:]
-    assert temp == bytes.fromhex("0101000000000000" "0000000000000000" "aaaaaaaaaaaaaaaa" "00000000") + MS_AV_PAIRS + bytes(4)
+    assert temp == bytes.fromhex("01010000000000000000000000000000aaaaaaaaaaaaaaaa00000000") + MS_AV_PAIRS + bytes(4)
     proof = hmac_md5(key, bytes.fromhex("0123456789abcdef") + temp)
     assert proof.hex() == "68cd0ab851e51c96aabc927bebef6a1c"
     # 4.2.4.2.1 LMv2 response = HMAC_MD5(NTOWFv2, server || client challenge) || client challenge
@@ -471,7 +495,11 @@ def test_ms_nlmp_4_2_4_ntlmv2_response_and_keys():
     # verified against the 4.2.4.3 CHALLENGE itself through from_messages
     negotiate = NegotiateMessage(NegotiateFlags(0xE28A8233) & ~NF.REQUEST_TARGET).pack()
     with pytest.raises(NtlmError) as err:
-        NtlmAcceptor.from_messages(negotiate=negotiate, challenge=MS_CHALLENGE,
-                                   server_challenge=bytes.fromhex("0123456789abcdef"), challenge_time=0,
-                                   channel_binding_data=None)
+        NtlmAcceptor.from_messages(
+            negotiate=negotiate,
+            challenge=MS_CHALLENGE,
+            server_challenge=bytes.fromhex("0123456789abcdef"),
+            challenge_time=0,
+            channel_binding_data=None,
+        )
     assert err.value.reason == "bad-argument"  # its flags are not what we would answer

@@ -37,7 +37,11 @@ PASSWORD_HASH = nt_hash("Password")
 def _valid_ntlm_exchange() -> tuple[bytes, bytes]:
     """A NEGOTIATE and an AUTHENTICATE from pyspnego for make_acceptor()'s fixed challenge."""
     client = spnego.client(
-        "EXAMPLE\\alice", "Password", hostname="gw1.example.test", service="HTTP", protocol="ntlm",
+        "EXAMPLE\\alice",
+        "Password",
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="ntlm",
         channel_bindings=GssChannelBindings(application_data=TLS_BINDING),
     )
     negotiate = client.step()
@@ -47,8 +51,12 @@ def _valid_ntlm_exchange() -> tuple[bytes, bytes]:
 
 def _valid_spnego_exchange() -> tuple[bytes, bytes]:
     client = spnego.client(
-        "EXAMPLE\\alice", "Password", hostname="gw1.example.test", service="HTTP",
-        protocol="negotiate", channel_bindings=GssChannelBindings(application_data=TLS_BINDING),
+        "EXAMPLE\\alice",
+        "Password",
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="negotiate",
+        channel_bindings=GssChannelBindings(application_data=TLS_BINDING),
     )
     init = client.step()
     resp = client.step(SpnegoNtlmAcceptor(make_acceptor()).step(init))
@@ -102,8 +110,7 @@ def any_refusal(fn, *args):
 @FUZZ
 @given(st.binary(max_size=600))
 def test_random_bytes_ntlm_parsers(data):
-    for parser in (NegotiateMessage.unpack, ChallengeMessage.unpack, AuthenticateMessage.unpack,
-                   TargetInfo.unpack):
+    for parser in (NegotiateMessage.unpack, ChallengeMessage.unpack, AuthenticateMessage.unpack, TargetInfo.unpack):
         ntlm_only(parser, data)
         ntlm_only(parser, b"NTLMSSP\x00" + data)
 

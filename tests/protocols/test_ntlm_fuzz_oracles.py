@@ -28,8 +28,12 @@ from .test_ntlm_fuzz import mutated
 
 NF = NegotiateFlags
 EXAMPLES = int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 CAP = {k: bytes.fromhex(v) for k, v in CAPTURES["pyspnego-cbt"].items()}
 IMPACKET = {k: bytes.fromhex(v) for k, v in CAPTURES["impacket-sign-cbt"].items()}
 NOW = CAPTURE_ACCEPTOR["now"]
@@ -93,8 +97,13 @@ def test_accepted_negotiate_round_trips_and_challenge_offers_only_allowed_flags(
         return
     flags = challenge.flags
     assert bool(flags & NF.NEGOTIATE_UNICODE) != bool(flags & NF.NEGOTIATE_OEM)
-    assert not flags & (NF.NEGOTIATE_LM_KEY | NF.NEGOTIATE_DATAGRAM | NF.NEGOTIATE_ANONYMOUS
-                        | NF.REQUEST_NON_NT_SESSION_KEY | NF.TARGET_TYPE_SERVER)
+    assert not flags & (
+        NF.NEGOTIATE_LM_KEY
+        | NF.NEGOTIATE_DATAGRAM
+        | NF.NEGOTIATE_ANONYMOUS
+        | NF.REQUEST_NON_NT_SESSION_KEY
+        | NF.TARGET_TYPE_SERVER
+    )
     allowed = msg.flags | NF.NEGOTIATE_NTLM | NF.NEGOTIATE_TARGET_INFO | NF.TARGET_TYPE_DOMAIN
     assert not flags & ~allowed & 0xFFFFFFFF
     assert challenge.server_challenge == CAPTURE_ACCEPTOR["server_challenge"]
@@ -110,7 +119,11 @@ def test_accepted_challenge_round_trips(data):
     assert msg.server_challenge == data[24:32] and msg.flags == struct.unpack_from("<I", data, 20)[0]
     check_fields(data, (12, 40), 48)
     again = ChallengeMessage.unpack(msg.pack())
-    assert (again.flags, again.server_challenge, again.target_info) == (msg.flags, msg.server_challenge, msg.target_info)
+    assert (again.flags, again.server_challenge, again.target_info) == (
+        msg.flags,
+        msg.server_challenge,
+        msg.target_info,
+    )
 
 
 @FUZZ
@@ -124,8 +137,12 @@ def test_accepted_target_info_round_trips(data):
 
 
 @FUZZ
-@given(st.one_of(mutated(CAP["authenticate"]).map(lambda d: (d, True)),
-                 mutated(IMPACKET["authenticate"]).map(lambda d: (d, False))))
+@given(
+    st.one_of(
+        mutated(CAP["authenticate"]).map(lambda d: (d, True)),
+        mutated(IMPACKET["authenticate"]).map(lambda d: (d, False)),
+    )
+)
 def test_a_changed_authenticate_never_verifies_to_another_identity(case):
     data, pyspnego = case
     source = CAP if pyspnego else IMPACKET
@@ -147,7 +164,8 @@ def test_a_changed_authenticate_never_verifies_to_another_identity(case):
         assert result.exported_session_key == source["session_key"]
     else:  # without a MIC a changed EncryptedRandomSessionKey only yields a key nobody holds
         assert (result.exported_session_key == source["session_key"]) == (
-            got.encrypted_random_session_key == original.encrypted_random_session_key)
+            got.encrypted_random_session_key == original.encrypted_random_session_key
+        )
 
 
 @FUZZ

@@ -48,17 +48,44 @@ PASSWORD = "Sommer2024!"
 RANDOM_KEY = bytes(range(0xA0, 0xB0))
 
 # Flags we echo when asked (MS-NLMP 3.2.5.1.1) and every other flag, as the spec names them.
-ECHOED = [NF.NEGOTIATE_SIGN, NF.NEGOTIATE_SEAL, NF.NEGOTIATE_ALWAYS_SIGN, NF.NEGOTIATE_EXTENDED_SESSIONSECURITY,
-          NF.NEGOTIATE_VERSION, NF.NEGOTIATE_128, NF.NEGOTIATE_56, NF.NEGOTIATE_KEY_EXCH, NF.NEGOTIATE_IDENTIFY]
-NOT_ECHOED = [NF.NEGOTIATE_DATAGRAM, NF.NEGOTIATE_LM_KEY, NF.NEGOTIATE_ANONYMOUS, NF.NEGOTIATE_OEM_DOMAIN_SUPPLIED,
-              NF.NEGOTIATE_OEM_WORKSTATION_SUPPLIED, NF.TARGET_TYPE_DOMAIN, NF.TARGET_TYPE_SERVER,
-              NF.REQUEST_NON_NT_SESSION_KEY]
+ECHOED = [
+    NF.NEGOTIATE_SIGN,
+    NF.NEGOTIATE_SEAL,
+    NF.NEGOTIATE_ALWAYS_SIGN,
+    NF.NEGOTIATE_EXTENDED_SESSIONSECURITY,
+    NF.NEGOTIATE_VERSION,
+    NF.NEGOTIATE_128,
+    NF.NEGOTIATE_56,
+    NF.NEGOTIATE_KEY_EXCH,
+    NF.NEGOTIATE_IDENTIFY,
+]
+NOT_ECHOED = [
+    NF.NEGOTIATE_DATAGRAM,
+    NF.NEGOTIATE_LM_KEY,
+    NF.NEGOTIATE_ANONYMOUS,
+    NF.NEGOTIATE_OEM_DOMAIN_SUPPLIED,
+    NF.NEGOTIATE_OEM_WORKSTATION_SUPPLIED,
+    NF.TARGET_TYPE_DOMAIN,
+    NF.TARGET_TYPE_SERVER,
+    NF.REQUEST_NON_NT_SESSION_KEY,
+]
 ECHO_MASK = 0
 for _f in ECHOED:
     ECHO_MASK |= int(_f)
-FULL = (NF.NEGOTIATE_UNICODE | NF.REQUEST_TARGET | NF.NEGOTIATE_SIGN | NF.NEGOTIATE_SEAL | NF.NEGOTIATE_NTLM
-        | NF.NEGOTIATE_ALWAYS_SIGN | NF.NEGOTIATE_EXTENDED_SESSIONSECURITY | NF.NEGOTIATE_TARGET_INFO
-        | NF.NEGOTIATE_VERSION | NF.NEGOTIATE_128 | NF.NEGOTIATE_KEY_EXCH | NF.NEGOTIATE_56)
+FULL = (
+    NF.NEGOTIATE_UNICODE
+    | NF.REQUEST_TARGET
+    | NF.NEGOTIATE_SIGN
+    | NF.NEGOTIATE_SEAL
+    | NF.NEGOTIATE_NTLM
+    | NF.NEGOTIATE_ALWAYS_SIGN
+    | NF.NEGOTIATE_EXTENDED_SESSIONSECURITY
+    | NF.NEGOTIATE_TARGET_INFO
+    | NF.NEGOTIATE_VERSION
+    | NF.NEGOTIATE_128
+    | NF.NEGOTIATE_KEY_EXCH
+    | NF.NEGOTIATE_56
+)
 
 
 def reason(fn, *args, **kw) -> str:
@@ -69,17 +96,31 @@ def reason(fn, *args, **kw) -> str:
 
 
 def new_acceptor(binding: bytes | None = BINDING, mode: str = "require", **kw) -> NtlmAcceptor:
-    args = dict(server_challenge=SERVER_CHALLENGE, now=T0, netbios_domain="CORP", netbios_computer="EDGE",
-                dns_domain="corp.example", dns_computer="edge.corp.example", channel_binding_data=binding,
-                extended_protection=mode)
+    args = dict(
+        server_challenge=SERVER_CHALLENGE,
+        now=T0,
+        netbios_domain="CORP",
+        netbios_computer="EDGE",
+        dns_domain="corp.example",
+        dns_computer="edge.corp.example",
+        channel_binding_data=binding,
+        extended_protection=mode,
+    )
     args.update(kw)
     return NtlmAcceptor(**args)
 
 
 def blob(timestamp: int, pairs: list[AvPair], *, resp=(1, 1)) -> bytes:
     """NTLMv2_CLIENT_CHALLENGE (MS-NLMP 2.2.2.7) with Z(4) after the AV pairs (3.3.2 temp)."""
-    return (bytes(resp) + bytes(6) + struct.pack("<Q", timestamp) + b"\x5a" * 8 + bytes(4)
-            + TargetInfo(tuple(pairs)).pack() + bytes(4))
+    return (
+        bytes(resp)
+        + bytes(6)
+        + struct.pack("<Q", timestamp)
+        + b"\x5a" * 8
+        + bytes(4)
+        + TargetInfo(tuple(pairs)).pack()
+        + bytes(4)
+    )
 
 
 def build(
@@ -123,10 +164,15 @@ def build(
             enc_key = ARC4.new(base).encrypt(random_key)
             exported = random_key
     auth = AuthenticateMessage(
-        flags=NegotiateFlags(flags), lm_challenge_response=lm,
+        flags=NegotiateFlags(flags),
+        lm_challenge_response=lm,
         nt_challenge_response=proof + temp if nt_response is None else nt_response,
-        domain_name=domain, user_name=user, workstation=workstation, encrypted_random_session_key=enc_key,
-        version=Version() if mic_field else None, mic=bytes(16) if mic_field else None,
+        domain_name=domain,
+        user_name=user,
+        workstation=workstation,
+        encrypted_random_session_key=enc_key,
+        version=Version() if mic_field else None,
+        mic=bytes(16) if mic_field else None,
     )
     raw = auth.pack()
     if mic_field:
@@ -146,6 +192,7 @@ def refusal(acc: NtlmAcceptor, token: bytes, now: int = T0, candidates=None) -> 
     def run():
         acc.identify(token)
         acc.verify(candidates or [nt_hash(PASSWORD)], now)
+
     r = reason(run)
     assert acc.state == "failed" or r == "wrong-password"
     return r
@@ -182,8 +229,9 @@ def test_charset_and_target_request():
     both = answer(NF.NEGOTIATE_UNICODE | NF.NEGOTIATE_OEM)
     assert both.flags & NF.NEGOTIATE_UNICODE and not both.flags & NF.NEGOTIATE_OEM
     oem = answer(NF.NEGOTIATE_OEM | NF.REQUEST_TARGET)
-    assert oem.flags == (NF.NEGOTIATE_OEM | NF.REQUEST_TARGET | NF.TARGET_TYPE_DOMAIN | NF.NEGOTIATE_NTLM
-                         | NF.NEGOTIATE_TARGET_INFO)
+    assert oem.flags == (
+        NF.NEGOTIATE_OEM | NF.REQUEST_TARGET | NF.TARGET_TYPE_DOMAIN | NF.NEGOTIATE_NTLM | NF.NEGOTIATE_TARGET_INFO
+    )
     assert oem.target_name == "CORP" and oem.version is None
     raw = new_acceptor().challenge(NegotiateMessage(NF.NEGOTIATE_OEM | NF.REQUEST_TARGET).pack())
     assert raw[48:52] == b"CORP"  # OEM TargetName, one byte per character
@@ -197,14 +245,19 @@ def test_charset_and_target_request():
 
 def test_challenge_target_info_and_timestamp():
     info = ChallengeMessage.unpack(new_acceptor().challenge(NegotiateMessage(FULL).pack())).target_info
-    assert info.pack() == TargetInfo((
-        AvPair(AvId.MsvAvNbDomainName, "CORP".encode("utf-16-le")),
-        AvPair(AvId.MsvAvNbComputerName, "EDGE".encode("utf-16-le")),
-        AvPair(AvId.MsvAvDnsDomainName, "corp.example".encode("utf-16-le")),
-        AvPair(AvId.MsvAvDnsComputerName, "edge.corp.example".encode("utf-16-le")),
-        AvPair(AvId.MsvAvDnsTreeName, "corp.example".encode("utf-16-le")),
-        AvPair(AvId.MsvAvTimestamp, struct.pack("<Q", T0)),
-    )).pack()
+    assert (
+        info.pack()
+        == TargetInfo(
+            (
+                AvPair(AvId.MsvAvNbDomainName, "CORP".encode("utf-16-le")),
+                AvPair(AvId.MsvAvNbComputerName, "EDGE".encode("utf-16-le")),
+                AvPair(AvId.MsvAvDnsDomainName, "corp.example".encode("utf-16-le")),
+                AvPair(AvId.MsvAvDnsComputerName, "edge.corp.example".encode("utf-16-le")),
+                AvPair(AvId.MsvAvDnsTreeName, "corp.example".encode("utf-16-le")),
+                AvPair(AvId.MsvAvTimestamp, struct.pack("<Q", T0)),
+            )
+        ).pack()
+    )
     assert info.timestamp() == T0
 
 
@@ -216,8 +269,15 @@ def test_agreed_flags_drop_what_the_challenge_did_not_echo():
     sent = FULL | NF.NEGOTIATE_IDENTIFY | NF.NEGOTIATE_OEM_DOMAIN_SUPPLIED
     acc, token = exchange(negotiate_flags=asked, flags=sent)
     result = accepted(acc, token)
-    dropped = (NF.NEGOTIATE_SIGN | NF.NEGOTIATE_SEAL | NF.NEGOTIATE_ALWAYS_SIGN | NF.NEGOTIATE_VERSION
-               | NF.NEGOTIATE_KEY_EXCH | NF.NEGOTIATE_56 | NF.NEGOTIATE_IDENTIFY)
+    dropped = (
+        NF.NEGOTIATE_SIGN
+        | NF.NEGOTIATE_SEAL
+        | NF.NEGOTIATE_ALWAYS_SIGN
+        | NF.NEGOTIATE_VERSION
+        | NF.NEGOTIATE_KEY_EXCH
+        | NF.NEGOTIATE_56
+        | NF.NEGOTIATE_IDENTIFY
+    )
     assert result.flags == sent & ~dropped
     assert result.flags & NF.NEGOTIATE_UNICODE and result.flags & NF.REQUEST_TARGET
     assert result.flags & NF.NEGOTIATE_OEM_DOMAIN_SUPPLIED  # not a session-security flag: as sent
@@ -574,8 +634,13 @@ def test_version_and_mic_follow_the_first_payload_offset():
     assert AuthenticateMessage.unpack(base).mic == b"\x33" * 16
     assert AuthenticateMessage.unpack(base).version == Version(6, 1, 7601, 15)
     body = base[:88] + b"uu"  # user at 88 (2 bytes)
-    for start, mic, version in [(88, True, True), (87, False, True), (72, False, True), (71, False, False),
-                                (64, False, False)]:
+    for start, mic, version in [
+        (88, True, True),
+        (87, False, True),
+        (72, False, True),
+        (71, False, False),
+        (64, False, False),
+    ]:
         data = _field(base[:start] + body[start:88] + b"uu", 36, 2, start)
         data = data[:start] + b"uu"
         parsed = AuthenticateMessage.unpack(data)
@@ -618,7 +683,8 @@ def test_negotiate_version_field():
     short = NegotiateMessage(NF.NEGOTIATE_UNICODE | NF.NEGOTIATE_VERSION).pack()[:32] + b"abcdefg"
     assert NegotiateMessage.unpack(short).version is None
     assert NegotiateMessage(NF.NEGOTIATE_UNICODE).pack() == (
-        b"NTLMSSP\x00\x01\x00\x00\x00\x01\x00\x00\x00" + struct.pack("<HHIHHI", 0, 0, 32, 0, 0, 32))
+        b"NTLMSSP\x00\x01\x00\x00\x00\x01\x00\x00\x00" + struct.pack("<HHIHHI", 0, 0, 32, 0, 0, 32)
+    )
     assert NegotiateMessage.unpack(NegotiateMessage(NF.NEGOTIATE_OEM, "DÖM", "WS").pack()).domain_name == "DÖM"
 
 
@@ -688,8 +754,13 @@ def test_target_info_rules():
     parsed = TargetInfo.unpack(b"\x01\x00\x02\x00ab\x99\x00\x00\x00" + eol)
     assert parsed.pairs[0].av_id is AvId.MsvAvNbComputerName and type(parsed.pairs[1].av_id) is int
     assert parsed.get(AvId.MsvAvTimestamp) is None and parsed.timestamp() is None and parsed.flags() == 0
-    ti = TargetInfo((AvPair(AvId.MsvAvFlags, struct.pack("<I", 6)), AvPair(AvId.MsvAvEOL, b""),
-                     AvPair(AvId.MsvAvTimestamp, struct.pack("<Q", T0))))
+    ti = TargetInfo(
+        (
+            AvPair(AvId.MsvAvFlags, struct.pack("<I", 6)),
+            AvPair(AvId.MsvAvEOL, b""),
+            AvPair(AvId.MsvAvTimestamp, struct.pack("<Q", T0)),
+        )
+    )
     assert ti.pack() == (struct.pack("<HHI", 6, 4, 6) + struct.pack("<HHQ", 7, 8, T0) + eol)
     assert ti.flags() == AvFlags.MIC_PROVIDED | AvFlags.UNTRUSTED_SPN_SOURCE and ti.timestamp() == T0
 
@@ -735,7 +806,9 @@ KEY_FLAG_SETS = [
 def test_seal_and_sign_keys_against_pyspnego(flags):
     for ours, theirs in (("client", "initiate"), ("server", "accept")):
         assert sealkey(flags, KEY, ours) == their_crypto.sealkey(flags, KEY, theirs)
-        expected_sign = their_crypto.signkey(flags, KEY, theirs) if flags & NF.NEGOTIATE_EXTENDED_SESSIONSECURITY else None
+        expected_sign = (
+            their_crypto.signkey(flags, KEY, theirs) if flags & NF.NEGOTIATE_EXTENDED_SESSIONSECURITY else None
+        )
         assert signkey(flags, KEY, ours) == expected_sign
 
 
@@ -902,7 +975,11 @@ def test_filetime_is_unsigned_64_bit():
     challenge = acc.challenge(negotiate)
     assert ChallengeMessage.unpack(challenge).target_info.timestamp() == late
     assert accepted(acc, build(negotiate, challenge), late + 5 * SECOND).mic_present
-    rebuilt = NtlmAcceptor.from_messages(negotiate=negotiate, challenge=challenge,
-                                         server_challenge=SERVER_CHALLENGE, challenge_time=late,
-                                         channel_binding_data=BINDING)
+    rebuilt = NtlmAcceptor.from_messages(
+        negotiate=negotiate,
+        challenge=challenge,
+        server_challenge=SERVER_CHALLENGE,
+        challenge_time=late,
+        channel_binding_data=BINDING,
+    )
     assert rebuilt.challenge_time == late

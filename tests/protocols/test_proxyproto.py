@@ -30,8 +30,12 @@ from ucgate.protocols.proxyproto import (
     parse,
 )
 
-FUZZ = settings(max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow], database=None)
+FUZZ = settings(
+    max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
 PEER = ("10.0.0.5", 40000)  # the balancer
 
 
@@ -41,14 +45,14 @@ def _v2(ver_cmd: int, fam: int, body: bytes) -> bytes:
 
 # --- version 1 (§2.1) -------------------------------------------------------------------------
 
+
 def test_spec_v1_example_before_an_http_request():
-    data = (b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"
-            b"GET / HTTP/1.1\r\nHost: 192.168.0.11\r\n\r\n")
+    data = b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nGET / HTTP/1.1\r\nHost: 192.168.0.11\r\n\r\n"
     h = parse(data)
     assert h is not None
     assert (h.version, h.command, h.family, h.transport) == (1, Command.PROXY, Family.INET, Transport.STREAM)
     assert h.source == ("192.168.0.1", 56324) and h.destination == ("192.168.0.11", 443)
-    assert data[h.length:].startswith(b"GET / HTTP/1.1")
+    assert data[h.length :].startswith(b"GET / HTTP/1.1")
     assert client_address(h, PEER) == ("192.168.0.1", 56324)
 
 
@@ -79,27 +83,30 @@ def test_v1_ipv6_and_ipv4_mapped():
     assert client_address(mapped, PEER) == ("203.0.113.9", 5000)
 
 
-@pytest.mark.parametrize("line,reason", [
-    (b"PROXY TCP4 192.168.0.01 192.168.0.11 56324 443\r\n", "v1-bad-address"),  # leading zero
-    (b"PROXY TCP4 256.1.1.1 1.1.1.1 1 2\r\n", "v1-bad-address"),
-    (b"PROXY TCP4 ::1 1.1.1.1 1 2\r\n", "v1-bad-address"),
-    (b"PROXY TCP6 1.1.1.1 ::1 1 2\r\n", "v1-bad-address"),
-    (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "v1-bad-address"),
-    (b"PROXY TCP4 1.1.1.1 1.1.1.1 01 2\r\n", "v1-bad-port"),
-    (b"PROXY TCP4 1.1.1.1 1.1.1.1 65536 2\r\n", "v1-bad-port"),
-    (b"PROXY TCP4 1.1.1.1 1.1.1.1 1\r\n", "v1-bad-fields"),
-    (b"PROXY TCP4  1.1.1.1 1.1.1.1 1 2\r\n", "v1-bad-fields"),  # two spaces
-    (b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2 \r\n", "v1-bad-fields"),
-    (b"PROXY UDP4 1.1.1.1 1.1.1.1 1 2\r\n", "v1-bad-protocol"),
-    (b"PROXY tcp4 1.1.1.1 1.1.1.1 1 2\r\n", "v1-bad-protocol"),
-    (b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2\n", "v1-bare-lf"),  # "must not tolerate a single CR or LF"
-    (b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2\rX", "v1-bare-cr"),
-    (b"PROXY TCP4 1.1.1.1\t1.1.1.1 1 2\r\n", "v1-bad-character"),
-    (b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2\x00\r\n", "v1-bad-character"),
-    (b"PROXY UNKNOWN " + b"x" * 100, "v1-line-too-long"),  # no CRLF in the first 107 bytes
-    (b"GET / HTTP/1.1\r\n\r\n", "not-proxy-protocol"),
-    (b"\x16\x03\x01\x02\x00", "not-proxy-protocol"),  # a TLS ClientHello
-])
+@pytest.mark.parametrize(
+    "line,reason",
+    [
+        (b"PROXY TCP4 192.168.0.01 192.168.0.11 56324 443\r\n", "v1-bad-address"),  # leading zero
+        (b"PROXY TCP4 256.1.1.1 1.1.1.1 1 2\r\n", "v1-bad-address"),
+        (b"PROXY TCP4 ::1 1.1.1.1 1 2\r\n", "v1-bad-address"),
+        (b"PROXY TCP6 1.1.1.1 ::1 1 2\r\n", "v1-bad-address"),
+        (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "v1-bad-address"),
+        (b"PROXY TCP4 1.1.1.1 1.1.1.1 01 2\r\n", "v1-bad-port"),
+        (b"PROXY TCP4 1.1.1.1 1.1.1.1 65536 2\r\n", "v1-bad-port"),
+        (b"PROXY TCP4 1.1.1.1 1.1.1.1 1\r\n", "v1-bad-fields"),
+        (b"PROXY TCP4  1.1.1.1 1.1.1.1 1 2\r\n", "v1-bad-fields"),  # two spaces
+        (b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2 \r\n", "v1-bad-fields"),
+        (b"PROXY UDP4 1.1.1.1 1.1.1.1 1 2\r\n", "v1-bad-protocol"),
+        (b"PROXY tcp4 1.1.1.1 1.1.1.1 1 2\r\n", "v1-bad-protocol"),
+        (b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2\n", "v1-bare-lf"),  # "must not tolerate a single CR or LF"
+        (b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2\rX", "v1-bare-cr"),
+        (b"PROXY TCP4 1.1.1.1\t1.1.1.1 1 2\r\n", "v1-bad-character"),
+        (b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2\x00\r\n", "v1-bad-character"),
+        (b"PROXY UNKNOWN " + b"x" * 100, "v1-line-too-long"),  # no CRLF in the first 107 bytes
+        (b"GET / HTTP/1.1\r\n\r\n", "not-proxy-protocol"),
+        (b"\x16\x03\x01\x02\x00", "not-proxy-protocol"),  # a TLS ClientHello
+    ],
+)
 def test_v1_malformed_is_refused(line, reason):
     with pytest.raises(ProxyError) as e:
         parse(line)
@@ -115,9 +122,10 @@ def test_v1_incremental_every_prefix_is_header_bytes():
 
 # --- version 2 (§2.2) -------------------------------------------------------------------------
 
+
 def test_spec_v2_tcp4_as_haproxy_sends_it():
     # a header HAProxy sent with send-proxy-v2 (a published capture: TCP over IPv4, no TLVs)
-    data = bytes.fromhex("0d0a0d0a000d0a515549540a" "21" "11" "000c" "ac130001" "ac130003" "a652" "0050")
+    data = bytes.fromhex("0d0a0d0a000d0a515549540a2111000cac130001ac130003a6520050")
     h = parse(data + b"GET / HTTP/1.1\r\n")
     assert (h.version, h.command, h.family, h.transport) == (2, Command.PROXY, Family.INET, Transport.STREAM)
     assert h.source == ("172.19.0.1", 42578) and h.destination == ("172.19.0.3", 80)
@@ -125,8 +133,12 @@ def test_spec_v2_tcp4_as_haproxy_sends_it():
 
 
 def test_v2_tcp6_with_tlvs():
-    tlvs = (Tlv(TlvType.ALPN, b"http/1.1"), Tlv(TlvType.AUTHORITY, b"lyncext.contoso.com"),
-            Tlv(TlvType.UNIQUE_ID, b"x" * 128), Tlv(0xE0, b""))
+    tlvs = (
+        Tlv(TlvType.ALPN, b"http/1.1"),
+        Tlv(TlvType.AUTHORITY, b"lyncext.contoso.com"),
+        Tlv(TlvType.UNIQUE_ID, b"x" * 128),
+        Tlv(0xE0, b""),
+    )
     data = build_v2(Command.PROXY, ("2001:db8::7", 5555), ("2001:db8::1", 443), tlvs)
     h = parse(data + b"\x16\x03\x01")
     assert h.source == ("2001:db8::7", 5555) and h.tlvs == tlvs and h.length == len(data)
@@ -150,19 +162,22 @@ def test_v2_unspec_carries_no_address():
     assert client_address(h, PEER) == PEER
 
 
-@pytest.mark.parametrize("data,reason", [
-    (_v2(0x11, 0x11, bytes(12)), "v2-bad-version"),
-    (_v2(0x31, 0x11, bytes(12)), "v2-bad-version"),
-    (_v2(0x22, 0x11, bytes(12)), "v2-bad-command-or-family"),
-    (_v2(0x21, 0x41, bytes(12)), "v2-bad-command-or-family"),
-    (_v2(0x21, 0x13, bytes(12)), "v2-bad-command-or-family"),
-    (_v2(0x21, 0x31, bytes(216)), "unix-family"),
-    (_v2(0x21, 0x12, bytes(12)), "not-stream"),
-    (_v2(0x21, 0x11, bytes(11)), "v2-address-too-short"),
-    (_v2(0x21, 0x21, bytes(35)), "v2-address-too-short"),
-    (_v2(0x21, 0x11, bytes(12) + b"\x01\x00"), "v2-bad-tlv"),  # two stray bytes
-    (_v2(0x21, 0x11, bytes(12) + b"\x01\x00\x05abc"), "v2-bad-tlv"),  # runs past the header
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (_v2(0x11, 0x11, bytes(12)), "v2-bad-version"),
+        (_v2(0x31, 0x11, bytes(12)), "v2-bad-version"),
+        (_v2(0x22, 0x11, bytes(12)), "v2-bad-command-or-family"),
+        (_v2(0x21, 0x41, bytes(12)), "v2-bad-command-or-family"),
+        (_v2(0x21, 0x13, bytes(12)), "v2-bad-command-or-family"),
+        (_v2(0x21, 0x31, bytes(216)), "unix-family"),
+        (_v2(0x21, 0x12, bytes(12)), "not-stream"),
+        (_v2(0x21, 0x11, bytes(11)), "v2-address-too-short"),
+        (_v2(0x21, 0x21, bytes(35)), "v2-address-too-short"),
+        (_v2(0x21, 0x11, bytes(12) + b"\x01\x00"), "v2-bad-tlv"),  # two stray bytes
+        (_v2(0x21, 0x11, bytes(12) + b"\x01\x00\x05abc"), "v2-bad-tlv"),  # runs past the header
+    ],
+)
 def test_v2_malformed_is_refused(data, reason):
     with pytest.raises(ProxyError) as e:
         parse(data)
@@ -193,6 +208,7 @@ def test_detect():
 
 # --- fuzzing ------------------------------------------------------------------------------------
 
+
 def _check(data: bytes) -> None:
     """parse() refuses with ProxyError or answers; a header never claims bytes it was not given,
     and while it says "more", every prefix also says "more" (so a peeking reader may consume)."""
@@ -208,7 +224,7 @@ def _check(data: bytes) -> None:
                 pytest.fail(f"a prefix of an incomplete header was refused: {data[:i]!r}")
         return
     assert 0 < h.length <= len(data) and h.length <= MAX_HEADER_BYTES
-    assert parse(data[:h.length]) == h
+    assert parse(data[: h.length]) == h
 
 
 @FUZZ
@@ -230,10 +246,14 @@ def test_fuzz_v1_like_lines(text):
 
 
 @FUZZ
-@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), st.integers(0, 65535),
-       st.integers(0, 65535), st.booleans(),
-       st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=40)), max_size=4),
-       st.binary(max_size=20))
+@given(
+    st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)),
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+    st.booleans(),
+    st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=40)), max_size=4),
+    st.binary(max_size=20),
+)
 def test_fuzz_round_trip(addr, sport, dport, v1, tlvs, after):
     dst = ("10.0.0.1" if addr.version == 4 else "2001:db8::1", dport)
     if v1:

@@ -52,8 +52,10 @@ def test_unknown(path):
     assert M.recognise(path) is None
 
 
-_SEGMENTS = sorted({seg for svc in M.services for seg in svc.prefix.split("/") if seg}
-                   | {"", "x", "Ucwa", "MEET", "ucwax", "root", "oauth"})
+_SEGMENTS = sorted(
+    {seg for svc in M.services for seg in svc.prefix.split("/") if seg}
+    | {"", "x", "Ucwa", "MEET", "ucwax", "root", "oauth"}
+)
 
 
 @settings(max_examples=500, deadline=None)
@@ -65,9 +67,15 @@ def test_recognise_by_first_segment_is_the_scan_in_order(segments, slash):
     lpath = path.lower()
     expected = None
     for svc in M.services:
-        if (lpath == svc.prefix or lpath == svc.prefix + "/") if svc.exact else (
-                (lpath.startswith(svc.prefix) or lpath == svc.prefix[:-1]) if svc.prefix.endswith("/")
-                else (lpath == svc.prefix or lpath.startswith(svc.prefix + "/"))):
+        if (
+            (lpath == svc.prefix or lpath == svc.prefix + "/")
+            if svc.exact
+            else (
+                (lpath.startswith(svc.prefix) or lpath == svc.prefix[:-1])
+                if svc.prefix.endswith("/")
+                else (lpath == svc.prefix or lpath.startswith(svc.prefix + "/"))
+            )
+        ):
             expected = svc
             break
     assert M.recognise(path) is expected
@@ -83,8 +91,21 @@ def test_overrides():
 
 @pytest.mark.parametrize(
     "target",
-    ["http://x/ucwa", "*", "/a/../ucwa", "/a/./b", "/a//b", "/a%2fb", "/a%2E%2E/b", "/a%5cb", "/a\\b",
-     "/a%00", "/a%25", "/a%zz", "/a%0d%0a"],
+    [
+        "http://x/ucwa",
+        "*",
+        "/a/../ucwa",
+        "/a/./b",
+        "/a//b",
+        "/a%2fb",
+        "/a%2E%2E/b",
+        "/a%5cb",
+        "/a\\b",
+        "/a%00",
+        "/a%25",
+        "/a%zz",
+        "/a%0d%0a",
+    ],
 )
 def test_split_target_refuses(target):
     with pytest.raises(HttpError):
@@ -96,8 +117,13 @@ def test_split_target_ok():
 
 
 @settings(max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")), deadline=None)
-@given(st.lists(st.sampled_from(["/", ".", "..", "a", "B", "%2e", "%2F", "%", "%4", "%41", "\\", "?", "#", ";"]),
-                min_size=1, max_size=10))
+@given(
+    st.lists(
+        st.sampled_from(["/", ".", "..", "a", "B", "%2e", "%2F", "%", "%4", "%41", "\\", "?", "#", ";"]),
+        min_size=1,
+        max_size=10,
+    )
+)
 def test_split_target_accepts_only_canonical_paths(pieces):
     """Whatever split_target accepts has no dot segment, no empty segment but the last, and
     no escape of a separator, dot or control — checked here segment by segment."""
@@ -116,9 +142,36 @@ def test_split_target_accepts_only_canonical_paths(pieces):
         assert esc not in path.lower()
 
 
-_lenient_piece = st.sampled_from(["/", ".", "..", "a", "%20", "%c2%a0", ";", ";x", ":", "::$DATA", "%c0%ae", "%c0%af",
-                                  "%e0%80%ae", "%ef%bc%8e", "%e2%80%a4", "%e2%80%a5", "%e2%80%a6", "%e3%80%82",
-                                  "%ef%bc%8f", "%e2%88%95", "%ef%bc%bc", "%ef%bc%85", "%c3%a9", "%ff", "%80", "%e4%bc%9a"])
+_lenient_piece = st.sampled_from(
+    [
+        "/",
+        ".",
+        "..",
+        "a",
+        "%20",
+        "%c2%a0",
+        ";",
+        ";x",
+        ":",
+        "::$DATA",
+        "%c0%ae",
+        "%c0%af",
+        "%e0%80%ae",
+        "%ef%bc%8e",
+        "%e2%80%a4",
+        "%e2%80%a5",
+        "%e2%80%a6",
+        "%e3%80%82",
+        "%ef%bc%8f",
+        "%e2%88%95",
+        "%ef%bc%bc",
+        "%ef%bc%85",
+        "%c3%a9",
+        "%ff",
+        "%80",
+        "%e4%bc%9a",
+    ]
+)
 
 
 @settings(max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")) * 2, deadline=None)

@@ -50,19 +50,49 @@ def test_malformed_escape(target):
     assert refusal(target) == (400, "bad-percent-escape")
 
 
-@pytest.mark.parametrize("escape", [
-    "%2e", "%2E", "%2f", "%2F", "%25", "%5c", "%5C", "%00", "%01", "%09", "%0a", "%0A", "%0d", "%0D", "%10",
-    "%1f", "%1F", "%7f", "%7F",
-])
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "%2e",
+        "%2E",
+        "%2f",
+        "%2F",
+        "%25",
+        "%5c",
+        "%5C",
+        "%00",
+        "%01",
+        "%09",
+        "%0a",
+        "%0A",
+        "%0d",
+        "%0D",
+        "%10",
+        "%1f",
+        "%1F",
+        "%7f",
+        "%7F",
+    ],
+)
 def test_dangerous_escape(escape):
     assert refusal(f"/ucwa/a{escape}b") == (400, "encoded-separator-or-dot")
     assert refusal(f"/ucwa/{escape}") == (400, "encoded-separator-or-dot")
 
 
-@pytest.mark.parametrize("target", [
-    "/a%c0%ae", "/a%c0%af", "/a%e0%80%ae", "/a%ff", "/a%80", "/a%c3", "/a%ed%a0%80", "/a%f8%80%80%80%80",
-    "/a%c3%28",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/a%c0%ae",
+        "/a%c0%af",
+        "/a%e0%80%ae",
+        "/a%ff",
+        "/a%80",
+        "/a%c3",
+        "/a%ed%a0%80",
+        "/a%f8%80%80%80%80",
+        "/a%c3%28",
+    ],
+)
 def test_escapes_that_are_not_utf8(target):
     assert refusal(target) == (400, "bad-utf8-in-path")
 
@@ -96,8 +126,12 @@ LOOKALIKES = {
 @pytest.mark.parametrize("escaped", LOOKALIKES.values(), ids=LOOKALIKES.keys())
 def test_unicode_lookalikes(escaped):
     # the look-alike among many ASCII characters (the check looks at each distinct character)
-    for target in (f"/{escaped}", f"/meet/alice{escaped}ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
-                   f"/ucwa/oauth/v1/applications/{escaped}/x-y_z~1", f"/meet/%c3%a9t%c3%a9{escaped}"):
+    for target in (
+        f"/{escaped}",
+        f"/meet/alice{escaped}ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+        f"/ucwa/oauth/v1/applications/{escaped}/x-y_z~1",
+        f"/meet/%c3%a9t%c3%a9{escaped}",
+    ):
         assert refusal(target) == (400, "unicode-lookalike-in-path"), target
 
 
@@ -107,18 +141,47 @@ def test_lookalike_detail_names_the_code_point():
     assert "U+FF0F" in e.value.detail
 
 
-@pytest.mark.parametrize("target", [
-    "/a/../ucwa", "/a/./b", "/..", "/.", "/a/..", "/a/.", "/a/.../b", "/a/....", "/a/..;x/b", "/a/.;jsessionid=1",
-    "/a/..::$DATA/b", "/a/..:x", "/a/.;", "/Autodiscover/AutodiscoverService.svc/root/../../ucwa",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/a/../ucwa",
+        "/a/./b",
+        "/..",
+        "/.",
+        "/a/..",
+        "/a/.",
+        "/a/.../b",
+        "/a/....",
+        "/a/..;x/b",
+        "/a/.;jsessionid=1",
+        "/a/..::$DATA/b",
+        "/a/..:x",
+        "/a/.;",
+        "/Autodiscover/AutodiscoverService.svc/root/../../ucwa",
+    ],
+)
 def test_dot_segments_raw(target):
     assert refusal(target) == (400, "dot-segment-in-path")
 
 
-@pytest.mark.parametrize("target", [
-    "/a/%20../b", "/a/..%20/b", "/a/.%20", "/a/%20%20.", "/a/.%c2%a0/b", "/a/..%09x", "/a/..%e3%80%80/b",
-    "/meet/%20..;x/y", "/meet/..%20:stream", "/a/..%3bx/b", "/a/..%3a$DATA", "/a/.%3B", "/meet/..%c2%85/x",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/a/%20../b",
+        "/a/..%20/b",
+        "/a/.%20",
+        "/a/%20%20.",
+        "/a/.%c2%a0/b",
+        "/a/..%09x",
+        "/a/..%e3%80%80/b",
+        "/meet/%20..;x/y",
+        "/meet/..%20:stream",
+        "/a/..%3bx/b",
+        "/a/..%3a$DATA",
+        "/a/.%3B",
+        "/meet/..%c2%85/x",
+    ],
+)
 def test_dot_segments_after_decoding(target):
     status, reason = refusal(target)
     # %09 is a control escape: refused before decoding
@@ -142,12 +205,15 @@ def test_the_first_rule_that_applies_names_the_refusal():
     assert refusal("//../x") == (400, "dot-segment-in-path")
 
 
-@pytest.mark.parametrize("target,detail", [
-    ("http://gw/", "only origin-form targets are accepted"),
-    ("/a%2f", "percent-encoded . / \\ % or control in path"),
-    ("/a%ff", "percent-encoded bytes that are not UTF-8"),
-    ("/a/%20..", "a segment of dots and whitespace"),
-])
+@pytest.mark.parametrize(
+    "target,detail",
+    [
+        ("http://gw/", "only origin-form targets are accepted"),
+        ("/a%2f", "percent-encoded . / \\ % or control in path"),
+        ("/a%ff", "percent-encoded bytes that are not UTF-8"),
+        ("/a/%20..", "a segment of dots and whitespace"),
+    ],
+)
 def test_refusal_details_for_the_log(target, detail):
     with pytest.raises(HttpError) as e:
         split_target(target)
@@ -157,28 +223,31 @@ def test_refusal_details_for_the_log(target, detail):
 # --- what each rule lets through ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target,path,query", [
-    ("/", "/", ""),
-    ("/ucwa/x%20y?a=/../b", "/ucwa/x%20y", "a=/../b"),
-    ("/a?b?c", "/a", "b?c"),
-    ("/a?", "/a", ""),
-    ("/a?x=%zz&y=\\&z=%2f", "/a", "x=%zz&y=\\&z=%2f"),  # the query is the front end's business
-    ("/a/", "/a/", ""),  # a last empty segment is a directory
-    ("/.well-known/x", "/.well-known/x", ""),
-    ("/a/x./b", "/a/x./b", ""),
-    ("/a/.x", "/a/.x", ""),
-    ("/a/x..y", "/a/x..y", ""),
-    ("/a/;x/b", "/a/;x/b", ""),
-    ("/a/b;..", "/a/b;..", ""),
-    ("/a%20b", "/a%20b", ""),
-    ("/a%2d%7e%41%5b%7b%3a", "/a%2d%7e%41%5b%7b%3a", ""),
-    ("/meet/caf%c3%a9", "/meet/caf%c3%a9", ""),
-    ("/meet/%e4%bc%9a%e8%ad%b0", "/meet/%e4%bc%9a%e8%ad%b0", ""),
-    ("/meet/%c2%b7", "/meet/%c2%b7", ""),  # middle dot: NFKC keeps it
-    ("/meet/%c2%80x", "/meet/%c2%80x", ""),  # U+0080 is not a look-alike
-    ("/meet/x%20.y", "/meet/x%20.y", ""),
-    ("/meet/%20x", "/meet/%20x", ""),
-])
+@pytest.mark.parametrize(
+    "target,path,query",
+    [
+        ("/", "/", ""),
+        ("/ucwa/x%20y?a=/../b", "/ucwa/x%20y", "a=/../b"),
+        ("/a?b?c", "/a", "b?c"),
+        ("/a?", "/a", ""),
+        ("/a?x=%zz&y=\\&z=%2f", "/a", "x=%zz&y=\\&z=%2f"),  # the query is the front end's business
+        ("/a/", "/a/", ""),  # a last empty segment is a directory
+        ("/.well-known/x", "/.well-known/x", ""),
+        ("/a/x./b", "/a/x./b", ""),
+        ("/a/.x", "/a/.x", ""),
+        ("/a/x..y", "/a/x..y", ""),
+        ("/a/;x/b", "/a/;x/b", ""),
+        ("/a/b;..", "/a/b;..", ""),
+        ("/a%20b", "/a%20b", ""),
+        ("/a%2d%7e%41%5b%7b%3a", "/a%2d%7e%41%5b%7b%3a", ""),
+        ("/meet/caf%c3%a9", "/meet/caf%c3%a9", ""),
+        ("/meet/%e4%bc%9a%e8%ad%b0", "/meet/%e4%bc%9a%e8%ad%b0", ""),
+        ("/meet/%c2%b7", "/meet/%c2%b7", ""),  # middle dot: NFKC keeps it
+        ("/meet/%c2%80x", "/meet/%c2%80x", ""),  # U+0080 is not a look-alike
+        ("/meet/x%20.y", "/meet/x%20.y", ""),
+        ("/meet/%20x", "/meet/%20x", ""),
+    ],
+)
 def test_accepted(target, path, query):
     assert split_target(target) == (path, query)
 
@@ -186,37 +255,63 @@ def test_accepted(target, path, query):
 # --- recognise ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path,name", [
-    ("/ucwa", "ucwa"), ("/ucwa/", "ucwa"), ("/UCWA/X", "ucwa"), ("/dialin", "dialin"), ("/Meet", "meet"),
-    ("/autodiscover/xframe", "autodiscover-xframe"),
-    ("/webticket/oauthtoken", "oauth"), ("/WebTicket/OAuthToken/", "oauth"),
-    ("/webticket/oauthtoken/x", "webticket"), ("/webticket/oauthtokenx", "webticket"), ("/webticket", "webticket"),
-    ("/microsoft-server-activesync", "eas"), ("/Microsoft-Server-ActiveSync/", "eas"),
-    ("/microsoft-server-activesync/x/y", "eas"),
-    ("/autodiscover/autodiscoverservice.svc", "autodiscover"),
-])
+@pytest.mark.parametrize(
+    "path,name",
+    [
+        ("/ucwa", "ucwa"),
+        ("/ucwa/", "ucwa"),
+        ("/UCWA/X", "ucwa"),
+        ("/dialin", "dialin"),
+        ("/Meet", "meet"),
+        ("/autodiscover/xframe", "autodiscover-xframe"),
+        ("/webticket/oauthtoken", "oauth"),
+        ("/WebTicket/OAuthToken/", "oauth"),
+        ("/webticket/oauthtoken/x", "webticket"),
+        ("/webticket/oauthtokenx", "webticket"),
+        ("/webticket", "webticket"),
+        ("/microsoft-server-activesync", "eas"),
+        ("/Microsoft-Server-ActiveSync/", "eas"),
+        ("/microsoft-server-activesync/x/y", "eas"),
+        ("/autodiscover/autodiscoverservice.svc", "autodiscover"),
+    ],
+)
 def test_recognise_boundaries(path, name):
     s = M.recognise(path)
     assert s is not None and s.name == name, path
 
 
-@pytest.mark.parametrize("path", [
-    "/ucw", "/ucwa2", "/diali", "/me", "/meetings", "/webticke", "/microsoft-server-activesyn",
-    "/microsoft-server-activesyncx", "/microsoft-server-activesync.eas", "", "/autodiscover",
-    "/autodiscover/autodiscoverservice.sv",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ucw",
+        "/ucwa2",
+        "/diali",
+        "/me",
+        "/meetings",
+        "/webticke",
+        "/microsoft-server-activesyn",
+        "/microsoft-server-activesyncx",
+        "/microsoft-server-activesync.eas",
+        "",
+        "/autodiscover",
+        "/autodiscover/autodiscoverservice.sv",
+    ],
+)
 def test_recognise_nothing(path):
     assert M.recognise(path) is None, path
 
 
-@pytest.mark.parametrize("path,anonymous", [
-    ("/autodiscover/autodiscoverservice.svc/root", True),
-    ("/autodiscover/autodiscoverservice.svc/root/", True),
-    ("/autodiscover/autodiscoverservice.svc/root//", False),  # split_target refuses this first
-    ("/autodiscover/autodiscoverservice.svc/root/user", False),
-    ("/autodiscover/autodiscoverservice.svc/rootx", False),
-    ("/autodiscover/autodiscoverservice.svc/roo", False),
-])
+@pytest.mark.parametrize(
+    "path,anonymous",
+    [
+        ("/autodiscover/autodiscoverservice.svc/root", True),
+        ("/autodiscover/autodiscoverservice.svc/root/", True),
+        ("/autodiscover/autodiscoverservice.svc/root//", False),  # split_target refuses this first
+        ("/autodiscover/autodiscoverservice.svc/root/user", False),
+        ("/autodiscover/autodiscoverservice.svc/rootx", False),
+        ("/autodiscover/autodiscoverservice.svc/roo", False),
+    ],
+)
 def test_exact_anonymous_root_and_its_protected_parent(path, anonymous):
     s = M.recognise(path)
     assert s is not None and s.name == "autodiscover" and s.anonymous is anonymous

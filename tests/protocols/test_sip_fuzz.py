@@ -46,12 +46,18 @@ TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!
 tokens = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=10)
 labels = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
 hosts = st.lists(labels, min_size=1, max_size=3).map(".".join)
-users = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,", min_size=1, max_size=10)
+users = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,", min_size=1, max_size=10
+)
 # field values: printable ASCII, HTAB, a little UTF-8; no surrounding whitespace (the parser
 # strips it from the value it reports and keeps it in ``raw``)
-value_chars = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="\x7f\x85\u2028\u2029") | st.just("\t")
+value_chars = st.characters(
+    codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="\x7f\x85\u2028\u2029"
+) | st.just("\t")
 values = st.text(alphabet=value_chars, max_size=30).map(lambda v: v.strip(" \t"))
-NOT_EXTRA = sip.SINGLE_FIELDS | set(sip.REQUIRED_FIELDS) | {k for k, v in sip.COMPACT_FORMS.items() if v in sip.SINGLE_FIELDS}
+NOT_EXTRA = (
+    sip.SINGLE_FIELDS | set(sip.REQUIRED_FIELDS) | {k for k, v in sip.COMPACT_FORMS.items() if v in sip.SINGLE_FIELDS}
+)
 extra_names = tokens.filter(lambda n: sip.canonical_name(n) not in NOT_EXTRA)
 
 
@@ -99,10 +105,18 @@ def messages(draw) -> tuple[bytes, dict]:
     fields = draw(st.permutations(required + extra))
     lines = [start]
     for name, value in fields:
-        lines.append(f"{name}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}{value}{draw(st.sampled_from(['', ' ']))}")
+        lines.append(
+            f"{name}:{draw(st.sampled_from(['', ' ', '  ', chr(9)]))}{value}{draw(st.sampled_from(['', ' ']))}"
+        )
     raw = "\r\n".join(lines).encode() + b"\r\n\r\n" + body
-    expect = {"fields": [(n, v) for n, v in fields], "body": body, "from": frm, "to": to, "cseq": number,
-              "method": method if is_request else None}
+    expect = {
+        "fields": [(n, v) for n, v in fields],
+        "body": body,
+        "from": frm,
+        "to": to,
+        "cseq": number,
+        "method": method if is_request else None,
+    }
     return raw, expect
 
 
@@ -185,9 +199,14 @@ def mutated(draw, seed: bytes) -> bytes:
         if op == "flip" and data:
             data[pos] ^= 1 << draw(st.integers(0, 7))
         elif op == "set" and data:
-            data[pos] = draw(st.sampled_from([0, 9, 10, 13, 32, 44, 58, 59, 60, 62, 0x7F, 0xC0, draw(st.integers(0, 255))]))
+            data[pos] = draw(
+                st.sampled_from([0, 9, 10, 13, 32, 44, 58, 59, 60, 62, 0x7F, 0xC0, draw(st.integers(0, 255))])
+            )
         elif op == "insert":
-            data[pos:pos] = draw(st.sampled_from([b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"l: 0\r\n", b"\x00"]) | st.binary(min_size=1, max_size=6))
+            data[pos:pos] = draw(
+                st.sampled_from([b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"l: 0\r\n", b"\x00"])
+                | st.binary(min_size=1, max_size=6)
+            )
         elif op == "delete" and data:
             del data[pos : pos + draw(st.integers(1, 8))]
         elif op == "dup-line":
@@ -288,7 +307,11 @@ def auth_values(draw) -> tuple[str, str, str, list[tuple[str, str]]]:
         as_token = re.fullmatch(sip._TOKEN_S, v) is not None and draw(st.booleans())
         spelled = draw(st.sampled_from([n, n.upper(), n.title()]))
         parts.append(f"{spelled}{draw(st.sampled_from(['=', ' = ']))}{v if as_token else quote(v)}")
-    text = draw(st.sampled_from([scheme, SCHEMES[scheme], scheme.upper()])) + " " + draw(st.sampled_from([",", ", ", " ,"])).join(parts)
+    text = (
+        draw(st.sampled_from([scheme, SCHEMES[scheme], scheme.upper()]))
+        + " "
+        + draw(st.sampled_from([",", ", ", " ,"])).join(parts)
+    )
     return text, kind, SCHEMES[scheme], params
 
 

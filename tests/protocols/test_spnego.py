@@ -38,8 +38,12 @@ def spnego_reason(data: bytes) -> str:
 def negotiate_client(password="Password", cbt=TLS_BINDING):
     bindings = GssChannelBindings(application_data=cbt) if cbt is not None else None
     return spnego.client(
-        "EXAMPLE\\alice", password, hostname="gw1.example.test", service="HTTP",
-        protocol="negotiate", channel_bindings=bindings,
+        "EXAMPLE\\alice",
+        password,
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="negotiate",
+        channel_bindings=bindings,
     )
 
 
@@ -225,7 +229,11 @@ def test_bad_and_missing_mech_list_mic():
 def test_ntlm_not_preferred_requests_mic():
     """Windows lists Kerberos first; we answer request-mic + NTLM, then run NTLM (RFC 4178 §5)."""
     ntlm_client = spnego.client(
-        "EXAMPLE\\alice", "Password", hostname="gw1.example.test", service="HTTP", protocol="ntlm",
+        "EXAMPLE\\alice",
+        "Password",
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="ntlm",
         channel_bindings=GssChannelBindings(application_data=TLS_BINDING),
     )
     mechs = [MS_KRB5_OID, KRB5_OID, NTLM_OID]
@@ -246,7 +254,11 @@ def test_ntlm_not_preferred_requests_mic():
 
 def test_raw_ntlm_under_negotiate():
     client = spnego.client(
-        "EXAMPLE\\alice", "Password", hostname="gw1.example.test", service="HTTP", protocol="ntlm",
+        "EXAMPLE\\alice",
+        "Password",
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="ntlm",
         channel_bindings=GssChannelBindings(application_data=TLS_BINDING),
     )
     acc = SpnegoNtlmAcceptor(make_acceptor())

@@ -28,13 +28,23 @@ from .test_ntlm import NOW, TLS_BINDING, make_acceptor
 from .test_ntlm_fuzz import mutated
 
 EXAMPLES = int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _exchange():
-    client = spnego.client("EXAMPLE\\alice", "Password", hostname="gw1.example.test", service="HTTP",
-                           protocol="negotiate", channel_bindings=GssChannelBindings(application_data=TLS_BINDING))
+    client = spnego.client(
+        "EXAMPLE\\alice",
+        "Password",
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="negotiate",
+        channel_bindings=GssChannelBindings(application_data=TLS_BINDING),
+    )
     init = client.step()
     acc = SpnegoNtlmAcceptor(make_acceptor())
     challenge = acc.step(init)

@@ -73,8 +73,12 @@ MECHS = tlv(0xA0, encode_mech_type_list([NTLM_OID]))
 
 @pytest.mark.parametrize(
     "mechs, token, mic",
-    [([NTLM_OID], None, None), ([KRB5_OID, NTLM_OID], b"tok", b"mic"), ([MS_KRB5_OID, KRB5_OID, NEGOEX_OID, NTLM_OID],
-     b"t" * 300, None), ([NTLM_OID], None, b"m" * 200)],
+    [
+        ([NTLM_OID], None, None),
+        ([KRB5_OID, NTLM_OID], b"tok", b"mic"),
+        ([MS_KRB5_OID, KRB5_OID, NEGOEX_OID, NTLM_OID], b"t" * 300, None),
+        ([NTLM_OID], None, b"m" * 200),
+    ],
 )
 def test_encode_neg_token_init_matches_pyspnego(mechs, token, mic):
     ours = encode_neg_token_init(mechs, token, mic)
@@ -84,9 +88,15 @@ def test_encode_neg_token_init_matches_pyspnego(mechs, token, mic):
 
 @pytest.mark.parametrize(
     "args",
-    [(NegState.ACCEPT_COMPLETED, None, None, None), (NegState.ACCEPT_INCOMPLETE, NTLM_OID, b"x" * 130, None),
-     (NegState.REJECT, None, None, None), (NegState.REQUEST_MIC, NTLM_OID, None, b"m" * 16),
-     (None, None, b"tok", b"mic"), (None, KRB5_OID, None, None), (None, None, None, None)],
+    [
+        (NegState.ACCEPT_COMPLETED, None, None, None),
+        (NegState.ACCEPT_INCOMPLETE, NTLM_OID, b"x" * 130, None),
+        (NegState.REJECT, None, None, None),
+        (NegState.REQUEST_MIC, NTLM_OID, None, b"m" * 16),
+        (None, None, b"tok", b"mic"),
+        (None, KRB5_OID, None, None),
+        (None, None, None, None),
+    ],
 )
 def test_encode_neg_token_resp_matches_pyspnego(args):
     ours = encode_neg_token_resp(*args)
@@ -98,8 +108,18 @@ def test_encode_neg_token_resp_matches_pyspnego(args):
 def test_mech_type_list_and_oids():
     assert encode_mech_type_list([MS_KRB5_OID]) == theirs.pack_mech_type_list([MS_KRB5_OID])
     assert encode_mech_type_list([KRB5_OID]) == bytes.fromhex("300b06092a864886f712010202")
-    for oid in ("0.0", "0.39", "1.0", "1.39", "2.0", "2.47", "2.999.3", "1.2.840.113554.1.2.2",
-                "1.3.6.1.4.1.311.2.2.10", "2.25.340282366920938463463374607431768211455"):
+    for oid in (
+        "0.0",
+        "0.39",
+        "1.0",
+        "1.39",
+        "2.0",
+        "2.47",
+        "2.999.3",
+        "1.2.840.113554.1.2.2",
+        "1.3.6.1.4.1.311.2.2.10",
+        "2.25.340282366920938463463374607431768211455",
+    ):
         der = encode_mech_type_list([oid])
         if not oid.startswith("2.999"):  # pyspnego cannot write a first arc over 255
             assert der == theirs.pack_mech_type_list([oid]), oid
@@ -204,8 +224,9 @@ def test_neg_token_resp_empty_and_partial():
 
 
 def test_initial_context_token_rules():
-    assert parse_negotiate_token(init_with(MECHS)) == NegTokenInit([NTLM_OID], None, None,
-                                                                    encode_mech_type_list([NTLM_OID]))
+    assert parse_negotiate_token(init_with(MECHS)) == NegTokenInit(
+        [NTLM_OID], None, None, encode_mech_type_list([NTLM_OID])
+    )
     assert parse_reason(init_with(MECHS) + b"\x00") == "malformed"  # trailing after the token
     inner = tlv(0xA0, tlv(0x30, MECHS))
     assert parse_reason(tlv(0x60, SPNEGO_OID_DER + inner + b"\x00")) == "malformed"  # trailing inside
@@ -213,7 +234,10 @@ def test_initial_context_token_rules():
     assert parse_reason(tlv(0x60, SPNEGO_OID_DER)) == "malformed"  # no inner token
     assert parse_reason(tlv(0x60, tlv(0x04, b"\x2b") + inner)) == "malformed"  # thisMech not an OID
     assert parse_reason(tlv(0x60, tlv(0x06, b"\x2a\x03") + inner)) == "unsupported-mech"
-    assert parse_reason(tlv(0x60, tlv(0x06, bytes.fromhex("2b0601040182370202 0a".replace(" ", ""))) + inner)) == "unsupported-mech"
+    assert (
+        parse_reason(tlv(0x60, tlv(0x06, bytes.fromhex("2b0601040182370202 0a".replace(" ", ""))) + inner))
+        == "unsupported-mech"
+    )
     assert parse_reason(tlv(0x60, SPNEGO_OID_DER + tlv(0xA0, tlv(0x30, MECHS) + b"\x00"))) == "malformed"
     assert parse_reason(tlv(0x60, SPNEGO_OID_DER + tlv(0xA0, tlv(0x31, MECHS)))) == "malformed"
 
@@ -282,14 +306,22 @@ def test_mech_type_count_boundary():
 
 def negotiate_client(cbt=TLS_BINDING, password="Password"):
     return spnego.client(
-        "EXAMPLE\\alice", password, hostname="gw1.example.test", service="HTTP", protocol="negotiate",
+        "EXAMPLE\\alice",
+        password,
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="negotiate",
         channel_bindings=GssChannelBindings(application_data=cbt) if cbt is not None else None,
     )
 
 
 def ntlm_client(cbt=TLS_BINDING):
     return spnego.client(
-        "EXAMPLE\\alice", "Password", hostname="gw1.example.test", service="HTTP", protocol="ntlm",
+        "EXAMPLE\\alice",
+        "Password",
+        hostname="gw1.example.test",
+        service="HTTP",
+        protocol="ntlm",
         channel_bindings=GssChannelBindings(application_data=cbt) if cbt is not None else None,
     )
 
@@ -325,8 +357,10 @@ def test_first_leg_refusals(token, expected):
 
 def test_first_leg_ntlm_errors_fail_the_exchange():
     acc = SpnegoNtlmAcceptor(make_acceptor())
-    assert reason(acc.step, encode_neg_token_init([NTLM_OID], b"NTLMSSP\x00\x02\x00\x00\x00"),
-                  exc=NtlmError) == "unexpected-message"
+    assert (
+        reason(acc.step, encode_neg_token_init([NTLM_OID], b"NTLMSSP\x00\x02\x00\x00\x00"), exc=NtlmError)
+        == "unexpected-message"
+    )
     assert reason(acc.step, encode_neg_token_init([NTLM_OID], b"x")) == "unexpected-message"
     raw = SpnegoNtlmAcceptor(make_acceptor())
     assert reason(raw.step, b"NTLMSSP\x00\x01\x00\x00\x00", exc=NtlmError) == "malformed"
@@ -352,8 +386,11 @@ def test_identify_refusals():
     acc = SpnegoNtlmAcceptor(make_acceptor())
     acc.step(client.step())
     assert reason(acc.identify, b"NTLMSSP\x00\x03\x00\x00\x00") == "unexpected-message"  # raw in SPNEGO
-    for token in (encode_neg_token_resp(None, None, None, b"mic"), encode_neg_token_resp(None, None, b""),
-                  encode_neg_token_init([NTLM_OID], b"tok")):
+    for token in (
+        encode_neg_token_resp(None, None, None, b"mic"),
+        encode_neg_token_resp(None, None, b""),
+        encode_neg_token_init([NTLM_OID], b"tok"),
+    ):
         acc = SpnegoNtlmAcceptor(make_acceptor())
         acc.step(negotiate_client().step())
         assert reason(acc.identify, token) == "unexpected-message"
@@ -405,14 +442,21 @@ def _impacket_spnego(mech_list_mic: bool):
     acc = SpnegoNtlmAcceptor(ntlm)
     type1 = impacket_ntlm.getNTLMSSPType1("WS01", "", signingRequired=True)
     out = parse_negotiate_token(acc.step(encode_neg_token_init([NTLM_OID], type1.getData())))
-    type3, key = impacket_ntlm.getNTLMSSPType3(type1, out.response_token, "bob", "Password", "EXAMPLE",
-                                               channel_binding_value=channel_bindings_hash(TLS_BINDING))
+    type3, key = impacket_ntlm.getNTLMSSPType3(
+        type1,
+        out.response_token,
+        "bob",
+        "Password",
+        "EXAMPLE",
+        channel_binding_value=channel_bindings_hash(TLS_BINDING),
+    )
     flags = type3["flags"]
     mic = None
     if mech_list_mic:
         handle = their_crypto.rc4init(their_crypto.sealkey(flags, key, "initiate"))
-        mic = their_security.sign(flags, handle, their_crypto.signkey(flags, key, "initiate"), 0,
-                                  encode_mech_type_list([NTLM_OID]))
+        mic = their_security.sign(
+            flags, handle, their_crypto.signkey(flags, key, "initiate"), 0, encode_mech_type_list([NTLM_OID])
+        )
     acc.identify(encode_neg_token_resp(None, None, type3.getData(), mic))
     return acc, key, flags
 
@@ -428,8 +472,9 @@ def test_a_client_mech_list_mic_is_verified_and_answered():
     acc.verify([nt_hash("Password")], NOW)
     final = parse_negotiate_token(acc.final_token())
     handle = their_crypto.rc4init(their_crypto.sealkey(flags, key, "accept"))
-    expected = their_security.sign(flags, handle, their_crypto.signkey(flags, key, "accept"), 0,
-                                   encode_mech_type_list([NTLM_OID]))
+    expected = their_security.sign(
+        flags, handle, their_crypto.signkey(flags, key, "accept"), 0, encode_mech_type_list([NTLM_OID])
+    )
     assert final.mech_list_mic == expected
     # the incoming RC4 stream was reset after the client's mechListMIC: its first message verifies
     handle = their_crypto.rc4init(their_crypto.sealkey(flags, key, "initiate"))
@@ -438,7 +483,8 @@ def test_a_client_mech_list_mic_is_verified_and_answered():
     # and the outgoing one after ours
     handle = their_crypto.rc4init(their_crypto.sealkey(flags, key, "accept"))
     assert acc.ntlm.session.sign(b"srv") == their_security.sign(
-        flags, handle, their_crypto.signkey(flags, key, "accept"), 1, b"srv")
+        flags, handle, their_crypto.signkey(flags, key, "accept"), 1, b"srv"
+    )
 
 
 def test_bad_client_mech_list_mic():
@@ -489,8 +535,11 @@ def _split(client=None):
     gateway.identify(auth)
     negotiate, challenge, authenticate = gateway.ntlm.messages()
     verifier = NtlmAcceptor.from_messages(
-        negotiate=negotiate, challenge=challenge, server_challenge=gateway.ntlm.server_challenge,
-        challenge_time=gateway.ntlm.challenge_time, channel_binding_data=TLS_BINDING,
+        negotiate=negotiate,
+        challenge=challenge,
+        server_challenge=gateway.ntlm.server_challenge,
+        challenge_time=gateway.ntlm.challenge_time,
+        channel_binding_data=TLS_BINDING,
     )
     verifier.identify(authenticate)
     return gateway, client, verifier.verify([nt_hash("Password")], NOW)
@@ -506,8 +555,14 @@ def test_adopt_checks_the_mech_list_mic_with_the_returned_key():
 
 def test_adopt_with_a_wrong_key_is_bad_mic():
     gateway, client, result = _split()
-    forged = VerifyResult(result.candidate_index, result.session_base_key, bytes(16), result.channel_binding,
-                          result.flags, result.mic_present)
+    forged = VerifyResult(
+        result.candidate_index,
+        result.session_base_key,
+        bytes(16),
+        result.channel_binding,
+        result.flags,
+        result.mic_present,
+    )
     assert reason(gateway.adopt, forged) == "bad-mic"
     assert reason(gateway.final_token) == "unexpected-message"
 
@@ -526,10 +581,13 @@ def test_adopt_raw_ntlm_has_no_mech_list_mic():
     auth = client.step(gateway.step(client.step()))
     gateway.identify(auth)
     negotiate, challenge, authenticate = gateway.ntlm.messages()
-    verifier = NtlmAcceptor.from_messages(negotiate=negotiate, challenge=challenge,
-                                          server_challenge=gateway.ntlm.server_challenge,
-                                          challenge_time=gateway.ntlm.challenge_time,
-                                          channel_binding_data=TLS_BINDING)
+    verifier = NtlmAcceptor.from_messages(
+        negotiate=negotiate,
+        challenge=challenge,
+        server_challenge=gateway.ntlm.server_challenge,
+        challenge_time=gateway.ntlm.challenge_time,
+        channel_binding_data=TLS_BINDING,
+    )
     verifier.identify(authenticate)
     gateway.adopt(verifier.verify([nt_hash("Password")], NOW))
     assert gateway.final_token() is None
@@ -581,7 +639,13 @@ def test_ntlm_not_first_requires_the_mech_list_mic_even_without_an_ntlm_mic():
     assert parse_negotiate_token(first).neg_state == NegState.REQUEST_MIC
     type1 = impacket_ntlm.getNTLMSSPType1("WS01", "", signingRequired=True)
     out = parse_negotiate_token(acc.step(encode_neg_token_resp(None, None, type1.getData())))
-    type3, _ = impacket_ntlm.getNTLMSSPType3(type1, out.response_token, "bob", "Password", "EXAMPLE",
-                                             channel_binding_value=channel_bindings_hash(TLS_BINDING))
+    type3, _ = impacket_ntlm.getNTLMSSPType3(
+        type1,
+        out.response_token,
+        "bob",
+        "Password",
+        "EXAMPLE",
+        channel_binding_value=channel_bindings_hash(TLS_BINDING),
+    )
     acc.identify(encode_neg_token_resp(None, None, type3.getData()))
     assert reason(acc.verify, [nt_hash("Password")], NOW) == "mic-missing"

@@ -35,8 +35,12 @@ def test_round_trip_across_code_pages():
 
 
 def test_opaque_unicode_and_empty_elements():
-    doc = E("AirSync:Sync", E("Collections", E("Collection", E("SyncKey", "0"), E("GetChanges"))),
-            E("Settings:UserAgent", "Jürgen’s phone"), E("AirSyncBase:Data", b"\x00\xffbin"))
+    doc = E(
+        "AirSync:Sync",
+        E("Collections", E("Collection", E("SyncKey", "0"), E("GetChanges"))),
+        E("Settings:UserAgent", "Jürgen’s phone"),
+        E("AirSyncBase:Data", b"\x00\xffbin"),
+    )
     back = decode(encode(doc))
     assert back.find("AirSyncBase:Data").value == b"\x00\xffbin"
     assert back.find("Settings:UserAgent").value == "Jürgen’s phone"
@@ -98,7 +102,7 @@ def test_limits():
     with pytest.raises(WbxmlError) as e:
         decode(many, max_elements=10)
     assert e.value.reason == "too-many-elements"
-    assert decode(deep[:6] + deep[6:6 + 20] + bytes((0x01,)) * 20).tag == "Provision:Policies"
+    assert decode(deep[:6] + deep[6 : 6 + 20] + bytes((0x01,)) * 20).tag == "Provision:Policies"
 
 
 def test_encoder_refuses_what_it_cannot_represent():
@@ -114,12 +118,18 @@ def test_encoder_refuses_what_it_cannot_represent():
 
 _TAGS = sorted(f"{ns}:{name}" for ns, names in CODE_PAGES.values() for name in names.values())
 _trees = st.recursive(
-    st.builds(lambda t, v: Element(t, v), st.sampled_from(_TAGS),
-              st.one_of(st.none(), st.text(st.characters(blacklist_characters="\x00",
-                                                         blacklist_categories=("Cs",)), min_size=1),
-                        st.binary())),
-    lambda kids: st.builds(lambda t, c: Element(t, None, c), st.sampled_from(_TAGS),
-                           st.lists(kids, min_size=1, max_size=4)),
+    st.builds(
+        lambda t, v: Element(t, v),
+        st.sampled_from(_TAGS),
+        st.one_of(
+            st.none(),
+            st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1),
+            st.binary(),
+        ),
+    ),
+    lambda kids: st.builds(
+        lambda t, c: Element(t, None, c), st.sampled_from(_TAGS), st.lists(kids, min_size=1, max_size=4)
+    ),
     max_leaves=20,
 )
 _EXAMPLES = int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "200"))

@@ -17,26 +17,27 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-POSTGRES_URL = os.environ.get(
-    "UCGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("UCGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="session")
 def postgres_database():
     """A database created for this run (URL), dropped afterwards; skips when unreachable."""
     admin_url = make_url(POSTGRES_URL)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT",
-                          connect_args={"connect_timeout": 3})
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
     try:
         with admin.connect() as c:
             c.execute(text("SELECT 1"))
     except Exception as e:
         admin.dispose()
         if os.environ.get("CI"):  # CI has a server: its absence is a failure, not a skip
-            pytest.fail(f"CI=true but PostgreSQL is not reachable at {admin_url.render_as_string(hide_password=True)}: {e}")
-        pytest.skip(f"PostgreSQL not reachable at {admin_url.render_as_string(hide_password=True)} "
-                    f"(set UCGATE_TEST_POSTGRES_URL): {' '.join(str(getattr(e, 'orig', e)).split())[:160]}")
+            pytest.fail(
+                f"CI=true but PostgreSQL is not reachable at {admin_url.render_as_string(hide_password=True)}: {e}"
+            )
+        pytest.skip(
+            f"PostgreSQL not reachable at {admin_url.render_as_string(hide_password=True)} "
+            f"(set UCGATE_TEST_POSTGRES_URL): {' '.join(str(getattr(e, 'orig', e)).split())[:160]}"
+        )
     name = f"ucgate_test_{os.getpid()}_{secrets.token_hex(4)}"
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))

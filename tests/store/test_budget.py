@@ -85,9 +85,14 @@ def test_familiar_ips_survive_a_restart(store_url):
 
 def test_store_budget_agrees_with_the_in_memory_model(budget):
     mem = FailureBudget(CFG)
-    script = [("a", "192.0.2.1", Outcome.FAILURE)] * 3 + [("a", "192.0.2.1", Outcome.SUCCESS)] + \
-        [("a", "203.0.113.5", Outcome.FAILURE)] * 6 + [("b", "203.0.113.5", Outcome.FAILURE)] * 16 + \
-        [("a", "192.0.2.1", Outcome.FAILURE)] * 6 + [("c", "203.0.113.5", Outcome.NOT_A_GUESS)] * 3
+    script = (
+        [("a", "192.0.2.1", Outcome.FAILURE)] * 3
+        + [("a", "192.0.2.1", Outcome.SUCCESS)]
+        + [("a", "203.0.113.5", Outcome.FAILURE)] * 6
+        + [("b", "203.0.113.5", Outcome.FAILURE)] * 16
+        + [("a", "192.0.2.1", Outcome.FAILURE)] * 6
+        + [("c", "203.0.113.5", Outcome.NOT_A_GUESS)] * 3
+    )
     for i, (acct, ip, outcome) in enumerate(script):
         now = T0 + i * 7.5
         got, want = budget.reserve(acct, ip, now), mem.reserve(acct, ip, now)
@@ -142,8 +147,12 @@ _CHILD = textwrap.dedent("""
 
 def test_two_processes_share_one_budget(repo, store_url):
     """Two processes, eight threads each, released together: five units in all, not ten."""
-    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, store_url, str(n)], text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for n in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, store_url, str(n)], text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for n in (1, 2)
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     for p in procs:

@@ -21,10 +21,15 @@ def budget(repo):
 
 def test_attempt_agrees_with_the_in_memory_model(budget):
     mem = FailureBudget(CFG)
-    script = [("a", "192.0.2.1", Outcome.FAILURE)] * 3 + [("a", "192.0.2.1", Outcome.SUCCESS)] + \
-        [("a", "203.0.113.5", Outcome.FAILURE)] * 6 + [("b", "203.0.113.5", Outcome.FAILURE)] * 16 + \
-        [("a", "192.0.2.1", Outcome.FAILURE)] * 6 + [("c", "203.0.113.5", Outcome.NOT_A_GUESS)] * 3 + \
-        [("a", "192.0.2.1", Outcome.SUCCESS), ("d", "198.51.100.3", Outcome.SUCCESS)]
+    script = (
+        [("a", "192.0.2.1", Outcome.FAILURE)] * 3
+        + [("a", "192.0.2.1", Outcome.SUCCESS)]
+        + [("a", "203.0.113.5", Outcome.FAILURE)] * 6
+        + [("b", "203.0.113.5", Outcome.FAILURE)] * 16
+        + [("a", "192.0.2.1", Outcome.FAILURE)] * 6
+        + [("c", "203.0.113.5", Outcome.NOT_A_GUESS)] * 3
+        + [("a", "192.0.2.1", Outcome.SUCCESS), ("d", "198.51.100.3", Outcome.SUCCESS)]
+    )
     for i, (acct, ip, outcome) in enumerate(script):
         now = T0 + i * 7.5
         ran = []

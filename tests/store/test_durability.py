@@ -42,8 +42,9 @@ CHILD = textwrap.dedent("""
 def test_acknowledged_asps_survive_kill_9(store_url, tmp_path):
     key = tmp_path / "keys" / "ucgate.key"
     open_repository(store_url).close()  # migrate before the child starts
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, store_url, str(key)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, store_url, str(key)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     acked_users, acked_asps = set(), {}
     deadline = time.monotonic() + 60
     try:

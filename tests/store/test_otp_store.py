@@ -13,13 +13,11 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def add_user(repo, name="alice"):
-    return repo.add_user(name, upn=None, sip_uri=None, display_name=None, source="local",
-                         created_at=T0)
+    return repo.add_user(name, upn=None, sip_uri=None, display_name=None, source="local", created_at=T0)
 
 
 def pending(user_id, otp_id="e1"):
-    return NewOtpSecret(id=otp_id, user_id=user_id, ciphertext=b"\x01sealed", nonce=b"n" * 12,
-                        created_at=T0)
+    return NewOtpSecret(id=otp_id, user_id=user_id, ciphertext=b"\x01sealed", nonce=b"n" * 12, created_at=T0)
 
 
 def test_begin_get_confirm(repo):

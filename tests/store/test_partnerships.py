@@ -18,8 +18,7 @@ def store(repo):
 
 
 def _new(store, user="alice", device="ApplDEV1", **kw):
-    values = dict(username=user, device_id=device, state="quarantined", client_kind="eas",
-                  created_at=T0, last_seen=T0)
+    values = dict(username=user, device_id=device, state="quarantined", client_kind="eas", created_at=T0, last_seen=T0)
     values.update(kw)
     return store.create(**values)
 
@@ -38,8 +37,14 @@ def test_create_get_case_insensitive_and_unique(store):
 def test_update_list_delete_and_policy_view(store):
     p = _new(store)
     until = T0 + dt.timedelta(hours=24)
-    q = store.update(p.id, state=PartnershipState.ALLOWED, trusted_until=until, approved_by="cli:root",
-                     approved_at=T0, user_agent="x" * 2000)
+    q = store.update(
+        p.id,
+        state=PartnershipState.ALLOWED,
+        trusted_until=until,
+        approved_by="cli:root",
+        approved_at=T0,
+        user_agent="x" * 2000,
+    )
     assert q.state == "allowed" and q.trusted_until == until and len(q.user_agent) == 512
     assert [r.id for r in store.list(state="allowed")] == [p.id]
     assert store.list(state="blocked") == []
@@ -61,8 +66,11 @@ def test_state_check_constraint(store):
     from ucgate.store.schema import partnerships
 
     with pytest.raises(IntegrityError), store.engine.begin() as c:
-        c.execute(insert(partnerships).values(username="a", device_id="d", state="bogus",
-                                              client_kind="eas", created_at=T0, last_seen=T0))
+        c.execute(
+            insert(partnerships).values(
+                username="a", device_id="d", state="bogus", client_kind="eas", created_at=T0, last_seen=T0
+            )
+        )
 
 
 def test_migration_0003_follows_0002(store_url):

@@ -15,15 +15,17 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def add_alice(repo, **kw):
-    args = dict(upn="alice@contoso.com", sip_uri="sip:alice@contoso.com", display_name="Alice",
-                source="local", created_at=T0)
+    args = dict(
+        upn="alice@contoso.com", sip_uri="sip:alice@contoso.com", display_name="Alice", source="local", created_at=T0
+    )
     args.update(kw)
     return repo.add_user("alice", **args)
 
 
 def new_asp(user_id, asp_id="a1", **kw):
-    args = dict(id=asp_id, user_id=user_id, label="phone", ciphertext=b"\x01ct", nonce=b"n" * 12,
-                device_id=None, created_at=T0)
+    args = dict(
+        id=asp_id, user_id=user_id, label="phone", ciphertext=b"\x01ct", nonce=b"n" * 12, device_id=None, created_at=T0
+    )
     args.update(kw)
     return NewAsp(**args)
 
@@ -44,8 +46,7 @@ def test_duplicate_user_and_upn(repo):
     with pytest.raises(DuplicateError):
         add_alice(repo, upn=None)
     with pytest.raises(DuplicateError):
-        repo.add_user("alice2", upn="alice@contoso.com", sip_uri=None, display_name=None,
-                      source="local", created_at=T0)
+        repo.add_user("alice2", upn="alice@contoso.com", sip_uri=None, display_name=None, source="local", created_at=T0)
 
 
 def test_bad_source_refused(repo):
@@ -114,11 +115,21 @@ def test_naive_datetimes_are_refused(repo):
 
 def test_audit_append_and_tail(repo):
     for i in range(5):
-        repo.add_audit(AuditRecord(id=None, at=T0 + timedelta(seconds=i), actor="gateway",
-                                   action="signin", result="ok" if i % 2 else "fail",
-                                   username="alice", device="DEV", service="eas",
-                                   client_address="192.0.2.1", reason=None,
-                                   details={"i": i, "nested": {"k": [1, 2]}}))
+        repo.add_audit(
+            AuditRecord(
+                id=None,
+                at=T0 + timedelta(seconds=i),
+                actor="gateway",
+                action="signin",
+                result="ok" if i % 2 else "fail",
+                username="alice",
+                device="DEV",
+                service="eas",
+                client_address="192.0.2.1",
+                reason=None,
+                details={"i": i, "nested": {"k": [1, 2]}},
+            )
+        )
     tail = repo.tail_audit(3)
     assert [e.details["i"] for e in tail] == [2, 3, 4]
     assert tail[0].details["nested"] == {"k": [1, 2]}

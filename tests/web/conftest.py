@@ -21,8 +21,15 @@ from ..gateway.test_devices import Lab, frontend, ids  # noqa: F401  (fixtures)
 from ..support import free_port
 
 CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 
 
@@ -65,14 +72,24 @@ class WebLab:
 
     def __init__(self, lab: Lab, loop_thread, tls_files, tmp_path: Path) -> None:
         self.lab = lab
-        web = WebConfig(user_roles={"alice": "admin", "hd": "helpdesk", "audrey": "auditor"},
-                        api_tokens_file=tmp_path / "api-tokens.json")
-        self.ctx = make_context(lab.ids, web=web, devices=lab.devices,
-                                live_users=lab.gateway.live_users)
+        web = WebConfig(
+            user_roles={"alice": "admin", "hd": "helpdesk", "audrey": "auditor"},
+            api_tokens_file=tmp_path / "api-tokens.json",
+        )
+        self.ctx = make_context(lab.ids, web=web, devices=lab.devices, live_users=lab.gateway.live_users)
         port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(
-            create_web_app(self.ctx), host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-            ssl_certfile=str(tls_files[0]), ssl_keyfile=str(tls_files[1]), access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                create_web_app(self.ctx),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                lifespan="off",
+                ssl_certfile=str(tls_files[0]),
+                ssl_keyfile=str(tls_files[1]),
+                access_log=False,
+            )
+        )
         self.lt = loop_thread
 
         async def start():

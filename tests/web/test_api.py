@@ -19,12 +19,14 @@ from ucgate.web.settings import WebConfig
 def web(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    ids = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                        key_file=tmp_path / "keys" / "ucgate.key", audit_file=None,
-                        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900))
+    ids = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=50, ip_failures=500, window=900),
+    )
     ids.users.add("alice", upn="alice@contoso.com")
-    ctx = make_context(ids, web=WebConfig(user_roles={"alice": "admin"},
-                                          api_tokens_file=tmp_path / "api-tokens.json"))
+    ctx = make_context(ids, web=WebConfig(user_roles={"alice": "admin"}, api_tokens_file=tmp_path / "api-tokens.json"))
     yield ctx, create_web_app(ctx)
     ids.close()
 
@@ -89,8 +91,13 @@ def test_settings_are_masked(tmp_path, web):
     secret = tmp_path / "secret"
     secret.write_text("s3cr3t-shared-secret-value-0123456789")
     secret.chmod(0o600)
-    cfg = from_dict({"gateway": {"plain_http": True}, "upstreams": {"frontend": {"url": "http://fe"}},
-                     "id_service": {"url": "https://id.example:8444", "secret_file": str(secret)}})
+    cfg = from_dict(
+        {
+            "gateway": {"plain_http": True},
+            "upstreams": {"frontend": {"url": "http://fe"}},
+            "id_service": {"url": "https://id.example:8444", "secret_file": str(secret)},
+        }
+    )
     ctx.console.config = cfg
     c = TestClient(app, base_url="https://testserver")
     r = c.get("/api/v1/settings", headers=bearer(ctx, "auditor"))
@@ -133,8 +140,12 @@ def test_every_route_is_in_the_document_and_the_examples_validate(web):
 
     ctx, app = web
     mount = next(r for r in app.routes if isinstance(r, Mount) and r.path == "/api/v1")
-    served = {(f"/api/v1{r.path}".replace(":int", ""), m.lower()) for r in mount.routes
-              for m in (r.methods or ()) if m != "HEAD"}
+    served = {
+        (f"/api/v1{r.path}".replace(":int", ""), m.lower())
+        for r in mount.routes
+        for m in (r.methods or ())
+        if m != "HEAD"
+    }
     documented = {(p, m) for p, ops in OPENAPI["paths"].items() for m in ops}
     assert served == documented
     names = {}

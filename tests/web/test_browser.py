@@ -75,19 +75,26 @@ def test_admin_with_totp_approves_a_quarantined_device_which_then_gets_through(m
         assert r.status_code == 200 and eas_status(r) in (1, 142)  # the front end answered
     assert any(e.action == "device.approve" and e.actor == "web:alice" for e in w.lab.ids.audit.tail(100))
 
-    for name, path in (("admin-users", "/admin/users"), ("admin-user", "/admin/users/alice"),
-                       ("admin-rules", "/admin/rules"), ("admin-audit", "/admin/audit"),
-                       ("admin-settings", "/admin/settings")):
+    for name, path in (
+        ("admin-users", "/admin/users"),
+        ("admin-user", "/admin/users/alice"),
+        ("admin-rules", "/admin/rules"),
+        ("admin-audit", "/admin/audit"),
+        ("admin-settings", "/admin/settings"),
+    ):
         page.goto(w.url + path)
         shot(page, name)
     assert "device.approve" in page.goto(f"{w.url}/admin/audit?action=device").text()
 
 
 def _open_phone(w, asp, user, device):
-    conn = http.client.HTTPSConnection("127.0.0.1", w.lab.gateway.port, timeout=5,
-                                       context=ssl.create_default_context(cafile=str(w.lab.cert)))
-    hdrs = {"Authorization": "Basic " + base64.b64encode(f"{user}:{asp}".encode()).decode(),
-            "MS-ASProtocolVersion": "14.1"}
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", w.lab.gateway.port, timeout=5, context=ssl.create_default_context(cafile=str(w.lab.cert))
+    )
+    hdrs = {
+        "Authorization": "Basic " + base64.b64encode(f"{user}:{asp}".encode()).decode(),
+        "MS-ASProtocolVersion": "14.1",
+    }
     conn.request("POST", eas_target(device=device, user=user), headers=hdrs, body=b"")
     r = conn.getresponse()
     r.read()
@@ -116,8 +123,9 @@ def test_user_blocks_own_phone_in_the_portal_and_its_open_connection_is_refused(
         closed = True
     assert closed and time.monotonic() - started < 3.0  # the open connection was cut
     phone.close()
-    with httpx.Client(base_url=w.lab.url, verify=ssl.create_default_context(cafile=str(w.lab.cert)),
-                      trust_env=False) as c:
+    with httpx.Client(
+        base_url=w.lab.url, verify=ssl.create_default_context(cafile=str(w.lab.cert)), trust_env=False
+    ) as c:
         r = eas(c, asp, user="bob", device="applbobphone")
         assert eas_status(r) == 129 and r.headers["x-ucgate-reason"] == "device-blocked"
     assert w.lab.partnership("bob", "applbobphone").approved_by is None
@@ -211,7 +219,9 @@ def test_form_without_csrf_token_is_refused(make_web, page):
     portal_sign_in(page, w, "bob", asp)
     page.wait_for_url(re.compile(r"/portal/$"))
     page.fill("#asp-label", "forged")
-    page.evaluate("document.querySelectorAll('form[action=\"/portal/asps\"] input[name=csrf]').forEach(e => e.remove())")
+    page.evaluate(
+        "document.querySelectorAll('form[action=\"/portal/asps\"] input[name=csrf]').forEach(e => e.remove())"
+    )
     with page.expect_navigation() as nav:
         page.click("form[action='/portal/asps'] button")
     assert nav.value.status == 403

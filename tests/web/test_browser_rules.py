@@ -69,5 +69,9 @@ def test_admin_edits_device_rules_and_the_gateway_follows(make_web, page):
     with w.lab.client() as c:
         assert eas_status(eas(c, asp, device="andr3", dtype="Android")) == 142  # allowed again
     acts = [(e.action, e.actor) for e in w.lab.ids.audit.tail(100) if e.action.startswith("rules.")]
-    assert acts == [("rules.add", "web:alice"), ("rules.add", "web:alice"), ("rules.move", "web:alice"),
-                    ("rules.delete", "web:alice")]
+    assert acts == [
+        ("rules.add", "web:alice"),
+        ("rules.add", "web:alice"),
+        ("rules.move", "web:alice"),
+        ("rules.delete", "web:alice"),
+    ]

@@ -15,13 +15,17 @@ from ucgate.web.settings import WebConfig
 def test_web_healthz_and_readyz(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "keys").mkdir(mode=0o700)
-    ids = open_services(store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
-                        key_file=tmp_path / "keys" / "ucgate.key", audit_file=None,
-                        lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900))
+    ids = open_services(
+        store_url=f"sqlite:///{tmp_path / 'data' / 'ucgate.db'}",
+        key_file=tmp_path / "keys" / "ucgate.key",
+        audit_file=None,
+        lockout=LockoutConfig(user_failures=5, ip_failures=50, window=900),
+    )
     try:
         ctx = make_context(ids, web=WebConfig(api_tokens_file=tmp_path / "api-tokens.json"))
-        c = TestClient(create_web_app(ctx, readiness=StoreProbe(ids.components.repo.engine)),
-                       base_url="https://testserver")
+        c = TestClient(
+            create_web_app(ctx, readiness=StoreProbe(ids.components.repo.engine)), base_url="https://testserver"
+        )
         assert c.get("/healthz").json() == {"status": "ok"}
         r = c.get("/readyz")
         assert r.status_code == 200 and r.json() == {"status": "ready"}

@@ -41,9 +41,9 @@ url = "http://127.0.0.1:{frontend}"
 netbios_domain = "CONTOSO"
 failure_floor = 0
 [data]
-dir = "{tmp_path / 'data'}"
+dir = "{tmp_path / "data"}"
 [store]
-key_file = "{tmp_path / 'keys' / 'ucgate.key'}"
+key_file = "{tmp_path / "keys" / "ucgate.key"}"
 [devices]
 default_action = "allowed"
 require_second_factor = false
@@ -64,8 +64,13 @@ alice = "admin"
     verify = ssl.create_default_context(cafile=str(cert))
     gw = httpx.Client(base_url=f"https://127.0.0.1:{node.gateway.port}", verify=verify, trust_env=False, timeout=10)
     token = tokens_for(config).create("admin", "rules test")[1]
-    api = httpx.Client(base_url=f"https://127.0.0.1:{web_port}/api/v1", verify=verify, trust_env=False,
-                       timeout=10, headers={"Authorization": f"Bearer {token}"})
+    api = httpx.Client(
+        base_url=f"https://127.0.0.1:{web_port}/api/v1",
+        verify=verify,
+        trust_env=False,
+        timeout=10,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     try:
         yield node, cfg_path, gw, api
     finally:
@@ -92,8 +97,7 @@ def test_a_rule_edited_through_the_rest_api_decides_the_next_new_device_on_the_r
     assert rule["created_by"].startswith("api:")
     status, reason = new_device(gw, asp, 2, "Android")
     assert (status, reason) == (129, "new-device-blocked")  # at once: same process
-    assert any(e.action == "device-check" and e.details.get("rule") == "no-android"
-               for e in node.ids.audit.tail(20))
+    assert any(e.action == "device-check" and e.details.get("rule") == "no-android" for e in node.ids.audit.tail(20))
 
     # the file's rules come first: a store rule cannot allow what the file blocks
     r = api.post("/rules", json={"name": "allow-wp", "action": "allowed", "device_type": "WP*", "position": 1})
@@ -101,7 +105,10 @@ def test_a_rule_edited_through_the_rest_api_decides_the_next_new_device_on_the_r
     assert new_device(gw, asp, 2, "WP8")[1] == "new-device-blocked"
     listed = api.get("/rules").json()["device_rules"]
     assert [(x["source"], x["name"]) for x in listed] == [
-        ("file", "file-no-windows-phone"), ("store", "allow-wp"), ("store", "no-android")]
+        ("file", "file-no-windows-phone"),
+        ("store", "allow-wp"),
+        ("store", "no-android"),
+    ]
     r = api.post(f"/rules/{rule['id']}/move", json={"position": 1})
     assert r.status_code == 200 and r.json()["position"] == 1
     assert [x["name"] for x in api.get("/rules").json()["device_rules"]][1:] == ["no-android", "allow-wp"]
@@ -114,9 +121,27 @@ def test_a_rule_edited_through_the_rest_api_decides_the_next_new_device_on_the_r
 
     # a change from the CLI, another process: in force here within a second
     t0 = time.monotonic()
-    cli = subprocess.run([sys.executable, "-m", "ucgate", "device", "rules", "add", "--name", "hold-ipads",
-                          "--action", "quarantined", "--device-type", "iPad", "-c", str(cfg_path)],
-                         capture_output=True, text=True, timeout=60)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ucgate",
+            "device",
+            "rules",
+            "add",
+            "--name",
+            "hold-ipads",
+            "--action",
+            "quarantined",
+            "--device-type",
+            "iPad",
+            "-c",
+            str(cfg_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cli.returncode == 0, cli.stderr
     committed = time.monotonic()
     n = 0
@@ -124,15 +149,22 @@ def test_a_rule_edited_through_the_rest_api_decides_the_next_new_device_on_the_r
         assert time.monotonic() - committed < 1.0, "the CLI's rule is not in force within a second"
         n += 1
         time.sleep(0.05)
-    print(f"CLI rule in force {time.monotonic() - committed:.3f} s after the CLI returned "
-          f"({committed - t0:.2f} s to run it)")
+    print(
+        f"CLI rule in force {time.monotonic() - committed:.3f} s after the CLI returned "
+        f"({committed - t0:.2f} s to run it)"
+    )
 
     # deleted through the API: the next new Android device is allowed again
     assert api.delete(f"/rules/{rule['id']}").status_code == 204
     assert new_device(gw, asp, 3, "Android") == (142, "forwarded")
     actions = [(e.action, e.actor[:4]) for e in node.ids.audit.tail(200) if e.action.startswith("rules.")]
-    assert actions == [("rules.add", "api:"), ("rules.add", "api:"), ("rules.move", "api:"),
-                       ("rules.add", "cli:"), ("rules.delete", "api:")]
+    assert actions == [
+        ("rules.add", "api:"),
+        ("rules.add", "api:"),
+        ("rules.move", "api:"),
+        ("rules.add", "cli:"),
+        ("rules.delete", "api:"),
+    ]
 
 
 def test_group_policies_through_the_rest_api_and_roles(running, tmp_path):

@@ -63,16 +63,27 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _user_json(u) -> dict[str, Any]:
-    return {"username": u.username, "upn": u.upn, "sip_uri": u.sip_uri,
-            "display_name": u.display_name, "enabled": u.enabled, "source": u.source,
-            "created_at": u.created_at.isoformat()}
+    return {
+        "username": u.username,
+        "upn": u.upn,
+        "sip_uri": u.sip_uri,
+        "display_name": u.display_name,
+        "enabled": u.enabled,
+        "source": u.source,
+        "created_at": u.created_at.isoformat(),
+    }
 
 
 def _asp_json(a) -> dict[str, Any]:
-    return {"id": a.id, "username": a.username, "label": a.label, "device_id": a.device_id,
-            "created_at": a.created_at.isoformat(),
-            "last_used_at": a.last_used_at.isoformat() if a.last_used_at else None,
-            "revoked_at": a.revoked_at.isoformat() if a.revoked_at else None}
+    return {
+        "id": a.id,
+        "username": a.username,
+        "label": a.label,
+        "device_id": a.device_id,
+        "created_at": a.created_at.isoformat(),
+        "last_used_at": a.last_used_at.isoformat() if a.last_used_at else None,
+        "revoked_at": a.revoked_at.isoformat() if a.revoked_at else None,
+    }
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -82,8 +93,9 @@ def _actor() -> str:
 
 def _user_add(args, c: Components) -> int:
     try:
-        u = c.users.add(args.username, upn=args.upn, sip_uri=args.sip,
-                        display_name=args.display_name, source=args.source)
+        u = c.users.add(
+            args.username, upn=args.upn, sip_uri=args.sip, display_name=args.display_name, source=args.source
+        )
     except InvalidUsername as e:
         raise _Usage(str(e)) from None
     except DuplicateError:
@@ -95,11 +107,25 @@ def _user_add(args, c: Components) -> int:
 
 def _user_list(args, c: Components) -> int:
     users = c.users.list()
-    rows = [(u.username, u.upn, u.sip_uri, u.display_name, "yes" if u.enabled else "DISABLED",
-             u.source, _when(u.created_at)) for u in users]
-    _emit(args, [_user_json(u) for u in users],
-          _table(rows, ["USER", "UPN", "SIP URI", "NAME", "ENABLED", "SOURCE", "CREATED"])
-          if users else "no users (add one with `ucgate user add NAME`)")
+    rows = [
+        (
+            u.username,
+            u.upn,
+            u.sip_uri,
+            u.display_name,
+            "yes" if u.enabled else "DISABLED",
+            u.source,
+            _when(u.created_at),
+        )
+        for u in users
+    ]
+    _emit(
+        args,
+        [_user_json(u) for u in users],
+        _table(rows, ["USER", "UPN", "SIP URI", "NAME", "ENABLED", "SOURCE", "CREATED"])
+        if users
+        else "no users (add one with `ucgate user add NAME`)",
+    )
     return OK
 
 
@@ -109,8 +135,11 @@ def _user_sign_out(args: argparse.Namespace, c: Components) -> int:
         raise _Refused(f"no user {args.username!r}")
     c.users.sign_out(u.username, actor=_actor())
     c.audit.record("user.sign-out", actor=_actor(), user=u.username, result="ok")
-    _emit(args, {"username": u.username, "signed_out": True},
-          f"signed out {u.username} (every gateway closes their live sessions)")
+    _emit(
+        args,
+        {"username": u.username, "signed_out": True},
+        f"signed out {u.username} (every gateway closes their live sessions)",
+    )
     return OK
 
 
@@ -122,9 +151,13 @@ def _user_state(enable: bool) -> Callable[[argparse.Namespace, Components], int]
         (c.users.enable if enable else c.users.disable)(u.username)
         action = "user.enable" if enable else "user.disable"
         c.audit.record(action, actor=_actor(), user=u.username, result="ok")
-        _emit(args, {"username": u.username, "enabled": enable},
-              f"{'enabled' if enable else 'disabled'} user {u.username}")
+        _emit(
+            args,
+            {"username": u.username, "enabled": enable},
+            f"{'enabled' if enable else 'disabled'} user {u.username}",
+        )
         return OK
+
     return run
 
 
@@ -139,13 +172,26 @@ def _asp_create(args, c: Components) -> int:
         raise _Usage(str(e)) from None
     info = c.asps.get(asp_id)
     assert info is not None  # just created
-    c.audit.record("asp.create", actor=_actor(), user=info.username, device=args.device,
-                   result="ok", asp_id=asp_id, label=info.label)
-    print("WARNING: this password is shown only now; ucgate cannot show it again. Give it to "
-          f"{info.username} over a trusted channel.", file=sys.stderr)
-    _emit(args, {**_asp_json(info), "password": plaintext},
-          f"ASP {asp_id} for {info.username} ({info.label}"
-          f"{', device ' + args.device if args.device else ''}):\n\n    {plaintext}\n")
+    c.audit.record(
+        "asp.create",
+        actor=_actor(),
+        user=info.username,
+        device=args.device,
+        result="ok",
+        asp_id=asp_id,
+        label=info.label,
+    )
+    print(
+        "WARNING: this password is shown only now; ucgate cannot show it again. Give it to "
+        f"{info.username} over a trusted channel.",
+        file=sys.stderr,
+    )
+    _emit(
+        args,
+        {**_asp_json(info), "password": plaintext},
+        f"ASP {asp_id} for {info.username} ({info.label}"
+        f"{', device ' + args.device if args.device else ''}):\n\n    {plaintext}\n",
+    )
     return OK
 
 
@@ -154,11 +200,24 @@ def _asp_list(args, c: Components) -> int:
         asps = c.asps.list(args.username, include_revoked=args.all)
     except UnknownUser:
         raise _Refused(f"no user {args.username!r}") from None
-    rows = [(a.id, a.label, a.device_id or "any", _when(a.created_at), _when(a.last_used_at),
-             "revoked " + _when(a.revoked_at) if a.revoked_at else "active") for a in asps]
-    _emit(args, [_asp_json(a) for a in asps],
-          _table(rows, ["ID", "LABEL", "DEVICE", "CREATED", "LAST USED", "STATE"])
-          if asps else f"no {'' if args.all else 'active '}ASPs for {args.username}")
+    rows = [
+        (
+            a.id,
+            a.label,
+            a.device_id or "any",
+            _when(a.created_at),
+            _when(a.last_used_at),
+            "revoked " + _when(a.revoked_at) if a.revoked_at else "active",
+        )
+        for a in asps
+    ]
+    _emit(
+        args,
+        [_asp_json(a) for a in asps],
+        _table(rows, ["ID", "LABEL", "DEVICE", "CREATED", "LAST USED", "STATE"])
+        if asps
+        else f"no {'' if args.all else 'active '}ASPs for {args.username}",
+    )
     return OK
 
 
@@ -166,10 +225,16 @@ def _asp_revoke(args, c: Components) -> int:
     info = c.asps.get(args.asp_id)
     if info is None or not c.asps.revoke(args.asp_id):
         raise _Refused(f"no ASP with id {args.asp_id!r} (see `ucgate asp list USER`)")
-    c.audit.record("asp.revoke", actor=_actor(), user=info.username, device=info.device_id,
-                   result="ok", asp_id=info.id, label=info.label)
-    _emit(args, {"id": info.id, "revoked": True},
-          f"revoked ASP {info.id} ({info.label}) of {info.username}")
+    c.audit.record(
+        "asp.revoke",
+        actor=_actor(),
+        user=info.username,
+        device=info.device_id,
+        result="ok",
+        asp_id=info.id,
+        label=info.label,
+    )
+    _emit(args, {"id": info.id, "revoked": True}, f"revoked ASP {info.id} ({info.label}) of {info.username}")
     return OK
 
 
@@ -177,11 +242,17 @@ def _audit_tail(args, c: Components) -> int:
     if args.n < 0:
         raise _Usage("-n must be >= 0")
     events = c.audit.tail(args.n)
-    rows = [(_when(e.at), e.actor, e.action, e.username, e.device, e.service, e.client_address,
-             e.result, e.reason) for e in events]
-    _emit(args, [to_json(e) for e in events],
-          _table(rows, ["AT", "ACTOR", "ACTION", "USER", "DEVICE", "SERVICE", "CLIENT", "RESULT",
-                        "REASON"]) if events else "the audit log is empty")
+    rows = [
+        (_when(e.at), e.actor, e.action, e.username, e.device, e.service, e.client_address, e.result, e.reason)
+        for e in events
+    ]
+    _emit(
+        args,
+        [to_json(e) for e in events],
+        _table(rows, ["AT", "ACTOR", "ACTION", "USER", "DEVICE", "SERVICE", "CLIENT", "RESULT", "REASON"])
+        if events
+        else "the audit log is empty",
+    )
     return OK
 
 
@@ -192,9 +263,12 @@ def _key_rotate(args, c: Components) -> int:
     n = c.asps.reencrypt_all()
     n += VaultService(c.repo, new, users=c.users).reencrypt_all()  # the vault's passwords too
     c.audit.record("key.rotate", actor=_actor(), result="ok", key_id=new.active, reencrypted=n)
-    _emit(args, {"active_key_id": new.active, "reencrypted": n},
-          f"key {new.active} is now active; re-encrypted {n} ASPs. Older keys stay in "
-          f"{c.settings.key_file} until you delete their lines.")
+    _emit(
+        args,
+        {"active_key_id": new.active, "reencrypted": n},
+        f"key {new.active} is now active; re-encrypted {n} ASPs. Older keys stay in "
+        f"{c.settings.key_file} until you delete their lines.",
+    )
     return OK
 
 
@@ -202,16 +276,21 @@ def _key_rotate(args, c: Components) -> int:
 def _db_upgrade(args, settings: Settings) -> int:
     before = migrate.current(settings.store_url)
     after = migrate.upgrade(settings.store_url)
-    _emit(args, {"from": before, "to": after},
-          f"database at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+    _emit(
+        args,
+        {"from": before, "to": after},
+        f"database at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"),
+    )
     return OK
 
 
 def _db_current(args, settings: Settings) -> int:
     cur, head = migrate.current(settings.store_url), migrate.head()
-    _emit(args, {"current": cur, "head": head},
-          f"revision {cur or 'none'} (this ucgate: {head})"
-          + ("" if cur == head else "; run `ucgate db upgrade`"))
+    _emit(
+        args,
+        {"current": cur, "head": head},
+        f"revision {cur or 'none'} (this ucgate: {head})" + ("" if cur == head else "; run `ucgate db upgrade`"),
+    )
     return OK
 
 
@@ -228,19 +307,26 @@ def _otp_user(c: Components, typed: str):
 
 
 def _print_recovery_codes(args, username: str, codes: list[str], data: dict[str, Any]) -> None:
-    print("WARNING: these recovery codes are shown only now; each works once. Give them to "
-          f"{username} over a trusted channel.", file=sys.stderr)
-    _emit(args, {**data, "recovery_codes": codes},
-          f"recovery codes for {username}:\n\n" + "\n".join(f"    {c}" for c in codes) + "\n")
+    print(
+        "WARNING: these recovery codes are shown only now; each works once. Give them to "
+        f"{username} over a trusted channel.",
+        file=sys.stderr,
+    )
+    _emit(
+        args,
+        {**data, "recovery_codes": codes},
+        f"recovery codes for {username}:\n\n" + "\n".join(f"    {c}" for c in codes) + "\n",
+    )
 
 
 def _otp_confirm(args, c: Components, otp, username: str, code: str) -> int:
     codes = otp.confirm_enrolment(username, code)
     if not codes:
-        c.audit.record("otp.confirm", actor=_actor(), user=username, result="deny",
-                       reason="otp-wrong")
-        raise _Refused(f"the code does not match {username}'s pending enrolment (check the "
-                       "phone's clock; or start over with `ucgate otp enrol USER`)")
+        c.audit.record("otp.confirm", actor=_actor(), user=username, result="deny", reason="otp-wrong")
+        raise _Refused(
+            f"the code does not match {username}'s pending enrolment (check the "
+            "phone's clock; or start over with `ucgate otp enrol USER`)"
+        )
     c.audit.record("otp.confirm", actor=_actor(), user=username, result="ok")
     print(f"TOTP is now active for {username}.", file=sys.stderr)
     _print_recovery_codes(args, username, codes, {"username": username, "state": "active"})
@@ -252,26 +338,36 @@ def _otp_enrol(args, c: Components) -> int:
     otp = _otp_service(c)
     if args.code is not None:  # confirm the pending enrolment started earlier
         if otp.status(u.username).state != "pending":
-            raise _Refused(f"{u.username} has no pending enrolment; start one with "
-                           f"`ucgate otp enrol {u.username}` (without --code)")
+            raise _Refused(
+                f"{u.username} has no pending enrolment; start one with "
+                f"`ucgate otp enrol {u.username}` (without --code)"
+            )
         return _otp_confirm(args, c, otp, u.username, args.code)
     if args.force and otp.reset(u.username):
         c.audit.record("otp.reset", actor=_actor(), user=u.username, result="ok", forced=True)
     try:
         e = otp.begin_enrolment(u.username)
     except AlreadyEnrolled:
-        raise _Refused(f"{u.username} already has an active TOTP secret; `ucgate otp reset "
-                       f"{u.username}` first (or pass --force)") from None
+        raise _Refused(
+            f"{u.username} already has an active TOTP secret; `ucgate otp reset {u.username}` first (or pass --force)"
+        ) from None
     c.audit.record("otp.enrol", actor=_actor(), user=u.username, result="pending")
     if args.svg:
         Path(args.svg).write_text(e.qr_svg())
-    print("WARNING: this secret is shown only now. Scan it on the user's phone, or give it over "
-          "a trusted channel.", file=sys.stderr)
-    text = (f"TOTP enrolment for {u.username} (pending until a code confirms it)\n\n"
-            f"{'' if args.no_qr else e.qr_text()}\n"
-            f"    {e.uri}\n\n    secret: {e.secret_b32}\n")
-    _emit(args, {"username": u.username, "state": "pending", "account": e.account,
-                 "secret": e.secret_b32, "uri": e.uri}, text)
+    print(
+        "WARNING: this secret is shown only now. Scan it on the user's phone, or give it over a trusted channel.",
+        file=sys.stderr,
+    )
+    text = (
+        f"TOTP enrolment for {u.username} (pending until a code confirms it)\n\n"
+        f"{'' if args.no_qr else e.qr_text()}\n"
+        f"    {e.uri}\n\n    secret: {e.secret_b32}\n"
+    )
+    _emit(
+        args,
+        {"username": u.username, "state": "pending", "account": e.account, "secret": e.secret_b32, "uri": e.uri},
+        text,
+    )
     if args.json or not sys.stdin.isatty():
         print(f"confirm with: ucgate otp enrol {u.username} --code NNNNNN", file=sys.stderr)
         return OK
@@ -282,15 +378,20 @@ def _otp_enrol(args, c: Components) -> int:
 def _otp_status(args, c: Components) -> int:
     u = _otp_user(c, args.username)
     st = _otp_service(c).status(u.username)
-    data = {"username": st.username, "state": st.state,
-            "created_at": st.created_at.isoformat() if st.created_at else None,
-            "confirmed_at": st.confirmed_at.isoformat() if st.confirmed_at else None,
-            "last_used_at": st.last_used_at.isoformat() if st.last_used_at else None,
-            "recovery_codes_left": st.recovery_codes_left}
-    text = {"none": f"{st.username}: no TOTP secret (enrol with `ucgate otp enrol {st.username}`)",
-            "pending": f"{st.username}: enrolment pending since {_when(st.created_at)}",
-            "active": f"{st.username}: active since {_when(st.confirmed_at)}, last code "
-                      f"{_when(st.last_used_at)}, {st.recovery_codes_left} recovery codes left"}
+    data = {
+        "username": st.username,
+        "state": st.state,
+        "created_at": st.created_at.isoformat() if st.created_at else None,
+        "confirmed_at": st.confirmed_at.isoformat() if st.confirmed_at else None,
+        "last_used_at": st.last_used_at.isoformat() if st.last_used_at else None,
+        "recovery_codes_left": st.recovery_codes_left,
+    }
+    text = {
+        "none": f"{st.username}: no TOTP secret (enrol with `ucgate otp enrol {st.username}`)",
+        "pending": f"{st.username}: enrolment pending since {_when(st.created_at)}",
+        "active": f"{st.username}: active since {_when(st.confirmed_at)}, last code "
+        f"{_when(st.last_used_at)}, {st.recovery_codes_left} recovery codes left",
+    }
     _emit(args, data, text[st.state])
     return OK
 
@@ -300,8 +401,7 @@ def _otp_reset(args, c: Components) -> int:
     if not _otp_service(c).reset(u.username):
         raise _Refused(f"{u.username} has no TOTP secret")
     c.audit.record("otp.reset", actor=_actor(), user=u.username, result="ok")
-    _emit(args, {"username": u.username, "state": "none"},
-          f"removed {u.username}'s TOTP secret and recovery codes")
+    _emit(args, {"username": u.username, "state": "none"}, f"removed {u.username}'s TOTP secret and recovery codes")
     return OK
 
 
@@ -355,8 +455,12 @@ class _Runner:
             return REFUSED
 
 
-def register(subparsers: argparse._SubParsersAction, common_parent: argparse.ArgumentParser,
-             *, load_settings: Callable[[argparse.Namespace], Settings] | None = None) -> None:
+def register(
+    subparsers: argparse._SubParsersAction,
+    common_parent: argparse.ArgumentParser,
+    *,
+    load_settings: Callable[[argparse.Namespace], Settings] | None = None,
+) -> None:
     """Add ``user``, ``asp``, ``db``, ``audit`` and ``key`` to the ``ucgate`` command line.
 
     Each leaf command gets ``func(args) -> exit code``.
@@ -390,8 +494,9 @@ def register(subparsers: argparse._SubParsersAction, common_parent: argparse.Arg
     for name, enable in (("disable", False), ("enable", True)):
         p = leaf(users, name, _user_state(enable), f"{name} a user (ASPs stop/start working)")
         p.add_argument("username")
-    p = leaf(users, "sign-out", _user_sign_out,
-             "close a user's live sessions on every gateway now (they may sign in again)")
+    p = leaf(
+        users, "sign-out", _user_sign_out, "close a user's live sessions on every gateway now (they may sign in again)"
+    )
     p.add_argument("username")
 
     asps = group("asp", "manage application-specific passwords")
@@ -417,8 +522,9 @@ def register(subparsers: argparse._SubParsersAction, common_parent: argparse.Arg
     leaf(key, "rotate", _key_rotate, "add a new master key and re-encrypt every ASP with it")
 
     otp = group("otp", "TOTP second factor (authenticator app codes)")
-    p = leaf(otp, "enrol", _otp_enrol, "start a TOTP enrolment (prints the secret and a QR code), "
-             "or confirm it with --code")
+    p = leaf(
+        otp, "enrol", _otp_enrol, "start a TOTP enrolment (prints the secret and a QR code), or confirm it with --code"
+    )
     p.add_argument("username")
     p.add_argument("--code", help="confirm the pending enrolment with the app's current code")
     p.add_argument("--force", action="store_true", help="replace an active secret")
@@ -428,6 +534,7 @@ def register(subparsers: argparse._SubParsersAction, common_parent: argparse.Arg
     p.add_argument("username")
     p = leaf(otp, "reset", _otp_reset, "remove a user's TOTP secret and recovery codes")
     p.add_argument("username")
-    p = leaf(otp, "recovery-codes", _otp_recovery_codes,
-             "replace a user's recovery codes with 10 new ones (printed once)")
+    p = leaf(
+        otp, "recovery-codes", _otp_recovery_codes, "replace a user's recovery codes with 10 new ones (printed once)"
+    )
     p.add_argument("username")

@@ -26,8 +26,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{args.config}: refused: contradictory settings (above)", file=sys.stderr)
         return 2
     print(f"{args.config}: OK")
-    print(f"  gateway   {'http' if config.gateway.plain_http else 'https'}://"
-          f"{config.gateway.listen_host}:{config.gateway.listen_port}")
+    print(
+        f"  gateway   {'http' if config.gateway.plain_http else 'https'}://"
+        f"{config.gateway.listen_host}:{config.gateway.listen_port}"
+    )
     for up in config.upstreams.values():
         print(f"  upstream  {up.name}: {up.url}{'' if up.verify else '  (certificate NOT verified)'}")
     # what a client gets: without TLS there is no channel to bind and Basic is refused

@@ -24,11 +24,17 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     dc = sub.add_parser(
-        "decode", help="decode an NTLM/Negotiate/Kerberos/Basic/Bearer header value (no secrets shown)",
+        "decode",
+        help="decode an NTLM/Negotiate/Kerberos/Basic/Bearer header value (no secrets shown)",
         description="Decode an Authorization or WWW-Authenticate value ('NTLM TlRMTVNT...', "
-                    "'Negotiate YII...', 'Basic ...', 'Bearer ...') or a bare base64 token into its "
-                    "fields. Passwords, responses, MICs, keys and cipher texts are never shown.")
+        "'Negotiate YII...', 'Basic ...', 'Bearer ...') or a bare base64 token into its "
+        "fields. Passwords, responses, MICs, keys and cipher texts are never shown.",
+    )
     dc.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    dc.add_argument("token", nargs="+", metavar="TOKEN",
-                    help="the header value (quoted, or as separate words), or - to read it from stdin")
+    dc.add_argument(
+        "token",
+        nargs="+",
+        metavar="TOKEN",
+        help="the header value (quoted, or as separate words), or - to read it from stdin",
+    )
     dc.set_defaults(func=_cmd_decode)

@@ -34,10 +34,26 @@ def _state(rec) -> str:
 
 def _list(args, c: Components) -> int:
     rows = _service(c).list(user=args.user, state=args.state)
-    _emit(args, [r.as_dict() for r in rows], _table(
-        [(r.id, r.username, r.device_id, _state(r),
-          r.client_kind, r.device_type, _when(r.last_seen), _when(r.trusted_until)) for r in rows],
-        ["ID", "USER", "DEVICE", "STATE", "KIND", "TYPE", "LAST SEEN", "TRUSTED UNTIL"]))
+    _emit(
+        args,
+        [r.as_dict() for r in rows],
+        _table(
+            [
+                (
+                    r.id,
+                    r.username,
+                    r.device_id,
+                    _state(r),
+                    r.client_kind,
+                    r.device_type,
+                    _when(r.last_seen),
+                    _when(r.trusted_until),
+                )
+                for r in rows
+            ],
+            ["ID", "USER", "DEVICE", "STATE", "KIND", "TYPE", "LAST SEEN", "TRUSTED UNTIL"],
+        ),
+    )
     return OK
 
 
@@ -45,9 +61,14 @@ def _op(name: str) -> Callable[[argparse.Namespace, Components], int]:
     def run(args, c: Components) -> int:
         svc = _service(c)
         rec = getattr(svc, name)(args.id, actor=_actor())
-        _emit(args, rec.as_dict(), f"{name}: device {rec.id} ({rec.username} {rec.device_id}) is "
-                                   f"{'deleted' if name == 'delete' else _state(rec)}")
+        _emit(
+            args,
+            rec.as_dict(),
+            f"{name}: device {rec.id} ({rec.username} {rec.device_id}) is "
+            f"{'deleted' if name == 'delete' else _state(rec)}",
+        )
         return OK
+
     return run
 
 
@@ -56,31 +77,65 @@ def _rules(c: Components) -> RuleService:
 
 
 def _criteria(r) -> str:
-    return " ".join(f"{k}={getattr(r, k)}" for k in ("device_type", "model", "os", "user_agent", "client_kind")
-                    if getattr(r, k, None)) or "(any device)"
+    return (
+        " ".join(
+            f"{k}={getattr(r, k)}"
+            for k in ("device_type", "model", "os", "user_agent", "client_kind")
+            if getattr(r, k, None)
+        )
+        or "(any device)"
+    )
 
 
 def _rules_list(args, c: Components) -> int:
     devices = getattr(c.settings, "devices", None)
     file_rules = list(getattr(devices, "rules", ()))
     stored = _rules(c).rules()
-    rows: list[tuple[object, ...]] = [("-", i, "file", r.name, getattr(r.action, "value", r.action), _criteria(r),
-             ",".join(sorted(r.groups)) or "everyone") for i, r in enumerate(file_rules, 1)]
-    rows += [(r.id, len(file_rules) + r.position, "store", r.name, r.action, _criteria(r),
-              ",".join(r.groups) or "everyone") for r in stored]
-    _emit(args, {"file": [{"name": r.name, "action": getattr(r.action, "value", r.action)} for r in file_rules],
-                 "store": [r.as_dict() for r in stored]},
-          _table(rows, ["ID", "#", "SOURCE", "NAME", "ACTION", "MATCHES", "GROUPS"]))
+    rows: list[tuple[object, ...]] = [
+        (
+            "-",
+            i,
+            "file",
+            r.name,
+            getattr(r.action, "value", r.action),
+            _criteria(r),
+            ",".join(sorted(r.groups)) or "everyone",
+        )
+        for i, r in enumerate(file_rules, 1)
+    ]
+    rows += [
+        (r.id, len(file_rules) + r.position, "store", r.name, r.action, _criteria(r), ",".join(r.groups) or "everyone")
+        for r in stored
+    ]
+    _emit(
+        args,
+        {
+            "file": [{"name": r.name, "action": getattr(r.action, "value", r.action)} for r in file_rules],
+            "store": [r.as_dict() for r in stored],
+        },
+        _table(rows, ["ID", "#", "SOURCE", "NAME", "ACTION", "MATCHES", "GROUPS"]),
+    )
     return OK
 
 
 def _rules_add(args, c: Components) -> int:
-    data = {"name": args.name, "action": args.action, "device_type": args.device_type, "model": args.model,
-            "os": args.os, "user_agent": args.user_agent, "client_kind": args.client_kind,
-            "groups": args.group or [], "position": args.position}
+    data = {
+        "name": args.name,
+        "action": args.action,
+        "device_type": args.device_type,
+        "model": args.model,
+        "os": args.os,
+        "user_agent": args.user_agent,
+        "client_kind": args.client_kind,
+        "groups": args.group or [],
+        "position": args.position,
+    }
     rec = _rule_call(_rules(c).add_rule, data, actor=_actor())
-    _emit(args, rec.as_dict(), f"added device rule {rec.id} ({rec.name}: {rec.action}) at position "
-                               f"{rec.position} of the store's rules")
+    _emit(
+        args,
+        rec.as_dict(),
+        f"added device rule {rec.id} ({rec.name}: {rec.action}) at position {rec.position} of the store's rules",
+    )
     return OK
 
 
@@ -101,26 +156,42 @@ def _policy_list(args, c: Components) -> int:
     file_policies = list(getattr(devices, "policies", ()))
     stored = _rules(c).policies()
     fmt = lambda st: " ".join(f"{k}={v}" for k, v in st.items()) or "-"  # noqa: E731
-    rows: list[tuple[object, ...]] = [("-", i, "file", p.name, p.group, fmt(dict(p.settings)))
-                                      for i, p in enumerate(file_policies, 1)]
+    rows: list[tuple[object, ...]] = [
+        ("-", i, "file", p.name, p.group, fmt(dict(p.settings))) for i, p in enumerate(file_policies, 1)
+    ]
     rows += [(p.id, len(file_policies) + p.position, "store", p.name, p.group, fmt(p.settings)) for p in stored]
-    _emit(args, {"file": [{"name": p.name, "group": p.group, "settings": dict(p.settings)} for p in file_policies],
-                 "store": [p.as_dict() for p in stored]},
-          _table(rows, ["ID", "#", "SOURCE", "NAME", "GROUP", "SETTINGS"]))
+    _emit(
+        args,
+        {
+            "file": [{"name": p.name, "group": p.group, "settings": dict(p.settings)} for p in file_policies],
+            "store": [p.as_dict() for p in stored],
+        },
+        _table(rows, ["ID", "#", "SOURCE", "NAME", "GROUP", "SETTINGS"]),
+    )
     return OK
 
 
 def _policy_add(args, c: Components) -> int:
-    settings = {k: v for k, v in (("max_devices", args.max_devices),
-                                  ("trust_lifetime_hours", args.trust_lifetime_hours),
-                                  ("certprov", args.certprov), ("default_action", args.default_action),
-                                  ("problem_action", args.problem_action)) if v is not None}
+    settings = {
+        k: v
+        for k, v in (
+            ("max_devices", args.max_devices),
+            ("trust_lifetime_hours", args.trust_lifetime_hours),
+            ("certprov", args.certprov),
+            ("default_action", args.default_action),
+            ("problem_action", args.problem_action),
+        )
+        if v is not None
+    }
     if args.require_second_factor is not None:
         settings["require_second_factor"] = args.require_second_factor == "yes"
     data = {"group": args.group, "name": args.name, "settings": settings, "position": args.position}
     rec = _rule_call(_rules(c).add_policy, data, actor=_actor())
-    _emit(args, rec.as_dict(), f"added group policy {rec.id} ({rec.name} for {rec.group}) at position "
-                               f"{rec.position} of the store's policies")
+    _emit(
+        args,
+        rec.as_dict(),
+        f"added group policy {rec.id} ({rec.name} for {rec.group}) at position {rec.position} of the store's policies",
+    )
     return OK
 
 
@@ -150,18 +221,19 @@ def _Run(handler) -> _Runner:
 def register(subparsers: argparse._SubParsersAction, common_parent: argparse.ArgumentParser) -> None:
     """Add ``device`` to the ``ucgate`` command line."""
     out = json_parent()
-    g = subparsers.add_parser("device", help="user/device partnerships",
-                              description="user/device partnerships")
+    g = subparsers.add_parser("device", help="user/device partnerships", description="user/device partnerships")
     sub = g.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
     p = sub.add_parser("list", parents=[common_parent, out], help="list partnerships")
     p.add_argument("--user")
     p.add_argument("--state", choices=["allowed", "quarantined", "blocked"])
     p.set_defaults(func=_Run(_list))
-    for name, help in (("approve", "allow a quarantined device (trusted for the trust lifetime)"),
-                       ("block", "block a device and close its live connections"),
-                       ("unblock", "allow a blocked device again (untrusted until 2FA)"),
-                       ("wipe", "flag a remote wipe (ActiveSync) and refuse the device"),
-                       ("delete", "forget the partnership (the device is new next time)")):
+    for name, help in (
+        ("approve", "allow a quarantined device (trusted for the trust lifetime)"),
+        ("block", "block a device and close its live connections"),
+        ("unblock", "allow a blocked device again (untrusted until 2FA)"),
+        ("wipe", "flag a remote wipe (ActiveSync) and refuse the device"),
+        ("delete", "forget the partnership (the device is new next time)"),
+    ):
         p = sub.add_parser(name, parents=[common_parent, out], help=help, description=help)
         p.add_argument("id", type=int, help="the partnership id (see device list)")
         p.set_defaults(func=_Run(_op(name)))
@@ -173,11 +245,14 @@ ACTIONS = ["allowed", "quarantined", "blocked"]
 
 def _register_rules(sub, common_parent: argparse.ArgumentParser, out: argparse.ArgumentParser) -> None:
     parents = [common_parent, out]
-    r = sub.add_parser("rules", help="device access rules (the store's, after the configuration file's)",
-                       description="Device access rules choose the state of a new device; the first match "
-                                   "wins. The configuration file's [[devices.rules]] come first (read-only "
-                                   "here), then the store's, edited here; a change is in force on every "
-                                   "running node within a second.")
+    r = sub.add_parser(
+        "rules",
+        help="device access rules (the store's, after the configuration file's)",
+        description="Device access rules choose the state of a new device; the first match "
+        "wins. The configuration file's [[devices.rules]] come first (read-only "
+        "here), then the store's, edited here; a change is in force on every "
+        "running node within a second.",
+    )
     rs = r.add_subparsers(dest="rules_command", metavar="COMMAND", required=True)
     p = rs.add_parser("list", parents=parents, help="the rules in force, in order")
     p.set_defaults(func=_Run(_rules_list))
@@ -186,8 +261,9 @@ def _register_rules(sub, common_parent: argparse.ArgumentParser, out: argparse.A
     p.add_argument("--action", required=True, choices=ACTIONS)
     for opt in ("device-type", "model", "os", "user-agent", "client-kind"):
         p.add_argument(f"--{opt}", metavar="GLOB", help="case-insensitive glob (optional)")
-    p.add_argument("--group", action="append", metavar="GROUP",
-                   help="only for members of GROUP (name or DN; repeat for several)")
+    p.add_argument(
+        "--group", action="append", metavar="GROUP", help="only for members of GROUP (name or DN; repeat for several)"
+    )
     p.add_argument("--position", type=int, help="1: first of the store's rules (default: last)")
     p.set_defaults(func=_Run(_rules_add))
     p = rs.add_parser("delete", parents=parents, help="delete one of the store's rules")
@@ -198,10 +274,13 @@ def _register_rules(sub, common_parent: argparse.ArgumentParser, out: argparse.A
     p.add_argument("position", type=int, help="its new position among the store's rules (1: first)")
     p.set_defaults(func=_Run(_rules_move))
 
-    g = sub.add_parser("policy", help="per-group device policy (the store's, after the configuration file's)",
-                       description="Per-group device settings; the first policy whose group the user is in "
-                                   "wins. The configuration file's [[policy]] come first (read-only here), "
-                                   "then the store's, edited here.")
+    g = sub.add_parser(
+        "policy",
+        help="per-group device policy (the store's, after the configuration file's)",
+        description="Per-group device settings; the first policy whose group the user is in "
+        "wins. The configuration file's [[policy]] come first (read-only here), "
+        "then the store's, edited here.",
+    )
     gs = g.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
     p = gs.add_parser("list", parents=parents, help="the group policies in force, in order")
     p.set_defaults(func=_Run(_policy_list))

@@ -28,8 +28,7 @@ def kcd_probe() -> S4uProbe:
     from ..gateway.kcd import KcdBackend
 
     def open_kcd(s: CheckSettings, account: str) -> KcdBackend:
-        return KcdBackend(s.keytab, account, s.realm, "unused", krb5_conf=s.krb5_conf,
-                          timeout=s.kcd_timeout, threads=1)
+        return KcdBackend(s.keytab, account, s.realm, "unused", krb5_conf=s.krb5_conf, timeout=s.kcd_timeout, threads=1)
 
     return S4uProbe(open=open_kcd, refused=BackendError)
 
@@ -37,9 +36,12 @@ def kcd_probe() -> S4uProbe:
 def _cmd_check(args: Any) -> int:
     config = load(args.config)
     if config.kerberos is None:
-        print(f"ucgate kerberos check: {args.config} has no [kerberos] section: add one with realm, "
-              "keytab, account and front_end_spn (README, configuration reference), or leave "
-              "Kerberos off", file=sys.stderr)
+        print(
+            f"ucgate kerberos check: {args.config} has no [kerberos] section: add one with realm, "
+            "keytab, account and front_end_spn (README, configuration reference), or leave "
+            "Kerberos off",
+            file=sys.stderr,
+        )
         return 2
     settings = settings_from_config(config, user=args.user)
     if args.front_end_spn:
@@ -75,14 +77,24 @@ def register(sub: Any, common: Any) -> None:
     """``ucgate kerberos check``."""
     k = sub.add_parser("kerberos", help="Kerberos: check the pool's service account, SPN, keytab, delegation")
     ksub = k.add_subparsers(dest="kerberos_command", metavar="COMMAND", required=True)
-    c = ksub.add_parser("check", parents=[common],
-                        help="verify SPN, keytab (kvno, enctypes), name, delegation and an S4U round "
-                             "trip; writes a text summary and an HTML report",
-                        description=check_doc.split("\n\n")[0])
+    c = ksub.add_parser(
+        "check",
+        parents=[common],
+        help="verify SPN, keytab (kvno, enctypes), name, delegation and an S4U round "
+        "trip; writes a text summary and an HTML report",
+        description=check_doc.split("\n\n")[0],
+    )
     c.add_argument("--html", type=Path, help="write the HTML report here")
     c.add_argument("--user", help="test user for the S4U round trip (default: [kerberos] check_user)")
-    c.add_argument("--front-end-spn", action="append", help="front-end SPN to check (repeatable; "
-                   "default: [kerberos] front_end_spn)")
-    c.add_argument("--resolve", action="append", metavar="NAME:ADDRESS",
-                   help="resolve NAME to ADDRESS instead of asking DNS (as curl --resolve)")
+    c.add_argument(
+        "--front-end-spn",
+        action="append",
+        help="front-end SPN to check (repeatable; default: [kerberos] front_end_spn)",
+    )
+    c.add_argument(
+        "--resolve",
+        action="append",
+        metavar="NAME:ADDRESS",
+        help="resolve NAME to ADDRESS instead of asking DNS (as curl --resolve)",
+    )
     c.set_defaults(func=_cmd_check)

@@ -13,8 +13,9 @@ def config_parent() -> argparse.ArgumentParser:
     """``-c/--config FILE`` as an argparse parent: every command that reads the configuration
     takes it, with one default (README, "Once installed, the CLI")."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
-                        help=f"configuration file (default {DEFAULT_CONFIG})")
+    common.add_argument(
+        "-c", "--config", type=Path, default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})"
+    )
     return common
 
 

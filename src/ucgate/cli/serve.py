@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s.add_argument("--log-level", choices=LOG_LEVELS)
     s.set_defaults(func=_cmd_serve)
 
-    i = sub.add_parser("id-service", parents=[common],
-                       help="run the id service's HTTP API (LAN side) and the account monitor")
+    i = sub.add_parser(
+        "id-service", parents=[common], help="run the id service's HTTP API (LAN side) and the account monitor"
+    )
     i.add_argument("--log-level", choices=LOG_LEVELS)
     i.set_defaults(func=_cmd_id_service)

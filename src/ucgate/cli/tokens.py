@@ -43,8 +43,9 @@ def _run(args) -> int:
 def register(subparsers: argparse._SubParsersAction, common_parent: argparse.ArgumentParser) -> None:
     """Add ``api-token create|list|revoke`` to the ``ucgate`` command line."""
     out = json_parent()
-    g = subparsers.add_parser("api-token", help="REST API tokens for automation",
-                              description="REST API tokens for automation (/api/v1)")
+    g = subparsers.add_parser(
+        "api-token", help="REST API tokens for automation", description="REST API tokens for automation (/api/v1)"
+    )
     sub = g.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     p = sub.add_parser("create", parents=[common_parent, out], help="create a token (printed once)")
     p.add_argument("--role", required=True, choices=["admin", "helpdesk", "auditor"])

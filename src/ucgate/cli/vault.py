@@ -59,22 +59,35 @@ def _set(args, c: Components) -> int:
         raise UnknownUser(f"no user {args.username!r} (add it with `ucgate user add`)")
     password = _read_password(user.username)
     st = svc.set_password(user.username, password, actor=_actor(), verify=_verifier(args))
-    _emit(args, {"username": st.username, "enrolled": True, "verified": st.verified_at is not None},
-          f"vault: the domain password of {st.username} is stored"
-          + (" (verified against the directory)" if st.verified_at else " (not verified)"))
+    _emit(
+        args,
+        {"username": st.username, "enrolled": True, "verified": st.verified_at is not None},
+        f"vault: the domain password of {st.username} is stored"
+        + (" (verified against the directory)" if st.verified_at else " (not verified)"),
+    )
     return OK
 
 
 def _status(args, c: Components) -> int:
     st = _service(c).status(args.username)
-    _emit(args, {"username": st.username, "enrolled": st.enrolled,
-                 "updated_at": st.updated_at.isoformat() if st.updated_at else None,
-                 "set_by": st.set_by,
-                 "verified_at": st.verified_at.isoformat() if st.verified_at else None,
-                 "last_used_at": st.last_used_at.isoformat() if st.last_used_at else None},
-          f"{st.username}: " + (f"enrolled {_when(st.updated_at)} by {st.set_by}, verified "
-                                f"{_when(st.verified_at)}, last used {_when(st.last_used_at)}"
-                                if st.enrolled else "no domain password in the vault"))
+    _emit(
+        args,
+        {
+            "username": st.username,
+            "enrolled": st.enrolled,
+            "updated_at": st.updated_at.isoformat() if st.updated_at else None,
+            "set_by": st.set_by,
+            "verified_at": st.verified_at.isoformat() if st.verified_at else None,
+            "last_used_at": st.last_used_at.isoformat() if st.last_used_at else None,
+        },
+        f"{st.username}: "
+        + (
+            f"enrolled {_when(st.updated_at)} by {st.set_by}, verified "
+            f"{_when(st.verified_at)}, last used {_when(st.last_used_at)}"
+            if st.enrolled
+            else "no domain password in the vault"
+        ),
+    )
     return OK
 
 
@@ -93,17 +106,22 @@ def _Run(handler) -> _Runner:
 def register(subparsers: argparse._SubParsersAction, common_parent: argparse.ArgumentParser) -> None:
     """Add ``vault`` to the ``ucgate`` command line."""
     out = json_parent()
-    g = subparsers.add_parser("vault", help="users' domain passwords for the vault backend mode",
-                              description="users' domain passwords for the vault backend mode")
+    g = subparsers.add_parser(
+        "vault",
+        help="users' domain passwords for the vault backend mode",
+        description="users' domain passwords for the vault backend mode",
+    )
     sub = g.add_subparsers(dest="vault_command", metavar="COMMAND", required=True)
-    p = sub.add_parser("set", parents=[common_parent, out],
-                       help="store a user's domain password (read from a prompt or stdin)",
-                       description="store a user's domain password, read from a prompt (twice) or, "
-                                   "when stdin is not a terminal, from its first line: never from "
-                                   "the command line")
+    p = sub.add_parser(
+        "set",
+        parents=[common_parent, out],
+        help="store a user's domain password (read from a prompt or stdin)",
+        description="store a user's domain password, read from a prompt (twice) or, "
+        "when stdin is not a terminal, from its first line: never from "
+        "the command line",
+    )
     p.add_argument("username")
-    p.add_argument("--no-verify", action="store_true",
-                   help="do not check the password against the directory first")
+    p.add_argument("--no-verify", action="store_true", help="do not check the password against the directory first")
     p.set_defaults(func=_Run(_set))
     p = sub.add_parser("status", parents=[common_parent, out], help="is a password enrolled (never shown)")
     p.add_argument("username")

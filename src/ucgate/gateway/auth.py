@@ -31,9 +31,7 @@ class AuthOutcome:
 
 
 class Authenticator(Protocol):
-    async def authenticate(
-        self, conn: ClientConnection, request: RequestHead, service: Service
-    ) -> AuthOutcome:
+    async def authenticate(self, conn: ClientConnection, request: RequestHead, service: Service) -> AuthOutcome:
         """Decide who sent ``request`` on ``conn`` for a protected ``service``."""
         ...
 
@@ -41,9 +39,7 @@ class Authenticator(Protocol):
 class DenyAll:
     """Refuses every protected request: the safe default until an authenticator is set."""
 
-    async def authenticate(
-        self, conn: ClientConnection, request: RequestHead, service: Service
-    ) -> AuthOutcome:
+    async def authenticate(self, conn: ClientConnection, request: RequestHead, service: Service) -> AuthOutcome:
         return AuthOutcome(
             identity=None,
             status=401,

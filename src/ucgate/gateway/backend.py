@@ -116,9 +116,10 @@ class PassthroughBackend:
         authz = req.get(b"authorization")
         if authz is None:
             if identity.method in ("ntlm", "negotiate"):
-                raise BackendError("passthrough-connection-auth",
-                                   f"{identity.user} authenticated the connection with "
-                                   f"{identity.method}; nothing to pass through")
+                raise BackendError(
+                    "passthrough-connection-auth",
+                    f"{identity.user} authenticated the connection with {identity.method}; nothing to pass through",
+                )
             return BackendAuth()
         scheme = authz.partition(b" ")[0].lower()
         if scheme not in self.FORWARDABLE:
@@ -140,8 +141,9 @@ class VaultBackend:
 
     name = "vault"
 
-    def __init__(self, secrets: Any, *, domain: str = "", basic_domain: bool = False,
-                 workstation: str = "UCGATE-GW") -> None:
+    def __init__(
+        self, secrets: Any, *, domain: str = "", basic_domain: bool = False, workstation: str = "UCGATE-GW"
+    ) -> None:
         self.secrets = secrets
         self.domain = domain
         self.basic_domain = basic_domain
@@ -155,8 +157,7 @@ class VaultBackend:
         except Exception as e:  # noqa: BLE001 - a store or id-service failure: 502, not a hang or a 500
             raise BackendError("vault-unavailable", f"{user}: {e!r}") from None
         if pw is None:
-            raise BackendError("vault-no-password", f"{user} has no domain password in the vault",
-                               status=403)
+            raise BackendError("vault-no-password", f"{user} has no domain password in the vault", status=403)
         return pw
 
     async def prepare(self, identity: Identity, service: Service, req: RequestHead) -> BackendAuth:
@@ -179,15 +180,15 @@ class NtlmClientHandshake:
 
     scheme = b"NTLM"
 
-    def __init__(self, user: str, password: str, domain: str, workstation: str,
-                 channel_binding: bytes | None) -> None:
+    def __init__(self, user: str, password: str, domain: str, workstation: str, channel_binding: bytes | None) -> None:
         import spnego
         from spnego.channel_bindings import GssChannelBindings
 
         cbt = GssChannelBindings(application_data=channel_binding) if channel_binding else None
         username = f"{domain}\\{user}" if domain else user
-        self._ctx = spnego.client(username, password, protocol="ntlm",
-                                  options=spnego.NegotiateOptions.use_ntlm, channel_bindings=cbt)
+        self._ctx = spnego.client(
+            username, password, protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm, channel_bindings=cbt
+        )
         self._sent = 0
 
     def first(self) -> bytes:
@@ -217,4 +218,3 @@ class NtlmClientHandshake:
 # ones that need configuration (vault: the vault; kcd: the ``[kerberos]`` section).
 def default_backends() -> dict[str, BackendCredentials]:
     return {"none": NoBackend(), "passthrough": PassthroughBackend()}
-

@@ -84,8 +84,11 @@ STATUS_REMOTE_WIPE = 140  # [MS-ASCMD] 2.2.2: RemoteWipeRequested
 WBXML = b"application/vnd.ms-sync.wbxml"
 # The top-level element of the commands whose response carries a Status we can set.
 _EAS_TOP = {
-    "Provision": "Provision:Provision", "FolderSync": "FolderHierarchy:FolderSync",
-    "Sync": "AirSync:Sync", "Ping": "Ping:Ping", "Settings": "Settings:Settings",
+    "Provision": "Provision:Provision",
+    "FolderSync": "FolderHierarchy:FolderSync",
+    "Sync": "AirSync:Sync",
+    "Ping": "Ping:Ping",
+    "Settings": "Settings:Settings",
 }
 
 
@@ -163,9 +166,16 @@ class DeviceChecker(Protocol):
     """What the gate asks about a device (``ucgate.id.devices.DeviceService``, or
     ``gateway.idclient.RemoteDeviceChecker`` over the id service's API)."""
 
-    async def check_async(self, user: str, facts: dev.DeviceFacts, *, service: str,
-                          second_factor_ok: bool = ..., credential_id: str | None = ...,
-                          client_address: str | None = ...) -> DeviceCheck: ...
+    async def check_async(
+        self,
+        user: str,
+        facts: dev.DeviceFacts,
+        *,
+        service: str,
+        second_factor_ok: bool = ...,
+        credential_id: str | None = ...,
+        client_address: str | None = ...,
+    ) -> DeviceCheck: ...
 
 
 class DeviceGate:
@@ -180,9 +190,15 @@ class DeviceGate:
         realm: for the Basic challenge of a ``challenge``.
     """
 
-    def __init__(self, checker: DeviceChecker, *, services: Sequence[str] = tuple(DEFAULT_SERVICES),
-                 extra_ua_rules: Sequence[tuple[str, str]] = (),
-                 wallclock: Callable[[], float] | None = None, realm: str = "ucgate") -> None:
+    def __init__(
+        self,
+        checker: DeviceChecker,
+        *,
+        services: Sequence[str] = tuple(DEFAULT_SERVICES),
+        extra_ua_rules: Sequence[tuple[str, str]] = (),
+        wallclock: Callable[[], float] | None = None,
+        realm: str = "ucgate",
+    ) -> None:
         self.checker = checker
         self.services = frozenset(services)
         self.extra_ua_rules = tuple(extra_ua_rules)
@@ -211,22 +227,26 @@ class DeviceGate:
             return dev.MAX_CERTPROV_BODY_BYTES
         return None
 
-    def facts_for(self, conn: ClientConnection, req: RequestHead, path: str, query: str,
-                  service: Service, body: bytes | None) -> dev.DeviceFacts:
+    def facts_for(
+        self, conn: ClientConnection, req: RequestHead, path: str, query: str, service: Service, body: bytes | None
+    ) -> dev.DeviceFacts:
         """The request's device facts (remembered for :meth:`device_id_of`). Never raises."""
         state = self.state(conn)
         name = service.name
         if body is not None and name == "ucwa":
-            facts = dev.device_from_ucwa_application(body, _text(req, b"content-type"),
-                                                     _text(req, b"user-agent"))
+            facts = dev.device_from_ucwa_application(body, _text(req, b"content-type"), _text(req, b"user-agent"))
         elif body is not None and name == "certprov":
             facts = dev.device_from_certprov_body(body, _text(req, b"user-agent"))
         elif name == "eas" and state.last_query == (path, query) and state.last_facts is not None:
             facts = state.last_facts  # the same device polling on one connection: parse once
         else:
-            facts = dev.device_from_request(name, req.method.decode("latin-1"),
-                                            req.target.decode("latin-1"), _headers_dict(req),
-                                            extra_ua_rules=self.extra_ua_rules)
+            facts = dev.device_from_request(
+                name,
+                req.method.decode("latin-1"),
+                req.target.decode("latin-1"),
+                _headers_dict(req),
+                extra_ua_rules=self.extra_ua_rules,
+            )
             if name == "eas":
                 state.last_query, state.last_facts = (path, query), facts
         self._pending[id(req)] = facts
@@ -261,14 +281,22 @@ class DeviceGate:
         return self.tokens.get(key) if key else None
 
     # --- after authentication ---------------------------------------------------------
-    async def decide(self, conn: ClientConnection, req: RequestHead, path: str, service: Service,
-                     identity: Identity, facts: dev.DeviceFacts) -> Verdict:
+    async def decide(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        path: str,
+        service: Service,
+        identity: Identity,
+        facts: dev.DeviceFacts,
+    ) -> Verdict:
         verdict, action = await self._decide(conn, req, service, identity, facts)
         metrics.count_device(service.name, action)  # ucgate_device_decisions_total
         return verdict
 
-    def decide_now(self, conn: ClientConnection, req: RequestHead, service: Service,
-                   identity: Identity, facts: dev.DeviceFacts) -> Verdict | None:
+    def decide_now(
+        self, conn: ClientConnection, req: RequestHead, service: Service, identity: Identity, facts: dev.DeviceFacts
+    ) -> Verdict | None:
         """:meth:`decide`'s answer when it is an allowed decision cached on this connection
         (nothing to ask the id service), else None — then call :meth:`decide`. Counts nothing
         (the caller counts ``allow`` once it forwards)."""
@@ -277,8 +305,9 @@ class DeviceGate:
             return early[0]
         return None
 
-    def _before_check(self, conn: ClientConnection, req: RequestHead, service: Service,
-                      identity: Identity, facts: dev.DeviceFacts):
+    def _before_check(
+        self, conn: ClientConnection, req: RequestHead, service: Service, identity: Identity, facts: dev.DeviceFacts
+    ):
         """What :meth:`_decide` answers without the checker — ``(verdict, action)``, or None —
         and the facts, key, ``creating`` and wall clock it goes on with."""
         user = identity.user
@@ -290,22 +319,26 @@ class DeviceGate:
                 if dev.ucwa_application_id(req.target.decode("latin-1")) is not None:
                     return (self._ucwa_unknown_application(), "unknown-application"), facts, None, creating, 0.0
             elif found[0] != user:
-                return (self._refuse(name, facts, "deny", "device-user-mismatch", req), "block"), facts, None, \
-                    creating, 0.0
+                return (
+                    (self._refuse(name, facts, "deny", "device-user-mismatch", req), "block"),
+                    facts,
+                    None,
+                    creating,
+                    0.0,
+                )
             else:
                 facts = found[1]
         state = self.state(conn)
         now = self.wallclock()
         key = (facts.device_id, facts.claimed_user)
         cached = state.allowed.get(key)
-        if cached is not None and cached.user == user and now < cached.until and not creating \
-                and name != "certprov":
-            return (Verdict(identity=self._with_device(identity, facts.device_id)), "allow"), facts, key, \
-                creating, now
+        if cached is not None and cached.user == user and now < cached.until and not creating and name != "certprov":
+            return (Verdict(identity=self._with_device(identity, facts.device_id)), "allow"), facts, key, creating, now
         return None, facts, key, creating, now
 
-    async def _decide(self, conn: ClientConnection, req: RequestHead, service: Service,
-                      identity: Identity, facts: dev.DeviceFacts) -> tuple[Verdict, str]:
+    async def _decide(
+        self, conn: ClientConnection, req: RequestHead, service: Service, identity: Identity, facts: dev.DeviceFacts
+    ) -> tuple[Verdict, str]:
         user = identity.user
         name = service.name
         early, facts, key, creating, now = self._before_check(conn, req, service, identity, facts)
@@ -313,9 +346,12 @@ class DeviceGate:
             return early
         state = self.state(conn)
         check = await self.checker.check_async(
-            user, facts, service=name,
+            user,
+            facts,
+            service=name,
             second_factor_ok=bool(getattr(identity, "second_factor", False)),
-            credential_id=identity.credential_id, client_address=conn.peer_host,
+            credential_id=identity.credential_id,
+            client_address=conn.peer_host,
         )
         if not check.allowed:
             state.allowed.pop(key, None)
@@ -343,8 +379,7 @@ class DeviceGate:
             return identity
         return replace(identity, device_id=device_id)
 
-    def _learn_application(self, user: str, facts: dev.DeviceFacts, resp: ResponseHead,
-                           body: bytes | None) -> None:
+    def _learn_application(self, user: str, facts: dev.DeviceFacts, resp: ResponseHead, body: bytes | None) -> None:
         if resp.status not in (200, 201):
             return
         href = None
@@ -369,53 +404,86 @@ class DeviceGate:
         """The decision could not be made: 503 with Retry-After (EAS clients back off on it,
         as on Exchange's own throttling), never a forward."""
         seconds = max(1, int(retry_after + 0.999))
-        return Verdict(503, reason or "id-service-unavailable", [
-            (b"Retry-After", b"%d" % seconds), (b"X-Ucgate-Reason", (reason or "id-service-unavailable").encode()),
-        ], b"the device check is unavailable, try again later\n")
+        return Verdict(
+            503,
+            reason or "id-service-unavailable",
+            [
+                (b"Retry-After", b"%d" % seconds),
+                (b"X-Ucgate-Reason", (reason or "id-service-unavailable").encode()),
+            ],
+            b"the device check is unavailable, try again later\n",
+        )
 
     def _challenge(self, reason: str) -> Verdict:
         # only users who can answer get here (the others are quarantined): say how
-        body = (b"second factor required for this device: sign in again with your app password "
-                b"followed by the 6-digit code from your authenticator app (or a recovery code)\n")
-        return Verdict(401, reason, [
-            (b"WWW-Authenticate", b'Basic realm="%s", charset="UTF-8"' % self.realm.encode()),
-            (b"X-Ucgate-Reason", reason.encode()),
-        ], body, reset_auth=True)
+        body = (
+            b"second factor required for this device: sign in again with your app password "
+            b"followed by the 6-digit code from your authenticator app (or a recovery code)\n"
+        )
+        return Verdict(
+            401,
+            reason,
+            [
+                (b"WWW-Authenticate", b'Basic realm="%s", charset="UTF-8"' % self.realm.encode()),
+                (b"X-Ucgate-Reason", reason.encode()),
+            ],
+            body,
+            reset_auth=True,
+        )
 
-    def _refuse(self, service: str, facts: dev.DeviceFacts, outcome: str, reason: str,
-                req: RequestHead, *, wipe: bool = False) -> Verdict:
+    def _refuse(
+        self, service: str, facts: dev.DeviceFacts, outcome: str, reason: str, req: RequestHead, *, wipe: bool = False
+    ) -> Verdict:
         if service == "eas" and reason != "device-user-mismatch":
             return self._eas_refusal(facts, reason, req, wipe)
         if service == "ucwa":
-            body = json.dumps({
-                "code": "Forbidden",
-                "subcode": "DeviceQuarantined" if outcome == "quarantine" else "DeviceBlocked",
-                "message": (("This device needs a second factor, and you have none to sign in "
-                             "with: it waits for an administrator's approval.")
-                            if reason.endswith("-approval-required")
-                            else "This device is waiting for approval." if outcome == "quarantine"
-                            else "This device may not be used."),
-                "reason": reason,
-            }).encode()
-            return Verdict(403, reason, [(b"Content-Type", b"application/json; charset=utf-8"),
-                                         (b"X-Ucgate-Reason", reason.encode())], body)
-        return Verdict(403, reason, [(b"X-Ucgate-Reason", reason.encode())],
-                       f"device refused: {reason}\n".encode())
+            body = json.dumps(
+                {
+                    "code": "Forbidden",
+                    "subcode": "DeviceQuarantined" if outcome == "quarantine" else "DeviceBlocked",
+                    "message": (
+                        (
+                            "This device needs a second factor, and you have none to sign in "
+                            "with: it waits for an administrator's approval."
+                        )
+                        if reason.endswith("-approval-required")
+                        else "This device is waiting for approval."
+                        if outcome == "quarantine"
+                        else "This device may not be used."
+                    ),
+                    "reason": reason,
+                }
+            ).encode()
+            return Verdict(
+                403,
+                reason,
+                [(b"Content-Type", b"application/json; charset=utf-8"), (b"X-Ucgate-Reason", reason.encode())],
+                body,
+            )
+        return Verdict(403, reason, [(b"X-Ucgate-Reason", reason.encode())], f"device refused: {reason}\n".encode())
 
     @staticmethod
     def _ucwa_unknown_application() -> Verdict:
-        body = json.dumps({"code": "NotFound", "subcode": "ApplicationNotFound",
-                           "message": "The application does not exist; create it again."}).encode()
-        return Verdict(404, "ucwa-unknown-application",
-                       [(b"Content-Type", b"application/json; charset=utf-8")], body)
+        body = json.dumps(
+            {
+                "code": "NotFound",
+                "subcode": "ApplicationNotFound",
+                "message": "The application does not exist; create it again.",
+            }
+        ).encode()
+        return Verdict(404, "ucwa-unknown-application", [(b"Content-Type", b"application/json; charset=utf-8")], body)
 
     @staticmethod
     def _eas_version(facts: dev.DeviceFacts, req: RequestHead) -> float:
         v = req.get(b"ms-asprotocolversion")
         if v is None:
             try:  # the base64 query carries it
-                v = str(parse_eas_request(req.target.decode("latin-1"), _headers_dict(req),
-                                          allow_binary_device_id=True).protocol_version or "").encode()
+                v = str(
+                    parse_eas_request(
+                        req.target.decode("latin-1"), _headers_dict(req), allow_binary_device_id=True
+                    ).protocol_version
+                    or ""
+                ).encode()
             except EasRequestError:
                 v = None
         try:
@@ -423,8 +491,7 @@ class DeviceGate:
         except ValueError:
             return 0.0
 
-    def _eas_refusal(self, facts: dev.DeviceFacts, reason: str, req: RequestHead,
-                     wipe: bool) -> Verdict:
+    def _eas_refusal(self, facts: dev.DeviceFacts, reason: str, req: RequestHead, wipe: bool) -> Verdict:
         command = facts.command or ""
         modern = self._eas_version(facts, req) >= 14.0
         hdr = [(b"X-Ucgate-Reason", reason.encode()), (b"MS-Server-ActiveSync", b"15.20")]

@@ -32,9 +32,16 @@ class Refusal:
 
     __slots__ = ("status", "reason", "body", "headers", "close", "error")
 
-    def __init__(self, status: int, reason: str, body: bytes = b"",
-                 headers: list[tuple[bytes, bytes]] | None = None, *, close: bool = False,
-                 error: HttpError | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        close: bool = False,
+        error: HttpError | None = None,
+    ) -> None:
         self.status = status
         self.reason = reason
         self.body = body
@@ -55,12 +62,36 @@ class Exchange:
     the parsed head, and what each stage learns (the service and its pool, the device facts,
     the identity, the backend credentials, the headers to add to the response)."""
 
-    __slots__ = ("conn", "req", "client", "path", "query", "service", "pool", "max_body",
-                 "gate", "facts", "body", "identity", "response_headers", "observe",
-                 "auth", "use_backend", "ctx", "started")
+    __slots__ = (
+        "conn",
+        "req",
+        "client",
+        "path",
+        "query",
+        "service",
+        "pool",
+        "max_body",
+        "gate",
+        "facts",
+        "body",
+        "identity",
+        "response_headers",
+        "observe",
+        "auth",
+        "use_backend",
+        "ctx",
+        "started",
+    )
 
-    def __init__(self, conn: ClientConnection, req: RequestHead, client: Stream, body: RequestBody,
-                 ctx: dict | None = None, started: float | None = None) -> None:
+    def __init__(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        client: Stream,
+        body: RequestBody,
+        ctx: dict | None = None,
+        started: float | None = None,
+    ) -> None:
         self.conn = conn
         self.req = req
         self.client = client

@@ -39,8 +39,9 @@ class Forwarder:
     """What forwarding needs of the configuration (``settings``: ``[gateway]``), the parse
     ``limits`` and the backend credential mechanisms by mode name."""
 
-    def __init__(self, settings: GatewayConfig, limits: http1.Limits,
-                 backends: Mapping[str, BackendCredentials]) -> None:
+    def __init__(
+        self, settings: GatewayConfig, limits: http1.Limits, backends: Mapping[str, BackendCredentials]
+    ) -> None:
         gw = self.gw = settings
         self.limits = limits
         self.backends = backends
@@ -50,8 +51,15 @@ class Forwarder:
         # Expect: the gateway answers 100-continue itself (and re-frames the body); forwarded, it
         # would have the front end wait for, or answer, an expectation that is already met.
         self._drop_request = frozenset(
-            {ident, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"expect",
-             b"x-ucgate-request-id"}
+            {
+                ident,
+                b"x-forwarded-for",
+                b"x-forwarded-proto",
+                b"x-forwarded-host",
+                b"forwarded",
+                b"expect",
+                b"x-ucgate-request-id",
+            }
         )
         self._drop_authenticated = self._drop_request | {b"authorization"}
         # the same, plus what is never forwarded (hop-by-hop, our own framing), precomputed
@@ -73,8 +81,9 @@ class Forwarder:
         if refusal.error is not None:
             await self._answer_error(ex.conn, ex.client, refusal.error, ex.req, ex.path, ex.service)
             return False
-        return await self._refuse(ex, refusal.status, refusal.reason, refusal.body, refusal.headers,
-                                  close=refusal.close)
+        return await self._refuse(
+            ex, refusal.status, refusal.reason, refusal.body, refusal.headers, close=refusal.close
+        )
 
     # --- answering ourselves ----------------------------------------------------------
     async def _answer(
@@ -130,7 +139,10 @@ class Forwarder:
     def log_rejected(conn: ClientConnection, err: HttpError, path: str | None = None) -> None:
         log.warning(
             "rejected request from %s: status=%d reason=%s request_id=%s%s%s",
-            conn.peer_host, err.status, err.reason, conn.request_id.decode(),
+            conn.peer_host,
+            err.status,
+            err.reason,
+            conn.request_id.decode(),
             f" detail={err.detail}" if err.detail else "",
             f" path={path}" if path else "",
             extra={"request_id": conn.request_id.decode(), "client": conn.peer_host, "reason": err.reason},
@@ -151,8 +163,14 @@ class Forwarder:
         conn, req, client, service = ex.conn, ex.req, ex.client, ex.service
         log.info(
             "refused request from %s: status=%d reason=%s service=%s method=%s path=%s request_id=%s",
-            conn.peer_host, status, reason, service.name if service else "-", req.method.decode(), ex.path,
-            conn.request_id.decode(), extra={"reason": reason},
+            conn.peer_host,
+            status,
+            reason,
+            service.name if service else "-",
+            req.method.decode(),
+            ex.path,
+            conn.request_id.decode(),
+            extra={"reason": reason},
         )
         metrics.count_request(service.name if service else None, status)
         keep = req.keep_alive and not close
@@ -165,9 +183,14 @@ class Forwarder:
         return keep
 
     # --- forwarding -------------------------------------------------------------------
-    def request_head(self, conn: ClientConnection, req: RequestHead, identity: Identity | None,
-                      backend_headers: list[tuple[bytes, bytes]] | None = None,
-                      log_fields: dict | None = None) -> bytes:
+    def request_head(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        identity: Identity | None,
+        backend_headers: list[tuple[bytes, bytes]] | None = None,
+        log_fields: dict | None = None,
+    ) -> bytes:
         # Credentials the gateway verified are not passed on: the front end learns the user
         # from the identity header and the route's backend credentials (``backend_headers``,
         # gateway.backend).
@@ -185,8 +208,12 @@ class Forwarder:
         if dropped:  # any spelling of ours (protocols/http1.py, OwnedFields): never forwarded
             skip = skip | {name.lower() for name in dropped}
             self._log_dropped(conn, req, dropped, trusted, log_fields)
-        added = [(b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", self.proto), (b"X-Forwarded-Host", req.host),
-                 (REQUEST_ID_HEADER, conn.request_id)]
+        added = [
+            (b"X-Forwarded-For", xff),
+            (b"X-Forwarded-Proto", self.proto),
+            (b"X-Forwarded-Host", req.host),
+            (REQUEST_ID_HEADER, conn.request_id),
+        ]
         if identity is not None:
             added.append((self.identity_header, identity.user.encode("utf-8")))
         if backend_headers:
@@ -198,8 +225,14 @@ class Forwarder:
         start_line = req.method + b" " + req.target + b" HTTP/1.1"
         return http1.serialize_forwarded(start_line, req.headers, req.connection_tokens, skip, added)
 
-    def _log_dropped(self, conn: ClientConnection, req: RequestHead, dropped: list[bytes], trusted: bool,
-                     log_fields: dict | None = None) -> None:
+    def _log_dropped(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        dropped: list[bytes],
+        trusted: bool,
+        log_fields: dict | None = None,
+    ) -> None:
         """Log the client fields dropped as the gateway's own (names only, never values): a
         warning when one spells the identity header, else info (proxies on the client's side
         add X-Forwarded-For and friends in good faith); a trusted proxy's X-Forwarded-For is
@@ -210,12 +243,20 @@ class Forwarder:
             if not dropped:
                 return
         identity = any(n in self._owned_identity for n in dropped)
-        log.log(logging.WARNING if identity else logging.INFO,
-                "dropped client header(s) from %s: reason=client-header-dropped names=%s method=%s target=%s",
-                conn.peer_host, ",".join(n.decode("ascii", "replace") for n in dropped),
-                req.method.decode("ascii", "replace"), req.target[:200].decode("ascii", "replace"),
-                extra={"request_id": conn.request_id.decode(), "client": conn.peer_host,
-                       "reason": "client-header-dropped", **(log_fields or {})})
+        log.log(
+            logging.WARNING if identity else logging.INFO,
+            "dropped client header(s) from %s: reason=client-header-dropped names=%s method=%s target=%s",
+            conn.peer_host,
+            ",".join(n.decode("ascii", "replace") for n in dropped),
+            req.method.decode("ascii", "replace"),
+            req.target[:200].decode("ascii", "replace"),
+            extra={
+                "request_id": conn.request_id.decode(),
+                "client": conn.peer_host,
+                "reason": "client-header-dropped",
+                **(log_fields or {}),
+            },
+        )
 
     def is_trusted_proxy(self, host: str) -> bool:
         try:
@@ -239,8 +280,7 @@ class Forwarder:
             try:
                 auth = ex.auth = await self.backends[service.backend].prepare(identity, service, req)
             except BackendError as e:
-                log.error("backend %s failed for %s (service %s): %s",
-                          service.backend, identity.user, service.name, e)
+                log.error("backend %s failed for %s (service %s): %s", service.backend, identity.user, service.name, e)
                 return Refusal(e.status, e.reason, b"upstream credentials unavailable\n")
             if auth.pool_key is not None:
                 ex.pool = ex.pool.for_user(auth.pool_key)
@@ -270,12 +310,24 @@ class Forwarder:
                     if not up.reused and auth is not None and auth.handshake is not None:
                         try:
                             await self._upstream_handshake(up, req, auth, service)
-                        except (BackendError, UpstreamError, HttpError, TimeoutError, ConnectionError,
-                                asyncio.IncompleteReadError, ssl.SSLError) as e:
+                        except (
+                            BackendError,
+                            UpstreamError,
+                            HttpError,
+                            TimeoutError,
+                            ConnectionError,
+                            asyncio.IncompleteReadError,
+                            ssl.SSLError,
+                        ) as e:
                             up.close()
                             reason = reason_of(e, getattr(e, "reason", None))  # ssl.SSLError: OpenSSL's reason
-                            log.error("backend %s handshake with %s failed for %s: %s", service.backend,
-                                      pool.upstream.name, identity.user if identity else "-", e)
+                            log.error(
+                                "backend %s handshake with %s failed for %s: %s",
+                                service.backend,
+                                pool.upstream.name,
+                                identity.user if identity else "-",
+                                e,
+                            )
                             status = e.status if isinstance(e, BackendError) else 502
                             return await self._refuse(ex, status, reason, b"upstream credentials refused\n", [])
                     try:
@@ -292,7 +344,10 @@ class Forwarder:
                         up.close()
                         log.warning(
                             "rejected request body from %s: status=%d reason=%s path=%s",
-                            conn.peer_host, e.status, e.reason, path,
+                            conn.peer_host,
+                            e.status,
+                            e.reason,
+                            path,
                         )
                         metrics.count_request(service.name, e.status)
                         await self._answer(client, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
@@ -300,16 +355,25 @@ class Forwarder:
                     except TimeoutError:
                         up.close()
                         return await self._upstream_failed(
-                            conn, req, client, service, UpstreamError("upstream-read-timeout", pool.upstream.name),
-                            body_done, status=504,
+                            conn,
+                            req,
+                            client,
+                            service,
+                            UpstreamError("upstream-read-timeout", pool.upstream.name),
+                            body_done,
+                            status=504,
                         )
                     except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
                         up.close()
                         if up.reused and attempt + 1 < attempts:
                             continue  # a pooled connection the upstream had closed; retry on a new one
                         return await self._upstream_failed(
-                            conn, req, client, service,
-                            UpstreamError("upstream-connection-lost", f"{pool.upstream.name}: {e!r}"), body_done,
+                            conn,
+                            req,
+                            client,
+                            service,
+                            UpstreamError("upstream-connection-lost", f"{pool.upstream.name}: {e!r}"),
+                            body_done,
                         )
                     except HttpError as e:
                         up.close()
@@ -360,8 +424,9 @@ class Forwarder:
             up.reusable = False
         return keep
 
-    async def _upstream_handshake(self, up: UpstreamConnection, req: RequestHead, auth: BackendAuth,
-                                  service: Service) -> None:
+    async def _upstream_handshake(
+        self, up: UpstreamConnection, req: RequestHead, auth: BackendAuth, service: Service
+    ) -> None:
         """Authenticate a new per-user upstream connection (NTLM: Type 1 → 401 Type 2 →
         Type 3) with bodiless GETs of the request's target; the request itself follows on the
         authenticated connection. Raises BackendError when the front end refuses."""
@@ -376,23 +441,33 @@ class Forwarder:
         for _ in range(3):
             if value is None:
                 return
-            head = http1.serialize_head(b"GET " + req.target + b" HTTP/1.1", [
-                (b"Host", req.host), (b"Authorization", value), (b"Content-Length", b"0"),
-                (b"X-Forwarded-Proto", self.proto), (b"X-Forwarded-Host", req.host),
-                (REQUEST_ID_HEADER, _request_id())])
+            head = http1.serialize_head(
+                b"GET " + req.target + b" HTTP/1.1",
+                [
+                    (b"Host", req.host),
+                    (b"Authorization", value),
+                    (b"Content-Length", b"0"),
+                    (b"X-Forwarded-Proto", self.proto),
+                    (b"X-Forwarded-Host", req.host),
+                    (REQUEST_ID_HEADER, _request_id()),
+                ],
+            )
             up.stream.write(head)
             resp = await self._read_response_head(up, b"GET")
             await self._drain_response(up, resp)
             if not resp.keep_alive:
-                raise BackendError("backend-handshake-closed", f"{service.name}: the front end closed "
-                                   "the connection during the handshake")
+                raise BackendError(
+                    "backend-handshake-closed",
+                    f"{service.name}: the front end closed the connection during the handshake",
+                )
             if resp.status != 401:
                 return  # the connection is authenticated
             challenges = [v for k, v in resp.headers if k.lower() == b"www-authenticate"]
-            if not any(c.split(b" ", 1)[0].lower() == hs.scheme.lower() and b" " in c.strip()
-                       for c in challenges):
-                raise BackendError("backend-credentials-refused",
-                                   f"{service.name}: the front end refused the {hs.scheme.decode()} credentials")
+            if not any(c.split(b" ", 1)[0].lower() == hs.scheme.lower() and b" " in c.strip() for c in challenges):
+                raise BackendError(
+                    "backend-credentials-refused",
+                    f"{service.name}: the front end refused the {hs.scheme.decode()} credentials",
+                )
             value = hs.next(challenges)
         raise BackendError("backend-handshake-too-long", service.name)
 
@@ -422,10 +497,17 @@ class Forwarder:
         return keep
 
     @staticmethod
-    def upstream_failed_now(req: RequestHead, client: Stream, service: Service, err: UpstreamError,
-                             body_done: bool, status: int = 502) -> bool:
-        log.error("upstream failure for %s %s (service %s): %s", req.method.decode(),
-                  service.name, service.upstream, err, extra={"reason": err.reason, "service": service.name})
+    def upstream_failed_now(
+        req: RequestHead, client: Stream, service: Service, err: UpstreamError, body_done: bool, status: int = 502
+    ) -> bool:
+        log.error(
+            "upstream failure for %s %s (service %s): %s",
+            req.method.decode(),
+            service.name,
+            service.upstream,
+            err,
+            extra={"reason": err.reason, "service": service.name},
+        )
         metrics.count_request(service.name, status)
         keep = body_done and req.keep_alive
         Forwarder.answer_now(client, status, b"upstream unavailable\n", close=not keep)

@@ -35,8 +35,15 @@ class HealthListener:
     with the reason) on ``host:port``, ``GET /metrics`` for peers in ``metrics_allow`` (403 for
     others; 404 when None: metrics off); anything else 404 or 405."""
 
-    def __init__(self, host: str, port: int, readiness: Readiness | None = None, *,
-                 timeout: float = 10.0, metrics_allow: tuple | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        readiness: Readiness | None = None,
+        *,
+        timeout: float = 10.0,
+        metrics_allow: tuple | None = None,
+    ) -> None:
         self.metrics_allow = metrics_allow
         self.host, self.requested_port = host, port
         self.readiness = readiness or always_ready
@@ -45,10 +52,13 @@ class HealthListener:
         self._was_ready: bool | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.requested_port,
-                                                  limit=MAX_HEAD_BYTES)
-        log.info("health checks on http://%s:%d (/healthz, /readyz%s)", self.host, self.port,
-                 ", /metrics" if self.metrics_allow is not None else "")
+        self._server = await asyncio.start_server(self._serve, self.host, self.requested_port, limit=MAX_HEAD_BYTES)
+        log.info(
+            "health checks on http://%s:%d (/healthz, /readyz%s)",
+            self.host,
+            self.port,
+            ", /metrics" if self.metrics_allow is not None else "",
+        )
 
     @property
     def port(self) -> int:
@@ -105,15 +115,27 @@ class HealthListener:
             log.warning("refused /metrics to %s: not in [metrics] allow", peer[0])
             return _answer(403, {"status": "forbidden"}, head_only=req.method == b"HEAD")
         data = metrics.render()
-        head = http1.serialize_head(b"HTTP/1.1 200 OK", [
-            (b"Content-Type", metrics.CONTENT_TYPE_LATEST.encode()), (b"Content-Length", b"%d" % len(data)),
-            (b"Cache-Control", b"no-store"), (b"Connection", b"close")])
+        head = http1.serialize_head(
+            b"HTTP/1.1 200 OK",
+            [
+                (b"Content-Type", metrics.CONTENT_TYPE_LATEST.encode()),
+                (b"Content-Length", b"%d" % len(data)),
+                (b"Cache-Control", b"no-store"),
+                (b"Connection", b"close"),
+            ],
+        )
         return head if req.method == b"HEAD" else head + data
 
 
 def _answer(status: int, body: dict[str, str], *, head_only: bool) -> bytes:
     data = json.dumps(body).encode()
-    head = http1.serialize_head(b"HTTP/1.1 %d %b" % (status, http1.REASONS.get(status, b"")), [
-        (b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(data)),
-        (b"Cache-Control", b"no-store"), (b"Connection", b"close")])
+    head = http1.serialize_head(
+        b"HTTP/1.1 %d %b" % (status, http1.REASONS.get(status, b"")),
+        [
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", b"%d" % len(data)),
+            (b"Cache-Control", b"no-store"),
+            (b"Connection", b"close"),
+        ],
+    )
     return head if head_only else head + data

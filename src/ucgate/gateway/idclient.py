@@ -151,9 +151,12 @@ class RemoteCredentials:
         self.clock = clock
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
         self._client = httpx.AsyncClient(
-            verify=verify, timeout=self._timeout, transport=transport,
+            verify=verify,
+            timeout=self._timeout,
+            transport=transport,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=60),
-            headers={"Authorization": "Bearer " + secret.decode("ascii")}, trust_env=False,
+            headers={"Authorization": "Bearer " + secret.decode("ascii")},
+            trust_env=False,
         )
         self._tasks: list[asyncio.Task] = []
         self._last_event_id: str | None = None
@@ -176,8 +179,9 @@ class RemoteCredentials:
 
     def _failed(self, i: int, reason: str) -> None:
         if self._down.get(i, 0.0) <= self.clock():
-            log.warning("id service %s failed (%s)%s", self.urls[i], reason,
-                        "; trying the next" if len(self.urls) > 1 else "")
+            log.warning(
+                "id service %s failed (%s)%s", self.urls[i], reason, "; trying the next" if len(self.urls) > 1 else ""
+            )
         self._down[i] = self.clock() + FAIL_FAST
         self._fail_at[i] = self.clock()
         if i == self._current and len(self.urls) > 1:
@@ -200,15 +204,16 @@ class RemoteCredentials:
         """One call, failing over along the URL list."""
         return (await self._call(method, path, body, ok))[0]
 
-    async def _call(self, method: str, path: str, body: Wire, ok: int = 200,
-                    at: int | None = None) -> tuple[httpx.Response, int]:
+    async def _call(
+        self, method: str, path: str, body: Wire, ok: int = 200, at: int | None = None
+    ) -> tuple[httpx.Response, int]:
         """One call, failing over along the URL list (only to ``urls[at]`` when given: a call
         that only that id service can answer); the answer and the index that gave it."""
         last = IdServiceError("recently-down")
         ctx = request_context.get()  # the gateway's request id goes along, for the id service's log
         headers = _JSON if ctx is None else {**_JSON, "X-Ucgate-Request-Id": ctx["request_id"]}
         content = dump_wire(body)
-        for i in (self._order() if at is None else [at]):
+        for i in self._order() if at is None else [at]:
             started = time.monotonic()
             try:
                 r = await self._client.request(method, self.urls[i] + path, content=content, headers=headers)
@@ -227,8 +232,10 @@ class RemoteCredentials:
                 continue
             if r.status_code != ok:
                 if r.status_code == 401:
-                    log.error("the id service %s refused our shared secret: check [id_service] "
-                              "secret_file on both sides", self.urls[i])
+                    log.error(
+                        "the id service %s refused our shared secret: check [id_service] secret_file on both sides",
+                        self.urls[i],
+                    )
                 raise IdServiceError(f"HTTP {r.status_code}")
             if at is None:
                 self._current = i
@@ -287,20 +294,27 @@ class RemoteCredentials:
             log.error("SIP: cannot settle a malformed reservation token")
             return
         try:
-            r, _ = await self._call("POST", "/v1/sip/settle",
-                                    SipSettle(token, s.outcome, s.reason).to_wire(), at=int(index))
+            r, _ = await self._call(
+                "POST", "/v1/sip/settle", SipSettle(token, s.outcome, s.reason).to_wire(), at=int(index)
+            )
             settled = _answer(SettledBody, r).settled
         except IdServiceError as e:
-            log.error("id service %s: SIP settle (%s) failed: %s; the unit stays charged",
-                      self.urls[int(index)], s.outcome, reason_of(e))
+            log.error(
+                "id service %s: SIP settle (%s) failed: %s; the unit stays charged",
+                self.urls[int(index)],
+                s.outcome,
+                reason_of(e),
+            )
             return
         if settled is not True:
-            log.warning("id service %s: SIP reservation unknown (expired?) at settle (%s)",
-                        self.urls[int(index)], s.outcome)
+            log.warning(
+                "id service %s: SIP reservation unknown (expired?) at settle (%s)", self.urls[int(index)], s.outcome
+            )
 
     # --- background links ----------------------------------------------------------------
-    def start(self, on_event: Callable[[object], None],
-              live_users: Callable[[], dict[str, dt.datetime]] | None = None) -> None:
+    def start(
+        self, on_event: Callable[[object], None], live_users: Callable[[], dict[str, dt.datetime]] | None = None
+    ) -> None:
         """Subscribe to the id service's events and, with ``live_users``, report sessions.
         Call from the gateway's event loop."""
         self._tasks.append(asyncio.create_task(self._probe(), name="ucgate-id-probe"))
@@ -322,6 +336,7 @@ class RemoteCredentials:
     async def _probe(self) -> None:
         """Name, at start-up, the id services of the list that do not answer (the gateway starts
         anyway and fails over to the others)."""
+
         async def one(i: int) -> None:
             try:
                 r = await self._client.get(self.urls[i] + "/v1/health", timeout=self._timeout.connect or 2.0)
@@ -329,14 +344,18 @@ class RemoteCredentials:
                     raise IdServiceError(f"HTTP {r.status_code}")
                 self._answered(i)
             except (httpx.HTTPError, IdServiceError, OSError) as e:
-                log.warning("id service %s does not answer at start-up (%s); using the others "
-                            "until it does", self.urls[i], reason_of(e))
+                log.warning(
+                    "id service %s does not answer at start-up (%s); using the others until it does",
+                    self.urls[i],
+                    reason_of(e),
+                )
                 self._failed(i, "unreachable at start-up")
 
         await asyncio.gather(*(one(i) for i in range(len(self.urls))))
 
-    async def _events(self, on_event: Callable[[object], None],
-                      live_users: Callable[[], dict[str, dt.datetime]] | None) -> None:
+    async def _events(
+        self, on_event: Callable[[object], None], live_users: Callable[[], dict[str, dt.datetime]] | None
+    ) -> None:
         delay = RECONNECT_MIN
         last_ok = self.clock()
         cut_for_outage = False
@@ -356,11 +375,11 @@ class RemoteCredentials:
                 last_ok, delay, cut_for_outage = self.clock(), RECONNECT_MIN, False
                 if len(self.urls) > 1:
                     continue  # straight to the next id service
-            if (live_users is not None and not cut_for_outage
-                    and self.clock() - last_ok > self.outage_grace):
+            if live_users is not None and not cut_for_outage and self.clock() - last_ok > self.outage_grace:
                 users = live_users()
-                log.error("no events from the id service for %.0fs: closing %d live user(s)",
-                          self.outage_grace, len(users))
+                log.error(
+                    "no events from the id service for %.0fs: closing %d live user(s)", self.outage_grace, len(users)
+                )
                 for user in users:
                     on_event(UserBlocked(user, UNAVAILABLE))
                 cut_for_outage = True
@@ -373,8 +392,7 @@ class RemoteCredentials:
             headers["Last-Event-ID"] = self._last_event_id
         # The server sends a comment every 15 s; three missed ones mean a dead peer.
         timeout = httpx.Timeout(10.0, connect=self._timeout.connect, read=45.0)
-        async with self._client.stream("GET", self.urls[i] + "/v1/events", headers=headers,
-                                       timeout=timeout) as r:
+        async with self._client.stream("GET", self.urls[i] + "/v1/events", headers=headers, timeout=timeout) as r:
             if r.status_code != 200:
                 if r.status_code == 401:
                     log.error("the id service refused our shared secret for the event stream")
@@ -404,8 +422,7 @@ class RemoteCredentials:
                     data.append(value)
 
     @staticmethod
-    def _dispatch(event_id: str | None, kind: str | None, data: str,
-                  on_event: Callable[[object], None]) -> None:
+    def _dispatch(event_id: str | None, kind: str | None, data: str, on_event: Callable[[object], None]) -> None:
         try:
             row = from_wire(event_id, kind, data)
         except ValueError:
@@ -433,6 +450,7 @@ class RemoteCredentials:
 
 # --- the device gate's checker -------------------------------------------------------------
 
+
 def _wire_text(value: str | None, limit: int) -> str | None:
     """Free text from a client request as the API takes it: control characters replaced and
     bounded, so that an odd header is decided on (a mismatch, say), never a 400 and a 503."""
@@ -444,7 +462,9 @@ def _wire_text(value: str | None, limit: int) -> str | None:
 
 def facts_wire(facts: DeviceFacts) -> DeviceFactsBody:
     """The facts as ``POST /v1/devices/check``'s ``device``, bounded to what the id service takes."""
-    out: dict[str, Any] = {name: _wire_text(getattr(facts, name), limit) for name, limit in DeviceFactsBody.LIMITS.items()}
+    out: dict[str, Any] = {
+        name: _wire_text(getattr(facts, name), limit) for name, limit in DeviceFactsBody.LIMITS.items()
+    }
     if out["device_id"] is None and out["problem"] is None:
         out["problem"] = "absent"
     return DeviceFactsBody.build(**out)
@@ -456,9 +476,15 @@ def facts_json(facts: DeviceFacts) -> dict[str, Any]:
 
 def _device_check(answer: DeviceDecisionBody, facts: DeviceFacts) -> DeviceCheck:
     device_id = answer.device_id if "device_id" in answer.model_fields_set else facts.device_id
-    return DeviceCheck(answer.outcome, answer.reason, device_id, wipe=answer.wipe,
-                       trusted_until=answer.trusted_until, partnership_id=answer.partnership_id,
-                       rule=answer.rule or "")
+    return DeviceCheck(
+        answer.outcome,
+        answer.reason,
+        device_id,
+        wipe=answer.wipe,
+        trusted_until=answer.trusted_until,
+        partnership_id=answer.partnership_id,
+        rule=answer.rule or "",
+    )
 
 
 class RemoteDeviceChecker:
@@ -477,16 +503,28 @@ class RemoteDeviceChecker:
     def __repr__(self) -> str:
         return f"RemoteDeviceChecker({self.remote.url!r})"
 
-    async def check_async(self, user: str, facts: DeviceFacts, *, service: str,
-                          second_factor_ok: bool = False, credential_id: str | None = None,
-                          client_address: str | None = None) -> DeviceCheck:
+    async def check_async(
+        self,
+        user: str,
+        facts: DeviceFacts,
+        *,
+        service: str,
+        second_factor_ok: bool = False,
+        credential_id: str | None = None,
+        client_address: str | None = None,
+    ) -> DeviceCheck:
         try:
             ipaddress.ip_address(client_address or "")
         except ValueError:
             client_address = None  # not an IP (a test transport, a Unix socket): not sent
         body = DeviceCheckBody.build(
-            user=user, device=facts_wire(facts), service=service, second_factor_ok=bool(second_factor_ok),
-            credential_id=credential_id, client_address=client_address)
+            user=user,
+            device=facts_wire(facts),
+            service=service,
+            second_factor_ok=bool(second_factor_ok),
+            credential_id=credential_id,
+            client_address=client_address,
+        )
         try:
             check = _device_check(await self.remote._post("/v1/devices/check", body, DeviceDecisionBody), facts)
         except IdServiceError as e:

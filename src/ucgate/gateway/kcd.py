@@ -110,12 +110,22 @@ class KcdBackend:
 
     name = "kcd"
 
-    def __init__(self, keytab: str | os.PathLike, account: str, realm: str,
-                 target_spn_for: str | Mapping[str, str] | Callable[[Service], str], *,
-                 krb5_conf: str | os.PathLike | None = None, mech: str = "spnego",
-                 timeout: float = 10.0, cache_margin: float = 300.0, max_users: int = 10000,
-                 ccache: str | None = None, threads: int = 8,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        keytab: str | os.PathLike,
+        account: str,
+        realm: str,
+        target_spn_for: str | Mapping[str, str] | Callable[[Service], str],
+        *,
+        krb5_conf: str | os.PathLike | None = None,
+        mech: str = "spnego",
+        timeout: float = 10.0,
+        cache_margin: float = 300.0,
+        max_users: int = 10000,
+        ccache: str | None = None,
+        threads: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.keytab = str(keytab)
         name, r = split_principal(account)
         self.realm = realm
@@ -148,8 +158,7 @@ class KcdBackend:
         # obtained with a keytab that is no longer valid, say).
         self.ccache = ccache or f"MEMORY:ucgate-kcd-{secrets.token_hex(8)}"
         use_krb5_conf(krb5_conf)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads,
-                                                           thread_name_prefix="ucgate-kcd")
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ucgate-kcd")
         self._lock = threading.Lock()
         self._service_creds = None
         self._users: OrderedDict[str, _Cached] = OrderedDict()
@@ -179,11 +188,16 @@ class KcdBackend:
             except GSSError as e:
                 if _kdc_unreachable(e):
                     raise BackendError("kcd-kdc-unreachable", f"TGT for {self.account}: {e}") from None
-                if e.min_code in (_KDC_ERR_PREAUTH_FAILED, _KRB5KRB_AP_ERR_BAD_INTEGRITY) \
-                        or "preauthentication failed" in _text(e) or "password incorrect" in _text(e):
-                    raise BackendError("kcd-keytab-rejected",
-                                       f"the KDC refused {self.account}'s key from {self.keytab} "
-                                       f"(password changed, keytab stale?): {e}") from None
+                if (
+                    e.min_code in (_KDC_ERR_PREAUTH_FAILED, _KRB5KRB_AP_ERR_BAD_INTEGRITY)
+                    or "preauthentication failed" in _text(e)
+                    or "password incorrect" in _text(e)
+                ):
+                    raise BackendError(
+                        "kcd-keytab-rejected",
+                        f"the KDC refused {self.account}'s key from {self.keytab} "
+                        f"(password changed, keytab stale?): {e}",
+                    ) from None
                 raise BackendError("kcd-tgt-failed", f"TGT for {self.account}: {e}") from None
             self._service_creds = creds
             return creds
@@ -193,8 +207,7 @@ class KcdBackend:
         own = self._own_creds()
         principal = f"{user}@{self.realm}"
         try:
-            imp = own.impersonate(gssapi.Name(principal, gssapi.NameType.kerberos_principal),
-                                  usage="initiate")
+            imp = own.impersonate(gssapi.Name(principal, gssapi.NameType.kerberos_principal), usage="initiate")
             lifetime = imp.lifetime or 0
         except GSSError as e:
             if _kdc_unreachable(e):
@@ -211,8 +224,7 @@ class KcdBackend:
         spn, r = split_principal(target)
         name = gssapi.Name(f"{spn}@{r or self.realm}", gssapi.NameType.kerberos_principal)
         try:
-            ctx = gssapi.SecurityContext(name=name, creds=creds, usage="initiate",
-                                         mech=gssapi.MechType.kerberos)
+            ctx = gssapi.SecurityContext(name=name, creds=creds, usage="initiate", mech=gssapi.MechType.kerberos)
             token = ctx.step()
             if self.mech == KcdMech.SPNEGO:
                 # MIT's SPNEGO mechanism does not take an impersonated krb5 credential ("cannot
@@ -222,12 +234,17 @@ class KcdBackend:
         except GSSError as e:
             if _kdc_unreachable(e):
                 raise BackendError("kcd-kdc-unreachable", f"S4U2Proxy to {target}: {e}") from None
-            if e.min_code in (_KDC_ERR_BADOPTION, _KDC_ERR_POLICY) or "can't fulfill" in _text(e) \
-                    or "policy" in _text(e):
-                raise BackendError("kcd-not-trusted-for-delegation",
-                                   f"S4U2Proxy to {target} refused: is {self.account} trusted to "
-                                   f"delegate to {spn} (msDS-AllowedToDelegateTo) with protocol "
-                                   f"transition (TRUSTED_TO_AUTH_FOR_DELEGATION)? {e}") from None
+            if (
+                e.min_code in (_KDC_ERR_BADOPTION, _KDC_ERR_POLICY)
+                or "can't fulfill" in _text(e)
+                or "policy" in _text(e)
+            ):
+                raise BackendError(
+                    "kcd-not-trusted-for-delegation",
+                    f"S4U2Proxy to {target} refused: is {self.account} trusted to "
+                    f"delegate to {spn} (msDS-AllowedToDelegateTo) with protocol "
+                    f"transition (TRUSTED_TO_AUTH_FOR_DELEGATION)? {e}",
+                ) from None
             if e.min_code == _KDC_ERR_S_PRINCIPAL_UNKNOWN or "server not found" in _text(e):
                 raise BackendError("kcd-target-unknown", f"no account has the SPN {target}: {e}") from None
             raise BackendError("kcd-s4u2proxy-failed", f"S4U2Proxy to {target}: {e}") from None
@@ -268,8 +285,9 @@ class KcdBackend:
         try:
             return await asyncio.wait_for(fut, self.timeout)
         except TimeoutError:
-            raise BackendError("kcd-timeout", f"no answer from the KDC within {self.timeout}s "
-                                              f"for {user} -> {target}") from None
+            raise BackendError(
+                "kcd-timeout", f"no answer from the KDC within {self.timeout}s for {user} -> {target}"
+            ) from None
 
     async def prepare(self, identity: Identity, service: Service, req: RequestHead) -> BackendAuth:
         user = identity.user
@@ -278,8 +296,7 @@ class KcdBackend:
         user = split_principal(user)[0]  # user@domain: the account name part
         started = time.monotonic()
         token = await self.token_for(user, self.target_spn(service))
-        log.debug("kcd: %s -> %s in %.1f ms", user, self.target_spn(service),
-                  (time.monotonic() - started) * 1000)
+        log.debug("kcd: %s -> %s in %.1f ms", user, self.target_spn(service), (time.monotonic() - started) * 1000)
         return BackendAuth([(b"Authorization", b"Negotiate " + base64.b64encode(token))])
 
     def forget(self, user: str | None = None) -> None:
@@ -300,5 +317,12 @@ def kcd_from_config(kc) -> KcdBackend:
     if not kc.front_end_spns:
         raise ValueError('backend = "kcd" needs [kerberos] front_end_spn (the front end\'s SPN)')
     account = kc.account or account_from_keytab(kc.keytab, kc.realm)
-    return KcdBackend(kc.keytab, account, kc.realm, dict(kc.front_end_spns), krb5_conf=kc.krb5_conf,
-                      mech=kc.kcd_mech, timeout=kc.kcd_timeout)
+    return KcdBackend(
+        kc.keytab,
+        account,
+        kc.realm,
+        dict(kc.front_end_spns),
+        krb5_conf=kc.krb5_conf,
+        mech=kc.kcd_mech,
+        timeout=kc.kcd_timeout,
+    )

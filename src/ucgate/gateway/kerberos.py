@@ -91,6 +91,7 @@ _MESSAGE_REASONS = (
     ("decrypt", "krb-bad-integrity"),
 )
 
+
 class KerberosError(UcgateError):
     """A refused Kerberos token; ``reason`` is a short code for the log and the audit trail."""
 
@@ -145,8 +146,15 @@ class KerberosAcceptor:
     detection, which you should not do).
     """
 
-    def __init__(self, keytab: str | os.PathLike, service_principal: str, realm: str, *,
-                 krb5_conf: str | os.PathLike | None = None, rcache: str | None = None) -> None:
+    def __init__(
+        self,
+        keytab: str | os.PathLike,
+        service_principal: str,
+        realm: str,
+        *,
+        krb5_conf: str | os.PathLike | None = None,
+        rcache: str | None = None,
+    ) -> None:
         import gssapi  # noqa: F401 - fail early with ImportError when python-gssapi is missing
 
         self.keytab = str(keytab)
@@ -170,8 +178,9 @@ class KerberosAcceptor:
                 try:
                     self._creds = gssapi.Credentials(name=name, usage="accept", store=store)
                 except GSSError as e:
-                    raise KerberosError("krb-no-acceptor-key",
-                                        f"{self.service_principal} in {self.keytab}: {e}") from None
+                    raise KerberosError(
+                        "krb-no-acceptor-key", f"{self.service_principal} in {self.keytab}: {e}"
+                    ) from None
             return self._creds
 
     def reload(self) -> None:

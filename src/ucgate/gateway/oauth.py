@@ -79,6 +79,7 @@ class PasswordVault(Protocol):
 
     async def password(self, user: str, /) -> str | None: ...
 
+
 MAX_FORM_BYTES = 8 * 1024
 MAX_TOKENS = 100_000
 MAX_TOKEN_LIFETIME = 24 * 3600.0  # never trust a token longer than this, whatever expires_in says
@@ -86,17 +87,32 @@ DEFAULT_TOKEN_LIFETIME = 8 * 3600.0  # SfB's default OAuth token lifetime (8 h)
 GRANT_TYPES = b"urn:microsoft.rtc:windows,urn:microsoft.rtc:anonmeeting,password"
 SFB_CLIENT_ID = b"00000004-0000-0ff1-ce00-000000000000"
 # services where a Bearer cwt= token is a credential (SfB web services; not ActiveSync)
-BEARER_SERVICES = frozenset({
-    "autodiscover", "ucwa", "webticket", "mcx", "certprov", "reach", "abs", "groupexpansion",
-    "rgs", "persistentchat", "scheduler", "passiveauth",
-})
+BEARER_SERVICES = frozenset(
+    {
+        "autodiscover",
+        "ucwa",
+        "webticket",
+        "mcx",
+        "certprov",
+        "reach",
+        "abs",
+        "groupexpansion",
+        "rgs",
+        "persistentchat",
+        "scheduler",
+        "passiveauth",
+    }
+)
 # where an unauthenticated request also gets the MsRtcOAuth challenge (how clients find the
 # token endpoint)
 CHALLENGE_SERVICES = frozenset({"autodiscover", "ucwa"})
 _HOST_RE = re.compile(rb"[A-Za-z0-9.-]{1,253}(?::\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?")
 _FORM = b"application/x-www-form-urlencoded"
-_JSON_HEADERS = [(b"Content-Type", b"application/json; charset=utf-8"),
-                 (b"Cache-Control", b"no-store"), (b"Pragma", b"no-cache")]
+_JSON_HEADERS = [
+    (b"Content-Type", b"application/json; charset=utf-8"),
+    (b"Cache-Control", b"no-store"),
+    (b"Pragma", b"no-cache"),
+]
 
 
 def token_key(value: bytes) -> str:
@@ -128,9 +144,14 @@ class TokenRecord:
         """The principal of a request with this token (made once; again when a device was bound)."""
         ident = self._identity
         if ident is None or ident.device_id != self.device_id:
-            ident = self._identity = Identity(self.user, "bearer", device_id=self.device_id,
-                                              credential_id=self.credential_id,
-                                              second_factor=self.second_factor, signed_in_at=self.signed_in_at)
+            ident = self._identity = Identity(
+                self.user,
+                "bearer",
+                device_id=self.device_id,
+                credential_id=self.credential_id,
+                second_factor=self.second_factor,
+                signed_in_at=self.signed_in_at,
+            )
         return ident
 
 
@@ -264,14 +285,21 @@ class BearerAuthenticator:
         if token is not None:
             rec = self.tokens.get(token)
             if rec is None:
-                headers = oauth_challenges(req, self.published_name) + [(
-                    b"X-Ms-diagnostics",
-                    b'28055;reason="The OAuth token is invalid.";faultcode="wsse:FailedAuthentication"')]
+                headers = oauth_challenges(req, self.published_name) + [
+                    (
+                        b"X-Ms-diagnostics",
+                        b'28055;reason="The OAuth token is invalid.";faultcode="wsse:FailedAuthentication"',
+                    )
+                ]
                 return AuthOutcome(identity=None, status=401, reason="bearer-unknown", headers=headers)
             return AuthOutcome(identity=rec.identity())
         outcome = await self.inner.authenticate(conn, req, service)
-        if (outcome.identity is None and outcome.status == 401 and service.name in CHALLENGE_SERVICES
-                and outcome.reason != "ntlm-challenge"):
+        if (
+            outcome.identity is None
+            and outcome.status == 401
+            and service.name in CHALLENGE_SERVICES
+            and outcome.reason != "ntlm-challenge"
+        ):
             outcome.headers = list(outcome.headers) + oauth_challenges(req, self.published_name)
         return outcome
 
@@ -294,10 +322,16 @@ class OAuthGrants:
             answers 502 ``vault-not-configured``).
     """
 
-    def __init__(self, credentials: CredentialService, tokens: TokenMap | None = None, *,
-                 settings: OAuthSettings | None = None, vault: PasswordVault | None = None,
-                 rand: Callable[[int], bytes] = os.urandom,
-                 wallclock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        credentials: CredentialService,
+        tokens: TokenMap | None = None,
+        *,
+        settings: OAuthSettings | None = None,
+        vault: PasswordVault | None = None,
+        rand: Callable[[int], bytes] = os.urandom,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
         self.credentials = credentials
         self.tokens = tokens or TokenMap(clock=wallclock)
         self.settings = settings or OAuthSettings()
@@ -314,8 +348,7 @@ class OAuthGrants:
 
     # --- the answers we give ourselves --------------------------------------------------
     @staticmethod
-    def _json_answer(status: int, doc: dict, *, keep: bool,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    def _json_answer(status: int, doc: dict, *, keep: bool, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
         body = json.dumps(doc, separators=(",", ":")).encode()
         hs = _JSON_HEADERS + (extra or []) + [(b"Content-Length", b"%d" % len(body))]
         if not keep:
@@ -324,8 +357,16 @@ class OAuthGrants:
         return http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body
 
     @classmethod
-    async def _json(cls, gw: Gateway, client: Stream, status: int, doc: dict, *, keep: bool,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> bool:
+    async def _json(
+        cls,
+        gw: Gateway,
+        client: Stream,
+        status: int,
+        doc: dict,
+        *,
+        keep: bool,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> bool:
         metrics.count_request("oauth", status)  # the grant's own answers (forwarded ones: Gateway.forward)
         client.write(cls._json_answer(status, doc, keep=keep, extra=extra))
         try:
@@ -361,8 +402,7 @@ class OAuthGrants:
         if ctype != _FORM:
             return None
         try:
-            form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
-                             max_num_fields=20)
+            form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body), max_num_fields=20)
         except (UnicodeDecodeError, ValueError):
             return await self._json(gw, client, 400, {"error": "invalid_request"}, keep=req.keep_alive)
         fields = dict(form)
@@ -371,18 +411,32 @@ class OAuthGrants:
         if not conn.tls:
             # As Basic (RFC 7617 §4; RFC 6749 §3.2: the token endpoint MUST use TLS): the
             # password came in clear, so it is not checked (no budget, nothing forwarded).
-            log.warning("client %s: OAuth password grant refused: password-grant-requires-tls",
-                        conn.peer_host)
-            return await self._json(gw, client, 403, {
-                "error": "invalid_request", "error_description": "the password grant needs TLS"},
-                keep=req.keep_alive, extra=[(b"X-Ucgate-Reason", b"password-grant-requires-tls")])
+            log.warning("client %s: OAuth password grant refused: password-grant-requires-tls", conn.peer_host)
+            return await self._json(
+                gw,
+                client,
+                403,
+                {"error": "invalid_request", "error_description": "the password grant needs TLS"},
+                keep=req.keep_alive,
+                extra=[(b"X-Ucgate-Reason", b"password-grant-requires-tls")],
+            )
         username, password = fields.get("username"), fields.get("password")
-        if not username or password is None or len(username) > 256 or len(password) > 256 \
-                or any(ord(c) < 0x20 or c == "\x7f" for c in username):
+        if (
+            not username
+            or password is None
+            or len(username) > 256
+            or len(password) > 256
+            or any(ord(c) < 0x20 or c == "\x7f" for c in username)
+        ):
             return await self._json(gw, client, 400, {"error": "invalid_request"}, keep=req.keep_alive)
         ua = req.get(b"user-agent")
-        ctx = AttemptContext(client_ip=conn.peer_host, method=Method.OAUTH_PASSWORD, service=service.name,
-                             device_id=None, user_agent=ua.decode("latin-1")[:256] if ua else None)
+        ctx = AttemptContext(
+            client_ip=conn.peer_host,
+            method=Method.OAUTH_PASSWORD,
+            service=service.name,
+            device_id=None,
+            user_agent=ua.decode("latin-1")[:256] if ua else None,
+        )
         started = time.monotonic()
         verdict = await self.credentials.verify_password(username, password, ctx)
         keep = req.keep_alive
@@ -390,8 +444,14 @@ class OAuthGrants:
             status = 503 if verdict.reason in UNAVAILABLE_REASONS else 429
             metrics.count_auth("oauth-password", metrics.auth_result(status, verdict.reason), verdict.reason)
             log.info("client %s: OAuth grant for %r refused: %s", conn.peer_host, username, verdict.reason)
-            return await self._json(gw, client, status, {"error": "temporarily_unavailable"}, keep=keep,
-                                    extra=[(b"Retry-After", b"%d" % max(1, int(verdict.retry_after + 0.999)))])
+            return await self._json(
+                gw,
+                client,
+                status,
+                {"error": "temporarily_unavailable"},
+                keep=keep,
+                extra=[(b"Retry-After", b"%d" % max(1, int(verdict.retry_after + 0.999)))],
+            )
         if not verdict.ok:
             metrics.count_auth("oauth-password", "deny", verdict.reason)
             await self._pad(started)
@@ -400,8 +460,12 @@ class OAuthGrants:
             return await self._json(gw, client, 400, {"error": "invalid_grant"}, keep=keep)
         metrics.count_auth("oauth-password", "allow", "ok")
         user = verdict.user or username
-        identity = Identity(user, "oauth-password", credential_id=verdict.credential_id,
-                            second_factor=verdict.reason in SECOND_FACTOR_REASONS)
+        identity = Identity(
+            user,
+            "oauth-password",
+            credential_id=verdict.credential_id,
+            second_factor=verdict.reason in SECOND_FACTOR_REASONS,
+        )
         conn.principal = identity
         try:
             upstream_form = await self._upstream_form(service, form, user)
@@ -435,18 +499,16 @@ class OAuthGrants:
             except Exception as e:  # noqa: BLE001 - any vault failure (its client, the network) is a 502
                 raise BackendError("vault-unavailable", repr(e)) from None
             if secret is None:
-                raise BackendError("vault-no-password", f"{user} has no domain password in the vault",
-                                   status=403)
+                raise BackendError("vault-no-password", f"{user} has no domain password in the vault", status=403)
             dom = self.settings.netbios_domain
             name = f"{dom}\\{user}" if dom else user
-            return urlencode([(k, name if k == "username" else secret if k == "password" else v)
-                              for k, v in form]).encode()
+            return urlencode(
+                [(k, name if k == "username" else secret if k == "password" else v) for k, v in form]
+            ).encode()
         # none: the front end trusts the identity header; it never sees the ASP
-        return urlencode([(k, "" if k == "password" else user if k == "username" else v)
-                          for k, v in form]).encode()
+        return urlencode([(k, "" if k == "password" else user if k == "username" else v) for k, v in form]).encode()
 
-    def _record(self, resp: ResponseHead, data: bytes | None, identity: Identity,
-                session: str) -> bytes | None:
+    def _record(self, resp: ResponseHead, data: bytes | None, identity: Identity, session: str) -> bytes | None:
         """Remember the token of a 200 answer; None passes the answer on. A 200 whose token
         we cannot read is not passed on (the client would hold a token we refuse, or whatever
         else the front end said): 502 instead, logged with the reason."""
@@ -469,15 +531,25 @@ class OAuthGrants:
                 if not isinstance(token, str) or not token or len(token) > 8192 or lifetime != lifetime:
                     reason = "oauth-bad-access-token"
         if reason is not None:
-            log.error("OAuth grant for %s: the front end's 200 answer has no usable access_token "
-                      "(%s); answered 502", identity.user, reason)
-            return self._json_answer(502, {"error": "server_error"}, keep=False,
-                                     extra=[(b"X-Ucgate-Reason", reason.encode())])
+            log.error(
+                "OAuth grant for %s: the front end's 200 answer has no usable access_token (%s); answered 502",
+                identity.user,
+                reason,
+            )
+            return self._json_answer(
+                502, {"error": "server_error"}, keep=False, extra=[(b"X-Ucgate-Reason", reason.encode())]
+            )
         lifetime = max(0.0, min(lifetime, MAX_TOKEN_LIFETIME))
-        self.tokens.add(token.encode("latin-1", "replace"), TokenRecord(
-            user=identity.user, session=session, expires=self.wallclock() + lifetime,
-            signed_in_at=identity.signed_in_at, credential_id=identity.credential_id,
-            second_factor=identity.second_factor))
+        self.tokens.add(
+            token.encode("latin-1", "replace"),
+            TokenRecord(
+                user=identity.user,
+                session=session,
+                expires=self.wallclock() + lifetime,
+                signed_in_at=identity.signed_in_at,
+                credential_id=identity.credential_id,
+                second_factor=identity.second_factor,
+            ),
+        )
         log.info("OAuth token issued to %s (session %s, %ds)", identity.user, session, int(lifetime))
         return None
-

@@ -55,19 +55,17 @@ async def recognise(gw: Gateway, ex: Exchange) -> Outcome:
     if service is None or not service.enabled:
         return Refusal(404, "not-published", b"not found\n")
     if req.method not in service.methods:  # before authentication: costs no failure budget
-        return Refusal(405, "method-not-allowed", b"method not allowed\n",
-                       [(b"Allow", b", ".join(service.methods))])
+        return Refusal(405, "method-not-allowed", b"method not allowed\n", [(b"Allow", b", ".join(service.methods))])
     if not req.host:  # HTTP/1.0 without Host: it goes upstream as HTTP/1.1, which needs one
         if gw.default_host is None:
-            return Refusal.protocol(HttpError(400, "missing-host", "HTTP/1.0 without Host "
-                                              "and no [gateway] published_name"))
+            return Refusal.protocol(
+                HttpError(400, "missing-host", "HTTP/1.0 without Host and no [gateway] published_name")
+            )
         req.host = gw.default_host
         req.headers.append((b"Host", req.host))
     pool = ex.pool = gw.pools.get(service.upstream)
     if pool is None:
-        log.warning(
-            "service %s is routed to upstream %r, which is not configured", service.name, service.upstream
-        )
+        log.warning("service %s is routed to upstream %r, which is not configured", service.name, service.upstream)
         return Refusal(404, "upstream-not-configured", b"not found\n")
     ex.max_body = max_body = gw.max_body_of(service)
     if req.framing.kind == "length" and req.framing.length > max_body:
@@ -110,11 +108,11 @@ async def authenticate(gw: Gateway, ex: Exchange) -> Outcome:
     outcome = await gw.authenticator.authenticate(conn, req, service)
     authz = req.get(b"authorization")
     if outcome.identity is None:
-        metrics.count_auth(metrics.auth_method(authz), metrics.auth_result(outcome.status, outcome.reason),
-                           outcome.reason)
+        metrics.count_auth(
+            metrics.auth_method(authz), metrics.auth_result(outcome.status, outcome.reason), outcome.reason
+        )
         body = b"authentication required\n" if outcome.status == 401 else b"access denied\n"
-        return Refusal(outcome.status, outcome.reason or "unauthenticated", body, outcome.headers,
-                       close=outcome.close)
+        return Refusal(outcome.status, outcome.reason or "unauthenticated", body, outcome.headers, close=outcome.close)
     identity = ex.identity = outcome.identity
     conn.principal = identity
     if authz is not None:  # credentials presented (not a request riding an NTLM connection)
@@ -160,14 +158,26 @@ async def forward(gw: Gateway, ex: Exchange) -> Outcome:
         assert service is not None  # set by the recognise stage
         access_log.info(
             "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
-            conn.peer_host, conn.id, conn.request_id.decode(), req.method.decode(), ex.path, service.name,
-            identity.user if identity else "-", (gw.clock() - ex.started) * 1000,
+            conn.peer_host,
+            conn.id,
+            conn.request_id.decode(),
+            req.method.decode(),
+            ex.path,
+            service.name,
+            identity.user if identity else "-",
+            (gw.clock() - ex.started) * 1000,
         )
     return keep
 
 
 STAGES: tuple[Stage, ...] = (
-    recognise, oauth_intercept, device_facts, authenticate, decide, backend_credentials, forward,
+    recognise,
+    oauth_intercept,
+    device_facts,
+    authenticate,
+    decide,
+    backend_credentials,
+    forward,
 )
 
 
@@ -207,6 +217,18 @@ async def run(gw: Gateway, conn: ClientConnection, req: RequestHead, client: Str
     return await run_stages(gw, Exchange(conn, req, client, body, ctx, started))
 
 
-__all__ = ["STAGES", "Exchange", "Refusal", "authenticate", "backend_credentials", "decide",
-           "device_facts", "forward", "oauth_intercept", "recognise", "run", "run_stages",
-           "send"]
+__all__ = [
+    "STAGES",
+    "Exchange",
+    "Refusal",
+    "authenticate",
+    "backend_credentials",
+    "decide",
+    "device_facts",
+    "forward",
+    "oauth_intercept",
+    "recognise",
+    "run",
+    "run_stages",
+    "send",
+]

@@ -34,8 +34,9 @@ class StreamPreamble:
 
     __slots__ = ("on_done", "peer", "stream", "timeout", "trusted")
 
-    def __init__(self, stream: Stream, peer: tuple, trusted: bool, timeout: float,
-                 on_done: Callable[[tuple[str, int]], None]) -> None:
+    def __init__(
+        self, stream: Stream, peer: tuple, trusted: bool, timeout: float, on_done: Callable[[tuple[str, int]], None]
+    ) -> None:
         self.stream, self.peer, self.trusted, self.timeout = stream, peer, trusted, timeout
         self.on_done = on_done
         stream.on_data = self._on_data
@@ -75,8 +76,9 @@ class StreamPreamble:
         self.on_done(client)
 
     def _refuse(self, reason: str, detail: str) -> None:
-        log.warning("connection from %s closed: PROXY protocol: %s%s", self.peer[0], reason,
-                    f" ({detail})" if detail else "")
+        log.warning(
+            "connection from %s closed: PROXY protocol: %s%s", self.peer[0], reason, f" ({detail})" if detail else ""
+        )
         self.stream.close()
 
     def _closed_early(self, data: bytes) -> None:

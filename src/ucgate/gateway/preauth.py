@@ -120,19 +120,26 @@ class PreAuthenticator:
                 out.append(self._basic_challenge)
         return out
 
-    def _deny(self, conn: ClientConnection, reason: str, *, status: int = 401,
-              extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> AuthOutcome:
+    def _deny(
+        self,
+        conn: ClientConnection,
+        reason: str,
+        *,
+        status: int = 401,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        close: bool = False,
+    ) -> AuthOutcome:
         headers = self._challenges(conn) if status == 401 else []
-        return AuthOutcome(identity=None, status=status, reason=reason, headers=headers + (extra or []),
-                           close=close)
+        return AuthOutcome(identity=None, status=status, reason=reason, headers=headers + (extra or []), close=close)
 
     def _throttled(self, conn: ClientConnection, verdict: Verdict) -> AuthOutcome:
         """A refusal that is not about the credentials: 429 while the failure budget is spent,
         503 while the directory or the id service cannot be reached (new sign-ins fail closed)."""
         retry = max(1, int(verdict.retry_after + 0.999))
         status = 503 if verdict.reason in UNAVAILABLE_REASONS else 429
-        return AuthOutcome(identity=None, status=status, reason=verdict.reason,
-                           headers=[(b"Retry-After", b"%d" % retry)])
+        return AuthOutcome(
+            identity=None, status=status, reason=verdict.reason, headers=[(b"Retry-After", b"%d" % retry)]
+        )
 
     def _ctx(self, conn: ClientConnection, req: RequestHead, service: Service, method: str) -> AttemptContext:
         ua = req.get(b"user-agent")
@@ -153,12 +160,18 @@ class PreAuthenticator:
         try:
             decoded = decode_proto.decode_header(value)
         except decode_proto.DecodeError as e:
-            log.info("auth trace: client %s, from %s: undecodable (%s: %s)", conn.peer_host, sender,
-                     e.reason, e.message)
+            log.info(
+                "auth trace: client %s, from %s: undecodable (%s: %s)", conn.peer_host, sender, e.reason, e.message
+            )
             return
         if level == TraceLevel.VERBOSE:
-            log.info("auth trace: client %s, from %s: %s %s", conn.peer_host, sender,
-                     decode_proto.summary(decoded), decode_proto.to_json(decoded))
+            log.info(
+                "auth trace: client %s, from %s: %s %s",
+                conn.peer_host,
+                sender,
+                decode_proto.summary(decoded),
+                decode_proto.to_json(decoded),
+            )
         else:
             log.info("auth trace: client %s, from %s: %s", conn.peer_host, sender, decode_proto.summary(decoded))
 
@@ -259,8 +272,13 @@ class PreAuthenticator:
         if not verdict.ok:
             await self._pad(started)
             return self._deny(conn, verdict.reason)
-        identity = Identity(verdict.user or user, "basic", device_id=device, credential_id=verdict.credential_id,
-                            second_factor=verdict.reason in SECOND_FACTOR_REASONS)
+        identity = Identity(
+            verdict.user or user,
+            "basic",
+            device_id=device,
+            credential_id=verdict.credential_id,
+            second_factor=verdict.reason in SECOND_FACTOR_REASONS,
+        )
         conn.auth_state = _BasicMemo(digest, identity)
         return AuthOutcome(identity=identity)
 
@@ -268,8 +286,9 @@ class PreAuthenticator:
     def _extended_protection(self, conn: ClientConnection) -> str:
         return self.settings.extended_protection if conn.tls else ExtendedProtection.OFF
 
-    def _new_acceptor(self, conn: ClientConnection,
-                      scheme: bytes) -> ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor:
+    def _new_acceptor(
+        self, conn: ClientConnection, scheme: bytes
+    ) -> ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor:
         s = self.settings
         ep = self._extended_protection(conn)
         acceptor = ntlm_proto.NtlmAcceptor(
@@ -287,8 +306,9 @@ class PreAuthenticator:
             return spnego_proto.SpnegoNtlmAcceptor(acceptor)
         return acceptor
 
-    async def _ntlm(self, conn: ClientConnection, req: RequestHead, service: Service,
-                    scheme: bytes, param: bytes) -> AuthOutcome:
+    async def _ntlm(
+        self, conn: ClientConnection, req: RequestHead, service: Service, scheme: bytes, param: bytes
+    ) -> AuthOutcome:
         name = "NTLM" if scheme == b"ntlm" else "Negotiate"
         name_b = name.encode()
         if len(param) > MAX_NTLM_HEADER:
@@ -320,7 +340,9 @@ class PreAuthenticator:
                 challenge_header = name_b + b" " + base64.b64encode(out)
                 self._trace(conn, "gateway", challenge_header)
                 return AuthOutcome(
-                    identity=None, status=401, reason="ntlm-challenge",
+                    identity=None,
+                    status=401,
+                    reason="ntlm-challenge",
                     headers=[(b"WWW-Authenticate", challenge_header)],
                 )
             # AUTHENTICATE (Type 3)
@@ -334,10 +356,14 @@ class PreAuthenticator:
         started = time.monotonic()
         negotiate, challenge, authenticate = inner.messages()
         handshake = NtlmHandshake(
-            negotiate=negotiate, challenge=challenge, authenticate=authenticate,
-            server_challenge=inner.server_challenge, challenge_time=inner.challenge_time,
+            negotiate=negotiate,
+            challenge=challenge,
+            authenticate=authenticate,
+            server_challenge=inner.server_challenge,
+            challenge_time=inner.challenge_time,
             channel_binding_data=conn.channel_binding if conn.tls else None,
-            extended_protection=self._extended_protection(conn), max_clock_skew=self.settings.max_clock_skew,
+            extended_protection=self._extended_protection(conn),
+            max_clock_skew=self.settings.max_clock_skew,
         )
         answer = await self.credentials.verify_ntlm(handshake, ctx)
         verdict = answer.verdict
@@ -354,8 +380,9 @@ class PreAuthenticator:
             except (ntlm_proto.NtlmError, spnego_proto.SpnegoError) as e:
                 # Verified by the id service (which recorded an allow), refused here: the
                 # SPNEGO mechListMIC did not verify with the session key.
-                log.warning("client %s: %s verified for %s but refused here: %s",
-                            conn.peer_host, name, verdict.user, e.reason)
+                log.warning(
+                    "client %s: %s verified for %s but refused here: %s", conn.peer_host, name, verdict.user, e.reason
+                )
                 verdict = Verdict(False, f"ntlm-{e.reason}")
                 record = getattr(self.credentials, "record_refusal", None)
                 if record is not None:  # correct the audit trail (in-process id service)
@@ -363,9 +390,13 @@ class PreAuthenticator:
         if not verdict.ok:
             await self._pad(started)
             return self._deny(conn, verdict.reason)
-        identity = Identity(verdict.user or who.user, scheme.decode(), device_id=ctx.device_id,
-                            second_factor=verdict.reason in SECOND_FACTOR_REASONS,
-                            credential_id=verdict.credential_id)
+        identity = Identity(
+            verdict.user or who.user,
+            scheme.decode(),
+            device_id=ctx.device_id,
+            second_factor=verdict.reason in SECOND_FACTOR_REASONS,
+            credential_id=verdict.credential_id,
+        )
         conn.identity = identity
         headers = []
         if final:
@@ -373,10 +404,8 @@ class PreAuthenticator:
             self._trace(conn, "gateway", headers[-1][1])
         return AuthOutcome(identity=identity, headers=headers)
 
-
     # --- Kerberos (Negotiate) -----------------------------------------------------------
-    async def _kerberos(self, conn: ClientConnection, req: RequestHead, service: Service,
-                        token: bytes) -> AuthOutcome:
+    async def _kerberos(self, conn: ClientConnection, req: RequestHead, service: Service, token: bytes) -> AuthOutcome:
         """One-leg Kerberos: verify the AP-REQ with the pool's keytab, answer the AP-REP."""
         assert self.kerberos is not None
         conn.auth_state = None
@@ -401,8 +430,7 @@ class PreAuthenticator:
                 log.info("client %s: Kerberos user %s refused: %s", conn.peer_host, res.user, verdict.reason)
                 await self._pad(started)
                 return self._deny(conn, verdict.reason)
-        identity = Identity((verdict.user if verdict and verdict.user else res.user), "kerberos",
-                            device_id=device)
+        identity = Identity((verdict.user if verdict and verdict.user else res.user), "kerberos", device_id=device)
         conn.identity = identity  # like IIS: the connection stays authenticated
         headers = []
         if res.token:
@@ -424,8 +452,12 @@ def _kerberos_token(param: bytes) -> bytes | None:
     krb5 = (spnego_proto.KRB5_OID, spnego_proto.MS_KRB5_OID)
     if isinstance(parsed, spnego_proto.RawKerberos):
         return token
-    if isinstance(parsed, spnego_proto.NegTokenInit) and parsed.mech_token \
-            and parsed.mech_types and parsed.mech_types[0] in krb5:
+    if (
+        isinstance(parsed, spnego_proto.NegTokenInit)
+        and parsed.mech_token
+        and parsed.mech_types
+        and parsed.mech_types[0] in krb5
+    ):
         return token
     return None
 

@@ -46,7 +46,6 @@ log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
 
-
 class Gateway:
     """One listener, its upstream pools and its live connections.
 
@@ -91,22 +90,22 @@ class Gateway:
         # lets the fast path (gateway/session.py) forward it; looked up on the class, so that a
         # wrapper delegating attributes never lends its inner authenticator's
         now = getattr(type(self.authenticator), "authenticate_now", None)
-        self.authenticate_now: Callable | None = (
-            now.__get__(self.authenticator) if now is not None else None)
+        self.authenticate_now: Callable | None = now.__get__(self.authenticator) if now is not None else None
         self.clock = clock
         self.service_map = ServiceMap.with_overrides(config.services)
         for svc in self.service_map.services:
             if svc.backend not in self.backends:
-                raise ValueError(f"services.{svc.name}: backend {str(svc.backend)!r} is not available "
-                                 f"(configured: {', '.join(sorted(self.backends))})")
+                raise ValueError(
+                    f"services.{svc.name}: backend {str(svc.backend)!r} is not available "
+                    f"(configured: {', '.join(sorted(self.backends))})"
+                )
         self.limits = http1.Limits(
             max_header_bytes=gw.limits.max_header_bytes,
             max_header_count=gw.limits.max_header_count,
             max_target_bytes=gw.limits.max_target_bytes,
         )
         self.pools = {
-            name: UpstreamPool(up, gw.timeouts, limit=up.max_idle, clock=clock)
-            for name, up in config.upstreams.items()
+            name: UpstreamPool(up, gw.timeouts, limit=up.max_idle, clock=clock) for name, up in config.upstreams.items()
         }
         self.ssl: ssl.SSLContext | None = None
         self.certificate_der: bytes | None = None
@@ -155,23 +154,32 @@ class Gateway:
             # OpenSSL on the socket itself instead of the loop's memory-BIO TLS: less CPU per
             # request (gateway/tlstransport.py, bench/README.md)
             self._server = await start_tls_server(
-                loop, protocol, self.gw.listen_host, self.gw.listen_port, self.ssl,
-                backlog=1024, handshake_timeout=self.gw.timeouts.header_read,
+                loop,
+                protocol,
+                self.gw.listen_host,
+                self.gw.listen_port,
+                self.ssl,
+                backlog=1024,
+                handshake_timeout=self.gw.timeouts.header_read,
                 proxy_from=self._is_trusted_proxy if self.gw.proxy_protocol else None,
             )
         else:
-            self._server = await loop.create_server(
-                protocol, self.gw.listen_host, self.gw.listen_port, backlog=1024
-            )
+            self._server = await loop.create_server(protocol, self.gw.listen_host, self.gw.listen_port, backlog=1024)
         log.info(
-            "gateway listening on %s://%s:%d%s", self.proto.decode(), self.gw.listen_host, self.port,
+            "gateway listening on %s://%s:%d%s",
+            self.proto.decode(),
+            self.gw.listen_host,
+            self.port,
             " (PROXY protocol from trusted_proxies)" if self.gw.proxy_protocol else "",
         )
         if self.gw.health_listen is not None:
             mc = self.config.metrics
-            self.health = HealthListener(*self.gw.health_listen, self.readiness,
-                                         timeout=self.gw.timeouts.header_read,
-                                         metrics_allow=mc.allow if mc.enabled else None)
+            self.health = HealthListener(
+                *self.gw.health_listen,
+                self.readiness,
+                timeout=self.gw.timeouts.header_read,
+                metrics_allow=mc.allow if mc.enabled else None,
+            )
             await self.health.start()
 
     def set_tls(self, context: ssl.SSLContext, der: bytes) -> None:
@@ -254,9 +262,12 @@ class Gateway:
             self.oauth.tokens.on_event(event)
         credential = getattr(event, "credential_id", None)
         if credential is not None:
-            self.cut_off(lambda c: c.principal is not None and c.principal.user == user
-                         and c.principal.credential_id == credential,
-                         f"{user} credential {credential}: {getattr(event, 'reason', 'revoked')}")
+            self.cut_off(
+                lambda c: (
+                    c.principal is not None and c.principal.user == user and c.principal.credential_id == credential
+                ),
+                f"{user} credential {credential}: {getattr(event, 'reason', 'revoked')}",
+            )
             return
         device_id = getattr(event, "device_id", None)
         if device_id is not None:
@@ -264,8 +275,12 @@ class Gateway:
 
             def on_device(conn: ClientConnection) -> bool:
                 ident = conn.principal
-                return (ident is not None and ident.user == user and ident.device_id is not None
-                        and ident.device_id.lower() == device)
+                return (
+                    ident is not None
+                    and ident.user == user
+                    and ident.device_id is not None
+                    and ident.device_id.lower() == device
+                )
 
             self.cut_off(on_device, f"{user} device {device_id}: {getattr(event, 'reason', 'blocked')}")
             return
@@ -273,8 +288,7 @@ class Gateway:
 
         def match(conn: ClientConnection) -> bool:
             ident = conn.principal
-            return (ident is not None and ident.user == user
-                    and (before is None or ident.signed_in_at < before))
+            return ident is not None and ident.user == user and (before is None or ident.signed_in_at < before)
 
         self.cut_off(match, f"{user}: {getattr(event, 'reason', 'blocked')}")
 
@@ -289,8 +303,13 @@ class Gateway:
             client.close()
             return
         if self.gw.proxy_protocol and self.ssl is None:
-            StreamPreamble(client, peer, self._is_trusted_proxy(peer[0]), self.gw.timeouts.header_read,
-                           lambda addr: self._register(client, addr))
+            StreamPreamble(
+                client,
+                peer,
+                self._is_trusted_proxy(peer[0]),
+                self.gw.timeouts.header_read,
+                lambda addr: self._register(client, addr),
+            )
             return
         self._register(client, peer)
 

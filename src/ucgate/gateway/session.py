@@ -69,18 +69,33 @@ class ClientSession:
     task (``stream.task``) for requests that take the pipeline."""
 
     __slots__ = (
-        "gw", "stream", "conn", "loop",
+        "gw",
+        "stream",
+        "conn",
+        "loop",
         # the fast request in flight (None when there is none), and its head as received
-        "req", "up", "pool", "service", "path", "started", "head",
+        "req",
+        "up",
+        "pool",
+        "service",
+        "path",
+        "started",
+        "head",
         # who sent it (None: an anonymous service), and its device when the device gate decided
-        "identity", "device",
+        "identity",
+        "device",
         # loop.time() when the fast request was written upstream (ucgate_upstream_response_seconds)
         "sent",
         # this connection's X-Forwarded-For/-Proto fields and the X-Forwarded-Host name, made once;
         # the identity header's line for the user last forwarded
-        "forwarded", "ident_user", "ident_line",
+        "forwarded",
+        "ident_user",
+        "ident_line",
         # bound methods, made once per connection instead of once per request
-        "_on_client_data", "_on_upstream_data", "_on_upstream_deadline", "_on_upstream_lost",
+        "_on_client_data",
+        "_on_upstream_data",
+        "_on_upstream_deadline",
+        "_on_upstream_lost",
     )
 
     def __init__(self, gw: Gateway, stream: Stream, conn: ClientConnection) -> None:
@@ -266,8 +281,7 @@ class ClientSession:
                 facts = gate.facts_for(conn, req, path, query, service, None)
                 try:
                     identity = now(conn, req, service)
-                    verdict = None if identity is None else gate.decide_now(
-                        conn, req, service, identity, facts)
+                    verdict = None if identity is None else gate.decide_now(conn, req, service, identity, facts)
                 finally:
                     gate.done(req)
                 if verdict is None or verdict.identity is None:
@@ -308,10 +322,14 @@ class ClientSession:
         us.set_deadline(self.loop.time() + gw.gw.timeouts.upstream_read)
         bearer = identity is not None and identity.method == "bearer"
         prefix = req.prefix
-        if prefix is not None:  # the common route: its head as sent, less Connection, plus what Gateway.request_head adds
+        if (
+            prefix is not None
+        ):  # the common route: its head as sent, less Connection, plus what Gateway.request_head adds
             if self.forwarded is None:
                 self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: " % (
-                    conn.peer_host.encode(), gw.proto)
+                    conn.peer_host.encode(),
+                    gw.proto,
+                )
             if identity is None:
                 us.write(prefix + self.forwarded + req.host + _RID + rid + b"\r\n\r\n")
             else:  # Authorization dropped; the identity header, then a Bearer token's backend header
@@ -320,14 +338,34 @@ class ClientSession:
                     self.ident_line = b"\r\n" + gw.identity_header + b": " + identity.user.encode("utf-8")
                 line = prefix if authz is None else req.prefix_authenticated
                 assert line is not None  # set whenever the common route kept an Authorization
-                us.write(b"".join((
-                    line, self.forwarded, req.host, _RID, rid, self.ident_line,
-                    b"\r\nAuthorization: " + authz if bearer and authz else b"", b"\r\n\r\n")))
+                us.write(
+                    b"".join(
+                        (
+                            line,
+                            self.forwarded,
+                            req.host,
+                            _RID,
+                            rid,
+                            self.ident_line,
+                            b"\r\nAuthorization: " + authz if bearer and authz else b"",
+                            b"\r\n\r\n",
+                        )
+                    )
+                )
         else:
-            us.write(gw.request_head(
-                conn, req, identity, [(b"Authorization", authz)] if bearer and authz else None,
-                {"service": service.name, "user": identity.user if identity is not None else None,
-                 "device": self.device}))
+            us.write(
+                gw.request_head(
+                    conn,
+                    req,
+                    identity,
+                    [(b"Authorization", authz)] if bearer and authz else None,
+                    {
+                        "service": service.name,
+                        "user": identity.user if identity is not None else None,
+                        "device": self.device,
+                    },
+                )
+            )
         self.sent = self.loop.time()
         return True
 
@@ -356,8 +394,12 @@ class ClientSession:
                     self._upstream_gone()
                 return
             simple = http1.common_response(head, req.method, gw.limits)
-            if simple is not None and simple.length is not None and simple.length <= SMALL_BODY \
-                    and self._answer_simple(simple):
+            if (
+                simple is not None
+                and simple.length is not None
+                and simple.length <= SMALL_BODY
+                and self._answer_simple(simple)
+            ):
                 return
             try:
                 resp = http1.parse_response_head(head, req.method, gw.limits)
@@ -399,8 +441,7 @@ class ClientSession:
         keep = req.keep_alive and req.version >= (1, 1)  # as Gateway.response_head
         assert self.pool is not None
         self._answered(self.pool, self.service, resp.status)
-        self._answer(resp.keep_alive, prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data,
-                     keep)
+        self._answer(resp.keep_alive, prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data, keep)
         return True
 
     def _answer(self, upstream_keeps: bool, out: bytes, keep: bool) -> None:
@@ -459,8 +500,9 @@ class ClientSession:
         self._release_upstream(close=True)
         self._run(self._forward_again(req, pool, service, self.identity))
 
-    async def _forward_again(self, req: RequestHead, pool: UpstreamPool,
-                             service: Service, identity: Identity | None) -> bool:
+    async def _forward_again(
+        self, req: RequestHead, pool: UpstreamPool, service: Service, identity: Identity | None
+    ) -> bool:
         gw = self.gw
         self._task_context(service)
         if req.prefix is not None:  # the common route's head: the pipeline reads every field
@@ -501,11 +543,20 @@ class ClientSession:
         rid = conn.request_id.decode()
         access_log.info(
             "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
-            conn.peer_host, conn.id, rid, req.method.decode(), self.path, service.name,
+            conn.peer_host,
+            conn.id,
+            rid,
+            req.method.decode(),
+            self.path,
+            service.name,
             self.identity.user if self.identity is not None else "-",
             (self.gw.clock() - self.started) * 1000,  # type: ignore[operator]
-            extra={"request_id": rid, "client": conn.peer_host, "service": service.name,
-                   "user": self.identity.user if self.identity is not None else None,
-                   "device": self.device or None},
+            extra={
+                "request_id": rid,
+                "client": conn.peer_host,
+                "service": service.name,
+                "user": self.identity.user if self.identity is not None else None,
+                "device": self.device or None,
+            },
         )
         self.started = None

@@ -95,8 +95,14 @@ MAX_PENDING_REGISTERS = 4
 _EDGE_READ_LIMIT = 1 << 17
 
 DIAG_WHO, DIAG_ACCOUNT, DIAG_DEVICE, DIAG_BUDGET = 1000, 1001, 1002, 1003
-STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 500: "Server Internal Error",
-               503: "Service Unavailable", 505: "Version Not Supported", 513: "Message Too Large"}
+STATUS_TEXT = {
+    400: "Bad Request",
+    403: "Forbidden",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+}
 # What a refused sign-in shows the client: never which of unknown user, wrong password or a
 # disabled account it was (the log and the audit have the reason).
 _SIGN_IN_TEXT = "sign-in refused"
@@ -105,7 +111,8 @@ _DEVICE_TEXT = {
     "device-quarantined": "this device is quarantined until an administrator approves it",
     "new-device-approval-required": "this device is new: it needs an administrator's approval",
     "trust-expired-approval-required": "this device's trust expired: it needs an administrator's approval",
-    "device-blocked": "this device is blocked", "new-device-blocked": "this device is blocked",
+    "device-blocked": "this device is blocked",
+    "new-device-blocked": "this device is blocked",
     "device-limit": "too many devices for this user",
     "device-wipe-pending": "this device is blocked (wipe requested)",
     "device-user-mismatch": "the SIP address is not the signed-in user's",
@@ -118,15 +125,31 @@ _SCHEME_RE = re.compile(rb"(?i)(?:NTLM|Kerberos|TLS-DSK)[ \t]")
 class Refusal(UcgateError):
     """What the relay answers (or, without a message to answer, just closes with)."""
 
-    def __init__(self, status: int, reason: str, text: str = "", *, diag: int = DIAG_WHO,
-                 retry_after: float = 0.0, audited: bool = False, detail: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        text: str = "",
+        *,
+        diag: int = DIAG_WHO,
+        retry_after: float = 0.0,
+        audited: bool = False,
+        detail: str = "",
+    ) -> None:
         super().__init__(reason, detail, message=f"{status} {reason}")
         self.status, self.text, self.diag = status, text or reason, diag
         self.retry_after, self.audited = retry_after, audited
 
 
-def local_answer(request: SipMessage, status: int, text: str, *, diag: int = DIAG_WHO,
-                 retry_after: float = 0.0, to_tag: str | None = None) -> bytes:
+def local_answer(
+    request: SipMessage,
+    status: int,
+    text: str,
+    *,
+    diag: int = DIAG_WHO,
+    retry_after: float = 0.0,
+    to_tag: str | None = None,
+) -> bytes:
     """Our own response to ``request`` (RFC 3261 8.2.6): its Via, From, To (with a tag of ours
     when it had none), Call-ID and CSeq lines copied as sent, an ``ms-diagnostics`` field with
     the reason (as the Edge's own refusals carry one), Retry-After when given, no body."""
@@ -135,8 +158,9 @@ def local_answer(request: SipMessage, status: int, text: str, *, diag: int = DIA
         if f.canonical == "via" or f.canonical in ("from", "call-id", "cseq"):
             lines.append(f.raw)
         elif f.canonical == "to":
-            lines.append(f.raw if request.to.tag is not None else
-                         f.raw + b";tag=" + (to_tag or secrets.token_hex(8)).encode())
+            lines.append(
+                f.raw if request.to.tag is not None else f.raw + b";tag=" + (to_tag or secrets.token_hex(8)).encode()
+            )
     safe = _QUOTE_UNSAFE.sub("", text)[:200]
     lines.append(b'ms-diagnostics: %d;reason="%s";source="ucgate"' % (diag, safe.encode("utf-8")))
     if retry_after > 0:
@@ -247,8 +271,9 @@ class SipSession:
             try:
                 data = await client.read(READ_SIZE, until)
             except TimeoutError:
-                await self._refuse(None, Refusal(408, why, detail="no complete message in time"),
-                                   quiet=why == "idle-timeout")
+                await self._refuse(
+                    None, Refusal(408, why, detail="no complete message in time"), quiet=why == "idle-timeout"
+                )
                 return
             if not data:
                 if not framer.at_boundary:
@@ -306,8 +331,12 @@ class SipSession:
                 if seen > 1:
                     raise Refusal(400, "several-credentials", "one Authorization per message")
                 if _SCHEME_RE.match(f.value) is None:
-                    raise Refusal(400, "unknown-auth-scheme", "only NTLM, Kerberos, TLS-DSK",
-                                  detail=f.value[:24].decode("latin-1"))
+                    raise Refusal(
+                        400,
+                        "unknown-auth-scheme",
+                        "only NTLM, Kerberos, TLS-DSK",
+                        detail=f.value[:24].decode("latin-1"),
+                    )
 
     @staticmethod
     def _credentials(msg: SipMessage) -> list[SipAuth]:
@@ -354,32 +383,44 @@ class SipSession:
                 await self._settle(attempt, SipOutcome.CONTINUED, "not-forwarded")
             raise
 
-    async def _begin(self, aor: str, cred: SipAuth, identity: Any, facts: DeviceFacts,
-                     user_agent: str | None) -> _Attempt:
+    async def _begin(
+        self, aor: str, cred: SipAuth, identity: Any, facts: DeviceFacts, user_agent: str | None
+    ) -> _Attempt:
         """Reserve the budget for a credential leg and refuse what must not reach the Edge (the
         id service decides, in-process or over ``POST /v1/sip/attempt``, and audits)."""
         started = time.monotonic()
-        ctx = AttemptContext(client_ip=self.peer_host, method=Method.SIP, service="sip",
-                             device_id=facts.device_id, user_agent=(user_agent or "")[:256] or None)
-        req = SipAttemptRequest(f"sip:{aor}", ctx, identity.user if identity is not None else None,
-                                (identity.domain or None) if identity is not None and identity.user else None)
+        ctx = AttemptContext(
+            client_ip=self.peer_host,
+            method=Method.SIP,
+            service="sip",
+            device_id=facts.device_id,
+            user_agent=(user_agent or "")[:256] or None,
+        )
+        req = SipAttemptRequest(
+            f"sip:{aor}",
+            ctx,
+            identity.user if identity is not None else None,
+            (identity.domain or None) if identity is not None and identity.user else None,
+        )
         answer = await self.relay.ids.begin_sip(req)
         verdict = answer.verdict
         if verdict.ok and answer.token is not None:
             return _Attempt(verdict.user, answer.token, cred.scheme, final=identity is not None)
         if verdict.retry_after > 0:  # throttled, or a dependency (the id service) down
-            metrics.count_auth("sip", "throttled" if verdict.reason == "throttled" else "unavailable",
-                               verdict.reason)
-            text = ("too many failed sign-ins: try again later" if verdict.reason == "throttled"
-                    else "sign-in unavailable: try again later")
-            raise Refusal(503, verdict.reason, text, diag=DIAG_BUDGET,
-                          retry_after=max(verdict.retry_after, 1.0), audited=True)
+            metrics.count_auth("sip", "throttled" if verdict.reason == "throttled" else "unavailable", verdict.reason)
+            text = (
+                "too many failed sign-ins: try again later"
+                if verdict.reason == "throttled"
+                else "sign-in unavailable: try again later"
+            )
+            raise Refusal(
+                503, verdict.reason, text, diag=DIAG_BUDGET, retry_after=max(verdict.retry_after, 1.0), audited=True
+            )
         metrics.count_auth("sip", "deny", verdict.reason)
         await asyncio.sleep(max(0.0, self.relay.failure_floor - (time.monotonic() - started)))
         if verdict.reason == "ntlm-user-mismatch":
             raise Refusal(403, verdict.reason, "the NTLM user is not the SIP user", audited=True)
-        raise Refusal(403, "sign-in-refused", _SIGN_IN_TEXT, diag=DIAG_ACCOUNT, audited=True,
-                      detail=verdict.reason)
+        raise Refusal(403, "sign-in-refused", _SIGN_IN_TEXT, diag=DIAG_ACCOUNT, audited=True, detail=verdict.reason)
 
     async def _settle(self, attempt: _Attempt, outcome: SipOutcome, reason: str) -> None:
         if outcome is not SipOutcome.CONTINUED:
@@ -391,10 +432,19 @@ class SipSession:
             try:
                 self.edge = await self.relay.connect_edge()
             except (OSError, ssl.SSLError, TimeoutError) as e:
-                log.error("SIP: the Access Edge %s:%d is unreachable: %s", self.relay.settings.edge_host,
-                          self.relay.settings.edge_port, e)
-                raise Refusal(503, "edge-unavailable", "the server is unavailable: try again later",
-                              diag=DIAG_BUDGET, retry_after=30.0) from None
+                log.error(
+                    "SIP: the Access Edge %s:%d is unreachable: %s",
+                    self.relay.settings.edge_host,
+                    self.relay.settings.edge_port,
+                    e,
+                )
+                raise Refusal(
+                    503,
+                    "edge-unavailable",
+                    "the server is unavailable: try again later",
+                    diag=DIAG_BUDGET,
+                    retry_after=30.0,
+                ) from None
             self.edge_task = asyncio.get_running_loop().create_task(self._edge_loop())
         self.edge.write(msg.raw)
         metrics.SIP_MESSAGES.inc(("client",))
@@ -415,8 +465,12 @@ class SipSession:
                     try:
                         event = framer.next_event()
                     except SipError as e:
-                        log.error("SIP: the Access Edge sent a message we refuse (%s: %s); closing %s's "
-                                  "connection", e.reason, e.detail, self.peer_host)
+                        log.error(
+                            "SIP: the Access Edge sent a message we refuse (%s: %s); closing %s's connection",
+                            e.reason,
+                            e.detail,
+                            self.peer_host,
+                        )
                         return
                     if event is None:
                         break
@@ -461,8 +515,11 @@ class SipSession:
                 await self._settle(a, SipOutcome.FAILURE, "wrong-password" if a.final else "registrar-refused")
         if not 200 <= status < 300 or _expires(p.request, answer) == 0:
             return True
-        if self.user is None or time.monotonic() - self.decided_at >= RECHECK_SECONDS or (
-                self.trusted_until is not None and dt.datetime.now(dt.UTC) >= self.trusted_until):
+        if (
+            self.user is None
+            or time.monotonic() - self.decided_at >= RECHECK_SECONDS
+            or (self.trusted_until is not None and dt.datetime.now(dt.UTC) >= self.trusted_until)
+        ):
             try:
                 await self._admit(p)
             except Refusal as r:
@@ -486,24 +543,37 @@ class SipSession:
         relay = self.relay
         user = p.attempt.user if p.attempt is not None else self.user
         if user is None:  # accepted without a credential leg through us (a signed REGISTER)
-            ctx = AttemptContext(self.peer_host, Method.SIP, "sip", p.facts.device_id,
-                                 (p.request.get("user-agent") or "")[:256] or None)
+            ctx = AttemptContext(
+                self.peer_host, Method.SIP, "sip", p.facts.device_id, (p.request.get("user-agent") or "")[:256] or None
+            )
             verdict = await relay.ids.check_account(f"sip:{p.aor}", ctx)
             if not verdict.ok:
-                raise Refusal(503 if verdict.retry_after else 403,
-                              verdict.reason if verdict.retry_after else "sign-in-refused",
-                              _SIGN_IN_TEXT, diag=DIAG_ACCOUNT, retry_after=verdict.retry_after,
-                              audited=True, detail=verdict.reason)
+                raise Refusal(
+                    503 if verdict.retry_after else 403,
+                    verdict.reason if verdict.retry_after else "sign-in-refused",
+                    _SIGN_IN_TEXT,
+                    diag=DIAG_ACCOUNT,
+                    retry_after=verdict.retry_after,
+                    audited=True,
+                    detail=verdict.reason,
+                )
             user = verdict.user
         assert user is not None
         if relay.devices is not None:
-            check = await relay.devices.check_async(user, p.facts, service="sip", second_factor_ok=False,
-                                                    client_address=self.peer_host)
+            check = await relay.devices.check_async(
+                user, p.facts, service="sip", second_factor_ok=False, client_address=self.peer_host
+            )
             metrics.count_device("sip", {"deny": "block"}.get(check.outcome, check.outcome))
             if not check.allowed:
                 status = 503 if check.outcome == "unavailable" else 403
-                raise Refusal(status, check.reason, _DEVICE_TEXT.get(check.reason, f"device refused: {check.reason}"),
-                              diag=DIAG_DEVICE, retry_after=check.retry_after, audited=True)
+                raise Refusal(
+                    status,
+                    check.reason,
+                    _DEVICE_TEXT.get(check.reason, f"device refused: {check.reason}"),
+                    diag=DIAG_DEVICE,
+                    retry_after=check.retry_after,
+                    audited=True,
+                )
             self.trusted_until = check.trusted_until
             device_id = check.device_id
         else:
@@ -523,8 +593,13 @@ class SipSession:
         self.closed_reason = r.reason
         metrics.count_sip_refusal(r.reason)
         (log.info if quiet else log.warning)(
-            "SIP: refused %s from %s: %s%s", _what(msg), self.peer_host, r.reason,
-            f" ({r.detail})" if r.detail else "", extra={"reason": r.reason})
+            "SIP: refused %s from %s: %s%s",
+            _what(msg),
+            self.peer_host,
+            r.reason,
+            f" ({r.detail})" if r.detail else "",
+            extra={"reason": r.reason},
+        )
         if msg is not None and msg.is_request and msg.method != "ACK":
             self.client.write(local_answer(msg, r.status, r.text, diag=r.diag, retry_after=r.retry_after))
         self.client.close()  # after our answer is written
@@ -569,9 +644,17 @@ class SipRelay:
         failure_floor: seconds a refused sign-in takes at least ([auth] failure_floor).
     """
 
-    def __init__(self, settings: Any, ids: Any, audit: Any, *, devices: Any = None,
-                 trusted_proxies: Sequence[Any] = (), ua_rules: Sequence[tuple[str, str]] = (),
-                 failure_floor: float = 0.25) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        ids: Any,
+        audit: Any,
+        *,
+        devices: Any = None,
+        trusted_proxies: Sequence[Any] = (),
+        ua_rules: Sequence[tuple[str, str]] = (),
+        failure_floor: float = 0.25,
+    ) -> None:
         self.settings = settings
         if not hasattr(ids, "begin_sip"):
             # lazy: SipAttempts needs the store (SQLAlchemy, ~0.1 s to import): in-process id only
@@ -600,11 +683,18 @@ class SipRelay:
         loop = self._loop = asyncio.get_running_loop()
         s = self.settings
         self._server = await start_tls_server(
-            loop, lambda: Stream(loop, READ_SIZE, self._on_connection), s.listen_host, s.listen_port,
-            self.ssl, backlog=1024, handshake_timeout=s.handshake_timeout,
-            proxy_from=self._is_trusted_proxy if s.proxy_protocol else None)
-        log.info("SIP relay listening on %s:%d (TLS) → Access Edge %s:%d", s.listen_host, self.port,
-                 s.edge_host, s.edge_port)
+            loop,
+            lambda: Stream(loop, READ_SIZE, self._on_connection),
+            s.listen_host,
+            s.listen_port,
+            self.ssl,
+            backlog=1024,
+            handshake_timeout=s.handshake_timeout,
+            proxy_from=self._is_trusted_proxy if s.proxy_protocol else None,
+        )
+        log.info(
+            "SIP relay listening on %s:%d (TLS) → Access Edge %s:%d", s.listen_host, self.port, s.edge_host, s.edge_port
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -644,8 +734,12 @@ class SipRelay:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(s.edge_connect_timeout):
             _, stream = await loop.create_connection(
-                lambda: Stream(loop, _EDGE_READ_LIMIT), s.edge_host, s.edge_port, ssl=self._edge_ssl,
-                server_hostname=s.server_name or s.edge_host)
+                lambda: Stream(loop, _EDGE_READ_LIMIT),
+                s.edge_host,
+                s.edge_port,
+                ssl=self._edge_ssl,
+                server_hostname=s.server_name or s.edge_host,
+            )
         return stream
 
     # --- who is on it, and cutting off --------------------------------------------------------
@@ -683,19 +777,32 @@ class SipRelay:
         device_id = getattr(event, "device_id", None)
         if device_id is not None:
             device = device_id.lower()
-            self.cut_off(lambda x: x.user == user and (x.device_id or "").lower() == device,
-                         f"{user} device {device_id}: {reason}")
+            self.cut_off(
+                lambda x: x.user == user and (x.device_id or "").lower() == device,
+                f"{user} device {device_id}: {reason}",
+            )
             return
         before = getattr(event, "signed_in_before", None)
-        self.cut_off(lambda x: x.user == user and x.signed_in_at is not None
-                     and (before is None or x.signed_in_at < before), f"{user}: {reason}")
+        self.cut_off(
+            lambda x: x.user == user and x.signed_in_at is not None and (before is None or x.signed_in_at < before),
+            f"{user}: {reason}",
+        )
 
     # --- audit ----------------------------------------------------------------------------------
     def audit_refusal(self, session: SipSession, r: Refusal) -> None:
         try:
-            self.audit.record("sip-refused", actor="ucgate", result="deny", user=session.user or session.aor,
-                              device=session.device_id, service="sip", client_address=session.peer_host,
-                              reason=r.reason, status=r.status, detail=r.detail[:200] or None)
+            self.audit.record(
+                "sip-refused",
+                actor="ucgate",
+                result="deny",
+                user=session.user or session.aor,
+                device=session.device_id,
+                service="sip",
+                client_address=session.peer_host,
+                reason=r.reason,
+                status=r.status,
+                detail=r.detail[:200] or None,
+            )
         except Exception as e:  # noqa: BLE001 - the store down: the log line stands
             log.error("SIP: cannot audit a refusal (%s)", type(e).__name__)
 
@@ -705,12 +812,24 @@ def relay_from_config(config: Any, ids: Any, devices: Any = None, *, remote: Any
     ``remote`` (a ``RemoteCredentials``: ``[id_service] url``) over the id service's API."""
     s = config.sip
     if remote is not None:
-        return SipRelay(s, remote, None, devices=devices if s.devices else None,
-                        trusted_proxies=config.gateway.trusted_proxies, ua_rules=config.devices.user_agents,
-                        failure_floor=config.auth.failure_floor)
-    return SipRelay(s, ids.credentials, ids.audit, devices=devices if s.devices else None,
-                    trusted_proxies=config.gateway.trusted_proxies, ua_rules=config.devices.user_agents,
-                    failure_floor=config.auth.failure_floor)
+        return SipRelay(
+            s,
+            remote,
+            None,
+            devices=devices if s.devices else None,
+            trusted_proxies=config.gateway.trusted_proxies,
+            ua_rules=config.devices.user_agents,
+            failure_floor=config.auth.failure_floor,
+        )
+    return SipRelay(
+        s,
+        ids.credentials,
+        ids.audit,
+        devices=devices if s.devices else None,
+        trusted_proxies=config.gateway.trusted_proxies,
+        ua_rules=config.devices.user_agents,
+        failure_floor=config.auth.failure_floor,
+    )
 
 
 __all__ = ["Refusal", "SipRelay", "SipSession", "local_answer", "relay_from_config"]

@@ -96,8 +96,9 @@ class SipConfig(_Model):
                 if not path.is_file():
                     raise _Bad(k, f"no such file: {path}")
             if self.proxy_protocol and not gateway.trusted_proxies:
-                raise _Bad("proxy_protocol", "needs [gateway] trusted_proxies: the balancers whose "
-                           "PROXY header is read")
+                raise _Bad(
+                    "proxy_protocol", "needs [gateway] trusted_proxies: the balancers whose PROXY header is read"
+                )
         return self
 
 

@@ -57,9 +57,28 @@ class Stream(asyncio.Protocol):
 
     # no instance dict: one of these per idle client connection (bench/idle.py)
     __slots__ = (
-        "loop", "limit", "transport", "_on_connect", "task", "on_data", "on_deadline", "on_lost", "_scan",
-        "_over_ssl", "_buf", "_eof", "_exc", "_lost", "_waiter", "_reading_paused", "writing_paused",
-        "_drain_waiter", "_deadline", "_timer", "_timer_at", "__weakref__",
+        "loop",
+        "limit",
+        "transport",
+        "_on_connect",
+        "task",
+        "on_data",
+        "on_deadline",
+        "on_lost",
+        "_scan",
+        "_over_ssl",
+        "_buf",
+        "_eof",
+        "_exc",
+        "_lost",
+        "_waiter",
+        "_reading_paused",
+        "writing_paused",
+        "_drain_waiter",
+        "_deadline",
+        "_timer",
+        "_timer_at",
+        "__weakref__",
     )
 
     def __init__(

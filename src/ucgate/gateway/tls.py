@@ -28,11 +28,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 log = logging.getLogger("ucgate.gateway.tls")
 
 # Mozilla intermediate, TLS 1.2 (OpenSSL names), in the profile's order, without DHE (above).
-INTERMEDIATE_TLS12_CIPHERS = ":".join([
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-])
+INTERMEDIATE_TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
 INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
 # The demo/test certificate: at most the CA/Browser Forum's 398 days for a server certificate.
 SELF_SIGNED_DAYS = 397
@@ -61,8 +66,11 @@ def set_groups(ctx: ssl.SSLContext, groups: tuple[str, ...] = INTERMEDIATE_GROUP
         ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
         ctrl.restype = ctypes.c_long
         ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-        if ptr and get_options(ptr) == int(ctx.options) and \
-                ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, ":".join(groups).encode()) == 1:
+        if (
+            ptr
+            and get_options(ptr) == int(ctx.options)
+            and ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, ":".join(groups).encode()) == 1
+        ):
             return True
     except (OSError, AttributeError, ValueError) as e:
         log.debug("SSL_CTX_set1_groups_list not reachable: %r", e)
@@ -103,9 +111,7 @@ def certificate_der(cert_path: Path) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def make_self_signed(
-    cert_path: Path, key_path: Path, names: list[str], *, days: int = SELF_SIGNED_DAYS
-) -> None:
+def make_self_signed(cert_path: Path, key_path: Path, names: list[str], *, days: int = SELF_SIGNED_DAYS) -> None:
     """Write a self-signed *server* certificate and key for the demo and tests (key file 0600):
     a leaf (CA:FALSE, keyUsage digitalSignature, extendedKeyUsage serverAuth) that clients
     trust by pinning it as their CA file; it can sign nothing else."""
@@ -128,10 +134,20 @@ def make_self_signed(
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
@@ -160,5 +176,9 @@ def is_proper_leaf(cert_path: Path, *, min_days_left: int = 30) -> bool:
         return False
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     left = end - dt.datetime.now(dt.UTC)
-    return (not bc.ca and ExtendedKeyUsageOID.SERVER_AUTH in eku
-            and end - start <= dt.timedelta(days=398) and left >= dt.timedelta(days=min_days_left))
+    return (
+        not bc.ca
+        and ExtendedKeyUsageOID.SERVER_AUTH in eku
+        and end - start <= dt.timedelta(days=398)
+        and left >= dt.timedelta(days=min_days_left)
+    )

@@ -133,10 +133,34 @@ class TLSTransport(asyncio.Transport):
 
     # no instance dict: one of these per idle client connection (bench/idle.py)
     __slots__ = (
-        "_loop", "_sock", "_ssl_sock", "_fd", "_protocol", "_close_timeout", "_ssl_read", "_ssl_write",
-        "_ssl_pending", "_rbuf", "_rview", "_paused", "_reading", "_read_wants_write", "_pending", "_buffer",
-        "_write_wants_read", "_write_idle", "_high_water", "_low_water", "_protocol_paused", "_closing",
-        "_ssl_broken", "_close_timer", "_lost_called", "_dropped_writes", "_reader_on", "_writer_on",
+        "_loop",
+        "_sock",
+        "_ssl_sock",
+        "_fd",
+        "_protocol",
+        "_close_timeout",
+        "_ssl_read",
+        "_ssl_write",
+        "_ssl_pending",
+        "_rbuf",
+        "_rview",
+        "_paused",
+        "_reading",
+        "_read_wants_write",
+        "_pending",
+        "_buffer",
+        "_write_wants_read",
+        "_write_idle",
+        "_high_water",
+        "_low_water",
+        "_protocol_paused",
+        "_closing",
+        "_ssl_broken",
+        "_close_timer",
+        "_lost_called",
+        "_dropped_writes",
+        "_reader_on",
+        "_writer_on",
         "__weakref__",
     )
 
@@ -210,9 +234,7 @@ class TLSTransport(asyncio.Transport):
         queued = self._pending is not None or bool(self._buffer)
         want_read = (self._reading and not self._read_wants_write) or self._write_wants_read
         want_write = self._read_wants_write or (queued and not self._write_wants_read)
-        self._write_idle = not (
-            queued or self._closing or self._read_wants_write or self._write_wants_read
-        )
+        self._write_idle = not (queued or self._closing or self._read_wants_write or self._write_wants_read)
         if want_read != self._reader_on:
             if want_read:
                 self._loop.add_reader(self._fd, self._read_ready)
@@ -601,8 +623,9 @@ class _Handshake:
 
     __slots__ = ("client", "fd", "peer", "server", "sock", "timer", "watching")
 
-    def __init__(self, server: TLSServer, sock: ssl.SSLSocket, peer: Any, deadline: float,
-                 client: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, server: TLSServer, sock: ssl.SSLSocket, peer: Any, deadline: float, client: tuple[str, int] | None = None
+    ) -> None:
         self.server = server
         self.sock: ssl.SSLSocket | None = sock
         self.fd = sock.fileno()
@@ -687,8 +710,9 @@ class _Handshake:
             log.exception("protocol factory failed; closing the connection from %s", _peer_str(self.peer))
             sock.close()
             return
-        extra = {"peername": self.peer} if self.client is None else {
-            "peername": self.client, "proxy_peername": self.peer}
+        extra = (
+            {"peername": self.peer} if self.client is None else {"peername": self.client, "proxy_peername": self.peer}
+        )
         try:  # the transport calls connection_made and handles the protocol's failures itself
             TLSTransport(server._loop, sock, protocol, close_timeout=server._close_timeout, extra=extra)
         except Exception:
@@ -714,8 +738,7 @@ class _Preamble:
     # enough to tell a TLS record (0x16) from a PROXY signature
     _SNIFF_BYTES = len(proxyproto.SIGNATURE_V2)
 
-    def __init__(self, server: TLSServer, sock: socket.socket, peer: Any, trusted: bool,
-                 deadline: float) -> None:
+    def __init__(self, server: TLSServer, sock: socket.socket, peer: Any, trusted: bool, deadline: float) -> None:
         self.server = server
         self.sock: socket.socket | None = sock
         self.fd = sock.fileno()
@@ -782,17 +805,25 @@ class _Preamble:
         self.server._handshakes.discard(self)
 
     def _refuse(self, reason: str, detail: str) -> None:
-        log.warning("connection from %s closed: PROXY protocol: %s%s", _peer_str(self.peer), reason,
-                    f" ({detail})" if detail else "")
+        log.warning(
+            "connection from %s closed: PROXY protocol: %s%s",
+            _peer_str(self.peer),
+            reason,
+            f" ({detail})" if detail else "",
+        )
         self.close()
 
     def _expired(self) -> None:
         if self.trusted:
-            log.info("connection from %s closed: no PROXY header within %ss", _peer_str(self.peer),
-                     self.server._handshake_timeout)
+            log.info(
+                "connection from %s closed: no PROXY header within %ss",
+                _peer_str(self.peer),
+                self.server._handshake_timeout,
+            )
         else:  # as a TLS handshake that times out
-            log.debug("connection from %s sent nothing within %ss", _peer_str(self.peer),
-                      self.server._handshake_timeout)
+            log.debug(
+                "connection from %s sent nothing within %ss", _peer_str(self.peer), self.server._handshake_timeout
+            )
         self.close()
 
     def close(self) -> None:
@@ -901,7 +932,8 @@ class TLSServer:
                     # readable); stop accepting on this socket for a moment.
                     log.warning(
                         "accept() failed (%s); not accepting for %.1f s",
-                        errno.errorcode.get(exc.errno or 0, exc.errno), ACCEPT_RETRY_DELAY,
+                        errno.errorcode.get(exc.errno or 0, exc.errno),
+                        ACCEPT_RETRY_DELAY,
                     )
                     fd = lsock.fileno()
                     if fd in self._accepting:
@@ -928,8 +960,9 @@ class TLSServer:
         self._handshakes.add(pre)
         pre.step()  # the header usually came with the connection: no wait for readiness
 
-    def _start_tls(self, conn: socket.socket, peer: Any, deadline: float,
-                   client: tuple[str, int] | None = None) -> None:
+    def _start_tls(
+        self, conn: socket.socket, peer: Any, deadline: float, client: tuple[str, int] | None = None
+    ) -> None:
         try:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -1060,8 +1093,13 @@ async def start_tls_server(
     """
     sockets = _bind(host, port, backlog)
     server = TLSServer(
-        loop, protocol_factory, ssl_context, sockets,
-        handshake_timeout=handshake_timeout, close_timeout=close_timeout, proxy_from=proxy_from,
+        loop,
+        protocol_factory,
+        ssl_context,
+        sockets,
+        handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout,
+        proxy_from=proxy_from,
     )
     server._start()
     return server

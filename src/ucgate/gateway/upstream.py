@@ -74,9 +74,15 @@ class UpstreamPool:
     """Idle keep-alive connections to one upstream (LIFO, so warm connections are reused), at
     most ``limit`` of them, each for at most ``keepalive_expiry`` seconds."""
 
-    def __init__(self, upstream: Upstream, timeouts: Timeouts, *, limit: int,
-                 keepalive_expiry: float = KEEPALIVE_EXPIRY,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        timeouts: Timeouts,
+        *,
+        limit: int,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.upstream = upstream
         self.timeouts = timeouts
         self.limit = limit
@@ -84,9 +90,7 @@ class UpstreamPool:
         self.clock = clock  # for the per-user pools' idle time (tests pass theirs)
         self._idle: deque[UpstreamConnection] = deque()
         self._ssl: ssl.SSLContext | None = (
-            upstream_context(upstream.verify, upstream.ca_bundle)
-            if upstream.scheme == "https"
-            else None
+            upstream_context(upstream.verify, upstream.ca_bundle) if upstream.scheme == "https" else None
         )
         self.opened = 0
         # pool key -> (pool, last use): per-user connections, LRU-bounded (``for_user``)
@@ -193,9 +197,13 @@ class UpstreamPool:
             pools.popitem(last=False)
             p.close()
         entry = pools.get(key)
-        pool = entry[0] if entry is not None else UpstreamPool(
-            self.upstream, self.timeouts, limit=USER_POOL_IDLE_CONNECTIONS,
-            keepalive_expiry=self.keepalive_expiry)
+        pool = (
+            entry[0]
+            if entry is not None
+            else UpstreamPool(
+                self.upstream, self.timeouts, limit=USER_POOL_IDLE_CONNECTIONS, keepalive_expiry=self.keepalive_expiry
+            )
+        )
         pools[key] = (pool, now)
         pools.move_to_end(key)
         return pool

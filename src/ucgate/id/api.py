@@ -66,8 +66,13 @@ class AttemptContext:
     user_agent: str | None = None
 
     def to_wire(self) -> WireContext:
-        return WireContext.build(client_ip=self.client_ip, method=self.method, service=self.service,
-                                           device_id=self.device_id, user_agent=self.user_agent)
+        return WireContext.build(
+            client_ip=self.client_ip,
+            method=self.method,
+            service=self.service,
+            device_id=self.device_id,
+            user_agent=self.user_agent,
+        )
 
     @classmethod
     def from_wire(cls, w: WireContext) -> AttemptContext:
@@ -178,8 +183,9 @@ class SipAttemptRequest:
     ntlm_domain: str | None = None
 
     def to_wire(self) -> SipAttemptBody:
-        return SipAttemptBody.build(user=self.user, ntlm_user=self.ntlm_user, ntlm_domain=self.ntlm_domain,
-                                              context=self.context.to_wire())
+        return SipAttemptBody.build(
+            user=self.user, ntlm_user=self.ntlm_user, ntlm_domain=self.ntlm_domain, context=self.context.to_wire()
+        )
 
     @classmethod
     def from_wire(cls, w: SipAttemptBody) -> SipAttemptRequest:
@@ -221,8 +227,14 @@ class SipAttemptAnswer:
     def to_wire(self) -> SipAttemptAnswerBody:
         v = self.verdict
         return SipAttemptAnswerBody.build(
-            ok=v.ok, reason=v.reason, user=v.user, credential_id=v.credential_id, retry_after=v.retry_after,
-            token=self.token, expires_in=self.expires_in)
+            ok=v.ok,
+            reason=v.reason,
+            user=v.user,
+            credential_id=v.credential_id,
+            retry_after=v.retry_after,
+            token=self.token,
+            expires_in=self.expires_in,
+        )
 
     @classmethod
     def from_wire(cls, w: SipAttemptAnswerBody) -> SipAttemptAnswer:
@@ -329,8 +341,12 @@ _B64_OUT = PlainSerializer(_b64_encode, return_type=str)
 B64Bytes = Annotated[bytes, PlainValidator(_b64_validator(None)), _B64_OUT, _b64_schema(None)]
 B64Challenge = Annotated[bytes, PlainValidator(_b64_validator(8)), _B64_OUT, _b64_schema("8 bytes")]
 B64SessionKey = Annotated[bytes, PlainValidator(_b64_validator(16)), _B64_OUT, _b64_schema("16 bytes")]
-B64ChannelBinding = Annotated[bytes, PlainValidator(_b64_validator(None)), _B64_OUT,
-                              _b64_schema("tls-server-end-point application data (RFC 5929)")]
+B64ChannelBinding = Annotated[
+    bytes,
+    PlainValidator(_b64_validator(None)),
+    _B64_OUT,
+    _b64_schema("tls-server-end-point application data (RFC 5929)"),
+]
 
 MethodName = Literal["basic", "ntlm", "negotiate", "kerberos", "oauth-password", "portal", "sip"]
 OutcomeName = Literal["success", "failure", "not-a-guess", "continued"]
@@ -385,12 +401,14 @@ class VerdictBody(Wire):
 
     @classmethod
     def of(cls, v: Verdict) -> VerdictBody:
-        return cls.build(ok=v.ok, reason=v.reason, user=v.user, credential_id=v.credential_id,
-                                   retry_after=v.retry_after)
+        return cls.build(
+            ok=v.ok, reason=v.reason, user=v.user, credential_id=v.credential_id, retry_after=v.retry_after
+        )
 
     def verdict(self) -> Verdict:
-        return Verdict(self.ok, self.reason, user=self.user, credential_id=self.credential_id,
-                       retry_after=float(self.retry_after))
+        return Verdict(
+            self.ok, self.reason, user=self.user, credential_id=self.credential_id, retry_after=float(self.retry_after)
+        )
 
 
 class PasswordBody(Wire):
@@ -421,7 +439,9 @@ class NtlmBody(Wire):
     challenge: B64Bytes
     authenticate: B64Bytes
     server_challenge: B64Challenge
-    challenge_time: Annotated[StrictInt, Field(gt=0, lt=2**63, description="FILETIME of the CHALLENGE's MsvAvTimestamp")]
+    challenge_time: Annotated[
+        StrictInt, Field(gt=0, lt=2**63, description="FILETIME of the CHALLENGE's MsvAvTimestamp")
+    ]
     channel_binding: B64ChannelBinding | None = None
     extended_protection: Literal["require", "allow", "off"] | None = "require"
     max_clock_skew: Annotated[StrictInt, Field(ge=0, le=3600)] | None = 300
@@ -430,17 +450,28 @@ class NtlmBody(Wire):
     @classmethod
     def of(cls, h: NtlmHandshake, ctx: AttemptContext) -> NtlmBody:
         return cls.build(
-            negotiate=h.negotiate, challenge=h.challenge, authenticate=h.authenticate,
-            server_challenge=h.server_challenge, challenge_time=h.challenge_time,
-            channel_binding=h.channel_binding_data, extended_protection=h.extended_protection,
-            max_clock_skew=h.max_clock_skew, context=ctx.to_wire())
+            negotiate=h.negotiate,
+            challenge=h.challenge,
+            authenticate=h.authenticate,
+            server_challenge=h.server_challenge,
+            challenge_time=h.challenge_time,
+            channel_binding=h.channel_binding_data,
+            extended_protection=h.extended_protection,
+            max_clock_skew=h.max_clock_skew,
+            context=ctx.to_wire(),
+        )
 
     def handshake(self) -> NtlmHandshake:
         return NtlmHandshake(
-            negotiate=self.negotiate, challenge=self.challenge, authenticate=self.authenticate,
-            server_challenge=self.server_challenge, challenge_time=self.challenge_time,
-            channel_binding_data=self.channel_binding, extended_protection=self.extended_protection or "require",
-            max_clock_skew=300 if self.max_clock_skew is None else self.max_clock_skew)
+            negotiate=self.negotiate,
+            challenge=self.challenge,
+            authenticate=self.authenticate,
+            server_challenge=self.server_challenge,
+            challenge_time=self.challenge_time,
+            channel_binding_data=self.channel_binding,
+            extended_protection=self.extended_protection or "require",
+            max_clock_skew=300 if self.max_clock_skew is None else self.max_clock_skew,
+        )
 
 
 class NtlmSessionBody(Wire):
@@ -455,14 +486,24 @@ class NtlmSessionBody(Wire):
 
     @classmethod
     def of(cls, r: VerifyResult) -> NtlmSessionBody:
-        return cls.build(exported_session_key=r.exported_session_key, flags=int(r.flags),
-                                   mic_present=r.mic_present, channel_binding=r.channel_binding,
-                                   target_name=r.target_name)
+        return cls.build(
+            exported_session_key=r.exported_session_key,
+            flags=int(r.flags),
+            mic_present=r.mic_present,
+            channel_binding=r.channel_binding,
+            target_name=r.target_name,
+        )
 
     def result(self) -> VerifyResult:
-        return VerifyResult(candidate_index=0, session_base_key=b"", exported_session_key=self.exported_session_key,
-                            channel_binding=self.channel_binding, flags=NegotiateFlags(self.flags),
-                            mic_present=self.mic_present, target_name=self.target_name)
+        return VerifyResult(
+            candidate_index=0,
+            session_base_key=b"",
+            exported_session_key=self.exported_session_key,
+            channel_binding=self.channel_binding,
+            flags=NegotiateFlags(self.flags),
+            mic_present=self.mic_present,
+            target_name=self.target_name,
+        )
 
 
 class NtlmAnswerBody(VerdictBody):
@@ -474,9 +515,14 @@ class NtlmAnswerBody(VerdictBody):
     @classmethod
     def of(cls, answer: NtlmVerdict) -> NtlmAnswerBody:  # type: ignore[override]
         v, r = answer.verdict, answer.result
-        return cls.build(ok=v.ok, reason=v.reason, user=v.user, credential_id=v.credential_id,
-                                   retry_after=v.retry_after,
-                                   session=None if r is None or not v.ok else NtlmSessionBody.of(r))
+        return cls.build(
+            ok=v.ok,
+            reason=v.reason,
+            user=v.user,
+            credential_id=v.credential_id,
+            retry_after=v.retry_after,
+            session=None if r is None or not v.ok else NtlmSessionBody.of(r),
+        )
 
     def check(self) -> None:
         if self.ok and self.session is None:
@@ -490,7 +536,10 @@ class DeviceFactsBody(Wire):
     """The request's :class:`~ucgate.protocols.devices.DeviceFacts`, as the gateway extracted them."""
 
     model_config = ConfigDict(title="DeviceFacts")
-    device_id: Annotated[StrictStr, text_field(MAX_DEVICE_ID_CHARS, description="normalised; null when `problem` says why")] | None = None
+    device_id: (
+        Annotated[StrictStr, text_field(MAX_DEVICE_ID_CHARS, description="normalised; null when `problem` says why")]
+        | None
+    ) = None
     device_type: Annotated[StrictStr, text_field(MAX_NAME)] | None = None
     model: Annotated[StrictStr, text_field(MAX_NAME)] | None = None
     os: Annotated[StrictStr, text_field(MAX_NAME)] | None = None
@@ -498,25 +547,48 @@ class DeviceFactsBody(Wire):
     client_kind: Annotated[StrictStr, text_field(64)]
     source: Annotated[StrictStr, text_field(64)]
     problem: Annotated[StrictStr, text_field(64)] | None = None
-    claimed_user: Annotated[StrictStr, text_field(MAX_NAME * 2, description="the user the request names (EAS User=, CertProv Entity)")] | None = None
+    claimed_user: (
+        Annotated[
+            StrictStr, text_field(MAX_NAME * 2, description="the user the request names (EAS User=, CertProv Entity)")
+        ]
+        | None
+    ) = None
     command: Annotated[StrictStr, text_field(64)] | None = None
     detail: Annotated[StrictStr, text_field(MAX_NAME)] | None = None
 
     # What the id service accepts per field: the gateway bounds free text to these (facts_json).
-    LIMITS: ClassVar[dict[str, int]] = {"device_id": MAX_DEVICE_ID_CHARS, "device_type": MAX_NAME, "model": MAX_NAME,
-                                        "os": MAX_NAME, "user_agent": MAX_USER_AGENT_CHARS, "client_kind": 64,
-                                        "source": 64, "problem": 64, "claimed_user": MAX_NAME * 2, "command": 64,
-                                        "detail": MAX_NAME}
+    LIMITS: ClassVar[dict[str, int]] = {
+        "device_id": MAX_DEVICE_ID_CHARS,
+        "device_type": MAX_NAME,
+        "model": MAX_NAME,
+        "os": MAX_NAME,
+        "user_agent": MAX_USER_AGENT_CHARS,
+        "client_kind": 64,
+        "source": 64,
+        "problem": 64,
+        "claimed_user": MAX_NAME * 2,
+        "command": 64,
+        "detail": MAX_NAME,
+    }
 
     def check(self) -> None:
         if self.device_id is None and self.problem is None:
             raise ContextError("device.problem", "required when device.device_id is null")
 
     def facts(self) -> DeviceFacts:
-        return DeviceFacts(device_id=self.device_id, device_type=self.device_type, model=self.model, os=self.os,
-                           user_agent=self.user_agent, client_kind=self.client_kind, source=self.source,
-                           problem=self.problem, claimed_user=self.claimed_user, command=self.command,
-                           detail=self.detail or "")
+        return DeviceFacts(
+            device_id=self.device_id,
+            device_type=self.device_type,
+            model=self.model,
+            os=self.os,
+            user_agent=self.user_agent,
+            client_kind=self.client_kind,
+            source=self.source,
+            problem=self.problem,
+            claimed_user=self.claimed_user,
+            command=self.command,
+            detail=self.detail or "",
+        )
 
 
 class DeviceCheckBody(Wire):
@@ -528,7 +600,9 @@ class DeviceCheckBody(Wire):
     device: DeviceFactsBody
     service: Annotated[StrictStr, text_field(64, description="eas, ucwa, certprov, ...")]
     second_factor_ok: StrictBool | None = False
-    credential_id: Annotated[StrictStr, text_field(128, description="the ASP's id, for an ASP bound to a device")] | None = None
+    credential_id: (
+        Annotated[StrictStr, text_field(128, description="the ASP's id, for an ASP bound to a device")] | None
+    ) = None
     client_address: Annotated[IpAddress, Field(description="the device's IP address")] | None = None
 
     def check(self) -> None:
@@ -536,8 +610,12 @@ class DeviceCheckBody(Wire):
 
     def check_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``DeviceService.check``."""
-        return {"service": self.service, "second_factor_ok": bool(self.second_factor_ok),
-                "credential_id": self.credential_id, "client_address": self.client_address}
+        return {
+            "service": self.service,
+            "second_factor_ok": bool(self.second_factor_ok),
+            "credential_id": self.credential_id,
+            "client_address": self.client_address,
+        }
 
 
 class DeviceDecisionBody(Wire):
@@ -557,7 +635,9 @@ class SipAttemptBody(Wire):
     """``POST /v1/sip/attempt``."""
 
     model_config = ConfigDict(title="SipAttempt")
-    user: Annotated[StrictStr, text_field(2 * MAX_CONTEXT_NAME, required=True, description="the From's address, sip:user@domain")]
+    user: Annotated[
+        StrictStr, text_field(2 * MAX_CONTEXT_NAME, required=True, description="the From's address, sip:user@domain")
+    ]
     ntlm_user: Annotated[StrictStr, text_field(MAX_CONTEXT_NAME)] | None = None
     ntlm_domain: Annotated[StrictStr, text_field(MAX_CONTEXT_NAME, description="only with ntlm_user")] | None = None
     context: Annotated[WireContext, Field(description="method must be sip")]
@@ -626,11 +706,20 @@ class ErrorBody(Wire):
     message: StrictStr
 
 
-_KIND = {"string_type": "expected a string", "int_type": "expected an integer", "bool_type": "expected true or false",
-         "float_type": "expected a number", "dict_type": "expected an object", "model_type": "expected an object",
-         "model_attributes_type": "expected an object", "missing": "required", "string_too_short": "must not be empty",
-         "string_pattern_mismatch": "no control characters", "timezone_aware": "time without a UTC offset",
-         "extra_forbidden": "unknown field"}
+_KIND = {
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "bool_type": "expected true or false",
+    "float_type": "expected a number",
+    "dict_type": "expected an object",
+    "model_type": "expected an object",
+    "model_attributes_type": "expected an object",
+    "missing": "required",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "no control characters",
+    "timezone_aware": "time without a UTC offset",
+    "extra_forbidden": "unknown field",
+}
 
 
 def wire_error(e: ValidationError, prefix: str = "") -> ContextError:
@@ -663,7 +752,9 @@ def parse_wire(model: type[W], data: bytes | str | dict[str, Any] | Any) -> W:
     """``data`` (JSON text, or an already-parsed object) as ``model``, its cross-field rules
     checked; raises ContextError (field, message)."""
     try:
-        obj = model.model_validate_json(data) if isinstance(data, (bytes, bytearray, str)) else model.model_validate(data)
+        obj = (
+            model.model_validate_json(data) if isinstance(data, (bytes, bytearray, str)) else model.model_validate(data)
+        )
     except ValidationError as e:
         raise wire_error(e) from None
     obj.check()

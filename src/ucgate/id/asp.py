@@ -55,7 +55,7 @@ def generate_asp(rand: Callable[[int], bytes]) -> str:
 
 
 def format_asp(canonical: str) -> str:
-    return "-".join(canonical[i:i + GROUP] for i in range(0, len(canonical), GROUP))
+    return "-".join(canonical[i : i + GROUP] for i in range(0, len(canonical), GROUP))
 
 
 def canonical_asp(typed: str) -> str | None:
@@ -119,9 +119,15 @@ def _device_matches(bound: str | None, device_id: str | None) -> bool:
 
 
 class AspService(UserSecretService):
-    def __init__(self, repo: Repository, keyring: Keyring, clock: Callable[[], datetime] = _utcnow,
-                 *, rand: Callable[[int], bytes] = secrets.token_bytes,
-                 users: UserService | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        keyring: Keyring,
+        clock: Callable[[], datetime] = _utcnow,
+        *,
+        rand: Callable[[int], bytes] = secrets.token_bytes,
+        users: UserService | None = None,
+    ) -> None:
         super().__init__(repo, keyring, clock, rand, users=users)
         self.cache: SignInCache | None = None  # the sign-in cache (ucgate.id.cache), if any
 
@@ -146,9 +152,18 @@ class AspService(UserSecretService):
         nonce, sealed = self.keyring.encrypt(canonical.encode(), asp_aad(user.id, asp_id))
         # a cache-only event: every process's sign-in cache forgets the user's ASP list
         pending = Pending(CredentialAdded(user.username, asp_id, "asp-created"))
-        self.repo.add_asp(NewAsp(id=asp_id, user_id=user.id, label=label, ciphertext=sealed,
-                                 nonce=nonce, device_id=device_id or None, created_at=self.clock()),
-                          event=pending)
+        self.repo.add_asp(
+            NewAsp(
+                id=asp_id,
+                user_id=user.id,
+                label=label,
+                ciphertext=sealed,
+                nonce=nonce,
+                device_id=device_id or None,
+                created_at=self.clock(),
+            ),
+            event=pending,
+        )
         if self.users.bus is not None:
             self.users.bus.committed(pending)
         elif self.cache is not None:
@@ -157,17 +172,17 @@ class AspService(UserSecretService):
 
     def list(self, username: str, *, include_revoked: bool = True) -> list[AspInfo]:
         user = self._user(username)
-        return [AspInfo(a.id, user.username, a.label, a.device_id, a.created_at, a.last_used_at,
-                        a.revoked_at)
-                for a in self.repo.list_asps(user.id, include_revoked=include_revoked)]
+        return [
+            AspInfo(a.id, user.username, a.label, a.device_id, a.created_at, a.last_used_at, a.revoked_at)
+            for a in self.repo.list_asps(user.id, include_revoked=include_revoked)
+        ]
 
     def get(self, asp_id: str) -> AspInfo | None:
         a = self.repo.get_asp(asp_id)
         if a is None:
             return None
         u = self.repo.get_user_by_id(a.user_id)
-        return AspInfo(a.id, u.username if u else "?", a.label, a.device_id, a.created_at,
-                       a.last_used_at, a.revoked_at)
+        return AspInfo(a.id, u.username if u else "?", a.label, a.device_id, a.created_at, a.last_used_at, a.revoked_at)
 
     def revoke(self, asp_id: str, *, actor: str | None = None) -> bool:
         """False when there is no such ASP (revoking twice is fine). Every process closes the
@@ -217,8 +232,9 @@ class AspService(UserSecretService):
             cache.put(username, user, records)
         return user, records, False
 
-    def _usable(self, username: str, device_id: str | None, *,
-                fresh: bool = False) -> tuple[UserRecord | None, builtins.list[tuple[AspRecord, bytes]], bool]:
+    def _usable(
+        self, username: str, device_id: str | None, *, fresh: bool = False
+    ) -> tuple[UserRecord | None, builtins.list[tuple[AspRecord, bytes]], bool]:
         user, records, cached = self._records(username, fresh)
         if user is None or not user.enabled:
             return None, [], cached
@@ -234,8 +250,7 @@ class AspService(UserSecretService):
             out.append((a, secret))
         return user, out, cached
 
-    def verify_password(self, username: str, password: str,
-                        device_id: str | None = None) -> AspMatch | None:
+    def verify_password(self, username: str, password: str, device_id: str | None = None) -> AspMatch | None:
         """The ASP ``password`` is, for Basic sign-in; None for a wrong, revoked or other
         device's ASP, a disabled or unknown user.
 
@@ -259,8 +274,7 @@ class AspService(UserSecretService):
         _, usable, _ = self._usable(username, device_id)
         return [(a.id, sp) for a, secret in usable for sp in spellings(secret.decode())]
 
-    def nt_hash_candidates(self, username: str,
-                           device_id: str | None = None) -> builtins.list[tuple[str, bytes]]:
+    def nt_hash_candidates(self, username: str, device_id: str | None = None) -> builtins.list[tuple[str, bytes]]:
         """``(asp_id, NT hash)`` for each usable ASP and each spelling (see :func:`spellings`);
         empty for an unknown or disabled user."""
         _, usable, _ = self._usable(username, device_id)

@@ -38,11 +38,38 @@ from typing import Any
 from ..store import AuditRecord, Repository
 from .asp import ALPHABET
 
-SECRET_WORDS = frozenset({
-    "password", "passwd", "pwd", "passphrase", "asp", "hash", "nthash", "token", "ticket",
-    "authorization", "authenticate", "cookie", "secret", "key", "otp", "pin", "plaintext", "ciphertext", "nonce",
-    "passwords", "asps", "hashes", "tokens", "tickets", "cookies", "secrets", "keys", "otps",
-})
+SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "asp",
+        "hash",
+        "nthash",
+        "token",
+        "ticket",
+        "authorization",
+        "authenticate",
+        "cookie",
+        "secret",
+        "key",
+        "otp",
+        "pin",
+        "plaintext",
+        "ciphertext",
+        "nonce",
+        "passwords",
+        "asps",
+        "hashes",
+        "tokens",
+        "tickets",
+        "cookies",
+        "secrets",
+        "keys",
+        "otps",
+    }
+)
 # A key whose last word is one of these names a thing, not the secret itself.
 SAFE_LAST_WORDS = frozenset({"id", "ids", "label", "type", "count", "kind", "expires", "len", "version"})
 REDACTED = "[redacted]"
@@ -115,9 +142,16 @@ def _field(v: str | None) -> str | None:
 
 
 class AuditLog:
-    def __init__(self, repo: Repository, jsonl_path: Path | None = None,
-                 clock: Callable[[], datetime] = _utcnow, *, fsync_interval: float = 1.0,
-                 monotonic: Callable[[], float] = time.monotonic, syslog: Any = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        jsonl_path: Path | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        *,
+        fsync_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        syslog: Any = None,
+    ) -> None:
         self.repo = repo
         self.syslog = syslog  # an audit_syslog.SyslogSink, or None
         self.path = Path(jsonl_path) if jsonl_path else None
@@ -131,39 +165,94 @@ class AuditLog:
         self.writer: Any = None  # ucgate.id.writer.SignInWriter for record_later, or None
         self._emitter = _Emitter(self)  # what record_later hands the writer: _emit, and a batch's
 
-    def record(self, action: str, *, actor: str, result: str, user: str | None = None,
-               device: str | None = None, service: str | None = None,
-               client_address: str | None = None, reason: str | None = None,
-               **details: Any) -> AuditRecord:
+    def record(
+        self,
+        action: str,
+        *,
+        actor: str,
+        result: str,
+        user: str | None = None,
+        device: str | None = None,
+        service: str | None = None,
+        client_address: str | None = None,
+        reason: str | None = None,
+        **details: Any,
+    ) -> AuditRecord:
         """Append one event (table, then file). Returns the stored event (with its id)."""
-        ev = self._event(action, actor=actor, result=result, user=user, device=device,
-                         service=service, client_address=client_address, reason=reason, **details)
+        ev = self._event(
+            action,
+            actor=actor,
+            result=result,
+            user=user,
+            device=device,
+            service=service,
+            client_address=client_address,
+            reason=reason,
+            **details,
+        )
         return self._emit(with_id(ev, self.repo.add_audit(ev)))
 
-    def record_later(self, action: str, *, actor: str, result: str, user: str | None = None,
-                     device: str | None = None, service: str | None = None,
-                     client_address: str | None = None, reason: str | None = None,
-                     **details: Any) -> None:
+    def record_later(
+        self,
+        action: str,
+        *,
+        actor: str,
+        result: str,
+        user: str | None = None,
+        device: str | None = None,
+        service: str | None = None,
+        client_address: str | None = None,
+        reason: str | None = None,
+        **details: Any,
+    ) -> None:
         """Append one event through the sign-in writer (``writer``, ``ucgate.id.writer``): in the
         table within its ``max_delay`` (group commit), then in the file and syslog. Without a
         writer, as :meth:`record`."""
-        ev = self._event(action, actor=actor, result=result, user=user, device=device,
-                         service=service, client_address=client_address, reason=reason, **details)
+        ev = self._event(
+            action,
+            actor=actor,
+            result=result,
+            user=user,
+            device=device,
+            service=service,
+            client_address=client_address,
+            reason=reason,
+            **details,
+        )
         if self.writer is None:
             self._emit(with_id(ev, self.repo.add_audit(ev)))
         else:
             self.writer.audit(ev, self._emitter)
 
-    def _event(self, action: str, *, actor: str, result: str, user: str | None, device: str | None,
-               service: str | None, client_address: str | None, reason: str | None,
-               **details: Any) -> AuditRecord:
+    def _event(
+        self,
+        action: str,
+        *,
+        actor: str,
+        result: str,
+        user: str | None,
+        device: str | None,
+        service: str | None,
+        client_address: str | None,
+        reason: str | None,
+        **details: Any,
+    ) -> AuditRecord:
         clean, redacted = scrub(details)
         if redacted:
             clean["redacted"] = redacted
-        return AuditRecord(id=None, at=self.clock(), actor=_field(actor) or "?", action=action,
-                           result=result, username=_field(user), device=_clip(device),
-                           service=service, client_address=client_address,
-                           reason=_field(reason), details=clean or None)
+        return AuditRecord(
+            id=None,
+            at=self.clock(),
+            actor=_field(actor) or "?",
+            action=action,
+            result=result,
+            username=_field(user),
+            device=_clip(device),
+            service=service,
+            client_address=client_address,
+            reason=_field(reason),
+            details=clean or None,
+        )
 
     def _emit(self, ev: AuditRecord) -> AuditRecord:
         """A stored event (with its id) to the file and the syslog sink."""
@@ -255,8 +344,16 @@ def with_id(ev: AuditRecord, ev_id: int) -> AuditRecord:
 
 def to_json(ev: AuditRecord) -> dict[str, Any]:
     return {
-        "schema_version": SCHEMA_VERSION, "id": ev.id, "at": ev.at.isoformat(), "actor": ev.actor, "action": ev.action,
-        "user": ev.username, "device": ev.device, "service": ev.service,
-        "client_address": ev.client_address, "result": ev.result, "reason": ev.reason,
+        "schema_version": SCHEMA_VERSION,
+        "id": ev.id,
+        "at": ev.at.isoformat(),
+        "actor": ev.actor,
+        "action": ev.action,
+        "user": ev.username,
+        "device": ev.device,
+        "service": ev.service,
+        "client_address": ev.client_address,
+        "result": ev.result,
+        "reason": ev.reason,
         "details": ev.details or {},
     }

@@ -43,13 +43,26 @@ from typing import Any
 log = logging.getLogger("ucgate.audit.syslog")
 
 FACILITIES = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
-    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "security": 13, "console": 14,
-    "solaris-cron": 15, **{f"local{i}": 16 + i for i in range(8)},
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    "ntp": 12,
+    "security": 13,
+    "console": 14,
+    "solaris-cron": 15,
+    **{f"local{i}": 16 + i for i in range(8)},
 }
 WARNING, NOTICE, INFO = 4, 5, 6
-_SEVERITY = {"deny": WARNING, "error": WARNING, "unavailable": WARNING,
-             "quarantine": NOTICE, "challenge": NOTICE}
+_SEVERITY = {"deny": WARNING, "error": WARNING, "unavailable": WARNING, "quarantine": NOTICE, "challenge": NOTICE}
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 DROP_LOG_INTERVAL = 10.0  # seconds between two "dropped" warnings
 
@@ -88,15 +101,20 @@ def _timestamp(at: Any) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def format_message(event: dict[str, Any], *, facility: int, hostname: str, app_name: str,
-                   procid: int | str) -> bytes:
+def format_message(event: dict[str, Any], *, facility: int, hostname: str, app_name: str, procid: int | str) -> bytes:
     """One RFC 5424 SYSLOG-MSG (without framing) for an audit event (``audit.to_json``)."""
     severity = _SEVERITY.get(str(event.get("result")), INFO)
-    header = " ".join((
-        f"<{facility * 8 + severity}>1", _timestamp(event.get("at")), _printable(hostname, 255),
-        _printable(app_name, 48), _printable(str(procid), 128),
-        _printable(str(event.get("action") or "-"), 32), "-",
-    ))
+    header = " ".join(
+        (
+            f"<{facility * 8 + severity}>1",
+            _timestamp(event.get("at")),
+            _printable(hostname, 255),
+            _printable(app_name, 48),
+            _printable(str(procid), 128),
+            _printable(str(event.get("action") or "-"), 32),
+            "-",
+        )
+    )
     body = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
     return f"{header} {body}".encode()
 
@@ -171,8 +189,12 @@ class SyslogSink:
             if say:
                 self._last_drop_log = now
         if say:
-            log.warning("audit syslog %s: %s: %d event(s) dropped so far (the store and the "
-                        "JSON-lines file still have them)", self.target, why, total)
+            log.warning(
+                "audit syslog %s: %s: %d event(s) dropped so far (the store and the JSON-lines file still have them)",
+                self.target,
+                why,
+                total,
+            )
 
     # --- the sender thread --------------------------------------------------------------------
     def _connect(self) -> socket.socket:
@@ -228,8 +250,15 @@ class SyslogSink:
                         break
                     continue
                 try:
-                    self._pending = pending = frame(format_message(event, facility=self._facility, hostname=self._hostname,
-                                                   app_name=self.cfg.app_name, procid=self._procid))
+                    self._pending = pending = frame(
+                        format_message(
+                            event,
+                            facility=self._facility,
+                            hostname=self._hostname,
+                            app_name=self.cfg.app_name,
+                            procid=self._procid,
+                        )
+                    )
                 except Exception:
                     log.exception("audit syslog: cannot format an event; dropped")
                     self._drop(1, "an event could not be formatted")
@@ -247,8 +276,13 @@ class SyslogSink:
                     self._sock = self._connect()
                 except (OSError, ssl.SSLError) as e:
                     if not failing:
-                        log.error("audit syslog %s: cannot connect (%s: %s); events wait in the queue "
-                                  "and are sent on reconnection", self.target, type(e).__name__, e)
+                        log.error(
+                            "audit syslog %s: cannot connect (%s: %s); events wait in the queue "
+                            "and are sent on reconnection",
+                            self.target,
+                            type(e).__name__,
+                            e,
+                        )
                     failing = True
                     next_try = time.monotonic() + backoff
                     backoff = min(backoff * 2, BACKOFF_MAX)

@@ -25,8 +25,9 @@ MAX_ENTRIES = 10_000
 
 
 class SignInCache:
-    def __init__(self, *, ttl: float = TTL, max_entries: int = MAX_ENTRIES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, ttl: float = TTL, max_entries: int = MAX_ENTRIES, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
         self._d: OrderedDict[str, tuple[float, UserRecord, list[AspRecord]]] = OrderedDict()
         self._lock = threading.Lock()

@@ -46,8 +46,7 @@ class Components:
         # running gateway reaches it (ucgate.id.events)
         self.bus = EventBus(Outbox(self.repo.engine))
         self.users = UserService(self.repo, bus=self.bus)
-        self.audit = AuditLog(self.repo, settings.audit_file,
-                              syslog=open_sink(getattr(settings, "audit_syslog", None)))
+        self.audit = AuditLog(self.repo, settings.audit_file, syslog=open_sink(getattr(settings, "audit_syslog", None)))
         self._keyring: Keyring | None = None
         self._asps: AspService | None = None
 
@@ -55,7 +54,8 @@ class Components:
     def keyring(self) -> Keyring:
         if self._keyring is None:
             self._keyring = Keyring.load_or_create(
-                self.settings.key_file, data_path=sqlite_path(self.settings.store_url))
+                self.settings.key_file, data_path=sqlite_path(self.settings.store_url)
+            )
         return self._keyring
 
     @property

@@ -49,8 +49,14 @@ from .rules import device_rule, group_entry
 log = logging.getLogger("ucgate.id.devices")
 
 # Keys of a [[policy]] entry / [devices] that become a policy.devices.GroupPolicy.
-DEVICE_POLICY_KEYS = ("max_devices", "trust_lifetime_hours", "certprov", "default_action",
-                      "problem_action", "require_second_factor")
+DEVICE_POLICY_KEYS = (
+    "max_devices",
+    "trust_lifetime_hours",
+    "certprov",
+    "default_action",
+    "problem_action",
+    "require_second_factor",
+)
 # last_seen is written at most this often per partnership (a busy device must not write on
 # every connection).
 LAST_SEEN_GRANULARITY = dt.timedelta(minutes=1)
@@ -212,8 +218,10 @@ class DeviceService:
         try:
             stored_rules, stored_policies = self.rule_store.rules(), self.rule_store.policies()
         except Exception as e:  # noqa: BLE001 - the store is down: keep what is in force
-            log.error("device rules: cannot read the store's rules (%s); the rules in force stay "
-                      "until it answers", type(e).__name__)
+            log.error(
+                "device rules: cannot read the store's rules (%s); the rules in force stay until it answers",
+                type(e).__name__,
+            )
             self._reload_after = time.monotonic() + 1.0
             return False
         rules, policies = [], []
@@ -229,8 +237,13 @@ class DeviceService:
                 log.error("group policy %d (%s) in the store is skipped: %s", p.id, p.name, e)
         self._store_rules, self._store_policies = tuple(rules), tuple(policies)
         self._reload_after = None
-        log.info("device rules: %d from the configuration, %d from the store; group policies: %d + %d",
-                 len(self._file_rules), len(rules), len(self._file_policies), len(policies))
+        log.info(
+            "device rules: %d from the configuration, %d from the store; group policies: %d + %d",
+            len(self._file_rules),
+            len(rules),
+            len(self._file_policies),
+            len(policies),
+        )
         return True
 
     def on_event_row(self, row: Any) -> None:
@@ -238,8 +251,13 @@ class DeviceService:
         if row.kind == RULES_CHANGED:
             self.reload_store_rules()
 
-    def set_policy(self, *, rules: Sequence[policy.DeviceRule], defaults: Mapping[str, Any] | None,
-                   group_policies: Sequence[GroupEntry]) -> None:
+    def set_policy(
+        self,
+        *,
+        rules: Sequence[policy.DeviceRule],
+        defaults: Mapping[str, Any] | None,
+        group_policies: Sequence[GroupEntry],
+    ) -> None:
         """Replace the [devices] rules, defaults and [[policy]] (a reload, ``ucgate.reload``):
         validated first (ValueError), then swapped; decisions from then on use them."""
         rules, defaults, group_policies = tuple(rules), dict(defaults or {}), tuple(group_policies)
@@ -260,8 +278,16 @@ class DeviceService:
         return self._policy_from(eff.settings), groups, eff.name
 
     # --- the gateway's question ------------------------------------------------------------
-    def check(self, user: str, facts: DeviceFacts, *, service: str, second_factor_ok: bool = False,
-              credential_id: str | None = None, client_address: str | None = None) -> DeviceCheck:
+    def check(
+        self,
+        user: str,
+        facts: DeviceFacts,
+        *,
+        service: str,
+        second_factor_ok: bool = False,
+        credential_id: str | None = None,
+        client_address: str | None = None,
+    ) -> DeviceCheck:
         now = self.clock()
         if self._reload_after is not None and time.monotonic() >= self._reload_after:
             self.reload_store_rules()  # the last reload failed: the store's rules may be stale
@@ -279,8 +305,15 @@ class DeviceService:
 
         def decide(second_factor_possible: bool) -> policy.DeviceDecision:
             return policy.decide(
-                facts=facts, existing=current, user_devices=others, rules=self.rules, policy=pol,
-                user_groups=groups, now=now, second_factor_ok=second_factor_ok, service=service,
+                facts=facts,
+                existing=current,
+                user_devices=others,
+                rules=self.rules,
+                policy=pol,
+                user_groups=groups,
+                now=now,
+                second_factor_ok=second_factor_ok,
+                service=service,
                 second_factor_possible=second_factor_possible,
             )
 
@@ -289,12 +322,21 @@ class DeviceService:
             # a challenge this user cannot answer: wait for an approval instead
             decision = decide(False)
         record, created = self._persist(user, facts, existing, decision, now)
-        result = DeviceCheck(decision.outcome, decision.reason, facts.device_id, decision.wipe,
-                             decision.trusted_until if decision.outcome == "allow" else None,
-                             record.id if record else None, decision.rule or "")
+        result = DeviceCheck(
+            decision.outcome,
+            decision.reason,
+            facts.device_id,
+            decision.wipe,
+            decision.trusted_until if decision.outcome == "allow" else None,
+            record.id if record else None,
+            decision.rule or "",
+        )
         self._audit(user, facts, service, client_address, result, decision.rule, policy=pol_name)
-        if record is not None and record.state == "quarantined" and (
-                created or (existing is not None and existing.state != "quarantined")):
+        if (
+            record is not None
+            and record.state == "quarantined"
+            and (created or (existing is not None and existing.state != "quarantined"))
+        ):
             self._notify("device-quarantined", record, decision.reason, service, client_address)
         return result
 
@@ -311,13 +353,18 @@ class DeviceService:
                 return DeviceCheck("deny", "device-user-mismatch", facts.device_id)
         if credential_id:
             bound = self.asp_device(credential_id)
-            if bound is not None and (facts.device_id is None
-                                      or device_key(bound) != device_key(facts.device_id)):
+            if bound is not None and (facts.device_id is None or device_key(bound) != device_key(facts.device_id)):
                 return DeviceCheck("deny", "asp-bound-to-other-device", facts.device_id)
         return None
 
-    def _persist(self, user: str, facts: DeviceFacts, existing: PartnershipRecord | None,
-                 decision: policy.DeviceDecision, now: dt.datetime) -> tuple[PartnershipRecord | None, bool]:
+    def _persist(
+        self,
+        user: str,
+        facts: DeviceFacts,
+        existing: PartnershipRecord | None,
+        decision: policy.DeviceDecision,
+        now: dt.datetime,
+    ) -> tuple[PartnershipRecord | None, bool]:
         if facts.device_id is None:
             return None, False
         if existing is None:
@@ -325,19 +372,27 @@ class DeviceService:
                 return None, False  # blocked by a rule, over the limit: nothing stored
             try:
                 rec = self.store.create(
-                    username=user, device_id=facts.device_id, state=decision.new_state,
-                    state_reason=decision.reason, rule=decision.rule or None,
-                    device_type=facts.device_type, model=facts.model, os=facts.os,
-                    user_agent=facts.user_agent, client_kind=facts.client_kind, source=facts.source,
-                    created_at=now, last_seen=now, trusted_until=decision.trusted_until,
+                    username=user,
+                    device_id=facts.device_id,
+                    state=decision.new_state,
+                    state_reason=decision.reason,
+                    rule=decision.rule or None,
+                    device_type=facts.device_type,
+                    model=facts.model,
+                    os=facts.os,
+                    user_agent=facts.user_agent,
+                    client_kind=facts.client_kind,
+                    source=facts.source,
+                    created_at=now,
+                    last_seen=now,
+                    trusted_until=decision.trusted_until,
                 )
                 return rec, True
             except DuplicateError:  # a concurrent first request from the same device
                 return self.store.get(user, facts.device_id), False
         changes: dict[str, Any] = {}
         if decision.new_state is not None:
-            changes.update(state=decision.new_state, state_reason=decision.reason,
-                           trusted_until=decision.trusted_until)
+            changes.update(state=decision.new_state, state_reason=decision.reason, trusted_until=decision.trusted_until)
         if now - existing.last_seen >= LAST_SEEN_GRANULARITY:
             changes["last_seen"] = now
         for attr in ("model", "os", "user_agent", "device_type"):
@@ -348,29 +403,63 @@ class DeviceService:
             return existing, False
         return self.store.update(existing.id, **changes) or existing, False
 
-    def _audit(self, user: str, facts: DeviceFacts, service: str, client_address: str | None,
-               result: DeviceCheck, rule: str, **extra: Any) -> None:
+    def _audit(
+        self,
+        user: str,
+        facts: DeviceFacts,
+        service: str,
+        client_address: str | None,
+        result: DeviceCheck,
+        rule: str,
+        **extra: Any,
+    ) -> None:
         self.audit.record(
-            "device-check", actor=user, user=user, device=facts.device_id, service=service,
-            client_address=client_address, result=result.outcome, reason=result.reason,
-            rule=rule or None, device_type=facts.device_type, client_kind=facts.client_kind,
-            source=facts.source, problem=facts.problem, detail=facts.detail or None, **extra,
+            "device-check",
+            actor=user,
+            user=user,
+            device=facts.device_id,
+            service=service,
+            client_address=client_address,
+            result=result.outcome,
+            reason=result.reason,
+            rule=rule or None,
+            device_type=facts.device_type,
+            client_kind=facts.client_kind,
+            source=facts.source,
+            problem=facts.problem,
+            detail=facts.detail or None,
+            **extra,
         )
 
-    def _notify(self, event: str, rec: PartnershipRecord, reason: str, service: str | None,
-                client_address: str | None) -> None:
-        notice = DeviceNotice(event=event, user=rec.username, device_id=rec.device_id,
-                              partnership_id=rec.id, reason=reason, device_type=rec.device_type,
-                              model=rec.model, user_agent=rec.user_agent,
-                              client_kind=rec.client_kind, service=service,
-                              client_address=client_address)
+    def _notify(
+        self, event: str, rec: PartnershipRecord, reason: str, service: str | None, client_address: str | None
+    ) -> None:
+        notice = DeviceNotice(
+            event=event,
+            user=rec.username,
+            device_id=rec.device_id,
+            partnership_id=rec.id,
+            reason=reason,
+            device_type=rec.device_type,
+            model=rec.model,
+            user_agent=rec.user_agent,
+            client_kind=rec.client_kind,
+            service=service,
+            client_address=client_address,
+        )
         try:
             ok = self.notifier.notify(notice)
         except Exception:
             log.exception("notifier failed")
             ok = False
-        self.audit.record("device-notify", actor="ucgate", user=rec.username, device=rec.device_id,
-                          result="ok" if ok else "error", reason=event)
+        self.audit.record(
+            "device-notify",
+            actor="ucgate",
+            user=rec.username,
+            device=rec.device_id,
+            result="ok" if ok else "error",
+            reason=event,
+        )
 
     # --- admin operations --------------------------------------------------------------
     def list(self, *, user: str | None = None, state: str | None = None) -> list[PartnershipRecord]:
@@ -382,8 +471,9 @@ class DeviceService:
             raise DeviceError(f"no device partnership with id {partnership_id}")
         return rec
 
-    def _admin(self, action: str, partnership_id: int, actor: str, reason: str | None,
-               cut: str | None = None, **changes: Any) -> PartnershipRecord:
+    def _admin(
+        self, action: str, partnership_id: int, actor: str, reason: str | None, cut: str | None = None, **changes: Any
+    ) -> PartnershipRecord:
         """Change one partnership; with ``cut``, a DeviceBlocked event (that reason) is written
         in the same transaction and every process closes the device's live connections."""
         rec = self.get(partnership_id)
@@ -391,8 +481,16 @@ class DeviceService:
         new = self.store.update(rec.id, event=pending, **changes) if changes else rec
         if new is None:
             raise DeviceError(f"no device partnership with id {partnership_id}")
-        self.audit.record(f"device.{action}", actor=actor, user=rec.username, device=rec.device_id,
-                          result="ok", reason=reason, partnership=rec.id, state=new.state)
+        self.audit.record(
+            f"device.{action}",
+            actor=actor,
+            user=rec.username,
+            device=rec.device_id,
+            result="ok",
+            reason=reason,
+            partnership=rec.id,
+            state=new.state,
+        )
         self._committed(pending)
         return new
 
@@ -407,28 +505,53 @@ class DeviceService:
         rec = self.get(partnership_id)
         now = self.clock()
         pol, _, _ = self.policy_for(rec.username)
-        changes: dict[str, Any] = dict(state="allowed", state_reason="approved", approved_by=actor,
-                                       approved_at=now)
+        changes: dict[str, Any] = dict(state="allowed", state_reason="approved", approved_by=actor, approved_at=now)
         if renew_trust:
             changes["trusted_until"] = now + pol.trust_lifetime
         return self._admin("approve", partnership_id, actor, "approved", **changes)
 
-    def block(self, partnership_id: int, *, actor: str, reason: str = "blocked by an administrator") -> PartnershipRecord:
-        return self._admin("block", partnership_id, actor, reason, cut=reason, state="blocked",
-                           state_reason="blocked", trusted_until=None)
+    def block(
+        self, partnership_id: int, *, actor: str, reason: str = "blocked by an administrator"
+    ) -> PartnershipRecord:
+        return self._admin(
+            "block",
+            partnership_id,
+            actor,
+            reason,
+            cut=reason,
+            state="blocked",
+            state_reason="blocked",
+            trusted_until=None,
+        )
 
     def unblock(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
         """Back to allowed, untrusted: the next request asks for the second factor (if the
         policy requires one)."""
-        return self._admin("unblock", partnership_id, actor, "unblocked", state="allowed",
-                           state_reason="unblocked", trusted_until=None, wipe_requested_at=None,
-                           wiped_at=None)
+        return self._admin(
+            "unblock",
+            partnership_id,
+            actor,
+            "unblocked",
+            state="allowed",
+            state_reason="unblocked",
+            trusted_until=None,
+            wipe_requested_at=None,
+            wiped_at=None,
+        )
 
     def wipe(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
         """Flag a remote wipe: ActiveSync devices get the wipe directive on their next request;
         every request from the device is refused meanwhile."""
-        return self._admin("wipe", partnership_id, actor, "wipe requested", cut="remote wipe requested",
-                           wipe_requested_at=self.clock(), wiped_at=None, trusted_until=None)
+        return self._admin(
+            "wipe",
+            partnership_id,
+            actor,
+            "wipe requested",
+            cut="remote wipe requested",
+            wipe_requested_at=self.clock(),
+            wiped_at=None,
+            trusted_until=None,
+        )
 
     def wipe_acknowledged(self, user: str, device_id: str, *, ok: bool) -> None:
         """The device reported the wipe (MS-ASPROV RemoteWipe Status): it stays blocked."""
@@ -436,16 +559,23 @@ class DeviceService:
         if rec is None or not rec.wipe_pending:
             return
         self.store.update(rec.id, wiped_at=self.clock(), state="blocked", state_reason="wiped")
-        self.audit.record("device.wiped", actor=user, user=user, device=rec.device_id,
-                          result="ok" if ok else "error", reason="wipe-acknowledged")
+        self.audit.record(
+            "device.wiped",
+            actor=user,
+            user=user,
+            device=rec.device_id,
+            result="ok" if ok else "error",
+            reason="wipe-acknowledged",
+        )
 
     def delete(self, partnership_id: int, *, actor: str) -> PartnershipRecord:
         """Forget the partnership: the device is a new device next time (the rules apply)."""
         rec = self.get(partnership_id)
         pending = Pending(DeviceBlocked(rec.username, rec.device_id, "device partnership deleted"), actor)
         self.store.delete(rec.id, event=pending)
-        self.audit.record("device.delete", actor=actor, user=rec.username, device=rec.device_id,
-                          result="ok", partnership=rec.id)
+        self.audit.record(
+            "device.delete", actor=actor, user=rec.username, device=rec.device_id, result="ok", partnership=rec.id
+        )
         self._committed(pending)
         return rec
 
@@ -493,9 +623,15 @@ def open_device_service(config: Any, ids: Any, *, clock: Callable[[], dt.datetim
                 return [rec.upn]
             return [f"{user}@{domain}"] if domain else []
 
-        notifiers.append(SmtpNotifier(n["smtp_host"], n.get("smtp_port", 25),
-                                      n.get("smtp_from", "ucgate@localhost"), recipients,
-                                      starttls=n.get("smtp_starttls", False)))
+        notifiers.append(
+            SmtpNotifier(
+                n["smtp_host"],
+                n.get("smtp_port", 25),
+                n.get("smtp_from", "ucgate@localhost"),
+                recipients,
+                starttls=n.get("smtp_starttls", False),
+            )
+        )
     if n.get("webhook_url"):
         notifiers.append(WebhookNotifier(n["webhook_url"]))
     second = getattr(getattr(ids, "credentials", None), "second_factor", None)
@@ -514,11 +650,21 @@ def open_device_service(config: Any, ids: Any, *, clock: Callable[[], dt.datetim
         return second.mode(user, du) is Mode.OTP_APPENDED and second.otp.is_enrolled(user)
 
     store = PartnershipStore(ids.components.repo.engine)
-    svc = DeviceService(store, ids.audit, ids.bus, rules=dc.rules, defaults=dc.defaults,
-                        group_policies=dc.policies, is_member=is_member, user_aliases=aliases,
-                        asp_device=asp_device, notifier=MultiNotifier(notifiers), clock=clock,
-                        second_factor_available=second_factor_available,
-                        rule_store=RuleStore(ids.components.repo.engine))
+    svc = DeviceService(
+        store,
+        ids.audit,
+        ids.bus,
+        rules=dc.rules,
+        defaults=dc.defaults,
+        group_policies=dc.policies,
+        is_member=is_member,
+        user_aliases=aliases,
+        asp_device=asp_device,
+        notifier=MultiNotifier(notifiers),
+        clock=clock,
+        second_factor_available=second_factor_available,
+        rule_store=RuleStore(ids.components.repo.engine),
+    )
     # a rules-changed row (this process, or any other through the event follower): reload
     ids.bus.subscribe_rows(svc.on_event_row)
     return svc

@@ -43,8 +43,16 @@ from urllib.parse import urlsplit
 from ..errors import UcgateError
 
 __all__ = [
-    "AccountState", "Directory", "DirectoryError", "DirectoryUser", "NameKind", "NameQuery",
-    "escape_filter_value", "parse_name", "user_filters", "filetime_to_datetime",
+    "AccountState",
+    "Directory",
+    "DirectoryError",
+    "DirectoryUser",
+    "NameKind",
+    "NameQuery",
+    "escape_filter_value",
+    "parse_name",
+    "user_filters",
+    "filetime_to_datetime",
     "MAX_NAME_LENGTH",
 ]
 
@@ -64,16 +72,29 @@ FILETIME_NEVER = (0, 0x7FFFFFFFFFFFFFFF)
 _SAM_FORBIDDEN = set('"/\\[]:;|=,+*?<>')
 
 _USER_ATTRS = [
-    "distinguishedName", "sAMAccountName", "userPrincipalName", ATTR_SIP, "mail",
-    "proxyAddresses", "displayName", "objectGUID", "objectSid", "primaryGroupID",
+    "distinguishedName",
+    "sAMAccountName",
+    "userPrincipalName",
+    ATTR_SIP,
+    "mail",
+    "proxyAddresses",
+    "displayName",
+    "objectGUID",
+    "objectSid",
+    "primaryGroupID",
 ]
 _STATE_ATTRS = [
-    "userAccountControl", "msDS-User-Account-Control-Computed", "accountExpires",
-    "pwdLastSet", "lockoutTime", "badPwdCount",
+    "userAccountControl",
+    "msDS-User-Account-Control-Computed",
+    "accountExpires",
+    "pwdLastSet",
+    "lockoutTime",
+    "badPwdCount",
 ]
 
 
 # --------------------------------------------------------------------------- errors, values
+
 
 class DirectoryError(UcgateError):
     """A directory operation failed; ``reason`` is a stable code for callers/audit."""
@@ -87,8 +108,7 @@ def filetime_to_datetime(value: int) -> _dt.datetime | None:
     if value in FILETIME_NEVER or value <= 0:
         return None
     try:
-        return _dt.datetime(1601, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(
-            microseconds=value // 10)
+        return _dt.datetime(1601, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(microseconds=value // 10)
     except OverflowError:
         return None
 
@@ -141,6 +161,7 @@ class DirectoryUser:
 
 
 # --------------------------------------------------------------------------- pure parsing
+
 
 class NameKind(StrEnum):
     SAM = "sam"  # sAMAccountName (also DOMAIN\\user)
@@ -264,7 +285,7 @@ def normalize_dn(dn: str) -> str:
 def sid_to_str(raw: bytes) -> str:
     rev, count = raw[0], raw[1]
     auth = int.from_bytes(raw[2:8], "big")
-    subs = [int.from_bytes(raw[8 + 4 * i: 12 + 4 * i], "little") for i in range(count)]
+    subs = [int.from_bytes(raw[8 + 4 * i : 12 + 4 * i], "little") for i in range(count)]
     return "S-" + "-".join(str(x) for x in [rev, auth, *subs])
 
 
@@ -306,6 +327,7 @@ def state_from_attributes(attrs: dict[str, list[bytes]], now: _dt.datetime) -> A
 
 # --------------------------------------------------------------------------- I/O
 
+
 def _ldap3() -> Any:
     import ldap3  # imported lazily: the pure functions above need no ldap3
 
@@ -321,8 +343,11 @@ class _StrictTls:
         class StrictTls(tls_base):
             def wrap_socket(self, connection, do_handshake=False):
                 connection.socket = context.wrap_socket(
-                    connection.socket, server_side=False,
-                    do_handshake_on_connect=do_handshake, server_hostname=server_hostname)
+                    connection.socket,
+                    server_side=False,
+                    do_handshake_on_connect=do_handshake,
+                    server_hostname=server_hostname,
+                )
 
         return StrictTls(validate=ssl.CERT_REQUIRED)
 
@@ -406,8 +431,9 @@ class Directory:
         tls = None
         if ep.use_ssl or self._start_tls:
             tls = _StrictTls(self._ctx, self._tls_server_name or ep.host)
-        return ldap3.Server(ep.host, port=ep.port, use_ssl=ep.use_ssl, tls=tls,
-                            get_info=ldap3.NONE, connect_timeout=self.timeout)
+        return ldap3.Server(
+            ep.host, port=ep.port, use_ssl=ep.use_ssl, tls=tls, get_info=ldap3.NONE, connect_timeout=self.timeout
+        )
 
     def _open(self, bind_dn: str, password: str, *, raise_bind: bool = True):
         """A connected, TLS-protected, bound connection, or DirectoryError.
@@ -417,11 +443,18 @@ class Directory:
         last: Exception | None = None
         for ep in self._endpoints:
             conn = ldap3.Connection(
-                self._server(ep), user=bind_dn, password=password,
+                self._server(ep),
+                user=bind_dn,
+                password=password,
                 # ldap3 packs receive_timeout into SO_RCVTIMEO as an integer
-                authentication=ldap3.SIMPLE, receive_timeout=max(1, math.ceil(self.timeout)),
-                raise_exceptions=True, check_names=False, auto_referrals=False,
-                read_only=True, return_empty_attributes=False)
+                authentication=ldap3.SIMPLE,
+                receive_timeout=max(1, math.ceil(self.timeout)),
+                raise_exceptions=True,
+                check_names=False,
+                auto_referrals=False,
+                read_only=True,
+                return_empty_attributes=False,
+            )
             try:
                 conn.open()
                 if self._start_tls and not ep.use_ssl:
@@ -469,10 +502,17 @@ class Directory:
                     self._conn = self._open(self._bind_dn, self._bind_password)
                 try:
                     return fn(self._conn)
-                except (exc.LDAPCommunicationError, exc.LDAPSocketOpenError,
-                        exc.LDAPSessionTerminatedByServerError, exc.LDAPResponseTimeoutError,
-                        exc.LDAPSocketReceiveError, exc.LDAPSocketSendError,
-                        exc.LDAPBusyResult, exc.LDAPUnavailableResult, OSError) as e:
+                except (
+                    exc.LDAPCommunicationError,
+                    exc.LDAPSocketOpenError,
+                    exc.LDAPSessionTerminatedByServerError,
+                    exc.LDAPResponseTimeoutError,
+                    exc.LDAPSocketReceiveError,
+                    exc.LDAPSocketSendError,
+                    exc.LDAPBusyResult,
+                    exc.LDAPUnavailableResult,
+                    OSError,
+                ) as e:
                     _close(self._conn)
                     self._conn = None
                     if not reused or attempt == 1:
@@ -525,20 +565,26 @@ class Directory:
     # ------------------------------------------------------------ searches
 
     @staticmethod
-    def _search(conn, base: str, filt: str, attrs: list[str], scope: str = "SUBTREE",
-                size_limit: int = 0) -> list[tuple[str, dict[str, list[bytes]]]]:
+    def _search(
+        conn, base: str, filt: str, attrs: list[str], scope: str = "SUBTREE", size_limit: int = 0
+    ) -> list[tuple[str, dict[str, list[bytes]]]]:
         ldap3 = _ldap3()
         entries: list[tuple[str, dict[str, list[bytes]]]] = []
         cookie = None
         while True:
-            conn.search(base, filt, search_scope=getattr(ldap3, scope), attributes=attrs,
-                        size_limit=size_limit, paged_size=None if scope == "BASE" else 500,
-                        paged_cookie=cookie)
+            conn.search(
+                base,
+                filt,
+                search_scope=getattr(ldap3, scope),
+                attributes=attrs,
+                size_limit=size_limit,
+                paged_size=None if scope == "BASE" else 500,
+                paged_cookie=cookie,
+            )
             for r in conn.response or ():
                 if r.get("type") != "searchResEntry":
                     continue
-                entries.append((r["dn"], {k.lower(): list(v) for k, v in
-                                          r.get("raw_attributes", {}).items()}))
+                entries.append((r["dn"], {k.lower(): list(v) for k, v in r.get("raw_attributes", {}).items()}))
             if scope == "BASE":
                 break
             ctrl = (conn.result.get("controls") or {}).get("1.2.840.113556.1.4.319")
@@ -562,8 +608,11 @@ class Directory:
         another NetBIOS domain). Raises DirectoryError (invalid-name, ambiguous,
         unavailable, ...)."""
         q = parse_name(name)
-        if (q.domain is not None and self.netbios_domain is not None
-                and q.domain.casefold() != self.netbios_domain.casefold()):
+        if (
+            q.domain is not None
+            and self.netbios_domain is not None
+            and q.domain.casefold() != self.netbios_domain.casefold()
+        ):
             return None
         key = ("user",) + q.cache_key()
         hit, value = self._cache_get(key)
@@ -575,8 +624,7 @@ class Directory:
 
     def _lookup(self, conn, q: NameQuery) -> DirectoryUser | None:
         for filt in user_filters(q):
-            found = self._search(conn, self.base_dn, filt, _USER_ATTRS + _STATE_ATTRS,
-                                 size_limit=2)
+            found = self._search(conn, self.base_dn, filt, _USER_ATTRS + _STATE_ATTRS, size_limit=2)
             if len(found) > 1:
                 raise DirectoryError("ambiguous", f"{len(found)} entries match")
             if found:
@@ -618,9 +666,13 @@ class Directory:
         groups: set[str] = set()
         if sid and primary_rid and primary_rid.isdigit():
             group_sid = sid[:1] + bytes([sid[1]]) + sid[2:-4] + int(primary_rid).to_bytes(4, "little")
-            prim = self._search(conn, self.base_dn,
-                                f"(&(objectClass=group)(objectSid={escape_filter_value(group_sid)}))",
-                                ["distinguishedName"], size_limit=1)
+            prim = self._search(
+                conn,
+                self.base_dn,
+                f"(&(objectClass=group)(objectSid={escape_filter_value(group_sid)}))",
+                ["distinguishedName"],
+                size_limit=1,
+            )
             if prim:
                 groups.add(prim[0][0])
                 clauses.append(f"(member:{MATCHING_RULE_IN_CHAIN}:={escape_filter_value(prim[0][0])})")
@@ -668,9 +720,15 @@ class Directory:
         if hit:
             return dn
         v = escape_filter_value(group)
-        found = self._with_service(lambda c: self._search(
-            c, self.base_dn, f"(&(objectClass=group)(|(sAMAccountName={v})(cn={v})))",
-            ["distinguishedName"], size_limit=2))
+        found = self._with_service(
+            lambda c: self._search(
+                c,
+                self.base_dn,
+                f"(&(objectClass=group)(|(sAMAccountName={v})(cn={v})))",
+                ["distinguishedName"],
+                size_limit=2,
+            )
+        )
         if len(found) > 1:
             raise DirectoryError("ambiguous", f"group {group!r}")
         dn = found[0][0] if found else None
@@ -696,8 +754,7 @@ class Directory:
                 target = user.dn
             else:
                 found = self.resolve(user)
-                target = found.dn if found else (
-                    f"CN=ucgate-no-such-user-{uuid.uuid4().hex},{self.base_dn}")
+                target = found.dn if found else (f"CN=ucgate-no-such-user-{uuid.uuid4().hex},{self.base_dn}")
             conn = self._open(target, password, raise_bind=False)
             if conn is None:
                 return False
@@ -710,6 +767,7 @@ class Directory:
 
 
 # --------------------------------------------------------------------------- small helpers
+
 
 def _close(conn) -> None:
     if conn is None:

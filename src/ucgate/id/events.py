@@ -78,8 +78,12 @@ class CredentialAdded:
 
 
 Event = UserBlocked | DeviceBlocked | CredentialRevoked | CredentialAdded
-KINDS: dict[type, str] = {UserBlocked: "user-blocked", DeviceBlocked: "device-blocked",
-                          CredentialRevoked: "credential-revoked", CredentialAdded: "credential-added"}
+KINDS: dict[type, str] = {
+    UserBlocked: "user-blocked",
+    DeviceBlocked: "device-blocked",
+    CredentialRevoked: "credential-revoked",
+    CredentialAdded: "credential-added",
+}
 # Kinds that only tell caches to forget (row subscribers get them; event subscribers do not).
 CACHE_ONLY_KINDS = frozenset({"credential-added"})
 # Kinds with no Event class: "refresh what you read from the store", for row subscribers only
@@ -91,8 +95,7 @@ ROW_KINDS = frozenset({RULES_CHANGED})
 
 def event_fields(event: Event, *, actor: str | None = None) -> dict[str, Any]:
     """The outbox columns of an event (``ucgate.store.outbox.append``'s keywords)."""
-    out: dict[str, Any] = {"kind": KINDS[type(event)], "username": event.user,
-                           "reason": event.reason, "actor": actor}
+    out: dict[str, Any] = {"kind": KINDS[type(event)], "username": event.user, "reason": event.reason, "actor": actor}
     if isinstance(event, UserBlocked):
         out["signed_in_before"] = event.signed_in_before
     elif isinstance(event, DeviceBlocked):
@@ -121,10 +124,16 @@ def event_of(row: EventRow) -> Event | None:
 # --- the wire (SSE data), one definition for the id service and the gateway -------------------
 def to_wire(row: EventRow) -> str:
     """The SSE ``data`` of a row."""
-    return json.dumps({"user": row.username, "reason": row.reason, "device_id": row.device_id,
-                       "credential": row.credential,
-                       "signed_in_before": row.signed_in_before.isoformat() if row.signed_in_before else None,
-                       "at": _aware(row.at).isoformat() if row.at else None})
+    return json.dumps(
+        {
+            "user": row.username,
+            "reason": row.reason,
+            "device_id": row.device_id,
+            "credential": row.credential,
+            "signed_in_before": row.signed_in_before.isoformat() if row.signed_in_before else None,
+            "at": _aware(row.at).isoformat() if row.at else None,
+        }
+    )
 
 
 def _aware(at: dt.datetime) -> dt.datetime:
@@ -149,9 +158,12 @@ def from_wire(event_id: str | None, kind: str | None, data: str) -> EventRow:
         at = dt.datetime.fromisoformat(obj["at"]) if obj.get("at") else dt.datetime.now(dt.UTC)
         return EventRow(
             id=int(event_id) if event_id and event_id.isdigit() else 0,
-            at=_aware(at), kind=str(kind or "message")[:32],
-            username=obj["user"][:256], reason=(obj.get("reason") or "blocked")[:128],
-            device_id=obj.get("device_id") or None, credential=obj.get("credential") or None,
+            at=_aware(at),
+            kind=str(kind or "message")[:32],
+            username=obj["user"][:256],
+            reason=(obj.get("reason") or "blocked")[:128],
+            device_id=obj.get("device_id") or None,
+            credential=obj.get("credential") or None,
             signed_in_before=when,
         )
     except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
@@ -292,8 +304,11 @@ class EventFollower:
                 failing = False
             except Exception as e:  # noqa: BLE001 - keep following; the table is the truth
                 if not failing:
-                    log.error("event follower: cannot read the outbox (%s): %s", type(e).__name__,
-                              " ".join(str(e).split())[:200])
+                    log.error(
+                        "event follower: cannot read the outbox (%s): %s",
+                        type(e).__name__,
+                        " ".join(str(e).split())[:200],
+                    )
                 failing = True
                 self._stop.wait(self.fallback_poll)
                 continue

@@ -73,8 +73,7 @@ def open_services(
         two_factor: a ``TwoFactorSettings`` (None: second factor off).
         audit_syslog: an ``audit_syslog.SyslogConfig`` ([audit.syslog]), or None.
     """
-    settings = SimpleNamespace(store_url=store_url, key_file=key_file, audit_file=audit_file,
-                               audit_syslog=audit_syslog)
+    settings = SimpleNamespace(store_url=store_url, key_file=key_file, audit_file=audit_file, audit_syslog=audit_syslog)
     comp = Components(settings)
     comp.users.netbios_domains = tuple(d.upper() for d in netbios_domains)
     _ = comp.keyring  # load or create the key now: a bad key file fails at start, not at first sign-in
@@ -84,17 +83,24 @@ def open_services(
     comp.asps.cache = SignInCache()
     comp.bus.subscribe_rows(comp.asps.cache.on_row)
     # the budget lives in the store: one per account for every process of the pool
-    budget = StoreBudget(comp.repo.engine, BudgetConfig(
-        user_failures=lockout.user_failures, ip_failures=lockout.ip_failures, window=lockout.window))
+    budget = StoreBudget(
+        comp.repo.engine,
+        BudgetConfig(user_failures=lockout.user_failures, ip_failures=lockout.ip_failures, window=lockout.window),
+    )
     bus = comp.bus
     second = None
     if two_factor is not None and (two_factor.default_mode != "off" or two_factor.group_modes):
-        second = SecondFactor(OtpService(comp.repo, comp.keyring, users=comp.users), two_factor,
-                              directory=directory, clock=time.time)
+        second = SecondFactor(
+            OtpService(comp.repo, comp.keyring, users=comp.users), two_factor, directory=directory, clock=time.time
+        )
     creds = IdService(
         second_factor=second,
-        asps=comp.asps, users=comp.users, budget=budget, audit=comp.audit,
-        directory=directory, required_group=required_group,
+        asps=comp.asps,
+        users=comp.users,
+        budget=budget,
+        audit=comp.audit,
+        directory=directory,
+        required_group=required_group,
         allow_domain_passwords=allow_domain_passwords,
         store_name=comp.repo.engine.url.render_as_string(hide_password=True),
     )

@@ -60,8 +60,14 @@ class StoreProbe:
     is still running waits for it, up to its own timeout). The reason names the exception's
     type only (its message may hold the database URL)."""
 
-    def __init__(self, engine: Any, *, timeout: float = PROBE_TIMEOUT, ttl: float = PROBE_TTL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        timeout: float = PROBE_TIMEOUT,
+        ttl: float = PROBE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.timeout = timeout
         self.ttl = ttl
@@ -108,5 +114,4 @@ def health_routes(readiness: Readiness | None = None) -> list:
         status, body = readiness_answer(*await check(ready))
         return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
-    return [Route("/healthz", healthz, methods=["GET", "HEAD"]),
-            Route("/readyz", readyz, methods=["GET", "HEAD"])]
+    return [Route("/healthz", healthz, methods=["GET", "HEAD"]), Route("/readyz", readyz, methods=["GET", "HEAD"])]

@@ -156,9 +156,14 @@ def _answer(body: Wire) -> Response:
 
 def device_decision(check: Any) -> DeviceDecisionBody:
     return DeviceDecisionBody.build(
-        outcome=check.outcome, reason=check.reason, device_id=check.device_id, wipe=bool(check.wipe),
-        trusted_until=check.trusted_until, rule=getattr(check, "rule", "") or None,
-        partnership_id=getattr(check, "partnership_id", None))
+        outcome=check.outcome,
+        reason=check.reason,
+        device_id=check.device_id,
+        wipe=bool(check.wipe),
+        trusted_until=check.trusted_until,
+        rule=getattr(check, "rule", "") or None,
+        partnership_id=getattr(check, "partnership_id", None),
+    )
 
 
 # --- events ------------------------------------------------------------------------------
@@ -239,8 +244,9 @@ class LiveSessions:
     an engine, so that every id service of the pool sees every gateway's report; in memory
     otherwise (tests)."""
 
-    def __init__(self, engine: Any = None, ttl: float = SESSION_REPORT_TTL,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, engine: Any = None, ttl: float = SESSION_REPORT_TTL, clock: Callable[[], float] = time.time
+    ) -> None:
         self.ttl, self.clock = ttl, clock
         self.engine = engine
         self._reports: dict[str, tuple[float, dict[str, dt.datetime]]] = {}
@@ -254,8 +260,10 @@ class LiveSessions:
         with self.engine.connect().execution_options(ucgate_write=True) as c, c.begin():
             c.execute(t.delete().where(t.c.gateway == gateway))
             if users:
-                c.execute(t.insert(), [dict(gateway=gateway, username=u, signed_in_at=at,
-                                            reported_at=now) for u, at in users.items()])
+                c.execute(
+                    t.insert(),
+                    [dict(gateway=gateway, username=u, signed_in_at=at, reported_at=now) for u, at in users.items()],
+                )
 
     def live_users(self) -> dict[str, dt.datetime]:
         now = self.clock()
@@ -265,8 +273,11 @@ class LiveSessions:
             with self.engine.connect() as c:
                 c.execute(t.delete().where(t.c.reported_at < now - self.ttl * 10))
                 c.commit()
-                rows = c.execute(select(t.c.username, func.min(t.c.signed_in_at))
-                                 .where(t.c.reported_at >= now - self.ttl).group_by(t.c.username)).all()
+                rows = c.execute(
+                    select(t.c.username, func.min(t.c.signed_in_at))
+                    .where(t.c.reported_at >= now - self.ttl)
+                    .group_by(t.c.username)
+                ).all()
             return {r[0]: r[1] for r in rows}
         for gw, (at, users) in list(self._reports.items()):
             if now - at > self.ttl:
@@ -330,8 +341,12 @@ def create_id_api(
     def endpoint(handler: Callable, *, public: bool = False) -> Callable:
         async def wrapped(request: Request) -> Response:
             if not public and not authorized(request):
-                log.warning("id API: refused %s %s from %s: bad or missing secret", request.method,
-                            request.url.path, request.client.host if request.client else "?")
+                log.warning(
+                    "id API: refused %s %s from %s: bad or missing secret",
+                    request.method,
+                    request.url.path,
+                    request.client.host if request.client else "?",
+                )
                 return _error(401, "unauthorized", "missing or wrong shared secret")
             try:
                 return await handler(request)
@@ -359,9 +374,17 @@ def create_id_api(
         req = _parse(DeviceCheckBody, await _read_body(request, max_body))
         facts = req.device.facts()
         if devices is None:
-            return _answer(DeviceDecisionBody.build(
-                outcome="allow", reason="devices-disabled", device_id=facts.device_id, wipe=False,
-                trusted_until=None, rule=None, partnership_id=None))
+            return _answer(
+                DeviceDecisionBody.build(
+                    outcome="allow",
+                    reason="devices-disabled",
+                    device_id=facts.device_id,
+                    wipe=False,
+                    trusted_until=None,
+                    rule=None,
+                    partnership_id=None,
+                )
+            )
         return _answer(device_decision(await devices.check_async(req.user, facts, **req.check_kwargs())))
 
     async def sip_attempt(request: Request) -> Response:
@@ -399,8 +422,7 @@ def create_id_api(
         assert isinstance(exc, HTTPException)  # registered for HTTPException only
         if exc.status_code == 413:
             return _error(413, "too-large", f"request body over {max_body} bytes")
-        return _error(exc.status_code, "not-found" if exc.status_code == 404 else "http-error",
-                      str(exc.detail))
+        return _error(exc.status_code, "not-found" if exc.status_code == 404 else "http-error", str(exc.detail))
 
     app = Starlette(
         routes=[
@@ -429,87 +451,241 @@ def create_id_api(
 
 # (path, method, operationId, summary, description, request body, answer (code, description, body),
 #  error codes, public)
-_OPERATIONS: tuple[tuple[str, str, str, str, str, type[Wire] | None, tuple[str, str, Any], tuple[int, ...], bool], ...] = (
-    ("/v1/auth/password", "post", "verifyPassword", "Check a user name and password (an ASP)", "",
-     PasswordBody, ("200", "The verdict", VerdictBody), (400, 401, 413), False),
-    ("/v1/auth/account", "post", "checkAccount",
-     "Check that an account verified elsewhere (a Kerberos ticket) may still sign in",
-     "Account state read fresh from the directory (disabled, locked, expired, password must change) and "
-     "the group gate; audited as a sign-in.",
-     AccountBody, ("200", "The verdict", VerdictBody), (400, 401, 413), False),
-    ("/v1/auth/ntlm", "post", "verifyNtlm", "Verify one NTLMv2 exchange the gateway ran",
-     "Messages verbatim (the MIC covers them). The verdict carries the exported session key for the "
-     "gateway's SPNEGO mechListMIC; NT hashes never leave the id service.",
-     NtlmBody, ("200", "The verdict", NtlmAnswerBody), (400, 401, 413), False),
-    ("/v1/devices/check", "post", "checkDevice", "Decide the user/device partnership for one request",
-     "The device facts as the gateway extracted them from the request; the id service applies its "
-     "[devices] policy, stores the partnership, audits and notifies. `allow` may be cached by the "
-     "gateway until `trusted_until`.",
-     DeviceCheckBody, ("200", "The decision", DeviceDecisionBody), (400, 401, 413), False),
-    ("/v1/sip/attempt", "post", "beginSipAttempt", "Reserve the failure budget for a SIP REGISTER credential leg",
-     "Before the relay forwards an NTLM Type 3, Kerberos or TLS-DSK leg to the Access Edge. ok: a token "
-     "holding one unit (settle it with /v1/sip/settle within expires_in seconds, else it is charged as a "
-     "failure; only this id service can settle it). Not ok: retry_after > 0 is throttled or unavailable "
-     "(answer 503), else the account is refused or the NTLM user is not the From's account (answer 403); "
-     "settled and audited already.",
-     SipAttemptBody, ("200", "The reservation or the refusal", SipAttemptAnswerBody), (400, 401, 413), False),
-    ("/v1/sip/settle", "post", "settleSipAttempt", "Settle a SIP reservation with the Access Edge's answer",
-     "success: 2xx; failure: a final 401/403/407 or no answer; not-a-guess: 5xx; continued: a 401 that "
-     "continues a Kerberos/TLS-DSK handshake (the unit comes back, not audited). settled false: unknown "
-     "token (settled, expired, or another id service's).",
-     SipSettleBody, ("200", "Whether a reservation was settled", SettledBody), (400, 401, 413), False),
-    ("/v1/events", "get", "events", "Server-Sent Events: user-blocked, device-blocked", "",
-     None, ("200", "`event: user-blocked`, `data:` a UserBlocked object; `event: device-blocked`, `data:` a "
-                   "DeviceBlocked object", "text/event-stream"), (401,), False),
-    ("/v1/sessions", "put", "reportSessions", "A gateway's live signed-in users, for the account monitor", "",
-     SessionsBody, ("204", "Recorded", None), (400, 401, 413), False),
-    ("/v1/health", "get", "health", "Liveness (no secret needed)", "",
-     None, ("200", "Up", HealthBody), (), True),
-    ("/healthz", "get", "healthz", "Alive, for a balancer's check (no secret needed)", "",
-     None, ("200", "Alive", "status"), (), True),
-    ("/readyz", "get", "readyz",
-     "Ready, for a balancer's check: 503 while the store is unreachable (no secret needed)", "",
-     None, ("200", "Ready", "status"), (), True),
-    ("/v1/openapi.json", "get", "openapi", "This document", "",
-     None, ("200", "OpenAPI 3.1", "object"), (401,), False),
+_OPERATIONS: tuple[
+    tuple[str, str, str, str, str, type[Wire] | None, tuple[str, str, Any], tuple[int, ...], bool], ...
+] = (
+    (
+        "/v1/auth/password",
+        "post",
+        "verifyPassword",
+        "Check a user name and password (an ASP)",
+        "",
+        PasswordBody,
+        ("200", "The verdict", VerdictBody),
+        (400, 401, 413),
+        False,
+    ),
+    (
+        "/v1/auth/account",
+        "post",
+        "checkAccount",
+        "Check that an account verified elsewhere (a Kerberos ticket) may still sign in",
+        "Account state read fresh from the directory (disabled, locked, expired, password must change) and "
+        "the group gate; audited as a sign-in.",
+        AccountBody,
+        ("200", "The verdict", VerdictBody),
+        (400, 401, 413),
+        False,
+    ),
+    (
+        "/v1/auth/ntlm",
+        "post",
+        "verifyNtlm",
+        "Verify one NTLMv2 exchange the gateway ran",
+        "Messages verbatim (the MIC covers them). The verdict carries the exported session key for the "
+        "gateway's SPNEGO mechListMIC; NT hashes never leave the id service.",
+        NtlmBody,
+        ("200", "The verdict", NtlmAnswerBody),
+        (400, 401, 413),
+        False,
+    ),
+    (
+        "/v1/devices/check",
+        "post",
+        "checkDevice",
+        "Decide the user/device partnership for one request",
+        "The device facts as the gateway extracted them from the request; the id service applies its "
+        "[devices] policy, stores the partnership, audits and notifies. `allow` may be cached by the "
+        "gateway until `trusted_until`.",
+        DeviceCheckBody,
+        ("200", "The decision", DeviceDecisionBody),
+        (400, 401, 413),
+        False,
+    ),
+    (
+        "/v1/sip/attempt",
+        "post",
+        "beginSipAttempt",
+        "Reserve the failure budget for a SIP REGISTER credential leg",
+        "Before the relay forwards an NTLM Type 3, Kerberos or TLS-DSK leg to the Access Edge. ok: a token "
+        "holding one unit (settle it with /v1/sip/settle within expires_in seconds, else it is charged as a "
+        "failure; only this id service can settle it). Not ok: retry_after > 0 is throttled or unavailable "
+        "(answer 503), else the account is refused or the NTLM user is not the From's account (answer 403); "
+        "settled and audited already.",
+        SipAttemptBody,
+        ("200", "The reservation or the refusal", SipAttemptAnswerBody),
+        (400, 401, 413),
+        False,
+    ),
+    (
+        "/v1/sip/settle",
+        "post",
+        "settleSipAttempt",
+        "Settle a SIP reservation with the Access Edge's answer",
+        "success: 2xx; failure: a final 401/403/407 or no answer; not-a-guess: 5xx; continued: a 401 that "
+        "continues a Kerberos/TLS-DSK handshake (the unit comes back, not audited). settled false: unknown "
+        "token (settled, expired, or another id service's).",
+        SipSettleBody,
+        ("200", "Whether a reservation was settled", SettledBody),
+        (400, 401, 413),
+        False,
+    ),
+    (
+        "/v1/events",
+        "get",
+        "events",
+        "Server-Sent Events: user-blocked, device-blocked",
+        "",
+        None,
+        (
+            "200",
+            "`event: user-blocked`, `data:` a UserBlocked object; `event: device-blocked`, `data:` a "
+            "DeviceBlocked object",
+            "text/event-stream",
+        ),
+        (401,),
+        False,
+    ),
+    (
+        "/v1/sessions",
+        "put",
+        "reportSessions",
+        "A gateway's live signed-in users, for the account monitor",
+        "",
+        SessionsBody,
+        ("204", "Recorded", None),
+        (400, 401, 413),
+        False,
+    ),
+    ("/v1/health", "get", "health", "Liveness (no secret needed)", "", None, ("200", "Up", HealthBody), (), True),
+    (
+        "/healthz",
+        "get",
+        "healthz",
+        "Alive, for a balancer's check (no secret needed)",
+        "",
+        None,
+        ("200", "Alive", "status"),
+        (),
+        True,
+    ),
+    (
+        "/readyz",
+        "get",
+        "readyz",
+        "Ready, for a balancer's check: 503 while the store is unreachable (no secret needed)",
+        "",
+        None,
+        ("200", "Ready", "status"),
+        (),
+        True,
+    ),
+    ("/v1/openapi.json", "get", "openapi", "This document", "", None, ("200", "OpenAPI 3.1", "object"), (401,), False),
 )
 
 # The events' data (ucgate.id.events.to_wire) and the balancer checks' answer (ucgate.id.health).
 _EXTRA_SCHEMAS: dict[str, Any] = {
-    "DeviceBlocked": {"type": "object", "properties": {
-        "user": {"type": "string"}, "device_id": {"type": "string"}, "reason": {"type": "string"}}},
-    "UserBlocked": {"type": "object", "properties": {
-        "user": {"type": "string"}, "reason": {"type": "string"},
-        "signed_in_before": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}}},
-    "Status": {"type": "object", "required": ["status"],
-               "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}},
+    "DeviceBlocked": {
+        "type": "object",
+        "properties": {"user": {"type": "string"}, "device_id": {"type": "string"}, "reason": {"type": "string"}},
+    },
+    "UserBlocked": {
+        "type": "object",
+        "properties": {
+            "user": {"type": "string"},
+            "reason": {"type": "string"},
+            "signed_in_before": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+        },
+    },
+    "Status": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
+    },
 }
 
-_CTX = {"client_ip": "192.0.2.7", "method": "basic", "service": "eas", "device_id": "ApplDEV1",
-        "user_agent": "Apple-iPhone9C1/1402.100"}
+_CTX = {
+    "client_ip": "192.0.2.7",
+    "method": "basic",
+    "service": "eas",
+    "device_id": "ApplDEV1",
+    "user_agent": "Apple-iPhone9C1/1402.100",
+}
 _B = "TlRMTVNTUAAB"  # base64 of the start of an NTLM message
 # One example body per model, in the document (media type ``example``) and validated by the tests.
 EXAMPLES: dict[type[Wire], dict[str, Any]] = {
     PasswordBody: {"user": "alice", "password": "abcd efgh ijkl mnop", "context": _CTX},
     AccountBody: {"user": "alice@contoso.com", "context": {**_CTX, "method": "kerberos"}},
     VerdictBody: {"ok": True, "reason": "ok", "user": "alice", "credential_id": "asp-3f2a", "retry_after": 0.0},
-    NtlmBody: {"negotiate": _B, "challenge": _B, "authenticate": _B, "server_challenge": "MTIzNDU2Nzg=",
-               "challenge_time": 133_000_000_000_000_000, "channel_binding": None,
-               "extended_protection": "require", "max_clock_skew": 300, "context": {**_CTX, "method": "ntlm"}},
-    NtlmAnswerBody: {"ok": True, "reason": "ok", "user": "alice", "credential_id": "asp-3f2a", "retry_after": 0.0,
-                     "session": {"exported_session_key": "AAECAwQFBgcICQoLDA0ODw==", "flags": 3800728117,
-                                 "mic_present": True, "channel_binding": "verified", "target_name": "HTTP/mail"}},
-    DeviceCheckBody: {"user": "alice", "service": "eas", "second_factor_ok": False, "credential_id": None,
-                      "client_address": "192.0.2.7",
-                      "device": {"device_id": "ApplDEV1", "device_type": "iPhone", "model": None, "os": None,
-                                 "user_agent": "Apple-iPhone9C1/1402.100", "client_kind": "ios", "source": "eas-query",
-                                 "problem": None, "claimed_user": "alice", "command": "FolderSync", "detail": ""}},
-    DeviceDecisionBody: {"outcome": "allow", "reason": "trusted", "device_id": "ApplDEV1", "wipe": False,
-                         "trusted_until": "2030-01-01T00:00:00+00:00", "rule": None, "partnership_id": 7},
-    SipAttemptBody: {"user": "sip:alice@contoso.com", "ntlm_user": "alice", "ntlm_domain": "CONTOSO",
-                     "context": {**_CTX, "method": "sip", "service": "sip"}},
-    SipAttemptAnswerBody: {"ok": True, "reason": "ok", "user": "alice", "credential_id": None, "retry_after": 0.0,
-                           "token": "0f3c9a", "expires_in": 30.0},
+    NtlmBody: {
+        "negotiate": _B,
+        "challenge": _B,
+        "authenticate": _B,
+        "server_challenge": "MTIzNDU2Nzg=",
+        "challenge_time": 133_000_000_000_000_000,
+        "channel_binding": None,
+        "extended_protection": "require",
+        "max_clock_skew": 300,
+        "context": {**_CTX, "method": "ntlm"},
+    },
+    NtlmAnswerBody: {
+        "ok": True,
+        "reason": "ok",
+        "user": "alice",
+        "credential_id": "asp-3f2a",
+        "retry_after": 0.0,
+        "session": {
+            "exported_session_key": "AAECAwQFBgcICQoLDA0ODw==",
+            "flags": 3800728117,
+            "mic_present": True,
+            "channel_binding": "verified",
+            "target_name": "HTTP/mail",
+        },
+    },
+    DeviceCheckBody: {
+        "user": "alice",
+        "service": "eas",
+        "second_factor_ok": False,
+        "credential_id": None,
+        "client_address": "192.0.2.7",
+        "device": {
+            "device_id": "ApplDEV1",
+            "device_type": "iPhone",
+            "model": None,
+            "os": None,
+            "user_agent": "Apple-iPhone9C1/1402.100",
+            "client_kind": "ios",
+            "source": "eas-query",
+            "problem": None,
+            "claimed_user": "alice",
+            "command": "FolderSync",
+            "detail": "",
+        },
+    },
+    DeviceDecisionBody: {
+        "outcome": "allow",
+        "reason": "trusted",
+        "device_id": "ApplDEV1",
+        "wipe": False,
+        "trusted_until": "2030-01-01T00:00:00+00:00",
+        "rule": None,
+        "partnership_id": 7,
+    },
+    SipAttemptBody: {
+        "user": "sip:alice@contoso.com",
+        "ntlm_user": "alice",
+        "ntlm_domain": "CONTOSO",
+        "context": {**_CTX, "method": "sip", "service": "sip"},
+    },
+    SipAttemptAnswerBody: {
+        "ok": True,
+        "reason": "ok",
+        "user": "alice",
+        "credential_id": None,
+        "retry_after": 0.0,
+        "token": "0f3c9a",
+        "expires_in": 30.0,
+    },
     SipSettleBody: {"token": "0f3c9a", "outcome": "success", "reason": "ok"},
     SettledBody: {"settled": True},
     SessionsBody: {"gateway": "gw-1", "users": {"alice": "2025-03-01T09:00:00+00:00"}},
@@ -517,8 +693,11 @@ EXAMPLES: dict[type[Wire], dict[str, Any]] = {
     ErrorBody: {"error": "bad-request", "field": "context.client_ip", "message": "not an IP address"},
 }
 
-_ERROR_TEXT = {400: "Malformed call; `field` names the offending field", 401: "Missing or wrong shared secret",
-               413: "Request body too large"}
+_ERROR_TEXT = {
+    400: "Malformed call; `field` names the offending field",
+    401: "Missing or wrong shared secret",
+    413: "Request body too large",
+}
 
 
 def schema_name(model: type[BaseModel]) -> str:
@@ -576,8 +755,9 @@ def openapi_document(operations: tuple = _OPERATIONS) -> dict[str, Any]:
             responses[str(c)] = {"description": _ERROR_TEXT[c], "content": content(ErrorBody)}
         op["responses"] = responses
         if path == "/v1/events":
-            op["parameters"] = [{"name": "Last-Event-ID", "in": "header", "required": False,
-                                 "schema": {"type": "string"}}]
+            op["parameters"] = [
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
+            ]
         paths.setdefault(path, {})[method] = op
     return {
         "openapi": "3.1.0",
@@ -585,11 +765,12 @@ def openapi_document(operations: tuple = _OPERATIONS) -> dict[str, Any]:
             "title": "ucgate id service",
             "version": "1",
             "description": "What gateways in the DMZ ask the id service on the LAN. Every call but "
-                           "/v1/health needs `Authorization: Bearer <shared secret>`.",
+            "/v1/health needs `Authorization: Bearer <shared secret>`.",
         },
         "paths": paths,
-        "components": {"securitySchemes": {"sharedSecret": {"type": "http", "scheme": "bearer"}},
-                       "schemas": {**schemas, **_EXTRA_SCHEMAS}},
+        "components": {
+            "securitySchemes": {"sharedSecret": {"type": "http", "scheme": "bearer"}},
+            "schemas": {**schemas, **_EXTRA_SCHEMAS},
+        },
         "security": [{"sharedSecret": []}],
     }
-

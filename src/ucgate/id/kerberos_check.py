@@ -161,9 +161,16 @@ def default_resolver(name: str) -> list[str]:
 
 
 def _spn_holders(search: Search, spn: str) -> list[tuple[str, dict[str, list[str]]]]:
-    return search(f"(servicePrincipalName={escape(spn)})",
-                  ["sAMAccountName", "msDS-KeyVersionNumber", "msDS-SupportedEncryptionTypes",
-                   "userAccountControl", "msDS-AllowedToDelegateTo"])
+    return search(
+        f"(servicePrincipalName={escape(spn)})",
+        [
+            "sAMAccountName",
+            "msDS-KeyVersionNumber",
+            "msDS-SupportedEncryptionTypes",
+            "userAccountControl",
+            "msDS-AllowedToDelegateTo",
+        ],
+    )
 
 
 def _first(attrs: dict[str, list[str]], key: str) -> str | None:
@@ -180,8 +187,9 @@ def _all(attrs: dict[str, list[str]], key: str) -> list[str]:
     return []
 
 
-def run_checks(settings: CheckSettings, search: Search, *,
-               resolver: Resolver = default_resolver, s4u_probe: S4uProbe | None = None) -> Report:
+def run_checks(
+    settings: CheckSettings, search: Search, *, resolver: Resolver = default_resolver, s4u_probe: S4uProbe | None = None
+) -> Report:
     """Every check in order. Without ``s4u_probe`` the S4U round trip is skipped (said so)."""
     started = _dt.datetime.now(_dt.UTC)
     t0 = time.monotonic()
@@ -195,9 +203,13 @@ def run_checks(settings: CheckSettings, search: Search, *,
         try:
             r = fn()
         except Exception as e:  # noqa: BLE001 - a check that cannot run is a failure, named
-            r = CheckResult(fn.__name__.lstrip("_").replace("_", "-"), "fail",
-                            f"the check could not run: {type(e).__name__}", str(e),
-                            "see the detail; is the directory reachable with the configured account?")
+            r = CheckResult(
+                fn.__name__.lstrip("_").replace("_", "-"),
+                "fail",
+                f"the check could not run: {type(e).__name__}",
+                str(e),
+                "see the detail; is the directory reachable with the configured account?",
+            )
         r.seconds = time.monotonic() - t
         results.append(r)
         return r
@@ -206,9 +218,17 @@ def run_checks(settings: CheckSettings, search: Search, *,
 
     def _account() -> dict[str, list[str]]:
         if not account_attrs:
-            found = search(f"(sAMAccountName={escape(acct)})",
-                           ["sAMAccountName", "msDS-KeyVersionNumber", "msDS-SupportedEncryptionTypes",
-                            "userAccountControl", "msDS-AllowedToDelegateTo", "servicePrincipalName"])
+            found = search(
+                f"(sAMAccountName={escape(acct)})",
+                [
+                    "sAMAccountName",
+                    "msDS-KeyVersionNumber",
+                    "msDS-SupportedEncryptionTypes",
+                    "userAccountControl",
+                    "msDS-AllowedToDelegateTo",
+                    "servicePrincipalName",
+                ],
+            )
             if found:
                 account_attrs.update(found[0][1])
                 account_attrs["__dn__"] = [found[0][0]]
@@ -219,22 +239,35 @@ def run_checks(settings: CheckSettings, search: Search, *,
         holders = _spn_holders(search, spn)
         names = [(_first(a, "sAMAccountName") or dn) for dn, a in holders]
         if not holders:
-            return CheckResult("spn-unique", "fail", f"no account in AD has the SPN {spn}",
-                               "clients cannot get a ticket for the gateway (KDC_ERR_S_PRINCIPAL_UNKNOWN)",
-                               f"setspn -S {spn} {acct}   (Samba: samba-tool spn add {spn} {acct})")
+            return CheckResult(
+                "spn-unique",
+                "fail",
+                f"no account in AD has the SPN {spn}",
+                "clients cannot get a ticket for the gateway (KDC_ERR_S_PRINCIPAL_UNKNOWN)",
+                f"setspn -S {spn} {acct}   (Samba: samba-tool spn add {spn} {acct})",
+            )
         if len(holders) > 1:
             others = [n for n in names if n.lower() != acct.lower()]
-            return CheckResult("spn-unique", "fail",
-                               f"duplicate SPN {spn}: on {len(holders)} accounts ({', '.join(names)})",
-                               "the KDC refuses (or picks one of) duplicate SPNs: tickets fail to decrypt",
-                               "keep it only on " + acct + ": " + "; ".join(
-                                   f"setspn -D {spn} {o}   (Samba: samba-tool spn delete {spn} {o})"
-                                   for o in others) + "   (find duplicates: setspn -X)")
+            return CheckResult(
+                "spn-unique",
+                "fail",
+                f"duplicate SPN {spn}: on {len(holders)} accounts ({', '.join(names)})",
+                "the KDC refuses (or picks one of) duplicate SPNs: tickets fail to decrypt",
+                "keep it only on "
+                + acct
+                + ": "
+                + "; ".join(f"setspn -D {spn} {o}   (Samba: samba-tool spn delete {spn} {o})" for o in others)
+                + "   (find duplicates: setspn -X)",
+            )
         if names[0].lower() != acct.lower():
-            return CheckResult("spn-unique", "fail", f"{spn} is on {names[0]}, not on {acct}",
-                               "the keytab holds the keys of the wrong account",
-                               f"setspn -D {spn} {names[0]}; setspn -S {spn} {acct} "
-                               "(or set [kerberos] account to the account that holds it)")
+            return CheckResult(
+                "spn-unique",
+                "fail",
+                f"{spn} is on {names[0]}, not on {acct}",
+                "the keytab holds the keys of the wrong account",
+                f"setspn -D {spn} {names[0]}; setspn -S {spn} {acct} "
+                "(or set [kerberos] account to the account that holds it)",
+            )
         return CheckResult("spn-unique", "pass", f"{spn} is registered once, on {acct}")
 
     timed(spn_unique)
@@ -246,23 +279,35 @@ def run_checks(settings: CheckSettings, search: Search, *,
         try:
             entries.extend(read_keytab(s.keytab))
         except (OSError, ValueError) as e:
-            return CheckResult("keytab", "fail", f"cannot read the keytab {s.keytab}", str(e),
-                               "export it again (ktpass /princ ... /out, or samba-tool domain "
-                               "exportkeytab) and make it readable by ucgate only (chmod 600)")
+            return CheckResult(
+                "keytab",
+                "fail",
+                f"cannot read the keytab {s.keytab}",
+                str(e),
+                "export it again (ktpass /princ ... /out, or samba-tool domain "
+                "exportkeytab) and make it readable by ucgate only (chmod 600)",
+            )
         princ = f"{spn}@{s.realm}".lower()
         have = {e.principal.lower() for e in entries}
         missing = [p for p in (princ, f"{acct}@{s.realm}".lower()) if p not in have]
         if princ in missing:
-            return CheckResult("keytab", "fail", f"the keytab has no key for {spn}@{s.realm}",
-                               "principals in it: " + ", ".join(sorted(have)),
-                               f"ktpass /princ {spn}@{s.realm} /mapuser {acct} /crypto AES256-SHA1 "
-                               f"/ptype KRB5_NT_PRINCIPAL /out gw.keytab (it resets the password: "
-                               "redistribute to every gateway of the pool)")
+            return CheckResult(
+                "keytab",
+                "fail",
+                f"the keytab has no key for {spn}@{s.realm}",
+                "principals in it: " + ", ".join(sorted(have)),
+                f"ktpass /princ {spn}@{s.realm} /mapuser {acct} /crypto AES256-SHA1 "
+                f"/ptype KRB5_NT_PRINCIPAL /out gw.keytab (it resets the password: "
+                "redistribute to every gateway of the pool)",
+            )
         if missing:
-            return CheckResult("keytab", "warn", f"the keytab has no entry for the account {acct}@{s.realm}",
-                               "kcd gets its TGT as the account: set [kerberos] account and add its key",
-                               f"ktutil: add the account principal's keys, or samba-tool domain exportkeytab "
-                               f"--principal={acct}")
+            return CheckResult(
+                "keytab",
+                "warn",
+                f"the keytab has no entry for the account {acct}@{s.realm}",
+                "kcd gets its TGT as the account: set [kerberos] account and add its key",
+                f"ktutil: add the account principal's keys, or samba-tool domain exportkeytab --principal={acct}",
+            )
         return CheckResult("keytab", "pass", f"{len(entries)} keys for {', '.join(sorted(have))}")
 
     timed(keytab)
@@ -271,24 +316,37 @@ def run_checks(settings: CheckSettings, search: Search, *,
     def keytab_kvno() -> CheckResult:
         a = _account()
         if not a:
-            return CheckResult("keytab-kvno", "fail", f"no account {acct} in AD", "",
-                               "create the service account or fix [kerberos] account")
+            return CheckResult(
+                "keytab-kvno",
+                "fail",
+                f"no account {acct} in AD",
+                "",
+                "create the service account or fix [kerberos] account",
+            )
         ad_kvno = _first(a, "msDS-KeyVersionNumber")
         mine = [e for e in entries if e.principal.lower() == f"{spn}@{s.realm}".lower()]
         if not mine:
             return CheckResult("keytab-kvno", "skip", "no SPN key in the keytab to compare")
         kvnos = sorted({e.kvno for e in mine})
         if ad_kvno is None:
-            return CheckResult("keytab-kvno", "warn", "AD does not show msDS-KeyVersionNumber",
-                               f"keytab kvno {kvnos}", "read it as a domain admin to compare")
+            return CheckResult(
+                "keytab-kvno",
+                "warn",
+                "AD does not show msDS-KeyVersionNumber",
+                f"keytab kvno {kvnos}",
+                "read it as a domain admin to compare",
+            )
         if int(ad_kvno) not in kvnos:
-            return CheckResult("keytab-kvno", "fail",
-                               f"stale keytab: kvno {', '.join(map(str, kvnos))} in the keytab, "
-                               f"{ad_kvno} in AD (the password of {acct} changed after the export)",
-                               "tickets are encrypted with the new key: every Kerberos sign-in fails "
-                               "(KRB_AP_ERR_BAD_INTEGRITY / BADKEYVER), and kcd cannot get a TGT",
-                               f"export the keytab again (ktpass ... /kvno {ad_kvno}, or samba-tool domain "
-                               f"exportkeytab --principal={acct}) and copy it to every gateway of the pool")
+            return CheckResult(
+                "keytab-kvno",
+                "fail",
+                f"stale keytab: kvno {', '.join(map(str, kvnos))} in the keytab, "
+                f"{ad_kvno} in AD (the password of {acct} changed after the export)",
+                "tickets are encrypted with the new key: every Kerberos sign-in fails "
+                "(KRB_AP_ERR_BAD_INTEGRITY / BADKEYVER), and kcd cannot get a TGT",
+                f"export the keytab again (ktpass ... /kvno {ad_kvno}, or samba-tool domain "
+                f"exportkeytab --principal={acct}) and copy it to every gateway of the pool",
+            )
         return CheckResult("keytab-kvno", "pass", f"kvno {ad_kvno} in AD and in the keytab")
 
     timed(keytab_kvno)
@@ -304,23 +362,34 @@ def run_checks(settings: CheckSettings, search: Search, *,
         if raw is None:
             # unset: AD uses the domain default (RC4 on older DCs); recommend AES explicitly
             ok = 23 in have
-            return CheckResult("keytab-enctypes", "warn" if ok else "fail",
-                               f"msDS-SupportedEncryptionTypes is not set on {acct}; keytab: {names}",
-                               "the KDC then uses the domain default (often RC4 only)",
-                               f"Set-ADUser {acct} -KerberosEncryptionType AES128,AES256 "
-                               "(msDS-SupportedEncryptionTypes = 24) and export the keytab with AES keys")
+            return CheckResult(
+                "keytab-enctypes",
+                "warn" if ok else "fail",
+                f"msDS-SupportedEncryptionTypes is not set on {acct}; keytab: {names}",
+                "the KDC then uses the domain default (often RC4 only)",
+                f"Set-ADUser {acct} -KerberosEncryptionType AES128,AES256 "
+                "(msDS-SupportedEncryptionTypes = 24) and export the keytab with AES keys",
+            )
         bits = int(raw)
         supported = {et for bit, et in SUPPORTED_ETYPE_BITS.items() if bits & bit}
         both = supported & have
         sup_names = ", ".join(ENCTYPES.get(x, str(x)) for x in sorted(supported)) or "none"
         if not both:
-            return CheckResult("keytab-enctypes", "fail",
-                               f"no common enctype: AD allows {sup_names}, the keytab has {names}",
-                               "the KDC encrypts tickets with an enctype the gateway has no key for",
-                               "export the keytab with the account's enctypes (ktpass /crypto AES256-SHA1)")
+            return CheckResult(
+                "keytab-enctypes",
+                "fail",
+                f"no common enctype: AD allows {sup_names}, the keytab has {names}",
+                "the KDC encrypts tickets with an enctype the gateway has no key for",
+                "export the keytab with the account's enctypes (ktpass /crypto AES256-SHA1)",
+            )
         if not both & {17, 18}:
-            return CheckResult("keytab-enctypes", "warn", f"only RC4 in common ({sup_names} / {names})",
-                               "", f"Set-ADUser {acct} -KerberosEncryptionType AES128,AES256 and re-export")
+            return CheckResult(
+                "keytab-enctypes",
+                "warn",
+                f"only RC4 in common ({sup_names} / {names})",
+                "",
+                f"Set-ADUser {acct} -KerberosEncryptionType AES128,AES256 and re-export",
+            )
         return CheckResult("keytab-enctypes", "pass", f"AD allows {sup_names}; the keytab has {names}")
 
     timed(keytab_enctypes)
@@ -331,19 +400,29 @@ def run_checks(settings: CheckSettings, search: Search, *,
         name = s.published_name or host
         notes = []
         if name.lower() != host.lower():
-            notes.append(f"the SPN's host {host} differs from the published name {name}: clients ask for "
-                         f"HTTP/{name}")
+            notes.append(f"the SPN's host {host} differs from the published name {name}: clients ask for HTTP/{name}")
         try:
             addrs = resolver(name)
         except OSError as e:
-            return CheckResult("published-name", "fail", f"{name} does not resolve", str(e),
-                               f"add a DNS A record for {name} (the load balancer's address)")
+            return CheckResult(
+                "published-name",
+                "fail",
+                f"{name} does not resolve",
+                str(e),
+                f"add a DNS A record for {name} (the load balancer's address)",
+            )
         if not addrs:
-            return CheckResult("published-name", "fail", f"{name} does not resolve", "",
-                               f"add a DNS A record for {name}")
+            return CheckResult(
+                "published-name", "fail", f"{name} does not resolve", "", f"add a DNS A record for {name}"
+            )
         if notes:
-            return CheckResult("published-name", "fail", notes[0], f"{name} -> {', '.join(addrs)}",
-                               f"register HTTP/{name} on {acct} (and put it in the keytab)")
+            return CheckResult(
+                "published-name",
+                "fail",
+                notes[0],
+                f"{name} -> {', '.join(addrs)}",
+                f"register HTTP/{name} on {acct} (and put it in the keytab)",
+            )
         return CheckResult("published-name", "pass", f"{name} resolves to {', '.join(addrs)}")
 
     timed(published_name)
@@ -383,29 +462,37 @@ def run_checks(settings: CheckSettings, search: Search, *,
             problems.append(f"{acct} is disabled")
             fixes.append(f"Enable-ADAccount {acct}")
         if not uac & UF_TRUSTED_TO_AUTH_FOR_DELEGATION:
-            problems.append("no protocol transition (TRUSTED_TO_AUTH_FOR_DELEGATION is not set): "
-                            "S4U2Self gives a non-forwardable ticket and S4U2Proxy fails")
-            fixes.append(f"Set-ADAccountControl {acct} -TrustedToAuthForDelegation $true "
-                         f"(ADUC: Delegation > 'Use any authentication protocol'; "
-                         f"Samba: samba-tool delegation for-any-protocol {acct} on)")
+            problems.append(
+                "no protocol transition (TRUSTED_TO_AUTH_FOR_DELEGATION is not set): "
+                "S4U2Self gives a non-forwardable ticket and S4U2Proxy fails"
+            )
+            fixes.append(
+                f"Set-ADAccountControl {acct} -TrustedToAuthForDelegation $true "
+                f"(ADUC: Delegation > 'Use any authentication protocol'; "
+                f"Samba: samba-tool delegation for-any-protocol {acct} on)"
+            )
         for fe in s.front_end_spns:
             fe_spn = split_principal(fe)[0]
             if fe_spn.lower() not in allowed:
                 problems.append(f"{fe_spn} is not in msDS-AllowedToDelegateTo")
-                fixes.append(f"Set-ADUser {acct} -Add @{{'msDS-AllowedToDelegateTo'='{fe_spn}'}} "
-                             f"(Samba: samba-tool delegation add-service {acct} {fe_spn})")
+                fixes.append(
+                    f"Set-ADUser {acct} -Add @{{'msDS-AllowedToDelegateTo'='{fe_spn}'}} "
+                    f"(Samba: samba-tool delegation add-service {acct} {fe_spn})"
+                )
         warn = ""
         if uac & UF_TRUSTED_FOR_DELEGATION:
             warn = f"{acct} is trusted for UNCONSTRAINED delegation: remove it (constrained is enough)"
         if problems:
             return CheckResult("delegation", "fail", "; ".join(problems), warn, "; ".join(fixes))
         if warn:
-            return CheckResult("delegation", "warn", warn, "", f"Set-ADAccountControl {acct} "
-                               "-TrustedForDelegation $false")
+            return CheckResult(
+                "delegation", "warn", warn, "", f"Set-ADAccountControl {acct} -TrustedForDelegation $false"
+            )
         if not s.front_end_spns:
             return CheckResult("delegation", "skip", "protocol transition on; no front-end SPN configured")
-        return CheckResult("delegation", "pass", f"constrained delegation with protocol transition to "
-                                                 f"{', '.join(sorted(allowed))}")
+        return CheckResult(
+            "delegation", "pass", f"constrained delegation with protocol transition to {', '.join(sorted(allowed))}"
+        )
 
     timed(delegation)
 
@@ -415,20 +502,31 @@ def run_checks(settings: CheckSettings, search: Search, *,
         try:
             text = p.read_text()
         except OSError as e:
-            return CheckResult("krb5-conf", "fail", f"cannot read {p}", str(e),
-                               "set [kerberos] krb5_conf to a krb5.conf naming the realm's KDCs")
-        settings_ = {m.group(1).lower(): m.group(2).strip().lower()
-                     for m in re.finditer(r"^\s*([A-Za-z_]+)\s*=\s*([^\n{]+)$", text, re.MULTILINE)}
+            return CheckResult(
+                "krb5-conf",
+                "fail",
+                f"cannot read {p}",
+                str(e),
+                "set [kerberos] krb5_conf to a krb5.conf naming the realm's KDCs",
+            )
+        settings_ = {
+            m.group(1).lower(): m.group(2).strip().lower()
+            for m in re.finditer(r"^\s*([A-Za-z_]+)\s*=\s*([^\n{]+)$", text, re.MULTILINE)
+        }
         problems = []
         if settings_.get("forwardable") not in ("true", "yes", "1"):
             problems.append("forwardable = true is missing (S4U2Proxy needs a forwardable evidence ticket)")
         if settings_.get("dns_canonicalize_hostname") not in ("false", "no", "0", "fallback"):
             problems.append("dns_canonicalize_hostname is not false (SPNs may be rewritten by DNS)")
         if problems:
-            return CheckResult("krb5-conf", "fail" if "forwardable" in problems[0] else "warn",
-                               "; ".join(problems), str(p),
-                               "[libdefaults] forwardable = true, dns_canonicalize_hostname = false, "
-                               "rdns = false, kdc_timeout = 3000, max_retries = 2")
+            return CheckResult(
+                "krb5-conf",
+                "fail" if "forwardable" in problems[0] else "warn",
+                "; ".join(problems),
+                str(p),
+                "[libdefaults] forwardable = true, dns_canonicalize_hostname = false, "
+                "rdns = false, kdc_timeout = 3000, max_retries = 2",
+            )
         return CheckResult("krb5-conf", "pass", f"{p}: forwardable, no DNS canonicalization")
 
     timed(krb5_conf)
@@ -484,8 +582,10 @@ def render_text(report: Report) -> str:
         if r.status in ("fail", "warn") and r.fix:
             lines.append(f"        fix: {r.fix}")
     n_fail = len(report.failed)
-    lines.append(f"result: {'OK' if report.ok else f'{n_fail} check(s) failed: ' + ', '.join(report.failed)}"
-                 f" ({report.seconds:.1f} s)")
+    lines.append(
+        f"result: {'OK' if report.ok else f'{n_fail} check(s) failed: ' + ', '.join(report.failed)}"
+        f" ({report.seconds:.1f} s)"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -510,9 +610,9 @@ td,th{{border:1px solid #d0d7de;padding:.4em .6em;vertical-align:top;text-align:
 .detail{{color:#57606a;font-size:90%}} .verdict{{font-size:120%;font-weight:bold}}</style></head>
 <body><h1>Kerberos account check</h1>
 <p>Service principal <code>{e(s.service_principal)}@{e(s.realm)}</code>, account <code>{e(s.account)}</code>,
-keytab <code>{e(str(s.keytab))}</code>, front-end SPNs <code>{e(', '.join(s.front_end_spns) or '-')}</code>,
-run {e(report.started.isoformat(timespec='seconds'))} in {report.seconds:.1f} s.</p>
-<p class="verdict" style="color:{colour['pass' if report.ok else 'fail']}" id="verdict">{e(verdict)}</p>
+keytab <code>{e(str(s.keytab))}</code>, front-end SPNs <code>{e(", ".join(s.front_end_spns) or "-")}</code>,
+run {e(report.started.isoformat(timespec="seconds"))} in {report.seconds:.1f} s.</p>
+<p class="verdict" style="color:{colour["pass" if report.ok else "fail"]}" id="verdict">{e(verdict)}</p>
 <table><tr><th>Result</th><th>Check</th><th>Finding</th><th>Fix</th><th>Time</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
@@ -530,8 +630,13 @@ def settings_from_config(config: Any, *, user: str | None = None) -> CheckSettin
         except (ValueError, OSError):
             account = "?"
     return CheckSettings(
-        realm=kc.realm, keytab=kc.keytab, service_principal=kc.service_principal,
-        account=split_principal(account)[0], front_end_spns=sorted({v for _, v in kc.front_end_spns}),
-        published_name=kc.published_name, krb5_conf=kc.krb5_conf,
-        check_user=user or kc.check_user, kcd_timeout=kc.kcd_timeout,
+        realm=kc.realm,
+        keytab=kc.keytab,
+        service_principal=kc.service_principal,
+        account=split_principal(account)[0],
+        front_end_spns=sorted({v for _, v in kc.front_end_spns}),
+        published_name=kc.published_name,
+        krb5_conf=kc.krb5_conf,
+        check_user=user or kc.check_user,
+        kcd_timeout=kc.kcd_timeout,
     )

@@ -61,8 +61,7 @@ def asp_aad(user_id: int, asp_id: str) -> bytes:
 class Keyring:
     """Keys by id, one of them active. Encrypts with the active key, decrypts with any."""
 
-    def __init__(self, keys: dict[int, bytes], active: int, *,
-                 rand: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(self, keys: dict[int, bytes], active: int, *, rand: Callable[[int], bytes] = os.urandom) -> None:
         if active not in keys:
             raise ValueError("the active key id must be one of the keys")
         for kid, key in keys.items():
@@ -96,7 +95,7 @@ class Keyring:
         if aead is None:
             raise DecryptError(f"encrypted with key {kid}, which is not in the key file")
         try:
-            return aead.decrypt(nonce, sealed[_HEADER.size:], sealed[:_HEADER.size] + aad)
+            return aead.decrypt(nonce, sealed[_HEADER.size :], sealed[: _HEADER.size] + aad)
         except InvalidTag:
             raise DecryptError("ciphertext does not authenticate (wrong row, key or tampered)") from None
 
@@ -106,8 +105,9 @@ class Keyring:
 
     # --- the key file -----------------------------------------------------------------
     @classmethod
-    def load_or_create(cls, path: Path, *, data_path: Path | None = None,
-                       rand: Callable[[int], bytes] = os.urandom) -> Keyring:
+    def load_or_create(
+        cls, path: Path, *, data_path: Path | None = None, rand: Callable[[int], bytes] = os.urandom
+    ) -> Keyring:
         """Read the key file at ``path``, creating it (one new key) if it does not exist.
 
         Args:
@@ -125,8 +125,7 @@ class Keyring:
         return cls(*_read(path), rand=rand)
 
     @classmethod
-    def rotate(cls, path: Path, *, data_path: Path | None = None,
-               rand: Callable[[int], bytes] = os.urandom) -> Keyring:
+    def rotate(cls, path: Path, *, data_path: Path | None = None, rand: Callable[[int], bytes] = os.urandom) -> Keyring:
         """Append a new key to the key file and make it active. Returns the new keyring."""
         path = Path(path).expanduser().absolute()
         _check_location(path, data_path)
@@ -189,16 +188,19 @@ def _read(path: Path) -> tuple[dict[int, bytes], int]:
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such key file") from None
     except OSError as e:
-        raise KeyFileError(f"{path}: cannot open the key file ({e.strerror}); "
-                           "it must be a regular file, not a symlink") from None
+        raise KeyFileError(
+            f"{path}: cannot open the key file ({e.strerror}); it must be a regular file, not a symlink"
+        ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"{path}: the key file must be a regular file")
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
-            raise KeyFileError(f"{path}: permissions {mode:04o} are too open; the key file must "
-                               f"be readable by its owner only: chmod 600 {path}")
+            raise KeyFileError(
+                f"{path}: permissions {mode:04o} are too open; the key file must "
+                f"be readable by its owner only: chmod 600 {path}"
+            )
         with os.fdopen(fd, "rb", closefd=False) as f:
             text = f.read(64 * 1024).decode("ascii", "replace")
     finally:

@@ -25,10 +25,10 @@ log = logging.getLogger("ucgate.id.monitor")
 
 class AccountMonitor:
     """Args:
-        directory: a ``Directory`` (``account_state(name)``; blocking, run in a thread).
-        live_users: returns {user: earliest sign-in time (aware UTC)} of live sessions.
-        bus: where :class:`UserBlocked` goes.
-        audit: an ``AuditLog`` (``record``).
+    directory: a ``Directory`` (``account_state(name)``; blocking, run in a thread).
+    live_users: returns {user: earliest sign-in time (aware UTC)} of live sessions.
+    bus: where :class:`UserBlocked` goes.
+    audit: an ``AuditLog`` (``record``).
     """
 
     def __init__(
@@ -90,8 +90,9 @@ class AccountMonitor:
             decision = check_session(state, signed_in_at)
             if not decision.allowed:
                 cut += 1
-                self._block(user, decision.reason, state.password_last_set
-                            if decision.reason == "password-changed" else None)
+                self._block(
+                    user, decision.reason, state.password_last_set if decision.reason == "password-changed" else None
+                )
         now = self.clock()
         if unavailable:
             if not keep_during_outage(self.last_ok, now, self.outage_grace):
@@ -99,8 +100,11 @@ class AccountMonitor:
                     cut += 1
                     self._block(user, "directory-unavailable", None)
             else:
-                log.warning("directory unavailable; keeping %d live user(s) for up to %.0fs",
-                            len(users), self.outage_grace - (now - (self.last_ok or now)))
+                log.warning(
+                    "directory unavailable; keeping %d live user(s) for up to %.0fs",
+                    len(users),
+                    self.outage_grace - (now - (self.last_ok or now)),
+                )
         else:
             self.last_ok = now
         return cut
@@ -113,6 +117,14 @@ class AccountMonitor:
 
     def _block(self, user: str, reason: str, before: dt.datetime | None) -> None:
         log.warning("cutting off %s: %s", user, reason)
-        self.audit.record("session-cut", actor="account-monitor", user=user, device=None,
-                          service=None, client_address=None, result="deny", reason=reason)
+        self.audit.record(
+            "session-cut",
+            actor="account-monitor",
+            user=user,
+            device=None,
+            service=None,
+            client_address=None,
+            result="deny",
+            reason=reason,
+        )
         self.bus.publish(UserBlocked(user, reason, before))

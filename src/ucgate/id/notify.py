@@ -73,9 +73,11 @@ def render_text(notice: DeviceNotice) -> tuple[str, str]:
         "",
     ]
     if notice.event == "device-quarantined":
-        lines += ["It is quarantined: it cannot sync until it is approved, by an administrator",
-                  "or by you in the self-service portal with your second factor.",
-                  "If this was not you, tell your administrator and change your app passwords."]
+        lines += [
+            "It is quarantined: it cannot sync until it is approved, by an administrator",
+            "or by you in the self-service portal with your second factor.",
+            "If this was not you, tell your administrator and change your app passwords.",
+        ]
     else:
         lines += [f"Reason: {notice.reason}."]
     if notice.user_agent:
@@ -96,10 +98,19 @@ class SmtpNotifier:
         username, password: SMTP AUTH, only over STARTTLS.
     """
 
-    def __init__(self, host: str, port: int, sender: str,
-                 recipients: Callable[[str], Sequence[str]], *, starttls: bool = False,
-                 ssl_context: ssl.SSLContext | None = None, username: str | None = None,
-                 password: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        recipients: Callable[[str], Sequence[str]],
+        *,
+        starttls: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         if username and not starttls:
             raise ValueError("SMTP AUTH needs starttls = true (the password crosses this link)")
         self.host, self.port, self.sender = host, port, sender
@@ -130,8 +141,7 @@ class SmtpNotifier:
                 smtp.send_message(msg)
             return True
         except (OSError, smtplib.SMTPException) as e:
-            log.error("SMTP %s:%d: %s not sent to %s: %s", self.host, self.port, notice.event,
-                      notice.user, e)
+            log.error("SMTP %s:%d: %s not sent to %s: %s", self.host, self.port, notice.event, notice.user, e)
             return False
 
 
@@ -144,8 +154,9 @@ class WebhookNotifier:
         verify: TLS verification (True, or a CA bundle path).
     """
 
-    def __init__(self, url: str, *, headers: dict[str, str] | None = None,
-                 verify: bool | str = True, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, headers: dict[str, str] | None = None, verify: bool | str = True, timeout: float = 10.0
+    ) -> None:
         self.url, self.headers, self.verify, self.timeout = url, dict(headers or {}), verify, timeout
 
     def notify(self, notice: DeviceNotice) -> bool:
@@ -155,8 +166,11 @@ class WebhookNotifier:
         payload = {**asdict(notice), "subject": subject, "text": text}
         try:
             with httpx.Client(verify=self.verify, timeout=self.timeout, trust_env=False) as c:
-                r = c.post(self.url, content=json.dumps(payload).encode(),
-                           headers={"Content-Type": "application/json", **self.headers})
+                r = c.post(
+                    self.url,
+                    content=json.dumps(payload).encode(),
+                    headers={"Content-Type": "application/json", **self.headers},
+                )
             if r.status_code >= 300:
                 log.error("webhook %s answered %d for %s", self.url, r.status_code, notice.event)
                 return False

@@ -70,8 +70,7 @@ def metrics_route(allow: tuple) -> Any:
         host = request.client.host if request.client else None
         if not metrics.allowed_scraper(host, allow):
             return JSONResponse({"error": "forbidden", "message": "not in [metrics] allow"}, status_code=403)
-        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST,
-                        headers={"Cache-Control": "no-store"})
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
     return Route("/metrics", endpoint, methods=["GET", "HEAD"])
 

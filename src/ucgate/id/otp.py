@@ -86,16 +86,18 @@ def time_step(unix_seconds: float, *, period: int = STEP_SECONDS) -> int:
     return int(unix_seconds // period)
 
 
-def totp(secret: bytes, unix_seconds: float, *, digits: int = OTP_DIGITS, digest: str = "sha1",
-         period: int = STEP_SECONDS) -> str:
+def totp(
+    secret: bytes, unix_seconds: float, *, digits: int = OTP_DIGITS, digest: str = "sha1", period: int = STEP_SECONDS
+) -> str:
     return hotp(secret, time_step(unix_seconds, period=period), digits=digits, digest=digest)
 
 
 def otpauth_uri(secret: bytes, account: str, *, issuer: str = ISSUER) -> str:
     """The Key Uri Format authenticator apps scan: ``otpauth://totp/ISSUER:ACCOUNT?secret=…``."""
     label = f"{quote(issuer, safe='')}:{quote(account, safe='@')}"
-    query = urlencode({"secret": b32(secret), "issuer": issuer, "algorithm": "SHA1",
-                       "digits": OTP_DIGITS, "period": STEP_SECONDS})
+    query = urlencode(
+        {"secret": b32(secret), "issuer": issuer, "algorithm": "SHA1", "digits": OTP_DIGITS, "period": STEP_SECONDS}
+    )
     return f"otpauth://totp/{label}?{query}"
 
 
@@ -116,7 +118,7 @@ def _clean_code(code: str) -> str | None:
 def generate_recovery_code(rand: Callable[[int], bytes]) -> str:
     raw = rand(RECOVERY_SYMBOLS)
     c = "".join(ALPHABET[b & 31] for b in raw)  # 256 is a multiple of 32: unbiased
-    return "-".join(c[i:i + 4] for i in range(0, len(c), 4))
+    return "-".join(c[i : i + 4] for i in range(0, len(c), 4))
 
 
 def canonical_recovery_code(typed: str) -> str | None:
@@ -241,15 +243,15 @@ class OtpService(UserSecretService):
         otp_id = self.rand(8).hex()
         nonce, sealed = self.keyring.encrypt(secret + recovery_key, otp_aad(u.id, otp_id))
         try:
-            self.repo.begin_otp(NewOtpSecret(id=otp_id, user_id=u.id, ciphertext=sealed,
-                                             nonce=nonce, created_at=self.clock()))
+            self.repo.begin_otp(
+                NewOtpSecret(id=otp_id, user_id=u.id, ciphertext=sealed, nonce=nonce, created_at=self.clock())
+            )
         except DuplicateError as e:
             raise AlreadyEnrolled(str(e)) from None
         account = u.upn or u.username
         return Enrolment(u.username, account, b32(secret), otpauth_uri(secret, account))
 
-    def confirm_enrolment(self, username: str, code: str,
-                          now: datetime | float | None = None) -> list[str] | None:
+    def confirm_enrolment(self, username: str, code: str, now: datetime | float | None = None) -> list[str] | None:
         """Activate the pending secret if ``code`` is valid for it (window ±1).
 
         Returns:
@@ -316,8 +318,7 @@ class OtpService(UserSecretService):
             return _NOT_ENROLLED
         return OtpResult(False, "otp-replayed", Factor.OTP_REPLAYED, step)
 
-    def window_codes(self, username: str,
-                     now: datetime | float | None = None) -> list[tuple[int, str]]:
+    def window_codes(self, username: str, now: datetime | float | None = None) -> list[tuple[int, str]]:
         """``(step, code)`` for the current, previous and next step, for NTLM candidates
         (``policy.twofactor.appended_candidates``); empty when the user has no active secret.
         Steps already used are included on purpose: a match on one is then reported as
@@ -342,7 +343,8 @@ class OtpService(UserSecretService):
         u, _, _, recovery_key = active
         canonical = canonical_recovery_code(code)
         if canonical is not None and self.repo.use_recovery_code(
-                u.id, _recovery_hash(recovery_key, u.id, canonical), self.clock()):
+            u.id, _recovery_hash(recovery_key, u.id, canonical), self.clock()
+        ):
             return OtpResult(True, "ok", Factor.RECOVERY_OK)
         return OtpResult(False, "recovery-code-wrong", Factor.RECOVERY_WRONG)
 
@@ -358,9 +360,7 @@ class OtpService(UserSecretService):
             raise NotEnrolled(f"{username} has no active TOTP secret")
         u, _, _, recovery_key = active
         codes = [generate_recovery_code(self.rand) for _ in range(RECOVERY_CODES)]
-        self.repo.replace_recovery_codes(
-            u.id, [_new_code_hash(recovery_key, u.id, c) for c in codes],
-            self.clock())
+        self.repo.replace_recovery_codes(u.id, [_new_code_hash(recovery_key, u.id, c) for c in codes], self.clock())
         return codes
 
     # --- administration ---------------------------------------------------------------
@@ -380,9 +380,14 @@ class OtpService(UserSecretService):
         rec = self.repo.get_otp(u.id)
         if rec is None:
             return OtpStatus(u.username, "none")
-        return OtpStatus(u.username, "active" if rec.active else "pending", rec.created_at,
-                         rec.confirmed_at, rec.last_used_at,
-                         self.repo.count_recovery_codes(u.id) if rec.active else 0)
+        return OtpStatus(
+            u.username,
+            "active" if rec.active else "pending",
+            rec.created_at,
+            rec.confirmed_at,
+            rec.last_used_at,
+            self.repo.count_recovery_codes(u.id) if rec.active else 0,
+        )
 
     def reencrypt_all(self) -> int:
         """Re-encrypt every TOTP secret under the keyring's active key (after a rotation)."""

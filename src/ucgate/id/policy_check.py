@@ -33,13 +33,13 @@ def device_policy_findings(config: Any) -> list[tuple[str, str]]:
     otp_groups = [g for g, m in a.two_factor_groups if m == "otp-appended"]
     nobody = not otp_groups
     if nobody:
-        who = (f'no user can ([auth] two_factor = "{a.two_factor}" and no two_factor_groups '
-               'entry is "otp-appended")')
+        who = f'no user can ([auth] two_factor = "{a.two_factor}" and no two_factor_groups entry is "otp-appended")'
     else:
-        who = (f'users outside {", ".join(otp_groups)} cannot ([auth] two_factor = '
-               f'"{a.two_factor}")')
-    fix_sf = ('set [auth] two_factor = "otp-appended" (or a two_factor_groups entry for them) and '
-              "enrol them (ucgate otp enrol USER)")
+        who = f'users outside {", ".join(otp_groups)} cannot ([auth] two_factor = "{a.two_factor}")'
+    fix_sf = (
+        'set [auth] two_factor = "otp-appended" (or a two_factor_groups entry for them) and '
+        "enrol them (ucgate otp enrol USER)"
+    )
     allowing_rules = [r.name for r in dc.rules if getattr(r.action, "value", r.action) == "allowed"]
     entries = [("[devices]", dict(dc.defaults))]
     entries += [(f'[[policy]] group "{p.group}"', {**dc.defaults, **p.settings}) for p in dc.policies]
@@ -51,20 +51,27 @@ def device_policy_findings(config: Any) -> list[tuple[str, str]]:
         fix_rsf = f"set require_second_factor = false in {where}"
         allowed = s.get("default_action", "quarantined") == "allowed"
         if allowed or allowing_rules:
-            what = ('default_action = "allowed"' if allowed else
-                    f"device rules that allow ({', '.join(allowing_rules)})")
-            out.append(("error" if nobody and allowed else "warning",
-                        f"{where}: {what} with require_second_factor = true, but a device's trust "
-                        f"needs a second factor at sign-in (ASP + one-time code), which {who}: "
-                        f"their new devices are quarantined for an administrator's approval "
-                        f"(new-device-approval-required), and approved ones again every "
-                        f"{hours:g} h (trust-expired-approval-required). To let them in, "
-                        f"{fix_rsf}; to keep the second factor, {fix_sf}."))
+            what = 'default_action = "allowed"' if allowed else f"device rules that allow ({', '.join(allowing_rules)})"
+            out.append(
+                (
+                    "error" if nobody and allowed else "warning",
+                    f"{where}: {what} with require_second_factor = true, but a device's trust "
+                    f"needs a second factor at sign-in (ASP + one-time code), which {who}: "
+                    f"their new devices are quarantined for an administrator's approval "
+                    f"(new-device-approval-required), and approved ones again every "
+                    f"{hours:g} h (trust-expired-approval-required). To let them in, "
+                    f"{fix_rsf}; to keep the second factor, {fix_sf}.",
+                )
+            )
         else:
-            out.append(("warning",
-                        f"{where}: require_second_factor = true, but {who} give a second factor at "
-                        f"sign-in: their devices, once approved, are trusted {hours:g} h and then "
-                        f"quarantined for a new approval (trust-expired-approval-required). "
-                        f"To keep them approved, {fix_rsf}; to let them renew the trust "
-                        f"themselves, {fix_sf}."))
+            out.append(
+                (
+                    "warning",
+                    f"{where}: require_second_factor = true, but {who} give a second factor at "
+                    f"sign-in: their devices, once approved, are trusted {hours:g} h and then "
+                    f"quarantined for a new approval (trust-expired-approval-required). "
+                    f"To keep them approved, {fix_rsf}; to let them renew the trust "
+                    f"themselves, {fix_sf}.",
+                )
+            )
     return out

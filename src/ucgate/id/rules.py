@@ -28,8 +28,14 @@ MAX_NAME = 128
 MAX_GROUP = 1024
 MAX_GROUPS = 64
 ACTIONS = ("allowed", "quarantined", "blocked")
-POLICY_KEYS = {"max_devices": int, "trust_lifetime_hours": float, "certprov": str,
-               "default_action": str, "problem_action": str, "require_second_factor": bool}
+POLICY_KEYS = {
+    "max_devices": int,
+    "trust_lifetime_hours": float,
+    "certprov": str,
+    "default_action": str,
+    "problem_action": str,
+    "require_second_factor": bool,
+}
 
 
 class RuleError(ValueError):
@@ -92,8 +98,7 @@ def validate_rule(data: Mapping[str, Any]) -> dict[str, Any]:
         clean_groups.append(g.strip())
     criteria = {k: _text(data, k, limit=policy.MAX_PATTERN_CHARS) for k in RULE_CRITERIA}
     try:
-        policy.DeviceRule(action=policy.PartnershipState(action), groups=frozenset(clean_groups), name=name,
-                          **criteria)
+        policy.DeviceRule(action=policy.PartnershipState(action), groups=frozenset(clean_groups), name=name, **criteria)
     except ValueError as e:
         raise RuleError("client_kind" if "client_kind" in str(e) else "action", str(e)) from None
     return {"name": name, "action": action, "groups": tuple(clean_groups), **criteria}
@@ -134,8 +139,12 @@ def validate_policy(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def device_rule(rec: StoredRule) -> policy.DeviceRule:
-    return policy.DeviceRule(action=policy.PartnershipState(rec.action), groups=frozenset(rec.groups), name=rec.name,
-                             **{k: getattr(rec, k) for k in RULE_CRITERIA})
+    return policy.DeviceRule(
+        action=policy.PartnershipState(rec.action),
+        groups=frozenset(rec.groups),
+        name=rec.name,
+        **{k: getattr(rec, k) for k in RULE_CRITERIA},
+    )
 
 
 def group_entry(rec: StoredPolicy) -> GroupEntry:
@@ -145,9 +154,9 @@ def group_entry(rec: StoredPolicy) -> GroupEntry:
 
 class RuleService:
     """Args:
-        store: the rows (``ucgate.store.rules.RuleStore``).
-        audit: an ``AuditLog``.
-        bus: an ``EventBus``: after the commit, this process's DeviceServices reload at once.
+    store: the rows (``ucgate.store.rules.RuleStore``).
+    audit: an ``AuditLog``.
+    bus: an ``EventBus``: after the commit, this process's DeviceServices reload at once.
     """
 
     def __init__(self, store: RuleStore, audit: Any, bus: Any = None) -> None:
@@ -172,9 +181,17 @@ class RuleService:
         position = _position(data.get("position"))
         pending = RowPending(RULES_CHANGED, f"device rule added: {values['name']}"[:128], actor)
         rec = self.store.add_rule(position=position, created_by=actor, event=pending, **values)
-        self._done(pending, "rules.add", actor, rule_id=rec.id, rule=rec.name, position=rec.position,
-                   rule_action=rec.action, **{k: v for k, v in values.items() if k in RULE_CRITERIA and v},
-                   groups=list(rec.groups))
+        self._done(
+            pending,
+            "rules.add",
+            actor,
+            rule_id=rec.id,
+            rule=rec.name,
+            position=rec.position,
+            rule_action=rec.action,
+            **{k: v for k, v in values.items() if k in RULE_CRITERIA and v},
+            groups=list(rec.groups),
+        )
         return rec
 
     def delete_rule(self, rule_id: int, *, actor: str) -> StoredRule:
@@ -194,8 +211,15 @@ class RuleService:
         new = self.store.move_rule(rec.id, pos, event=pending)
         if new is None:
             raise RuleNotFound(f"no device rule with id {rule_id}")
-        self._done(pending, "rules.move", actor, rule_id=rec.id, rule=rec.name,
-                   old_position=rec.position, position=new.position)
+        self._done(
+            pending,
+            "rules.move",
+            actor,
+            rule_id=rec.id,
+            rule=rec.name,
+            old_position=rec.position,
+            position=new.position,
+        )
         return new
 
     def _rule(self, rule_id: int) -> StoredRule:
@@ -210,8 +234,16 @@ class RuleService:
         position = _position(data.get("position"))
         pending = RowPending(RULES_CHANGED, f"group policy added: {values['name']}"[:128], actor)
         rec = self.store.add_policy(position=position, created_by=actor, event=pending, **values)
-        self._done(pending, "policy.add", actor, policy_id=rec.id, policy=rec.name, group=rec.group,
-                   position=rec.position, settings=dict(rec.settings))
+        self._done(
+            pending,
+            "policy.add",
+            actor,
+            policy_id=rec.id,
+            policy=rec.name,
+            group=rec.group,
+            position=rec.position,
+            settings=dict(rec.settings),
+        )
         return rec
 
     def delete_policy(self, policy_id: int, *, actor: str) -> StoredPolicy:
@@ -231,8 +263,15 @@ class RuleService:
         new = self.store.move_policy(rec.id, pos, event=pending)
         if new is None:
             raise RuleNotFound(f"no group policy with id {policy_id}")
-        self._done(pending, "policy.move", actor, policy_id=rec.id, policy=rec.name,
-                   old_position=rec.position, position=new.position)
+        self._done(
+            pending,
+            "policy.move",
+            actor,
+            policy_id=rec.id,
+            policy=rec.name,
+            old_position=rec.position,
+            position=new.position,
+        )
         return new
 
     def _policy(self, policy_id: int) -> StoredPolicy:

@@ -55,8 +55,9 @@ DIRECTORY_RETRY_AFTER = 30.0
 IN_FLIGHT_WAIT = 2.0
 STORE_RETRY_AFTER = 5.0
 # Reasons that say nothing about the password: they do not count against the budget.
-_NOT_A_GUESS = frozenset({"throttled", "directory-unavailable", "store-unavailable",
-                          "registrar-unavailable"})  # the last: SIP, the Access Edge did not decide
+_NOT_A_GUESS = frozenset(
+    {"throttled", "directory-unavailable", "store-unavailable", "registrar-unavailable"}
+)  # the last: SIP, the Access Edge did not decide
 
 
 def _outcome(verdict: Verdict) -> Outcome:
@@ -167,25 +168,27 @@ class IdService:
             if du is None:
                 return Resolved(f"n:{budget_key(typed)}", None, Verdict(False, "unknown-user"))
             state = self.directory.account_state(du)  # fresh: never cached
-            in_group = (self.directory.is_member(du, self.required_group)
-                        if self.required_group else True)
+            in_group = self.directory.is_member(du, self.required_group) if self.required_group else True
         except DirectoryError as e:
             if e.reason in ("invalid-name", "ambiguous"):
                 return Resolved(f"n:{budget_key(typed)}", None, Verdict(False, e.reason))
             log.error("directory unavailable for a sign-in: %s", e.reason)
-            return Resolved(f"n:{budget_key(typed)}", None,
-                            Verdict(False, "directory-unavailable", retry_after=DIRECTORY_RETRY_AFTER))
+            return Resolved(
+                f"n:{budget_key(typed)}",
+                None,
+                Verdict(False, "directory-unavailable", retry_after=DIRECTORY_RETRY_AFTER),
+            )
         sam = du.sam_account_name.lower()
-        key = (f"g:{du.object_guid.lower()}" if du.object_guid else
-               f"s:{du.object_sid}" if du.object_sid else f"n:{sam}")
+        key = f"g:{du.object_guid.lower()}" if du.object_guid else f"s:{du.object_sid}" if du.object_sid else f"n:{sam}"
         decision = check_sign_in(state, in_required_group=in_group)
         if not decision.allowed:
             return Resolved(key, sam, Verdict(False, decision.reason), du)
         rec = self.users.get(sam)
         if rec is None:
             try:
-                rec = self.users.add(sam, upn=du.upn, sip_uri=du.sip_uri,
-                                     display_name=du.display_name, source="directory")
+                rec = self.users.add(
+                    sam, upn=du.upn, sip_uri=du.sip_uri, display_name=du.display_name, source="directory"
+                )
             except DuplicateError:  # a concurrent first sign-in (any node) made the row
                 rec = self.users.get(sam)
                 if rec is None:
@@ -213,8 +216,9 @@ class IdService:
     def _held(self, r: Reservation) -> tuple[str, ...]:
         return (f"u:{r.account}", f"ip:{ip_key(r.ip)}") if r.charged_ip else (f"u:{r.account}",)
 
-    def _reserve(self, who: Resolved, ctx: AttemptContext,
-                 check: Callable[[], Outcome] | None = None) -> Reservation | Verdict:
+    def _reserve(
+        self, who: Resolved, ctx: AttemptContext, check: Callable[[], Outcome] | None = None
+    ) -> Reservation | Verdict:
         """Hold one failure for this attempt before any check that can reach the directory.
 
         With ``check`` (a computation, see :meth:`_at_once`): the budget's ``attempt`` reserves,
@@ -280,8 +284,9 @@ class IdService:
             user_agent=ctx.user_agent,
         )
 
-    def _record(self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict,
-                reservation: Reservation | None) -> None:
+    def _record(
+        self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict, reservation: Reservation | None
+    ) -> None:
         self._settle(reservation, verdict)
         self._note(who, ctx, verdict)
 
@@ -296,8 +301,13 @@ class IdService:
                 self.asps.mark_used(verdict.credential_id, self.clock())
 
     def _store_down(self, what: str, ctx: AttemptContext, e: Exception) -> Verdict:
-        log.error("store unavailable during a %s sign-in from %s (%s): %s", what, ctx.client_ip,
-                  self.store_name, " ".join(str(getattr(e, "orig", e) or e).split())[:200])
+        log.error(
+            "store unavailable during a %s sign-in from %s (%s): %s",
+            what,
+            ctx.client_ip,
+            self.store_name,
+            " ".join(str(getattr(e, "orig", e) or e).split())[:200],
+        )
         return Verdict(False, "store-unavailable", retry_after=STORE_RETRY_AFTER)
 
     # --- an attempt in two halves (the portal's sign-in checks the password itself) -----------
@@ -319,8 +329,7 @@ class IdService:
         except (SQLAlchemyError, WriterBusy) as e:
             return self._store_down(ctx.method, ctx, e)
 
-    def end_attempt(self, who: Resolved, ctx: AttemptContext, reservation: Reservation,
-                    verdict: Verdict) -> None:
+    def end_attempt(self, who: Resolved, ctx: AttemptContext, reservation: Reservation, verdict: Verdict) -> None:
         """Settle and audit an attempt begun with :meth:`begin_attempt`."""
         try:
             self._record(who, ctx, verdict, reservation)
@@ -333,8 +342,7 @@ class IdService:
         try:
             self._settle(reservation, Verdict(False, "throttled"))  # settles as NOT_A_GUESS
         except SQLAlchemyError as e:
-            log.error("store unavailable while releasing a reservation (%s): %s", self.store_name,
-                      type(e).__name__)
+            log.error("store unavailable while releasing a reservation (%s): %s", self.store_name, type(e).__name__)
 
     def resolve_account(self, typed: str) -> Resolved:
         """The account a typed name refers to (its budget key, why it is refused), touching no
@@ -356,8 +364,13 @@ class IdService:
             return False
         return self.second_factor is None or user is None or self.second_factor.mode(user, None) is Mode.OFF
 
-    def _attempt(self, who: Resolved, ctx: AttemptContext, check: Callable[[], Verdict],
-                 audit_as: Callable[[], str] | None = None) -> Verdict:
+    def _attempt(
+        self,
+        who: Resolved,
+        ctx: AttemptContext,
+        check: Callable[[], Verdict],
+        audit_as: Callable[[], str] | None = None,
+    ) -> Verdict:
         """Reserve, ``check()``, settle in one transaction of the budget (see :meth:`_at_once`),
         then audit: the same outcomes as begin_attempt / check / _record."""
         box: dict[str, Any] = {}
@@ -448,8 +461,9 @@ class IdService:
         if who.refused is not None:
             # Decoys: the verifier does the same HMACs as for a real user, then fails; the
             # refusal reason is recorded by ntlm_result.
-            return NtlmCandidates(None, [(f"decoy:{who.refused.reason}", os.urandom(16)) for _ in range(4)],
-                                  reservation=held)
+            return NtlmCandidates(
+                None, [(f"decoy:{who.refused.reason}", os.urandom(16)) for _ in range(4)], reservation=held
+            )
         user, du = who.user, who.directory_user
         assert user is not None
         if self.second_factor and self.second_factor.mode(user, du) is Mode.OTP_APPENDED:
@@ -460,14 +474,16 @@ class IdService:
         cands = [(str(asp_id), h) for asp_id, h in self.asps.nt_hash_candidates(user, ctx.device_id)]
         return NtlmCandidates(user, cands or [("decoy:no-asp", os.urandom(16))], reservation=held)
 
-    def ntlm_result_sync(self, name: str, ctx: AttemptContext, candidates: NtlmCandidates,
-                         matched: str | None, reason: str) -> Verdict:
+    def ntlm_result_sync(
+        self, name: str, ctx: AttemptContext, candidates: NtlmCandidates, matched: str | None, reason: str
+    ) -> Verdict:
         verdict = self._ntlm_verdict(ctx, candidates, matched, reason)
         self._record(candidates.user or budget_key(name), ctx, verdict, candidates.reservation)
         return verdict
 
-    def _ntlm_verdict(self, ctx: AttemptContext, candidates: NtlmCandidates, matched: str | None,
-                      reason: str) -> Verdict:
+    def _ntlm_verdict(
+        self, ctx: AttemptContext, candidates: NtlmCandidates, matched: str | None, reason: str
+    ) -> Verdict:
         decoy = next((cid for cid, _ in candidates.candidates if cid.startswith("decoy:")), None)
         if candidates.user is None:
             verdict = Verdict(False, decoy.split(":", 1)[1] if decoy else "unknown-user")
@@ -491,9 +507,13 @@ class IdService:
         h = handshake
         try:
             acceptor = ntlm_proto.NtlmAcceptor.from_messages(
-                negotiate=h.negotiate, challenge=h.challenge, server_challenge=h.server_challenge,
-                challenge_time=h.challenge_time, channel_binding_data=h.channel_binding_data,
-                extended_protection=h.extended_protection, max_clock_skew=h.max_clock_skew,
+                negotiate=h.negotiate,
+                challenge=h.challenge,
+                server_challenge=h.server_challenge,
+                challenge_time=h.challenge_time,
+                channel_binding_data=h.channel_binding_data,
+                extended_protection=h.extended_protection,
+                max_clock_skew=h.max_clock_skew,
             )
             who = acceptor.identify(h.authenticate)
         except ntlm_proto.NtlmError as e:

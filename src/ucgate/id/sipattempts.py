@@ -63,8 +63,14 @@ class SipAttempts:
     ``gateway.idclient.RemoteCredentials`` has the same three over HTTPS.
     """
 
-    def __init__(self, ids: Any, *, ttl: float = RESERVATION_TTL, max_open: int = MAX_OPEN,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ids: Any,
+        *,
+        ttl: float = RESERVATION_TTL,
+        max_open: int = MAX_OPEN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ids = ids
         self.ttl, self.max_open, self.clock = ttl, max_open, clock
         self._open: dict[str, _Open] = {}
@@ -95,8 +101,7 @@ class SipAttempts:
                 other = ids.resolve_account(typed) if req.ntlm_user else None
             except SQLAlchemyError:
                 other, verdict = None, Verdict(False, "store-unavailable", retry_after=5.0)
-            if verdict is None and other is not None and other.refused is not None \
-                    and other.refused.retry_after > 0:
+            if verdict is None and other is not None and other.refused is not None and other.refused.retry_after > 0:
                 verdict = other.refused  # the directory is down: not a mismatch
             elif verdict is None and (other is None or other.key != who.key):
                 verdict = Verdict(False, "ntlm-user-mismatch")

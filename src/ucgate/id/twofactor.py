@@ -58,8 +58,9 @@ class TwoFactorSettings:
 
 
 class SecondFactor:
-    def __init__(self, otp: Any, settings: TwoFactorSettings, *, directory: Any = None,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, otp: Any, settings: TwoFactorSettings, *, directory: Any = None, clock: Callable[[], float]
+    ) -> None:
         self.otp = otp
         self.settings = settings
         self.directory = directory
@@ -96,8 +97,7 @@ class SecondFactor:
             self._trust[(user, device_id)] = (step, self.clock() + self.settings.trust_hours * 3600)
 
     # --- Basic ------------------------------------------------------------------------------
-    def check_password(self, user: str, password: str, device_id: str | None, asps: Any,
-                       mode: Mode) -> Verdict:
+    def check_password(self, user: str, password: str, device_id: str | None, asps: Any, mode: Mode) -> Verdict:
         """Verify ``password`` (ASP, or ASP + code) for an otp-appended user."""
         trusted = self._trusted_step(user, device_id)
         enrolled = self.otp.is_enrolled(user)
@@ -125,8 +125,7 @@ class SecondFactor:
             return Verdict(False, d.reason)
         whole = asps.verify_password(user, password, device_id)
         if whole is not None:  # the ASP alone (or an ASP that ends in six digits)
-            d = decide(mode, enrolled=enrolled, factor=Factor.NONE, trusted=trusted is not None,
-                       allow_unenrolled=False)
+            d = decide(mode, enrolled=enrolled, factor=Factor.NONE, trusted=trusted is not None, allow_unenrolled=False)
             if d.allowed:
                 return Verdict(True, d.reason, user=user, credential_id=str(whole.asp_id))
             return Verdict(False, d.reason)
@@ -153,7 +152,7 @@ class SecondFactor:
         plain.sort(key=lambda t: t[0])  # stable: by spelling rank, then ASP
         reserve = sum(1 for rank, _, _ in plain if rank < 2)
         out = appended_candidates(spellings, codes, limit=MAX_NTLM_CANDIDATES - reserve)
-        out += [(cid, pw) for _, cid, pw in plain][:MAX_NTLM_CANDIDATES - len(out)]
+        out += [(cid, pw) for _, cid, pw in plain][: MAX_NTLM_CANDIDATES - len(out)]
         return [(cid, nt_hash(pw)) for cid, pw in out]
 
     def ntlm_matched(self, user: str, candidate_id: str, device_id: str | None) -> Verdict:

@@ -46,8 +46,10 @@ def normalise_username(name: str) -> str:
         raise InvalidUsername(f"user name longer than {MAX_USERNAME} characters")
     bad = sorted({c for c in n if c in _FORBIDDEN or unicodedata.category(c)[0] == "C"})
     if bad:
-        raise InvalidUsername(f"user name {name!r} contains {' '.join(repr(c) for c in bad)}; "
-                              "give the sAMAccountName (not DOMAIN\\user or user@domain)")
+        raise InvalidUsername(
+            f"user name {name!r} contains {' '.join(repr(c) for c in bad)}; "
+            "give the sAMAccountName (not DOMAIN\\user or user@domain)"
+        )
     if n.endswith("."):
         raise InvalidUsername("a sAMAccountName cannot end with '.'")
     return n
@@ -123,25 +125,43 @@ def _utcnow() -> datetime:
 class UserService:
     """Add, find, list, enable and disable users."""
 
-    def __init__(self, repo: Repository, clock: Callable[[], datetime] = _utcnow,
-                 netbios_domains: Iterable[str] = (), bus: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        clock: Callable[[], datetime] = _utcnow,
+        netbios_domains: Iterable[str] = (),
+        bus: EventBus | None = None,
+    ) -> None:
         self.repo = repo
         self.clock = clock
         self.netbios_domains = tuple(netbios_domains)
         self.bus = bus  # disable / sign-out events (ucgate.id.events)
 
-    def add(self, username: str, *, upn: str | None = None, sip_uri: str | None = None,
-            display_name: str | None = None, source: str = "local") -> UserRecord:
+    def add(
+        self,
+        username: str,
+        *,
+        upn: str | None = None,
+        sip_uri: str | None = None,
+        display_name: str | None = None,
+        source: str = "local",
+    ) -> UserRecord:
         """Raises InvalidUsername, or DuplicateError when the name or UPN is taken."""
         sam = normalise_username(username)
         if sip_uri is not None and not sip_uri.lower().startswith("sip:"):
             sip_uri = f"sip:{sip_uri}"
         return self.repo.add_user(
-            sam, upn=normalise_upn(upn) if upn else None, sip_uri=sip_uri,
-            display_name=display_name, source=source, created_at=self.clock())
+            sam,
+            upn=normalise_upn(upn) if upn else None,
+            sip_uri=sip_uri,
+            display_name=display_name,
+            source=source,
+            created_at=self.clock(),
+        )
 
     def resolve(self, typed: str) -> UserRecord | None:
         """The user a typed login name (any of the three forms) refers to."""
+
         def by_upn(upn: str) -> str | None:
             u = self.repo.get_user_by_upn(upn)
             return u.username if u else None
@@ -203,8 +223,14 @@ def current_os_user() -> str:
 
 
 __all__ = [
-    "DuplicateError", "InvalidUsername", "LoginName", "UserService", "normalise_upn",
-    "normalise_username", "resolve_login_name", "split_login_name",
+    "DuplicateError",
+    "InvalidUsername",
+    "LoginName",
+    "UserService",
+    "normalise_upn",
+    "normalise_username",
+    "resolve_login_name",
+    "split_login_name",
 ]
 
 
@@ -216,8 +242,15 @@ class UserSecretService:
     """Base of the services that keep encrypted secrets per user (ASPs, TOTP): the store, the
     keyring, the clock and randomness they are given, and the user lookup they share."""
 
-    def __init__(self, repo: Repository, keyring, clock: Callable[[], datetime] = _utcnow,
-                 rand: Callable[[int], bytes] | None = None, *, users: UserService | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        keyring,
+        clock: Callable[[], datetime] = _utcnow,
+        rand: Callable[[int], bytes] | None = None,
+        *,
+        users: UserService | None = None,
+    ) -> None:
         import secrets
 
         self.repo = repo

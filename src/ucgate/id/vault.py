@@ -74,10 +74,17 @@ class VaultService(UserSecretService):
         audit: an ``AuditLog`` (set/delete are recorded, reads are not: they happen per request).
     """
 
-    def __init__(self, repo: Any, keyring: Any, *, users: Any = None, audit: Any = None,
-                 clock: Callable[[], datetime] | None = None,
-                 rand: Callable[[int], bytes] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        repo: Any,
+        keyring: Any,
+        *,
+        users: Any = None,
+        audit: Any = None,
+        clock: Callable[[], datetime] | None = None,
+        rand: Callable[[int], bytes] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(repo, keyring, clock or (lambda: datetime.now(UTC)), rand, users=users)
         self.store = VaultStore(repo.engine)
         self.audit = audit
@@ -85,8 +92,9 @@ class VaultService(UserSecretService):
         self._cache: dict[str, tuple[float, str]] = {}
 
     # --- administration -----------------------------------------------------------------
-    def set_password(self, username: str, password: str, *, actor: str,
-                     verify: Callable[[str, str], bool] | None = None) -> VaultStatus:
+    def set_password(
+        self, username: str, password: str, *, actor: str, verify: Callable[[str, str], bool] | None = None
+    ) -> VaultStatus:
         """Store ``password`` as ``username``'s domain password (replacing any earlier one).
 
         Args:
@@ -105,8 +113,15 @@ class VaultService(UserSecretService):
             verified = self.clock()
         row_id = self.rand(16).hex()
         nonce, sealed = self.keyring.encrypt(password.encode("utf-8"), vault_aad(user.id, row_id))
-        self.store.put(user_id=user.id, id=row_id, ciphertext=sealed, nonce=nonce, at=self.clock(),
-                       set_by=actor, verified_at=verified)
+        self.store.put(
+            user_id=user.id,
+            id=row_id,
+            ciphertext=sealed,
+            nonce=nonce,
+            at=self.clock(),
+            set_by=actor,
+            verified_at=verified,
+        )
         self._cache.pop(user.username, None)
         self._audit("vault.set", actor, user.username, "ok", "verified" if verified else "unverified")
         return self.status(user.username)
@@ -124,8 +139,7 @@ class VaultService(UserSecretService):
         rec = self.store.get(user.id)
         if rec is None:
             return VaultStatus(user.username, False)
-        return VaultStatus(user.username, True, rec.updated_at, rec.set_by, rec.verified_at,
-                           rec.last_used_at)
+        return VaultStatus(user.username, True, rec.updated_at, rec.set_by, rec.verified_at, rec.last_used_at)
 
     def reencrypt_all(self) -> int:
         """Re-encrypt every vault secret with the keyring's active key (``ucgate key rotate``)."""
@@ -179,8 +193,11 @@ class VaultService(UserSecretService):
     def on_event(self, event: object) -> None:
         """A cut-off user's decrypted password leaves memory at once."""
         user = getattr(event, "user", None)
-        if (user is not None and getattr(event, "device_id", None) is None
-                and getattr(event, "credential_id", None) is None):
+        if (
+            user is not None
+            and getattr(event, "device_id", None) is None
+            and getattr(event, "credential_id", None) is None
+        ):
             self.forget(user)
 
     def _audit(self, action: str, actor: str, user: str, result: str, reason: str | None) -> None:

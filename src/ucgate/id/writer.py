@@ -51,8 +51,15 @@ class WriterBusy(UcgateError):
 
 
 class SignInWriter:
-    def __init__(self, repo: Any, *, max_delay: float = MAX_DELAY, max_batch: int = MAX_BATCH,
-                 max_queue: int = MAX_QUEUE, max_wait: float = MAX_WAIT) -> None:
+    def __init__(
+        self,
+        repo: Any,
+        *,
+        max_delay: float = MAX_DELAY,
+        max_batch: int = MAX_BATCH,
+        max_queue: int = MAX_QUEUE,
+        max_wait: float = MAX_WAIT,
+    ) -> None:
         self.repo = repo
         self.max_delay, self.max_batch, self.max_wait = max_delay, max_batch, max_wait
         self._q: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(max_queue)
@@ -136,8 +143,12 @@ class SignInWriter:
                 break
             except Exception as e:  # noqa: BLE001 - keep the batch; retry until the store is back
                 self.failures += 1
-                log.error("sign-in writer: a batch of %d could not be committed (%s: %s); retrying",
-                          len(batch), type(e).__name__, " ".join(str(e).split())[:200])
+                log.error(
+                    "sign-in writer: a batch of %d could not be committed (%s: %s); retrying",
+                    len(batch),
+                    type(e).__name__,
+                    " ".join(str(e).split())[:200],
+                )
                 time.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX)
         self.batches += 1
@@ -158,8 +169,10 @@ class SignInWriter:
                 else:
                     then(stored[0])
             except Exception:  # the table has it; a file or syslog problem is logged
-                log.exception("sign-in writer: could not write audit event(s) %s to the file/syslog",
-                              ", ".join(str(ev.id) for ev in stored))
+                log.exception(
+                    "sign-in writer: could not write audit event(s) %s to the file/syslog",
+                    ", ".join(str(ev.id) for ev in stored),
+                )
             i = j
 
     def _run(self) -> None:

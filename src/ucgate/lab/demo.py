@@ -33,8 +33,9 @@ async def start_frontend(host: str = "127.0.0.1", port: int = 0, **app_args):
 
     port = port or _free_port(host)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(**app_args), host=host, port=port, log_level="warning",
-                       lifespan="off", access_log=False)
+        uvicorn.Config(
+            create_app(**app_args), host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -64,8 +65,19 @@ def demo_config(data_dir: Path, host: str, port: int, fe_port: int, edge_port: i
         # the admin UI, portal and REST API on their own listener, TLS with the gateway's cert
         "web": {"enabled": True, "listen": f"{host}:{port + 1 if port else 0}", "users": {"alice": "admin"}},
         # the SIP relay in front of the simulated Access Edge (lab/registrar.py), same certificate
-        **({"sip": {"enabled": True, "listen": f"{host}:{port + 2 if port else 0}", "edge": f"127.0.0.1:{edge_port}",
-                    "server_name": "localhost", "ca_bundle": str(data_dir / "gateway.crt")}} if edge_port else {}),
+        **(
+            {
+                "sip": {
+                    "enabled": True,
+                    "listen": f"{host}:{port + 2 if port else 0}",
+                    "edge": f"127.0.0.1:{edge_port}",
+                    "server_name": "localhost",
+                    "ca_bundle": str(data_dir / "gateway.crt"),
+                }
+            }
+            if edge_port
+            else {}
+        ),
     }
 
 
@@ -84,8 +96,7 @@ def demo_user(node) -> str:
     run; older demo ASPs are revoked)."""
     users, asps = node.ids.users, node.ids.asps
     if users.get("alice") is None:
-        users.add("alice", upn="alice@contoso.com", sip_uri="sip:alice@contoso.com",
-                  display_name="Alice Demo")
+        users.add("alice", upn="alice@contoso.com", sip_uri="sip:alice@contoso.com", display_name="Alice Demo")
     for info in asps.list("alice", include_revoked=False):
         if info.label == "demo":
             asps.revoke(info.id)
@@ -113,8 +124,10 @@ async def run_demo(data_dir: Path, host: str, port: int) -> None:
     # Written to a file so that the admin CLI can be pointed at the running demo (-c).
     config_path = data_dir / "ucgate.toml"
     # tomli_w writes every TOML type as TOML (lists as arrays, nested tables), not as strings.
-    config_path.write_text("# written by `ucgate demo` on each start\n"
-                           + tomli_w.dumps(demo_config(data_dir, host, port, fe_port, edge.port)))
+    config_path.write_text(
+        "# written by `ucgate demo` on each start\n"
+        + tomli_w.dumps(demo_config(data_dir, host, port, fe_port, edge.port))
+    )
     config = load(config_path)
     node = build_node(config)
     asp = demo_user(node)

@@ -121,9 +121,7 @@ class ActiveSyncSimulator:
     async def handle(self, request: Request, user: str | None) -> Response:
         if user is None:
             host = request.headers.get("x-forwarded-host") or request.url.hostname or self.realm
-            return self._plain(
-                401, {"WWW-Authenticate": f'Basic realm="{host.split(":")[0]}"'}
-            )
+            return self._plain(401, {"WWW-Authenticate": f'Basic realm="{host.split(":")[0]}"'})
         if request.method == "OPTIONS":
             return self._plain(
                 200,
@@ -201,8 +199,12 @@ class ActiveSyncSimulator:
         own top-level element (MS-ASCMD 2.2.2). Commands whose namespace we do not encode get
         449 whatever the version."""
         modern = version is not None and float(version) >= 14.0
-        top = {"FolderSync": "FolderHierarchy:FolderSync", "Sync": "AirSync:Sync",
-               "Ping": "Ping:Ping", "Settings": "Settings:Settings"}.get(command)
+        top = {
+            "FolderSync": "FolderHierarchy:FolderSync",
+            "Sync": "AirSync:Sync",
+            "Ping": "Ping:Ping",
+            "Settings": "Settings:Settings",
+        }.get(command)
         if not modern or top is None:
             return self._plain(449)
         return self._wbxml(E(top, E("Status", status)))
@@ -262,8 +264,7 @@ class ActiveSyncSimulator:
         if key == "0":
             device.folder_sync_key = 1
             adds = [
-                E("Add", E("ServerId", sid), E("ParentId", pid), E("DisplayName", name),
-                  E("Type", ftype))
+                E("Add", E("ServerId", sid), E("ParentId", pid), E("DisplayName", name), E("Type", ftype))
                 for sid, pid, name, ftype in DEFAULT_FOLDERS
             ]
             return E(
@@ -291,17 +292,18 @@ class ActiveSyncSimulator:
             key = c.text("SyncKey") or ""
             known = {sid for sid, *_ in DEFAULT_FOLDERS}
             if cid not in known:
-                out.append(E("Collection", E("SyncKey", key), E("CollectionId", cid),
-                             E("Status", "8")))  # object not found
+                out.append(
+                    E("Collection", E("SyncKey", key), E("CollectionId", cid), E("Status", "8"))
+                )  # object not found
                 continue
             current = device.sync_keys.get(cid, 0)
             if key != "0" and key != str(current):
-                out.append(E("Collection", E("SyncKey", "0"), E("CollectionId", cid),
-                             E("Status", "3")))  # invalid synchronization key
+                out.append(
+                    E("Collection", E("SyncKey", "0"), E("CollectionId", cid), E("Status", "3"))
+                )  # invalid synchronization key
                 continue
             device.sync_keys[cid] = current + 1
-            out.append(E("Collection", E("SyncKey", current + 1), E("CollectionId", cid),
-                         E("Status", "1")))
+            out.append(E("Collection", E("SyncKey", current + 1), E("CollectionId", cid), E("Status", "1")))
         return E("AirSync:Sync", E("Collections", *out))
 
     def _settings(self, user: str, doc: Element | None) -> Element:
@@ -313,8 +315,7 @@ class ActiveSyncSimulator:
         if doc.find("UserInformation") is not None:
             address = user if "@" in user else f"{user}@{self.realm}"
             reply.children.append(
-                E("UserInformation", E("Status", "1"),
-                  E("Get", E("EmailAddresses", E("SmtpAddress", address))))
+                E("UserInformation", E("Status", "1"), E("Get", E("EmailAddresses", E("SmtpAddress", address))))
             )
         return reply
 

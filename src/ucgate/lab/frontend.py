@@ -165,13 +165,10 @@ class LabFrontend:
         headers = self.common_headers()
         if invalid:
             headers["X-Ms-diagnostics"] = (
-                f'28055;source="{self.fqdn}";reason="The OAuth token is invalid.";'
-                'faultcode="wsse:FailedAuthentication"'
+                f'28055;source="{self.fqdn}";reason="The OAuth token is invalid.";faultcode="wsse:FailedAuthentication"'
             )
         response = Response(b"", status_code=401, headers=headers)
-        response.headers.append(
-            "WWW-Authenticate", f'Bearer trusted_issuers="", client_id="{SFB_CLIENT_ID}"'
-        )
+        response.headers.append("WWW-Authenticate", f'Bearer trusted_issuers="", client_id="{SFB_CLIENT_ID}"')
         response.headers.append(
             "WWW-Authenticate",
             f'MsRtcOAuth href="{base}/WebTicket/oauthtoken",grant_type="{GRANT_TYPES}"',
@@ -185,8 +182,9 @@ class LabFrontend:
         response.headers.append("WWW-Authenticate", "NTLM")
         return response
 
-    def json(self, data: object, status: int = 200, media_type: str = JSON_UTF8,
-             headers: dict[str, str] | None = None) -> Response:
+    def json(
+        self, data: object, status: int = 200, media_type: str = JSON_UTF8, headers: dict[str, str] | None = None
+    ) -> Response:
         h = self.common_headers()
         h.update(headers or {})
         body = json.dumps(data, separators=(",", ":")).encode()
@@ -207,7 +205,7 @@ class LabFrontend:
         if seg == "ucwa":
             return await self.ucwa(request, path)
         if seg == "microsoft-server-activesync":
-            rest = lpath[len("/microsoft-server-activesync"):]
+            rest = lpath[len("/microsoft-server-activesync") :]
             if rest not in ("", "/", "/default.eas"):
                 return not_found()
             return await self.eas.handle(request, self.trusted_user(request))
@@ -217,8 +215,7 @@ class LabFrontend:
             return await self.mcx(request, lpath)
         if seg in ("meet", "dialin", "lwa"):
             return self.meeting_page(request, seg)
-        if seg in ("reach", "abs", "groupexpansion", "rgsclients", "persistentchat",
-                   "scheduler", "passiveauth"):
+        if seg in ("reach", "abs", "groupexpansion", "rgsclients", "persistentchat", "scheduler", "passiveauth"):
             return self.small_service(request, seg, path)
         return not_found()
 
@@ -250,9 +247,7 @@ class LabFrontend:
 
     def _wants_xml(self, request: Request) -> bool:
         accept = request.headers.get("accept", "").lower()
-        return "autodiscover+xml" in accept or (
-            "xml" in accept and "json" not in accept
-        )
+        return "autodiscover+xml" in accept or ("xml" in accept and "json" not in accept)
 
     def _original_domain(self, request: Request) -> str:
         domain = request.query_params.get("originalDomain", "")
@@ -345,8 +340,7 @@ class LabFrontend:
         return not_found()
 
     def token_error(self, error: str, status: int = 400) -> Response:
-        return self.json({"error": error}, status=status,
-                         headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+        return self.json({"error": error}, status=status, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     async def oauth_token(self, request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -356,8 +350,9 @@ class LabFrontend:
         if body is None:
             return self.token_error("invalid_request", 413)
         try:
-            form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True,
-                                  strict_parsing=bool(body), max_num_fields=20))
+            form = dict(
+                parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body), max_num_fields=20)
+            )
         except (UnicodeDecodeError, ValueError):
             return self.token_error("invalid_request")
         grant = form.get("grant_type")
@@ -374,9 +369,7 @@ class LabFrontend:
             else:
                 user = normalize_user(username)
                 expected = self.passwords.get(user)
-                if expected is None or not secrets.compare_digest(
-                    expected.encode(), password.encode()
-                ):
+                if expected is None or not secrets.compare_digest(expected.encode(), password.encode()):
                     return self.token_error("invalid_grant")
         elif grant == "urn:microsoft.rtc:windows":
             if trusted is None:
@@ -440,14 +433,13 @@ class LabFrontend:
             f"{escape(token)}</UserToken></RequestedSecurityToken>"
             f"<Lifetime><u:Created>{now.isoformat().replace('+00:00', 'Z')}</u:Created>"
             f"<u:Expires>{expires.isoformat().replace('+00:00', 'Z')}</u:Expires></Lifetime>"
-            "<AppliesTo xmlns=\"http://schemas.xmlsoap.org/ws/2004/09/policy\">"
+            '<AppliesTo xmlns="http://schemas.xmlsoap.org/ws/2004/09/policy">'
             f"<a:EndpointReference><a:Address>{escape(self.base_url(request))}/</a:Address>"
             "</a:EndpointReference></AppliesTo>"
             "</RequestSecurityTokenResponse></RequestSecurityTokenResponseCollection>"
             "</s:Body></s:Envelope>"
         )
-        return Response(xml.encode(), media_type=SOAP12 if soap12 else SOAP11,
-                        headers=self.common_headers())
+        return Response(xml.encode(), media_type=SOAP12 if soap12 else SOAP11, headers=self.common_headers())
 
     # --- UCWA -----------------------------------------------------------------------------
 
@@ -500,11 +492,15 @@ class LabFrontend:
         if sub == ["events"]:
             ack = app.event_ack
             app.event_ack += 1
-            return self.json({
-                "_links": {"self": {"href": f"{app_href}/events?ack={ack}"},
-                           "next": {"href": f"{app_href}/events?ack={ack + 1}"}},
-                "sender": [],
-            })
+            return self.json(
+                {
+                    "_links": {
+                        "self": {"href": f"{app_href}/events?ack={ack}"},
+                        "next": {"href": f"{app_href}/events?ack={ack + 1}"},
+                    },
+                    "sender": [],
+                }
+            )
         if sub[0] in ("onlinemeetings", "communication", "policies", "batch"):
             href = app_href + "/" + "/".join(rest[2:])
             return self.json({"_links": {"self": {"href": href}}, "rel": sub[-1]})
@@ -526,8 +522,7 @@ class LabFrontend:
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return self.ucwa_error(400, "BadRequest", "The request body is not valid JSON.",
-                                   "InvalidRequestBody")
+            return self.ucwa_error(400, "BadRequest", "The request body is not valid JSON.", "InvalidRequestBody")
         if not isinstance(data, dict):
             return self.ucwa_error(400, "BadRequest", "Expected a JSON object.", "InvalidRequestBody")
         # ASP.NET model binding is case-insensitive: clients send userAgent or UserAgent.
@@ -535,9 +530,12 @@ class LabFrontend:
         user_agent, endpoint_id = fields.get("useragent"), fields.get("endpointid")
         culture = fields.get("culture", "en-US")
         if not (_short_text(user_agent) and _short_text(endpoint_id) and _short_text(culture)):
-            return self.ucwa_error(400, "BadRequest",
-                                   "userAgent, endpointId and culture are required strings.",
-                                   "ParameterValidationFailure")
+            return self.ucwa_error(
+                400,
+                "BadRequest",
+                "userAgent, endpointId and culture are required strings.",
+                "ParameterValidationFailure",
+            )
         for app in self.applications.values():
             if app.user == user and app.endpoint_id.lower() == endpoint_id.lower():
                 # The same endpoint gets its existing application back.
@@ -590,8 +588,7 @@ class LabFrontend:
                         "self": {"href": people},
                         "presenceSubscriptions": {"href": f"{people}/presenceSubscriptions"},
                         "subscribedContacts": {"href": f"{people}/subscribedContacts"},
-                        "presenceSubscriptionMemberships": {
-                            "href": f"{people}/presenceSubscriptionMemberships"},
+                        "presenceSubscriptionMemberships": {"href": f"{people}/presenceSubscriptionMemberships"},
                         "myGroups": {"href": f"{people}/groups"},
                         "myGroupMemberships": {"href": f"{people}/groupMemberships"},
                         "myContacts": {"href": f"{people}/contacts"},
@@ -687,9 +684,10 @@ class LabFrontend:
         if not lpath.startswith("/mcx/mcxservice.svc"):
             return not_found()
         if request.method in ("GET", "HEAD"):
-            return HTMLResponse("<html><head><title>McxService Service</title></head><body>"
-                                "<h1>McxService Service</h1></body></html>",
-                                headers=self.common_headers())
+            return HTMLResponse(
+                "<html><head><title>McxService Service</title></head><body><h1>McxService Service</h1></body></html>",
+                headers=self.common_headers(),
+            )
         if request.method != "POST":
             return method_not_allowed("GET, POST")
         if self.trusted_user(request) is None:
@@ -708,8 +706,11 @@ class LabFrontend:
     def meeting_page(self, request: Request, seg: str) -> Response:
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed("GET")
-        title = {"meet": "Skype Meeting", "dialin": "Dial-in Conferencing Settings",
-                 "lwa": "Skype for Business Web App"}[seg]
+        title = {
+            "meet": "Skype Meeting",
+            "dialin": "Dial-in Conferencing Settings",
+            "lwa": "Skype for Business Web App",
+        }[seg]
         return HTMLResponse(
             f"<!DOCTYPE html><html><head><title>{title}</title></head>"
             f"<body><h1>{title}</h1><p>Simulated by ucgate lab.</p></body></html>",
@@ -720,16 +721,22 @@ class LabFrontend:
         if self.trusted_user(request) is None and self.bearer_user(request)[0] is None:
             return self.windows_challenge()
         if seg == "abs":
-            return Response(b"", status_code=200, media_type="application/octet-stream",
-                            headers=self.common_headers())
+            return Response(b"", status_code=200, media_type="application/octet-stream", headers=self.common_headers())
         if seg in ("groupexpansion", "rgsclients", "persistentchat"):
-            return Response(b'<?xml version="1.0" encoding="utf-8"?><response status="ok" />',
-                            media_type="text/xml; charset=utf-8", headers=self.common_headers())
-        title = {"reach": "Skype for Business Web App", "scheduler": "Skype Meeting Scheduler",
-                 "passiveauth": "Passive Authentication"}[seg]
-        return HTMLResponse(f"<!DOCTYPE html><html><head><title>{title}</title></head>"
-                            f"<body><h1>{title}</h1></body></html>",
-                            headers=self.common_headers())
+            return Response(
+                b'<?xml version="1.0" encoding="utf-8"?><response status="ok" />',
+                media_type="text/xml; charset=utf-8",
+                headers=self.common_headers(),
+            )
+        title = {
+            "reach": "Skype for Business Web App",
+            "scheduler": "Skype Meeting Scheduler",
+            "passiveauth": "Passive Authentication",
+        }[seg]
+        return HTMLResponse(
+            f"<!DOCTYPE html><html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>",
+            headers=self.common_headers(),
+        )
 
 
 XFRAME_HTML = (

@@ -67,8 +67,20 @@ def signature_buffer(scheme: str, rand: str, num: int, realm: str, targetname: s
     it appears in the message — scheme, crand/srand, cnum/snum, realm, targetname, Call-ID,
     CSeq number and method, From URI and tag, To tag, Expires (empty when absent) and, for a
     response, its status code."""
-    parts = [scheme, rand, str(num), realm, targetname, msg.call_id, str(msg.cseq.number), msg.cseq.method,
-             msg.from_.uri, msg.from_.tag or "", msg.to.tag or "", msg.get("expires") or ""]
+    parts = [
+        scheme,
+        rand,
+        str(num),
+        realm,
+        targetname,
+        msg.call_id,
+        str(msg.cseq.number),
+        msg.cseq.method,
+        msg.from_.uri,
+        msg.from_.tag or "",
+        msg.to.tag or "",
+        msg.get("expires") or "",
+    ]
     if msg.status is not None:
         parts.append(str(msg.status))
     return b"".join(b"<" + p.encode("utf-8") + b">" for p in parts)
@@ -133,11 +145,20 @@ class LabRegistrar:
     """The simulated Edge. ``tls_dsk`` maps a "certificate" token to the address of record it
     was issued for."""
 
-    def __init__(self, cert: Path, key: Path, accounts: list[Account], *, targetname: str = "edge.contoso.com",
-                 netbios_domain: str = "CONTOSO", dns_domain: str = "contoso.com",
-                 tls_dsk: Mapping[str, str] | None = None,
-                 on_ntlm: Callable[[str, bool], None] | None = None, record: bool = True,
-                 check_signatures: bool = True) -> None:
+    def __init__(
+        self,
+        cert: Path,
+        key: Path,
+        accounts: list[Account],
+        *,
+        targetname: str = "edge.contoso.com",
+        netbios_domain: str = "CONTOSO",
+        dns_domain: str = "contoso.com",
+        tls_dsk: Mapping[str, str] | None = None,
+        on_ntlm: Callable[[str, bool], None] | None = None,
+        record: bool = True,
+        check_signatures: bool = True,
+    ) -> None:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         self.ctx.load_cert_chain(str(cert), str(key))
@@ -246,16 +267,24 @@ class LabRegistrar:
         if not token or struct.unpack_from("<I", token, 8)[0] == 1:
             sa = _Association(secrets.token_hex(4).upper(), "NTLM", aor)
             sa.acceptor = ntlm.NtlmAcceptor(
-                server_challenge=os.urandom(8), now=ntlm.filetime(time.time()),
-                netbios_domain=self.netbios_domain, netbios_computer="EDGE", dns_domain=self.dns_domain,
-                dns_computer=self.targetname, channel_binding_data=None, extended_protection="off")
+                server_challenge=os.urandom(8),
+                now=ntlm.filetime(time.time()),
+                netbios_domain=self.netbios_domain,
+                netbios_computer="EDGE",
+                dns_domain=self.dns_domain,
+                dns_computer=self.targetname,
+                channel_binding_data=None,
+                extended_protection="off",
+            )
             try:
                 challenge = sa.acceptor.challenge(token or SYNTHETIC_NEGOTIATE)
             except ntlm.NtlmError:
                 return self._answer(msg, 400)
             sas[sa.opaque] = sa
-            value = (f'NTLM opaque="{sa.opaque}", gssapi-data="{base64.b64encode(challenge).decode()}", '
-                     f'targetname="{self.targetname}", realm="{REALM}", version=3')
+            value = (
+                f'NTLM opaque="{sa.opaque}", gssapi-data="{base64.b64encode(challenge).decode()}", '
+                f'targetname="{self.targetname}", realm="{REALM}", version=3'
+            )
             return self._answer(msg, 401, headers=[f"WWW-Authenticate: {value}"])
         known = sas.get(cred.opaque or "")
         if known is None or known.acceptor is None or known.established:
@@ -291,15 +320,17 @@ class LabRegistrar:
             sa = _Association(secrets.token_hex(4).upper(), "TLS-DSK", aor)
             sas[sa.opaque] = sa
             hello = base64.b64encode(b"\x16\x03\x03server-hello:" + os.urandom(16)).decode()
-            value = (f'TLS-DSK opaque="{sa.opaque}", gssapi-data="{hello}", targetname="{self.targetname}", '
-                     f'realm="{REALM}", version=4')
+            value = (
+                f'TLS-DSK opaque="{sa.opaque}", gssapi-data="{hello}", targetname="{self.targetname}", '
+                f'realm="{REALM}", version=4'
+            )
             return self._answer(msg, 401, headers=[f"WWW-Authenticate: {value}"])
         known = sas.get(cred.opaque or "")
         prefix = b"\x16\x03\x03client-cert:"
         if known is None or known.scheme != "TLS-DSK" or known.established or not token.startswith(prefix):
             return self._answer(msg, 401, challenge=True)
         sa = known
-        cert = token[len(prefix):].decode("ascii", "replace")
+        cert = token[len(prefix) :].decode("ascii", "replace")
         del sas[sa.opaque]
         if self.tls_dsk.get(cert, "").casefold() != aor.casefold():
             return self._answer(msg, 401, challenge=True)
@@ -317,8 +348,12 @@ class LabRegistrar:
             facts = sip_device_facts(msg)
             contact = msg.get("contact")
             self.registrations[aor] = Registration(aor, facts.device_id, contact, cid, expires)
-        return self._answer(msg, 200, sa=sa, headers=[f"Expires: {expires}"] +
-                            ([f"Contact: {msg.get('contact')}"] if msg.get("contact") else []))
+        return self._answer(
+            msg,
+            200,
+            sa=sa,
+            headers=[f"Expires: {expires}"] + ([f"Contact: {msg.get('contact')}"] if msg.get("contact") else []),
+        )
 
     def _signed(self, msg: SipMessage, sa: _Association, cid: int) -> list[bytes]:
         if msg.method == "REGISTER":
@@ -331,19 +366,31 @@ class LabRegistrar:
     def _notify(self, subscribe: SipMessage) -> bytes:
         body = b'<roamingData xmlns="http://schemas.microsoft.com/2006/09/sip/roaming-self"/>'
         contact = subscribe.from_.uri
-        lines = [f"NOTIFY {contact} SIP/2.0",
-                 f"Via: SIP/2.0/TLS {self.targetname}:5061;branch=z9hG4bK{secrets.token_hex(8)}",
-                 f"From: <{subscribe.to.uri}>;tag={secrets.token_hex(4)}",
-                 f"To: <{subscribe.from_.uri}>;tag={subscribe.from_.tag or 'x'}",
-                 f"Call-ID: {subscribe.call_id}", "CSeq: 1 NOTIFY", "Max-Forwards: 70",
-                 f"Event: {subscribe.get('event') or 'vnd-microsoft-roaming-self'}",
-                 "Subscription-State: active;expires=3600",
-                 "Content-Type: application/vnd-microsoft-roaming-self+xml",
-                 f"Content-Length: {len(body)}"]
+        lines = [
+            f"NOTIFY {contact} SIP/2.0",
+            f"Via: SIP/2.0/TLS {self.targetname}:5061;branch=z9hG4bK{secrets.token_hex(8)}",
+            f"From: <{subscribe.to.uri}>;tag={secrets.token_hex(4)}",
+            f"To: <{subscribe.from_.uri}>;tag={subscribe.from_.tag or 'x'}",
+            f"Call-ID: {subscribe.call_id}",
+            "CSeq: 1 NOTIFY",
+            "Max-Forwards: 70",
+            f"Event: {subscribe.get('event') or 'vnd-microsoft-roaming-self'}",
+            "Subscription-State: active;expires=3600",
+            "Content-Type: application/vnd-microsoft-roaming-self+xml",
+            f"Content-Length: {len(body)}",
+        ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
-    def _answer(self, req: SipMessage, status: int, *, headers: list[str] | None = None,
-                challenge: bool = False, sa: _Association | None = None, diag: str | None = None) -> bytes:
+    def _answer(
+        self,
+        req: SipMessage,
+        status: int,
+        *,
+        headers: list[str] | None = None,
+        challenge: bool = False,
+        sa: _Association | None = None,
+        diag: str | None = None,
+    ) -> bytes:
         reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}.get(status, "Error")
         lines = [f"SIP/2.0 {status} {reason}".encode()]
         for f in req.headers:
@@ -354,8 +401,10 @@ class LabRegistrar:
         extra = list(headers or [])
         if challenge:
             sts = f"https://{self.targetname}/CertProv/CertProvisioningService.svc"
-            extra += [f'WWW-Authenticate: NTLM realm="{REALM}", targetname="{self.targetname}", version=3',
-                      f'WWW-Authenticate: TLS-DSK realm="{REALM}", targetname="{self.targetname}", version=4, sts-uri="{sts}"']
+            extra += [
+                f'WWW-Authenticate: NTLM realm="{REALM}", targetname="{self.targetname}", version=3',
+                f'WWW-Authenticate: TLS-DSK realm="{REALM}", targetname="{self.targetname}", version=4, sts-uri="{sts}"',
+            ]
         if diag:
             extra.append(f"ms-diagnostics: {diag}")
         extra.append("Server: ucgate-lab-registrar")
@@ -367,8 +416,10 @@ class LabRegistrar:
         answer = parse_message(raw)
         sa.snum += 1
         buf = signature_buffer(sa.scheme, sa.srand, sa.snum, REALM, self.targetname, answer)
-        info = (f'Authentication-Info: {sa.scheme} opaque="{sa.opaque}", qop="auth", realm="{REALM}", '
-                f'targetname="{self.targetname}", rspauth="{sa.sign(buf)}", srand="{sa.srand}", snum="{sa.snum}"')
+        info = (
+            f'Authentication-Info: {sa.scheme} opaque="{sa.opaque}", qop="auth", realm="{REALM}", '
+            f'targetname="{self.targetname}", rspauth="{sa.sign(buf)}", srand="{sa.srand}", snum="{sa.snum}"'
+        )
         head, _, _ = raw.rpartition(b"Content-Length: 0\r\n\r\n")
         return head + info.encode() + b"\r\nContent-Length: 0\r\n\r\n"
 
@@ -378,8 +429,9 @@ def tls_dsk_key(cert_token: str, opaque: str) -> bytes:
     return hashlib.sha256(f"{cert_token}|{opaque}".encode()).digest()
 
 
-async def start_registrar(cert: Path, key: Path, accounts: list[Account], host: str = "127.0.0.1",
-                          port: int = 0, **kw) -> LabRegistrar:
+async def start_registrar(
+    cert: Path, key: Path, accounts: list[Account], host: str = "127.0.0.1", port: int = 0, **kw
+) -> LabRegistrar:
     reg = LabRegistrar(cert, key, accounts, **kw)
     await reg.start(host, port)
     return reg

@@ -73,10 +73,23 @@ class _SA:
 class SipClient:
     """One SIP client install (its epid, hence its ``+sip.instance``) on one TLS connection."""
 
-    def __init__(self, host: str, port: int, *, aor: str, ca_file: str | None, login: str | None = None,
-                 password: str | None = None, server_hostname: str = "localhost", epid: str | None = None,
-                 user_agent: str = DEFAULT_UA, source: str | None = None, timeout: float = 5.0,
-                 cert_token: str | None = None, preamble: bytes = b"") -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        aor: str,
+        ca_file: str | None,
+        login: str | None = None,
+        password: str | None = None,
+        server_hostname: str = "localhost",
+        epid: str | None = None,
+        user_agent: str = DEFAULT_UA,
+        source: str | None = None,
+        timeout: float = 5.0,
+        cert_token: str | None = None,
+        preamble: bytes = b"",
+    ) -> None:
         self.host, self.port, self.aor = host, port, aor
         self.login, self.password, self.cert_token = login, password, cert_token
         self.server_hostname, self.source, self.timeout = server_hostname, source, timeout
@@ -98,8 +111,9 @@ class SipClient:
 
     # --- the connection -----------------------------------------------------------------
     def connect(self) -> SipClient:
-        raw = socket.create_connection((self.host, self.port), timeout=self.timeout,
-                                       source_address=(self.source, 0) if self.source else None)
+        raw = socket.create_connection(
+            (self.host, self.port), timeout=self.timeout, source_address=(self.source, 0) if self.source else None
+        )
         if self.preamble:
             raw.sendall(self.preamble)
         self.sock = self.ctx.wrap_socket(raw, server_hostname=self.server_hostname)
@@ -149,31 +163,44 @@ class SipClient:
             return False
 
     # --- messages -----------------------------------------------------------------------
-    def build(self, method: str, uri: str | None = None, *, headers: Sequence[str] = (), body: bytes = b"",
-              to: str | None = None, auth: str | None = None, cseq: int | None = None,
-              call_id: str | None = None) -> bytes:
+    def build(
+        self,
+        method: str,
+        uri: str | None = None,
+        *,
+        headers: Sequence[str] = (),
+        body: bytes = b"",
+        to: str | None = None,
+        auth: str | None = None,
+        cseq: int | None = None,
+        call_id: str | None = None,
+    ) -> bytes:
         if cseq is None:
             self.cseq += 1
             cseq = self.cseq
         local = "127.0.0.1"
-        lines = [f"{method} {uri or 'sip:' + self.aor.partition('@')[2]} SIP/2.0",
-                 f"Via: SIP/2.0/TLS {local}:5061;branch=z9hG4bK{secrets.token_hex(8)}",
-                 "Max-Forwards: 70",
-                 f"From: <sip:{self.aor}>;tag={self.tag};epid={self.epid}",
-                 f"To: <{to or 'sip:' + self.aor}>",
-                 f"Call-ID: {call_id or self.call_id}",
-                 f"CSeq: {cseq} {method}",
-                 *headers,
-                 f"User-Agent: {self.user_agent}"]
+        lines = [
+            f"{method} {uri or 'sip:' + self.aor.partition('@')[2]} SIP/2.0",
+            f"Via: SIP/2.0/TLS {local}:5061;branch=z9hG4bK{secrets.token_hex(8)}",
+            "Max-Forwards: 70",
+            f"From: <sip:{self.aor}>;tag={self.tag};epid={self.epid}",
+            f"To: <{to or 'sip:' + self.aor}>",
+            f"Call-ID: {call_id or self.call_id}",
+            f"CSeq: {cseq} {method}",
+            *headers,
+            f"User-Agent: {self.user_agent}",
+        ]
         if auth:
             lines.append(auth)
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
     def _contact(self) -> str:
-        return (f'Contact: <sip:127.0.0.1:5061;transport=tls;ms-opaque={self.tag}>;methods="INVITE, MESSAGE, '
-                f'INFO, SUBSCRIBE, OPTIONS, BYE, CANCEL, NOTIFY, ACK, REFER, BENOTIFY";proxy=replace;'
-                f'+sip.instance="<urn:uuid:{self.instance}>"')
+        return (
+            f'Contact: <sip:127.0.0.1:5061;transport=tls;ms-opaque={self.tag}>;methods="INVITE, MESSAGE, '
+            f'INFO, SUBSCRIBE, OPTIONS, BYE, CANCEL, NOTIFY, ACK, REFER, BENOTIFY";proxy=replace;'
+            f'+sip.instance="<urn:uuid:{self.instance}>"'
+        )
 
     def send(self, data: bytes) -> None:
         self.sent.append(data)
@@ -189,8 +216,10 @@ class SipClient:
         unsigned = parse_message(self.build(method, uri, **kw))
         sa.cnum += 1
         buf = signature_buffer(sa.scheme, sa.crand, sa.cnum, REALM, sa.targetname, unsigned)
-        auth = (f'Authorization: {sa.scheme} qop="auth", opaque="{sa.opaque}", realm="{REALM}", '
-                f'targetname="{sa.targetname}", crand="{sa.crand}", cnum="{sa.cnum}", response="{sa.sign(buf)}"')
+        auth = (
+            f'Authorization: {sa.scheme} qop="auth", opaque="{sa.opaque}", realm="{REALM}", '
+            f'targetname="{sa.targetname}", crand="{sa.crand}", cnum="{sa.cnum}", response="{sa.sign(buf)}"'
+        )
         return self.build(method, uri, auth=auth, **kw)
 
     def answer(self, timeout: float | None = None) -> SipMessage | None:
@@ -212,8 +241,9 @@ class SipClient:
             return ev
 
     def _ok(self, req: SipMessage) -> bytes:
-        lines = ["SIP/2.0 200 OK"] + [f.raw.decode() for f in req.headers
-                                      if f.canonical in ("via", "from", "to", "call-id", "cseq")]
+        lines = ["SIP/2.0 200 OK"] + [
+            f.raw.decode() for f in req.headers if f.canonical in ("via", "from", "to", "call-id", "cseq")
+        ]
         return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
     def _check_rspauth(self, answer: SipMessage) -> None:
@@ -261,11 +291,17 @@ class SipClient:
                 return c.targetname
         raise SipClientError(f"no {scheme} challenge")
 
-    def _leg(self, extra: list[str], scheme: str, target: str, token: bytes, opaque: str | None,
-             version: int) -> SipMessage | None:
-        params = ['qop="auth"', *([f'opaque="{opaque}"'] if opaque else []), f'realm="{REALM}"',
-                  f'targetname="{target}"', f'gssapi-data="{base64.b64encode(token).decode()}"',
-                  f"version={version}"]
+    def _leg(
+        self, extra: list[str], scheme: str, target: str, token: bytes, opaque: str | None, version: int
+    ) -> SipMessage | None:
+        params = [
+            'qop="auth"',
+            *([f'opaque="{opaque}"'] if opaque else []),
+            f'realm="{REALM}"',
+            f'targetname="{target}"',
+            f'gssapi-data="{base64.b64encode(token).decode()}"',
+            f"version={version}",
+        ]
         self.send(self.build("REGISTER", headers=extra, auth=f"Authorization: {scheme} " + ", ".join(params)))
         return self.answer()
 
@@ -281,8 +317,14 @@ class SipClient:
 
         if self.login is None or self.password is None:
             raise SipClientError("NTLM needs login and password")
-        ctx = spnego.client(self.login, self.password, hostname=target, service="sip",
-                            protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm)
+        ctx = spnego.client(
+            self.login,
+            self.password,
+            hostname=target,
+            service="sip",
+            protocol="ntlm",
+            options=spnego.NegotiateOptions.use_ntlm,
+        )
         answer = self._leg(extra, "NTLM", target, ctx.step() or b"", None, 3)
         if answer is None or answer.status != 401:
             return answer
@@ -309,8 +351,13 @@ class SipClient:
         token = b"\x16\x03\x03client-cert:" + self.cert_token.encode()
         final = self._leg(extra, "TLS-DSK", target, token, challenge.opaque, 4)
         if final is not None and final.status == 200:
-            self.sa = _SA("TLS-DSK", challenge.opaque or "", target,
-                          key=tls_dsk_key(self.cert_token, challenge.opaque or ""), crand=secrets.token_hex(4))
+            self.sa = _SA(
+                "TLS-DSK",
+                challenge.opaque or "",
+                target,
+                key=tls_dsk_key(self.cert_token, challenge.opaque or ""),
+                crand=secrets.token_hex(4),
+            )
             self._check_rspauth(final)
         return final
 
@@ -331,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--password", required=True)
     p.add_argument("--epid", help="the client install's endpoint id (a new one each run by default)")
     a = p.parse_args(argv)
-    c = SipClient(a.host, a.port, aor=a.aor, ca_file=a.ca, login=a.login, password=a.password,
-                  server_hostname=a.name, epid=a.epid)
+    c = SipClient(
+        a.host, a.port, aor=a.aor, ca_file=a.ca, login=a.login, password=a.password, server_hostname=a.name, epid=a.epid
+    )
     with c:
         answer = c.register()
         print(f"REGISTER: {answer.start_line.decode() if answer else 'connection closed'}")

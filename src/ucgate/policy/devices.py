@@ -86,13 +86,16 @@ class DeviceRule:
         for attr in ("device_type", "model", "os", "user_agent", "client_kind"):
             value = getattr(self, attr)
             if value is not None and (not isinstance(value, str) or len(value) > MAX_PATTERN_CHARS):
-                raise ValueError(f"device rule {self.name or '?'}: {attr} must be a glob of at "
-                                 f"most {MAX_PATTERN_CHARS} characters")
+                raise ValueError(
+                    f"device rule {self.name or '?'}: {attr} must be a glob of at most {MAX_PATTERN_CHARS} characters"
+                )
         if self.client_kind is not None and not any(
             fnmatch.fnmatchcase(k, self.client_kind.casefold()) for k in CLIENT_KINDS
         ):
-            raise ValueError(f"device rule {self.name or '?'}: client_kind {self.client_kind!r} "
-                             f"matches none of {', '.join(sorted(CLIENT_KINDS))}")
+            raise ValueError(
+                f"device rule {self.name or '?'}: client_kind {self.client_kind!r} "
+                f"matches none of {', '.join(sorted(CLIENT_KINDS))}"
+            )
 
     def matches(self, facts: DeviceFacts, user_groups: frozenset[str]) -> bool:
         if self.groups and not self.groups & {g.casefold() for g in user_groups}:
@@ -228,24 +231,29 @@ def decide(
             challenge becomes a quarantine (the module docstring). Required like the others
             (it also decides what is stored: an untrusted allowed partnership or a quarantined one).
     """
-    decision = _decide(facts, existing, user_devices, rules, policy, user_groups, now,
-                       second_factor_ok)
+    decision = _decide(facts, existing, user_devices, rules, policy, user_groups, now, second_factor_ok)
     if decision.outcome == "challenge" and not second_factor_possible:
-        reason = {"new-device-second-factor": "new-device-approval-required",
-                  "trust-expired": "trust-expired-approval-required"}[decision.reason]
-        decision = DeviceDecision("quarantine", reason, PartnershipState.QUARANTINED,
-                                  rule=decision.rule)
+        reason = {
+            "new-device-second-factor": "new-device-approval-required",
+            "trust-expired": "trust-expired-approval-required",
+        }[decision.reason]
+        decision = DeviceDecision("quarantine", reason, PartnershipState.QUARANTINED, rule=decision.rule)
     if service != "certprov":
         return decision
     if policy.certprov == "deny":
-        return DeviceDecision("deny", "certprov-denied-by-policy", decision.new_state,
-                              decision.wipe, decision.trusted_until, decision.rule)
+        return DeviceDecision(
+            "deny",
+            "certprov-denied-by-policy",
+            decision.new_state,
+            decision.wipe,
+            decision.trusted_until,
+            decision.rule,
+        )
     if decision.outcome != "allow" or decision.trusted_until is None:
         # Anything short of an allowed, trusted partnership: no 180-day certificate. What
         # the decision would store (a new quarantined device, say) is still stored.
         reason = decision.reason if decision.outcome == "deny" else "certprov-not-trusted"
-        return DeviceDecision("deny", reason, decision.new_state, decision.wipe,
-                              decision.trusted_until, decision.rule)
+        return DeviceDecision("deny", reason, decision.new_state, decision.wipe, decision.trusted_until, decision.rule)
     return decision
 
 
@@ -261,8 +269,7 @@ def _decide(
 ) -> DeviceDecision:
     if facts.problem is not None or facts.device_id is None:
         # No key to store a partnership under: the group's problem_action, as it is.
-        return DeviceDecision(_OUTCOME_OF_STATE[policy.problem_action],
-                              f"device-id-{facts.problem or 'absent'}")
+        return DeviceDecision(_OUTCOME_OF_STATE[policy.problem_action], f"device-id-{facts.problem or 'absent'}")
     if existing is not None:
         return _decide_existing(existing, policy, now, second_factor_ok)
     return _decide_new(facts, user_devices, rules, policy, user_groups, now, second_factor_ok)
@@ -272,9 +279,7 @@ def _renewed(policy: GroupPolicy, now: dt.datetime) -> dt.datetime:
     return now + policy.trust_lifetime
 
 
-def _decide_existing(
-    p: Partnership, policy: GroupPolicy, now: dt.datetime, second_factor_ok: bool
-) -> DeviceDecision:
+def _decide_existing(p: Partnership, policy: GroupPolicy, now: dt.datetime, second_factor_ok: bool) -> DeviceDecision:
     if p.wiped:
         return DeviceDecision("deny", "device-wipe-pending", wipe=True)
     if p.state is PartnershipState.BLOCKED:
@@ -285,8 +290,7 @@ def _decide_existing(
         return DeviceDecision("allow", "device-trusted", trusted_until=p.trusted_until)
     if second_factor_ok or not policy.require_second_factor:
         until = _renewed(policy, now)
-        return DeviceDecision("allow", "trust-renewed", PartnershipState.ALLOWED,
-                              trusted_until=until)
+        return DeviceDecision("allow", "trust-renewed", PartnershipState.ALLOWED, trusted_until=until)
     return DeviceDecision("challenge", "trust-expired")
 
 
@@ -303,16 +307,16 @@ def _decide_new(
     rule = matched.removeprefix("rule:") if matched.startswith("rule:") else ""
     if state is PartnershipState.BLOCKED:
         return DeviceDecision("deny", "new-device-blocked", rule=rule)
-    others = {p.device_id for p in user_devices
-              if p.state is not PartnershipState.BLOCKED and p.device_id != facts.device_id}
+    others = {
+        p.device_id for p in user_devices if p.state is not PartnershipState.BLOCKED and p.device_id != facts.device_id
+    }
     if len(others) >= policy.max_devices:
         return DeviceDecision("deny", "device-limit", rule=rule)
     if state is PartnershipState.QUARANTINED:
-        return DeviceDecision("quarantine", "new-device-quarantined", PartnershipState.QUARANTINED,
-                              rule=rule)
+        return DeviceDecision("quarantine", "new-device-quarantined", PartnershipState.QUARANTINED, rule=rule)
     if second_factor_ok or not policy.require_second_factor:
-        return DeviceDecision("allow", "new-device-allowed", PartnershipState.ALLOWED,
-                              trusted_until=_renewed(policy, now), rule=rule)
+        return DeviceDecision(
+            "allow", "new-device-allowed", PartnershipState.ALLOWED, trusted_until=_renewed(policy, now), rule=rule
+        )
     # Allowed by the rules, but trust needs the second factor: store it untrusted and ask.
-    return DeviceDecision("challenge", "new-device-second-factor", PartnershipState.ALLOWED,
-                          rule=rule)
+    return DeviceDecision("challenge", "new-device-second-factor", PartnershipState.ALLOWED, rule=rule)

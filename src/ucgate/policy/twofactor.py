@@ -111,8 +111,9 @@ def resolve_mode(user_mode: str | None, group_modes: Iterable[str], default: str
     return Mode(default)
 
 
-def decide(mode: Mode | str, *, enrolled: bool, factor: Factor, trusted: bool,
-           allow_unenrolled: bool) -> TwoFactorDecision:
+def decide(
+    mode: Mode | str, *, enrolled: bool, factor: Factor, trusted: bool, allow_unenrolled: bool
+) -> TwoFactorDecision:
     """Whether a sign-in whose first factor (the ASP) already verified may proceed.
 
     Every argument is required: each one decides the outcome, and a default is one mistyped
@@ -210,9 +211,12 @@ def parse_candidate_id(cid: str) -> tuple[str, int | None]:
     return asp_id, int(step)
 
 
-def appended_candidates(asp_spellings: Sequence[tuple[str, str]],
-                        codes_in_window: Sequence[tuple[int, str]], *,
-                        limit: int = MAX_NTLM_CANDIDATES) -> list[tuple[str, str]]:
+def appended_candidates(
+    asp_spellings: Sequence[tuple[str, str]],
+    codes_in_window: Sequence[tuple[int, str]],
+    *,
+    limit: int = MAX_NTLM_CANDIDATES,
+) -> list[tuple[str, str]]:
     """The passwords an NTLM client may have hashed in otp-appended mode, each with its id.
 
     Args:

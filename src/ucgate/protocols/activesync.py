@@ -239,9 +239,7 @@ def _is_plain(query: str) -> bool:
 def _printable(value: str) -> bool:
     """Text a log line and a database can hold: no C0/C1 controls, DEL or NUL. Spaces are
     allowed once decoded (``AttachmentName=my%20file.pdf``); non-ASCII too (UTF-8 user names)."""
-    return bool(value) and not any(
-        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value
-    )
+    return bool(value) and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
 
 
 def _parse_plain(query: str, hdrs: dict[str, str]) -> EasRequest:
@@ -308,9 +306,7 @@ def _check_text_device_id(device_id: str | None) -> str:
     if not all(c in _VCHAR_SET for c in device_id):
         raise EasRequestError("device-id-not-printable", repr(device_id[:40]))
     if len(device_id) > MAX_DEVICE_ID_CHARS:
-        raise EasRequestError(
-            "device-id-too-long", f"{len(device_id)} characters, limit {MAX_DEVICE_ID_CHARS}"
-        )
+        raise EasRequestError("device-id-too-long", f"{len(device_id)} characters, limit {MAX_DEVICE_ID_CHARS}")
     if not _DEVICE_ID_RE.fullmatch(device_id):
         raise EasRequestError("device-id-bad-characters", "device ids are letters and digits")
     return device_id
@@ -487,9 +483,7 @@ def _binary_device_id(raw: bytes, allow_binary: bool) -> tuple[str, bool]:
         return raw.hex().upper(), True
     if all(b in _PRINTABLE_ASCII for b in raw):
         raise EasRequestError("device-id-bad-characters", "device ids are letters and digits")
-    raise EasRequestError(
-        "device-id-not-printable", f"{len(raw)}-byte binary device id {raw.hex()[:64]}"
-    )
+    raise EasRequestError("device-id-not-printable", f"{len(raw)}-byte binary device id {raw.hex()[:64]}")
 
 
 def encode_base64_query(

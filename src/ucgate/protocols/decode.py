@@ -83,10 +83,15 @@ MAX_TEXT = 256
 # A KerberosTime is 15 bytes; Int32/UInt32 fit in 5 bytes of DER. Anything longer is malformed.
 _MAX_INTEGER_BYTES = 8
 
-SCHEMES = {"ntlm": "NTLM", "negotiate": "Negotiate", "kerberos": "Kerberos", "basic": "Basic",
-           "bearer": "Bearer"}
-_HEADER_NAMES = ("authorization:", "proxy-authorization:", "www-authenticate:", "proxy-authenticate:",
-                 "authentication-info:", "proxy-authentication-info:")
+SCHEMES = {"ntlm": "NTLM", "negotiate": "Negotiate", "kerberos": "Kerberos", "basic": "Basic", "bearer": "Bearer"}
+_HEADER_NAMES = (
+    "authorization:",
+    "proxy-authorization:",
+    "www-authenticate:",
+    "proxy-authenticate:",
+    "authentication-info:",
+    "proxy-authentication-info:",
+)
 # An MS-SIPAE field: a scheme, then ``name=value`` (base64 ends in "=" or "==", never "=x").
 _SIPAE_RE = re.compile(r"(?i)(?:ntlm|kerberos|tls-dsk)[ \t]+[A-Za-z0-9\-]+[ \t]*=[ \t]*[^=\s]")
 
@@ -102,28 +107,58 @@ MECH_NAMES = {
 
 # RFC 3961 §8 and the IANA "Kerberos Encryption Type Numbers" registry.
 ETYPES = {
-    1: "des-cbc-crc", 2: "des-cbc-md4", 3: "des-cbc-md5", 16: "des3-cbc-sha1",
-    17: "aes128-cts-hmac-sha1-96", 18: "aes256-cts-hmac-sha1-96",
-    19: "aes128-cts-hmac-sha256-128", 20: "aes256-cts-hmac-sha384-192",
-    23: "rc4-hmac", 24: "rc4-hmac-exp", 25: "camellia128-cts-cmac", 26: "camellia256-cts-cmac",
+    1: "des-cbc-crc",
+    2: "des-cbc-md4",
+    3: "des-cbc-md5",
+    16: "des3-cbc-sha1",
+    17: "aes128-cts-hmac-sha1-96",
+    18: "aes256-cts-hmac-sha1-96",
+    19: "aes128-cts-hmac-sha256-128",
+    20: "aes256-cts-hmac-sha384-192",
+    23: "rc4-hmac",
+    24: "rc4-hmac-exp",
+    25: "camellia128-cts-cmac",
+    26: "camellia256-cts-cmac",
 }
 # RFC 4120 §6.2, RFC 6806 §5, and Microsoft's negative values (MS-KILE 2.2.2 references).
 NAME_TYPES = {
-    0: "NT-UNKNOWN", 1: "NT-PRINCIPAL", 2: "NT-SRV-INST", 3: "NT-SRV-HST", 4: "NT-SRV-XHST",
-    5: "NT-UID", 6: "NT-X500-PRINCIPAL", 7: "NT-SMTP-NAME", 10: "NT-ENTERPRISE",
-    -128: "NT-MS-PRINCIPAL", -129: "NT-MS-PRINCIPAL-AND-ID", -130: "NT-ENT-PRINCIPAL-AND-ID",
+    0: "NT-UNKNOWN",
+    1: "NT-PRINCIPAL",
+    2: "NT-SRV-INST",
+    3: "NT-SRV-HST",
+    4: "NT-SRV-XHST",
+    5: "NT-UID",
+    6: "NT-X500-PRINCIPAL",
+    7: "NT-SMTP-NAME",
+    10: "NT-ENTERPRISE",
+    -128: "NT-MS-PRINCIPAL",
+    -129: "NT-MS-PRINCIPAL-AND-ID",
+    -130: "NT-ENT-PRINCIPAL-AND-ID",
 }
 # APOptions bits, RFC 4120 §5.5.1 (bit 0 is reserved).
 AP_OPTIONS = {0: "reserved", 1: "use-session-key", 2: "mutual-required"}
 # RFC 4120 §7.5.9: the error codes an HTTP acceptor or its KDC answers with.
 KRB_ERRORS = {
-    6: "KDC_ERR_C_PRINCIPAL_UNKNOWN", 7: "KDC_ERR_S_PRINCIPAL_UNKNOWN",
-    14: "KDC_ERR_ETYPE_NOSUPP", 24: "KDC_ERR_PREAUTH_FAILED", 25: "KDC_ERR_PREAUTH_REQUIRED",
-    31: "KRB_AP_ERR_BAD_INTEGRITY", 32: "KRB_AP_ERR_TKT_EXPIRED", 33: "KRB_AP_ERR_TKT_NYV",
-    34: "KRB_AP_ERR_REPEAT", 35: "KRB_AP_ERR_NOT_US", 36: "KRB_AP_ERR_BADMATCH",
-    37: "KRB_AP_ERR_SKEW", 38: "KRB_AP_ERR_BADADDR", 39: "KRB_AP_ERR_BADVERSION",
-    40: "KRB_AP_ERR_MSG_TYPE", 41: "KRB_AP_ERR_MODIFIED", 44: "KRB_AP_ERR_BADKEYVER",
-    45: "KRB_AP_ERR_NOKEY", 60: "KRB_ERR_GENERIC", 68: "KDC_ERR_WRONG_REALM",
+    6: "KDC_ERR_C_PRINCIPAL_UNKNOWN",
+    7: "KDC_ERR_S_PRINCIPAL_UNKNOWN",
+    14: "KDC_ERR_ETYPE_NOSUPP",
+    24: "KDC_ERR_PREAUTH_FAILED",
+    25: "KDC_ERR_PREAUTH_REQUIRED",
+    31: "KRB_AP_ERR_BAD_INTEGRITY",
+    32: "KRB_AP_ERR_TKT_EXPIRED",
+    33: "KRB_AP_ERR_TKT_NYV",
+    34: "KRB_AP_ERR_REPEAT",
+    35: "KRB_AP_ERR_NOT_US",
+    36: "KRB_AP_ERR_BADMATCH",
+    37: "KRB_AP_ERR_SKEW",
+    38: "KRB_AP_ERR_BADADDR",
+    39: "KRB_AP_ERR_BADVERSION",
+    40: "KRB_AP_ERR_MSG_TYPE",
+    41: "KRB_AP_ERR_MODIFIED",
+    44: "KRB_AP_ERR_BADKEYVER",
+    45: "KRB_AP_ERR_NOKEY",
+    60: "KRB_ERR_GENERIC",
+    68: "KDC_ERR_WRONG_REALM",
 }
 
 # DER tags (RFC 4120 §5: APPLICATION n constructed = 0x60 | n, context [n] = 0xA0 | n).
@@ -132,8 +167,11 @@ _GENERAL_STRING, _GENERALIZED_TIME = 0x1B, 0x18
 _GSS_INITIAL = 0x60
 _AP_REQ, _TICKET, _AP_REP, _KRB_ERROR = 0x6E, 0x61, 0x6F, 0x7E
 # GSS-API krb5 TOK_ID (RFC 4121 §4.1) for each message, and the message's name.
-_KRB_MESSAGES = {_AP_REQ: (b"\x01\x00", "AP-REQ"), _AP_REP: (b"\x02\x00", "AP-REP"),
-                 _KRB_ERROR: (b"\x03\x00", "KRB-ERROR")}
+_KRB_MESSAGES = {
+    _AP_REQ: (b"\x01\x00", "AP-REQ"),
+    _AP_REP: (b"\x02\x00", "AP-REP"),
+    _KRB_ERROR: (b"\x03\x00", "KRB-ERROR"),
+}
 _NEGOEX_SIGNATURE = b"NEGOEXTS"
 
 
@@ -179,7 +217,7 @@ def decode_header(value: str | bytes) -> dict[str, Any]:
     field = None
     for name in _HEADER_NAMES:
         if text[: len(name)].lower() == name:
-            text = text[len(name):].strip()
+            text = text[len(name) :].strip()
             field = name[:-1]
             break
     if not text:
@@ -190,8 +228,9 @@ def decode_header(value: str | bytes) -> dict[str, Any]:
     scheme = SCHEMES.get(word.lower())
     if scheme is None:
         if param:
-            raise DecodeError("unsupported-scheme",
-                              f"scheme {_text(word[:32])!r} is not decoded (NTLM, Negotiate, Basic, Bearer)")
+            raise DecodeError(
+                "unsupported-scheme", f"scheme {_text(word[:32])!r} is not decoded (NTLM, Negotiate, Basic, Bearer)"
+            )
         token = _b64decode(word)
         return {"scheme": None, "length": len(token), "message": decode_token(token)}
     param = param.strip()
@@ -242,7 +281,7 @@ def to_json(decoded: dict[str, Any]) -> str:
 def summary(decoded: dict[str, Any]) -> str:
     """One line: scheme, message kinds (outer > inner) and who (the ``low`` trace)::
 
-        scheme=Negotiate message="SPNEGO NegTokenResp > NTLM AUTHENTICATE" user=alice domain=LAB
+    scheme=Negotiate message="SPNEGO NegTokenResp > NTLM AUTHENTICATE" user=alice domain=LAB
     """
     parts = [("scheme", decoded.get("scheme") or "-")]
     kinds: list[str] = []
@@ -293,8 +332,16 @@ def _render(node: dict[str, Any], depth: int, lines: list[str], skip: str | None
             joined = ", ".join(str(v) for v in value)
             if len(joined) + len(pad) + len(label) > 96:
                 lines.append(f"{pad}{label}:")
-                lines.extend(textwrap.wrap(joined, 96, initial_indent=pad + "  ", subsequent_indent=pad + "  ",
-                                           break_long_words=False, break_on_hyphens=False))
+                lines.extend(
+                    textwrap.wrap(
+                        joined,
+                        96,
+                        initial_indent=pad + "  ",
+                        subsequent_indent=pad + "  ",
+                        break_long_words=False,
+                        break_on_hyphens=False,
+                    )
+                )
             else:
                 lines.append(f"{pad}{label}: {joined or '(none)'}")
         elif isinstance(value, bool):
@@ -560,8 +607,9 @@ def _sequence(data: bytes, start: int, end: int, what: str) -> tuple[int, int]:
     return s, e
 
 
-def _fields(data: bytes, start: int, end: int, allowed: range, required: set[int], what: str
-            ) -> dict[int, tuple[int, int]]:
+def _fields(
+    data: bytes, start: int, end: int, allowed: range, required: set[int], what: str
+) -> dict[int, tuple[int, int]]:
     """The ``[n]`` fields of a SEQUENCE body, each strictly after the previous one."""
     fields: dict[int, tuple[int, int]] = {}
     last = -1
@@ -726,7 +774,9 @@ def _bearer(token: str) -> dict[str, Any]:
 
 def _sipae(text: str, field: str | None) -> dict[str, Any]:
     """An MS-SIPAE field value: its parameters; signatures by length, gssapi-data decoded."""
-    kinds = [sipauth.AUTH_FIELD_KINDS[field]] if field in sipauth.AUTH_FIELD_KINDS else ["credentials", "info", "challenge"]
+    kinds = (
+        [sipauth.AUTH_FIELD_KINDS[field]] if field in sipauth.AUTH_FIELD_KINDS else ["credentials", "info", "challenge"]
+    )
     errors = []
     for kind in kinds:
         try:

@@ -91,20 +91,14 @@ MAX_USER_AGENT_CHARS = 512
 # Model, OS and other free text we keep.
 MAX_TEXT_CHARS = 256
 
-ClientKind = Literal[
-    "pc-internal", "pc-external", "ios", "android", "windows-phone", "lwa", "eas", "mac", "unknown"
-]
+ClientKind = Literal["pc-internal", "pc-external", "ios", "android", "windows-phone", "lwa", "eas", "mac", "unknown"]
 CLIENT_KINDS: frozenset[str] = frozenset(ClientKind.__args__)  # type: ignore[attr-defined]
-Source = Literal[
-    "eas-query", "eas-base64", "ucwa-endpoint", "mcx", "certprov", "user-agent", "none"
-]
+Source = Literal["eas-query", "eas-base64", "ucwa-endpoint", "mcx", "certprov", "user-agent", "none"]
 Problem = Literal["absent", "too-long", "not-printable", "bad-characters", "malformed"]
 
 CERTPROV_NS = "http://schemas.microsoft.com/OCS/AuthWebServices/"
 UCWA_JSON_TYPES = frozenset({"application/json", "application/vnd.microsoft.com.ucwa+json"})
-UCWA_XML_TYPES = frozenset(
-    {"application/xml", "text/xml", "application/vnd.microsoft.com.ucwa+xml"}
-)
+UCWA_XML_TYPES = frozenset({"application/xml", "text/xml", "application/vnd.microsoft.com.ucwa+xml"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +126,7 @@ class DeviceFacts:
 
 # --- normalisation ------------------------------------------------------------------------
 
-_GUID_RE = re.compile(
-    r"\{?([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\}?"
-)
+_GUID_RE = re.compile(r"\{?([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\}?")
 _ID_FORBIDDEN = frozenset(" \"'\\<>`%&{}")
 
 
@@ -197,15 +189,16 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 # Windows Phone comes first: its browser UA also says "Android" and "iPhone".
 DEFAULT_UA_RULES: tuple[tuple[str, str], ...] = (
     (r"\bWPLync\b|Windows Phone|^MSFT-WP", "windows-phone"),
-    (r"^Apple-(?:iPhone|iPad|iPod)|^Outlook-(?:iOS|Android)/|^Android-Mail/|^Android/"
-     r"|^Android-SAMSUNG-|^SAMSUNG-|^MSFT-WIN-\d|^TouchDown|^Nine/|^Microsoft-Server-ActiveSync",
-     "eas"),
+    (
+        r"^Apple-(?:iPhone|iPad|iPod)|^Outlook-(?:iOS|Android)/|^Android-Mail/|^Android/"
+        r"|^Android-SAMSUNG-|^SAMSUNG-|^MSFT-WIN-\d|^TouchDown|^Nine/|^Microsoft-Server-ActiveSync",
+        "eas",
+    ),
     (r"\bLWA/|Lync Web App|\bLWA\b", "lwa"),
     (r"\b(?:MacLync|LyncForMac)\b|(?:Lync|Skype for Business) for Mac", "mac"),
     (r"\b(?:iPhone|iPad)Lync/", "ios"),
     (r"\bAndroidLync/", "android"),
-    (r"^UCCAPI/\d|\bOC/\d|Microsoft Lync|Microsoft Office Communicator|\(Skype for Business\)",
-     "pc-external"),
+    (r"^UCCAPI/\d|\bOC/\d|Microsoft Lync|Microsoft Office Communicator|\(Skype for Business\)", "pc-external"),
     (r"\biPhone\b|\biPad\b|\biOS\b", "ios"),
     (r"\bAndroid\b", "android"),
     (r"\bMacintosh\b|\bMac OS X\b", "mac"),
@@ -258,9 +251,9 @@ def classify_user_agent(ua: str | None, extra_rules: Sequence[tuple[str, str]] =
     return "unknown"
 
 
-def _ua_facts(ua_raw: str | None, extra_rules: Sequence[tuple[str, str]] = ()) -> tuple[
-    str | None, str, str | None, str | None, str | None
-]:
+def _ua_facts(
+    ua_raw: str | None, extra_rules: Sequence[tuple[str, str]] = ()
+) -> tuple[str | None, str, str | None, str | None, str | None]:
     """(user_agent, kind, device_type, model, os) from a User-Agent."""
     ua = _clean_text(ua_raw, MAX_USER_AGENT_CHARS)
     kind = classify_user_agent(ua, extra_rules)
@@ -299,16 +292,36 @@ def device_from_eas(target: str, headers: Mapping[str, str]) -> DeviceFacts:
     try:
         req = parse_eas_request(target, headers, allow_binary_device_id=True)
     except EasRequestError as e:
-        return DeviceFacts(None, None, None, None, ua, "eas", "none",
-                           _EAS_PROBLEMS.get(e.reason, "malformed"), detail=f"eas:{e.reason}")
+        return DeviceFacts(
+            None,
+            None,
+            None,
+            None,
+            ua,
+            "eas",
+            "none",
+            _EAS_PROBLEMS.get(e.reason, "malformed"),
+            detail=f"eas:{e.reason}",
+        )
     except Exception as e:  # noqa: BLE001  # pragma: no cover - parse_eas_request promises not to
-        return DeviceFacts(None, None, None, None, ua, "eas", "none", "malformed",
-                           detail=f"eas:internal-error:{type(e).__name__}")
+        return DeviceFacts(
+            None, None, None, None, ua, "eas", "none", "malformed", detail=f"eas:internal-error:{type(e).__name__}"
+        )
     device_id, problem = normalise_device_id(req.device_id)
     source = "eas-base64" if req.encoding == "base64" else "eas-query"
-    return DeviceFacts(device_id, req.device_type, None, None, ua, "eas", source, problem,
-                       claimed_user=req.user, command=req.command,
-                       detail="" if problem is None else f"eas:device-id-{problem}")
+    return DeviceFacts(
+        device_id,
+        req.device_type,
+        None,
+        None,
+        ua,
+        "eas",
+        source,
+        problem,
+        claimed_user=req.user,
+        command=req.command,
+        detail="" if problem is None else f"eas:device-id-{problem}",
+    )
 
 
 def device_settings_from_eas_body(body: bytes) -> dict[str, str]:
@@ -330,8 +343,7 @@ def device_settings_from_eas_body(body: bytes) -> dict[str, str]:
     if target is None:
         return {}
     out: dict[str, str] = {}
-    for tag, key in (("Model", "model"), ("OS", "os"), ("UserAgent", "user_agent"),
-                     ("FriendlyName", "friendly_name")):
+    for tag, key in (("Model", "model"), ("OS", "os"), ("UserAgent", "user_agent"), ("FriendlyName", "friendly_name")):
         value = _clean_text(target.text(f"Settings:{tag}"))
         if value is not None:
             out[key] = value
@@ -453,9 +465,13 @@ def _safe_expat(prefix: str, namespace_separator: str | None = None) -> xml.pars
     return p
 
 
-def _parse_xml(body: bytes, on_start: Callable[[str, dict[str, str]], None],
-               on_end: Callable[[str], None] | None = None, on_text: Callable[[str], None] | None = None,
-               prefix: str = "xml") -> None:
+def _parse_xml(
+    body: bytes,
+    on_start: Callable[[str, dict[str, str]], None],
+    on_end: Callable[[str], None] | None = None,
+    on_text: Callable[[str], None] | None = None,
+    prefix: str = "xml",
+) -> None:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -515,9 +531,7 @@ def _ucwa_fields_xml(body: bytes) -> dict[str, object]:
     return out
 
 
-def device_from_ucwa_application(
-    body: bytes, content_type: str | None, user_agent: str | None
-) -> DeviceFacts:
+def device_from_ucwa_application(body: bytes, content_type: str | None, user_agent: str | None) -> DeviceFacts:
     """Device facts from the body of ``POST …/ucwa/oauth/v1/applications``.
 
     Args:
@@ -546,14 +560,22 @@ def device_from_ucwa_application(
             raise _Malformed("ucwa:unsupported-content-type")
     except _Malformed as e:
         ua, kind, dtype, model, os_name = _ua_facts(header_ua)
-        return DeviceFacts(None, dtype, model, os_name, ua, kind, "ucwa-endpoint", "malformed",
-                           detail=e.detail)
+        return DeviceFacts(None, dtype, model, os_name, ua, kind, "ucwa-endpoint", "malformed", detail=e.detail)
     body_ua = _clean_text(fields.get("useragent"), MAX_USER_AGENT_CHARS)
     ua, kind, dtype, model, os_name = _ua_facts(body_ua or header_ua)
     device_id, problem = normalise_device_id(fields.get("endpointid"))
-    return DeviceFacts(device_id, dtype, model, os_name, ua, kind, "ucwa-endpoint", problem,
-                       command="CreateApplication",
-                       detail="" if problem is None else f"ucwa:endpoint-id-{problem}")
+    return DeviceFacts(
+        device_id,
+        dtype,
+        model,
+        os_name,
+        ua,
+        kind,
+        "ucwa-endpoint",
+        problem,
+        command="CreateApplication",
+        detail="" if problem is None else f"ucwa:endpoint-id-{problem}",
+    )
 
 
 # --- CertProv -----------------------------------------------------------------------------
@@ -592,13 +614,24 @@ def device_from_certprov_body(body: bytes, user_agent: str | None = None) -> Dev
         if not seen[0]:
             raise _Malformed("certprov:no-getandpublishcert")
     except _Malformed as e:
-        return DeviceFacts(None, dtype, model, os_name, ua, kind, "certprov", "malformed",
-                           command="GetAndPublishCert", detail=e.detail)
+        return DeviceFacts(
+            None, dtype, model, os_name, ua, kind, "certprov", "malformed", command="GetAndPublishCert", detail=e.detail
+        )
     device_id, problem = normalise_device_id(found.get("DeviceId"))
     entity = _clean_text(found.get("Entity"))
-    return DeviceFacts(device_id, dtype, model, os_name, ua, kind, "certprov", problem,
-                       claimed_user=entity, command="GetAndPublishCert",
-                       detail="" if problem is None else f"certprov:device-id-{problem}")
+    return DeviceFacts(
+        device_id,
+        dtype,
+        model,
+        os_name,
+        ua,
+        kind,
+        "certprov",
+        problem,
+        claimed_user=entity,
+        command="GetAndPublishCert",
+        detail="" if problem is None else f"certprov:device-id-{problem}",
+    )
 
 
 # --- any request --------------------------------------------------------------------------
@@ -632,10 +665,13 @@ def device_from_request(
     ua, kind, dtype, model, os_name = _ua_facts(_header(headers, "user-agent"), extra_ua_rules)
     if kind == "unknown" and service_name in _BROWSER_SERVICES and ua and ua.startswith("Mozilla/"):
         kind, dtype = "lwa", "LWA"
-    if service_name == "ucwa" and isinstance(method, str) and isinstance(target, str) \
-            and is_ucwa_application_create(method, target):
+    if (
+        service_name == "ucwa"
+        and isinstance(method, str)
+        and isinstance(target, str)
+        and is_ucwa_application_create(method, target)
+    ):
         detail = "ucwa:id-in-application-body"
     else:
         detail = _NO_ID_DETAIL.get(service_name, "no-device-id-on-wire")
-    return DeviceFacts(None, dtype, model, os_name, ua, kind,
-                       "user-agent" if ua else "none", "absent", detail=detail)
+    return DeviceFacts(None, dtype, model, os_name, ua, kind, "user-agent" if ua else "none", "absent", detail=detail)

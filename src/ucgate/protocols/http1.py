@@ -53,7 +53,10 @@ _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([^ ]+) HTTP/(\d)\.(\d)")
 _STATUS_LINE_RE = re.compile(rb"HTTP/(\d)\.(\d) ([1-9]\d\d)(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _CHUNK_LINE_RE = re.compile(
     rb"([0-9A-Fa-f]{1,%d})" % MAX_CHUNK_SIZE_DIGITS
-    + rb"((?:[ \t]*;[ \t]*" + _TOKEN + rb'(?:[ \t]*=[ \t]*(?:' + _TOKEN
+    + rb"((?:[ \t]*;[ \t]*"
+    + _TOKEN
+    + rb"(?:[ \t]*=[ \t]*(?:"
+    + _TOKEN
     + rb'|"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"))?)*)'
 )
 # The fast path: every field line of a well-formed header block, by the same rules as
@@ -100,9 +103,21 @@ class RequestHead:
     ``headers`` (name as sent, value with OWS stripped) is read from the head on first access
     when the common route parsed it."""
 
-    __slots__ = ("method", "target", "version", "_headers", "_framing", "host", "keep_alive",
-                 "expect_continue", "connection_tokens", "prefix", "authorization",
-                 "prefix_authenticated", "_raw")
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "_headers",
+        "_framing",
+        "host",
+        "keep_alive",
+        "expect_continue",
+        "connection_tokens",
+        "prefix",
+        "authorization",
+        "prefix_authenticated",
+        "_raw",
+    )
 
     def __init__(
         self,
@@ -159,9 +174,20 @@ class RequestHead:
         self._framing = value
 
     def _key(self) -> tuple[object, ...]:
-        return (self.method, self.target, self.version, self.headers, self.framing, self.host,
-                self.keep_alive, self.expect_continue, self.connection_tokens, self.prefix,
-                self.authorization, self.prefix_authenticated)
+        return (
+            self.method,
+            self.target,
+            self.version,
+            self.headers,
+            self.framing,
+            self.host,
+            self.keep_alive,
+            self.expect_continue,
+            self.connection_tokens,
+            self.prefix,
+            self.authorization,
+            self.prefix_authenticated,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RequestHead):
@@ -195,8 +221,18 @@ class ResponseHead:
     upstream's Content-Length line stays) and ``length`` are the common route's facts (see
     :func:`parse_response_head`): set when the head had the common shape, else None."""
 
-    __slots__ = ("version", "status", "reason", "_headers", "_framing", "keep_alive",
-                 "connection_tokens", "prefix", "length", "_raw")
+    __slots__ = (
+        "version",
+        "status",
+        "reason",
+        "_headers",
+        "_framing",
+        "keep_alive",
+        "connection_tokens",
+        "prefix",
+        "length",
+        "_raw",
+    )
 
     def __init__(
         self,
@@ -246,8 +282,17 @@ class ResponseHead:
         self._framing = value
 
     def _key(self) -> tuple[object, ...]:
-        return (self.version, self.status, self.reason, self.headers, self.framing, self.keep_alive,
-                self.connection_tokens, self.prefix, self.length)
+        return (
+            self.version,
+            self.status,
+            self.reason,
+            self.headers,
+            self.framing,
+            self.keep_alive,
+            self.connection_tokens,
+            self.prefix,
+            self.length,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ResponseHead):
@@ -310,9 +355,7 @@ def _head_lines(head: bytes) -> tuple[bytes, bytes]:
     return lines[0], b"".join(line + b"\r\n" for line in lines[1:])
 
 
-def _parse_field_block(
-    block: bytes, limits: Limits
-) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
+def _parse_field_block(block: bytes, limits: Limits) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
     """:func:`_parse_fields` of a field block, in one pass when the block is well-formed (the
     line-by-line checks then run only to name the error)."""
     n = block.count(b"\r\n")
@@ -332,9 +375,7 @@ def _parse_field_block(
     return headers, framing_fields
 
 
-def _parse_fields(
-    lines: list[bytes], limits: Limits
-) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
+def _parse_fields(lines: list[bytes], limits: Limits) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
     if len(lines) > limits.max_header_count:
         raise HttpError(431, "too-many-headers", f"more than {limits.max_header_count} header fields")
     headers: list[tuple[bytes, bytes]] = []
@@ -398,9 +439,7 @@ def _content_length(values: list[bytes]) -> int:
     return int(v)
 
 
-def _request_framing(
-    method: bytes, version: tuple[int, int], fields: dict[bytes, list[bytes]]
-) -> Framing:
+def _request_framing(method: bytes, version: tuple[int, int], fields: dict[bytes, list[bytes]]) -> Framing:
     te = fields.get(b"transfer-encoding")
     cl = fields.get(b"content-length")
     if te is not None:
@@ -424,7 +463,6 @@ def _request_framing(
 
 _V11 = (1, 1)
 _VERSIONS = {b"1": _V11, b"0": (1, 0)}  # minor version -> (1, minor), shared tuples
-
 
 
 def parse_request_head(
@@ -651,8 +689,9 @@ class OwnedFields:
         def trie(words: list[bytes]) -> bytes:  # one alternative per next letter: fails fast
             if any(not w for w in words):  # a shorter prefix already covers the longer ones
                 return b""
-            alts = [re.escape(bytes([c])) + trie([w[1:] for w in words if w[0] == c])
-                    for c in sorted({w[0] for w in words})]
+            alts = [
+                re.escape(bytes([c])) + trie([w[1:] for w in words if w[0] == c]) for c in sorted({w[0] for w in words})
+            ]
             return gap + (alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")")
 
         return trie(list(self.prefixes)) + rb"[^:\r\n]*"
@@ -666,12 +705,7 @@ def forwardable_headers(
     out = []
     for name, value in headers:
         lname = name.lower()
-        if (
-            lname in HOP_BY_HOP
-            or lname in connection_tokens
-            or lname == b"content-length"
-            or lname in drop
-        ):
+        if lname in HOP_BY_HOP or lname in connection_tokens or lname == b"content-length" or lname in drop:
             continue
         out.append((name, value))
     return out
@@ -719,7 +753,8 @@ _SIMPLE_RESPONSE_RE = re.compile(
 )
 # every field that frames the body or is hop-by-hop, with its value (OWS on the left dropped)
 _RESPONSE_SPECIAL_RE = re.compile(
-    rb"\n(" + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP | {b"content-length"}, key=len, reverse=True))
+    rb"\n("
+    + b"|".join(re.escape(n) for n in sorted(HOP_BY_HOP | {b"content-length"}, key=len, reverse=True))
     + rb"):[\t ]*([^\r]*)"
 )
 
@@ -796,8 +831,21 @@ def common_request(head: bytes, limits: Limits, special: re.Pattern[bytes]) -> R
         head = head[:i] + head[end:]
     if authz is not None:
         without_authz = head[:a] + head[a_end:-2]
-    return RequestHead(method, target, _V11, None, None, host_value, not close, False, conn_tokens, head[:-2], authz,
-               without_authz, raw)
+    return RequestHead(
+        method,
+        target,
+        _V11,
+        None,
+        None,
+        host_value,
+        not close,
+        False,
+        conn_tokens,
+        head[:-2],
+        authz,
+        without_authz,
+        raw,
+    )
 
 
 def common_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT_LIMITS) -> ResponseHead | None:
@@ -840,10 +888,7 @@ def common_response(head: bytes, request_method: bytes, limits: Limits = DEFAULT
     if connection:
         i = low.index(b"\nconnection:") + 1
         head = head[:i] + head[head.index(b"\r\n", i) + 2 :]
-    return ResponseHead(_V11, status, reason, None, None, not close,
-               conn_tokens, head[:-2], length, raw)
-
-
+    return ResponseHead(_V11, status, reason, None, None, not close, conn_tokens, head[:-2], length, raw)
 
 
 def serialize_head(start_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -159,8 +159,7 @@ class BodyReader:
     ``obs-fold``, ``body-incomplete``.
     """
 
-    __slots__ = ("_state", "_left", "_buf", "_total", "_limit", "_raw", "_trailer_bytes",
-                 "trailers", "unused")
+    __slots__ = ("_state", "_left", "_buf", "_total", "_limit", "_raw", "_trailer_bytes", "trailers", "unused")
     _left: int  # bytes of the body (length) or of the chunk (chunked) still to come
 
     def __init__(self, framing: Framing, *, limit: int | None = None, raw: bool = False) -> None:
@@ -296,13 +295,30 @@ class Connection:
     the largest request body (server side; 413 over it). See the module docstring for the loop.
     """
 
-    __slots__ = ("role", "limits", "special", "max_body", "_buf", "_eof", "_reader", "_methods",
-                 "_state", "_error", "_keep_alive")
+    __slots__ = (
+        "role",
+        "limits",
+        "special",
+        "max_body",
+        "_buf",
+        "_eof",
+        "_reader",
+        "_methods",
+        "_state",
+        "_error",
+        "_keep_alive",
+    )
     _reader: BodyReader  # the message being read (set with its head)
     _keep_alive: bool  # whether another message may follow it
 
-    def __init__(self, role: str, limits: Limits = DEFAULT_LIMITS, *,
-                 special: re.Pattern[bytes] | None = None, max_body: int | None = None) -> None:
+    def __init__(
+        self,
+        role: str,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        special: re.Pattern[bytes] | None = None,
+        max_body: int | None = None,
+    ) -> None:
         if role not in (SERVER, CLIENT):
             raise ValueError(f"role must be {SERVER!r} or {CLIENT!r}")
         self.role = role

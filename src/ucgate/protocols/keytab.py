@@ -16,8 +16,13 @@ from pathlib import Path
 
 # enctype numbers (RFC 3961 8, RFC 8009) -> the names krb5.conf and klist use
 ENCTYPES = {
-    1: "des-cbc-crc", 3: "des-cbc-md5", 17: "aes128-cts-hmac-sha1-96", 18: "aes256-cts-hmac-sha1-96",
-    19: "aes128-cts-hmac-sha256-128", 20: "aes256-cts-hmac-sha384-192", 23: "arcfour-hmac",
+    1: "des-cbc-crc",
+    3: "des-cbc-md5",
+    17: "aes128-cts-hmac-sha1-96",
+    18: "aes256-cts-hmac-sha1-96",
+    19: "aes128-cts-hmac-sha256-128",
+    20: "aes256-cts-hmac-sha384-192",
+    23: "arcfour-hmac",
 }
 # msDS-SupportedEncryptionTypes bits (MS-KILE 2.2.7) -> enctype numbers
 SUPPORTED_ETYPE_BITS = {0x1: 1, 0x2: 3, 0x4: 23, 0x8: 17, 0x10: 18}
@@ -32,7 +37,7 @@ def split_principal(principal: str) -> tuple[str, str]:
             break
     if i <= 0:
         return principal, ""
-    return principal[:i], principal[i + 1:]
+    return principal[:i], principal[i + 1 :]
 
 
 # --- keytab file format (MIT/Heimdal version 0x502) ----------------------------------------------
@@ -58,8 +63,9 @@ class KeytabEntry:
 
     def renamed(self, principal: str) -> KeytabEntry:
         name, realm = split_principal(principal)
-        return KeytabEntry(tuple(name.split("/")), realm or self.realm, 1, self.timestamp, self.kvno,
-                           self.enctype, self.key)
+        return KeytabEntry(
+            tuple(name.split("/")), realm or self.realm, 1, self.timestamp, self.kvno, self.enctype, self.key
+        )
 
 
 def read_keytab(path: str | os.PathLike[str]) -> list[KeytabEntry]:
@@ -72,7 +78,7 @@ def read_keytab(path: str | os.PathLike[str]) -> list[KeytabEntry]:
         nonlocal pos
         if pos + n > len(data):
             raise ValueError(f"{path}: truncated keytab")
-        b = data[pos:pos + n]
+        b = data[pos : pos + n]
         pos += n
         return b
 
@@ -95,7 +101,7 @@ def read_keytab(path: str | os.PathLike[str]) -> list[KeytabEntry]:
         key = take(klen)
         kvno = kvno8
         if end - pos >= 4:  # the 32-bit kvno extension
-            (kvno32,) = struct.unpack(">I", data[pos:pos + 4])
+            (kvno32,) = struct.unpack(">I", data[pos : pos + 4])
             if kvno32:
                 kvno = kvno32
         pos = end
@@ -131,5 +137,7 @@ def account_from_keytab(keytab: str | os.PathLike[str], realm: str) -> str:
     for e in read_keytab(keytab):
         if len(e.components) == 1 and e.realm.upper() == realm.upper():
             return e.principal
-    raise ValueError(f"[kerberos] account is not set and {keytab} holds no account principal "
-                     "(only SPNs): set account = \"<sAMAccountName>\"")
+    raise ValueError(
+        f"[kerberos] account is not set and {keytab} holds no account principal "
+        '(only SPNs): set account = "<sAMAccountName>"'
+    )

@@ -212,9 +212,7 @@ def _check_header(data: bytes, msg_type: int, min_len: int, what: str) -> None:
         raise _malformed(f"{what} truncated: {len(data)} bytes, header needs {min_len}")
 
 
-def _read_fields(
-    data: bytes, positions: Sequence[int], header_end: int, what: str
-) -> tuple[list[bytes], int]:
+def _read_fields(data: bytes, positions: Sequence[int], header_end: int, what: str) -> tuple[list[bytes], int]:
     """Read payload fields (Len, MaxLen, Offset; MS-NLMP 2.2.1) at ``positions``.
 
     Empty fields are returned as ``b""`` whatever their offset. A non-empty field must start at or
@@ -519,9 +517,7 @@ class AuthenticateMessage:
         data = _check_size(data, "AUTHENTICATE_MESSAGE")
         _check_header(data, _AUTHENTICATE, cls.HEADER_SIZE, "AUTHENTICATE_MESSAGE")
         flags = NegotiateFlags(struct.unpack_from("<I", data, 60)[0])
-        values, payload_start = _read_fields(
-            data, (12, 20, 28, 36, 44, 52), cls.HEADER_SIZE, "AUTHENTICATE_MESSAGE"
-        )
+        values, payload_start = _read_fields(data, (12, 20, 28, 36, 44, 52), cls.HEADER_SIZE, "AUTHENTICATE_MESSAGE")
         lm, nt, domain, user, workstation, enc_key = values
         version = None
         mic = None
@@ -747,9 +743,7 @@ class NtlmSession:
     def verify_mic(self, message: bytes, signature: bytes) -> None:
         """GSS_VerifyMIC of a client signature; raises NtlmError("bad-mic")."""
         expected = self._mac(self._in, self._next_seq(incoming=True), message)
-        if not isinstance(signature, (bytes, bytearray)) or not hmac.compare_digest(
-            expected, bytes(signature)
-        ):
+        if not isinstance(signature, (bytes, bytearray)) or not hmac.compare_digest(expected, bytes(signature)):
             raise NtlmError("bad-mic", "message signature does not verify")
 
     def reset_rc4(self, *, incoming: bool) -> None:
@@ -847,9 +841,7 @@ class NtlmAcceptor:
         self._server_challenge = server_challenge
         self._challenge_time = int(now)
         self._names = (netbios_domain, netbios_computer, dns_domain, dns_computer)
-        self._binding_hash = (
-            channel_bindings_hash(channel_binding_data) if channel_binding_data is not None else None
-        )
+        self._binding_hash = channel_bindings_hash(channel_binding_data) if channel_binding_data is not None else None
         self._extended_protection = extended_protection
         self._max_skew_ticks = int(max_clock_skew) * FILETIME_TICKS_PER_SECOND
         self._require_mic = require_mic
@@ -866,7 +858,7 @@ class NtlmAcceptor:
 
     @property
     def state(self) -> str:
-        """"initial", "challenged", "identified", "complete" or "failed"."""
+        """ "initial", "challenged", "identified", "complete" or "failed"."""
         return self._state
 
     @property
@@ -968,10 +960,16 @@ class NtlmAcceptor:
                 arguments (or they are out of range, as for ``__init__``).
         """
         acceptor = cls(
-            server_challenge=server_challenge, now=challenge_time, netbios_domain="",
-            netbios_computer="", dns_domain="", dns_computer="",
-            channel_binding_data=channel_binding_data, extended_protection=extended_protection,
-            max_clock_skew=max_clock_skew, require_mic=require_mic,
+            server_challenge=server_challenge,
+            now=challenge_time,
+            netbios_domain="",
+            netbios_computer="",
+            dns_domain="",
+            dns_computer="",
+            channel_binding_data=channel_binding_data,
+            extended_protection=extended_protection,
+            max_clock_skew=max_clock_skew,
+            require_mic=require_mic,
         )
         flags = cls._challenge_flags_for(negotiate)
         sent = ChallengeMessage.unpack(challenge)

@@ -309,8 +309,7 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
         src, dst, sport, dport = struct.unpack_from("!16s16sHH", block)
         source = (str(ipaddress.IPv6Address(src)), sport)
         destination = (str(ipaddress.IPv6Address(dst)), dport)
-    return ProxyHeader(2, command, family, transport, source, destination, length,
-                       _parse_tlvs(block[need:]))
+    return ProxyHeader(2, command, family, transport, source, destination, length, _parse_tlvs(block[need:]))
 
 
 def _parse_tlvs(data: bytes) -> tuple[Tlv, ...]:
@@ -325,7 +324,7 @@ def _parse_tlvs(data: bytes) -> tuple[Tlv, ...]:
         i += _TLV_HEAD
         if i + size > len(data):
             raise ProxyError("v2-bad-tlv", f"TLV 0x{kind:02x} of {size} bytes runs past the header")
-        out.append(Tlv(kind, data[i:i + size]))
+        out.append(Tlv(kind, data[i : i + size]))
         i += size
     return tuple(out)
 
@@ -341,8 +340,12 @@ def build_v1(source: tuple[str, int] | None, destination: tuple[str, int] | None
     return f"PROXY {proto} {src} {ipaddress.ip_address(dst_addr)} {source[1]} {dport}\r\n".encode()
 
 
-def build_v2(command: Command, source: tuple[str, int] | None = None,
-             destination: tuple[str, int] | None = None, tlvs: tuple[Tlv, ...] = ()) -> bytes:
+def build_v2(
+    command: Command,
+    source: tuple[str, int] | None = None,
+    destination: tuple[str, int] | None = None,
+    tlvs: tuple[Tlv, ...] = (),
+) -> bytes:
     """A version 2 header (§2.2): PROXY over TCP with ``source``, or LOCAL / UNSPEC without."""
     if source is None:
         body = b"".join(t.pack() for t in tlvs)

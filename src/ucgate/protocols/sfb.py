@@ -206,8 +206,7 @@ class ServiceMap:
                 if s.name == "autodiscover" and not s.exact:
                     fields.pop("anonymous", None)
                 if "methods" in fields:  # names as configured (str) -> as on the request line
-                    fields["methods"] = tuple(
-                        m.encode("ascii") if isinstance(m, str) else m for m in fields["methods"])
+                    fields["methods"] = tuple(m.encode("ascii") if isinstance(m, str) else m for m in fields["methods"])
                 s = replace(s, **fields)
             out.append(s)
         return cls(tuple(out))

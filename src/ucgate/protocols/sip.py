@@ -167,17 +167,41 @@ _CSEQ_RE = re.compile(rb"([0-9]{1,10})[ \t]+(" + _TOKEN + rb")")
 # b Referred-By (RFC 3892), o Event, u Allow-Events (RFC 6665), r Refer-To (RFC 3515),
 # x Session-Expires (RFC 4028), y Identity, n Identity-Info (RFC 4474).
 COMPACT_FORMS = {
-    "a": "accept-contact", "b": "referred-by", "c": "content-type", "d": "request-disposition",
-    "e": "content-encoding", "f": "from", "i": "call-id", "j": "reject-contact", "k": "supported",
-    "l": "content-length", "m": "contact", "n": "identity-info", "o": "event", "r": "refer-to",
-    "s": "subject", "t": "to", "u": "allow-events", "v": "via", "x": "session-expires",
+    "a": "accept-contact",
+    "b": "referred-by",
+    "c": "content-type",
+    "d": "request-disposition",
+    "e": "content-encoding",
+    "f": "from",
+    "i": "call-id",
+    "j": "reject-contact",
+    "k": "supported",
+    "l": "content-length",
+    "m": "contact",
+    "n": "identity-info",
+    "o": "event",
+    "r": "refer-to",
+    "s": "subject",
+    "t": "to",
+    "u": "allow-events",
+    "v": "via",
+    "x": "session-expires",
     "y": "identity",
 }
 # Fields that say who and what a message is: one copy, or a relay and the server may read two.
-SINGLE_FIELDS = frozenset({
-    "call-id", "cseq", "from", "to", "content-length", "content-type", "max-forwards", "expires",
-    "user-agent",
-})
+SINGLE_FIELDS = frozenset(
+    {
+        "call-id",
+        "cseq",
+        "from",
+        "to",
+        "content-length",
+        "content-type",
+        "max-forwards",
+        "expires",
+        "user-agent",
+    }
+)
 # RFC 3261 8.1.1 (requests) and 8.2.6.2 (responses copy them); Max-Forwards is left out: the
 # REGISTER of MS-SIPAE 4.1 and 4.2, as Office Communicator sends it, has none.
 REQUIRED_FIELDS = ("via", "from", "to", "call-id", "cseq", "content-length")
@@ -363,7 +387,9 @@ class SipFramer:
         if self._error is not None:
             raise self._error
         if self._buf:
-            self._error = SipError("truncated-message", f"stream ended with {len(self._buf)} bytes of an unfinished message")
+            self._error = SipError(
+                "truncated-message", f"stream ended with {len(self._buf)} bytes of an unfinished message"
+            )
             raise self._error
 
     def next_event(self) -> SipEvent | None:
@@ -479,8 +505,18 @@ class _Head:
 
     def message(self, raw: bytes) -> SipMessage:
         return SipMessage(
-            raw, self.start_line, self.headers, raw[self.length :], self.method, self.request_uri,
-            self.status, self.reason, self.from_, self.to, self.call_id, self.cseq,
+            raw,
+            self.start_line,
+            self.headers,
+            raw[self.length :],
+            self.method,
+            self.request_uri,
+            self.status,
+            self.reason,
+            self.from_,
+            self.to,
+            self.call_id,
+            self.cseq,
         )
 
 
@@ -515,7 +551,9 @@ def _parse_field_line(line: bytes, limits: Limits) -> HeaderField:
         # also a space or tab before the colon, which RFC 3261 7.3.1 allows and no client sends
         raise SipError("bad-header-name", _short(name))
     canonical = canonical_name(name)
-    limit = max(limits.max_auth_line_bytes, limits.max_line_bytes) if canonical in AUTH_FIELDS else limits.max_line_bytes
+    limit = (
+        max(limits.max_auth_line_bytes, limits.max_line_bytes) if canonical in AUTH_FIELDS else limits.max_line_bytes
+    )
     if len(line) > limit:
         raise SipError("line-too-long", f"{_short(name)} line over {limit} bytes", 513)
     value = value.strip(b" \t")
@@ -567,8 +605,20 @@ def _parse_head(head: bytes, limits: Limits) -> _Head:
         raise SipError("bad-call-id", _short(call_id))
     from_ = _identity_field(single["from"], "from")
     to = _identity_field(single["to"], "to")
-    return _Head(len(head), start_line, headers, content_length, method, request_uri, status, reason,
-                 from_, to, call_id.decode("ascii"), cseq)
+    return _Head(
+        len(head),
+        start_line,
+        headers,
+        content_length,
+        method,
+        request_uri,
+        status,
+        reason,
+        from_,
+        to,
+        call_id.decode("ascii"),
+        cseq,
+    )
 
 
 def _parse_cseq(value: bytes) -> CSeq:
@@ -920,7 +970,9 @@ def parse_via(value: str) -> list[Via]:
 # Checked against MS-SIPRE's test epid "01010101" -> 4b1682a8-f968-5701-83fc-7c6741dc6697 and
 # the two REGISTERs of MS-SIPAE 4.1 and 4.2 (tests/protocols/test_sip.py).
 SIP_INSTANCE_NAMESPACE = uuid.UUID("fcacfb03-8a73-46ef-91b1-e5ebeeaba4fe")
-_INSTANCE_RE = re.compile(r"<urn:uuid:([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})>", re.IGNORECASE)
+_INSTANCE_RE = re.compile(
+    r"<urn:uuid:([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})>", re.IGNORECASE
+)
 # MS-SIPRE 3.2.3.1: the epid is a short string of hexadecimal digits (10 from Office
 # Communicator, 7 in MS-SIP's examples); a token of at most 64 characters bounds it.
 _EPID_RE = re.compile(r"[A-Za-z0-9\-_.]{1,64}")
@@ -952,15 +1004,16 @@ class SipClient:
 # Communicator 2007 R2, 4.0 Lync 2010, 15 Lync 2013, 16 Skype for Business 2016.
 _OC_RE = re.compile(r"\bOC/(\d+)\.(\d+)\.?([0-9.]*)(?:\s+\(([^()]{1,64})\))?")
 _OC_PRODUCTS = {
-    ("2", "0"): "Office Communicator 2007", ("3", "5"): "Office Communicator 2007 R2",
-    ("4", "0"): "Lync 2010", ("15", "0"): "Lync 2013", ("16", "0"): "Skype for Business",
+    ("2", "0"): "Office Communicator 2007",
+    ("3", "5"): "Office Communicator 2007 R2",
+    ("4", "0"): "Lync 2010",
+    ("15", "0"): "Lync 2013",
+    ("16", "0"): "Skype for Business",
 }
 # SIP-only user agents the HTTP rules of devices.py do not name: "Lync/15.0 ..." as issue 18
 # lists it (no capture at hand), and Lync Phone Edition ("OCPHONE/4.0...", a desk phone: no
 # kind of its own, so "unknown" and left to the rules by product).
-SIP_UA_RULES: tuple[tuple[str, str], ...] = (
-    (r"^(?:Lync|Skype for Business)/\d", "pc-external"),
-)
+SIP_UA_RULES: tuple[tuple[str, str], ...] = ((r"^(?:Lync|Skype for Business)/\d", "pc-external"),)
 
 
 def sip_client(user_agent: str | None, extra_rules: Sequence[tuple[str, str]] = ()) -> SipClient:
@@ -1003,12 +1056,25 @@ def sip_device_facts(message: SipMessage, extra_rules: Sequence[tuple[str, str]]
     ua_text = message.get("user-agent")
     client = sip_client(ua_text, extra_rules)
     ua = ua_text[:512] if ua_text else None
-    device_type = "OC" if client.kind in ("pc-external", "pc-internal") else ("MacLync" if client.kind == "mac" else None)
+    device_type = (
+        "OC" if client.kind in ("pc-external", "pc-internal") else ("MacLync" if client.kind == "mac" else None)
+    )
     claimed = message.from_.sip.aor if message.from_.sip is not None else None
 
     def facts(device_id: str | None, source: str, problem: str | None, detail: str) -> DeviceFacts:
-        return DeviceFacts(device_id, device_type, client.product, None, ua, client.kind, source, problem,
-                           claimed, message.method, detail)
+        return DeviceFacts(
+            device_id,
+            device_type,
+            client.product,
+            None,
+            ua,
+            client.kind,
+            source,
+            problem,
+            claimed,
+            message.method,
+            detail,
+        )
 
     try:
         contacts = message.contacts()

@@ -44,6 +44,7 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from . import ntlm
 from .ntlm import Identity, NtlmError
@@ -231,7 +232,7 @@ def parse_auth(value: str, kind: str) -> SipAuth:
             raise SipError("too-many-auth-params", f"more than {MAX_AUTH_PARAMS} parameters")
         p = _PARAM_RE.match(text, pos)
         if p is None:
-            raise SipError("bad-auth-param", f"at {text[pos:pos + 24]!r}")
+            raise SipError("bad-auth-param", f"at {text[pos : pos + 24]!r}")
         name = p.group(1).lower()
         raw = _UNESCAPE_RE.sub(r"\1", p.group(2)) if p.group(2) is not None else p.group(3)
         if any(k == name for k, _ in params):
@@ -246,7 +247,7 @@ def parse_auth(value: str, kind: str) -> SipAuth:
         pos = p.end()
         if pos < len(text):
             if text[pos] != ",":
-                raise SipError("bad-auth-param", f"expected ',' at {text[pos:pos + 24]!r}")
+                raise SipError("bad-auth-param", f"expected ',' at {text[pos : pos + 24]!r}")
             pos += 1
             if pos == len(text):
                 raise SipError("bad-auth-param", "a trailing ','")
@@ -256,13 +257,25 @@ def parse_auth(value: str, kind: str) -> SipAuth:
     triple = _SIGNATURES.get(kind)
     if triple is not None and any(n in typed for n in triple) and not all(n in typed for n in triple):
         raise SipError("incomplete-signature", f"{'/'.join(triple)} come together")
+    # each value is what _check_param made of its parameter: the type SipAuth declares for it
+    t = cast(dict[str, Any], typed)
     return SipAuth(
-        kind, scheme, tuple(params),
-        realm=typed.get("realm"), targetname=typed.get("targetname"),  # type: ignore[arg-type]
-        version=typed.get("version"), opaque=typed.get("opaque"), qop=typed.get("qop"),  # type: ignore[arg-type]
-        sts_uri=typed.get("sts-uri"), gssapi_data=typed.get("gssapi-data"),  # type: ignore[arg-type]
-        crand=typed.get("crand"), cnum=typed.get("cnum"), response=typed.get("response"),  # type: ignore[arg-type]
-        srand=typed.get("srand"), snum=typed.get("snum"), rspauth=typed.get("rspauth"),  # type: ignore[arg-type]
+        kind,
+        scheme,
+        tuple(params),
+        realm=t.get("realm"),
+        targetname=t.get("targetname"),
+        version=t.get("version"),
+        opaque=t.get("opaque"),
+        qop=t.get("qop"),
+        sts_uri=t.get("sts-uri"),
+        gssapi_data=t.get("gssapi-data"),
+        crand=t.get("crand"),
+        cnum=t.get("cnum"),
+        response=t.get("response"),
+        srand=t.get("srand"),
+        snum=t.get("snum"),
+        rspauth=t.get("rspauth"),
         other=tuple(other),
     )
 

@@ -27,7 +27,20 @@ def open_repository(url: str, *, migrate_schema: bool = True) -> SqlRepository:
 
 
 __all__ = [
-    "AspRecord", "AuditRecord", "DuplicateError", "NewAsp", "NewOtpSecret", "NotFoundError",
-    "OtpRecord", "PartnershipRecord", "PartnershipStore", "Repository",
-    "SqlRepository", "StoreError", "UserRecord", "make_engine", "open_repository", "sqlite_path",
+    "AspRecord",
+    "AuditRecord",
+    "DuplicateError",
+    "NewAsp",
+    "NewOtpSecret",
+    "NotFoundError",
+    "OtpRecord",
+    "PartnershipRecord",
+    "PartnershipStore",
+    "Repository",
+    "SqlRepository",
+    "StoreError",
+    "UserRecord",
+    "make_engine",
+    "open_repository",
+    "sqlite_path",
 ]

@@ -211,27 +211,39 @@ class StoreBudget(Transactions):
     def _charge(self, c: _Tx, bucket: str, limit: float, rate: float, now: float) -> bool:
         """Add one unit to ``bucket`` if it fits under ``limit``; whether it did."""
         g, level = _greatest(c), self._level(c)
-        row = self._sql(c, (
-            "INSERT INTO budget_buckets (bucket, level, at) VALUES (:bucket, 1.0, :now) "
-            f"ON CONFLICT (bucket) DO UPDATE SET level = {level} + 1.0, at = {g}(:now, budget_buckets.at) "
-            f"WHERE {level} + 1.0 <= :limit + 1e-9 RETURNING level"
-        ), {"bucket": bucket, "now": now, "rate": rate, "limit": float(limit)}).first()
+        row = self._sql(
+            c,
+            (
+                "INSERT INTO budget_buckets (bucket, level, at) VALUES (:bucket, 1.0, :now) "
+                f"ON CONFLICT (bucket) DO UPDATE SET level = {level} + 1.0, at = {g}(:now, budget_buckets.at) "
+                f"WHERE {level} + 1.0 <= :limit + 1e-9 RETURNING level"
+            ),
+            {"bucket": bucket, "now": now, "rate": rate, "limit": float(limit)},
+        ).first()
         return row is not None
 
     def _add(self, c: _Tx, bucket: str, delta: float, rate: float, now: float) -> None:
         """Add ``delta`` to a bucket unconditionally (a refund when negative), never below 0."""
         g = _greatest(c)
         if delta > 0:
-            self._sql(c, (
-                "INSERT INTO budget_buckets (bucket, level, at) VALUES (:bucket, :delta, :now) "
-                f"ON CONFLICT (bucket) DO UPDATE SET level = {self._level(c)} + :delta, "
-                f"at = {g}(:now, budget_buckets.at)"
-            ), {"bucket": bucket, "now": now, "rate": rate, "delta": delta})
+            self._sql(
+                c,
+                (
+                    "INSERT INTO budget_buckets (bucket, level, at) VALUES (:bucket, :delta, :now) "
+                    f"ON CONFLICT (bucket) DO UPDATE SET level = {self._level(c)} + :delta, "
+                    f"at = {g}(:now, budget_buckets.at)"
+                ),
+                {"bucket": bucket, "now": now, "rate": rate, "delta": delta},
+            )
         else:
-            self._sql(c, (
-                f"UPDATE budget_buckets SET level = {g}(0.0, {self._level(c, '')} + :delta), "
-                f"at = {g}(:now, at) WHERE bucket = :bucket"
-            ), {"bucket": bucket, "now": now, "rate": rate, "delta": delta})
+            self._sql(
+                c,
+                (
+                    f"UPDATE budget_buckets SET level = {g}(0.0, {self._level(c, '')} + :delta), "
+                    f"at = {g}(:now, at) WHERE bucket = :bucket"
+                ),
+                {"bucket": bucket, "now": now, "rate": rate, "delta": delta},
+            )
 
     def _relaxed(self, c: _Tx) -> None:
         """Budget rows are not worth a disk flush per attempt: on PostgreSQL the commit returns
@@ -242,15 +254,15 @@ class StoreBudget(Transactions):
             self._sql(c, "SET LOCAL synchronous_commit = off", {})
 
     def _wait(self, c: _Tx, bucket: str, limit: int, rate: float, now: float) -> float:
-        row = self._sql(c, ("SELECT level, at FROM budget_buckets WHERE bucket = :b"),
-                        {"b": bucket}).first()
+        row = self._sql(c, ("SELECT level, at FROM budget_buckets WHERE bucket = :b"), {"b": bucket}).first()
         if row is None:
             return 0.0
         return wait_for(drained(float(row[0]), float(row[1]), now, rate), limit, rate)
 
     def _familiar(self, c: _Tx, account: str, ip: str, now: float) -> bool:
-        row = self._sql(c, ("SELECT at FROM familiar_ips WHERE account = :a AND ip = :ip"),
-                        {"a": account, "ip": ip}).first()
+        row = self._sql(
+            c, ("SELECT at FROM familiar_ips WHERE account = :a AND ip = :ip"), {"a": account, "ip": ip}
+        ).first()
         return row is not None and now - float(row[0]) <= self.config.familiar_for
 
     # --- the interface ------------------------------------------------------------------
@@ -298,8 +310,7 @@ class StoreBudget(Transactions):
             return BudgetDecision(False, "ip-throttled", max(wait, 1e-6))
         return Reservation(account, ip, fam, not fam)
 
-    def attempt(self, account: str, ip: str, now: float,
-                check: Callable[[], Outcome]) -> Reservation | BudgetDecision:
+    def attempt(self, account: str, ip: str, now: float, check: Callable[[], Outcome]) -> Reservation | BudgetDecision:
         """:meth:`reserve`, ``check()``, :meth:`settle` with its outcome, in **one** transaction:
         the same statements and the same result as the three calls, one BEGIN/COMMIT fewer (and
         on PostgreSQL one round trip set fewer). ``check`` runs only when the unit fitted, while
@@ -361,16 +372,24 @@ class StoreBudget(Transactions):
                 self._add(c, ip_bucket(ip), 1.0, self._ip_rate, now)
 
     def _remember(self, c: _Tx, account: str, ip: str, now: float, new: bool = True) -> None:
-        self._sql(c, (
-            "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
-            "ON CONFLICT (account, ip) DO UPDATE SET at = :now"
-        ), {"a": account, "ip": ip, "now": now})
+        self._sql(
+            c,
+            (
+                "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
+                "ON CONFLICT (account, ip) DO UPDATE SET at = :now"
+            ),
+            {"a": account, "ip": ip, "now": now},
+        )
         if not new:  # the pair was familiar at reserve: its time moved, the account's count did not
             return
-        self._sql(c, (
-            "DELETE FROM familiar_ips WHERE account = :a AND ip NOT IN "
-            "(SELECT ip FROM familiar_ips WHERE account = :a ORDER BY at DESC LIMIT :n)"
-        ), {"a": account, "n": self.config.max_familiar_per_user})
+        self._sql(
+            c,
+            (
+                "DELETE FROM familiar_ips WHERE account = :a AND ip NOT IN "
+                "(SELECT ip FROM familiar_ips WHERE account = :a ORDER BY at DESC LIMIT :n)"
+            ),
+            {"a": account, "n": self.config.max_familiar_per_user},
+        )
 
     # --- housekeeping -------------------------------------------------------------------
     def _maybe_prune(self, now: float) -> None:
@@ -385,10 +404,11 @@ class StoreBudget(Transactions):
         with self._tx(write=True) as c:
             # a bucket's level never exceeds its limit by more than the after-the-fact charges,
             # so one that was last touched two windows ago is empty
-            n = self._sql(c, ("DELETE FROM budget_buckets WHERE at < :t"),
-                          {"t": now - 2 * self.config.window}).rowcount or 0
-            self._sql(c, ("DELETE FROM familiar_ips WHERE at < :t"),
-                      {"t": now - self.config.familiar_for})
+            n = (
+                self._sql(c, ("DELETE FROM budget_buckets WHERE at < :t"), {"t": now - 2 * self.config.window}).rowcount
+                or 0
+            )
+            self._sql(c, ("DELETE FROM familiar_ips WHERE at < :t"), {"t": now - self.config.familiar_for})
         return n
 
     def close(self) -> None:

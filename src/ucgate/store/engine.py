@@ -59,8 +59,10 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(u, pool_pre_ping=True, future=True)
         instrument_engine(engine)
         return engine
-    raise StoreError(f"unsupported database URL {u.render_as_string(hide_password=True)!r}; "
-                     "expected sqlite:///path or postgresql+psycopg://user@host/db")
+    raise StoreError(
+        f"unsupported database URL {u.render_as_string(hide_password=True)!r}; "
+        "expected sqlite:///path or postgresql+psycopg://user@host/db"
+    )
 
 
 def _sqlite_engine(url: str) -> Engine:

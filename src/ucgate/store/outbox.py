@@ -53,19 +53,34 @@ class EventRow:
     actor: str | None = None
 
 
-def append(conn: Connection, *, kind: str, username: str, reason: str, at: dt.datetime | None = None,
-           device_id: str | None = None, credential: str | None = None,
-           signed_in_before: dt.datetime | None = None, actor: str | None = None) -> int:
+def append(
+    conn: Connection,
+    *,
+    kind: str,
+    username: str,
+    reason: str,
+    at: dt.datetime | None = None,
+    device_id: str | None = None,
+    credential: str | None = None,
+    signed_in_before: dt.datetime | None = None,
+    actor: str | None = None,
+) -> int:
     """Write one event row on ``conn``, inside the caller's transaction; returns its id."""
     values: dict[str, Any] = dict(
-        at=at or dt.datetime.now(dt.UTC), kind=kind, username=username,
-        reason=reason[:128], device_id=device_id, credential=credential,
-        signed_in_before=signed_in_before, actor=actor[:256] if actor else None,
+        at=at or dt.datetime.now(dt.UTC),
+        kind=kind,
+        username=username,
+        reason=reason[:128],
+        device_id=device_id,
+        credential=credential,
+        signed_in_before=signed_in_before,
+        actor=actor[:256] if actor else None,
     )
     event_id = int(conn.execute(insert(events).values(**values).returning(events.c.id)).scalar_one())
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_notify(:channel, :payload)"),
-                     {"channel": NOTIFY_CHANNEL, "payload": str(event_id)})
+        conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": str(event_id)}
+        )
     return event_id
 
 
@@ -78,9 +93,17 @@ def append_pending(conn: Connection, pending: Any) -> None:
 
 def _row(r: Any) -> EventRow:
     m = r._mapping
-    return EventRow(id=int(m["id"]), at=m["at"], kind=m["kind"], username=m["username"],
-                    reason=m["reason"], device_id=m["device_id"], credential=m["credential"],
-                    signed_in_before=m["signed_in_before"], actor=m["actor"])
+    return EventRow(
+        id=int(m["id"]),
+        at=m["at"],
+        kind=m["kind"],
+        username=m["username"],
+        reason=m["reason"],
+        device_id=m["device_id"],
+        credential=m["credential"],
+        signed_in_before=m["signed_in_before"],
+        actor=m["actor"],
+    )
 
 
 class Outbox(Transactions):
@@ -94,8 +117,7 @@ class Outbox(Transactions):
     def since(self, after_id: int, limit: int = MAX_BATCH) -> list[EventRow]:
         """Rows with an id above ``after_id``, oldest first."""
         with self._read() as c:
-            rows = c.execute(select(events).where(events.c.id > after_id)
-                             .order_by(events.c.id).limit(limit)).all()
+            rows = c.execute(select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)).all()
         return [_row(r) for r in rows]
 
     def last_id(self) -> int:
@@ -126,8 +148,7 @@ class ChangeWatcher:
             import psycopg
 
             url = self.engine.url.set(drivername="postgresql")
-            self._pg = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True,
-                                       connect_timeout=5)
+            self._pg = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True, connect_timeout=5)
             self._pg.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return self._pg
 
@@ -204,4 +225,3 @@ class ChangeWatcher:
             except sqlite3.Error:
                 pass
             self._sqlite = None
-

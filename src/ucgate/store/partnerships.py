@@ -26,9 +26,17 @@ from .repository import DuplicateError
 from .schema import PARTNERSHIP_STATES, partnerships
 
 # Free-text columns are cut to their column size rather than refused: they come from devices.
-_TEXT_LIMITS = {"device_type": 256, "model": 256, "os": 256, "user_agent": 512,
-                "state_reason": 128, "rule": 256, "approved_by": 256, "source": 32,
-                "client_kind": 32}
+_TEXT_LIMITS = {
+    "device_type": 256,
+    "model": 256,
+    "os": 256,
+    "user_agent": 512,
+    "state_reason": 128,
+    "rule": 256,
+    "approved_by": 256,
+    "source": 32,
+    "client_kind": 32,
+}
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,17 @@ class PartnershipRecord:
     def to_policy(self) -> Partnership:
         """The pure policy's view of this row."""
         return Partnership(
-            user=self.username, device_id=self.device_id, state=PartnershipState(self.state),
-            trusted_until=self.trusted_until, created_at=self.created_at,
-            last_seen=self.last_seen, wiped=self.wipe_pending, device_type=self.device_type,
-            model=self.model, os=self.os, user_agent=self.user_agent,
+            user=self.username,
+            device_id=self.device_id,
+            state=PartnershipState(self.state),
+            trusted_until=self.trusted_until,
+            created_at=self.created_at,
+            last_seen=self.last_seen,
+            wiped=self.wipe_pending,
+            device_type=self.device_type,
+            model=self.model,
+            os=self.os,
+            user_agent=self.user_agent,
             client_kind=self.client_kind,
         )
 
@@ -123,15 +138,16 @@ class PartnershipStore(Transactions):
                 new_id = key[0]
                 row = c.execute(select(partnerships).where(partnerships.c.id == new_id)).one()
         except IntegrityError as e:
-            raise DuplicateError(f"{values.get('username')} already has device "
-                                 f"{values.get('device_id')}") from e
+            raise DuplicateError(f"{values.get('username')} already has device {values.get('device_id')}") from e
         return _record(row)
 
     def get(self, username: str, device_id: str) -> PartnershipRecord | None:
         with self._read() as c:
-            row = c.execute(select(partnerships).where(
-                partnerships.c.username == username,
-                partnerships.c.device_id == device_key(device_id))).first()
+            row = c.execute(
+                select(partnerships).where(
+                    partnerships.c.username == username, partnerships.c.device_id == device_key(device_id)
+                )
+            ).first()
         return _record(row) if row else None
 
     def get_by_id(self, partnership_id: int) -> PartnershipRecord | None:
@@ -139,8 +155,9 @@ class PartnershipStore(Transactions):
             row = c.execute(select(partnerships).where(partnerships.c.id == partnership_id)).first()
         return _record(row) if row else None
 
-    def list(self, *, username: str | None = None, state: str | None = None,
-             limit: int = 10_000) -> list[PartnershipRecord]:
+    def list(
+        self, *, username: str | None = None, state: str | None = None, limit: int = 10_000
+    ) -> list[PartnershipRecord]:
         q = select(partnerships).order_by(partnerships.c.username, partnerships.c.id).limit(limit)
         if username is not None:
             q = q.where(partnerships.c.username == username)
@@ -154,8 +171,7 @@ class PartnershipStore(Transactions):
         ``event``: an outbox event written in the same transaction (``outbox.append_pending``)."""
         values = _clean(values)
         with self._write() as c:
-            n = c.execute(update(partnerships).where(partnerships.c.id == partnership_id)
-                          .values(**values)).rowcount
+            n = c.execute(update(partnerships).where(partnerships.c.id == partnership_id).values(**values)).rowcount
             if not n:
                 return None
             row = c.execute(select(partnerships).where(partnerships.c.id == partnership_id)).one()

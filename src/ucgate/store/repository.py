@@ -183,8 +183,7 @@ class Repository(Protocol):
 
     def get_otp(self, user_id: int) -> OtpRecord | None: ...
 
-    def confirm_otp(self, user_id: int, otp_id: str, step: int, at: datetime,
-                    recovery_hashes: Sequence[bytes]) -> bool:
+    def confirm_otp(self, user_id: int, otp_id: str, step: int, at: datetime, recovery_hashes: Sequence[bytes]) -> bool:
         """Activate the pending enrolment ``otp_id`` (the confirming code's ``step`` becomes
         ``last_step``) and store its recovery codes, in one transaction. False when that pending
         enrolment is gone (reset, replaced, or already confirmed)."""

@@ -39,10 +39,16 @@ class StoredRule:
     created_by: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "position": self.position, "name": self.name, "action": self.action,
-                **{k: getattr(self, k) for k in RULE_CRITERIA}, "groups": list(self.groups),
-                "created_at": self.created_at.isoformat() if self.created_at else None,
-                "created_by": self.created_by}
+        return {
+            "id": self.id,
+            "position": self.position,
+            "name": self.name,
+            "action": self.action,
+            **{k: getattr(self, k) for k in RULE_CRITERIA},
+            "groups": list(self.groups),
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "created_by": self.created_by,
+        }
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,15 @@ class StoredPolicy:
     created_by: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "position": self.position, "name": self.name, "group": self.group,
-                "settings": dict(self.settings),
-                "created_at": self.created_at.isoformat() if self.created_at else None,
-                "created_by": self.created_by}
+        return {
+            "id": self.id,
+            "position": self.position,
+            "name": self.name,
+            "group": self.group,
+            "settings": dict(self.settings),
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "created_by": self.created_by,
+        }
 
 
 def _rule(row: Any) -> StoredRule:
@@ -70,9 +81,15 @@ def _rule(row: Any) -> StoredRule:
 
 def _policy(row: Any) -> StoredPolicy:
     m = dict(row._mapping)
-    return StoredPolicy(id=m["id"], position=m["position"], name=m["name"], group=m["group_name"],
-                        settings=dict(m["settings"] or {}), created_at=m["created_at"],
-                        created_by=m["created_by"])
+    return StoredPolicy(
+        id=m["id"],
+        position=m["position"],
+        name=m["name"],
+        group=m["group_name"],
+        settings=dict(m["settings"] or {}),
+        created_at=m["created_at"],
+        created_by=m["created_by"],
+    )
 
 
 class RuleStore(Transactions):
@@ -82,13 +99,16 @@ class RuleStore(Transactions):
     # --- reading -------------------------------------------------------------------------
     def rules(self) -> list[StoredRule]:
         with self._read() as c:
-            return [_rule(r) for r in c.execute(
-                select(device_rules).order_by(device_rules.c.position, device_rules.c.id))]
+            return [
+                _rule(r) for r in c.execute(select(device_rules).order_by(device_rules.c.position, device_rules.c.id))
+            ]
 
     def policies(self) -> list[StoredPolicy]:
         with self._read() as c:
-            return [_policy(r) for r in c.execute(
-                select(group_policies).order_by(group_policies.c.position, group_policies.c.id))]
+            return [
+                _policy(r)
+                for r in c.execute(select(group_policies).order_by(group_policies.c.position, group_policies.c.id))
+            ]
 
     def rule(self, rule_id: int) -> StoredRule | None:
         with self._read() as c:
@@ -101,24 +121,47 @@ class RuleStore(Transactions):
         return _policy(row) if row else None
 
     # --- writing -------------------------------------------------------------------------
-    def add_rule(self, *, name: str, action: str, groups: tuple[str, ...] = (),
-                 position: int | None = None, created_by: str, event: Any = None,
-                 **criteria: str | None) -> StoredRule:
+    def add_rule(
+        self,
+        *,
+        name: str,
+        action: str,
+        groups: tuple[str, ...] = (),
+        position: int | None = None,
+        created_by: str,
+        event: Any = None,
+        **criteria: str | None,
+    ) -> StoredRule:
         """Insert a rule at ``position`` (1 = first; None or past the end: last)."""
         unknown = set(criteria) - set(RULE_CRITERIA)
         if unknown:
             raise ValueError(f"unknown rule field(s): {', '.join(sorted(unknown))}")
-        values = dict(name=name, action=action, groups=list(groups), created_by=created_by,
-                      created_at=datetime.now(UTC), **criteria)
+        values = dict(
+            name=name,
+            action=action,
+            groups=list(groups),
+            created_by=created_by,
+            created_at=datetime.now(UTC),
+            **criteria,
+        )
         new_id = self._insert(device_rules, values, position, event)
         rec = self.rule(new_id)
         assert rec is not None
         return rec
 
-    def add_policy(self, *, name: str, group: str, settings: dict[str, Any],
-                   position: int | None = None, created_by: str, event: Any = None) -> StoredPolicy:
-        values = dict(name=name, group_name=group, settings=dict(settings), created_by=created_by,
-                      created_at=datetime.now(UTC))
+    def add_policy(
+        self,
+        *,
+        name: str,
+        group: str,
+        settings: dict[str, Any],
+        position: int | None = None,
+        created_by: str,
+        event: Any = None,
+    ) -> StoredPolicy:
+        values = dict(
+            name=name, group_name=group, settings=dict(settings), created_by=created_by, created_at=datetime.now(UTC)
+        )
         new_id = self._insert(group_policies, values, position, event)
         rec = self.policy(new_id)
         assert rec is not None
@@ -153,8 +196,9 @@ class RuleStore(Transactions):
     def _insert(self, table: Table, values: dict[str, Any], position: int | None, event: Any) -> int:
         with self._write() as c:
             count = int(c.execute(select(func.count()).select_from(table)).scalar_one())
-            new_id = int(c.execute(insert(table).values(position=count + 1, **values)
-                                   .returning(table.c.id)).scalar_one())
+            new_id = int(
+                c.execute(insert(table).values(position=count + 1, **values).returning(table.c.id)).scalar_one()
+            )
             if position is not None and 1 <= position <= count:
                 ids = [i for i in self._order(c, table) if i != new_id]
                 ids.insert(position - 1, new_id)

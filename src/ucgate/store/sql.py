@@ -35,8 +35,13 @@ _AUDIT_INSERT = insert(audit).returning(audit.c.id, sort_by_parameter_order=True
 def _user(row: Row) -> UserRecord:
     m = row._mapping
     return UserRecord(
-        id=m["id"], username=m["username"], upn=m["upn"], sip_uri=m["sip_uri"],
-        display_name=m["display_name"], enabled=bool(m["enabled"]), source=m["source"],
+        id=m["id"],
+        username=m["username"],
+        upn=m["upn"],
+        sip_uri=m["sip_uri"],
+        display_name=m["display_name"],
+        enabled=bool(m["enabled"]),
+        source=m["source"],
         created_at=m["created_at"],
     )
 
@@ -44,26 +49,45 @@ def _user(row: Row) -> UserRecord:
 def _asp(row: Row) -> AspRecord:
     m = row._mapping
     return AspRecord(
-        id=m["id"], user_id=m["user_id"], label=m["label"], ciphertext=bytes(m["ciphertext"]),
-        nonce=bytes(m["nonce"]), device_id=m["device_id"], created_at=m["created_at"],
-        last_used_at=m["last_used_at"], revoked_at=m["revoked_at"],
+        id=m["id"],
+        user_id=m["user_id"],
+        label=m["label"],
+        ciphertext=bytes(m["ciphertext"]),
+        nonce=bytes(m["nonce"]),
+        device_id=m["device_id"],
+        created_at=m["created_at"],
+        last_used_at=m["last_used_at"],
+        revoked_at=m["revoked_at"],
     )
 
 
 def _audit(row: Row) -> AuditRecord:
     m = row._mapping
     return AuditRecord(
-        id=m["id"], at=m["at"], actor=m["actor"], action=m["action"], result=m["result"],
-        username=m["username"], device=m["device"], service=m["service"],
-        client_address=m["client_address"], reason=m["reason"], details=m["details"],
+        id=m["id"],
+        at=m["at"],
+        actor=m["actor"],
+        action=m["action"],
+        result=m["result"],
+        username=m["username"],
+        device=m["device"],
+        service=m["service"],
+        client_address=m["client_address"],
+        reason=m["reason"],
+        details=m["details"],
     )
 
 
 def _otp(row: Row) -> OtpRecord:
     m = row._mapping
     return OtpRecord(
-        id=m["id"], user_id=m["user_id"], ciphertext=bytes(m["ciphertext"]), nonce=bytes(m["nonce"]),
-        created_at=m["created_at"], confirmed_at=m["confirmed_at"], last_step=m["last_step"],
+        id=m["id"],
+        user_id=m["user_id"],
+        ciphertext=bytes(m["ciphertext"]),
+        nonce=bytes(m["nonce"]),
+        created_at=m["created_at"],
+        confirmed_at=m["confirmed_at"],
+        last_step=m["last_step"],
         last_used_at=m["last_used_at"],
     )
 
@@ -98,20 +122,43 @@ class SqlRepository(Transactions):
         self.engine.dispose()
 
     # --- users ------------------------------------------------------------------------
-    def add_user(self, username: str, *, upn: str | None, sip_uri: str | None,
-                 display_name: str | None, source: str, created_at: datetime,
-                 enabled: bool = True) -> UserRecord:
+    def add_user(
+        self,
+        username: str,
+        *,
+        upn: str | None,
+        sip_uri: str | None,
+        display_name: str | None,
+        source: str,
+        created_at: datetime,
+        enabled: bool = True,
+    ) -> UserRecord:
         if source not in USER_SOURCES:
             raise ValueError(f"source must be one of {USER_SOURCES}, got {source!r}")
-        values = dict(username=username, upn=upn, sip_uri=sip_uri, display_name=display_name,
-                      enabled=enabled, source=source, created_at=created_at)
+        values = dict(
+            username=username,
+            upn=upn,
+            sip_uri=sip_uri,
+            display_name=display_name,
+            enabled=enabled,
+            source=source,
+            created_at=created_at,
+        )
         try:
             with self._write() as c:
                 user_id = c.execute(insert(users).values(**values).returning(users.c.id)).scalar_one()
         except IntegrityError as e:
             raise DuplicateError(f"a user named {username!r} (or with UPN {upn!r}) exists") from e
-        return UserRecord(id=user_id, username=username, upn=upn, sip_uri=sip_uri, display_name=display_name,
-                          enabled=enabled, source=source, created_at=created_at)
+        return UserRecord(
+            id=user_id,
+            username=username,
+            upn=upn,
+            sip_uri=sip_uri,
+            display_name=display_name,
+            enabled=enabled,
+            source=source,
+            created_at=created_at,
+        )
 
     def _one_user(self, where: Any) -> UserRecord | None:
         with self._read() as c:
@@ -145,9 +192,17 @@ class SqlRepository(Transactions):
             with self._write() as c:
                 if c.execute(select(users.c.id).where(users.c.id == asp.user_id)).first() is None:
                     raise NotFoundError(f"no user with id {asp.user_id}")
-                c.execute(insert(asps).values(
-                    id=asp.id, user_id=asp.user_id, label=asp.label, ciphertext=asp.ciphertext,
-                    nonce=asp.nonce, device_id=asp.device_id, created_at=asp.created_at))
+                c.execute(
+                    insert(asps).values(
+                        id=asp.id,
+                        user_id=asp.user_id,
+                        label=asp.label,
+                        ciphertext=asp.ciphertext,
+                        nonce=asp.nonce,
+                        device_id=asp.device_id,
+                        created_at=asp.created_at,
+                    )
+                )
                 append_pending(c, event)
         except IntegrityError as e:
             raise DuplicateError(f"an ASP with id {asp.id!r} exists") from e
@@ -168,8 +223,7 @@ class SqlRepository(Transactions):
         with self._write() as c:
             if c.execute(select(asps.c.id).where(asps.c.id == asp_id)).first() is None:
                 return False
-            c.execute(update(asps).where(asps.c.id == asp_id, asps.c.revoked_at.is_(None))
-                      .values(revoked_at=at))
+            c.execute(update(asps).where(asps.c.id == asp_id, asps.c.revoked_at.is_(None)).values(revoked_at=at))
             append_pending(c, event)
         return True
 
@@ -180,8 +234,7 @@ class SqlRepository(Transactions):
 
     def replace_asp_ciphertext(self, asp_id: str, ciphertext: bytes, nonce: bytes) -> bool:
         with self._write() as c:
-            n = c.execute(update(asps).where(asps.c.id == asp_id)
-                          .values(ciphertext=ciphertext, nonce=nonce)).rowcount
+            n = c.execute(update(asps).where(asps.c.id == asp_id).values(ciphertext=ciphertext, nonce=nonce)).rowcount
         return n == 1
 
     def all_asp_ids(self) -> Sequence[str]:
@@ -191,11 +244,22 @@ class SqlRepository(Transactions):
     # --- audit ------------------------------------------------------------------------
     def add_audit(self, event: AuditRecord) -> int:
         with self._write() as c:
-            return c.execute(insert(audit).values(
-                at=event.at, actor=event.actor, action=event.action, result=event.result,
-                username=event.username, device=event.device, service=event.service,
-                client_address=event.client_address, reason=event.reason,
-                details=event.details).returning(audit.c.id)).scalar_one()
+            return c.execute(
+                insert(audit)
+                .values(
+                    at=event.at,
+                    actor=event.actor,
+                    action=event.action,
+                    result=event.result,
+                    username=event.username,
+                    device=event.device,
+                    service=event.service,
+                    client_address=event.client_address,
+                    reason=event.reason,
+                    details=event.details,
+                )
+                .returning(audit.c.id)
+            ).scalar_one()
 
     def write_batch(self, events: Sequence[AuditRecord], used: Sequence[tuple[str, datetime]]) -> list[int]:
         """Audit events and ASP "last used" times in one transaction (the sign-in writer's group
@@ -206,11 +270,24 @@ class SqlRepository(Transactions):
                 # one executemany ("insertmanyvalues": a few multi-row INSERTs, ids returned in
                 # the parameters' order) instead of one compiled INSERT per event: ~10x less CPU
                 # per event in the writer thread (bench/README.md, ntlm.py)
-                rows = c.execute(_AUDIT_INSERT, [
-                    {"at": ev.at, "actor": ev.actor, "action": ev.action, "result": ev.result,
-                     "username": ev.username, "device": ev.device, "service": ev.service,
-                     "client_address": ev.client_address, "reason": ev.reason, "details": ev.details}
-                    for ev in events])
+                rows = c.execute(
+                    _AUDIT_INSERT,
+                    [
+                        {
+                            "at": ev.at,
+                            "actor": ev.actor,
+                            "action": ev.action,
+                            "result": ev.result,
+                            "username": ev.username,
+                            "device": ev.device,
+                            "service": ev.service,
+                            "client_address": ev.client_address,
+                            "reason": ev.reason,
+                            "details": ev.details,
+                        }
+                        for ev in events
+                    ],
+                )
                 ids = [r[0] for r in rows]
                 if len(ids) != len(events):
                     raise StoreError(f"audit batch: {len(ids)} ids for {len(events)} events")
@@ -236,15 +313,20 @@ class SqlRepository(Transactions):
             with self._write() as c:
                 if c.execute(select(users.c.id).where(users.c.id == uid)).first() is None:
                     raise NotFoundError(f"no user with id {uid}")
-                row = c.execute(select(otp_secrets.c.confirmed_at)
-                                .where(otp_secrets.c.user_id == uid)).first()
+                row = c.execute(select(otp_secrets.c.confirmed_at).where(otp_secrets.c.user_id == uid)).first()
                 if row is not None and row.confirmed_at is not None:
                     raise DuplicateError(f"user id {uid} has an active TOTP secret; reset it first")
                 c.execute(delete(otp_recovery_codes).where(otp_recovery_codes.c.user_id == uid))
                 c.execute(delete(otp_secrets).where(otp_secrets.c.user_id == uid))
-                c.execute(insert(otp_secrets).values(
-                    user_id=uid, id=secret.id, ciphertext=secret.ciphertext, nonce=secret.nonce,
-                    created_at=secret.created_at))
+                c.execute(
+                    insert(otp_secrets).values(
+                        user_id=uid,
+                        id=secret.id,
+                        ciphertext=secret.ciphertext,
+                        nonce=secret.nonce,
+                        created_at=secret.created_at,
+                    )
+                )
         except IntegrityError as e:  # a concurrent begin for the same user won
             raise DuplicateError(f"a TOTP enrolment for user id {uid} was stored concurrently") from e
 
@@ -253,13 +335,17 @@ class SqlRepository(Transactions):
             row = c.execute(select(otp_secrets).where(otp_secrets.c.user_id == user_id)).first()
         return _otp(row) if row else None
 
-    def confirm_otp(self, user_id: int, otp_id: str, step: int, at: datetime,
-                    recovery_hashes: Sequence[bytes]) -> bool:
+    def confirm_otp(self, user_id: int, otp_id: str, step: int, at: datetime, recovery_hashes: Sequence[bytes]) -> bool:
         with self._write() as c:
-            n = c.execute(update(otp_secrets).where(
-                otp_secrets.c.user_id == user_id, otp_secrets.c.id == otp_id,
-                otp_secrets.c.confirmed_at.is_(None),
-            ).values(confirmed_at=at, last_step=step, last_used_at=at)).rowcount
+            n = c.execute(
+                update(otp_secrets)
+                .where(
+                    otp_secrets.c.user_id == user_id,
+                    otp_secrets.c.id == otp_id,
+                    otp_secrets.c.confirmed_at.is_(None),
+                )
+                .values(confirmed_at=at, last_step=step, last_used_at=at)
+            ).rowcount
             if n != 1:
                 return False
             self._put_recovery_codes(c, user_id, recovery_hashes, at)
@@ -270,11 +356,15 @@ class SqlRepository(Transactions):
         # BEGIN IMMEDIATE) makes "compare and set" atomic, so of two sign-ins racing with the
         # same code exactly one gets rowcount 1.
         with self._write() as c:
-            n = c.execute(update(otp_secrets).where(
-                otp_secrets.c.user_id == user_id,
-                otp_secrets.c.confirmed_at.is_not(None),
-                or_(otp_secrets.c.last_step.is_(None), otp_secrets.c.last_step < step),
-            ).values(last_step=step, last_used_at=at)).rowcount
+            n = c.execute(
+                update(otp_secrets)
+                .where(
+                    otp_secrets.c.user_id == user_id,
+                    otp_secrets.c.confirmed_at.is_not(None),
+                    or_(otp_secrets.c.last_step.is_(None), otp_secrets.c.last_step < step),
+                )
+                .values(last_step=step, last_used_at=at)
+            ).rowcount
         return n == 1
 
     def delete_otp(self, user_id: int, *, event: Any = None) -> bool:
@@ -287,21 +377,20 @@ class SqlRepository(Transactions):
 
     def replace_otp_ciphertext(self, user_id: int, ciphertext: bytes, nonce: bytes) -> bool:
         with self._write() as c:
-            n = c.execute(update(otp_secrets).where(otp_secrets.c.user_id == user_id)
-                          .values(ciphertext=ciphertext, nonce=nonce)).rowcount
+            n = c.execute(
+                update(otp_secrets).where(otp_secrets.c.user_id == user_id).values(ciphertext=ciphertext, nonce=nonce)
+            ).rowcount
         return n == 1
 
     def all_otp_user_ids(self) -> Sequence[int]:
         with self._read() as c:
-            return list(c.execute(select(otp_secrets.c.user_id)
-                                  .order_by(otp_secrets.c.user_id)).scalars())
+            return list(c.execute(select(otp_secrets.c.user_id).order_by(otp_secrets.c.user_id)).scalars())
 
     @staticmethod
     def _put_recovery_codes(c: Connection, user_id: int, hashes: Sequence[bytes], at: datetime) -> None:
         c.execute(delete(otp_recovery_codes).where(otp_recovery_codes.c.user_id == user_id))
         if hashes:
-            c.execute(insert(otp_recovery_codes),
-                      [dict(user_id=user_id, code_hash=h, created_at=at) for h in hashes])
+            c.execute(insert(otp_recovery_codes), [dict(user_id=user_id, code_hash=h, created_at=at) for h in hashes])
 
     def replace_recovery_codes(self, user_id: int, hashes: Sequence[bytes], at: datetime) -> None:
         with self._write() as c:
@@ -311,19 +400,31 @@ class SqlRepository(Transactions):
 
     def use_recovery_code(self, user_id: int, code_hash: bytes, at: datetime) -> bool:
         with self._write() as c:
-            row = c.execute(select(otp_recovery_codes.c.id).where(
-                otp_recovery_codes.c.user_id == user_id,
-                otp_recovery_codes.c.code_hash == code_hash,
-                otp_recovery_codes.c.used_at.is_(None)).limit(1)).first()
+            row = c.execute(
+                select(otp_recovery_codes.c.id)
+                .where(
+                    otp_recovery_codes.c.user_id == user_id,
+                    otp_recovery_codes.c.code_hash == code_hash,
+                    otp_recovery_codes.c.used_at.is_(None),
+                )
+                .limit(1)
+            ).first()
             if row is None:
                 return False
-            n = c.execute(update(otp_recovery_codes).where(
-                otp_recovery_codes.c.id == row.id, otp_recovery_codes.c.used_at.is_(None),
-            ).values(used_at=at)).rowcount
+            n = c.execute(
+                update(otp_recovery_codes)
+                .where(
+                    otp_recovery_codes.c.id == row.id,
+                    otp_recovery_codes.c.used_at.is_(None),
+                )
+                .values(used_at=at)
+            ).rowcount
         return n == 1
 
     def count_recovery_codes(self, user_id: int) -> int:
         with self._read() as c:
-            return c.execute(select(func.count()).select_from(otp_recovery_codes).where(
-                otp_recovery_codes.c.user_id == user_id,
-                otp_recovery_codes.c.used_at.is_(None))).scalar_one()
+            return c.execute(
+                select(func.count())
+                .select_from(otp_recovery_codes)
+                .where(otp_recovery_codes.c.user_id == user_id, otp_recovery_codes.c.used_at.is_(None))
+            ).scalar_one()

@@ -37,15 +37,30 @@ def _record(row: Row) -> VaultRecord:
 class VaultStore(Transactions):
     """Thread-safe; one short transaction per call."""
 
-    def put(self, *, user_id: int, id: str, ciphertext: bytes, nonce: bytes, at: datetime,
-            set_by: str, verified_at: datetime | None) -> None:
+    def put(
+        self,
+        *,
+        user_id: int,
+        id: str,
+        ciphertext: bytes,
+        nonce: bytes,
+        at: datetime,
+        set_by: str,
+        verified_at: datetime | None,
+    ) -> None:
         """Insert or replace the user's row. Raises NotFoundError (no such user)."""
-        values = dict(id=id, ciphertext=ciphertext, nonce=nonce, updated_at=at, set_by=set_by,
-                      verified_at=verified_at, last_used_at=None)
+        values = dict(
+            id=id,
+            ciphertext=ciphertext,
+            nonce=nonce,
+            updated_at=at,
+            set_by=set_by,
+            verified_at=verified_at,
+            last_used_at=None,
+        )
         try:
             with self._write() as c:
-                n = c.execute(update(vault_secrets).where(vault_secrets.c.user_id == user_id)
-                              .values(**values)).rowcount
+                n = c.execute(update(vault_secrets).where(vault_secrets.c.user_id == user_id).values(**values)).rowcount
                 if not n:
                     c.execute(insert(vault_secrets).values(user_id=user_id, created_at=at, **values))
         except IntegrityError as e:
@@ -62,15 +77,18 @@ class VaultStore(Transactions):
 
     def mark_used(self, user_id: int, at: datetime) -> None:
         with self._write() as c:
-            c.execute(update(vault_secrets).where(vault_secrets.c.user_id == user_id)
-                      .values(last_used_at=at))
+            c.execute(update(vault_secrets).where(vault_secrets.c.user_id == user_id).values(last_used_at=at))
 
     def replace_ciphertext(self, user_id: int, row_id: str, ciphertext: bytes, nonce: bytes) -> bool:
         """For key rotation: the same secret re-encrypted, only if the row is still ``row_id``."""
         with self._write() as c:
-            return bool(c.execute(update(vault_secrets).where(
-                vault_secrets.c.user_id == user_id, vault_secrets.c.id == row_id)
-                .values(ciphertext=ciphertext, nonce=nonce)).rowcount)
+            return bool(
+                c.execute(
+                    update(vault_secrets)
+                    .where(vault_secrets.c.user_id == user_id, vault_secrets.c.id == row_id)
+                    .values(ciphertext=ciphertext, nonce=nonce)
+                ).rowcount
+            )
 
     def user_ids(self) -> Sequence[int]:
         with self._read() as c:

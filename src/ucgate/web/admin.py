@@ -36,8 +36,9 @@ def routes(ctx: WebContext) -> list[Route]:
 
     def dashboard(request: Request, s, form) -> Response:
         d = c.dashboard()
-        return render(ctx, request, s, "admin/dashboard.html", title="Dashboard", d=d,
-                      svg=chart.activity_svg(d["activity"]))
+        return render(
+            ctx, request, s, "admin/dashboard.html", title="Dashboard", d=d, svg=chart.activity_svg(d["activity"])
+        )
 
     def users(request: Request, s, form) -> Response:
         q = request.query_params.get("q", "")
@@ -74,8 +75,18 @@ def routes(ctx: WebContext) -> list[Route]:
             rows = c.list_devices(user=f["user"], state=f["state"], device_type=f["type"])
         except FieldError as e:
             errors[e.field], rows = e.message, []
-        return render(ctx, request, s, "admin/devices.html", 400 if errors else 200, title="Devices",
-                      rows=rows, f=f, states=DEVICE_STATES, errors=errors)
+        return render(
+            ctx,
+            request,
+            s,
+            "admin/devices.html",
+            400 if errors else 200,
+            title="Devices",
+            rows=rows,
+            f=f,
+            states=DEVICE_STATES,
+            errors=errors,
+        )
 
     def device_confirm(request: Request, s, form) -> Response:
         action = request.path_params["action"]
@@ -86,8 +97,16 @@ def routes(ctx: WebContext) -> list[Route]:
         if action not in DEVICE_ACTIONS:
             return render(ctx, request, s, "error.html", 404, title="Not found", message="no such action")
         if request.method == "GET":
-            return render(ctx, request, s, "admin/confirm.html", title=f"{action.title()} device",
-                          d=rec, action=action, text=ACTION_TEXT[action])
+            return render(
+                ctx,
+                request,
+                s,
+                "admin/confirm.html",
+                title=f"{action.title()} device",
+                d=rec,
+                action=action,
+                text=ACTION_TEXT[action],
+            )
         try:
             c.device_action(rec.id, action, actor=_actor(s))
         except (NotFound, Forbidden, FieldError) as e:
@@ -95,16 +114,29 @@ def routes(ctx: WebContext) -> list[Route]:
         s.flash.append(("ok", f"{action}: device {rec.device_id} of {rec.username} — done"))
         return redirect(ctx, "/admin/devices", s)
 
-    def rules(request: Request, s, form, status: int = 200, errors: dict | None = None,
-                    values: dict | None = None) -> Response:
+    def rules(
+        request: Request, s, form, status: int = 200, errors: dict | None = None, values: dict | None = None
+    ) -> Response:
         r = c.rules()
-        return render(ctx, request, s, "admin/rules.html", status, title="Rules", r=r,
-                      pretty=json.dumps(r, indent=2, default=str), errors=errors or {},
-                      v=values or {}, actions=("allowed", "quarantined", "blocked"))
+        return render(
+            ctx,
+            request,
+            s,
+            "admin/rules.html",
+            status,
+            title="Rules",
+            r=r,
+            pretty=json.dumps(r, indent=2, default=str),
+            errors=errors or {},
+            v=values or {},
+            actions=("allowed", "quarantined", "blocked"),
+        )
 
     def _rule_form(form: dict) -> dict:
-        data: dict = {k: form.get(k, "").strip() for k in
-                      ("name", "action", "device_type", "model", "os", "user_agent", "client_kind")}
+        data: dict = {
+            k: form.get(k, "").strip()
+            for k in ("name", "action", "device_type", "model", "os", "user_agent", "client_kind")
+        }
         data["groups"] = [g.strip() for g in form.get("groups", "").split(",") if g.strip()]
         if form.get("position", "").strip():
             data["position"] = _int(form["position"])
@@ -124,8 +156,11 @@ def routes(ctx: WebContext) -> list[Route]:
                 settings["trust_lifetime_hours"] = form["trust_lifetime_hours"]
         if form.get("require_second_factor") in ("yes", "no"):
             settings["require_second_factor"] = form["require_second_factor"] == "yes"
-        data: dict = {"group": form.get("group", "").strip(), "name": form.get("name", "").strip(),
-                      "settings": settings}
+        data: dict = {
+            "group": form.get("group", "").strip(),
+            "name": form.get("name", "").strip(),
+            "settings": settings,
+        }
         if form.get("position", "").strip():
             data["position"] = _int(form["position"])
         return data
@@ -133,6 +168,7 @@ def routes(ctx: WebContext) -> list[Route]:
     def rule_change(kind: str):
         def handler(request: Request, s, form) -> Response:
             return _rule_change(kind, request, s, form)
+
         return handler
 
     def _rule_change(kind: str, request: Request, s, form) -> Response:
@@ -150,15 +186,17 @@ def routes(ctx: WebContext) -> list[Route]:
                 (c.delete_rule if kind == "rules" else c.delete_policy)(item, actor=_actor(s))
                 msg = f"deleted {what} {item}"
             elif op == "move" and item is not None:
-                rec = (c.move_rule if kind == "rules" else c.move_policy)(item, _int(form.get("position", "")),
-                                                                        actor=_actor(s))
+                rec = (c.move_rule if kind == "rules" else c.move_policy)(
+                    item, _int(form.get("position", "")), actor=_actor(s)
+                )
                 msg = f"moved {what} “{rec['name']}” to position {rec['position']}"
             else:
                 return render(ctx, request, s, "error.html", 404, title="Not found", message="no such operation")
         except FieldError as e:
             prefix = "" if kind == "rules" else "p-"
-            return rules(request, s, form, 400, {prefix + e.field.removeprefix("settings."): e.message},
-                               {"kind": kind, **form})
+            return rules(
+                request, s, form, 400, {prefix + e.field.removeprefix("settings."): e.message}, {"kind": kind, **form}
+            )
         except NotFound as e:
             return render(ctx, request, s, "error.html", 404, title="Not found", message=str(e))
         s.flash.append(("ok", f"{msg} — in force on every node within a second"))
@@ -172,23 +210,45 @@ def routes(ctx: WebContext) -> list[Route]:
         try:
             if not limit.isdigit():
                 raise FieldError("limit", "a number, 1 to 5000")
-            events = c.audit_events(user=f["user"], action=f["action"], result=f["result"], q=f["q"],
-                                    limit=int(limit))
+            events = c.audit_events(user=f["user"], action=f["action"], result=f["result"], q=f["q"], limit=int(limit))
         except FieldError as e:
             errors[e.field] = e.message
         fmt = qp.get("format", "")
         if fmt == "csv" and not errors:
-            return Response(c.audit_csv(events), media_type="text/csv", headers={
-                **SECURITY_HEADERS, "Content-Disposition": 'attachment; filename="ucgate-audit.csv"'})
+            return Response(
+                c.audit_csv(events),
+                media_type="text/csv",
+                headers={**SECURITY_HEADERS, "Content-Disposition": 'attachment; filename="ucgate-audit.csv"'},
+            )
         if fmt == "json" and not errors:
-            return Response(json.dumps(events, indent=1), media_type="application/json", headers={
-                **SECURITY_HEADERS, "Content-Disposition": 'attachment; filename="ucgate-audit.json"'})
-        return render(ctx, request, s, "admin/audit.html", 400 if errors else 200, title="Audit log",
-                      events=events, f=f, limit=limit, errors=errors, query=request.url.query)
+            return Response(
+                json.dumps(events, indent=1),
+                media_type="application/json",
+                headers={**SECURITY_HEADERS, "Content-Disposition": 'attachment; filename="ucgate-audit.json"'},
+            )
+        return render(
+            ctx,
+            request,
+            s,
+            "admin/audit.html",
+            400 if errors else 200,
+            title="Audit log",
+            events=events,
+            f=f,
+            limit=limit,
+            errors=errors,
+            query=request.url.query,
+        )
 
     def settings(request: Request, s, form) -> Response:
-        return render(ctx, request, s, "admin/settings.html", title="Settings",
-                      pretty=json.dumps(c.settings(), indent=2, default=str))
+        return render(
+            ctx,
+            request,
+            s,
+            "admin/settings.html",
+            title="Settings",
+            pretty=json.dumps(c.settings(), indent=2, default=str),
+        )
 
     def root(request: Request, s, form) -> Response:
         return redirect(ctx, "/admin/", s)
@@ -201,8 +261,11 @@ def routes(ctx: WebContext) -> list[Route]:
         Route("/devices", page(ctx, "admin", "view", devices)),
         Route("/devices/{id:int}/{action}", page(ctx, "admin", "devices", device_confirm), methods=["GET", "POST"]),
         Route("/rules", page(ctx, "admin", "view", rules)),
-        *(Route(path, page(ctx, "admin", "policy", rule_change(kind)), methods=["POST"])
-          for kind in ("rules", "policies") for path in (f"/{kind}/{{op:str}}", f"/{kind}/{{id:int}}/{{op:str}}")),
+        *(
+            Route(path, page(ctx, "admin", "policy", rule_change(kind)), methods=["POST"])
+            for kind in ("rules", "policies")
+            for path in (f"/{kind}/{{op:str}}", f"/{kind}/{{id:int}}/{{op:str}}")
+        ),
         Route("/audit", page(ctx, "admin", "view", audit)),
         Route("/settings", page(ctx, "admin", "settings", settings)),
     ]

@@ -28,7 +28,11 @@ MAX_BODY = 16 * 1024
 
 
 def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="ucgate-api"', "Cache-Control": "no-store"} if status == 401 else {"Cache-Control": "no-store"}
+    headers = (
+        {"WWW-Authenticate": 'Bearer realm="ucgate-api"', "Cache-Control": "no-store"}
+        if status == 401
+        else {"Cache-Control": "no-store"}
+    )
     return JSONResponse({"error": error, **extra, "message": message}, status_code=status, headers=headers)
 
 
@@ -66,8 +70,9 @@ class Move(Body):
     position: Position
 
 
-_Glob = Annotated[StrictStr, Field(max_length=MAX_PATTERN_CHARS, pattern=r"^[^\x00-\x1f]*$",
-                                   description="a glob, case-insensitive")]
+_Glob = Annotated[
+    StrictStr, Field(max_length=MAX_PATTERN_CHARS, pattern=r"^[^\x00-\x1f]*$", description="a glob, case-insensitive")
+]
 _Action = Literal["allowed", "quarantined", "blocked"]
 
 
@@ -81,8 +86,10 @@ class NewRule(StrictBody):
     os: _Glob | None = None
     user_agent: _Glob | None = None
     client_kind: _Glob | None = None
-    groups: Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=MAX_GROUP)]],
-                      Field(max_length=MAX_GROUPS)] | None = None
+    groups: (
+        Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=MAX_GROUP)]], Field(max_length=MAX_GROUPS)]
+        | None
+    ) = None
     position: Position | None = None
 
 
@@ -182,8 +189,9 @@ def routes(ctx: WebContext) -> list[Route]:
         return JSONResponse(c.user_detail(request.path_params["username"]))
 
     def asp_create(request: Request, body: AspRequest) -> Response:
-        info, plain = c.create_asp(request.path_params["username"], body.label, body.device_id or "",
-                                   actor=request.state.actor)
+        info, plain = c.create_asp(
+            request.path_params["username"], body.label, body.device_id or "", actor=request.state.actor
+        )
         return JSONResponse({**info, "password": plain}, status_code=201, headers={"Cache-Control": "no-store"})
 
     def asp_revoke(request: Request) -> Response:
@@ -195,8 +203,9 @@ def routes(ctx: WebContext) -> list[Route]:
         return JSONResponse({"username": name, "reset": c.reset_totp(name, actor=request.state.actor)})
 
     def devices(request: Request) -> Response:
-        rows = c.list_devices(user=_query(request, "user"), state=_query(request, "state"),
-                              device_type=_query(request, "type"))
+        rows = c.list_devices(
+            user=_query(request, "user"), state=_query(request, "state"), device_type=_query(request, "type")
+        )
         return JSONResponse([device_json(r) for r in rows])
 
     def device(request: Request) -> Response:
@@ -216,8 +225,13 @@ def routes(ctx: WebContext) -> list[Route]:
         limit = _query(request, "limit") or "200"
         if not limit.isdigit():
             raise FieldError("limit", "expected an integer 1..5000")
-        events = c.audit_events(user=_query(request, "user"), action=_query(request, "action"),
-                                result=_query(request, "result"), q=_query(request, "q"), limit=int(limit))
+        events = c.audit_events(
+            user=_query(request, "user"),
+            action=_query(request, "action"),
+            result=_query(request, "result"),
+            q=_query(request, "q"),
+            limit=int(limit),
+        )
         if _query(request, "format") == "csv":
             return Response(c.audit_csv(events), media_type="text/csv")
         return JSONResponse(events)
@@ -239,8 +253,9 @@ def routes(ctx: WebContext) -> list[Route]:
         return JSONResponse(c.rules()["group_policies"])
 
     def policy_add(request: Request, body: NewPolicy) -> Response:
-        return JSONResponse(c.add_policy(body.model_dump(exclude_unset=True), actor=request.state.actor),
-                            status_code=201)
+        return JSONResponse(
+            c.add_policy(body.model_dump(exclude_unset=True), actor=request.state.actor), status_code=201
+        )
 
     def policy_delete(request: Request) -> Response:
         c.delete_policy(request.path_params["id"], actor=request.state.actor)
@@ -291,8 +306,12 @@ def _json(schema: dict) -> dict:
 
 
 def _errs(*codes: int) -> dict:
-    text = {400: "Bad input; `field` names it", 401: "No or invalid API token",
-            403: "The token's role does not allow this", 404: "No such object"}
+    text = {
+        400: "Bad input; `field` names it",
+        401: "No or invalid API token",
+        403: "The token's role does not allow this",
+        404: "No such object",
+    }
     return {str(c): {"description": text[c], "content": _json(_ERR)} for c in codes}
 
 
@@ -312,7 +331,11 @@ _GLOB = {"type": "string", "maxLength": 256, "description": "a glob, case-insens
 _RULE_FIELDS = {
     "name": {"type": "string", "minLength": 1, "maxLength": 128},
     "action": {"type": "string", "enum": ["allowed", "quarantined", "blocked"]},
-    "device_type": _GLOB, "model": _GLOB, "os": _GLOB, "user_agent": _GLOB, "client_kind": _GLOB,
+    "device_type": _GLOB,
+    "model": _GLOB,
+    "os": _GLOB,
+    "user_agent": _GLOB,
+    "client_kind": _GLOB,
     "groups": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 1024}},
 }
 _POLICY_SETTINGS = {"$ref": "#/components/schemas/PolicySettings"}
@@ -329,117 +352,269 @@ EXAMPLES: dict[type[Body], dict[str, Any]] = {
 
 
 def _request(model: type[Body]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{_MODEL_NAMES[model.__name__]}"}, "example": EXAMPLES[model]}}}
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": f"#/components/schemas/{_MODEL_NAMES[model.__name__]}"},
+                "example": EXAMPLES[model],
+            }
+        },
+    }
 
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "ucgate admin API", "version": "1",
-             "description": "Everything the admin UI does. `Authorization: Bearer <token>` from "
-                            "`ucgate api-token create --role admin|helpdesk|auditor`."},
+    "info": {
+        "title": "ucgate admin API",
+        "version": "1",
+        "description": "Everything the admin UI does. `Authorization: Bearer <token>` from "
+        "`ucgate api-token create --role admin|helpdesk|auditor`.",
+    },
     "paths": {
-        "/api/v1/dashboard": {"get": {"operationId": "dashboard", "summary": "Live sessions, activity, quarantine",
-                                      "responses": {**_ok(_OBJ), **_errs(401, 403)}}},
-        "/api/v1/users": {"get": {"operationId": "listUsers", "parameters": [_Q("q", maxLength=256)],
-                                  "responses": {**_ok({"type": "array", "items": _OBJ}), **_errs(400, 401, 403)}}},
-        "/api/v1/users/{username}": {"get": {"operationId": "getUser", "parameters": [_USER],
-                                             "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
-        "/api/v1/users/{username}/state": {"put": {
-            "operationId": "setUserEnabled", "parameters": [_USER],
-            "requestBody": _request(UserState),
-            "responses": {**_ok(_OBJ), **_errs(400, 401, 403, 404)}}},
-        "/api/v1/users/{username}/asps": {"post": {
-            "operationId": "createAsp", "summary": "Issue an ASP; the password is in this answer only",
-            "parameters": [_USER],
-            "requestBody": _request(AspRequest),
-            "responses": {**_ok({"$ref": "#/components/schemas/NewAsp"}, "Created", "201"), **_errs(400, 401, 403, 404)}}},
-        "/api/v1/users/{username}/otp": {"delete": {
-            "operationId": "resetOtp", "parameters": [_USER],
-            "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
-        "/api/v1/users/{username}/sign-out": {"post": {
-            "operationId": "signOutUser", "summary": "Close the user's live sessions on every gateway now",
-            "parameters": [_USER],
-            "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
-        "/api/v1/asps/{asp_id}": {"delete": {
-            "operationId": "revokeAsp",
-            "parameters": [{"name": "asp_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}},
-        "/api/v1/devices": {"get": {
-            "operationId": "listDevices",
-            "parameters": [_Q("user", maxLength=256), _Q("type", maxLength=256), _Q("state", enum=list(DEVICE_STATES))],
-            "responses": {**_ok({"type": "array", "items": _DEV}), **_errs(400, 401, 403)}}},
+        "/api/v1/dashboard": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "Live sessions, activity, quarantine",
+                "responses": {**_ok(_OBJ), **_errs(401, 403)},
+            }
+        },
+        "/api/v1/users": {
+            "get": {
+                "operationId": "listUsers",
+                "parameters": [_Q("q", maxLength=256)],
+                "responses": {**_ok({"type": "array", "items": _OBJ}), **_errs(400, 401, 403)},
+            }
+        },
+        "/api/v1/users/{username}": {
+            "get": {"operationId": "getUser", "parameters": [_USER], "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}
+        },
+        "/api/v1/users/{username}/state": {
+            "put": {
+                "operationId": "setUserEnabled",
+                "parameters": [_USER],
+                "requestBody": _request(UserState),
+                "responses": {**_ok(_OBJ), **_errs(400, 401, 403, 404)},
+            }
+        },
+        "/api/v1/users/{username}/asps": {
+            "post": {
+                "operationId": "createAsp",
+                "summary": "Issue an ASP; the password is in this answer only",
+                "parameters": [_USER],
+                "requestBody": _request(AspRequest),
+                "responses": {
+                    **_ok({"$ref": "#/components/schemas/NewAsp"}, "Created", "201"),
+                    **_errs(400, 401, 403, 404),
+                },
+            }
+        },
+        "/api/v1/users/{username}/otp": {
+            "delete": {
+                "operationId": "resetOtp",
+                "parameters": [_USER],
+                "responses": {**_ok(_OBJ), **_errs(401, 403, 404)},
+            }
+        },
+        "/api/v1/users/{username}/sign-out": {
+            "post": {
+                "operationId": "signOutUser",
+                "summary": "Close the user's live sessions on every gateway now",
+                "parameters": [_USER],
+                "responses": {**_ok(_OBJ), **_errs(401, 403, 404)},
+            }
+        },
+        "/api/v1/asps/{asp_id}": {
+            "delete": {
+                "operationId": "revokeAsp",
+                "parameters": [{"name": "asp_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {**_ok(_OBJ), **_errs(401, 403, 404)},
+            }
+        },
+        "/api/v1/devices": {
+            "get": {
+                "operationId": "listDevices",
+                "parameters": [
+                    _Q("user", maxLength=256),
+                    _Q("type", maxLength=256),
+                    _Q("state", enum=list(DEVICE_STATES)),
+                ],
+                "responses": {**_ok({"type": "array", "items": _DEV}), **_errs(400, 401, 403)},
+            }
+        },
         "/api/v1/devices/{id}": {
-            "get": {"operationId": "getDevice", "parameters": [_ID], "responses": {**_ok(_DEV), **_errs(401, 403, 404)}},
-            "delete": {"operationId": "deleteDevice", "parameters": [_ID],
-                       "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)}}},
-        "/api/v1/devices/{id}/{action}": {"post": {
-            "operationId": "deviceAction",
-            "parameters": [_ID, {"name": "action", "in": "path", "required": True,
-                                 "schema": {"type": "string", "enum": ["approve", "block", "unblock", "wipe"]}}],
-            "responses": {**_ok(_DEV), **_errs(401, 403, 404)}}},
-        "/api/v1/audit": {"get": {
-            "operationId": "audit",
-            "parameters": [_Q("user", maxLength=256), _Q("action", maxLength=256), _Q("result", maxLength=256),
-                           _Q("q", maxLength=256), _Q("limit", pattern="^[0-9]{1,4}$"), _Q("format", enum=["json", "csv"])],
-            "responses": {"200": {"description": "Events, newest first", "content": {
-                "application/json": {"schema": {"type": "array", "items": _OBJ}},
-                "text/csv": {"schema": {"type": "string"}}}}, **_errs(400, 401, 403)}}},
+            "get": {
+                "operationId": "getDevice",
+                "parameters": [_ID],
+                "responses": {**_ok(_DEV), **_errs(401, 403, 404)},
+            },
+            "delete": {
+                "operationId": "deleteDevice",
+                "parameters": [_ID],
+                "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)},
+            },
+        },
+        "/api/v1/devices/{id}/{action}": {
+            "post": {
+                "operationId": "deviceAction",
+                "parameters": [
+                    _ID,
+                    {
+                        "name": "action",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["approve", "block", "unblock", "wipe"]},
+                    },
+                ],
+                "responses": {**_ok(_DEV), **_errs(401, 403, 404)},
+            }
+        },
+        "/api/v1/audit": {
+            "get": {
+                "operationId": "audit",
+                "parameters": [
+                    _Q("user", maxLength=256),
+                    _Q("action", maxLength=256),
+                    _Q("result", maxLength=256),
+                    _Q("q", maxLength=256),
+                    _Q("limit", pattern="^[0-9]{1,4}$"),
+                    _Q("format", enum=["json", "csv"]),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Events, newest first",
+                        "content": {
+                            "application/json": {"schema": {"type": "array", "items": _OBJ}},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errs(400, 401, 403),
+                },
+            }
+        },
         "/api/v1/rules": {
-            "get": {"operationId": "rules", "summary": "Device rules and group policies in force: the "
-                    "configuration file's (source file, read-only) first, then the store's",
-                    "responses": {**_ok({"$ref": "#/components/schemas/Rules"}), **_errs(401, 403)}},
-            "post": {"operationId": "addRule", "summary": "Add a device rule to the store's list; in force "
-                     "on every node within a second",
-                     "requestBody": _request(NewRule),
-                     "responses": {**_ok(_RULE, "Created", "201"), **_errs(400, 401, 403)}}},
-        "/api/v1/rules/{id}": {"delete": {
-            "operationId": "deleteRule", "parameters": [_ID],
-            "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)}}},
-        "/api/v1/rules/{id}/move": {"post": {
-            "operationId": "moveRule", "parameters": [_ID], "requestBody": _request(Move),
-            "responses": {**_ok(_RULE), **_errs(400, 401, 403, 404)}}},
+            "get": {
+                "operationId": "rules",
+                "summary": "Device rules and group policies in force: the "
+                "configuration file's (source file, read-only) first, then the store's",
+                "responses": {**_ok({"$ref": "#/components/schemas/Rules"}), **_errs(401, 403)},
+            },
+            "post": {
+                "operationId": "addRule",
+                "summary": "Add a device rule to the store's list; in force on every node within a second",
+                "requestBody": _request(NewRule),
+                "responses": {**_ok(_RULE, "Created", "201"), **_errs(400, 401, 403)},
+            },
+        },
+        "/api/v1/rules/{id}": {
+            "delete": {
+                "operationId": "deleteRule",
+                "parameters": [_ID],
+                "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)},
+            }
+        },
+        "/api/v1/rules/{id}/move": {
+            "post": {
+                "operationId": "moveRule",
+                "parameters": [_ID],
+                "requestBody": _request(Move),
+                "responses": {**_ok(_RULE), **_errs(400, 401, 403, 404)},
+            }
+        },
         "/api/v1/policies": {
-            "get": {"operationId": "policies", "summary": "Group policies, the file's first, then the store's",
-                    "responses": {**_ok({"type": "array", "items": _POLICY}), **_errs(401, 403)}},
-            "post": {"operationId": "addPolicy", "summary": "Add a group policy to the store's list",
-                     "requestBody": _request(NewPolicy),
-                     "responses": {**_ok(_POLICY, "Created", "201"), **_errs(400, 401, 403)}}},
-        "/api/v1/policies/{id}": {"delete": {
-            "operationId": "deletePolicy", "parameters": [_ID],
-            "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)}}},
-        "/api/v1/policies/{id}/move": {"post": {
-            "operationId": "movePolicy", "parameters": [_ID], "requestBody": _request(Move),
-            "responses": {**_ok(_POLICY), **_errs(400, 401, 403, 404)}}},
-        "/api/v1/settings": {"get": {"operationId": "settings", "summary": "Effective configuration, secrets masked",
-                                     "responses": {**_ok(_OBJ), **_errs(401, 403)}}},
-        "/api/v1/openapi.json": {"get": {"operationId": "openapi", "security": [],
-                                         "responses": _ok(_OBJ)}},
+            "get": {
+                "operationId": "policies",
+                "summary": "Group policies, the file's first, then the store's",
+                "responses": {**_ok({"type": "array", "items": _POLICY}), **_errs(401, 403)},
+            },
+            "post": {
+                "operationId": "addPolicy",
+                "summary": "Add a group policy to the store's list",
+                "requestBody": _request(NewPolicy),
+                "responses": {**_ok(_POLICY, "Created", "201"), **_errs(400, 401, 403)},
+            },
+        },
+        "/api/v1/policies/{id}": {
+            "delete": {
+                "operationId": "deletePolicy",
+                "parameters": [_ID],
+                "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)},
+            }
+        },
+        "/api/v1/policies/{id}/move": {
+            "post": {
+                "operationId": "movePolicy",
+                "parameters": [_ID],
+                "requestBody": _request(Move),
+                "responses": {**_ok(_POLICY), **_errs(400, 401, 403, 404)},
+            }
+        },
+        "/api/v1/settings": {
+            "get": {
+                "operationId": "settings",
+                "summary": "Effective configuration, secrets masked",
+                "responses": {**_ok(_OBJ), **_errs(401, 403)},
+            }
+        },
+        "/api/v1/openapi.json": {"get": {"operationId": "openapi", "security": [], "responses": _ok(_OBJ)}},
     },
     "components": {
         "securitySchemes": {"apiToken": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             **_MODEL_SCHEMAS,
-            "Device": {"type": "object", "required": ["id", "username", "device_id", "state"], "properties": {
-                "id": {"type": "integer"}, "username": {"type": "string"}, "device_id": {"type": "string"},
-                "state": {"type": "string", "enum": list(DEVICE_STATES)}, "client_kind": {"type": "string"},
-                "wipe_pending": {"type": "boolean"}}},
-            "Rule": {"type": "object", "required": ["source", "id", "position", "name", "action"], "properties": {
-                "source": {"type": "string", "enum": ["file", "store"]},
-                "id": {**_NULL_INT, "description": "null for the file's rules"},
-                "position": {"type": "integer"}, **_RULE_FIELDS}},
-            "Policy": {"type": "object", "required": ["source", "id", "position", "group", "settings"], "properties": {
-                "source": {"type": "string", "enum": ["file", "store"]},
-                "id": _NULL_INT, "position": {"type": "integer"},
-                "name": {"type": "string"}, "group": {"type": "string"}, "settings": _POLICY_SETTINGS}},
-            "Rules": {"type": "object", "properties": {
-                "device_rules": {"type": "array", "items": _RULE},
-                "group_policies": {"type": "array", "items": _POLICY},
-                "defaults": _OBJ, "two_factor": {"type": ["object", "null"]}}},
-            "NewAsp": {"type": "object", "required": ["id", "password"], "properties": {
-                "id": {"type": "string"}, "label": {"type": "string"}, "password": {"type": "string"}}},
-            "Error": {"type": "object", "required": ["error", "message"], "properties": {
-                "error": {"type": "string"}, "field": {"type": "string"}, "message": {"type": "string"}}},
+            "Device": {
+                "type": "object",
+                "required": ["id", "username", "device_id", "state"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "username": {"type": "string"},
+                    "device_id": {"type": "string"},
+                    "state": {"type": "string", "enum": list(DEVICE_STATES)},
+                    "client_kind": {"type": "string"},
+                    "wipe_pending": {"type": "boolean"},
+                },
+            },
+            "Rule": {
+                "type": "object",
+                "required": ["source", "id", "position", "name", "action"],
+                "properties": {
+                    "source": {"type": "string", "enum": ["file", "store"]},
+                    "id": {**_NULL_INT, "description": "null for the file's rules"},
+                    "position": {"type": "integer"},
+                    **_RULE_FIELDS,
+                },
+            },
+            "Policy": {
+                "type": "object",
+                "required": ["source", "id", "position", "group", "settings"],
+                "properties": {
+                    "source": {"type": "string", "enum": ["file", "store"]},
+                    "id": _NULL_INT,
+                    "position": {"type": "integer"},
+                    "name": {"type": "string"},
+                    "group": {"type": "string"},
+                    "settings": _POLICY_SETTINGS,
+                },
+            },
+            "Rules": {
+                "type": "object",
+                "properties": {
+                    "device_rules": {"type": "array", "items": _RULE},
+                    "group_policies": {"type": "array", "items": _POLICY},
+                    "defaults": _OBJ,
+                    "two_factor": {"type": ["object", "null"]},
+                },
+            },
+            "NewAsp": {
+                "type": "object",
+                "required": ["id", "password"],
+                "properties": {"id": {"type": "string"}, "label": {"type": "string"}, "password": {"type": "string"}},
+            },
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {"error": {"type": "string"}, "field": {"type": "string"}, "message": {"type": "string"}},
+            },
         },
     },
     "security": [{"apiToken": []}],

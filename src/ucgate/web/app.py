@@ -36,8 +36,15 @@ def web_routes(ctx: WebContext) -> list[BaseRoute]:
     ]
 
 
-def make_context(ids: Any, *, web: WebConfig | None = None, config: Any = None, devices: Any = None,
-                 live_users: Any = None, tokens: ApiTokens | None = None) -> WebContext:
+def make_context(
+    ids: Any,
+    *,
+    web: WebConfig | None = None,
+    config: Any = None,
+    devices: Any = None,
+    live_users: Any = None,
+    tokens: ApiTokens | None = None,
+) -> WebContext:
     web = web or (getattr(config, "web", None) if config is not None else None) or WebConfig()
     if devices is None and config is not None and config.devices.enabled:
         from ..id.devices import open_device_service
@@ -58,14 +65,16 @@ def make_context(ids: Any, *, web: WebConfig | None = None, config: Any = None, 
 def exception_handlers(ctx: WebContext) -> dict:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if request.url.path.startswith(("/api/", "/v1/")):
-            return JSONResponse({"error": "not-found" if exc.status_code == 404 else "http-error",
-                                 "message": str(exc.detail)}, status_code=exc.status_code)
-        return render(ctx, request, None, "error.html", exc.status_code, title=str(exc.status_code),
-                      message=str(exc.detail))
+            return JSONResponse(
+                {"error": "not-found" if exc.status_code == 404 else "http-error", "message": str(exc.detail)},
+                status_code=exc.status_code,
+            )
+        return render(
+            ctx, request, None, "error.html", exc.status_code, title=str(exc.status_code), message=str(exc.detail)
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": "internal", "message": "internal error (see the server log)"},
-                            status_code=500)
+        return JSONResponse({"error": "internal", "message": "internal error (see the server log)"}, status_code=500)
 
     return {HTTPException: http_error, 500: server_error}
 
@@ -94,20 +103,32 @@ def web_server(config: Any, app: Any):
     if cert is None or key is None:
         raise ValueError("[web] needs tls_cert and tls_key (or the gateway's): sessions use Secure cookies")
     # JSON logs: uvicorn's own logging configuration off, ours (ucgate.logs) formats its lines
-    log_config = None if getattr(config, "log_format", LogFormat.TEXT) == LogFormat.JSON else uvicorn.config.LOGGING_CONFIG
-    return uvicorn.Server(uvicorn.Config(
-        app, host=w.listen_host, port=w.listen_port, ssl_certfile=str(cert), ssl_keyfile=str(key),
-        log_level=config.log_level, lifespan="off", access_log=False, server_header=False,
-        proxy_headers=False, timeout_graceful_shutdown=2, log_config=log_config))
+    log_config = (
+        None if getattr(config, "log_format", LogFormat.TEXT) == LogFormat.JSON else uvicorn.config.LOGGING_CONFIG
+    )
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=w.listen_host,
+            port=w.listen_port,
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            log_level=config.log_level,
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=2,
+            log_config=log_config,
+        )
+    )
 
 
-def node_web_server(config: Any, ids: Any, *, devices: Any = None, live_users: Any = None,
-                    readiness: Any = None):
+def node_web_server(config: Any, ids: Any, *, devices: Any = None, live_users: Any = None, readiness: Any = None):
     """The web app of ``ucgate serve`` (in-process id service) on its own [web] listener, with
     request ids and ``/metrics`` (``ucgate.id.observe``)."""
     from ..id.observe import observe_app
 
-    app = create_web_app(make_context(ids, config=config, devices=devices, live_users=live_users),
-                         readiness=readiness)
+    app = create_web_app(make_context(ids, config=config, devices=devices, live_users=live_users), readiness=readiness)
     observe_app(app, config.metrics)
     return web_server(config, app)

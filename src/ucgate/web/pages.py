@@ -37,8 +37,8 @@ PERMISSIONS = {
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
-                               "base-uri 'none'",
+    "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -56,8 +56,7 @@ class WebContext:
 
 
 def make_env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                             autoescape=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     env.filters["when"] = lambda v: (str(v)[:19].replace("T", " ") + "Z") if v else "–"
     return env
 
@@ -66,15 +65,21 @@ def cookie_name(area: str) -> str:
     return f"__Host-ucgate-{area}"
 
 
-def render(ctx: WebContext, request: Request, session: Session | None, template: str,
-           status: int = 200, **values: Any) -> HTMLResponse:
+def render(
+    ctx: WebContext, request: Request, session: Session | None, template: str, status: int = 200, **values: Any
+) -> HTMLResponse:
     flash = list(session.flash) if session else []
     if session:
         session.flash.clear()
     html = ctx.env.get_template(template).render(
-        session=session, csrf=session.csrf if session else "", flash=flash,
+        session=session,
+        csrf=session.csrf if session else "",
+        flash=flash,
         can=lambda perm: bool(session and session.role and perm in PERMISSIONS[session.role]),
-        path=request.url.path, errors=values.pop("errors", {}), **values)
+        path=request.url.path,
+        errors=values.pop("errors", {}),
+        **values,
+    )
     resp = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
     if session:
         set_cookie(ctx, resp, session)
@@ -82,8 +87,9 @@ def render(ctx: WebContext, request: Request, session: Session | None, template:
 
 
 def set_cookie(ctx: WebContext, resp: Response, session: Session) -> None:
-    resp.set_cookie(cookie_name(session.area), session.id, path="/", secure=True, httponly=True,
-                    samesite="strict", max_age=None)
+    resp.set_cookie(
+        cookie_name(session.area), session.id, path="/", secure=True, httponly=True, samesite="strict", max_age=None
+    )
 
 
 def redirect(ctx: WebContext, url: str, session: Session | None = None) -> Response:
@@ -138,16 +144,30 @@ def page(ctx: WebContext, area: str, perm: str | None, handler: Handler) -> Call
             form = await read_form(request)
             if not csrf_ok(s, form.get("csrf")):
                 log.warning("web: refused %s %s: CSRF token missing or wrong", request.method, request.url.path)
-                return render(ctx, request, s, "error.html", 403, title="Refused",
-                              message="This form was refused: its security token (CSRF) is missing, "
-                                      "wrong or expired. Reload the page and try again.")
+                return render(
+                    ctx,
+                    request,
+                    s,
+                    "error.html",
+                    403,
+                    title="Refused",
+                    message="This form was refused: its security token (CSRF) is missing, "
+                    "wrong or expired. Reload the page and try again.",
+                )
         if perm is not None:
             if s is None or not s.signed_in:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return redirect(ctx, f"{login}?next={quote(target)}")
             if area == "admin" and perm not in PERMISSIONS[s.role or "user"]:
-                return render(ctx, request, s, "error.html", 403, title="Not allowed",
-                              message=f"Your role ({s.role}) does not give access to this page.")
+                return render(
+                    ctx,
+                    request,
+                    s,
+                    "error.html",
+                    403,
+                    title="Not allowed",
+                    message=f"Your role ({s.role}) does not give access to this page.",
+                )
         return await run_in_threadpool(handler, request, s, form)
 
     return endpoint

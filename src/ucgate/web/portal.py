@@ -20,8 +20,9 @@ def routes(ctx: WebContext) -> list[Route]:
 
     def home_page(request: Request, s, status: int = 200, errors: dict | None = None, **extra) -> Response:
         d = c.user_detail(s.user)
-        return render(ctx, request, s, "portal/home.html", status, title="My devices", u=d,
-                      errors=errors or {}, **extra)
+        return render(
+            ctx, request, s, "portal/home.html", status, title="My devices", u=d, errors=errors or {}, **extra
+        )
 
     def home(request: Request, s, form) -> Response:
         return home_page(request, s)
@@ -47,8 +48,17 @@ def routes(ctx: WebContext) -> list[Route]:
             info, plain = c.create_asp(s.user, form.get("label", ""), actor=f"portal:{s.user}")
         except FieldError as e:
             return home_page(request, s, 400, {f"asp-{e.field}": e.message}, label=form.get("label", ""))
-        return render(ctx, request, s, "portal/secret.html", title="New app password", kind="asp",
-                      info=info, secret=plain, codes=[])
+        return render(
+            ctx,
+            request,
+            s,
+            "portal/secret.html",
+            title="New app password",
+            kind="asp",
+            info=info,
+            secret=plain,
+            codes=[],
+        )
 
     def asp_revoke(request: Request, s, form) -> Response:
         try:
@@ -63,8 +73,16 @@ def routes(ctx: WebContext) -> list[Route]:
             e = c.begin_totp(s.user, actor=f"portal:{s.user}")
         except FieldError as err:
             return home_page(request, s, 400, {"otp": err.message})
-        return render(ctx, request, s, "portal/enrol.html", title="Authenticator app",
-                      qr=Markup(e.qr_svg(scale=5)), secret=e.secret_b32, account=e.account)
+        return render(
+            ctx,
+            request,
+            s,
+            "portal/enrol.html",
+            title="Authenticator app",
+            qr=Markup(e.qr_svg(scale=5)),
+            secret=e.secret_b32,
+            account=e.account,
+        )
 
     def otp_confirm(request: Request, s, form) -> Response:
         code = form.get("code", "").strip()
@@ -73,18 +91,46 @@ def routes(ctx: WebContext) -> list[Route]:
                 raise FieldError("code", "Enter the 6-digit code the app shows.")
             codes = c.confirm_totp(s.user, code, actor=f"portal:{s.user}")
         except FieldError as e:
-            return render(ctx, request, s, "portal/enrol.html", 400, title="Authenticator app", qr=None,
-                          secret=None, account=s.user, errors={"code": e.message})
-        return render(ctx, request, s, "portal/secret.html", title="Recovery codes", kind="recovery",
-                      info=None, secret=None, codes=codes)
+            return render(
+                ctx,
+                request,
+                s,
+                "portal/enrol.html",
+                400,
+                title="Authenticator app",
+                qr=None,
+                secret=None,
+                account=s.user,
+                errors={"code": e.message},
+            )
+        return render(
+            ctx,
+            request,
+            s,
+            "portal/secret.html",
+            title="Recovery codes",
+            kind="recovery",
+            info=None,
+            secret=None,
+            codes=codes,
+        )
 
     def otp_codes(request: Request, s, form) -> Response:
         try:
             codes = c.new_recovery_codes(s.user, actor=f"portal:{s.user}")
         except FieldError as e:
             return home_page(request, s, 400, {"otp": e.message})
-        return render(ctx, request, s, "portal/secret.html", title="Recovery codes", kind="recovery",
-                      info=None, secret=None, codes=codes)
+        return render(
+            ctx,
+            request,
+            s,
+            "portal/secret.html",
+            title="Recovery codes",
+            kind="recovery",
+            info=None,
+            secret=None,
+            codes=codes,
+        )
 
     return [
         Route("/", page(ctx, "portal", "portal", home)),

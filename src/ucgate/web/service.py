@@ -64,10 +64,16 @@ def device_json(r: PartnershipRecord) -> dict[str, Any]:
 
 
 def asp_json(a) -> dict[str, Any]:
-    return {"id": a.id, "username": a.username, "label": a.label, "device_id": a.device_id,
-            "created_at": a.created_at.isoformat(),
-            "last_used_at": a.last_used_at.isoformat() if a.last_used_at else None,
-            "revoked_at": a.revoked_at.isoformat() if a.revoked_at else None, "active": a.active}
+    return {
+        "id": a.id,
+        "username": a.username,
+        "label": a.label,
+        "device_id": a.device_id,
+        "created_at": a.created_at.isoformat(),
+        "last_used_at": a.last_used_at.isoformat() if a.last_used_at else None,
+        "revoked_at": a.revoked_at.isoformat() if a.revoked_at else None,
+        "active": a.active,
+    }
 
 
 def masked(value: Any, key: str = "") -> Any:
@@ -89,26 +95,34 @@ def masked(value: Any, key: str = "") -> Any:
 
 class Console:
     """Args:
-        ids: ``ucgate.id.factory.IdServices``.
-        devices: the ``DeviceService`` the gateway uses (its bus cuts live connections); one
-            over the same store is made when None.
-        web: the [web] settings (roles).
-        config: the effective ``Config`` (settings and rules views), or None.
-        live_users: ``() -> {user: signed in since}`` of the gateway(s), or None.
+    ids: ``ucgate.id.factory.IdServices``.
+    devices: the ``DeviceService`` the gateway uses (its bus cuts live connections); one
+        over the same store is made when None.
+    web: the [web] settings (roles).
+    config: the effective ``Config`` (settings and rules views), or None.
+    live_users: ``() -> {user: signed in since}`` of the gateway(s), or None.
     """
 
-    def __init__(self, ids: Any, devices: DeviceService | None, web: WebConfig, *, config: Any = None,
-                 live_users: Callable[[], dict] | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        ids: Any,
+        devices: DeviceService | None,
+        web: WebConfig,
+        *,
+        config: Any = None,
+        live_users: Callable[[], dict] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.ids = ids
         self.web = web
         self.config = config
         self.live_users = live_users
         self.clock = clock
-        self.devices = devices or DeviceService(PartnershipStore(ids.components.repo.engine), ids.audit,
-                                                getattr(ids, "bus", None))
+        self.devices = devices or DeviceService(
+            PartnershipStore(ids.components.repo.engine), ids.audit, getattr(ids, "bus", None)
+        )
         self.otp = OtpService(ids.components.repo, ids.components.keyring, users=ids.users)
-        self.rule_admin = RuleService(RuleStore(ids.components.repo.engine), ids.audit,
-                                      getattr(ids, "bus", None))
+        self.rule_admin = RuleService(RuleStore(ids.components.repo.engine), ids.audit, getattr(ids, "bus", None))
         self.directory = getattr(ids, "directory", None)
         self._budget_lock = threading.Lock()
 
@@ -164,8 +178,7 @@ class Console:
                     ok = False
             if user is not None and not ok and rec is not None:
                 ok = self.ids.asps.verify_password(user, password) is not None
-        creds.end_attempt(who, ctx, held, Verdict(True, "ok", user=user) if ok else
-                          Verdict(False, "bad-credentials"))
+        creds.end_attempt(who, ctx, held, Verdict(True, "ok", user=user) if ok else Verdict(False, "bad-credentials"))
         return (user, "ok") if ok else (None, "bad-credentials")
 
     def has_totp(self, user: str) -> bool:
@@ -186,10 +199,18 @@ class Console:
         for u in self.ids.users.list():
             if q and q not in u.username and q not in (u.upn or "") and q not in (u.display_name or "").lower():
                 continue
-            out.append({"username": u.username, "upn": u.upn, "display_name": u.display_name,
-                        "enabled": u.enabled, "source": u.source,
-                        "devices": sum(1 for d in devices if d.username == u.username),
-                        "totp": self.otp.status(u.username).state, "role": self.web.user_roles.get(u.username, Role.USER.value)})
+            out.append(
+                {
+                    "username": u.username,
+                    "upn": u.upn,
+                    "display_name": u.display_name,
+                    "enabled": u.enabled,
+                    "source": u.source,
+                    "devices": sum(1 for d in devices if d.username == u.username),
+                    "totp": self.otp.status(u.username).state,
+                    "role": self.web.user_roles.get(u.username, Role.USER.value),
+                }
+            )
         return out
 
     def user_detail(self, username: str) -> dict[str, Any]:
@@ -198,12 +219,19 @@ class Console:
             raise NotFound(f"no user {username!r}")
         st = self.otp.status(rec.username)
         detail: dict[str, Any] = {
-            "username": rec.username, "upn": rec.upn, "sip_uri": rec.sip_uri,
-            "display_name": rec.display_name, "enabled": rec.enabled, "source": rec.source,
+            "username": rec.username,
+            "upn": rec.upn,
+            "sip_uri": rec.sip_uri,
+            "display_name": rec.display_name,
+            "enabled": rec.enabled,
+            "source": rec.source,
             "role": self.role_of(rec.username),
-            "totp": {"state": st.state, "confirmed_at": st.confirmed_at.isoformat() if st.confirmed_at else None,
-                     "last_used_at": st.last_used_at.isoformat() if st.last_used_at else None,
-                     "recovery_codes_left": st.recovery_codes_left},
+            "totp": {
+                "state": st.state,
+                "confirmed_at": st.confirmed_at.isoformat() if st.confirmed_at else None,
+                "last_used_at": st.last_used_at.isoformat() if st.last_used_at else None,
+                "recovery_codes_left": st.recovery_codes_left,
+            },
             "devices": [device_json(d) for d in self.devices.list(user=rec.username)],
             "asps": [asp_json(a) for a in self.ids.asps.list(rec.username)],
             "directory": None,
@@ -216,9 +244,11 @@ class Console:
             else:
                 if du is not None:
                     detail["directory"] = {
-                        "dn": du.dn, "groups": sorted(du.groups),
+                        "dn": du.dn,
+                        "groups": sorted(du.groups),
                         "blocked_reason": du.state.blocked_reason(),
-                        "state": masked(du.state)}
+                        "state": masked(du.state),
+                    }
         return detail
 
     def set_user_enabled(self, username: str, enabled: bool, *, actor: str) -> None:
@@ -255,8 +285,9 @@ class Console:
         except DeviceError as e:
             raise NotFound(str(e)) from None
 
-    def device_action(self, partnership_id: int, action: str, *, actor: str,
-                      owner: str | None = None) -> PartnershipRecord:
+    def device_action(
+        self, partnership_id: int, action: str, *, actor: str, owner: str | None = None
+    ) -> PartnershipRecord:
         """approve / block / unblock / wipe / delete (audited by the DeviceService). With
         ``owner`` (the portal) the device must be that user's."""
         if action not in DEVICE_ACTIONS:
@@ -277,8 +308,14 @@ class Console:
         if not self.has_totp(user):
             raise FieldError("code", "enrol an authenticator app first (Two-factor below)")
         if not self.otp.verify(user, code).ok:
-            self.audit.record("device.approve", actor=f"portal:{user}", user=user, device=rec.device_id,
-                              result="deny", reason="otp-wrong")
+            self.audit.record(
+                "device.approve",
+                actor=f"portal:{user}",
+                user=user,
+                device=rec.device_id,
+                result="deny",
+                reason="otp-wrong",
+            )
             raise FieldError("code", "wrong or already used code; wait for the next one")
         return self.devices.approve(rec.id, actor=f"portal:{user}")
 
@@ -295,8 +332,15 @@ class Console:
         except ValueError as e:
             raise FieldError("label", str(e)) from None
         info = self.ids.asps.get(asp_id)
-        self.audit.record("asp.create", actor=actor, user=info.username, device=info.device_id,
-                          result="ok", asp_id=asp_id, label=info.label)
+        self.audit.record(
+            "asp.create",
+            actor=actor,
+            user=info.username,
+            device=info.device_id,
+            result="ok",
+            asp_id=asp_id,
+            label=info.label,
+        )
         return asp_json(info), plain
 
     def revoke_asp(self, asp_id: str, *, actor: str, owner: str | None = None) -> dict:
@@ -306,8 +350,15 @@ class Console:
         if owner is not None and info.username != owner:
             raise Forbidden("not your password")
         self.ids.asps.revoke(asp_id)
-        self.audit.record("asp.revoke", actor=actor, user=info.username, device=info.device_id,
-                          result="ok", asp_id=info.id, label=info.label)
+        self.audit.record(
+            "asp.revoke",
+            actor=actor,
+            user=info.username,
+            device=info.device_id,
+            result="ok",
+            asp_id=info.id,
+            label=info.label,
+        )
         return asp_json(self.ids.asps.get(asp_id))
 
     # --- TOTP ----------------------------------------------------------------------------------
@@ -321,8 +372,13 @@ class Console:
 
     def confirm_totp(self, user: str, code: str, *, actor: str) -> list[str]:
         codes = self.otp.confirm_enrolment(user, code)
-        self.audit.record("otp.confirm", actor=actor, user=user, result="ok" if codes else "deny",
-                          reason=None if codes else "otp-wrong")
+        self.audit.record(
+            "otp.confirm",
+            actor=actor,
+            user=user,
+            result="ok" if codes else "deny",
+            reason=None if codes else "otp-wrong",
+        )
         if not codes:
             raise FieldError("code", "that code does not match; check the phone's clock and try the next one")
         return codes
@@ -341,8 +397,9 @@ class Console:
         return ok
 
     # --- audit ------------------------------------------------------------------------------------
-    def audit_events(self, *, user: str = "", action: str = "", result: str = "", q: str = "",
-                     limit: int = 200) -> list[dict[str, Any]]:
+    def audit_events(
+        self, *, user: str = "", action: str = "", result: str = "", q: str = "", limit: int = 200
+    ) -> list[dict[str, Any]]:
         if not 1 <= limit <= AUDIT_SCAN:
             raise FieldError("limit", f"expected 1..{AUDIT_SCAN}")
         out = []
@@ -379,8 +436,8 @@ class Console:
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC).replace(minute=0, second=0, microsecond=0)
         start = now - dt.timedelta(hours=hours - 1)
         buckets: list[dict[str, Any]] = [
-            {"hour": (start + dt.timedelta(hours=i)).isoformat(), "sign_ins": 0, "denials": 0}
-            for i in range(hours)]
+            {"hour": (start + dt.timedelta(hours=i)).isoformat(), "sign_ins": 0, "denials": 0} for i in range(hours)
+        ]
         for e in self.audit.tail(AUDIT_SCAN):
             if e.action not in ("sign-in", "device-check") or e.at < start:
                 continue
@@ -399,9 +456,12 @@ class Console:
                 live = {u: s.isoformat() for u, s in self.live_users().items()}
             except Exception:  # noqa: BLE001 - a node that cannot be reached: shown as unknown
                 live = None
-        return {"live_sessions": live, "activity": self.activity(),
-                "quarantined": [device_json(d) for d in self.devices.list(state="quarantined")],
-                "users": len(self.ids.users.list())}
+        return {
+            "live_sessions": live,
+            "activity": self.activity(),
+            "quarantined": [device_json(d) for d in self.devices.list(state="quarantined")],
+            "users": len(self.ids.users.list()),
+        }
 
     def rules(self) -> dict[str, Any]:
         """The rules and group policies in force: the configuration file's first (read-only,
@@ -411,20 +471,31 @@ class Console:
         cfg = self.config
         file_rules = getattr(d, "file_rules", d.rules)
         file_policies = getattr(d, "file_policies", d.group_policies)
-        rules = [{"source": "file", "id": None, "position": i, **masked(r)}
-                 for i, r in enumerate(file_rules, start=1)]
+        rules = [{"source": "file", "id": None, "position": i, **masked(r)} for i, r in enumerate(file_rules, start=1)]
         rules += [{"source": "store", **r.as_dict()} for r in self.rule_admin.rules()]
-        policies = [{"source": "file", "id": None, "position": i, "name": p.name,
-                     "group": getattr(p, "group", None), "settings": masked(dict(p.settings))}
-                    for i, p in enumerate(file_policies, start=1)]
+        policies = [
+            {
+                "source": "file",
+                "id": None,
+                "position": i,
+                "name": p.name,
+                "group": getattr(p, "group", None),
+                "settings": masked(dict(p.settings)),
+            }
+            for i, p in enumerate(file_policies, start=1)
+        ]
         policies += [{"source": "store", **p.as_dict()} for p in self.rule_admin.policies()]
         return {
             "device_rules": rules,
             "defaults": masked(d.defaults),
             "group_policies": policies,
-            "two_factor": None if cfg is None else {
-                "default": cfg.auth.two_factor, "groups": dict(cfg.auth.two_factor_groups),
-                "otp_trust_hours": cfg.auth.otp_trust_hours},
+            "two_factor": None
+            if cfg is None
+            else {
+                "default": cfg.auth.two_factor,
+                "groups": dict(cfg.auth.two_factor_groups),
+                "otp_trust_hours": cfg.auth.otp_trust_hours,
+            },
         }
 
     def settings(self) -> dict[str, Any]:
@@ -446,8 +517,10 @@ class Console:
         self._rules_call(self.rule_admin.delete_rule, rule_id, actor=actor)
 
     def move_rule(self, rule_id: int, position: Any, *, actor: str) -> dict[str, Any]:
-        return {"source": "store",
-                **self._rules_call(self.rule_admin.move_rule, rule_id, position, actor=actor).as_dict()}
+        return {
+            "source": "store",
+            **self._rules_call(self.rule_admin.move_rule, rule_id, position, actor=actor).as_dict(),
+        }
 
     def add_policy(self, data: dict[str, Any], *, actor: str) -> dict[str, Any]:
         return {"source": "store", **self._rules_call(self.rule_admin.add_policy, data, actor=actor).as_dict()}
@@ -456,5 +529,7 @@ class Console:
         self._rules_call(self.rule_admin.delete_policy, policy_id, actor=actor)
 
     def move_policy(self, policy_id: int, position: Any, *, actor: str) -> dict[str, Any]:
-        return {"source": "store",
-                **self._rules_call(self.rule_admin.move_policy, policy_id, position, actor=actor).as_dict()}
+        return {
+            "source": "store",
+            **self._rules_call(self.rule_admin.move_policy, policy_id, position, actor=actor).as_dict(),
+        }

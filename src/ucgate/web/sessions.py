@@ -37,8 +37,7 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, *, idle_timeout: float, lifetime: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, idle_timeout: float, lifetime: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.idle_timeout, self.lifetime, self.clock = idle_timeout, lifetime, clock
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -87,5 +86,6 @@ class SessionStore:
 
 
 def csrf_ok(session: Session | None, presented: str | None) -> bool:
-    return (session is not None and bool(presented)
-            and hmac.compare_digest(session.csrf.encode(), str(presented).encode()))
+    return (
+        session is not None and bool(presented) and hmac.compare_digest(session.csrf.encode(), str(presented).encode())
+    )

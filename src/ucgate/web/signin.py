@@ -35,25 +35,46 @@ def routes(ctx: WebContext, area: str) -> list[Route]:
         if not errors:
             user, reason = ctx.console.check_password(username, password, client_ip(request))
             if user is None:
-                errors["password"] = ("Too many failed attempts; wait a few minutes." if reason == "throttled"
-                                      else "Wrong user name or password.")
-                ctx.console.audit.record(f"web.{area}.sign-in", actor=username[:64], user=username[:64],
-                                         client_address=client_ip(request), result="deny", reason=reason)
+                errors["password"] = (
+                    "Too many failed attempts; wait a few minutes."
+                    if reason == "throttled"
+                    else "Wrong user name or password."
+                )
+                ctx.console.audit.record(
+                    f"web.{area}.sign-in",
+                    actor=username[:64],
+                    user=username[:64],
+                    client_address=client_ip(request),
+                    result="deny",
+                    reason=reason,
+                )
             else:
                 role = ctx.console.role_of(user)
                 has_totp = ctx.console.has_totp(user)
                 if area == "admin" and role not in STAFF_ROLES:
                     errors["username"] = "This account has no administrator, helpdesk or auditor role."
                 elif area == "admin" and not has_totp:
-                    errors["username"] = ("Administrator sign-in requires two-factor authentication: "
-                                          "enrol an authenticator app in the self-service portal first.")
+                    errors["username"] = (
+                        "Administrator sign-in requires two-factor authentication: "
+                        "enrol an authenticator app in the self-service portal first."
+                    )
                 else:
                     s.pending_user = user
                     if not has_totp:
                         return _finish(request, s, user, role, nxt)
                     return redirect(ctx, f"/{area}/login/otp?next={nxt}", s)
-        return render(ctx, request, s, tpl, 400 if errors else 200, area=area, step="password",
-                      next=nxt, username=username, errors=errors)
+        return render(
+            ctx,
+            request,
+            s,
+            tpl,
+            400 if errors else 200,
+            area=area,
+            step="password",
+            next=nxt,
+            username=username,
+            errors=errors,
+        )
 
     def otp(request: Request, s, form) -> Response:
         nxt = safe_next(request.query_params.get("next") or form.get("next"), area)
@@ -67,11 +88,18 @@ def routes(ctx: WebContext, area: str) -> list[Route]:
             errors["code"] = "Enter the 6-digit code from your authenticator app (or a recovery code)."
         elif not ctx.console.verify_second_factor(s.pending_user, code):
             errors["code"] = "Wrong or already used code; wait for the next one."
-            ctx.console.audit.record(f"web.{area}.sign-in", actor=s.pending_user, user=s.pending_user,
-                                     client_address=client_ip(request), result="deny", reason="otp-wrong")
+            ctx.console.audit.record(
+                f"web.{area}.sign-in",
+                actor=s.pending_user,
+                user=s.pending_user,
+                client_address=client_ip(request),
+                result="deny",
+                reason="otp-wrong",
+            )
         if errors:
-            return render(ctx, request, s, tpl, 400, area=area, step="otp", next=nxt,
-                          username=s.pending_user, errors=errors)
+            return render(
+                ctx, request, s, tpl, 400, area=area, step="otp", next=nxt, username=s.pending_user, errors=errors
+            )
         user = s.pending_user
         return _finish(request, s, user, ctx.console.role_of(user), nxt)
 
@@ -80,8 +108,15 @@ def routes(ctx: WebContext, area: str) -> list[Route]:
             return redirect(ctx, f"/{area}/login", s)
         ctx.sessions.rotate(s)
         s.user, s.role, s.pending_user = user, role, None
-        ctx.console.audit.record(f"web.{area}.sign-in", actor=user, user=user, result="allow",
-                                 client_address=client_ip(request), reason="ok", role=role)
+        ctx.console.audit.record(
+            f"web.{area}.sign-in",
+            actor=user,
+            user=user,
+            result="allow",
+            client_address=client_ip(request),
+            reason="ok",
+            role=role,
+        )
         return redirect(ctx, nxt, s)
 
     def logout(request: Request, s, form) -> Response:

@@ -70,8 +70,7 @@ class ApiTokens:
         if not label:
             raise ValueError("label: required (what the token is for)")
         tid, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        tok = ApiToken(tid, role, label, dt.datetime.now(dt.UTC).isoformat(),
-                       sha256=_hash(secret))
+        tok = ApiToken(tid, role, label, dt.datetime.now(dt.UTC).isoformat(), sha256=_hash(secret))
         with self._lock:
             tokens = self._load()
             tokens[tid] = tok
@@ -95,7 +94,7 @@ class ApiTokens:
         """The active token ``presented`` is, or None."""
         if not presented.startswith(PREFIX):
             return None
-        tid, _, secret = presented[len(PREFIX):].partition("_")
+        tid, _, secret = presented[len(PREFIX) :].partition("_")
         tok = self._load().get(tid)
         want = tok.sha256 if tok else _hash("decoy")
         ok = hmac.compare_digest(want, _hash(secret))
