@@ -12,6 +12,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ucgate.protocols import ntlm as ntlm_proto
 from ucgate.protocols.ntlm import (
     AuthenticateMessage,
     ChallengeMessage,
@@ -162,10 +163,20 @@ def test_a_changed_authenticate_never_verifies_to_another_identity(case):
     if pyspnego:  # the MIC covers every byte of the message, the key exchange included
         assert got == original
         assert result.exported_session_key == source["session_key"]
-    else:  # without a MIC a changed EncryptedRandomSessionKey only yields a key nobody holds
+    else:  # without a MIC a changed key exchange only yields a key nobody holds
         assert (result.exported_session_key == source["session_key"]) == (
-            got.encrypted_random_session_key == original.encrypted_random_session_key
+            _key_exchange(acc, got.flags) == _key_exchange(acc, original.flags)
+            and got.encrypted_random_session_key == original.encrypted_random_session_key
         )
+
+
+def _key_exchange(acc, flags) -> bool:
+    """Whether the acceptor decrypts the EncryptedRandomSessionKey (MS-NLMP 3.2.5.1.2): KEY_EXCH
+    with SIGN or SEAL, of the flags both sides agreed to (the echoed ones as the challenge offered
+    them). A mutated flag word may turn it off, and then the exported key is the session base key."""
+    nf = ntlm_proto.NegotiateFlags
+    f = int(flags) & (int(acc._challenge_flags) | ~int(ntlm_proto._ECHOED_FLAGS) & 0xFFFFFFFF)
+    return bool(f & nf.NEGOTIATE_KEY_EXCH) and bool(f & (nf.NEGOTIATE_SIGN | nf.NEGOTIATE_SEAL))
 
 
 @FUZZ
