@@ -36,53 +36,18 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from ..config.syslog import FACILITIES, SyslogConfig, tls_context
 
 log = logging.getLogger("ucgate.audit.syslog")
 
-FACILITIES = {
-    "kern": 0,
-    "user": 1,
-    "mail": 2,
-    "daemon": 3,
-    "auth": 4,
-    "syslog": 5,
-    "lpr": 6,
-    "news": 7,
-    "uucp": 8,
-    "cron": 9,
-    "authpriv": 10,
-    "ftp": 11,
-    "ntp": 12,
-    "security": 13,
-    "console": 14,
-    "solaris-cron": 15,
-    **{f"local{i}": 16 + i for i in range(8)},
-}
+__all__ = ["FACILITIES", "SyslogConfig", "SyslogSink", "format_message", "frame", "open_sink", "tls_context"]
+
 WARNING, NOTICE, INFO = 4, 5, 6
 _SEVERITY = {"deny": WARNING, "error": WARNING, "unavailable": WARNING, "quarantine": NOTICE, "challenge": NOTICE}
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 DROP_LOG_INTERVAL = 10.0  # seconds between two "dropped" warnings
-
-
-@dataclass(frozen=True)
-class SyslogConfig:
-    """``[audit.syslog]``: where audit events go besides the store and the JSON-lines file."""
-
-    host: str
-    port: int
-    tls: bool = True  # RFC 5425; false: plain TCP (only on a link you trust)
-    ca_file: Path | None = None  # verifies the receiver's certificate (default: the system store)
-    cert_file: Path | None = None  # a client certificate, for receivers that ask for one
-    key_file: Path | None = None
-    server_name: str | None = None  # the name checked in the receiver's certificate (default: host)
-    facility: str = "authpriv"
-    app_name: str = "ucgate"
-    hostname: str | None = None  # HOSTNAME of the messages (default: this machine's name)
-    queue_size: int = 10000  # events held while the receiver is slow or away; then dropped
-    timeout: float = 10.0  # connect and send timeout, seconds
 
 
 def _printable(value: str, limit: int) -> str:
@@ -122,14 +87,6 @@ def format_message(event: dict[str, Any], *, facility: int, hostname: str, app_n
 def frame(message: bytes) -> bytes:
     """RFC 6587 octet counting: ``MSG-LEN SP SYSLOG-MSG``."""
     return b"%d %s" % (len(message), message)
-
-
-def tls_context(cfg: SyslogConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cfg.cert_file is not None:
-        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
-    return ctx
 
 
 class SyslogSink:

@@ -17,7 +17,7 @@ type cannot say (``host:port``, files that must exist, secrets readable only by 
 relative to the configuration file).
 Checks across tables (a service's upstream, the role of the process, [kerberos]'s defaults
 from [gateway]) are in :func:`from_dict`. ``[web]`` and ``[sip]``'s models are in their modules
-(``web.settings.WebConfig``, ``gateway.sipconfig.SipConfig``: config.py does not import
+(``config.web.WebConfig``, ``config.sip.SipConfig``: config/__init__.py does not import
 upwards at import time), validated by :func:`from_dict` with the same conversion of errors.
 
 Closed sets of values are StrEnums (a member compares equal to its string): defined here
@@ -53,11 +53,11 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from .policy.devices import DeviceRule, PartnershipState
-from .policy.twofactor import Mode as TwoFactorMode
-from .protocols import http1
-from .protocols.ntlm import ExtendedProtection
-from .protocols.sfb import SERVICE_NAMES
+from ..policy.devices import DeviceRule, PartnershipState
+from ..policy.twofactor import Mode as TwoFactorMode
+from ..protocols import http1
+from ..protocols.ntlm import ExtendedProtection
+from ..protocols.sfb import SERVICE_NAMES
 
 __all__ = [
     "AuthConfig",
@@ -789,7 +789,7 @@ class DevicesConfig(_DeviceSettings):
 
     @model_validator(mode="after")
     def _check(self) -> DevicesConfig:
-        from .protocols.devices import compile_ua_rules
+        from ..protocols.devices import compile_ua_rules
 
         try:
             compile_ua_rules(self.user_agents)
@@ -913,7 +913,7 @@ class SyslogTable(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> SyslogTable:
-        from .id.audit_syslog import FACILITIES
+        from .syslog import FACILITIES
 
         if not self.address:
             raise _Bad("address", "required: host:port of the syslog receiver (TCP; 6514 for TLS)")
@@ -934,7 +934,7 @@ def _syslog(t: SyslogTable | None) -> Any:
         return None
     import ssl
 
-    from .id.audit_syslog import SyslogConfig, tls_context
+    from .syslog import SyslogConfig, tls_context
 
     host, _, port = (t.address or "").rpartition(":")
     cfg = SyslogConfig(
@@ -1178,17 +1178,17 @@ def from_dict(raw: dict[str, Any], *, path: Path | None = None, role: str = "gat
             )
         kerberos._set(service_principal=spn, published_name=published)
 
-    from .policy.groups import GroupPolicy
+    from ..policy.groups import GroupPolicy
 
     f.devices._set(
         policies=tuple(
             GroupPolicy(name=p.name or p.group or "", group=p.group, settings=p.settings()) for p in f.policy
         )
     )
-    from .web.settings import parse_web
+    from .web import parse_web
 
     web = parse_web(f.web, file, base, data_dir)
-    from .gateway.sipconfig import parse_sip
+    from .sip import parse_sip
 
     sip_cfg = parse_sip(f.sip, file, base, f.gateway)
     return Config(
