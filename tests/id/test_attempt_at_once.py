@@ -50,10 +50,14 @@ def test_failures_charge_then_the_right_asp_is_throttled_unchecked(ids, monkeypa
     assert _reasons(ids, 4) == ["wrong-password"] * 3 + ["throttled"]
 
 
-def test_a_success_resets_the_account_and_is_audited_with_the_asp(ids):
+def test_a_success_resets_the_account_and_is_audited_with_the_asp(ids, monkeypatch):
     ids.users.add("fred")
     asp_id, asp = ids.asps.create("fred", "phone")
     c = ids.credentials
+    # the one-transaction path, not the two calls: reserve/settle must not be reached
+    budget = c.budget
+    monkeypatch.setattr(budget, "reserve", lambda *a, **k: pytest.fail("reserve called: not one transaction"))
+    monkeypatch.setattr(budget, "settle", lambda *a, **k: pytest.fail("settle called: not one transaction"))
     for _ in range(2):
         assert c.verify_password_sync("fred", "nope", CTX).reason == "wrong-password"
     v = c.verify_password_sync("fred", asp, CTX)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import LogLevel
+
 DEFAULT_CONFIG = Path("/etc/ucgate/ucgate.toml")  # where docs/deployment.md puts it
-LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_LEVELS = [level.value for level in LogLevel]  # the configuration's [log] level values
 
 
 def config_parent() -> argparse.ArgumentParser:

@@ -110,7 +110,10 @@ class RequestBody:
 
     async def copy_to(self, out: Sink, limit: int) -> None:
         """Copy the body to ``out`` as it comes, in our own framing (Content-Length as it was;
-        chunked re-chunked, extensions and trailers dropped)."""
+        chunked re-chunked, extensions and trailers dropped). Answers ``Expect: 100-continue``
+        first, as :meth:`read` does."""
+        if self.req.expect_continue:
+            self.client.write(_CONTINUE)  # type: ignore[attr-defined]
         await self._copy(out, limit, reencode=True)
 
     async def discard(self, limit: int) -> bool:

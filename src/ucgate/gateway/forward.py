@@ -334,23 +334,13 @@ class Forwarder:
                         sent = up.stream.loop.time()
                         up.stream.write(head)
                         if has_body:
-                            if req.expect_continue:
-                                client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                            await ex.body.copy_to(up.stream, max_body)
+                            await ex.body.copy_to(up.stream, max_body)  # answers 100-continue first
                             body_done = True
                         resp = await self._read_response_head(up, req.method)
                         metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, up.stream.loop.time() - sent)
                     except ClientBodyError as e:
                         up.close()
-                        log.warning(
-                            "rejected request body from %s: status=%d reason=%s path=%s",
-                            conn.peer_host,
-                            e.status,
-                            e.reason,
-                            path,
-                        )
-                        metrics.count_request(service.name, e.status)
-                        await self._answer(client, e.status, f"{e.status} {e.reason}\n".encode(), close=True)
+                        await self._answer_error(conn, client, HttpError(e.status, e.reason), req, path, service)
                         return False
                     except TimeoutError:
                         up.close()

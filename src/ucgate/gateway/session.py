@@ -402,7 +402,10 @@ class ClientSession:
             ):
                 return
             try:
-                resp = http1.parse_response_head(head, req.method, gw.limits)
+                # the common route's head as it is (bigger body, or not buffered yet); else the full route
+                resp = (
+                    simple if simple is not None else http1.parse_response_head(head, req.method, gw.limits, full=True)
+                )
             except HttpError as e:
                 self._upstream_failed(UpstreamError(e.reason, e.detail))
                 return

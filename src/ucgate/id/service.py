@@ -66,6 +66,11 @@ def _outcome(verdict: Verdict) -> Outcome:
     return Outcome.NOT_A_GUESS if verdict.reason in _NOT_A_GUESS else Outcome.FAILURE
 
 
+# one-transaction attempts (StoreBudget.attempt) at once per process: each may hold two pooled
+# connections; 6 x 2 leaves the pool's 15 room for the sign-in writer and the event follower
+_ATTEMPT_SLOTS = threading.BoundedSemaphore(6)
+
+
 class StoreUnavailable(UcgateError):
     """The store could not be reached (or failed) during a sign-in."""
 
@@ -232,7 +237,11 @@ class IdService:
         while True:
             with self._lock:  # the in-memory budget is not thread-safe; the store one is atomic
                 if check is not None:
-                    r = self.budget.attempt(who.key, ctx.client_ip, self.clock(), check)
+                    # the attempt holds a pooled connection while check() may take another (a
+                    # refusal re-read, a cache miss): bounded so that they can never exhaust the
+                    # engine's pool (5 + 10 overflow) and wait on each other
+                    with _ATTEMPT_SLOTS:
+                        r = self.budget.attempt(who.key, ctx.client_ip, self.clock(), check)
                 else:
                     r = self.budget.reserve(who.key, ctx.client_ip, self.clock())
             if check is not None and not isinstance(r, BudgetDecision):
