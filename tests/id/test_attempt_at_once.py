@@ -99,8 +99,9 @@ def test_a_store_failure_in_the_transaction_charges_nothing(ids, monkeypatch):
     assert _reasons(ids, 6) == ["store-unavailable"] * 5 + ["ok"]
 
 
-def _ntlm(user: str, password: str):
-    """One NTLM exchange as the gateway runs it (Type 1 -> 2 -> 3), for the id service."""
+def _ntlm(user: str, password: str, *, handed: bool = False):
+    """One NTLM exchange as the gateway runs it (Type 1 -> 2 -> 3), for the id service; with
+    ``handed``, with the gateway's parse as an in-process gateway passes it on."""
     import os
     import time
 
@@ -137,6 +138,7 @@ def _ntlm(user: str, password: str):
         channel_binding_data=cbd,
         extended_protection="require",
         max_clock_skew=300,
+        parsed=acc.parsed() if handed else None,
     )
 
 
@@ -157,3 +159,31 @@ def test_ntlm_outcomes_in_one_transaction(ids):
     assert _reasons(ids, 10) == ["ok"] + ["wrong-password"] * 3 + ["throttled"] * 2 + ["unknown-user"] * 3 + [
         "throttled"
     ]
+
+
+def test_ntlm_with_the_gateways_parse(ids, monkeypatch):
+    """An in-process gateway hands its parse over (NtlmHandshake.parsed): the id service parses
+    none of the messages again and answers as it does from the bytes alone."""
+    from ucgate.protocols import ntlm as P
+
+    ids.users.add("ivan")
+    asp_id, asp = ids.asps.create("ivan", "phone")
+    c = ids.credentials
+    ctx = AttemptContext("192.0.2.22", "ntlm", "ucwa")
+    handshakes = [_ntlm("ivan", asp, handed=True), _ntlm("ivan", "wrong-asp", handed=True), _ntlm("ivan", asp)]
+
+    def no_parse(*a, **k):
+        raise AssertionError("parsed again")
+
+    for cls in (P.NegotiateMessage, P.ChallengeMessage, P.AuthenticateMessage):
+        monkeypatch.setattr(cls, "unpack", classmethod(no_parse))
+    ok = c.verify_ntlm_sync(handshakes[0], ctx)
+    assert ok.verdict.ok and ok.verdict.credential_id == asp_id and ok.result is not None
+    assert c.verify_ntlm_sync(handshakes[1], ctx).verdict.reason == "wrong-password"
+    with pytest.raises(AssertionError, match="parsed again"):  # without it, the messages are parsed
+        c.verify_ntlm_sync(handshakes[2], ctx)
+    monkeypatch.undo()
+    again = c.verify_ntlm_sync(handshakes[2], ctx)
+    assert again.verdict.ok and again.result is not None
+    assert again.result.flags == ok.result.flags and again.result.channel_binding == ok.result.channel_binding
+    assert _reasons(ids, 3) == ["ok", "wrong-password", "ok"]

@@ -364,6 +364,7 @@ class PreAuthenticator:
             channel_binding_data=conn.channel_binding if conn.tls else None,
             extended_protection=self._extended_protection(conn),
             max_clock_skew=self.settings.max_clock_skew,
+            parsed=inner.parsed(),
         )
         answer = await self.credentials.verify_ntlm(handshake, ctx)
         verdict = answer.verdict

@@ -129,6 +129,9 @@ class NtlmHandshake:
     channel_binding_data: bytes | None  # tls-server-end-point of the gateway's cert; None on plain HTTP
     extended_protection: str = "require"  # "require" | "allow" | "off"
     max_clock_skew: int = 300
+    # the gateway's parse of the three messages (``NtlmAcceptor.parsed``), for an id service in
+    # the same process (``from_messages(parsed=...)``: not parsed twice); never on the wire
+    parsed: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -523,6 +523,7 @@ class IdService:
                 channel_binding_data=h.channel_binding_data,
                 extended_protection=h.extended_protection,
                 max_clock_skew=h.max_clock_skew,
+                parsed=h.parsed if isinstance(h.parsed, ntlm_proto.Parsed) else None,
             )
             who = acceptor.identify(h.authenticate)
         except ntlm_proto.NtlmError as e:
