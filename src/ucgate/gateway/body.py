@@ -6,7 +6,10 @@ ActiveSync or UCWA request) reads it whole and bounded with ``RequestBody.read``
 then sends what was read, with a Content-Length. Otherwise the body is copied from the client
 to the upstream as it comes (``copy_to``, re-chunked: our own framing), or read and dropped
 when the request is refused (``discard``), so that the connection stays usable. Responses are
-copied with the same functions (``copy_exact``, ``copy_chunked``).
+copied with the same functions (``copy_exact``, ``copy_chunked``, ``copy_until_close``).
+
+The framing itself is ``protocols.http1conn.BodyReader``'s (the strict rules of issue 15 in one
+place): the functions here only read, feed it and write what it gives.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from collections.abc import Awaitable
 from typing import Protocol
 
 from ..errors import UcgateError
-from ..protocols import http1
-from ..protocols.http1 import HttpError, RequestHead
+from ..protocols.http1 import LAST_CHUNK, Framing, HttpError, RequestHead, encode_chunk
+from ..protocols.http1conn import BodyReader
 
 COPY_CHUNK = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -37,8 +40,7 @@ class Source(Protocol):
     loop: asyncio.AbstractEventLoop
 
     async def read(self, n: int, until: float = ...) -> bytes: ...
-    async def readuntil(self, sep: bytes, until: float = ...) -> bytes: ...
-    async def readexactly(self, n: int, until: float = ...) -> bytes: ...
+    def unread(self, data: bytes) -> None: ...
 
 
 class Sink(Protocol):
@@ -99,7 +101,7 @@ class RequestBody:
         if req.expect_continue:
             self.client.write(_CONTINUE)  # type: ignore[attr-defined]
         await self._copy(sink, limit, reencode=False)
-        req.framing = http1.Framing("none")
+        req.framing = Framing("none")
         req.expect_continue = False
         self.data = bytes(sink.data)
         return self.data
@@ -126,14 +128,12 @@ class RequestBody:
         return True
 
     async def _copy(self, out: Sink, limit: int, *, reencode: bool) -> None:
-        req, client, timeout = self.req, self.client, self.timeout
+        framing = self.req.framing
+        kind = framing.kind
         try:
-            if req.framing.kind == "length":
-                if req.framing.length > limit:
-                    raise ClientBodyError(413, "body-too-large")
-                await copy_exact(client, out, req.framing.length, timeout)
-            elif req.framing.kind == "chunked":
-                await copy_chunked(client, out, limit, timeout, reencode=reencode)
+            reader = BodyReader(framing, limit=limit)  # 413 at once for a Content-Length over it
+            left = framing.length if kind == "length" else None
+            await _copy_body(self.client, out, reader, self.timeout, chunk=reencode and kind == "chunked", left=left)
         except asyncio.IncompleteReadError:
             raise ClientBodyError(400, "body-incomplete") from None
         except TimeoutError:
@@ -143,57 +143,55 @@ class RequestBody:
 
 
 async def copy_exact(src: Source, out: Sink, n: int, timeout: float) -> None:
-    """Copy ``n`` bytes; TimeoutError when one read waits longer than ``timeout``."""
-    while n > 0:
-        data = await src.read(min(n, COPY_CHUNK), src.loop.time() + timeout)
-        if not data:
-            raise asyncio.IncompleteReadError(b"", n)
-        n -= len(data)
-        out.write(data)
-        await out.drain()
+    """Copy ``n`` bytes; TimeoutError when one read waits longer than ``timeout``,
+    IncompleteReadError when the stream ends first."""
+    await _copy_body(src, out, BodyReader(Framing("length", n)), timeout, chunk=False, left=n)
 
 
 async def copy_chunked(src: Source, out: Sink, limit: int, timeout: float, *, reencode: bool) -> None:
     """Decode a chunked body and write it on, re-chunked (our own framing: extensions and
-    trailers are dropped) or raw. Each read may wait up to ``timeout``."""
+    trailers are dropped) or de-chunked. Each read may wait up to ``timeout``. HttpError for
+    a bad body (BodyReader's refusals), IncompleteReadError when the stream ends first."""
+    await _copy_body(src, out, BodyReader(Framing("chunked"), limit=limit), timeout, chunk=reencode, left=None)
+
+
+async def copy_until_close(src: Source, out: Sink, timeout: float, *, reencode: bool) -> None:
+    """Copy a body that ends with the stream (a response without Content-Length or chunked),
+    re-chunked (``reencode``: for an HTTP/1.1 client) or as it comes."""
+    await _copy_body(src, out, BodyReader(Framing("close")), timeout, chunk=reencode, left=None)
+
+
+async def _copy_body(
+    src: Source, out: Sink, reader: BodyReader, timeout: float, *, chunk: bool, left: int | None
+) -> None:
+    """The one body copy: read what ``src`` has (at most COPY_CHUNK, and never more than the
+    ``left`` bytes of a Content-Length body), ``reader.feed`` it and write the payload on —
+    ``chunk``: one chunk per non-empty piece and the last chunk at the end — until the body
+    ends. The bytes read past its end (the next pipelined message) go back to ``src``.
+
+    Raises the reader's HttpError for a bad body, IncompleteReadError when the stream ends
+    before the body does, TimeoutError when one read waits longer than ``timeout``.
+    """
     loop = src.loop
-    total = 0
-    while True:
-        try:
-            line = await src.readuntil(b"\r\n", loop.time() + timeout)
-        except asyncio.LimitOverrunError:
-            raise HttpError(400, "chunk-line-too-long") from None
-        size = http1.parse_chunk_size_line(line)
-        if size == 0:
-            break
-        total += size
-        if total > limit:
-            raise HttpError(413, "body-too-large")
-        if reencode:
-            out.write(b"%x\r\n" % size)
-        while size > 0:
-            data = await src.read(min(size, COPY_CHUNK), loop.time() + timeout)
-            if not data:
-                raise asyncio.IncompleteReadError(b"", size)
-            size -= len(data)
-            out.write(data)
-            await out.drain()
-        crlf = await src.readexactly(2, loop.time() + timeout)
-        if crlf != b"\r\n":
-            raise HttpError(400, "bad-chunk-terminator")
-        if reencode:
-            out.write(b"\r\n")
-    trailer_bytes = 0
-    while True:
-        try:
-            line = await src.readuntil(b"\r\n", loop.time() + timeout)
-        except asyncio.LimitOverrunError:
-            raise HttpError(400, "trailer-too-large") from None
-        trailer_bytes += len(line)
-        if trailer_bytes > http1.MAX_CHUNK_LINE_BYTES * 4:
-            raise HttpError(400, "trailer-too-large")
-        if http1.check_trailer_line(line):
-            break
-    if reencode:
-        out.write(http1.LAST_CHUNK)
-    await out.drain()
+    while not reader.done:
+        data = await src.read(COPY_CHUNK if left is None else min(left, COPY_CHUNK), loop.time() + timeout)
+        if data:
+            piece, done = reader.feed(data)
+            if left is not None:
+                left -= len(data)
+        else:
+            try:
+                done = reader.eof()  # the end of a read-until-close body; any other: too early
+            except HttpError:
+                raise asyncio.IncompleteReadError(b"", left) from None
+            piece = b""
+        if piece and chunk:
+            piece = encode_chunk(piece)
+        if done:
+            if reader.unused:
+                src.unread(reader.unused)
+            if chunk:
+                piece += LAST_CHUNK
+        if piece:
+            out.write(piece)
+        await out.drain()

@@ -315,6 +315,13 @@ class Stream(asyncio.Protocol):
                 raise asyncio.IncompleteReadError(chunk, None)
             await self._wait(until)
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back at the front of the buffer, to be read again first: the bytes a
+        body copy read past the end of its body (the next pipelined message's, gateway/body.py)."""
+        if data:
+            self._buf[:0] = data
+            self._scan = 0
+
     def take_buffered(self, n: int) -> bytes | None:
         """``readexactly(n)`` when ``n`` bytes are buffered already (no coroutine), else None."""
         return self._take(n) if len(self._buf) >= n else None
