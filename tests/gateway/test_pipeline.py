@@ -7,6 +7,8 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ucgate.gateway import pipeline
 from ucgate.gateway.auth import AuthOutcome
@@ -87,7 +89,12 @@ class FakeGate:
 
     async def decide(self, conn, req, path, service, identity, facts):
         self.seen.append(("decide", identity.user, facts))
+        # as DeviceGate.decide: ucgate_device_decisions_total
+        pipeline.metrics.count_device(service.name, "allow" if self.verdict.forward else "block")
         return self.verdict
+
+    def decide_now(self, conn, req, service, identity, facts):
+        return None  # nothing cached: the decide stage waits for decide()
 
     def done(self, req) -> None:
         self.seen.append("done")
@@ -116,6 +123,7 @@ class FakeGateway:
         self.backend = backend
         self.calls: list = []
         self.answered: Refusal | None = None
+        self.auth_now = None  # the authenticator's synchronous answer: none (always waits)
 
     def clock(self) -> float:
         return 0.0
@@ -125,6 +133,9 @@ class FakeGateway:
 
     def adopt(self, conn, req, identity) -> None:
         self.calls.append(("adopt", identity.user))
+
+    def prepare_backend_now(self, ex: Exchange) -> object:
+        return pipeline.WAIT  # recorded by prepare_backend
 
     async def prepare_backend(self, ex: Exchange) -> Refusal | None:
         self.calls.append("backend")
@@ -144,14 +155,14 @@ def exchange(req: http1.RequestHead, body: bytes = b"") -> Exchange:
     return Exchange(conn, req, None, MemoryBody(req, body), ctx={})  # type: ignore[arg-type]
 
 
-def run(gw: FakeGateway, req: http1.RequestHead, stages=pipeline.STAGES) -> tuple[bool, Exchange]:
+def run(gw: FakeGateway, req: http1.RequestHead) -> tuple[bool, Exchange]:
     ex = exchange(req, gw.body)
-    keep = asyncio.run(pipeline.run_stages(gw, ex, stages))  # type: ignore[arg-type]
+    keep = asyncio.run(pipeline.run_stages(gw, ex))  # type: ignore[arg-type]
     return keep, ex
 
 
 def test_order_is_written_once():
-    assert [s.__name__ for s in pipeline.STAGES] == [
+    assert [s.name for s in pipeline.STAGES] == [
         "recognise",
         "oauth_intercept",
         "device_facts",
@@ -374,3 +385,200 @@ def test_done_even_when_a_stage_raises():
 def test_refusal_repr_and_protocol():
     r = Refusal.protocol(http1.HttpError(400, "bad-target"))
     assert r.close and r.status == 400 and r.reason == "bad-target" and "close" in repr(r)
+
+
+# --- the chain run inline (Stage.now), then resumed in a task ------------------------------------
+class Driver:
+    """A connection driver (gateway/session.py's role): forwards inline when it can."""
+
+    def __init__(self, gw: FakeGateway, can: bool = True) -> None:
+        self.gw, self.can = gw, can
+
+    def forward_now(self, ex: Exchange) -> object:
+        if not self.can:
+            return pipeline.WAIT
+        self.gw.calls.append(("forward", ex.identity.user if ex.identity else None, ex.body.data))
+        return pipeline.INLINE
+
+
+class Knowing(FakeGateway):
+    """A gateway whose authenticator, device gate and backend can answer synchronously: the
+    same answers their coroutines give (``known``: which of them know)."""
+
+    def __init__(self, *, known: frozenset[str], **kw) -> None:
+        super().__init__(**kw)
+        self.known = known
+        self.now_calls = 0
+        if "auth" in known:
+            self.auth_now = self._auth_now
+
+    def _auth_now(self, conn, req, service):
+        self.now_calls += 1
+        return self.authenticator.outcome
+
+    def prepare_backend_now(self, ex: Exchange) -> object:
+        if "backend" in self.known:
+            self.calls.append("backend")
+            return self.backend
+        return pipeline.WAIT
+
+
+class KnowingGate(FakeGate):
+    def __init__(self, *, cached: bool, **kw) -> None:
+        super().__init__(**kw)
+        self.cached = cached
+
+    def decide_now(self, conn, req, service, identity, facts):
+        if not self.cached or not self.verdict.forward:
+            return None
+        self.seen.append(("decide", identity.user, facts))
+        return self.verdict
+
+
+def inline_then_task(gw: FakeGateway, ex: Exchange, driver: Driver) -> tuple[object, int | None]:
+    """What a connection driver does: the stages inline, then a task from the one that waited
+    (or the refusal answered). Returns (keep or INLINE, the stage index that waited)."""
+    ex.driver = driver  # type: ignore[assignment]
+    i, outcome = pipeline.run_inline(gw, ex)  # type: ignore[arg-type]
+    if outcome is pipeline.INLINE:
+        if ex.gate is not None:
+            ex.gate.done(ex.req)
+        return outcome, None
+    if outcome is pipeline.WAIT:
+        return asyncio.run(pipeline.resume(gw, ex, i)), i  # type: ignore[arg-type]
+    return asyncio.run(pipeline.refuse(gw, ex, outcome)), None  # type: ignore[arg-type]
+
+
+def test_inline_chain_reaches_the_driver_without_any_coroutine():
+    gw = Knowing(known=frozenset({"auth", "backend"}))
+    ex = exchange(head(b"GET /ucwa/x HTTP/1.1", b"Host: a", b"Authorization: Basic eA=="))
+    ex.ctx = None  # inline: no task context
+    ex.driver = Driver(gw)  # type: ignore[assignment]
+    assert pipeline.run_inline(gw, ex) == (6, pipeline.INLINE)  # type: ignore[arg-type]
+    assert gw.authenticator.calls == 0 and gw.now_calls == 1
+    assert ex.identity is ALICE and ex.conn.principal is ALICE
+    assert gw.calls == ["backend", ("forward", "alice", None)]
+
+
+@pytest.mark.parametrize(
+    "known,waits_at",
+    [
+        (frozenset(), 3),  # the authenticator must ask: from authenticate on in a task
+        (frozenset({"auth"}), 5),  # backend credentials to prepare
+        (frozenset({"auth", "backend"}), 6),  # no idle upstream connection
+    ],
+)
+def test_inline_wait_goes_on_from_that_stage_and_nothing_runs_twice(known, waits_at, monkeypatch):
+    counted: list = []
+    monkeypatch.setattr(pipeline.metrics, "count_auth", lambda *a: counted.append(a))
+    gw = Knowing(known=known)
+    recognised: list = []
+    real = gw.service_map.recognise
+    gw.service_map.recognise = lambda path: recognised.append(path) or real(path)  # type: ignore[method-assign]
+    ex = exchange(head(b"GET /ucwa/x HTTP/1.1", b"Host: a", b"Authorization: Basic eA=="))
+    keep, i = inline_then_task(gw, ex, Driver(gw, can=False))
+    assert keep is True and i == waits_at
+    assert recognised == ["/ucwa/x"] and gw.authenticator.calls + gw.now_calls == 1
+    assert counted == [("basic", "allow", "ok")]  # the sign-in counted once
+    assert gw.calls == ["backend", ("forward", "alice", None)]
+    assert ex.ctx is not None and ex.ctx["user"] == "alice" and ex.ctx["service"] == "ucwa"
+
+
+def test_inline_refusal_names_its_stage():
+    gw = Knowing(known=frozenset({"auth"}), authenticator=Allow(AuthOutcome(None, 401, "no-credentials")))
+    ex = exchange(head(b"GET /nothing HTTP/1.1", b"Host: a"))
+    ex.driver = Driver(gw)  # type: ignore[assignment]
+    i, r = pipeline.run_inline(gw, ex)  # type: ignore[arg-type]
+    assert i == 0 and isinstance(r, Refusal) and (r.status, r.reason) == (404, "not-published")
+    ex = exchange(head(b"GET /ucwa/x HTTP/1.1", b"Host: a"))
+    ex.driver = Driver(gw)  # type: ignore[assignment]
+    i, r = pipeline.run_inline(gw, ex)  # type: ignore[arg-type]
+    assert i == 3 and isinstance(r, Refusal) and (r.status, r.reason, r.body) == (
+        401,
+        "no-credentials",
+        b"authentication required\n",
+    )
+    assert gw.authenticator.calls == 0 and gw.calls == []
+
+
+def test_a_body_the_device_facts_need_waits_at_that_stage():
+    gate = KnowingGate(cached=True, limit=5000)
+    gw = Knowing(known=frozenset({"auth", "backend"}), devices=gate, body=b"<device/>")
+    ex = exchange(head(b"POST /ucwa/x HTTP/1.1", b"Host: a", b"Content-Length: 9"), b"<device/>")
+    ex.driver = Driver(gw)  # type: ignore[assignment]
+    assert pipeline.run_inline(gw, ex) == (2, pipeline.WAIT)  # type: ignore[arg-type]
+    assert gate.seen == [] and ex.facts is None  # nothing done before the wait
+
+
+_VERDICTS = {
+    "allow": SimpleNamespace(forward=True, identity=Identity("alice", "basic", device_id="d1"), observe=None),
+    "block": SimpleNamespace(
+        forward=False, reset_auth=False, status=403, reason="device-blocked", body=b"blocked\n", headers=[]
+    ),
+}
+
+
+_ALL_KNOWN = {"auth", "backend", "cached", "driver"}
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@example(b"/ucwa/x", b"GET", None, "allow", "allow", _ALL_KNOWN, False)
+@example(b"/ucwa/x", b"POST", b"abc", "allow", "allow", _ALL_KNOWN, False)
+@example(b"/ucwa/x", b"GET", None, "allow", "block", _ALL_KNOWN, False)
+@example(b"/ucwa/x", b"GET", None, "deny401", "allow", _ALL_KNOWN, False)
+@example(b"/ucwa/x", b"GET", None, "allow", None, _ALL_KNOWN, True)
+@example(b"/meet/x", b"GET", None, "allow", "allow", _ALL_KNOWN, False)
+@given(
+    path=st.sampled_from([b"/ucwa/x", b"/ucwa/y", b"/meet/x", b"/nothing", b"/lost/x", b"/small/x", b"/ucwa/../x"]),
+    method=st.sampled_from([b"GET", b"POST", b"DELETE"]),
+    body=st.sampled_from([None, b"", b"abc", b"12345678901"]),
+    auth=st.sampled_from(["allow", "deny401", "deny403close"]),
+    gate=st.sampled_from([None, "allow", "block"]),
+    known=st.sets(st.sampled_from(["auth", "backend", "cached", "driver"])),
+    backend_refuses=st.booleans(),
+)
+def test_inline_then_task_gives_the_task_only_result(path, method, body, auth, gate, known, backend_refuses):
+    """Whatever each stage can answer synchronously, the outcome (the answer, what was
+    forwarded, what the stages did and counted) is the one of the whole chain in a task."""
+    outcomes = {
+        "allow": AuthOutcome(ALICE),
+        "deny401": AuthOutcome(None, 401, "no-credentials", [(b"WWW-Authenticate", b"Basic")]),
+        "deny403close": AuthOutcome(None, 403, "bad", close=True),
+    }
+    headers = [b"Host: a"] + ([] if body is None else [b"Content-Length: %d" % len(body)])
+    seen = []
+    for inline in (False, True):
+        counted: list = []
+        saved = pipeline.metrics.count_auth, pipeline.metrics.count_device
+        pipeline.metrics.count_auth = lambda *a: counted.append(("auth", *a))  # type: ignore[assignment]
+        pipeline.metrics.count_device = lambda *a: counted.append(("device", *a))  # type: ignore[assignment]
+        try:
+            g = KnowingGate(cached="cached" in known and inline, verdict=_VERDICTS[gate]) if gate else None
+            gw = Knowing(
+                known=frozenset(known) if inline else frozenset(),
+                authenticator=Allow(outcomes[auth]),
+                devices=g,
+                body=body or b"",
+                backend=Refusal(502, "backend-down") if backend_refuses else None,
+            )
+            ex = exchange(head(method + b" " + path + b" HTTP/1.1", *headers), body or b"")
+            if inline:
+                keep, _ = inline_then_task(gw, ex, Driver(gw, can="driver" in known))
+                keep = True if keep is pipeline.INLINE else keep
+            else:
+                keep = asyncio.run(pipeline.run_stages(gw, ex))  # type: ignore[arg-type]
+        finally:
+            pipeline.metrics.count_auth, pipeline.metrics.count_device = saved
+        a = gw.answered
+        seen.append(
+            (
+                keep,
+                None if a is None else (a.status, a.reason, a.body, a.headers, a.close, a.error is not None),
+                gw.calls,
+                None if g is None else g.seen,
+                ex.identity,
+                ex.conn.principal,
+                counted,
+            )
+        )
+    assert seen[0] == seen[1]

@@ -9,7 +9,7 @@ every refusal in one place (``Gateway.answer``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.sfb import Service
@@ -22,6 +22,32 @@ if TYPE_CHECKING:
     from .devices import DeviceGate
     from .stream import Stream
     from .upstream import UpstreamPool
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# A stage's synchronous form (``Stage.now``, gateway/pipeline.py) answers WAIT when it cannot
+# decide without waiting (the id service, a KDC, a body to read, a connection to open); it has
+# then done nothing, and the stage's coroutine (``Stage.run``) takes over from there.
+WAIT = _Sentinel("WAIT")
+# The forward stage's synchronous form answers INLINE when the request went upstream from the
+# protocol callbacks (gateway/session.py): the connection's driver answers it from there.
+INLINE = _Sentinel("INLINE")
+
+
+class Driver(Protocol):
+    """What drives a connection from protocol callbacks (gateway/session.py's ClientSession):
+    the forward stage's synchronous form sends the request from there."""
+
+    def forward_now(self, ex: Exchange) -> object: ...
 
 
 class Refusal:
@@ -81,6 +107,7 @@ class Exchange:
         "use_backend",
         "ctx",
         "started",
+        "driver",
     )
 
     def __init__(
@@ -113,10 +140,26 @@ class Exchange:
         self.use_backend = True
         self.ctx = ctx  # this request's log context (ucgate.logs)
         self.started = started  # clock() at the start when the access log is on, else None
+        # the connection's callback driver while the stages run inline (``Stage.now``), else None
+        self.driver: Driver | None = None
 
     @property
     def request_id(self) -> bytes:
         return self.conn.request_id
 
+    def log_fields(self) -> dict[str, str]:
+        """The request context of this exchange's log lines (ucgate.logs): what a pipeline
+        task's context holds by now, for lines logged inline, outside any task."""
+        conn = self.conn
+        fields = {"request_id": conn.request_id.decode(), "client": conn.peer_host}
+        if self.service is not None:
+            fields["service"] = self.service.name
+        identity = self.identity
+        if identity is not None:
+            fields["user"] = identity.user
+            if identity.device_id and self.facts is not None:  # named by the decide stage
+                fields["device"] = identity.device_id
+        return fields
 
-__all__ = ["ClientBodyError", "Exchange", "Refusal", "RequestBody"]
+
+__all__ = ["INLINE", "WAIT", "ClientBodyError", "Driver", "Exchange", "Refusal", "RequestBody"]

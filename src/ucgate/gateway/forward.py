@@ -28,7 +28,7 @@ from ..protocols.sfb import Service
 from .backend import BackendAuth, BackendCredentials, BackendError
 from .body import COPY_CHUNK, DISCARD, ClientBodyError, copy_chunked, copy_exact
 from .connection import ClientConnection, Identity
-from .exchange import Exchange, Refusal
+from .exchange import WAIT, Exchange, Refusal
 from .stream import Stream
 from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
@@ -77,27 +77,53 @@ class Forwarder:
     async def answer(self, ex: Exchange, refusal: Refusal) -> bool:
         """Answer a stage's refusal (the one place): a protocol error is logged as rejected
         and closes the connection; any other refusal is logged, counted and keeps the
-        connection when it can (``_refuse``). Returns whether to keep the connection."""
+        connection when it can (its body read and dropped). Returns whether to keep the
+        connection."""
+        keep = self.refuse_now(ex, refusal)
+        if keep is None:  # a body to drain first
+            keep = await ex.body.discard(self.gw.limits.max_drain_bytes)
+            self._refused(ex, refusal, keep)
+        await _drain_quietly(ex.client)
+        return keep
+
+    def refuse_now(self, ex: Exchange, refusal: Refusal) -> bool | None:
+        """:meth:`answer` without waiting: the refusal written (the write buffer not waited
+        for) and whether to keep the connection; None (nothing done) when the request's body
+        must be drained first to keep it."""
         if refusal.error is not None:
-            await self._answer_error(ex.conn, ex.client, refusal.error, ex.req, ex.path, ex.service)
+            err = refusal.error
+            self.log_rejected(ex.conn, err, ex.path, ex.log_fields())
+            metrics.count_request(ex.service.name if ex.service else None, err.status)
+            self.answer_now(ex.client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
             return False
-        return await self._refuse(
-            ex, refusal.status, refusal.reason, refusal.body, refusal.headers, close=refusal.close
+        req = ex.req
+        keep = req.keep_alive and not refusal.close
+        if keep and req.framing.kind != "none":
+            if not req.expect_continue:
+                return None  # NTLM's handshake needs the same connection: drain, then answer
+            keep = False  # the client has not sent the body; we cannot tell if it will
+        self._refused(ex, refusal, keep)
+        return keep
+
+    def _refused(self, ex: Exchange, refusal: Refusal, keep: bool) -> None:
+        """Log, count and write a refusal (not a protocol error)."""
+        conn, req, service = ex.conn, ex.req, ex.service
+        fields = ex.log_fields()
+        log.info(
+            "refused request from %s: status=%d reason=%s service=%s method=%s path=%s request_id=%s",
+            conn.peer_host,
+            refusal.status,
+            refusal.reason,
+            service.name if service else "-",
+            req.method.decode(),
+            ex.path,
+            fields["request_id"],
+            extra={**fields, "reason": refusal.reason},
         )
+        metrics.count_request(service.name if service else None, refusal.status)
+        self.answer_now(ex.client, refusal.status, refusal.body, refusal.headers, close=not keep)
 
     # --- answering ourselves ----------------------------------------------------------
-    async def _answer(
-        self,
-        client: Stream,
-        status: int,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]] | None = None,
-        *,
-        close: bool,
-    ) -> None:
-        self.answer_now(client, status, body, headers, close=close)
-        await _drain_quietly(client)
-
     @staticmethod
     def answer_now(
         client: Stream,
@@ -121,22 +147,10 @@ class Forwarder:
         reason = http1.REASONS.get(status, b"Error")
         client.write(http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body)
 
-    async def _answer_error(
-        self,
-        conn: ClientConnection,
-        client: Stream,
-        err: HttpError,
-        req: RequestHead | None = None,
-        path: str | None = None,
-        service: Service | None = None,
-    ) -> None:
-        """A protocol error: log it, answer with its status and close."""
-        self.log_rejected(conn, err, path)
-        metrics.count_request(service.name if service else None, err.status)
-        await self._answer(client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
-
     @staticmethod
-    def log_rejected(conn: ClientConnection, err: HttpError, path: str | None = None) -> None:
+    def log_rejected(
+        conn: ClientConnection, err: HttpError, path: str | None = None, fields: dict[str, str] | None = None
+    ) -> None:
         log.warning(
             "rejected request from %s: status=%d reason=%s request_id=%s%s%s",
             conn.peer_host,
@@ -145,42 +159,13 @@ class Forwarder:
             conn.request_id.decode(),
             f" detail={err.detail}" if err.detail else "",
             f" path={path}" if path else "",
-            extra={"request_id": conn.request_id.decode(), "client": conn.peer_host, "reason": err.reason},
+            extra={
+                "request_id": conn.request_id.decode(),
+                "client": conn.peer_host,
+                **(fields or {}),
+                "reason": err.reason,
+            },
         )
-
-    async def _refuse(
-        self,
-        ex: Exchange,
-        status: int,
-        reason: str,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]],
-        *,
-        close: bool = False,
-    ) -> bool:
-        """Answer without forwarding. Keep the connection when the request body, if any, can be
-        read and dropped cheaply (NTLM's handshake needs the same connection)."""
-        conn, req, client, service = ex.conn, ex.req, ex.client, ex.service
-        log.info(
-            "refused request from %s: status=%d reason=%s service=%s method=%s path=%s request_id=%s",
-            conn.peer_host,
-            status,
-            reason,
-            service.name if service else "-",
-            req.method.decode(),
-            ex.path,
-            conn.request_id.decode(),
-            extra={"reason": reason},
-        )
-        metrics.count_request(service.name if service else None, status)
-        keep = req.keep_alive and not close
-        if keep and req.framing.kind != "none":
-            if req.expect_continue:
-                keep = False  # the client has not sent the body; we cannot tell if it will
-            else:
-                keep = await ex.body.discard(self.gw.limits.max_drain_bytes)
-        await self._answer(client, status, body, headers, close=not keep)
-        return keep
 
     # --- forwarding -------------------------------------------------------------------
     def request_head(
@@ -265,31 +250,43 @@ class Forwarder:
             return False
         return any(addr in net for net in self.gw.trusted_proxies)
 
-    async def prepare_backend(self, ex: Exchange) -> Refusal | None:
-        """Backend credentials (issue 7): a Bearer token the gateway issued goes on as it is
-        (the front end validates its own token); otherwise the route's mode decides, and a
-        mode that authenticates the connection (NTLM) gets a per-user pool."""
-        identity, service, req = ex.identity, ex.service, ex.req
+    def prepare_backend_now(self, ex: Exchange) -> object:
+        """:meth:`prepare_backend` when it needs no waiting: a Bearer token the gateway issued
+        goes on as it is (the front end validates its own token), mode ``none`` adds nothing;
+        WAIT for a mode that prepares credentials."""
+        identity = ex.identity
         if identity is None:
             return None
-        assert service is not None and ex.pool is not None  # set by the recognise stage
         if identity.method == "bearer":
-            authz = req.get(b"authorization")
+            authz = ex.req.get(b"authorization")
             ex.auth = BackendAuth([(b"Authorization", authz)] if authz else [])
-        elif ex.use_backend and service.backend != "none":
-            try:
-                auth = ex.auth = await self.backends[service.backend].prepare(identity, service, req)
-            except BackendError as e:
-                log.error("backend %s failed for %s (service %s): %s", service.backend, identity.user, service.name, e)
-                return Refusal(e.status, e.reason, b"upstream credentials unavailable\n")
-            if auth.pool_key is not None:
-                ex.pool = ex.pool.for_user(auth.pool_key)
+            return None
+        service = ex.service
+        assert service is not None  # set by the recognise stage
+        if ex.use_backend and service.backend != "none":
+            return WAIT
+        return None
+
+    async def prepare_backend(self, ex: Exchange) -> Refusal | None:
+        """Backend credentials (issue 7): :meth:`prepare_backend_now`, else the route's mode
+        prepares them, and a mode that authenticates the connection (NTLM) gets a per-user pool."""
+        if self.prepare_backend_now(ex) is not WAIT:
+            return None
+        identity, service, req = ex.identity, ex.service, ex.req
+        assert identity is not None and service is not None and ex.pool is not None  # recognised
+        try:
+            auth = ex.auth = await self.backends[service.backend].prepare(identity, service, req)
+        except BackendError as e:
+            log.error("backend %s failed for %s (service %s): %s", service.backend, identity.user, service.name, e)
+            return Refusal(e.status, e.reason, b"upstream credentials unavailable\n")
+        if auth.pool_key is not None:
+            ex.pool = ex.pool.for_user(auth.pool_key)
         return None
 
     async def forward(self, ex: Exchange) -> bool:
         """Send the request (head, then its body: what a stage read, or copied from the client) to
         the upstream and the response back. Returns whether to keep the client connection."""
-        conn, req, path, service, pool = ex.conn, ex.req, ex.path, ex.service, ex.pool
+        conn, req, service, pool = ex.conn, ex.req, ex.service, ex.pool
         identity, client, max_body, auth = ex.identity, ex.client, ex.max_body, ex.auth
         assert service is not None and pool is not None  # set by the recognise stage
         prebody, observe, response_headers = ex.body.data, ex.observe, ex.response_headers
@@ -329,7 +326,7 @@ class Forwarder:
                                 e,
                             )
                             status = e.status if isinstance(e, BackendError) else 502
-                            return await self._refuse(ex, status, reason, b"upstream credentials refused\n", [])
+                            return await self.answer(ex, Refusal(status, reason, b"upstream credentials refused\n"))
                     try:
                         sent = up.stream.loop.time()
                         up.stream.write(head)
@@ -340,8 +337,7 @@ class Forwarder:
                         metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, up.stream.loop.time() - sent)
                     except ClientBodyError as e:
                         up.close()
-                        await self._answer_error(conn, client, HttpError(e.status, e.reason), req, path, service)
-                        return False
+                        return await self.answer(ex, Refusal.protocol(HttpError(e.status, e.reason)))
                     except TimeoutError:
                         up.close()
                         return await self._upstream_failed(

@@ -3,18 +3,28 @@
     parse (protocols.http1, in gateway/session.py) → recognise → OAuth intercept → device facts
     → authenticate → decide → backend credentials → forward
 
-Each stage takes the gateway and the ``Exchange`` (gateway/exchange.py) and answers ``None``
-to go on, a ``Refusal`` (answered in one place, ``Gateway.answer``: logged, counted, the body
-drained when that keeps the connection) or a bool when it answered the request itself
-(whether to keep the connection: the OAuth grant's own answers, the forwarded response).
-Envoy's HTTP filters and mitmproxy's layers have this shape. The stages reach the gateway only
-through its public names (its service map, pools, authenticator, device gate, OAuth grants,
-``adopt``, ``prepare_backend``, ``forward``), so they run in tests with
-fakes (tests/gateway/test_pipeline.py).
+Each stage is a ``Stage`` with two forms of the same step, taking the gateway and the
+``Exchange`` (gateway/exchange.py):
 
-The fast path (gateway/session.py, ``ClientSession._forward_fast``) answers the same stages
-synchronously for the common request (``authenticate_now``, ``DeviceGate.decide_now``) and
-hands any other request to ``run``.
+- ``now(gw, ex)``, synchronous: answers ``None`` to go on, a ``Refusal``, or ``WAIT`` when it
+  cannot decide without waiting (the id service, a KDC, a body to read, an upstream connection
+  to open) — and then it has done nothing;
+- ``run(gw, ex)``, a coroutine: the whole step, waiting where it must. It answers ``None``, a
+  ``Refusal``, or a bool when it answered the request itself (whether to keep the connection:
+  the OAuth grant's own answers, the forwarded response).
+
+Every stage is tried synchronously first, by one runner for both paths. A connection's driver
+(gateway/session.py) runs the chain inside its protocol callbacks (``run_inline``): the common
+request (an anonymous service or a sender already known, an allowed device verdict cached on
+the connection, backend mode ``none`` or a Bearer token, an idle upstream connection) passes
+every stage's ``now`` and the forward stage's ``now`` sends it upstream from there (``INLINE``);
+the first stage that answers ``WAIT`` hands the exchange to a task that goes on from that stage
+with its ``run`` (``resume``) — no stage runs twice, so their bookkeeping (metrics, the
+connection's principal) happens once whichever path took the request. A ``Refusal`` is answered
+in one place (``Gateway.answer``; synchronously when there is no body to drain,
+``Gateway.refuse_now``). Envoy's HTTP filters, which may stop and continue the chain, and
+mitmproxy's layers have this shape. The stages reach the gateway only through its public names,
+so they run in tests with fakes (tests/gateway/test_pipeline.py).
 """
 
 from __future__ import annotations
@@ -27,11 +37,13 @@ from .. import metrics
 from ..logs import begin_request, new_request_id
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import split_target
+from .auth import AuthOutcome
 from .body import ClientBodyError, RequestBody
-from .exchange import Exchange, Refusal
+from .exchange import INLINE, WAIT, Exchange, Refusal
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
+    from .devices import Verdict
     from .server import Gateway
     from .stream import Stream
 
@@ -39,16 +51,35 @@ log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
 Outcome = Refusal | bool | None
-Stage = Callable[["Gateway", Exchange], Awaitable[Outcome]]
+Now = Callable[["Gateway", Exchange], object]  # Outcome without the bools, or WAIT / INLINE
+Run = Callable[["Gateway", Exchange], Awaitable[Outcome]]
 
 
-async def recognise(gw: Gateway, ex: Exchange) -> Outcome:
-    """The published service of the path, its method, Host and upstream; the body's limit."""
+class Stage:
+    """One step of the pipeline: its synchronous form ``now`` and its coroutine ``run``."""
+
+    __slots__ = ("name", "now", "run")
+
+    def __init__(self, name: str, now: Now, run: Run) -> None:
+        self.name = name
+        self.now = now
+        self.run = run
+
+    def __repr__(self) -> str:
+        return f"Stage({self.name})"
+
+
+# --- recognise ----------------------------------------------------------------------------
+def recognise_now(gw: Gateway, ex: Exchange) -> Refusal | None:
+    """The published service of the path, its method, Host and upstream; the body's limit.
+    Never waits."""
     req = ex.req
     try:
         ex.path, ex.query = split_target(req.target.decode("ascii"))
     except HttpError as e:
         return Refusal.protocol(e)
+    except UnicodeDecodeError:  # the parser admits obs-text only in field values, not here
+        return Refusal.protocol(HttpError(400, "bad-target"))
     service = ex.service = gw.service_map.recognise(ex.path)
     if service is not None and ex.ctx is not None:
         ex.ctx["service"] = service.name
@@ -73,6 +104,19 @@ async def recognise(gw: Gateway, ex: Exchange) -> Outcome:
     return None
 
 
+async def recognise(gw: Gateway, ex: Exchange) -> Outcome:
+    return recognise_now(gw, ex)
+
+
+# --- OAuth intercept ----------------------------------------------------------------------
+def oauth_intercept_now(gw: Gateway, ex: Exchange) -> object:
+    """The OAuth password grant is verified here (gateway/oauth.py): that waits."""
+    oauth = gw.oauth
+    if oauth is None or not oauth.intercepts(ex.service, ex.req):
+        return None
+    return WAIT
+
+
 async def oauth_intercept(gw: Gateway, ex: Exchange) -> Outcome:
     """The OAuth password grant: verified here, the token obtained by the backend mode
     (gateway/oauth.py). Other grants go on with the form already read (``ex.body.data``)."""
@@ -82,31 +126,40 @@ async def oauth_intercept(gw: Gateway, ex: Exchange) -> Outcome:
     return await oauth.handle(gw, ex)
 
 
-async def device_facts(gw: Gateway, ex: Exchange) -> Outcome:
-    """Recognise the device (the decide stage's facts; UCWA/CertProv: a bounded body read)."""
+# --- device facts -------------------------------------------------------------------------
+def device_facts_now(gw: Gateway, ex: Exchange) -> object:
+    """Recognise the device (the decide stage's facts); WAIT when they are in a body still to
+    be read (UCWA application create, CertProv)."""
     gate, req, service, path, query = gw.devices, ex.req, ex.service, ex.path, ex.query
     assert service is not None and path is not None and query is not None  # set by recognise
     if gate is None or not gate.applies(service, req):
         return None
-    limit = gate.body_limit(req, path, service)
-    if limit is not None and ex.body.pending:
-        try:  # consumed: a refusal does not drain it again, forwarding sends it
-            await ex.body.read(min(limit, ex.max_body))
-        except ClientBodyError as e:
-            return Refusal.protocol(HttpError(e.status, e.reason))
+    if ex.body.pending and gate.body_limit(req, path, service) is not None:
+        return WAIT
     ex.facts = gate.facts_for(ex.conn, req, path, query, service, ex.body.data)
-    ex.gate = gate  # from here on, ``gate.done(req)`` when the request is over (``run``)
+    ex.gate = gate  # from here on, ``gate.done(req)`` when the request is over
     return None
 
 
-async def authenticate(gw: Gateway, ex: Exchange) -> Outcome:
-    """Who sent it (gateway/auth.py); anonymous services skip this."""
-    service, req, conn = ex.service, ex.req, ex.conn
-    assert service is not None  # set by the recognise stage
-    if service.anonymous:
-        return None
-    outcome = await gw.authenticator.authenticate(conn, req, service)
-    authz = req.get(b"authorization")
+async def device_facts(gw: Gateway, ex: Exchange) -> Outcome:
+    """Recognise the device (UCWA/CertProv: a bounded body read first)."""
+    gate, req, service, path = gw.devices, ex.req, ex.service, ex.path
+    assert service is not None and path is not None  # set by recognise
+    if gate is not None and gate.applies(service, req):
+        limit = gate.body_limit(req, path, service)
+        if limit is not None and ex.body.pending:
+            try:  # consumed: a refusal does not drain it again, forwarding sends it
+                await ex.body.read(min(limit, ex.max_body))
+            except ClientBodyError as e:
+                return Refusal.protocol(HttpError(e.status, e.reason))
+    return device_facts_now(gw, ex)  # type: ignore[return-value]  # the body is read: never WAIT
+
+
+# --- authenticate -------------------------------------------------------------------------
+def authenticated(ex: Exchange, outcome: AuthOutcome) -> Refusal | None:
+    """The authenticator's ``outcome`` for ``ex``: the refusal, or the identity kept (on the
+    exchange, as the connection's principal, in the log context) and counted."""
+    authz = ex.req.get(b"authorization")
     if outcome.identity is None:
         metrics.count_auth(
             metrics.auth_method(authz), metrics.auth_result(outcome.status, outcome.reason), outcome.reason
@@ -114,7 +167,7 @@ async def authenticate(gw: Gateway, ex: Exchange) -> Outcome:
         body = b"authentication required\n" if outcome.status == 401 else b"access denied\n"
         return Refusal(outcome.status, outcome.reason or "unauthenticated", body, outcome.headers, close=outcome.close)
     identity = ex.identity = outcome.identity
-    conn.principal = identity
+    ex.conn.principal = identity
     if authz is not None:  # credentials presented (not a request riding an NTLM connection)
         metrics.count_auth(identity.method, "allow", "ok")
     if ex.ctx is not None:
@@ -123,14 +176,34 @@ async def authenticate(gw: Gateway, ex: Exchange) -> Outcome:
     return None
 
 
-async def decide(gw: Gateway, ex: Exchange) -> Outcome:
-    """The user/device partnership (issue 6); account state is the id service's."""
-    gate, identity = ex.gate, ex.identity
-    if gate is None or identity is None or ex.facts is None:
+def authenticate_now(gw: Gateway, ex: Exchange) -> object:
+    """Who sent it, when the authenticator knows without waiting (``Gateway.auth_now``: an
+    NTLM- or Kerberos-authenticated connection, the Basic memo, a Bearer token we issued, a
+    handshake leg or a refusal that needs no store); anonymous services skip this."""
+    service = ex.service
+    assert service is not None  # set by the recognise stage
+    if service.anonymous:
         return None
-    conn, path, service = ex.conn, ex.path, ex.service
-    assert path is not None and service is not None  # set by the recognise stage
-    verdict = await gate.decide(conn, ex.req, path, service, identity, ex.facts)
+    answer = gw.auth_now
+    outcome = None if answer is None else answer(ex.conn, ex.req, service)
+    if outcome is None:
+        return WAIT
+    return authenticated(ex, outcome)
+
+
+async def authenticate(gw: Gateway, ex: Exchange) -> Outcome:
+    """Who sent it (gateway/auth.py)."""
+    service = ex.service
+    assert service is not None  # set by the recognise stage
+    if service.anonymous:
+        return None
+    return authenticated(ex, await gw.authenticator.authenticate(ex.conn, ex.req, service))
+
+
+# --- decide -------------------------------------------------------------------------------
+def decided(gw: Gateway, ex: Exchange, verdict: Verdict) -> Refusal | None:
+    """The device gate's ``verdict`` for ``ex``: the refusal, or the identity it names adopted."""
+    conn = ex.conn
     if not verdict.forward:
         if verdict.reset_auth:
             conn.identity = None
@@ -145,90 +218,201 @@ async def decide(gw: Gateway, ex: Exchange) -> Outcome:
     return None
 
 
+def decide_now(gw: Gateway, ex: Exchange) -> object:
+    """The user/device partnership when the connection has an allowed verdict cached
+    (``DeviceGate.decide_now``); else WAIT (the id service decides)."""
+    gate, identity, facts = ex.gate, ex.identity, ex.facts
+    if gate is None or identity is None or facts is None:
+        return None
+    service = ex.service
+    assert service is not None  # set by the recognise stage
+    verdict = gate.decide_now(ex.conn, ex.req, service, identity, facts)
+    if verdict is None:
+        return WAIT
+    metrics.count_device(service.name, "allow")  # as DeviceGate.decide counts its decisions
+    return decided(gw, ex, verdict)
+
+
+async def decide(gw: Gateway, ex: Exchange) -> Outcome:
+    """The user/device partnership (issue 6); account state is the id service's."""
+    gate, identity, facts = ex.gate, ex.identity, ex.facts
+    if gate is None or identity is None or facts is None:
+        return None
+    path, service = ex.path, ex.service
+    assert path is not None and service is not None  # set by the recognise stage
+    return decided(gw, ex, await gate.decide(ex.conn, ex.req, path, service, identity, facts))
+
+
+# --- backend credentials ------------------------------------------------------------------
+def backend_credentials_now(gw: Gateway, ex: Exchange) -> object:
+    """What the front end gets to know the user by (issue 7): a Bearer token as it is, or
+    nothing (mode ``none``); WAIT for a mode that prepares credentials."""
+    return gw.prepare_backend_now(ex)
+
+
 async def backend_credentials(gw: Gateway, ex: Exchange) -> Outcome:
     """What the front end gets to know the user by (issue 7; gateway/backend.py)."""
     return await gw.prepare_backend(ex)
 
 
+# --- forward ------------------------------------------------------------------------------
+def forward_now(gw: Gateway, ex: Exchange) -> object:
+    """Send the request from the connection's protocol callbacks (``INLINE``: its driver
+    answers it) when the driver can (an idle upstream connection, no body ...); else WAIT."""
+    driver = ex.driver
+    if driver is None:
+        return WAIT
+    return driver.forward_now(ex)
+
+
 async def forward(gw: Gateway, ex: Exchange) -> Outcome:
     """To the upstream and the response back (``Gateway.forward``); the access log line."""
     keep = await gw.forward(ex)
-    if ex.started is not None:
-        conn, req, identity, service = ex.conn, ex.req, ex.identity, ex.service
-        assert service is not None  # set by the recognise stage
-        access_log.info(
-            "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
-            conn.peer_host,
-            conn.id,
-            conn.request_id.decode(),
-            req.method.decode(),
-            ex.path,
-            service.name,
-            identity.user if identity else "-",
-            (gw.clock() - ex.started) * 1000,
-        )
+    log_access(gw, ex)
     return keep
 
 
 STAGES: tuple[Stage, ...] = (
-    recognise,
-    oauth_intercept,
-    device_facts,
-    authenticate,
-    decide,
-    backend_credentials,
-    forward,
+    Stage("recognise", recognise_now, recognise),
+    Stage("oauth_intercept", oauth_intercept_now, oauth_intercept),
+    Stage("device_facts", device_facts_now, device_facts),
+    Stage("authenticate", authenticate_now, authenticate),
+    Stage("decide", decide_now, decide),
+    Stage("backend_credentials", backend_credentials_now, backend_credentials),
+    Stage("forward", forward_now, forward),
 )
+_NOW = tuple(stage.now for stage in STAGES)
 
 
-async def send(gw: Gateway, ex: Exchange) -> bool:
-    """Backend credentials, then forward, without the access line: for a request whose
-    earlier stages ran elsewhere (the OAuth grant with its identity, the fast path's retry on
-    a new upstream connection)."""
-    refusal = await gw.prepare_backend(ex)
-    if refusal is not None:
-        return await gw.answer(ex, refusal)
-    return await gw.forward(ex)
+def log_access(gw: Gateway, ex: Exchange) -> None:
+    """The access log line of a forwarded request (when the access log is on: ``ex.started``)."""
+    started = ex.started
+    if started is None:
+        return
+    conn, identity, service = ex.conn, ex.identity, ex.service
+    assert service is not None  # set by the recognise stage
+    access_log.info(
+        "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
+        conn.peer_host,
+        conn.id,
+        conn.request_id.decode(),
+        ex.req.method.decode(),
+        ex.path,
+        service.name,
+        identity.user if identity is not None else "-",
+        (gw.clock() - started) * 1000,
+        extra=ex.log_fields(),
+    )
+    ex.started = None
 
 
-async def run_stages(gw: Gateway, ex: Exchange, stages: tuple[Stage, ...] = STAGES) -> bool:
-    """Run ``ex`` through ``stages`` until one answers. Returns whether to keep the connection."""
+# --- running the stages -------------------------------------------------------------------
+def begin(gw: Gateway, conn: ClientConnection, req: RequestHead, client: Stream) -> Exchange:
+    """A new request on ``conn``: counted, its request id, its Exchange."""
+    conn.requests += 1
+    conn.request_id = new_request_id()
+    started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
+    return Exchange(conn, req, client, RequestBody(req, client, gw.gw.timeouts.body_read), None, started)
+
+
+def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
+    """Every stage's ``now`` in order, until one answers: ``(index, outcome)`` — ``INLINE``
+    (the forward stage sent it from the driver), ``WAIT`` (go on with ``resume(gw, ex,
+    index)`` in a task) or a ``Refusal`` (``refuse``)."""
+    for i, now in enumerate(_NOW):
+        outcome = now(gw, ex)
+        if outcome is not None:
+            return i, outcome
+    raise AssertionError("the forward stage always answers")
+
+
+def task_context(ex: Exchange) -> None:
+    """This task's log context (ucgate.logs), with what the stages so far learnt."""
+    ctx = ex.ctx = begin_request(ex.conn.request_id, ex.conn.peer_host)
+    ctx.update(ex.log_fields())
+
+
+async def run_stages(gw: Gateway, ex: Exchange, start: int = 0, *, waiting: bool = False) -> bool:
+    """Run ``ex`` through the stages from ``start`` until one answers (each synchronously
+    first, its coroutine when that answers WAIT; ``waiting``: the first one's ``now`` already
+    answered WAIT). Returns whether to keep the connection."""
     try:
-        for stage in stages:
-            outcome = await stage(gw, ex)
+        stages = STAGES
+        n = len(stages)
+        i = start
+        while i < n:
+            stage = stages[i]
+            i += 1
+            outcome = WAIT if waiting else stage.now(gw, ex)
+            waiting = False
+            if outcome is WAIT:
+                outcome = await stage.run(gw, ex)
             if outcome is None:
                 continue
             if outcome is True or outcome is False:
                 return outcome
+            assert isinstance(outcome, Refusal), outcome  # INLINE needs a driver: not in a task
             return await gw.answer(ex, outcome)
-        return False  # no stage answered (a list of stages without ``forward``)
+        return False  # no stage answered (cannot happen: forward always does)
+    finally:
+        if ex.gate is not None:
+            ex.gate.done(ex.req)
+
+
+async def resume(gw: Gateway, ex: Exchange, start: int) -> bool:
+    """Go on in a task with stage ``start``, whose ``now`` answered WAIT inline."""
+    ex.driver = None
+    task_context(ex)
+    return await run_stages(gw, ex, start, waiting=True)
+
+
+async def refuse(gw: Gateway, ex: Exchange, refusal: Refusal) -> bool:
+    """Answer a refusal made inline that needs waiting (a body to drain) in a task."""
+    ex.driver = None
+    task_context(ex)
+    try:
+        return await gw.answer(ex, refusal)
     finally:
         if ex.gate is not None:
             ex.gate.done(ex.req)
 
 
 async def run(gw: Gateway, conn: ClientConnection, req: RequestHead, client: Stream) -> bool:
-    """One request through the pipeline. Returns whether to keep the connection."""
-    conn.requests += 1
-    rid = conn.request_id = new_request_id()
-    ctx = begin_request(rid, conn.peer_host)  # this task's log lines carry it (ucgate.logs)
-    started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
-    body = RequestBody(req, client, gw.gw.timeouts.body_read)
-    return await run_stages(gw, Exchange(conn, req, client, body, ctx, started))
+    """One request through the pipeline, in a task. Returns whether to keep the connection."""
+    ex = begin(gw, conn, req, client)
+    task_context(ex)
+    return await run_stages(gw, ex)
+
+
+async def send(gw: Gateway, ex: Exchange) -> bool:
+    """Backend credentials, then forward, without the access line: for a request whose
+    earlier stages ran elsewhere (the OAuth grant with its identity)."""
+    refusal = await gw.prepare_backend(ex)
+    if refusal is not None:
+        return await gw.answer(ex, refusal)
+    return await gw.forward(ex)
 
 
 __all__ = [
+    "INLINE",
     "STAGES",
+    "WAIT",
     "Exchange",
     "Refusal",
+    "Stage",
     "authenticate",
     "backend_credentials",
+    "begin",
     "decide",
     "device_facts",
     "forward",
+    "log_access",
     "oauth_intercept",
     "recognise",
+    "refuse",
+    "resume",
     "run",
+    "run_inline",
     "run_stages",
     "send",
 ]

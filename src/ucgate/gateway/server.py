@@ -29,7 +29,7 @@ from ..protocols.http1 import RequestHead
 from ..protocols.ntlm import tls_server_end_point
 from ..protocols.sfb import Service, ServiceMap
 from . import pipeline
-from .auth import Authenticator, DenyAll
+from .auth import Authenticator, AuthOutcome, DenyAll
 from .backend import BackendCredentials, default_backends
 from .connection import ClientConnection, Identity, call_on_loop
 from .devices import DeviceGate
@@ -44,6 +44,23 @@ from .upstream import UpstreamPool
 
 log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
+
+
+def _auth_now(authenticator: Authenticator) -> Callable[..., AuthOutcome | None] | None:
+    cls = type(authenticator)
+    answer = getattr(cls, "answer_now", None)
+    if answer is not None:
+        return answer.__get__(authenticator)
+    known = getattr(cls, "authenticate_now", None)
+    if known is None:
+        return None
+    identity_now = known.__get__(authenticator)
+
+    def adapted(conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome | None:
+        identity = identity_now(conn, req, service)
+        return None if identity is None else AuthOutcome(identity=identity)
+
+    return adapted
 
 
 class Gateway:
@@ -85,12 +102,13 @@ class Gateway:
         self.authenticator: Authenticator = authenticator or DenyAll()
         if oauth is not None:
             self.authenticator = oauth.wrap(self.authenticator)
-        # the authenticator's synchronous answer for an already-authenticated request (an NTLM
-        # connection, the Basic memo, a Bearer token we issued: ``authenticate_now``), which
-        # lets the fast path (gateway/session.py) forward it; looked up on the class, so that a
-        # wrapper delegating attributes never lends its inner authenticator's
-        now = getattr(type(self.authenticator), "authenticate_now", None)
-        self.authenticate_now: Callable | None = now.__get__(self.authenticator) if now is not None else None
+        # the authenticator's synchronous answer (``answer_now``: what ``authenticate`` would
+        # answer when that needs no waiting, e.g. an NTLM connection, the Basic memo, a Bearer
+        # token we issued), which lets the authenticate stage answer inline
+        # (gateway/pipeline.py); looked up on the class, so that a wrapper delegating
+        # attributes never lends its inner authenticator's. An authenticator with only
+        # ``authenticate_now`` (an identity or None) is adapted.
+        self.auth_now: Callable[..., AuthOutcome | None] | None = _auth_now(self.authenticator)
         self.clock = clock
         self.service_map = ServiceMap.with_overrides(config.services)
         for svc in self.service_map.services:
@@ -135,6 +153,7 @@ class Gateway:
         self.identity_header, self.proto = fw.identity_header, fw.proto
         self.answer, self.answer_now, self.log_rejected = fw.answer, fw.answer_now, fw.log_rejected
         self.prepare_backend, self.forward, self.deliver = fw.prepare_backend, fw.forward, fw.deliver
+        self.prepare_backend_now, self.refuse_now = fw.prepare_backend_now, fw.refuse_now
         self.request_head, self.response_head = fw.request_head, fw.response_head
         self.upstream_failed_now = fw.upstream_failed_now
         self._is_trusted_proxy = fw.is_trusted_proxy

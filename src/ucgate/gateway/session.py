@@ -1,30 +1,26 @@
-"""One client connection's driver: request heads in, and the fast path that proxies the common
-request inside protocol callbacks.
+"""One client connection's driver: request heads in, the stages run inline in protocol
+callbacks, and the upstream exchange of a request forwarded from there.
 
-Why two paths. The request pipeline (gateway/pipeline.py, ``STAGES``: recognise → OAuth
-intercept → device facts → authenticate → decide → backend credentials → forward) is a
-coroutine, because authentication, the device gate and the backend mode may wait
-for the id service, the directory or a KDC, and bodies of any size are streamed. Run for every
-request, a coroutine costs task wake-ups, futures and frames that dominated the proxy's CPU per
-request (bench/README.md). Most requests need none of that: no body, a service that is
-anonymous or a request whose sender is already known, an idle pooled upstream connection, and a
-small response with a Content-Length that arrives in one piece. "Already known" is what the
-authenticator can answer without waiting (``authenticate_now``): an NTLM- or Kerberos-
-authenticated connection, the Basic header this connection verified last, a Bearer token the
-gateway issued; with the device gate, an allowed verdict cached on the connection
-(``DeviceGate.decide_now``); and backend mode ``none`` (or a Bearer token, forwarded as it is). Those are handled here, in ``Stream`` callbacks, from the head arriving
-to the response written — with the same parse, recognise, head-building and error rules as the
-pipeline, by calling the same functions. Everything else is handed to the pipeline in a task
-at the point where the fast path stops being sure:
+Why inline. The request pipeline (gateway/pipeline.py, ``STAGES``: recognise → OAuth
+intercept → device facts → authenticate → decide → backend credentials → forward) may wait for
+the id service, the directory or a KDC, and streams bodies of any size, so each stage has a
+coroutine. Run for every request, a coroutine costs task wake-ups, futures and frames that
+dominated the proxy's CPU per request (bench/README.md). Most requests need none of that, and
+every stage also has a synchronous form (``Stage.now``) that answers without waiting or says
+``WAIT``. This driver runs the chain inline (``pipeline.run_inline``) from the head arriving:
 
-- before anything is sent upstream (a body, an unknown service, a method the service refuses,
-  the OAuth grant, credentials to verify or to challenge for, a device decision to ask for, a
-  backend mode that prepares credentials, no idle upstream connection): ``Gateway.handle``
-  runs the request from the top — the checks made here have no side effects;
-- after the request went upstream, when the response is not a small complete one (chunked,
-  close-delimited, large, or its body still on the way): ``Gateway.deliver`` streams it;
-- when the pooled connection turns out to be dead before a response head arrived: the request
-  (bodiless, so safe to repeat, as the pipeline does) is forwarded again by ``pipeline.send``.
+- every stage went on and the forward stage's ``now`` is this driver's :meth:`forward_now`:
+  with no body, nothing to observe in the response and an idle pooled upstream connection, the
+  request is written upstream here (``INLINE``) and the response is read in ``Stream`` callbacks;
+- a stage answered ``WAIT``: a task goes on from that stage with its coroutine
+  (``pipeline.resume``) — nothing runs twice;
+- a stage refused: answered here (``Gateway.refuse_now``), or in a task when a body must be
+  drained first (``pipeline.refuse``).
+
+After an inline forward, the response goes back from here when it is small and complete (a
+Content-Length body that arrived with its head); else ``Gateway.deliver`` streams it in a task.
+When the pooled connection turns out to be dead before a response head arrived, the request
+(bodiless, so safe to repeat, as the pipeline does) is forwarded again in a task.
 
 One request at a time per connection: while one is in flight, further (pipelined) bytes only
 accumulate in the buffer (with the stream's back-pressure) and are read when it is answered.
@@ -41,16 +37,15 @@ import ssl
 from typing import TYPE_CHECKING
 
 from .. import metrics
-from ..logs import REQUEST_ID_HEADER, begin_request, new_request_id
+from ..logs import REQUEST_ID_HEADER, new_request_id
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead
-from ..protocols.sfb import Service, split_target
 from . import pipeline
 from .body import RequestBody
-from .connection import ClientConnection, Identity
-from .exchange import Exchange
+from .connection import ClientConnection
+from .exchange import INLINE, WAIT, Exchange, Refusal
 from .stream import Stream
-from .upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from .upstream import UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -65,26 +60,20 @@ SMALL_BODY = 64 * 1024
 
 
 class ClientSession:
-    """Drives one client ``Stream``: callback mode between requests and for fast requests, a
-    task (``stream.task``) for requests that take the pipeline."""
+    """Drives one client ``Stream``: callback mode between requests and for requests that
+    every stage answers inline, a task (``stream.task``) for those that wait."""
 
     __slots__ = (
         "gw",
         "stream",
         "conn",
         "loop",
-        # the fast request in flight (None when there is none), and its head as received
-        "req",
+        # the request forwarded inline and its upstream connection (None when there is none),
+        # and the head of the request being served as received
+        "ex",
         "up",
-        "pool",
-        "service",
-        "path",
-        "started",
         "head",
-        # who sent it (None: an anonymous service), and its device when the device gate decided
-        "identity",
-        "device",
-        # loop.time() when the fast request was written upstream (ucgate_upstream_response_seconds)
+        # loop.time() when the inline request was written upstream (ucgate_upstream_response_seconds)
         "sent",
         # this connection's X-Forwarded-For/-Proto fields and the X-Forwarded-Host name, made once;
         # the identity header's line for the user last forwarded
@@ -103,19 +92,13 @@ class ClientSession:
         self.stream = stream
         self.conn = conn
         self.loop = stream.loop
-        self.req: RequestHead | None = None
+        self.ex: Exchange | None = None
+        self.up: UpstreamConnection | None = None
         self.head = b""
+        self.sent = 0.0
         self.forwarded: bytes | None = None
         self.ident_user: str | None = None
         self.ident_line = b""
-        self.up: UpstreamConnection | None = None
-        self.pool: UpstreamPool | None = None
-        self.service: Service | None = None
-        self.identity: Identity | None = None
-        self.device: str | None = None
-        self.path = ""
-        self.started: float | None = None  # clock() at the request, when access logging is on
-        self.sent = 0.0
         self._on_client_data = self.on_client_data
         self._on_upstream_data = self.on_upstream_data
         self._on_upstream_deadline = self.on_upstream_deadline
@@ -155,18 +138,40 @@ class ClientSession:
             s.on_data = None
             s.set_deadline(_NO_DEADLINE)
             gw = self.gw
-            simple = http1.common_request(head, gw.limits, gw.request_specials)
-            if simple is not None and self._forward_fast(simple, head):
-                return
-            try:
-                req = http1.parse_request_head(head, gw.limits)
-            except HttpError as e:
-                self._refuse_now(e)
-                return
-            if not self._forward_fast(req, head):
-                self._run(gw.handle(self.conn, req, s))
+            req = http1.common_request(head, gw.limits, gw.request_specials)
+            if req is None:
+                try:
+                    req = http1.parse_request_head(head, gw.limits)
+                except HttpError as e:
+                    self._refuse_now(e)
+                    return
+            self._serve(req, head)
         except Exception:  # noqa: BLE001 - never let one connection take the process (or the loop) down
             self._internal_error()
+
+    def _serve(self, req: RequestHead, head: bytes) -> None:
+        """Run ``req``'s stages inline, then go on as the first one that did not go on says."""
+        gw = self.gw
+        if not gw.fast_path:  # every request in a task (tests hold both paths to one result)
+            self._run(gw.handle(self.conn, req, self.stream))
+            return
+        ex = pipeline.begin(gw, self.conn, req, self.stream)
+        ex.driver = self
+        self.head = head
+        i, outcome = pipeline.run_inline(gw, ex)
+        if outcome is INLINE:
+            return
+        if outcome is WAIT:
+            self._run(pipeline.resume(gw, ex, i))
+            return
+        assert isinstance(outcome, Refusal), outcome
+        keep = gw.refuse_now(ex, outcome)
+        if keep is None:  # a body to drain first
+            self._run(pipeline.refuse(gw, ex, outcome))
+            return
+        if ex.gate is not None:
+            ex.gate.done(req)
+        self._after(keep)
 
     def on_client_deadline(self) -> None:
         """No (complete) request head in time: 408 on a new connection, else just close."""
@@ -200,6 +205,13 @@ class ClientSession:
         if self.up is not None:
             self._release_upstream(close=True)
         self.stream.close()
+
+    def _after(self, keep: bool) -> None:
+        """The request was answered: wait for the next one, or close."""
+        if keep and self.conn.closed_reason is None:
+            self._resume()
+        else:
+            self.stream.close()
 
     def _resume(self) -> None:
         """The request was answered and the connection stays: back to callback mode, with the
@@ -240,134 +252,73 @@ class ClientSession:
         else:
             s.close()
 
-    # --- the fast path --------------------------------------------------------------------
-    def _forward_fast(self, req: RequestHead, head: bytes) -> bool:
-        """Send ``req`` (parsed from ``head``) upstream from here if it needs nothing the
-        pipeline waits for; False (nothing done) otherwise. Every check is
-        the pipeline's (gateway/pipeline.py), in its order, made by the same functions."""
-        simple = req.prefix is not None  # the common route (http1.common_request)
-        if not simple and req.framing.kind != "none":
-            return False
-        gw = self.gw
-        if not gw.fast_path:
-            return False
-        try:
-            path, query = split_target(req.target.decode("ascii"))
-        except (HttpError, UnicodeDecodeError):
-            return False  # the pipeline answers it
-        service = gw.service_map.recognise(path)
-        if service is None or not service.enabled:
-            return False
-        if req.method not in service.methods or not req.host:  # 405, or HTTP/1.0 without Host
-            return False
-        pool = gw.pools.get(service.upstream)
-        if pool is None:
-            return False
-        if gw.oauth is not None and gw.oauth.intercepts(service, req):
-            return False
-        conn = self.conn
-        identity: Identity | None = None
-        authz: bytes | None = None
-        decided = False
-        if not service.anonymous:
-            # authenticate, decide: only what is known already (no side effects until committed)
-            now = gw.authenticate_now
-            if now is None:
-                return False
-            gate = gw.devices
-            if gate is not None and gate.applies(service, req):
-                if simple:
-                    return False  # the device's facts need every field: parsed, then back here
-                facts = gate.facts_for(conn, req, path, query, service, None)
-                try:
-                    identity = now(conn, req, service)
-                    verdict = None if identity is None else gate.decide_now(conn, req, service, identity, facts)
-                finally:
-                    gate.done(req)
-                if verdict is None or verdict.identity is None:
-                    return False
-                decided = True
-            else:
-                identity = now(conn, req, service)
-                if identity is None:
-                    return False
-            authz = req.authorization if simple else req.get(b"authorization")
-            # forward: a Bearer token goes on as it is; any backend mode but none prepares
-            if identity.method != "bearer" and service.backend != "none":
-                return False
+    # --- the forward stage, inline --------------------------------------------------------
+    def forward_now(self, ex: Exchange) -> object:
+        """The forward stage's synchronous form (``pipeline.forward_now``): write the request
+        upstream from here and answer INLINE, or WAIT (nothing done) when the coroutine must
+        do it: a body (to stream, or read by a stage), a response to observe or add headers
+        to, backend credentials of a per-user connection, no idle upstream connection."""
+        req = ex.req
+        if req.prefix is None and req.framing.kind != "none":
+            return WAIT  # a body to stream
+        if ex.body.data is not None or ex.observe is not None or ex.response_headers:
+            return WAIT
+        auth = ex.auth
+        if auth is not None and (auth.pool_key is not None or auth.handshake is not None):
+            return WAIT
+        pool = ex.pool
+        assert pool is not None  # set by the recognise stage
         up = pool.take_idle()
         if up is None:
-            return False  # connecting waits: the pipeline does it
+            return WAIT  # connecting waits: the coroutine does it
         # committed: from here on this request is answered by this session
-        conn.requests += 1
+        gw = self.gw
         gw.fast_requests += 1
-        rid = conn.request_id = new_request_id()
-        if identity is not None:  # the authenticate and decide stages' bookkeeping
-            conn.principal = identity
-            if authz is not None:  # credentials presented (not a request riding an NTLM connection)
-                metrics.count_auth(identity.method, "allow", "ok")
-            if decided:
-                metrics.count_device(service.name, "allow")
-                identity = verdict.identity  # type: ignore[union-attr]
-                gw.adopt(conn, req, identity)  # type: ignore[arg-type]
-        self.req, self.up, self.pool, self.service, self.path = req, up, pool, service, path
-        self.identity = identity
-        self.device = identity.device_id if decided else None  # type: ignore[union-attr]
-        self.head = head
-        self.started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
+        if ex.gate is not None:
+            ex.gate.done(req)
+            ex.gate = None
+        self.ex, self.up = ex, up
+        conn, identity = ex.conn, ex.identity
         us = up.stream
         us.on_data = self._on_upstream_data
         us.on_deadline = self._on_upstream_deadline
         us.on_lost = self._on_upstream_lost
         us.set_deadline(self.loop.time() + gw.gw.timeouts.upstream_read)
-        bearer = identity is not None and identity.method == "bearer"
+        backend = auth.headers if auth is not None else None
         prefix = req.prefix
-        if (
-            prefix is not None
-        ):  # the common route: its head as sent, less Connection, plus what Gateway.request_head adds
+        if prefix is not None:  # the common route: its head as sent, less Connection, plus what request_head adds
             if self.forwarded is None:
                 self.forwarded = b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: " % (
                     conn.peer_host.encode(),
                     gw.proto,
                 )
+            rid = conn.request_id
             if identity is None:
                 us.write(prefix + self.forwarded + req.host + _RID + rid + b"\r\n\r\n")
-            else:  # Authorization dropped; the identity header, then a Bearer token's backend header
+            else:  # Authorization dropped; the identity header, then the backend's (a Bearer token)
                 if self.ident_user is not identity.user:
                     self.ident_user = identity.user
                     self.ident_line = b"\r\n" + gw.identity_header + b": " + identity.user.encode("utf-8")
-                line = prefix if authz is None else req.prefix_authenticated
+                line = prefix if req.authorization is None else req.prefix_authenticated
                 assert line is not None  # set whenever the common route kept an Authorization
-                us.write(
-                    b"".join(
-                        (
-                            line,
-                            self.forwarded,
-                            req.host,
-                            _RID,
-                            rid,
-                            self.ident_line,
-                            b"\r\nAuthorization: " + authz if bearer and authz else b"",
-                            b"\r\n\r\n",
-                        )
-                    )
-                )
+                extra = b"".join(b"\r\n" + k + b": " + v for k, v in backend) if backend else b""
+                us.write(b"".join((line, self.forwarded, req.host, _RID, rid, self.ident_line, extra, b"\r\n\r\n")))
         else:
             us.write(
                 gw.request_head(
                     conn,
                     req,
                     identity,
-                    [(b"Authorization", authz)] if bearer and authz else None,
+                    backend,
                     {
-                        "service": service.name,
+                        "service": ex.service.name if ex.service is not None else None,
                         "user": identity.user if identity is not None else None,
-                        "device": self.device,
+                        "device": identity.device_id if identity is not None and ex.facts is not None else None,
                     },
                 )
             )
         self.sent = self.loop.time()
-        return True
+        return INLINE
 
     def on_upstream_data(self) -> None:
         try:
@@ -376,8 +327,9 @@ class ClientSession:
             self._internal_error()
 
     def _upstream_data(self) -> None:
-        up, req = self.up, self.req
-        assert up is not None and req is not None
+        up, ex = self.up, self.ex
+        assert up is not None and ex is not None
+        req = ex.req
         us = up.stream
         gw = self.gw
         while True:
@@ -423,73 +375,62 @@ class ClientSession:
             data = us.take_buffered(framing.length)
         else:
             data = None
-        pool, service = self.pool, self.service
-        assert pool is not None and service is not None
-        if data is None:  # a body to stream: the pipeline's _deliver does it in a task
-            self._answered(pool, service, resp.status)
-            self._run(self._deliver(req, resp, self._release_upstream(close=False), pool, service))
+        if data is None:  # a body to stream: the pipeline's deliver does it in a task
+            self._answered(resp.status)
+            self._run(self._deliver(ex, resp, self._release_upstream(close=False)))
             return
         head_out, keep = gw.response_head(req, resp, [])
-        self._answered(pool, service, resp.status)
+        self._answered(resp.status)
         self._answer(resp.keep_alive, head_out + data if data else head_out, keep)
 
     def _answer_simple(self, resp: http1.ResponseHead) -> bool:
         """Send a response in the common shape (``http1.common_response``) whose body is
         buffered already; False (nothing done) when it is not."""
-        up, req, length, prefix = self.up, self.req, resp.length, resp.prefix
-        assert up is not None and req is not None and length is not None and prefix is not None
+        up, ex, length, prefix = self.up, self.ex, resp.length, resp.prefix
+        assert up is not None and ex is not None and length is not None and prefix is not None
         data = up.stream.take_buffered(length)
         if data is None:
             return False
+        req = ex.req
         keep = req.keep_alive and req.version >= (1, 1)  # as Gateway.response_head
-        assert self.pool is not None
-        self._answered(self.pool, self.service, resp.status)
+        self._answered(resp.status)
         self._answer(resp.keep_alive, prefix + (b"\r\n" if keep else b"Connection: close\r\n\r\n") + data, keep)
         return True
 
     def _answer(self, upstream_keeps: bool, out: bytes, keep: bool) -> None:
         """The whole answer was read: give the upstream connection back to its pool, write
         ``out`` to the client, then wait for the next request or close (``keep``)."""
-        req, pool, service = self.req, self.pool, self.service
-        assert req is not None and pool is not None and service is not None
+        ex = self.ex
+        assert ex is not None and ex.pool is not None
         up = self._release_upstream(close=False)
         up.requests += 1
         if not upstream_keeps:
             up.reusable = False
-        pool.release(up)
-        if self.started is not None:  # before the write: the line is there when the client has its answer
-            self._log_access(req, service)
+        ex.pool.release(up)
+        if ex.started is not None:  # before the write: the line is there when the client has its answer
+            pipeline.log_access(self.gw, ex)
         self.stream.write(out)
-        if keep and self.conn.closed_reason is None:
-            self._resume()
-        else:
-            self.stream.close()
+        self._after(keep)
 
-    def _answered(self, pool: UpstreamPool, service: Service | None, status: int) -> None:
-        """The response head of the fast request arrived: its metrics."""
-        metrics.UPSTREAM_LATENCY.observe(pool.upstream.name, self.loop.time() - self.sent)
-        metrics.count_request(service.name if service else None, status)
+    def _answered(self, status: int) -> None:
+        """The response head of the inline request arrived: its metrics."""
+        ex = self.ex
+        assert ex is not None and ex.pool is not None
+        metrics.UPSTREAM_LATENCY.observe(ex.pool.upstream.name, self.loop.time() - self.sent)
+        metrics.count_request(ex.service.name if ex.service else None, status)
 
-    def _task_context(self, service: Service) -> None:
-        """This task's log context (ucgate.logs), as ``pipeline.run`` sets it."""
-        ctx = begin_request(self.conn.request_id, self.conn.peer_host)
-        ctx["service"] = service.name
-        if self.identity is not None:
-            ctx["user"] = self.identity.user
-        if self.device:
-            ctx["device"] = self.device
-
-    async def _deliver(self, req, resp, up, pool, service) -> bool:
-        self._task_context(service)
-        keep = await self.gw.deliver(req, resp, up, pool, self.stream, [])
-        if self.started is not None:
-            self._log_access(req, service)
+    async def _deliver(self, ex: Exchange, resp: http1.ResponseHead, up: UpstreamConnection) -> bool:
+        pipeline.task_context(ex)
+        assert ex.pool is not None
+        keep = await self.gw.deliver(ex.req, resp, up, ex.pool, self.stream, [])
+        pipeline.log_access(self.gw, ex)
         return keep
 
     def on_upstream_deadline(self) -> None:
         """No response head within ``upstream_read``: 504, as the pipeline answers."""
-        assert self.pool is not None
-        self._upstream_failed(UpstreamError("upstream-read-timeout", self.pool.upstream.name), status=504)
+        ex = self.ex
+        assert ex is not None and ex.pool is not None
+        self._upstream_failed(UpstreamError("upstream-read-timeout", ex.pool.upstream.name), status=504)
 
     def on_upstream_lost(self, exc: BaseException | None) -> None:
         if self.up is not None:
@@ -498,68 +439,36 @@ class ClientSession:
     def _upstream_gone(self) -> None:
         """The pooled connection closed before a response head: forward the request again on
         another connection (the pipeline retries a bodiless request the same way)."""
-        req, pool, service = self.req, self.pool, self.service
-        assert req is not None and pool is not None and service is not None
+        ex = self.ex
+        assert ex is not None
         self._release_upstream(close=True)
-        self._run(self._forward_again(req, pool, service, self.identity))
+        self._run(self._forward_again(ex))
 
-    async def _forward_again(
-        self, req: RequestHead, pool: UpstreamPool, service: Service, identity: Identity | None
-    ) -> bool:
+    async def _forward_again(self, ex: Exchange) -> bool:
         gw = self.gw
-        self._task_context(service)
-        if req.prefix is not None:  # the common route's head: the pipeline reads every field
-            req = http1.parse_request_head(self.head, gw.limits)
-        ex = Exchange(self.conn, req, self.stream, RequestBody(req, self.stream, gw.gw.timeouts.body_read))
-        ex.path, ex.service, ex.pool, ex.identity = self.path, service, pool, identity
-        ex.max_body = gw.max_body_of(service)
-        keep = await pipeline.send(gw, ex)
-        if self.started is not None:
-            self._log_access(req, service)
+        pipeline.task_context(ex)
+        if ex.req.prefix is not None:  # the common route's head: the pipeline reads every field
+            req = ex.req = http1.parse_request_head(self.head, gw.limits)
+            ex.body = RequestBody(req, self.stream, gw.gw.timeouts.body_read)
+        keep = await gw.forward(ex)  # the earlier stages (backend credentials included) ran inline
+        pipeline.log_access(gw, ex)
         return keep
 
     def _upstream_failed(self, err: UpstreamError, status: int = 502) -> None:
-        req, service = self.req, self.service
-        assert req is not None and service is not None
+        ex = self.ex
+        assert ex is not None and ex.service is not None
         self._release_upstream(close=True)
-        keep = self.gw.upstream_failed_now(req, self.stream, service, err, True, status)
-        if keep and self.conn.closed_reason is None:
-            self._resume()
-        else:
-            self.stream.close()
+        self._after(self.gw.upstream_failed_now(ex.req, self.stream, ex.service, err, True, status))
 
     def _release_upstream(self, *, close: bool) -> UpstreamConnection:
-        """End the fast request's hold on its upstream connection (no more callbacks or
+        """End the inline request's hold on its upstream connection (no more callbacks or
         deadline) and forget the request; ``close`` also closes the connection."""
         up = self.up
         assert up is not None
         us = up.stream
         us.on_data = us.on_deadline = us.on_lost = None
         us.set_deadline(_NO_DEADLINE)
-        self.req = self.up = None
+        self.up = self.ex = None
         if close:
             up.close()
         return up
-
-    def _log_access(self, req: RequestHead, service: Service) -> None:
-        conn = self.conn
-        rid = conn.request_id.decode()
-        access_log.info(
-            "client=%s conn=%d request_id=%s method=%s path=%s service=%s user=%s ms=%.1f",
-            conn.peer_host,
-            conn.id,
-            rid,
-            req.method.decode(),
-            self.path,
-            service.name,
-            self.identity.user if self.identity is not None else "-",
-            (self.gw.clock() - self.started) * 1000,  # type: ignore[operator]
-            extra={
-                "request_id": rid,
-                "client": conn.peer_host,
-                "service": service.name,
-                "user": self.identity.user if self.identity is not None else None,
-                "device": self.device or None,
-            },
-        )
-        self.started = None
