@@ -265,6 +265,8 @@ class BearerAuthenticator:
         # a __getattr__ that would lend another object's)
         now = getattr(type(inner), "authenticate_now", None)
         self._inner_now = now.__get__(inner) if now is not None else None
+        answer = getattr(type(inner), "answer_now", None)
+        self._inner_answer = answer.__get__(inner) if answer is not None else None
 
     def __getattr__(self, name: str) -> Any:  # e.g. the preauth settings, for whoever asks
         return getattr(self.inner, name)
@@ -280,20 +282,40 @@ class BearerAuthenticator:
         inner = self._inner_now
         return inner(conn, req, service) if inner is not None else None
 
+    def answer_now(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome | None:
+        """What ``await authenticate(...)`` returns, when it needs no waiting
+        (``PreAuthenticator.answer_now``): a Bearer token's answer (in the map or not), else the
+        inner authenticator's own synchronous answer with the same OAuth challenges added; None
+        when that one must wait or the inner authenticator has no synchronous answer."""
+        token = bearer_of(req) if service.name in BEARER_SERVICES else None
+        if token is not None:
+            return self._bearer(req, token)
+        inner = self._inner_answer
+        if inner is None:
+            return None
+        outcome = inner(conn, req, service)
+        return None if outcome is None else self._challenged(outcome, req, service)
+
     async def authenticate(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome:
         token = bearer_of(req) if service.name in BEARER_SERVICES else None
         if token is not None:
-            rec = self.tokens.get(token)
-            if rec is None:
-                headers = oauth_challenges(req, self.published_name) + [
-                    (
-                        b"X-Ms-diagnostics",
-                        b'28055;reason="The OAuth token is invalid.";faultcode="wsse:FailedAuthentication"',
-                    )
-                ]
-                return AuthOutcome(identity=None, status=401, reason="bearer-unknown", headers=headers)
-            return AuthOutcome(identity=rec.identity())
-        outcome = await self.inner.authenticate(conn, req, service)
+            return self._bearer(req, token)
+        return self._challenged(await self.inner.authenticate(conn, req, service), req, service)
+
+    def _bearer(self, req: RequestHead, token: bytes) -> AuthOutcome:
+        rec = self.tokens.get(token)
+        if rec is None:
+            headers = oauth_challenges(req, self.published_name) + [
+                (
+                    b"X-Ms-diagnostics",
+                    b'28055;reason="The OAuth token is invalid.";faultcode="wsse:FailedAuthentication"',
+                )
+            ]
+            return AuthOutcome(identity=None, status=401, reason="bearer-unknown", headers=headers)
+        return AuthOutcome(identity=rec.identity())
+
+    def _challenged(self, outcome: AuthOutcome, req: RequestHead, service: Service) -> AuthOutcome:
+        """The inner authenticator's answer; its 401s on UCWA/autodiscover with the OAuth challenges."""
         if (
             outcome.identity is None
             and outcome.status == 401

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import AuthConfig, AuthMethod, ExtendedProtection, TraceLevel
 from ..id.api import AttemptContext, CredentialService, NtlmHandshake, Verdict
@@ -77,6 +77,16 @@ class _NtlmHandshake:
 class _BasicMemo:
     digest: bytes
     identity: Identity
+
+
+@dataclass(slots=True)
+class _BasicLogin:
+    """A Basic credential that passed the checks that need no store: for the id service."""
+
+    user: str
+    password: str = field(repr=False)
+    digest: bytes = field(repr=False)
+    device: str | None
 
 
 class PreAuthenticator:
@@ -184,22 +194,61 @@ class PreAuthenticator:
     async def authenticate(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome:
         authz = req.get(b"authorization")
         if authz is None:
-            if conn.identity is not None:
-                return AuthOutcome(identity=conn.identity)
-            return self._deny(conn, "no-credentials")
+            return self._without_credentials(conn)
         self._trace(conn, "client", authz)
-        scheme, _, param = authz.partition(b" ")
-        scheme = scheme.lower()
-        param = param.strip(b" ")
+        scheme, param = _scheme_and_param(authz)
         if scheme == b"basic" and "basic" in self.settings.methods:
-            return await self._basic(conn, req, service, param)
+            checked = self._basic_check(conn, req, service, param)
+            if isinstance(checked, AuthOutcome):
+                return self._basic_answered(conn, checked)
+            return await self._basic(conn, req, service, checked)
         if scheme in (b"ntlm", b"negotiate") and scheme.decode() in self.settings.methods:
             if scheme == b"negotiate" and self.kerberos is not None:
                 token = _kerberos_token(param)
                 if token is not None:
                     return await self._kerberos(conn, req, service, token)
-            return await self._ntlm(conn, req, service, scheme, param)
+            leg = self._ntlm_leg(conn, scheme, param)
+            if isinstance(leg, AuthOutcome):
+                return leg
+            return await self._ntlm(conn, req, service, scheme, *leg)
         return self._deny(conn, "unsupported-scheme")
+
+    def answer_now(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome | None:
+        """What ``await authenticate(conn, req, service)`` returns, with the same effects on
+        ``conn`` and the same log lines (the auth trace included), when it needs no waiting:
+        the identity of an NTLM/Kerberos-authenticated connection, the 401 without credentials,
+        the Basic memo's identity, the CHALLENGE legs of NTLM and Negotiate, and the refusals
+        that need no store (bad base64, oversize or malformed tokens, Basic without TLS, an
+        unsupported scheme, a refused NEGOTIATE). None — and nothing done — for what must wait:
+        a Basic credential to verify, an NTLM AUTHENTICATE, a Kerberos ticket (and so any
+        refusal :meth:`authenticate` pads to the failure floor). ``req`` is a ``RequestHead`` of
+        either route (the fast path's has ``prefix`` set, gateway/session.py)."""
+        authz = req.get(b"authorization")
+        if authz is None:
+            return self._without_credentials(conn)
+        scheme, param = _scheme_and_param(authz)
+        if scheme == b"basic" and "basic" in self.settings.methods:
+            checked = self._basic_check(conn, req, service, param)
+            if not isinstance(checked, AuthOutcome):
+                return None  # the id service verifies it
+            self._trace(conn, "client", authz)
+            return self._basic_answered(conn, checked)
+        if scheme in (b"ntlm", b"negotiate") and scheme.decode() in self.settings.methods:
+            if scheme == b"negotiate" and self.kerberos is not None and _kerberos_token(param) is not None:
+                return None  # a ticket: verified in a worker thread
+            if self._ntlm_authenticate_leg(conn, scheme, param):
+                return None  # the id service verifies it
+            self._trace(conn, "client", authz)
+            leg = self._ntlm_leg(conn, scheme, param)
+            assert isinstance(leg, AuthOutcome)  # every leg but the AUTHENTICATE answers at once
+            return leg
+        self._trace(conn, "client", authz)
+        return self._deny(conn, "unsupported-scheme")
+
+    def _without_credentials(self, conn: ClientConnection) -> AuthOutcome:
+        if conn.identity is not None:
+            return AuthOutcome(identity=conn.identity)
+        return self._deny(conn, "no-credentials")
 
     def authenticate_now(self, conn: ClientConnection, req, service: Service) -> Identity | None:
         """What :meth:`authenticate` would allow without waiting or answering anything: the
@@ -238,7 +287,11 @@ class PreAuthenticator:
         return None
 
     # --- Basic ------------------------------------------------------------------------
-    async def _basic(self, conn: ClientConnection, req: RequestHead, service: Service, param: bytes) -> AuthOutcome:
+    def _basic_check(
+        self, conn: ClientConnection, req: RequestHead, service: Service, param: bytes
+    ) -> AuthOutcome | _BasicLogin:
+        """The checks of a Basic credential that need no store, without side effects (the log
+        line of a refusal is :meth:`_basic_answered`'s): the answer, or what to verify."""
         if not conn.tls:
             # RFC 7617 §4: Basic sends the password in clear. Never accept it without TLS.
             return AuthOutcome(identity=None, status=403, reason="basic-requires-tls")
@@ -254,7 +307,6 @@ class PreAuthenticator:
         try:
             raw = base64.b64decode(param, validate=True)
         except (binascii.Error, ValueError):
-            log.info("client %s: malformed Basic credentials (bad base64)", conn.peer_host)
             return self._deny(conn, "basic-bad-base64", status=400, close=True)
         user_b, colon, pw_b = raw.partition(b":")
         if not colon or not user_b:
@@ -265,6 +317,19 @@ class PreAuthenticator:
             user, password = user_b.decode("latin-1"), pw_b.decode("latin-1")
         if any(ord(c) < 0x20 or c == "\x7f" for c in user) or len(user) > 256 or len(password) > 256:
             return self._deny(conn, "basic-malformed", status=400, close=True)
+        return _BasicLogin(user, password, digest, device)
+
+    @staticmethod
+    def _basic_answered(conn: ClientConnection, outcome: AuthOutcome) -> AuthOutcome:
+        """A Basic answer given without the id service, with its log line."""
+        if outcome.reason == "basic-bad-base64":
+            log.info("client %s: malformed Basic credentials (bad base64)", conn.peer_host)
+        return outcome
+
+    async def _basic(
+        self, conn: ClientConnection, req: RequestHead, service: Service, login: _BasicLogin
+    ) -> AuthOutcome:
+        user, password, digest, device = login.user, login.password, login.digest, login.device
         started = time.monotonic()
         verdict = await self.credentials.verify_password(user, password, self._ctx(conn, req, service, "basic"))
         if verdict.retry_after > 0:
@@ -306,9 +371,30 @@ class PreAuthenticator:
             return spnego_proto.SpnegoNtlmAcceptor(acceptor)
         return acceptor
 
-    async def _ntlm(
-        self, conn: ClientConnection, req: RequestHead, service: Service, scheme: bytes, param: bytes
-    ) -> AuthOutcome:
+    def _ntlm_authenticate_leg(self, conn: ClientConnection, scheme: bytes, param: bytes) -> bool:
+        """Whether :meth:`_ntlm_leg` would take ``param`` as the AUTHENTICATE of the handshake on
+        ``conn`` (which the id service verifies); no side effects."""
+        if len(param) > MAX_NTLM_HEADER:
+            return False
+        try:
+            token = base64.b64decode(param, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        hs = conn.auth_state if isinstance(conn.auth_state, _NtlmHandshake) else None
+        if hs is None or hs.scheme != scheme or _is_ntlm_type(token, 1) or _is_negotiate_init(token):
+            return False
+        acceptor = hs.acceptor
+        inner = acceptor.ntlm if isinstance(acceptor, spnego_proto.SpnegoNtlmAcceptor) else acceptor
+        return inner.state == "challenged"
+
+    def _ntlm_leg(
+        self, conn: ClientConnection, scheme: bytes, param: bytes
+    ) -> (
+        AuthOutcome
+        | tuple[ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor, ntlm_proto.NtlmAcceptor, ntlm_proto.Identity]
+    ):
+        """One NTLM/Negotiate leg up to what needs the id service: the answer (a CHALLENGE, a
+        refusal), or the acceptor, its NTLM acceptor and the identity of an AUTHENTICATE."""
         name = "NTLM" if scheme == b"ntlm" else "Negotiate"
         name_b = name.encode()
         if len(param) > MAX_NTLM_HEADER:
@@ -352,6 +438,20 @@ class PreAuthenticator:
             conn.auth_state = None
             log.info("client %s: %s handshake refused: %s", conn.peer_host, name, e.reason)
             return self._deny(conn, f"ntlm-{e.reason}")
+        return acceptor, inner, who
+
+    async def _ntlm(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        service: Service,
+        scheme: bytes,
+        acceptor: ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor,
+        inner: ntlm_proto.NtlmAcceptor,
+        who: ntlm_proto.Identity,
+    ) -> AuthOutcome:
+        """The AUTHENTICATE leg: the id service verifies, the acceptor adopts its result."""
+        name = "NTLM" if scheme == b"ntlm" else "Negotiate"
         ctx = self._ctx(conn, req, service, scheme.decode())
         started = time.monotonic()
         negotiate, challenge, authenticate = inner.messages()
@@ -437,6 +537,12 @@ class PreAuthenticator:
         if res.token:
             headers.append((b"WWW-Authenticate", b"Negotiate " + base64.b64encode(res.token)))
         return AuthOutcome(identity=identity, headers=headers)
+
+
+def _scheme_and_param(authz: bytes) -> tuple[bytes, bytes]:
+    """An Authorization value's scheme (lower case) and its parameter."""
+    scheme, _, param = authz.partition(b" ")
+    return scheme.lower(), param.strip(b" ")
 
 
 def _kerberos_token(param: bytes) -> bytes | None:
