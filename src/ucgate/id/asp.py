@@ -69,7 +69,7 @@ def canonical_asp(typed: str) -> str | None:
 
 def nt_hash(password: str) -> bytes:
     """NTOWFv1 (MS-NLMP 3.3.1): MD4 of the UTF-16LE password."""
-    return MD4.new(password.encode("utf-16-le")).digest()
+    return MD4.MD4Hash(password.encode("utf-16-le")).digest()  # MD4.new makes two hash objects
 
 
 def spellings(canonical: str) -> list[str]:
