@@ -348,7 +348,7 @@ def test_expired_ticket_is_refused_with_reason(env, klab, tmp_path):
 def test_kcd_failures_502_quickly(klab, apache, loop_thread, gw_cert, caplog, tmp_path):
     from ucgate.gateway.backend import BackendError
     from ucgate.gateway.kcd import KcdBackend
-    from ucgate.protocols.keytab import read_keytab, write_keytab
+    from ucgate.store.keytab import read_keytab, write_keytab
 
     dead_keytab = tmp_path / "dead.keytab"
     write_keytab(

@@ -13,7 +13,8 @@ from ucgate.id.kerberos_check import (
     render_text,
     run_checks,
 )
-from ucgate.protocols.keytab import KeytabEntry, write_keytab
+from ucgate.protocols.keytab import KeytabEntry
+from ucgate.store.keytab import write_keytab
 
 REALM = "CONTOSO.COM"
 SPN, FE_SPN, ACCOUNT = "HTTP/gw.contoso.com", "HTTP/fe.contoso.local", "svc-gw"

@@ -21,7 +21,7 @@ Accounts (as an AD admin would set them up for a Lync/SfB-style pool):
 Keytabs are ``ktpass``-style: ``samba-tool domain exportkeytab --principal=<account>`` gives
 the account's keys (AES256, AES128, RC4; exporting by SPN gives Samba 4.17 only RC4), and we
 add the same keys under the SPN name (the KDC encrypts a ticket for the SPN with the account's
-keys), with ``ucgate.protocols.keytab.write_keytab``.
+keys), with ``ucgate.store.keytab.write_keytab``.
 
 Name resolution: none needed. The SPN host names (``gw``/``fe.lab.ucgate.test``) never have
 to resolve: krb5.conf has ``dns_canonicalize_hostname = false`` and ``rdns = false``, the KCD
@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ucgate.protocols.keytab import read_keytab, write_keytab
+from ucgate.store.keytab import read_keytab, write_keytab
 
 from .samba import DNS_DOMAIN, REALM, SambaLab
 

@@ -1,18 +1,17 @@
-"""protocols.keytab: the MIT keytab file format (0x502) and principal names, without gssapi."""
+"""protocols.keytab: the MIT keytab file format (0x502) and principal names, without gssapi; store.keytab:
+the files."""
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ucgate.protocols.keytab import (
-    KeytabEntry,
-    account_from_keytab,
-    read_keytab,
-    split_principal,
-    write_keytab,
-)
+from ucgate.protocols.keytab import KeytabEntry, account_principal, pack_keytab, parse_keytab, split_principal
+from ucgate.store.keytab import account_from_keytab, read_keytab, write_keytab
 
 SPN = KeytabEntry(("HTTP", "gw.contoso.com"), "CONTOSO.COM", 1, 1700000000, 300, 18, b"k" * 32)
 ACCOUNT = KeytabEntry(("svc-gw",), "CONTOSO.COM", 1, 1700000000, 300, 17, b"a" * 16)
@@ -66,3 +65,33 @@ def test_account_from_keytab_is_the_one_component_principal_of_the_realm(tmp_pat
     with pytest.raises(ValueError, match="account is not set"):
         account_from_keytab(path, "CONTOSO.COM")
     assert SPN.renamed("svc@OTHER.TEST").principal == "svc@OTHER.TEST"
+
+
+def test_the_format_is_bytes_in_bytes_out():
+    data = pack_keytab([SPN, ACCOUNT])
+    assert data[:2] == b"\x05\x02" and parse_keytab(data) == [SPN, ACCOUNT]
+    assert account_principal(parse_keytab(data), "CONTOSO.COM") == "svc-gw@CONTOSO.COM"
+    with pytest.raises(ValueError, match="^upload: truncated keytab"):
+        parse_keytab(data[:-3], "upload")
+    with pytest.raises(ValueError, match="account is not set and upload holds"):
+        account_principal([SPN], "CONTOSO.COM", "upload")
+
+
+def test_the_protocol_module_does_no_io():
+    import ucgate.protocols.keytab as pure
+
+    source = Path(pure.__file__).read_text()
+    assert "import os" not in source and "pathlib" not in source and "open(" not in source
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=80))
+def test_any_bytes_are_entries_or_a_value_error(noise, cut):
+    """Untrusted bytes (a file an operator uploaded): entries or ValueError, nothing else."""
+    for data in (noise, b"\x05\x02" + noise, pack_keytab([SPN, ACCOUNT])[:cut] + noise):
+        try:
+            entries = parse_keytab(data, "f")
+        except ValueError as e:
+            assert str(e).startswith("f: ") or isinstance(e, UnicodeDecodeError)
+        else:
+            assert all(isinstance(x, KeytabEntry) for x in entries)

@@ -46,9 +46,10 @@ from dataclasses import dataclass
 
 from ..config import KcdMech
 from ..protocols.http1 import RequestHead
-from ..protocols.keytab import account_from_keytab, split_principal
+from ..protocols.keytab import split_principal
 from ..protocols.sfb import Service
 from ..protocols.spnego import encode_neg_token_init
+from ..store.keytab import account_from_keytab
 from .backend import BackendAuth, BackendError
 from .connection import Identity
 from .kerberos import _krb5_code, use_krb5_conf

@@ -36,10 +36,9 @@ from ..protocols.keytab import (  # noqa: F401 - re-exported (the lab, older cal
     ENCTYPES,
     SUPPORTED_ETYPE_BITS,
     KeytabEntry,
-    read_keytab,
     split_principal,
-    write_keytab,
 )
+from ..store.keytab import read_keytab, write_keytab  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     import gssapi

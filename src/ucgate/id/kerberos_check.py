@@ -35,13 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from ..protocols.keytab import (
-    ENCTYPES,
-    SUPPORTED_ETYPE_BITS,
-    account_from_keytab,
-    read_keytab,
-    split_principal,
-)
+from ..protocols.keytab import ENCTYPES, SUPPORTED_ETYPE_BITS, split_principal
+from ..store.keytab import account_from_keytab, read_keytab
 
 UF_TRUSTED_FOR_DELEGATION = 0x80000
 UF_TRUSTED_TO_AUTH_FOR_DELEGATION = 0x1000000

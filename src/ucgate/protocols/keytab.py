@@ -1,7 +1,8 @@
 """Kerberos keytabs and principal names, without gssapi or sockets (pure).
 
-The MIT/Heimdal keytab file format (version 0x502: ``krb5_kt_*``'s FILE type): :func:`read_keytab`
-and :func:`write_keytab`; principal names (:func:`split_principal`); enctype numbers and the
+The MIT/Heimdal keytab file format (version 0x502: ``krb5_kt_*``'s FILE type) as bytes:
+:func:`parse_keytab` and :func:`pack_keytab` (the files themselves are read and written by
+``store.keytab``); principal names (:func:`split_principal`); enctype numbers and the
 msDS-SupportedEncryptionTypes bits (MS-KILE 2.2.7). The gateway's acceptor and KCD backend
 (``gateway.kerberos``, ``gateway.kcd``) and ``ucgate kerberos check`` (``id.kerberos_check``)
 use them; the lab builds ``ktpass``-style keytabs (SPN names, account keys) with them.
@@ -9,10 +10,8 @@ use them; the lab builds ``ktpass``-style keytabs (SPN names, account keys) with
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 # enctype numbers (RFC 3961 8, RFC 8009) -> the names krb5.conf and klist use
 ENCTYPES = {
@@ -68,16 +67,17 @@ class KeytabEntry:
         )
 
 
-def read_keytab(path: str | os.PathLike[str]) -> list[KeytabEntry]:
-    data = Path(path).read_bytes()
+def parse_keytab(data: bytes, source: str = "keytab") -> list[KeytabEntry]:
+    """The entries of a keytab's bytes; ValueError naming ``source`` (the file) when they are
+    not a version 0x502 keytab or are truncated."""
     if len(data) < 2 or data[0] != 5 or data[1] != 2:
-        raise ValueError(f"{path}: not a version 0x502 keytab")
+        raise ValueError(f"{source}: not a version 0x502 keytab")
     pos, out = 2, []
 
     def take(n: int) -> bytes:
         nonlocal pos
         if pos + n > len(data):
-            raise ValueError(f"{path}: truncated keytab")
+            raise ValueError(f"{source}: truncated keytab")
         b = data[pos : pos + n]
         pos += n
         return b
@@ -90,6 +90,8 @@ def read_keytab(path: str | os.PathLike[str]) -> list[KeytabEntry]:
             take(-size)
             continue
         end = pos + size
+        if end > len(data):
+            raise ValueError(f"{source}: truncated keytab")
         (ncomp,) = struct.unpack(">H", take(2))
         (rlen,) = struct.unpack(">H", take(2))
         realm = take(rlen).decode()
@@ -109,7 +111,8 @@ def read_keytab(path: str | os.PathLike[str]) -> list[KeytabEntry]:
     return out
 
 
-def write_keytab(path: str | os.PathLike[str], entries: list[KeytabEntry]) -> None:
+def pack_keytab(entries: list[KeytabEntry]) -> bytes:
+    """The keytab file's bytes for ``entries`` (each with the 32-bit kvno extension)."""
     body = bytearray(b"\x05\x02")
     for e in entries:
         rec = bytearray()
@@ -123,21 +126,16 @@ def write_keytab(path: str | os.PathLike[str], entries: list[KeytabEntry]) -> No
         rec += e.key
         rec += struct.pack(">I", e.kvno)
         body += struct.pack(">i", len(rec)) + rec
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(bytes(body))
-    os.replace(tmp, p)
+    return bytes(body)
 
 
-def account_from_keytab(keytab: str | os.PathLike[str], realm: str) -> str:
-    """The keytab's one-component principal of ``realm`` (the account, as ktpass/exportkeytab
-    write it next to the SPN); ValueError when there is none."""
-    for e in read_keytab(keytab):
+def account_principal(entries: list[KeytabEntry], realm: str, source: str = "the keytab") -> str:
+    """The one-component principal of ``realm`` among a keytab's ``entries`` (the account, as
+    ktpass/exportkeytab write it next to the SPN); ValueError when there is none."""
+    for e in entries:
         if len(e.components) == 1 and e.realm.upper() == realm.upper():
             return e.principal
     raise ValueError(
-        f"[kerberos] account is not set and {keytab} holds no account principal "
+        f"[kerberos] account is not set and {source} holds no account principal "
         '(only SPNs): set account = "<sAMAccountName>"'
     )
