@@ -1,12 +1,14 @@
 """protocols/http1conn.py: the sans-I/O connection (server and client side) and BodyReader.
 
 The smuggling vectors of tests/gateway/test_smuggling.py go through the connection object with
-the same refusals; generated messages split at random points give the same events as in one
-piece, and the same heads and payloads as the one-shot parse."""
+the same refusals; generated messages split at random points give the events of a reference
+reading written here on the one-shot functions of protocols/http1.py (``parse_request_head``,
+``parse_chunk_size_line``, ``check_trailer_line``), not on the connection or BodyReader."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +20,9 @@ from ucgate.protocols.http1 import (
     Framing,
     HttpError,
     Limits,
+    check_trailer_line,
     encode_chunk,
+    parse_chunk_size_line,
     parse_request_head,
     parse_response_head,
     request_special_re,
@@ -123,19 +127,167 @@ def _refusal(raw: bytes, byte_by_byte: bool) -> tuple[int, str] | None:
     return None
 
 
-def _one_shot_refusal(raw: bytes) -> tuple[int, str] | None:
-    """The same vector through the one-shot functions the gateway calls today."""
-    i = raw.index(b"\r\n\r\n") + 4
+# --- the reference: the one-shot functions of http1.py, a whole stream at once -----------------
+
+
+def _reference_body(
+    framing: Framing, wire: bytes, got: list[bytes] | None = None
+) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """(payload, trailers, the bytes after the body) of a body whose stream ends after ``wire``,
+    read line by line with ``http1.parse_chunk_size_line`` / ``check_trailer_line`` (the copy the
+    gateway had before BodyReader), or the HttpError of the first thing refused (``got`` then
+    holds the payload read before it). Refused as soon as it is seen: a chunk terminator byte
+    that is not its CRLF's, a line that can no longer end within its limit; anything else cut
+    short is 400 body-incomplete."""
+    incomplete = HttpError(400, "body-incomplete")
+    got = [] if got is None else got
+    if framing.kind == "none":
+        return b"", [], wire
+    if framing.kind == "length":
+        got.append(wire[: framing.length])
+        if len(wire) < framing.length:
+            raise incomplete
+        return wire[: framing.length], [], wire[framing.length :]
+    assert framing.kind == "chunked"
+    payload, pos = b"", 0
+    while True:
+        i = wire.find(b"\r\n", pos)
+        if i < 0:
+            partial = wire[pos:]
+            if len(partial) + (1 if partial.endswith(b"\r") else 2) > MAX_CHUNK_LINE_BYTES:
+                raise HttpError(400, "chunk-line-too-long")
+            raise incomplete
+        size = parse_chunk_size_line(wire[pos : i + 2])
+        pos = i + 2
+        if size == 0:
+            break
+        data = wire[pos : pos + size]
+        payload += data
+        got.append(data)
+        pos += size
+        if len(data) < size:
+            raise incomplete
+        terminator = wire[pos : pos + 2]
+        if terminator != b"\r\n"[: len(terminator)]:
+            raise HttpError(400, "bad-chunk-terminator")
+        if len(terminator) < 2:
+            raise incomplete
+        pos += 2
+    trailers, total = [], 0
+    while True:
+        i = wire.find(b"\r\n", pos)
+        if i < 0:
+            partial = wire[pos:]
+            if total + len(partial) + (1 if partial.endswith(b"\r") else 2) > MAX_TRAILER_BYTES:
+                raise HttpError(400, "trailer-too-large")
+            raise incomplete
+        line = wire[pos : i + 2]
+        pos = i + 2
+        total += len(line)
+        if total > MAX_TRAILER_BYTES:
+            raise HttpError(400, "trailer-too-large")
+        if check_trailer_line(line):
+            return payload, trailers, wire[pos:]
+        name, _, value = line[:-2].partition(b":")
+        trailers.append((name, value.strip(b" \t")))
+
+
+def _bare_cr_or_lf(buf: bytes) -> bool:
+    """A CR or LF outside a CRLF (a CR at the very end may still become one)."""
+    rest = buf[:-1] if buf.endswith(b"\r") else buf
+    rest = rest.replace(b"\r\n", b"")
+    return b"\r" in rest or b"\n" in rest
+
+
+def _reference_events(data: bytes) -> list:
+    """The server side's events for ``data`` then the end of the stream, as ``events`` gives
+    them (Data merged; a refusal as ("error", status, reason)), by the reference reading."""
+    out: list = []
     try:
-        req = parse_request_head(raw[:i])
-        split_target(req.target.decode("ascii"))
-        reader = BodyReader(req.framing)
-        reader.feed(raw[i:])
-        if not reader.done:
-            reader.feed(b"")
+        while True:
+            if not data:
+                out.append(ConnectionClosed())
+                return out
+            i = data.find(b"\r\n\r\n")
+            if i < 0:
+                if _bare_cr_or_lf(data):
+                    raise HttpError(400, "bare-cr-or-lf")
+                raise HttpError(400, "incomplete-head")
+            req = parse_request_head(data[: i + 4])
+            out.append(Request(req))
+            given: list[bytes] = []
+            try:
+                payload, trailers, data = _reference_body(req.framing, data[i + 4 :], given)
+            except HttpError:
+                if b"".join(given):  # read before the refusal (the connection: a prefix of it)
+                    out.append(Data(b"".join(given)))
+                raise
+            if payload:
+                out.append(Data(payload))
+            out.append(EndOfMessage(trailers))
+            if not req.keep_alive:
+                out.append(PAUSED)
+                return out
     except HttpError as e:
-        return e.status, e.reason
+        out.append(("error", e.status, e.reason))
+        return out
+
+
+def _one_shot_refusal(raw: bytes) -> tuple[int, str] | None:
+    """The same vector through the one-shot functions (and the gateway's target check)."""
+    for e in _reference_events(raw):
+        if isinstance(e, tuple):
+            return e[1], e[2]
+        if isinstance(e, Request):
+            try:
+                split_target(e.head.target.decode("ascii"))
+            except HttpError as err:
+                return err.status, err.reason
     return None
+
+
+def test_reference_reading():
+    """The reference's own rules, on fixed bytes (so that it is not only checked against the
+    code it is the oracle of)."""
+    chunked = Framing("chunked")
+    assert _reference_body(chunked, b"3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\nU:2 \r\n\r\nrest") == (
+        b"abcde",
+        [(b"T", b"1"), (b"U", b"2")],
+        b"rest",
+    )
+    assert _reference_body(Framing("length", 2), b"abc") == (b"ab", [], b"c")
+    for wire, reason in (
+        (b"3\r\nab", "body-incomplete"),
+        (b"3\r\nabc\r", "body-incomplete"),
+        (b"3\r\nabcX", "bad-chunk-terminator"),
+        (b"3\r\nabc\rX", "bad-chunk-terminator"),
+        (b"3\r\nabcdef\r\n", "bad-chunk-terminator"),
+        (b"3x\r\n", "bad-chunk-size"),
+        (b"1;" + b"a" * MAX_CHUNK_LINE_BYTES, "chunk-line-too-long"),
+        (b"1;" + b"a" * (MAX_CHUNK_LINE_BYTES - 4), "body-incomplete"),
+        (b"0\r\nX: " + b"a" * MAX_TRAILER_BYTES, "trailer-too-large"),
+        (b"0\r\nX : 1\r\n\r\n", "bad-trailer"),
+        (b"0\r\n f\r\n\r\n", "obs-fold"),
+    ):
+        with pytest.raises(HttpError) as e:
+            _reference_body(chunked, wire)
+        assert e.value.reason == reason, wire
+    assert _bare_cr_or_lf(b"a\nb") and _bare_cr_or_lf(b"a\rb") and _bare_cr_or_lf(b"\r\r\n")
+    assert not _bare_cr_or_lf(b"a\r\nb\r")
+    post = b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\n"
+    req = parse_request_head(post)
+    assert _reference_events(post + b"abcGET / HTTP/1.1\r\n") == [
+        Request(req),
+        Data(b"abc"),
+        EndOfMessage([]),
+        ("error", 400, "incomplete-head"),
+    ]
+    assert _reference_events(post + b"ab") == [Request(req), Data(b"ab"), ("error", 400, "body-incomplete")]
+    te = b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert _reference_events(te + b"2\r\nab\r\n3\r\ncdeX")[1:] == [
+        Data(b"abcde"),
+        ("error", 400, "bad-chunk-terminator"),
+    ]
 
 
 def test_every_vector_is_here():
@@ -210,17 +362,16 @@ def _request(draw):
 
 
 def _expected(messages) -> list:
-    """The events of ``messages`` by the one-shot parser and body reader."""
+    """The events of ``messages`` by the one-shot head parser and the reference body reading."""
     out: list = []
     for head, body, wire in messages:
         req = parse_request_head(head)
         out.append(Request(req))
         if body:
             out.append(Data(body))
-        reader = BodyReader(req.framing)
-        reader.feed(wire)
-        assert reader.done
-        out.append(EndOfMessage(reader.trailers))
+        payload, trailers, rest = _reference_body(req.framing, wire)
+        assert (payload, rest) == (body, b"")
+        out.append(EndOfMessage(trailers))
         if not req.keep_alive:
             out.append(PAUSED)
             return out
@@ -267,23 +418,25 @@ def test_split_messages_give_the_one_shot_events(messages, cuts, common):
 @given(st.sampled_from(sorted(VECTORS)), st.lists(st.integers(0, 400), max_size=6))
 def test_split_vectors_give_the_one_shot_refusal(name, cuts):
     raw, _ = VECTORS[name]
-    one = split_events(Connection(SERVER), raw, [])
-    _same_refusal(split_events(Connection(SERVER), raw, [c % (len(raw) + 1) for c in cuts]), one)
+    want = _reference_events(raw)
+    _same_refusal(split_events(Connection(SERVER), raw, [c % (len(raw) + 1) for c in cuts]), want)
+    _same_refusal(split_events(Connection(SERVER), raw, []), want)
 
 
-def _same_refusal(got: list, one: list) -> None:
-    """The same events but Data, and a payload that is a prefix of the one-shot payload: a body
-    refused part way has given its first bytes already (the gateway re-frames them and drops
-    the upstream connection, tests/gateway/test_smuggling.py)."""
+def _same_refusal(got: list, want: list) -> None:
+    """The same events but Data, and the same payload; before a refusal, a prefix of the payload
+    the reference read up to it: a body refused part way has given what earlier pieces
+    completed (the gateway re-frames them and drops the upstream connection,
+    tests/gateway/test_smuggling.py), not what came in the piece refused."""
 
     def data(es):
         return b"".join(e.data for e in es if isinstance(e, Data))
 
-    assert [e for e in got if not isinstance(e, Data)] == [e for e in one if not isinstance(e, Data)]
-    if isinstance(one[-1], tuple):
-        assert data(got).startswith(data(one))
+    assert [e for e in got if not isinstance(e, Data)] == [e for e in want if not isinstance(e, Data)]
+    if isinstance(want[-1], tuple):
+        assert data(want).startswith(data(got))
     else:
-        assert data(got) == data(one)
+        assert data(got) == data(want)
 
 
 @settings(max_examples=FUZZ * 4, deadline=None)
@@ -291,8 +444,9 @@ def _same_refusal(got: list, one: list) -> None:
 def test_split_garbage_bodies_give_the_one_shot_result(body, cuts):
     head = b"POST /x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
     data = head + b"5\r\nhello\r\n" + body
-    one = events(Connection(SERVER), data, eof=True)
-    _same_refusal(split_events(Connection(SERVER), data, [c % (len(data) + 1) for c in cuts]), one)
+    want = _reference_events(data)
+    _same_refusal(split_events(Connection(SERVER), data, [c % (len(data) + 1) for c in cuts]), want)
+    _same_refusal(events(Connection(SERVER), data, eof=True), want)
 
 
 @settings(max_examples=FUZZ * 4, deadline=None)
@@ -315,7 +469,8 @@ def test_body_reader_split_equals_one_shot(body, cuts, raw):
         piece, d = r.feed(wire[prev:c])
         got += piece
         prev = c
-    assert (got, d, r.unused, r.trailers) == (out, True, b"rest", one.trailers)
+    assert (got, d, r.unused, r.trailers) == (out, True, b"rest", [(b"X", b"1")] if body[7:] else [])
+    assert one.trailers == r.trailers
 
 
 # --- server side ---------------------------------------------------------------------------
@@ -400,6 +555,44 @@ def test_server_bare_cr_or_lf_refused_before_the_head_ends():
     conn = Connection(SERVER)
     conn.receive_data(b"GET / HTTP/1.1\r")  # a CR that may still become CRLF
     assert conn.next_event() is NEED_DATA
+
+
+def test_server_head_search_resumes_where_it_stopped():
+    """The end of the head and a bare CR are found across pieces however the head is cut (the
+    search resumes 3 bytes before the end of what was searched), and a head that comes byte by
+    byte costs linear time: 32 KiB took 29 s when every piece searched the whole buffer."""
+    for pieces in ([b"\r", b"X"], [b"GET / HTTP/1.1\r", b"Host: gw\r\n\r\n"], [b"GET / HTTP/1.1\r\nX: a\r", b"\r\n"]):
+        conn = Connection(SERVER)
+        got = [e for p in pieces for e in events(conn, p)]
+        assert got == [("error", 400, "bare-cr-or-lf")], pieces
+    head = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n"
+    for cut in range(1, len(head)):
+        for cut2 in range(cut, len(head)):
+            conn = Connection(SERVER)
+            got = events(conn, head[:cut]) + events(conn, head[cut:cut2]) + events(conn, head[cut2:])
+            assert got == [Request(parse_request_head(head)), EndOfMessage([])], (cut, cut2)
+    head = b"GET / HTTP/1.1\r\nHost: gw\r\nX: " + b"a" * 32 * 1024 + b"\r\n\r\n"
+    conn = Connection(SERVER, Limits(max_header_bytes=len(head)))
+    started = time.monotonic()
+    for i in range(len(head) - 1):
+        conn.receive_data(head[i : i + 1])
+        assert conn.next_event() is NEED_DATA
+        assert i % 1024 or time.monotonic() - started < 5, i  # (a quadratic search stops early)
+    conn.receive_data(head[-1:])
+    assert isinstance(conn.next_event(), Request)
+    assert time.monotonic() - started < 5
+
+
+def test_server_next_head_searched_from_its_first_byte():
+    """After a message, the search starts again at the next head's first byte."""
+    first = b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n"
+    for after in (b"\nGET", b"\rX"):
+        conn = Connection(SERVER)
+        req = parse_request_head(first)
+        assert events(conn, first + after) == [Request(req), EndOfMessage([]), ("error", 400, "bare-cr-or-lf")]
+    conn = Connection(SERVER)
+    got = events(conn, first + b"\r\n\r\n")  # an empty head at once, not the first's search state
+    assert got[-1] == ("error", 400, "bad-line-ending")
 
 
 def test_server_head_size_limit():

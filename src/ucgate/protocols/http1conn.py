@@ -36,8 +36,8 @@ Client-side refusals have status 502.
 
 The gateway's fast path parses heads itself with the same parser (``http1.common_request`` /
 ``common_response``, the common route of ``parse_request_head`` / ``parse_response_head``,
-whose heads have ``.prefix`` set, then the full route when that gives None), and a body copy
-can be::
+whose heads have ``.prefix`` set, then the full route when that gives None), and copies every
+body with a :class:`BodyReader` (gateway/body.py), in this shape::
 
     reader = BodyReader(req.framing, limit=max_body)        # HttpError(413) when over it
     while True:
@@ -45,7 +45,7 @@ can be::
         upstream.write(out)            # decoded payload (raw=True: the wire bytes, checked)
         if done:
             break
-    leftover = reader.unused           # bytes after the body: the next request's
+    client.unread(reader.unused)       # bytes after the body: the next request's
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ __all__ = [
 
 SERVER = "server"  # we are the server: the peer sends requests
 CLIENT = "client"  # we are the client: the peer sends responses
-# The whole trailer section (gateway/server.py's limit for the copy).
+# The whole trailer section (the limit of every body copy: gateway/body.py reads with BodyReader).
 MAX_TRAILER_BYTES = MAX_CHUNK_LINE_BYTES * 4
 _BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
 
@@ -153,7 +153,7 @@ class BodyReader:
     >>> r.trailers, r.unused
     ([(b'X', b'1')], b'GET /next')
 
-    Refusals (``HttpError``, as ``gateway/server.py``'s copy): 413 ``body-too-large`` over
+    Refusals (``HttpError``; the gateway's ClientBodyError reasons): 413 ``body-too-large`` over
     ``limit`` (a Content-Length over it at once), 400 ``chunk-line-too-long``,
     ``bad-chunk-size``, ``bad-chunk-terminator``, ``trailer-too-large``, ``bad-trailer``,
     ``obs-fold``, ``body-incomplete``.
@@ -301,6 +301,7 @@ class Connection:
         "special",
         "max_body",
         "_buf",
+        "_scan",
         "_eof",
         "_reader",
         "_methods",
@@ -326,6 +327,7 @@ class Connection:
         self.special = special
         self.max_body = max_body
         self._buf = b""
+        self._scan = 0  # _head: where the search for the end of the head resumes
         self._eof = False
         self._methods: deque[bytes] = deque()
         self._state = _HEAD
@@ -379,15 +381,19 @@ class Connection:
                 raise HttpError(502, "unsolicited-response")
             return ConnectionClosed() if self._eof else NEED_DATA
         limit = self.limits.max_header_bytes
-        i = buf.find(b"\r\n\r\n")
+        scan = self._scan
+        i = buf.find(b"\r\n\r\n", scan)
         if i < 0:
-            if _BARE_CR_OR_LF.search(buf) is not None:
+            if _BARE_CR_OR_LF.search(buf, scan) is not None:
                 if server:
                     raise HttpError(400, "bare-cr-or-lf", "bare CR or LF in the header section")
                 raise HttpError(502, "bad-upstream-response", "bare-cr-or-lf")
             if len(buf) - 3 > limit:
                 raise HttpError(431, "header-too-large") if server else HttpError(502, "upstream-header-too-large")
             if not self._eof:
+                # the next search starts here: the end of the head, or a CR or LF outside a CRLF,
+                # may begin in the last 3 bytes (so a head that trickles in costs linear time)
+                self._scan = max(len(buf) - 3, 0)
                 return NEED_DATA
             if not buf:
                 return ConnectionClosed()
@@ -396,6 +402,7 @@ class Connection:
             raise HttpError(502, "upstream-header-too-large")
         head = buf[: i + 4]
         self._buf = buf[i + 4 :]
+        self._scan = 0
         if server:
             req = parse_request_head(head, self.limits, self.special)
             self._reader = BodyReader(req.framing, limit=self.max_body)
