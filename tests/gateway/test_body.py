@@ -443,13 +443,14 @@ def test_unread_goes_first_and_the_head_scan_starts_again():
 
 
 class Replacing:
-    """A stage (in the OAuth grant's place) that reads the body whole, then replaces it."""
+    """The OAuth grant stage's part (gateway/oauth.py) that matters here: read the body whole,
+    then replace it."""
 
     def __init__(self) -> None:
         self.read: list[bytes] = []
 
     def intercepts(self, service, req) -> bool:
-        return req.target == b"/ucwa/replace"
+        return service.name == "oauth" and req.method == b"POST"
 
     async def handle(self, gw, ex):
         self.read.append(await ex.body.read(100))
@@ -464,10 +465,12 @@ def test_replace_is_what_goes_upstream(loop_thread, tls_files, upstream, framing
     try:
         host = b"Host: lyncext.contoso.com\r\n"
         if framing == "length":
-            first = b"POST /ucwa/replace HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nhello"
+            first = b"POST /webticket/oauthtoken HTTP/1.1\r\n" + host + b"Content-Length: 5\r\n\r\nhello"
         else:
             first = (
-                b"POST /ucwa/replace HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                b"POST /webticket/oauthtoken HTTP/1.1\r\n"
+                + host
+                + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
             )
         second = b"GET /ucwa/next HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"
         before = len(upstream.received)
