@@ -77,7 +77,7 @@ class FakeGate:
         self.verdict = verdict or SimpleNamespace(forward=True, identity=None, observe=None)
         self.seen: list = []
 
-    def applies(self, service, req) -> bool:
+    def applies(self, service, req=None) -> bool:
         return service.name == "ucwa"
 
     def body_limit(self, req, path, service):
@@ -124,6 +124,7 @@ class FakeGateway:
         self.calls: list = []
         self.answered: Refusal | None = None
         self.auth_now = None  # the authenticator's synchronous answer: none (always waits)
+        self.stage_plans: dict = {}
 
     def clock(self) -> float:
         return 0.0
@@ -320,7 +321,7 @@ def test_anonymous_service_is_not_authenticated():
     gw = FakeGateway()
     keep, ex = run(gw, head(b"GET /meet/x HTTP/1.1", b"Host: a"))
     assert keep and gw.authenticator.calls == 0 and ex.identity is None
-    assert gw.calls == ["backend", ("forward", None, None)]
+    assert gw.calls == [("forward", None, None)]  # no identity: no backend credentials asked
 
 
 # --- decide ----------------------------------------------------------------------------------
@@ -550,8 +551,8 @@ def test_inline_then_task_gives_the_task_only_result(path, method, body, auth, g
     for inline in (False, True):
         counted: list = []
         saved = pipeline.metrics.count_auth, pipeline.metrics.count_device
-        pipeline.metrics.count_auth = lambda *a: counted.append(("auth", *a))  # type: ignore[assignment]
-        pipeline.metrics.count_device = lambda *a: counted.append(("device", *a))  # type: ignore[assignment]
+        pipeline.metrics.count_auth = lambda *a, c=counted: c.append(("auth", *a))  # type: ignore[assignment]
+        pipeline.metrics.count_device = lambda *a, c=counted: c.append(("device", *a))  # type: ignore[assignment]
         try:
             g = KnowingGate(cached="cached" in known and inline, verdict=_VERDICTS[gate]) if gate else None
             gw = Knowing(

@@ -118,6 +118,7 @@ class Exchange:
         body: RequestBody,
         ctx: dict | None = None,
         started: float | None = None,
+        driver: Driver | None = None,
     ) -> None:
         self.conn = conn
         self.req = req
@@ -141,7 +142,7 @@ class Exchange:
         self.ctx = ctx  # this request's log context (ucgate.logs)
         self.started = started  # clock() at the start when the access log is on, else None
         # the connection's callback driver while the stages run inline (``Stage.now``), else None
-        self.driver: Driver | None = None
+        self.driver = driver
 
     @property
     def request_id(self) -> bytes:

@@ -26,7 +26,7 @@ from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.ntlm import tls_server_end_point
 from ..protocols.sfb import Service
 from .backend import BackendAuth, BackendCredentials, BackendError
-from .body import COPY_CHUNK, DISCARD, ClientBodyError, copy_chunked, copy_exact
+from .body import COPY_CHUNK, DISCARD, ClientBodyError, copy_chunked, copy_exact, copy_until_close
 from .connection import ClientConnection, Identity
 from .exchange import WAIT, Exchange, Refusal
 from .stream import Stream
@@ -598,11 +598,7 @@ class Forwarder:
                 await copy_chunked(rd, client, 1 << 62, timeout, reencode=client_11)
             else:  # close-delimited
                 client.write(head)
-                while data := await rd.read(COPY_CHUNK, rd.loop.time() + timeout):
-                    client.write(http1.encode_chunk(data) if client_11 else data)
-                    await client.drain()
-                if client_11:
-                    client.write(http1.LAST_CHUNK)
+                await copy_until_close(rd, client, timeout, reencode=client_11)
                 up.reusable = False
         except (asyncio.IncompleteReadError, ConnectionResetError, TimeoutError) as e:
             raise UpstreamError("upstream-body-truncated", repr(e)) from None

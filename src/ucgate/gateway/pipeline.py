@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from .. import metrics
 from ..logs import begin_request, new_request_id
 from ..protocols.http1 import HttpError, RequestHead
-from ..protocols.sfb import split_target
+from ..protocols.sfb import Service, split_target
 from .auth import AuthOutcome
 from .body import ClientBodyError, RequestBody
 from .exchange import INLINE, WAIT, Exchange, Refusal
@@ -56,14 +56,20 @@ Run = Callable[["Gateway", Exchange], Awaitable[Outcome]]
 
 
 class Stage:
-    """One step of the pipeline: its synchronous form ``now`` and its coroutine ``run``."""
+    """One step of the pipeline: its synchronous form ``now``, its coroutine ``run``, and
+    ``applies(gw, service)``: False when the step does nothing for any request to ``service``
+    on ``gw`` (both forms then answer None at once), so that the inline chain can leave it out
+    (``plan``)."""
 
-    __slots__ = ("name", "now", "run")
+    __slots__ = ("name", "now", "run", "applies")
 
-    def __init__(self, name: str, now: Now, run: Run) -> None:
+    def __init__(
+        self, name: str, now: Now, run: Run, applies: Callable[[Gateway, Service], bool] | None = None
+    ) -> None:
         self.name = name
         self.now = now
         self.run = run
+        self.applies = applies
 
     def __repr__(self) -> str:
         return f"Stage({self.name})"
@@ -99,8 +105,8 @@ def recognise_now(gw: Gateway, ex: Exchange) -> Refusal | None:
         log.warning("service %s is routed to upstream %r, which is not configured", service.name, service.upstream)
         return Refusal(404, "upstream-not-configured", b"not found\n")
     ex.max_body = max_body = gw.max_body_of(service)
-    if req.framing.kind == "length" and req.framing.length > max_body:
-        return Refusal.protocol(HttpError(413, "body-too-large"))
+    if req.prefix is None and req.framing.kind == "length" and req.framing.length > max_body:
+        return Refusal.protocol(HttpError(413, "body-too-large"))  # (the common route has no body)
     return None
 
 
@@ -130,9 +136,12 @@ async def oauth_intercept(gw: Gateway, ex: Exchange) -> Outcome:
 def device_facts_now(gw: Gateway, ex: Exchange) -> object:
     """Recognise the device (the decide stage's facts); WAIT when they are in a body still to
     be read (UCWA application create, CertProv)."""
-    gate, req, service, path, query = gw.devices, ex.req, ex.service, ex.path, ex.query
+    gate = gw.devices
+    if gate is None:
+        return None
+    req, service, path, query = ex.req, ex.service, ex.path, ex.query
     assert service is not None and path is not None and query is not None  # set by recognise
-    if gate is None or not gate.applies(service, req):
+    if not gate.applies(service, req):
         return None
     if ex.body.pending and gate.body_limit(req, path, service) is not None:
         return WAIT
@@ -221,8 +230,11 @@ def decided(gw: Gateway, ex: Exchange, verdict: Verdict) -> Refusal | None:
 def decide_now(gw: Gateway, ex: Exchange) -> object:
     """The user/device partnership when the connection has an allowed verdict cached
     (``DeviceGate.decide_now``); else WAIT (the id service decides)."""
-    gate, identity, facts = ex.gate, ex.identity, ex.facts
-    if gate is None or identity is None or facts is None:
+    gate = ex.gate
+    if gate is None:
+        return None
+    identity, facts = ex.identity, ex.facts
+    if identity is None or facts is None:
         return None
     service = ex.service
     assert service is not None  # set by the recognise stage
@@ -247,6 +259,8 @@ async def decide(gw: Gateway, ex: Exchange) -> Outcome:
 def backend_credentials_now(gw: Gateway, ex: Exchange) -> object:
     """What the front end gets to know the user by (issue 7): a Bearer token as it is, or
     nothing (mode ``none``); WAIT for a mode that prepares credentials."""
+    if ex.identity is None:  # an anonymous service
+        return None
     return gw.prepare_backend_now(ex)
 
 
@@ -272,16 +286,47 @@ async def forward(gw: Gateway, ex: Exchange) -> Outcome:
     return keep
 
 
+def _oauth_applies(gw: Gateway, service: Service) -> bool:
+    return gw.oauth is not None and service.name == "oauth"  # OAuthGrants.intercepts: POST there
+
+
+def _devices_apply(gw: Gateway, service: Service) -> bool:
+    gate = gw.devices
+    return gate is not None and gate.applies(service)  # (and not for EAS OPTIONS: per request)
+
+
+def _protected(gw: Gateway, service: Service) -> bool:
+    return not service.anonymous
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("recognise", recognise_now, recognise),
-    Stage("oauth_intercept", oauth_intercept_now, oauth_intercept),
-    Stage("device_facts", device_facts_now, device_facts),
-    Stage("authenticate", authenticate_now, authenticate),
-    Stage("decide", decide_now, decide),
-    Stage("backend_credentials", backend_credentials_now, backend_credentials),
+    Stage("oauth_intercept", oauth_intercept_now, oauth_intercept, _oauth_applies),
+    Stage("device_facts", device_facts_now, device_facts, _devices_apply),
+    Stage("authenticate", authenticate_now, authenticate, _protected),
+    Stage("decide", decide_now, decide, _devices_apply),  # it needs the device facts
+    Stage("backend_credentials", backend_credentials_now, backend_credentials, _protected),  # an identity
     Stage("forward", forward_now, forward),
 )
-_NOW = tuple(stage.now for stage in STAGES)
+_RECOGNISE = recognise_now
+
+
+def plan(gw: Gateway, service: Service) -> tuple[tuple[int, Now], ...]:
+    """The stages after recognise that apply to ``service`` on ``gw`` (index, ``now``), for
+    the inline chain; kept per service while the gateway's OAuth and device gate stay the same
+    objects (``gw.stage_plans``)."""
+    plans = gw.stage_plans
+    key = (service.name, service.anonymous)
+    found = plans.get(key)
+    if found is not None and found[0] is gw.oauth and found[1] is gw.devices:
+        return found[2]
+    steps = tuple(
+        (i, stage.now)
+        for i, stage in enumerate(STAGES)
+        if i > 0 and (stage.applies is None or stage.applies(gw, service))
+    )
+    plans[key] = (gw.oauth, gw.devices, steps)
+    return steps
 
 
 def log_access(gw: Gateway, ex: Exchange) -> None:
@@ -318,8 +363,14 @@ def begin(gw: Gateway, conn: ClientConnection, req: RequestHead, client: Stream)
 def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
     """Every stage's ``now`` in order, until one answers: ``(index, outcome)`` — ``INLINE``
     (the forward stage sent it from the driver), ``WAIT`` (go on with ``resume(gw, ex,
-    index)`` in a task) or a ``Refusal`` (``refuse``)."""
-    for i, now in enumerate(_NOW):
+    index)`` in a task) or a ``Refusal`` (``refuse``). The stages that cannot apply to the
+    recognised service are left out (``plan``: they would answer None)."""
+    refusal = _RECOGNISE(gw, ex)
+    if refusal is not None:
+        return 0, refusal
+    service = ex.service
+    assert service is not None  # recognised
+    for i, now in plan(gw, service):
         outcome = now(gw, ex)
         if outcome is not None:
             return i, outcome

@@ -144,6 +144,7 @@ class Gateway:
         # whether that path is on (tests turn it off to hold both paths to the same results)
         self.fast_requests = 0
         self.fast_path = True
+        self.stage_plans: dict = {}  # the inline chain's stages per service (pipeline.plan)
         self._server: asyncio.Server | TLSServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # answers of our own, the forwarded heads, backend credentials, upstream exchanges

@@ -155,8 +155,18 @@ class ClientSession:
         if not gw.fast_path:  # every request in a task (tests hold both paths to one result)
             self._run(gw.handle(self.conn, req, self.stream))
             return
-        ex = pipeline.begin(gw, self.conn, req, self.stream)
-        ex.driver = self
+        conn, stream = self.conn, self.stream
+        conn.requests += 1  # pipeline.begin, inline
+        conn.request_id = new_request_id()
+        ex = Exchange(
+            conn,
+            req,
+            stream,
+            RequestBody(req, stream, gw.gw.timeouts.body_read),
+            None,
+            gw.clock() if access_log.isEnabledFor(logging.INFO) else None,
+            self,
+        )
         self.head = head
         i, outcome = pipeline.run_inline(gw, ex)
         if outcome is INLINE:
