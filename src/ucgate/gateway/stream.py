@@ -24,14 +24,12 @@ or, with no read pending, ``on_deadline`` is called (``set_deadline`` arms it).
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 
-from ..protocols.http1 import HttpError
+from ..protocols.http1 import BARE_CR_OR_LF, BARE_CR_OR_LF_DETAIL, HttpError
 
 _NO_DEADLINE = float("inf")
 # in a head not yet complete: an LF without its CR, or a CR followed by anything but LF
-_BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
 
 
 class _Ready:
@@ -284,8 +282,8 @@ class Stream(asyncio.Protocol):
         i = buf.find(b"\r\n\r\n", self._scan)
         if i < 0:
             n = len(buf)
-            if _BARE_CR_OR_LF.search(buf, self._scan) is not None:  # the bytes not searched yet
-                raise HttpError(400, "bare-cr-or-lf", "bare CR or LF in the header section")
+            if BARE_CR_OR_LF.search(buf, self._scan) is not None:  # the bytes not searched yet
+                raise HttpError(400, "bare-cr-or-lf", BARE_CR_OR_LF_DETAIL)
             if n > 3:
                 self._scan = n - 3
                 if n - 3 > self.limit:

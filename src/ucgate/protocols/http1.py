@@ -340,8 +340,15 @@ def _split_lines(head: bytes) -> list[bytes]:
     lines = head[:-4].split(b"\r\n")
     for line in lines:
         if b"\n" in line or b"\r" in line:
-            raise HttpError(400, "bare-cr-or-lf", "bare CR or LF in the header section")
+            raise HttpError(400, "bare-cr-or-lf", BARE_CR_OR_LF_DETAIL)
     return lines
+
+
+# A CR not followed by LF, or an LF not preceded by CR: refused in a header section (RFC 9112
+# §2.2). The streams search for it as bytes arrive, so that a bare one is refused at once
+# (gateway/stream.py, protocols/http1conn.py), not at the header timeout.
+BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
+BARE_CR_OR_LF_DETAIL = "bare CR or LF in the header section"
 
 
 def _head_lines(head: bytes) -> tuple[bytes, bytes]:

@@ -55,6 +55,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ucgate.protocols.http1 import (
+    BARE_CR_OR_LF,
+    BARE_CR_OR_LF_DETAIL,
     DEFAULT_LIMITS,
     MAX_CHUNK_LINE_BYTES,
     Framing,
@@ -87,7 +89,6 @@ SERVER = "server"  # we are the server: the peer sends requests
 CLIENT = "client"  # we are the client: the peer sends responses
 # The whole trailer section (the limit of every body copy: gateway/body.py reads with BodyReader).
 MAX_TRAILER_BYTES = MAX_CHUNK_LINE_BYTES * 4
-_BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
 
 
 class _Sentinel(type):
@@ -384,9 +385,9 @@ class Connection:
         scan = self._scan
         i = buf.find(b"\r\n\r\n", scan)
         if i < 0:
-            if _BARE_CR_OR_LF.search(buf, scan) is not None:
+            if BARE_CR_OR_LF.search(buf, scan) is not None:
                 if server:
-                    raise HttpError(400, "bare-cr-or-lf", "bare CR or LF in the header section")
+                    raise HttpError(400, "bare-cr-or-lf", BARE_CR_OR_LF_DETAIL)
                 raise HttpError(502, "bad-upstream-response", "bare-cr-or-lf")
             if len(buf) - 3 > limit:
                 raise HttpError(431, "header-too-large") if server else HttpError(502, "upstream-header-too-large")
