@@ -263,24 +263,11 @@ class BearerAuthenticator:
         self.published_name = published_name
         # the inner authenticator's synchronous answer, looked up on its class (never through
         # a __getattr__ that would lend another object's)
-        now = getattr(type(inner), "authenticate_now", None)
-        self._inner_now = now.__get__(inner) if now is not None else None
         answer = getattr(type(inner), "answer_now", None)
         self._inner_answer = answer.__get__(inner) if answer is not None else None
 
     def __getattr__(self, name: str) -> Any:  # e.g. the preauth settings, for whoever asks
         return getattr(self.inner, name)
-
-    def authenticate_now(self, conn: ClientConnection, req, service: Service) -> Identity | None:
-        """:meth:`authenticate` without waiting, when it would allow (``PreAuthenticator.
-        authenticate_now``): a Bearer token in the map, else the inner authenticator's own
-        answer (None if it has no synchronous one). None: ask :meth:`authenticate`."""
-        token = bearer_of(req) if service.name in BEARER_SERVICES else None
-        if token is not None:
-            rec = self.tokens.get(token)
-            return None if rec is None else rec.identity()  # None: authenticate() answers the 401
-        inner = self._inner_now
-        return inner(conn, req, service) if inner is not None else None
 
     def answer_now(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome | None:
         """What ``await authenticate(...)`` returns, when it needs no waiting

@@ -107,10 +107,6 @@ class PreAuthenticator:
         # (gateway.kerberos); None: Negotiate means NTLM only and Kerberos tokens are refused.
         self.kerberos = kerberos
         self.settings = settings
-        # read by authenticate_now on every keep-alive request: plain bools, not the settings
-        # model's attributes and StrEnum comparisons
-        self._tracing = settings.trace != TraceLevel.NONE
-        self._basic_offered = AuthMethod.BASIC in settings.methods
         self.rand = rand
         self.wallclock = wallclock
         self.device_id_of = device_id_of or (lambda req, service: None)
@@ -249,29 +245,6 @@ class PreAuthenticator:
         if conn.identity is not None:
             return AuthOutcome(identity=conn.identity)
         return self._deny(conn, "no-credentials")
-
-    def authenticate_now(self, conn: ClientConnection, req, service: Service) -> Identity | None:
-        """What :meth:`authenticate` would allow without waiting or answering anything: the
-        identity of an NTLM/Kerberos-authenticated connection for a request without
-        ``Authorization``, or of the Basic header this connection verified last (the memo) for
-        the same device. None: anything else (no credentials, another header, a handshake leg,
-        tracing on) — then ask :meth:`authenticate`. No side effects. ``req`` is a
-        ``RequestHead`` of either route (the fast path's has ``prefix`` set, gateway/session.py)."""
-        authz = req.get(b"authorization")
-        if authz is None:
-            return conn.identity
-        if self._tracing:
-            return None  # authenticate() logs the leg
-        scheme, _, param = authz.partition(b" ")
-        if scheme.lower() != b"basic" or not self._basic_offered:
-            return None
-        memo = conn.auth_state if isinstance(conn.auth_state, _BasicMemo) else None
-        if memo is None or not conn.tls:
-            return None
-        param = param.strip(b" ")
-        if len(param) > MAX_BASIC_HEADER:
-            return None
-        return self._memoised(memo, param, req, service)
 
     def _memo_digest(self, param: bytes) -> bytes:
         """What the memo keeps of a Basic credential: a MAC under a key of this process (keyed
