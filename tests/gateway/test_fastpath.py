@@ -476,3 +476,24 @@ def test_access_log_names_fast_requests(env, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "ucgate.access"]
     assert len(lines) == 1
     assert "path=/meet/ok service=meet user=-" in lines[0]
+
+
+def test_our_own_answers_to_head_have_no_body(env):
+    """A refusal of a HEAD request (401, 404, 405 inline; 502 from the upstream's failure)
+    keeps the connection and sends the Content-Length the body would have but no body: body
+    bytes after a HEAD answer would be read as the next response."""
+    g, up = env
+    c = Client(g)
+    try:
+        for path, status, length in [
+            ("/ucwa/oauth/v1/applications", b"HTTP/1.1 401 Unauthorized", b"24"),  # authentication required\n
+            ("/owa/", b"HTTP/1.1 404 Not Found", b"10"),  # not found\n
+        ]:
+            got, fields, _ = c.get(path, method="HEAD")
+            assert got == status and fields[b"content-length"] == length, (got, fields)
+            # the very next bytes are the next answer's: nothing was left of a body
+            got, _, body = c.get("/meet/ok")
+            assert got == b"HTTP/1.1 200 OK" and body == BODY
+        assert not c.buf
+    finally:
+        c.close()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from .. import metrics
 from ..config import GatewayConfig
 from ..errors import reason_of
-from ..logs import REQUEST_ID_HEADER, new_request_id, request_context
+from ..logs import REQUEST_ID_HEADER
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead, ResponseHead
 from ..protocols.ntlm import tls_server_end_point
@@ -94,7 +94,13 @@ class Forwarder:
             err = refusal.error
             self.log_rejected(ex.conn, err, ex.path, ex.log_fields())
             metrics.count_request(ex.service.name if ex.service else None, err.status)
-            self.answer_now(ex.client, err.status, f"{err.status} {err.reason}\n".encode(), close=True)
+            self.answer_now(
+                ex.client,
+                err.status,
+                f"{err.status} {err.reason}\n".encode(),
+                close=True,
+                head_only=ex.req.method == b"HEAD",
+            )
             return False
         req = ex.req
         keep = req.keep_alive and not refusal.close
@@ -121,7 +127,9 @@ class Forwarder:
             extra={**fields, "reason": refusal.reason},
         )
         metrics.count_request(service.name if service else None, refusal.status)
-        self.answer_now(ex.client, refusal.status, refusal.body, refusal.headers, close=not keep)
+        self.answer_now(
+            ex.client, refusal.status, refusal.body, refusal.headers, close=not keep, head_only=req.method == b"HEAD"
+        )
 
     # --- answering ourselves ----------------------------------------------------------
     @staticmethod
@@ -132,9 +140,12 @@ class Forwarder:
         headers: list[tuple[bytes, bytes]] | None = None,
         *,
         close: bool,
+        head_only: bool = False,
     ) -> None:
-        """Write an answer of our own (``_answer`` without waiting for the write buffer).
-        ``headers`` may bring the body's own ``Content-Type`` (WBXML, JSON); else text/plain."""
+        """Write an answer of our own (without waiting for the write buffer). ``headers`` may
+        bring the body's own ``Content-Type`` (WBXML, JSON); else text/plain. ``head_only``:
+        the answer to a HEAD request — the Content-Length the body would have, and no body
+        (RFC 9110 §9.3.2; a body there would be read as the next response)."""
         hs = list(headers or [])
         if not any(k.lower() == b"content-type" for k, _ in hs):
             hs.append((b"Content-Type", b"text/plain; charset=utf-8"))
@@ -145,7 +156,8 @@ class Forwarder:
         if close:
             hs.append((b"Connection", b"close"))
         reason = http1.REASONS.get(status, b"Error")
-        client.write(http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs) + body)
+        head = http1.serialize_head(b"HTTP/1.1 %d %b" % (status, reason), hs)
+        client.write(head if head_only else head + body)
 
     @staticmethod
     def log_rejected(
@@ -306,7 +318,7 @@ class Forwarder:
                 async with pool.connection() as up:
                     if not up.reused and auth is not None and auth.handshake is not None:
                         try:
-                            await self._upstream_handshake(up, req, auth, service)
+                            await self._upstream_handshake(up, req, auth, service, conn.request_id)
                         except (
                             BackendError,
                             UpstreamError,
@@ -411,11 +423,12 @@ class Forwarder:
         return keep
 
     async def _upstream_handshake(
-        self, up: UpstreamConnection, req: RequestHead, auth: BackendAuth, service: Service
+        self, up: UpstreamConnection, req: RequestHead, auth: BackendAuth, service: Service, request_id: bytes
     ) -> None:
         """Authenticate a new per-user upstream connection (NTLM: Type 1 → 401 Type 2 →
-        Type 3) with bodiless GETs of the request's target; the request itself follows on the
-        authenticated connection. Raises BackendError when the front end refuses."""
+        Type 3) with bodiless GETs of the request's target, with the request's id; the request
+        itself follows on the authenticated connection. Raises BackendError when the front end
+        refuses."""
         assert auth.handshake is not None
         cb = None
         sslobj = up.stream.get_extra_info("ssl_object")
@@ -435,7 +448,7 @@ class Forwarder:
                     (b"Content-Length", b"0"),
                     (b"X-Forwarded-Proto", self.proto),
                     (b"X-Forwarded-Host", req.host),
-                    (REQUEST_ID_HEADER, _request_id()),
+                    (REQUEST_ID_HEADER, request_id),
                 ],
             )
             up.stream.write(head)
@@ -496,7 +509,7 @@ class Forwarder:
         )
         metrics.count_request(service.name, status)
         keep = body_done and req.keep_alive
-        Forwarder.answer_now(client, status, b"upstream unavailable\n", close=not keep)
+        Forwarder.answer_now(client, status, b"upstream unavailable\n", close=not keep, head_only=req.method == b"HEAD")
         return keep
 
     async def _read_response_head(self, up: UpstreamConnection, method: bytes) -> ResponseHead:
@@ -606,11 +619,6 @@ class Forwarder:
             raise UpstreamError("bad-upstream-chunk", e.reason) from None
         await client.drain()
         return keep
-
-
-def _request_id() -> bytes:
-    ctx = request_context.get()
-    return ctx["request_id"].encode() if ctx is not None else new_request_id()
 
 
 async def _drain_quietly(client: Stream) -> None:
