@@ -178,3 +178,46 @@ def test_malformed_bodies_are_400_naming_the_field(web):
     assert r.status_code == 400 and r.json()["field"] == "settings.max_devices"
     r = c.put("/api/v1/users/alice/state", json={"enabled": False, "note": "ignored, as before"}, headers=h)
     assert r.status_code == 200 and r.json()["enabled"] is False
+
+
+def test_the_token_is_checked_before_the_body_is_read(web):
+    """A call without a valid token is answered 401/403 without reading its body (an
+    unauthenticated client cannot make the API buffer MAX_BODY bytes first)."""
+    import asyncio
+
+    ctx, app = web
+
+    async def call(headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+        reads = 0
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            nonlocal reads
+            reads += 1
+            return {"type": "http.request", "body": b'{"label": "x"}', "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "https",
+            "path": "/api/v1/users/alice/asps",
+            "raw_path": b"/api/v1/users/alice/asps",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 443),
+        }
+        await app(scope, receive, send)
+        return sent[0]["status"], reads
+
+    assert asyncio.run(call([])) == (401, 0)
+    auditor = bearer(ctx, "auditor")["Authorization"].encode()
+    assert asyncio.run(call([(b"authorization", auditor)])) == (403, 0)
+    admin = bearer(ctx, "admin")["Authorization"].encode()
+    status, reads = asyncio.run(call([(b"authorization", admin)]))
+    assert status == 201 and reads >= 1

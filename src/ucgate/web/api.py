@@ -144,18 +144,22 @@ def routes(ctx: WebContext) -> list[Route]:
     c = ctx.console
 
     def endpoint(perm: str | None, handler: Callable[..., Response], body: type[Body] | None = None):
-        """The handler (synchronous: the store is) runs in the thread pool with the token check,
-        never on the event loop; ``body``: the request body's model, handed to the handler."""
+        """The handler (synchronous: the store is) runs in the thread pool, never on the event
+        loop; the token is checked first — before a byte of the body is read; ``body``: the
+        request body's model, handed to the handler."""
+
+        def check(request: Request) -> Response | None:
+            """None when the request's API token allows ``perm``, else the 401/403 answer."""
+            auth = request.headers.get("authorization", "")
+            tok = ctx.tokens.verify(auth[7:].strip()) if auth[:7].lower() == "bearer " else None
+            if tok is None:
+                return _error(401, "unauthorized", "missing or invalid API token (ucgate api-token create)")
+            if perm not in PERMISSIONS[tok.role]:
+                return _error(403, "forbidden", f"the token's role ({tok.role}) does not allow this")
+            request.state.actor = f"api:{tok.id}"
+            return None
 
         def call(request: Request, raw: bytes | None) -> Response:
-            if perm is not None:
-                auth = request.headers.get("authorization", "")
-                tok = ctx.tokens.verify(auth[7:].strip()) if auth[:7].lower() == "bearer " else None
-                if tok is None:
-                    return _error(401, "unauthorized", "missing or invalid API token (ucgate api-token create)")
-                if perm not in PERMISSIONS[tok.role]:
-                    return _error(403, "forbidden", f"the token's role ({tok.role}) does not allow this")
-                request.state.actor = f"api:{tok.id}"
             try:
                 return handler(request) if body is None else handler(request, _parse(body, raw))
             except FieldError as e:
@@ -166,6 +170,10 @@ def routes(ctx: WebContext) -> list[Route]:
                 return _error(403, "forbidden", str(e))
 
         async def wrapped(request: Request) -> Response:
+            if perm is not None:
+                denied = await run_in_threadpool(check, request)
+                if denied is not None:
+                    return denied
             raw = await _read(request) if body is not None else b""
             return await run_in_threadpool(call, request, raw)
 
