@@ -150,3 +150,27 @@ def test_models_are_frozen():
         cfg.auth.realm = "x"
     with pytest.raises(dataclasses.FrozenInstanceError):  # Limits, Timeouts: pydantic dataclasses
         cfg.gateway.limits.max_body_bytes = 1
+
+
+@pytest.mark.parametrize(
+    "value,listen,expected",
+    [
+        ("syslog.example:6514", False, ("syslog.example", 6514)),
+        ("[2001:db8::1]:514", False, ("2001:db8::1", 514)),
+        ("127.0.0.1:1", False, ("127.0.0.1", 1)),
+        (":514", False, None),  # a receiver needs a host
+        (":514", True, ("", 514)),  # a listener: every address
+        ("h:0", False, None),
+        ("h:0", True, ("h", 0)),
+        ("h:65535", False, ("h", 65535)),
+        ("h:65536", True, None),
+        ("h:-1", True, None),
+        ("h:x", True, None),
+        ("h", True, None),
+        ("h:", False, None),
+    ],
+)
+def test_host_port_is_one_rule_for_listeners_and_peers(value, listen, expected):
+    from ucgate.config import host_port
+
+    assert host_port(value, listen=listen) == expected

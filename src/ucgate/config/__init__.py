@@ -233,14 +233,27 @@ class Listen(NamedTuple):
     port: int
 
 
+def host_port(v: str, *, listen: bool = False) -> tuple[str, int] | None:
+    """``host:port`` (an IPv6 host in brackets) as (host, port), or None when it is not one.
+    ``listen``: a listener's — the host may be empty (every address) and the port 0 (any)."""
+    host, sep, port = v.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not (listen or host):
+        return None
+    n = int(port)
+    if not (0 if listen else 1) <= n < 65536:
+        return None
+    return host, n
+
+
 def _listen(v: Any) -> Listen:
     if isinstance(v, tuple):
         return Listen(*v)
     _want(str, v)
-    host, sep, port = v.rpartition(":")
-    if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
+    hp = host_port(v, listen=True)
+    if hp is None:
         raise ValueError(f"expected host:port, got {v!r}")
-    return Listen(host.strip("[]") or "0.0.0.0", int(port))
+    return Listen(hp[0] or "0.0.0.0", hp[1])
 
 
 ListenAddr = Annotated[Listen, PlainValidator(_listen)]
@@ -917,8 +930,7 @@ class SyslogTable(_Model):
 
         if not self.address:
             raise _Bad("address", "required: host:port of the syslog receiver (TCP; 6514 for TLS)")
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        if host_port(self.address) is None:
             raise _Bad("address", f"expected host:port, got {self.address!r}")
         if not self.tls and (self.ca_file or self.cert_file or self.key_file):
             raise _Bad("tls", "ca_file, cert_file and key_file need tls = true")
@@ -936,10 +948,11 @@ def _syslog(t: SyslogTable | None) -> Any:
 
     from .syslog import SyslogConfig, tls_context
 
-    host, _, port = (t.address or "").rpartition(":")
+    hp = host_port(t.address or "")
+    assert hp is not None  # checked by SyslogTable
     cfg = SyslogConfig(
-        host=host.strip("[]"),
-        port=int(port),
+        host=hp[0],
+        port=hp[1],
         tls=t.tls,
         ca_file=t.ca_file,
         cert_file=t.cert_file,

@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
 from ..protocols import sip as sipproto
-from . import Bool, File, Listen, ListenAddr, PosFloat, PosInt, RelPath, Str, _Bad, _Model, config_error
+from . import Bool, File, Listen, ListenAddr, PosFloat, PosInt, RelPath, Str, _Bad, _Model, config_error, host_port
 
 _L = sipproto.Limits()
 _LIMITS = ("max_message_bytes", "max_head_bytes", "max_line_bytes", "max_auth_line_bytes", "max_header_count")
@@ -76,11 +76,10 @@ class SipConfig(_Model):
         if "listen" in given:
             self._set(listen_host=self.listen.host, listen_port=self.listen.port)
         if self.edge:
-            host, sep, p = self.edge.rpartition(":")
-            host = host.strip("[]")
-            if not sep or not host or not p.isdigit() or not 0 < int(p) < 65536:
+            hp = host_port(self.edge)
+            if hp is None:
                 raise _Bad("edge", f"expected host:port, got {self.edge!r}")
-            self._set(edge_host=host, edge_port=int(p))
+            self._set(edge_host=hp[0], edge_port=hp[1])
         if given & set(_LIMITS) or "limits" not in given:
             self._set(limits=sipproto.Limits(**{k: getattr(self, k) for k in _LIMITS}))
         gateway = (info.context or {}).get("gateway")
