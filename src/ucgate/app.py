@@ -31,6 +31,7 @@ from .id.observe import observe_app
 from .id.twofactor import TwoFactorSettings
 from .id.vault import VaultService
 from .logs import setup_logging as setup
+from .policy.tls import INTERMEDIATE_TLS12_CIPHERS
 from .reload import Reloader
 from .web.app import make_context, mount_routes, node_web_server
 
@@ -436,6 +437,7 @@ def id_server(config: Config, app: Any):
         port=ic.listen_port,
         ssl_certfile=str(ic.tls_cert),
         ssl_keyfile=str(ic.tls_key),
+        ssl_ciphers=INTERMEDIATE_TLS12_CIPHERS,  # the gateway's profile (uvicorn's default: "TLSv1")
         log_level=config.log_level,
         lifespan="off",
         timeout_graceful_shutdown=2,

@@ -1,6 +1,6 @@
 """TLS contexts for the listener and the upstreams, and the lab's self-signed certificate.
 
-The listener follows Mozilla's *intermediate* server-side TLS profile (guidelines 5.7,
+The listener follows Mozilla's *intermediate* server-side TLS profile (policy/tls.py) (guidelines 5.7,
 https://ssl-config.mozilla.org/guidelines/5.7.json): TLS 1.2 and 1.3; for TLS 1.2 only the
 ECDHE AEAD suites (AES-GCM, ChaCha20-Poly1305) — no CBC, no RSA key exchange, no SHA-1 MAC;
 the profile's DHE suites are left out, since no DH parameters are configured (OpenSSL would
@@ -25,20 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..policy.tls import INTERMEDIATE_GROUPS, INTERMEDIATE_TLS12_CIPHERS
+
 log = logging.getLogger("ucgate.gateway.tls")
 
-# Mozilla intermediate, TLS 1.2 (OpenSSL names), in the profile's order, without DHE (above).
-INTERMEDIATE_TLS12_CIPHERS = ":".join(
-    [
-        "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "ECDHE-RSA-AES128-GCM-SHA256",
-        "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "ECDHE-RSA-AES256-GCM-SHA384",
-        "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "ECDHE-RSA-CHACHA20-POLY1305",
-    ]
-)
-INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
 # The demo/test certificate: at most the CA/Browser Forum's 398 days for a server certificate.
 SELF_SIGNED_DAYS = 397
 _SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list() is this SSL_CTX_ctrl (ssl.h)

@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import LogFormat
 from ..id.health import health_routes
+from ..policy.tls import INTERMEDIATE_TLS12_CIPHERS
 from . import admin, api, portal, signin
 from .pages import HERE, WebContext, make_env, render
 from .service import Console
@@ -113,6 +114,7 @@ def web_server(config: Any, app: Any):
             port=w.listen_port,
             ssl_certfile=str(cert),
             ssl_keyfile=str(key),
+            ssl_ciphers=INTERMEDIATE_TLS12_CIPHERS,  # the gateway's profile (uvicorn's default: "TLSv1")
             log_level=config.log_level,
             lifespan="off",
             access_log=False,
