@@ -108,6 +108,7 @@ class Exchange:
         "ctx",
         "started",
         "driver",
+        "device",
     )
 
     def __init__(
@@ -143,23 +144,25 @@ class Exchange:
         self.started = started  # clock() at the start when the access log is on, else None
         # the connection's callback driver while the stages run inline (``Stage.now``), else None
         self.driver = driver
+        self.device: str | None = None  # the device the decide stage named (its log field)
 
     @property
     def request_id(self) -> bytes:
         return self.conn.request_id
 
     def log_fields(self) -> dict[str, str]:
-        """The request context of this exchange's log lines (ucgate.logs): what a pipeline
-        task's context holds by now, for lines logged inline, outside any task."""
+        """The request context of this exchange's log lines (ucgate.logs): its ``ctx`` (what
+        the stages filled in), or the same made from what they learnt."""
+        if self.ctx is not None:
+            return self.ctx
         conn = self.conn
         fields = {"request_id": conn.request_id.decode(), "client": conn.peer_host}
         if self.service is not None:
             fields["service"] = self.service.name
-        identity = self.identity
-        if identity is not None:
-            fields["user"] = identity.user
-            if identity.device_id and self.facts is not None:  # named by the decide stage
-                fields["device"] = identity.device_id
+        if self.identity is not None:
+            fields["user"] = self.identity.user
+        if self.device is not None:
+            fields["device"] = self.device
         return fields
 
 

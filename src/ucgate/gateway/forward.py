@@ -80,9 +80,10 @@ class Forwarder:
         connection when it can (its body read and dropped). Returns whether to keep the
         connection."""
         keep = self.refuse_now(ex, refusal)
-        if keep is None:  # a body to drain first
+        if keep is None:  # a body to drain first: logged and counted before (the client may go)
+            self._log_refusal(ex, refusal)
             keep = await ex.body.discard(self.gw.limits.max_drain_bytes)
-            self._refused(ex, refusal, keep)
+            self._write_refusal(ex, refusal, keep)
         await _drain_quietly(ex.client)
         return keep
 
@@ -108,11 +109,12 @@ class Forwarder:
             if not req.expect_continue:
                 return None  # NTLM's handshake needs the same connection: drain, then answer
             keep = False  # the client has not sent the body; we cannot tell if it will
-        self._refused(ex, refusal, keep)
+        self._log_refusal(ex, refusal)
+        self._write_refusal(ex, refusal, keep)
         return keep
 
-    def _refused(self, ex: Exchange, refusal: Refusal, keep: bool) -> None:
-        """Log, count and write a refusal (not a protocol error)."""
+    def _log_refusal(self, ex: Exchange, refusal: Refusal) -> None:
+        """Log and count a refusal (not a protocol error)."""
         conn, req, service = ex.conn, ex.req, ex.service
         fields = ex.log_fields()
         log.info(
@@ -127,8 +129,15 @@ class Forwarder:
             extra={**fields, "reason": refusal.reason},
         )
         metrics.count_request(service.name if service else None, refusal.status)
+
+    def _write_refusal(self, ex: Exchange, refusal: Refusal, keep: bool) -> None:
         self.answer_now(
-            ex.client, refusal.status, refusal.body, refusal.headers, close=not keep, head_only=req.method == b"HEAD"
+            ex.client,
+            refusal.status,
+            refusal.body,
+            refusal.headers,
+            close=not keep,
+            head_only=ex.req.method == b"HEAD",
         )
 
     # --- answering ourselves ----------------------------------------------------------

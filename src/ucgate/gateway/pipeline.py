@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .. import metrics
-from ..logs import begin_request, new_request_id
+from ..logs import begin_request, new_request_id, request_context
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
 from .auth import AuthOutcome
@@ -221,8 +221,10 @@ def decided(gw: Gateway, ex: Exchange, verdict: Verdict) -> Refusal | None:
     if verdict.identity is not None:
         identity = ex.identity = verdict.identity
         gw.adopt(conn, ex.req, identity)
-        if ex.ctx is not None and identity.device_id:
-            ex.ctx["device"] = identity.device_id
+        if identity.device_id:
+            ex.device = identity.device_id
+            if ex.ctx is not None:
+                ex.ctx["device"] = identity.device_id
     ex.observe = verdict.observe
     return None
 
@@ -378,7 +380,11 @@ def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
 
 
 def task_context(ex: Exchange) -> None:
-    """This task's log context (ucgate.logs), with what the stages so far learnt."""
+    """This task's log context (ucgate.logs): the exchange's own (the driver made it when the
+    stages began inline, and they filled it in), or a new one with what the stages learnt."""
+    if ex.ctx is not None:
+        request_context.set(ex.ctx)
+        return
     ctx = ex.ctx = begin_request(ex.conn.request_id, ex.conn.peer_host)
     ctx.update(ex.log_fields())
 

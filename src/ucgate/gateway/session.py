@@ -37,7 +37,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from .. import metrics
-from ..logs import REQUEST_ID_HEADER, new_request_id
+from ..logs import REQUEST_ID_HEADER, new_request_id, request_context
 from ..protocols import http1
 from ..protocols.http1 import HttpError, RequestHead
 from . import pipeline
@@ -115,73 +115,100 @@ class ClientSession:
 
     # --- client side ------------------------------------------------------------------
     def on_client_data(self) -> None:
-        """Data or EOF arrived between requests: take a complete head and serve it."""
+        """Data or EOF arrived between requests: take each complete head and serve it — in a
+        loop, not by recursion, while requests are answered inline (pipelined refusals)."""
         s = self.stream
         try:
-            if self.conn.closed_reason is not None:
-                return
-            try:
-                head = s.take_head()
-            except asyncio.LimitOverrunError:
-                self._refuse_now(HttpError(431, "header-too-large"))
-                return
-            except HttpError as e:  # a bare CR or LF: refused now, not at the header timeout
-                self._refuse_now(e)
-                return
-            if head is None:
-                if s.eof:
-                    if s.peek().strip():
-                        log.warning("client %s: closed mid-request head", self.conn.peer_host)
-                    s.close()
-                return
-            # a request: no more callbacks or idle deadline until it is answered
-            s.on_data = None
-            s.set_deadline(_NO_DEADLINE)
-            gw = self.gw
-            req = http1.common_request(head, gw.limits, gw.request_specials)
-            if req is None:
+            while True:
+                if self.conn.closed_reason is not None:
+                    return
                 try:
-                    req = http1.parse_request_head(head, gw.limits)
-                except HttpError as e:
+                    head = s.take_head()
+                except asyncio.LimitOverrunError:
+                    self._refuse_now(HttpError(431, "header-too-large"))
+                    return
+                except HttpError as e:  # a bare CR or LF: refused now, not at the header timeout
                     self._refuse_now(e)
                     return
-            self._serve(req, head)
+                if head is None:
+                    if s.eof:
+                        if s.peek().strip():
+                            log.warning("client %s: closed mid-request head", self.conn.peer_host)
+                        s.close()
+                    return
+                # a request: no more callbacks or idle deadline until it is answered
+                s.on_data = None
+                s.set_deadline(_NO_DEADLINE)
+                gw = self.gw
+                req = http1.common_request(head, gw.limits, gw.request_specials)
+                if req is None:
+                    try:
+                        req = http1.parse_request_head(head, gw.limits)
+                    except HttpError as e:
+                        self._refuse_now(e)
+                        return
+                keep = self._serve(req, head)
+                if keep is None:  # in flight (upstream, or in a task)
+                    return
+                # answered inline: the next request, or close
+                if not keep or self.conn.closed_reason is not None:
+                    s.close()
+                    return
+                if s.writing_paused:  # the client is not reading its answers: wait before the next
+                    self._run(self._drain_then_resume())
+                    return
+                if not s.listen(self._on_client_data, self.loop.time() + gw.gw.timeouts.idle):
+                    return  # nothing buffered: the next head arrives through the callback
         except Exception:  # noqa: BLE001 - never let one connection take the process (or the loop) down
             self._internal_error()
 
-    def _serve(self, req: RequestHead, head: bytes) -> None:
-        """Run ``req``'s stages inline, then go on as the first one that did not go on says."""
+    def _serve(self, req: RequestHead, head: bytes) -> bool | None:
+        """Run ``req``'s stages inline, then go on as the first one that did not go on says.
+        Returns whether to keep the connection when the request was answered here, None when
+        it is in flight (written upstream from here, or handed to a task)."""
         gw = self.gw
         if not gw.fast_path:  # every request in a task (tests hold both paths to one result)
             self._run(gw.handle(self.conn, req, self.stream))
-            return
+            return None
         conn, stream = self.conn, self.stream
         conn.requests += 1  # pipeline.begin, inline
-        conn.request_id = new_request_id()
-        ex = Exchange(
-            conn,
-            req,
-            stream,
-            RequestBody(req, stream, gw.gw.timeouts.body_read),
-            None,
-            gw.clock() if access_log.isEnabledFor(logging.INFO) else None,
-            self,
-        )
-        self.head = head
-        i, outcome = pipeline.run_inline(gw, ex)
-        if outcome is INLINE:
-            return
-        if outcome is WAIT:
-            self._run(pipeline.resume(gw, ex, i))
-            return
-        assert isinstance(outcome, Refusal), outcome
-        keep = gw.refuse_now(ex, outcome)
-        if keep is None:  # a body to drain first
-            self._run(pipeline.refuse(gw, ex, outcome))
-            return
-        if ex.gate is not None:
-            ex.gate.done(req)
-        self._after(keep)
+        rid = conn.request_id = new_request_id()
+        # the request's log context, as a pipeline task has it: the stages' own lines (the
+        # authenticator's, the device gate's) carry it, and a task made from here inherits it
+        ctx = {"request_id": rid.decode(), "client": conn.peer_host}
+        token = request_context.set(ctx)
+        try:
+            ex = Exchange(
+                conn,
+                req,
+                stream,
+                RequestBody(req, stream, gw.gw.timeouts.body_read),
+                ctx,
+                gw.clock() if access_log.isEnabledFor(logging.INFO) else None,
+                self,
+            )
+            self.head = head
+            try:
+                i, outcome = pipeline.run_inline(gw, ex)
+            except BaseException:
+                if ex.gate is not None:  # the device facts taken for this request
+                    ex.gate.done(req)
+                raise
+            if outcome is INLINE:
+                return None
+            if outcome is WAIT:
+                self._run(pipeline.resume(gw, ex, i))
+                return None
+            assert isinstance(outcome, Refusal), outcome
+            keep = gw.refuse_now(ex, outcome)
+            if keep is None:  # a body to drain first
+                self._run(pipeline.refuse(gw, ex, outcome))
+                return None
+            if ex.gate is not None:
+                ex.gate.done(req)
+            return keep
+        finally:
+            request_context.reset(token)
 
     def on_client_deadline(self) -> None:
         """No (complete) request head in time: 408 on a new connection, else just close."""
@@ -323,7 +350,7 @@ class ClientSession:
                     {
                         "service": ex.service.name if ex.service is not None else None,
                         "user": identity.user if identity is not None else None,
-                        "device": identity.device_id if identity is not None and ex.facts is not None else None,
+                        "device": ex.device,
                     },
                 )
             )
@@ -331,10 +358,16 @@ class ClientSession:
         return INLINE
 
     def on_upstream_data(self) -> None:
+        # the upstream connection's callbacks run in the context of whoever opened it (another
+        # connection's task, maybe): this request's lines carry this request's context
+        ex = self.ex
+        token = request_context.set(ex.ctx if ex is not None else None)
         try:
             self._upstream_data()
         except Exception:  # noqa: BLE001 - never let one connection take the process (or the loop) down
             self._internal_error()
+        finally:
+            request_context.reset(token)
 
     def _upstream_data(self) -> None:
         up, ex = self.up, self.ex
@@ -440,11 +473,19 @@ class ClientSession:
         """No response head within ``upstream_read``: 504, as the pipeline answers."""
         ex = self.ex
         assert ex is not None and ex.pool is not None
-        self._upstream_failed(UpstreamError("upstream-read-timeout", ex.pool.upstream.name), status=504)
+        token = request_context.set(ex.ctx)
+        try:
+            self._upstream_failed(UpstreamError("upstream-read-timeout", ex.pool.upstream.name), status=504)
+        finally:
+            request_context.reset(token)
 
     def on_upstream_lost(self, exc: BaseException | None) -> None:
         if self.up is not None:
-            self._upstream_gone()
+            token = request_context.set(self.ex.ctx if self.ex is not None else None)
+            try:
+                self._upstream_gone()
+            finally:
+                request_context.reset(token)
 
     def _upstream_gone(self) -> None:
         """The pooled connection closed before a response head: forward the request again on
