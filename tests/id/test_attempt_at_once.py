@@ -187,3 +187,21 @@ def test_ntlm_with_the_gateways_parse(ids, monkeypatch):
     assert again.verdict.ok and again.result is not None
     assert again.result.flags == ok.result.flags and again.result.channel_binding == ok.result.channel_binding
     assert _reasons(ids, 3) == ["ok", "wrong-password", "ok"]
+
+
+def test_a_success_hands_its_event_and_asp_use_over_at_once(ids):
+    """With the sign-in writer, a successful sign-in with an ASP is one queue item (the event
+    and the last use); a refusal is its event alone."""
+    ids.users.add("gus")
+    asp_id, asp = ids.asps.create("gus", "phone")
+    w = ids.audit.writer
+    items = []
+    real = w._put
+    w._put = lambda item: items.append(item) or real(item)
+    assert ids.credentials.verify_password_sync("gus", "nope", CTX).reason == "wrong-password"
+    assert ids.credentials.verify_password_sync("gus", asp, CTX).ok
+    assert [kind for kind, _, _ in items] == ["audit", "audit+used"]
+    assert items[1][2][1][0] == asp_id
+    w.flush()
+    assert ids.asps.get(asp_id).last_used_at is not None
+    assert [e.reason for e in ids.audit.tail(2)] == ["wrong-password", "ok"]

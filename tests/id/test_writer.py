@@ -194,3 +194,38 @@ def test_kill_9_loses_at_most_the_stated_window(tmp_path, store_url):
     )
     assert len(acks) > 50
     assert window < MAX_DELAY + 0.25, lost
+
+
+def test_a_sign_in_and_its_asp_use_are_one_hand_off(repo, tmp_path):
+    """AuditLog.record_later(asp_used=...) with a writer: one queue item holds the event and the
+    ASP's last use, both committed in the batch; without a writer, both written at once."""
+    from ucgate.id.asp import AspService
+    from ucgate.id.keys import Keyring
+    from ucgate.id.users import UserService
+
+    users = UserService(repo)
+    users.add("dora")
+    asps = AspService(repo, Keyring.load_or_create(tmp_path / "k", data_path=None), users=users)
+    asp_id, _ = asps.create("dora", "phone")
+    at = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+    w = SignInWriter(repo)
+    log = AuditLog(repo)
+    log.writer = w
+    items = []
+    real = w._put
+    w._put = lambda item: items.append(item) or real(item)
+    try:
+        log.record_later("sign-in", actor="dora", result="allow", user="dora", reason="ok", asp_used=(asp_id, at))
+        assert [kind for kind, _, _ in items] == ["audit+used"]
+        assert w.flush(5)
+        assert asps.get(asp_id).last_used_at == at
+        ev = repo.tail_audit(1)[0]
+        assert (ev.username, ev.result) == ("dora", "allow") and "asp_used" not in (ev.details or {})
+    finally:
+        w.close()
+    later = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    AuditLog(repo).record_later(
+        "sign-in", actor="dora", result="allow", user="dora", reason="ok", asp_used=(asp_id, later)
+    )
+    assert asps.get(asp_id).last_used_at == later
+    assert repo.tail_audit(1)[0].details is None or "asp_used" not in repo.tail_audit(1)[0].details

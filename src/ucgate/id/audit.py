@@ -203,11 +203,13 @@ class AuditLog:
         service: str | None = None,
         client_address: str | None = None,
         reason: str | None = None,
+        asp_used: tuple[str, datetime] | None = None,
         **details: Any,
     ) -> None:
         """Append one event through the sign-in writer (``writer``, ``ucgate.id.writer``): in the
         table within its ``max_delay`` (group commit), then in the file and syslog. Without a
-        writer, as :meth:`record`."""
+        writer, as :meth:`record`. ``asp_used``: the ASP's last use ``(asp_id, at)`` that the
+        sign-in makes, stored with the event (without a writer: after it)."""
         ev = self._event(
             action,
             actor=actor,
@@ -221,8 +223,10 @@ class AuditLog:
         )
         if self.writer is None:
             self._emit(with_id(ev, self.repo.add_audit(ev)))
+            if asp_used is not None:
+                self.repo.mark_asp_used(*asp_used)
         else:
-            self.writer.audit(ev, self._emitter)
+            self.writer.audit(ev, self._emitter, asp_used)
 
     def _event(
         self,

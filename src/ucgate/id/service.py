@@ -276,9 +276,13 @@ class IdService:
                         self._inflight.pop(k, None)
                 self._inflight_cv.notify_all()
 
-    def _audit(self, user: str, ctx: AttemptContext, verdict: Verdict) -> None:
+    def _audit(
+        self, user: str, ctx: AttemptContext, verdict: Verdict, used: tuple[str, dt.datetime] | None = None
+    ) -> None:
         metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)  # ucgate_id_sign_ins_total
-        # through the sign-in writer (group commit, ucgate.id.writer) where there is one
+        # through the sign-in writer (group commit, ucgate.id.writer) where there is one; with it
+        # the ASP's last use (``used``, given only then)
+        extra = {} if used is None else {"asp_used": used}
         getattr(self.audit, "record_later", self.audit.record)(
             "sign-in",
             actor=user,
@@ -291,6 +295,7 @@ class IdService:
             method=ctx.method,
             credential=verdict.credential_id,
             user_agent=ctx.user_agent,
+            **extra,
         )
 
     def _record(
@@ -300,14 +305,16 @@ class IdService:
         self._note(who, ctx, verdict)
 
     def _note(self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict) -> None:
-        """What follows a settled attempt: the audit event, the ASP's last use."""
-        self._audit(who if isinstance(who, str) else (who.user or who.key[2:]), ctx, verdict)
-        if verdict.ok and verdict.credential_id and verdict.credential_id != "domain-password":
-            writer = getattr(self.audit, "writer", None)
-            if writer is not None:
-                writer.used(verdict.credential_id, dt.datetime.fromtimestamp(self.clock(), dt.UTC))
-            else:
-                self.asps.mark_used(verdict.credential_id, self.clock())
+        """What follows a settled attempt: the audit event, the ASP's last use (with a sign-in
+        writer, both in one hand-off to it)."""
+        name = who if isinstance(who, str) else (who.user or who.key[2:])
+        if not (verdict.ok and verdict.credential_id and verdict.credential_id != "domain-password"):
+            self._audit(name, ctx, verdict)
+        elif getattr(self.audit, "writer", None) is not None:
+            self._audit(name, ctx, verdict, (verdict.credential_id, dt.datetime.fromtimestamp(self.clock(), dt.UTC)))
+        else:
+            self._audit(name, ctx, verdict)
+            self.asps.mark_used(verdict.credential_id, self.clock())
 
     def _store_down(self, what: str, ctx: AttemptContext, e: Exception) -> Verdict:
         log.error(
