@@ -238,7 +238,12 @@ class ClientSession:
         self.stream.close()
 
     def _internal_error(self) -> None:
-        log.exception("internal error on connection %d from %s", self.conn.id, self.conn.peer_host)
+        ex = self.ex
+        token = request_context.set(ex.ctx if ex is not None else request_context.get())
+        try:
+            log.exception("internal error on connection %d from %s", self.conn.id, self.conn.peer_host)
+        finally:
+            request_context.reset(token)
         if self.up is not None:
             self._release_upstream(close=True)
         self.stream.close()
@@ -358,16 +363,13 @@ class ClientSession:
         return INLINE
 
     def on_upstream_data(self) -> None:
-        # the upstream connection's callbacks run in the context of whoever opened it (another
-        # connection's task, maybe): this request's lines carry this request's context
-        ex = self.ex
-        token = request_context.set(ex.ctx if ex is not None else None)
+        # (the upstream connection's callbacks run in the context of whoever opened it, maybe
+        # another connection's task: the lines logged from here — _upstream_failed,
+        # _internal_error — set this request's context themselves; tasks set theirs)
         try:
             self._upstream_data()
         except Exception:  # noqa: BLE001 - never let one connection take the process (or the loop) down
             self._internal_error()
-        finally:
-            request_context.reset(token)
 
     def _upstream_data(self) -> None:
         up, ex = self.up, self.ex
@@ -509,7 +511,12 @@ class ClientSession:
         ex = self.ex
         assert ex is not None and ex.service is not None
         self._release_upstream(close=True)
-        self._after(self.gw.upstream_failed_now(ex.req, self.stream, ex.service, err, True, status))
+        token = request_context.set(ex.ctx)  # the error line is this request's
+        try:
+            keep = self.gw.upstream_failed_now(ex.req, self.stream, ex.service, err, True, status)
+        finally:
+            request_context.reset(token)
+        self._after(keep)
 
     def _release_upstream(self, *, close: bool) -> UpstreamConnection:
         """End the inline request's hold on its upstream connection (no more callbacks or
