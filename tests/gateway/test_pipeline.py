@@ -125,6 +125,7 @@ class FakeGateway:
         self.answered: Refusal | None = None
         self.auth_now = None  # the authenticator's synchronous answer: none (always waits)
         self.stage_plans: dict = {}
+        self.max_body_bytes = 1000
 
     def clock(self) -> float:
         return 0.0

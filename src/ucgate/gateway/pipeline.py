@@ -104,7 +104,8 @@ def recognise_now(gw: Gateway, ex: Exchange) -> Refusal | None:
     if pool is None:
         log.warning("service %s is routed to upstream %r, which is not configured", service.name, service.upstream)
         return Refusal(404, "upstream-not-configured", b"not found\n")
-    ex.max_body = max_body = gw.max_body_of(service)
+    max_body = service.max_body_bytes  # gw.max_body_of(service), inline
+    ex.max_body = max_body = gw.max_body_bytes if max_body is None else max_body
     if req.prefix is None and req.framing.kind == "length" and req.framing.length > max_body:
         return Refusal.protocol(HttpError(413, "body-too-large"))  # (the common route has no body)
     return None
@@ -372,7 +373,9 @@ def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
         return 0, refusal
     service = ex.service
     assert service is not None  # recognised
-    for i, now in plan(gw, service):
+    found = gw.stage_plans.get((service.name, service.anonymous))  # plan(), its common case inline
+    steps = found[2] if found is not None and found[0] is gw.oauth and found[1] is gw.devices else plan(gw, service)
+    for i, now in steps:
         outcome = now(gw, ex)
         if outcome is not None:
             return i, outcome

@@ -47,20 +47,11 @@ access_log = logging.getLogger("ucgate.access")
 
 
 def _auth_now(authenticator: Authenticator) -> Callable[..., AuthOutcome | None] | None:
-    cls = type(authenticator)
-    answer = getattr(cls, "answer_now", None)
-    if answer is not None:
-        return answer.__get__(authenticator)
-    known = getattr(cls, "authenticate_now", None)
-    if known is None:
-        return None
-    identity_now = known.__get__(authenticator)
-
-    def adapted(conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome | None:
-        identity = identity_now(conn, req, service)
-        return None if identity is None else AuthOutcome(identity=identity)
-
-    return adapted
+    """The authenticator's ``answer_now`` (looked up on the class, so that a wrapper delegating
+    attributes never lends its inner authenticator's), or None: every request waits for
+    ``authenticate``."""
+    answer = getattr(type(authenticator), "answer_now", None)
+    return None if answer is None else answer.__get__(authenticator)
 
 
 class Gateway:
@@ -104,10 +95,8 @@ class Gateway:
             self.authenticator = oauth.wrap(self.authenticator)
         # the authenticator's synchronous answer (``answer_now``: what ``authenticate`` would
         # answer when that needs no waiting, e.g. an NTLM connection, the Basic memo, a Bearer
-        # token we issued), which lets the authenticate stage answer inline
-        # (gateway/pipeline.py); looked up on the class, so that a wrapper delegating
-        # attributes never lends its inner authenticator's. An authenticator with only
-        # ``authenticate_now`` (an identity or None) is adapted.
+        # token we issued, the NTLM challenge), which lets the authenticate stage answer inline
+        # (gateway/pipeline.py)
         self.auth_now: Callable[..., AuthOutcome | None] | None = _auth_now(self.authenticator)
         self.clock = clock
         self.service_map = ServiceMap.with_overrides(config.services)
@@ -145,6 +134,7 @@ class Gateway:
         self.fast_requests = 0
         self.fast_path = True
         self.stage_plans: dict = {}  # the inline chain's stages per service (pipeline.plan)
+        self.max_body_bytes = gw.limits.max_body_bytes  # a service's own max_body_bytes overrides it
         self._server: asyncio.Server | TLSServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # answers of our own, the forwarded heads, backend credentials, upstream exchanges
@@ -351,7 +341,7 @@ class Gateway:
         return await pipeline.run(self, conn, req, client)
 
     def max_body_of(self, service: Service) -> int:
-        return service.max_body_bytes if service.max_body_bytes is not None else self.gw.limits.max_body_bytes
+        return service.max_body_bytes if service.max_body_bytes is not None else self.max_body_bytes
 
     def adopt(self, conn: ClientConnection, req: RequestHead, identity: Identity) -> None:
         """The decide stage's identity (with its device id) is the connection's principal; a

@@ -455,7 +455,10 @@ class ClientSession:
         if ex.started is not None:  # before the write: the line is there when the client has its answer
             pipeline.log_access(self.gw, ex)
         self.stream.write(out)
-        self._after(keep)
+        if keep and self.conn.closed_reason is None:  # _after, inline
+            self._resume()
+        else:
+            self.stream.close()
 
     def _answered(self, status: int) -> None:
         """The response head of the inline request arrived: its metrics."""
