@@ -450,7 +450,11 @@ class Replacing:
         self.read: list[bytes] = []
 
     def intercepts(self, service, req) -> bool:
-        return service.name == "oauth" and req.method == b"POST"
+        return self.applies(service) and req.method == b"POST"
+
+    @staticmethod
+    def applies(service) -> bool:
+        return service.name == "oauth"
 
     async def handle(self, gw, ex):
         self.read.append(await ex.body.read(100))

@@ -234,6 +234,9 @@ class FakeOAuth:
     def intercepts(self, service, req) -> bool:
         return service.name == "oauth"
 
+    def applies(self, service) -> bool:
+        return service.name == "oauth"
+
     async def handle(self, gw, ex):
         if self.answer is None:
             await ex.body.read(100)  # another grant type: the form read, the pipeline goes on

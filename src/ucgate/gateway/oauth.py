@@ -353,7 +353,12 @@ class OAuthGrants:
 
     @staticmethod
     def intercepts(service: Service, req: RequestHead) -> bool:
-        return service.name == "oauth" and req.method == b"POST"
+        return OAuthGrants.applies(service) and req.method == b"POST"
+
+    @staticmethod
+    def applies(service: Service) -> bool:
+        """Whether any request to ``service`` may be intercepted (the pipeline's stage plan)."""
+        return service.name == "oauth"
 
     # --- the answers we give ourselves --------------------------------------------------
     @staticmethod

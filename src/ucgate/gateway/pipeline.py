@@ -290,7 +290,7 @@ async def forward(gw: Gateway, ex: Exchange) -> Outcome:
 
 
 def _oauth_applies(gw: Gateway, service: Service) -> bool:
-    return gw.oauth is not None and service.name == "oauth"  # OAuthGrants.intercepts: POST there
+    return gw.oauth is not None and gw.oauth.applies(service)
 
 
 def _devices_apply(gw: Gateway, service: Service) -> bool:
