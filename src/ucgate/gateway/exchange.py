@@ -150,6 +150,14 @@ class Exchange:
     def request_id(self) -> bytes:
         return self.conn.request_id
 
+    def context(self) -> dict:
+        """This exchange's log context (``ctx``), made from what the stages learnt when it has
+        none yet (the inline path makes it only when a line may be logged)."""
+        ctx = self.ctx
+        if ctx is None:
+            ctx = self.ctx = self.log_fields()
+        return ctx
+
     def log_fields(self) -> dict[str, str]:
         """The request context of this exchange's log lines (ucgate.logs): its ``ctx`` (what
         the stages filled in), or the same made from what they learnt."""

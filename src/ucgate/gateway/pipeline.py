@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .. import metrics
-from ..logs import begin_request, new_request_id, request_context
+from ..logs import new_request_id, request_context
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
 from .auth import AuthOutcome
@@ -102,7 +102,12 @@ def recognise_now(gw: Gateway, ex: Exchange) -> Refusal | None:
         req.headers.append((b"Host", req.host))
     pool = ex.pool = gw.pools.get(service.upstream)
     if pool is None:
-        log.warning("service %s is routed to upstream %r, which is not configured", service.name, service.upstream)
+        log.warning(
+            "service %s is routed to upstream %r, which is not configured",
+            service.name,
+            service.upstream,
+            extra=ex.log_fields(),
+        )
         return Refusal(404, "upstream-not-configured", b"not found\n")
     max_body = service.max_body_bytes  # gw.max_body_of(service), inline
     ex.max_body = max_body = gw.max_body_bytes if max_body is None else max_body
@@ -146,7 +151,11 @@ def device_facts_now(gw: Gateway, ex: Exchange) -> object:
         return None
     if ex.body.pending and gate.body_limit(req, path, service) is not None:
         return WAIT
-    ex.facts = gate.facts_for(ex.conn, req, path, query, service, ex.body.data)
+    token = request_context.set(ex.context())  # the device gate's lines carry this request's context
+    try:
+        ex.facts = gate.facts_for(ex.conn, req, path, query, service, ex.body.data)
+    finally:
+        request_context.reset(token)
     ex.gate = gate  # from here on, ``gate.done(req)`` when the request is over
     return None
 
@@ -195,7 +204,16 @@ def authenticate_now(gw: Gateway, ex: Exchange) -> object:
     if service.anonymous:
         return None
     answer = gw.auth_now
-    outcome = None if answer is None else answer(ex.conn, ex.req, service)
+    if answer is None:
+        return WAIT
+    if ex.req.get(b"authorization") is None:  # a known identity or the 401: no log line
+        outcome = answer(ex.conn, ex.req, service)
+    else:  # the authenticator's own lines (the trace, a malformed token) carry this request's context
+        token = request_context.set(ex.context())
+        try:
+            outcome = answer(ex.conn, ex.req, service)
+        finally:
+            request_context.reset(token)
     if outcome is None:
         return WAIT
     return authenticated(ex, outcome)
@@ -241,7 +259,11 @@ def decide_now(gw: Gateway, ex: Exchange) -> object:
         return None
     service = ex.service
     assert service is not None  # set by the recognise stage
-    verdict = gate.decide_now(ex.conn, ex.req, service, identity, facts)
+    token = request_context.set(ex.context())
+    try:
+        verdict = gate.decide_now(ex.conn, ex.req, service, identity, facts)
+    finally:
+        request_context.reset(token)
     if verdict is None:
         return WAIT
     metrics.count_device(service.name, "allow")  # as DeviceGate.decide counts its decisions
@@ -385,11 +407,7 @@ def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
 def task_context(ex: Exchange) -> None:
     """This task's log context (ucgate.logs): the exchange's own (the driver made it when the
     stages began inline, and they filled it in), or a new one with what the stages learnt."""
-    if ex.ctx is not None:
-        request_context.set(ex.ctx)
-        return
-    ctx = ex.ctx = begin_request(ex.conn.request_id, ex.conn.peer_host)
-    ctx.update(ex.log_fields())
+    request_context.set(ex.context())
 
 
 async def run_stages(gw: Gateway, ex: Exchange, start: int = 0, *, waiting: bool = False) -> bool:

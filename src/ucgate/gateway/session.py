@@ -172,43 +172,38 @@ class ClientSession:
             return None
         conn, stream = self.conn, self.stream
         conn.requests += 1  # pipeline.begin, inline
-        rid = conn.request_id = new_request_id()
-        # the request's log context, as a pipeline task has it: the stages' own lines (the
-        # authenticator's, the device gate's) carry it, and a task made from here inherits it
-        ctx = {"request_id": rid.decode(), "client": conn.peer_host}
-        token = request_context.set(ctx)
+        conn.request_id = new_request_id()
+        # the request's log context is made when a line may be logged (Exchange.context: by
+        # the stages that log, the refusals, a task going on from here), not for every request
+        ex = Exchange(
+            conn,
+            req,
+            stream,
+            RequestBody(req, stream, gw.gw.timeouts.body_read),
+            None,
+            gw.clock() if access_log.isEnabledFor(logging.INFO) else None,
+            self,
+        )
+        self.head = head
         try:
-            ex = Exchange(
-                conn,
-                req,
-                stream,
-                RequestBody(req, stream, gw.gw.timeouts.body_read),
-                ctx,
-                gw.clock() if access_log.isEnabledFor(logging.INFO) else None,
-                self,
-            )
-            self.head = head
-            try:
-                i, outcome = pipeline.run_inline(gw, ex)
-            except BaseException:
-                if ex.gate is not None:  # the device facts taken for this request
-                    ex.gate.done(req)
-                raise
-            if outcome is INLINE:
-                return None
-            if outcome is WAIT:
-                self._run(pipeline.resume(gw, ex, i))
-                return None
-            assert isinstance(outcome, Refusal), outcome
-            keep = gw.refuse_now(ex, outcome)
-            if keep is None:  # a body to drain first
-                self._run(pipeline.refuse(gw, ex, outcome))
-                return None
-            if ex.gate is not None:
+            i, outcome = pipeline.run_inline(gw, ex)
+        except BaseException:
+            if ex.gate is not None:  # the device facts taken for this request
                 ex.gate.done(req)
-            return keep
-        finally:
-            request_context.reset(token)
+            raise
+        if outcome is INLINE:
+            return None
+        if outcome is WAIT:
+            self._run(pipeline.resume(gw, ex, i))
+            return None
+        assert isinstance(outcome, Refusal), outcome
+        keep = gw.refuse_now(ex, outcome)
+        if keep is None:  # a body to drain first
+            self._run(pipeline.refuse(gw, ex, outcome))
+            return None
+        if ex.gate is not None:
+            ex.gate.done(req)
+        return keep
 
     def on_client_deadline(self) -> None:
         """No (complete) request head in time: 408 on a new connection, else just close."""
@@ -239,7 +234,7 @@ class ClientSession:
 
     def _internal_error(self) -> None:
         ex = self.ex
-        token = request_context.set(ex.ctx if ex is not None else request_context.get())
+        token = request_context.set(ex.context() if ex is not None else request_context.get())
         try:
             log.exception("internal error on connection %d from %s", self.conn.id, self.conn.peer_host)
         finally:
@@ -478,7 +473,7 @@ class ClientSession:
         """No response head within ``upstream_read``: 504, as the pipeline answers."""
         ex = self.ex
         assert ex is not None and ex.pool is not None
-        token = request_context.set(ex.ctx)
+        token = request_context.set(ex.context())
         try:
             self._upstream_failed(UpstreamError("upstream-read-timeout", ex.pool.upstream.name), status=504)
         finally:
@@ -486,7 +481,7 @@ class ClientSession:
 
     def on_upstream_lost(self, exc: BaseException | None) -> None:
         if self.up is not None:
-            token = request_context.set(self.ex.ctx if self.ex is not None else None)
+            token = request_context.set(self.ex.context() if self.ex is not None else None)
             try:
                 self._upstream_gone()
             finally:
@@ -514,7 +509,7 @@ class ClientSession:
         ex = self.ex
         assert ex is not None and ex.service is not None
         self._release_upstream(close=True)
-        token = request_context.set(ex.ctx)  # the error line is this request's
+        token = request_context.set(ex.context())  # the error line is this request's
         try:
             keep = self.gw.upstream_failed_now(ex.req, self.stream, ex.service, err, True, status)
         finally:
