@@ -244,14 +244,21 @@ def compare(lines, seed, trace, methods, kerberos, device, tls, state, authz, co
     """answer_now on one twin, authenticate on the other: returns what answer_now said."""
     a, _, _ = twin(seed, trace=trace, methods=methods, kerberos=kerberos, device=device)
     b, creds_b, krb_b = twin(seed, trace=trace, methods=methods, kerberos=kerberos, device=device)
+    k, creds_k, _ = twin(seed, trace=trace, methods=methods, kerberos=kerberos, device=device)
     if wrap is not None:
-        a, b = wrap(a), wrap(b)
-    ca, cb_ = new_conn(tls), new_conn(tls)
+        a, b, k = wrap(a), wrap(b), wrap(k)
+    ca, cb_, ck = new_conn(tls), new_conn(tls), new_conn(tls)
     prepare(getattr(a, "inner", a), ca, state)
     prepare(getattr(b, "inner", b), cb_, state)
-    assert conn_state(ca) == conn_state(cb_)
+    prepare(getattr(k, "inner", k), ck, state)
+    assert conn_state(ca) == conn_state(cb_) == conn_state(ck)
     before = conn_state(ca)
     req_a, req_b = head(authz, common=common), head(authz, common=common)
+
+    # known_now: answer_now's answer or None, and in both cases nothing logged or changed
+    lines.lines.clear()
+    known = k.known_now(ck, head(authz, common=common), UCWA)
+    assert lines.lines == [] and conn_state(ck) == before and not creds_k.calls
 
     lines.lines.clear()
     now = a.answer_now(ca, req_a, UCWA)
@@ -271,6 +278,9 @@ def compare(lines, seed, trace, methods, kerberos, device, tls, state, authz, co
         assert after_a == after_b
         assert said_a == said_b
         assert not creds_b.calls and not (krb_b and krb_b.calls), "answer_now answered what needed the id service"
+    if known is not None:
+        assert now is not None and known.allowed and outcome_tuple(known) == outcome_tuple(now)
+        assert after_a == before and said_a == [], "known_now answered a request whose answer logs or changes state"
     return now
 
 
@@ -327,7 +337,7 @@ def test_oauth_answer_now_is_authenticate(lines, seed, trace, tls, state, authz)
         return m
 
     # a fresh map per twin: TokenMap.get moves the entry (an LRU), so the twins must not share one
-    made = [tokens(), tokens()]
+    made = [tokens(), tokens(), tokens()]
     wrap = lambda inner: BearerAuthenticator(inner, made.pop(), published_name="gw.lab.test")  # noqa: E731
     note(compare(lines, seed, trace, ("negotiate", "ntlm", "basic"), False, None, tls, state, authz, True, wrap))
 

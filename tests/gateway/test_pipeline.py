@@ -124,6 +124,7 @@ class FakeGateway:
         self.calls: list = []
         self.answered: Refusal | None = None
         self.auth_now = None  # the authenticator's synchronous answer: none (always waits)
+        self.auth_known = None
         self.stage_plans: dict = {}
         self.max_body_bytes = 1000
 
@@ -498,10 +499,15 @@ def test_inline_refusal_names_its_stage():
     ex = exchange(head(b"GET /ucwa/x HTTP/1.1", b"Host: a"))
     ex.driver = Driver(gw)  # type: ignore[assignment]
     i, r = pipeline.run_inline(gw, ex)  # type: ignore[arg-type]
-    assert i == 3 and isinstance(r, Refusal) and (r.status, r.reason, r.body) == (
-        401,
-        "no-credentials",
-        b"authentication required\n",
+    assert (
+        i == 3
+        and isinstance(r, Refusal)
+        and (r.status, r.reason, r.body)
+        == (
+            401,
+            "no-credentials",
+            b"authentication required\n",
+        )
     )
     assert gw.authenticator.calls == 0 and gw.calls == []
 

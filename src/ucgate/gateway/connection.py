@@ -46,6 +46,7 @@ class ClientConnection:
     identity: Identity | None = None  # set by connection-based auth (NTLM): authorises later requests
     principal: Identity | None = None  # who last authenticated on it, by any method (for cut-off)
     auth_state: Any = None  # an authenticator's handshake in progress (e.g. NTLM after Type 1)
+    known: Any = None  # the authenticator's answer for ``identity``, made once (gateway/preauth.py)
     device: DeviceState | None = None  # the decide stage's per-connection state (gateway.devices)
     requests: int = 0
     # the request id (ucgate.logs) of the request in flight, or the last one: one at a time

@@ -265,6 +265,8 @@ class BearerAuthenticator:
         # a __getattr__ that would lend another object's)
         answer = getattr(type(inner), "answer_now", None)
         self._inner_answer = answer.__get__(inner) if answer is not None else None
+        known = getattr(type(inner), "known_now", None)
+        self._inner_known = known.__get__(inner) if known is not None else None
 
     def __getattr__(self, name: str) -> Any:  # e.g. the preauth settings, for whoever asks
         return getattr(self.inner, name)
@@ -282,6 +284,17 @@ class BearerAuthenticator:
             return None
         outcome = inner(conn, req, service)
         return None if outcome is None else self._challenged(outcome, req, service)
+
+    def known_now(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome | None:
+        """:meth:`answer_now`'s answer when it is an identity known already and nothing is
+        logged (``PreAuthenticator.known_now``): a Bearer token in the map, else the inner
+        authenticator's known identity."""
+        token = bearer_of(req) if service.name in BEARER_SERVICES else None
+        if token is not None:
+            rec = self.tokens.get(token)
+            return None if rec is None else AuthOutcome(identity=rec.identity())
+        inner = self._inner_known
+        return None if inner is None else inner(conn, req, service)
 
     async def authenticate(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome:
         token = bearer_of(req) if service.name in BEARER_SERVICES else None

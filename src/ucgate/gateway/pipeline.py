@@ -203,6 +203,11 @@ def authenticate_now(gw: Gateway, ex: Exchange) -> object:
     assert service is not None  # set by the recognise stage
     if service.anonymous:
         return None
+    known = gw.auth_known
+    if known is not None:  # the keep-alive request of a known sender: answered without a log context
+        outcome = known(ex.conn, ex.req, service)
+        if outcome is not None:
+            return authenticated(ex, outcome)
     answer = gw.auth_now
     if answer is None:
         return WAIT

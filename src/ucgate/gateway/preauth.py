@@ -77,6 +77,11 @@ class _NtlmHandshake:
 class _BasicMemo:
     digest: bytes
     identity: Identity
+    # the answer for a request the memo knows, made once (never changed: it is shared)
+    outcome: AuthOutcome = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outcome = AuthOutcome(identity=self.identity)
 
 
 @dataclass(slots=True)
@@ -241,9 +246,30 @@ class PreAuthenticator:
         self._trace(conn, "client", authz)
         return self._deny(conn, "unsupported-scheme")
 
+    def known_now(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome | None:
+        """:meth:`answer_now`'s answer when it is an identity known already and nothing is
+        logged: an NTLM/Kerberos connection's (a request without ``Authorization``), the Basic
+        memo's (tracing off); else None. Nothing done either way: the common keep-alive request
+        is answered without making its log context (gateway/pipeline.py)."""
+        authz = req.get(b"authorization")
+        if authz is None:
+            return self._without_credentials(conn) if conn.identity is not None else None
+        memo = conn.auth_state
+        s = self.settings
+        if type(memo) is not _BasicMemo or s.trace != TraceLevel.NONE or not conn.tls or "basic" not in s.methods:
+            return None
+        scheme, param = _scheme_and_param(authz)
+        if scheme != b"basic" or len(param) > MAX_BASIC_HEADER:
+            return None
+        return memo.outcome if self._memoised(memo, param, req, service) is not None else None
+
     def _without_credentials(self, conn: ClientConnection) -> AuthOutcome:
-        if conn.identity is not None:
-            return AuthOutcome(identity=conn.identity)
+        identity = conn.identity
+        if identity is not None:  # an NTLM/Kerberos connection: the answer made once per identity
+            known = conn.known
+            if known is None or known.identity is not identity:
+                known = conn.known = AuthOutcome(identity=identity)
+            return known
         return self._deny(conn, "no-credentials")
 
     def _memo_digest(self, param: bytes) -> bytes:
@@ -274,7 +300,7 @@ class PreAuthenticator:
         if memo is not None:
             known = self._memoised(memo, param, req, service)
             if known is not None:
-                return AuthOutcome(identity=known)
+                return memo.outcome
         digest = self._memo_digest(param)
         device = self.device_id_of(req, service)
         try:

@@ -46,11 +46,10 @@ log = logging.getLogger("ucgate.gateway")
 access_log = logging.getLogger("ucgate.access")
 
 
-def _auth_now(authenticator: Authenticator) -> Callable[..., AuthOutcome | None] | None:
-    """The authenticator's ``answer_now`` (looked up on the class, so that a wrapper delegating
-    attributes never lends its inner authenticator's), or None: every request waits for
-    ``authenticate``."""
-    answer = getattr(type(authenticator), "answer_now", None)
+def _auth_now(authenticator: Authenticator, name: str = "answer_now") -> Callable[..., AuthOutcome | None] | None:
+    """The authenticator's ``answer_now`` (or ``known_now``), looked up on the class, so that a
+    wrapper delegating attributes never lends its inner authenticator's; None: it has none."""
+    answer = getattr(type(authenticator), name, None)
     return None if answer is None else answer.__get__(authenticator)
 
 
@@ -98,6 +97,8 @@ class Gateway:
         # token we issued, the NTLM challenge), which lets the authenticate stage answer inline
         # (gateway/pipeline.py)
         self.auth_now: Callable[..., AuthOutcome | None] | None = _auth_now(self.authenticator)
+        # ...and the part of it that is an identity known already and logs nothing (``known_now``)
+        self.auth_known: Callable[..., AuthOutcome | None] | None = _auth_now(self.authenticator, "known_now")
         self.clock = clock
         self.service_map = ServiceMap.with_overrides(config.services)
         for svc in self.service_map.services:
