@@ -126,7 +126,6 @@ class FakeGateway:
         self.auth_now = None  # the authenticator's synchronous answer: none (always waits)
         self.auth_known = None
         self.stage_plans: dict = {}
-        self.max_body_bytes = 1000
 
     def clock(self) -> float:
         return 0.0

@@ -39,7 +39,7 @@ from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
 from .auth import AuthOutcome
 from .body import ClientBodyError, RequestBody
-from .exchange import INLINE, WAIT, Exchange, Refusal
+from .exchange import INLINE, WAIT, Driver, Exchange, Refusal
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
@@ -109,8 +109,7 @@ def recognise_now(gw: Gateway, ex: Exchange) -> Refusal | None:
             extra=ex.log_fields(),
         )
         return Refusal(404, "upstream-not-configured", b"not found\n")
-    max_body = service.max_body_bytes  # gw.max_body_of(service), inline
-    ex.max_body = max_body = gw.max_body_bytes if max_body is None else max_body
+    ex.max_body = max_body = gw.max_body_of(service)
     if req.prefix is None and req.framing.kind == "length" and req.framing.length > max_body:
         return Refusal.protocol(HttpError(413, "body-too-large"))  # (the common route has no body)
     return None
@@ -382,12 +381,15 @@ def log_access(gw: Gateway, ex: Exchange) -> None:
 
 
 # --- running the stages -------------------------------------------------------------------
-def begin(gw: Gateway, conn: ClientConnection, req: RequestHead, client: Stream) -> Exchange:
-    """A new request on ``conn``: counted, its request id, its Exchange."""
+def begin(
+    gw: Gateway, conn: ClientConnection, req: RequestHead, client: Stream, driver: Driver | None = None
+) -> Exchange:
+    """A new request on ``conn``: counted, its request id, its Exchange (``driver``: the
+    connection's, when the stages run inline)."""
     conn.requests += 1
     conn.request_id = new_request_id()
     started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
-    return Exchange(conn, req, client, RequestBody(req, client, gw.gw.timeouts.body_read), None, started)
+    return Exchange(conn, req, client, RequestBody(req, client, gw.gw.timeouts.body_read), None, started, driver)
 
 
 def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
@@ -400,9 +402,7 @@ def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
         return 0, refusal
     service = ex.service
     assert service is not None  # recognised
-    found = gw.stage_plans.get((service.name, service.anonymous))  # plan(), its common case inline
-    steps = found[2] if found is not None and found[0] is gw.oauth and found[1] is gw.devices else plan(gw, service)
-    for i, now in steps:
+    for i, now in plan(gw, service):
         outcome = now(gw, ex)
         if outcome is not None:
             return i, outcome

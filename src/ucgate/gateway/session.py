@@ -150,15 +150,12 @@ class ClientSession:
                 keep = self._serve(req, head)
                 if keep is None:  # in flight (upstream, or in a task)
                     return
-                # answered inline: the next request, or close
+                # answered inline: the next request (buffered already: this loop), or close
                 if not keep or self.conn.closed_reason is not None:
                     s.close()
                     return
-                if s.writing_paused:  # the client is not reading its answers: wait before the next
-                    self._run(self._drain_then_resume())
-                    return
-                if not s.listen(self._on_client_data, self.loop.time() + gw.gw.timeouts.idle):
-                    return  # nothing buffered: the next head arrives through the callback
+                if not self._listen_next():
+                    return  # the next head arrives through the callback
         except Exception:  # noqa: BLE001 - never let one connection take the process (or the loop) down
             self._internal_error()
 
@@ -170,20 +167,9 @@ class ClientSession:
         if not gw.fast_path:  # every request in a task (tests hold both paths to one result)
             self._run(gw.handle(self.conn, req, self.stream))
             return None
-        conn, stream = self.conn, self.stream
-        conn.requests += 1  # pipeline.begin, inline
-        conn.request_id = new_request_id()
         # the request's log context is made when a line may be logged (Exchange.context: by
         # the stages that log, the refusals, a task going on from here), not for every request
-        ex = Exchange(
-            conn,
-            req,
-            stream,
-            RequestBody(req, stream, gw.gw.timeouts.body_read),
-            None,
-            gw.clock() if access_log.isEnabledFor(logging.INFO) else None,
-            self,
-        )
+        ex = pipeline.begin(gw, self.conn, req, self.stream, driver=self)
         self.head = head
         try:
             i, outcome = pipeline.run_inline(gw, ex)
@@ -253,12 +239,17 @@ class ClientSession:
     def _resume(self) -> None:
         """The request was answered and the connection stays: back to callback mode, with the
         idle timeout, and serve a pipelined head that may already be buffered."""
-        s = self.stream
-        if s.writing_paused:  # the client is not reading its answers: wait before the next
-            self._run(self._drain_then_resume())
-            return
-        if s.listen(self._on_client_data, self.loop.time() + self.gw.gw.timeouts.idle):
+        if self._listen_next():
             self.on_client_data()
+
+    def _listen_next(self) -> bool:
+        """Wait for the next request head (the idle timeout); True when one may be buffered
+        already (the caller serves it now). A client not reading its answers is waited for first."""
+        s = self.stream
+        if s.writing_paused:
+            self._run(self._drain_then_resume())
+            return False
+        return s.listen(self._on_client_data, self.loop.time() + self.gw.gw.timeouts.idle)
 
     async def _drain_then_resume(self) -> bool:
         await self.stream.drain()
@@ -450,10 +441,7 @@ class ClientSession:
         if ex.started is not None:  # before the write: the line is there when the client has its answer
             pipeline.log_access(self.gw, ex)
         self.stream.write(out)
-        if keep and self.conn.closed_reason is None:  # _after, inline
-            self._resume()
-        else:
-            self.stream.close()
+        self._after(keep)
 
     def _answered(self, status: int) -> None:
         """The response head of the inline request arrived: its metrics."""
