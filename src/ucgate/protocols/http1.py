@@ -95,7 +95,27 @@ class Framing:
     length: int = 0
 
 
-class RequestHead:
+class _Fields:
+    """The field list of a head, read from the head itself on first access when the common
+    route parsed it (``_raw``; ``_headers`` None until then). Shared by both heads."""
+
+    __slots__ = ("_headers", "_raw")
+    _headers: list[tuple[bytes, bytes]] | None
+    _raw: bytes | None
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        h = self._headers
+        if h is None:
+            h = self._headers = _common_fields(self._raw)
+        return h
+
+    @headers.setter
+    def headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._headers = value
+
+
+class RequestHead(_Fields):
     """A parsed request line and header section (RFC 9112 §3, §5).
 
     ``prefix``, ``authorization`` and ``prefix_authenticated`` are the common route's facts
@@ -107,7 +127,6 @@ class RequestHead:
         "method",
         "target",
         "version",
-        "_headers",
         "_framing",
         "host",
         "keep_alive",
@@ -116,7 +135,6 @@ class RequestHead:
         "prefix",
         "authorization",
         "prefix_authenticated",
-        "_raw",
     )
 
     def __init__(
@@ -150,17 +168,6 @@ class RequestHead:
         self.authorization = authorization
         self.prefix_authenticated = prefix_authenticated
         self._raw = raw  # the head, for ``headers`` on first access (common route only)
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        h = self._headers
-        if h is None:
-            h = self._headers = _common_fields(self._raw)
-        return h
-
-    @headers.setter
-    def headers(self, value: list[tuple[bytes, bytes]]) -> None:
-        self._headers = value
 
     @property
     def framing(self) -> Framing:
@@ -214,7 +221,7 @@ class RequestHead:
         return [v for k, v in self.headers if k.lower() == name]
 
 
-class ResponseHead:
+class ResponseHead(_Fields):
     """A parsed status line and header section (RFC 9112 §4).
 
     ``prefix`` (the head to send on, without its final empty line and without Connection; the
@@ -225,13 +232,11 @@ class ResponseHead:
         "version",
         "status",
         "reason",
-        "_headers",
         "_framing",
         "keep_alive",
         "connection_tokens",
         "prefix",
         "length",
-        "_raw",
     )
 
     def __init__(
@@ -257,17 +262,6 @@ class ResponseHead:
         self.prefix = prefix
         self.length = length
         self._raw = raw
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        h = self._headers
-        if h is None:
-            h = self._headers = _common_fields(self._raw)
-        return h
-
-    @headers.setter
-    def headers(self, value: list[tuple[bytes, bytes]]) -> None:
-        self._headers = value
 
     @property
     def framing(self) -> Framing:
