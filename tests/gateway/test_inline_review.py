@@ -6,8 +6,6 @@ released when an inline stage raises, and the device log field only once the dec
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import socket
 import struct
@@ -16,26 +14,12 @@ import time
 import pytest
 
 from ucgate.id.devices import DeviceCheck
-from ucgate.logs import JsonFormatter
 
 from .test_fastpath import Client, env, scripted  # noqa: F401
 from .test_fastpath_auth import EAS, UCWA, Lab, request
+from .test_observability import json_log  # noqa: F401  (the fixture)
 
 _EAS_HEADERS = [(b"MS-ASProtocolVersion", b"14.1"), (b"User-Agent", b"Apple-iPhone/1")]
-
-
-@pytest.fixture
-def json_log():
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("ucgate")
-    old = root.level
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    yield lambda: [json.loads(line) for line in buf.getvalue().splitlines()]
-    root.removeHandler(handler)
-    root.setLevel(old)
 
 
 def test_many_pipelined_refusals_are_all_answered(env, caplog):
