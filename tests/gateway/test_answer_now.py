@@ -427,3 +427,60 @@ def test_an_inner_authenticator_without_answer_now():
 
     auth = BearerAuthenticator(Plain(), TokenMap())
     assert auth.answer_now(new_conn(True), head(None, common=True), UCWA) is None
+
+
+def test_a_bearer_token_known_again_on_its_connection_is_the_maps_record():
+    """``known_now`` keeps the token last found on the connection (``conn.bearer``) so that
+    the keep-alive requests that repeat it are not hashed again; it must still answer what
+    the map answers now: an event that drops the token, its expiry, a device bound to it,
+    another token on the same connection."""
+    now = [T0]
+    tokens = TokenMap(clock=lambda: now[0])
+    rec = TokenRecord("dave", "s1", T0 + 60, dt.datetime(2026, 1, 3, tzinfo=dt.UTC))
+    tokens.add(b"cwt=known", rec)
+    tokens.add(b"cwt=erin", TokenRecord("erin", "s2", T0 + 60, dt.datetime(2026, 1, 3, tzinfo=dt.UTC)))
+    inner, _, _ = twin(1, trace="none", methods=("ntlm", "basic"), kerberos=False, device=None)
+    auth = BearerAuthenticator(inner, tokens, published_name="gw.lab.test")
+    conn = new_conn(True)
+
+    def known(authz: bytes):
+        return auth.known_now(conn, head(authz, common=True), UCWA)
+
+    first = known(b"Bearer cwt=known")
+    assert first.identity.user == "dave" and conn.bearer is not None
+    assert known(b"Bearer cwt=known") is first  # known again: the same answer, made once
+    assert known(b"Bearer cwt=erin").identity.user == "erin"  # another token: not the kept one
+    assert known(b"Bearer cwt=known").identity.user == "dave"
+    tokens.bind_device(b"cwt=known", "dev-1")  # the device gate bound it: the identity names it
+    assert known(b"Bearer cwt=known").identity.device_id == "dev-1"
+    assert tokens.drop(lambda r: r.user == "dave") == 1  # UserBlocked, from any process's event
+    assert known(b"Bearer cwt=known") is None
+    refused = auth.answer_now(conn, head(b"Bearer cwt=known", common=True), UCWA)
+    assert (refused.status, refused.reason) == (401, "bearer-unknown")
+    tokens.add(b"cwt=known", TokenRecord("dave", "s3", T0 + 60, dt.datetime(2026, 1, 3, tzinfo=dt.UTC)))
+    assert known(b"Bearer cwt=known").identity.user == "dave"
+    now[0] = T0 + 61  # expired: refused on the next request, not kept
+    assert known(b"Bearer cwt=known") is None
+    assert known(b"Bearer cwt=erin") is None
+
+
+def test_the_bearer_backend_credentials_are_the_requests_token():
+    """The Bearer token goes to the front end as the request sent it; the credentials made
+    for the last one are reused only for the same token."""
+    from ucgate.gateway.exchange import Exchange
+    from ucgate.gateway.forward import Forwarder
+
+    conn = new_conn(True)
+    identity = Identity("dave", "bearer")
+
+    def backend(authz: bytes):
+        ex = Exchange(conn, head(authz, common=True), None, None)  # type: ignore[arg-type]
+        ex.identity = identity
+        assert Forwarder.prepare_backend_now(None, ex) is None  # type: ignore[arg-type]
+        return ex.auth
+
+    a = backend(b"Bearer cwt=one")
+    assert a.headers == [(b"Authorization", b"Bearer cwt=one")] and a.lines() == b"\r\nAuthorization: Bearer cwt=one"
+    assert backend(b"Bearer cwt=one") is a
+    b = backend(b"Bearer cwt=two")
+    assert b.headers == [(b"Authorization", b"Bearer cwt=two")] and b.lines() == b"\r\nAuthorization: Bearer cwt=two"

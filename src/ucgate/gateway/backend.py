@@ -82,6 +82,15 @@ class BackendAuth:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     pool_key: str | None = None
     handshake: Callable[[bytes | None], ConnectionHandshake] | None = None
+    # ``headers`` as header lines (each ``\r\n`` + name + ``: `` + value), made once
+    wire: bytes | None = field(default=None, repr=False, compare=False)
+
+    def lines(self) -> bytes:
+        """``headers`` as the lines to append to a request head (each with its leading CRLF)."""
+        wire = self.wire
+        if wire is None:
+            wire = self.wire = b"".join(b"\r\n" + k + b": " + v for k, v in self.headers)
+        return wire
 
 
 @runtime_checkable

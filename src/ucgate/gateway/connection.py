@@ -47,6 +47,8 @@ class ClientConnection:
     principal: Identity | None = None  # who last authenticated on it, by any method (for cut-off)
     auth_state: Any = None  # an authenticator's handshake in progress (e.g. NTLM after Type 1)
     known: Any = None  # the authenticator's answer for ``identity``, made once (gateway/preauth.py)
+    bearer: Any = None  # the Bearer token last verified on it, to know it again (gateway/oauth.py)
+    backend: Any = None  # the backend credentials last made for it (a Bearer token's: gateway/forward.py)
     device: DeviceState | None = None  # the decide stage's per-connection state (gateway.devices)
     requests: int = 0
     # the request id (ucgate.logs) of the request in flight, or the last one: one at a time

@@ -12,6 +12,7 @@ path (gateway/session.py) use it through the gateway's names (``Gateway.forward`
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
 import ssl
@@ -280,7 +281,13 @@ class Forwarder:
             return None
         if identity.method == "bearer":
             authz = ex.req.get(b"authorization")
-            ex.auth = BackendAuth([(b"Authorization", authz)] if authz else [])
+            conn = ex.conn
+            auth = conn.backend  # the token last sent for this connection: kept-alive requests repeat it
+            if auth is None or not authz or not hmac.compare_digest(auth.headers[0][1], authz):
+                auth = BackendAuth([(b"Authorization", authz)] if authz else [])
+                if authz:
+                    conn.backend = auth
+            ex.auth = auth
             return None
         service = ex.service
         assert service is not None  # set by the recognise stage

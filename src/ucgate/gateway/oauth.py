@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -139,6 +140,16 @@ class TokenRecord:
     credential_id: str | None = None
     second_factor: bool = False
     _identity: Identity | None = field(default=None, repr=False, compare=False)
+    _outcome: AuthOutcome | None = field(default=None, repr=False, compare=False)
+
+    def outcome(self) -> AuthOutcome:
+        """The authenticator's answer to a request with this token: its :meth:`identity`
+        allowed (made once per identity, as the NTLM connection's ``known``)."""
+        out = self._outcome
+        ident = self.identity()
+        if out is None or out.identity is not ident:
+            out = self._outcome = AuthOutcome(identity=ident)
+        return out
 
     def identity(self) -> Identity:
         """The principal of a request with this token (made once; again when a device was bound)."""
@@ -174,7 +185,10 @@ class TokenMap:
             self._d.popitem(last=False)
 
     def get(self, token: bytes) -> TokenRecord | None:
-        key = token_key(token)
+        return self.get_key(token_key(token))
+
+    def get_key(self, key: str) -> TokenRecord | None:
+        """:meth:`get` by the token's map key (``token_key``)."""
         rec = self._d.get(key)
         if rec is None:
             return None
@@ -183,6 +197,11 @@ class TokenMap:
             return None
         self._d.move_to_end(key)
         return rec
+
+    def holds(self, key: str, rec: TokenRecord) -> bool:
+        """Whether ``rec`` is still the live record of ``key`` (not dropped by an event, not
+        replaced, not expired): what :meth:`get_key` would answer, without the lookup's result."""
+        return self.get_key(key) is rec
 
     def bind_device(self, token: bytes, device_id: str) -> None:
         rec = self._d.get(token_key(token))
@@ -252,6 +271,18 @@ def oauth_challenges(req: RequestHead, published_name: str | None) -> list[tuple
     ]
 
 
+class _BearerSeen:
+    """The Bearer token last found on a connection (``ClientConnection.bearer``): the
+    ``Authorization`` value as sent, its map key and the record it found."""
+
+    __slots__ = ("authz", "key", "record")
+
+    def __init__(self, authz: bytes, key: str, record: TokenRecord) -> None:
+        self.authz = authz
+        self.key = key
+        self.record = record
+
+
 class BearerAuthenticator:
     """Wraps the gateway's authenticator: ``Bearer`` tokens are checked against the
     :class:`TokenMap`; everything else goes to ``inner``, whose 401s on UCWA/autodiscover get
@@ -288,11 +319,28 @@ class BearerAuthenticator:
     def known_now(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome | None:
         """:meth:`answer_now`'s answer when it is an identity known already and nothing is
         logged (``PreAuthenticator.known_now``): a Bearer token in the map, else the inner
-        authenticator's known identity."""
-        token = bearer_of(req) if service.name in BEARER_SERVICES else None
-        if token is not None:
-            rec = self.tokens.get(token)
-            return None if rec is None else AuthOutcome(identity=rec.identity())
+        authenticator's known identity. The token last found on the connection is kept there
+        (``conn.bearer``: the header, the map key, the record), so that the keep-alive requests
+        that repeat it are answered without hashing it again — while the map still holds that
+        very record (an event that drops it, or its expiry, is seen on the next request)."""
+        if service.name in BEARER_SERVICES:
+            authz = req.get(b"authorization")
+            if authz is not None:
+                seen = conn.bearer
+                if (
+                    type(seen) is _BearerSeen
+                    and hmac.compare_digest(seen.authz, authz)
+                    and self.tokens.holds(seen.key, seen.record)
+                ):
+                    return seen.record.outcome()
+                token = bearer_of(req)
+                if token is not None:
+                    key = token_key(token)
+                    rec = self.tokens.get_key(key)
+                    if rec is None:
+                        return None
+                    conn.bearer = _BearerSeen(authz, key, rec)
+                    return rec.outcome()
         inner = self._inner_known
         return None if inner is None else inner(conn, req, service)
 
@@ -312,7 +360,7 @@ class BearerAuthenticator:
                 )
             ]
             return AuthOutcome(identity=None, status=401, reason="bearer-unknown", headers=headers)
-        return AuthOutcome(identity=rec.identity())
+        return rec.outcome()
 
     def _challenged(self, outcome: AuthOutcome, req: RequestHead, service: Service) -> AuthOutcome:
         """The inner authenticator's answer; its 401s on UCWA/autodiscover with the OAuth challenges."""

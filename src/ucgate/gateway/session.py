@@ -329,7 +329,7 @@ class ClientSession:
                     self.ident_line = b"\r\n" + gw.identity_header + b": " + identity.user.encode("utf-8")
                 line = prefix if req.authorization is None else req.prefix_authenticated
                 assert line is not None  # set whenever the common route kept an Authorization
-                extra = b"".join(b"\r\n" + k + b": " + v for k, v in backend) if backend else b""
+                extra = auth.lines() if auth is not None else b""
                 us.write(b"".join((line, self.forwarded, req.host, _RID, rid, self.ident_line, extra, b"\r\n\r\n")))
         else:
             us.write(
