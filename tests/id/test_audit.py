@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 from datetime import UTC, datetime, timedelta
 
@@ -153,6 +154,32 @@ def test_asp_typed_as_user_name_is_redacted_but_device_ids_are_kept(log):
     assert ev.device == "3F9A2B7C8D4E5F6A7B8C9D2E3F4A5B6C"
     assert ev.details["ua"] == "Outlook-iOS/2.0" and ev.details["other"] == "[redacted]"
     assert ev.details["inside"] == "ids 2345abcdefgh6789xyz ok"
+
+
+def test_identifiers_are_kept_whatever_their_letters_but_an_asp_in_one_is_not():
+    # An ASP id is 16 hex digits; one in nine has no 0 or 1, so it is also 16 ASP symbols. It is
+    # an identifier, and the audit must keep it (it once came out "[redacted]" at random).
+    out, red = scrub(
+        {
+            "credential": "dc747239cd5ab275",
+            "asp_id": "dc747239cd5ab275",
+            "deviceIds": ["dc747239cd5ab275"],
+            "other": "dc747239cd5ab275",
+            "key_id": "ABCD-EFGH-JKMN-PQRS",
+            "credential_id": "x basic dXNlcjpwYXNzd29yZA== y",
+        }
+    )
+    assert out["credential"] == out["asp_id"] == "dc747239cd5ab275"
+    assert out["deviceIds"] == ["dc747239cd5ab275"]
+    assert out["other"] == out["key_id"] == out["credential_id"] == "[redacted]"
+    assert sorted(red) == ["credential_id", "key_id", "other"]
+
+
+def test_every_asp_id_is_kept_in_a_sign_in_event(log):
+    for _ in range(200):
+        asp_id = secrets.token_hex(8)
+        ev = log.record("sign-in", actor="fred", result="allow", credential=asp_id)
+        assert ev.details["credential"] == asp_id
 
 
 def test_scrub_is_a_copy():

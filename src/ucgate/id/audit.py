@@ -80,7 +80,13 @@ MAX_FIELD = 1024
 _A = re.escape(ALPHABET)
 # An ASP as shown (with dashes) anywhere in a value, or a whole value that is one without them.
 # (Undashed 16-symbol runs inside longer values are too common in device ids and hex to redact.)
+_ASP_DASHED = re.compile(rf"(?i)(?<![{_A}])[{_A}]{{4}}(-[{_A}]{{4}}){{3}}(?![{_A}])")
 _ASP_LIKE = re.compile(rf"(?i)(?<![{_A}])[{_A}]{{4}}(-[{_A}]{{4}}){{3}}(?![{_A}])|^\s*[{_A}]{{16}}\s*$")
+# Keys whose values are identifiers the code wrote (an ASP id is 16 hex digits, and one in nine
+# has no 0 or 1, so it is also 16 ASP symbols): only a dashed ASP or a credential header is
+# redacted there, never a whole value for its alphabet.
+ID_LAST_WORDS = frozenset({"id", "ids"})
+ID_KEYS = frozenset({"credential", "credentials"})
 _CRED_LIKE = re.compile(r"(?i)\b(basic|bearer|ntlm|negotiate)\s+[a-z0-9+/=._~-]{8,}|cwt=")
 _WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
@@ -97,11 +103,20 @@ def is_secret_key(key: str) -> bool:
     return any(w in SECRET_WORDS for w in words) or key.lower() in SECRET_WORDS
 
 
+@functools.lru_cache(maxsize=1024)
+def is_identifier_key(key: str) -> bool:
+    """``credential``, ``asp_id``, ``deviceIds``: True; ``user``, ``other``: False."""
+    if key.lower() in ID_KEYS:
+        return True
+    words = _WORDS.findall(key)
+    return len(words) > 1 and words[-1].lower() in ID_LAST_WORDS
+
+
 def scrub(details: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """A copy of ``details`` without secrets, and the dotted paths of what was redacted."""
     redacted: list[str] = []
 
-    def walk(v: Any, path: str) -> Any:
+    def walk(v: Any, path: str, ident: bool = False) -> Any:
         if isinstance(v, dict):
             out = {}
             for k, x in v.items():
@@ -110,12 +125,12 @@ def scrub(details: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 if is_secret_key(k):
                     redacted.append(p)
                     continue
-                out[k] = walk(x, p)
+                out[k] = walk(x, p, is_identifier_key(k))
             return out
         if isinstance(v, (list, tuple)):
-            return [walk(x, f"{path}[{i}]") for i, x in enumerate(v)]
+            return [walk(x, f"{path}[{i}]", ident) for i, x in enumerate(v)]
         if isinstance(v, str):
-            if _ASP_LIKE.search(v) or _CRED_LIKE.search(v):
+            if (_ASP_DASHED if ident else _ASP_LIKE).search(v) or _CRED_LIKE.search(v):
                 redacted.append(path)
                 return REDACTED
             return v[:MAX_FIELD]
