@@ -240,7 +240,8 @@ def _instructions(src: str, mode: str, n: int) -> int:
             check=True,
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": src},
+            # one hash seed: str hashes (dict and set probing) no longer differ from run to run
+            env={**os.environ, "PYTHONPATH": src, "PYTHONHASHSEED": "0"},
         )
     m = re.search(r"Collected : (\d+)", out.stderr)
     if m is None:
