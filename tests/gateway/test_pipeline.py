@@ -126,12 +126,10 @@ class FakeGateway:
         self.auth_now = None  # the authenticator's synchronous answer: none (always waits)
         self.auth_known = None
         self.stage_plans: dict = {}
+        self.max_body_bytes = 1000  # a service's own max_body_bytes overrides it
 
     def clock(self) -> float:
         return 0.0
-
-    def max_body_of(self, service: Service) -> int:
-        return service.max_body_bytes if service.max_body_bytes is not None else 1000
 
     def adopt(self, conn, req, identity) -> None:
         self.calls.append(("adopt", identity.user))

@@ -99,7 +99,8 @@ class Exchange:
         "max_body",
         "gate",
         "facts",
-        "body",
+        "_body",
+        "body_timeout",
         "identity",
         "response_headers",
         "observe",
@@ -116,10 +117,11 @@ class Exchange:
         conn: ClientConnection,
         req: RequestHead,
         client: Stream,
-        body: RequestBody,
+        body: RequestBody | None,
         ctx: dict | None = None,
         started: float | None = None,
         driver: Driver | None = None,
+        body_timeout: float = 0.0,
     ) -> None:
         self.conn = conn
         self.req = req
@@ -131,9 +133,11 @@ class Exchange:
         self.max_body = 0
         self.gate: DeviceGate | None = None  # the one that applies, once it has the facts
         self.facts: DeviceFacts | None = None
-        # the body source (gateway/body.py): read whole by a stage that needs it before
-        # forwarding (the OAuth form, the device facts), else copied upstream as it comes
-        self.body = body
+        # the body source (gateway/body.py; ``body``, made on first use: most requests have
+        # none): read whole by a stage that needs it before forwarding (the OAuth form, the
+        # device facts), else copied upstream as it comes
+        self._body = body
+        self.body_timeout = body_timeout  # each read of it waits at most this
         self.identity: Identity | None = None
         self.response_headers: list[tuple[bytes, bytes]] = []
         # sees the response head (and a small body) before it is sent (gateway.devices, oauth)
@@ -145,6 +149,25 @@ class Exchange:
         # the connection's callback driver while the stages run inline (``Stage.now``), else None
         self.driver = driver
         self.device: str | None = None  # the device the decide stage named (its log field)
+
+    @property
+    def body(self) -> RequestBody:
+        """The request's body source (gateway/body.py), made on first use."""
+        body = self._body
+        if body is None:
+            body = self._body = RequestBody(self.req, self.client, self.body_timeout)
+        return body
+
+    @body.setter
+    def body(self, body: RequestBody) -> None:
+        self._body = body
+
+    @property
+    def body_data(self) -> bytes | None:
+        """``body.data`` (the body a stage read whole, or its replacement), without making the
+        body source when nobody asked for it."""
+        body = self._body
+        return None if body is None else body.data
 
     @property
     def request_id(self) -> bytes:

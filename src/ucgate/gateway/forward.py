@@ -317,7 +317,7 @@ class Forwarder:
         conn, req, service, pool = ex.conn, ex.req, ex.service, ex.pool
         identity, client, max_body, auth = ex.identity, ex.client, ex.max_body, ex.auth
         assert service is not None and pool is not None  # set by the recognise stage
-        prebody, observe, response_headers = ex.body.data, ex.observe, ex.response_headers
+        prebody, observe, response_headers = ex.body_data, ex.observe, ex.response_headers
         if prebody is not None:  # read by a stage (the OAuth form, the device facts)
             req.framing = http1.Framing("length", len(prebody))
         head = self.request_head(conn, req, identity, auth.headers if auth is not None else None)

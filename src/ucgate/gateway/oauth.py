@@ -325,7 +325,7 @@ class BearerAuthenticator:
         very record (an event that drops it, or its expiry, is seen on the next request)."""
         if service.name in BEARER_SERVICES:
             authz = req.get(b"authorization")
-            if authz is not None:
+            if authz is not None and authz[:7].lower() == b"bearer ":  # as bearer_of, read once
                 seen = conn.bearer
                 if (
                     type(seen) is _BearerSeen
@@ -333,8 +333,8 @@ class BearerAuthenticator:
                     and self.tokens.holds(seen.key, seen.record)
                 ):
                     return seen.record.outcome()
-                token = bearer_of(req)
-                if token is not None:
+                token = authz[7:].strip()
+                if token:
                     key = token_key(token)
                     rec = self.tokens.get_key(key)
                     if rec is None:

@@ -38,7 +38,7 @@ from ..logs import new_request_id, request_context
 from ..protocols.http1 import HttpError, RequestHead
 from ..protocols.sfb import Service, split_target
 from .auth import AuthOutcome
-from .body import ClientBodyError, RequestBody
+from .body import ClientBodyError
 from .exchange import INLINE, WAIT, Driver, Exchange, Refusal
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ def recognise_now(gw: Gateway, ex: Exchange) -> Refusal | None:
             extra=ex.log_fields(),
         )
         return Refusal(404, "upstream-not-configured", b"not found\n")
-    ex.max_body = max_body = gw.max_body_of(service)
+    limit = service.max_body_bytes  # else the gateway's
+    ex.max_body = max_body = limit if limit is not None else gw.max_body_bytes
     if req.prefix is None and req.framing.kind == "length" and req.framing.length > max_body:
         return Refusal.protocol(HttpError(413, "body-too-large"))  # (the common route has no body)
     return None
@@ -389,7 +390,7 @@ def begin(
     conn.requests += 1
     conn.request_id = new_request_id()
     started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
-    return Exchange(conn, req, client, RequestBody(req, client, gw.gw.timeouts.body_read), None, started, driver)
+    return Exchange(conn, req, client, None, None, started, driver, gw.gw.timeouts.body_read)
 
 
 def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:

@@ -27,7 +27,7 @@ from ..id.health import Readiness
 from ..protocols import http1
 from ..protocols.http1 import RequestHead
 from ..protocols.ntlm import tls_server_end_point
-from ..protocols.sfb import Service, ServiceMap
+from ..protocols.sfb import ServiceMap
 from . import pipeline
 from .auth import Authenticator, AuthOutcome, DenyAll
 from .backend import BackendCredentials, default_backends
@@ -340,9 +340,6 @@ class Gateway:
         """Run one request through the pipeline (gateway/pipeline.py). Returns whether to keep
         the connection."""
         return await pipeline.run(self, conn, req, client)
-
-    def max_body_of(self, service: Service) -> int:
-        return service.max_body_bytes if service.max_body_bytes is not None else self.max_body_bytes
 
     def adopt(self, conn: ClientConnection, req: RequestHead, identity: Identity) -> None:
         """The decide stage's identity (with its device id) is the connection's principal; a

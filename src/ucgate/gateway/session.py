@@ -289,7 +289,7 @@ class ClientSession:
         req = ex.req
         if req.prefix is None and req.framing.kind != "none":
             return WAIT  # a body to stream
-        if ex.body.data is not None or ex.observe is not None or ex.response_headers:
+        if ex.body_data is not None or ex.observe is not None or ex.response_headers:
             return WAIT
         auth = ex.auth
         if auth is not None and (auth.pool_key is not None or auth.handshake is not None):
