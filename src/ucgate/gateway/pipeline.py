@@ -339,12 +339,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("forward", forward_now, forward),
 )
 _RECOGNISE = recognise_now
+_FORWARD = len(STAGES) - 1  # always the last, and it always answers
 
 
 def plan(gw: Gateway, service: Service) -> tuple[tuple[int, Now], ...]:
-    """The stages after recognise that apply to ``service`` on ``gw`` (index, ``now``), for
-    the inline chain; kept per service while the gateway's OAuth and device gate stay the same
-    objects (``gw.stage_plans``)."""
+    """The stages between recognise and forward that apply to ``service`` on ``gw`` (index,
+    ``now``), for the inline chain; kept per service while the gateway's OAuth and device gate
+    stay the same objects (``gw.stage_plans``)."""
     plans = gw.stage_plans
     key = (service.name, service.anonymous)
     found = plans.get(key)
@@ -353,7 +354,7 @@ def plan(gw: Gateway, service: Service) -> tuple[tuple[int, Now], ...]:
     steps = tuple(
         (i, stage.now)
         for i, stage in enumerate(STAGES)
-        if i > 0 and (stage.applies is None or stage.applies(gw, service))
+        if 0 < i < _FORWARD and (stage.applies is None or stage.applies(gw, service))
     )
     plans[key] = (gw.oauth, gw.devices, steps)
     return steps
@@ -407,7 +408,8 @@ def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
         outcome = now(gw, ex)
         if outcome is not None:
             return i, outcome
-    raise AssertionError("the forward stage always answers")
+    driver = ex.driver  # the forward stage's now (forward_now), called without its frame
+    return _FORWARD, WAIT if driver is None else driver.forward_now(ex)
 
 
 def task_context(ex: Exchange) -> None:

@@ -232,7 +232,8 @@ class ClientSession:
     def _after(self, keep: bool) -> None:
         """The request was answered: wait for the next one, or close."""
         if keep and self.conn.closed_reason is None:
-            self._resume()
+            if self._listen_next():  # as _resume, without its frame: every request comes here
+                self.on_client_data()
         else:
             self.stream.close()
 
