@@ -162,7 +162,8 @@ _CHILD = textwrap.dedent("""
 
 def test_kill_9_loses_at_most_the_stated_window(tmp_path, store_url):
     """A process answers sign-ins as fast as it can and is killed with SIGKILL: every sign-in
-    answered more than max_delay + one commit before the kill has its audit row."""
+    answered more than max_delay + two commits before the kill has its audit row (the queue
+    holds one batch at most: a backlog of thousands once made it 400 ms under load)."""
     from ucgate.store import open_repository
 
     (tmp_path / "keys").mkdir(mode=0o700)
@@ -190,7 +191,7 @@ def test_kill_9_loses_at_most_the_stated_window(tmp_path, store_url):
     window = max((killed - acks[i] for i in lost), default=0.0)
     print(
         f"\nkill -9 after {len(acks)} answered sign-ins: {len(lost)} audit rows lost, all answered "
-        f"within {window * 1000:.0f} ms before the kill (stated bound {MAX_DELAY * 1000:.0f} ms + one commit)"
+        f"within {window * 1000:.0f} ms before the kill (stated bound {MAX_DELAY * 1000:.0f} ms + two commits)"
     )
     assert len(acks) > 50
     assert window < MAX_DELAY + 0.25, lost

@@ -8,8 +8,10 @@ within :data:`MAX_DELAY` in **one transaction** (group commit, as databases do w
 Guarantees:
 
 * **Bounded loss.** A sign-in's audit event is committed at most ``max_delay`` (50 ms) plus
-  one commit after the sign-in was answered; ``kill -9`` loses at most that window (measured in
-  ``tests/id/test_writer.py``). A clean shutdown (:meth:`close`) commits everything first.
+  two commits after the sign-in was answered (the batch being committed when it arrived, then
+  its own): the queue holds at most one batch (``max_queue`` defaults to ``max_batch``), so a
+  backlog never builds up behind the writer — sign-ins wait for room instead. ``kill -9`` loses
+  at most that window (measured in ``tests/id/test_writer.py``). A clean shutdown (:meth:`close`) commits everything first.
   :meth:`flush` waits until everything submitted so far is committed (``AuditLog.tail`` calls
   it, so a process reads its own writes).
 * **Back-pressure, not memory.** The queue holds at most ``max_queue`` items; when it is full a
@@ -38,7 +40,6 @@ log = logging.getLogger("ucgate.id.writer")
 
 MAX_DELAY = 0.05  # seconds an item may wait for its batch's commit
 MAX_BATCH = 512
-MAX_QUEUE = 10_000
 MAX_WAIT = 2.0  # how long a sign-in waits for room in a full queue
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
@@ -57,12 +58,12 @@ class SignInWriter:
         *,
         max_delay: float = MAX_DELAY,
         max_batch: int = MAX_BATCH,
-        max_queue: int = MAX_QUEUE,
+        max_queue: int | None = None,  # default max_batch: never more than one batch behind
         max_wait: float = MAX_WAIT,
     ) -> None:
         self.repo = repo
         self.max_delay, self.max_batch, self.max_wait = max_delay, max_batch, max_wait
-        self._q: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(max_queue)
+        self._q: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(max_batch if max_queue is None else max_queue)
         self._submitted = 0
         self._committed = 0
         self._cv = threading.Condition()
