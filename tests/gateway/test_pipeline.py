@@ -152,7 +152,7 @@ class FakeGateway:
 
 def exchange(req: http1.RequestHead, body: bytes = b"") -> Exchange:
     conn = ClientConnection("192.0.2.1", 5000, True, None, 0.0)
-    return Exchange(conn, req, None, MemoryBody(req, body), ctx={})  # type: ignore[arg-type]
+    return Exchange(conn, req, None, MemoryBody(req, body), ctx={}, body_timeout=1.0)  # type: ignore[arg-type]
 
 
 def run(gw: FakeGateway, req: http1.RequestHead) -> tuple[bool, Exchange]:

@@ -121,7 +121,8 @@ class Exchange:
         ctx: dict | None = None,
         started: float | None = None,
         driver: Driver | None = None,
-        body_timeout: float = 0.0,
+        *,
+        body_timeout: float,
     ) -> None:
         self.conn = conn
         self.req = req

@@ -123,7 +123,11 @@ def token_key(value: bytes) -> str:
 
 
 def bearer_of(req: RequestHead) -> bytes | None:
-    authz = req.get(b"authorization")
+    return bearer_token(req.get(b"authorization"))
+
+
+def bearer_token(authz: bytes | None) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` value, else None."""
     if authz is None or authz[:7].lower() != b"bearer ":
         return None
     v = authz[7:].strip()
@@ -325,16 +329,16 @@ class BearerAuthenticator:
         very record (an event that drops it, or its expiry, is seen on the next request)."""
         if service.name in BEARER_SERVICES:
             authz = req.get(b"authorization")
-            if authz is not None and authz[:7].lower() == b"bearer ":  # as bearer_of, read once
-                seen = conn.bearer
+            if authz is not None:
+                seen = conn.bearer  # (a non-Bearer header never equals the Bearer one kept)
                 if (
                     type(seen) is _BearerSeen
                     and hmac.compare_digest(seen.authz, authz)
                     and self.tokens.holds(seen.key, seen.record)
                 ):
                     return seen.record.outcome()
-                token = authz[7:].strip()
-                if token:
+                token = bearer_token(authz)
+                if token is not None:
                     key = token_key(token)
                     rec = self.tokens.get_key(key)
                     if rec is None:

@@ -391,7 +391,7 @@ def begin(
     conn.requests += 1
     conn.request_id = new_request_id()
     started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
-    return Exchange(conn, req, client, None, None, started, driver, gw.gw.timeouts.body_read)
+    return Exchange(conn, req, client, None, None, started, driver, body_timeout=gw.gw.timeouts.body_read)
 
 
 def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:

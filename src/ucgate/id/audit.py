@@ -80,8 +80,9 @@ MAX_FIELD = 1024
 _A = re.escape(ALPHABET)
 # An ASP as shown (with dashes) anywhere in a value, or a whole value that is one without them.
 # (Undashed 16-symbol runs inside longer values are too common in device ids and hex to redact.)
-_ASP_DASHED = re.compile(rf"(?i)(?<![{_A}])[{_A}]{{4}}(-[{_A}]{{4}}){{3}}(?![{_A}])")
-_ASP_LIKE = re.compile(rf"(?i)(?<![{_A}])[{_A}]{{4}}(-[{_A}]{{4}}){{3}}(?![{_A}])|^\s*[{_A}]{{16}}\s*$")
+_DASHED = rf"(?<![{_A}])[{_A}]{{4}}(-[{_A}]{{4}}){{3}}(?![{_A}])"
+_ASP_DASHED = re.compile(rf"(?i){_DASHED}")
+_ASP_LIKE = re.compile(rf"(?i){_DASHED}|^\s*[{_A}]{{16}}\s*$")
 # Keys whose values are identifiers the code wrote (an ASP id is 16 hex digits, and one in nine
 # has no 0 or 1, so it is also 16 ASP symbols): only a dashed ASP or a credential header is
 # redacted there, never a whole value for its alphabet.
