@@ -474,7 +474,7 @@ def test_the_bearer_backend_credentials_are_the_requests_token():
     identity = Identity("dave", "bearer")
 
     def backend(authz: bytes):
-        ex = Exchange(conn, head(authz, common=True), None, None, body_timeout=1.0)  # type: ignore[arg-type]
+        ex = Exchange(conn, head(authz, common=True), None, 1.0)  # type: ignore[arg-type]
         ex.identity = identity
         assert Forwarder.prepare_backend_now(None, ex) is None  # type: ignore[arg-type]
         return ex.auth

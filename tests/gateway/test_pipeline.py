@@ -152,7 +152,7 @@ class FakeGateway:
 
 def exchange(req: http1.RequestHead, body: bytes = b"") -> Exchange:
     conn = ClientConnection("192.0.2.1", 5000, True, None, 0.0)
-    return Exchange(conn, req, None, MemoryBody(req, body), ctx={}, body_timeout=1.0)  # type: ignore[arg-type]
+    return Exchange(conn, req, None, 1.0, MemoryBody(req, body), ctx={})  # type: ignore[arg-type]
 
 
 def run(gw: FakeGateway, req: http1.RequestHead) -> tuple[bool, Exchange]:
@@ -590,3 +590,36 @@ def test_inline_then_task_gives_the_task_only_result(path, method, body, auth, g
             )
         )
     assert seen[0] == seen[1]
+
+
+# --- the inline chain's plan --------------------------------------------------------------------
+def _names(steps) -> list[str]:
+    return [pipeline.STAGES[i].name for i, _ in steps]
+
+
+def test_plan_leaves_out_the_stages_that_cannot_apply_and_follows_the_gateway():
+    gw = FakeGateway()
+    ucwa, meet, oauth = SERVICES[1], SERVICES[2], SERVICES[0]
+    assert _names(pipeline.plan(gw, meet)) == []  # anonymous, no OAuth, no device gate
+    assert _names(pipeline.plan(gw, ucwa)) == ["authenticate", "backend_credentials"]
+    gw.devices = FakeGate()  # a device gate for ucwa: its plan is made again, not the one kept
+    assert _names(pipeline.plan(gw, ucwa)) == ["device_facts", "authenticate", "decide", "backend_credentials"]
+    gw.oauth = FakeOAuth(False)
+    assert _names(pipeline.plan(gw, oauth)) == ["oauth_intercept", "authenticate", "backend_credentials"]
+    assert _names(pipeline.plan(gw, ucwa)) == ["device_facts", "authenticate", "decide", "backend_credentials"]
+
+
+def test_plan_kept_for_another_service_with_the_same_id_is_not_used():
+    """Plans are keyed by ``id(service)``: a service map reloaded may give a new service the
+    id of a dead one. The entry holds its service, so the new one gets its own plan — an
+    anonymous plan kept for a dead service must never skip authentication for a protected one."""
+    gw = FakeGateway()
+    meet, ucwa = SERVICES[2], SERVICES[1]
+    anonymous_plan = pipeline.plan(gw, meet)
+    gw.stage_plans[id(ucwa)] = (meet, gw.oauth, gw.devices, anonymous_plan)  # as if ucwa had meet's id
+    assert _names(pipeline.plan(gw, ucwa)) == ["authenticate", "backend_credentials"]
+    gw.stage_plans[id(ucwa)] = (meet, gw.oauth, gw.devices, anonymous_plan)
+    ex = exchange(head(b"GET /ucwa/x HTTP/1.1", b"Host: a"))
+    ex.ctx = None
+    i, outcome = pipeline.run_inline(gw, ex)  # type: ignore[arg-type]
+    assert (pipeline.STAGES[i].name, outcome) == ("authenticate", pipeline.WAIT)  # not forwarded

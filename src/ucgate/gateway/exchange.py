@@ -117,12 +117,11 @@ class Exchange:
         conn: ClientConnection,
         req: RequestHead,
         client: Stream,
-        body: RequestBody | None,
+        body_timeout: float,
+        body: RequestBody | None = None,
         ctx: dict | None = None,
         started: float | None = None,
         driver: Driver | None = None,
-        *,
-        body_timeout: float,
     ) -> None:
         self.conn = conn
         self.req = req

@@ -178,7 +178,8 @@ async def device_facts(gw: Gateway, ex: Exchange) -> Outcome:
 def authenticated(ex: Exchange, outcome: AuthOutcome) -> Refusal | None:
     """The authenticator's ``outcome`` for ``ex``: the refusal, or the identity kept (on the
     exchange, as the connection's principal, in the log context) and counted."""
-    authz = ex.req.get(b"authorization")
+    req = ex.req  # the common route found the one Authorization field already
+    authz = req.authorization if req.prefix is not None else req.get(b"authorization")
     if outcome.identity is None:
         metrics.count_auth(
             metrics.auth_method(authz), metrics.auth_result(outcome.status, outcome.reason), outcome.reason
@@ -344,19 +345,22 @@ _FORWARD = len(STAGES) - 1  # always the last, and it always answers
 
 def plan(gw: Gateway, service: Service) -> tuple[tuple[int, Now], ...]:
     """The stages between recognise and forward that apply to ``service`` on ``gw`` (index,
-    ``now``), for the inline chain; kept per service while the gateway's OAuth and device gate
-    stay the same objects (``gw.stage_plans``)."""
-    plans = gw.stage_plans
-    key = (service.name, service.anonymous)
-    found = plans.get(key)
-    if found is not None and found[0] is gw.oauth and found[1] is gw.devices:
-        return found[2]
+    ``now``), for the inline chain; kept per service object while the gateway's OAuth and
+    device gate stay the same objects (``gw.stage_plans``, keyed by ``id(service)``; the
+    entry holds the service, so a reused id is never taken for another service)."""
+    found = gw.stage_plans.get(id(service))
+    if found is not None and found[0] is service and found[1] is gw.oauth and found[2] is gw.devices:
+        return found[3]
+    return _make_plan(gw, service)
+
+
+def _make_plan(gw: Gateway, service: Service) -> tuple[tuple[int, Now], ...]:
     steps = tuple(
         (i, stage.now)
         for i, stage in enumerate(STAGES)
         if 0 < i < _FORWARD and (stage.applies is None or stage.applies(gw, service))
     )
-    plans[key] = (gw.oauth, gw.devices, steps)
+    gw.stage_plans[id(service)] = (service, gw.oauth, gw.devices, steps)
     return steps
 
 
@@ -391,7 +395,7 @@ def begin(
     conn.requests += 1
     conn.request_id = new_request_id()
     started = gw.clock() if access_log.isEnabledFor(logging.INFO) else None
-    return Exchange(conn, req, client, None, None, started, driver, body_timeout=gw.gw.timeouts.body_read)
+    return Exchange(conn, req, client, gw.gw.timeouts.body_read, None, None, started, driver)  # positional: cheaper
 
 
 def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
@@ -404,7 +408,12 @@ def run_inline(gw: Gateway, ex: Exchange) -> tuple[int, object]:
         return 0, refusal
     service = ex.service
     assert service is not None  # recognised
-    for i, now in plan(gw, service):
+    found = gw.stage_plans.get(id(service))  # plan(gw, service), without its frame
+    if found is not None and found[0] is service and found[1] is gw.oauth and found[2] is gw.devices:
+        steps = found[3]
+    else:
+        steps = _make_plan(gw, service)
+    for i, now in steps:
         outcome = now(gw, ex)
         if outcome is not None:
             return i, outcome

@@ -231,11 +231,15 @@ class ClientSession:
 
     def _after(self, keep: bool) -> None:
         """The request was answered: wait for the next one, or close."""
+        s = self.stream
         if keep and self.conn.closed_reason is None:
-            if self._listen_next():  # as _resume, without its frame: every request comes here
+            # as _resume and _listen_next, without their frames: every request comes here
+            if s.writing_paused:
+                self._run(self._drain_then_resume())
+            elif s.listen(self._on_client_data, self.loop.time() + self.gw.gw.timeouts.idle):
                 self.on_client_data()
         else:
-            self.stream.close()
+            s.close()
 
     def _resume(self) -> None:
         """The request was answered and the connection stays: back to callback mode, with the
@@ -290,7 +294,8 @@ class ClientSession:
         req = ex.req
         if req.prefix is None and req.framing.kind != "none":
             return WAIT  # a body to stream
-        if ex.body_data is not None or ex.observe is not None or ex.response_headers:
+        body = ex._body  # (ex.body_data without the property's frame)
+        if (body is not None and body.data is not None) or ex.observe is not None or ex.response_headers:
             return WAIT
         auth = ex.auth
         if auth is not None and (auth.pool_key is not None or auth.handshake is not None):
