@@ -4,6 +4,7 @@
     .venv/bin/python bench/ntlm.py              # 10 s per scenario, 6 client processes
     .venv/bin/python bench/ntlm.py --quick      # 3 s per scenario
     .venv/bin/python bench/ntlm.py --profile ntlm-new   # then py-spy the gateway in that scenario
+    .venv/bin/python bench/ntlm.py --quick --rounds 3 --variant before=/tmp/base/src   # A/B, same run
 
 What runs (all in a temporary directory, removed afterwards):
 
@@ -511,6 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SCENARIO",
         help="afterwards, py-spy the gateway (all threads) while SCENARIO runs again",
     )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also measure the gateway of another src/ tree (DIR/ucgate/__init__.py), in the same run: its own "
+        "store, user and ASP; every scenario runs against each gateway in turn (repeatable)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (config, logs, db)")
     # internal: a client process
     ap.add_argument("--worker", choices=list(SCENARIOS), help=argparse.SUPPRESS)
@@ -544,11 +553,9 @@ def _run(args, work: Path, procs: _Procs) -> int:
     make_self_signed(cert, key, ["localhost", "127.0.0.1"])
     cert.chmod(0o644)
     key.chmod(0o644)
-    (work / "data").mkdir()
-    (work / "keys").mkdir(mode=0o700)
     user = "user root;" if os.geteuid() == 0 else ""
 
-    up_port, gw_port = common.free_port(), common.free_port()
+    up_port = common.free_port()
     (work / "upstream").mkdir()
     (work / "upstream" / "nginx.conf").write_text(nginx_upstream_conf(work / "upstream", up_port, user))
     up_log = work / "upstream" / "stderr.log"
@@ -569,25 +576,19 @@ def _run(args, work: Path, procs: _Procs) -> int:
     )
     common.wait_port(up_port, up, up_log)
 
-    cfg = work / "ucgate.toml"
-    cfg.write_text(gateway_conf(gw_port, up_port, cert, key, work))
-    ucgate = [sys.executable, "-m", "ucgate"]
-    # the user and its ASP, through the admin CLI (as an operator would)
-    subprocess.run(
-        [*ucgate, "user", "add", "-c", str(cfg), USER, "--upn", f"{USER}@bench.test"], check=True, capture_output=True
-    )
-    created = subprocess.run(
-        [*ucgate, "asp", "create", "-c", str(cfg), USER, "-l", "bench", "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    asp = json.loads(created.stdout)["password"]
-
-    gw_log = work / "gateway.log"
-    gw = procs.start(["taskset", "-c", GW_CORE, *ucgate, "serve", "-c", str(cfg)], gw_log)
-    common.wait_port(gw_port, gw, gw_log)
-    env = dict(os.environ, UCGATE_BENCH_ASP=asp)
+    # the gateways: this tree's, then each --variant's (name, source dir), each with its own store
+    targets: list[tuple[str, str | None]] = [("ucgate", None)]
+    for v in args.variant:
+        name, sep, src = v.partition("=")
+        if not sep or not (Path(src) / "ucgate" / "__init__.py").is_file():
+            sys.exit(f"--variant {v!r}: expected NAME=DIR with DIR/ucgate/__init__.py")
+        if name in (n for n, _ in targets):
+            sys.exit(f"--variant {v!r}: the name {name!r} is taken")
+        targets.append((name, str(Path(src).resolve())))
+    gws: dict[str, tuple[subprocess.Popen, int, dict]] = {}  # name -> (process, port, the clients' env)
+    for name, src in targets:
+        gws[name] = _start_gateway(name, src, work, up_port, cert, key, procs)
+    gw, gw_port, env = gws["ucgate"]
 
     scenarios = args.only or list(SCENARIOS)
     import ucgate as pkg
@@ -602,56 +603,84 @@ def _run(args, work: Path, procs: _Procs) -> int:
         flush=True,
     )
 
-    results: dict[str, list[Result]] = {s: [] for s in scenarios}
+    results: dict[tuple[str, str], list[Result]] = {(n, s): [] for s in scenarios for n, _ in targets}
     for rnd in range(args.rounds):
         for scen in scenarios:
-            tag = f" round {rnd + 1}/{args.rounds}" if args.rounds > 1 else ""
-            print(f"running {scen}{tag} ({args.duration:g}s)", file=sys.stderr, flush=True)
-            res = run_scenario(scen, args, gw_port, cert, env, procs, gw.pid, up.pid, work, args.duration)
-            results[scen].append(res)
-            if gw.poll() is not None:
-                raise RuntimeError(f"the gateway exited ({gw.returncode}):\n{gw_log.read_text()[-2000:]}")
+            for name, _ in targets:  # interleaved: each gateway in turn, scenario by scenario
+                p, port, cenv = gws[name]
+                tag = f" round {rnd + 1}/{args.rounds}" if args.rounds > 1 else ""
+                who = f" on {name}" if len(targets) > 1 else ""
+                print(f"running {scen}{who}{tag} ({args.duration:g}s)", file=sys.stderr, flush=True)
+                res = run_scenario(scen, args, port, cert, cenv, procs, p.pid, up.pid, work, args.duration)
+                results[name, scen].append(res)
+                if p.poll() is not None:
+                    glog = work / name / "gateway.log"
+                    raise RuntimeError(f"the gateway {name} exited ({p.returncode}):\n{glog.read_text()[-2000:]}")
 
-    def med(scen: str) -> Result:
-        rs = results[scen]
+    def med(scen: str, name: str = "ucgate") -> Result:
+        rs = results[name, scen]
         if len(rs) == 1:
             return rs[0]
         best = sorted(rs, key=lambda r: r.us_per_op)[len(rs) // 2]  # the median round by CPU/op
         return best
 
+    names = [n for n, _ in targets]
+    gww = max(len(n) for n in names)
+    col = (lambda n: f"{n:<{gww}} ") if len(names) > 1 else (lambda n: "")
     print()
     hdr = (
-        f"{'scenario':<10} {'one operation':<37} {'ops/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{col('gateway')}{'scenario':<10} {'one operation':<37} {'ops/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'gw CPU':>6} {'us/op':>7} {'sys%':>4} {'clients':>7} {'errors':>6} {'others':>6}"
     )
     print(hdr)
     print("-" * len(hdr))
     for scen in scenarios:
-        r = med(scen)
-        print(
-            f"{scen:<10} {SCENARIOS[scen][1]:<37} {r.rate:>7.0f} {r.pct(0.5):>7.2f} {r.pct(0.99):>7.2f} "
-            f"{r.gw_cpu / r.seconds:>6.2f} {r.us_per_op:>7.1f} {100 * r.gw_sys / max(r.gw_cpu, 1e-9):>4.0f} {r.client_cpu / r.seconds:>7.2f} "
-            f"{r.errors:>6d} {r.others:>6.2f}"
-        )
-    print()
-    m = {s: med(s) for s in scenarios}
-    if "ntlm-new" in m and "tls-new" in m:
-        d = m["ntlm-new"].us_per_op - m["tls-new"].us_per_op
-        print(
-            f"NTLM handshake on a new connection: {m['ntlm-new'].us_per_op:.0f} us gateway CPU, of which "
-            f"{m['tls-new'].us_per_op:.0f} is TLS + one proxied request; the NTLM legs add {d:.0f} us"
-        )
-    if "basic-new" in m and "tls-new" in m:
-        d = m["basic-new"].us_per_op - m["tls-new"].us_per_op
-        print(f"Basic (ASP) on a new connection: {m['basic-new'].us_per_op:.0f} us; verifying it adds {d:.0f} us")
-    for s in ("ntlm-ka", "basic-ka", "bearer-ka"):
-        if s in m and "anon-ka" in m:
-            d = m[s].us_per_op - m["anon-ka"].us_per_op
+        for name in names:
+            r = med(scen, name)
             print(
-                f"{s}: {m[s].us_per_op:.1f} us/request vs anonymous {m['anon-ka'].us_per_op:.1f} "
-                f"({m[s].us_per_op / m['anon-ka'].us_per_op:.2f}x) -> authentication adds {d:+.1f} us/request "
-                "on an authenticated keep-alive connection"
+                f"{col(name)}{scen:<10} {SCENARIOS[scen][1]:<37} {r.rate:>7.0f} {r.pct(0.5):>7.2f} "
+                f"{r.pct(0.99):>7.2f} {r.gw_cpu / r.seconds:>6.2f} {r.us_per_op:>7.1f} "
+                f"{100 * r.gw_sys / max(r.gw_cpu, 1e-9):>4.0f} {r.client_cpu / r.seconds:>7.2f} "
+                f"{r.errors:>6d} {r.others:>6.2f}"
             )
+    for name in names:
+        m = {s: med(s, name) for s in scenarios}
+        who = f"{name}: " if len(names) > 1 else ""
+        lines = []
+        if "ntlm-new" in m and "tls-new" in m:
+            d = m["ntlm-new"].us_per_op - m["tls-new"].us_per_op
+            lines.append(
+                f"{who}NTLM handshake on a new connection: {m['ntlm-new'].us_per_op:.0f} us gateway CPU, of which "
+                f"{m['tls-new'].us_per_op:.0f} is TLS + one proxied request; the NTLM legs add {d:.0f} us "
+                f"({m['ntlm-new'].us_per_op / m['tls-new'].us_per_op:.2f}x tls-new)"
+            )
+        if "basic-new" in m and "tls-new" in m:
+            d = m["basic-new"].us_per_op - m["tls-new"].us_per_op
+            lines.append(
+                f"{who}Basic (ASP) on a new connection: {m['basic-new'].us_per_op:.0f} us; verifying it adds "
+                f"{d:.0f} us ({m['basic-new'].us_per_op / m['tls-new'].us_per_op:.2f}x tls-new)"
+            )
+        for s in ("ntlm-ka", "basic-ka", "bearer-ka"):
+            if s in m and "anon-ka" in m:
+                d = m[s].us_per_op - m["anon-ka"].us_per_op
+                lines.append(
+                    f"{who}{s}: {m[s].us_per_op:.1f} us/request vs anonymous {m['anon-ka'].us_per_op:.1f} "
+                    f"({m[s].us_per_op / m['anon-ka'].us_per_op:.2f}x) -> authentication adds {d:+.1f} us/request "
+                    "on an authenticated keep-alive connection"
+                )
+        if lines:
+            print()
+            print("\n".join(lines))
+    if len(names) > 1:  # this tree against each variant, scenario by scenario (CPU per operation)
+        print()
+        for name in names[1:]:
+            for scen in scenarios:
+                a, b = med(scen), med(scen, name)
+                print(
+                    f"{scen:<10} ucgate {a.us_per_op:8.1f} us/op vs {name} {b.us_per_op:8.1f}: "
+                    f"{100 * (a.us_per_op - b.us_per_op) / b.us_per_op:+6.1f} %"
+                )
+    m = {f"{name} {s}": med(s, name) for s in scenarios for name in names}
     for s, r in m.items():
         if r.gw_cpu / r.seconds < 0.85:
             print(
@@ -683,6 +712,43 @@ def _run(args, work: Path, procs: _Procs) -> int:
             print()
             print(summarize_profile(raw) if raw.exists() else f"py-spy failed: {err.strip()[-500:]}", end="")
     return 0
+
+
+def _start_gateway(
+    name: str, src: str | None, work: Path, up_port: int, cert: Path, key: Path, procs: _Procs
+) -> tuple[subprocess.Popen, int, dict]:
+    """``name``'s gateway (``src``: its source tree, else this one) with its own directory,
+    store, user and ASP, made with its own admin CLI; returns the process, its port and the
+    clients' environment (this tree's, with that ASP)."""
+    d = work / name
+    (d / "data").mkdir(parents=True)
+    (d / "keys").mkdir(mode=0o700)
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    port = common.free_port()
+    cfg = d / "ucgate.toml"
+    cfg.write_text(gateway_conf(port, up_port, cert, key, d))
+    ucgate = [sys.executable, "-m", "ucgate"]
+    # the user and its ASP, through the admin CLI (as an operator would)
+    subprocess.run(
+        [*ucgate, "user", "add", "-c", str(cfg), USER, "--upn", f"{USER}@bench.test"],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    created = subprocess.run(
+        [*ucgate, "asp", "create", "-c", str(cfg), USER, "-l", "bench", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    asp = json.loads(created.stdout)["password"]
+    log = d / "gateway.log"
+    gw = procs.start(["taskset", "-c", GW_CORE, *ucgate, "serve", "-c", str(cfg)], log, env=env)
+    common.wait_port(port, gw, log)
+    return gw, port, dict(os.environ, UCGATE_BENCH_ASP=asp)
 
 
 def _git_state() -> str:
