@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ucgate.policy.lockout import BudgetConfig, FailureBudget, ip_key
+from ucgate.policy.lockout import BudgetConfig, FailureBudget, Outcome, ip_key
 
 CFG = BudgetConfig(user_failures=5, ip_failures=20, window=900.0)
 RATE = CFG.user_failures / CFG.window
@@ -67,7 +67,32 @@ def test_familiarity_expires():
     assert not b.familiar("alice", "192.0.2.10", 3601)
 
 
+def test_a_familiar_time_is_rewritten_only_when_familiar_refresh_old():
+    """A device signing in again and again from its usual IP writes nothing: the pair's time
+    moves only once it is ``familiar_refresh`` old, so familiarity ends at most that early."""
+    cfg = BudgetConfig(familiar_for=3600, familiar_refresh=60)
+    for settle in (False, True):
+        b = FailureBudget(cfg)
+        b.record_success("alice", "192.0.2.10", 0)
+        for now in (30, 59.5):
+            if settle:
+                r = b.reserve("alice", "192.0.2.10", now)
+                b.settle(r, Outcome.SUCCESS, now)  # type: ignore[arg-type]
+            else:
+                b.record_success("alice", "192.0.2.10", now)
+        assert not b.familiar("alice", "192.0.2.10", 3601)  # still the time of the first success
+        if settle:
+            b.settle(b.reserve("alice", "192.0.2.10", 60), Outcome.SUCCESS, 60)  # type: ignore[arg-type]
+        else:
+            b.record_success("alice", "192.0.2.10", 60)
+        assert b.familiar("alice", "192.0.2.10", 3660) and not b.familiar("alice", "192.0.2.10", 3661)
+        b.record_success("alice", "198.51.100.1", 100)  # a new IP is remembered at once
+        assert b.familiar("alice", "198.51.100.1", 101)
+
+
 def test_config_validation():
+    with pytest.raises(ValueError):
+        BudgetConfig(familiar_refresh=-1)
     with pytest.raises(ValueError):
         BudgetConfig(user_failures=0)
     with pytest.raises(ValueError):

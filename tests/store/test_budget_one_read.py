@@ -114,27 +114,39 @@ def run(twins, script) -> None:
         assert rows(locked) == rows(upserts), (i, script[: i + 1])
 
 
-def test_the_steady_success_is_four_statements(twins):
-    """A familiar IP's success on an account without failures: BEGIN, the read, the familiar
-    time, COMMIT (the upserts' path runs six)."""
+def _statements(b: StoreBudget, now: float) -> list[str]:
+    seen: list[str] = []
+    real = b._run
+
+    def counting(cur, sql, params):
+        seen.append(sql.split()[0].upper())
+        real(cur, sql, params)
+
+    b._run = counting  # type: ignore[method-assign]
+    try:
+        b.attempt("g:a", "192.0.2.1", now, lambda: Outcome.SUCCESS)
+    finally:
+        del b._run
+    return seen
+
+
+def test_the_steady_success_writes_nothing(twins):
+    """A familiar IP's success on an account without failures: BEGIN, the read, COMMIT — the
+    familiar time is rewritten only once it is ``familiar_refresh`` old (then four statements;
+    the upserts' path runs six, its familiar upsert a no-op while the time is fresh)."""
     (_, locked), (_, upserts) = twins
     for b in (locked, upserts):
         assert b.attempt("g:a", "192.0.2.1", T0, lambda: Outcome.SUCCESS) is not None  # makes the IP familiar
-    counts = []
-    for b in (locked, upserts):
-        seen: list[str] = []
-        real = b._run
-
-        def counting(cur, sql, params, real=real, seen=seen):
-            seen.append(sql.split()[0].upper())
-            real(cur, sql, params)
-
-        b._run = counting  # type: ignore[method-assign]
-        b.attempt("g:a", "192.0.2.1", T0 + 1, lambda: Outcome.SUCCESS)
-        counts.append(seen)
-    assert counts[0] == ["BEGIN", "SELECT", "INSERT", "COMMIT"]
-    assert counts[1] == ["BEGIN", "SELECT", "INSERT", "DELETE", "INSERT", "COMMIT"]
+    fresh = T0 + CFG.familiar_refresh - 1
+    assert _statements(locked, fresh) == ["BEGIN", "SELECT", "COMMIT"]
+    assert _statements(upserts, fresh) == ["BEGIN", "SELECT", "INSERT", "DELETE", "INSERT", "COMMIT"]
     assert rows(locked) == rows(upserts)
+    assert rows(locked)[1] == [("g:a", "192.0.2.1", T0)]  # the time stays that of the first success
+    old = T0 + CFG.familiar_refresh
+    assert _statements(locked, old) == ["BEGIN", "SELECT", "INSERT", "COMMIT"]
+    assert _statements(upserts, old) == ["BEGIN", "SELECT", "INSERT", "DELETE", "INSERT", "COMMIT"]
+    assert rows(locked) == rows(upserts)
+    assert rows(locked)[1] == [("g:a", "192.0.2.1", old)]
 
 
 def test_connections_are_kept_between_transactions(twins):

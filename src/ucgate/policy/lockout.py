@@ -58,6 +58,10 @@ class BudgetConfig:
     window: float = 900.0  # seconds (15 minutes)
     familiar_for: float = 30 * 86400.0  # a successful sign-in makes an IP familiar this long
     max_familiar_per_user: int = 8  # the user's most recent IPs
+    # a success from a familiar IP rewrites the pair's time only when it is at least this old
+    # (seconds): the steady state — a device signing in again and again from where it always
+    # does — writes nothing to the store; familiarity may end up to this much earlier
+    familiar_refresh: float = 60.0
     max_entries: int = 100_000  # per table (users, IPs, familiar sets)
 
     def __post_init__(self) -> None:
@@ -66,6 +70,8 @@ class BudgetConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.window <= 0 or self.familiar_for < 0:
             raise ValueError("window must be > 0 and familiar_for >= 0")
+        if self.familiar_refresh < 0:
+            raise ValueError("familiar_refresh must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +215,10 @@ class FailureBudget:
 
     def record_success(self, user: str, ip: str, now: float) -> None:
         """A correct password: forgive the user's failures of this class, remember the IP."""
-        self._users.pop((user, self.familiar(user, ip, now)))
-        self._remember(user, ip, now)
+        fam = self.familiar(user, ip, now)
+        self._users.pop((user, fam))
+        if not fam or not self._fresh(user, ip, now):
+            self._remember(user, ip, now)
 
     # --- reserve / settle (what the id service uses) -------------------------------------
     def reserve(self, account: str, ip: str, now: float) -> Reservation | BudgetDecision:
@@ -240,9 +248,16 @@ class FailureBudget:
             self._refund(self._ips, ip_key(r.ip), self._ip_rate, now)
         if outcome is Outcome.SUCCESS:
             self._users.pop((r.account, r.familiar))
-            self._remember(r.account, r.ip, now)
+            if not r.familiar or not self._fresh(r.account, r.ip, now):
+                self._remember(r.account, r.ip, now)
         else:
             self._refund(self._users, (r.account, r.familiar), self._user_rate, now)
+
+    def _fresh(self, user: str, ip: str, now: float) -> bool:
+        """The pair's time needs no rewrite (``familiar_refresh``)."""
+        seen = self._familiar.get(user)
+        at = seen.get(ip) if seen else None
+        return at is not None and now - at < self.config.familiar_refresh
 
     def _remember(self, user: str, ip: str, now: float) -> None:
         seen = dict(self._familiar.get(user) or {})

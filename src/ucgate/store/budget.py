@@ -433,7 +433,8 @@ class StoreBudget(Transactions):
                     ),
                     {"bucket": ipb, "now": now, "rate": self._ip_rate},
                 )
-            self._remember(c, account, ip, now, new=not fam)
+            if not fam or fam_at is None or now - fam_at[0] >= cfg.familiar_refresh:  # (fam: fam_at was read)
+                self._remember(c, account, ip, now, new=not fam)
             return r, error
         charged = self._charge(c, ub, cfg.user_failures, self._user_rate, now)
         if not fam:
@@ -480,15 +481,27 @@ class StoreBudget(Transactions):
                 self._add(c, ip_bucket(ip), 1.0, self._ip_rate, now)
 
     def _remember(self, c: _Tx, account: str, ip: str, now: float, new: bool = True) -> None:
-        self._sql(
-            c,
-            (
-                "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
-                "ON CONFLICT (account, ip) DO UPDATE SET at = :now"
-            ),
-            {"a": account, "ip": ip, "now": now},
-        )
-        if not new:  # the pair was familiar at reserve: its time moved, the account's count did not
+        """A success from ``ip``: the pair's time is now. A pair familiar at reserve (not
+        ``new``) is rewritten only when its time is ``familiar_refresh`` old (as
+        ``_attempt_locked``, which does not call this then, and ``FailureBudget``)."""
+        if new:
+            self._sql(
+                c,
+                (
+                    "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
+                    "ON CONFLICT (account, ip) DO UPDATE SET at = :now"
+                ),
+                {"a": account, "ip": ip, "now": now},
+            )
+        else:  # familiar at reserve: its time moves (when old enough), the account's count does not
+            self._sql(
+                c,
+                (
+                    "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
+                    "ON CONFLICT (account, ip) DO UPDATE SET at = :now WHERE :now - familiar_ips.at >= :refresh"
+                ),
+                {"a": account, "ip": ip, "now": now, "refresh": self.config.familiar_refresh},
+            )
             return
         self._sql(
             c,
