@@ -195,3 +195,57 @@ def test_split_target_accepts_nothing_a_lenient_server_reads_as_a_dot_segment(pi
     for seg in normalised.split("/")[1:]:
         for read in (seg, seg.split(";")[0], seg.split(":")[0], seg.rstrip(". \t\u00a0"), seg.strip()):
             assert read not in (".", "..") and not ("." in read and set(read) <= set(". \u00a0")), (target, seg)
+
+
+# --- route: split_target + recognise, remembered ------------------------------------------------
+def _route_or_error(m: ServiceMap, target: bytes):
+    try:
+        return m.route(target)
+    except (HttpError, UnicodeDecodeError) as e:
+        return type(e), getattr(e, "reason", None)
+
+
+def _split_recognise_or_error(target: bytes):
+    try:
+        path, query = split_target(target.decode("ascii"))
+    except (HttpError, UnicodeDecodeError) as e:
+        return type(e), getattr(e, "reason", None)
+    return path, query, M.recognise(path)
+
+
+@settings(max_examples=int(os.environ.get("UCGATE_FUZZ_EXAMPLES", "300")), deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["/", ".", "..", "ucwa", "Autodiscover", "meet", "%2e", "%2F", "%", "%41", "\\", "?", "#", "a=1", "\xe9"]
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_route_is_split_target_then_recognise_first_time_and_again(parts):
+    """route() gives what split_target and recognise give — the same service object, the same
+    refusal — for a target it has not seen and for one it remembers."""
+    target = "".join(parts).encode("latin-1")
+    m = ServiceMap()
+    expected = _split_recognise_or_error(target)
+    assert _route_or_error(m, target) == expected
+    assert _route_or_error(m, target) == expected  # remembered (or refused again: never kept)
+
+
+def test_route_refusals_are_not_remembered_and_the_memo_is_bounded():
+    from ucgate.protocols import sfb
+
+    m = ServiceMap()
+    with pytest.raises(HttpError):
+        m.route(b"/ucwa/../x")
+    with pytest.raises(UnicodeDecodeError):
+        m.route(b"/ucwa/\xe9")
+    assert m._routes == {}
+    for i in range(sfb.ROUTE_MEMO_ENTRIES * 2 + 5):
+        assert m.route(b"/ucwa/x?n=%d" % i)[2] is not None
+        assert len(m._routes) <= sfb.ROUTE_MEMO_ENTRIES
+    long = b"/ucwa/" + b"a" * sfb.ROUTE_MEMO_TARGET_BYTES
+    assert m.route(long)[0] == long.decode()
+    assert long not in m._routes  # too long to keep
+    assert m.route(b"/meet/x")[2] is m.recognise("/meet/x")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from .. import metrics
 from ..logs import new_request_id, request_context
 from ..protocols.http1 import HttpError, RequestHead
-from ..protocols.sfb import Service, split_target
+from ..protocols.sfb import Service
 from .auth import AuthOutcome
 from .body import ClientBodyError
 from .exchange import INLINE, WAIT, Driver, Exchange, Refusal
@@ -81,12 +81,12 @@ def recognise_now(gw: Gateway, ex: Exchange) -> Refusal | None:
     Never waits."""
     req = ex.req
     try:
-        ex.path, ex.query = split_target(req.target.decode("ascii"))
+        ex.path, ex.query, service = gw.service_map.route(req.target)  # split_target, recognise
     except HttpError as e:
         return Refusal.protocol(e)
     except UnicodeDecodeError:  # the parser admits obs-text only in field values, not here
         return Refusal.protocol(HttpError(400, "bad-target"))
-    service = ex.service = gw.service_map.recognise(ex.path)
+    ex.service = service
     if service is not None and ex.ctx is not None:
         ex.ctx["service"] = service.name
     if service is None or not service.enabled:
