@@ -328,7 +328,8 @@ class BearerAuthenticator:
         that repeat it are answered without hashing it again — while the map still holds that
         very record (an event that drops it, or its expiry, is seen on the next request)."""
         if service.name in BEARER_SERVICES:
-            authz = req.get(b"authorization")
+            # the common route found the one Authorization field already (req.get, without its frame)
+            authz = req.authorization if req.prefix is not None else req.get(b"authorization")
             if authz is not None:
                 seen = conn.bearer  # (a non-Bearer header never equals the Bearer one kept)
                 if (

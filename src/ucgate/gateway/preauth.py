@@ -251,7 +251,8 @@ class PreAuthenticator:
         logged: an NTLM/Kerberos connection's (a request without ``Authorization``), the Basic
         memo's (tracing off); else None. Nothing done either way: the common keep-alive request
         is answered without making its log context (gateway/pipeline.py)."""
-        authz = req.get(b"authorization")
+        # the common route found the one Authorization field already (req.get, without its frame)
+        authz = req.authorization if req.prefix is not None else req.get(b"authorization")
         if authz is None:
             return self._without_credentials(conn) if conn.identity is not None else None
         memo = conn.auth_state
