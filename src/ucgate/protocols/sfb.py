@@ -35,18 +35,18 @@ _DOT_SEGMENT_RE = re.compile(r"/(?=\s*\.)[.\s]*+(?:[;:][^/]*)?(?=/|$)")  # posse
 _LOOKALIKES = frozenset("\u3002\uff61\u2215\u2044\u29f8\u2216\u29f5\u29f9")
 _LOOKALIKE_ASCII = frozenset("./\\%")
 
-
-# Request methods per service (``[services.X] methods``). SfB's web services and pages are read
-# with GET/HEAD, posted to (SOAP, forms, the OAuth grant) and preflighted with OPTIONS; UCWA
-# also updates and deletes resources; an ActiveSync client only sends OPTIONS (the protocol
-# versions) and POST (commands; Exchange answers a GET with 501). Everything else — CONNECT,
-# TRACE/TRACK, WebDAV, method names in other letter cases — is refused before authentication.
 # ServiceMap.route remembers the routes of this many request targets (then starts again), each
 # at most this long: keep-alive clients ask for the same few, and an attacker's unique targets
 # only cost the memo its hits (it holds at most ~0.3 MiB)
 ROUTE_MEMO_ENTRIES = 1024
 ROUTE_MEMO_TARGET_BYTES = 256
 
+
+# Request methods per service (``[services.X] methods``). SfB's web services and pages are read
+# with GET/HEAD, posted to (SOAP, forms, the OAuth grant) and preflighted with OPTIONS; UCWA
+# also updates and deletes resources; an ActiveSync client only sends OPTIONS (the protocol
+# versions) and POST (commands; Exchange answers a GET with 501). Everything else — CONNECT,
+# TRACE/TRACK, WebDAV, method names in other letter cases — is refused before authentication.
 DEFAULT_METHODS = (b"GET", b"HEAD", b"POST", b"OPTIONS")
 UCWA_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS")
 EAS_METHODS = (b"OPTIONS", b"POST")

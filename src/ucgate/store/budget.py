@@ -484,24 +484,17 @@ class StoreBudget(Transactions):
         """A success from ``ip``: the pair's time is now. A pair familiar at reserve (not
         ``new``) is rewritten only when its time is ``familiar_refresh`` old (as
         ``_attempt_locked``, which does not call this then, and ``FailureBudget``)."""
-        if new:
-            self._sql(
-                c,
-                (
-                    "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
-                    "ON CONFLICT (account, ip) DO UPDATE SET at = :now"
-                ),
-                {"a": account, "ip": ip, "now": now},
-            )
-        else:  # familiar at reserve: its time moves (when old enough), the account's count does not
-            self._sql(
-                c,
-                (
-                    "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
-                    "ON CONFLICT (account, ip) DO UPDATE SET at = :now WHERE :now - familiar_ips.at >= :refresh"
-                ),
-                {"a": account, "ip": ip, "now": now, "refresh": self.config.familiar_refresh},
-            )
+        # familiar at reserve: its time moves only when old enough, the account's count does not
+        old_enough = "" if new else " WHERE :now - familiar_ips.at >= :refresh"
+        self._sql(
+            c,
+            (
+                "INSERT INTO familiar_ips (account, ip, at) VALUES (:a, :ip, :now) "
+                "ON CONFLICT (account, ip) DO UPDATE SET at = :now" + old_enough
+            ),
+            {"a": account, "ip": ip, "now": now, "refresh": self.config.familiar_refresh},
+        )
+        if not new:
             return
         self._sql(
             c,
