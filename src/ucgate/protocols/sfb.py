@@ -37,7 +37,7 @@ _LOOKALIKE_ASCII = frozenset("./\\%")
 
 # ServiceMap.route remembers the routes of this many request targets (then starts again), each
 # at most this long: keep-alive clients ask for the same few, and an attacker's unique targets
-# only cost the memo its hits (it holds at most ~0.3 MiB)
+# only cost the memo its hits (it holds at most ~1 MiB)
 ROUTE_MEMO_ENTRIES = 1024
 ROUTE_MEMO_TARGET_BYTES = 256
 
