@@ -99,7 +99,7 @@ class Exchange:
         "max_body",
         "gate",
         "facts",
-        "_body",
+        "body_source",
         "body_timeout",
         "identity",
         "response_headers",
@@ -133,10 +133,10 @@ class Exchange:
         self.max_body = 0
         self.gate: DeviceGate | None = None  # the one that applies, once it has the facts
         self.facts: DeviceFacts | None = None
-        # the body source (gateway/body.py; ``body``, made on first use: most requests have
-        # none): read whole by a stage that needs it before forwarding (the OAuth form, the
-        # device facts), else copied upstream as it comes
-        self._body = body
+        # the body source (gateway/body.py) once made, else None (``body`` makes it on first
+        # use: most requests have none): read whole by a stage that needs it before forwarding
+        # (the OAuth form, the device facts), else copied upstream as it comes
+        self.body_source = body
         self.body_timeout = body_timeout  # each read of it waits at most this
         self.identity: Identity | None = None
         self.response_headers: list[tuple[bytes, bytes]] = []
@@ -153,20 +153,20 @@ class Exchange:
     @property
     def body(self) -> RequestBody:
         """The request's body source (gateway/body.py), made on first use."""
-        body = self._body
+        body = self.body_source
         if body is None:
-            body = self._body = RequestBody(self.req, self.client, self.body_timeout)
+            body = self.body_source = RequestBody(self.req, self.client, self.body_timeout)
         return body
 
     @body.setter
     def body(self, body: RequestBody) -> None:
-        self._body = body
+        self.body_source = body
 
     @property
     def body_data(self) -> bytes | None:
         """``body.data`` (the body a stage read whole, or its replacement), without making the
         body source when nobody asked for it."""
-        body = self._body
+        body = self.body_source
         return None if body is None else body.data
 
     @property

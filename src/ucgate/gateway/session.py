@@ -294,7 +294,7 @@ class ClientSession:
         req = ex.req
         if req.prefix is None and req.framing.kind != "none":
             return WAIT  # a body to stream
-        body = ex._body  # (ex.body_data without the property's frame)
+        body = ex.body_source  # (ex.body_data without the property's frame)
         if (body is not None and body.data is not None) or ex.observe is not None or ex.response_headers:
             return WAIT
         auth = ex.auth
