@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -89,15 +88,7 @@ def measure(src: str, mode: str, n: int, up_port: int, work: Path) -> int:
     with open(err, "wb") as log:
         gw = subprocess.Popen([*argv, "serve", "-c", str(cfg)], env=env, stdout=log, stderr=log, start_new_session=True)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if gw.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(f"the gateway of {src} did not start:\n{err.read_text()[-2000:]}")
-                time.sleep(0.5)
+        common.wait_port(port, gw, err, timeout=START_TIMEOUT)
         s = socket.create_connection(("127.0.0.1", port))
         if mode == "tls":
             ctx = ssl.create_default_context()

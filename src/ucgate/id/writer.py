@@ -12,8 +12,8 @@ Guarantees:
   its own): the queue holds at most one batch (``max_queue`` defaults to ``max_batch``), so a
   backlog never builds up behind the writer — sign-ins wait for room instead. ``kill -9`` loses
   at most that window (measured in ``tests/id/test_writer.py``). A clean shutdown
-  (:meth:`close`) commits everything first. :meth:`flush` waits until everything submitted so far is committed (``AuditLog.tail`` calls
-  it, so a process reads its own writes).
+  (:meth:`close`) commits everything first. :meth:`flush` waits until everything submitted so
+  far is committed (``AuditLog.tail`` calls it, so a process reads its own writes).
 * **Back-pressure, not memory.** The queue holds at most ``max_queue`` items; when it is full a
   sign-in waits up to ``max_wait`` for room, then :class:`WriterBusy` is raised, which the
   credential service answers as ``store-unavailable`` (503 + Retry-After).
