@@ -4,6 +4,7 @@ input (unknown kinds, malformed NOTIFY payloads, malformed SSE data) never stopp
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import textwrap
@@ -157,6 +158,11 @@ def test_malformed_notify_payloads_are_ignored(postgres_url):
         '{"user": "a", "signed_in_before": "yesterday"}',
         '{"user": "a", "signed_in_before": "2026-01-01T00:00:00"}',
         '{"user": "a", "device_id": 7}',
+        '{"user": "a", "reason": 5}',
+        '{"user": "a", "credential": []}',
+        '{"user": "a", "at": 5}',  # a number is not a time, in any field
+        '{"user": "a", "signed_in_before": 1700000000}',
+        '{"user": "a", "at": "yesterday"}',
     ],
 )
 def test_malformed_sse_data_is_refused(data):
@@ -213,3 +219,61 @@ def test_store_unreachable_is_503_store_unavailable_not_a_crash(tmp_path, caplog
     assert (v.ok, v.reason) == (False, "store-unavailable") and v.retry_after > 0
     assert audit.records[-1]["reason"] == "store-unavailable"
     assert "store unavailable" in caplog.text and "postgresql+psycopg://postgres@127.0.0.1/test" in caplog.text
+
+
+def test_every_kind_on_the_wire_is_what_the_document_says():
+    """The SSE data of every kind validates against the id service document's Event schema
+    (generated from ``ucgate.id.api.EventBody``, the model both sides use), and comes back as
+    the same row; the kinds are the ones the document names."""
+    import jsonschema
+
+    from ucgate.id.api import EVENT_KINDS
+    from ucgate.id.http_api import openapi_document
+    from ucgate.store.outbox import EventRow
+
+    doc = openapi_document()
+    schema = {"$ref": "#/components/schemas/Event", "components": doc["components"]}
+    check = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    assert doc["paths"]["/v1/events"]["get"]["summary"].endswith(", ".join(EVENT_KINDS))
+    when = dt.datetime(2026, 12, 2, 8, 0, tzinfo=dt.UTC)
+    rows = [
+        EventRow(id=1, at=when, kind="user-blocked", username="erin", reason="user-disabled", signed_in_before=when),
+        EventRow(
+            id=2, at=when.replace(tzinfo=None), kind="device-blocked", username="erin", reason="blocked", device_id="P1"
+        ),
+        EventRow(id=3, at=when, kind="credential-revoked", username="erin", reason="asp-revoked", credential="asp-1"),
+        EventRow(id=4, at=when, kind="credential-added", username="erin", reason="asp-created", credential="asp-2"),
+        EventRow(id=5, at=when, kind="rules-changed", username="*", reason="rules-changed"),
+    ]
+    assert [r.kind for r in rows] == list(EVENT_KINDS)
+    for row in rows:
+        data = to_wire(row)
+        check.validate(json.loads(data))
+        back = from_wire(str(row.id), row.kind, data)
+        assert (back.id, back.kind) == (row.id, row.kind)
+        assert (back.username, back.reason, back.device_id, back.credential, back.signed_in_before, back.at) == (
+            row.username,
+            row.reason,
+            row.device_id,
+            row.credential,
+            row.signed_in_before,
+            when,
+        )
+
+
+def test_the_balancer_checks_answers_are_what_the_document_says():
+    import jsonschema
+
+    from ucgate.id.health import readiness_answer
+    from ucgate.id.http_api import openapi_document
+
+    doc = openapi_document()
+    for path in ("/healthz", "/readyz"):
+        for code, answer in doc["paths"][path]["get"]["responses"].items():
+            schema = {**answer["content"]["application/json"]["schema"], "components": doc["components"]}
+            check = jsonschema.Draft202012Validator(schema)
+            if path == "/healthz":
+                check.validate({"status": "ok"})
+            else:
+                check.validate(readiness_answer(code == "200", "store-unavailable")[1])
+    assert set(doc["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}

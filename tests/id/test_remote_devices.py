@@ -415,7 +415,7 @@ def test_openapi_document_validates_and_matches_routes(idsrv_devices, tls_files)
     validate(doc)
     assert {r.path for r in idsrv_devices.app.routes} == set(doc["paths"])
     assert "/v1/devices/check" in doc["paths"]
-    assert {"DeviceFacts", "DeviceDecision", "DeviceBlocked"} <= set(doc["components"]["schemas"])
+    assert {"DeviceFacts", "DeviceDecision", "Event"} <= set(doc["components"]["schemas"])  # Event: the SSE data
 
 
 # --- wiring ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    Strict,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -698,10 +700,41 @@ class HealthBody(Wire):
     status: StrictStr
 
 
+class StatusBody(Wire):
+    """The answer of a balancer's check (``/healthz``, ``/readyz``; ``ucgate.id.health``)."""
+
+    model_config = ConfigDict(title="Status")
+    status: Literal["ok", "ready", "not-ready"]
+    reason: Annotated[StrictStr, Field(description="Why not ready")] | None = None
+
+
+# The SSE ``event:`` names of ``GET /v1/events`` (``ucgate.id.events`` acts on them).
+EVENT_KINDS = ("user-blocked", "device-blocked", "credential-revoked", "credential-added", "rules-changed")
+
+
+class EventBody(Wire):
+    """The ``data:`` of one Server-Sent Event of ``GET /v1/events``. Its ``event:`` is the kind
+    (``user-blocked``: cut ``user``'s sessions, those signed in before ``signed_in_before`` if
+    set; ``device-blocked``: cut ``user``'s connections from ``device_id``;
+    ``credential-revoked``: cut those signed in with the ASP ``credential``;
+    ``credential-added``: forget the user's cached sign-in state; ``rules-changed``: reload the
+    device rules, ``user`` "*"); its ``id:`` is the row id of the store's outbox, for
+    ``Last-Event-ID``. A kind a gateway does not know is logged and skipped."""
+
+    model_config = ConfigDict(title="Event")
+    user: Annotated[StrictStr, Field(min_length=1)]
+    reason: StrictStr | None = None
+    device_id: StrictStr | None = None
+    credential: Annotated[StrictStr, Field(description="An ASP's id")] | None = None
+    signed_in_before: Annotated[AwareDatetime, Strict()] | None = None
+    at: (
+        Annotated[dt.datetime, Strict(), Field(description="When it was written (UTC); older id services send none")]
+        | None
+    ) = None
+
+
 class ErrorBody(Wire):
     """An error answer: ``field`` names the offending field of a 400."""
-
-    model_config = ConfigDict(title="Health")
 
     model_config = ConfigDict(title="Error")
     error: StrictStr

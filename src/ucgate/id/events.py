@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 
 from .. import metrics
 from ..store.outbox import ChangeWatcher, EventRow, Outbox
+from .api import EVENT_KINDS, EventBody, dump_wire, parse_wire
 
 log = logging.getLogger("ucgate.id.events")
 
@@ -91,6 +91,7 @@ CACHE_ONLY_KINDS = frozenset({"credential-added"})
 # policies of the store changed (``ucgate.id.rules``); every DeviceService reloads them.
 RULES_CHANGED = "rules-changed"
 ROW_KINDS = frozenset({RULES_CHANGED})
+assert set(KINDS.values()) | ROW_KINDS == set(EVENT_KINDS), "the kinds are the wire's (ucgate.id.api)"
 
 
 def event_fields(event: Event, *, actor: str | None = None) -> dict[str, Any]:
@@ -121,19 +122,18 @@ def event_of(row: EventRow) -> Event | None:
     return None
 
 
-# --- the wire (SSE data), one definition for the id service and the gateway -------------------
+# --- the wire (SSE data): ucgate.id.api.EventBody, for the id service and the gateway ---------
 def to_wire(row: EventRow) -> str:
     """The SSE ``data`` of a row."""
-    return json.dumps(
-        {
-            "user": row.username,
-            "reason": row.reason,
-            "device_id": row.device_id,
-            "credential": row.credential,
-            "signed_in_before": row.signed_in_before.isoformat() if row.signed_in_before else None,
-            "at": _aware(row.at).isoformat() if row.at else None,
-        }
+    body = EventBody.build(
+        user=row.username,
+        reason=row.reason,
+        device_id=row.device_id,
+        credential=row.credential,
+        signed_in_before=row.signed_in_before,
+        at=_aware(row.at) if row.at else None,
     )
+    return dump_wire(body).decode()
 
 
 def _aware(at: dt.datetime) -> dt.datetime:
@@ -142,32 +142,20 @@ def _aware(at: dt.datetime) -> dt.datetime:
 
 
 def from_wire(event_id: str | None, kind: str | None, data: str) -> EventRow:
-    """An SSE event back into a row. Raises ValueError for a malformed one."""
-    try:
-        obj = json.loads(data)
-        if not isinstance(obj, dict) or not isinstance(obj.get("user"), str) or not obj["user"]:
-            raise ValueError("user")
-        before = obj.get("signed_in_before")
-        when = dt.datetime.fromisoformat(before) if before else None
-        if when is not None and when.tzinfo is None:
-            raise ValueError("signed_in_before without a UTC offset")
-        for k in ("device_id", "credential", "reason", "at"):
-            if obj.get(k) is not None and not isinstance(obj[k], str):
-                raise ValueError(k)
+    """An SSE event back into a row. Raises ValueError (a ContextError naming the field) for a
+    malformed one."""
+    body = parse_wire(EventBody, data)
+    return EventRow(
+        id=int(event_id) if event_id and event_id.isdigit() else 0,
         # the row's time in the store (older id services send none: now); only for the lag metric
-        at = dt.datetime.fromisoformat(obj["at"]) if obj.get("at") else dt.datetime.now(dt.UTC)
-        return EventRow(
-            id=int(event_id) if event_id and event_id.isdigit() else 0,
-            at=_aware(at),
-            kind=str(kind or "message")[:32],
-            username=obj["user"][:256],
-            reason=(obj.get("reason") or "blocked")[:128],
-            device_id=obj.get("device_id") or None,
-            credential=obj.get("credential") or None,
-            signed_in_before=when,
-        )
-    except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as e:
-        raise ValueError(str(e)) from None
+        at=_aware(body.at) if body.at else dt.datetime.now(dt.UTC),
+        kind=str(kind or "message")[:32],
+        username=body.user[:256],
+        reason=(body.reason or "blocked")[:128],
+        device_id=body.device_id or None,
+        credential=body.credential or None,
+        signed_in_before=body.signed_in_before,
+    )
 
 
 # --- delivery -----------------------------------------------------------------------------------

@@ -32,15 +32,15 @@ constant time) for every call except ``GET /v1/health``:
   (:class:`~ucgate.id.api.SipOutcome`) → ``{settled}``. The reservation stays on this id
   service; unsettled after ``expires_in`` it is charged as a failure
   (:mod:`ucgate.id.sipattempts`; a pool: settle goes to the issuer).
-* ``GET /v1/events`` — Server-Sent Events: ``user-blocked`` (close that user's live sessions)
-  and ``device-blocked`` (close one device's connections of that user: blocked, wiped,
-  deleted) events as they are published, a comment every :data:`HEARTBEAT` seconds, and replay
-  of missed events after a reconnect (``Last-Event-ID``) from a small ring buffer.
+* ``GET /v1/events`` — Server-Sent Events: the rows of the store's outbox as they are
+  written (``event:`` the kind, ``id:`` the row id, ``data:`` an :class:`~ucgate.id.api.EventBody`;
+  the kinds are :data:`~ucgate.id.api.EVENT_KINDS`), a comment every :data:`HEARTBEAT` seconds,
+  and the missed rows after a reconnect (``Last-Event-ID``), read from the table.
 * ``PUT /v1/sessions`` — a gateway's report of its live signed-in users, so that the account
   monitor (which runs here, next to the directory) knows whom to re-check.
 * ``GET /v1/health`` — liveness, no secret needed; ``GET /v1/openapi.json`` — this API
-  (OpenAPI 3.1: the operations from :data:`_OPERATIONS`, the schemas generated from the bodies'
-  models in :mod:`ucgate.id.api`, which both sides validate with).
+  (OpenAPI 3.1, built by :mod:`ucgate.id.openapi` from :data:`_OPERATIONS` and the bodies'
+  models in :mod:`ucgate.id.api`, which both sides validate with; no schema written by hand).
 * ``GET /healthz``, ``GET /readyz`` — a balancer's checks, no secret needed: alive, and ready
   (503 with the reason while the store is unreachable; :mod:`ucgate.id.health`).
 
@@ -55,15 +55,12 @@ import asyncio
 import datetime as dt
 import functools
 import hmac
-import json
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -74,6 +71,7 @@ from starlette.routing import Route
 from ..store.outbox import EventRow
 from ..store.schema import live_sessions
 from .api import (
+    EVENT_KINDS,
     MAX_NAME,
     AccountBody,
     AttemptContext,
@@ -81,6 +79,7 @@ from .api import (
     DeviceCheckBody,
     DeviceDecisionBody,
     ErrorBody,
+    EventBody,
     HealthBody,
     NtlmAnswerBody,
     NtlmBody,
@@ -92,6 +91,7 @@ from .api import (
     SipAttemptRequest,
     SipSettle,
     SipSettleBody,
+    StatusBody,
     VerdictBody,
     W,
     Wire,
@@ -100,6 +100,7 @@ from .api import (
 )
 from .events import EventBus, to_wire
 from .health import Readiness, health_routes
+from .openapi import Operation, document
 
 log = logging.getLogger("ucgate.id.api")
 
@@ -449,12 +450,8 @@ def create_id_api(
 
 # --- the OpenAPI document: the operations in a table, the schemas from the models --------------
 
-# (path, method, operationId, summary, description, request body, answer (code, description, body),
-#  error codes, public)
-_OPERATIONS: tuple[
-    tuple[str, str, str, str, str, type[Wire] | None, tuple[str, str, Any], tuple[int, ...], bool], ...
-] = (
-    (
+_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
         "/v1/auth/password",
         "post",
         "verifyPassword",
@@ -465,7 +462,7 @@ _OPERATIONS: tuple[
         (400, 401, 413),
         False,
     ),
-    (
+    Operation(
         "/v1/auth/account",
         "post",
         "checkAccount",
@@ -477,7 +474,7 @@ _OPERATIONS: tuple[
         (400, 401, 413),
         False,
     ),
-    (
+    Operation(
         "/v1/auth/ntlm",
         "post",
         "verifyNtlm",
@@ -489,7 +486,7 @@ _OPERATIONS: tuple[
         (400, 401, 413),
         False,
     ),
-    (
+    Operation(
         "/v1/devices/check",
         "post",
         "checkDevice",
@@ -502,7 +499,7 @@ _OPERATIONS: tuple[
         (400, 401, 413),
         False,
     ),
-    (
+    Operation(
         "/v1/sip/attempt",
         "post",
         "beginSipAttempt",
@@ -517,7 +514,7 @@ _OPERATIONS: tuple[
         (400, 401, 413),
         False,
     ),
-    (
+    Operation(
         "/v1/sip/settle",
         "post",
         "settleSipAttempt",
@@ -530,23 +527,19 @@ _OPERATIONS: tuple[
         (400, 401, 413),
         False,
     ),
-    (
+    Operation(
         "/v1/events",
         "get",
         "events",
-        "Server-Sent Events: user-blocked, device-blocked",
-        "",
+        "Server-Sent Events: " + ", ".join(EVENT_KINDS),
+        "Each event's `event:` is its kind, its `id:` the row id of the store's outbox (send it back as "
+        "`Last-Event-ID` to any id service of the pool after a reconnect), its `data:` an Event object.",
         None,
-        (
-            "200",
-            "`event: user-blocked`, `data:` a UserBlocked object; `event: device-blocked`, `data:` a "
-            "DeviceBlocked object",
-            "text/event-stream",
-        ),
+        ("200", "The stream, open until the client leaves", "text/event-stream"),
         (401,),
-        False,
+        parameters=({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},),
     ),
-    (
+    Operation(
         "/v1/sessions",
         "put",
         "reportSessions",
@@ -557,52 +550,36 @@ _OPERATIONS: tuple[
         (400, 401, 413),
         False,
     ),
-    ("/v1/health", "get", "health", "Liveness (no secret needed)", "", None, ("200", "Up", HealthBody), (), True),
-    (
+    Operation(
+        "/v1/health", "get", "health", "Liveness (no secret needed)", "", None, ("200", "Up", HealthBody), (), True
+    ),
+    Operation(
         "/healthz",
         "get",
         "healthz",
         "Alive, for a balancer's check (no secret needed)",
         "",
         None,
-        ("200", "Alive", "status"),
+        ("200", "Alive", StatusBody),
         (),
         True,
     ),
-    (
+    Operation(
         "/readyz",
         "get",
         "readyz",
         "Ready, for a balancer's check: 503 while the store is unreachable (no secret needed)",
         "",
         None,
-        ("200", "Ready", "status"),
+        ("200", "Ready", StatusBody),
         (),
         True,
+        more=(("503", "Not ready; `reason` says why", StatusBody),),
     ),
-    ("/v1/openapi.json", "get", "openapi", "This document", "", None, ("200", "OpenAPI 3.1", "object"), (401,), False),
+    Operation(
+        "/v1/openapi.json", "get", "openapi", "This document", "", None, ("200", "OpenAPI 3.1", "object"), (401,), False
+    ),
 )
-
-# The events' data (ucgate.id.events.to_wire) and the balancer checks' answer (ucgate.id.health).
-_EXTRA_SCHEMAS: dict[str, Any] = {
-    "DeviceBlocked": {
-        "type": "object",
-        "properties": {"user": {"type": "string"}, "device_id": {"type": "string"}, "reason": {"type": "string"}},
-    },
-    "UserBlocked": {
-        "type": "object",
-        "properties": {
-            "user": {"type": "string"},
-            "reason": {"type": "string"},
-            "signed_in_before": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
-        },
-    },
-    "Status": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
-    },
-}
 
 _CTX = {
     "client_ip": "192.0.2.7",
@@ -690,6 +667,15 @@ EXAMPLES: dict[type[Wire], dict[str, Any]] = {
     SettledBody: {"settled": True},
     SessionsBody: {"gateway": "gw-1", "users": {"alice": "2025-03-01T09:00:00+00:00"}},
     HealthBody: {"status": "ok"},
+    StatusBody: {"status": "not-ready", "reason": "store-unavailable"},
+    EventBody: {
+        "user": "alice",
+        "reason": "device-blocked",
+        "device_id": "ApplDEV1",
+        "credential": None,
+        "signed_in_before": None,
+        "at": "2026-12-02T08:00:00Z",
+    },
     ErrorBody: {"error": "bad-request", "field": "context.client_ip", "message": "not an IP address"},
 }
 
@@ -700,77 +686,17 @@ _ERROR_TEXT = {
 }
 
 
-def schema_name(model: type[BaseModel]) -> str:
-    """The name of a model's schema in ``components.schemas``: its title."""
-    return str(model.model_config.get("title") or model.__name__)
-
-
-def component_schemas(models: list[type[BaseModel]]) -> tuple[dict[str, str], dict[str, Any]]:
-    """The JSON Schemas of ``models`` and of what they use, for ``components.schemas``, each named
-    by its title (``Context``, ``Verdict``...); and the name of each model's schema."""
-    _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
-    defs = top.get("$defs", {})
-    rename = {key: schema.get("title", key) for key, schema in defs.items()}
-    text = json.dumps(defs)
-    for key, title in rename.items():
-        text = text.replace(f'"#/components/schemas/{key}"', f'"#/components/schemas/{title}"')
-    schemas = {rename[k]: v for k, v in json.loads(text).items()}
-    return {m.__name__: schema_name(m) for m in models}, schemas
-
-
 @functools.cache
-def openapi_document(operations: tuple = _OPERATIONS) -> dict[str, Any]:
+def openapi_document(operations: tuple[Operation, ...] = _OPERATIONS) -> dict[str, Any]:
     """The id service's OpenAPI 3.1 document (built once, on the first ``GET /v1/openapi.json``)."""
-    models = [m for op in operations for m in (op[5], op[6][2]) if isinstance(m, type)] + [ErrorBody]
-    names, schemas = component_schemas(list(dict.fromkeys(models)))
-
-    def ref(m: type) -> dict[str, Any]:
-        return {"$ref": f"#/components/schemas/{names[m.__name__]}"}
-
-    def content(body: Any) -> dict[str, Any] | None:
-        if body is None:
-            return None
-        if body == "text/event-stream":
-            return {body: {"schema": {"type": "string"}}}
-        if isinstance(body, type):
-            return {"application/json": {"schema": ref(body), "example": EXAMPLES[body]}}
-        schema = {"$ref": "#/components/schemas/Status"} if body == "status" else {"type": body}
-        return {"application/json": {"schema": schema}}
-
-    paths: dict[str, Any] = {}
-    for path, method, op_id, summary, description, request, (code, desc, answer), errors, public in operations:
-        op: dict[str, Any] = {"summary": summary, "operationId": op_id}
-        if description:
-            op["description"] = description
-        if public:
-            op["security"] = []
-        if request is not None:
-            op["requestBody"] = {"required": True, "content": content(request)}
-        responses: dict[str, Any] = {code: {"description": desc}}
-        if content(answer) is not None:
-            responses[code]["content"] = content(answer)
-        if path == "/readyz":
-            responses["503"] = {"description": "Not ready; `reason` says why", "content": content("status")}
-        for c in errors:
-            responses[str(c)] = {"description": _ERROR_TEXT[c], "content": content(ErrorBody)}
-        op["responses"] = responses
-        if path == "/v1/events":
-            op["parameters"] = [
-                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}}
-            ]
-        paths.setdefault(path, {})[method] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "ucgate id service",
-            "version": "1",
-            "description": "What gateways in the DMZ ask the id service on the LAN. Every call but "
-            "/v1/health needs `Authorization: Bearer <shared secret>`.",
-        },
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"sharedSecret": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**schemas, **_EXTRA_SCHEMAS},
-        },
-        "security": [{"sharedSecret": []}],
-    }
+    return document(
+        title="ucgate id service",
+        description="What gateways in the DMZ ask the id service on the LAN. Every call but "
+        "/v1/health and the balancer checks needs `Authorization: Bearer <shared secret>`.",
+        operations=operations,
+        security="sharedSecret",
+        error_model=ErrorBody,
+        error_text=_ERROR_TEXT,
+        examples=EXAMPLES,
+        models=(EventBody,),
+    )
