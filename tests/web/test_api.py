@@ -108,6 +108,7 @@ def test_settings_are_masked(tmp_path, web):
 def test_schemathesis_no_server_errors(web):
     import schemathesis
     from hypothesis import given
+    from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
     ctx, app = web
     headers = bearer(ctx, "admin")
@@ -124,6 +125,12 @@ def test_schemathesis_no_server_errors(web):
             calls.append(op.label)  # noqa: B023
             if r.status_code >= 500:  # schemathesis' not_a_server_error, collecting every failure
                 failures.append((op.label, r.status_code, r.text[:200]))  # noqa: B023
+            try:  # the answer is what the document says: its status code, media type and schema
+                case.validate_response(
+                    r, checks=(status_code_conformance, content_type_conformance, response_schema_conformance)
+                )
+            except Exception as e:
+                failures.append((op.label, r.status_code, str(e)[:300]))  # noqa: B023
 
         given(op.as_strategy())(run)()
     assert not failures, failures

@@ -3,10 +3,15 @@
 ``Authorization: Bearer ucg_<id>_<secret>`` (``ucgate api-token create --role ...``); the
 token's role limits it as in the UI. Errors are JSON: 400 ``{"error": "bad-request", "field",
 "message"}``, 401 (no or bad token), 403 (role), 404. ``GET /api/v1/openapi.json`` needs no token.
+
+The request bodies are the models below, the answers those of :mod:`ucgate.web.answers` (each
+answer is checked against its model before it is sent); the OpenAPI document is generated from
+:data:`OPERATIONS` and those models by :mod:`ucgate.id.openapi`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -16,15 +21,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..id.api import ContextError, Wire, parse_wire, text_field
-from ..id.http_api import component_schemas
+from ..id.api import ContextError, ErrorBody, Wire, parse_wire, text_field
+from ..id.openapi import Operation, document
 from ..id.rules import MAX_GROUP, MAX_GROUPS
 from ..id.rules import MAX_NAME as RULE_NAME
 from ..policy.devices import MAX_PATTERN_CHARS
+from . import answers
 from .pages import PERMISSIONS, WebContext
 from .service import DEVICE_ACTIONS, DEVICE_STATES, FieldError, Forbidden, NotFound, device_json
 
 MAX_BODY = 16 * 1024
+log = logging.getLogger("ucgate.web.api")
 
 
 def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
@@ -133,6 +140,11 @@ async def _read(request: Request) -> bytes | None:
     return raw
 
 
+def _ok(kind: Any, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The answer, checked against its model (``ucgate.web.answers``; the document's schema)."""
+    return JSONResponse(answers.checked(kind, data), status_code=status, headers=headers)
+
+
 def _query(request: Request, key: str, max_len: int = 256) -> str:
     v = request.query_params.get(key, "")
     if len(v) > max_len or any(ord(ch) < 0x20 for ch in v):
@@ -168,6 +180,14 @@ def routes(ctx: WebContext) -> list[Route]:
                 return _error(404, "not-found", str(e))
             except Forbidden as e:
                 return _error(403, "forbidden", str(e))
+            except answers.AnswerMismatch as e:  # a bug; such an answer is never sent
+                log.error(
+                    "%s %s: the answer does not match its model (%s); answering 500",
+                    request.method,
+                    request.url.path[:200],
+                    e,
+                )
+                return _error(500, "internal", "the answer did not match the API's document; see the log")
 
         async def wrapped(request: Request) -> Response:
             if perm is not None:
@@ -180,50 +200,52 @@ def routes(ctx: WebContext) -> list[Route]:
         return wrapped
 
     def dashboard(request: Request) -> Response:
-        return JSONResponse(c.dashboard())
+        return _ok(answers.Dashboard, c.dashboard())
 
     def users(request: Request) -> Response:
-        return JSONResponse(c.list_users(_query(request, "q")))
+        return _ok(list[answers.UserSummary], c.list_users(_query(request, "q")))
 
     def user(request: Request) -> Response:
-        return JSONResponse(c.user_detail(request.path_params["username"]))
+        return _ok(answers.User, c.user_detail(request.path_params["username"]))
 
     def user_state(request: Request, body: UserState) -> Response:
         c.set_user_enabled(request.path_params["username"], body.enabled, actor=request.state.actor)
-        return JSONResponse(c.user_detail(request.path_params["username"]))
+        return _ok(answers.User, c.user_detail(request.path_params["username"]))
 
     def user_sign_out(request: Request) -> Response:
         c.sign_out(request.path_params["username"], actor=request.state.actor)
-        return JSONResponse(c.user_detail(request.path_params["username"]))
+        return _ok(answers.User, c.user_detail(request.path_params["username"]))
 
     def asp_create(request: Request, body: AspRequest) -> Response:
         info, plain = c.create_asp(
             request.path_params["username"], body.label, body.device_id or "", actor=request.state.actor
         )
-        return JSONResponse({**info, "password": plain}, status_code=201, headers={"Cache-Control": "no-store"})
+        return _ok(answers.NewAsp, {**info, "password": plain}, 201, headers={"Cache-Control": "no-store"})
 
     def asp_revoke(request: Request) -> Response:
-        return JSONResponse(c.revoke_asp(request.path_params["asp_id"], actor=request.state.actor))
+        return _ok(answers.Asp, c.revoke_asp(request.path_params["asp_id"], actor=request.state.actor))
 
     def otp_reset(request: Request) -> Response:
         name = request.path_params["username"]
         c.user_detail(name)  # 404 for an unknown user
-        return JSONResponse({"username": name, "reset": c.reset_totp(name, actor=request.state.actor)})
+        return _ok(answers.OtpReset, {"username": name, "reset": c.reset_totp(name, actor=request.state.actor)})
 
     def devices(request: Request) -> Response:
         rows = c.list_devices(
             user=_query(request, "user"), state=_query(request, "state"), device_type=_query(request, "type")
         )
-        return JSONResponse([device_json(r) for r in rows])
+        return _ok(list[answers.Device], [device_json(r) for r in rows])
 
     def device(request: Request) -> Response:
-        return JSONResponse(device_json(c.device(request.path_params["id"])))
+        return _ok(answers.Device, device_json(c.device(request.path_params["id"])))
 
     def device_action(request: Request) -> Response:
         action = request.path_params["action"]
         if action not in DEVICE_ACTIONS or action == "delete":
             raise NotFound(f"no action {action!r}")
-        return JSONResponse(device_json(c.device_action(request.path_params["id"], action, actor=request.state.actor)))
+        return _ok(
+            answers.Device, device_json(c.device_action(request.path_params["id"], action, actor=request.state.actor))
+        )
 
     def device_delete(request: Request) -> Response:
         c.device_action(request.path_params["id"], "delete", actor=request.state.actor)
@@ -242,35 +264,33 @@ def routes(ctx: WebContext) -> list[Route]:
         )
         if _query(request, "format") == "csv":
             return Response(c.audit_csv(events), media_type="text/csv")
-        return JSONResponse(events)
+        return _ok(list[answers.AuditEvent], events)
 
     def rules(request: Request) -> Response:
-        return JSONResponse(c.rules())
+        return _ok(answers.Rules, c.rules())
 
     def rule_add(request: Request, body: NewRule) -> Response:
-        return JSONResponse(c.add_rule(body.model_dump(exclude_unset=True), actor=request.state.actor), status_code=201)
+        return _ok(answers.Rule, c.add_rule(body.model_dump(exclude_unset=True), actor=request.state.actor), 201)
 
     def rule_delete(request: Request) -> Response:
         c.delete_rule(request.path_params["id"], actor=request.state.actor)
         return Response(status_code=204)
 
     def rule_move(request: Request, body: Move) -> Response:
-        return JSONResponse(c.move_rule(request.path_params["id"], body.position, actor=request.state.actor))
+        return _ok(answers.Rule, c.move_rule(request.path_params["id"], body.position, actor=request.state.actor))
 
     def policies(request: Request) -> Response:
-        return JSONResponse(c.rules()["group_policies"])
+        return _ok(list[answers.Policy], c.rules()["group_policies"])
 
     def policy_add(request: Request, body: NewPolicy) -> Response:
-        return JSONResponse(
-            c.add_policy(body.model_dump(exclude_unset=True), actor=request.state.actor), status_code=201
-        )
+        return _ok(answers.Policy, c.add_policy(body.model_dump(exclude_unset=True), actor=request.state.actor), 201)
 
     def policy_delete(request: Request) -> Response:
         c.delete_policy(request.path_params["id"], actor=request.state.actor)
         return Response(status_code=204)
 
     def policy_move(request: Request, body: Move) -> Response:
-        return JSONResponse(c.move_policy(request.path_params["id"], body.position, actor=request.state.actor))
+        return _ok(answers.Policy, c.move_policy(request.path_params["id"], body.position, actor=request.state.actor))
 
     def settings(request: Request) -> Response:
         return JSONResponse(c.settings())
@@ -305,325 +325,186 @@ def routes(ctx: WebContext) -> list[Route]:
     ]
 
 
-# --- the OpenAPI document ----------------------------------------------------------------------
-_ERR = {"$ref": "#/components/schemas/Error"}
-
-
-def _json(schema: dict) -> dict:
-    return {"application/json": {"schema": schema}}
-
-
-def _errs(*codes: int) -> dict:
-    text = {
-        400: "Bad input; `field` names it",
-        401: "No or invalid API token",
-        403: "The token's role does not allow this",
-        404: "No such object",
-    }
-    return {str(c): {"description": text[c], "content": _json(_ERR)} for c in codes}
-
-
-def _ok(schema: dict, desc: str = "OK", code: str = "200") -> dict:
-    return {code: {"description": desc, "content": _json(schema)}}
-
-
+# --- the OpenAPI document: the operations in a table, every schema from the models -------------
 _USER = {"name": "username", "in": "path", "required": True, "schema": {"type": "string"}}
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "format": "int64"}}
-_Q = lambda n, **s: {"name": n, "in": "query", "required": False, "schema": {"type": "string", **s}}  # noqa: E731
-_OBJ = {"type": "object"}
-_DEV = {"$ref": "#/components/schemas/Device"}
-_RULE = {"$ref": "#/components/schemas/Rule"}
-_POLICY = {"$ref": "#/components/schemas/Policy"}
-_NULL_INT = {"anyOf": [{"type": "integer"}, {"type": "null"}]}
-_GLOB = {"type": "string", "maxLength": 256, "description": "a glob, case-insensitive"}
-_RULE_FIELDS = {
-    "name": {"type": "string", "minLength": 1, "maxLength": 128},
-    "action": {"type": "string", "enum": ["allowed", "quarantined", "blocked"]},
-    "device_type": _GLOB,
-    "model": _GLOB,
-    "os": _GLOB,
-    "user_agent": _GLOB,
-    "client_kind": _GLOB,
-    "groups": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 1024}},
+
+
+def _q(name: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": "string", **schema}}
+
+
+_ACTION = {
+    "name": "action",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "enum": [a for a in DEVICE_ACTIONS if a != "delete"]},
 }
-_POLICY_SETTINGS = {"$ref": "#/components/schemas/PolicySettings"}
-# The request bodies' schemas come from the models above; the answers' are written here.
-_MODEL_NAMES, _MODEL_SCHEMAS = component_schemas([UserState, AspRequest, Move, NewRule, NewPolicy])
+_ERROR_TEXT = {
+    400: "Bad input; `field` names it",
+    401: "No or invalid API token",
+    403: "The token's role does not allow this",
+    404: "No such object",
+}
+_DELETED = ("204", "Deleted", None)
 # One example per request body, in the document and validated by the tests.
-EXAMPLES: dict[type[Body], dict[str, Any]] = {
+EXAMPLES: dict[type, dict[str, Any]] = {
     UserState: {"enabled": False},
     AspRequest: {"label": "iPhone mail", "device_id": "ApplDEV1"},
     Move: {"position": 1},
     NewRule: {"name": "no-android", "action": "quarantined", "client_kind": "android", "position": 1},
     NewPolicy: {"group": "ucgate-executives", "settings": {"max_devices": 1, "certprov": "deny"}},
+    ErrorBody: {"error": "bad-request", "field": "label", "message": "at most 128 characters"},
 }
 
 
-def _request(model: type[Body]) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": f"#/components/schemas/{_MODEL_NAMES[model.__name__]}"},
-                "example": EXAMPLES[model],
-            }
-        },
-    }
+def _op(path: str, method: str, op_id: str, answer: Any, errors: tuple[int, ...], **kw: Any) -> Operation:
+    """An operation of ``/api/v1``: ``answer`` is the 200's body, or a (code, description, body)."""
+    return Operation(
+        path="/api/v1" + path,
+        method=method,
+        op_id=op_id,
+        summary=kw.pop("summary", ""),
+        description=kw.pop("description", ""),
+        request=kw.pop("request", None),
+        answer=answer if isinstance(answer, tuple) else ("200", "OK", answer),
+        errors=errors,
+        **kw,
+    )
 
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "ucgate admin API",
-        "version": "1",
-        "description": "Everything the admin UI does. `Authorization: Bearer <token>` from "
-        "`ucgate api-token create --role admin|helpdesk|auditor`.",
-    },
-    "paths": {
-        "/api/v1/dashboard": {
-            "get": {
-                "operationId": "dashboard",
-                "summary": "Live sessions, activity, quarantine",
-                "responses": {**_ok(_OBJ), **_errs(401, 403)},
-            }
-        },
-        "/api/v1/users": {
-            "get": {
-                "operationId": "listUsers",
-                "parameters": [_Q("q", maxLength=256)],
-                "responses": {**_ok({"type": "array", "items": _OBJ}), **_errs(400, 401, 403)},
-            }
-        },
-        "/api/v1/users/{username}": {
-            "get": {"operationId": "getUser", "parameters": [_USER], "responses": {**_ok(_OBJ), **_errs(401, 403, 404)}}
-        },
-        "/api/v1/users/{username}/state": {
-            "put": {
-                "operationId": "setUserEnabled",
-                "parameters": [_USER],
-                "requestBody": _request(UserState),
-                "responses": {**_ok(_OBJ), **_errs(400, 401, 403, 404)},
-            }
-        },
-        "/api/v1/users/{username}/asps": {
-            "post": {
-                "operationId": "createAsp",
-                "summary": "Issue an ASP; the password is in this answer only",
-                "parameters": [_USER],
-                "requestBody": _request(AspRequest),
-                "responses": {
-                    **_ok({"$ref": "#/components/schemas/NewAsp"}, "Created", "201"),
-                    **_errs(400, 401, 403, 404),
-                },
-            }
-        },
-        "/api/v1/users/{username}/otp": {
-            "delete": {
-                "operationId": "resetOtp",
-                "parameters": [_USER],
-                "responses": {**_ok(_OBJ), **_errs(401, 403, 404)},
-            }
-        },
-        "/api/v1/users/{username}/sign-out": {
-            "post": {
-                "operationId": "signOutUser",
-                "summary": "Close the user's live sessions on every gateway now",
-                "parameters": [_USER],
-                "responses": {**_ok(_OBJ), **_errs(401, 403, 404)},
-            }
-        },
-        "/api/v1/asps/{asp_id}": {
-            "delete": {
-                "operationId": "revokeAsp",
-                "parameters": [{"name": "asp_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {**_ok(_OBJ), **_errs(401, 403, 404)},
-            }
-        },
-        "/api/v1/devices": {
-            "get": {
-                "operationId": "listDevices",
-                "parameters": [
-                    _Q("user", maxLength=256),
-                    _Q("type", maxLength=256),
-                    _Q("state", enum=list(DEVICE_STATES)),
-                ],
-                "responses": {**_ok({"type": "array", "items": _DEV}), **_errs(400, 401, 403)},
-            }
-        },
-        "/api/v1/devices/{id}": {
-            "get": {
-                "operationId": "getDevice",
-                "parameters": [_ID],
-                "responses": {**_ok(_DEV), **_errs(401, 403, 404)},
-            },
-            "delete": {
-                "operationId": "deleteDevice",
-                "parameters": [_ID],
-                "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)},
-            },
-        },
-        "/api/v1/devices/{id}/{action}": {
-            "post": {
-                "operationId": "deviceAction",
-                "parameters": [
-                    _ID,
-                    {
-                        "name": "action",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "enum": ["approve", "block", "unblock", "wipe"]},
-                    },
-                ],
-                "responses": {**_ok(_DEV), **_errs(401, 403, 404)},
-            }
-        },
-        "/api/v1/audit": {
-            "get": {
-                "operationId": "audit",
-                "parameters": [
-                    _Q("user", maxLength=256),
-                    _Q("action", maxLength=256),
-                    _Q("result", maxLength=256),
-                    _Q("q", maxLength=256),
-                    _Q("limit", pattern="^[0-9]{1,4}$"),
-                    _Q("format", enum=["json", "csv"]),
-                ],
-                "responses": {
-                    "200": {
-                        "description": "Events, newest first",
-                        "content": {
-                            "application/json": {"schema": {"type": "array", "items": _OBJ}},
-                            "text/csv": {"schema": {"type": "string"}},
-                        },
-                    },
-                    **_errs(400, 401, 403),
-                },
-            }
-        },
-        "/api/v1/rules": {
-            "get": {
-                "operationId": "rules",
-                "summary": "Device rules and group policies in force: the "
-                "configuration file's (source file, read-only) first, then the store's",
-                "responses": {**_ok({"$ref": "#/components/schemas/Rules"}), **_errs(401, 403)},
-            },
-            "post": {
-                "operationId": "addRule",
-                "summary": "Add a device rule to the store's list; in force on every node within a second",
-                "requestBody": _request(NewRule),
-                "responses": {**_ok(_RULE, "Created", "201"), **_errs(400, 401, 403)},
-            },
-        },
-        "/api/v1/rules/{id}": {
-            "delete": {
-                "operationId": "deleteRule",
-                "parameters": [_ID],
-                "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)},
-            }
-        },
-        "/api/v1/rules/{id}/move": {
-            "post": {
-                "operationId": "moveRule",
-                "parameters": [_ID],
-                "requestBody": _request(Move),
-                "responses": {**_ok(_RULE), **_errs(400, 401, 403, 404)},
-            }
-        },
-        "/api/v1/policies": {
-            "get": {
-                "operationId": "policies",
-                "summary": "Group policies, the file's first, then the store's",
-                "responses": {**_ok({"type": "array", "items": _POLICY}), **_errs(401, 403)},
-            },
-            "post": {
-                "operationId": "addPolicy",
-                "summary": "Add a group policy to the store's list",
-                "requestBody": _request(NewPolicy),
-                "responses": {**_ok(_POLICY, "Created", "201"), **_errs(400, 401, 403)},
-            },
-        },
-        "/api/v1/policies/{id}": {
-            "delete": {
-                "operationId": "deletePolicy",
-                "parameters": [_ID],
-                "responses": {"204": {"description": "Deleted"}, **_errs(401, 403, 404)},
-            }
-        },
-        "/api/v1/policies/{id}/move": {
-            "post": {
-                "operationId": "movePolicy",
-                "parameters": [_ID],
-                "requestBody": _request(Move),
-                "responses": {**_ok(_POLICY), **_errs(400, 401, 403, 404)},
-            }
-        },
-        "/api/v1/settings": {
-            "get": {
-                "operationId": "settings",
-                "summary": "Effective configuration, secrets masked",
-                "responses": {**_ok(_OBJ), **_errs(401, 403)},
-            }
-        },
-        "/api/v1/openapi.json": {"get": {"operationId": "openapi", "security": [], "responses": _ok(_OBJ)}},
-    },
-    "components": {
-        "securitySchemes": {"apiToken": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            **_MODEL_SCHEMAS,
-            "Device": {
-                "type": "object",
-                "required": ["id", "username", "device_id", "state"],
-                "properties": {
-                    "id": {"type": "integer"},
-                    "username": {"type": "string"},
-                    "device_id": {"type": "string"},
-                    "state": {"type": "string", "enum": list(DEVICE_STATES)},
-                    "client_kind": {"type": "string"},
-                    "wipe_pending": {"type": "boolean"},
-                },
-            },
-            "Rule": {
-                "type": "object",
-                "required": ["source", "id", "position", "name", "action"],
-                "properties": {
-                    "source": {"type": "string", "enum": ["file", "store"]},
-                    "id": {**_NULL_INT, "description": "null for the file's rules"},
-                    "position": {"type": "integer"},
-                    **_RULE_FIELDS,
-                },
-            },
-            "Policy": {
-                "type": "object",
-                "required": ["source", "id", "position", "group", "settings"],
-                "properties": {
-                    "source": {"type": "string", "enum": ["file", "store"]},
-                    "id": _NULL_INT,
-                    "position": {"type": "integer"},
-                    "name": {"type": "string"},
-                    "group": {"type": "string"},
-                    "settings": _POLICY_SETTINGS,
-                },
-            },
-            "Rules": {
-                "type": "object",
-                "properties": {
-                    "device_rules": {"type": "array", "items": _RULE},
-                    "group_policies": {"type": "array", "items": _POLICY},
-                    "defaults": _OBJ,
-                    "two_factor": {"type": ["object", "null"]},
-                },
-            },
-            "NewAsp": {
-                "type": "object",
-                "required": ["id", "password"],
-                "properties": {"id": {"type": "string"}, "label": {"type": "string"}, "password": {"type": "string"}},
-            },
-            "Error": {
-                "type": "object",
-                "required": ["error", "message"],
-                "properties": {"error": {"type": "string"}, "field": {"type": "string"}, "message": {"type": "string"}},
-            },
-        },
-    },
-    "security": [{"apiToken": []}],
-}
+OPERATIONS: tuple[Operation, ...] = (
+    _op("/dashboard", "get", "dashboard", answers.Dashboard, (401, 403), summary="Live sessions, activity, quarantine"),
+    _op("/users", "get", "listUsers", list[answers.UserSummary], (400, 401, 403), parameters=(_q("q", maxLength=256),)),
+    _op("/users/{username}", "get", "getUser", answers.User, (401, 403, 404), parameters=(_USER,)),
+    _op(
+        "/users/{username}/state",
+        "put",
+        "setUserEnabled",
+        answers.User,
+        (400, 401, 403, 404),
+        parameters=(_USER,),
+        request=UserState,
+    ),
+    _op(
+        "/users/{username}/asps",
+        "post",
+        "createAsp",
+        ("201", "Created", answers.NewAsp),
+        (400, 401, 403, 404),
+        summary="Issue an ASP; the password is in this answer only",
+        parameters=(_USER,),
+        request=AspRequest,
+    ),
+    _op("/users/{username}/otp", "delete", "resetOtp", answers.OtpReset, (401, 403, 404), parameters=(_USER,)),
+    _op(
+        "/users/{username}/sign-out",
+        "post",
+        "signOutUser",
+        answers.User,
+        (401, 403, 404),
+        summary="Close the user's live sessions on every gateway now",
+        parameters=(_USER,),
+    ),
+    _op(
+        "/asps/{asp_id}",
+        "delete",
+        "revokeAsp",
+        answers.Asp,
+        (401, 403, 404),
+        parameters=({"name": "asp_id", "in": "path", "required": True, "schema": {"type": "string"}},),
+    ),
+    _op(
+        "/devices",
+        "get",
+        "listDevices",
+        list[answers.Device],
+        (400, 401, 403),
+        parameters=(_q("user", maxLength=256), _q("type", maxLength=256), _q("state", enum=list(DEVICE_STATES))),
+    ),
+    _op("/devices/{id}", "get", "getDevice", answers.Device, (401, 403, 404), parameters=(_ID,)),
+    _op("/devices/{id}", "delete", "deleteDevice", _DELETED, (401, 403, 404), parameters=(_ID,)),
+    _op("/devices/{id}/{action}", "post", "deviceAction", answers.Device, (401, 403, 404), parameters=(_ID, _ACTION)),
+    _op(
+        "/audit",
+        "get",
+        "audit",
+        ("200", "Events, newest first", {"application/json": list[answers.AuditEvent], "text/csv": "text/csv"}),
+        (400, 401, 403),
+        parameters=(
+            _q("user", maxLength=256),
+            _q("action", maxLength=256),
+            _q("result", maxLength=256),
+            _q("q", maxLength=256),
+            _q("limit", pattern="^[0-9]{1,4}$"),
+            _q("format", enum=["json", "csv"]),
+        ),
+    ),
+    _op(
+        "/rules",
+        "get",
+        "rules",
+        answers.Rules,
+        (401, 403),
+        summary="Device rules and group policies in force: the "
+        "configuration file's (source file, read-only) first, then the store's",
+    ),
+    _op(
+        "/rules",
+        "post",
+        "addRule",
+        ("201", "Created", answers.Rule),
+        (400, 401, 403),
+        summary="Add a device rule to the store's list; in force on every node within a second",
+        request=NewRule,
+    ),
+    _op("/rules/{id}", "delete", "deleteRule", _DELETED, (401, 403, 404), parameters=(_ID,)),
+    _op("/rules/{id}/move", "post", "moveRule", answers.Rule, (400, 401, 403, 404), parameters=(_ID,), request=Move),
+    _op(
+        "/policies",
+        "get",
+        "policies",
+        list[answers.Policy],
+        (401, 403),
+        summary="Group policies, the file's first, then the store's",
+    ),
+    _op(
+        "/policies",
+        "post",
+        "addPolicy",
+        ("201", "Created", answers.Policy),
+        (400, 401, 403),
+        summary="Add a group policy to the store's list",
+        request=NewPolicy,
+    ),
+    _op("/policies/{id}", "delete", "deletePolicy", _DELETED, (401, 403, 404), parameters=(_ID,)),
+    _op(
+        "/policies/{id}/move",
+        "post",
+        "movePolicy",
+        answers.Policy,
+        (400, 401, 403, 404),
+        parameters=(_ID,),
+        request=Move,
+    ),
+    _op(
+        "/settings",
+        "get",
+        "settings",
+        "object",
+        (401, 403),
+        summary="Effective configuration, as the configuration file's tables; secrets masked",
+    ),
+    _op("/openapi.json", "get", "openapi", ("200", "OpenAPI 3.1", "object"), (), summary="This document", public=True),
+)
+
+OPENAPI: dict[str, Any] = document(
+    title="ucgate admin API",
+    description="Everything the admin UI does. `Authorization: Bearer <token>` from "
+    "`ucgate api-token create --role admin|helpdesk|auditor`.",
+    operations=OPERATIONS,
+    security="apiToken",
+    error_model=ErrorBody,
+    error_text=_ERROR_TEXT,
+    examples=EXAMPLES,
+)
