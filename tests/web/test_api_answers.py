@@ -12,7 +12,10 @@ sent: the client gets a 500 and the log names the field, not its value.
 from __future__ import annotations
 
 import base64
+import csv
 import datetime as dt
+import io
+import json
 import logging
 import time
 
@@ -186,7 +189,11 @@ def test_every_answer_validates_against_the_document(web):
     call("GET", f"/devices/{alice_device}", "/devices/{id}", 404)
     events = call("GET", "/audit", "/audit", 200).json()
     assert {"sign-in", "device-check", "asp.create", "device.wipe"} & {e["action"] for e in events}
-    assert call("GET", "/audit?format=csv", "/audit", 200).text.startswith("id,at,")
+    export = call("GET", "/audit?format=csv", "/audit", 200).text
+    assert export.startswith("id,at,")
+    rows = list(csv.DictReader(io.StringIO(export)))
+    with_details = [r for r in rows if r["details"]]
+    assert with_details and all(isinstance(json.loads(r["details"]), dict) for r in with_details)  # JSON, not repr
     call("GET", "/audit?limit=x", "/audit", 400)
     rule = call(
         "POST", "/rules", "/rules", 201, json={"name": "no-android", "action": "blocked", "client_kind": "android"}

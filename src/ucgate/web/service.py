@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import datetime as dt
 import io
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -427,7 +428,7 @@ class Console:
         for e in events:
             # cells starting with = + - @ would be formulas in a spreadsheet
             row = [("'" + str(e[c])) if str(e[c] or "")[:1] in "=+-@" and e[c] else e[c] for c in cols]
-            w.writerow(row + [str(e["details"] or "")])
+            w.writerow(row + [json.dumps(e["details"], ensure_ascii=False, sort_keys=True) if e["details"] else ""])
         return buf.getvalue()
 
     # --- dashboard, rules, settings -----------------------------------------------------------
