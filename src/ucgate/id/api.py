@@ -36,7 +36,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..protocols.devices import MAX_DEVICE_ID_CHARS, MAX_USER_AGENT_CHARS, DeviceFacts
-from ..protocols.ntlm import NegotiateFlags, VerifyResult
+from ..protocols.ntlm import ExtendedProtection, NegotiateFlags, VerifyResult
 
 
 class Method(StrEnum):
@@ -129,7 +129,7 @@ class NtlmHandshake:
     server_challenge: bytes = field(repr=False)
     challenge_time: int  # FILETIME of the CHALLENGE's MsvAvTimestamp
     channel_binding_data: bytes | None  # tls-server-end-point of the gateway's cert; None on plain HTTP
-    extended_protection: str = "require"  # "require" | "allow" | "off"
+    extended_protection: str = ExtendedProtection.REQUIRE  # an ExtendedProtection value
     max_clock_skew: int = 300
     # the gateway's parse of the three messages (``NtlmAcceptor.parsed``), for an id service in
     # the same process (``from_messages(parsed=...)``: not parsed twice); never on the wire
@@ -355,7 +355,9 @@ B64ChannelBinding = Annotated[
 
 MethodName = Literal["basic", "ntlm", "negotiate", "kerberos", "oauth-password", "portal", "sip"]
 OutcomeName = Literal["success", "failure", "not-a-guess", "continued"]
+EpaName = Literal["require", "allow", "off"]
 assert get_args(MethodName) == tuple(m.value for m in Method), "MethodName is Method's values"
+assert get_args(EpaName) == tuple(e.value for e in ExtendedProtection), "EpaName is ExtendedProtection's values"
 assert get_args(OutcomeName) == tuple(o.value for o in SipOutcome), "OutcomeName is SipOutcome's values"
 
 
@@ -448,7 +450,7 @@ class NtlmBody(Wire):
         StrictInt, Field(gt=0, lt=2**63, description="FILETIME of the CHALLENGE's MsvAvTimestamp")
     ]
     channel_binding: B64ChannelBinding | None = None
-    extended_protection: Literal["require", "allow", "off"] | None = "require"
+    extended_protection: EpaName | None = "require"
     max_clock_skew: Annotated[StrictInt, Field(ge=0, le=3600)] | None = 300
     context: WireContext
 

@@ -993,7 +993,7 @@ class NtlmAcceptor:
         dns_domain: str,
         dns_computer: str,
         channel_binding_data: bytes | None,
-        extended_protection: str = "require",
+        extended_protection: str = ExtendedProtection.REQUIRE,
         max_clock_skew: int = 300,
         require_mic: bool = False,
     ) -> None:
@@ -1089,7 +1089,7 @@ class NtlmAcceptor:
         server_challenge: bytes,
         challenge_time: int,
         channel_binding_data: bytes | None,
-        extended_protection: str = "require",
+        extended_protection: str = ExtendedProtection.REQUIRE,
         max_clock_skew: int = 300,
         require_mic: bool = False,
         parsed: Parsed | None = None,
@@ -1294,10 +1294,10 @@ class NtlmAcceptor:
             raise NtlmError("stale-timestamp", "client timestamp is outside the allowed skew")
 
     def _check_channel_binding(self, client_hash: bytes | None) -> str:
-        if self._extended_protection == "off":
+        if self._extended_protection == ExtendedProtection.OFF:
             return "not-checked"
         if client_hash is None or client_hash == b"\x00" * 16:
-            if self._extended_protection == "require" and self._binding_hash is not None:
+            if self._extended_protection == ExtendedProtection.REQUIRE and self._binding_hash is not None:
                 raise NtlmError(
                     "channel-binding-missing",
                     "client sent no channel binding; Extended Protection requires one",
