@@ -21,6 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..policy.devices import PartnershipState
+from ..policy.twofactor import Mode
+
 
 def device_policy_findings(config: Any) -> list[tuple[str, str]]:
     """``[(level, message)]`` with level ``"error"`` or ``"warning"``; empty when consistent."""
@@ -28,9 +31,9 @@ def device_policy_findings(config: Any) -> list[tuple[str, str]]:
     if not dc.enabled or (config.id_service is not None and config.id_service.url):
         return []
     a = config.auth
-    if a.two_factor == "otp-appended":
+    if a.two_factor == Mode.OTP_APPENDED:
         return []  # every user gives a code (a group saying "off" does not relax it)
-    otp_groups = [g for g, m in a.two_factor_groups if m == "otp-appended"]
+    otp_groups = [g for g, m in a.two_factor_groups if m == Mode.OTP_APPENDED]
     nobody = not otp_groups
     if nobody:
         who = f'no user can ([auth] two_factor = "{a.two_factor}" and no two_factor_groups entry is "otp-appended")'
@@ -40,7 +43,7 @@ def device_policy_findings(config: Any) -> list[tuple[str, str]]:
         'set [auth] two_factor = "otp-appended" (or a two_factor_groups entry for them) and '
         "enrol them (ucgate otp enrol USER)"
     )
-    allowing_rules = [r.name for r in dc.rules if getattr(r.action, "value", r.action) == "allowed"]
+    allowing_rules = [r.name for r in dc.rules if r.action == PartnershipState.ALLOWED]
     entries = [("[devices]", dict(dc.defaults))]
     entries += [(f'[[policy]] group "{p.group}"', {**dc.defaults, **p.settings}) for p in dc.policies]
     out: list[tuple[str, str]] = []
@@ -49,7 +52,7 @@ def device_policy_findings(config: Any) -> list[tuple[str, str]]:
             continue
         hours = float(s.get("trust_lifetime_hours", 24.0))
         fix_rsf = f"set require_second_factor = false in {where}"
-        allowed = s.get("default_action", "quarantined") == "allowed"
+        allowed = s.get("default_action", PartnershipState.QUARANTINED) == PartnershipState.ALLOWED
         if allowed or allowing_rules:
             what = 'default_action = "allowed"' if allowed else f"device rules that allow ({', '.join(allowing_rules)})"
             out.append(

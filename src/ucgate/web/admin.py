@@ -129,7 +129,7 @@ def routes(ctx: WebContext) -> list[Route]:
             pretty=json.dumps(r, indent=2, default=str),
             errors=errors or {},
             v=values or {},
-            actions=("allowed", "quarantined", "blocked"),
+            actions=DEVICE_STATES,
         )
 
     def _rule_form(form: dict) -> dict:

@@ -13,10 +13,15 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ..config import Certprov
 from ..config.web import ROLES
+from ..policy.devices import PartnershipState
 
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 State = Literal["allowed", "quarantined", "blocked"]
+CertprovName = Literal["allowed-only", "deny"]
+assert get_args(State) == tuple(s.value for s in PartnershipState), "State is PartnershipState's values"
+assert get_args(CertprovName) == tuple(c.value for c in Certprov), "CertprovName is Certprov's values"
 Source = Literal["file", "store"]
 RoleName = Literal["admin", "helpdesk", "auditor", "user"]
 assert get_args(RoleName) == ROLES, "RoleName is the roles of [web]"
@@ -171,7 +176,7 @@ class PolicySettingsView(Answer):
     model_config = ConfigDict(title="PolicySettingsView")
     max_devices: int | None = None
     trust_lifetime_hours: float | None = None
-    certprov: Literal["allowed-only", "deny"] | None = None
+    certprov: CertprovName | None = None
     default_action: State | None = None
     problem_action: State | None = None
     require_second_factor: bool | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
@@ -80,7 +80,7 @@ class Move(Body):
 _Glob = Annotated[
     StrictStr, Field(max_length=MAX_PATTERN_CHARS, pattern=r"^[^\x00-\x1f]*$", description="a glob, case-insensitive")
 ]
-_Action = Literal["allowed", "quarantined", "blocked"]
+_Action = answers.State
 
 
 class NewRule(StrictBody):
@@ -103,7 +103,7 @@ class NewRule(StrictBody):
 class PolicySettings(StrictBody):
     max_devices: Annotated[StrictInt, Field(ge=0)] | None = None
     trust_lifetime_hours: Annotated[StrictFloat, Field(gt=0)] | None = None
-    certprov: Literal["allowed-only", "deny"] | None = None
+    certprov: answers.CertprovName | None = None
     default_action: _Action | None = None
     problem_action: _Action | None = None
     require_second_factor: StrictBool | None = None

@@ -31,12 +31,13 @@ from ..id.audit import is_secret_key, to_json
 from ..id.devices import DeviceError, DeviceService
 from ..id.otp import AlreadyEnrolled, NotEnrolled, OtpService
 from ..id.rules import RuleError, RuleNotFound, RuleService
+from ..policy.devices import PartnershipState
 from ..store.partnerships import PartnershipRecord, PartnershipStore
 from ..store.rules import RuleStore
 from .settings import ROLES, Role, WebConfig
 
 DEVICE_ACTIONS = ("approve", "block", "unblock", "wipe", "delete")
-DEVICE_STATES = ("allowed", "quarantined", "blocked")
+DEVICE_STATES = tuple(s.value for s in PartnershipState)
 AUDIT_SCAN = 5000  # events read for a filtered audit view or export
 MASK = "••••••••"
 _RANK = {r: i for i, r in enumerate(ROLES)}  # lower is more powerful
@@ -460,7 +461,7 @@ class Console:
         return {
             "live_sessions": live,
             "activity": self.activity(),
-            "quarantined": [device_json(d) for d in self.devices.list(state="quarantined")],
+            "quarantined": [device_json(d) for d in self.devices.list(state=PartnershipState.QUARANTINED)],
             "users": len(self.ids.users.list()),
         }
 
