@@ -10,6 +10,8 @@ import asyncio
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ucgate.gateway.body import (
     DISCARD,
@@ -22,9 +24,11 @@ from ucgate.gateway.body import (
 )
 from ucgate.gateway.stream import Stream
 from ucgate.protocols import http1
-from ucgate.protocols.http1 import MAX_CHUNK_LINE_BYTES, HttpError
+from ucgate.protocols.http1 import MAX_CHUNK_LINE_BYTES, HttpError, Limits
+from ucgate.protocols.http1conn import NEED_DATA, SERVER, Connection
 
 from ..support import AllowAs, start_gateway
+from .test_smuggling import VECTORS
 
 POST = b"POST /x HTTP/1.1\r\nHost: a\r\n"
 CHUNKED = POST + b"Transfer-Encoding: chunked"
@@ -487,3 +491,69 @@ def test_replace_is_what_goes_upstream(loop_thread, tls_files, upstream, framing
         assert (nxt.method, nxt.target, nxt.body_len) == ("GET", "/ucwa/next", 0)
     finally:
         g.stop()
+
+
+def _stream_first_head(data: bytes, cuts: list[int], limit: int) -> object:
+    """The gateway's head search over ``data`` given in pieces: the first head's bytes, or
+    ("error", status) — as session.py maps them (LimitOverrunError: 431)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return _take_first_head(Stream(loop, limit), data, cuts)
+    finally:
+        loop.close()
+
+
+def _take_first_head(s: Stream, data: bytes, cuts: list[int]) -> object:
+    s.connection_made(Transport())
+    prev = 0
+    for c in sorted(set(cuts)) + [len(data)]:
+        if data[prev:c]:
+            s.data_received(data[prev:c])
+        prev = c
+        try:
+            head = s.take_head()
+        except asyncio.LimitOverrunError:
+            return ("error", 431)
+        except HttpError as e:
+            return ("error", e.status)
+        if head is not None:
+            return head
+    return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.sampled_from(sorted(VECTORS)).map(lambda n: VECTORS[n][0]),
+        st.binary(max_size=300).map(lambda b: b"GET / HTTP/1.1\r\nHost: a\r\n" + b),
+    ),
+    st.lists(st.integers(0, 400), max_size=6),
+    st.sampled_from([64, 256, 1 << 16]),
+)
+def test_the_stream_finds_the_head_the_connection_object_finds(raw, cuts, limit):
+    """One rule for finding a head (``http1conn.head_end``): the gateway's Stream, fed in any
+    pieces, then the parser, gives the first request the connection object gives, or the same
+    refusal — a bare CR or LF (400) or a head over the limit (431) as soon as it is there."""
+    cuts = [c % (len(raw) + 1) for c in cuts]
+    limits = Limits(max_header_bytes=limit)
+    got = _stream_first_head(raw, cuts, limit)
+    if isinstance(got, bytes):
+        try:
+            got = http1.parse_request_head(got, limits)
+        except HttpError as e:
+            got = ("error", e.status)
+    conn = Connection(SERVER, limits)
+    prev, want = 0, None
+    for c in sorted(set(cuts)) + [len(raw)]:
+        if raw[prev:c]:
+            conn.receive_data(raw[prev:c])
+        prev = c
+        try:
+            e = conn.next_event()
+        except HttpError as err:
+            want = ("error", err.status)
+            break
+        if e is not NEED_DATA:
+            want = e.head
+            break
+    assert got == want

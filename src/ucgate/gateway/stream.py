@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from ..protocols.http1 import BARE_CR_OR_LF, BARE_CR_OR_LF_DETAIL, HttpError
+from ..protocols.http1 import HttpError
+from ..protocols.http1conn import head_end
 
 _NO_DEADLINE = float("inf")
 # in a head not yet complete: an LF without its CR, or a CR followed by anything but LF
@@ -273,25 +274,18 @@ class Stream(asyncio.Protocol):
 
     def take_head(self) -> bytes | None:
         """Callback mode's ``readuntil(b"\\r\\n\\r\\n")``: the head up to and including the empty
-        line if it is buffered, else None (the search resumes where it stopped, so a head that
-        trickles in byte by byte costs linear time). Raises ``LimitOverrunError`` as readuntil,
-        and ``HttpError(400, "bare-cr-or-lf")`` as soon as a CR or LF outside a CRLF is buffered:
+        line if it is buffered, else None, by ``http1conn.head_end`` (the connection object's rule:
+        the search resumes where it stopped). Raises ``LimitOverrunError`` as readuntil, and
+        ``HttpError(400, "bare-cr-or-lf")`` as soon as a CR or LF outside a CRLF is buffered:
         such a head can never end (a peer ending its lines with bare LF would otherwise be left
         waiting for the header or upstream read timeout)."""
-        buf = self._buf
-        i = buf.find(b"\r\n\r\n", self._scan)
-        if i < 0:
-            n = len(buf)
-            if BARE_CR_OR_LF.search(buf, self._scan) is not None:  # the bytes not searched yet
-                raise HttpError(400, "bare-cr-or-lf", BARE_CR_OR_LF_DETAIL)
-            if n > 3:
-                self._scan = n - 3
-                if n - 3 > self.limit:
-                    raise asyncio.LimitOverrunError("Separator is not found, and chunk exceed the limit", n - 3)
-            return None
-        if i > self.limit:
-            raise asyncio.LimitOverrunError("Separator is found, but chunk is longer than limit", i)
-        return self._take(i + 4)
+        try:
+            end, self._scan = head_end(self._buf, self._scan, self.limit)
+        except HttpError as e:
+            if e.status != 431:
+                raise
+            raise asyncio.LimitOverrunError("the head is longer than the limit", self.limit) from None
+        return None if end < 0 else self._take(end)
 
     def peek(self) -> bytes:
         """What is buffered, left in place (the PROXY header is parsed before it is taken)."""

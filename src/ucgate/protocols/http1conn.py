@@ -34,10 +34,15 @@ ends it). 1xx responses are events of their own (``event.head.status < 200``), t
 one follows; after a 101 the connection is PAUSED (the bytes after it are ``trailing_data``).
 Client-side refusals have status 502.
 
-The gateway's fast path parses heads itself with the same parser (``http1.common_request`` /
-``common_response``, the common route of ``parse_request_head`` / ``parse_response_head``,
-whose heads have ``.prefix`` set, then the full route when that gives None), and copies every
-body with a :class:`BodyReader` (gateway/body.py), in this shape::
+The connection is three parts, each the one rule for its step: :func:`head_end` finds the
+head, ``http1.parse_request_head`` / ``parse_response_head`` parse it, :class:`BodyReader`
+frames the body. The gateway uses the same three over its streams' own buffers rather than
+this object's events (gateway/stream.py and session.py answer a request inline from the bytes
+the loop handed over, without copying them into a second buffer or making an event per step):
+``Stream.take_head`` is :func:`head_end`; the heads are parsed by ``http1.common_request`` /
+``common_response`` (the common route of ``parse_request_head`` / ``parse_response_head``,
+whose heads have ``.prefix`` set) and the full route when that gives None; and every body is
+copied with a :class:`BodyReader` (gateway/body.py), in this shape::
 
     reader = BodyReader(req.framing, limit=max_body)        # HttpError(413) when over it
     while True:
@@ -83,6 +88,7 @@ __all__ = [
     "EndOfMessage",
     "Request",
     "Response",
+    "head_end",
 ]
 
 SERVER = "server"  # we are the server: the peer sends requests
@@ -287,6 +293,30 @@ class BodyReader:
         return self.feed(b"")[1]
 
 
+def head_end(buf: bytes | bytearray, scan: int, limit: int) -> tuple[int, int]:
+    """Where the message head at the start of ``buf`` ends: ``(end, scan)``, ``end`` the index
+    just past its empty line, or -1 while it is not all there, and then ``scan``, where the
+    next search resumes (the end may begin in the last 3 bytes: a head that trickles in byte by
+    byte costs linear time). The one rule for finding a head, for :class:`Connection` and for
+    the gateway's streams (gateway/stream.py), which keep the bytes in their own buffer.
+
+    Raises ``HttpError(431, "header-too-large")`` once the head is longer than ``limit`` bytes
+    (found or not), and ``HttpError(400, "bare-cr-or-lf")`` as soon as a CR or LF outside a
+    CRLF is there: such a head can never end, and waiting would hold the peer until a timeout.
+    A client side answers both with its own 502."""
+    i = buf.find(b"\r\n\r\n", scan)
+    if i >= 0:
+        if i > limit:
+            raise HttpError(431, "header-too-large")
+        return i + 4, 0
+    if BARE_CR_OR_LF.search(buf, scan) is not None:  # the bytes not searched yet
+        raise HttpError(400, "bare-cr-or-lf", BARE_CR_OR_LF_DETAIL)
+    n = len(buf) - 3
+    if n > limit:
+        raise HttpError(431, "header-too-large")
+    return -1, n if n > 0 else 0
+
+
 class Connection:
     """One side of an HTTP/1.1 connection: ``role`` is SERVER (the peer sends requests) or
     CLIENT (the peer sends responses to the requests given to :meth:`send_request`).
@@ -381,29 +411,24 @@ class Connection:
             if buf:
                 raise HttpError(502, "unsolicited-response")
             return ConnectionClosed() if self._eof else NEED_DATA
-        limit = self.limits.max_header_bytes
-        scan = self._scan
-        i = buf.find(b"\r\n\r\n", scan)
-        if i < 0:
-            if BARE_CR_OR_LF.search(buf, scan) is not None:
-                if server:
-                    raise HttpError(400, "bare-cr-or-lf", BARE_CR_OR_LF_DETAIL)
-                raise HttpError(502, "bad-upstream-response", "bare-cr-or-lf")
-            if len(buf) - 3 > limit:
-                raise HttpError(431, "header-too-large") if server else HttpError(502, "upstream-header-too-large")
+        try:
+            end, self._scan = head_end(buf, self._scan, self.limits.max_header_bytes)
+        except HttpError as e:
+            if server:
+                raise
+            raise HttpError(
+                502,
+                "upstream-header-too-large" if e.status == 431 else "bad-upstream-response",
+                e.reason if e.status == 400 else "",
+            ) from None
+        if end < 0:
             if not self._eof:
-                # the next search starts here: the end of the head, or a CR or LF outside a CRLF,
-                # may begin in the last 3 bytes (so a head that trickles in costs linear time)
-                self._scan = max(len(buf) - 3, 0)
                 return NEED_DATA
             if not buf:
                 return ConnectionClosed()
             raise HttpError(400, "incomplete-head") if server else HttpError(502, "upstream-incomplete-head")
-        if i > limit and not server:  # the server side: parse_request_head says 431 the same
-            raise HttpError(502, "upstream-header-too-large")
-        head = buf[: i + 4]
-        self._buf = buf[i + 4 :]
-        self._scan = 0
+        head = buf[:end]
+        self._buf = buf[end:]
         if server:
             req = parse_request_head(head, self.limits, self.special)
             self._reader = BodyReader(req.framing, limit=self.max_body)
