@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import httpx
 import pytest
@@ -65,6 +66,29 @@ def test_health_listener_answers_only_its_two_paths(checked):
     with socket.create_connection(("127.0.0.1", g.gateway.health.port), timeout=5) as s:
         s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nBad header\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400")
+
+
+def test_health_listener_reads_heads_with_the_connection_object(checked):
+    """The listener reads with ``http1conn.Connection``: a bare LF is refused as soon as it
+    arrives (not at the timeout), a head over 8 KiB is refused before it ends, a head in many
+    pieces is served, and a peer that leaves mid-head gets nothing."""
+    g, _ = checked
+    port = g.gateway.health.port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\nHost: x")  # no end of head: refused on the bare LF
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 9000)
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        for piece in (b"GET /hea", b"lthz HTTP/1.1\r", b"\nHost: x\r\n", b"\r\n"):
+            s.sendall(piece)
+            time.sleep(0.02)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b""
 
 
 def test_haproxy_style_check(checked):

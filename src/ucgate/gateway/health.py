@@ -22,11 +22,13 @@ from .. import metrics
 from ..id.health import Readiness, always_ready, check, readiness_answer
 from ..protocols import http1
 from ..protocols.http1 import HttpError
+from ..protocols.http1conn import NEED_DATA, SERVER, Connection, Request
 
 log = logging.getLogger("ucgate.gateway.health")
 
 # A check is one short GET: HAProxy sends "GET /readyz HTTP/1.0" and maybe a Host line.
 MAX_HEAD_BYTES = 8 * 1024
+READ_BYTES = 4096
 _LIMITS = http1.Limits(max_header_bytes=MAX_HEAD_BYTES, max_header_count=32, max_target_bytes=1024)
 
 
@@ -72,15 +74,20 @@ class HealthListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            conn = Connection(SERVER, _LIMITS)  # the request's head; its body is never read
             try:
                 async with asyncio.timeout(self.timeout):
-                    raw = await reader.readuntil(b"\r\n\r\n")
-                req = http1.parse_request_head(raw, _LIMITS)
-            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    while (event := conn.next_event()) is NEED_DATA:
+                        conn.receive_data(await reader.read(READ_BYTES))
+            except (TimeoutError, ConnectionError):
                 return
-            except (asyncio.LimitOverrunError, HttpError):
-                writer.write(_answer(400, {"status": "bad-request"}, head_only=False))
+            except HttpError as e:
+                if e.reason != "incomplete-head":  # not a peer that just went away
+                    writer.write(_answer(400, {"status": "bad-request"}, head_only=False))
                 return
+            if not isinstance(event, Request):  # closed before a request
+                return
+            req = event.head
             path = req.target.split(b"?", 1)[0]
             head_only = req.method == b"HEAD"
             if path == b"/metrics" and self.metrics_allow is not None:
