@@ -17,12 +17,24 @@ a thread of this process answering nginx's response of proxy.py (not counted). E
 the gateway is counted; the kernel is not (the system calls per request are the same two reads
 and two writes in both trees, ``strace -c``). Each run takes about a minute (the gateway starts
 under valgrind). Both gateways get one hash seed (``PYTHONHASHSEED=0``), as hotpath.py's children.
+
+``--scenario`` asks issue 16's sign-in questions the same way, with ``bench/ntlm.py``'s gateway
+(in-process id service on SQLite, a user with an ASP made by the admin CLI, channel binding
+required) and its client: ``tls-new`` (a new TLS connection and one anonymous GET per
+operation), ``basic-new`` (a new connection and one GET with Basic and the ASP), ``ntlm-new`` (a
+new connection, NTLM Type 1 / 401 / Type 3 / 200 with channel binding); ``ka`` is the keep-alive
+GET above. The sign-ins' ratios to ``tls-new`` are printed: ntlm.py's CPU ratios move by 0.4
+between runs of one tree because ``tls-new`` is bound by the clients, these do not. The id
+service's writer thread (the audit's group commit) is counted with the rest; the kernel's work
+(the handshake's extra system calls) is not.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import glob
+import json
 import os
 import re
 import shutil
@@ -32,10 +44,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import ntlm as signin  # noqa: E402  (bench/ntlm.py: the sign-in gateway's configuration, its client)
 import proxy as common  # noqa: E402  (bench/proxy.py: the gateway's configuration, ports)
 
 BODY = common.BODY.encode()
@@ -45,6 +59,8 @@ RESPONSE = (
 )
 REQUEST = f"GET {common.PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 WARMUP = 300
+SIGN_IN_WARMUP = 30  # operations before the counters are zeroed, for the new-connection scenarios
+SCENARIOS = ("ka", "tls-new", "basic-new", "ntlm-new")
 START_TIMEOUT = 300.0  # seconds for the gateway to listen under valgrind
 
 
@@ -71,16 +87,74 @@ def _upstream(listener: socket.socket) -> None:
         threading.Thread(target=serve, args=(c,), daemon=True).start()
 
 
-def measure(src: str, mode: str, n: int, up_port: int, work: Path) -> int:
-    """Instructions the gateway of ``src`` spends on ``n`` keep-alive requests over ``mode``."""
+def _signin_gateway(src: str, d: Path, port: int, up_port: int, cert: Path, key: Path) -> tuple[Path, str]:
+    """ntlm.py's gateway configuration in ``d``, its user and ASP made with the admin CLI of
+    ``src``: the configuration file and the ASP."""
+    (d / "data").mkdir()
+    (d / "keys").mkdir(mode=0o700)
+    cfg = d / "ucgate.toml"
+    cfg.write_text(signin.gateway_conf(port, up_port, cert, key, d))
+    env = dict(os.environ, PYTHONPATH=src)
+    ucgate = [sys.executable, "-m", "ucgate"]
+    subprocess.run([*ucgate, "user", "add", "-c", str(cfg), signin.USER], check=True, capture_output=True, env=env)
+    made = subprocess.run(
+        [*ucgate, "asp", "create", "-c", str(cfg), signin.USER, "-l", "bench", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return cfg, json.loads(made.stdout)["password"]
+
+
+def _operation(scenario: str, port: int, cert: Path, asp: str) -> Callable[[], None]:
+    """One operation of a new-connection scenario, with ntlm.py's client."""
+    import spnego.channel_bindings as cb
+    from Crypto.Hash import MD4
+
+    from ucgate.gateway.tls import certificate_der
+    from ucgate.protocols.ntlm import tls_server_end_point
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    cbt = cb.GssChannelBindings(application_data=tls_server_end_point(certificate_der(cert)))
+    credential = "0" * 32 + ":" + MD4.new(asp.encode("utf-16-le")).hexdigest()
+    basic = "Basic " + base64.b64encode(f"{signin.USER}:{asp}".encode()).decode()
+
+    def one() -> None:
+        c = signin.Client(port, ctx)
+        try:
+            if scenario == "ntlm-new":
+                signin.ntlm_handshake(c, credential, cbt)
+                return
+            if scenario == "tls-new":
+                status, _, body = c.request(signin.ANON_PATH)
+            else:
+                status, _, body = c.request(signin.AUTH_PATH, basic)
+            if status != 200 or body != BODY:
+                raise RuntimeError(f"{scenario}: expected 200, got {status} {body[:100]!r}")
+        finally:
+            c.close()
+
+    return one
+
+
+def measure(src: str, mode: str, n: int, up_port: int, work: Path, scenario: str = "ka") -> int:
+    """Instructions the gateway of ``src`` spends on ``n`` operations of ``scenario`` (``ka``:
+    keep-alive requests over ``mode``; else a new TLS connection each, see the docstring)."""
     from ucgate.gateway.tls import make_self_signed
 
-    d = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=work))
+    d = Path(tempfile.mkdtemp(prefix=f"{scenario}-{mode}-", dir=work))
     cert, key = d / "cert.pem", d / "key.pem"
     make_self_signed(cert, key, ["localhost", "127.0.0.1"])
     port = common.free_port()
-    cfg = d / "ucgate.toml"
-    cfg.write_text(common.ucgate_conf(port, up_port, cert, key, d, mode == "plain"))
+    if scenario == "ka":
+        cfg = d / "ucgate.toml"
+        cfg.write_text(common.ucgate_conf(port, up_port, cert, key, d, mode == "plain"))
+        asp = ""
+    else:
+        cfg, asp = _signin_gateway(src, d, port, up_port, cert, key)
     out = d / "callgrind.out"
     err = d / "stderr.log"
     env = dict(os.environ, PYTHONPATH=src, PYTHONHASHSEED="0")
@@ -89,31 +163,20 @@ def measure(src: str, mode: str, n: int, up_port: int, work: Path) -> int:
         gw = subprocess.Popen([*argv, "serve", "-c", str(cfg)], env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         common.wait_port(port, gw, err, timeout=START_TIMEOUT)
-        s = socket.create_connection(("127.0.0.1", port))
-        if mode == "tls":
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            s = ctx.wrap_socket(s, server_hostname="localhost")
-        with s:
-
-            def one() -> None:
-                s.sendall(REQUEST)
-                buf = b""
-                while not buf.endswith(BODY):
-                    data = s.recv(65536)
-                    if not data:
-                        raise RuntimeError(f"the gateway closed the connection:\n{err.read_text()[-2000:]}")
-                    buf += data
-                if not buf.startswith(b"HTTP/1.1 200 "):
-                    raise RuntimeError(f"expected 200, got {buf[:100]!r}")
-
-            for _ in range(WARMUP):
+        if scenario == "ka":
+            one, warmup, conn = _keep_alive(port, mode, err)
+        else:
+            one, warmup, conn = _operation(scenario, port, cert, asp), SIGN_IN_WARMUP, None
+        try:
+            for _ in range(warmup):
                 one()
             subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True, capture_output=True)
             for _ in range(n):
                 one()
             subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, capture_output=True)
+        finally:
+            if conn is not None:
+                conn.close()
     finally:
         os.killpg(gw.pid, 15)
         gw.wait(60)
@@ -126,11 +189,41 @@ def measure(src: str, mode: str, n: int, up_port: int, work: Path) -> int:
     sys.exit(f"no callgrind dump of the measured requests in {d}")
 
 
+def _keep_alive(port: int, mode: str, err: Path) -> tuple[Callable[[], None], int, socket.socket]:
+    """One keep-alive GET per call on one connection (TLS or plain)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    if mode == "tls":
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+
+    def one() -> None:
+        s.sendall(REQUEST)
+        buf = b""
+        while not buf.endswith(BODY):
+            data = s.recv(65536)
+            if not data:
+                raise RuntimeError(f"the gateway closed the connection:\n{err.read_text()[-2000:]}")
+            buf += data
+        if not buf.startswith(b"HTTP/1.1 200 "):
+            raise RuntimeError(f"expected 200, got {buf[:100]!r}")
+
+    return one, WARMUP, s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", action="append", default=[], help="a src/ tree to measure (repeatable; default: this one)")
     ap.add_argument("--mode", action="append", choices=("tls", "plain"), help="TLS or plain HTTP (repeatable; both)")
-    ap.add_argument("-n", type=int, default=2000, help="requests measured per run (2000)")
+    ap.add_argument("-n", type=int, help="operations measured per run (2000 keep-alive requests; 200 sign-ins)")
+    ap.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="ka (keep-alive GET, the default) or a new-connection scenario of ntlm.py (repeatable)",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
         if not shutil.which(tool):
@@ -140,27 +233,40 @@ def main() -> None:
     for t in trees:
         if not (Path(t) / "ucgate" / "__init__.py").is_file():
             sys.exit(f"--src {t}: expected DIR/ucgate/__init__.py")
+    scenarios = args.scenario or ["ka"]
     modes = args.mode or ["tls", "plain"]
+    runs = [(sc, m) for sc in scenarios for m in (modes if sc == "ka" else ["tls"])]
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     threading.Thread(target=_upstream, args=(listener,), daemon=True).start()
     work = Path(tempfile.mkdtemp(prefix="ucgate-bench-instructions-"))
     try:
-        results: dict[tuple[str, str], float] = {}
-        for mode in modes:
+        results: dict[tuple[str, str, str], float] = {}
+        for sc, mode in runs:
+            n = args.n or (2000 if sc == "ka" else 200)
             for t in trees:
-                total = measure(t, mode, args.n, listener.getsockname()[1], work)
-                results[t, mode] = total / args.n
-                print(f"{results[t, mode]:9.0f} instructions/request  {mode:<5} {t}", flush=True)
+                total = measure(t, mode, n, listener.getsockname()[1], work, sc)
+                results[t, sc, mode] = total / n
+                unit = "request" if sc == "ka" else "operation"
+                print(f"{results[t, sc, mode]:11.0f} instructions/{unit}  {sc:<9} {mode:<5} {t}", flush=True)
+        for t in trees:
+            base = results.get((t, "tls-new", "tls"))
+            for sc in ("ntlm-new", "basic-new"):
+                if base and (t, sc, "tls") in results:
+                    print(f"{sc} / tls-new: {results[t, sc, 'tls'] / base:.2f}x  {t}")
         if len(trees) > 1:
-            for mode in modes:
-                base = results[trees[0], mode]
+            for sc, mode in runs:
+                base = results[trees[0], sc, mode]
                 for t in trees[1:]:
-                    print(f"{mode:<5} {t} against {trees[0]}: {100 * (results[t, mode] - base) / base:+.1f} %")
+                    change = 100 * (results[t, sc, mode] - base) / base
+                    print(f"{sc:<9} {mode:<5} {t} against {trees[0]}: {change:+.1f} %")
     finally:
         listener.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work} (callgrind_annotate --inclusive=yes {work}/*/callgrind.out.*.1)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
