@@ -279,8 +279,12 @@ class Stream(asyncio.Protocol):
         ``HttpError(400, "bare-cr-or-lf")`` as soon as a CR or LF outside a CRLF is buffered:
         such a head can never end (a peer ending its lines with bare LF would otherwise be left
         waiting for the header or upstream read timeout)."""
+        buf = self._buf
+        i = buf.find(b"\r\n\r\n", self._scan)
+        if 0 <= i <= self.limit:  # head_end's answer for a whole head, without its call (every request)
+            return self._take(i + 4)
         try:
-            end, self._scan = head_end(self._buf, self._scan, self.limit)
+            end, self._scan = head_end(buf, self._scan, self.limit)
         except HttpError as e:
             if e.status != 431:
                 raise
