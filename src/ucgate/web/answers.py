@@ -107,7 +107,7 @@ class DirectoryEntry(Answer):
     state: Annotated[dict[str, Any], Field(description="The account's state as read (secrets masked)")]
 
 
-class DirectoryError(Answer):
+class DirectoryUnreadable(Answer):
     """The directory could not be read."""
 
     error: str
@@ -127,7 +127,7 @@ class User(Answer):
     devices: list[Device]
     asps: list[Asp]
     directory: Annotated[
-        DirectoryEntry | DirectoryError | None, Field(description="null when no directory is configured")
+        DirectoryEntry | DirectoryUnreadable | None, Field(description="null when no directory is configured")
     ]
 
 
