@@ -40,6 +40,7 @@ from ucgate.protocols.http1conn import (
     EndOfMessage,
     Request,
     Response,
+    head_end,
 )
 from ucgate.protocols.sfb import split_target
 
@@ -1020,3 +1021,27 @@ def test_client_split_responses_give_the_one_shot_events(responses, cuts):
                 assert [getattr(g.head, k) for k in keys] == [getattr(w.head, k) for k in keys]
             else:
                 assert g == w
+
+
+def test_head_end_answers_exactly():
+    """The one head-finding rule (the Connection's and the gateway's Stream's): where the head
+    ends, where the next search resumes, and which refusal, by reason."""
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert head_end(head + b"next", 0, 100) == (len(head), 0)
+    assert head_end(head, 10, 100) == (len(head), 0)  # found from where the search resumed
+    assert head_end(b"", 0, 100) == (-1, 0)
+    assert head_end(b"GE", 0, 100) == (-1, 0)
+    assert head_end(b"GET", 0, 100) == (-1, 0)
+    assert head_end(b"GET ", 0, 100) == (-1, 1)  # the end may begin in the last 3 bytes
+    assert head_end(b"GET / HTTP/1.1\r\n", 0, 100) == (-1, 13)
+    assert head_end(b"x" * 103, 0, 100) == (-1, 100)  # 100 bytes searched: at the limit, not over it
+    with pytest.raises(HttpError) as e:
+        head_end(b"x" * 104, 0, 100)  # not found, longer than the limit
+    assert (e.value.status, e.value.reason) == (431, "header-too-large")
+    with pytest.raises(HttpError) as e:
+        head_end(b"x" * 101 + b"\r\n\r\n", 0, 100)  # found, longer than the limit
+    assert (e.value.status, e.value.reason) == (431, "header-too-large")
+    assert head_end(b"x" * 100 + b"\r\n\r\n", 0, 100) == (104, 0)  # found at the limit
+    with pytest.raises(HttpError) as e:
+        head_end(b"GET / HTTP/1.1\nHost", 0, 100)
+    assert (e.value.status, e.value.reason) == (400, "bare-cr-or-lf")
