@@ -277,3 +277,14 @@ def test_the_balancer_checks_answers_are_what_the_document_says():
             else:
                 check.validate(readiness_answer(code == "200", "store-unavailable")[1])
     assert set(doc["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
+
+
+def test_a_naive_time_from_the_store_goes_out_as_utc():
+    """SQLite gives times back naive (they are UTC): an event written from such a row must not
+    be one that every gateway refuses (a time without an offset), or the cut is lost."""
+    from ucgate.store.outbox import EventRow
+
+    naive = dt.datetime(2026, 12, 2, 8, 0)
+    row = EventRow(id=9, at=naive, kind="user-blocked", username="erin", reason="signed-out", signed_in_before=naive)
+    back = from_wire("9", "user-blocked", to_wire(row))
+    assert back.signed_in_before == naive.replace(tzinfo=dt.UTC) and back.at == naive.replace(tzinfo=dt.UTC)

@@ -130,7 +130,7 @@ def to_wire(row: EventRow) -> str:
         reason=row.reason,
         device_id=row.device_id,
         credential=row.credential,
-        signed_in_before=row.signed_in_before,
+        signed_in_before=_aware(row.signed_in_before) if row.signed_in_before else None,
         at=_aware(row.at) if row.at else None,
     )
     return dump_wire(body).decode()
