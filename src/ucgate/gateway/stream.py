@@ -30,7 +30,6 @@ from ..protocols.http1 import HttpError
 from ..protocols.http1conn import head_end
 
 _NO_DEADLINE = float("inf")
-# in a head not yet complete: an LF without its CR, or a CR followed by anything but LF
 
 
 class _Ready:
