@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, TypeAdapter, ValidationError
 
 from ..config import Certprov
 from ..config.web import ROLES
+from ..id.api import Wire
 from ..policy.devices import PartnershipState
 
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
@@ -170,16 +171,18 @@ class AuditEvent(Answer):
     details: dict[str, Any]
 
 
-class PolicySettingsView(Answer):
-    """A group policy's device settings (the keys it sets)."""
+class PolicySettings(Wire):
+    """A group policy's device settings, the keys it sets: the body's ``settings`` of ``POST
+    /policies`` (an unknown key is refused) and the answers' (the file's policies, the store's,
+    the defaults)."""
 
-    model_config = ConfigDict(title="PolicySettingsView")
-    max_devices: int | None = None
-    trust_lifetime_hours: float | None = None
+    model_config = ConfigDict(extra="forbid")
+    max_devices: Annotated[StrictInt, Field(ge=0)] | None = None
+    trust_lifetime_hours: Annotated[StrictFloat, Field(gt=0)] | None = None
     certprov: CertprovName | None = None
     default_action: State | None = None
     problem_action: State | None = None
-    require_second_factor: bool | None = None
+    require_second_factor: StrictBool | None = None
 
 
 class Rule(Answer):
@@ -209,7 +212,7 @@ class Policy(Answer):
     position: int
     name: str | None
     group: Annotated[str | None, Field(description="null: the default policy")]
-    settings: PolicySettingsView
+    settings: PolicySettings
     created_at: Time | None = None
     created_by: str | None = None
 
@@ -224,7 +227,7 @@ class Rules(Answer):
     """The device rules and group policies in force, each list in the order it is evaluated."""
 
     device_rules: list[Rule]
-    defaults: PolicySettingsView
+    defaults: PolicySettings
     group_policies: list[Policy]
     two_factor: TwoFactor | None
 

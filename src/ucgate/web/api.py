@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -100,21 +100,12 @@ class NewRule(StrictBody):
     position: Position | None = None
 
 
-class PolicySettings(StrictBody):
-    max_devices: Annotated[StrictInt, Field(ge=0)] | None = None
-    trust_lifetime_hours: Annotated[StrictFloat, Field(gt=0)] | None = None
-    certprov: answers.CertprovName | None = None
-    default_action: _Action | None = None
-    problem_action: _Action | None = None
-    require_second_factor: StrictBool | None = None
-
-
 class NewPolicy(StrictBody):
     """``POST /policies``: a group policy for the store's list."""
 
     group: Annotated[StrictStr, text_field(MAX_GROUP, required=True)]
     name: Annotated[StrictStr, text_field(RULE_NAME)] | None = None
-    settings: PolicySettings
+    settings: answers.PolicySettings
     position: Position | None = None
 
 
