@@ -32,9 +32,7 @@ service's writer thread (the audit's group commit) is counted with the rest; the
 from __future__ import annotations
 
 import argparse
-import base64
 import glob
-import json
 import os
 import re
 import shutil
@@ -94,50 +92,13 @@ def _signin_gateway(src: str, d: Path, port: int, up_port: int, cert: Path, key:
     (d / "keys").mkdir(mode=0o700)
     cfg = d / "ucgate.toml"
     cfg.write_text(signin.gateway_conf(port, up_port, cert, key, d))
-    env = dict(os.environ, PYTHONPATH=src)
-    ucgate = [sys.executable, "-m", "ucgate"]
-    subprocess.run([*ucgate, "user", "add", "-c", str(cfg), signin.USER], check=True, capture_output=True, env=env)
-    made = subprocess.run(
-        [*ucgate, "asp", "create", "-c", str(cfg), signin.USER, "-l", "bench", "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    return cfg, json.loads(made.stdout)["password"]
+    return cfg, signin.provision(cfg, dict(os.environ, PYTHONPATH=src))
 
 
 def _operation(scenario: str, port: int, cert: Path, asp: str) -> Callable[[], None]:
     """One operation of a new-connection scenario, with ntlm.py's client."""
-    import spnego.channel_bindings as cb
-    from Crypto.Hash import MD4
-
-    from ucgate.gateway.tls import certificate_der
-    from ucgate.protocols.ntlm import tls_server_end_point
-
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    cbt = cb.GssChannelBindings(application_data=tls_server_end_point(certificate_der(cert)))
-    credential = "0" * 32 + ":" + MD4.new(asp.encode("utf-16-le")).hexdigest()
-    basic = "Basic " + base64.b64encode(f"{signin.USER}:{asp}".encode()).decode()
-
-    def one() -> None:
-        c = signin.Client(port, ctx)
-        try:
-            if scenario == "ntlm-new":
-                signin.ntlm_handshake(c, credential, cbt)
-                return
-            if scenario == "tls-new":
-                status, _, body = c.request(signin.ANON_PATH)
-            else:
-                status, _, body = c.request(signin.AUTH_PATH, basic)
-            if status != 200 or body != BODY:
-                raise RuntimeError(f"{scenario}: expected 200, got {status} {body[:100]!r}")
-        finally:
-            c.close()
-
-    return one
+    creds = signin.client_credentials(cert, asp)
+    return lambda: signin.one_new(scenario, port, creds)
 
 
 def measure(src: str, mode: str, n: int, up_port: int, work: Path, scenario: str = "ka") -> int:

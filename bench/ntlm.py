@@ -47,6 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -164,9 +165,20 @@ def bearer_token(c: Client, asp: str) -> str:
     return "Bearer " + json.loads(body)["access_token"]
 
 
-def worker(args) -> int:
-    """One client process: wait for the window, run the scenario, report JSON on stdout."""
+@dataclass(frozen=True)
+class Credentials:
+    """What a client signs in with: its TLS context, the channel binding of the gateway's
+    certificate, the ASP as pyspnego's "LM:NT" hash pair and as a Basic header."""
+
+    ctx: ssl.SSLContext
+    cbt: Any
+    ntlm: str
+    basic: str
+
+
+def client_credentials(cert: Path, asp: str) -> Credentials:
     import spnego.channel_bindings as cb
+    from Crypto.Hash import MD4
 
     from ucgate.gateway.tls import certificate_der
     from ucgate.protocols.ntlm import tls_server_end_point
@@ -174,30 +186,37 @@ def worker(args) -> int:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    cbt = cb.GssChannelBindings(application_data=tls_server_end_point(certificate_der(Path(args.cert))))
-    asp = os.environ["UCGATE_BENCH_ASP"]
+    cbt = cb.GssChannelBindings(application_data=tls_server_end_point(certificate_der(cert)))
     # pyspnego accepts "LM:NT" hashes instead of a password: skips its pure-Python MD4 (client CPU)
-    from Crypto.Hash import MD4
-
-    credential = "0" * 32 + ":" + MD4.new(asp.encode("utf-16-le")).hexdigest()
+    ntlm = "0" * 32 + ":" + MD4.new(asp.encode("utf-16-le")).hexdigest()
     basic = "Basic " + base64.b64encode(f"{USER}:{asp}".encode()).decode()
+    return Credentials(ctx, cbt, ntlm, basic)
+
+
+def one_new(scen: str, port: int, creds: Credentials) -> None:
+    """One operation of a new-connection scenario (tls-new, basic-new, ntlm-new)."""
+    c = Client(port, creds.ctx)
+    try:
+        if scen == "tls-new":
+            status, _, body = c.request(ANON_PATH)
+        elif scen == "basic-new":
+            status, _, body = c.request(AUTH_PATH, creds.basic)
+        else:
+            ntlm_handshake(c, creds.ntlm, creds.cbt)
+            return
+        if status != 200 or body != BODY:
+            raise RuntimeError(f"{scen}: expected 200, got {status} {body[:100]!r}")
+    finally:
+        c.close()
+
+
+def worker(args) -> int:
+    """One client process: wait for the window, run the scenario, report JSON on stdout."""
+    asp = os.environ["UCGATE_BENCH_ASP"]
+    creds = client_credentials(Path(args.cert), asp)
+    ctx, cbt, credential, basic = creds.ctx, creds.cbt, creds.ntlm, creds.basic
     scen = args.worker
     new_conn = SCENARIOS[scen][0]
-
-    def one_new() -> None:
-        c = Client(args.port, ctx)
-        try:
-            if scen == "tls-new":
-                status, _, body = c.request(ANON_PATH)
-            elif scen == "basic-new":
-                status, _, body = c.request(AUTH_PATH, basic)
-            else:
-                ntlm_handshake(c, credential, cbt)
-                return
-            if status != 200 or body != BODY:
-                raise RuntimeError(f"{scen}: expected 200, got {status} {body[:100]!r}")
-        finally:
-            c.close()
 
     conn: Client | None = None
     path, authz = (ANON_PATH, None) if scen == "anon-ka" else (AUTH_PATH, basic if scen == "basic-ka" else None)
@@ -217,8 +236,11 @@ def worker(args) -> int:
             raise RuntimeError(f"{scen}: expected 200, got {status} {body[:100]!r}")
 
     if new_conn:
-        one_new()  # warm: imports, first handshake
-        op = one_new
+
+        def op() -> None:
+            one_new(scen, args.port, creds)
+
+        op()  # warm: imports, first handshake
     else:
         conn = Client(args.port, ctx)
         sign_in()
@@ -714,6 +736,26 @@ def _run(args, work: Path, procs: _Procs) -> int:
     return 0
 
 
+def provision(cfg: Path, env: dict[str, str]) -> str:
+    """The benchmark's user and its ASP, made with the admin CLI of ``env``'s tree (as an
+    operator would): the ASP."""
+    ucgate = [sys.executable, "-m", "ucgate"]
+    subprocess.run(
+        [*ucgate, "user", "add", "-c", str(cfg), USER, "--upn", f"{USER}@bench.test"],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    created = subprocess.run(
+        [*ucgate, "asp", "create", "-c", str(cfg), USER, "-l", "bench", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return json.loads(created.stdout)["password"]
+
+
 def _start_gateway(
     name: str, src: str | None, work: Path, up_port: int, cert: Path, key: Path, procs: _Procs
 ) -> tuple[subprocess.Popen, int, dict]:
@@ -730,21 +772,7 @@ def _start_gateway(
     cfg = d / "ucgate.toml"
     cfg.write_text(gateway_conf(port, up_port, cert, key, d))
     ucgate = [sys.executable, "-m", "ucgate"]
-    # the user and its ASP, through the admin CLI (as an operator would)
-    subprocess.run(
-        [*ucgate, "user", "add", "-c", str(cfg), USER, "--upn", f"{USER}@bench.test"],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    created = subprocess.run(
-        [*ucgate, "asp", "create", "-c", str(cfg), USER, "-l", "bench", "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    asp = json.loads(created.stdout)["password"]
+    asp = provision(cfg, env)
     log = d / "gateway.log"
     gw = procs.start(["taskset", "-c", GW_CORE, *ucgate, "serve", "-c", str(cfg)], log, env=env)
     common.wait_port(port, gw, log)
