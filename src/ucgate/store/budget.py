@@ -115,6 +115,8 @@ class StoreBudget(Transactions):
         # rolled back, and an SQLite file connection is never lost
         self._keep = getattr(self, "_own_engine", False)
         self._idle: list[Any] = []
+        self._now_raw: Any = None  # attempt_now's connection (busy timeout 0), under _now_lock
+        self._now_lock = threading.Lock()
         self._statements: dict[str, str] = {}
         self.config = config
         self._user_rate = config.user_failures / config.window
@@ -126,20 +128,23 @@ class StoreBudget(Transactions):
     # --- statements ---------------------------------------------------------------------
     # --- transactions -------------------------------------------------------------------
     @contextmanager
-    def _tx(self, write: bool) -> Iterator[_Tx]:
+    def _tx(self, write: bool, raw: Any = None) -> Iterator[_Tx]:
         """One transaction on a connection of the engine's pool, run on the driver itself (the
         budget's few statements run on every sign-in; SQLAlchemy's ``Connection`` — checkout,
         events, result objects — was ~2/3 of their cost, bench/README.md ntlm.py). SQLite:
         ``BEGIN IMMEDIATE`` for a write, as ``engine.make_engine``'s write transactions;
         PostgreSQL: the driver's implicit transaction. A driver error is raised as SQLAlchemy's
         (``DBAPIError.instance``: ``OperationalError`` ...), so callers see what they saw
-        before (``store-unavailable``); a lost connection is invalidated, not returned to the pool."""
+        before (``store-unavailable``); a lost connection is invalidated, not returned to the pool.
+        ``raw``: a driver connection of the caller's own (:meth:`attempt_now`'s), kept by it."""
         dialect = self.engine.dialect
         dbapi_error = dialect.loaded_dbapi.Error
         sqlite = dialect.name == "sqlite"
         stmt = "connect"
+        own = raw is not None
         try:
-            raw = self._checkout()
+            if not own:
+                raw = self._checkout()
         except DBAPIError:
             raise
         except dbapi_error as e:
@@ -173,7 +178,8 @@ class StoreBudget(Transactions):
                     cur.close()
                 except dbapi_error:
                     pass
-            self._checkin(raw, done)
+            if not own:
+                self._checkin(raw, done)
 
     def _checkout(self) -> Any:
         if self._keep:
@@ -380,6 +386,53 @@ class StoreBudget(Transactions):
             raise error
         return r
 
+    def attempt_now(self, account: str, ip: str, now: float, outcome: Outcome) -> Reservation | BudgetDecision | None:
+        """:meth:`attempt` of an outcome known already — an ASP or an NTLM response compared
+        with the sign-in cache's records just before, a computation — for the event loop's
+        thread: it **never waits**. The same transaction as :meth:`attempt`'s (the unit is
+        reserved under the write lock and settled with ``outcome``; a full bucket refuses a
+        right password too), on a driver connection of its own whose busy timeout is 0 — or,
+        for the usual success (:meth:`_writes_nothing`: a familiar IP, no failures on the
+        account), the one read that shows the transaction would write nothing. None —
+        and nothing charged — when it would wait: another writer (a thread, another process)
+        holds SQLite's write lock, the connection is in use or was lost, a prune is due, or the
+        store is not SQLite's file (PostgreSQL is a network round trip). The caller then makes
+        the attempt in a worker thread, from the start. The connection never runs a WAL
+        checkpoint (``wal_autocheckpoint = 0``: the writers in threads do), so a commit on the
+        loop is never a flush."""
+        if not (self._keep and self.one_read) or (self._count + 1) % PRUNE_EVERY == 0:
+            return None
+        if not self._now_lock.acquire(blocking=False):
+            return None
+        try:
+            raw = self._now_raw
+            dbapi_error = self.engine.dialect.loaded_dbapi.Error
+            try:
+                if raw is None:
+                    raw = self.engine.raw_connection()
+                    raw.detach()  # never back to the pool: its busy timeout is 0
+                    cur = raw.cursor()
+                    cur.execute("PRAGMA busy_timeout = 0")
+                    cur.execute("PRAGMA wal_autocheckpoint = 0")
+                    cur.close()
+                    self._now_raw = raw
+                if outcome is Outcome.SUCCESS and self._writes_nothing(raw, account, ip, now):
+                    r: Reservation | BudgetDecision = Reservation(account, ip, True, False)
+                else:
+                    with self._tx(write=True, raw=raw) as c:
+                        r, _ = self._attempt_locked(c, account, ip, now, lambda: outcome)
+            except (DBAPIError, dbapi_error):
+                # busy (the usual case: rolled back, the connection kept) or worse (dropped)
+                if raw is not None and (not raw.is_valid or raw.dbapi_connection.in_transaction):
+                    self._now_raw = None
+                    raw.close()
+                return None
+            with self._lock:
+                self._count += 1
+            return r
+        finally:
+            self._now_lock.release()
+
     def _attempt_locked(
         self, c: _Tx, account: str, ip: str, now: float, check: Callable[[], Outcome]
     ) -> tuple[Reservation | BudgetDecision, Exception | None]:
@@ -394,15 +447,7 @@ class StoreBudget(Transactions):
         rolled back)."""
         cfg = self.config
         u0, u1, ipb = user_bucket(account, False), user_bucket(account, True), ip_bucket(ip)
-        rows = self._sql(
-            c,
-            (
-                "SELECT 'f', at, 0.0 FROM familiar_ips WHERE account = :a AND ip = :ip "
-                "UNION ALL SELECT bucket, level, at FROM budget_buckets WHERE bucket IN (:u0, :u1, :ipb)"
-            ),
-            {"a": account, "ip": ip, "u0": u0, "u1": u1, "ipb": ipb},
-        ).rows
-        got = {row[0]: (float(row[1]), float(row[2])) for row in rows or ()}
+        got = self._rows(c, account, ip)
         fam_at = got.get("f")
         fam = fam_at is not None and now - fam_at[0] <= cfg.familiar_for
         ub = u1 if fam else u0
@@ -442,6 +487,48 @@ class StoreBudget(Transactions):
         assert charged, "a unit that fitted under the write lock was refused"
         self._settle(c, r, outcome, now)
         return r, error
+
+    def _rows(self, c: _Tx, account: str, ip: str) -> dict[str, tuple[float, float]]:
+        """The familiar pair's time (``"f"``) and the (level, at) of the account's two buckets
+        and the IP's that have a row, in one statement."""
+        rows = self._sql(
+            c,
+            (
+                "SELECT 'f', at, 0.0 FROM familiar_ips WHERE account = :a AND ip = :ip "
+                "UNION ALL SELECT bucket, level, at FROM budget_buckets WHERE bucket IN (:u0, :u1, :ipb)"
+            ),
+            {
+                "a": account,
+                "ip": ip,
+                "u0": user_bucket(account, False),
+                "u1": user_bucket(account, True),
+                "ipb": ip_bucket(ip),
+            },
+        ).rows
+        return {row[0]: (float(row[1]), float(row[2])) for row in rows or ()}
+
+    def _writes_nothing(self, raw: Any, account: str, ip: str, now: float) -> bool:
+        """Whether a success of ``account`` from ``ip`` now leaves every row as it is: the IP is
+        familiar (no IP unit to charge and give back), its time needs no refresh, and the
+        account's bucket for familiar IPs has no row (no failure to forget). Read in one
+        SELECT outside a transaction of ours: a WAL reader never waits for a writer. Such a
+        success is the charge-check-settle of :meth:`_attempt_locked` at the moment of the
+        read (the bucket empty then: the unit fitted, the reset has nothing to delete); an
+        attempt committed after the read is ordered after it, as under the write lock."""
+        cur = raw.cursor()
+        try:
+            got = self._rows(_Tx(self.engine.dialect, cur), account, ip)
+        finally:
+            cur.close()
+        fam_at = got.get("f")
+        if fam_at is None:
+            return False
+        age = now - fam_at[0]
+        return (
+            age <= self.config.familiar_for
+            and age < self.config.familiar_refresh
+            and user_bucket(account, True) not in got
+        )
 
     @staticmethod
     def _fits(row: tuple[float, float], limit: float, rate: float, now: float) -> bool:
@@ -526,6 +613,10 @@ class StoreBudget(Transactions):
         return n
 
     def close(self) -> None:
+        with self._now_lock:
+            if self._now_raw is not None:
+                self._now_raw.close()
+                self._now_raw = None
         while self._idle:
             self._idle.pop().close()  # back to the pool, disposed with it below
         if getattr(self, "_own_engine", False):
