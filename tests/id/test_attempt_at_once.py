@@ -197,7 +197,7 @@ def test_a_success_hands_its_event_and_asp_use_over_at_once(ids):
     w = ids.audit.writer
     items = []
     real = w._put
-    w._put = lambda item: items.append(item) or real(item)
+    w._put = lambda item, wait=True: items.append(item) or real(item, wait)
     assert ids.credentials.verify_password_sync("gus", "nope", CTX).reason == "wrong-password"
     assert ids.credentials.verify_password_sync("gus", asp, CTX).ok
     assert [kind for kind, _, _ in items] == ["audit", "audit+used"]

@@ -214,7 +214,7 @@ def test_a_sign_in_and_its_asp_use_are_one_hand_off(repo, tmp_path):
     log.writer = w
     items = []
     real = w._put
-    w._put = lambda item: items.append(item) or real(item)
+    w._put = lambda item, wait=True: items.append(item) or real(item, wait)
     try:
         log.record_later("sign-in", actor="dora", result="allow", user="dora", reason="ok", asp_used=(asp_id, at))
         assert [kind for kind, _, _ in items] == ["audit+used"]

@@ -218,14 +218,18 @@ class AspService(UserSecretService):
 
     # --- verification -----------------------------------------------------------------
     # (``builtins.list`` below: in the class body, ``list`` is the method above)
-    def _records(self, username: str, fresh: bool) -> tuple[UserRecord | None, builtins.list[AspRecord], bool]:
+    def _records(
+        self, username: str, fresh: bool, cached: bool = False
+    ) -> tuple[UserRecord | None, builtins.list[AspRecord], bool]:
         """The user, their unrevoked ASPs, and whether both came from the sign-in cache (never
-        when ``fresh``)."""
+        when ``fresh``; ``cached``: only from it — no user on a miss, nothing read)."""
         cache = self.cache
         if cache is not None and not fresh:
             got = cache.get(username)
             if got is not None:
                 return got[0], got[1], True
+        if cached:
+            return None, [], False
         user = self.users.resolve(username)
         records = self.repo.list_asps(user.id, include_revoked=False) if user is not None else []
         if cache is not None and user is not None:
@@ -233,9 +237,9 @@ class AspService(UserSecretService):
         return user, records, False
 
     def _usable(
-        self, username: str, device_id: str | None, *, fresh: bool = False
+        self, username: str, device_id: str | None, *, fresh: bool = False, only_cached: bool = False
     ) -> tuple[UserRecord | None, builtins.list[tuple[AspRecord, bytes]], bool]:
-        user, records, cached = self._records(username, fresh)
+        user, records, cached = self._records(username, fresh, only_cached)
         if user is None or not user.enabled:
             return None, [], cached
         out: builtins.list[tuple[AspRecord, bytes]] = []
@@ -250,15 +254,19 @@ class AspService(UserSecretService):
             out.append((a, secret))
         return user, out, cached
 
-    def verify_password(self, username: str, password: str, device_id: str | None = None) -> AspMatch | None:
+    def verify_password(
+        self, username: str, password: str, device_id: str | None = None, *, only_cached: bool = False
+    ) -> AspMatch | None:
         """The ASP ``password`` is, for Basic sign-in; None for a wrong, revoked or other
         device's ASP, a disabled or unknown user.
 
         Every usable ASP of the user is compared, in constant time, whatever matches first.
+        ``only_cached``: from the sign-in cache alone, reading nothing (None also on a miss, and
+        for a refusal, which only a fresh read may make).
         """
         typed = (canonical_asp(password) or "\x00" * ASP_SYMBOLS).encode()
-        for fresh in (False, True):  # a refusal is checked against the store, not the cache
-            user, usable, cached = self._usable(username, device_id, fresh=fresh)
+        for fresh in (False,) if only_cached else (False, True):  # a refusal is read fresh
+            user, usable, cached = self._usable(username, device_id, fresh=fresh, only_cached=only_cached)
             found = None
             for a, secret in usable:
                 if hmac.compare_digest(secret, typed) and found is None:
@@ -274,8 +282,11 @@ class AspService(UserSecretService):
         _, usable, _ = self._usable(username, device_id)
         return [(a.id, sp) for a, secret in usable for sp in spellings(secret.decode())]
 
-    def nt_hash_candidates(self, username: str, device_id: str | None = None) -> builtins.list[tuple[str, bytes]]:
+    def nt_hash_candidates(
+        self, username: str, device_id: str | None = None, *, only_cached: bool = False
+    ) -> builtins.list[tuple[str, bytes]]:
         """``(asp_id, NT hash)`` for each usable ASP and each spelling (see :func:`spellings`);
-        empty for an unknown or disabled user."""
-        _, usable, _ = self._usable(username, device_id)
+        empty for an unknown or disabled user (``only_cached``: and on a cache miss, reading
+        nothing)."""
+        _, usable, _ = self._usable(username, device_id, only_cached=only_cached)
         return [(a.id, nt_hash(s)) for a, secret in usable for s in spellings(secret.decode())]

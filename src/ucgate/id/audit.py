@@ -220,12 +220,14 @@ class AuditLog:
         client_address: str | None = None,
         reason: str | None = None,
         asp_used: tuple[str, datetime] | None = None,
+        wait: bool = True,
         **details: Any,
     ) -> None:
         """Append one event through the sign-in writer (``writer``, ``ucgate.id.writer``): in the
         table within its ``max_delay`` (group commit), then in the file and syslog. Without a
         writer, as :meth:`record`. ``asp_used``: the ASP's last use ``(asp_id, at)`` that the
-        sign-in makes, stored with the event (without a writer: after it)."""
+        sign-in makes, stored with the event (without a writer: after it). ``wait=False``:
+        ``WriterBusy`` when the writer's queue is full now (see ``SignInWriter.audit``)."""
         ev = self._event(
             action,
             actor=actor,
@@ -242,7 +244,7 @@ class AuditLog:
             if asp_used is not None:
                 self.repo.mark_asp_used(*asp_used)
         else:
-            self.writer.audit(ev, self._emitter, asp_used)
+            self.writer.audit(ev, self._emitter, asp_used, wait=wait)
 
     def _event(
         self,

@@ -208,6 +208,11 @@ class IdService:
         when it holds an enabled record for a plain or ``DOMAIN\\user`` name, else from the
         store (a UPN or SIP address, an uncached or disabled user: refusals are read fresh,
         as the ASP check's are). Saves the sign-in's one store read (~140 us)."""
+        rec = self._cached_user(typed)
+        return rec if rec is not None else self.users.resolve(typed)
+
+    def _cached_user(self, typed: str) -> Any:
+        """:meth:`_local_user`'s answer from the sign-in cache: an enabled record, or None."""
         cache = getattr(self.asps, "cache", None)
         domains = getattr(self.users, "netbios_domains", None)
         if cache is not None and domains is not None and typed.strip()[:4].lower() != "sip:":
@@ -216,7 +221,7 @@ class IdService:
                 rec = cache.peek_user(sam)
                 if rec is not None and rec.enabled and rec.username == sam:
                     return rec
-        return self.users.resolve(typed)
+        return None
 
     def _held(self, r: Reservation) -> tuple[str, ...]:
         return (f"u:{r.account}", f"ip:{ip_key(r.ip)}") if r.charged_ip else (f"u:{r.account}",)
@@ -277,12 +282,21 @@ class IdService:
                 self._inflight_cv.notify_all()
 
     def _audit(
-        self, user: str, ctx: AttemptContext, verdict: Verdict, used: tuple[str, dt.datetime] | None = None
+        self,
+        user: str,
+        ctx: AttemptContext,
+        verdict: Verdict,
+        used: tuple[str, dt.datetime] | None = None,
+        wait: bool = True,
     ) -> None:
-        metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)  # ucgate_id_sign_ins_total
         # through the sign-in writer (group commit, ucgate.id.writer) where there is one; with it
-        # the ASP's last use (``used``, given only then)
-        extra = {} if used is None else {"asp_used": used}
+        # the ASP's last use (``used``, given only then); ``wait=False``: WriterBusy at once
+        # when its queue is full (the sign-ins answered on the event loop, see _now)
+        extra: dict[str, Any] = {} if used is None else {"asp_used": used}
+        if not wait:
+            extra["wait"] = False
+        else:
+            metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)  # ucgate_id_sign_ins_total
         getattr(self.audit, "record_later", self.audit.record)(
             "sign-in",
             actor=user,
@@ -297,6 +311,8 @@ class IdService:
             user_agent=ctx.user_agent,
             **extra,
         )
+        if not wait:  # counted once it is queued (else the worker thread's attempt counts it)
+            metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)
 
     def _record(
         self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict, reservation: Reservation | None
@@ -304,14 +320,15 @@ class IdService:
         self._settle(reservation, verdict)
         self._note(who, ctx, verdict)
 
-    def _note(self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict) -> None:
+    def _note(self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict, wait: bool = True) -> None:
         """What follows a settled attempt: the audit event, the ASP's last use (with a sign-in
         writer, both in one hand-off to it)."""
         name = who if isinstance(who, str) else (who.user or who.key[2:])
         if not (verdict.ok and verdict.credential_id and verdict.credential_id != "domain-password"):
-            self._audit(name, ctx, verdict)
+            self._audit(name, ctx, verdict, wait=wait)
         elif getattr(self.audit, "writer", None) is not None:
-            self._audit(name, ctx, verdict, (verdict.credential_id, dt.datetime.fromtimestamp(self.clock(), dt.UTC)))
+            at = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+            self._audit(name, ctx, verdict, (verdict.credential_id, at), wait)
         else:
             self._audit(name, ctx, verdict)
             self.asps.mark_used(verdict.credential_id, self.clock())
@@ -619,6 +636,96 @@ class IdService:
             self._audit(who.user or user, ctx, Verdict(False, reason))
         except (SQLAlchemyError, WriterBusy) as e:
             self._store_down(ctx.method, ctx, e)
+
+    # --- sign-ins answered on the event loop ------------------------------------------------
+    def _now_ready(self) -> Any:
+        """The budget's ``attempt_now`` when a sign-in may be answered without waiting: local
+        users (no directory bind), a budget that offers it (SQLite's file), a sign-in writer
+        with room for the audit event now; else None."""
+        attempt_now = getattr(self.budget, "attempt_now", None)
+        writer = getattr(self.audit, "writer", None)
+        if attempt_now is None or writer is None or not writer.has_room() or not self._at_once(None):
+            return None
+        return attempt_now
+
+    def _now(self, attempt_now: Any, who: Resolved, ctx: AttemptContext, verdict: Verdict) -> bool:
+        """The attempt of a success found in the sign-in cache, without waiting: the budget's
+        unit reserved and settled in one transaction (a full bucket refuses it: False, nothing
+        charged, and the worker thread's attempt then answers "throttled" with its in-flight
+        wait), then the audit event and the ASP's last use queued for the writer. False — and
+        nothing that the worker thread's attempt, made from the start, would not make again —
+        whenever something would wait: SQLite's lock, the writer's queue filled by a thread in
+        the meantime (a success's budget transaction is idempotent: the account's bucket
+        emptied, the IP made familiar), a store error."""
+        r = attempt_now(who.key, ctx.client_ip, self.clock(), Outcome.SUCCESS)
+        if not isinstance(r, Reservation):
+            return False
+        try:
+            self._note(who, ctx, verdict, wait=False)
+        except WriterBusy:
+            return False
+        return True
+
+    def verify_password_now(self, name: str, password: str, ctx: AttemptContext) -> Verdict | None:
+        """:meth:`verify_password`'s verdict when it is a success that needs no waiting: a local
+        user and an ASP that the sign-in cache holds (a refusal is only ever made from a fresh
+        read, in the worker thread), no second factor for the user, and :meth:`_now`. None —
+        and nothing charged, audited or counted — for anything else (the caller then awaits
+        :meth:`verify_password`). Called on the gateway's event loop: no store read, no wait."""
+        attempt_now = self._now_ready()
+        if attempt_now is None:
+            return None
+        rec = self._cached_user(name)
+        if rec is None or not self._at_once(rec.username):
+            return None
+        match = self.asps.verify_password(rec.username, password, ctx.device_id, only_cached=True)
+        if match is None:
+            return None
+        verdict = Verdict(True, "ok", user=rec.username, credential_id=str(match.asp_id))
+        return verdict if self._now(attempt_now, Resolved(f"l:{rec.id}", rec.username), ctx, verdict) else None
+
+    def verify_ntlm_now(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict | None:
+        """:meth:`verify_ntlm`'s answer when it is a success that needs no waiting, as
+        :meth:`verify_password_now`: the NTLMv2 response verified against the NT hashes of the
+        ASPs the sign-in cache holds (on an acceptor rebuilt from the messages, as the worker
+        thread's attempt does). None — nothing charged, audited or counted — for anything else."""
+        attempt_now = self._now_ready()
+        if attempt_now is None:
+            return None
+        h = handshake
+        parsed = h.parsed if isinstance(h.parsed, ntlm_proto.Parsed) else None
+        if parsed is None:  # a remote gateway's handshake: parsed in the worker thread
+            return None
+        try:
+            acceptor = ntlm_proto.NtlmAcceptor.from_messages(
+                negotiate=h.negotiate,
+                challenge=h.challenge,
+                server_challenge=h.server_challenge,
+                challenge_time=h.challenge_time,
+                channel_binding_data=h.channel_binding_data,
+                extended_protection=h.extended_protection,
+                max_clock_skew=h.max_clock_skew,
+                parsed=parsed,
+            )
+            ident = acceptor.identify(h.authenticate)
+        except ntlm_proto.NtlmError:
+            return None  # refused in the worker thread, with its log line
+        if not ident.user:
+            return None
+        rec = self._cached_user(f"{ident.domain}\\{ident.user}" if ident.domain else ident.user)
+        if rec is None or not self._at_once(rec.username):
+            return None
+        cands = self.asps.nt_hash_candidates(rec.username, ctx.device_id, only_cached=True)
+        if not cands:
+            return None
+        try:
+            result = acceptor.verify([hsh for _, hsh in cands], ntlm_proto.filetime(self.clock()))
+        except ntlm_proto.NtlmError:
+            return None  # a refusal: the worker thread's attempt makes it (charged, audited)
+        verdict = Verdict(True, "ok", user=rec.username, credential_id=str(cands[result.candidate_index][0]))
+        if not self._now(attempt_now, Resolved(f"l:{rec.id}", rec.username), ctx, verdict):
+            return None
+        return NtlmVerdict(verdict, result)
 
     # --- CredentialService (async) -------------------------------------------------------
     async def verify_password(self, name: str, password: str, ctx: AttemptContext) -> Verdict:

@@ -76,11 +76,14 @@ class SignInWriter:
         self._thread.start()
 
     # --- producers ------------------------------------------------------------------------
-    def _put(self, item: tuple[str, Any, Any]) -> None:
+    def _put(self, item: tuple[str, Any, Any], wait: bool = True) -> None:
         if self._closed:
             raise WriterBusy("the writer is closed")
         try:
-            self._q.put(item, timeout=self.max_wait)
+            if wait:
+                self._q.put(item, timeout=self.max_wait)
+            else:
+                self._q.put_nowait(item)
         except queue.Full:
             raise WriterBusy(f"the sign-in writer's queue stayed full for {self.max_wait:.0f} s") from None
         with self._cv:
@@ -89,12 +92,23 @@ class SignInWriter:
             self._wake.set()  # a full batch: commit it now rather than at the window's end
 
     def audit(
-        self, event: AuditRecord, then: Callable[[AuditRecord], Any], used: tuple[str, datetime] | None = None
+        self,
+        event: AuditRecord,
+        then: Callable[[AuditRecord], Any],
+        used: tuple[str, datetime] | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
         """Store ``event``; ``then(event with its id)`` after the commit (file, syslog). ``used``:
         an ASP's last use ``(asp_id, at)`` stored with it — a sign-in's two rows in one hand-off
-        (one queue item: one lock round and wake-up fewer than :meth:`used` after this)."""
-        self._put(("audit", event, then) if used is None else ("audit+used", event, (then, used)))
+        (one queue item: one lock round and wake-up fewer than :meth:`used` after this).
+        ``wait=False`` (the event loop's thread): :class:`WriterBusy` at once when the queue is
+        full, instead of waiting for room."""
+        self._put(("audit", event, then) if used is None else ("audit+used", event, (then, used)), wait)
+
+    def has_room(self) -> bool:
+        """Whether an item can be queued now without waiting (a hint: threads may fill it)."""
+        return not self._closed and not self._q.full()
 
     def used(self, asp_id: str, at: datetime) -> None:
         self._put(("used", asp_id, at))
