@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -484,3 +485,93 @@ def test_the_bearer_backend_credentials_are_the_requests_token():
     assert backend(b"Bearer cwt=one") is a
     b = backend(b"Bearer cwt=two")
     assert b.headers == [(b"Authorization", b"Bearer cwt=two")] and b.lines() == b"\r\nAuthorization: Bearer cwt=two"
+
+
+# --- with an id service that answers on the loop (an in-process one) -------------------------
+
+CAROL = (b"Basic " + b64(b"carol:abcd-efgh-jkmn-pqrs"), Verdict(True, "ok", user="carol", credential_id="9"))
+
+
+@dataclass
+class LoopCredentials(FakeCredentials):
+    """Answers carol's right ASP on the loop (as ``IdService.verify_password_now`` answers a
+    cached success) and every NTLM AUTHENTICATE with None (as when SQLite's lock is held):
+    the AUTHENTICATE is then left on the connection for authenticate."""
+
+    now_calls: list[str] = field(default_factory=list)
+
+    def verify_password_now(self, name, password, ctx):
+        self.now_calls.append("password")
+        return CAROL[1] if (name, password) == ("carol", "abcd-efgh-jkmn-pqrs") else None
+
+    async def verify_password(self, name, password, ctx):
+        self.calls.append("password")
+        return CAROL[1] if (name, password) == ("carol", "abcd-efgh-jkmn-pqrs") else Verdict(False, "wrong-password")
+
+    def verify_ntlm_now(self, handshake, ctx):
+        self.now_calls.append("ntlm")
+        return None
+
+
+def _timeless(x):
+    """Identities without their sign-in time (made by each twin when it allows)."""
+    if isinstance(x, Identity):
+        return dataclasses.replace(x, signed_in_at=SIGNED_IN.signed_in_at)
+    if isinstance(x, tuple):
+        return tuple(_timeless(v) for v in x)
+    if isinstance(x, list):
+        return [_timeless(v) for v in x]
+    return x
+
+
+@PROP
+@given(
+    seed=st.integers(0, 2**32),
+    trace=st.sampled_from(["none", "low", "verbose"]),
+    tls=st.sampled_from([True, True, False]),
+    state=STATE,
+    authz=st.one_of(AUTHZ, st.just(CAROL[0])),
+)
+def test_answer_now_then_authenticate_is_authenticate(lines, seed, trace, tls, state, authz):
+    """answer_now, and authenticate when it said None, give exactly what authenticate alone gives
+    (outcome, connection state, log lines), with an id service that answers on the loop."""
+    made = []
+    for _ in range(2):
+        auth, _, _ = twin(seed, trace=trace, methods=("negotiate", "ntlm", "basic"), kerberos=False, device=None)
+        creds = LoopCredentials()
+        auth.credentials = creds
+        auth._password_now, auth._ntlm_now = creds.verify_password_now, creds.verify_ntlm_now
+        made.append((auth, creds))
+    (a, creds_a), (b, creds_b) = made
+    ca, cb_ = new_conn(tls), new_conn(tls)
+    prepare(a, ca, state)
+    prepare(b, cb_, state)
+    req_a, req_b = head(authz, common=True), head(authz, common=True)
+    lines.lines.clear()
+    now = a.answer_now(ca, req_a, UCWA)
+    if now is None:
+        now = asyncio.run(a.authenticate(ca, req_a, UCWA))
+        event("waits")
+    else:
+        assert not creds_a.calls, "answered on the loop after calling the worker thread's verify"
+        event("allows" if now.allowed else "answers")
+    said_a, after_a = list(lines.lines), conn_state(ca)
+    lines.lines.clear()
+    later = asyncio.run(b.authenticate(cb_, req_b, UCWA))
+    assert _timeless(outcome_tuple(now)) == _timeless(outcome_tuple(later))
+    assert _timeless(after_a) == _timeless(conn_state(cb_))
+    assert said_a == list(lines.lines)
+    assert creds_a.calls == creds_b.calls or creds_a.calls == [], (creds_a.calls, creds_b.calls)
+
+
+def test_carol_is_answered_on_the_loop(lines):
+    auth, _, _ = twin(3, trace="none", methods=("basic",), kerberos=False, device=None)
+    creds = LoopCredentials()
+    auth.credentials, auth._password_now = creds, creds.verify_password_now
+    conn = new_conn(True)
+    out = auth.answer_now(conn, head(CAROL[0], common=True), UCWA)
+    assert out is not None and out.identity is not None and out.identity.user == "carol"
+    assert creds.now_calls == ["password"] and creds.calls == []
+    assert isinstance(conn.auth_state, _BasicMemo)  # the memo: the keep-alive requests know it
+    wrong = b"Basic " + b64(b"carol:abcd-efgh-jkmn-pqrx")
+    assert auth.answer_now(new_conn(True), head(wrong, common=True), UCWA) is None

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import AuthConfig, AuthMethod, ExtendedProtection, TraceLevel
-from ..id.api import AttemptContext, CredentialService, NtlmHandshake, Verdict
+from ..id.api import AttemptContext, CredentialService, NtlmHandshake, NtlmVerdict, Verdict
 from ..protocols import decode as decode_proto
 from ..protocols import ntlm as ntlm_proto
 from ..protocols import spnego as spnego_proto
@@ -85,6 +85,22 @@ class _BasicMemo:
 
 
 @dataclass(slots=True)
+class _NtlmPending:
+    """An AUTHENTICATE that :meth:`PreAuthenticator.answer_now` took off the handshake but could
+    not answer without waiting (kept in ``conn.auth_state`` for this very request): the task's
+    :meth:`PreAuthenticator.authenticate` goes on from here, with the id service's answer when
+    it was given already (a success the acceptor then refused)."""
+
+    req: RequestHead
+    scheme: bytes
+    leg: tuple[ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor, ntlm_proto.NtlmAcceptor, ntlm_proto.Identity]
+    ctx: AttemptContext
+    started: float
+    answer: NtlmVerdict | None = None  # the id service's success ...
+    refused: Verdict | None = None  # ... that the acceptor refused (the SPNEGO mechListMIC)
+
+
+@dataclass(slots=True)
 class _BasicLogin:
     """A Basic credential that passed the checks that need no store: for the id service."""
 
@@ -116,6 +132,14 @@ class PreAuthenticator:
         self.wallclock = wallclock
         self.device_id_of = device_id_of or (lambda req, service: None)
         self._memo_key = rand(32)
+        # an in-process id service answers a success found in its sign-in cache on the loop
+        # (IdService.verify_password_now / verify_ntlm_now: None when it would wait)
+        self._password_now: Callable[[str, str, AttemptContext], Verdict | None] | None = getattr(
+            credentials, "verify_password_now", None
+        )
+        self._ntlm_now: Callable[[NtlmHandshake, AttemptContext], NtlmVerdict | None] | None = getattr(
+            credentials, "verify_ntlm_now", None
+        )
         realm = settings.realm.replace('"', "")
         self._basic_challenge = (b"WWW-Authenticate", b'Basic realm="%s", charset="UTF-8"' % realm.encode())
 
@@ -193,6 +217,11 @@ class PreAuthenticator:
 
     # --- entry point ------------------------------------------------------------------
     async def authenticate(self, conn: ClientConnection, req: RequestHead, service: Service) -> AuthOutcome:
+        pending = conn.auth_state
+        if type(pending) is _NtlmPending:
+            conn.auth_state = None
+            if pending.req is req:  # answer_now took this AUTHENTICATE off the handshake
+                return await self._ntlm(conn, req, service, pending.scheme, *pending.leg, pending=pending)
         authz = req.get(b"authorization")
         if authz is None:
             return self._without_credentials(conn)
@@ -223,7 +252,12 @@ class PreAuthenticator:
         unsupported scheme, a refused NEGOTIATE). None — and nothing done — for what must wait:
         a Basic credential to verify, an NTLM AUTHENTICATE, a Kerberos ticket (and so any
         refusal :meth:`authenticate` pads to the failure floor). ``req`` is a ``RequestHead`` of
-        either route (the fast path's has ``prefix`` set, gateway/session.py)."""
+        either route (the fast path's has ``prefix`` set, gateway/session.py).
+
+        A credential the id service answers on the loop (an in-process one, a success found in
+        its sign-in cache: ``verify_password_now`` / ``verify_ntlm_now``) is answered here too.
+        An NTLM AUTHENTICATE it cannot answer so is left for :meth:`authenticate` in
+        ``conn.auth_state`` (:class:`_NtlmPending`), with its log line made already."""
         authz = req.get(b"authorization")
         if authz is None:
             return self._without_credentials(conn)
@@ -231,14 +265,27 @@ class PreAuthenticator:
         if scheme == b"basic" and "basic" in self.settings.methods:
             checked = self._basic_check(conn, req, service, param)
             if not isinstance(checked, AuthOutcome):
-                return None  # the id service verifies it
+                verify = self._password_now
+                if verify is None:
+                    return None  # the id service verifies it
+                verdict = verify(checked.user, checked.password, self._ctx(conn, req, service, "basic"))
+                if verdict is None or not verdict.ok:
+                    return None  # it must wait: answered by authenticate, from the start
+                self._trace(conn, "client", authz)
+                return self._basic_allowed(conn, checked, verdict)
             self._trace(conn, "client", authz)
             return self._basic_answered(conn, checked)
         if scheme in (b"ntlm", b"negotiate") and scheme.decode() in self.settings.methods:
             if scheme == b"negotiate" and self.kerberos is not None and _kerberos_token(param) is not None:
                 return None  # a ticket: verified in a worker thread
             if self._ntlm_authenticate_leg(conn, scheme, param):
-                return None  # the id service verifies it
+                if self._ntlm_now is None:
+                    return None  # the id service verifies it
+                self._trace(conn, "client", authz)
+                leg = self._ntlm_leg(conn, scheme, param)
+                if isinstance(leg, AuthOutcome):  # identify refused it (no padding, as authenticate)
+                    return leg
+                return self._ntlm_answer_now(conn, req, service, scheme, leg)
             self._trace(conn, "client", authz)
             leg = self._ntlm_leg(conn, scheme, param)
             assert isinstance(leg, AuthOutcome)  # every leg but the AUTHENTICATE answers at once
@@ -329,22 +376,28 @@ class PreAuthenticator:
     async def _basic(
         self, conn: ClientConnection, req: RequestHead, service: Service, login: _BasicLogin
     ) -> AuthOutcome:
-        user, password, digest, device = login.user, login.password, login.digest, login.device
         started = time.monotonic()
-        verdict = await self.credentials.verify_password(user, password, self._ctx(conn, req, service, "basic"))
+        verdict = await self.credentials.verify_password(
+            login.user, login.password, self._ctx(conn, req, service, "basic")
+        )
         if verdict.retry_after > 0:
             return self._throttled(conn, verdict)
         if not verdict.ok:
             await self._pad(started)
             return self._deny(conn, verdict.reason)
+        return self._basic_allowed(conn, login, verdict)
+
+    @staticmethod
+    def _basic_allowed(conn: ClientConnection, login: _BasicLogin, verdict: Verdict) -> AuthOutcome:
+        """The identity of a Basic credential the id service allowed, kept in the memo."""
         identity = Identity(
-            verdict.user or user,
+            verdict.user or login.user,
             "basic",
-            device_id=device,
+            device_id=login.device,
             credential_id=verdict.credential_id,
             second_factor=verdict.reason in SECOND_FACTOR_REASONS,
         )
-        conn.auth_state = _BasicMemo(digest, identity)
+        conn.auth_state = _BasicMemo(login.digest, identity)
         return AuthOutcome(identity=identity)
 
     # --- NTLM / Negotiate -------------------------------------------------------------
@@ -449,13 +502,37 @@ class PreAuthenticator:
         acceptor: ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor,
         inner: ntlm_proto.NtlmAcceptor,
         who: ntlm_proto.Identity,
+        pending: _NtlmPending | None = None,
     ) -> AuthOutcome:
-        """The AUTHENTICATE leg: the id service verifies, the acceptor adopts its result."""
-        name = "NTLM" if scheme == b"ntlm" else "Negotiate"
-        ctx = self._ctx(conn, req, service, scheme.decode())
-        started = time.monotonic()
+        """The AUTHENTICATE leg: the id service verifies, the acceptor adopts its result.
+        ``pending``: the leg as :meth:`answer_now` left it (its context, its start, perhaps
+        the id service's answer)."""
+        if pending is None:
+            ctx, started, answer = self._ctx(conn, req, service, scheme.decode()), time.monotonic(), None
+        else:
+            ctx, started, answer = pending.ctx, pending.started, pending.answer
+        if answer is None:
+            answer = await self.credentials.verify_ntlm(self._handshake(conn, inner), ctx)
+        verdict = answer.verdict
+        if verdict.retry_after > 0:
+            return self._throttled(conn, verdict)
+        if pending is not None and pending.refused is not None:
+            got: AuthOutcome | Verdict = pending.refused
+        else:
+            got = self._ntlm_accepted(conn, scheme, acceptor, who, answer, ctx)
+        if isinstance(got, AuthOutcome):
+            return got
+        if verdict.ok:  # verified by the id service (which recorded an allow), refused here
+            record = getattr(self.credentials, "record_refusal", None)
+            if record is not None:  # correct the audit trail (in-process id service)
+                await record(verdict.user or who.user, ctx, got.reason)
+        await self._pad(started)
+        return self._deny(conn, got.reason)
+
+    def _handshake(self, conn: ClientConnection, inner: ntlm_proto.NtlmAcceptor) -> NtlmHandshake:
+        """What the id service verifies of the handshake on ``conn``."""
         negotiate, challenge, authenticate = inner.messages()
-        handshake = NtlmHandshake(
+        return NtlmHandshake(
             negotiate=negotiate,
             challenge=challenge,
             authenticate=authenticate,
@@ -466,31 +543,63 @@ class PreAuthenticator:
             max_clock_skew=self.settings.max_clock_skew,
             parsed=inner.parsed(),
         )
-        answer = await self.credentials.verify_ntlm(handshake, ctx)
+
+    def _ntlm_answer_now(
+        self,
+        conn: ClientConnection,
+        req: RequestHead,
+        service: Service,
+        scheme: bytes,
+        leg: tuple[
+            ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor, ntlm_proto.NtlmAcceptor, ntlm_proto.Identity
+        ],
+    ) -> AuthOutcome | None:
+        """The AUTHENTICATE's answer when the id service gives it on the loop (a success) and
+        the acceptor takes it; else None, with the leg kept for :meth:`authenticate`."""
+        verify = self._ntlm_now
+        assert verify is not None  # answer_now's condition
+        acceptor, inner, who = leg
+        ctx, started = self._ctx(conn, req, service, scheme.decode()), time.monotonic()
+        answer = verify(self._handshake(conn, inner), ctx)
+        refused = None
+        if answer is not None and answer.verdict.ok:
+            got = self._ntlm_accepted(conn, scheme, acceptor, who, answer, ctx)
+            if isinstance(got, AuthOutcome):
+                return got
+            refused = got  # recorded and padded by authenticate
+        else:
+            answer = None  # the worker thread's attempt makes it, from the start
+        conn.auth_state = _NtlmPending(req, scheme, leg, ctx, started, answer, refused)
+        return None
+
+    def _ntlm_accepted(
+        self,
+        conn: ClientConnection,
+        scheme: bytes,
+        acceptor: ntlm_proto.NtlmAcceptor | spnego_proto.SpnegoNtlmAcceptor,
+        who: ntlm_proto.Identity,
+        answer: NtlmVerdict,
+        ctx: AttemptContext,
+    ) -> AuthOutcome | Verdict:
+        """The id service's ``answer`` taken: the connection's identity (the acceptor adopts the
+        session key; Negotiate's final token), or the refusal to answer (padded, by the caller)."""
         verdict = answer.verdict
-        if verdict.retry_after > 0:
-            return self._throttled(conn, verdict)
-        final: bytes | None = None
-        if verdict.ok:
-            try:
-                if answer.result is None:
-                    raise ntlm_proto.NtlmError("bad-argument", "verdict without a session key")
-                acceptor.adopt(answer.result)
-                if isinstance(acceptor, spnego_proto.SpnegoNtlmAcceptor):
-                    final = acceptor.final_token()
-            except (ntlm_proto.NtlmError, spnego_proto.SpnegoError) as e:
-                # Verified by the id service (which recorded an allow), refused here: the
-                # SPNEGO mechListMIC did not verify with the session key.
-                log.warning(
-                    "client %s: %s verified for %s but refused here: %s", conn.peer_host, name, verdict.user, e.reason
-                )
-                verdict = Verdict(False, f"ntlm-{e.reason}")
-                record = getattr(self.credentials, "record_refusal", None)
-                if record is not None:  # correct the audit trail (in-process id service)
-                    await record(answer.verdict.user or who.user, ctx, verdict.reason)
         if not verdict.ok:
-            await self._pad(started)
-            return self._deny(conn, verdict.reason)
+            return verdict
+        final: bytes | None = None
+        try:
+            if answer.result is None:
+                raise ntlm_proto.NtlmError("bad-argument", "verdict without a session key")
+            acceptor.adopt(answer.result)
+            if isinstance(acceptor, spnego_proto.SpnegoNtlmAcceptor):
+                final = acceptor.final_token()
+        except (ntlm_proto.NtlmError, spnego_proto.SpnegoError) as e:
+            # the SPNEGO mechListMIC did not verify with the session key
+            name = "NTLM" if scheme == b"ntlm" else "Negotiate"
+            log.warning(
+                "client %s: %s verified for %s but refused here: %s", conn.peer_host, name, verdict.user, e.reason
+            )
+            return Verdict(False, f"ntlm-{e.reason}")
         identity = Identity(
             verdict.user or who.user,
             scheme.decode(),
