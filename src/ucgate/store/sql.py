@@ -7,6 +7,7 @@ after COMMIT returned, and both databases are configured so a returned COMMIT is
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .. import metrics
 from . import migrate
 from .engine import StoreError, Transactions, make_engine
 from .outbox import append_pending
@@ -30,6 +32,21 @@ from .repository import (
 from .schema import USER_SOURCES, asps, audit, otp_recovery_codes, otp_secrets, users
 
 _AUDIT_INSERT = insert(audit).returning(audit.c.id, sort_by_parameter_order=True)
+_AUDIT_COLUMNS = (
+    "at",
+    "actor",
+    "action",
+    "result",
+    "username",
+    "device",
+    "service",
+    "client_address",
+    "reason",
+    "details",
+)
+_SQLITE_AUDIT_INSERT = (
+    f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) VALUES ({', '.join('?' * len(_AUDIT_COLUMNS))})"
+)
 
 
 def _user(row: Row) -> UserRecord:
@@ -266,7 +283,9 @@ class SqlRepository(Transactions):
         commit, ``ucgate.id.writer``); returns the events' ids in order."""
         ids: list[int] = []
         with self._write() as c:
-            if events:
+            if events and c.dialect.name == "sqlite":
+                ids = self._insert_audit_sqlite(c, events)
+            elif events:
                 # one executemany ("insertmanyvalues": a few multi-row INSERTs, ids returned in
                 # the parameters' order) instead of one compiled INSERT per event: ~10x less CPU
                 # per event in the writer thread (bench/README.md, ntlm.py)
@@ -297,6 +316,41 @@ class SqlRepository(Transactions):
                     latest[asp_id] = at
             for asp_id, at in latest.items():
                 c.execute(update(asps).where(asps.c.id == asp_id).values(last_used_at=at))
+        return ids
+
+    def _insert_audit_sqlite(self, c: Connection, events: Sequence[AuditRecord]) -> list[int]:
+        """The batch's rows on the driver's cursor, in ``c``'s transaction: SQLAlchemy's
+        insertmanyvalues runs one statement per row on SQLite for ids in the parameters' order
+        (RETURNING over a multi-row VALUES has no defined order), each through the execution
+        context and the statement-timing listener — most of the writer thread's CPU per event
+        (bench/README.md). Here each row is one driver ``execute`` and its id the cursor's
+        ``lastrowid``; values are bound by the columns' own bind processors (UtcDateTime, JSON),
+        so the rows are the ones SQLAlchemy writes (tests/store/test_sql_audit_batch.py). The
+        batch is timed as one ``insert`` in ``ucgate_store_statement_seconds``."""
+        d = c.dialect
+        procs = [audit.c[name].type.dialect_impl(d).bind_processor(d) for name in _AUDIT_COLUMNS]
+        cur = c.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        ids: list[int] = []
+        t0 = time.perf_counter()
+        try:
+            for ev in events:
+                raw = (
+                    ev.at,
+                    ev.actor,
+                    ev.action,
+                    ev.result,
+                    ev.username,
+                    ev.device,
+                    ev.service,
+                    ev.client_address,
+                    ev.reason,
+                    ev.details,
+                )
+                cur.execute(_SQLITE_AUDIT_INSERT, [v if p is None else p(v) for p, v in zip(procs, raw, strict=True)])
+                ids.append(int(cur.lastrowid))
+        finally:
+            cur.close()
+        metrics.STORE_LATENCY.labels("insert").observe(time.perf_counter() - t0)
         return ids
 
     def tail_audit(self, n: int) -> list[AuditRecord]:
