@@ -392,22 +392,21 @@ def test_audit_has_no_secrets(gw, ids, asp, tmp_path):
     assert all(e["client_address"] == "127.0.0.1" for e in events)
 
 
-def test_tampered_spnego_mech_list_mic_is_refused_and_audited(gw, upstream, ids, asp):
-    """The mechListMIC (MS-SPNG 3.1.5.1) protects the mechanism list against downgrade; a
-    wrong one is refused even though the NTLM exchange itself verified, and the audit trail
-    says deny."""
+def tampered_mech_list_mic(g, user: str, asp: str) -> int:
+    """A Negotiate-wrapped NTLM sign-in whose AUTHENTICATE leg carries a mechListMIC with one bit
+    flipped; the status of the answer to it."""
     import spnego
 
     ctx = spnego.client(
-        "alice",
+        user,
         asp,
         hostname="localhost",
         service="HTTP",
         protocol="negotiate",
-        channel_bindings=_cbt(gw),
+        channel_bindings=_cbt(g),
         options=spnego.NegotiateOptions.use_negotiate,
     )
-    conn = http.client.HTTPSConnection("localhost", gw.port, context=gw.ssl_context())
+    conn = http.client.HTTPSConnection("localhost", g.port, context=g.ssl_context())
     token = ctx.step()
     for _ in range(3):
         conn.request("GET", "/ucwa/neg", headers={"Authorization": "Negotiate " + base64.b64encode(token).decode()})
@@ -428,7 +427,14 @@ def test_tampered_spnego_mech_list_mic_is_refused_and_audited(gw, upstream, ids,
     r = conn.getresponse()
     r.read()
     conn.close()
-    assert r.status == 401
+    return r.status
+
+
+def test_tampered_spnego_mech_list_mic_is_refused_and_audited(gw, upstream, ids, asp):
+    """The mechListMIC (MS-SPNG 3.1.5.1) protects the mechanism list against downgrade; a
+    wrong one is refused even though the NTLM exchange itself verified, and the audit trail
+    says deny."""
+    assert tampered_mech_list_mic(gw, "alice", asp) == 401
     assert all(rec.target != "/ucwa/neg" for rec in upstream.received)
     denied = [e.reason for e in sign_ins(ids, "deny")]
     assert any("mic" in r for r in denied), denied

@@ -539,16 +539,7 @@ class IdService:
         record the outcome."""
         h = handshake
         try:
-            acceptor = ntlm_proto.NtlmAcceptor.from_messages(
-                negotiate=h.negotiate,
-                challenge=h.challenge,
-                server_challenge=h.server_challenge,
-                challenge_time=h.challenge_time,
-                channel_binding_data=h.channel_binding_data,
-                extended_protection=h.extended_protection,
-                max_clock_skew=h.max_clock_skew,
-                parsed=h.parsed if isinstance(h.parsed, ntlm_proto.Parsed) else None,
-            )
+            acceptor = _acceptor(h)
             who = acceptor.identify(h.authenticate)
         except ntlm_proto.NtlmError as e:
             # The gateway makes the same structural checks first, so this is a gateway bug or
@@ -693,20 +684,10 @@ class IdService:
         if attempt_now is None:
             return None
         h = handshake
-        parsed = h.parsed if isinstance(h.parsed, ntlm_proto.Parsed) else None
-        if parsed is None:  # a remote gateway's handshake: parsed in the worker thread
+        if not isinstance(h.parsed, ntlm_proto.Parsed):  # a remote gateway's: parsed in the worker thread
             return None
         try:
-            acceptor = ntlm_proto.NtlmAcceptor.from_messages(
-                negotiate=h.negotiate,
-                challenge=h.challenge,
-                server_challenge=h.server_challenge,
-                challenge_time=h.challenge_time,
-                channel_binding_data=h.channel_binding_data,
-                extended_protection=h.extended_protection,
-                max_clock_skew=h.max_clock_skew,
-                parsed=parsed,
-            )
+            acceptor = _acceptor(h)
             ident = acceptor.identify(h.authenticate)
         except ntlm_proto.NtlmError:
             return None  # refused in the worker thread, with its log line
@@ -741,6 +722,21 @@ class IdService:
 
     async def verify_ntlm(self, handshake: NtlmHandshake, ctx: AttemptContext) -> NtlmVerdict:
         return await asyncio.to_thread(self.verify_ntlm_sync, handshake, ctx)
+
+
+def _acceptor(h: NtlmHandshake) -> ntlm_proto.NtlmAcceptor:
+    """The gateway's acceptor rebuilt from the handshake's messages (with the gateway's parse
+    when an in-process gateway handed it over)."""
+    return ntlm_proto.NtlmAcceptor.from_messages(
+        negotiate=h.negotiate,
+        challenge=h.challenge,
+        server_challenge=h.server_challenge,
+        challenge_time=h.challenge_time,
+        channel_binding_data=h.channel_binding_data,
+        extended_protection=h.extended_protection,
+        max_clock_skew=h.max_clock_skew,
+        parsed=h.parsed if isinstance(h.parsed, ntlm_proto.Parsed) else None,
+    )
 
 
 def _decoy_work(password: str) -> None:
