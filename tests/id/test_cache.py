@@ -87,3 +87,34 @@ def test_an_asp_created_in_another_process_works_at_once(node, store_url, tmp_pa
     out = _other_process(store_url, str(tmp_path / "keys" / "k"), 'print(ids.asps.create("carol", "tablet")[1])')
     new = out.split()[-1]
     assert node.credentials.verify_password_sync("carol", new, CTX).ok
+
+
+def _refused_within_a_second(node, user: str, asp: str, reason: str) -> None:
+    """The next sign-ins of ``user`` are refused with ``reason`` within 1 s of a change made in
+    another process; on SQLite the loop's answer (verify_password_now) stops first."""
+    c = node.credentials
+    t0 = time.monotonic()
+    while c.verify_password_now(user, asp, CTX) is not None:  # the follower drops the cached entry
+        assert time.monotonic() - t0 < 1.0, "the loop still answered a success after 1 s"
+        time.sleep(0.01)
+    while (v := c.verify_password_sync(user, asp, CTX)).ok:  # PostgreSQL: the thread's attempt
+        assert time.monotonic() - t0 < 1.0, "still signed in after 1 s"
+        time.sleep(0.01)
+    assert v.reason == reason
+    assert c.verify_password_now(user, asp, CTX) is None
+
+
+def test_a_revoke_or_a_disable_elsewhere_stops_the_loops_answer_too(node, store_url, tmp_path):
+    node.users.add("dora")
+    node.users.add("emil")
+    d_id, d_asp = node.asps.create("dora", "phone")
+    _, e_asp = node.asps.create("emil", "phone")
+    sqlite = store_url.startswith("sqlite")
+    for user, asp in (("dora", d_asp), ("emil", e_asp)):
+        assert node.credentials.verify_password_sync(user, asp, CTX).ok  # cached now
+        assert (node.credentials.verify_password_now(user, asp, CTX) is not None) is sqlite
+    key = str(tmp_path / "keys" / "k")
+    _other_process(store_url, key, f"ids.asps.revoke({d_id!r})")
+    _refused_within_a_second(node, "dora", d_asp, "wrong-password")
+    _other_process(store_url, key, 'ids.users.disable("emil")')
+    _refused_within_a_second(node, "emil", e_asp, "user-disabled")
