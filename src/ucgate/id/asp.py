@@ -219,16 +219,16 @@ class AspService(UserSecretService):
     # --- verification -----------------------------------------------------------------
     # (``builtins.list`` below: in the class body, ``list`` is the method above)
     def _records(
-        self, username: str, fresh: bool, cached: bool = False
+        self, username: str, fresh: bool, only_cached: bool = False
     ) -> tuple[UserRecord | None, builtins.list[AspRecord], bool]:
         """The user, their unrevoked ASPs, and whether both came from the sign-in cache (never
-        when ``fresh``; ``cached``: only from it — no user on a miss, nothing read)."""
+        when ``fresh``; ``only_cached``: only from it — no user on a miss, nothing read)."""
         cache = self.cache
         if cache is not None and not fresh:
             got = cache.get(username)
             if got is not None:
                 return got[0], got[1], True
-        if cached:
+        if only_cached:
             return None, [], False
         user = self.users.resolve(username)
         records = self.repo.list_asps(user.id, include_revoked=False) if user is not None else []

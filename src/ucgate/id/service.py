@@ -295,8 +295,6 @@ class IdService:
         extra: dict[str, Any] = {} if used is None else {"asp_used": used}
         if not wait:
             extra["wait"] = False
-        else:
-            metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)  # ucgate_id_sign_ins_total
         getattr(self.audit, "record_later", self.audit.record)(
             "sign-in",
             actor=user,
@@ -311,8 +309,8 @@ class IdService:
             user_agent=ctx.user_agent,
             **extra,
         )
-        if not wait:  # counted once it is queued (else the worker thread's attempt counts it)
-            metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)
+        # counted once audited (queued): a sign-in the loop hands back to the thread is counted there
+        metrics.count_id_sign_in(str(ctx.method), verdict.ok, verdict.reason)  # ucgate_id_sign_ins_total
 
     def _record(
         self, who: Resolved | str, ctx: AttemptContext, verdict: Verdict, reservation: Reservation | None
