@@ -181,3 +181,26 @@ def test_postgresql_sign_ins_stay_in_the_worker_thread(
             g.stop()
     finally:
         s.close()
+
+
+def test_concurrent_sign_ins_on_the_loop_and_in_threads(gw, ids, monkeypatch):
+    """Eight right ASPs at once are all answered on the loop and all audited; then ten wrong ones
+    at once (worker threads) spend the account's budget exactly, and the right ASP is refused
+    on the loop's path too while it is spent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    asp_id, asp = ids.asps.create("alice", "phone")
+    assert _basic(gw, "alice", asp) == 200  # cached, 127.0.0.1 familiar
+    t = Threads(monkeypatch, ids)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda _: _basic(gw, "alice", asp), range(8))) == [200] * 8
+    assert t.calls == [], "a cached success went to a worker thread"
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(lambda _: _basic(gw, "alice", "abcd-efgh-jkmn-pqrs"), range(10)))
+    assert 200 not in codes
+    assert _basic(gw, "alice", asp) != 200  # spent: refused, not answered from the cache
+    ids.audit.writer.flush()
+    reasons = [e.reason for e in ids.audit.tail(20)]
+    assert reasons[:9] == ["ok"] * 9
+    assert sorted(reasons[9:19]) == ["throttled"] * 5 + ["wrong-password"] * 5
+    assert reasons[19] == "throttled"

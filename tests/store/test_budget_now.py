@@ -194,3 +194,62 @@ def test_postgresql_waits_for_the_worker_thread(postgres_url):
     finally:
         b.close()
         repo.close()
+
+
+RACE = """
+import sys
+from ucgate.policy.lockout import BudgetConfig, Outcome, Reservation
+from ucgate.store import open_repository
+from ucgate.store.budget import StoreBudget
+repo = open_repository(sys.argv[1])
+b = StoreBudget(repo.engine, BudgetConfig(user_failures=3, ip_failures=5, window=60, familiar_for=300,
+                                          max_familiar_per_user=2))
+print("ready", flush=True)
+sys.stdin.readline()
+n = sum(isinstance(b.attempt("g:x", "192.0.2.50", float(sys.argv[2]), lambda: Outcome.FAILURE), Reservation)
+        for _ in range(30))
+print(n, flush=True)
+b.close()
+repo.close()
+"""
+
+
+def test_failures_from_the_loop_threads_and_another_process_never_overspend(one):
+    """Wrong guesses at once from another process (attempt, a worker thread's) and from four
+    threads of this one (attempt_now, retried while it would wait): the account's charges stay
+    within user_failures, whoever won the write lock."""
+    import threading
+
+    b, path = one
+    other = subprocess.Popen(
+        [sys.executable, "-c", RACE, f"sqlite:///{path}", repr(T0)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert other.stdout is not None and other.stdout.readline() == "ready\n"
+    here: list[int] = []
+    go = threading.Event()
+
+    def guesses() -> None:
+        go.wait()
+        n = 0
+        for _ in range(30):
+            while (r := b.attempt_now("g:x", "192.0.2.50", T0, Outcome.FAILURE)) is None:
+                time.sleep(0.001)
+            n += isinstance(r, Reservation)
+        here.append(n)
+
+    threads = [threading.Thread(target=guesses) for _ in range(4)]
+    for t in threads:
+        t.start()
+    assert other.stdin is not None
+    other.stdin.write("\n")
+    other.stdin.flush()
+    go.set()
+    for t in threads:
+        t.join(30)
+    there = int(other.communicate(timeout=30)[0].strip())
+    assert sum(here) + there == CFG.user_failures, (here, there)
+    buckets, _ = rows(b)
+    assert [lvl for name, lvl, _ in buckets if name.startswith("u")] == [float(CFG.user_failures)]
